@@ -1,0 +1,35 @@
+# Everything runs inside ./.venv (Python 3.8-3.10, pinned by constraints.txt).
+# Each target installs what it needs first; a second run skips what is already there.
+PY := .venv/bin/python
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: env data test test-slow lint demo bench lock clean
+
+env:  ## create .venv with nnabla 1.39.0 and the pinned packages (idempotent)
+	@bash scripts/bootstrap_env.sh
+
+data:  ## env + the Debian Fashion-MNIST package (demo, benchmarks, real-data tests)
+	@SGDI_WITH_DATA=1 bash scripts/bootstrap_env.sh
+
+test: data  ## the default (fast) test suite
+	$(PY) -m pytest -q
+
+test-slow: data  ## every test, including the slow oracle and end-to-end ones
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: env
+	.venv/bin/ruff check sgd_influence_plugin plugins tests benchmarks samples
+	.venv/bin/ruff format --check sgd_influence_plugin plugins tests benchmarks samples
+
+demo: data  ## build the Fashion-MNIST sample, train it with nnabla_cli, run the plugin
+	$(PY) samples/fashion_mnist/run_demo.py
+
+bench: data  ## replay-speed benchmark (prints ratios)
+	$(PY) benchmarks/replay_speed.py
+
+lock: env  ## re-pin constraints.txt from what .venv has now
+	@echo "# Exact pins for .venv (Python 3.8-3.10). Regenerate: make lock" > constraints.txt
+	.cache/uv-tool/bin/uv pip freeze -p $(PY) | grep -v -E '^-e|sgd-influence' >> constraints.txt
+
+clean:
+	rm -rf .venv .cache build *.egg-info .pytest_cache

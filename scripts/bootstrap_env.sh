@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Create ./.venv with Python 3.8-3.10 and the pinned packages in constraints.txt.
+#
+# nnabla 1.39.0 ships wheels for CPython 3.8-3.10 only, and Debian 12 ships 3.11 only.
+# Order of preference for the interpreter:
+#   1. $SGDI_PYTHON, if set;
+#   2. a working python3.10 / python3.9 / python3.8 on PATH;
+#   3. on Debian as root: Debian 11's python3.9 (see shared/ENVIRONMENT.md), plus the
+#      distutils/lib2to3 modules that uv and pip need inside a virtual environment.
+# Anywhere else it stops and says what to install.
+#
+# Idempotent: a stamp file records the hash of constraints.txt and setup.cfg; when both are
+# unchanged and the venv imports nnabla, the script exits in well under a second.
+# Set SGDI_WITH_DATA=1 to also install the Debian Fashion-MNIST package (demo, benchmarks).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+TOOLS="$ROOT/.cache/uv-tool"
+UV_VERSION="0.9.30"
+STAMP="$VENV/.sgdi-installed"
+say() { echo "[env] $*" >&2; }
+die() { echo "[env] ERROR: $*" >&2; exit 1; }
+
+fingerprint() { cat "$ROOT/constraints.txt" "$ROOT/setup.cfg" | sha256sum | cut -d' ' -f1; }
+
+is_root_debian() { [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null; }
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    say "apt-get update"
+    apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+install_data() {
+  if [ -d /usr/share/datasets/fashion-mnist ]; then return 0; fi
+  if is_root_debian; then
+    say "installing Debian package dataset-fashion-mnist"
+    apt_install dataset-fashion-mnist
+  else
+    say "Fashion-MNIST is not installed; on Debian run: apt-get install dataset-fashion-mnist"
+  fi
+}
+
+if [ "${SGDI_WITH_DATA:-0}" = 1 ]; then install_data; fi
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ] \
+   && "$VENV/bin/python" -c "import nnabla" >/dev/null 2>&1; then
+  exit 0
+fi
+
+works() { "$1" -c 'import sys; assert (3, 8) <= sys.version_info[:2] <= (3, 10)' >/dev/null 2>&1; }
+# The real interpreter behind a name (pyenv shims and wrappers resolve to a file path).
+realpy() { "$1" -c 'import sys; print(sys.executable)'; }
+
+find_python() {
+  if [ -n "${SGDI_PYTHON:-}" ]; then
+    works "$SGDI_PYTHON" || die "SGDI_PYTHON=$SGDI_PYTHON is not a working Python 3.8-3.10"
+    realpy "$SGDI_PYTHON"; return 0
+  fi
+  local v cand
+  for v in 3.10 3.9 3.8; do
+    cand="$(command -v "python$v" 2>/dev/null || true)"
+    if [ -n "$cand" ] && works "$cand"; then realpy "$cand"; return 0; fi
+  done
+  if [ -x /usr/bin/python3.9 ] && works /usr/bin/python3.9; then echo /usr/bin/python3.9; return 0; fi
+  return 1
+}
+
+install_debian11_python() {
+  say "no Python 3.8-3.10 found; installing Debian 11's python3.9 (nnabla has no 3.11 wheels)"
+  local list=/etc/apt/sources.list.d/bullseye-python39.list
+  if [ ! -f "$list" ]; then
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main" > "$list"
+    # Never let bullseye replace bookworm packages: only what we ask for comes from it.
+    cat > /etc/apt/preferences.d/bullseye-python39 <<'EOF'
+Package: *
+Pin: release n=bullseye
+Pin-Priority: 100
+EOF
+    apt_updated=0
+  fi
+  apt_install python3.9
+}
+
+# uv and pip inside a venv need distutils; Debian 11's python3-distutils cannot be installed
+# beside Debian 12's, so its files are extracted into place (shared/ENVIRONMENT.md).
+ensure_distutils() {
+  "$1" -c 'import distutils.core, lib2to3' >/dev/null 2>&1 && return 0
+  if [ "$1" = /usr/bin/python3.9 ] && is_root_debian; then
+    say "adding distutils and lib2to3 to python3.9 (extracted from Debian 11's packages)"
+    local tmp; tmp="$(mktemp -d)"; chmod 755 "$tmp"
+    (cd "$tmp" && apt-get download -qq python3-distutils=3.9.2-1 python3-lib2to3=3.9.2-1 >/dev/null)
+    for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$tmp/x"; done
+    cp -r "$tmp/x/usr/lib/python3.9/distutils" "$tmp/x/usr/lib/python3.9/lib2to3" /usr/lib/python3.9/
+    rm -rf "$tmp"
+  else
+    die "$1 lacks distutils, which uv/pip need; install your distribution's python3-distutils"
+  fi
+}
+
+PY="$(find_python || true)"
+if [ -z "$PY" ]; then
+  if is_root_debian; then
+    install_debian11_python
+    PY="$(find_python || true)"
+    [ -n "$PY" ] || die "python3.9 from Debian 11 did not install; see shared/ENVIRONMENT.md"
+  else
+    die "nnabla 1.39.0 needs Python 3.8, 3.9 or 3.10 and none was found.
+  Install one (e.g. 'apt-get install python3.10', 'brew install python@3.10', or pyenv),
+  put it on PATH or set SGDI_PYTHON=/path/to/python3.10, then run 'make env' again."
+  fi
+fi
+ensure_distutils "$PY"
+say "using $PY ($("$PY" --version 2>&1))"
+
+if [ ! -x "$TOOLS/bin/uv" ]; then
+  say "installing uv $UV_VERSION into $TOOLS"
+  python3 -m venv "$TOOLS"
+  "$TOOLS/bin/pip" install -q "uv==$UV_VERSION"
+fi
+export UV_PYTHON_DOWNLOADS=never UV_CACHE_DIR="$ROOT/.cache/uv"
+
+if [ ! -x "$VENV/bin/python" ] || ! works "$VENV/bin/python"; then
+  rm -rf "$VENV"
+  "$TOOLS/bin/uv" venv -q -p "$PY" "$VENV"
+fi
+say "installing pinned packages (constraints.txt)"
+"$TOOLS/bin/uv" pip install -q -p "$VENV/bin/python" -c "$ROOT/constraints.txt" -e "$ROOT[test]"
+"$VENV/bin/python" -c "import nnabla, numpy; print('[env] nnabla', nnabla.__version__, 'numpy', numpy.__version__)" >&2 \
+  || die "nnabla does not import in $VENV"
+fingerprint > "$STAMP"
