@@ -1,0 +1,240 @@
+"""Read Neural Network Console dataset CSVs into arrays, once.
+
+Format (as nnabla's ``CsvDataSource`` reads it):
+
+- The header cells are ``NAME[__INDEX][:LABEL]``. ``x:image`` is variable ``x``; ``y__0``,
+  ``y__1`` form the vector variable ``y``; columns whose name starts with ``#`` are ignored.
+- A cell that parses as a number is a number; otherwise it is a file path relative to the
+  CSV's folder (image, ``.csv`` or ``.npy``), loaded with nnabla's own loader so shapes,
+  channel order and the 1/255 normalization match what ``nnabla_cli train`` feeds the network.
+
+Each image is decoded once; :class:`Dataset` keeps the float32 arrays and the raw cells (the
+latter for writing the influence and cleansed CSVs).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import DatasetError, InputError
+
+_FILE_EXTS = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".dcm", ".csv", ".npy", ".wav",
+)
+
+
+def parse_header_cell(cell: str) -> Tuple[str, Optional[int], Optional[str]]:
+    """Split a header cell ``NAME[__INDEX][:LABEL]`` into ``(name, index or None, label)``."""
+    name_index, _, label = cell.partition(":")
+    name, sep, index = name_index.partition("__")
+    idx: Optional[int] = None
+    if sep:
+        try:
+            idx = int(index)
+        except ValueError:
+            idx = None
+            name = name_index
+    return name, idx, (label or None)
+
+
+def read_csv_table(path: str) -> Tuple[List[str], List[List[str]]]:
+    """Read a CSV into ``(header, rows)`` with every row as long as the header.
+
+    Raises:
+        InputError: the file is missing or unreadable, has no header, or a row has the wrong
+            number of cells.
+    """
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: file not found (check the path; relative paths start at "
+                         f"{os.getcwd()})")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            rows = [r for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{path}: cannot read this CSV ({e}); save it as UTF-8 text") from e
+    if not header:
+        raise DatasetError(f"{path}: the file is empty; a dataset CSV needs a header such as "
+                           "'x:image,y:label' and one row per sample")
+    out = []
+    for i, r in enumerate(rows):
+        if not r:
+            continue  # blank line
+        if len(r) != len(header):
+            raise DatasetError(
+                f"{path} row {i + 1}: {len(r)} cells but the header has {len(header)}; "
+                "every row needs one cell per column (quote cells that contain commas)"
+            )
+        out.append(r)
+    return header, out
+
+
+@dataclass
+class Dataset:
+    """A console dataset, decoded.
+
+    Attributes:
+        path: the CSV's path.
+        header: the CSV's header cells, as written.
+        rows: the raw cells of each row (row i of the file's data is ``rows[i]``).
+        arrays: variable name -> float32 array of shape (N, *sample_shape).
+        columns: variable name -> the header cells (in order) that make up that variable.
+    """
+
+    path: str
+    header: List[str]
+    rows: List[List[str]]
+    arrays: Dict[str, np.ndarray]
+    columns: Dict[str, List[str]] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Number of samples N."""
+        return len(self.rows)
+
+    @property
+    def folder(self) -> str:
+        """The folder that relative file paths in the CSV start from."""
+        return os.path.dirname(os.path.abspath(self.path))
+
+    def cell(self, row: int, column: str) -> str:
+        """The raw cell of ``row`` (0-based data row) in the header cell named ``column``."""
+        return self.rows[row][self.header.index(column)]
+
+    def subset(self, index: Sequence[int]) -> "Dataset":
+        """The rows ``index`` (in that order) as a new Dataset over the same file."""
+        index = np.asarray(index, dtype=np.int64)
+        return Dataset(
+            path=self.path,
+            header=list(self.header),
+            rows=[self.rows[i] for i in index],
+            arrays={k: v[index] for k, v in self.arrays.items()},
+            columns=dict(self.columns),
+        )
+
+
+def _load_file(full: str, normalize: bool) -> np.ndarray:
+    from nnabla.utils.data_source_loader import load
+
+    ext = os.path.splitext(full)[1].lower()
+    with open(full, "rb") as f:
+        return np.asarray(load(ext)(f, normalize=normalize))
+
+
+def load_dataset(
+    path: str,
+    needs: Mapping[str, Tuple[int, ...]],
+    normalize: bool = True,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Dataset:
+    """Read a console dataset CSV and decode the variables a network needs.
+
+    Args:
+        path: the CSV.
+        needs: variable name -> shape of one sample as the network expects it, e.g.
+            ``{"x": (1, 28, 28), "y": (1,)}``.
+        normalize: divide 8-bit image values by 255 (the console's default; the dataset's
+            ``no_image_normalization`` turns it off).
+        progress: optional callback ``(done, total)``.
+
+    Returns:
+        The decoded :class:`Dataset`; ``arrays[name]`` has shape (N, *needs[name]).
+
+    Raises:
+        DatasetError: a needed column is missing, a cell is neither a number nor an existing
+            file, a file has the wrong size, or the dataset has no rows.
+    """
+    header, rows = read_csv_table(path)
+    if not rows:
+        raise DatasetError(f"{path}: the dataset has a header but no rows; add samples")
+    folder = os.path.dirname(os.path.abspath(path))
+    columns: Dict[str, List[Tuple[int, Optional[int]]]] = {}
+    for ci, cell in enumerate(header):
+        if cell.startswith("#"):
+            continue
+        name, idx, _ = parse_header_cell(cell)
+        columns.setdefault(name, []).append((ci, idx))
+    for name in needs:
+        if name not in columns:
+            have = ", ".join(repr(c) for c in header)
+            raise DatasetError(
+                f"{path}: no column for variable '{name}' that the network needs; the header "
+                f"has {have}. Add a column named '{name}' (e.g. '{name}:label') or rename one"
+            )
+    arrays: Dict[str, np.ndarray] = {}
+    total = len(rows) * len(needs)
+    done = 0
+    for name, shape in needs.items():
+        shape = tuple(int(d) for d in shape)
+        cols = [ci for ci, _ in sorted(columns[name], key=lambda t: (t[1] is None, t[1] or 0))]
+        out = np.empty((len(rows),) + shape, dtype=np.float32)
+        for ri, row in enumerate(rows):
+            values = [
+                _cell_value(path, ri, header[ci], row[ci], folder, normalize) for ci in cols
+            ]
+            value = values[0] if len(values) == 1 else np.concatenate(
+                [np.ravel(v) for v in values])
+            value = np.asarray(value, dtype=np.float32)
+            if value.shape != shape:
+                if value.size != int(np.prod(shape)) or value.ndim > 1 and len(cols) == 1 and \
+                        _is_file(row[cols[0]]):
+                    raise DatasetError(_shape_message(path, ri, header, cols, row, value.shape,
+                                                      shape, name))
+                value = value.reshape(shape)
+            out[ri] = value
+            done += 1
+            if progress is not None and (done % 500 == 0 or done == total):
+                progress(done, total)
+        arrays[name] = out
+    return Dataset(
+        path=path, header=header, rows=rows, arrays=arrays,
+        columns={n: [header[ci] for ci, _ in columns[n]] for n in needs},
+    )
+
+
+def _is_file(cell: str) -> bool:
+    return os.path.splitext(cell.strip())[1].lower() in _FILE_EXTS
+
+
+def _shape_message(path, ri, header, cols, row, got, want, name) -> str:
+    where = f"{path} row {ri + 1}"
+    if len(cols) == 1 and _is_file(row[cols[0]]):
+        return (f"{where}: '{row[cols[0]]}' loads with shape {tuple(got)} but the network's input "
+                f"'{name}' takes {tuple(want)} (channels, height, width); resize the images to "
+                "the network's input size or change the network's input shape")
+    return (f"{where}: variable '{name}' has shape {tuple(got)} from columns "
+            f"{[header[c] for c in cols]} but the network takes {tuple(want)}")
+
+
+def _cell_value(path, ri, column, cell, folder, normalize):
+    text = cell.strip()
+    try:
+        return np.float32(float(text))
+    except ValueError:
+        pass
+    if not _is_file(text):
+        raise DatasetError(
+            f"{path} row {ri + 1}, column '{column}': '{cell}' is neither a number nor a file "
+            "path; labels must be numbers (class indices 0, 1, ...), and data cells paths to "
+            f"files ({', '.join(_FILE_EXTS)})"
+        )
+    full = text if os.path.isabs(text) else os.path.join(folder, text)
+    if not os.path.isfile(full):
+        raise DatasetError(
+            f"{path} row {ri + 1}, column '{column}': file '{text}' not found (paths are relative "
+            f"to the CSV's folder {folder})"
+        )
+    try:
+        value = _load_file(full, normalize)
+    except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
+        raise DatasetError(
+            f"{path} row {ri + 1}, column '{column}': cannot read '{text}' ({type(e).__name__}: "
+            f"{e}); replace or remove this file"
+        ) from e
+    return value

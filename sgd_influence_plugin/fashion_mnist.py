@@ -1,0 +1,178 @@
+"""Build console-format PNG datasets from Debian's ``dataset-fashion-mnist`` package.
+
+Fashion-MNIST (Xiao et al. 2017): 60,000 training and 10,000 test images, 28x28 grayscale,
+10 classes, stored in MNIST's idx format. ``apt-get install dataset-fashion-mnist`` puts the
+four ``.gz`` files in :data:`DEFAULT_DIR`. Nothing is downloaded at run time.
+
+The CSVs written here are what Neural Network Console expects: a header ``x:image,y:label``,
+one row per sample, image paths relative to the CSV's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .io_utils import atomic_write
+
+DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def available(data_dir: str = DEFAULT_DIR) -> bool:
+    """True when the four idx files are present."""
+    return all(os.path.exists(os.path.join(data_dir, f)) for p in _FILES.values() for f in p)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an idx file (optionally gzip-compressed) into a uint8 array of its stored shape."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise InputError(f"{path}: not an unsigned-byte idx file")
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_split(split: str, data_dir: str = DEFAULT_DIR):
+    """Return ``(images, labels)`` of ``split`` ('train' or 'test').
+
+    Returns:
+        images: (N, 28, 28) uint8; labels: (N,) int64 in 0..9.
+    """
+    if not available(data_dir):
+        raise InputError(
+            f"Fashion-MNIST not found in {data_dir}; install it with "
+            "'apt-get install dataset-fashion-mnist' (or run 'make data')"
+        )
+    img_name, lab_name = _FILES[split]
+    images = read_idx(os.path.join(data_dir, img_name))
+    labels = read_idx(os.path.join(data_dir, lab_name)).astype(np.int64)
+    return images, labels
+
+
+def write_png_dataset(
+    images: np.ndarray,
+    labels: Sequence[int],
+    out_dir: str,
+    csv_name: str,
+    image_subdir: str,
+    extra_columns: Optional[Dict[str, Sequence]] = None,
+) -> str:
+    """Write images as PNGs under ``out_dir/image_subdir`` and a console CSV listing them.
+
+    Args:
+        images: (N, H, W) uint8 grayscale or (N, H, W, 3) uint8 RGB.
+        labels: N integer labels.
+        out_dir: folder of the CSV; image paths in it are relative to this folder.
+        csv_name: file name of the CSV.
+        image_subdir: folder (relative to ``out_dir``) for the PNGs.
+        extra_columns: optional more columns, e.g. ``{"#original_label": [...]}``.
+
+    Returns:
+        The CSV's path.
+    """
+    from PIL import Image
+
+    os.makedirs(os.path.join(out_dir, image_subdir), exist_ok=True)
+    rel_paths = []
+    for i, img in enumerate(images):
+        rel = f"{image_subdir}/{i:06d}.png"
+        full = os.path.join(out_dir, rel)
+        Image.fromarray(np.asarray(img, dtype=np.uint8)).save(full)
+        rel_paths.append(rel)
+    extra_columns = extra_columns or {}
+    header = ["x:image", "y:label"] + list(extra_columns)
+    path = os.path.join(out_dir, csv_name)
+    with atomic_write(path, newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        for i, rel in enumerate(rel_paths):
+            w.writerow([rel, int(labels[i])] + [extra_columns[k][i] for k in extra_columns])
+    return path
+
+
+def flip_labels(labels: np.ndarray, rate: float, n_classes: int, seed: int) -> np.ndarray:
+    """Symmetric label noise: a ``rate`` share of the labels, chosen at random, each replaced
+    by a different class drawn uniformly.
+
+    Returns:
+        (N,) int64 noisy labels; ``noisy != labels`` marks exactly the flipped samples.
+    """
+    rng = np.random.RandomState(seed)
+    labels = np.asarray(labels, dtype=np.int64)
+    noisy = labels.copy()
+    n_flip = int(round(rate * len(labels)))
+    idx = rng.choice(len(labels), size=n_flip, replace=False)
+    shift = rng.randint(1, n_classes, size=n_flip)
+    noisy[idx] = (labels[idx] + shift) % n_classes
+    return noisy
+
+
+@dataclass
+class SplitSizes:
+    """Numbers of images in each split; train and validation come from Fashion-MNIST's
+    training file, test from its test file."""
+
+    train: int = 6000
+    val: int = 1000
+    test: int = 2000
+
+
+def build_splits(
+    out_dir: str,
+    sizes: SplitSizes = SplitSizes(),  # noqa: B008 (frozen values, never mutated)
+    noise_rate: float = 0.0,
+    noise_seed: int = 0,
+    seed: int = 0,
+    data_dir: str = DEFAULT_DIR,
+) -> Dict[str, str]:
+    """Write ``train.csv``, ``val.csv`` and ``test.csv`` (and PNGs) under ``out_dir``.
+
+    With ``noise_rate > 0`` the training labels get symmetric noise (see :func:`flip_labels`)
+    and ``train_noise.csv`` records the ground truth: ``index,clean_label,noisy_label,flipped``.
+
+    Returns:
+        Mapping of split name to CSV path (plus ``noise`` when noise was added).
+    """
+    images, labels = load_split("train", data_dir)
+    test_images, test_labels = load_split("test", data_dir)
+    if sizes.train + sizes.val > len(images) or sizes.test > len(test_images):
+        raise InputError(f"requested sizes {sizes} exceed Fashion-MNIST's 60000/10000 images")
+    rng = np.random.RandomState(seed)
+    perm = rng.permutation(len(images))
+    tr, va = perm[: sizes.train], perm[sizes.train : sizes.train + sizes.val]
+    te = rng.permutation(len(test_images))[: sizes.test]
+    train_labels = labels[tr]
+    out = {}
+    if noise_rate > 0:
+        noisy = flip_labels(train_labels, noise_rate, len(CLASS_NAMES), noise_seed)
+        path = os.path.join(out_dir, "train_noise.csv")
+        os.makedirs(out_dir, exist_ok=True)
+        with atomic_write(path, newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["index", "clean_label", "noisy_label", "flipped"])
+            for i, (c, n) in enumerate(zip(train_labels, noisy)):
+                w.writerow([i, int(c), int(n), int(c != n)])
+        out["noise"] = path
+        train_labels = noisy
+    out["train"] = write_png_dataset(images[tr], train_labels, out_dir, "train.csv", "train")
+    out["val"] = write_png_dataset(images[va], labels[va], out_dir, "val.csv", "val")
+    out["test"] = write_png_dataset(test_images[te], test_labels[te], out_dir, "test.csv", "test")
+    return out

@@ -1,0 +1,222 @@
+"""Write console-style network definitions (``net.nntxt``) for a few small image classifiers.
+
+The sample project, the benchmarks and the tests need real ``.nntxt`` files of the kind
+Neural Network Console saves: a ``Main`` network for training (BatchNorm with batch
+statistics, Dropout active), ``MainValidation`` (inference mode), ``MainRuntime`` (softmax
+output), two datasets, an optimizer, monitors and an executor. This module builds those
+networks with nnabla's parametric functions and lets ``nnabla.utils.save`` write the file, so
+the result is exactly what nnabla (and ``nnabla_cli train``) reads. It runs in a child
+process (:func:`write_nntxt`) because it fills nnabla's global parameter scope; the plugin
+itself never calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Tuple
+
+ARCHITECTURES = ("logreg", "mlp", "cnn", "cnn_bn", "smooth_cnn")
+
+
+@dataclass
+class NetSpec:
+    """What to write.
+
+    Attributes:
+        arch: one of :data:`ARCHITECTURES`.
+        input_shape: (C, H, W) of one image, as the CSV's images load.
+        n_classes: number of labels; the label column holds integers 0..n_classes-1.
+        train_csv / val_csv: dataset URIs written into the file (relative to the cwd of
+            ``nnabla_cli train``, as the console does).
+        batch_size: mini-batch size of both datasets.
+        lr: learning rate of the solver.
+        solver: nnabla solver name (``Sgd``, ``Momentum``, ``Adam``).
+        weight_decay: L2 coefficient of the solver.
+        max_epoch: epochs ``nnabla_cli train`` runs.
+        iter_per_epoch: mini-batches per epoch, as the console writes it (N // batch_size);
+            ``nnabla_cli train`` trains max_epoch * iter_per_epoch steps.
+        dropout: Dropout probability after the hidden layer of ``mlp``/``cnn``/``cnn_bn``
+            (0 = none).
+        save_best: the console's "save best" switch.
+        seed: seed of the initial weights.
+    """
+
+    arch: str = "cnn"
+    input_shape: Tuple[int, int, int] = (1, 28, 28)
+    n_classes: int = 10
+    train_csv: str = "train.csv"
+    val_csv: str = "val.csv"
+    batch_size: int = 32
+    lr: float = 0.05
+    solver: str = "Sgd"
+    weight_decay: float = 0.0
+    max_epoch: int = 5
+    iter_per_epoch: int = 1
+    dropout: float = 0.0
+    save_best: bool = False
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _logits(spec: NetSpec, x, train: bool):
+    import nnabla.functions as F
+    import nnabla.parametric_functions as PF
+
+    def dropout(h):
+        return F.dropout(h, spec.dropout) if (train and spec.dropout > 0) else h
+
+    if spec.arch == "logreg":
+        return PF.affine(x, spec.n_classes, name="Affine")
+    if spec.arch == "mlp":
+        h = F.relu(PF.affine(x, 64, name="Affine"))
+        return PF.affine(dropout(h), spec.n_classes, name="Affine_2")
+    if spec.arch in ("cnn", "cnn_bn"):
+        h = PF.convolution(x, 8, (3, 3), pad=(1, 1), name="Convolution")
+        if spec.arch == "cnn_bn":
+            h = PF.batch_normalization(h, batch_stat=train, name="BatchNormalization")
+        h = F.max_pooling(F.relu(h), (2, 2))
+        h = PF.convolution(h, 16, (3, 3), pad=(1, 1), name="Convolution_2")
+        if spec.arch == "cnn_bn":
+            h = PF.batch_normalization(h, batch_stat=train, name="BatchNormalization_2")
+        h = F.max_pooling(F.relu(h), (2, 2))
+        h = F.relu(PF.affine(h, 32, name="Affine"))
+        return PF.affine(dropout(h), spec.n_classes, name="Affine_2")
+    if spec.arch == "smooth_cnn":
+        h = F.tanh(PF.convolution(x, 4, (5, 5), pad=(2, 2), name="Convolution"))
+        h = F.average_pooling(h, (2, 2))
+        h = F.tanh(PF.convolution(h, 8, (3, 3), pad=(1, 1), name="Convolution_2"))
+        h = F.average_pooling(h, (2, 2))
+        return PF.affine(h, spec.n_classes, name="Affine")
+    raise ValueError(f"unknown architecture {spec.arch!r}; choose one of {ARCHITECTURES}")
+
+
+def _write_in_this_process(spec: NetSpec, path: str) -> None:
+    import nnabla as nn
+    import nnabla.functions as F
+    import nnabla.solvers as S
+    from nnabla.utils import save
+
+    nn.clear_parameters()
+    nn.random.seed(spec.seed)
+    import numpy as np
+
+    np.random.seed(spec.seed)
+    b = spec.batch_size
+    x = nn.Variable((b,) + tuple(spec.input_shape))
+    t = nn.Variable((b, 1))
+    loss = F.softmax_cross_entropy(_logits(spec, x, train=True), t)
+    xv = nn.Variable((b,) + tuple(spec.input_shape))
+    tv = nn.Variable((b, 1))
+    loss_v = F.softmax_cross_entropy(_logits(spec, xv, train=False), tv)
+    xr = nn.Variable((b,) + tuple(spec.input_shape))
+    prob = F.softmax(_logits(spec, xr, train=False))
+
+    if spec.solver == "Sgd":
+        solver = S.Sgd(spec.lr)
+    elif spec.solver == "Momentum":
+        solver = S.Momentum(spec.lr, 0.9)
+    elif spec.solver == "Adam":
+        solver = S.Adam(spec.lr)
+    else:
+        raise ValueError(f"unsupported solver {spec.solver!r}")
+    solver.set_parameters(nn.get_parameters())
+
+    data_vars = {"x": "x", "y": "y"}
+    contents = {
+        "global_config": {"default_context": nn.Context(["cpu:float"], "CpuCachedArray", "0")},
+        "training_config": {
+            "max_epoch": spec.max_epoch,
+            "iter_per_epoch": spec.iter_per_epoch,
+            "save_best": spec.save_best,
+        },
+        "networks": [
+            {"name": "Main", "batch_size": b, "outputs": {"loss": loss},
+             "names": {"x": x, "y": t}},
+            {"name": "MainValidation", "batch_size": b, "outputs": {"loss": loss_v},
+             "names": {"x": xv, "y": tv}},
+            {"name": "MainRuntime", "batch_size": b, "outputs": {"y'": prob},
+             "names": {"x": xr}},
+        ],
+        "datasets": [
+            {"name": "Training", "uri": spec.train_csv, "cache_dir": None,
+             "variables": ("x", "y"), "shuffle": True, "batch_size": b,
+             "no_image_normalization": False},
+            {"name": "Validation", "uri": spec.val_csv, "cache_dir": None,
+             "variables": ("x", "y"), "shuffle": False, "batch_size": b,
+             "no_image_normalization": False},
+        ],
+        "optimizers": [
+            {"name": "Optimizer", "solver": solver, "network": "Main", "dataset": "Training",
+             "weight_decay": spec.weight_decay, "lr_decay": 1.0, "lr_decay_interval": 1,
+             "update_interval": 1, "data_variables": data_vars, "loss_variables": ["loss"]},
+        ],
+        "monitors": [
+            {"name": "train_error", "network": "MainValidation", "dataset": "Training",
+             "data_variables": data_vars, "monitor_variables": ["loss"]},
+            {"name": "valid_error", "network": "MainValidation", "dataset": "Validation",
+             "data_variables": data_vars, "monitor_variables": ["loss"]},
+        ],
+        "executors": [
+            {"name": "Executor", "network": "MainRuntime", "data": ["x"], "output": ["y'"]},
+        ],
+    }
+    tmp = path + ".tmp.nntxt"
+    save.save(tmp, contents)
+    _add_initializers(tmp)
+    os.replace(tmp, path)
+
+
+#: Parameter-name suffix -> (initializer type, multiplier), as the console writes them.
+_INITIALIZERS = (
+    ("/affine/W", ("NormalAffineGlorot", 1.0)),
+    ("/conv/W", ("NormalConvolutionGlorot", 1.0)),
+    ("/gamma", ("Constant", 1.0)),
+    ("/var", ("Constant", 1.0)),
+    ("", ("Constant", 0.0)),  # biases, beta, running mean
+)
+
+
+def _add_initializers(path: str) -> None:
+    """nnabla's saver writes no initializers; ``nnabla_cli train`` would start from zeros."""
+    from google.protobuf import text_format
+    from nnabla.utils import nnabla_pb2
+
+    proto = nnabla_pb2.NNablaProtoBuf()
+    with open(path) as f:
+        text_format.Merge(f.read(), proto)
+    for net in proto.network:
+        for v in net.variable:
+            if v.type != "Parameter":
+                continue
+            kind, mult = next(init for suffix, init in _INITIALIZERS if v.name.endswith(suffix))
+            v.initializer.type = kind
+            v.initializer.multiplier = mult
+    with open(path, "w") as f:
+        f.write(text_format.MessageToString(proto))
+
+
+def write_nntxt(spec: NetSpec, path: str) -> str:
+    """Write ``spec`` as a console-style ``.nntxt`` at ``path`` (in a child process).
+
+    Returns:
+        ``path``.
+    """
+    code = (
+        "import json,sys; from sgd_influence_plugin.netdef import NetSpec, _write_in_this_process;"
+        "d=json.loads(sys.argv[1]); d['input_shape']=tuple(d['input_shape']);"
+        "_write_in_this_process(NetSpec(**d), sys.argv[2])"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(asdict(spec)), path],
+        capture_output=True, text=True, env=env,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"writing {path} failed:\n{proc.stderr[-3000:]}")
+    return path
