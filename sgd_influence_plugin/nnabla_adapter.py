@@ -423,19 +423,23 @@ class NnablaModel:
         self.context_name = context
         self._ctx = make_context(context)
         self._proto = replay_proto
+        # nnabla resolves "a/b/W" through nested scopes: keep that nested dict for graph
+        # building, and a flat name -> Variable view for everything else.
         self._scope: "OrderedDict[str, object]" = OrderedDict()
-        with nn.context_scope(self._ctx):
+        self._params: "OrderedDict[str, object]" = OrderedDict()
+        with nn.context_scope(self._ctx), nn.parameter_scope("", self._scope):
             for name, value in params.items():
                 v = nn.Variable.from_numpy_array(np.asarray(value, dtype=np.float32))
                 v.need_grad = name in info.trainable
-                self._scope[name] = v
+                nn.parameter.set_parameter(name, v)
+                self._params[name] = v
         self._graphs: Dict[int, LossGraph] = {}
 
     # -- parameters ---------------------------------------------------------------------
     @property
     def trainable(self) -> "OrderedDict[str, object]":
         """Trainable parameter name -> nn.Variable (sorted by name)."""
-        return OrderedDict((n, self._scope[n]) for n in self.info.trainable)
+        return OrderedDict((n, self._params[n]) for n in self.info.trainable)
 
     def get_params(self) -> Dict[str, np.ndarray]:
         """Copies of the trainable parameters, name -> float32 array."""
@@ -444,7 +448,7 @@ class NnablaModel:
     def set_params(self, values: Dict[str, np.ndarray]) -> None:
         """Overwrite trainable parameters (a subset is fine)."""
         for n, a in values.items():
-            self._scope[n].d = a
+            self._params[n].d = a
 
     @property
     def n_params(self) -> int:
@@ -456,7 +460,7 @@ class NnablaModel:
         import nnabla as nn
 
         tmp = path + ".tmp.h5"
-        nn.parameter.save_parameters(tmp, params=self._scope)
+        nn.parameter.save_parameters(tmp, params=self._params)
         os.replace(tmp, path)
 
     def load_params(self, path: str) -> None:
@@ -503,7 +507,13 @@ class NnablaModel:
                     lv = F.mean(lv, axis=tuple(range(1, lv.ndim)), keepdims=False)
                 per_sample.append(F.reshape(lv, (batch_size, 1)))
             loss = per_sample[0] if len(per_sample) == 1 else F.add_n(*per_sample)
-        for name, v in self._scope.items():
+        with nn.parameter_scope("", self._scope):
+            created = set(nn.get_parameters(grad_only=False)) - set(self._params)
+        if created:
+            raise ParameterError(
+                f"{self.info.source}: the network uses parameters that were not loaded: "
+                f"{sorted(created)}")
+        for name, v in self._params.items():
             v.need_grad = name in self.info.trainable
         return LossGraph(batch_size=batch_size, inputs=inputs, loss=loss, params=self.trainable)
 

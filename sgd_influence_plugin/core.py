@@ -1,0 +1,260 @@
+"""SGD-influence: plain SGD, the validation gradient and the backward replay.
+
+The math of Hara et al. (2019) with the storage-efficient replay of Suzuki et al. (2021); see
+``shared/ALGORITHM.md``. Everything here is a function of arrays and of a *model* object that
+supplies graphs (:class:`~sgd_influence_plugin.nnabla_adapter.NnablaModel` satisfies it):
+
+- ``model.graph(B)`` -> a graph with ``inputs`` (column -> Variable (B, ...)), ``loss`` (B, 1)
+  per-sample losses and ``params`` (name -> Variable);
+- ``model.get_params()`` / ``model.set_params(dict)`` for the trainable parameters.
+
+No files, no settings objects, no global state. Conventions:
+
+- ``arrays``: dataset column -> float32 array (N, *sample_shape), rows in CSV order.
+- ``order``: int array (N,), the epoch's permutation; step t uses ``order[t*B:(t+1)*B]``, the
+  last step may be shorter. T = ceil(N / B).
+- ``lrs``: float array (T,), the learning rate eta_t of each step.
+- SGD step: theta <- theta - eta_t * (1/|S_t| * sum_{i in S_t} w_i grad l_i(theta)
+  + lambda * theta), with sample weights w_i = 1 (0 removes a sample: the leave-one-out oracle).
+- Influence ``infl[j]`` (float64, units of validation loss): the estimated change of the mean
+  validation loss if sample j were left out of the replayed epoch. Negative = removing j lowers
+  the validation loss = harmful.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+#: Progress callback: (stage name, steps done, steps in total).
+Progress = Callable[[str, int, int], None]
+
+
+def n_steps(n: int, batch_size: int) -> int:
+    """Number of SGD steps T in one epoch over N samples: ceil(N / B)."""
+    return int(math.ceil(n / batch_size))
+
+
+def step_indices(order: np.ndarray, t: int, batch_size: int) -> np.ndarray:
+    """Indices (into the dataset) of the samples that step ``t`` uses."""
+    return order[t * batch_size : (t + 1) * batch_size]
+
+
+def epoch_orders(n: int, epochs: int, seed: int) -> List[np.ndarray]:
+    """The sample order of each of ``epochs`` epochs: independent permutations of 0..N-1
+    from one ``numpy.random.RandomState(seed)``; int32 arrays of shape (N,)."""
+    rng = np.random.RandomState(seed)
+    return [rng.permutation(n).astype(np.int32) for _ in range(epochs)]
+
+
+class _StepGraphs:
+    """The weighted objective and the fused influence/HVP graph at one batch size.
+
+    ``objective = sum_i w_i * l_i`` with ``w`` an input of shape (B, 1);
+    ``score = sum_k <u_k, d objective / d theta_k>`` with ``u`` held in input Variables.
+    One ``score.forward(); score.backward()`` gives ``w.g[i] = <u, grad l_i>`` and
+    ``param.g = sum_i w_i H_i u``.
+    """
+
+    def __init__(self, model, batch_size: int, fused: bool):
+        import nnabla as nn
+        import nnabla.functions as F
+
+        g = model.graph(batch_size)
+        self.graph = g
+        self.params = list(g.params.values())
+        with model.context_scope():
+            self.w = nn.Variable((batch_size, 1), need_grad=True)
+            self.objective = F.sum(self.w * g.loss)
+            self.score = None
+            if fused:
+                grads = nn.grad([self.objective], self.params)
+                self.u = [nn.Variable(p.shape) for p in self.params]
+                terms = [F.sum(gk * uk) for gk, uk in zip(grads, self.u)]
+                self.score = terms[0] if len(terms) == 1 else F.add_n(*terms)
+
+    def feed(self, arrays: Mapping[str, np.ndarray], index: np.ndarray, weights: np.ndarray):
+        for col, var in self.graph.inputs.items():
+            var.d = arrays[col][index]
+        self.w.d = weights.reshape(-1, 1)
+
+    def zero_grads(self):
+        for p in self.params:
+            p.grad.zero()
+        self.w.grad.zero()
+
+
+class _GraphCache:
+    def __init__(self, model, fused: bool):
+        self.model, self.fused, self._by_size = model, fused, {}
+
+    def __call__(self, batch_size: int) -> _StepGraphs:
+        if batch_size not in self._by_size:
+            self._by_size[batch_size] = _StepGraphs(self.model, batch_size, self.fused)
+        return self._by_size[batch_size]
+
+
+def sgd_epoch(
+    model,
+    arrays: Mapping[str, np.ndarray],
+    order: np.ndarray,
+    lrs: Sequence[float],
+    batch_size: int,
+    weight_decay: float = 0.0,
+    sample_weight: Optional[np.ndarray] = None,
+    before_step: Optional[Callable[[int], None]] = None,
+    progress: Optional[Progress] = None,
+    graphs: Optional[_GraphCache] = None,
+) -> None:
+    """Run one epoch of plain SGD in place on ``model``'s trainable parameters.
+
+    Args:
+        model: see the module docstring.
+        arrays: dataset column -> (N, ...) float32.
+        order: (N,) the epoch's sample order.
+        lrs: (T,) learning rate per step.
+        batch_size: B.
+        weight_decay: lambda (L2), as nnabla's solvers apply it: grad += lambda * theta.
+        sample_weight: optional (N,) per-sample weights (default 1). The step's mean still
+            divides by |S_t|, so weight 0 removes a sample without renormalizing (the exact
+            counterfactual of the influence definition).
+        before_step: called with t before step t changes the parameters (for snapshots).
+        progress: optional callback.
+    """
+    graphs = graphs or _GraphCache(model, fused=False)
+    T = n_steps(len(order), batch_size)
+    for t in range(T):
+        idx = step_indices(order, t, batch_size)
+        if before_step is not None:
+            before_step(t)
+        sg = graphs(len(idx))
+        w = np.full(len(idx), 1.0 / len(idx), dtype=np.float32)
+        if sample_weight is not None:
+            w = w * sample_weight[idx].astype(np.float32)
+        sg.feed(arrays, idx, w)
+        sg.objective.forward(clear_no_need_grad=True)
+        sg.zero_grads()
+        sg.objective.backward(clear_buffer=True)
+        lr = float(lrs[t])
+        for p in sg.params:
+            if weight_decay:
+                p.d = p.d - lr * (p.g + weight_decay * p.d)
+            else:
+                p.d = p.d - lr * p.g
+        if progress is not None:
+            progress("train", t + 1, T)
+
+
+def mean_loss(model, arrays: Mapping[str, np.ndarray], batch_size: int = 256) -> float:
+    """Mean per-sample loss over a dataset (float, in the loss's units)."""
+    n = len(next(iter(arrays.values())))
+    total = 0.0
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(n, start + batch_size))
+        g = model.graph(len(idx))
+        for col, var in g.inputs.items():
+            var.d = arrays[col][idx]
+        g.loss.forward(clear_buffer=True)
+        total += float(np.sum(g.loss.d, dtype=np.float64))
+    return total / n
+
+
+def validation_gradient(
+    model, arrays: Mapping[str, np.ndarray], batch_size: int = 256
+) -> "OrderedDict[str, np.ndarray]":
+    """The query vector u = grad of the mean validation loss at the current parameters.
+
+    Returns:
+        Trainable parameter name -> float32 array of that parameter's shape.
+    """
+    n = len(next(iter(arrays.values())))
+    graphs = _GraphCache(model, fused=False)
+    acc: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(n, start + batch_size))
+        sg = graphs(len(idx))
+        sg.feed(arrays, idx, np.full(len(idx), 1.0 / n, dtype=np.float32))
+        sg.objective.forward(clear_no_need_grad=True)
+        sg.zero_grads()
+        sg.objective.backward(clear_buffer=True)
+        for name, p in sg.graph.params.items():
+            g = np.asarray(p.g, dtype=np.float64)
+            acc[name] = acc[name] + g if name in acc else g
+    return OrderedDict((k, v.astype(np.float32)) for k, v in acc.items())
+
+
+@dataclass
+class ReplayStats:
+    """Timings of one backward replay (seconds)."""
+
+    steps: int
+    seconds: float
+
+
+def replay(
+    model,
+    arrays: Mapping[str, np.ndarray],
+    order: np.ndarray,
+    lrs: Sequence[float],
+    batch_size: int,
+    u: Mapping[str, np.ndarray],
+    weight_decay: float = 0.0,
+    params_at: Optional[Callable[[int], Dict[str, np.ndarray]]] = None,
+    progress: Optional[Progress] = None,
+) -> "tuple[np.ndarray, ReplayStats]":
+    """Backward replay of one SGD epoch (Algorithm 2).
+
+    For t = T-1 .. 0, with S = step t's samples and one fused double-backward pass::
+
+        infl[j] += eta_t / |S| * <u, grad l_j(theta)>     for j in S
+        u       <- u - eta_t * (H_t u + lambda * u)
+
+    Args:
+        model: see the module docstring; its current parameters are theta for every step
+            (Suzuki et al.'s final-parameters replay) unless ``params_at`` is given.
+        arrays: training data, column -> (N, ...).
+        order: (N,) the replayed epoch's order; ``lrs``: (T,) its learning rates.
+        batch_size: B of the replayed epoch.
+        u: the query vector (e.g. :func:`validation_gradient` at the final parameters),
+            parameter name -> array; not modified.
+        weight_decay: lambda of the replayed epoch.
+        params_at: optional ``t -> parameters before step t`` (Hara et al.'s all-parameters
+            mode); the model's parameters are overwritten step by step.
+
+    Returns:
+        ``(infl, stats)``: infl is float64 (N,) in dataset row order, negative = harmful;
+        samples the epoch did not visit keep 0.
+    """
+    n = len(order)
+    T = n_steps(n, batch_size)
+    graphs = _GraphCache(model, fused=True)
+    names = list(model.graph(min(batch_size, n)).params.keys())
+    u_cur = [np.array(u[k], dtype=np.float32, copy=True) for k in names]
+    infl = np.zeros(len(next(iter(arrays.values()))), dtype=np.float64)
+    start = time.perf_counter()
+    for step, t in enumerate(range(T - 1, -1, -1)):
+        if params_at is not None:
+            model.set_params(params_at(t))
+        idx = step_indices(order, t, batch_size)
+        sg = graphs(len(idx))
+        sg.feed(arrays, idx, np.full(len(idx), 1.0 / len(idx), dtype=np.float32))
+        for var, value in zip(sg.u, u_cur):
+            var.d = value
+        sg.score.forward(clear_no_need_grad=True)
+        sg.zero_grads()
+        sg.score.backward(clear_buffer=True)
+        lr = float(lrs[t])
+        # w.g[i] = <u, grad l_i>; the step's weight on sample i is 1/|S|.
+        infl[idx] += lr / len(idx) * np.asarray(sg.w.g, dtype=np.float64).ravel()
+        for k, p in enumerate(sg.params):
+            hu = p.g
+            u_cur[k] = u_cur[k] - lr * (hu + weight_decay * u_cur[k]) if weight_decay else \
+                u_cur[k] - lr * hu
+        if progress is not None:
+            progress("replay", step + 1, T)
+    return infl, ReplayStats(steps=T, seconds=time.perf_counter() - start)
