@@ -163,6 +163,19 @@ def _read_h5(fileobj, where: str) -> "OrderedDict[str, np.ndarray]":
     return params
 
 
+def read_params(path: str, names) -> Dict[str, np.ndarray]:
+    """Read the parameters ``names`` from a nnabla ``.h5`` file: name -> array.
+
+    Raises:
+        ParameterError: the file is unreadable or lacks one of ``names``.
+    """
+    values = _read_h5(path, path)
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ParameterError(f"{path}: parameters {missing} are missing from this file")
+    return {n: values[n] for n in names}
+
+
 def _proto_params(proto) -> "OrderedDict[str, np.ndarray]":
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for p in proto.parameter:
@@ -465,8 +478,7 @@ class NnablaModel:
 
     def load_params(self, path: str) -> None:
         """Load the trainable parameters from an .h5 written by :meth:`save_params`."""
-        values = _read_h5(path, path)
-        self.set_params({n: values[n] for n in self.info.trainable})
+        self.set_params(read_params(path, self.info.trainable))
 
     # -- graphs -------------------------------------------------------------------------
     def graph(self, batch_size: int) -> LossGraph:
