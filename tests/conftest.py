@@ -1,0 +1,113 @@
+"""Shared fixtures: real PNG datasets and real training results made by ``nnabla_cli train``.
+
+Images come from Debian's Fashion-MNIST package when it is installed (``make data``), and
+otherwise from a small generated set of class-dependent patterns, so the suite runs anywhere.
+Everything is built once per session under pytest's temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from sgd_influence_plugin import fashion_mnist
+from sgd_influence_plugin.netdef import NetSpec, write_nntxt
+
+NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
+
+
+def _source_images(n: int, seed: int):
+    """(images uint8 (n, 28, 28), labels int (n,)): Fashion-MNIST, or generated patterns."""
+    rng = np.random.RandomState(seed)
+    if fashion_mnist.available():
+        images, labels = fashion_mnist.load_split("train")
+        idx = rng.choice(len(images), n, replace=False)
+        return images[idx], labels[idx]
+    labels = rng.randint(0, 10, n)
+    yy, xx = np.mgrid[:28, :28]
+    images = np.empty((n, 28, 28), np.uint8)
+    for i, c in enumerate(labels):
+        base = 127 + 100 * np.sin((c + 1) * xx / 9.0 + c * yy / 7.0)
+        images[i] = np.clip(base + rng.randn(28, 28) * 40, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def make_png_dataset(folder, n_train, n_val, size=28, seed=0):
+    """Write train.csv / val.csv (x:image,y:label) with PNGs of ``size`` x ``size``."""
+    from PIL import Image
+
+    images, labels = _source_images(n_train + n_val, seed)
+    if size != 28:
+        images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
+                           for im in images])
+    os.makedirs(folder, exist_ok=True)
+    train = fashion_mnist.write_png_dataset(images[:n_train], labels[:n_train], folder,
+                                            "train.csv", "train")
+    val = fashion_mnist.write_png_dataset(images[n_train:], labels[n_train:], folder,
+                                          "val.csv", "val")
+    return {"folder": str(folder), "train": train, "val": val, "size": size}
+
+
+def train_result(folder, data, spec: NetSpec):
+    """Write net.nntxt for ``data``, train it with ``nnabla_cli train`` into ``folder``.
+
+    The folder then looks like a console result: results.nnp, net.nntxt, parameters.h5
+    (extracted from the nnp), monitoring_report.yml.
+    """
+    os.makedirs(folder, exist_ok=True)
+    n_train = sum(1 for _ in open(data["train"])) - 1
+    spec.train_csv, spec.val_csv = data["train"], data["val"]
+    spec.input_shape = (1, data["size"], data["size"])
+    spec.iter_per_epoch = max(1, n_train // spec.batch_size)
+    nntxt = write_nntxt(spec, os.path.join(folder, "net.nntxt"))
+    proc = subprocess.run([NNABLA_CLI, "train", "-c", nntxt, "-o", folder],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nnabla_cli train failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    with zipfile.ZipFile(os.path.join(folder, "results.nnp")) as zf:
+        with zf.open("parameter.h5") as src, open(os.path.join(folder, "parameters.h5"),
+                                                   "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def data28(tmp_path_factory):
+    """256 training and 64 validation 28x28 images."""
+    return make_png_dataset(tmp_path_factory.mktemp("data28"), 256, 64)
+
+
+@pytest.fixture(scope="session")
+def data7(tmp_path_factory):
+    """50 training and 30 validation 7x7 images (tiny models with dense Hessians)."""
+    return make_png_dataset(tmp_path_factory.mktemp("data7"), 50, 30, size=7, seed=1)
+
+
+@pytest.fixture(scope="session")
+def results(tmp_path_factory, data28, data7):
+    """Factory: ``results(name)`` -> a trained result folder (cached per session)."""
+    specs = {
+        "mlp": (data28, NetSpec(arch="mlp", batch_size=32, lr=0.1, max_epoch=2)),
+        "cnn_bn": (data28, NetSpec(arch="cnn_bn", batch_size=32, lr=0.05, max_epoch=2,
+                                   dropout=0.3)),
+        "smooth": (data28, NetSpec(arch="smooth_cnn", batch_size=32, lr=0.05, max_epoch=3)),
+        "logreg": (data7, NetSpec(arch="logreg", batch_size=16, lr=0.1, max_epoch=3,
+                                  weight_decay=0.01)),
+        "adam": (data28, NetSpec(arch="mlp", batch_size=32, lr=0.001, solver="Adam",
+                                 max_epoch=1)),
+    }
+    made = {}
+
+    def get(name):
+        if name not in made:
+            data, spec = specs[name]
+            made[name] = train_result(tmp_path_factory.mktemp("result_" + name), data, spec)
+        return made[name]
+
+    return get

@@ -1,0 +1,66 @@
+"""The dataset reader against nnabla's own CsvDataSource, on real PNG files."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sgd_influence_plugin.dataset import load_dataset, parse_header_cell, read_csv_table
+
+
+def _csv_data_source_rows(path, normalize):
+    from nnabla.utils.data_source_implements import CsvDataSource
+
+    src = CsvDataSource(path, shuffle=False, normalize=normalize)
+    rows = [src._get_data(i) for i in range(src.size)]
+    return src.variables, rows
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_grayscale_pngs_match_nnabla_csv_data_source(data28, normalize):
+    ds = load_dataset(data28["train"], {"x": (1, 28, 28), "y": (1,)}, normalize=normalize)
+    variables, rows = _csv_data_source_rows(data28["train"], normalize)
+    assert variables == ("x", "y")
+    assert ds.size == len(rows) == 256
+    for i in (0, 1, 17, 255):
+        x_ref, y_ref = (np.asarray(v, dtype=np.float32) for v in rows[i])
+        assert x_ref.shape == (1, 28, 28)
+        np.testing.assert_array_equal(ds.arrays["x"][i], x_ref)
+        np.testing.assert_array_equal(ds.arrays["y"][i], y_ref.reshape(1))
+    assert 0.0 <= ds.arrays["x"].min() and ds.arrays["x"].max() <= (1.0 if normalize else 255.0)
+
+
+def test_rgb_vectors_and_comment_columns_match_nnabla(tmp_path):
+    rng = np.random.RandomState(0)
+    os.makedirs(tmp_path / "img")
+    lines = ["#note,x:image,v__0,v__1,v__2,y:label"]
+    for i in range(5):
+        Image.fromarray(rng.randint(0, 256, (6, 4, 3)).astype(np.uint8)).save(
+            tmp_path / "img" / f"{i}.png")
+        lines.append(f"comment {i},img/{i}.png,{i},{i * 0.5},-1,{i % 3}")
+    path = str(tmp_path / "d.csv")
+    open(path, "w").write("\n".join(lines) + "\n")
+    ds = load_dataset(path, {"x": (3, 6, 4), "v": (3,), "y": (1,)})
+    variables, rows = _csv_data_source_rows(path, True)
+    assert variables == ("x", "v", "y")
+    for i, (x, v, y) in enumerate(rows):
+        np.testing.assert_allclose(ds.arrays["x"][i], np.asarray(x, np.float32), rtol=1e-7)
+        np.testing.assert_allclose(ds.arrays["v"][i], np.asarray(v, np.float32))
+        np.testing.assert_allclose(ds.arrays["y"][i], np.asarray(y, np.float32).ravel())
+    assert ds.cell(2, "#note") == "comment 2"
+    assert ds.columns["v"] == ["v__0", "v__1", "v__2"]
+
+
+def test_header_cells_parse():
+    assert parse_header_cell("x:image") == ("x", None, "image")
+    assert parse_header_cell("y__3:label") == ("y", 3, "label")
+    assert parse_header_cell("t") == ("t", None, None)
+
+
+def test_paths_are_relative_to_the_csv_folder(data28, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # far from the CSV
+    ds = load_dataset(data28["train"], {"x": (1, 28, 28), "y": (1,)})
+    assert ds.arrays["x"].shape == (256, 1, 28, 28)
+    header, rows = read_csv_table(data28["train"])
+    assert header == ["x:image", "y:label"] and len(rows) == 256

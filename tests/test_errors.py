@@ -1,0 +1,177 @@
+"""Every bad input gets the project's own exception with a message naming file, row and fix."""
+
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from sgd_influence_plugin.dataset import load_dataset
+from sgd_influence_plugin.errors import (
+    ContextError,
+    DatasetError,
+    InputError,
+    NetworkDefinitionError,
+    ParameterError,
+)
+from sgd_influence_plugin.nnabla_adapter import load_model, make_context
+
+NEEDS = {"x": (1, 28, 28), "y": (1,)}
+
+
+def _copy_dataset(data, tmp_path, n=5):
+    folder = tmp_path / "d"
+    shutil.copytree(os.path.join(data["folder"], "train"), folder / "train")
+    lines = open(data["train"]).read().splitlines()[: n + 1]
+    path = folder / "train.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return folder, path, lines
+
+
+def test_missing_csv(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.csv: file not found"):
+        load_dataset(str(tmp_path / "nope.csv"), NEEDS)
+
+
+def test_missing_column(data28, tmp_path):
+    folder, path, lines = _copy_dataset(data28, tmp_path)
+    path.write_text("\n".join(["x:image,label"] + lines[1:]) + "\n")
+    with pytest.raises(DatasetError, match=r"train\.csv: no column for variable 'y'.*'x:image', "
+                                           r"'label'.*Add a column named 'y'"):
+        load_dataset(str(path), NEEDS)
+
+
+def test_missing_image(data28, tmp_path):
+    folder, path, lines = _copy_dataset(data28, tmp_path)
+    os.remove(folder / "train" / "000002.png")
+    with pytest.raises(DatasetError, match=r"train\.csv row 3, column 'x:image': file "
+                                           r"'train/000002\.png' not found \(paths are relative "
+                                           r"to the CSV's folder"):
+        load_dataset(str(path), NEEDS)
+
+
+def test_unreadable_image(data28, tmp_path):
+    folder, path, _ = _copy_dataset(data28, tmp_path)
+    (folder / "train" / "000001.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"row 2, column 'x:image': cannot read "
+                                           r"'train/000001\.png'.*replace or remove"):
+        load_dataset(str(path), NEEDS)
+
+
+def test_image_size_mismatch(data28, tmp_path):
+    folder, path, _ = _copy_dataset(data28, tmp_path)
+    Image.fromarray(np.zeros((14, 14), np.uint8)).save(folder / "train" / "000004.png")
+    with pytest.raises(DatasetError, match=r"row 5: 'train/000004\.png' loads with shape "
+                                           r"\(1, 14, 14\) but the network's input 'x' takes "
+                                           r"\(1, 28, 28\).*resize"):
+        load_dataset(str(path), NEEDS)
+
+
+def test_empty_dataset(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("x:image,y:label\n")
+    with pytest.raises(DatasetError, match=r"empty\.csv: the dataset has a header but no rows"):
+        load_dataset(str(path), NEEDS)
+    path.write_text("")
+    with pytest.raises(DatasetError, match=r"empty\.csv: the file is empty"):
+        load_dataset(str(path), NEEDS)
+
+
+def test_non_numeric_label(data28, tmp_path):
+    folder, path, lines = _copy_dataset(data28, tmp_path)
+    lines[3] = lines[3].split(",")[0] + ",shirt"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"row 3, column 'y:label': 'shirt' is neither a "
+                                           r"number nor a file path; labels must be numbers"):
+        load_dataset(str(path), NEEDS)
+
+
+def test_ragged_row(data28, tmp_path):
+    folder, path, lines = _copy_dataset(data28, tmp_path)
+    lines[2] += ",extra"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"row 2: 3 cells but the header has 2"):
+        load_dataset(str(path), NEEDS)
+
+
+def test_missing_model_files(tmp_path):
+    with pytest.raises(NetworkDefinitionError, match=r"results\.nnp: file not found"):
+        load_model(model=str(tmp_path / "results.nnp"))
+    (tmp_path / "bad.nnp").write_bytes(b"xx")
+    with pytest.raises(NetworkDefinitionError, match=r"bad\.nnp: not a valid \.nnp"):
+        load_model(model=str(tmp_path / "bad.nnp"))
+    with pytest.raises(NetworkDefinitionError, match="no model given"):
+        load_model()
+
+
+def test_garbled_nntxt(tmp_path):
+    (tmp_path / "net.nntxt").write_text("network { name: \n")
+    with pytest.raises(NetworkDefinitionError, match=r"net\.nntxt: not a valid network "
+                                                     r"definition"):
+        load_model(config=str(tmp_path / "net.nntxt"))
+
+
+def _edited_nntxt(results, tmp_path, edit):
+    src = open(os.path.join(results("mlp"), "net.nntxt")).read()
+    path = tmp_path / "net.nntxt"
+    path.write_text(edit(src))
+    return str(path)
+
+
+def test_no_optimizer(results, tmp_path):
+    import re
+
+    cfg = _edited_nntxt(results, tmp_path,
+                        lambda s: re.sub(r"\noptimizer \{.*?\n\}", "", s, flags=re.S))
+    with pytest.raises(NetworkDefinitionError, match=r"net\.nntxt.*has no optimizer"):
+        load_model(config=cfg, params=os.path.join(results("mlp"), "parameters.h5"))
+
+
+def test_no_loss(results, tmp_path):
+    import re
+
+    cfg = _edited_nntxt(results, tmp_path, lambda s: re.sub(
+        r"\s*loss_variable \{\s*variable_name: \"loss\"\s*\}", "", s))
+    with pytest.raises(NetworkDefinitionError, match=r"names no loss variable; add a loss"):
+        load_model(config=cfg, params=os.path.join(results("mlp"), "parameters.h5"))
+
+
+def test_missing_parameter(results, tmp_path):
+    params = tmp_path / "p.h5"
+    shutil.copy(os.path.join(results("mlp"), "parameters.h5"), params)
+    with h5py.File(params, "a") as f:
+        del f["Affine_2/affine/W"]
+    with pytest.raises(ParameterError, match=r"parameter 'Affine_2/affine/W' of network 'Main' "
+                                             r"is missing"):
+        load_model(config=os.path.join(results("mlp"), "net.nntxt"), params=str(params))
+
+
+def test_wrong_parameter_shape(results, tmp_path):
+    params = tmp_path / "p.h5"
+    shutil.copy(os.path.join(results("mlp"), "parameters.h5"), params)
+    with h5py.File(params, "a") as f:
+        attrs = dict(f["Affine/affine/b"].attrs)
+        del f["Affine/affine/b"]
+        ds = f.create_dataset("Affine/affine/b", data=np.zeros(5, np.float32))
+        ds.attrs.update(attrs)
+    with pytest.raises(ParameterError, match=r"'Affine/affine/b' has shape \(5,\) but network "
+                                             r"'Main' needs \(64,\)"):
+        load_model(config=os.path.join(results("mlp"), "net.nntxt"), params=str(params))
+    with pytest.raises(ParameterError, match=r"missing\.h5: file not found"):
+        load_model(config=os.path.join(results("mlp"), "net.nntxt"),
+                   params=str(tmp_path / "missing.h5"))
+
+
+def test_cudnn_without_extension_is_clear():
+    try:
+        import nnabla_ext.cudnn  # noqa: F401
+
+        pytest.skip("the GPU extension is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ContextError, match=r"needs the nnabla GPU extension.*nnabla-ext-cuda"):
+        make_context("cudnn")
+    with pytest.raises(ContextError, match="unknown context 'tpu'"):
+        make_context("tpu")
