@@ -79,6 +79,12 @@ class _StepGraphs:
                 self.score = terms[0] if len(terms) == 1 else F.add_n(*terms)
 
     def feed(self, arrays: Mapping[str, np.ndarray], index: np.ndarray, weights: np.ndarray):
+        """Set the inputs to rows ``index`` and w to ``weights``; a graph larger than the
+        batch is padded with copies of the first row at weight 0."""
+        pad = self.graph.batch_size - len(index)
+        if pad:
+            index = np.concatenate([index, np.repeat(index[:1], pad)])
+            weights = np.concatenate([weights, np.zeros(pad, weights.dtype)])
         for col, var in self.graph.inputs.items():
             var.d = arrays[col][index]
         self.w.d = weights.reshape(-1, 1)
@@ -94,9 +100,13 @@ class _GraphCache:
         self.model, self.fused, self._by_size = model, fused, {}
 
     def __call__(self, batch_size: int) -> _StepGraphs:
-        if batch_size not in self._by_size:
-            self._by_size[batch_size] = _StepGraphs(self.model, batch_size, self.fused)
-        return self._by_size[batch_size]
+        # nnabla 1.39's double backward of SoftmaxCrossEntropy fails at batch size 1
+        # ("Dimensions of inputs must match"): fused graphs of one sample are built for two
+        # and padded with a zero-weight row (see _StepGraphs.feed).
+        size = max(batch_size, 2) if self.fused else batch_size
+        if size not in self._by_size:
+            self._by_size[size] = _StepGraphs(self.model, size, self.fused)
+        return self._by_size[size]
 
 
 def sgd_epoch(
@@ -250,7 +260,7 @@ def replay(
         sg.score.backward(clear_buffer=True)
         lr = float(lrs[t])
         # w.g[i] = <u, grad l_i>; the step's weight on sample i is 1/|S|.
-        infl[idx] += lr / len(idx) * np.asarray(sg.w.g, dtype=np.float64).ravel()
+        infl[idx] += lr / len(idx) * np.asarray(sg.w.g, dtype=np.float64).ravel()[: len(idx)]
         for k, p in enumerate(sg.params):
             hu = p.g
             u_cur[k] = u_cur[k] - lr * (hu + weight_decay * u_cur[k]) if weight_decay else \
