@@ -94,6 +94,9 @@ class ModelInfo:
         val_dataset: the dataset of the validation monitor (``valid_error``), if any.
         validation_network: the network the validation monitor runs, if any.
         notes: what the replay changed in the network (BatchNorm mode, Dropout).
+        runtime_network: the executor's network (``MainRuntime``), for predictions; or None.
+        runtime_inputs: its input variable -> dataset column.
+        runtime_output: its first output variable (e.g. the softmax ``y'``).
     """
 
     source: str
@@ -107,6 +110,9 @@ class ModelInfo:
     val_dataset: Optional[DatasetRef]
     validation_network: Optional[str]
     notes: List[str] = field(default_factory=list)
+    runtime_network: Optional[str] = None
+    runtime_inputs: Dict[str, str] = field(default_factory=dict)
+    runtime_output: Optional[str] = None
 
 
 @dataclass
@@ -390,6 +396,15 @@ def describe(proto, params: Dict[str, np.ndarray], source: str,
     )
     replay = nnabla_pb2.NNablaProtoBuf()
     replay.network.add().CopyFrom(net)
+    for ex in proto.executor:
+        if ex.network_name in nets and ex.output_variable and ex.network_name != net.name:
+            runtime = replay.network.add()
+            runtime.CopyFrom(nets[ex.network_name])
+            _prepare_network(runtime, source)
+            info.runtime_network = ex.network_name
+            info.runtime_inputs = {d.variable_name: d.data_name for d in ex.data_variable}
+            info.runtime_output = ex.output_variable[0].variable_name
+            break
     return info, replay
 
 
@@ -446,7 +461,7 @@ class NnablaModel:
                 v.need_grad = name in info.trainable
                 nn.parameter.set_parameter(name, v)
                 self._params[name] = v
-        self._graphs: Dict[int, LossGraph] = {}
+        self._graphs: Dict[object, object] = {}  # batch size (or ('predict', B)) -> graph
 
     # -- parameters ---------------------------------------------------------------------
     @property
@@ -519,15 +534,67 @@ class NnablaModel:
                     lv = F.mean(lv, axis=tuple(range(1, lv.ndim)), keepdims=False)
                 per_sample.append(F.reshape(lv, (batch_size, 1)))
             loss = per_sample[0] if len(per_sample) == 1 else F.add_n(*per_sample)
+        self._check_no_new_params()
+        return LossGraph(batch_size=batch_size, inputs=inputs, loss=loss, params=self.trainable)
+
+    def predict(self, arrays: Dict[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
+        """The executor network's first output for every row, e.g. class probabilities.
+
+        Args:
+            arrays: dataset column -> (N, ...) float32.
+
+        Returns:
+            float32 (N, *output_shape).
+
+        Raises:
+            NetworkDefinitionError: the definition has no executor (runtime) network.
+        """
+        import nnabla as nn
+        from nnabla.utils.load import IdentityRemover
+
+        info = self.info
+        if not info.runtime_network:
+            raise NetworkDefinitionError(
+                f"{info.source}: no executor network (e.g. MainRuntime) to predict with")
+        n = len(next(iter(arrays.values())))
+        outs = []
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            key = ("predict", b)
+            if key not in self._graphs:
+                renamed: Dict[str, str] = {}
+                with nn.context_scope(self._ctx):
+                    g = nn.graph_def.ProtoGraph.from_proto(
+                        self._proto, param_scope=self._scope, rng=np.random.RandomState(0))
+                    net = g.networks[info.runtime_network]
+                    net.execute_on_proto(IdentityRemover(renamed, is_required=lambda pf: False))
+                    net(ctx=self._ctx, batch_size=b)
+                    ins = {col: net.variables[renamed.get(v, v)].variable_instance
+                           for v, col in info.runtime_inputs.items()}
+                    out = net.variables[renamed.get(info.runtime_output,
+                                                    info.runtime_output)].variable_instance
+                self._check_no_new_params()
+                self._graphs[key] = (ins, out)
+            ins, out = self._graphs[key]
+            for col, var in ins.items():
+                var.d = arrays[col][start : start + b]
+            out.forward(clear_buffer=True)
+            outs.append(np.array(out.d, copy=True))
+        return np.concatenate(outs)
+
+    def _check_no_new_params(self) -> None:
+        """After building a graph: no parameter may have been created from an initializer
+        (nnabla does that silently for names it does not find), and need_grad is reset."""
+        import nnabla as nn
+
         with nn.parameter_scope("", self._scope):
             created = set(nn.get_parameters(grad_only=False)) - set(self._params)
         if created:
             raise ParameterError(
                 f"{self.info.source}: the network uses parameters that were not loaded: "
-                f"{sorted(created)}")
+                f"{sorted(created)}; give the parameters saved with this network definition")
         for name, v in self._params.items():
             v.need_grad = name in self.info.trainable
-        return LossGraph(batch_size=batch_size, inputs=inputs, loss=loss, params=self.trainable)
 
     def context_scope(self):
         """Context manager that makes this model's context current (for new Variables)."""

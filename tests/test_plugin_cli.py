@@ -1,0 +1,275 @@
+"""The console plugin and the CLI, run as subprocesses in real result folders."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from sgd_influence_plugin import cli, output
+from sgd_influence_plugin.dataset import read_csv_table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
+
+
+def _load_plugin_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sgd_influence_console", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _result_copy(results, name, tmp_path):
+    dst = tmp_path / "result"
+    shutil.copytree(results(name), dst)
+    return dst
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _check_influence_csv(out_csv, train_csv):
+    rows = _rows(out_csv)
+    header = open(out_csv).readline().strip().split(",")
+    assert header == ["x:image", "y:label", "influence", "datasource_index", "original"]
+    _, train_rows = read_csv_table(train_csv)
+    assert len(rows) == len(train_rows)
+    scores = [float(r["influence"]) for r in rows]
+    assert scores == sorted(scores) and scores[0] < 0 < scores[-1]
+    assert sorted(int(r["datasource_index"]) for r in rows) == list(range(len(train_rows)))
+    folder = os.path.dirname(out_csv)
+    for r in rows[:5] + rows[-5:]:
+        j = int(r["datasource_index"])
+        assert r["original"] == train_rows[j][0]  # points back to the right row
+        assert r["y:label"] == train_rows[j][1]
+        with Image.open(os.path.join(folder, r["x:image"])) as im:
+            assert im.size == (56, 56)  # 28x28 doubled with nearest neighbour
+    return rows
+
+
+def test_plugin_with_no_arguments_in_a_result_folder(results, data28, tmp_path):
+    folder = _result_copy(results, "cnn_bn", tmp_path)
+    proc = subprocess.run([sys.executable, SCRIPT], cwd=folder, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "completed successfully" in proc.stderr
+    out_dir = folder / "sgd_influence"
+    rows = _check_influence_csv(str(out_dir / "influence.csv"), data28["train"])
+    facts = yaml.safe_load(open(out_dir / "settings.yaml"))
+    assert facts["settings"]["cache"] == "final" and facts["n_train"] == 256
+    assert "harmful share per class" in open(out_dir / "summary.txt").read()
+    # The cleansed CSV: 5% (13 rows) fewer, the most harmful gone, and nnabla can read it.
+    from nnabla.utils.data_source_implements import CsvDataSource
+
+    cleansed = str(out_dir / "cleansed_train.csv")
+    src = CsvDataSource(cleansed, shuffle=False, normalize=True)
+    assert src.size == 256 - 13
+    x, y = src._get_data(0)
+    assert np.asarray(x).shape == (1, 28, 28)
+    kept = {r[0] for r in read_csv_table(cleansed)[1]}
+    removed = {os.path.normpath(os.path.join(data28["folder"], r["original"])) for r in rows[:13]}
+    kept_abs = {os.path.normpath(os.path.join(out_dir, k)) for k in kept}
+    assert not removed & kept_abs and len(kept_abs) == 243
+
+
+def test_plugin_with_nntxt_and_h5(results, data28, tmp_path):
+    folder = _result_copy(results, "mlp", tmp_path)
+    os.remove(folder / "results.nnp")
+    proc = subprocess.run([sys.executable, SCRIPT, "-c", "net.nntxt", "-p", "parameters.h5",
+                           "-o", "out/infl.csv", "-r", "0"], cwd=folder, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _check_influence_csv(str(folder / "out" / "infl.csv"), data28["train"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-t", "missing.csv"], "missing.csv: file not found"),
+    (["-m", "nothing.nnp"], "nothing.nnp: file not found"),
+    (["-a", "some"], "cache='some': choose one of final, all"),
+    (["-o", "TRAIN"], "refusing to overwrite the input"),
+])
+def test_plugin_bad_input_exits_nonzero_and_writes_nothing(results, data28, tmp_path, args,
+                                                           message):
+    folder = _result_copy(results, "mlp", tmp_path)
+    args = [data28["train"] if a == "TRAIN" else a for a in args]
+    before = sorted(os.listdir(folder))
+    train_before = open(data28["train"]).read()
+    proc = subprocess.run([sys.executable, SCRIPT] + args, cwd=folder, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert sorted(os.listdir(folder)) == before
+    assert open(data28["train"]).read() == train_before
+
+
+def test_manifest_matches_the_plugin_argparse():
+    manifest = yaml.safe_load(open(os.path.join(ROOT, "manifest.yaml")))
+    (entry,) = manifest["plugins"]
+    assert os.path.exists(os.path.join(ROOT, entry["script"]))
+    parser = _load_plugin_module().build_parser()
+    assert "Hara" in parser.description and "Suzuki" in parser.description
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert set(actions) == {a["name"] for a in entry["arguments"]}
+    for arg in entry["arguments"]:
+        action = actions[arg["name"]]
+        assert action.option_strings == arg["flags"]
+        assert action.default == arg["default"]
+        assert f"({arg['type']})" in action.help
+        shown = "" if arg["default"] == "" else str(arg["default"])
+        assert action.help.endswith(f"default={shown}")
+        if arg["type"] == "bool":
+            assert action.const is True and action.nargs == 0  # store_true
+        if arg["type"].startswith("option:"):
+            for choice in arg["type"][len("option:"):].split(","):
+                assert choice
+
+
+def test_install_plugin_and_run_help_from_there(tmp_path):
+    target = tmp_path / "nnc" / "libs" / "plugins"
+    assert cli.main(["install-plugin", str(target)]) == 0
+    script = target / "_Post_Process" / "_XAI" / "_Image" / "SGD_Influence.py"
+    assert script.exists()
+    pkg = script.parent / "sgd_influence_plugin"
+    assert (pkg / "runner.py").exists() and not (pkg / "__pycache__").exists()
+    proc = subprocess.run([sys.executable, str(script), "-h"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "(model) default=results.nnp" in proc.stdout
+    # The console's Python has no pip install of this package: the copy beside the script is
+    # what the script imports (-S: no site-packages, so no editable install either).
+    probe = subprocess.run(
+        [sys.executable, "-S", "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]); import sgd_influence_plugin as p; "
+         "print(p.__file__)", str(script.parent)],
+        capture_output=True, text=True)
+    assert probe.returncode == 0 and probe.stdout.strip().startswith(str(pkg))
+    # Installing again replaces the package as a whole.
+    (pkg / "stray.txt").write_text("x")
+    assert cli.main(["install-plugin", str(target)]) == 0
+    assert not (pkg / "stray.txt").exists()
+
+
+def test_cli_run_cleanse_and_cache_dir(results, data28, tmp_path):
+    folder = results("mlp")
+    out = tmp_path / "o" / "influence.csv"
+    proc = subprocess.run([CLI, "run", "--config", os.path.join(folder, "net.nntxt"),
+                           "--params", os.path.join(folder, "parameters.h5"),
+                           "--train", data28["train"], "--val", data28["val"],
+                           "--output", str(out), "--cache", "all", "--cache-dir",
+                           str(tmp_path / "cache"), "--report", "--quiet"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = _check_influence_csv(str(out), data28["train"])
+    assert sorted(os.listdir(tmp_path / "cache")) == ["lr.npy", "order.npy", "parameters.h5",
+                                                      "settings.yaml", "steps"]
+    assert len(os.listdir(tmp_path / "cache" / "steps")) == 8
+    report = open(tmp_path / "o" / "report.html").read()
+    assert "data:image/png;base64," in report and "Most harmful" in report
+    # cleanse into another folder: top-10 harmful gone, paths rebased, nnabla reads it.
+    cleansed = tmp_path / "elsewhere" / "clean.csv"
+    assert cli.main(["cleanse", "--influence", str(out), "--train", data28["train"],
+                     "--remove", "10", "--output", str(cleansed)]) == 0
+    header, kept = read_csv_table(str(cleansed))
+    assert header == ["x:image", "y:label"] and len(kept) == 246
+    gone = {os.path.normpath(os.path.join(data28["folder"], r["original"])) for r in rows[:10]}
+    kept_abs = {os.path.normpath(os.path.join(cleansed.parent, r[0])) for r in kept}
+    assert not gone & kept_abs
+    from nnabla.utils.data_source_implements import CsvDataSource
+
+    assert CsvDataSource(str(cleansed), shuffle=False, normalize=True).size == 246
+    # ratio, and refusing to overwrite the training CSV
+    assert cli.main(["cleanse", "--influence", str(out), "--train", data28["train"],
+                     "--remove-ratio", "0.5", "--output", str(cleansed)]) == 0
+    assert len(read_csv_table(str(cleansed))[1]) == 128
+    train_before = open(data28["train"]).read()
+    assert cli.main(["cleanse", "--influence", str(out), "--train", data28["train"],
+                     "--remove", "1", "--output", data28["train"]]) == 2
+    assert open(data28["train"]).read() == train_before
+
+
+def test_cleanse_rejects_an_influence_csv_of_another_dataset(data28, data7, tmp_path):
+    path = tmp_path / "infl.csv"
+    path.write_text("x:image,y:label,influence,datasource_index,original\n"
+                    "t.png,1,-1.0,0,train/000000.png\n")
+    with pytest.raises(Exception, match="lists 1 samples but .* has 256 rows"):
+        output.cleanse(str(path), data28["train"], str(tmp_path / "c.csv"), remove=1)
+
+
+def test_existing_output_is_replaced_whole_and_interrupts_leave_it(results, data28, tmp_path,
+                                                                   monkeypatch):
+    from sgd_influence_plugin.runner import RunRequest, run
+
+    folder = results("mlp")
+    out = tmp_path / "influence.csv"
+    req = RunRequest(output=str(out), model=os.path.join(folder, "results.nnp"),
+                     train=data28["train"], val=data28["val"])
+    run(req)
+    (tmp_path / "thumbnails" / "stray.png").write_bytes(b"x")
+    first = out.read_text()
+    run(req)
+    assert not (tmp_path / "thumbnails" / "stray.png").exists()
+    assert out.read_text() == first  # deterministic for a fixed seed
+
+    calls = {"n": 0}
+    real = output.make_thumbnail
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 100:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(output, "make_thumbnail", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(req)
+    assert out.read_text() == first
+    assert sorted(os.listdir(tmp_path)) == ["influence.csv", "settings.yaml", "summary.txt",
+                                            "thumbnails"]
+    assert len(os.listdir(tmp_path / "thumbnails")) == 256
+
+
+def test_cli_refuses_to_overwrite_inputs_and_reports_one_line(results, data28, tmp_path):
+    proc = subprocess.run([CLI, "run", "--model", os.path.join(results("mlp"), "results.nnp"),
+                           "--train", data28["train"], "--val", data28["val"],
+                           "--output", data28["val"], "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.startswith("sgd-influence: error: ") and "refusing to overwrite" in \
+        proc.stderr
+
+
+@pytest.mark.parametrize("sub", ["run", "cleanse", "evaluate", "install-plugin"])
+def test_every_subcommand_has_complete_help(sub, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([sub, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    parser = cli.build_parser()
+    subparser = parser._subparsers._group_actions[0].choices[sub]
+    for action in subparser._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        if action.dest != "help":
+            assert action.help  # every option is explained
+
+
+def test_thumbnails_keep_aspect_and_enlarge_tiny_images(tmp_path):
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tmp_path / "tiny.png")
+    output.make_thumbnail(str(tmp_path / "tiny.png"), str(tmp_path / "t.png"))
+    with Image.open(tmp_path / "t.png") as im:
+        assert im.size == (64, 64)
+        a = np.asarray(im)
+        assert (a[:8, :8] == 0).all() and (a[-8:, -8:] == 63).all()  # nearest neighbour
+    Image.fromarray(np.zeros((100, 200, 3), np.uint8)).save(tmp_path / "big.png")
+    output.make_thumbnail(str(tmp_path / "big.png"), str(tmp_path / "b.png"))
+    with Image.open(tmp_path / "b.png") as im:
+        assert im.size == (64, 32)
