@@ -1,0 +1,131 @@
+"""The whole loop on real images, as a console user would run it (``make demo``).
+
+1. Build Fashion-MNIST PNG datasets (build_dataset.py).
+2. Train ``net.nntxt`` with ``nnabla_cli train``, the console's training engine, into
+   ``result/`` (the result folder holds ``net.nntxt`` with absolute dataset paths, as the
+   console writes it).
+3. Run the console plugin script headless inside ``result/``, with no dataset arguments: it
+   reads the datasets from the network definition, as it does when a user presses OK.
+4. Print where the influence CSV, thumbnails, report and cleansed CSV are.
+
+A second run reuses the data and the trained result when their inputs are unchanged.
+"""
+
+import argparse
+import csv
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import build_dataset  # noqa: E402
+import make_net  # noqa: E402
+
+PLUGIN = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
+
+
+def say(msg):
+    print(f"[demo] {msg}", flush=True)
+
+
+def stream(cmd, cwd, keep=lambda line: True):
+    """Run ``cmd``, echoing the lines ``keep`` selects; raise on failure."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    tail = []
+    for line in proc.stdout:
+        tail = (tail + [line])[-40:]
+        if keep(line):
+            print("    " + line.rstrip(), flush=True)
+    if proc.wait() != 0:
+        sys.stdout.write("".join(tail))
+        raise SystemExit(f"[demo] failed: {' '.join(cmd)}")
+
+
+def write_result_definition(result, data, n_train):
+    """The result folder's net.nntxt: the sample's, with absolute dataset paths."""
+    from google.protobuf import text_format
+    from nnabla.utils import nnabla_pb2
+
+    proto = nnabla_pb2.NNablaProtoBuf()
+    with open(os.path.join(HERE, "net.nntxt")) as f:
+        text_format.Merge(f.read(), proto)
+    for d in proto.dataset:
+        d.uri = os.path.join(data, os.path.basename(d.uri))
+    proto.training_config.iter_per_epoch = max(1, n_train // make_net.BATCH_SIZE)
+    text = text_format.MessageToString(proto)
+    os.makedirs(result, exist_ok=True)
+    with open(os.path.join(result, "net.nntxt"), "w") as f:
+        f.write(text)
+    return hashlib.sha256(text.encode() + open(os.path.join(data, "dataset.json"),
+                                               "rb").read()).hexdigest()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--train", type=int, default=6000, help="training images (default 6000)")
+    p.add_argument("--val", type=int, default=1000, help="validation images (default 1000)")
+    p.add_argument("--test", type=int, default=2000, help="test images (default 2000)")
+    p.add_argument("--noise", type=float, default=0.1,
+                   help="share of training labels flipped, to give the method something to "
+                        "find (default 0.1; the ground truth goes to data/train_noise.csv)")
+    p.add_argument("--workdir", default=HERE, help="where data/ and result/ go")
+    a = p.parse_args()
+    start = time.time()
+    data = os.path.join(a.workdir, "data")
+    result = os.path.join(a.workdir, "result")
+
+    say("step 1/3: dataset")
+    paths = build_dataset.build(data, a.train, a.val, a.test, a.noise, log=say)
+
+    say("step 2/3: training with nnabla_cli train (the console's engine)")
+    digest = write_result_definition(result, data, a.train)
+    stamp = os.path.join(result, ".trained")
+    if os.path.exists(stamp) and open(stamp).read() == digest and \
+            os.path.exists(os.path.join(result, "results.nnp")):
+        say("trained result is up to date")
+    else:
+        stream([NNABLA_CLI, "train", "-c", "net.nntxt", "-o", "."], cwd=result,
+               keep=lambda line: "cost=" in line or "Completed" in line)
+        with open(stamp, "w") as f:
+            f.write(digest)
+
+    say("step 3/3: the SGD-influence plugin, headless, in the result folder")
+    stream([sys.executable, PLUGIN, "--report"], cwd=result,
+           keep=lambda line: "Level 99" in line or "CRITICAL" in line or "WARNING" in line)
+
+    out = os.path.join(result, "sgd_influence")
+    with open(os.path.join(out, "influence.csv")) as f:
+        rows = list(csv.DictReader(f))
+    flipped = None
+    if "noise" in paths:
+        with open(paths["noise"]) as f:
+            flipped = [r["flipped"] == "1" for r in csv.DictReader(f)]
+    say("the 5 most harmful training images:")
+    for r in rows[:5]:
+        extra = ""
+        if flipped is not None:
+            extra = "  (label was flipped)" if flipped[int(r["datasource_index"])] else ""
+        say(f"  row {r['datasource_index']:>5}  label {r['y:label']}  influence "
+            f"{float(r['influence']):+.3e}  {r['original']}{extra}")
+    if flipped is not None:
+        k = max(1, round(0.05 * len(rows)))
+        hits = sum(flipped[int(r["datasource_index"])] for r in rows[:k])
+        say(f"flipped labels among the top {k} harmful: {hits} ({hits / k:.0%}; "
+            f"{sum(flipped) / len(flipped):.0%} would be expected by chance)")
+    say(f"influence CSV : {os.path.join(out, 'influence.csv')}")
+    say(f"thumbnails    : {os.path.join(out, 'thumbnails')}")
+    say(f"report        : {os.path.join(out, 'report.html')}")
+    say(f"cleansed CSV  : {os.path.join(out, 'cleansed_train.csv')}")
+    say(f"done in {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
