@@ -45,6 +45,7 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedRun:
 
     Raises:
         SettingsError: no learning rate in the definition and none given.
+
     """
     settings.validate()
     solver = model.info.solver
@@ -53,15 +54,16 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedRun:
     if not np.isfinite(lr) or lr <= 0:
         raise SettingsError(
             f"{model.info.source}: solver '{solver.type}' has no usable learning rate; "
-            "pass one with --lr")
+            "pass one with --lr"
+        )
     if solver.type not in ("Sgd", "SgdW"):
         warnings.append(
             f"the console trained with {solver.type}; the training phase and the replay model "
-            f"plain SGD at lr={lr:g} (override with --lr)")
+            f"plain SGD at lr={lr:g} (override with --lr)"
+        )
     wd = settings.weight_decay if settings.weight_decay is not None else solver.weight_decay
     bs = settings.batch_size if settings.batch_size is not None else solver.batch_size
-    return ResolvedRun(lr=float(lr), weight_decay=float(wd), batch_size=int(bs),
-                       warnings=warnings)
+    return ResolvedRun(lr=float(lr), weight_decay=float(wd), batch_size=int(bs), warnings=warnings)
 
 
 def _dir_bytes(path: str) -> int:
@@ -77,8 +79,13 @@ def _step_path(cache_dir: str, t: int) -> str:
 
 
 def run_training_phase(
-    model, train: Dict[str, np.ndarray], settings: InfluenceSettings, run: ResolvedRun,
-    cache_dir: str, seed: int, progress: Optional[core.Progress] = None,
+    model,
+    train: Dict[str, np.ndarray],
+    settings: InfluenceSettings,
+    run: ResolvedRun,
+    cache_dir: str,
+    seed: int,
+    progress: Optional[core.Progress] = None,
 ) -> None:
     """Algorithm 1: K epochs of plain SGD from the model's current parameters.
 
@@ -99,21 +106,41 @@ def run_training_phase(
 
     for k, order in enumerate(orders):
         last = k == len(orders) - 1
-        core.sgd_epoch(model, train, order, lrs, run.batch_size, run.weight_decay,
-                       before_step=before_step if last else None, progress=progress)
+        core.sgd_epoch(
+            model,
+            train,
+            order,
+            lrs,
+            run.batch_size,
+            run.weight_decay,
+            before_step=before_step if last else None,
+            progress=progress,
+        )
     model.save_params(os.path.join(cache_dir, "parameters.h5"))
     np.save(os.path.join(cache_dir, "order.npy"), orders[-1].astype(np.int32))
     np.save(os.path.join(cache_dir, "lr.npy"), lrs)
-    write_yaml(os.path.join(cache_dir, "settings.yaml"), {
-        **settings.to_dict(), "seed": seed, "resolved_lr": run.lr,
-        "resolved_weight_decay": run.weight_decay, "resolved_batch_size": run.batch_size,
-        "n_train": n, "steps_per_epoch": T, "model": model.info.source,
-    })
+    write_yaml(
+        os.path.join(cache_dir, "settings.yaml"),
+        {
+            **settings.to_dict(),
+            "seed": seed,
+            "resolved_lr": run.lr,
+            "resolved_weight_decay": run.weight_decay,
+            "resolved_batch_size": run.batch_size,
+            "n_train": n,
+            "steps_per_epoch": T,
+            "model": model.info.source,
+        },
+    )
 
 
 def run_inference_phase(
-    model, train: Dict[str, np.ndarray], val: Dict[str, np.ndarray], cache_dir: str,
-    val_batch_size: int = 256, progress: Optional[core.Progress] = None,
+    model,
+    train: Dict[str, np.ndarray],
+    val: Dict[str, np.ndarray],
+    cache_dir: str,
+    val_batch_size: int = 256,
+    progress: Optional[core.Progress] = None,
 ):
     """Algorithm 2 from a cache written by :func:`run_training_phase`.
 
@@ -121,6 +148,7 @@ def run_inference_phase(
         ``(infl, stats, val_loss)``: infl float64 (N,) in training-row order (negative =
         harmful), the replay's :class:`~sgd_influence_plugin.core.ReplayStats`, and the mean
         validation loss at the final parameters.
+
     """
     meta = read_yaml(os.path.join(cache_dir, "settings.yaml"))
     order = np.load(os.path.join(cache_dir, "order.npy"))
@@ -128,21 +156,30 @@ def run_inference_phase(
     if len(order) != len(next(iter(train.values()))):
         raise SettingsError(
             f"{cache_dir}: the cache was made for {len(order)} training samples but the "
-            f"training data has {len(next(iter(train.values())))}; run the training phase again")
+            f"training data has {len(next(iter(train.values())))}; run the training phase again"
+        )
     model.load_params(os.path.join(cache_dir, "parameters.h5"))
     u = core.validation_gradient(model, val, val_batch_size)
     val_loss = core.mean_loss(model, val, val_batch_size)
     params_at = None
     if meta.get("cache") == "all":
+
         def params_at(t):
             from .nnabla_adapter import read_params
 
             return read_params(_step_path(cache_dir, t), model.info.trainable)
 
     infl, stats = core.replay(
-        model, train, order, lrs, int(meta["resolved_batch_size"]), u,
-        weight_decay=float(meta["resolved_weight_decay"]), params_at=params_at,
-        progress=progress)
+        model,
+        train,
+        order,
+        lrs,
+        int(meta["resolved_batch_size"]),
+        u,
+        weight_decay=float(meta["resolved_weight_decay"]),
+        params_at=params_at,
+        progress=progress,
+    )
     return infl, stats, val_loss
 
 
@@ -157,11 +194,12 @@ class InfluenceResult:
         trial_scores: float64 (M, N), one row per trial.
         orders: the replayed epoch's order of each trial, int32 (N,) each.
         cache_bytes: bytes of one trial's cache folder (the largest).
-        timings: seconds: ``training``, ``inference``, ``replay``; ``replay_steps``; and
-            ``seconds_per_replay_step``.
+        timings: seconds: ``training``, ``inference``, ``replay``; ``replay_steps``;
+            ``seconds_per_replay_step``; and ``u_growth`` (see ``core.ReplayStats``).
         val_loss: mean validation loss at the final parameters (first trial).
         settings: the settings given; ``run``: lr / weight decay / batch size actually used.
         warnings: messages for the user (e.g. the console trained with Adam).
+
     """
 
     scores: np.ndarray
@@ -176,9 +214,13 @@ class InfluenceResult:
 
 
 def compute_influence(
-    model, train: Dict[str, np.ndarray], val: Dict[str, np.ndarray],
-    settings: InfluenceSettings, cache_dir: Optional[str] = None,
-    progress: Optional[core.Progress] = None, log: Optional[Log] = None,
+    model,
+    train: Dict[str, np.ndarray],
+    val: Dict[str, np.ndarray],
+    settings: InfluenceSettings,
+    cache_dir: Optional[str] = None,
+    progress: Optional[core.Progress] = None,
+    log: Optional[Log] = None,
 ) -> InfluenceResult:
     """Training phase + inference phase, M times; scores averaged.
 
@@ -191,6 +233,7 @@ def compute_influence(
             end (on success and on error). With M > 1, trial m uses ``cache_dir/trial_mm``.
         progress: optional ``(stage, done, total)`` callback.
         log: optional callback for user-facing messages.
+
     """
     run = resolve(model, settings)
     log = log or (lambda msg: None)
@@ -207,17 +250,27 @@ def compute_influence(
             trial_dir = root if settings.trials == 1 else os.path.join(root, f"trial_{m:02d}")
             model.set_params(theta0)
             t0 = time.perf_counter()
-            run_training_phase(model, train, settings, run, trial_dir, settings.seed + m,
-                               progress)
+            run_training_phase(model, train, settings, run, trial_dir, settings.seed + m, progress)
             t1 = time.perf_counter()
-            infl, stats, vl = run_inference_phase(model, train, val, trial_dir,
-                                                  settings.val_batch_size, progress)
+            infl, stats, vl = run_inference_phase(
+                model, train, val, trial_dir, settings.val_batch_size, progress
+            )
             timings["training"] += t1 - t0
             timings["inference"] += time.perf_counter() - t1
             timings["replay"] += stats.seconds
             timings["replay_steps"] += stats.steps
             if m == 0:
                 val_loss = vl
+                timings["u_growth"] = stats.u_growth
+                if stats.u_growth > 100:
+                    msg = (
+                        f"the replayed query vector grew {stats.u_growth:.3g}x (lr times the "
+                        "Hessian's top eigenvalue exceeds 2 at these parameters): scores "
+                        "rank samples but their magnitudes are not calibrated; --cache all or "
+                        "a smaller --lr gives calibrated values"
+                    )
+                    run.warnings.append(msg)
+                    log("warning: " + msg)
             cache_bytes = max(cache_bytes, _dir_bytes(trial_dir))
             trial_scores.append(infl)
             orders.append(np.load(os.path.join(trial_dir, "order.npy")))
@@ -229,7 +282,13 @@ def compute_influence(
     timings["seconds_per_replay_step"] = timings["replay"] / max(1, timings["replay_steps"])
     trial_scores = np.stack(trial_scores)
     return InfluenceResult(
-        scores=trial_scores.mean(axis=0), trial_scores=trial_scores, orders=orders,
-        cache_bytes=cache_bytes, timings=timings, val_loss=val_loss,
-        settings=replace(settings), run=run, warnings=run.warnings,
+        scores=trial_scores.mean(axis=0),
+        trial_scores=trial_scores,
+        orders=orders,
+        cache_bytes=cache_bytes,
+        timings=timings,
+        val_loss=val_loss,
+        settings=replace(settings),
+        run=run,
+        warnings=run.warnings,
     )

@@ -15,41 +15,70 @@ from typing import List, Optional
 from .errors import SGDInfluenceError
 from .settings import CACHE_MODES, InfluenceSettings
 
-SIGN_NOTE = ("Influence = estimated change of the mean validation loss if the sample were "
-             "removed from training; negative = harmful. The CSV is sorted ascending: the most "
-             "harmful samples come first.")
+SIGN_NOTE = (
+    "Influence = estimated change of the mean validation loss if the sample were "
+    "removed from training; negative = harmful. The CSV is sorted ascending: the most "
+    "harmful samples come first."
+)
 
 
 def _add_run(sub):
     p = sub.add_parser(
-        "run", help="compute SGD-influence and write the sorted influence CSV",
+        "run",
+        help="compute SGD-influence and write the sorted influence CSV",
         description="Compute the SGD-influence of every training sample (Hara et al. 2019) with "
-                    "the storage-efficient replay of Suzuki et al. 2021, and write an influence "
-                    "CSV with thumbnails. " + SIGN_NOTE)
+        "the storage-efficient replay of Suzuki et al. 2021, and write an influence "
+        "CSV with thumbnails. " + SIGN_NOTE,
+    )
     src = p.add_argument_group("model (one of)")
     src.add_argument("--model", help="results.nnp holding the network and its parameters")
     src.add_argument("--config", help="net.nntxt (use with --params)")
     src.add_argument("--params", help="parameters .h5 for --config")
-    p.add_argument("--train", help="training dataset CSV (default: the optimizer's dataset in "
-                                   "the network definition)")
-    p.add_argument("--val", help="validation dataset CSV (default: the validation monitor's "
-                                 "dataset in the network definition)")
-    p.add_argument("--output", required=True, help="influence CSV to write; thumbnails/, "
-                                                   "settings.yaml and summary.txt go beside it")
-    p.add_argument("--batch-size", type=int, help="mini-batch size of the replayed epoch "
-                                                  "(default: the training dataset's)")
+    p.add_argument(
+        "--train",
+        help="training dataset CSV (default: the optimizer's dataset in the network definition)",
+    )
+    p.add_argument(
+        "--val",
+        help="validation dataset CSV (default: the validation monitor's "
+        "dataset in the network definition)",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="influence CSV to write; thumbnails/, settings.yaml and summary.txt go beside it",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="mini-batch size of the replayed epoch (default: the training dataset's)",
+    )
     p.add_argument("--lr", type=float, help="learning rate (default: the solver's lr/alpha)")
     p.add_argument("--weight-decay", type=float, help="L2 coefficient (default: the solver's)")
-    p.add_argument("--epochs", type=int, default=1, help="SGD epochs of the training phase; the "
-                                                         "last is replayed (default: 1)")
-    p.add_argument("--trials", type=int, default=1,
-                   help="independent trials (seeds S, S+1, ...) averaged (default: 1)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="SGD epochs of the training phase; the last is replayed (default: 1)",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=1,
+        help="independent trials (seeds S, S+1, ...) averaged (default: 1)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the first trial's sample order")
-    p.add_argument("--cache", choices=CACHE_MODES, default="final",
-                   help="final: keep only the final parameters (Suzuki et al.); all: also the "
-                        "parameters before every step (Hara et al.) (default: final)")
-    p.add_argument("--cache-dir", help="keep the cache in this folder (default: a temporary "
-                                       "folder, removed at the end)")
+    p.add_argument(
+        "--cache",
+        choices=CACHE_MODES,
+        default="final",
+        help="final: keep only the final parameters (Suzuki et al.); all: also the "
+        "parameters before every step (Hara et al.) (default: final)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        help="keep the cache in this folder (default: a temporary folder, removed at the end)",
+    )
     p.add_argument("--context", default="cpu", help="cpu (default) or cudnn[:DEVICE]")
     p.add_argument("--report", action="store_true", help="also write report.html (offline)")
     p.add_argument("--thumb-size", type=int, default=64, help="thumbnail size in pixels")
@@ -59,10 +88,12 @@ def _add_run(sub):
 
 def _add_cleanse(sub):
     p = sub.add_parser(
-        "cleanse", help="write the training CSV without the most harmful rows",
+        "cleanse",
+        help="write the training CSV without the most harmful rows",
         description="Write a console dataset CSV without the top-N (or top share of) harmful "
-                    "rows of an influence CSV. Other columns are kept; file paths are rewritten "
-                    "relative to the new CSV's folder. The training CSV is not modified.")
+        "rows of an influence CSV. Other columns are kept; file paths are rewritten "
+        "relative to the new CSV's folder. The training CSV is not modified.",
+    )
     p.add_argument("--influence", required=True, help="influence CSV from 'sgd-influence run'")
     p.add_argument("--train", required=True, help="the training CSV it was computed for")
     g = p.add_mutually_exclusive_group(required=True)
@@ -74,10 +105,12 @@ def _add_cleanse(sub):
 
 def _add_install(sub):
     p = sub.add_parser(
-        "install-plugin", help="copy the console plugin into Neural Network Console",
+        "install-plugin",
+        help="copy the console plugin into Neural Network Console",
         description="Copy the console entry script(s) into NNC's plugins folder (e.g. "
-                    "C:\\...\\neural_network_console\\libs\\plugins) and the package beside "
-                    "each script, so the console's bundled Python runs it without pip.")
+        "C:\\...\\neural_network_console\\libs\\plugins) and the package beside "
+        "each script, so the console's bundled Python runs it without pip.",
+    )
     p.add_argument("plugins_dir", metavar="NNC_PLUGINS_DIR", help="NNC's libs/plugins folder")
     p.set_defaults(func=cmd_install_plugin)
 
@@ -86,10 +119,12 @@ def _add_evaluate(sub):
     from .evaluate import add_arguments
 
     p = sub.add_parser(
-        "evaluate", help="the data-cleansing experiment (Hara et al. 2019, Figure 2)",
+        "evaluate",
+        help="the data-cleansing experiment (Hara et al. 2019, Figure 2)",
         description="Remove the top-n harmful (or n random) training samples, retrain, and "
-                    "measure test accuracy, for several n and seeds; writes a results CSV and "
-                    "a plot.")
+        "measure test accuracy, for several n and seeds; writes a results CSV and "
+        "a plot.",
+    )
     add_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -110,18 +145,34 @@ def _say(quiet: bool):
 
 
 def cmd_run(args) -> int:
+    """``sgd-influence run``."""
     from .progress import TqdmProgress
     from .runner import RunRequest, run
 
     settings = InfluenceSettings(
-        lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
-        epochs=args.epochs, trials=args.trials, seed=args.seed, cache=args.cache,
-        context=args.context)
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        trials=args.trials,
+        seed=args.seed,
+        cache=args.cache,
+        context=args.context,
+    )
     if not args.model and not args.config:
         raise SGDInfluenceError("give --model results.nnp, or --config net.nntxt with --params")
-    req = RunRequest(output=args.output, model=args.model, config=args.config,
-                     params=args.params, train=args.train, val=args.val, settings=settings,
-                     cache_dir=args.cache_dir, report=args.report, thumb_size=args.thumb_size)
+    req = RunRequest(
+        output=args.output,
+        model=args.model,
+        config=args.config,
+        params=args.params,
+        train=args.train,
+        val=args.val,
+        settings=settings,
+        cache_dir=args.cache_dir,
+        report=args.report,
+        thumb_size=args.thumb_size,
+    )
     say = _say(args.quiet)
     paths, result = run(req, log=say, progress=TqdmProgress(not args.quiet))
     say(f"influence CSV: {paths.csv}")
@@ -132,12 +183,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_cleanse(args) -> int:
+    """``sgd-influence cleanse``."""
     from .output import cleanse
 
-    out = cleanse(args.influence, args.train, args.output, remove=args.remove,
-                  remove_ratio=args.remove_ratio)
-    print(f"removed {len(out['removed'])} rows, kept {out['kept']}: {out['output']}",
-          file=sys.stderr)
+    out = cleanse(
+        args.influence, args.train, args.output, remove=args.remove, remove_ratio=args.remove_ratio
+    )
+    print(
+        f"removed {len(out['removed'])} rows, kept {out['kept']}: {out['output']}", file=sys.stderr
+    )
     return 0
 
 
@@ -152,27 +206,31 @@ def plugin_sources() -> List[str]:
 
 
 def cmd_install_plugin(args) -> int:
+    """``sgd-influence install-plugin``: script(s) plus a copy of the package beside each."""
     from .io_utils import atomic_dir
 
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.join(os.path.dirname(here), "plugins")
     scripts = plugin_sources()
     if not scripts:
-        raise SGDInfluenceError(f"no plugin scripts found under {root}; install from a "
-                                "checkout of the repository")
+        raise SGDInfluenceError(
+            f"no plugin scripts found under {root}; install from a checkout of the repository"
+        )
     for script in scripts:
         rel = os.path.relpath(script, root)
         dest_dir = os.path.join(args.plugins_dir, os.path.dirname(rel))
         os.makedirs(dest_dir, exist_ok=True)
         shutil.copy2(script, os.path.join(dest_dir, os.path.basename(script)))
         with atomic_dir(os.path.join(dest_dir, "sgd_influence_plugin")) as tmp:
-            shutil.copytree(here, tmp, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                here, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
         print(f"installed {os.path.join(dest_dir, os.path.basename(script))}", file=sys.stderr)
     return 0
 
 
 def cmd_evaluate(args) -> int:
+    """``sgd-influence evaluate``."""
     from .evaluate import run_from_args
 
     return run_from_args(args)

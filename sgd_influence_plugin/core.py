@@ -47,7 +47,8 @@ def step_indices(order: np.ndarray, t: int, batch_size: int) -> np.ndarray:
 
 def epoch_orders(n: int, epochs: int, seed: int) -> List[np.ndarray]:
     """The sample order of each of ``epochs`` epochs: independent permutations of 0..N-1
-    from one ``numpy.random.RandomState(seed)``; int32 arrays of shape (N,)."""
+    from one ``numpy.random.RandomState(seed)``; int32 arrays of shape (N,).
+    """
     rng = np.random.RandomState(seed)
     return [rng.permutation(n).astype(np.int32) for _ in range(epochs)]
 
@@ -80,7 +81,8 @@ class _StepGraphs:
 
     def feed(self, arrays: Mapping[str, np.ndarray], index: np.ndarray, weights: np.ndarray):
         """Set the inputs to rows ``index`` and w to ``weights``; a graph larger than the
-        batch is padded with copies of the first row at weight 0."""
+        batch is padded with copies of the first row at weight 0.
+        """
         pad = self.graph.batch_size - len(index)
         if pad:
             index = np.concatenate([index, np.repeat(index[:1], pad)])
@@ -135,6 +137,7 @@ def sgd_epoch(
             counterfactual of the influence definition).
         before_step: called with t before step t changes the parameters (for snapshots).
         progress: optional callback.
+
     """
     graphs = graphs or _GraphCache(model, fused=False)
     T = n_steps(len(order), batch_size)
@@ -176,15 +179,16 @@ def mean_loss(model, arrays: Mapping[str, np.ndarray], batch_size: int = 256) ->
 
 def validation_gradient(
     model, arrays: Mapping[str, np.ndarray], batch_size: int = 256
-) -> "OrderedDict[str, np.ndarray]":
+) -> OrderedDict[str, np.ndarray]:
     """The query vector u = grad of the mean validation loss at the current parameters.
 
     Returns:
         Trainable parameter name -> float32 array of that parameter's shape.
+
     """
     n = len(next(iter(arrays.values())))
     graphs = _GraphCache(model, fused=False)
-    acc: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    acc: OrderedDict[str, np.ndarray] = OrderedDict()
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
         sg = graphs(len(idx))
@@ -200,10 +204,21 @@ def validation_gradient(
 
 @dataclass
 class ReplayStats:
-    """Timings of one backward replay (seconds)."""
+    """Facts of one backward replay.
+
+    Attributes:
+        steps: T.
+        seconds: wall time of the replay.
+        u_growth: ||u after the replay|| / ||u at the start||. Much above 1 means
+            (I - eta H) expands u: eta times the Hessian's largest eigenvalue exceeds 2 at the
+            parameters used, so score magnitudes are not calibrated (their order still is
+            usable); Hara et al.'s all-parameters mode or a smaller lr avoids it.
+
+    """
 
     steps: int
     seconds: float
+    u_growth: float = 1.0
 
 
 def replay(
@@ -216,7 +231,7 @@ def replay(
     weight_decay: float = 0.0,
     params_at: Optional[Callable[[int], Dict[str, np.ndarray]]] = None,
     progress: Optional[Progress] = None,
-) -> "tuple[np.ndarray, ReplayStats]":
+) -> tuple[np.ndarray, ReplayStats]:
     """Backward replay of one SGD epoch (Algorithm 2).
 
     For t = T-1 .. 0, with S = step t's samples and one fused double-backward pass::
@@ -239,6 +254,7 @@ def replay(
     Returns:
         ``(infl, stats)``: infl is float64 (N,) in dataset row order, negative = harmful;
         samples the epoch did not visit keep 0.
+
     """
     n = len(order)
     T = n_steps(n, batch_size)
@@ -246,6 +262,7 @@ def replay(
     names = list(model.graph(min(batch_size, n)).params.keys())
     u_cur = [np.array(u[k], dtype=np.float32, copy=True) for k in names]
     infl = np.zeros(len(next(iter(arrays.values()))), dtype=np.float64)
+    norm0 = float(np.sqrt(sum(np.sum(np.square(x, dtype=np.float64)) for x in u_cur)))
     start = time.perf_counter()
     for step, t in enumerate(range(T - 1, -1, -1)):
         if params_at is not None:
@@ -263,8 +280,13 @@ def replay(
         infl[idx] += lr / len(idx) * np.asarray(sg.w.g, dtype=np.float64).ravel()[: len(idx)]
         for k, p in enumerate(sg.params):
             hu = p.g
-            u_cur[k] = u_cur[k] - lr * (hu + weight_decay * u_cur[k]) if weight_decay else \
-                u_cur[k] - lr * hu
+            u_cur[k] = (
+                u_cur[k] - lr * (hu + weight_decay * u_cur[k])
+                if weight_decay
+                else u_cur[k] - lr * hu
+            )
         if progress is not None:
             progress("replay", step + 1, T)
-    return infl, ReplayStats(steps=T, seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    norm1 = float(np.sqrt(sum(np.sum(np.square(x, dtype=np.float64)) for x in u_cur)))
+    return infl, ReplayStats(steps=T, seconds=seconds, u_growth=norm1 / norm0 if norm0 else 1.0)

@@ -24,7 +24,17 @@ import numpy as np
 from .errors import DatasetError, InputError
 
 _FILE_EXTS = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".dcm", ".csv", ".npy", ".wav",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".dcm",
+    ".csv",
+    ".npy",
+    ".wav",
 )
 
 
@@ -48,10 +58,12 @@ def read_csv_table(path: str) -> Tuple[List[str], List[List[str]]]:
     Raises:
         InputError: the file is missing or unreadable, has no header, or a row has the wrong
             number of cells.
+
     """
     if not os.path.isfile(path):
-        raise InputError(f"{path}: file not found (check the path; relative paths start at "
-                         f"{os.getcwd()})")
+        raise InputError(
+            f"{path}: file not found (check the path; relative paths start at {os.getcwd()})"
+        )
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -60,8 +72,10 @@ def read_csv_table(path: str) -> Tuple[List[str], List[List[str]]]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"{path}: cannot read this CSV ({e}); save it as UTF-8 text") from e
     if not header:
-        raise DatasetError(f"{path}: the file is empty; a dataset CSV needs a header such as "
-                           "'x:image,y:label' and one row per sample")
+        raise DatasetError(
+            f"{path}: the file is empty; a dataset CSV needs a header such as "
+            "'x:image,y:label' and one row per sample"
+        )
     out = []
     for i, r in enumerate(rows):
         if not r:
@@ -85,6 +99,7 @@ class Dataset:
         rows: the raw cells of each row (row i of the file's data is ``rows[i]``).
         arrays: variable name -> float32 array of shape (N, *sample_shape).
         columns: variable name -> the header cells (in order) that make up that variable.
+
     """
 
     path: str
@@ -107,7 +122,7 @@ class Dataset:
         """The raw cell of ``row`` (0-based data row) in the header cell named ``column``."""
         return self.rows[row][self.header.index(column)]
 
-    def subset(self, index: Sequence[int]) -> "Dataset":
+    def subset(self, index: Sequence[int]) -> Dataset:
         """The rows ``index`` (in that order) as a new Dataset over the same file."""
         index = np.asarray(index, dtype=np.int64)
         return Dataset(
@@ -149,6 +164,7 @@ def load_dataset(
     Raises:
         DatasetError: a needed column is missing, a cell is neither a number nor an existing
             file, a file has the wrong size, or the dataset has no rows.
+
     """
     header, rows = read_csv_table(path)
     if not rows:
@@ -175,17 +191,19 @@ def load_dataset(
         cols = [ci for ci, _ in sorted(columns[name], key=lambda t: (t[1] is None, t[1] or 0))]
         out = np.empty((len(rows),) + shape, dtype=np.float32)
         for ri, row in enumerate(rows):
-            values = [
-                _cell_value(path, ri, header[ci], row[ci], folder, normalize) for ci in cols
-            ]
-            value = values[0] if len(values) == 1 else np.concatenate(
-                [np.ravel(v) for v in values])
+            values = [_cell_value(path, ri, header[ci], row[ci], folder, normalize) for ci in cols]
+            value = values[0] if len(values) == 1 else np.concatenate([np.ravel(v) for v in values])
             value = np.asarray(value, dtype=np.float32)
             if value.shape != shape:
-                if value.size != int(np.prod(shape)) or value.ndim > 1 and len(cols) == 1 and \
-                        _is_file(row[cols[0]]):
-                    raise DatasetError(_shape_message(path, ri, header, cols, row, value.shape,
-                                                      shape, name))
+                if (
+                    value.size != int(np.prod(shape))
+                    or value.ndim > 1
+                    and len(cols) == 1
+                    and _is_file(row[cols[0]])
+                ):
+                    raise DatasetError(
+                        _shape_message(path, ri, header, cols, row, value.shape, shape, name)
+                    )
                 value = value.reshape(shape)
             out[ri] = value
             done += 1
@@ -193,7 +211,10 @@ def load_dataset(
                 progress(done, total)
         arrays[name] = out
     return Dataset(
-        path=path, header=header, rows=rows, arrays=arrays,
+        path=path,
+        header=header,
+        rows=rows,
+        arrays=arrays,
         columns={n: [header[ci] for ci, _ in columns[n]] for n in needs},
     )
 
@@ -205,11 +226,15 @@ def _is_file(cell: str) -> bool:
 def _shape_message(path, ri, header, cols, row, got, want, name) -> str:
     where = f"{path} row {ri + 1}"
     if len(cols) == 1 and _is_file(row[cols[0]]):
-        return (f"{where}: '{row[cols[0]]}' loads with shape {tuple(got)} but the network's input "
-                f"'{name}' takes {tuple(want)} (channels, height, width); resize the images to "
-                "the network's input size or change the network's input shape")
-    return (f"{where}: variable '{name}' has shape {tuple(got)} from columns "
-            f"{[header[c] for c in cols]} but the network takes {tuple(want)}")
+        return (
+            f"{where}: '{row[cols[0]]}' loads with shape {tuple(got)} but the network's input "
+            f"'{name}' takes {tuple(want)} (channels, height, width); resize the images to "
+            "the network's input size or change the network's input shape"
+        )
+    return (
+        f"{where}: variable '{name}' has shape {tuple(got)} from columns "
+        f"{[header[c] for c in cols]} but the network takes {tuple(want)}"
+    )
 
 
 def _cell_value(path, ri, column, cell, folder, normalize):

@@ -49,19 +49,30 @@ def add_arguments(p) -> None:
     p.add_argument("--val", required=True, help="validation CSV (the influence query)")
     p.add_argument("--test", required=True, help="test CSV for the accuracy")
     p.add_argument("--output-dir", required=True, help="folder for results.csv, plot, summary")
-    p.add_argument("--ratios", default=DEFAULT_RATIOS,
-                   help=f"shares of N to remove, comma-separated (default: {DEFAULT_RATIOS})")
+    p.add_argument(
+        "--ratios",
+        default=DEFAULT_RATIOS,
+        help=f"shares of N to remove, comma-separated (default: {DEFAULT_RATIOS})",
+    )
     p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default: 0,1,2)")
-    p.add_argument("--retrain", choices=("last", "scratch"), default="last",
-                   help="last: retrain the last epoch only (default); scratch: nnabla_cli train "
-                        "the whole definition")
+    p.add_argument(
+        "--retrain",
+        choices=("last", "scratch"),
+        default="last",
+        help="last: retrain the last epoch only (default); scratch: nnabla_cli train "
+        "the whole definition",
+    )
     p.add_argument("--noise", help="label-noise ground truth CSV (index,...,flipped)")
     p.add_argument("--epochs", type=int, default=1, help="training-phase epochs (default: 1)")
     p.add_argument("--trials", type=int, default=1, help="influence trials (default: 1)")
     p.add_argument("--lr", type=float, help="learning rate (default: the solver's)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the dataset's)")
-    p.add_argument("--cache", choices=("final", "all"), default="final",
-                   help="influence cache mode (default: final)")
+    p.add_argument(
+        "--cache",
+        choices=("final", "all"),
+        default="final",
+        help="influence cache mode (default: final)",
+    )
     p.add_argument("--context", default="cpu", help="cpu (default) or cudnn[:DEVICE]")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
 
@@ -93,8 +104,16 @@ def accuracy(model, data: Dataset) -> float:
     return float(np.mean(prob.reshape(len(prob), -1).argmax(axis=1) == labels.astype(int)))
 
 
-def _scratch_train(config_proto_text: str, train_csv: str, val_csv: str, rows_header,
-                   rows, keep: np.ndarray, seed: int, work: str) -> str:
+def _scratch_train(
+    config_proto_text: str,
+    train_csv: str,
+    val_csv: str,
+    rows_header,
+    rows,
+    keep: np.ndarray,
+    seed: int,
+    work: str,
+) -> str:
     """Write the cleansed, seed-shuffled CSV and a definition using it; run nnabla_cli train."""
     from google.protobuf import text_format
     from nnabla.utils import nnabla_pb2
@@ -108,13 +127,22 @@ def _scratch_train(config_proto_text: str, train_csv: str, val_csv: str, rows_he
         w = csv.writer(f, lineterminator="\n")
         w.writerow(rows_header)
         for j in keep:
-            w.writerow([os.path.join(src_folder, c) if os.path.splitext(c)[1] and
-                        os.path.exists(os.path.join(src_folder, c)) else c for c in rows[j]])
+            w.writerow(
+                [
+                    os.path.join(src_folder, c)
+                    if os.path.splitext(c)[1] and os.path.exists(os.path.join(src_folder, c))
+                    else c
+                    for c in rows[j]
+                ]
+            )
     proto = nnabla_pb2.NNablaProtoBuf()
     text_format.Merge(config_proto_text, proto)
     opt = proto.optimizer[0]
-    n_batches = max(1, len(keep) // max(1, next(d.batch_size for d in proto.dataset
-                                                 if d.name == opt.dataset_name[0])))
+    n_batches = max(
+        1,
+        len(keep)
+        // max(1, next(d.batch_size for d in proto.dataset if d.name == opt.dataset_name[0])),
+    )
     for d in proto.dataset:
         d.uri = cleansed if d.name in opt.dataset_name else os.path.abspath(val_csv)
     proto.training_config.iter_per_epoch = n_batches
@@ -130,19 +158,32 @@ def _scratch_train(config_proto_text: str, train_csv: str, val_csv: str, rows_he
 
 
 def evaluate(
-    model_files: Dict[str, Optional[str]], train_csv: str, val_csv: str, test_csv: str,
-    out_dir: str, ratios: Sequence[float], seeds: Sequence[int], retrain: str,
-    settings: InfluenceSettings, noise_csv: Optional[str] = None, log=lambda m: None,
+    model_files: Dict[str, Optional[str]],
+    train_csv: str,
+    val_csv: str,
+    test_csv: str,
+    out_dir: str,
+    ratios: Sequence[float],
+    seeds: Sequence[int],
+    retrain: str,
+    settings: InfluenceSettings,
+    noise_csv: Optional[str] = None,
+    log=lambda m: None,
 ) -> List[Dict]:
     """Run the experiment; write ``results.csv``, ``figure2.png`` and ``summary.md``.
 
     Returns:
         One dict per (seed, n, method): seed, ratio, n_removed, method ('none', 'harmful',
         'random'), test_accuracy, precision_at_n / recall_at_n (with noise), seconds.
+
     """
     start_all = time.perf_counter()
-    model = load_model(model_files.get("model"), model_files.get("config"),
-                       model_files.get("params"), settings.context)
+    model = load_model(
+        model_files.get("model"),
+        model_files.get("config"),
+        model_files.get("params"),
+        settings.context,
+    )
     shapes = model.info.input_shapes
     train = load_dataset(train_csv, shapes)
     val = load_dataset(val_csv, shapes)
@@ -162,8 +203,7 @@ def evaluate(
     try:
         for seed in seeds:
             t0 = time.perf_counter()
-            res = compute_influence(model, train.arrays, val.arrays,
-                                    replace(settings, seed=seed))
+            res = compute_influence(model, train.arrays, val.arrays, replace(settings, seed=seed))
             log(f"seed {seed}: influence in {time.perf_counter() - t0:.1f}s")
             harmful_rank = np.argsort(res.scores, kind="stable")
             random_rank = np.random.RandomState(10_000 + seed).permutation(n)
@@ -179,13 +219,25 @@ def evaluate(
                         acc = _retrain_last(model, train, test, theta0, orders, run, removed)
                     else:
                         keep = np.setdiff1d(np.arange(n), removed)
-                        nnp = _scratch_train(config_text, train_csv, val_csv, train.header,
-                                             train.rows, keep, seed,
-                                             os.path.join(work_root, f"s{seed}_{label}_{count}"))
+                        nnp = _scratch_train(
+                            config_text,
+                            train_csv,
+                            val_csv,
+                            train.header,
+                            train.rows,
+                            keep,
+                            seed,
+                            os.path.join(work_root, f"s{seed}_{label}_{count}"),
+                        )
                         acc = accuracy(load_model(model=nnp, context=settings.context), test)
-                    row = {"seed": seed, "ratio": count / n, "n_removed": count,
-                           "method": label, "test_accuracy": acc,
-                           "seconds": round(time.perf_counter() - t1, 2)}
+                    row = {
+                        "seed": seed,
+                        "ratio": count / n,
+                        "n_removed": count,
+                        "method": label,
+                        "test_accuracy": acc,
+                        "seconds": round(time.perf_counter() - t1, 2),
+                    }
                     if flipped is not None:
                         hits = int(flipped[removed].sum()) if count else 0
                         row["precision_at_n"] = hits / count if count else float("nan")
@@ -196,14 +248,28 @@ def evaluate(
         shutil.rmtree(work_root, ignore_errors=True)
         model.set_params(theta0)
     total = time.perf_counter() - start_all
-    _write_outputs(out_dir, rows, n, flipped, {
-        "retrain": retrain, "seeds": list(seeds), "ratios": list(ratios),
-        "settings": settings.to_dict(), "lr": run.lr, "batch_size": run.batch_size,
-        "weight_decay": run.weight_decay, "n_train": n, "n_val": val.size, "n_test": test.size,
-        "model": model.info.source, "train_csv": os.path.abspath(train_csv),
-        "noise": os.path.abspath(noise_csv) if noise_csv else None,
-        "total_seconds": round(total, 1),
-    })
+    _write_outputs(
+        out_dir,
+        rows,
+        n,
+        flipped,
+        {
+            "retrain": retrain,
+            "seeds": list(seeds),
+            "ratios": list(ratios),
+            "settings": settings.to_dict(),
+            "lr": run.lr,
+            "batch_size": run.batch_size,
+            "weight_decay": run.weight_decay,
+            "n_train": n,
+            "n_val": val.size,
+            "n_test": test.size,
+            "model": model.info.source,
+            "train_csv": os.path.abspath(train_csv),
+            "noise": os.path.abspath(noise_csv) if noise_csv else None,
+            "total_seconds": round(total, 1),
+        },
+    )
     return rows
 
 
@@ -224,8 +290,15 @@ def _retrain_last(model, train, test, theta0, orders, run, removed) -> float:
     lrs = np.full(T, run.lr, dtype=np.float32)
     for k, order in enumerate(orders):
         last = k == len(orders) - 1
-        core.sgd_epoch(model, train.arrays, order, lrs, run.batch_size, run.weight_decay,
-                       sample_weight=weights if last else None)
+        core.sgd_epoch(
+            model,
+            train.arrays,
+            order,
+            lrs,
+            run.batch_size,
+            run.weight_decay,
+            sample_weight=weights if last else None,
+        )
     acc = accuracy(model, test)
     model.set_params(theta0)
     return acc
@@ -239,11 +312,18 @@ def aggregate(rows: List[Dict]) -> List[Dict]:
     out = []
     for (method, count), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         acc = np.array([r["test_accuracy"] for r in rs])
-        row = {"method": method, "n_removed": count, "ratio": rs[0]["ratio"],
-               "seeds": len(rs), "acc_mean": float(acc.mean()), "acc_std": float(acc.std())}
+        row = {
+            "method": method,
+            "n_removed": count,
+            "ratio": rs[0]["ratio"],
+            "seeds": len(rs),
+            "acc_mean": float(acc.mean()),
+            "acc_std": float(acc.std()),
+        }
         if "precision_at_n" in rs[0]:
-            row["precision_mean"] = float(np.nanmean([r["precision_at_n"] for r in rs])) \
-                if count else float("nan")
+            row["precision_mean"] = (
+                float(np.nanmean([r["precision_at_n"] for r in rs])) if count else float("nan")
+            )
             row["recall_mean"] = float(np.mean([r["recall_at_n"] for r in rs]))
         out.append(row)
     return out
@@ -259,22 +339,32 @@ def _write_outputs(out_dir: str, rows: List[Dict], n: int, flipped, facts: Dict)
     agg = aggregate(rows)
     write_yaml(os.path.join(out_dir, "settings.yaml"), facts)
     _plot(os.path.join(out_dir, "figure2.png"), agg, n, facts)
-    lines = [f"# Data cleansing: retrain = {facts['retrain']}, N = {n}, seeds = "
-             f"{facts['seeds']}", "",
-             "| removed | n | method | test accuracy (mean ± std) |" +
-             (" precision@n | recall@n |" if flipped is not None else ""),
-             "|---|---|---|---|" + ("---|---|" if flipped is not None else "")]
+    lines = [
+        f"# Data cleansing: retrain = {facts['retrain']}, N = {n}, seeds = {facts['seeds']}",
+        "",
+        "| removed | n | method | test accuracy (mean ± std) |"
+        + (" precision@n | recall@n |" if flipped is not None else ""),
+        "|---|---|---|---|" + ("---|---|" if flipped is not None else ""),
+    ]
     for a in agg:
-        line = (f"| {a['ratio']:.1%} | {a['n_removed']} | {a['method']} | "
-                f"{a['acc_mean']:.4f} ± {a['acc_std']:.4f} |")
+        line = (
+            f"| {a['ratio']:.1%} | {a['n_removed']} | {a['method']} | "
+            f"{a['acc_mean']:.4f} ± {a['acc_std']:.4f} |"
+        )
         if flipped is not None:
-            line += (f" {a['precision_mean']:.3f} | {a['recall_mean']:.3f} |"
-                     if a["n_removed"] else " - | - |")
+            line += (
+                f" {a['precision_mean']:.3f} | {a['recall_mean']:.3f} |"
+                if a["n_removed"]
+                else " - | - |"
+            )
         lines.append(line)
     if flipped is not None:
-        lines += ["", f"Flipped labels: {int(flipped.sum())} of {n} "
-                      f"({flipped.mean():.1%}); random removal's expected precision is that "
-                      "share."]
+        lines += [
+            "",
+            f"Flipped labels: {int(flipped.sum())} of {n} "
+            f"({flipped.mean():.1%}); random removal's expected precision is that "
+            "share.",
+        ]
     lines += ["", f"Total time: {facts['total_seconds']} s"]
     with atomic_write(os.path.join(out_dir, "summary.md")) as f:
         f.write("\n".join(lines) + "\n")
@@ -294,8 +384,7 @@ def _plot(path: str, agg: List[Dict], n: int, facts: Dict) -> None:
         x = [100 * a["n_removed"] / n for a in pts]
         y = np.array([a["acc_mean"] for a in pts])
         e = np.array([a["acc_std"] for a in pts])
-        label = "remove top-n harmful (SGD-influence)" if method == "harmful" else \
-            "remove n random"
+        label = "remove top-n harmful (SGD-influence)" if method == "harmful" else "remove n random"
         ax.plot(x, y, "o-", color=color, label=label)
         ax.fill_between(x, y - e, y + e, color=color, alpha=0.15)
     if none:
@@ -314,12 +403,27 @@ def run_from_args(args) -> int:
     """``sgd-influence evaluate`` (see :func:`add_arguments`)."""
     if not args.model and not args.config:
         raise SettingsError("give --model results.nnp, or --config net.nntxt with --params")
-    settings = InfluenceSettings(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-                                 trials=args.trials, cache=args.cache, context=args.context)
+    settings = InfluenceSettings(
+        lr=args.lr,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        trials=args.trials,
+        cache=args.cache,
+        context=args.context,
+    )
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    evaluate({"model": args.model, "config": args.config, "params": args.params},
-             args.train, args.val, args.test, args.output_dir, _floats(args.ratios, "ratios"),
-             [int(s) for s in _floats(args.seeds, "seeds")], args.retrain, settings,
-             args.noise, log=say)
+    evaluate(
+        {"model": args.model, "config": args.config, "params": args.params},
+        args.train,
+        args.val,
+        args.test,
+        args.output_dir,
+        _floats(args.ratios, "ratios"),
+        [int(s) for s in _floats(args.seeds, "seeds")],
+        args.retrain,
+        settings,
+        args.noise,
+        log=say,
+    )
     say(f"results: {os.path.join(args.output_dir, 'summary.md')}")
     return 0

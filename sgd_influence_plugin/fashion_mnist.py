@@ -24,8 +24,16 @@ from .io_utils import atomic_write
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -55,6 +63,7 @@ def load_split(split: str, data_dir: str = DEFAULT_DIR):
 
     Returns:
         images: (N, 28, 28) uint8; labels: (N,) int64 in 0..9.
+
     """
     if not available(data_dir):
         raise InputError(
@@ -87,6 +96,7 @@ def write_png_dataset(
 
     Returns:
         The CSV's path.
+
     """
     from PIL import Image
 
@@ -114,6 +124,7 @@ def flip_labels(labels: np.ndarray, rate: float, n_classes: int, seed: int) -> n
 
     Returns:
         (N,) int64 noisy labels; ``noisy != labels`` marks exactly the flipped samples.
+
     """
     rng = np.random.RandomState(seed)
     labels = np.asarray(labels, dtype=np.int64)
@@ -128,7 +139,8 @@ def flip_labels(labels: np.ndarray, rate: float, n_classes: int, seed: int) -> n
 @dataclass
 class SplitSizes:
     """Numbers of images in each split; train and validation come from Fashion-MNIST's
-    training file, test from its test file."""
+    training file, test from its test file.
+    """
 
     train: int = 6000
     val: int = 1000
@@ -150,6 +162,7 @@ def build_splits(
 
     Returns:
         Mapping of split name to CSV path (plus ``noise`` when noise was added).
+
     """
     images, labels = load_split("train", data_dir)
     test_images, test_labels = load_split("test", data_dir)

@@ -43,6 +43,7 @@ class NetSpec:
             (0 = none).
         save_best: the console's "save best" switch.
         seed: seed of the initial weights.
+
     """
 
     arch: str = "cnn"
@@ -134,31 +135,64 @@ def _write_in_this_process(spec: NetSpec, path: str) -> None:
             "save_best": spec.save_best,
         },
         "networks": [
-            {"name": "Main", "batch_size": b, "outputs": {"loss": loss},
-             "names": {"x": x, "y": t}},
-            {"name": "MainValidation", "batch_size": b, "outputs": {"loss": loss_v},
-             "names": {"x": xv, "y": tv}},
-            {"name": "MainRuntime", "batch_size": b, "outputs": {"y'": prob},
-             "names": {"x": xr}},
+            {"name": "Main", "batch_size": b, "outputs": {"loss": loss}, "names": {"x": x, "y": t}},
+            {
+                "name": "MainValidation",
+                "batch_size": b,
+                "outputs": {"loss": loss_v},
+                "names": {"x": xv, "y": tv},
+            },
+            {"name": "MainRuntime", "batch_size": b, "outputs": {"y'": prob}, "names": {"x": xr}},
         ],
         "datasets": [
-            {"name": "Training", "uri": spec.train_csv, "cache_dir": None,
-             "variables": ("x", "y"), "shuffle": True, "batch_size": b,
-             "no_image_normalization": False},
-            {"name": "Validation", "uri": spec.val_csv, "cache_dir": None,
-             "variables": ("x", "y"), "shuffle": False, "batch_size": b,
-             "no_image_normalization": False},
+            {
+                "name": "Training",
+                "uri": spec.train_csv,
+                "cache_dir": None,
+                "variables": ("x", "y"),
+                "shuffle": True,
+                "batch_size": b,
+                "no_image_normalization": False,
+            },
+            {
+                "name": "Validation",
+                "uri": spec.val_csv,
+                "cache_dir": None,
+                "variables": ("x", "y"),
+                "shuffle": False,
+                "batch_size": b,
+                "no_image_normalization": False,
+            },
         ],
         "optimizers": [
-            {"name": "Optimizer", "solver": solver, "network": "Main", "dataset": "Training",
-             "weight_decay": spec.weight_decay, "lr_decay": 1.0, "lr_decay_interval": 1,
-             "update_interval": 1, "data_variables": data_vars, "loss_variables": ["loss"]},
+            {
+                "name": "Optimizer",
+                "solver": solver,
+                "network": "Main",
+                "dataset": "Training",
+                "weight_decay": spec.weight_decay,
+                "lr_decay": 1.0,
+                "lr_decay_interval": 1,
+                "update_interval": 1,
+                "data_variables": data_vars,
+                "loss_variables": ["loss"],
+            },
         ],
         "monitors": [
-            {"name": "train_error", "network": "MainValidation", "dataset": "Training",
-             "data_variables": data_vars, "monitor_variables": ["loss"]},
-            {"name": "valid_error", "network": "MainValidation", "dataset": "Validation",
-             "data_variables": data_vars, "monitor_variables": ["loss"]},
+            {
+                "name": "train_error",
+                "network": "MainValidation",
+                "dataset": "Training",
+                "data_variables": data_vars,
+                "monitor_variables": ["loss"],
+            },
+            {
+                "name": "valid_error",
+                "network": "MainValidation",
+                "dataset": "Validation",
+                "data_variables": data_vars,
+                "monitor_variables": ["loss"],
+            },
         ],
         "executors": [
             {"name": "Executor", "network": "MainRuntime", "data": ["x"], "output": ["y'"]},
@@ -181,7 +215,7 @@ _INITIALIZERS = (
 
 
 def _add_initializers(path: str) -> None:
-    """nnabla's saver writes no initializers; ``nnabla_cli train`` would start from zeros."""
+    """Nnabla's saver writes no initializers; ``nnabla_cli train`` would start from zeros."""
     from google.protobuf import text_format
     from nnabla.utils import nnabla_pb2
 
@@ -204,6 +238,7 @@ def write_nntxt(spec: NetSpec, path: str) -> str:
 
     Returns:
         ``path``.
+
     """
     code = (
         "import json,sys; from sgd_influence_plugin.netdef import NetSpec, _write_in_this_process;"
@@ -215,7 +250,9 @@ def write_nntxt(spec: NetSpec, path: str) -> str:
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, "-c", code, json.dumps(asdict(spec)), path],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"writing {path} failed:\n{proc.stderr[-3000:]}")

@@ -31,24 +31,40 @@ from .errors import ContextError, NetworkDefinitionError, ParameterError
 
 #: Functions that are random at training time and keep the input's shape: replaced by identity.
 _RANDOM_IDENTITY = {
-    "Dropout", "ImageAugmentation", "RandomFlip", "RandomShift", "RandomErase",
-    "RandomBrightness", "RandomContrast",
+    "Dropout",
+    "ImageAugmentation",
+    "RandomFlip",
+    "RandomShift",
+    "RandomErase",
+    "RandomBrightness",
+    "RandomContrast",
 }
 #: Random functions that change the shape: the replay cannot model them.
 _RANDOM_UNSUPPORTED = {"RandomCrop", "RandomResizedCrop"}
-_BATCH_NORMS = {"BatchNormalization": "batch_normalization_param",
-                "FusedBatchNormalization": "fused_batch_normalization_param"}
+_BATCH_NORMS = {
+    "BatchNormalization": "batch_normalization_param",
+    "FusedBatchNormalization": "fused_batch_normalization_param",
+}
 #: Solver type -> (its parameter message field, the learning-rate field in it).
 _LR_FIELD = {
-    "Sgd": ("sgd_param", "lr"), "SgdW": ("sgdw_param", "lr"),
-    "Momentum": ("momentum_param", "lr"), "Nesterov": ("nesterov_param", "lr"),
-    "Lars": ("lars_param", "lr"), "RMSprop": ("rmsprop_param", "lr"),
-    "RMSpropGraves": ("rmsprop_graves_param", "lr"), "Adagrad": ("adagrad_param", "lr"),
-    "Adadelta": ("adadelta_param", "lr"), "Adam": ("adam_param", "alpha"),
-    "AdamW": ("adamw_param", "alpha"), "Adamax": ("adamax_param", "alpha"),
-    "AdaBelief": ("adabelief_param", "alpha"), "AdaBound": ("adabound_param", "alpha"),
-    "AMSGrad": ("amsgrad_param", "alpha"), "AMSBound": ("amsbound_param", "alpha"),
-    "Lamb": ("lamb_param", "eta"), "Lion": ("lion_param", "lr"),
+    "Sgd": ("sgd_param", "lr"),
+    "SgdW": ("sgdw_param", "lr"),
+    "Momentum": ("momentum_param", "lr"),
+    "Nesterov": ("nesterov_param", "lr"),
+    "Lars": ("lars_param", "lr"),
+    "RMSprop": ("rmsprop_param", "lr"),
+    "RMSpropGraves": ("rmsprop_graves_param", "lr"),
+    "Adagrad": ("adagrad_param", "lr"),
+    "Adadelta": ("adadelta_param", "lr"),
+    "Adam": ("adam_param", "alpha"),
+    "AdamW": ("adamw_param", "alpha"),
+    "Adamax": ("adamax_param", "alpha"),
+    "AdaBelief": ("adabelief_param", "alpha"),
+    "AdaBound": ("adabound_param", "alpha"),
+    "AMSGrad": ("amsgrad_param", "alpha"),
+    "AMSBound": ("amsbound_param", "alpha"),
+    "Lamb": ("lamb_param", "eta"),
+    "Lion": ("lion_param", "lr"),
 }
 
 
@@ -61,6 +77,7 @@ class SolverConfig:
         lr: its base learning rate (``lr``, or ``alpha`` for the Adam family).
         weight_decay: L2 coefficient lambda; SGD adds lambda * theta to the gradient.
         batch_size: the training dataset's mini-batch size.
+
     """
 
     type: str
@@ -97,6 +114,7 @@ class ModelInfo:
         runtime_network: the executor's network (``MainRuntime``), for predictions; or None.
         runtime_inputs: its input variable -> dataset column.
         runtime_output: its first output variable (e.g. the softmax ``y'``).
+
     """
 
     source: str
@@ -126,12 +144,13 @@ class LossGraph:
             (the sum of the means of the optimizer's loss variables over non-batch axes, so
             that mean over the batch equals the console's training objective).
         params: trainable parameter name -> ``nn.Variable`` (shared across batch sizes).
+
     """
 
     batch_size: int
     inputs: Dict[str, object]
     loss: object
-    params: "OrderedDict[str, object]"
+    params: OrderedDict[str, object]
 
 
 # ----------------------------------------------------------------------------------------
@@ -153,15 +172,20 @@ def _parse_nntxt(text: str, where: str):
     return proto
 
 
-def _read_h5(fileobj, where: str) -> "OrderedDict[str, np.ndarray]":
+def _read_h5(fileobj, where: str) -> OrderedDict[str, np.ndarray]:
     import h5py
 
-    params: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    params: OrderedDict[str, np.ndarray] = OrderedDict()
     try:
         with h5py.File(fileobj, "r") as hd:
             found = []
-            hd.visititems(lambda name, obj: found.append(
-                (obj.attrs.get("index", 0), name)) if isinstance(obj, h5py.Dataset) else None)
+            hd.visititems(
+                lambda name, obj: (
+                    found.append((obj.attrs.get("index", 0), name))
+                    if isinstance(obj, h5py.Dataset)
+                    else None
+                )
+            )
             for _, name in sorted(found):
                 params[name] = np.array(hd[name][...])
     except OSError as e:
@@ -174,6 +198,7 @@ def read_params(path: str, names) -> Dict[str, np.ndarray]:
 
     Raises:
         ParameterError: the file is unreadable or lacks one of ``names``.
+
     """
     values = _read_h5(path, path)
     missing = [n for n in names if n not in values]
@@ -182,8 +207,8 @@ def read_params(path: str, names) -> Dict[str, np.ndarray]:
     return {n: values[n] for n in names}
 
 
-def _proto_params(proto) -> "OrderedDict[str, np.ndarray]":
-    out: "OrderedDict[str, np.ndarray]" = OrderedDict()
+def _proto_params(proto) -> OrderedDict[str, np.ndarray]:
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
     for p in proto.parameter:
         out[p.variable_name] = np.array(p.data, dtype=np.float32).reshape(tuple(p.shape.dim))
     return out
@@ -207,6 +232,7 @@ def read_result(
     Returns:
         ``(proto, parameters, source)``: the ``NNablaProtoBuf``, an ordered mapping of parameter
         name -> array, and a description of the files for messages.
+
     """
     if model:
         _check_file(model, NetworkDefinitionError, "give the results.nnp of a training result")
@@ -229,7 +255,8 @@ def read_result(
         return proto, values, model
     if not config:
         raise NetworkDefinitionError(
-            "no model given: pass a results.nnp, or a net.nntxt together with a parameters .h5")
+            "no model given: pass a results.nnp, or a net.nntxt together with a parameters .h5"
+        )
     _check_file(config, NetworkDefinitionError, "give the net.nntxt of a training result")
     try:
         with open(config, encoding="utf-8") as f:
@@ -266,8 +293,9 @@ def _solver_config(opt, proto) -> SolverConfig:
         for n in proto.network:
             if n.name == opt.network_name:
                 batch_size = int(n.batch_size)
-    return SolverConfig(type=s.type or "Sgd", lr=lr,
-                        weight_decay=float(s.weight_decay), batch_size=batch_size or 1)
+    return SolverConfig(
+        type=s.type or "Sgd", lr=lr, weight_decay=float(s.weight_decay), batch_size=batch_size or 1
+    )
 
 
 def _prepare_network(net, where: str) -> List[str]:
@@ -280,7 +308,8 @@ def _prepare_network(net, where: str) -> List[str]:
         elif f.type == "SyncBatchNormalization":
             raise NetworkDefinitionError(
                 f"{where}: function '{f.name}' is SyncBatchNormalization; replace it with "
-                "BatchNormalization (single-device training) to compute influence")
+                "BatchNormalization (single-device training) to compute influence"
+            )
         elif f.type in _RANDOM_IDENTITY:
             for fd, _ in f.ListFields():
                 if fd.name.endswith("_param"):
@@ -291,64 +320,81 @@ def _prepare_network(net, where: str) -> List[str]:
             raise NetworkDefinitionError(
                 f"{where}: function '{f.name}' ({f.type}) is random and changes the shape; the "
                 "replay cannot reproduce it. Move it to the dataset (pre-cropped images) or "
-                "remove it from the training network")
+                "remove it from the training network"
+            )
     return notes
 
 
-def describe(proto, params: Dict[str, np.ndarray], source: str,
-             optimizer_name: Optional[str] = None):
+def describe(
+    proto, params: Dict[str, np.ndarray], source: str, optimizer_name: Optional[str] = None
+):
     """Check the definition and build the :class:`ModelInfo` and the replay network proto.
 
     Raises:
         NetworkDefinitionError: no optimizer, no loss, unknown variables.
         ParameterError: a parameter the network uses is missing or has the wrong shape.
+
     """
     from nnabla.utils import nnabla_pb2
 
     if not proto.optimizer:
         raise NetworkDefinitionError(
             f"{source}: the network definition has no optimizer; the console writes one in "
-            "the training result's net.nntxt (give that file, not a runtime-only export)")
+            "the training result's net.nntxt (give that file, not a runtime-only export)"
+        )
     opts = {o.name: o for o in proto.optimizer}
     if optimizer_name is not None and optimizer_name not in opts:
         raise NetworkDefinitionError(
-            f"{source}: no optimizer named '{optimizer_name}' (have {sorted(opts)})")
+            f"{source}: no optimizer named '{optimizer_name}' (have {sorted(opts)})"
+        )
     opt = opts[optimizer_name] if optimizer_name else proto.optimizer[0]
     nets = {n.name: n for n in proto.network}
     if opt.network_name not in nets:
         raise NetworkDefinitionError(
             f"{source}: optimizer '{opt.name}' trains network '{opt.network_name}', which is "
-            f"not defined (networks: {sorted(nets)})")
+            f"not defined (networks: {sorted(nets)})"
+        )
     net = nnabla_pb2.Network()
     net.CopyFrom(nets[opt.network_name])
     if not opt.loss_variable:
         raise NetworkDefinitionError(
             f"{source}: optimizer '{opt.name}' names no loss variable; add a loss layer (e.g. "
-            "SoftmaxCrossEntropy) to the training network")
+            "SoftmaxCrossEntropy) to the training network"
+        )
     var_shapes = {v.name: tuple(v.shape.dim) for v in net.variable}
     var_types = {v.name: v.type for v in net.variable}
     losses = [lv.variable_name for lv in opt.loss_variable]
     for name in losses:
         if name not in var_shapes:
             raise NetworkDefinitionError(
-                f"{source}: loss variable '{name}' is not in network '{net.name}'")
+                f"{source}: loss variable '{name}' is not in network '{net.name}'"
+            )
     if opt.generator_variable:
         raise NetworkDefinitionError(
             f"{source}: optimizer '{opt.name}' uses generator inputs "
             f"({[g.variable_name for g in opt.generator_variable]}); they are random per step "
-            "and are not supported")
+            "and are not supported"
+        )
     inputs: Dict[str, str] = OrderedDict()
     shapes: Dict[str, Tuple[int, ...]] = OrderedDict()
     for dv in opt.data_variable:
         if dv.variable_name not in var_shapes:
             raise NetworkDefinitionError(
-                f"{source}: data variable '{dv.variable_name}' is not in network '{net.name}'")
+                f"{source}: data variable '{dv.variable_name}' is not in network '{net.name}'"
+            )
         inputs[dv.variable_name] = dv.data_name
         shapes[dv.data_name] = tuple(int(d) for d in var_shapes[dv.variable_name][1:])
     lr_mult = {}
     for pv in opt.parameter_variable:
-        pattern = re.compile("^" + re.sub(r"{[^}]*}", r"\\[\\d+\\]", re.escape(pv.variable_name)
-                                          .replace(r"\{", "{").replace(r"\}", "}")) + "$")
+        pattern = re.compile(
+            "^"
+            + re.sub(
+                r"{[^}]*}",
+                r"\\[\\d+\\]",
+                re.escape(pv.variable_name).replace(r"\{", "{").replace(r"\}", "}"),
+            )
+            + "$"
+        )
         for name, t in var_types.items():
             if t == "Parameter" and (name == pv.variable_name or pattern.match(name)):
                 lr_mult[name] = pv.learning_rate_multiplier
@@ -356,7 +402,8 @@ def describe(proto, params: Dict[str, np.ndarray], source: str,
     if not trainable:
         raise NetworkDefinitionError(
             f"{source}: optimizer '{opt.name}' trains no parameter (every learning-rate "
-            "multiplier is 0)")
+            "multiplier is 0)"
+        )
     for name, t in var_types.items():
         if t != "Parameter":
             continue
@@ -364,12 +411,14 @@ def describe(proto, params: Dict[str, np.ndarray], source: str,
         if name not in params:
             raise ParameterError(
                 f"{source}: parameter '{name}' of network '{net.name}' is missing from the "
-                "parameters file; give the parameters saved with this network definition")
+                "parameters file; give the parameters saved with this network definition"
+            )
         if tuple(params[name].shape) != tuple(want):
             raise ParameterError(
                 f"{source}: parameter '{name}' has shape {tuple(params[name].shape)} but "
                 f"network '{net.name}' needs {tuple(want)}; the parameters belong to a "
-                "different network definition")
+                "different network definition"
+            )
     notes = _prepare_network(net, source)
 
     def dataset_ref(name):
@@ -389,10 +438,17 @@ def describe(proto, params: Dict[str, np.ndarray], source: str,
         if val_ref:
             break
     info = ModelInfo(
-        source=source, network=net.name, losses=losses, inputs=dict(inputs),
-        input_shapes=dict(shapes), trainable=trainable,
-        solver=_solver_config(opt, proto), train_dataset=train_ref,
-        val_dataset=val_ref, validation_network=val_net, notes=notes,
+        source=source,
+        network=net.name,
+        losses=losses,
+        inputs=dict(inputs),
+        input_shapes=dict(shapes),
+        trainable=trainable,
+        solver=_solver_config(opt, proto),
+        train_dataset=train_ref,
+        val_dataset=val_ref,
+        validation_network=val_net,
+        notes=notes,
     )
     replay = nnabla_pb2.NNablaProtoBuf()
     replay.network.add().CopyFrom(net)
@@ -414,10 +470,11 @@ def describe(proto, params: Dict[str, np.ndarray], source: str,
 
 
 def make_context(context: str = "cpu"):
-    """nnabla context for ``cpu`` or ``cudnn[:DEVICE]``.
+    """Nnabla context for ``cpu`` or ``cudnn[:DEVICE]``.
 
     Raises:
         ContextError: ``cudnn`` requested but nnabla-ext-cuda is not installed or finds no GPU.
+
     """
     from nnabla.ext_utils import get_extension_context
 
@@ -431,7 +488,8 @@ def make_context(context: str = "cpu"):
             raise ContextError(
                 f"context '{context}' needs the nnabla GPU extension, which could not be "
                 f"loaded ({type(e).__name__}: {e}); install e.g. 'pip install "
-                "nnabla-ext-cuda120==1.39.0' matching your CUDA, or use --context cpu") from e
+                "nnabla-ext-cuda120==1.39.0' matching your CUDA, or use --context cpu"
+            ) from e
         return get_extension_context("cudnn", device_id=device or "0")
     raise ContextError(f"unknown context '{context}'; use 'cpu' or 'cudnn[:DEVICE]'")
 
@@ -443,8 +501,9 @@ class NnablaModel:
     built from it, at any batch size, shares the same parameter Variables.
     """
 
-    def __init__(self, info: ModelInfo, replay_proto, params: Dict[str, np.ndarray],
-                 context: str = "cpu"):
+    def __init__(
+        self, info: ModelInfo, replay_proto, params: Dict[str, np.ndarray], context: str = "cpu"
+    ):
         import nnabla as nn
 
         self.info = info
@@ -453,8 +512,8 @@ class NnablaModel:
         self._proto = replay_proto
         # nnabla resolves "a/b/W" through nested scopes: keep that nested dict for graph
         # building, and a flat name -> Variable view for everything else.
-        self._scope: "OrderedDict[str, object]" = OrderedDict()
-        self._params: "OrderedDict[str, object]" = OrderedDict()
+        self._scope: OrderedDict[str, object] = OrderedDict()
+        self._params: OrderedDict[str, object] = OrderedDict()
         with nn.context_scope(self._ctx), nn.parameter_scope("", self._scope):
             for name, value in params.items():
                 v = nn.Variable.from_numpy_array(np.asarray(value, dtype=np.float32))
@@ -465,7 +524,7 @@ class NnablaModel:
 
     # -- parameters ---------------------------------------------------------------------
     @property
-    def trainable(self) -> "OrderedDict[str, object]":
+    def trainable(self) -> OrderedDict[str, object]:
         """Trainable parameter name -> nn.Variable (sorted by name)."""
         return OrderedDict((n, self._params[n]) for n in self.info.trainable)
 
@@ -510,7 +569,8 @@ class NnablaModel:
         renamed: Dict[str, str] = {}
         with nn.context_scope(self._ctx):
             g = nn.graph_def.ProtoGraph.from_proto(
-                self._proto, param_scope=self._scope, rng=np.random.RandomState(0))
+                self._proto, param_scope=self._scope, rng=np.random.RandomState(0)
+            )
             net = g.networks[self.info.network]
             net.execute_on_proto(IdentityRemover(renamed, is_required=lambda pf: False))
             net(ctx=self._ctx, batch_size=batch_size)
@@ -520,7 +580,8 @@ class NnablaModel:
                 v = variables[renamed.get(var_name, var_name)].variable_instance
                 if v is None:
                     raise NetworkDefinitionError(
-                        f"{self.info.source}: input '{var_name}' is not used by the network")
+                        f"{self.info.source}: input '{var_name}' is not used by the network"
+                    )
                 inputs[column] = v
             per_sample = []
             for name in self.info.losses:
@@ -529,7 +590,8 @@ class NnablaModel:
                     raise NetworkDefinitionError(
                         f"{self.info.source}: loss '{name}' has shape {tuple(lv.shape)}; the "
                         "per-sample loss must keep the batch axis first (remove any mean or "
-                        "sum over the batch after the loss layer)")
+                        "sum over the batch after the loss layer)"
+                    )
                 if lv.ndim > 1:
                     lv = F.mean(lv, axis=tuple(range(1, lv.ndim)), keepdims=False)
                 per_sample.append(F.reshape(lv, (batch_size, 1)))
@@ -548,6 +610,7 @@ class NnablaModel:
 
         Raises:
             NetworkDefinitionError: the definition has no executor (runtime) network.
+
         """
         import nnabla as nn
         from nnabla.utils.load import IdentityRemover
@@ -555,7 +618,8 @@ class NnablaModel:
         info = self.info
         if not info.runtime_network:
             raise NetworkDefinitionError(
-                f"{info.source}: no executor network (e.g. MainRuntime) to predict with")
+                f"{info.source}: no executor network (e.g. MainRuntime) to predict with"
+            )
         n = len(next(iter(arrays.values())))
         outs = []
         for start in range(0, n, batch_size):
@@ -565,14 +629,18 @@ class NnablaModel:
                 renamed: Dict[str, str] = {}
                 with nn.context_scope(self._ctx):
                     g = nn.graph_def.ProtoGraph.from_proto(
-                        self._proto, param_scope=self._scope, rng=np.random.RandomState(0))
+                        self._proto, param_scope=self._scope, rng=np.random.RandomState(0)
+                    )
                     net = g.networks[info.runtime_network]
                     net.execute_on_proto(IdentityRemover(renamed, is_required=lambda pf: False))
                     net(ctx=self._ctx, batch_size=b)
-                    ins = {col: net.variables[renamed.get(v, v)].variable_instance
-                           for v, col in info.runtime_inputs.items()}
-                    out = net.variables[renamed.get(info.runtime_output,
-                                                    info.runtime_output)].variable_instance
+                    ins = {
+                        col: net.variables[renamed.get(v, v)].variable_instance
+                        for v, col in info.runtime_inputs.items()
+                    }
+                    out = net.variables[
+                        renamed.get(info.runtime_output, info.runtime_output)
+                    ].variable_instance
                 self._check_no_new_params()
                 self._graphs[key] = (ins, out)
             ins, out = self._graphs[key]
@@ -584,7 +652,8 @@ class NnablaModel:
 
     def _check_no_new_params(self) -> None:
         """After building a graph: no parameter may have been created from an initializer
-        (nnabla does that silently for names it does not find), and need_grad is reset."""
+        (nnabla does that silently for names it does not find), and need_grad is reset.
+        """
         import nnabla as nn
 
         with nn.parameter_scope("", self._scope):
@@ -592,7 +661,8 @@ class NnablaModel:
         if created:
             raise ParameterError(
                 f"{self.info.source}: the network uses parameters that were not loaded: "
-                f"{sorted(created)}; give the parameters saved with this network definition")
+                f"{sorted(created)}; give the parameters saved with this network definition"
+            )
         for name, v in self._params.items():
             v.need_grad = name in self.info.trainable
 
@@ -603,9 +673,13 @@ class NnablaModel:
         return nn.context_scope(self._ctx)
 
 
-def load_model(model: Optional[str] = None, config: Optional[str] = None,
-               params: Optional[str] = None, context: str = "cpu",
-               optimizer: Optional[str] = None) -> NnablaModel:
+def load_model(
+    model: Optional[str] = None,
+    config: Optional[str] = None,
+    params: Optional[str] = None,
+    context: str = "cpu",
+    optimizer: Optional[str] = None,
+) -> NnablaModel:
     """Load a console training result (see :func:`read_result`) as a :class:`NnablaModel`."""
     proto, values, source = read_result(model, config, params)
     info, replay = describe(proto, values, source, optimizer)

@@ -48,7 +48,8 @@ class OutputPaths:
 
 def find_columns(train: Dataset, used_columns: Sequence[str]):
     """``(image header cell or None, label header cell or None)`` among the columns the
-    network reads: the first whose first row is an image path, and the first scalar one."""
+    network reads: the first whose first row is an image path, and the first scalar one.
+    """
     image_col = label_col = None
     for var in used_columns:
         cells = train.columns.get(var, [])
@@ -101,16 +102,28 @@ def _summary_text(scores, labels, train: Dataset, image_col, info: Dict) -> str:
         "negative = removing it would lower the validation loss (harmful).",
         "",
     ]
-    for k in ("model", "train_csv", "val_csv", "validation_loss", "lr", "weight_decay",
-              "batch_size", "epochs", "trials", "cache"):
+    for k in (
+        "model",
+        "train_csv",
+        "val_csv",
+        "validation_loss",
+        "lr",
+        "weight_decay",
+        "batch_size",
+        "epochs",
+        "trials",
+        "cache",
+    ):
         if k in info:
             lines.append(f"{k}: {info[k]}")
     if labels is not None:
         lines += ["", "harmful share per class (label: harmful / total):"]
         for lab in sorted(set(labels), key=_label_key):
             mask = np.array([x == lab for x in labels])
-            lines.append(f"  {lab}: {int(harmful[mask].sum())} / {int(mask.sum())} "
-                         f"({harmful[mask].mean():.1%})")
+            lines.append(
+                f"  {lab}: {int(harmful[mask].sum())} / {int(mask.sum())} "
+                f"({harmful[mask].mean():.1%})"
+            )
     lines += ["", "top 10 harmful (datasource_index, label, influence, original):"]
     for i in ranking(scores)[:10]:
         lab = labels[i] if labels is not None else ""
@@ -158,6 +171,7 @@ def write_influence_output(
         info: settings and run facts, written to settings.yaml and summarised.
         thumb_size: thumbnail bounding box in pixels.
         report: also write ``report.html``.
+
     """
     if len(scores) != train.size:
         raise SettingsError(f"{len(scores)} scores for {train.size} training rows")
@@ -180,10 +194,15 @@ def write_influence_output(
             w = csv.writer(f, lineterminator="\n")
             w.writerow(INFLUENCE_COLUMNS)
             for i in order:
-                w.writerow([
-                    thumbs_rel[i], labels[i] if labels else "", repr(float(scores[i])), int(i),
-                    train.cell(int(i), image_col) if image_col else "",
-                ])
+                w.writerow(
+                    [
+                        thumbs_rel[i],
+                        labels[i] if labels else "",
+                        repr(float(scores[i])),
+                        int(i),
+                        train.cell(int(i), image_col) if image_col else "",
+                    ]
+                )
         from .settings import write_yaml
 
         write_yaml(os.path.join(stage, "settings.yaml"), info)
@@ -192,8 +211,13 @@ def write_influence_output(
         if report:
             from .report import write_report
 
-            write_report(os.path.join(stage, "report.html"), scores, labels,
-                         [os.path.join(stage, t) if t else "" for t in thumbs_rel], info)
+            write_report(
+                os.path.join(stage, "report.html"),
+                scores,
+                labels,
+                [os.path.join(stage, t) if t else "" for t in thumbs_rel],
+                info,
+            )
         paths = OutputPaths(
             csv=os.path.abspath(out_csv),
             thumbnails=os.path.join(folder, "thumbnails") if image_col else None,
@@ -224,12 +248,14 @@ def read_influence_csv(path: str):
 
     Raises:
         InputError: missing file or columns, or a non-numeric cell.
+
     """
     header, rows = read_csv_table(path)
     for col in ("influence", "datasource_index"):
         if col not in header:
-            raise InputError(f"{path}: no '{col}' column; give the influence CSV that "
-                             "'sgd-influence run' wrote")
+            raise InputError(
+                f"{path}: no '{col}' column; give the influence CSV that 'sgd-influence run' wrote"
+            )
     ci, cs = header.index("datasource_index"), header.index("influence")
     co = header.index("original") if "original" in header else None
     idx, infl, orig = [], [], []
@@ -238,8 +264,10 @@ def read_influence_csv(path: str):
             idx.append(int(row[ci]))
             infl.append(float(row[cs]))
         except ValueError as e:
-            raise InputError(f"{path} row {r + 1}: datasource_index '{row[ci]}' / influence "
-                             f"'{row[cs]}' must be numbers") from e
+            raise InputError(
+                f"{path} row {r + 1}: datasource_index '{row[ci]}' / influence "
+                f"'{row[cs]}' must be numbers"
+            ) from e
         orig.append(row[co] if co is not None else None)
     return np.array(idx, dtype=np.int64), np.array(infl, dtype=np.float64), orig
 
@@ -249,8 +277,11 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def cleanse(
-    influence_csv: str, train_csv: str, output: str,
-    remove: Optional[int] = None, remove_ratio: Optional[float] = None,
+    influence_csv: str,
+    train_csv: str,
+    output: str,
+    remove: Optional[int] = None,
+    remove_ratio: Optional[float] = None,
 ) -> Dict:
     """Write ``train_csv`` without its most harmful rows, as a console dataset CSV.
 
@@ -263,25 +294,31 @@ def cleanse(
 
     Returns:
         ``{"removed": [datasource indices], "kept": n_kept, "output": path}``.
+
     """
     if (remove is None) == (remove_ratio is None):
         raise SettingsError("give exactly one of --remove N or --remove-ratio R")
     for src in (train_csv, influence_csv):
         if _same_file(output, src):
-            raise SettingsError(f"{output}: refusing to overwrite the input {src}; choose "
-                                "another --output")
+            raise SettingsError(
+                f"{output}: refusing to overwrite the input {src}; choose another --output"
+            )
     header, rows = read_csv_table(train_csv)
     idx, infl, orig = read_influence_csv(influence_csv)
     n = len(rows)
     if len(idx) != n or sorted(idx.tolist()) != list(range(n)):
-        raise InputError(f"{influence_csv}: lists {len(idx)} samples but {train_csv} has {n} "
-                         "rows; compute the influence for this training CSV")
+        raise InputError(
+            f"{influence_csv}: lists {len(idx)} samples but {train_csv} has {n} "
+            "rows; compute the influence for this training CSV"
+        )
     src_folder = os.path.dirname(os.path.abspath(train_csv))
     image_cols = [c for c, cell in enumerate(header) if not cell.startswith("#")]
     for r, (j, o) in enumerate(zip(idx, orig)):
         if o and o not in rows[j]:
-            raise InputError(f"{influence_csv} row {r + 1}: original '{o}' is not in "
-                             f"{train_csv} row {j + 1}; was the influence computed for this CSV?")
+            raise InputError(
+                f"{influence_csv} row {r + 1}: original '{o}' is not in "
+                f"{train_csv} row {j + 1}; was the influence computed for this CSV?"
+            )
     if remove_ratio is not None:
         if not 0 <= remove_ratio < 1:
             raise SettingsError(f"--remove-ratio {remove_ratio}: must be in [0, 1)")
@@ -294,8 +331,11 @@ def cleanse(
 
     def rebase(cell: str) -> str:
         text = cell.strip()
-        if os.path.splitext(text)[1] and not os.path.isabs(text) and \
-                os.path.exists(os.path.join(src_folder, text)):
+        if (
+            os.path.splitext(text)[1]
+            and not os.path.isabs(text)
+            and os.path.exists(os.path.join(src_folder, text))
+        ):
             return os.path.relpath(os.path.join(src_folder, text), out_folder)
         return cell
 
@@ -313,5 +353,6 @@ def check_not_input(output: str, inputs: Sequence[Optional[str]]) -> None:
     """Refuse an output path that is one of the input files."""
     for src in inputs:
         if src and (os.path.abspath(src) == os.path.abspath(output) or _same_file(output, src)):
-            raise SettingsError(f"{output}: refusing to overwrite the input {src}; choose "
-                                "another --output")
+            raise SettingsError(
+                f"{output}: refusing to overwrite the input {src}; choose another --output"
+            )

@@ -13,6 +13,7 @@ class TqdmProgress:
         self._bars: Dict[str, object] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        """Report that ``done`` of ``total`` steps of ``stage`` are finished."""
         if not self.enabled:
             return
         from tqdm import tqdm
@@ -36,6 +37,7 @@ class LogProgress:
         self.log, self.every = log, every
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        """Report that ``done`` of ``total`` steps of ``stage`` are finished."""
         step = max(1, int(total * self.every))
         if done % step == 0 or done == total:
             self.log(f"{stage}: {done}/{total} steps")

@@ -55,20 +55,28 @@ def _plots(scores: np.ndarray, labels: Optional[Sequence[str]]) -> List[str]:
 def _tiles(indices, scores, labels, thumbs) -> str:
     cells = []
     for i in indices:
-        img = (f'<img src="data:image/png;base64,{_png_b64(thumbs[i])}">' if thumbs[i] else "")
+        img = f'<img src="data:image/png;base64,{_png_b64(thumbs[i])}">' if thumbs[i] else ""
         lab = html.escape(str(labels[i])) if labels is not None else ""
-        cells.append(f'<div class="tile">{img}<br>#{int(i)} label {lab}<br>'
-                     f"{scores[i]:.3g}</div>")
+        cells.append(f'<div class="tile">{img}<br>#{int(i)} label {lab}<br>{scores[i]:.3g}</div>')
     return "\n".join(cells)
 
 
-def write_report(path: str, scores: np.ndarray, labels: Optional[Sequence[str]],
-                 thumbs: Sequence[str], info: Dict, k: int = 24) -> None:
+def write_report(
+    path: str,
+    scores: np.ndarray,
+    labels: Optional[Sequence[str]],
+    thumbs: Sequence[str],
+    info: Dict,
+    k: int = 24,
+) -> None:
     """Write the report: top-``k`` harmful and helpful samples, histogram, per-class counts."""
     order = np.argsort(scores, kind="stable")
     plots = "".join(f'<img src="data:image/png;base64,{p}">' for p in _plots(scores, labels))
-    facts = "".join(f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(str(v))}</td></tr>"
-                    for key, v in info.items() if not isinstance(v, (dict, list)))
+    facts = "".join(
+        f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(str(v))}</td></tr>"
+        for key, v in info.items()
+        if not isinstance(v, (dict, list))
+    )
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>SGD-influence report</title>
 <style>body{{font-family:sans-serif;margin:2em}} .tile{{display:inline-block;margin:4px;

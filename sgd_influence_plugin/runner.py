@@ -31,6 +31,7 @@ class RunRequest:
         remove_ratio: also write ``cleansed_train.csv`` beside the output without this share
             of the most harmful rows (None = don't).
         thumb_size: thumbnail box in pixels.
+
     """
 
     output: str
@@ -58,11 +59,12 @@ def run(
     request: RunRequest,
     log: Callable[[str], None] = lambda m: None,
     progress=None,
-) -> "tuple[OutputPaths, InfluenceResult]":
+) -> tuple[OutputPaths, InfluenceResult]:
     """Load, validate every input, compute, and write the outputs (see :mod:`.output`).
 
     Raises:
         SGDInfluenceError: any bad input, before anything is written.
+
     """
     settings = request.settings.validate()
     if request.remove_ratio is not None and not 0 <= request.remove_ratio < 1:
@@ -71,36 +73,57 @@ def run(
     info = model.info
     train_csv = _dataset_path(request.train, info.train_dataset, "training", "--train")
     val_csv = _dataset_path(request.val, info.val_dataset, "validation", "--val")
-    check_not_input(request.output, [train_csv, val_csv, request.model, request.config,
-                                     request.params])
+    check_not_input(
+        request.output, [train_csv, val_csv, request.model, request.config, request.params]
+    )
     normalize = info.train_dataset.normalize if info.train_dataset else True
     log(f"reading {train_csv} and {val_csv}")
     train = load_dataset(train_csv, info.input_shapes, normalize)
     val = load_dataset(val_csv, info.input_shapes, normalize)
     for note in info.notes:
         log("replay network: " + note)
-    log(f"{train.size} training and {val.size} validation samples; "
-        f"{model.n_params} trained parameters")
-    result = compute_influence(model, train.arrays, val.arrays, settings, request.cache_dir,
-                               progress=progress, log=log)
+    log(
+        f"{train.size} training and {val.size} validation samples; "
+        f"{model.n_params} trained parameters"
+    )
+    result = compute_influence(
+        model, train.arrays, val.arrays, settings, request.cache_dir, progress=progress, log=log
+    )
     facts = {
         "settings": settings.to_dict(),
-        "lr": result.run.lr, "weight_decay": result.run.weight_decay,
-        "batch_size": result.run.batch_size, "epochs": settings.epochs,
-        "trials": settings.trials, "cache": settings.cache,
-        "model": info.source, "train_csv": os.path.abspath(train_csv),
-        "val_csv": os.path.abspath(val_csv), "n_train": train.size, "n_val": val.size,
-        "n_params": model.n_params, "validation_loss": round(result.val_loss, 6),
+        "lr": result.run.lr,
+        "weight_decay": result.run.weight_decay,
+        "batch_size": result.run.batch_size,
+        "epochs": settings.epochs,
+        "trials": settings.trials,
+        "cache": settings.cache,
+        "model": info.source,
+        "train_csv": os.path.abspath(train_csv),
+        "val_csv": os.path.abspath(val_csv),
+        "n_train": train.size,
+        "n_val": val.size,
+        "n_params": model.n_params,
+        "validation_loss": round(result.val_loss, 6),
         "cache_bytes": result.cache_bytes,
         "timings_seconds": {k: round(float(v), 4) for k, v in result.timings.items()},
-        "network_changes": list(info.notes), "warnings": list(result.warnings),
-        "versions": {"sgd_influence_plugin": __version__, "nnabla": _nnabla_version(),
-                     "python": platform.python_version()},
+        "network_changes": list(info.notes),
+        "warnings": list(result.warnings),
+        "versions": {
+            "sgd_influence_plugin": __version__,
+            "nnabla": _nnabla_version(),
+            "python": platform.python_version(),
+        },
         "sign": "influence < 0: removing the sample lowers the validation loss (harmful)",
     }
-    paths = write_influence_output(request.output, result.scores, train,
-                                   list(info.input_shapes), facts, request.thumb_size,
-                                   request.report)
+    paths = write_influence_output(
+        request.output,
+        result.scores,
+        train,
+        list(info.input_shapes),
+        facts,
+        request.thumb_size,
+        request.report,
+    )
     if request.remove_ratio is not None:
         cleansed = os.path.join(os.path.dirname(paths.csv), "cleansed_train.csv")
         cleanse(paths.csv, train_csv, cleansed, remove_ratio=request.remove_ratio)

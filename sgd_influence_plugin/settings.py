@@ -33,6 +33,7 @@ class InfluenceSettings:
             also keep the parameters before every step of the last epoch).
         context: ``cpu`` or ``cudnn[:DEVICE]``.
         val_batch_size: batch size for the validation gradient (no effect on the result).
+
     """
 
     lr: Optional[float] = None
@@ -45,7 +46,7 @@ class InfluenceSettings:
     context: str = "cpu"
     val_batch_size: int = 256
 
-    def validate(self) -> "InfluenceSettings":
+    def validate(self) -> InfluenceSettings:
         """Raise :class:`SettingsError` for out-of-range values; returns self."""
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise SettingsError(f"lr={self.lr}: the learning rate must be a positive number")

@@ -44,13 +44,16 @@ def make_png_dataset(folder, n_train, n_val, size=28, seed=0):
 
     images, labels = _source_images(n_train + n_val, seed)
     if size != 28:
-        images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
-                           for im in images])
+        images = np.stack(
+            [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images]
+        )
     os.makedirs(folder, exist_ok=True)
-    train = fashion_mnist.write_png_dataset(images[:n_train], labels[:n_train], folder,
-                                            "train.csv", "train")
-    val = fashion_mnist.write_png_dataset(images[n_train:], labels[n_train:], folder,
-                                          "val.csv", "val")
+    train = fashion_mnist.write_png_dataset(
+        images[:n_train], labels[:n_train], folder, "train.csv", "train"
+    )
+    val = fashion_mnist.write_png_dataset(
+        images[n_train:], labels[n_train:], folder, "val.csv", "val"
+    )
     return {"folder": str(folder), "train": train, "val": val, "size": size}
 
 
@@ -66,13 +69,15 @@ def train_result(folder, data, spec: NetSpec):
     spec.input_shape = (1, data["size"], data["size"])
     spec.iter_per_epoch = max(1, n_train // spec.batch_size)
     nntxt = write_nntxt(spec, os.path.join(folder, "net.nntxt"))
-    proc = subprocess.run([NNABLA_CLI, "train", "-c", nntxt, "-o", folder],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [NNABLA_CLI, "train", "-c", nntxt, "-o", folder], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"nnabla_cli train failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     with zipfile.ZipFile(os.path.join(folder, "results.nnp")) as zf:
-        with zf.open("parameter.h5") as src, open(os.path.join(folder, "parameters.h5"),
-                                                   "wb") as dst:
+        with zf.open("parameter.h5") as src, open(
+            os.path.join(folder, "parameters.h5"), "wb"
+        ) as dst:
             shutil.copyfileobj(src, dst)
     return str(folder)
 
@@ -94,13 +99,16 @@ def results(tmp_path_factory, data28, data7):
     """Factory: ``results(name)`` -> a trained result folder (cached per session)."""
     specs = {
         "mlp": (data28, NetSpec(arch="mlp", batch_size=32, lr=0.1, max_epoch=2)),
-        "cnn_bn": (data28, NetSpec(arch="cnn_bn", batch_size=32, lr=0.05, max_epoch=2,
-                                   dropout=0.3)),
+        "cnn_bn": (
+            data28,
+            NetSpec(arch="cnn_bn", batch_size=32, lr=0.05, max_epoch=2, dropout=0.3),
+        ),
         "smooth": (data28, NetSpec(arch="smooth_cnn", batch_size=32, lr=0.05, max_epoch=3)),
-        "logreg": (data7, NetSpec(arch="logreg", batch_size=16, lr=0.1, max_epoch=3,
-                                  weight_decay=0.01)),
-        "adam": (data28, NetSpec(arch="mlp", batch_size=32, lr=0.001, solver="Adam",
-                                 max_epoch=1)),
+        "logreg": (
+            data7,
+            NetSpec(arch="logreg", batch_size=16, lr=0.1, max_epoch=3, weight_decay=0.01),
+        ),
+        "adam": (data28, NetSpec(arch="mlp", batch_size=32, lr=0.001, solver="Adam", max_epoch=1)),
     }
     made = {}
 

@@ -30,8 +30,9 @@ def _nnabla_forward_losses(nnp, network, x, y):
 def test_nnp_and_nntxt_h5_give_nnabla_own_losses(results, data28, arch, batch):
     folder = results(arch)
     from_nnp = load_model(model=os.path.join(folder, "results.nnp"))
-    from_txt = load_model(config=os.path.join(folder, "net.nntxt"),
-                          params=os.path.join(folder, "parameters.h5"))
+    from_txt = load_model(
+        config=os.path.join(folder, "net.nntxt"), params=os.path.join(folder, "parameters.h5")
+    )
     ds = load_dataset(data28["val"], from_nnp.info.input_shapes)
     x, y = ds.arrays["x"][:batch], ds.arrays["y"][:batch]
     # MainValidation is the console's inference-mode network (BN running stats, no dropout):

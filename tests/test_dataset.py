@@ -37,7 +37,8 @@ def test_rgb_vectors_and_comment_columns_match_nnabla(tmp_path):
     lines = ["#note,x:image,v__0,v__1,v__2,y:label"]
     for i in range(5):
         Image.fromarray(rng.randint(0, 256, (6, 4, 3)).astype(np.uint8)).save(
-            tmp_path / "img" / f"{i}.png")
+            tmp_path / "img" / f"{i}.png"
+        )
         lines.append(f"comment {i},img/{i}.png,{i},{i * 0.5},-1,{i % 3}")
     path = str(tmp_path / "d.csv")
     open(path, "w").write("\n".join(lines) + "\n")

@@ -38,34 +38,46 @@ def test_missing_csv(tmp_path):
 def test_missing_column(data28, tmp_path):
     folder, path, lines = _copy_dataset(data28, tmp_path)
     path.write_text("\n".join(["x:image,label"] + lines[1:]) + "\n")
-    with pytest.raises(DatasetError, match=r"train\.csv: no column for variable 'y'.*'x:image', "
-                                           r"'label'.*Add a column named 'y'"):
+    with pytest.raises(
+        DatasetError,
+        match=r"train\.csv: no column for variable 'y'.*'x:image', "
+        r"'label'.*Add a column named 'y'",
+    ):
         load_dataset(str(path), NEEDS)
 
 
 def test_missing_image(data28, tmp_path):
     folder, path, lines = _copy_dataset(data28, tmp_path)
     os.remove(folder / "train" / "000002.png")
-    with pytest.raises(DatasetError, match=r"train\.csv row 3, column 'x:image': file "
-                                           r"'train/000002\.png' not found \(paths are relative "
-                                           r"to the CSV's folder"):
+    with pytest.raises(
+        DatasetError,
+        match=r"train\.csv row 3, column 'x:image': file "
+        r"'train/000002\.png' not found \(paths are relative "
+        r"to the CSV's folder",
+    ):
         load_dataset(str(path), NEEDS)
 
 
 def test_unreadable_image(data28, tmp_path):
     folder, path, _ = _copy_dataset(data28, tmp_path)
     (folder / "train" / "000001.png").write_bytes(b"not a png")
-    with pytest.raises(DatasetError, match=r"row 2, column 'x:image': cannot read "
-                                           r"'train/000001\.png'.*replace or remove"):
+    with pytest.raises(
+        DatasetError,
+        match=r"row 2, column 'x:image': cannot read "
+        r"'train/000001\.png'.*replace or remove",
+    ):
         load_dataset(str(path), NEEDS)
 
 
 def test_image_size_mismatch(data28, tmp_path):
     folder, path, _ = _copy_dataset(data28, tmp_path)
     Image.fromarray(np.zeros((14, 14), np.uint8)).save(folder / "train" / "000004.png")
-    with pytest.raises(DatasetError, match=r"row 5: 'train/000004\.png' loads with shape "
-                                           r"\(1, 14, 14\) but the network's input 'x' takes "
-                                           r"\(1, 28, 28\).*resize"):
+    with pytest.raises(
+        DatasetError,
+        match=r"row 5: 'train/000004\.png' loads with shape "
+        r"\(1, 14, 14\) but the network's input 'x' takes "
+        r"\(1, 28, 28\).*resize",
+    ):
         load_dataset(str(path), NEEDS)
 
 
@@ -83,8 +95,11 @@ def test_non_numeric_label(data28, tmp_path):
     folder, path, lines = _copy_dataset(data28, tmp_path)
     lines[3] = lines[3].split(",")[0] + ",shirt"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DatasetError, match=r"row 3, column 'y:label': 'shirt' is neither a "
-                                           r"number nor a file path; labels must be numbers"):
+    with pytest.raises(
+        DatasetError,
+        match=r"row 3, column 'y:label': 'shirt' is neither a "
+        r"number nor a file path; labels must be numbers",
+    ):
         load_dataset(str(path), NEEDS)
 
 
@@ -108,8 +123,11 @@ def test_missing_model_files(tmp_path):
 
 def test_garbled_nntxt(tmp_path):
     (tmp_path / "net.nntxt").write_text("network { name: \n")
-    with pytest.raises(NetworkDefinitionError, match=r"net\.nntxt: not a valid network "
-                                                     r"definition"):
+    with pytest.raises(
+        NetworkDefinitionError,
+        match=r"net\.nntxt: not a valid network "
+        r"definition",
+    ):
         load_model(config=str(tmp_path / "net.nntxt"))
 
 
@@ -123,8 +141,9 @@ def _edited_nntxt(results, tmp_path, edit):
 def test_no_optimizer(results, tmp_path):
     import re
 
-    cfg = _edited_nntxt(results, tmp_path,
-                        lambda s: re.sub(r"\noptimizer \{.*?\n\}", "", s, flags=re.S))
+    cfg = _edited_nntxt(
+        results, tmp_path, lambda s: re.sub(r"\noptimizer \{.*?\n\}", "", s, flags=re.S)
+    )
     with pytest.raises(NetworkDefinitionError, match=r"net\.nntxt.*has no optimizer"):
         load_model(config=cfg, params=os.path.join(results("mlp"), "parameters.h5"))
 
@@ -132,8 +151,11 @@ def test_no_optimizer(results, tmp_path):
 def test_no_loss(results, tmp_path):
     import re
 
-    cfg = _edited_nntxt(results, tmp_path, lambda s: re.sub(
-        r"\s*loss_variable \{\s*variable_name: \"loss\"\s*\}", "", s))
+    cfg = _edited_nntxt(
+        results,
+        tmp_path,
+        lambda s: re.sub(r"\s*loss_variable \{\s*variable_name: \"loss\"\s*\}", "", s),
+    )
     with pytest.raises(NetworkDefinitionError, match=r"names no loss variable; add a loss"):
         load_model(config=cfg, params=os.path.join(results("mlp"), "parameters.h5"))
 
@@ -143,8 +165,11 @@ def test_missing_parameter(results, tmp_path):
     shutil.copy(os.path.join(results("mlp"), "parameters.h5"), params)
     with h5py.File(params, "a") as f:
         del f["Affine_2/affine/W"]
-    with pytest.raises(ParameterError, match=r"parameter 'Affine_2/affine/W' of network 'Main' "
-                                             r"is missing"):
+    with pytest.raises(
+        ParameterError,
+        match=r"parameter 'Affine_2/affine/W' of network 'Main' "
+        r"is missing",
+    ):
         load_model(config=os.path.join(results("mlp"), "net.nntxt"), params=str(params))
 
 
@@ -156,12 +181,16 @@ def test_wrong_parameter_shape(results, tmp_path):
         del f["Affine/affine/b"]
         ds = f.create_dataset("Affine/affine/b", data=np.zeros(5, np.float32))
         ds.attrs.update(attrs)
-    with pytest.raises(ParameterError, match=r"'Affine/affine/b' has shape \(5,\) but network "
-                                             r"'Main' needs \(64,\)"):
+    with pytest.raises(
+        ParameterError,
+        match=r"'Affine/affine/b' has shape \(5,\) but network "
+        r"'Main' needs \(64,\)",
+    ):
         load_model(config=os.path.join(results("mlp"), "net.nntxt"), params=str(params))
     with pytest.raises(ParameterError, match=r"missing\.h5: file not found"):
-        load_model(config=os.path.join(results("mlp"), "net.nntxt"),
-                   params=str(tmp_path / "missing.h5"))
+        load_model(
+            config=os.path.join(results("mlp"), "net.nntxt"), params=str(tmp_path / "missing.h5")
+        )
 
 
 def test_cudnn_without_extension_is_clear():

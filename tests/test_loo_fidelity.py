@@ -4,7 +4,6 @@ import os
 import time
 
 import numpy as np
-import pytest
 
 from sgd_influence_plugin import api, core
 from sgd_influence_plugin.dataset import load_dataset
@@ -20,8 +19,9 @@ def exact_leave_one_out(model, train, val, theta_start, order, lrs, batch_size, 
 
     def val_loss_after(weight):
         model.set_params(theta_start)
-        core.sgd_epoch(model, train, order, lrs, batch_size, wd, sample_weight=weight,
-                       graphs=graphs)
+        core.sgd_epoch(
+            model, train, order, lrs, batch_size, wd, sample_weight=weight, graphs=graphs
+        )
         return core.mean_loss(model, val, 256)
 
     full = val_loss_after(np.ones(n, np.float32))

@@ -85,27 +85,46 @@ def test_plugin_with_no_arguments_in_a_result_folder(results, data28, tmp_path):
 def test_plugin_with_nntxt_and_h5(results, data28, tmp_path):
     folder = _result_copy(results, "mlp", tmp_path)
     os.remove(folder / "results.nnp")
-    proc = subprocess.run([sys.executable, SCRIPT, "-c", "net.nntxt", "-p", "parameters.h5",
-                           "-o", "out/infl.csv", "-r", "0"], cwd=folder, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            SCRIPT,
+            "-c",
+            "net.nntxt",
+            "-p",
+            "parameters.h5",
+            "-o",
+            "out/infl.csv",
+            "-r",
+            "0",
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     _check_influence_csv(str(folder / "out" / "infl.csv"), data28["train"])
 
 
-@pytest.mark.parametrize("args,message", [
-    (["-t", "missing.csv"], "missing.csv: file not found"),
-    (["-m", "nothing.nnp"], "nothing.nnp: file not found"),
-    (["-a", "some"], "cache='some': choose one of final, all"),
-    (["-o", "TRAIN"], "refusing to overwrite the input"),
-])
-def test_plugin_bad_input_exits_nonzero_and_writes_nothing(results, data28, tmp_path, args,
-                                                           message):
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-t", "missing.csv"], "missing.csv: file not found"),
+        (["-m", "nothing.nnp"], "nothing.nnp: file not found"),
+        (["-a", "some"], "cache='some': choose one of final, all"),
+        (["-o", "TRAIN"], "refusing to overwrite the input"),
+    ],
+)
+def test_plugin_bad_input_exits_nonzero_and_writes_nothing(
+    results, data28, tmp_path, args, message
+):
     folder = _result_copy(results, "mlp", tmp_path)
     args = [data28["train"] if a == "TRAIN" else a for a in args]
     before = sorted(os.listdir(folder))
     train_before = open(data28["train"]).read()
-    proc = subprocess.run([sys.executable, SCRIPT] + args, cwd=folder, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT] + args, cwd=folder, capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert message in proc.stderr
     assert sorted(os.listdir(folder)) == before
@@ -130,7 +149,7 @@ def test_manifest_matches_the_plugin_argparse():
         if arg["type"] == "bool":
             assert action.const is True and action.nargs == 0  # store_true
         if arg["type"].startswith("option:"):
-            for choice in arg["type"][len("option:"):].split(","):
+            for choice in arg["type"][len("option:") :].split(","):
                 assert choice
 
 
@@ -141,16 +160,24 @@ def test_install_plugin_and_run_help_from_there(tmp_path):
     assert script.exists()
     pkg = script.parent / "sgd_influence_plugin"
     assert (pkg / "runner.py").exists() and not (pkg / "__pycache__").exists()
-    proc = subprocess.run([sys.executable, str(script), "-h"], cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(script), "-h"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "(model) default=results.nnp" in proc.stdout
     # The console's Python has no pip install of this package: the copy beside the script is
     # what the script imports (-S: no site-packages, so no editable install either).
     probe = subprocess.run(
-        [sys.executable, "-S", "-c",
-         "import sys; sys.path.insert(0, sys.argv[1]); import sgd_influence_plugin as p; "
-         "print(p.__file__)", str(script.parent)],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); import sgd_influence_plugin as p; "
+            "print(p.__file__)",
+            str(script.parent),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert probe.returncode == 0 and probe.stdout.strip().startswith(str(pkg))
     # Installing again replaces the package as a whole.
     (pkg / "stray.txt").write_text("x")
@@ -161,23 +188,60 @@ def test_install_plugin_and_run_help_from_there(tmp_path):
 def test_cli_run_cleanse_and_cache_dir(results, data28, tmp_path):
     folder = results("mlp")
     out = tmp_path / "o" / "influence.csv"
-    proc = subprocess.run([CLI, "run", "--config", os.path.join(folder, "net.nntxt"),
-                           "--params", os.path.join(folder, "parameters.h5"),
-                           "--train", data28["train"], "--val", data28["val"],
-                           "--output", str(out), "--cache", "all", "--cache-dir",
-                           str(tmp_path / "cache"), "--report", "--quiet"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            CLI,
+            "run",
+            "--config",
+            os.path.join(folder, "net.nntxt"),
+            "--params",
+            os.path.join(folder, "parameters.h5"),
+            "--train",
+            data28["train"],
+            "--val",
+            data28["val"],
+            "--output",
+            str(out),
+            "--cache",
+            "all",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--report",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = _check_influence_csv(str(out), data28["train"])
-    assert sorted(os.listdir(tmp_path / "cache")) == ["lr.npy", "order.npy", "parameters.h5",
-                                                      "settings.yaml", "steps"]
+    assert sorted(os.listdir(tmp_path / "cache")) == [
+        "lr.npy",
+        "order.npy",
+        "parameters.h5",
+        "settings.yaml",
+        "steps",
+    ]
     assert len(os.listdir(tmp_path / "cache" / "steps")) == 8
     report = open(tmp_path / "o" / "report.html").read()
     assert "data:image/png;base64," in report and "Most harmful" in report
     # cleanse into another folder: top-10 harmful gone, paths rebased, nnabla reads it.
     cleansed = tmp_path / "elsewhere" / "clean.csv"
-    assert cli.main(["cleanse", "--influence", str(out), "--train", data28["train"],
-                     "--remove", "10", "--output", str(cleansed)]) == 0
+    assert (
+        cli.main(
+            [
+                "cleanse",
+                "--influence",
+                str(out),
+                "--train",
+                data28["train"],
+                "--remove",
+                "10",
+                "--output",
+                str(cleansed),
+            ]
+        )
+        == 0
+    )
     header, kept = read_csv_table(str(cleansed))
     assert header == ["x:image", "y:label"] and len(kept) == 246
     gone = {os.path.normpath(os.path.join(data28["folder"], r["original"])) for r in rows[:10]}
@@ -187,31 +251,65 @@ def test_cli_run_cleanse_and_cache_dir(results, data28, tmp_path):
 
     assert CsvDataSource(str(cleansed), shuffle=False, normalize=True).size == 246
     # ratio, and refusing to overwrite the training CSV
-    assert cli.main(["cleanse", "--influence", str(out), "--train", data28["train"],
-                     "--remove-ratio", "0.5", "--output", str(cleansed)]) == 0
+    assert (
+        cli.main(
+            [
+                "cleanse",
+                "--influence",
+                str(out),
+                "--train",
+                data28["train"],
+                "--remove-ratio",
+                "0.5",
+                "--output",
+                str(cleansed),
+            ]
+        )
+        == 0
+    )
     assert len(read_csv_table(str(cleansed))[1]) == 128
     train_before = open(data28["train"]).read()
-    assert cli.main(["cleanse", "--influence", str(out), "--train", data28["train"],
-                     "--remove", "1", "--output", data28["train"]]) == 2
+    assert (
+        cli.main(
+            [
+                "cleanse",
+                "--influence",
+                str(out),
+                "--train",
+                data28["train"],
+                "--remove",
+                "1",
+                "--output",
+                data28["train"],
+            ]
+        )
+        == 2
+    )
     assert open(data28["train"]).read() == train_before
 
 
 def test_cleanse_rejects_an_influence_csv_of_another_dataset(data28, data7, tmp_path):
     path = tmp_path / "infl.csv"
-    path.write_text("x:image,y:label,influence,datasource_index,original\n"
-                    "t.png,1,-1.0,0,train/000000.png\n")
+    path.write_text(
+        "x:image,y:label,influence,datasource_index,original\nt.png,1,-1.0,0,train/000000.png\n"
+    )
     with pytest.raises(Exception, match="lists 1 samples but .* has 256 rows"):
         output.cleanse(str(path), data28["train"], str(tmp_path / "c.csv"), remove=1)
 
 
-def test_existing_output_is_replaced_whole_and_interrupts_leave_it(results, data28, tmp_path,
-                                                                   monkeypatch):
+def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
+    results, data28, tmp_path, monkeypatch
+):
     from sgd_influence_plugin.runner import RunRequest, run
 
     folder = results("mlp")
     out = tmp_path / "influence.csv"
-    req = RunRequest(output=str(out), model=os.path.join(folder, "results.nnp"),
-                     train=data28["train"], val=data28["val"])
+    req = RunRequest(
+        output=str(out),
+        model=os.path.join(folder, "results.nnp"),
+        train=data28["train"],
+        val=data28["val"],
+    )
     run(req)
     (tmp_path / "thumbnails" / "stray.png").write_bytes(b"x")
     first = out.read_text()
@@ -232,19 +330,38 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(results, data
     with pytest.raises(KeyboardInterrupt):
         run(req)
     assert out.read_text() == first
-    assert sorted(os.listdir(tmp_path)) == ["influence.csv", "settings.yaml", "summary.txt",
-                                            "thumbnails"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "influence.csv",
+        "settings.yaml",
+        "summary.txt",
+        "thumbnails",
+    ]
     assert len(os.listdir(tmp_path / "thumbnails")) == 256
 
 
 def test_cli_refuses_to_overwrite_inputs_and_reports_one_line(results, data28, tmp_path):
-    proc = subprocess.run([CLI, "run", "--model", os.path.join(results("mlp"), "results.nnp"),
-                           "--train", data28["train"], "--val", data28["val"],
-                           "--output", data28["val"], "--quiet"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            CLI,
+            "run",
+            "--model",
+            os.path.join(results("mlp"), "results.nnp"),
+            "--train",
+            data28["train"],
+            "--val",
+            data28["val"],
+            "--output",
+            data28["val"],
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
-    assert proc.stderr.startswith("sgd-influence: error: ") and "refusing to overwrite" in \
-        proc.stderr
+    assert (
+        proc.stderr.startswith("sgd-influence: error: ") and "refusing to overwrite" in proc.stderr
+    )
 
 
 @pytest.mark.parametrize("sub", ["run", "cleanse", "evaluate", "install-plugin"])

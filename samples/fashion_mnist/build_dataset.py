@@ -21,8 +21,14 @@ from sgd_influence_plugin import fashion_mnist  # noqa: E402
 
 def build(out, train=6000, val=1000, test=2000, noise=0.0, noise_seed=0, seed=0, log=print):
     """Build (or keep) the dataset under ``out``; returns the split -> CSV path mapping."""
-    wanted = {"train": train, "val": val, "test": test, "noise": noise,
-              "noise_seed": noise_seed, "seed": seed}
+    wanted = {
+        "train": train,
+        "val": val,
+        "test": test,
+        "noise": noise,
+        "noise_seed": noise_seed,
+        "seed": seed,
+    }
     stamp = os.path.join(out, "dataset.json")
     if os.path.exists(stamp):
         with open(stamp) as f:
@@ -36,8 +42,12 @@ def build(out, train=6000, val=1000, test=2000, noise=0.0, noise_seed=0, seed=0,
     if os.path.exists(stamp):
         os.remove(stamp)
     paths = fashion_mnist.build_splits(
-        out, fashion_mnist.SplitSizes(train, val, test), noise_rate=noise,
-        noise_seed=noise_seed, seed=seed)
+        out,
+        fashion_mnist.SplitSizes(train, val, test),
+        noise_rate=noise,
+        noise_seed=noise_seed,
+        seed=seed,
+    )
     if noise == 0 and os.path.exists(os.path.join(out, "train_noise.csv")):
         os.remove(os.path.join(out, "train_noise.csv"))
     with open(stamp, "w") as f:
@@ -47,8 +57,9 @@ def build(out, train=6000, val=1000, test=2000, noise=0.0, noise_seed=0, seed=0,
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                 "data"))
+    p.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    )
     p.add_argument("--train", type=int, default=6000)
     p.add_argument("--val", type=int, default=1000)
     p.add_argument("--test", type=int, default=2000)

@@ -22,10 +22,19 @@ BATCH_SIZE = 64
 
 def spec(train_size: int = 6000) -> NetSpec:
     """The sample's network and training settings."""
-    return NetSpec(arch="cnn", input_shape=(1, 28, 28), n_classes=10,
-                   train_csv="data/train.csv", val_csv="data/val.csv", batch_size=BATCH_SIZE,
-                   lr=0.1, solver="Sgd", max_epoch=10,
-                   iter_per_epoch=max(1, train_size // BATCH_SIZE), seed=0)
+    return NetSpec(
+        arch="cnn",
+        input_shape=(1, 28, 28),
+        n_classes=10,
+        train_csv="data/train.csv",
+        val_csv="data/val.csv",
+        batch_size=BATCH_SIZE,
+        lr=0.1,
+        solver="Sgd",
+        max_epoch=10,
+        iter_per_epoch=max(1, train_size // BATCH_SIZE),
+        seed=0,
+    )
 
 
 def main():

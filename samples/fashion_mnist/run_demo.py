@@ -37,8 +37,9 @@ def say(msg):
 
 def stream(cmd, cwd, keep=lambda line: True):
     """Run ``cmd``, echoing the lines ``keep`` selects; raise on failure."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     tail = []
     for line in proc.stdout:
         tail = (tail + [line])[-40:]
@@ -64,8 +65,9 @@ def write_result_definition(result, data, n_train):
     os.makedirs(result, exist_ok=True)
     with open(os.path.join(result, "net.nntxt"), "w") as f:
         f.write(text)
-    return hashlib.sha256(text.encode() + open(os.path.join(data, "dataset.json"),
-                                               "rb").read()).hexdigest()
+    return hashlib.sha256(
+        text.encode() + open(os.path.join(data, "dataset.json"), "rb").read()
+    ).hexdigest()
 
 
 def main():
@@ -73,9 +75,13 @@ def main():
     p.add_argument("--train", type=int, default=6000, help="training images (default 6000)")
     p.add_argument("--val", type=int, default=1000, help="validation images (default 1000)")
     p.add_argument("--test", type=int, default=2000, help="test images (default 2000)")
-    p.add_argument("--noise", type=float, default=0.1,
-                   help="share of training labels flipped, to give the method something to "
-                        "find (default 0.1; the ground truth goes to data/train_noise.csv)")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.1,
+        help="share of training labels flipped, to give the method something to "
+        "find (default 0.1; the ground truth goes to data/train_noise.csv)",
+    )
     p.add_argument("--workdir", default=HERE, help="where data/ and result/ go")
     a = p.parse_args()
     start = time.time()
@@ -88,18 +94,27 @@ def main():
     say("step 2/3: training with nnabla_cli train (the console's engine)")
     digest = write_result_definition(result, data, a.train)
     stamp = os.path.join(result, ".trained")
-    if os.path.exists(stamp) and open(stamp).read() == digest and \
-            os.path.exists(os.path.join(result, "results.nnp")):
+    if (
+        os.path.exists(stamp)
+        and open(stamp).read() == digest
+        and os.path.exists(os.path.join(result, "results.nnp"))
+    ):
         say("trained result is up to date")
     else:
-        stream([NNABLA_CLI, "train", "-c", "net.nntxt", "-o", "."], cwd=result,
-               keep=lambda line: "cost=" in line or "Completed" in line)
+        stream(
+            [NNABLA_CLI, "train", "-c", "net.nntxt", "-o", "."],
+            cwd=result,
+            keep=lambda line: "cost=" in line or "Completed" in line,
+        )
         with open(stamp, "w") as f:
             f.write(digest)
 
     say("step 3/3: the SGD-influence plugin, headless, in the result folder")
-    stream([sys.executable, PLUGIN, "--report"], cwd=result,
-           keep=lambda line: "Level 99" in line or "CRITICAL" in line or "WARNING" in line)
+    stream(
+        [sys.executable, PLUGIN, "--report"],
+        cwd=result,
+        keep=lambda line: "Level 99" in line or "CRITICAL" in line or "WARNING" in line,
+    )
 
     out = os.path.join(result, "sgd_influence")
     with open(os.path.join(out, "influence.csv")) as f:
@@ -113,13 +128,17 @@ def main():
         extra = ""
         if flipped is not None:
             extra = "  (label was flipped)" if flipped[int(r["datasource_index"])] else ""
-        say(f"  row {r['datasource_index']:>5}  label {r['y:label']}  influence "
-            f"{float(r['influence']):+.3e}  {r['original']}{extra}")
+        say(
+            f"  row {r['datasource_index']:>5}  label {r['y:label']}  influence "
+            f"{float(r['influence']):+.3e}  {r['original']}{extra}"
+        )
     if flipped is not None:
         k = max(1, round(0.05 * len(rows)))
         hits = sum(flipped[int(r["datasource_index"])] for r in rows[:k])
-        say(f"flipped labels among the top {k} harmful: {hits} ({hits / k:.0%}; "
-            f"{sum(flipped) / len(flipped):.0%} would be expected by chance)")
+        say(
+            f"flipped labels among the top {k} harmful: {hits} ({hits / k:.0%}; "
+            f"{sum(flipped) / len(flipped):.0%} would be expected by chance)"
+        )
     say(f"influence CSV : {os.path.join(out, 'influence.csv')}")
     say(f"thumbnails    : {os.path.join(out, 'thumbnails')}")
     say(f"report        : {os.path.join(out, 'report.html')}")

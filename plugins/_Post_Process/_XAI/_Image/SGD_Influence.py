@@ -33,48 +33,92 @@ Approximation of Influence Functions", 2021.
 
 def build_parser():
     """The dialog: every help text carries the console's type hint and the default."""
-    p = argparse.ArgumentParser(description=DESCRIPTION,
-                                formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("-m", "--model", default="results.nnp",
-                   help="path to model nnp file (model) default=results.nnp")
-    p.add_argument("-c", "--config", default="",
-                   help="network definition used instead of the nnp, with --params (nntxt) "
-                        "default=")
-    p.add_argument("-p", "--params", default="",
-                   help="parameters for --config (file) default=")
-    p.add_argument("-t", "--train", default="",
-                   help="training dataset; empty = the one in the network definition (csv) "
-                        "default=")
-    p.add_argument("-v", "--val", default="",
-                   help="validation dataset; empty = the one in the network definition (csv) "
-                        "default=")
-    p.add_argument("-o", "--output", default="sgd_influence/influence.csv",
-                   help="influence CSV to write (csv) default=sgd_influence/influence.csv")
-    p.add_argument("-e", "--epochs", type=int, default=1,
-                   help="SGD epochs of the training phase; the last is replayed (int) "
-                        "default=1")
-    p.add_argument("-n", "--trials", type=int, default=1,
-                   help="independent trials averaged (int) default=1")
-    p.add_argument("-s", "--seed", type=int, default=0,
-                   help="seed of the sample order (int) default=0")
-    p.add_argument("-b", "--batch_size", type=int, default=0,
-                   help="mini-batch size; 0 = the training dataset's (int) default=0")
-    p.add_argument("-l", "--lr", type=float, default=0.0,
-                   help="learning rate; 0 = the solver's (float) default=0.0")
-    p.add_argument("-a", "--cache", default="final",
-                   help="final = keep only final parameters, all = every step (option:final,all)"
-                        " default=final")
-    p.add_argument("-r", "--remove_ratio", type=float, default=0.05,
-                   help="share of most harmful rows left out of cleansed_train.csv (float) "
-                        "default=0.05")
-    p.add_argument("--report", action="store_true",
-                   help="also write report.html (bool) default=False")
-    p.add_argument("--context", default="cpu",
-                   help="compute context (option:cpu,cudnn) default=cpu")
+    p = argparse.ArgumentParser(
+        description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument(
+        "-m",
+        "--model",
+        default="results.nnp",
+        help="path to model nnp file (model) default=results.nnp",
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        default="",
+        help="network definition used instead of the nnp, with --params (nntxt) default=",
+    )
+    p.add_argument("-p", "--params", default="", help="parameters for --config (file) default=")
+    p.add_argument(
+        "-t",
+        "--train",
+        default="",
+        help="training dataset; empty = the one in the network definition (csv) default=",
+    )
+    p.add_argument(
+        "-v",
+        "--val",
+        default="",
+        help="validation dataset; empty = the one in the network definition (csv) default=",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default="sgd_influence/influence.csv",
+        help="influence CSV to write (csv) default=sgd_influence/influence.csv",
+    )
+    p.add_argument(
+        "-e",
+        "--epochs",
+        type=int,
+        default=1,
+        help="SGD epochs of the training phase; the last is replayed (int) default=1",
+    )
+    p.add_argument(
+        "-n", "--trials", type=int, default=1, help="independent trials averaged (int) default=1"
+    )
+    p.add_argument(
+        "-s", "--seed", type=int, default=0, help="seed of the sample order (int) default=0"
+    )
+    p.add_argument(
+        "-b",
+        "--batch_size",
+        type=int,
+        default=0,
+        help="mini-batch size; 0 = the training dataset's (int) default=0",
+    )
+    p.add_argument(
+        "-l",
+        "--lr",
+        type=float,
+        default=0.0,
+        help="learning rate; 0 = the solver's (float) default=0.0",
+    )
+    p.add_argument(
+        "-a",
+        "--cache",
+        default="final",
+        help="final = keep only final parameters, all = every step (option:final,all)"
+        " default=final",
+    )
+    p.add_argument(
+        "-r",
+        "--remove_ratio",
+        type=float,
+        default=0.05,
+        help="share of most harmful rows left out of cleansed_train.csv (float) default=0.05",
+    )
+    p.add_argument(
+        "--report", action="store_true", help="also write report.html (bool) default=False"
+    )
+    p.add_argument(
+        "--context", default="cpu", help="compute context (option:cpu,cudnn) default=cpu"
+    )
     return p
 
 
 def main(argv=None):
+    """Parse the dialog's arguments, run, report through nnabla's logger; exit status."""
     args = build_parser().parse_args(argv)
     from nnabla import logger
 
@@ -89,12 +133,23 @@ def main(argv=None):
     model = None if args.config else args.model
     try:
         request = RunRequest(
-            output=args.output, model=model, config=args.config or None,
-            params=args.params or None, train=args.train or None, val=args.val or None,
+            output=args.output,
+            model=model,
+            config=args.config or None,
+            params=args.params or None,
+            train=args.train or None,
+            val=args.val or None,
             settings=InfluenceSettings(
-                lr=args.lr or None, batch_size=args.batch_size or None, epochs=args.epochs,
-                trials=args.trials, seed=args.seed, cache=args.cache, context=args.context),
-            report=args.report, remove_ratio=args.remove_ratio,
+                lr=args.lr or None,
+                batch_size=args.batch_size or None,
+                epochs=args.epochs,
+                trials=args.trials,
+                seed=args.seed,
+                cache=args.cache,
+                context=args.context,
+            ),
+            report=args.report,
+            remove_ratio=args.remove_ratio,
         )
         paths, _ = run(request, log=say, progress=LogProgress(say))
     except SGDInfluenceError as e:

@@ -1,0 +1,515 @@
+"""Replay speed, cache size and memory of the fused one-pass replay, on a real console model.
+
+One run builds a Fashion-MNIST subset (PNGs and console CSVs), writes a console-style CNN
+``net.nntxt`` (:mod:`sgd_influence_plugin.netdef`), trains it with ``nnabla_cli train``, loads
+the ``results.nnp`` and then measures, on that model and data:
+
+- **fused replay step**: the body of :func:`sgd_influence_plugin.core.replay`'s loop on the
+  graphs of ``core._GraphCache(model, fused=True)``: feed the batch and u, one
+  ``score.forward`` / ``score.backward`` of the double-backward graph, read the per-sample dot
+  products ``<u, grad l_i>`` from ``w.g`` and ``H u`` from ``param.g``, update u.
+- **loop step** (the published plugin's method): for each sample of the batch, a first-order
+  forward/backward at batch size 1 and the dot product of its gradient with u in numpy; then a
+  separate Hessian-vector product of the batch (the same double-backward graph, used for
+  ``param.g`` only, with ``w.need_grad`` off), and the same u update.
+- **training step**: one step of plain SGD, :func:`core.sgd_epoch` on one batch, reusing its
+  graphs.
+
+Every graph is built once and reused; steps are warmed up first, then the three methods run
+interleaved step by step (at the same parameters: the training step's change is undone outside
+the timed region) and each reports the median seconds per step. ``core.replay``,
+``core.sgd_epoch`` and the loop are also timed over one whole epoch as a cross-check (that time
+includes ``core.replay``'s graph construction).
+
+Correctness (so that the comparison is apples to apples): one epoch of the loop method and one
+of the fused body give influence vectors that are compared with ``core.replay``'s, and the
+per-sample dot products of a few batches are compared directly; the relative difference is
+``max|a - b| / max|b|``. A difference above ``--tolerance`` makes the script exit with status 1.
+
+Cache size: :func:`api.compute_influence` with ``cache="final"`` and ``cache="all"`` into
+folders under the work folder; ``InfluenceResult.cache_bytes`` against the model size (the
+cache's ``parameters.h5``) plus 4N bytes (``order.npy``'s int32 payload), and all / final
+against T (Hara et al.'s cache grows with the number of steps, Suzuki et al.'s does not).
+
+Memory: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux), a high-water mark of the
+whole process, read after the fused replay and again after the loop epoch. ``tracemalloc``
+would miss nnabla's C++ buffers, so it is not used; since the mark only grows, the second
+figure shows only what the loop needed beyond the fused replay.
+
+The targets are printed beside the figures; ``--strict`` also makes a missed target exit with
+status 1. ``--context cudnn`` loads the model on the GPU (needs nnabla-ext-cuda); training with
+``nnabla_cli`` stays on the CPU.
+
+Run: ``.venv/bin/python benchmarks/replay_speed.py [--n-train 2048] [--out-json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from sgd_influence_plugin import api, core, fashion_mnist  # noqa: E402
+from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
+from sgd_influence_plugin.errors import SGDInfluenceError  # noqa: E402
+from sgd_influence_plugin.netdef import NetSpec, write_nntxt  # noqa: E402
+from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
+from sgd_influence_plugin.settings import InfluenceSettings  # noqa: E402
+
+NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
+
+#: Targets: (key of the figure, comparison, bound, what it means).
+TARGETS = (
+    ("loop_over_fused", ">=", 1.8, "loop step / fused step"),
+    ("replay_over_training", "<=", 4.5, "replay epoch / training epoch (fused / train step)"),
+    ("final_cache_overhead_abs", "<=", 4096, "|final cache - (model h5 + 4N)| bytes"),
+)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def maxrss_kib() -> int:
+    """The process's peak resident set size so far, KiB (Linux units)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+# ------------------------------------------------------------------------------------------
+# Setup: data, network definition, training
+# ------------------------------------------------------------------------------------------
+
+
+def build_and_train(work: str, args) -> dict:
+    """Fashion-MNIST subset + net.nntxt + ``nnabla_cli train``; returns the paths."""
+    data_dir = os.path.join(work, "data")
+    sizes = fashion_mnist.SplitSizes(train=args.n_train, val=args.n_val, test=args.n_test)
+    t0 = time.perf_counter()
+    csvs = fashion_mnist.build_splits(data_dir, sizes, seed=args.seed)
+    t1 = time.perf_counter()
+    result = os.path.join(work, "result")
+    os.makedirs(result, exist_ok=True)
+    spec = NetSpec(
+        arch="cnn", batch_size=args.batch_size, lr=args.lr, max_epoch=args.train_epochs,
+        iter_per_epoch=max(1, args.n_train // args.batch_size), train_csv=csvs["train"],
+        val_csv=csvs["val"], seed=args.seed,
+    )
+    nntxt = write_nntxt(spec, os.path.join(result, "net.nntxt"))
+    proc = subprocess.run([NNABLA_CLI, "train", "-c", nntxt, "-o", result],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"nnabla_cli train failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    nnp = os.path.join(result, "results.nnp")
+    with zipfile.ZipFile(nnp) as zf, zf.open("parameter.h5") as src, \
+            open(os.path.join(result, "parameters.h5"), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return {"csvs": csvs, "nnp": nnp, "seconds_data": t1 - t0,
+            "seconds_train": time.perf_counter() - t1}
+
+
+# ------------------------------------------------------------------------------------------
+# The three kinds of step
+# ------------------------------------------------------------------------------------------
+
+
+def _set_u(variables, u_cur) -> None:
+    for var, value in zip(variables, u_cur):
+        var.d = value
+
+
+def _update_u(params, u_cur, lr: float, wd: float) -> None:
+    for k, p in enumerate(params):
+        hu = p.g
+        u_cur[k] = u_cur[k] - lr * (hu + wd * u_cur[k]) if wd else u_cur[k] - lr * hu
+
+
+def fused_step(sg, arrays, idx, u_cur, lr: float, wd: float, infl) -> np.ndarray:
+    """One step of ``core.replay`` (its loop body): returns the dot products <u, grad l_i>."""
+    sg.feed(arrays, idx, np.full(len(idx), 1.0 / len(idx), dtype=np.float32))
+    _set_u(sg.u, u_cur)
+    sg.score.forward(clear_no_need_grad=True)
+    sg.zero_grads()
+    sg.score.backward(clear_buffer=True)
+    dots = np.asarray(sg.w.g, dtype=np.float64).ravel()[: len(idx)]
+    infl[idx] += lr / len(idx) * dots
+    _update_u(sg.params, u_cur, lr, wd)
+    return dots
+
+
+class LoopMethod:
+    """The published plugin's step: per-sample gradients at batch size 1, dot products in
+    numpy, and a separate Hessian-vector product of the batch. Graphs are built once."""
+
+    def __init__(self, model, batch_size: int):
+        self.one = model.graph(1)
+        self.params = list(self.one.params.values())
+        # The fused graph at B, used for H u only: no per-sample dot products (w.g) computed.
+        self.hvp = core._StepGraphs(model, batch_size, fused=True)
+        self.hvp.w.need_grad = False
+        self.seconds_samples = 0.0
+        self.seconds_hvp = 0.0
+
+    def sample_dots(self, arrays, idx, u_cur) -> np.ndarray:
+        dots = np.empty(len(idx))
+        for i, j in enumerate(idx):
+            for col, var in self.one.inputs.items():
+                var.d = arrays[col][j : j + 1]
+            self.one.loss.forward(clear_no_need_grad=True)
+            for p in self.params:
+                p.grad.zero()
+            self.one.loss.backward(clear_buffer=True)
+            dots[i] = sum(float(np.vdot(p.g, uk)) for p, uk in zip(self.params, u_cur))
+        return dots
+
+    def hessian_vector(self, arrays, idx, u_cur) -> None:
+        """param.g <- H u of the batch-mean loss."""
+        self.hvp.feed(arrays, idx, np.full(len(idx), 1.0 / len(idx), dtype=np.float32))
+        _set_u(self.hvp.u, u_cur)
+        self.hvp.score.forward(clear_no_need_grad=True)
+        self.hvp.zero_grads()
+        self.hvp.score.backward(clear_buffer=True)
+
+    def step(self, arrays, idx, u_cur, lr: float, wd: float, infl) -> np.ndarray:
+        t0 = time.perf_counter()
+        dots = self.sample_dots(arrays, idx, u_cur)
+        infl[idx] += lr / len(idx) * dots
+        t1 = time.perf_counter()
+        self.hessian_vector(arrays, idx, u_cur)
+        _update_u(self.hvp.params, u_cur, lr, wd)
+        self.seconds_samples += t1 - t0
+        self.seconds_hvp += time.perf_counter() - t1
+        return dots
+
+
+def rel_diff(a, b) -> float:
+    """max|a - b| / max|b|."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def stats(seconds) -> dict:
+    s = np.asarray(seconds, dtype=np.float64)
+    return {"median": float(np.median(s)), "min": float(np.min(s)),
+            "p90": float(np.percentile(s, 90)), "n": int(len(s))}
+
+
+# ------------------------------------------------------------------------------------------
+# Measurements
+# ------------------------------------------------------------------------------------------
+
+
+def measure_steps(model, train, val, args) -> dict:
+    n = len(next(iter(train.values())))
+    B = args.batch_size
+    T = core.n_steps(n, B)
+    lr, wd = args.lr, 0.0
+    order = core.epoch_orders(n, 1, args.seed)[0]
+    lrs = np.full(T, lr, dtype=np.float32)
+    names = list(model.graph(B).params.keys())
+    theta = model.get_params()
+    out = {"rss_kib": {}}
+
+    u = core.validation_gradient(model, val, 256)
+    out["rss_kib"]["before"] = maxrss_kib()
+
+    # Whole epochs: core.replay (reference), the fused body, the loop; checks and cross-checks.
+    log("  core.replay, one epoch ...")
+    infl_ref, rstats = core.replay(model, train, order, lrs, B, u)
+    out["rss_kib"]["after_fused_replay"] = maxrss_kib()
+    fused = core._GraphCache(model, fused=True)
+    u_cur = [np.array(u[k], dtype=np.float32, copy=True) for k in names]
+    infl_fused = np.zeros(n)
+    for t in range(T - 1, -1, -1):
+        idx = core.step_indices(order, t, B)
+        fused_step(fused(len(idx)), train, idx, u_cur, float(lrs[t]), wd, infl_fused)
+
+    log("  loop method, one epoch ...")
+    loop = LoopMethod(model, B)
+    u_cur = [np.array(u[k], dtype=np.float32, copy=True) for k in names]
+    infl_loop = np.zeros(n)
+    t0 = time.perf_counter()
+    for t in range(T - 1, -1, -1):
+        idx = core.step_indices(order, t, B)
+        if len(idx) != B:  # the HVP graph is built for B; a short last step gets its own
+            short = LoopMethod(model, len(idx))
+            short.step(train, idx, u_cur, float(lrs[t]), wd, infl_loop)
+        else:
+            loop.step(train, idx, u_cur, float(lrs[t]), wd, infl_loop)
+    loop_epoch = time.perf_counter() - t0
+    out["rss_kib"]["after_loop"] = maxrss_kib()
+
+    log("  core.sgd_epoch, one epoch ...")
+    train_graphs = core._GraphCache(model, fused=False)
+    t0 = time.perf_counter()
+    core.sgd_epoch(model, train, order, lrs, B, wd, graphs=train_graphs)
+    train_epoch = time.perf_counter() - t0
+    model.set_params(theta)
+
+    # Direct per-batch comparison of the dot products (same u, same parameters).
+    u_list = [np.array(u[k], dtype=np.float32, copy=True) for k in names]
+    batch_diffs = []
+    for t in range(min(4, n // B)):
+        idx = core.step_indices(order, t, B)
+        a = fused_step(fused(B), train, idx, [x.copy() for x in u_list], lr, wd, np.zeros(n))
+        b = loop.sample_dots(train, idx, u_list)
+        batch_diffs.append(rel_diff(a, b))
+    loop.hessian_vector(train, core.step_indices(order, 0, B), u_list)
+    hvp_loop = [np.array(p.g, dtype=np.float64) for p in loop.hvp.params]
+    fused_step(fused(B), train, core.step_indices(order, 0, B), [x.copy() for x in u_list],
+               lr, wd, np.zeros(n))
+    hvp_fused = [np.array(p.g, dtype=np.float64) for p in fused(B).params]
+    hvp_diff = float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(hvp_fused, hvp_loop)))
+                     / np.sqrt(sum(np.sum(b ** 2) for b in hvp_loop)))
+    out["correctness"] = {
+        "dots_max_rel_diff": max(batch_diffs),
+        "infl_loop_vs_replay_rel_diff": rel_diff(infl_loop, infl_ref),
+        "infl_fused_body_vs_replay_rel_diff": rel_diff(infl_fused, infl_ref),
+        "hvp_rel_norm_diff": hvp_diff,
+    }
+
+    # Interleaved per-step timing at fixed parameters.
+    log(f"  per-step timing: {args.warmup} warm-up + {args.repeats} x {args.steps} steps ...")
+    times = {"fused": [], "loop": [], "train": []}
+    loop.seconds_samples = loop.seconds_hvp = 0.0
+    full = [t for t in range(T) if len(core.step_indices(order, t, B)) == B]
+    sequence = [full[i % len(full)] for i in range(args.steps)]
+    for r in range(args.repeats + 1):
+        warm = r == 0
+        u_f = [x.copy() for x in u_list]
+        u_l = [x.copy() for x in u_list]
+        steps = sequence[: args.warmup] if warm else sequence
+        for t in steps:
+            idx = core.step_indices(order, t, B)
+            s0 = time.perf_counter()
+            fused_step(fused(B), train, idx, u_f, lr, wd, np.zeros(n))
+            s1 = time.perf_counter()
+            loop.step(train, idx, u_l, lr, wd, np.zeros(n))
+            s2 = time.perf_counter()
+            core.sgd_epoch(model, train, idx, lrs[t : t + 1], B, wd, graphs=train_graphs)
+            s3 = time.perf_counter()
+            model.set_params(theta)
+            if not warm:
+                times["fused"].append(s1 - s0)
+                times["loop"].append(s2 - s1)
+                times["train"].append(s3 - s2)
+        if warm:
+            loop.seconds_samples = loop.seconds_hvp = 0.0
+    n_timed = len(times["loop"])
+    out["step_seconds"] = {k: stats(v) for k, v in times.items()}
+    out["loop_breakdown_seconds"] = {"per_sample_gradients": loop.seconds_samples / n_timed,
+                                     "hessian_vector_product": loop.seconds_hvp / n_timed}
+    out["epoch_seconds"] = {"core_replay": rstats.seconds, "loop": loop_epoch,
+                            "core_sgd_epoch": train_epoch, "T": T}
+    return out
+
+
+def measure_cache(model, train, val, args, work: str) -> dict:
+    out = {}
+    for mode in ("final", "all"):
+        log(f"  api.compute_influence(cache={mode!r}) ...")
+        cache_dir = os.path.join(work, f"cache_{mode}")
+        settings = InfluenceSettings(cache=mode, batch_size=args.batch_size, lr=args.lr,
+                                     seed=args.seed, context=args.context)
+        res = api.compute_influence(model, train, val, settings, cache_dir=cache_dir)
+        files = {}
+        for root, _, names in os.walk(cache_dir):
+            for f in names:
+                rel = os.path.relpath(os.path.join(root, f), cache_dir)
+                files[rel] = os.path.getsize(os.path.join(root, f))
+        out[mode] = {"cache_bytes": int(res.cache_bytes), "timings": dict(res.timings),
+                     "files": files}
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------
+
+
+def check(value: float, op: str, bound: float) -> bool:
+    return value >= bound if op == ">=" else value <= bound
+
+
+def report(info: dict) -> dict:
+    st, ca, n, T = info["steps"], info["cache"], info["N"], info["T"]
+    med = {k: v["median"] for k, v in st["step_seconds"].items()}
+    final = ca["final"]
+    h5 = final["files"]["parameters.h5"]
+    expected = h5 + 4 * n
+    steps_files = [v for k, v in ca["all"]["files"].items() if k.startswith("steps")]
+    figures = {
+        "loop_over_fused": med["loop"] / med["fused"],
+        "replay_over_training": med["fused"] / med["train"],
+        "replay_over_training_epoch": st["epoch_seconds"]["core_replay"]
+        / st["epoch_seconds"]["core_sgd_epoch"],
+        "final_cache_bytes": final["cache_bytes"],
+        "model_h5_bytes": h5,
+        "final_cache_expected_bytes": expected,
+        "final_cache_overhead": final["cache_bytes"] - expected,
+        "final_cache_overhead_abs": abs(final["cache_bytes"] - expected),
+        "all_cache_bytes": ca["all"]["cache_bytes"],
+        "all_over_final": ca["all"]["cache_bytes"] / final["cache_bytes"],
+        "all_step_files": len(steps_files),
+    }
+
+    log("")
+    log("== setup")
+    for key in ("nnabla", "python", "context", "N", "N_val", "B", "T", "n_params",
+                "train_epochs_nnabla_cli", "seconds_build_data", "seconds_nnabla_cli_train"):
+        value = info[key]
+        log(f"  {key:<26} {value:.1f}" if isinstance(value, float) else f"  {key:<26} {value}")
+    log("")
+    log(f"== seconds per step (median over {st['step_seconds']['fused']['n']} steps)")
+    log(f"  {'method':<44} {'median':>10} {'min':>10} {'p90':>10}")
+    labels = {"fused": "fused replay step (core.replay's body)",
+              "loop": "loop step (B x batch-1 grad + dot, + HVP)",
+              "train": "training step (core.sgd_epoch, one batch)"}
+    for k, label in labels.items():
+        s = st["step_seconds"][k]
+        log(f"  {label:<44} {s['median'] * 1e3:>8.2f}ms {s['min'] * 1e3:>8.2f}ms "
+            f"{s['p90'] * 1e3:>8.2f}ms")
+    bd = st["loop_breakdown_seconds"]
+    log(f"  loop = per-sample gradients {bd['per_sample_gradients'] * 1e3:.2f}ms + HVP "
+        f"{bd['hessian_vector_product'] * 1e3:.2f}ms (means)")
+    ep = st["epoch_seconds"]
+    log(f"  whole epoch (T={T}) / T: core.replay {ep['core_replay'] / T * 1e3:.2f}ms (incl. "
+        f"graph build), loop {ep['loop'] / T * 1e3:.2f}ms, core.sgd_epoch "
+        f"{ep['core_sgd_epoch'] / T * 1e3:.2f}ms")
+    log("")
+    log("== correctness (relative difference max|a-b|/max|b|)")
+    co = st["correctness"]
+    log(f"  fused vs loop per-sample dots, 4 batches  {co['dots_max_rel_diff']:.2e}")
+    log(f"  loop epoch influence vs core.replay       {co['infl_loop_vs_replay_rel_diff']:.2e}")
+    log(f"  fused body epoch vs core.replay           "
+        f"{co['infl_fused_body_vs_replay_rel_diff']:.2e}")
+    log(f"  HVP fused vs loop's HVP (norm)            {co['hvp_rel_norm_diff']:.2e}")
+    log("")
+    log("== cache (api.compute_influence, one trial)")
+    for name, size in sorted(final["files"].items()):
+        log(f"  final/{name:<20} {size:>12,d} B")
+    log(f"  final total               {final['cache_bytes']:>12,d} B")
+    log(f"  model h5 + 4N             {expected:>12,d} B  ({h5:,d} + 4 x {n})")
+    log(f"  all total                 {ca['all']['cache_bytes']:>12,d} B  "
+        f"({len(steps_files)} step files)")
+    for mode in ("final", "all"):
+        tm = ca[mode]["timings"]
+        log(f"  {mode:<5} timings: training {tm['training']:.2f}s, inference "
+            f"{tm['inference']:.2f}s, replay {tm['seconds_per_replay_step'] * 1e3:.2f}ms/step")
+    log("")
+    log("== peak memory (ru_maxrss, KiB; a high-water mark of the whole process)")
+    for k, v in st["rss_kib"].items():
+        log(f"  {k:<26} {v:>12,d}")
+    log("")
+    log("== ratios")
+    results = []
+    for key, op, bound, what in TARGETS:
+        ok = check(figures[key], op, bound)
+        results.append({"figure": key, "value": figures[key], "op": op, "bound": bound,
+                        "met": ok})
+        value = f"{figures[key]:,.0f}" if "cache" in key else f"{figures[key]:.2f}x"
+        log(f"  {what:<52} {value:>10}  target {op} {bound:g}  "
+            f"{'ok' if ok else 'MISSED'}")
+    log(f"  {'final cache - (model h5 + 4N), signed':<52} "
+        f"{figures['final_cache_overhead']:>10,d}")
+    log(f"  {'replay epoch / sgd epoch (whole epochs, cross-check)':<52} "
+        f"{figures['replay_over_training_epoch']:>9.2f}x")
+    log(f"  {'all cache / final cache':<52} {figures['all_over_final']:>9.1f}x  vs T = {T} "
+        "(Table 1: ratio ~ T)")
+    return {"figures": figures, "targets": results}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n-train", type=int, default=2048, help="training samples N")
+    p.add_argument("--n-val", type=int, default=512, help="validation samples")
+    p.add_argument("--n-test", type=int, default=32, help="test samples (only written)")
+    p.add_argument("--batch-size", type=int, default=32, help="mini-batch size B")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate (training and replay)")
+    p.add_argument("--train-epochs", type=int, default=1, help="epochs of nnabla_cli train")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per repeat")
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats (median over all)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="largest relative difference fused vs loop")
+    p.add_argument("--context", default="cpu", help="'cpu' or 'cudnn[:DEVICE]'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", help="keep data, model and caches here (default: a temporary "
+                   "folder, removed at the end)")
+    p.add_argument("--out-json", help="also write every figure to this JSON file")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = p.parse_args(argv)
+    for name in ("n_train", "n_val", "n_test", "batch_size", "train_epochs", "steps",
+                 "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    if args.batch_size < 2 or args.batch_size > args.n_train:
+        p.error("--batch-size must be between 2 and --n-train")
+    if not fashion_mnist.available():
+        p.error(f"Fashion-MNIST not found in {fashion_mnist.DEFAULT_DIR}; run 'make data'")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import nnabla
+
+    work = args.workdir or tempfile.mkdtemp(prefix="sgdi_bench_")
+    os.makedirs(work, exist_ok=True)
+    try:
+        log(f"building Fashion-MNIST subset and training with nnabla_cli under {work} ...")
+        made = build_and_train(work, args)
+        model = load_model(model=made["nnp"], context=args.context)
+        train = load_dataset(made["csvs"]["train"], model.info.input_shapes).arrays
+        val = load_dataset(made["csvs"]["val"], model.info.input_shapes).arrays
+        log("measuring steps ...")
+        steps = measure_steps(model, train, val, args)
+        log("measuring caches ...")
+        cache = measure_cache(model, train, val, args, work)
+    except SGDInfluenceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    info = {
+        "nnabla": nnabla.__version__, "python": platform.python_version(),
+        "context": args.context, "N": args.n_train, "N_val": args.n_val, "B": args.batch_size,
+        "T": core.n_steps(args.n_train, args.batch_size), "n_params": model.n_params,
+        "train_epochs_nnabla_cli": args.train_epochs, "seconds_build_data": made["seconds_data"],
+        "seconds_nnabla_cli_train": made["seconds_train"], "steps": steps, "cache": cache,
+    }
+    summary = report(info)
+    info.update(summary)
+    if args.out_json:
+        with open(args.out_json, "w") as f:
+            json.dump(info, f, indent=2)
+        log(f"\nwrote {args.out_json}")
+    worst = max(v for v in steps["correctness"].values())
+    if worst > args.tolerance:
+        print(f"error: fused and loop results differ by {worst:.2e} > {args.tolerance:g}; the "
+              "timings do not compare the same computation", file=sys.stderr)
+        return 1
+    if args.strict and not all(t["met"] for t in summary["targets"]):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
