@@ -8,10 +8,12 @@ the ``results.nnp`` and then measures, on that model and data:
   graphs of ``core._GraphCache(model, fused=True)``: feed the batch and u, one
   ``score.forward`` / ``score.backward`` of the double-backward graph, read the per-sample dot
   products ``<u, grad l_i>`` from ``w.g`` and ``H u`` from ``param.g``, update u.
-- **loop step** (the published plugin's method): for each sample of the batch, a first-order
-  forward/backward at batch size 1 and the dot product of its gradient with u in numpy; then a
-  separate Hessian-vector product of the batch (the same double-backward graph, used for
-  ``param.g`` only, with ``w.need_grad`` off), and the same u update.
+- **loop step** (the published plugin's method, Sony's nnc-plugin ``SGD_influence``): for each
+  sample of the batch, a first-order forward/backward at batch size 1 and the dot product of its
+  gradient with u in numpy; then a separate Hessian-vector product of the batch (the same
+  double-backward graph, used for ``param.g`` only, with ``w.need_grad`` off), and the same u
+  update. The published plugin rebuilds its ``nn.grad`` graph every step; here it is built once,
+  so this baseline is, if anything, faster than the original.
 - **training step**: one step of plain SGD, :func:`core.sgd_epoch` on one batch, reusing its
   graphs.
 
@@ -31,10 +33,13 @@ folders under the work folder; ``InfluenceResult.cache_bytes`` against the model
 cache's ``parameters.h5``) plus 4N bytes (``order.npy``'s int32 payload), and all / final
 against T (Hara et al.'s cache grows with the number of steps, Suzuki et al.'s does not).
 
-Memory: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux), a high-water mark of the
-whole process, read after the fused replay and again after the loop epoch. ``tracemalloc``
-would miss nnabla's C++ buffers, so it is not used; since the mark only grows, the second
-figure shows only what the loop needed beyond the fused replay.
+Memory: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux), the peak resident set
+of the whole process, over three phases (one epoch each of ``core.replay``, the loop method with
+its graph construction, ``core.sgd_epoch``). Before each phase nnabla's memory cache is cleared
+and the kernel's high-water mark is reset (``/proc/self/clear_refs``; ``ru_maxrss`` follows it),
+so each phase reports its own peak and its increase over the resident size at its start. Where
+the mark cannot be reset the figures are cumulative (the report says so). ``tracemalloc`` would
+miss nnabla's C++ buffers, so it is not used.
 
 The targets are printed beside the figures; ``--strict`` also makes a missed target exit with
 status 1. ``--context cudnn`` loads the model on the GPU (needs nnabla-ext-cuda); training with
@@ -66,7 +71,7 @@ if ROOT not in sys.path:
 from sgd_influence_plugin import api, core, fashion_mnist  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.errors import SGDInfluenceError  # noqa: E402
-from sgd_influence_plugin.netdef import NetSpec, write_nntxt  # noqa: E402
+from sgd_influence_plugin.netdef import ARCHITECTURES, NetSpec, write_nntxt  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
 from sgd_influence_plugin.settings import InfluenceSettings  # noqa: E402
 
@@ -89,6 +94,45 @@ def maxrss_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
+def reset_peak() -> bool:
+    """Start a new memory phase: free nnabla's cached buffers and reset the kernel's high-water
+    mark (``/proc/self/clear_refs``), which ``ru_maxrss`` then follows. False when the mark
+    cannot be reset: the figures are then cumulative."""
+    try:
+        from nnabla._init import clear_memory_cache
+
+        clear_memory_cache()
+    except (ImportError, RuntimeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class MemoryPhases:
+    """ru_maxrss at the start and at the end of named phases (KiB)."""
+
+    def __init__(self):
+        self.phases = {}
+        self.resettable = True
+        self._start = 0
+
+    def start(self) -> None:
+        self.resettable = reset_peak() and self.resettable
+        self._start = maxrss_kib()
+
+    def stop(self, name: str) -> None:
+        peak = maxrss_kib()
+        self.phases[name] = {
+            "start_kib": self._start,
+            "peak_kib": peak,
+            "increase_kib": peak - self._start,
+        }
+
+
 # ------------------------------------------------------------------------------------------
 # Setup: data, network definition, training
 # ------------------------------------------------------------------------------------------
@@ -104,22 +148,32 @@ def build_and_train(work: str, args) -> dict:
     result = os.path.join(work, "result")
     os.makedirs(result, exist_ok=True)
     spec = NetSpec(
-        arch="cnn", batch_size=args.batch_size, lr=args.lr, max_epoch=args.train_epochs,
-        iter_per_epoch=max(1, args.n_train // args.batch_size), train_csv=csvs["train"],
-        val_csv=csvs["val"], seed=args.seed,
+        arch=args.arch,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_epoch=args.train_epochs,
+        iter_per_epoch=max(1, args.n_train // args.batch_size),
+        train_csv=csvs["train"],
+        val_csv=csvs["val"],
+        seed=args.seed,
     )
     nntxt = write_nntxt(spec, os.path.join(result, "net.nntxt"))
-    proc = subprocess.run([NNABLA_CLI, "train", "-c", nntxt, "-o", result],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [NNABLA_CLI, "train", "-c", nntxt, "-o", result], capture_output=True, text=True
+    )
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"nnabla_cli train failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        raise RuntimeError(f"nnabla_cli train failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     nnp = os.path.join(result, "results.nnp")
-    with zipfile.ZipFile(nnp) as zf, zf.open("parameter.h5") as src, \
-            open(os.path.join(result, "parameters.h5"), "wb") as dst:
+    with zipfile.ZipFile(nnp) as zf, zf.open("parameter.h5") as src, open(
+        os.path.join(result, "parameters.h5"), "wb"
+    ) as dst:
         shutil.copyfileobj(src, dst)
-    return {"csvs": csvs, "nnp": nnp, "seconds_data": t1 - t0,
-            "seconds_train": time.perf_counter() - t1}
+    return {
+        "csvs": csvs,
+        "nnp": nnp,
+        "seconds_data": t1 - t0,
+        "seconds_train": time.perf_counter() - t1,
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -204,8 +258,12 @@ def rel_diff(a, b) -> float:
 
 def stats(seconds) -> dict:
     s = np.asarray(seconds, dtype=np.float64)
-    return {"median": float(np.median(s)), "min": float(np.min(s)),
-            "p90": float(np.percentile(s, 90)), "n": int(len(s))}
+    return {
+        "median": float(np.median(s)),
+        "min": float(np.min(s)),
+        "p90": float(np.percentile(s, 90)),
+        "n": int(len(s)),
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -222,15 +280,15 @@ def measure_steps(model, train, val, args) -> dict:
     lrs = np.full(T, lr, dtype=np.float32)
     names = list(model.graph(B).params.keys())
     theta = model.get_params()
-    out = {"rss_kib": {}}
-
+    out = {}
+    mem = MemoryPhases()
     u = core.validation_gradient(model, val, 256)
-    out["rss_kib"]["before"] = maxrss_kib()
 
     # Whole epochs: core.replay (reference), the fused body, the loop; checks and cross-checks.
     log("  core.replay, one epoch ...")
+    mem.start()
     infl_ref, rstats = core.replay(model, train, order, lrs, B, u)
-    out["rss_kib"]["after_fused_replay"] = maxrss_kib()
+    mem.stop("fused replay (core.replay, one epoch)")
     fused = core._GraphCache(model, fused=True)
     u_cur = [np.array(u[k], dtype=np.float32, copy=True) for k in names]
     infl_fused = np.zeros(n)
@@ -239,6 +297,7 @@ def measure_steps(model, train, val, args) -> dict:
         fused_step(fused(len(idx)), train, idx, u_cur, float(lrs[t]), wd, infl_fused)
 
     log("  loop method, one epoch ...")
+    mem.start()
     loop = LoopMethod(model, B)
     u_cur = [np.array(u[k], dtype=np.float32, copy=True) for k in names]
     infl_loop = np.zeros(n)
@@ -251,13 +310,16 @@ def measure_steps(model, train, val, args) -> dict:
         else:
             loop.step(train, idx, u_cur, float(lrs[t]), wd, infl_loop)
     loop_epoch = time.perf_counter() - t0
-    out["rss_kib"]["after_loop"] = maxrss_kib()
+    mem.stop("loop method (one epoch)")
 
     log("  core.sgd_epoch, one epoch ...")
+    mem.start()
     train_graphs = core._GraphCache(model, fused=False)
     t0 = time.perf_counter()
     core.sgd_epoch(model, train, order, lrs, B, wd, graphs=train_graphs)
     train_epoch = time.perf_counter() - t0
+    mem.stop("training (core.sgd_epoch, one epoch)")
+    out["memory"] = {"phases": mem.phases, "peak_reset_per_phase": mem.resettable}
     model.set_params(theta)
 
     # Direct per-batch comparison of the dot products (same u, same parameters).
@@ -270,11 +332,20 @@ def measure_steps(model, train, val, args) -> dict:
         batch_diffs.append(rel_diff(a, b))
     loop.hessian_vector(train, core.step_indices(order, 0, B), u_list)
     hvp_loop = [np.array(p.g, dtype=np.float64) for p in loop.hvp.params]
-    fused_step(fused(B), train, core.step_indices(order, 0, B), [x.copy() for x in u_list],
-               lr, wd, np.zeros(n))
+    fused_step(
+        fused(B),
+        train,
+        core.step_indices(order, 0, B),
+        [x.copy() for x in u_list],
+        lr,
+        wd,
+        np.zeros(n),
+    )
     hvp_fused = [np.array(p.g, dtype=np.float64) for p in fused(B).params]
-    hvp_diff = float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(hvp_fused, hvp_loop)))
-                     / np.sqrt(sum(np.sum(b ** 2) for b in hvp_loop)))
+    hvp_diff = float(
+        np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(hvp_fused, hvp_loop)))
+        / np.sqrt(sum(np.sum(b**2) for b in hvp_loop))
+    )
     out["correctness"] = {
         "dots_max_rel_diff": max(batch_diffs),
         "infl_loop_vs_replay_rel_diff": rel_diff(infl_loop, infl_ref),
@@ -311,10 +382,16 @@ def measure_steps(model, train, val, args) -> dict:
             loop.seconds_samples = loop.seconds_hvp = 0.0
     n_timed = len(times["loop"])
     out["step_seconds"] = {k: stats(v) for k, v in times.items()}
-    out["loop_breakdown_seconds"] = {"per_sample_gradients": loop.seconds_samples / n_timed,
-                                     "hessian_vector_product": loop.seconds_hvp / n_timed}
-    out["epoch_seconds"] = {"core_replay": rstats.seconds, "loop": loop_epoch,
-                            "core_sgd_epoch": train_epoch, "T": T}
+    out["loop_breakdown_seconds"] = {
+        "per_sample_gradients": loop.seconds_samples / n_timed,
+        "hessian_vector_product": loop.seconds_hvp / n_timed,
+    }
+    out["epoch_seconds"] = {
+        "core_replay": rstats.seconds,
+        "loop": loop_epoch,
+        "core_sgd_epoch": train_epoch,
+        "T": T,
+    }
     return out
 
 
@@ -323,16 +400,20 @@ def measure_cache(model, train, val, args, work: str) -> dict:
     for mode in ("final", "all"):
         log(f"  api.compute_influence(cache={mode!r}) ...")
         cache_dir = os.path.join(work, f"cache_{mode}")
-        settings = InfluenceSettings(cache=mode, batch_size=args.batch_size, lr=args.lr,
-                                     seed=args.seed, context=args.context)
+        settings = InfluenceSettings(
+            cache=mode, batch_size=args.batch_size, lr=args.lr, seed=args.seed, context=args.context
+        )
         res = api.compute_influence(model, train, val, settings, cache_dir=cache_dir)
         files = {}
         for root, _, names in os.walk(cache_dir):
             for f in names:
                 rel = os.path.relpath(os.path.join(root, f), cache_dir)
                 files[rel] = os.path.getsize(os.path.join(root, f))
-        out[mode] = {"cache_bytes": int(res.cache_bytes), "timings": dict(res.timings),
-                     "files": files}
+        out[mode] = {
+            "cache_bytes": int(res.cache_bytes),
+            "timings": dict(res.timings),
+            "files": files,
+        }
     return out
 
 
@@ -369,34 +450,56 @@ def report(info: dict) -> dict:
 
     log("")
     log("== setup")
-    for key in ("nnabla", "python", "context", "N", "N_val", "B", "T", "n_params",
-                "train_epochs_nnabla_cli", "seconds_build_data", "seconds_nnabla_cli_train"):
+    for key in (
+        "nnabla",
+        "python",
+        "context",
+        "arch",
+        "N",
+        "N_val",
+        "B",
+        "T",
+        "n_params",
+        "train_epochs_nnabla_cli",
+        "seconds_build_data",
+        "seconds_nnabla_cli_train",
+    ):
         value = info[key]
         log(f"  {key:<26} {value:.1f}" if isinstance(value, float) else f"  {key:<26} {value}")
     log("")
     log(f"== seconds per step (median over {st['step_seconds']['fused']['n']} steps)")
     log(f"  {'method':<44} {'median':>10} {'min':>10} {'p90':>10}")
-    labels = {"fused": "fused replay step (core.replay's body)",
-              "loop": "loop step (B x batch-1 grad + dot, + HVP)",
-              "train": "training step (core.sgd_epoch, one batch)"}
+    labels = {
+        "fused": "fused replay step (core.replay's body)",
+        "loop": "loop step (B x batch-1 grad + dot, + HVP)",
+        "train": "training step (core.sgd_epoch, one batch)",
+    }
     for k, label in labels.items():
         s = st["step_seconds"][k]
-        log(f"  {label:<44} {s['median'] * 1e3:>8.2f}ms {s['min'] * 1e3:>8.2f}ms "
-            f"{s['p90'] * 1e3:>8.2f}ms")
+        log(
+            f"  {label:<44} {s['median'] * 1e3:>8.2f}ms {s['min'] * 1e3:>8.2f}ms "
+            f"{s['p90'] * 1e3:>8.2f}ms"
+        )
     bd = st["loop_breakdown_seconds"]
-    log(f"  loop = per-sample gradients {bd['per_sample_gradients'] * 1e3:.2f}ms + HVP "
-        f"{bd['hessian_vector_product'] * 1e3:.2f}ms (means)")
+    log(
+        f"  loop = per-sample gradients {bd['per_sample_gradients'] * 1e3:.2f}ms + HVP "
+        f"{bd['hessian_vector_product'] * 1e3:.2f}ms (means)"
+    )
     ep = st["epoch_seconds"]
-    log(f"  whole epoch (T={T}) / T: core.replay {ep['core_replay'] / T * 1e3:.2f}ms (incl. "
+    log(
+        f"  whole epoch (T={T}) / T: core.replay {ep['core_replay'] / T * 1e3:.2f}ms (incl. "
         f"graph build), loop {ep['loop'] / T * 1e3:.2f}ms, core.sgd_epoch "
-        f"{ep['core_sgd_epoch'] / T * 1e3:.2f}ms")
+        f"{ep['core_sgd_epoch'] / T * 1e3:.2f}ms"
+    )
     log("")
     log("== correctness (relative difference max|a-b|/max|b|)")
     co = st["correctness"]
     log(f"  fused vs loop per-sample dots, 4 batches  {co['dots_max_rel_diff']:.2e}")
     log(f"  loop epoch influence vs core.replay       {co['infl_loop_vs_replay_rel_diff']:.2e}")
-    log(f"  fused body epoch vs core.replay           "
-        f"{co['infl_fused_body_vs_replay_rel_diff']:.2e}")
+    log(
+        f"  fused body epoch vs core.replay           "
+        f"{co['infl_fused_body_vs_replay_rel_diff']:.2e}"
+    )
     log(f"  HVP fused vs loop's HVP (norm)            {co['hvp_rel_norm_diff']:.2e}")
     log("")
     log("== cache (api.compute_influence, one trial)")
@@ -404,57 +507,74 @@ def report(info: dict) -> dict:
         log(f"  final/{name:<20} {size:>12,d} B")
     log(f"  final total               {final['cache_bytes']:>12,d} B")
     log(f"  model h5 + 4N             {expected:>12,d} B  ({h5:,d} + 4 x {n})")
-    log(f"  all total                 {ca['all']['cache_bytes']:>12,d} B  "
-        f"({len(steps_files)} step files)")
+    log(
+        f"  all total                 {ca['all']['cache_bytes']:>12,d} B  "
+        f"({len(steps_files)} step files)"
+    )
     for mode in ("final", "all"):
         tm = ca[mode]["timings"]
-        log(f"  {mode:<5} timings: training {tm['training']:.2f}s, inference "
-            f"{tm['inference']:.2f}s, replay {tm['seconds_per_replay_step'] * 1e3:.2f}ms/step")
+        log(
+            f"  {mode:<5} timings: training {tm['training']:.2f}s, inference "
+            f"{tm['inference']:.2f}s, replay {tm['seconds_per_replay_step'] * 1e3:.2f}ms/step"
+        )
     log("")
-    log("== peak memory (ru_maxrss, KiB; a high-water mark of the whole process)")
-    for k, v in st["rss_kib"].items():
-        log(f"  {k:<26} {v:>12,d}")
+    memo = st["memory"]
+    how = (
+        "high-water mark reset before each phase"
+        if memo["peak_reset_per_phase"]
+        else "high-water mark could not be reset: cumulative"
+    )
+    log(f"== peak memory (ru_maxrss, KiB, whole process; {how})")
+    log(f"  {'phase':<40} {'start':>10} {'peak':>10} {'increase':>10}")
+    for k, v in memo["phases"].items():
+        log(f"  {k:<40} {v['start_kib']:>10,d} {v['peak_kib']:>10,d} {v['increase_kib']:>10,d}")
     log("")
     log("== ratios")
     results = []
     for key, op, bound, what in TARGETS:
         ok = check(figures[key], op, bound)
-        results.append({"figure": key, "value": figures[key], "op": op, "bound": bound,
-                        "met": ok})
+        results.append({"figure": key, "value": figures[key], "op": op, "bound": bound, "met": ok})
         value = f"{figures[key]:,.0f}" if "cache" in key else f"{figures[key]:.2f}x"
-        log(f"  {what:<52} {value:>10}  target {op} {bound:g}  "
-            f"{'ok' if ok else 'MISSED'}")
-    log(f"  {'final cache - (model h5 + 4N), signed':<52} "
-        f"{figures['final_cache_overhead']:>10,d}")
-    log(f"  {'replay epoch / sgd epoch (whole epochs, cross-check)':<52} "
-        f"{figures['replay_over_training_epoch']:>9.2f}x")
-    log(f"  {'all cache / final cache':<52} {figures['all_over_final']:>9.1f}x  vs T = {T} "
-        "(Table 1: ratio ~ T)")
+        log(f"  {what:<52} {value:>10}  target {op} {bound:g}  {'ok' if ok else 'MISSED'}")
+    log(f"  {'final cache - (model h5 + 4N), signed':<52} {figures['final_cache_overhead']:>10,d}")
+    log(
+        f"  {'replay epoch / sgd epoch (whole epochs, cross-check)':<52} "
+        f"{figures['replay_over_training_epoch']:>9.2f}x"
+    )
+    log(
+        f"  {'all cache / final cache':<52} {figures['all_over_final']:>9.1f}x  vs T = {T} "
+        "(Table 1: ratio ~ T)"
+    )
     return {"figures": figures, "targets": results}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--arch", default="cnn", choices=ARCHITECTURES, help="network (sgd_influence_plugin.netdef)"
+    )
     p.add_argument("--n-train", type=int, default=2048, help="training samples N")
     p.add_argument("--n-val", type=int, default=512, help="validation samples")
     p.add_argument("--n-test", type=int, default=32, help="test samples (only written)")
     p.add_argument("--batch-size", type=int, default=32, help="mini-batch size B")
     p.add_argument("--lr", type=float, default=0.05, help="learning rate (training and replay)")
     p.add_argument("--train-epochs", type=int, default=1, help="epochs of nnabla_cli train")
-    p.add_argument("--steps", type=int, default=40, help="timed steps per repeat")
+    p.add_argument("--steps", type=int, default=64, help="timed steps per repeat")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats (median over all)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps")
-    p.add_argument("--tolerance", type=float, default=1e-3,
-                   help="largest relative difference fused vs loop")
+    p.add_argument(
+        "--tolerance", type=float, default=1e-3, help="largest relative difference fused vs loop"
+    )
     p.add_argument("--context", default="cpu", help="'cpu' or 'cudnn[:DEVICE]'")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", help="keep data, model and caches here (default: a temporary "
-                   "folder, removed at the end)")
+    p.add_argument(
+        "--workdir",
+        help="keep data, model and caches here (default: a temporary folder, removed at the end)",
+    )
     p.add_argument("--out-json", help="also write every figure to this JSON file")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
-    for name in ("n_train", "n_val", "n_test", "batch_size", "train_epochs", "steps",
-                 "repeats"):
+    for name in ("n_train", "n_val", "n_test", "batch_size", "train_epochs", "steps", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
@@ -468,7 +588,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import logging
+
     import nnabla
+    from nnabla.logger import logger
+
+    logger.setLevel(logging.WARNING)  # no INFO line per saved .h5
 
     work = args.workdir or tempfile.mkdtemp(prefix="sgdi_bench_")
     os.makedirs(work, exist_ok=True)
@@ -489,11 +614,20 @@ def main(argv=None) -> int:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     info = {
-        "nnabla": nnabla.__version__, "python": platform.python_version(),
-        "context": args.context, "N": args.n_train, "N_val": args.n_val, "B": args.batch_size,
-        "T": core.n_steps(args.n_train, args.batch_size), "n_params": model.n_params,
-        "train_epochs_nnabla_cli": args.train_epochs, "seconds_build_data": made["seconds_data"],
-        "seconds_nnabla_cli_train": made["seconds_train"], "steps": steps, "cache": cache,
+        "nnabla": nnabla.__version__,
+        "python": platform.python_version(),
+        "context": args.context,
+        "arch": args.arch,
+        "N": args.n_train,
+        "N_val": args.n_val,
+        "B": args.batch_size,
+        "T": core.n_steps(args.n_train, args.batch_size),
+        "n_params": model.n_params,
+        "train_epochs_nnabla_cli": args.train_epochs,
+        "seconds_build_data": made["seconds_data"],
+        "seconds_nnabla_cli_train": made["seconds_train"],
+        "steps": steps,
+        "cache": cache,
     }
     summary = report(info)
     info.update(summary)
@@ -503,8 +637,11 @@ def main(argv=None) -> int:
         log(f"\nwrote {args.out_json}")
     worst = max(v for v in steps["correctness"].values())
     if worst > args.tolerance:
-        print(f"error: fused and loop results differ by {worst:.2e} > {args.tolerance:g}; the "
-              "timings do not compare the same computation", file=sys.stderr)
+        print(
+            f"error: fused and loop results differ by {worst:.2e} > {args.tolerance:g}; the "
+            "timings do not compare the same computation",
+            file=sys.stderr,
+        )
         return 1
     if args.strict and not all(t["met"] for t in summary["targets"]):
         return 1
