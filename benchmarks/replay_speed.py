@@ -1,8 +1,8 @@
 """Replay speed, cache size and memory of the fused one-pass replay, on a real console model.
 
-One run builds a Fashion-MNIST subset (PNGs and console CSVs), writes a console-style CNN
-``net.nntxt`` (:mod:`sgd_influence_plugin.netdef`), trains it with ``nnabla_cli train``, loads
-the ``results.nnp`` and then measures, on that model and data:
+One run builds a Fashion-MNIST subset (PNGs and console CSVs), writes a console-style network
+(``--arch``, default the CNN; :mod:`sgd_influence_plugin.netdef`), trains it with ``nnabla_cli
+train``, loads the ``results.nnp`` and then measures, on that model and data:
 
 - **fused replay step**: the body of :func:`sgd_influence_plugin.core.replay`'s loop on the
   graphs of ``core._GraphCache(model, fused=True)``: feed the batch and u, one
@@ -33,13 +33,16 @@ folders under the work folder; ``InfluenceResult.cache_bytes`` against the model
 cache's ``parameters.h5``) plus 4N bytes (``order.npy``'s int32 payload), and all / final
 against T (Hara et al.'s cache grows with the number of steps, Suzuki et al.'s does not).
 
-Memory: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux), the peak resident set
-of the whole process, over three phases (one epoch each of ``core.replay``, the loop method with
-its graph construction, ``core.sgd_epoch``). Before each phase nnabla's memory cache is cleared
-and the kernel's high-water mark is reset (``/proc/self/clear_refs``; ``ru_maxrss`` follows it),
-so each phase reports its own peak and its increase over the resident size at its start. Where
-the mark cannot be reset the figures are cumulative (the report says so). ``tracemalloc`` would
-miss nnabla's C++ buffers, so it is not used.
+Memory: the peak resident set of a process, ``getrusage(RUSAGE_SELF).ru_maxrss`` (KiB), read
+as Linux's ``VmHWM`` (the same figure, except that ru_maxrss keeps a parent's peak across
+``exec``). Each method runs one epoch, graph construction included, in its own fresh process
+(this script with the internal ``--memory-phase``), which loads the model and the arrays and u
+saved by the parent, resets the high-water mark to the current resident size
+(``/proc/self/clear_refs``), runs the epoch and reads the mark again. In one long process the
+freed buffers of one phase, kept by nnabla's and the C library's allocators, would hide the
+next phase's. Compare the increases: the totals are the whole process (Python, nnabla, the
+data), and memory freed while loading is reused first, so an increase is a lower bound.
+``tracemalloc`` would miss nnabla's C++ buffers, so it is not used.
 
 The targets are printed beside the figures; ``--strict`` also makes a missed target exit with
 status 1. ``--context cudnn`` loads the model on the GPU (needs nnabla-ext-cuda); training with
@@ -90,47 +93,29 @@ def log(msg: str) -> None:
 
 
 def maxrss_kib() -> int:
-    """The process's peak resident set size so far, KiB (Linux units)."""
+    """The process's peak resident set size so far, KiB: Linux's ``VmHWM``, which is what
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` reports except that ru_maxrss also keeps the peak of
+    the process before ``exec`` (the parent's size, in a child); ru_maxrss where there is no
+    ``/proc``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def reset_peak() -> bool:
-    """Start a new memory phase: free nnabla's cached buffers and reset the kernel's high-water
-    mark (``/proc/self/clear_refs``), which ``ru_maxrss`` then follows. False when the mark
-    cannot be reset: the figures are then cumulative."""
-    try:
-        from nnabla._init import clear_memory_cache
-
-        clear_memory_cache()
-    except (ImportError, RuntimeError):
-        pass
+def reset_maxrss() -> bool:
+    """Reset the kernel's high-water mark to the current resident size (Linux
+    ``/proc/self/clear_refs``; ru_maxrss follows it). False where that is not possible."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         return True
     except OSError:
         return False
-
-
-class MemoryPhases:
-    """ru_maxrss at the start and at the end of named phases (KiB)."""
-
-    def __init__(self):
-        self.phases = {}
-        self.resettable = True
-        self._start = 0
-
-    def start(self) -> None:
-        self.resettable = reset_peak() and self.resettable
-        self._start = maxrss_kib()
-
-    def stop(self, name: str) -> None:
-        peak = maxrss_kib()
-        self.phases[name] = {
-            "start_kib": self._start,
-            "peak_kib": peak,
-            "increase_kib": peak - self._start,
-        }
 
 
 # ------------------------------------------------------------------------------------------
@@ -209,16 +194,22 @@ class LoopMethod:
     """The published plugin's step: per-sample gradients at batch size 1, dot products in
     numpy, and a separate Hessian-vector product of the batch. Graphs are built once."""
 
-    def __init__(self, model, batch_size: int):
+    def __init__(self, model):
         self.one = model.graph(1)
         self.params = list(self.one.params.values())
-        # The fused graph at B, used for H u only: no per-sample dot products (w.g) computed.
-        self.hvp = core._StepGraphs(model, batch_size, fused=True)
-        self.hvp.w.need_grad = False
+        # core's fused graphs, used for H u only (param.g): w.need_grad off, so no per-sample
+        # dot products are computed. The cache pads a one-sample step like core.replay does.
+        self._hvp = core._GraphCache(model, fused=True)
         self.seconds_samples = 0.0
         self.seconds_hvp = 0.0
 
+    def hvp_graph(self, size: int):
+        sg = self._hvp(size)
+        sg.w.need_grad = False
+        return sg
+
     def sample_dots(self, arrays, idx, u_cur) -> np.ndarray:
+        """<u, grad l_j> for each j in idx: batch-1 forward/backward, dot product in numpy."""
         dots = np.empty(len(idx))
         for i, j in enumerate(idx):
             for col, var in self.one.inputs.items():
@@ -230,24 +221,38 @@ class LoopMethod:
             dots[i] = sum(float(np.vdot(p.g, uk)) for p, uk in zip(self.params, u_cur))
         return dots
 
-    def hessian_vector(self, arrays, idx, u_cur) -> None:
-        """param.g <- H u of the batch-mean loss."""
-        self.hvp.feed(arrays, idx, np.full(len(idx), 1.0 / len(idx), dtype=np.float32))
-        _set_u(self.hvp.u, u_cur)
-        self.hvp.score.forward(clear_no_need_grad=True)
-        self.hvp.zero_grads()
-        self.hvp.score.backward(clear_buffer=True)
+    def hessian_vector(self, arrays, idx, u_cur):
+        """param.g <- H u of the batch-mean loss; returns the graph."""
+        sg = self.hvp_graph(len(idx))
+        sg.feed(arrays, idx, np.full(len(idx), 1.0 / len(idx), dtype=np.float32))
+        _set_u(sg.u, u_cur)
+        sg.score.forward(clear_no_need_grad=True)
+        sg.zero_grads()
+        sg.score.backward(clear_buffer=True)
+        return sg
 
     def step(self, arrays, idx, u_cur, lr: float, wd: float, infl) -> np.ndarray:
         t0 = time.perf_counter()
         dots = self.sample_dots(arrays, idx, u_cur)
         infl[idx] += lr / len(idx) * dots
         t1 = time.perf_counter()
-        self.hessian_vector(arrays, idx, u_cur)
-        _update_u(self.hvp.params, u_cur, lr, wd)
+        sg = self.hessian_vector(arrays, idx, u_cur)
+        _update_u(sg.params, u_cur, lr, wd)
         self.seconds_samples += t1 - t0
         self.seconds_hvp += time.perf_counter() - t1
         return dots
+
+
+def loop_epoch(loop: LoopMethod, arrays, order, lrs, batch_size: int, u_list, wd: float):
+    """The loop method over one epoch, backwards like core.replay: (infl, seconds)."""
+    n = len(next(iter(arrays.values())))
+    u_cur = [x.copy() for x in u_list]
+    infl = np.zeros(n)
+    t0 = time.perf_counter()
+    for t in range(core.n_steps(len(order), batch_size) - 1, -1, -1):
+        idx = core.step_indices(order, t, batch_size)
+        loop.step(arrays, idx, u_cur, float(lrs[t]), wd, infl)
+    return infl, time.perf_counter() - t0
 
 
 def rel_diff(a, b) -> float:
@@ -271,100 +276,75 @@ def stats(seconds) -> dict:
 # ------------------------------------------------------------------------------------------
 
 
-def measure_steps(model, train, val, args) -> dict:
+def epoch_setup(n: int, args):
+    """(order, lrs, T) of the replayed epoch; the same in the parent and the memory probes."""
+    T = core.n_steps(n, args.batch_size)
+    return core.epoch_orders(n, 1, args.seed)[0], np.full(T, args.lr, dtype=np.float32), T
+
+
+def measure_steps(model, train, u_list, args) -> dict:
     n = len(next(iter(train.values())))
-    B = args.batch_size
-    T = core.n_steps(n, B)
-    lr, wd = args.lr, 0.0
-    order = core.epoch_orders(n, 1, args.seed)[0]
-    lrs = np.full(T, lr, dtype=np.float32)
+    B, lr, wd = args.batch_size, args.lr, 0.0
+    order, lrs, T = epoch_setup(n, args)
     names = list(model.graph(B).params.keys())
+    u = dict(zip(names, u_list))
     theta = model.get_params()
     out = {}
-    mem = MemoryPhases()
-    u = core.validation_gradient(model, val, 256)
 
     # Whole epochs: core.replay (reference), the fused body, the loop; checks and cross-checks.
     log("  core.replay, one epoch ...")
-    mem.start()
     infl_ref, rstats = core.replay(model, train, order, lrs, B, u)
-    mem.stop("fused replay (core.replay, one epoch)")
     fused = core._GraphCache(model, fused=True)
-    u_cur = [np.array(u[k], dtype=np.float32, copy=True) for k in names]
+    u_cur = [x.copy() for x in u_list]
     infl_fused = np.zeros(n)
     for t in range(T - 1, -1, -1):
         idx = core.step_indices(order, t, B)
         fused_step(fused(len(idx)), train, idx, u_cur, float(lrs[t]), wd, infl_fused)
-
     log("  loop method, one epoch ...")
-    mem.start()
-    loop = LoopMethod(model, B)
-    u_cur = [np.array(u[k], dtype=np.float32, copy=True) for k in names]
-    infl_loop = np.zeros(n)
-    t0 = time.perf_counter()
-    for t in range(T - 1, -1, -1):
-        idx = core.step_indices(order, t, B)
-        if len(idx) != B:  # the HVP graph is built for B; a short last step gets its own
-            short = LoopMethod(model, len(idx))
-            short.step(train, idx, u_cur, float(lrs[t]), wd, infl_loop)
-        else:
-            loop.step(train, idx, u_cur, float(lrs[t]), wd, infl_loop)
-    loop_epoch = time.perf_counter() - t0
-    mem.stop("loop method (one epoch)")
-
+    loop = LoopMethod(model)
+    infl_loop, loop_seconds = loop_epoch(loop, train, order, lrs, B, u_list, wd)
     log("  core.sgd_epoch, one epoch ...")
-    mem.start()
     train_graphs = core._GraphCache(model, fused=False)
     t0 = time.perf_counter()
     core.sgd_epoch(model, train, order, lrs, B, wd, graphs=train_graphs)
-    train_epoch = time.perf_counter() - t0
-    mem.stop("training (core.sgd_epoch, one epoch)")
-    out["memory"] = {"phases": mem.phases, "peak_reset_per_phase": mem.resettable}
+    train_seconds = time.perf_counter() - t0
     model.set_params(theta)
 
-    # Direct per-batch comparison of the dot products (same u, same parameters).
-    u_list = [np.array(u[k], dtype=np.float32, copy=True) for k in names]
-    batch_diffs = []
-    for t in range(min(4, n // B)):
+    # Direct per-batch comparison (same u, same parameters): dot products and H u.
+    dots_diff, hvp_diff = [], []
+    for t in range(min(4, T)):
         idx = core.step_indices(order, t, B)
-        a = fused_step(fused(B), train, idx, [x.copy() for x in u_list], lr, wd, np.zeros(n))
+        a = fused_step(fused(len(idx)), train, idx, [x.copy() for x in u_list], lr, wd, np.zeros(n))
+        hvp_fused = [np.array(p.g, dtype=np.float64) for p in fused(len(idx)).params]
         b = loop.sample_dots(train, idx, u_list)
-        batch_diffs.append(rel_diff(a, b))
-    loop.hessian_vector(train, core.step_indices(order, 0, B), u_list)
-    hvp_loop = [np.array(p.g, dtype=np.float64) for p in loop.hvp.params]
-    fused_step(
-        fused(B),
-        train,
-        core.step_indices(order, 0, B),
-        [x.copy() for x in u_list],
-        lr,
-        wd,
-        np.zeros(n),
-    )
-    hvp_fused = [np.array(p.g, dtype=np.float64) for p in fused(B).params]
-    hvp_diff = float(
-        np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(hvp_fused, hvp_loop)))
-        / np.sqrt(sum(np.sum(b**2) for b in hvp_loop))
-    )
+        hvp_loop = [
+            np.array(p.g, dtype=np.float64) for p in loop.hessian_vector(train, idx, u_list).params
+        ]
+        dots_diff.append(rel_diff(a, b))
+        hvp_diff.append(
+            rel_diff(
+                np.concatenate([h.ravel() for h in hvp_fused]),
+                np.concatenate([h.ravel() for h in hvp_loop]),
+            )
+        )
     out["correctness"] = {
-        "dots_max_rel_diff": max(batch_diffs),
+        "dots_max_rel_diff": max(dots_diff),
+        "hvp_max_rel_diff": max(hvp_diff),
         "infl_loop_vs_replay_rel_diff": rel_diff(infl_loop, infl_ref),
         "infl_fused_body_vs_replay_rel_diff": rel_diff(infl_fused, infl_ref),
-        "hvp_rel_norm_diff": hvp_diff,
     }
 
-    # Interleaved per-step timing at fixed parameters.
+    # Interleaved per-step timing at fixed parameters, on full batches.
     log(f"  per-step timing: {args.warmup} warm-up + {args.repeats} x {args.steps} steps ...")
     times = {"fused": [], "loop": [], "train": []}
-    loop.seconds_samples = loop.seconds_hvp = 0.0
     full = [t for t in range(T) if len(core.step_indices(order, t, B)) == B]
     sequence = [full[i % len(full)] for i in range(args.steps)]
     for r in range(args.repeats + 1):
         warm = r == 0
-        u_f = [x.copy() for x in u_list]
-        u_l = [x.copy() for x in u_list]
-        steps = sequence[: args.warmup] if warm else sequence
-        for t in steps:
+        if warm:
+            loop.seconds_samples = loop.seconds_hvp = 0.0
+        u_f, u_l = [x.copy() for x in u_list], [x.copy() for x in u_list]
+        for t in sequence[: args.warmup] if warm else sequence:
             idx = core.step_indices(order, t, B)
             s0 = time.perf_counter()
             fused_step(fused(B), train, idx, u_f, lr, wd, np.zeros(n))
@@ -388,10 +368,75 @@ def measure_steps(model, train, val, args) -> dict:
     }
     out["epoch_seconds"] = {
         "core_replay": rstats.seconds,
-        "loop": loop_epoch,
-        "core_sgd_epoch": train_epoch,
+        "loop": loop_seconds,
+        "core_sgd_epoch": train_seconds,
         "T": T,
     }
+    return out
+
+
+#: Memory probes: phase name -> what it runs (one epoch each, graphs built inside).
+MEMORY_PHASES = {
+    "fused": "core.replay",
+    "loop": "loop method (batch-1 gradients + HVP)",
+    "train": "core.sgd_epoch",
+}
+
+
+def memory_probe(work: str, args) -> dict:
+    """Run in a fresh process (``--memory-phase``): load the model, the arrays and u that the
+    parent saved, read ru_maxrss, run one epoch of the phase, read it again."""
+    model = load_model(model=os.path.join(work, "result", "results.nnp"), context=args.context)
+    with np.load(os.path.join(work, "train.npz")) as z:
+        train = {k: z[k] for k in z.files}
+    with np.load(os.path.join(work, "u.npz")) as z:
+        u_list = [z[f"arr_{i}"] for i in range(len(z.files))]
+    n = len(next(iter(train.values())))
+    order, lrs, _ = epoch_setup(n, args)
+    import nnabla.functions  # noqa: F401 - modules every graph build imports, not the phase's
+    import nnabla.utils.load  # noqa: F401
+
+    reset = reset_maxrss()  # else "before" includes the transient peaks of loading
+    before = maxrss_kib()
+    if args.memory_phase == "fused":
+        names = list(model.graph(args.batch_size).params.keys())
+        core.replay(model, train, order, lrs, args.batch_size, dict(zip(names, u_list)))
+    elif args.memory_phase == "loop":
+        loop_epoch(LoopMethod(model), train, order, lrs, args.batch_size, u_list, 0.0)
+    else:
+        core.sgd_epoch(model, train, order, lrs, args.batch_size, 0.0)
+    return {"before_kib": before, "peak_kib": maxrss_kib(), "reset": reset}
+
+
+def measure_memory(work: str, train, u_list, args) -> dict:
+    """Each phase in its own fresh process, so that one phase's freed buffers (kept by nnabla's
+    and the C library's allocators) do not hide the next one's."""
+    np.savez(os.path.join(work, "train.npz"), **train)
+    np.savez(os.path.join(work, "u.npz"), *u_list)
+    out = {}
+    for phase in MEMORY_PHASES:
+        log(f"  memory probe: {MEMORY_PHASES[phase]} in a fresh process ...")
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--memory-phase",
+            phase,
+            "--workdir",
+            work,
+            "--batch-size",
+            str(args.batch_size),
+            "--lr",
+            repr(args.lr),
+            "--seed",
+            str(args.seed),
+            "--context",
+            args.context,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory probe {phase} failed:\n{proc.stderr[-2000:]}")
+        out[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[phase]["increase_kib"] = out[phase]["peak_kib"] - out[phase]["before_kib"]
     return out
 
 
@@ -500,7 +545,7 @@ def report(info: dict) -> dict:
         f"  fused body epoch vs core.replay           "
         f"{co['infl_fused_body_vs_replay_rel_diff']:.2e}"
     )
-    log(f"  HVP fused vs loop's HVP (norm)            {co['hvp_rel_norm_diff']:.2e}")
+    log(f"  H u, fused vs loop's HVP, 4 batches       {co['hvp_max_rel_diff']:.2e}")
     log("")
     log("== cache (api.compute_influence, one trial)")
     for name, size in sorted(final["files"].items()):
@@ -518,16 +563,15 @@ def report(info: dict) -> dict:
             f"{tm['inference']:.2f}s, replay {tm['seconds_per_replay_step'] * 1e3:.2f}ms/step"
         )
     log("")
-    memo = st["memory"]
-    how = (
-        "high-water mark reset before each phase"
-        if memo["peak_reset_per_phase"]
-        else "high-water mark could not be reset: cumulative"
-    )
-    log(f"== peak memory (ru_maxrss, KiB, whole process; {how})")
-    log(f"  {'phase':<40} {'start':>10} {'peak':>10} {'increase':>10}")
-    for k, v in memo["phases"].items():
-        log(f"  {k:<40} {v['start_kib']:>10,d} {v['peak_kib']:>10,d} {v['increase_kib']:>10,d}")
+    log("== peak memory (ru_maxrss as VmHWM, KiB; each phase one epoch in a fresh process)")
+    if not all(v["reset"] for v in info["memory"].values()):
+        log("  (the high-water mark could not be reset: 'before' includes loading's peak)")
+    log(f"  {'phase':<40} {'before':>10} {'peak':>10} {'increase':>10}")
+    for k, v in info["memory"].items():
+        log(
+            f"  {MEMORY_PHASES[k]:<40} {v['before_kib']:>10,d} {v['peak_kib']:>10,d} "
+            f"{v['increase_kib']:>10,d}"
+        )
     log("")
     log("== ratios")
     results = []
@@ -573,7 +617,10 @@ def parse_args(argv=None):
     )
     p.add_argument("--out-json", help="also write every figure to this JSON file")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--memory-phase", choices=sorted(MEMORY_PHASES), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.memory_phase:  # internal: one memory probe in a fresh process
+        return args
     for name in ("n_train", "n_val", "n_test", "batch_size", "train_epochs", "steps", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -594,6 +641,9 @@ def main(argv=None) -> int:
     from nnabla.logger import logger
 
     logger.setLevel(logging.WARNING)  # no INFO line per saved .h5
+    if args.memory_phase:
+        print(json.dumps(memory_probe(args.workdir, args)))
+        return 0
 
     work = args.workdir or tempfile.mkdtemp(prefix="sgdi_bench_")
     os.makedirs(work, exist_ok=True)
@@ -603,8 +653,12 @@ def main(argv=None) -> int:
         model = load_model(model=made["nnp"], context=args.context)
         train = load_dataset(made["csvs"]["train"], model.info.input_shapes).arrays
         val = load_dataset(made["csvs"]["val"], model.info.input_shapes).arrays
+        u = core.validation_gradient(model, val, 256)
+        u_list = [u[k] for k in model.graph(args.batch_size).params]
         log("measuring steps ...")
-        steps = measure_steps(model, train, val, args)
+        steps = measure_steps(model, train, u_list, args)
+        log("measuring memory ...")
+        memory = measure_memory(work, train, u_list, args)
         log("measuring caches ...")
         cache = measure_cache(model, train, val, args, work)
     except SGDInfluenceError as e:
@@ -627,6 +681,7 @@ def main(argv=None) -> int:
         "seconds_build_data": made["seconds_data"],
         "seconds_nnabla_cli_train": made["seconds_train"],
         "steps": steps,
+        "memory": memory,
         "cache": cache,
     }
     summary = report(info)

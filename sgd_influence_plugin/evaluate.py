@@ -216,7 +216,7 @@ def evaluate(
                     removed = rank[:count]
                     t1 = time.perf_counter()
                     if retrain == "last":
-                        acc = _retrain_last(model, train, test, theta0, orders, run, removed)
+                        acc, loss = _retrain_last(model, train, test, theta0, orders, run, removed)
                     else:
                         keep = np.setdiff1d(np.arange(n), removed)
                         nnp = _scratch_train(
@@ -229,13 +229,16 @@ def evaluate(
                             seed,
                             os.path.join(work_root, f"s{seed}_{label}_{count}"),
                         )
-                        acc = accuracy(load_model(model=nnp, context=settings.context), test)
+                        acc, loss = _test_metrics(
+                            load_model(model=nnp, context=settings.context), test
+                        )
                     row = {
                         "seed": seed,
                         "ratio": count / n,
                         "n_removed": count,
                         "method": label,
                         "test_accuracy": acc,
+                        "test_loss": loss,
                         "seconds": round(time.perf_counter() - t1, 2),
                     }
                     if flipped is not None:
@@ -243,7 +246,10 @@ def evaluate(
                         row["precision_at_n"] = hits / count if count else float("nan")
                         row["recall_at_n"] = hits / max(1, int(flipped.sum()))
                     rows.append(row)
-                    log(f"seed {seed} {label:7s} n={count:5d}: test accuracy {acc:.4f}")
+                    log(
+                        f"seed {seed} {label:7s} n={count:5d}: test accuracy {acc:.4f}, "
+                        f"loss {loss:.4f}"
+                    )
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
         model.set_params(theta0)
@@ -282,7 +288,12 @@ def _definition_text(model_files) -> str:
         return f.read()
 
 
-def _retrain_last(model, train, test, theta0, orders, run, removed) -> float:
+def _test_metrics(model, test: Dataset):
+    """(accuracy, mean loss) on the test set at the model's current parameters."""
+    return accuracy(model, test), core.mean_loss(model, test.arrays)
+
+
+def _retrain_last(model, train, test, theta0, orders, run, removed):
     weights = np.ones(train.size, dtype=np.float32)
     weights[removed] = 0
     model.set_params(theta0)
@@ -299,19 +310,28 @@ def _retrain_last(model, train, test, theta0, orders, run, removed) -> float:
             run.weight_decay,
             sample_weight=weights if last else None,
         )
-    acc = accuracy(model, test)
+    metrics = _test_metrics(model, test)
     model.set_params(theta0)
-    return acc
+    return metrics
 
 
 def aggregate(rows: List[Dict]) -> List[Dict]:
-    """Mean and std over seeds per (method, n); 'none' rows are n = 0."""
+    """Mean and std over seeds per (method, n); 'none' rows are n = 0.
+
+    ``dacc_*`` / ``dloss_*`` are paired differences from the same seed's 'none' row (same
+    sample order and start), which removes most of the seed-to-seed noise.
+    """
+    base = {r["seed"]: r for r in rows if r["method"] == "none"}
     groups: Dict = {}
     for r in rows:
         groups.setdefault((r["method"], r["n_removed"]), []).append(r)
     out = []
     for (method, count), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         acc = np.array([r["test_accuracy"] for r in rs])
+        loss = np.array([r["test_loss"] for r in rs])
+        paired = [r for r in rs if r["seed"] in base]
+        dacc = np.array([r["test_accuracy"] - base[r["seed"]]["test_accuracy"] for r in paired])
+        dloss = np.array([r["test_loss"] - base[r["seed"]]["test_loss"] for r in paired])
         row = {
             "method": method,
             "n_removed": count,
@@ -319,6 +339,11 @@ def aggregate(rows: List[Dict]) -> List[Dict]:
             "seeds": len(rs),
             "acc_mean": float(acc.mean()),
             "acc_std": float(acc.std()),
+            "loss_mean": float(loss.mean()),
+            "loss_std": float(loss.std()),
+            "dacc_mean": float(dacc.mean()) if len(dacc) else float("nan"),
+            "dacc_std": float(dacc.std()) if len(dacc) else float("nan"),
+            "dloss_mean": float(dloss.mean()) if len(dloss) else float("nan"),
         }
         if "precision_at_n" in rs[0]:
             row["precision_mean"] = (
@@ -342,14 +367,16 @@ def _write_outputs(out_dir: str, rows: List[Dict], n: int, flipped, facts: Dict)
     lines = [
         f"# Data cleansing: retrain = {facts['retrain']}, N = {n}, seeds = {facts['seeds']}",
         "",
-        "| removed | n | method | test accuracy (mean ± std) |"
-        + (" precision@n | recall@n |" if flipped is not None else ""),
-        "|---|---|---|---|" + ("---|---|" if flipped is not None else ""),
+        "| removed | n | method | test accuracy | Δ accuracy (paired) | test loss "
+        "| Δ loss (paired) |" + (" precision@n | recall@n |" if flipped is not None else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if flipped is not None else ""),
     ]
     for a in agg:
         line = (
             f"| {a['ratio']:.1%} | {a['n_removed']} | {a['method']} | "
-            f"{a['acc_mean']:.4f} ± {a['acc_std']:.4f} |"
+            f"{a['acc_mean']:.4f} ± {a['acc_std']:.4f} | "
+            f"{a['dacc_mean']:+.4f} ± {a['dacc_std']:.4f} | "
+            f"{a['loss_mean']:.4f} ± {a['loss_std']:.4f} | {a['dloss_mean']:+.4f} |"
         )
         if flipped is not None:
             line += (
@@ -365,7 +392,13 @@ def _write_outputs(out_dir: str, rows: List[Dict], n: int, flipped, facts: Dict)
             f"({flipped.mean():.1%}); random removal's expected precision is that "
             "share.",
         ]
-    lines += ["", f"Total time: {facts['total_seconds']} s"]
+    lines += [
+        "",
+        "Mean ± std over seeds. Δ (paired) = the same seed's value minus its no-removal value "
+        "(same start and sample order), mean ± std over seeds.",
+        "",
+        f"Total time: {facts['total_seconds']} s",
+    ]
     with atomic_write(os.path.join(out_dir, "summary.md")) as f:
         f.write("\n".join(lines) + "\n")
 
@@ -376,25 +409,29 @@ def _plot(path: str, agg: List[Dict], n: int, facts: Dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     none = [a for a in agg if a["method"] == "none"]
-    for method, color in (("harmful", "#cc3311"), ("random", "#0077bb")):
-        pts = none + [a for a in agg if a["method"] == method]
-        pts.sort(key=lambda a: a["n_removed"])
-        x = [100 * a["n_removed"] / n for a in pts]
-        y = np.array([a["acc_mean"] for a in pts])
-        e = np.array([a["acc_std"] for a in pts])
-        label = "remove top-n harmful (SGD-influence)" if method == "harmful" else "remove n random"
-        ax.plot(x, y, "o-", color=color, label=label)
-        ax.fill_between(x, y - e, y + e, color=color, alpha=0.15)
-    if none:
-        ax.axhline(none[0]["acc_mean"], color="gray", ls="--", lw=1, label="no removal")
-    ax.set_xlabel("removed training samples (% of N)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"retrain = {facts['retrain']}, N = {n}, {len(facts['seeds'])} seeds")
-    ax.legend(fontsize=8)
+    for ax, key, ylabel in ((axes[0], "acc", "test accuracy"), (axes[1], "loss", "test loss")):
+        for method, color in (("harmful", "#cc3311"), ("random", "#0077bb")):
+            pts = sorted(
+                none + [a for a in agg if a["method"] == method], key=lambda a: a["n_removed"]
+            )
+            x = [100 * a["n_removed"] / n for a in pts]
+            y = np.array([a[key + "_mean"] for a in pts])
+            e = np.array([a[key + "_std"] for a in pts])
+            label = (
+                "remove top-n harmful (SGD-influence)" if method == "harmful" else "remove n random"
+            )
+            ax.plot(x, y, "o-", color=color, label=label)
+            ax.fill_between(x, y - e, y + e, color=color, alpha=0.15)
+        if none:
+            ax.axhline(none[0][key + "_mean"], color="gray", ls="--", lw=1, label="no removal")
+        ax.set_xlabel("removed training samples (% of N)")
+        ax.set_ylabel(ylabel + " (mean ± std over seeds)")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"retrain = {facts['retrain']}, N = {n}, {len(facts['seeds'])} seeds")
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
 
