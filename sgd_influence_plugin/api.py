@@ -66,6 +66,19 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedRun:
     return ResolvedRun(lr=float(lr), weight_decay=float(wd), batch_size=int(bs), warnings=warnings)
 
 
+def growth_warning(u_growth: float, limit: float = 100.0) -> Optional[str]:
+    """The user-facing warning when the replay expanded the query vector more than ``limit``
+    times (see ``core.ReplayStats.u_growth``), else None.
+    """
+    if u_growth <= limit:
+        return None
+    return (
+        f"the replayed query vector grew {u_growth:.3g}x (lr times the Hessian's top "
+        "eigenvalue exceeds 2 at these parameters): scores rank samples but their magnitudes "
+        "are not calibrated; --cache all or a smaller --lr gives calibrated values"
+    )
+
+
 def _dir_bytes(path: str) -> int:
     total = 0
     for root, _, files in os.walk(path):
@@ -262,13 +275,8 @@ def compute_influence(
             if m == 0:
                 val_loss = vl
                 timings["u_growth"] = stats.u_growth
-                if stats.u_growth > 100:
-                    msg = (
-                        f"the replayed query vector grew {stats.u_growth:.3g}x (lr times the "
-                        "Hessian's top eigenvalue exceeds 2 at these parameters): scores "
-                        "rank samples but their magnitudes are not calibrated; --cache all or "
-                        "a smaller --lr gives calibrated values"
-                    )
+                msg = growth_warning(stats.u_growth)
+                if msg:
                     run.warnings.append(msg)
                     log("warning: " + msg)
             cache_bytes = max(cache_bytes, _dir_bytes(trial_dir))

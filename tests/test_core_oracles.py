@@ -306,3 +306,15 @@ def test_non_sgd_solver_warns(results, data28):
     run = api.resolve(m, InfluenceSettings())
     assert run.lr == pytest.approx(0.001)
     assert any("trained with Adam" in w and "plain SGD" in w for w in run.warnings)
+
+
+def test_exploding_query_vector_is_reported(results, data28):
+    """At fixed parameters, lr far above 2 / (top Hessian eigenvalue) makes (I - lr H) expand u."""
+    m, tr, va = _load(results, "mlp", data28)
+    u = core.validation_gradient(m, va)
+    order = core.epoch_orders(256, 1, 0)[0]
+    _, calm = core.replay(m, tr, order, np.full(8, 1e-3), 32, u)
+    _, wild = core.replay(m, tr, order, np.full(8, 1e3), 32, u)
+    assert calm.u_growth < 1.5 and wild.u_growth > 100
+    assert api.growth_warning(calm.u_growth) is None
+    assert "not calibrated" in api.growth_warning(wild.u_growth)
