@@ -66,16 +66,23 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedRun:
     return ResolvedRun(lr=float(lr), weight_decay=float(wd), batch_size=int(bs), warnings=warnings)
 
 
-def growth_warning(u_growth: float, limit: float = 100.0) -> Optional[str]:
-    """The user-facing warning when the replay expanded the query vector more than ``limit``
+def growth_warning(u_growth: float, lr: float, steps: int, limit: float = 100.0) -> Optional[str]:
+    """The user-facing warning when the replay expanded the query vector u more than ``limit``
     times (see ``core.ReplayStats.u_growth``), else None.
+
+    If the growth came from one direction with |1 - lr * lambda| = g per step, then
+    lambda ~ (1 + g) / lr and the replay is stable below lr = 2 / lambda; the message suggests
+    half of that, lr / (1 + g), as a rough, safe value.
     """
     if u_growth <= limit:
         return None
+    per_step = u_growth ** (1.0 / max(1, steps))
+    suggested = lr / (1.0 + per_step)
     return (
-        f"the replayed query vector grew {u_growth:.3g}x (lr times the Hessian's top "
-        "eigenvalue exceeds 2 at these parameters): scores rank samples but their magnitudes "
-        "are not calibrated; --cache all or a smaller --lr gives calibrated values"
+        f"the replayed query vector grew {u_growth:.3g}x over {steps} steps: at these "
+        f"parameters lr={lr:g} times the Hessian's top eigenvalue exceeds 2 (about "
+        f"{lr * (1 + per_step):.2g}), so the scores rank samples but their magnitudes are not "
+        f"calibrated. For calibrated scores use --cache all, or --lr {suggested:.2g} or smaller"
     )
 
 
@@ -275,7 +282,7 @@ def compute_influence(
             if m == 0:
                 val_loss = vl
                 timings["u_growth"] = stats.u_growth
-                msg = growth_warning(stats.u_growth)
+                msg = growth_warning(stats.u_growth, run.lr, stats.steps)
                 if msg:
                     run.warnings.append(msg)
                     log("warning: " + msg)

@@ -316,5 +316,8 @@ def test_exploding_query_vector_is_reported(results, data28):
     _, calm = core.replay(m, tr, order, np.full(8, 1e-3), 32, u)
     _, wild = core.replay(m, tr, order, np.full(8, 1e3), 32, u)
     assert calm.u_growth < 1.5 and wild.u_growth > 100
-    assert api.growth_warning(calm.u_growth) is None
-    assert "not calibrated" in api.growth_warning(wild.u_growth)
+    assert api.growth_warning(calm.u_growth, 1e-3, 8) is None
+    msg = api.growth_warning(wild.u_growth, 1e3, 8)
+    assert "not calibrated" in msg and "--cache all" in msg
+    # One direction with |1 - lr*lambda| = 3 per step: lambda = 4 / lr; stable below 2 / lambda.
+    assert "--lr 0.25 or smaller" in api.growth_warning(3.0**8, 1.0, 8)
