@@ -429,11 +429,35 @@ def _plot(path: str, agg: List[Dict], n: int, facts: Dict) -> None:
         ax.set_xlabel("removed training samples (% of N)")
         ax.set_ylabel(ylabel + " (mean ± std over seeds)")
         ax.legend(fontsize=8)
-    fig.suptitle(f"retrain = {facts['retrain']}, N = {n}, {len(facts['seeds'])} seeds")
+    fig.suptitle(
+        f"retrain = {facts['retrain']}, cache = {facts['settings']['cache']}, "
+        f"lr = {facts['lr']:g}, N = {n}, {len(facts['seeds'])} seeds"
+    )
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def rewrite_outputs(out_dir: str) -> None:
+    """Redo ``figure2.png`` and ``summary.md`` from a finished run's results.csv and
+    settings.yaml (no retraining).
+    """
+    from .settings import read_yaml
+
+    facts = read_yaml(os.path.join(out_dir, "settings.yaml"))
+    with open(os.path.join(out_dir, "results.csv"), newline="") as f:
+        rows = [
+            {
+                k: (v if k == "method" else (int(v) if k in ("seed", "n_removed") else float(v)))
+                for k, v in r.items()
+            }
+            for r in csv.DictReader(f)
+        ]
+    flipped = None
+    if facts.get("noise"):
+        flipped = read_noise(facts["noise"], int(facts["n_train"]))
+    _write_outputs(out_dir, rows, int(facts["n_train"]), flipped, facts)
 
 
 def run_from_args(args) -> int:

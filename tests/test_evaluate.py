@@ -1,0 +1,70 @@
+"""The data-cleansing experiment (sgd-influence evaluate) on a small real result."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from sgd_influence_plugin import api, core
+from sgd_influence_plugin.dataset import load_dataset
+from sgd_influence_plugin.evaluate import accuracy, evaluate, rewrite_outputs
+from sgd_influence_plugin.nnabla_adapter import load_model
+from sgd_influence_plugin.settings import InfluenceSettings
+
+
+def _noise_file(path, n, flipped):
+    with open(path, "w") as f:
+        f.write("index,clean_label,noisy_label,flipped\n")
+        for i in range(n):
+            f.write(f"{i},0,0,{int(i in flipped)}\n")
+
+
+@pytest.mark.parametrize("retrain", ["last", "scratch"])
+def test_evaluate_rows_precision_and_retrain_last_oracle(results, data28, tmp_path, retrain):
+    nnp = os.path.join(results("mlp"), "results.nnp")
+    flipped = set(range(0, 256, 7))
+    noise = str(tmp_path / "noise.csv")
+    _noise_file(noise, 256, flipped)
+    out = tmp_path / "eval"
+    settings = InfluenceSettings()
+    rows = evaluate(
+        {"model": nnp},
+        data28["train"],
+        data28["val"],
+        data28["val"],
+        str(out),
+        [0, 0.1],
+        [4],
+        retrain,
+        settings,
+        noise,
+    )
+    assert [(r["method"], r["n_removed"]) for r in rows] == [
+        ("none", 0),
+        ("harmful", 26),
+        ("random", 26),
+    ]
+    for name in ("results.csv", "figure2.png", "summary.md", "settings.yaml"):
+        assert (out / name).exists()
+    # precision@n is the share of flipped labels among the n most harmful of seed 4's scores.
+    m = load_model(model=nnp)
+    tr = load_dataset(data28["train"], m.info.input_shapes)
+    va = load_dataset(data28["val"], m.info.input_shapes)
+    res = api.compute_influence(m, tr.arrays, va.arrays, InfluenceSettings(seed=4))
+    top = np.argsort(res.scores, kind="stable")[:26]
+    assert rows[1]["precision_at_n"] == pytest.approx(np.mean([i in flipped for i in top]))
+    assert rows[1]["recall_at_n"] == pytest.approx(sum(i in flipped for i in top) / 37)
+    if retrain == "last":
+        # 'none' = one more SGD epoch over seed 4's order from the trained parameters.
+        order = core.epoch_orders(256, 1, 4)[0]
+        core.sgd_epoch(m, tr.arrays, order, np.full(8, m.info.solver.lr, np.float32), 32)
+        assert rows[0]["test_accuracy"] == pytest.approx(accuracy(m, va))
+        assert rows[0]["test_loss"] == pytest.approx(core.mean_loss(m, va.arrays), rel=1e-5)
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    summary = (out / "summary.md").read_text()
+    assert "| 10.2% | 26 | harmful |" in summary and "Flipped labels: 37 of 256" in summary
+    os.remove(out / "figure2.png")
+    rewrite_outputs(str(out))
+    assert (out / "figure2.png").exists() and (out / "summary.md").read_text() == summary
