@@ -149,7 +149,7 @@ class SplitSizes:
 
 def build_splits(
     out_dir: str,
-    sizes: SplitSizes = SplitSizes(),  # noqa: B008 (frozen values, never mutated)
+    sizes: Optional[SplitSizes] = None,
     noise_rate: float = 0.0,
     noise_seed: int = 0,
     seed: int = 0,
@@ -164,6 +164,7 @@ def build_splits(
         Mapping of split name to CSV path (plus ``noise`` when noise was added).
 
     """
+    sizes = sizes or SplitSizes()
     images, labels = load_split("train", data_dir)
     test_images, test_labels = load_split("test", data_dir)
     if sizes.train + sizes.val > len(images) or sizes.test > len(test_images):

@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Tuple
 
 ARCHITECTURES = ("logreg", "mlp", "cnn", "cnn_bn", "smooth_cnn")
@@ -60,7 +60,6 @@ class NetSpec:
     dropout: float = 0.0
     save_best: bool = False
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def _logits(spec: NetSpec, x, train: bool):
