@@ -81,7 +81,7 @@ def growth_warning(u_growth: float, lr: float, steps: int, limit: float = 100.0)
     return (
         f"the replayed query vector grew {u_growth:.3g}x over {steps} steps: at these "
         f"parameters lr={lr:g} times the Hessian's top eigenvalue exceeds 2 (about "
-        f"{lr * (1 + per_step):.2g}), so the scores rank samples but their magnitudes are not "
+        f"{1 + per_step:.3g}), so the scores rank samples but their magnitudes are not "
         f"calibrated. For calibrated scores use --cache all, or --lr {suggested:.2g} or smaller"
     )
 

@@ -284,7 +284,8 @@ def _solver_config(opt, proto) -> SolverConfig:
     if s.type in _LR_FIELD:
         sub, lr_field = _LR_FIELD[s.type]
         if s.HasField(sub):
-            lr = float(getattr(getattr(s, sub), lr_field))
+            # Protobuf stores float32: 0.1 reads back as 0.10000000149; keep what was typed.
+            lr = float(f"{getattr(getattr(s, sub), lr_field):.7g}")
     batch_size = 0
     for d in proto.dataset:
         if d.name in opt.dataset_name:
@@ -294,7 +295,10 @@ def _solver_config(opt, proto) -> SolverConfig:
             if n.name == opt.network_name:
                 batch_size = int(n.batch_size)
     return SolverConfig(
-        type=s.type or "Sgd", lr=lr, weight_decay=float(s.weight_decay), batch_size=batch_size or 1
+        type=s.type or "Sgd",
+        lr=lr,
+        weight_decay=float(f"{s.weight_decay:.7g}"),
+        batch_size=batch_size or 1,
     )
 
 

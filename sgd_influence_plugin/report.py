@@ -32,6 +32,7 @@ def _plots(scores: np.ndarray, labels: Optional[Sequence[str]]) -> List[str]:
     out = []
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.hist(scores, bins=60, color="#4477aa")
+    ax.set_yscale("log")  # heavy tails: the few extreme samples stay visible
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("influence (change of validation loss if removed; < 0 = harmful)")
     ax.set_ylabel("samples")
@@ -77,15 +78,19 @@ def write_report(
         for key, v in info.items()
         if not isinstance(v, (dict, list))
     )
+    warnings = "".join(
+        f'<p class="warn">Warning: {html.escape(str(w))}</p>' for w in info.get("warnings", [])
+    )
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>SGD-influence report</title>
 <style>body{{font-family:sans-serif;margin:2em}} .tile{{display:inline-block;margin:4px;
 text-align:center;font-size:12px;width:90px}} .tile img{{image-rendering:pixelated}}
-td{{padding:2px 8px}}</style></head><body>
+td{{padding:2px 8px}} .warn{{background:#fff3cd;padding:6px;border:1px solid #e0c060}}
+</style></head><body>
 <h1>SGD-influence report</h1>
 <p>Influence = estimated change of the mean validation loss if the sample were removed from
 training. <b>Negative = harmful</b> (removing it would lower the validation loss).</p>
-<h2>Most harmful</h2>{_tiles(order[:k], scores, labels, thumbs)}
+{warnings}<h2>Most harmful</h2>{_tiles(order[:k], scores, labels, thumbs)}
 <h2>Most helpful</h2>{_tiles(order[::-1][:k], scores, labels, thumbs)}
 <h2>Distribution</h2>{plots}
 <h2>Run</h2><table>{facts}</table>
