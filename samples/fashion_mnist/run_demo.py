@@ -137,7 +137,8 @@ def main():
         hits = sum(flipped[int(r["datasource_index"])] for r in rows[:k])
         say(
             f"flipped labels among the top {k} harmful: {hits} ({hits / k:.0%}; "
-            f"{sum(flipped) / len(flipped):.0%} would be expected by chance)"
+            f"{sum(flipped) / len(flipped):.0%} would be expected by chance; the share varies "
+            "with the epoch's order, see the README)"
         )
     say(f"influence CSV : {os.path.join(out, 'influence.csv')}")
     say(f"thumbnails    : {os.path.join(out, 'thumbnails')}")
