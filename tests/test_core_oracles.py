@@ -322,3 +322,20 @@ def test_exploding_query_vector_is_reported(results, data28):
     # One direction with |1 - lr*lambda| = 3 per step: lambda = 4 / lr; stable below 2 / lambda.
     msg = api.growth_warning(3.0**8, 1.0, 8)
     assert "exceeds 2 (about 4)" in msg and "--lr 0.25 or smaller" in msg
+
+
+def test_replay_builds_one_graph_per_batch_size(results, data28, monkeypatch):
+    m, tr, va = _load(results, "mlp", data28)
+    u = core.validation_gradient(m, va)
+    built = []
+    real = core._StepGraphs
+
+    def counting(model, batch_size, fused):
+        built.append((batch_size, fused))
+        return real(model, batch_size, fused)
+
+    monkeypatch.setattr(core, "_StepGraphs", counting)
+    order = core.epoch_orders(250, 1, 0)[0]  # 7 steps of 32 and a last one of 26
+    arrays = {k: v[:250] for k, v in tr.items()}
+    core.replay(m, arrays, order, np.full(8, 0.01), 32, u)
+    assert sorted(built) == [(26, True), (32, True)]
