@@ -236,6 +236,17 @@ def cmd_evaluate(args) -> int:
     return run_from_args(args)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def terminate_as_interrupt() -> None:
+    """Treat SIGTERM like Ctrl-C, so temporary caches and staged outputs are removed too."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``sgd-influence``; returns the exit status."""
     import logging
@@ -244,6 +255,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # calls logging.basicConfig, which does nothing once the root logger is set up).
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    terminate_as_interrupt()
     try:
         return args.func(args)
     except SGDInfluenceError as e:

@@ -63,7 +63,7 @@ def test_smooth_net_matches_exact_leave_one_out(results, data28, tmp_path):
 
 @pytest.mark.slow
 def test_smooth_net_leave_one_out_at_n1024(tmp_path):
-    """The measurement in the design notes: N=1024, B=32, lr=0.05, smooth CNN (opt-in, about 4 min)."""
+    """The design notes' setting: N=1024, B=32, lr=0.05, smooth CNN (opt-in, about 4 min)."""
     from conftest import make_png_dataset, train_result
 
     from sgd_influence_plugin.netdef import NetSpec

@@ -390,3 +390,43 @@ def test_thumbnails_keep_aspect_and_enlarge_tiny_images(tmp_path):
     output.make_thumbnail(str(tmp_path / "big.png"), str(tmp_path / "b.png"))
     with Image.open(tmp_path / "b.png") as im:
         assert im.size == (64, 32)
+
+
+def test_sigterm_leaves_no_cache_and_no_output(results, data28, tmp_path):
+    import signal
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "o" / "influence.csv"
+    env = dict(os.environ, TMPDIR=str(tmp))
+    proc = subprocess.Popen(
+        [
+            CLI,
+            "run",
+            "--model",
+            os.path.join(results("mlp"), "results.nnp"),
+            "--train",
+            data28["train"],
+            "--val",
+            data28["val"],
+            "--output",
+            str(out),
+            "--epochs",
+            "50",
+            "--quiet",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while not any(p.name.startswith("sgd_influence_cache_") for p in tmp.iterdir()):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside the training phase now
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert list(tmp.iterdir()) == []
+    assert not out.exists()

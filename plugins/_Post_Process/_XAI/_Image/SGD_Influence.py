@@ -122,6 +122,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from nnabla import logger
 
+    from sgd_influence_plugin.cli import terminate_as_interrupt
     from sgd_influence_plugin.errors import SGDInfluenceError
     from sgd_influence_plugin.progress import LogProgress
     from sgd_influence_plugin.runner import RunRequest, run
@@ -129,6 +130,8 @@ def main(argv=None):
 
     def say(message):
         logger.log(99, message)
+
+    terminate_as_interrupt()
 
     model = None if args.config else args.model
     try:
