@@ -5,7 +5,7 @@ One run builds a Fashion-MNIST subset (PNGs and console CSVs), writes a console-
 train``, loads the ``results.nnp`` and then measures, on that model and data:
 
 - **fused replay step**: the body of :func:`sgd_influence_plugin.core.replay`'s loop on the
-  graphs of ``core._GraphCache(model, fused=True)``: feed the batch and u, one
+  graphs of ``core.GraphCache(model, fused=True)``: feed the batch and u, one
   ``score.forward`` / ``score.backward`` of the double-backward graph, read the per-sample dot
   products ``<u, grad l_i>`` from ``w.g`` and ``H u`` from ``param.g``, update u.
 - **loop step** (the published plugin's method): for each sample of the batch, a first-order
@@ -198,7 +198,7 @@ class LoopMethod:
         self.params = list(self.one.params.values())
         # core's fused graphs, used for H u only (param.g): w.need_grad off, so no per-sample
         # dot products are computed. The cache pads a one-sample step like core.replay does.
-        self._hvp = core._GraphCache(model, fused=True)
+        self._hvp = core.GraphCache(model, fused=True)
         self.seconds_samples = 0.0
         self.seconds_hvp = 0.0
 
@@ -293,7 +293,7 @@ def measure_steps(model, train, u_list, args) -> dict:
     # Whole epochs: core.replay (reference), the fused body, the loop; checks and cross-checks.
     log("  core.replay, one epoch ...")
     infl_ref, rstats = core.replay(model, train, order, lrs, B, u)
-    fused = core._GraphCache(model, fused=True)
+    fused = core.GraphCache(model, fused=True)
     u_cur = [x.copy() for x in u_list]
     infl_fused = np.zeros(n)
     for t in range(T - 1, -1, -1):
@@ -303,7 +303,7 @@ def measure_steps(model, train, u_list, args) -> dict:
     loop = LoopMethod(model)
     infl_loop, loop_seconds = loop_epoch(loop, train, order, lrs, B, u_list, wd)
     log("  core.sgd_epoch, one epoch ...")
-    train_graphs = core._GraphCache(model, fused=False)
+    train_graphs = core.GraphCache(model, fused=False)
     t0 = time.perf_counter()
     core.sgd_epoch(model, train, order, lrs, B, wd, graphs=train_graphs)
     train_seconds = time.perf_counter() - t0

@@ -97,11 +97,14 @@ class _StepGraphs:
         self.w.grad.zero()
 
 
-class _GraphCache:
+class GraphCache:
+    """Step graphs of one model by batch size; share one across calls to build each once."""
+
     def __init__(self, model, fused: bool):
         self.model, self.fused, self._by_size = model, fused, {}
 
     def __call__(self, batch_size: int) -> _StepGraphs:
+        """The step graphs for ``batch_size`` samples (built on first use)."""
         # nnabla 1.39's double backward of SoftmaxCrossEntropy fails at batch size 1
         # ("Dimensions of inputs must match"): fused graphs of one sample are built for two
         # and padded with a zero-weight row (see _StepGraphs.feed).
@@ -121,7 +124,7 @@ def sgd_epoch(
     sample_weight: Optional[np.ndarray] = None,
     before_step: Optional[Callable[[int], None]] = None,
     progress: Optional[Progress] = None,
-    graphs: Optional[_GraphCache] = None,
+    graphs: Optional[GraphCache] = None,
 ) -> None:
     """Run one epoch of plain SGD in place on ``model``'s trainable parameters.
 
@@ -139,7 +142,7 @@ def sgd_epoch(
         progress: optional callback.
 
     """
-    graphs = graphs or _GraphCache(model, fused=False)
+    graphs = graphs or GraphCache(model, fused=False)
     T = n_steps(len(order), batch_size)
     for t in range(T):
         idx = step_indices(order, t, batch_size)
@@ -187,7 +190,7 @@ def validation_gradient(
 
     """
     n = len(next(iter(arrays.values())))
-    graphs = _GraphCache(model, fused=False)
+    graphs = GraphCache(model, fused=False)
     acc: OrderedDict[str, np.ndarray] = OrderedDict()
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
@@ -258,7 +261,7 @@ def replay(
     """
     n = len(order)
     T = n_steps(n, batch_size)
-    graphs = _GraphCache(model, fused=True)
+    graphs = GraphCache(model, fused=True)
     names = list(model.graph(min(batch_size, n)).params.keys())
     u_cur = [np.array(u[k], dtype=np.float32, copy=True) for k in names]
     infl = np.zeros(len(next(iter(arrays.values()))), dtype=np.float64)

@@ -195,6 +195,7 @@ def evaluate(
         raise SettingsError(f"--ratios {list(ratios)}: shares must be in [0, 1)")
     run = resolve(model, settings)
     theta0 = model.get_params()
+    graphs = core.GraphCache(model, fused=False)  # built once, reused by every retrain
     config_text = None
     if retrain == "scratch":
         config_text = _definition_text(model_files)
@@ -216,7 +217,9 @@ def evaluate(
                     removed = rank[:count]
                     t1 = time.perf_counter()
                     if retrain == "last":
-                        acc, loss = _retrain_last(model, train, test, theta0, orders, run, removed)
+                        acc, loss = _retrain_last(
+                            model, train, test, theta0, orders, run, removed, graphs
+                        )
                     else:
                         keep = np.setdiff1d(np.arange(n), removed)
                         nnp = _scratch_train(
@@ -293,7 +296,7 @@ def _test_metrics(model, test: Dataset):
     return accuracy(model, test), core.mean_loss(model, test.arrays)
 
 
-def _retrain_last(model, train, test, theta0, orders, run, removed):
+def _retrain_last(model, train, test, theta0, orders, run, removed, graphs):
     weights = np.ones(train.size, dtype=np.float32)
     weights[removed] = 0
     model.set_params(theta0)
@@ -309,6 +312,7 @@ def _retrain_last(model, train, test, theta0, orders, run, removed):
             run.batch_size,
             run.weight_decay,
             sample_weight=weights if last else None,
+            graphs=graphs,
         )
     metrics = _test_metrics(model, test)
     model.set_params(theta0)

@@ -39,7 +39,7 @@ def test_fused_dots_equal_batch1_loop_relu_maxpool_bn(results, data28):
     u = core.validation_gradient(m, va, 64)
     B = 24
     idx = np.arange(40, 40 + B)
-    sg = core._GraphCache(m, fused=True)(B)
+    sg = core.GraphCache(m, fused=True)(B)
     sg.feed(tr, idx, np.full(B, 1.0 / B, np.float32))
     for var, k in zip(sg.u, sg.graph.params):
         var.d = u[k]
@@ -52,7 +52,7 @@ def test_fused_dots_equal_batch1_loop_relu_maxpool_bn(results, data28):
     ref = np.array([sum(np.sum(g[k] * u[k]) for k in u) for g in grads])
     assert np.max(np.abs(dots - ref)) <= 1e-4 * np.max(np.abs(ref))
     # The HVP of the batch equals the mean of per-sample HVPs (batch size 1 each).
-    one = core._GraphCache(m, fused=True)(1)
+    one = core.GraphCache(m, fused=True)(1)
     acc = {k: 0.0 for k in hvp}
     for j in idx:
         one.feed(tr, np.array([j]), np.ones(1, np.float32))

@@ -16,7 +16,7 @@ def exact_leave_one_out(model, train, val, theta_start, order, lrs, batch_size, 
     """L_val(epoch without j) - L_val(epoch with all), for every j: N+1 re-runs of the epoch
     from the same start parameters and order, sample j's weight set to 0."""
     n = len(order)
-    graphs = core._GraphCache(model, fused=False)
+    graphs = core.GraphCache(model, fused=False)
 
     def val_loss_after(weight):
         model.set_params(theta_start)

@@ -19,6 +19,23 @@ SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_I
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 
 
+def _cli_run(results, data28, output, *extra):
+    """The argv of ``sgd-influence run`` on the MLP result and the 28x28 data."""
+    return [
+        CLI,
+        "run",
+        "--model",
+        os.path.join(results("mlp"), "results.nnp"),
+        "--train",
+        data28["train"],
+        "--val",
+        data28["val"],
+        "--output",
+        str(output),
+        *extra,
+    ]
+
+
 def _load_plugin_module():
     import importlib.util
 
@@ -341,21 +358,7 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
 
 def test_cli_refuses_to_overwrite_inputs_and_reports_one_line(results, data28, tmp_path):
     proc = subprocess.run(
-        [
-            CLI,
-            "run",
-            "--model",
-            os.path.join(results("mlp"), "results.nnp"),
-            "--train",
-            data28["train"],
-            "--val",
-            data28["val"],
-            "--output",
-            data28["val"],
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
+        _cli_run(results, data28, data28["val"], "--quiet"), capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
@@ -401,21 +404,7 @@ def test_sigterm_leaves_no_cache_and_no_output(results, data28, tmp_path):
     out = tmp_path / "o" / "influence.csv"
     env = dict(os.environ, TMPDIR=str(tmp))
     proc = subprocess.Popen(
-        [
-            CLI,
-            "run",
-            "--model",
-            os.path.join(results("mlp"), "results.nnp"),
-            "--train",
-            data28["train"],
-            "--val",
-            data28["val"],
-            "--output",
-            str(out),
-            "--epochs",
-            "50",
-            "--quiet",
-        ],
+        _cli_run(results, data28, out, "--epochs", "50", "--quiet"),
         env=env,
         stderr=subprocess.PIPE,
         text=True,
