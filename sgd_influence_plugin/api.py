@@ -13,6 +13,7 @@ Two phases, each reading and writing only the cache folder:
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -23,67 +24,162 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from . import core
-from .errors import SettingsError
+from . import curvature as curvature_mod
+from .errors import SettingsError, UnstableReplayError
 from .settings import InfluenceSettings, read_yaml, write_yaml
 
 #: Logger-like callback for user-facing messages (warnings, stages).
 Log = Callable[[str], None]
 
 
+#: A trial whose replay grows the query vector u more than this many times is unstable: with
+#: the automatic rate the bounds of :mod:`.curvature` keep the growth near 1 (at most e^0.5
+#: from negative curvature); 10x means the rate was too large for some steps.
+GROWTH_LIMIT = 10.0
+
+
 @dataclass
 class ResolvedRun:
-    """Settings with the model's defaults filled in (what the replay actually used)."""
+    """Settings with the model's defaults filled in (what the replay actually used).
+
+    Attributes:
+        lr: learning rate of the training phase's epoch and of the replay.
+        weight_decay / batch_size: lambda and B of that epoch.
+        lr_source: ``auto``, ``solver`` or ``given`` (a number from the user).
+        solver_lr: the network definition's rate (``lr``/``alpha``; NaN if it has none).
+        curvature: the measured :class:`~.curvature.Curvature` (None before measuring).
+        lr_choice: the stable rate and the bound that set it (:class:`~.curvature.LrChoice`).
+        warnings: messages for the user.
+
+    """
 
     lr: float
     weight_decay: float
     batch_size: int
+    lr_source: str = "solver"
+    solver_lr: float = float("nan")
+    curvature: Optional[curvature_mod.Curvature] = None
+    lr_choice: Optional[curvature_mod.LrChoice] = None
     warnings: List[str] = field(default_factory=list)
+
+    def lr_selection(self) -> Dict:
+        """What decided the learning rate, for ``settings.yaml``."""
+        out: Dict = {"source": self.lr_source, "solver_lr": self.solver_lr, "lr": self.lr}
+        if self.lr_choice is not None:
+            out["stable_lr"] = self.lr_choice.lr
+            out["stable_lr_reason"] = self.lr_choice.limit
+            out["bounds"] = dict(self.lr_choice.bounds)
+        if self.curvature is not None:
+            out["curvature"] = self.curvature.to_dict()
+        return out
 
 
 def resolve(model, settings: InfluenceSettings) -> ResolvedRun:
-    """Fill lr, weight decay and batch size from the network definition's solver.
+    """Fill weight decay, batch size and (for ``lr: solver`` or a number) the rate.
+
+    With ``lr: auto`` the rate is provisional (the solver's) until :func:`choose_lr` has
+    measured the curvature.
 
     Raises:
-        SettingsError: no learning rate in the definition and none given.
+        SettingsError: the definition has no learning rate where one is needed.
 
     """
     settings.validate()
     solver = model.info.solver
     warnings = []
-    lr = settings.lr if settings.lr is not None else solver.lr
-    if not np.isfinite(lr) or lr <= 0:
-        raise SettingsError(
-            f"{model.info.source}: solver '{solver.type}' has no usable learning rate; "
-            "pass one with --lr"
-        )
+    solver_lr = float(solver.lr)
+    if settings.lr in ("auto", "solver"):
+        source, lr = settings.lr, solver_lr
+        if not (np.isfinite(lr) and lr > 0):
+            if settings.lr == "solver":
+                raise SettingsError(
+                    f"{model.info.source}: solver '{solver.type}' has no usable learning rate; "
+                    "pass one with --lr, or use --lr auto"
+                )
+            lr = math.inf  # auto: the curvature alone decides
+    else:
+        source, lr = "given", float(settings.lr)
     if solver.type not in ("Sgd", "SgdW"):
         warnings.append(
             f"the console trained with {solver.type}; the training phase and the replay model "
-            f"plain SGD at lr={lr:g} (override with --lr)"
+            "plain SGD (see lr_selection in the settings for the rate)"
         )
     wd = settings.weight_decay if settings.weight_decay is not None else solver.weight_decay
     bs = settings.batch_size if settings.batch_size is not None else solver.batch_size
-    return ResolvedRun(lr=float(lr), weight_decay=float(wd), batch_size=int(bs), warnings=warnings)
-
-
-def growth_warning(u_growth: float, lr: float, steps: int, limit: float = 100.0) -> Optional[str]:
-    """The user-facing warning when the replay expanded the query vector u more than ``limit``
-    times (see ``core.ReplayStats.u_growth``), else None.
-
-    If the growth came from one direction with |1 - lr * lambda| = g per step, then
-    lambda ~ (1 + g) / lr and the replay is stable below lr = 2 / lambda; the message suggests
-    half of that, lr / (1 + g), as a rough, safe value.
-    """
-    if u_growth <= limit:
-        return None
-    per_step = u_growth ** (1.0 / max(1, steps))
-    suggested = lr / (1.0 + per_step)
-    return (
-        f"the replayed query vector grew {u_growth:.3g}x over {steps} steps: at these "
-        f"parameters lr={lr:g} times the Hessian's top eigenvalue exceeds 2 (about "
-        f"{1 + per_step:.3g}), so the scores rank samples but their magnitudes are not "
-        f"calibrated. For calibrated scores use --cache all, or --lr {suggested:.2g} or smaller"
+    return ResolvedRun(
+        lr=float(lr),
+        weight_decay=float(wd),
+        batch_size=int(bs),
+        lr_source=source,
+        solver_lr=solver_lr,
+        warnings=warnings,
     )
+
+
+def choose_lr(
+    model,
+    train: Dict[str, np.ndarray],
+    settings: InfluenceSettings,
+    run: ResolvedRun,
+    log: Optional[Log] = None,
+) -> ResolvedRun:
+    """Measure the curvature at the model's parameters and settle ``run.lr`` (in place).
+
+    ``auto``: the stable rate of :func:`.curvature.stable_lr`, at most the solver's. A rate
+    the user gave (or ``solver``) is kept, with a warning before the run when it breaks the
+    stability bounds, naming the stable value.
+    """
+    log = log or (lambda msg: None)
+    n = len(next(iter(train.values())))
+    steps = core.n_steps(n, run.batch_size)
+    curv = curvature_mod.measure(model, train, run.batch_size, seed=settings.seed)
+    cap = run.lr if run.lr_source == "auto" else math.inf
+    choice = curvature_mod.stable_lr(curv, steps, cap=cap, weight_decay=run.weight_decay)
+    run.curvature, run.lr_choice = curv, choice
+    if run.lr_source == "auto":
+        if not math.isfinite(choice.lr) or choice.lr <= 0:
+            raise SettingsError(
+                f"{model.info.source}: no learning rate in the definition and the curvature "
+                "sets no bound; pass one with --lr"
+            )
+        run.lr = choice.lr
+        log(f"replay learning rate {run.lr:g} (auto: {choice.limit})")
+    elif run.lr > 1.05 * choice.lr:
+        msg = (
+            f"lr={run.lr:g} is above the stable rate {choice.lr:g} measured for this model "
+            f"({choice.limit}); the final-parameters replay may blow up (unstable trials are "
+            "retried at a quarter of the rate). --lr auto picks the stable rate"
+        )
+        run.warnings.append(msg)
+        log("warning: " + msg)
+    return run
+
+
+def trial_problem(
+    infl: np.ndarray,
+    u_growth: float,
+    val_loss: float = 0.0,
+    val_loss_start: float = math.inf,
+    limit: float = GROWTH_LIMIT,
+):
+    """Why a trial cannot be trusted (a sentence), or None when it is fine.
+
+    Checks: every score finite; the replay's query vector grew at most ``limit`` times; the
+    training phase did not diverge (validation loss after its epoch at most
+    ``max(2 * start, start + 1)``, with ``start`` the loss at the trained parameters).
+    """
+    if not math.isfinite(val_loss) or val_loss > max(2 * val_loss_start, val_loss_start + 1):
+        return (
+            f"the training phase diverged (validation loss {val_loss_start:.4g} -> {val_loss:.4g})"
+        )
+    bad = int(np.sum(~np.isfinite(infl)))
+    if bad:
+        return f"{bad} of {len(infl)} scores are not finite"
+    if not np.isfinite(u_growth):
+        return "the replayed query vector overflowed"
+    if u_growth > limit:
+        return f"the replayed query vector grew {u_growth:.3g}x (limit {limit:g}x)"
+    return None
 
 
 def _dir_bytes(path: str) -> int:
@@ -204,18 +300,121 @@ def run_inference_phase(
 
 
 @dataclass
+class TrialOutcome:
+    """One trial: scores, its rate and what it took.
+
+    Attributes:
+        scores: float64 (N,) raw replay scores (units: change of the mean validation loss).
+        order: int32 (N,) its epoch's order; ``seed``: that order's seed.
+        lr: the rate it ran at (lower than the run's if it was retried).
+        attempts: 1 + the number of retries.
+        u_growth: ||u after|| / ||u before|| of the replay that was kept.
+        val_loss: mean validation loss at its final parameters.
+        seconds: ``training``, ``inference``, ``replay`` and ``replay_steps``.
+        cache_bytes: size of its cache folder.
+        warnings: what went wrong in the attempts that were retried.
+
+    """
+
+    scores: np.ndarray
+    order: np.ndarray
+    seed: int
+    lr: float
+    attempts: int
+    u_growth: float
+    val_loss: float
+    seconds: Dict[str, float]
+    cache_bytes: int
+    warnings: List[str]
+
+
+def run_trial(
+    model,
+    train: Dict[str, np.ndarray],
+    val: Dict[str, np.ndarray],
+    settings: InfluenceSettings,
+    run: ResolvedRun,
+    trial_dir: str,
+    seed: int,
+    progress: Optional[core.Progress] = None,
+    val_loss_start: float = math.inf,
+) -> TrialOutcome:
+    """Training phase + inference phase from the model's current parameters, checked.
+
+    A trial that :func:`trial_problem` rejects (non-finite scores, a query vector that grew
+    more than :data:`GROWTH_LIMIT` times, or a training phase that diverged from
+    ``val_loss_start``, the validation loss at the trained parameters) is run again (same
+    order) at a quarter of the rate, up to ``settings.retries`` times. The model's
+    parameters are restored before each attempt and at the end.
+
+    Raises:
+        UnstableReplayError: still unstable after every retry.
+
+    """
+    theta0 = model.get_params()
+    lr, notes = run.lr, []
+    seconds = {"training": 0.0, "inference": 0.0, "replay": 0.0, "replay_steps": 0}
+    try:
+        for attempt in range(settings.retries + 1):
+            model.set_params(theta0)
+            attempt_run = replace(run, lr=lr, warnings=[])
+            t0 = time.perf_counter()
+            run_training_phase(model, train, settings, attempt_run, trial_dir, seed, progress)
+            t1 = time.perf_counter()
+            infl, stats, val_loss = run_inference_phase(
+                model, train, val, trial_dir, settings.val_batch_size, progress
+            )
+            seconds["training"] += t1 - t0
+            seconds["inference"] += time.perf_counter() - t1
+            seconds["replay"] += stats.seconds
+            seconds["replay_steps"] += stats.steps
+            problem = trial_problem(infl, stats.u_growth, val_loss, val_loss_start)
+            if problem is None:
+                break
+            if attempt == settings.retries:
+                raise UnstableReplayError(
+                    f"the replay of trial seed {seed} is unstable at lr={lr:g} ({problem}) "
+                    f"after {settings.retries} retries at lower rates; nothing was written. "
+                    "Give a smaller --lr (or --lr auto), or use --cache all"
+                )
+            notes.append(f"trial seed {seed}: {problem} at lr={lr:g}; retried at lr={lr / 4:g}")
+            lr /= 4
+    finally:
+        model.set_params(theta0)
+    return TrialOutcome(
+        scores=infl,
+        order=np.load(os.path.join(trial_dir, "order.npy")),
+        seed=seed,
+        lr=lr,
+        attempts=len(notes) + 1,
+        u_growth=float(stats.u_growth),
+        val_loss=float(val_loss),
+        seconds=seconds,
+        cache_bytes=_dir_bytes(trial_dir),
+        warnings=notes,
+    )
+
+
+@dataclass
 class InfluenceResult:
     """Scores and what it took to get them.
 
     Attributes:
-        scores: float64 (N,), mean over trials, training-CSV row order. ``scores[j]`` estimates
-            the change of the mean validation loss if sample j were removed from the replayed
-            epoch: negative = harmful (removing it helps), positive = helpful.
-        trial_scores: float64 (M, N), one row per trial.
+        scores: float64 (N,), training-CSV row order: the trials combined by
+            :func:`.core.combine_trials` (each trial scaled to the median trial's RMS, then
+            averaged). ``scores[j]`` estimates the change of the mean validation loss if
+            sample j were removed from the replayed epoch: negative = harmful (removing it
+            helps), positive = helpful.
+        trial_scores: float64 (M, N), each trial's raw scores.
+        trial_scales: float64 (M,), each trial's RMS (what combining divided by).
+        losses: float64 (N,), each training sample's loss at the trained parameters (before
+            the training phase), in the loss's units.
+        trials: the :class:`TrialOutcome` of each trial (rate, retries, u growth, ...).
         orders: the replayed epoch's order of each trial, int32 (N,) each.
         cache_bytes: bytes of one trial's cache folder (the largest).
-        timings: seconds: ``training``, ``inference``, ``replay``; ``replay_steps``;
-            ``seconds_per_replay_step``; and ``u_growth`` (see ``core.ReplayStats``).
+        timings: seconds: ``curvature``, ``losses``, ``training``, ``inference``, ``replay``;
+            ``replay_steps``; ``seconds_per_replay_step``; and ``u_growth`` (largest over
+            trials, see ``core.ReplayStats``).
         val_loss: mean validation loss at the final parameters (first trial).
         settings: the settings given; ``run``: lr / weight decay / batch size actually used.
         warnings: messages for the user (e.g. the console trained with Adam).
@@ -224,6 +423,9 @@ class InfluenceResult:
 
     scores: np.ndarray
     trial_scores: np.ndarray
+    trial_scales: np.ndarray
+    losses: np.ndarray
+    trials: List[TrialOutcome]
     orders: List[np.ndarray]
     cache_bytes: int
     timings: Dict[str, float]
@@ -242,7 +444,7 @@ def compute_influence(
     progress: Optional[core.Progress] = None,
     log: Optional[Log] = None,
 ) -> InfluenceResult:
-    """Training phase + inference phase, M times; scores averaged.
+    """Curvature and learning rate, then training phase + inference phase, M times, combined.
 
     Args:
         model: an :class:`~sgd_influence_plugin.nnabla_adapter.NnablaModel` (its trainable
@@ -254,55 +456,68 @@ def compute_influence(
         progress: optional ``(stage, done, total)`` callback.
         log: optional callback for user-facing messages.
 
+    Raises:
+        UnstableReplayError: a trial stayed unstable after its retries (nothing is returned).
+
     """
-    run = resolve(model, settings)
     log = log or (lambda msg: None)
+    run = resolve(model, settings)
     for w in run.warnings:
         log("warning: " + w)
-    theta0 = model.get_params()
+    timings: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    losses = core.per_sample_losses(model, train, settings.val_batch_size)
+    val_loss_start = core.mean_loss(model, val, settings.val_batch_size)
+    timings["losses"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    choose_lr(model, train, settings, run, log)
+    timings["curvature"] = time.perf_counter() - t0
     own_tmp = cache_dir is None
     root = tempfile.mkdtemp(prefix="sgd_influence_cache_") if own_tmp else cache_dir
-    trial_scores, orders = [], []
-    timings = {"training": 0.0, "inference": 0.0, "replay": 0.0, "replay_steps": 0}
-    cache_bytes, val_loss = 0, float("nan")
+    outcomes: List[TrialOutcome] = []
     try:
         for m in range(settings.trials):
             trial_dir = root if settings.trials == 1 else os.path.join(root, f"trial_{m:02d}")
-            model.set_params(theta0)
-            t0 = time.perf_counter()
-            run_training_phase(model, train, settings, run, trial_dir, settings.seed + m, progress)
-            t1 = time.perf_counter()
-            infl, stats, vl = run_inference_phase(
-                model, train, val, trial_dir, settings.val_batch_size, progress
+            outcome = run_trial(
+                model,
+                train,
+                val,
+                settings,
+                run,
+                trial_dir,
+                settings.seed + m,
+                progress,
+                val_loss_start,
             )
-            timings["training"] += t1 - t0
-            timings["inference"] += time.perf_counter() - t1
-            timings["replay"] += stats.seconds
-            timings["replay_steps"] += stats.steps
-            if m == 0:
-                val_loss = vl
-                timings["u_growth"] = stats.u_growth
-                msg = growth_warning(stats.u_growth, run.lr, stats.steps)
-                if msg:
-                    run.warnings.append(msg)
-                    log("warning: " + msg)
-            cache_bytes = max(cache_bytes, _dir_bytes(trial_dir))
-            trial_scores.append(infl)
-            orders.append(np.load(os.path.join(trial_dir, "order.npy")))
-            log(f"trial {m + 1}/{settings.trials} done (validation loss {vl:.4f})")
+            for w in outcome.warnings:
+                run.warnings.append(w)
+                log("warning: " + w)
+            outcomes.append(outcome)
+            log(
+                f"trial {m + 1}/{settings.trials} done (lr {outcome.lr:g}, validation loss "
+                f"{outcome.val_loss:.4f}, u grew {outcome.u_growth:.3g}x)"
+            )
     finally:
-        model.set_params(theta0)
         if own_tmp:
             shutil.rmtree(root, ignore_errors=True)
+    for key in ("training", "inference", "replay", "replay_steps"):
+        timings[key] = sum(o.seconds[key] for o in outcomes)
     timings["seconds_per_replay_step"] = timings["replay"] / max(1, timings["replay_steps"])
-    trial_scores = np.stack(trial_scores)
+    timings["u_growth"] = max(o.u_growth for o in outcomes)
+    trial_scores = np.stack([o.scores for o in outcomes])
+    scores, scales = core.combine_trials(trial_scores)
+    if not np.all(np.isfinite(scores)):  # every trial was checked; this guards the combining
+        raise UnstableReplayError("the combined scores are not finite; nothing was written")
     return InfluenceResult(
-        scores=trial_scores.mean(axis=0),
+        scores=scores,
         trial_scores=trial_scores,
-        orders=orders,
-        cache_bytes=cache_bytes,
+        trial_scales=scales,
+        losses=losses,
+        trials=outcomes,
+        orders=[o.order for o in outcomes],
+        cache_bytes=max(o.cache_bytes for o in outcomes),
         timings=timings,
-        val_loss=val_loss,
+        val_loss=outcomes[0].val_loss,
         settings=replace(settings),
         run=run,
         warnings=run.warnings,

@@ -13,7 +13,7 @@ import sys
 from typing import List, Optional
 
 from .errors import SGDInfluenceError
-from .settings import CACHE_MODES, InfluenceSettings
+from .settings import CACHE_MODES, DEFAULT_TRIALS, InfluenceSettings
 
 SIGN_NOTE = (
     "Influence = estimated change of the mean validation loss if the sample were "
@@ -53,7 +53,13 @@ def _add_run(sub):
         type=int,
         help="mini-batch size of the replayed epoch (default: the training dataset's)",
     )
-    p.add_argument("--lr", type=float, help="learning rate (default: the solver's lr/alpha)")
+    p.add_argument(
+        "--lr",
+        default="auto",
+        help="learning rate of the replayed epoch: auto = the largest rate (at most the "
+        "solver's) that keeps the final-parameters replay stable for the measured curvature; "
+        "solver = the network definition's lr/alpha; or a number (default: auto)",
+    )
     p.add_argument("--weight-decay", type=float, help="L2 coefficient (default: the solver's)")
     p.add_argument(
         "--epochs",
@@ -64,8 +70,16 @@ def _add_run(sub):
     p.add_argument(
         "--trials",
         type=int,
-        default=1,
-        help="independent trials (seeds S, S+1, ...) averaged (default: 1)",
+        default=DEFAULT_TRIALS,
+        help="independent trials (seeds S, S+1, ...) combined, each scaled to a common size "
+        f"(default: {DEFAULT_TRIALS})",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="times an unstable trial is run again at a quarter of its rate before the run "
+        "stops with an error (default: 2)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the first trial's sample order")
     p.add_argument(
@@ -155,6 +169,7 @@ def cmd_run(args) -> int:
         batch_size=args.batch_size,
         epochs=args.epochs,
         trials=args.trials,
+        retries=args.retries,
         seed=args.seed,
         cache=args.cache,
         context=args.context,

@@ -166,18 +166,50 @@ def sgd_epoch(
             progress("train", t + 1, T)
 
 
-def mean_loss(model, arrays: Mapping[str, np.ndarray], batch_size: int = 256) -> float:
-    """Mean per-sample loss over a dataset (float, in the loss's units)."""
+def per_sample_losses(model, arrays: Mapping[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
+    """Each sample's loss at the model's current parameters.
+
+    Returns:
+        float64 (N,), in the loss's units (e.g. nats for softmax cross entropy), row order.
+
+    """
     n = len(next(iter(arrays.values())))
-    total = 0.0
+    out = np.empty(n, dtype=np.float64)
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
         g = model.graph(len(idx))
         for col, var in g.inputs.items():
             var.d = arrays[col][idx]
         g.loss.forward(clear_buffer=True)
-        total += float(np.sum(g.loss.d, dtype=np.float64))
-    return total / n
+        out[idx] = np.asarray(g.loss.d, dtype=np.float64).ravel()
+    return out
+
+
+def mean_loss(model, arrays: Mapping[str, np.ndarray], batch_size: int = 256) -> float:
+    """Mean per-sample loss over a dataset (float, in the loss's units)."""
+    return float(np.mean(per_sample_losses(model, arrays, batch_size)))
+
+
+def combine_trials(trial_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Combine M trials so that no single trial's scale decides the ranking.
+
+    Each trial's scores are divided by their root mean square, averaged, and multiplied by
+    the median of the trials' RMS values, so the result keeps the units of one typical trial
+    (change of the mean validation loss; negative = harmful). With equal scales this is the
+    plain mean; a trial 100x larger than the others weighs as much as any other, not 100x.
+
+    Args:
+        trial_scores: float64 (M, N), one row per trial, all finite.
+
+    Returns:
+        ``(scores, scales)``: float64 (N,) combined scores and (M,) each trial's RMS.
+
+    """
+    trial_scores = np.asarray(trial_scores, dtype=np.float64)
+    scales = np.sqrt(np.mean(np.square(trial_scores), axis=1))
+    safe = np.where(scales > 0, scales, 1.0)
+    combined = np.mean(trial_scores / safe[:, None], axis=0) * float(np.median(scales))
+    return combined, scales
 
 
 def validation_gradient(

@@ -31,3 +31,7 @@ class ContextError(SGDInfluenceError):
 
 class SettingsError(SGDInfluenceError):
     """An option value is out of range or inconsistent with the inputs."""
+
+
+class UnstableReplayError(SGDInfluenceError):
+    """The replay blew up even at the reduced learning rates of every retry."""

@@ -35,7 +35,7 @@ from .dataset import Dataset, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
 from .io_utils import atomic_write
 from .nnabla_adapter import load_model
-from .settings import InfluenceSettings, write_yaml
+from .settings import DEFAULT_TRIALS, InfluenceSettings, write_yaml
 
 DEFAULT_RATIOS = "0,0.01,0.02,0.05,0.1,0.2"
 
@@ -64,8 +64,17 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--noise", help="label-noise ground truth CSV (index,...,flipped)")
     p.add_argument("--epochs", type=int, default=1, help="training-phase epochs (default: 1)")
-    p.add_argument("--trials", type=int, default=1, help="influence trials (default: 1)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the solver's)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=DEFAULT_TRIALS,
+        help=f"influence trials (default: {DEFAULT_TRIALS})",
+    )
+    p.add_argument(
+        "--lr",
+        default="auto",
+        help="learning rate of the replayed epoch: auto, solver or a number (default: auto)",
+    )
     p.add_argument("--batch-size", type=int, help="batch size (default: the dataset's)")
     p.add_argument(
         "--cache",
@@ -205,6 +214,8 @@ def evaluate(
         for seed in seeds:
             t0 = time.perf_counter()
             res = compute_influence(model, train.arrays, val.arrays, replace(settings, seed=seed))
+            # Retraining the last epoch repeats the first trial's epoch: its order, its rate.
+            run = replace(res.run, lr=res.trials[0].lr)
             log(f"seed {seed}: influence in {time.perf_counter() - t0:.1f}s")
             harmful_rank = np.argsort(res.scores, kind="stable")
             random_rank = np.random.RandomState(10_000 + seed).permutation(n)

@@ -2,15 +2,19 @@
 
 Influence CSV (NNC dataset format, so the console's viewer shows and sorts it)::
 
-    x:image,y:label,influence,datasource_index,original
-    thumbnails/000123.png,3,-0.0123,123,train/000123.png
+    x:image,y:label,influence,loss,datasource_index,original
+    thumbnails/000123.png,3,-0.0123,2.31,123,train/000123.png
 
 - rows sorted by ``influence`` ascending: the most harmful (most negative) first;
 - ``x:image``: a thumbnail PNG, path relative to the CSV's folder;
+- ``influence``: the trials' combined score (units of the mean validation loss, negative =
+  harmful); ``loss``: the sample's training loss at the trained parameters;
 - ``datasource_index``: 0-based data row of the sample in the training CSV;
 - ``original``: the sample's image cell exactly as written in the training CSV.
 
-Beside it: ``thumbnails/``, ``settings.yaml``, ``summary.txt`` (and ``report.html`` on request).
+Beside it: ``thumbnails/``, ``settings.yaml``, ``summary.txt``, ``<stem>_trials.csv`` (each
+trial's raw scores: ``datasource_index,trial_0,trial_1,...`` in training-row order) and, on
+request, ``report.html``.
 An existing output is replaced as a whole: everything is staged in a hidden folder first.
 """
 
@@ -30,7 +34,7 @@ from .dataset import Dataset, read_csv_table
 from .errors import InputError, SettingsError
 from .io_utils import atomic_write
 
-INFLUENCE_COLUMNS = ["x:image", "y:label", "influence", "datasource_index", "original"]
+INFLUENCE_COLUMNS = ["x:image", "y:label", "influence", "loss", "datasource_index", "original"]
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -44,6 +48,7 @@ class OutputPaths:
     summary: str
     report: Optional[str] = None
     cleansed: Optional[str] = None
+    trials: Optional[str] = None
 
 
 def find_columns(train: Dataset, used_columns: Sequence[str]):
@@ -102,6 +107,7 @@ def _summary_text(scores, labels, train: Dataset, image_col, info: Dict) -> str:
         "negative = removing it would lower the validation loss (harmful).",
         "",
     ]
+    facts = {**info, **info.get("used", {})}
     for k in (
         "model",
         "train_csv",
@@ -114,8 +120,11 @@ def _summary_text(scores, labels, train: Dataset, image_col, info: Dict) -> str:
         "trials",
         "cache",
     ):
-        if k in info:
-            lines.append(f"{k}: {info[k]}")
+        if k in facts:
+            lines.append(f"{k}: {facts[k]}")
+    reason = info.get("lr_selection", {}).get("stable_lr_reason")
+    if reason and info.get("lr_selection", {}).get("source") == "auto":
+        lines.append(f"lr chosen automatically: {reason}")
     if labels is not None:
         lines += ["", "harmful share per class (label: harmful / total):"]
         for lab in sorted(set(labels), key=_label_key):
@@ -160,6 +169,8 @@ def write_influence_output(
     info: Dict,
     thumb_size: int = 64,
     report: bool = False,
+    losses: Optional[np.ndarray] = None,
+    trial_scores: Optional[np.ndarray] = None,
 ) -> OutputPaths:
     """Write the influence CSV and its companions (see the module docstring).
 
@@ -171,10 +182,14 @@ def write_influence_output(
         info: settings and run facts, written to settings.yaml and summarised.
         thumb_size: thumbnail bounding box in pixels.
         report: also write ``report.html``.
+        losses: float64 (N,) per-sample training losses for the ``loss`` column (empty if None).
+        trial_scores: float64 (M, N) each trial's raw scores, for ``<stem>_trials.csv``.
 
     """
     if len(scores) != train.size:
         raise SettingsError(f"{len(scores)} scores for {train.size} training rows")
+    if not np.all(np.isfinite(scores)):
+        raise SettingsError("refusing to write non-finite influence scores")
     folder = os.path.dirname(os.path.abspath(out_csv))
     os.makedirs(folder, exist_ok=True)
     image_col, label_col = find_columns(train, used_columns)
@@ -199,10 +214,18 @@ def write_influence_output(
                         thumbs_rel[i],
                         labels[i] if labels else "",
                         repr(float(scores[i])),
+                        repr(float(losses[i])) if losses is not None else "",
                         int(i),
                         train.cell(int(i), image_col) if image_col else "",
                     ]
                 )
+        trials_name = os.path.splitext(os.path.basename(out_csv))[0] + "_trials.csv"
+        if trial_scores is not None:
+            with open(os.path.join(stage, trials_name), "w", newline="") as f:
+                w = csv.writer(f, lineterminator="\n")
+                w.writerow(["datasource_index"] + [f"trial_{m}" for m in range(len(trial_scores))])
+                for i in range(train.size):
+                    w.writerow([i] + [repr(float(t[i])) for t in trial_scores])
         from .settings import write_yaml
 
         write_yaml(os.path.join(stage, "settings.yaml"), info)
@@ -230,6 +253,9 @@ def write_influence_output(
             _replace(os.path.join(stage, "thumbnails"), paths.thumbnails)
         _replace(os.path.join(stage, "settings.yaml"), paths.settings)
         _replace(os.path.join(stage, "summary.txt"), paths.summary)
+        if trial_scores is not None:
+            paths.trials = os.path.join(folder, trials_name)
+            _replace(os.path.join(stage, trials_name), paths.trials)
         if report:
             _replace(os.path.join(stage, "report.html"), paths.report)
         _replace(os.path.join(stage, "influence.csv"), paths.csv)

@@ -75,7 +75,7 @@ def write_report(
     plots = "".join(f'<img src="data:image/png;base64,{p}">' for p in _plots(scores, labels))
     facts = "".join(
         f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(str(v))}</td></tr>"
-        for key, v in info.items()
+        for key, v in {**info.get("used", {}), **info}.items()
         if not isinstance(v, (dict, list))
     )
     warnings = "".join(

@@ -89,20 +89,58 @@ def run(
     result = compute_influence(
         model, train.arrays, val.arrays, settings, request.cache_dir, progress=progress, log=log
     )
-    facts = {
-        "settings": settings.to_dict(),
-        "lr": result.run.lr,
-        "weight_decay": result.run.weight_decay,
-        "batch_size": result.run.batch_size,
-        "epochs": settings.epochs,
-        "trials": settings.trials,
-        "cache": settings.cache,
+    facts = run_facts(result, settings, info, model.n_params, train_csv, val_csv)
+    facts["n_train"], facts["n_val"] = train.size, val.size
+    paths = write_influence_output(
+        request.output,
+        result.scores,
+        train,
+        list(info.input_shapes),
+        facts,
+        request.thumb_size,
+        request.report,
+        losses=result.losses,
+        trial_scores=result.trial_scores,
+    )
+    if request.remove_ratio is not None:
+        cleansed = os.path.join(os.path.dirname(paths.csv), "cleansed_train.csv")
+        cleanse(paths.csv, train_csv, cleansed, remove_ratio=request.remove_ratio)
+        paths.cleansed = cleansed
+    return paths, result
+
+
+def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_csv) -> dict:
+    """What ``settings.yaml`` records: what was asked (``requested``), what was used
+    (``used``), how the learning rate was chosen, each trial, timings and versions.
+    """
+    return {
+        "requested": settings.to_dict(),
+        "used": {
+            "lr": result.run.lr,
+            "weight_decay": result.run.weight_decay,
+            "batch_size": result.run.batch_size,
+            "epochs": settings.epochs,
+            "trials": settings.trials,
+            "cache": settings.cache,
+            "context": settings.context,
+            "seeds": [o.seed for o in result.trials],
+        },
+        "lr_selection": result.run.lr_selection(),
+        "trials": [
+            {
+                "seed": o.seed,
+                "lr": o.lr,
+                "attempts": o.attempts,
+                "u_growth": float(f"{o.u_growth:.4g}"),
+                "scale_rms": float(f"{s:.6g}"),
+                "validation_loss": round(o.val_loss, 6),
+            }
+            for o, s in zip(result.trials, result.trial_scales)
+        ],
         "model": info.source,
         "train_csv": os.path.abspath(train_csv),
         "val_csv": os.path.abspath(val_csv),
-        "n_train": train.size,
-        "n_val": val.size,
-        "n_params": model.n_params,
+        "n_params": n_params,
         "validation_loss": round(result.val_loss, 6),
         "cache_bytes": result.cache_bytes,
         "timings_seconds": {k: round(float(v), 4) for k, v in result.timings.items()},
@@ -114,21 +152,9 @@ def run(
             "python": platform.python_version(),
         },
         "sign": "influence < 0: removing the sample lowers the validation loss (harmful)",
+        "influence": "trials combined: each trial divided by its RMS, averaged, times the "
+        "median RMS; units of the mean validation loss",
     }
-    paths = write_influence_output(
-        request.output,
-        result.scores,
-        train,
-        list(info.input_shapes),
-        facts,
-        request.thumb_size,
-        request.report,
-    )
-    if request.remove_ratio is not None:
-        cleansed = os.path.join(os.path.dirname(paths.csv), "cleansed_train.csv")
-        cleanse(paths.csv, train_csv, cleansed, remove_ratio=request.remove_ratio)
-        paths.cleansed = cleansed
-    return paths, result
 
 
 def _nnabla_version() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import yaml
 
@@ -13,6 +13,35 @@ from .errors import SettingsError
 from .io_utils import atomic_write
 
 CACHE_MODES = ("final", "all")
+#: Named learning-rate choices (besides a positive number).
+LR_CHOICES = ("auto", "solver")
+#: Default number of trials (independent sample orders) averaged; see the README's table.
+DEFAULT_TRIALS = 3
+
+
+def parse_lr(text: Union[str, float]) -> Union[str, float]:
+    """``auto``, ``solver`` or a positive number, from a command line or dialog value.
+
+    Raises:
+        SettingsError: anything else.
+
+    """
+    if isinstance(text, str):
+        word = text.strip().lower()
+        if word in LR_CHOICES:
+            return word
+        try:
+            value = float(word)
+        except ValueError:
+            raise SettingsError(
+                f"learning rate '{text}': give auto (a stable rate chosen from the measured "
+                "curvature), solver (the network definition's rate) or a positive number"
+            ) from None
+    else:
+        value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise SettingsError(f"learning rate {text}: must be a positive number, auto or solver")
+    return value
 
 
 @dataclass
@@ -20,14 +49,20 @@ class InfluenceSettings:
     """Everything that decides the scores.
 
     Attributes:
-        lr: learning rate eta of the replayed SGD epoch; None = the network definition's
-            solver rate (``lr``, or ``alpha`` for Adam-type solvers).
+        lr: learning rate eta of the training phase's epoch and its replay: ``"auto"`` (the
+            largest rate, at most the solver's, that keeps the final-parameters replay stable
+            for the measured curvature; see :mod:`.curvature`), ``"solver"`` (the network
+            definition's rate: ``lr``, or ``alpha`` for Adam-type solvers) or a number.
         weight_decay: L2 coefficient lambda; None = the solver's ``weight_decay``.
         batch_size: mini-batch size B of the replayed epoch; None = the training dataset's.
         epochs: K, SGD epochs the training phase runs from the trained parameters; the last
             one is replayed.
         trials: M, independent training-plus-replay runs (order seeds ``seed``,
-            ``seed + 1``, ...) whose scores are averaged.
+            ``seed + 1``, ...) whose scores are combined (each scaled to a common size first,
+            so no single trial dominates).
+        retries: how many times a trial whose replay blows up (non-finite scores, or the
+            query vector growing more than ``api.GROWTH_LIMIT`` times) is run again at a quarter
+            of its rate before the run stops with an error.
         seed: seed of the first trial's sample order.
         cache: ``final`` (Suzuki et al.: keep only the final parameters) or ``all`` (Hara et al.:
             also keep the parameters before every step of the last epoch).
@@ -36,11 +71,12 @@ class InfluenceSettings:
 
     """
 
-    lr: Optional[float] = None
+    lr: Union[str, float] = "auto"
     weight_decay: Optional[float] = None
     batch_size: Optional[int] = None
     epochs: int = 1
-    trials: int = 1
+    trials: int = DEFAULT_TRIALS
+    retries: int = 2
     seed: int = 0
     cache: str = "final"
     context: str = "cpu"
@@ -48,16 +84,21 @@ class InfluenceSettings:
 
     def validate(self) -> InfluenceSettings:
         """Raise :class:`SettingsError` for out-of-range values; returns self."""
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise SettingsError(f"lr={self.lr}: the learning rate must be a positive number")
-        if self.weight_decay is not None and not self.weight_decay >= 0:
-            raise SettingsError(f"weight_decay={self.weight_decay}: must be >= 0")
+        if self.lr is None or isinstance(self.lr, bool):
+            raise SettingsError("lr: give auto, solver or a positive number")
+        self.lr = parse_lr(self.lr)
+        if self.weight_decay is not None and not (
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0
+        ):
+            raise SettingsError(f"weight_decay={self.weight_decay}: must be a finite number >= 0")
         if self.batch_size is not None and self.batch_size < 1:
             raise SettingsError(f"batch_size={self.batch_size}: must be >= 1")
         if self.epochs < 1:
             raise SettingsError(f"epochs={self.epochs}: must be >= 1")
         if self.trials < 1:
             raise SettingsError(f"trials={self.trials}: must be >= 1")
+        if self.retries < 0:
+            raise SettingsError(f"retries={self.retries}: must be >= 0")
         if self.cache not in CACHE_MODES:
             raise SettingsError(f"cache={self.cache!r}: choose one of {', '.join(CACHE_MODES)}")
         if self.val_batch_size < 1:

@@ -252,7 +252,7 @@ def test_trials_average_and_cache_layout(results, data28, tmp_path):
         m, tr, va, InfluenceSettings(trials=2, seed=7), cache_dir=str(tmp_path / "c")
     )
     assert res.scores.shape == (256,) and res.scores.dtype == np.float64
-    np.testing.assert_allclose(res.scores, res.trial_scores.mean(axis=0))
+    assert res.trial_scores.shape == (2, 256)
     assert not np.array_equal(res.orders[0], res.orders[1])
     for m_ in (0, 1):
         d = tmp_path / "c" / f"trial_{m_:02d}"
@@ -267,7 +267,8 @@ def test_trials_average_and_cache_layout(results, data28, tmp_path):
     # The final parameters in the cache are what SGD over the recorded order gives.
     m2 = load_model(model=os.path.join(results("mlp"), "results.nnp"))
     order = np.load(tmp_path / "c" / "trial_01" / "order.npy")
-    core.sgd_epoch(m2, tr, order, np.full(8, m.info.solver.lr, np.float32), 32)
+    assert res.run.lr < m.info.solver.lr  # the automatic rate, not the console's
+    core.sgd_epoch(m2, tr, order, np.full(8, res.run.lr, np.float32), 32)
     cached = read_params(str(tmp_path / "c" / "trial_01" / "parameters.h5"), m.info.trainable)
     for k, v in m2.get_params().items():
         np.testing.assert_allclose(cached[k], v, rtol=1e-6)
@@ -277,7 +278,7 @@ def test_all_mode_keeps_one_snapshot_per_step(results, data28, tmp_path):
     m, tr, va = _load(results, "mlp", data28)
     theta0 = m.get_params()
     res = api.compute_influence(
-        m, tr, va, InfluenceSettings(cache="all"), cache_dir=str(tmp_path / "c")
+        m, tr, va, InfluenceSettings(cache="all", trials=1), cache_dir=str(tmp_path / "c")
     )
     steps = sorted(os.listdir(tmp_path / "c" / "steps"))
     assert steps == [f"step_{t:05d}.h5" for t in range(8)]
@@ -308,7 +309,7 @@ def test_non_sgd_solver_warns(results, data28):
     assert any("trained with Adam" in w and "plain SGD" in w for w in run.warnings)
 
 
-def test_exploding_query_vector_is_reported(results, data28):
+def test_exploding_query_vector_is_measured(results, data28):
     """At fixed parameters, lr far above 2 / (top Hessian eigenvalue) makes (I - lr H) expand u."""
     m, tr, va = _load(results, "mlp", data28)
     u = core.validation_gradient(m, va)
@@ -316,12 +317,8 @@ def test_exploding_query_vector_is_reported(results, data28):
     _, calm = core.replay(m, tr, order, np.full(8, 1e-3), 32, u)
     _, wild = core.replay(m, tr, order, np.full(8, 1e3), 32, u)
     assert calm.u_growth < 1.5 and wild.u_growth > 100
-    assert api.growth_warning(calm.u_growth, 1e-3, 8) is None
-    msg = api.growth_warning(wild.u_growth, 1e3, 8)
-    assert "not calibrated" in msg and "--cache all" in msg
-    # One direction with |1 - lr*lambda| = 3 per step: lambda = 4 / lr; stable below 2 / lambda.
-    msg = api.growth_warning(3.0**8, 1.0, 8)
-    assert "exceeds 2 (about 4)" in msg and "--lr 0.25 or smaller" in msg
+    assert api.trial_problem(np.zeros(3), calm.u_growth) is None
+    assert "grew" in api.trial_problem(np.zeros(3), wild.u_growth)
 
 
 def test_replay_builds_one_graph_per_batch_size(results, data28, monkeypatch):

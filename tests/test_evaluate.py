@@ -27,7 +27,7 @@ def test_evaluate_rows_precision_and_retrain_last_oracle(results, data28, tmp_pa
     noise = str(tmp_path / "noise.csv")
     _noise_file(noise, 256, flipped)
     out = tmp_path / "eval"
-    settings = InfluenceSettings()
+    settings = InfluenceSettings(trials=1)
     rows = evaluate(
         {"model": nnp},
         data28["train"],
@@ -51,14 +51,16 @@ def test_evaluate_rows_precision_and_retrain_last_oracle(results, data28, tmp_pa
     m = load_model(model=nnp)
     tr = load_dataset(data28["train"], m.info.input_shapes)
     va = load_dataset(data28["val"], m.info.input_shapes)
-    res = api.compute_influence(m, tr.arrays, va.arrays, InfluenceSettings(seed=4))
+    res = api.compute_influence(m, tr.arrays, va.arrays, InfluenceSettings(seed=4, trials=1))
     top = np.argsort(res.scores, kind="stable")[:26]
     assert rows[1]["precision_at_n"] == pytest.approx(np.mean([i in flipped for i in top]))
     assert rows[1]["recall_at_n"] == pytest.approx(sum(i in flipped for i in top) / 37)
     if retrain == "last":
         # 'none' = one more SGD epoch over seed 4's order from the trained parameters.
         order = core.epoch_orders(256, 1, 4)[0]
-        core.sgd_epoch(m, tr.arrays, order, np.full(8, m.info.solver.lr, np.float32), 32)
+        # At the first trial's rate (the automatic one), as the influence's own epoch.
+        assert res.trials[0].lr < m.info.solver.lr
+        core.sgd_epoch(m, tr.arrays, order, np.full(8, res.trials[0].lr, np.float32), 32)
         assert rows[0]["test_accuracy"] == pytest.approx(accuracy(m, va))
         assert rows[0]["test_loss"] == pytest.approx(core.mean_loss(m, va.arrays), rel=1e-5)
     with open(out / "results.csv") as f:

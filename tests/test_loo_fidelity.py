@@ -46,7 +46,7 @@ def test_smooth_net_matches_exact_leave_one_out(results, data28, tmp_path):
     theta0 = model.get_params()
     scores = {}
     for cache in ("all", "final"):
-        settings = InfluenceSettings(cache=cache, seed=3)
+        settings = InfluenceSettings(cache=cache, seed=3, lr="solver", trials=1)
         res = api.compute_influence(model, train, val, settings, cache_dir=str(tmp_path / cache))
         scores[cache] = res.scores
     order = np.load(tmp_path / "all" / "order.npy")
@@ -82,7 +82,7 @@ def test_smooth_net_leave_one_out_at_n1024(tmp_path):
             model,
             train,
             val,
-            InfluenceSettings(cache=cache, seed=3),
+            InfluenceSettings(cache=cache, seed=3, lr="solver", trials=1),
             cache_dir=str(tmp_path / cache),
         )
         scores[cache] = res.scores

@@ -59,7 +59,7 @@ def _rows(path):
 def _check_influence_csv(out_csv, train_csv):
     rows = _rows(out_csv)
     header = open(out_csv).readline().strip().split(",")
-    assert header == ["x:image", "y:label", "influence", "datasource_index", "original"]
+    assert header == ["x:image", "y:label", "influence", "loss", "datasource_index", "original"]
     _, train_rows = read_csv_table(train_csv)
     assert len(rows) == len(train_rows)
     scores = [float(r["influence"]) for r in rows]
@@ -83,7 +83,7 @@ def test_plugin_with_no_arguments_in_a_result_folder(results, data28, tmp_path):
     out_dir = folder / "sgd_influence"
     rows = _check_influence_csv(str(out_dir / "influence.csv"), data28["train"])
     facts = yaml.safe_load(open(out_dir / "settings.yaml"))
-    assert facts["settings"]["cache"] == "final" and facts["n_train"] == 256
+    assert facts["requested"]["cache"] == "final" and facts["n_train"] == 256
     assert "harmful share per class" in open(out_dir / "summary.txt").read()
     # The cleansed CSV: 5% (13 rows) fewer, the most harmful gone, and nnabla can read it.
     from nnabla.utils.data_source_implements import CsvDataSource
@@ -221,6 +221,8 @@ def test_cli_run_cleanse_and_cache_dir(results, data28, tmp_path):
             str(out),
             "--cache",
             "all",
+            "--trials",
+            "1",
             "--cache-dir",
             str(tmp_path / "cache"),
             "--report",
@@ -349,6 +351,7 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
     assert out.read_text() == first
     assert sorted(os.listdir(tmp_path)) == [
         "influence.csv",
+        "influence_trials.csv",
         "settings.yaml",
         "summary.txt",
         "thumbnails",

@@ -75,7 +75,11 @@ def build_parser():
         help="SGD epochs of the training phase; the last is replayed (int) default=1",
     )
     p.add_argument(
-        "-n", "--trials", type=int, default=1, help="independent trials averaged (int) default=1"
+        "-n",
+        "--trials",
+        type=int,
+        default=3,
+        help="independent trials (sample orders) combined (int) default=3",
     )
     p.add_argument(
         "-s", "--seed", type=int, default=0, help="seed of the sample order (int) default=0"
@@ -90,9 +94,9 @@ def build_parser():
     p.add_argument(
         "-l",
         "--lr",
-        type=float,
-        default=0.0,
-        help="learning rate; 0 = the solver's (float) default=0.0",
+        default="auto",
+        help="learning rate of the replayed epoch: auto = stable rate from the measured "
+        "curvature, solver = the network's rate, or a number (text) default=auto",
     )
     p.add_argument(
         "-a",
@@ -143,7 +147,7 @@ def main(argv=None):
             train=args.train or None,
             val=args.val or None,
             settings=InfluenceSettings(
-                lr=args.lr or None,
+                lr=args.lr,
                 batch_size=args.batch_size or None,
                 epochs=args.epochs,
                 trials=args.trials,

@@ -1,0 +1,253 @@
+"""Curvature of the replayed steps, and the learning rate that keeps the replay stable.
+
+The final-parameters replay multiplies the query vector u by ``(I - eta_t (H_t + lambda I))``
+once per step, where H_t is the Hessian of step t's mini-batch loss at ONE fixed parameter
+point. Two things make that product expand u, and then the scores are noise:
+
+- a mini-batch Hessian whose top eigenvalue puts ``eta * lambda_max`` near or past 2 (batch
+  Hessians have larger top eigenvalues than the mean Hessian: the tail batches matter);
+- negative curvature: with ``lambda_min < 0``, ``(1 + eta |lambda_min|)^T`` compounds over
+  the T steps of the epoch.
+
+:func:`measure` estimates both with a few Lanczos iterations on a few sampled mini-batches,
+using the same fused double-backward graph as the replay (each iteration costs one replay
+step). :func:`stable_lr` turns them into a rate. Everything here is arrays and callables; the
+model object is the one :mod:`.core` describes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Mapping, Optional
+
+import numpy as np
+
+from . import core
+
+#: ``eta * lambda_max`` allowed for the sampled mini-batch Hessians. 2 is the edge of
+#: stability for one step; the sampled batches and a few Lanczos steps under-estimate the
+#: tail of the epoch's batches, hence the wide margin.
+MAX_STEP_CURVATURE = 0.25
+#: ``T * eta * |lambda_min|`` allowed: (1 + eta |lambda_min|)^T stays below e^0.5 ~ 1.6.
+MAX_NEGATIVE_DRIFT = 0.5
+#: Sampled mini-batches and Lanczos iterations on each (cost: their product in replay steps).
+N_BATCHES = 3
+N_ITERATIONS = 6
+
+
+@dataclass
+class Curvature:
+    """Measured extremes of the replayed steps' Hessians (units: loss per parameter^2).
+
+    Attributes:
+        lambda_max: the largest top eigenvalue over the sampled mini-batch Hessians.
+        lambda_min: the smallest bottom eigenvalue over them (negative = negative curvature).
+        batch_lambda_max / batch_lambda_min: per sampled batch.
+        batches / iterations / batch_size: what was sampled.
+        seconds: wall time of the measurement.
+
+    """
+
+    lambda_max: float
+    lambda_min: float
+    batch_lambda_max: List[float]
+    batch_lambda_min: List[float]
+    batches: int
+    iterations: int
+    batch_size: int
+    seconds: float
+
+    def to_dict(self) -> Dict:
+        """YAML-safe dict, rounded for reading."""
+        d = asdict(self)
+        for k in ("lambda_max", "lambda_min", "seconds"):
+            d[k] = float(f"{d[k]:.4g}")
+        for k in ("batch_lambda_max", "batch_lambda_min"):
+            d[k] = [float(f"{x:.4g}") for x in d[k]]
+        return d
+
+
+def lanczos_extremes(
+    matvec: Callable[[np.ndarray], np.ndarray], dim: int, iterations: int, rng
+) -> tuple[float, float]:
+    """Extreme eigenvalue estimates of a symmetric operator by Lanczos.
+
+    Args:
+        matvec: ``v -> A v`` for float64 vectors of length ``dim``.
+        dim: the operator's size.
+        iterations: k, the Krylov dimension (k matrix-vector products).
+        rng: ``numpy.random.RandomState`` for the start vector.
+
+    Returns:
+        ``(largest, smallest)`` Ritz values: inner estimates, ``smallest >= lambda_min(A)`` and
+        ``largest <= lambda_max(A)``, exact when k >= dim.
+
+    """
+    k = max(1, min(iterations, dim))
+    basis = np.zeros((k, dim), dtype=np.float64)
+    alpha, beta = np.zeros(k), np.zeros(k)
+    q = rng.standard_normal(dim)
+    q /= np.linalg.norm(q)
+    used = k
+    for j in range(k):
+        basis[j] = q
+        w = np.asarray(matvec(q), dtype=np.float64)
+        alpha[j] = q @ w
+        # Full re-orthogonalization (twice) keeps the few Ritz values honest.
+        for _ in range(2):
+            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
+        beta[j] = np.linalg.norm(w)
+        if j + 1 == k or beta[j] <= 1e-10 * max(1.0, abs(alpha[j])):
+            used = j + 1
+            break
+        q = w / beta[j]
+    tri = np.diag(alpha[:used])
+    if used > 1:
+        off = beta[: used - 1]
+        tri += np.diag(off, 1) + np.diag(off, -1)
+    ritz = np.linalg.eigvalsh(tri)
+    return float(ritz[-1]), float(ritz[0])
+
+
+def batch_hvp(graphs: core.GraphCache, arrays: Mapping[str, np.ndarray], index: np.ndarray):
+    """``v -> H v`` (flat float64) for the mean loss of the samples ``index``.
+
+    H is the Hessian of ``1/|S| sum_{i in S} l_i`` at the model's current parameters, computed
+    by the replay's fused graph (one forward + one backward per product).
+    """
+    sg = graphs(len(index))
+    sg.feed(arrays, index, np.full(len(index), 1.0 / len(index), dtype=np.float32))
+    shapes = [tuple(p.shape) for p in sg.params]
+    sizes = [int(np.prod(s)) for s in shapes]
+    splits = np.cumsum(sizes)[:-1]
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        for var, part, shape in zip(sg.u, np.split(v, splits), shapes):
+            var.d = part.reshape(shape).astype(np.float32)
+        sg.score.forward(clear_no_need_grad=True)
+        sg.zero_grads()
+        sg.score.backward(clear_buffer=True)
+        return np.concatenate([np.asarray(p.g, dtype=np.float64).ravel() for p in sg.params])
+
+    return matvec, int(sum(sizes))
+
+
+def measure(
+    model,
+    arrays: Mapping[str, np.ndarray],
+    batch_size: int,
+    seed: int = 0,
+    batches: int = N_BATCHES,
+    iterations: int = N_ITERATIONS,
+    graphs: Optional[core.GraphCache] = None,
+) -> Curvature:
+    """Estimate the extreme eigenvalues of mini-batch Hessians at the model's parameters.
+
+    Args:
+        model: see :mod:`.core`.
+        arrays: training data, column -> (N, ...).
+        batch_size: B of the replayed epoch (the sampled batches have this size, or N if
+            smaller).
+        seed: seed of the sampled batches and the Lanczos start vectors.
+        batches: how many random mini-batches (disjoint, without replacement).
+        iterations: Lanczos iterations per batch; the cost is ``batches * iterations`` fused
+            steps.
+        graphs: a fused :class:`core.GraphCache` to reuse.
+
+    Returns:
+        A :class:`Curvature`; the Hessian excludes weight decay (add lambda to both extremes).
+
+    """
+    start = time.perf_counter()
+    graphs = graphs or core.GraphCache(model, fused=True)
+    n = len(next(iter(arrays.values())))
+    rng = np.random.RandomState(seed)
+    b = min(batch_size, n)
+    perm = rng.permutation(n)
+    count = max(1, min(batches, n // b))
+    highs, lows = [], []
+    for k in range(count):
+        idx = perm[k * b : (k + 1) * b]
+        matvec, dim = batch_hvp(graphs, arrays, idx)
+        hi, lo = lanczos_extremes(matvec, dim, iterations, rng)
+        highs.append(hi)
+        lows.append(lo)
+    return Curvature(
+        lambda_max=max(highs),
+        lambda_min=min(lows),
+        batch_lambda_max=highs,
+        batch_lambda_min=lows,
+        batches=count,
+        iterations=iterations,
+        batch_size=b,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass
+class LrChoice:
+    """The stable learning rate and why (see :func:`stable_lr`).
+
+    Attributes:
+        lr: the largest rate that satisfies every bound, rounded down to two significant digits.
+        limit: which bound decided it (a sentence for ``settings.yaml``).
+        bounds: bound name -> the rate it allows.
+
+    """
+
+    lr: float
+    limit: str
+    bounds: Dict[str, float]
+
+
+def _round_down(x: float) -> float:
+    if not math.isfinite(x) or x <= 0:
+        return x
+    e = math.floor(math.log10(x)) - 1
+    return math.floor(x / 10**e) * 10**e
+
+
+def stable_lr(curvature: Curvature, steps: int, cap: float, weight_decay: float = 0.0) -> LrChoice:
+    """The replay rate: the largest eta that satisfies the bounds below.
+
+    For the sampled batches:
+
+    - ``eta * (lambda_max + lambda) <= MAX_STEP_CURVATURE`` (well below the edge at 2), and
+    - ``steps * eta * |lambda_min + lambda| <= MAX_NEGATIVE_DRIFT`` when that is negative,
+
+    and never above ``cap`` (the console's own rate: the replay has no reason to go faster).
+
+    Args:
+        curvature: from :func:`measure`.
+        steps: T, replay steps in the epoch.
+        cap: upper bound (e.g. the solver's rate), > 0.
+        weight_decay: lambda of the replayed epoch (shifts every eigenvalue by lambda).
+
+    """
+    top = curvature.lambda_max + weight_decay
+    bottom = curvature.lambda_min + weight_decay
+    bounds = {"solver rate": float(cap)}
+    if top > 0:
+        bounds["step curvature"] = MAX_STEP_CURVATURE / top
+    if bottom < 0:
+        bounds["negative curvature"] = MAX_NEGATIVE_DRIFT / (steps * -bottom)
+    name = min(bounds, key=bounds.get)
+    why = {
+        "solver rate": "the console's own rate already satisfies both curvature bounds",
+        "step curvature": f"lr * lambda_max <= {MAX_STEP_CURVATURE} for the sampled batches "
+        f"(lambda_max = {top:.4g})",
+        "negative curvature": f"T * lr * |lambda_min| <= {MAX_NEGATIVE_DRIFT} over T = {steps} "
+        f"steps (lambda_min = {bottom:.4g})",
+    }[name]
+    lr = bounds[name] if name == "solver rate" else float(f"{_round_down(bounds[name]):.2g}")
+    return LrChoice(
+        lr=float(lr), limit=why, bounds={k: float(f"{v:.4g}") for k, v in bounds.items()}
+    )
+
+
+def breaks_rule(lr: float, curvature: Curvature, steps: int, weight_decay: float = 0.0) -> bool:
+    """Whether ``lr`` exceeds what :func:`stable_lr` allows (ignoring the cap), with 5% slack."""
+    choice = stable_lr(curvature, steps, cap=math.inf, weight_decay=weight_decay)
+    return lr > 1.05 * choice.lr

@@ -1,0 +1,246 @@
+"""The stable replay: curvature against a dense float64 Hessian, the automatic rate, the check
+of every trial (retry and refusal), trial combining, and the loss column."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from test_core_oracles import _load, _LogReg, _theta
+
+from sgd_influence_plugin import api, core, curvature
+from sgd_influence_plugin.errors import UnstableReplayError
+from sgd_influence_plugin.settings import InfluenceSettings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_lanczos_extremes_against_numpy_eigvalsh():
+    rng = np.random.RandomState(0)
+    q, _ = np.linalg.qr(rng.randn(40, 40))
+    eig = np.concatenate([[-3.0, -0.5], np.linspace(0.1, 2.0, 37), [25.0]])
+    a = (q * eig) @ q.T
+    hi, lo = curvature.lanczos_extremes(lambda v: a @ v, 40, 40, rng)
+    assert hi == pytest.approx(25.0, rel=1e-8) and lo == pytest.approx(-3.0, rel=1e-8)
+    # A few iterations: inner estimates, already close for well-separated extremes.
+    hi6, lo6 = curvature.lanczos_extremes(lambda v: a @ v, 40, 6, np.random.RandomState(1))
+    assert -3.0 <= lo6 < 0 and 20.0 < hi6 <= 25.0
+
+
+def test_batch_hessian_extremes_against_dense_float64_hessian(results, data7):
+    """Softmax regression: the fused-graph HVP and its Lanczos extremes against the closed-form
+    dense Hessian of the same mini-batch, in float64."""
+    m, tr, _ = _load(results, "logreg", data7)
+    theta = _theta(m.get_params())
+    dense = _LogReg(tr["x"], tr["y"], 10)
+    idx = np.array([3, 8, 11, 19, 20, 27, 31, 33, 40, 41, 42, 44, 45, 47, 48, 49])
+    H = dense.hessian(theta, idx)
+    matvec, dim = curvature.batch_hvp(core.GraphCache(m, fused=True), tr, idx)
+    assert dim == H.shape[0]
+    v = np.random.RandomState(2).randn(dim)
+    np.testing.assert_allclose(matvec(v), H @ v, rtol=1e-4, atol=1e-5 * np.abs(H @ v).max())
+    eig = np.linalg.eigvalsh(H)
+    hi, lo = curvature.lanczos_extremes(matvec, dim, 60, np.random.RandomState(3))
+    assert hi == pytest.approx(eig[-1], rel=1e-3)
+    assert lo <= 1e-3 * eig[-1]  # convex: the bottom of the spectrum is ~0
+    # measure() on every batch of the epoch: its top eigenvalue is one of the batches' own.
+    curv = curvature.measure(m, tr, 16, seed=0, batches=3, iterations=60)
+    assert curv.batches == 3 and curv.batch_size == 16
+    tops = []
+    perm = np.random.RandomState(0).permutation(50)
+    for k in range(3):
+        tops.append(np.linalg.eigvalsh(dense.hessian(theta, perm[k * 16 : (k + 1) * 16]))[-1])
+    np.testing.assert_allclose(sorted(curv.batch_lambda_max), sorted(tops), rtol=1e-3)
+    assert curv.lambda_max == pytest.approx(max(tops), rel=1e-3)
+
+
+def _curv(hi, lo):
+    return curvature.Curvature(hi, lo, [hi], [lo], 1, 6, 32, 0.0)
+
+
+def test_stable_lr_rule():
+    # Step curvature decides: 0.25 / 20 = 0.0125.
+    c = curvature.stable_lr(_curv(20.0, 0.0), steps=100, cap=0.1)
+    assert c.lr == pytest.approx(0.012) and "lambda_max" in c.limit
+    # Negative curvature decides: 0.5 / (100 * 1) = 0.005.
+    c = curvature.stable_lr(_curv(20.0, -1.0), steps=100, cap=0.1)
+    assert c.lr == pytest.approx(0.005) and "lambda_min" in c.limit
+    # Weight decay shifts the spectrum: lambda_min + 1.5 > 0, and lambda_max + 1.5 = 21.5.
+    c = curvature.stable_lr(_curv(20.0, -1.0), steps=100, cap=0.1, weight_decay=1.5)
+    assert c.lr == pytest.approx(0.011)
+    # The solver's own rate is the ceiling of the automatic rate.
+    c = curvature.stable_lr(_curv(20.0, -1.0), steps=100, cap=0.001)
+    assert c.lr == 0.001 and "own rate" in c.limit
+    assert curvature.breaks_rule(0.05, _curv(20.0, -1.0), 100)
+    assert not curvature.breaks_rule(0.005, _curv(20.0, -1.0), 100)
+
+
+def test_combine_trials_no_trial_dominates():
+    rng = np.random.RandomState(0)
+    a, b, c = rng.randn(3, 200)
+    same, scales = core.combine_trials(np.stack([a, b, c]))
+    # Equal scales up to the RMS normalization: the combination ranks like the normalized mean.
+    ref = np.mean([x / np.sqrt(np.mean(x**2)) for x in (a, b, c)], axis=0)
+    np.testing.assert_array_equal(np.argsort(same), np.argsort(ref))
+    # Blow one trial up 1000x: the ranking does not move, the units stay those of a typical trial.
+    blown, scales2 = core.combine_trials(np.stack([a, 1000 * b, c]))
+    np.testing.assert_array_equal(np.argsort(blown), np.argsort(same))
+    assert scales2[1] == pytest.approx(1000 * scales[1])
+    assert np.sqrt(np.mean(blown**2)) < 3 * max(scales[0], scales[2])
+    # Whereas a raw mean would be that trial alone.
+    raw = np.mean([a, 1000 * b, c], axis=0)
+    assert np.corrcoef(raw, b)[0, 1] > 0.999
+
+
+def test_trial_problem():
+    ok = np.ones(5)
+    assert api.trial_problem(ok, 1.2) is None
+    assert "not finite" in api.trial_problem(np.array([1.0, np.nan, np.inf]), 1.0)
+    assert "overflowed" in api.trial_problem(ok, float("inf"))
+    assert "grew" in api.trial_problem(ok, api.GROWTH_LIMIT * 1.5)
+    # The training phase's epoch must not wreck the model (validation loss 0.5 -> 3).
+    assert api.trial_problem(ok, 1.0, 0.9, 0.5) is None
+    assert "diverged" in api.trial_problem(ok, 1.0, 3.0, 0.5)
+    assert "diverged" in api.trial_problem(ok, 1.0, float("nan"), 0.5)
+
+
+def test_auto_lr_is_used_and_recorded(results, data28, tmp_path):
+    """Default settings: the rate is the measured stable rate (at most the solver's), the cache
+    and settings.yaml record the rate actually used, and the replay did not blow up."""
+    from sgd_influence_plugin.runner import RunRequest, run
+
+    folder = results("mlp")
+    out = tmp_path / "out" / "influence.csv"
+    req = RunRequest(
+        output=str(out),
+        model=os.path.join(folder, "results.nnp"),
+        train=data28["train"],
+        val=data28["val"],
+        settings=InfluenceSettings(trials=2, seed=3),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    paths, res = run(req)
+    solver_lr = res.run.solver_lr
+    expected = curvature.stable_lr(res.run.curvature, 8, cap=solver_lr).lr
+    assert res.run.lr == expected <= solver_lr and res.run.lr_source == "auto"
+    for t in range(2):
+        lrs = np.load(tmp_path / "cache" / f"trial_{t:02d}" / "lr.npy")
+        np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+    facts = yaml.safe_load(open(paths.settings))
+    assert facts["requested"]["lr"] == "auto" and facts["requested"]["trials"] == 2
+    assert facts["used"]["lr"] == pytest.approx(float(lrs[0]), rel=1e-6)
+    assert facts["used"]["seeds"] == [3, 4]
+    sel = facts["lr_selection"]
+    assert sel["source"] == "auto" and sel["lr"] == facts["used"]["lr"]
+    assert sel["curvature"]["lambda_max"] == pytest.approx(res.run.curvature.lambda_max, rel=1e-3)
+    assert [t["lr"] for t in facts["trials"]] == [expected, expected]
+    assert res.timings["u_growth"] < api.GROWTH_LIMIT and not res.warnings
+    # The CSV holds the combined scores, and the trials file each trial's raw scores.
+    with open(paths.csv) as f:
+        rows = list(csv.DictReader(f))
+    got = {int(r["datasource_index"]): float(r["influence"]) for r in rows}
+    np.testing.assert_allclose([got[i] for i in range(256)], res.scores, rtol=1e-12)
+    with open(paths.trials) as f:
+        trows = list(csv.DictReader(f))
+    assert list(trows[0]) == ["datasource_index", "trial_0", "trial_1"]
+    raw = np.array([[float(r["trial_0"]), float(r["trial_1"])] for r in trows]).T
+    np.testing.assert_allclose(raw, res.trial_scores, rtol=1e-12)
+    combined, _ = core.combine_trials(raw)
+    np.testing.assert_allclose(combined, res.scores, rtol=1e-12)
+
+
+def test_loss_column_equals_closed_form_losses(results, data7, tmp_path):
+    """The `loss` column: each sample's loss at the trained parameters (softmax regression in
+    float64), not at the parameters after the training phase."""
+    from sgd_influence_plugin.runner import RunRequest, run
+
+    folder = results("logreg")
+    m, tr, _ = _load(results, "logreg", data7)
+    theta0 = _theta(m.get_params())
+    ref = _LogReg(tr["x"], tr["y"], 10).losses(theta0, np.arange(50))
+    paths, res = run(
+        RunRequest(
+            output=str(tmp_path / "o" / "influence.csv"),
+            model=os.path.join(folder, "results.nnp"),
+            train=data7["train"],
+            val=data7["val"],
+            settings=InfluenceSettings(trials=1, lr=0.5),
+        )
+    )
+    np.testing.assert_allclose(res.losses, ref, rtol=1e-4)
+    with open(paths.csv) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:4] == ["x:image", "y:label", "influence", "loss"]
+    got = {int(r["datasource_index"]): float(r["loss"]) for r in rows}
+    np.testing.assert_allclose([got[i] for i in range(50)], ref, rtol=1e-4)
+
+
+def test_user_lr_above_the_stable_rate_is_warned_before_the_run(results, data28):
+    m, tr, va = _load(results, "mlp", data28)
+    said = []
+    res = api.compute_influence(
+        m, tr, va, InfluenceSettings(lr=1.0, trials=1, retries=4), log=said.append
+    )
+    warn = [i for i, s in enumerate(said) if "above the stable rate" in s]
+    first_trial = min(i for i, s in enumerate(said) if s.startswith("trial 1/"))
+    assert warn and warn[0] < first_trial
+    stable = curvature.stable_lr(res.run.curvature, 8, cap=np.inf).lr
+    assert f"stable rate {stable:g}" in said[warn[0]]
+    assert res.run.lr == 1.0 and res.run.lr_source == "given"
+
+
+def test_unstable_trials_are_retried_at_a_quarter_rate(results, data28):
+    """lr=1000 makes every trial blow up; each trial is checked and retried until stable."""
+    m, tr, va = _load(results, "mlp", data28)
+    theta0 = m.get_params()
+    res = api.compute_influence(m, tr, va, InfluenceSettings(lr=1000.0, trials=2, retries=8))
+    assert np.all(np.isfinite(res.scores)) and np.all(np.isfinite(res.trial_scores))
+    for t in res.trials:
+        assert t.attempts >= 2 and t.lr == pytest.approx(1000.0 / 4 ** (t.attempts - 1))
+        assert t.u_growth <= api.GROWTH_LIMIT
+    assert sum("retried at lr=" in w for w in res.warnings) == sum(
+        t.attempts - 1 for t in res.trials
+    )
+    for k, v in m.get_params().items():
+        np.testing.assert_array_equal(v, theta0[k])
+
+
+def test_unstable_run_is_refused_and_nothing_is_written(results, data28, tmp_path):
+    m, tr, va = _load(results, "mlp", data28)
+    with pytest.raises(UnstableReplayError, match="unstable at lr=1000"):
+        api.compute_influence(m, tr, va, InfluenceSettings(lr=1000.0, trials=1, retries=0))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=ROOT, TMPDIR=str(tmp_path / "tmp"))
+    os.makedirs(tmp_path / "tmp")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sgd_influence_plugin.cli",
+            "run",
+            "--model",
+            os.path.join(results("mlp"), "results.nnp"),
+            "--train",
+            data28["train"],
+            "--val",
+            data28["val"],
+            "--output",
+            str(out / "influence.csv"),
+            "--lr",
+            "1000",
+            "--trials",
+            "1",
+            "--retries",
+            "0",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "unstable at lr=1000" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() and os.listdir(tmp_path / "tmp") == []
