@@ -133,12 +133,12 @@ def main():
             f"{float(r['influence']):+.3e}  {r['original']}{extra}"
         )
     if flipped is not None:
-        k = max(1, round(0.05 * len(rows)))
+        k = max(1, sum(flipped))  # precision@k with k = the number of flipped labels
         hits = sum(flipped[int(r["datasource_index"])] for r in rows[:k])
         say(
-            f"flipped labels among the top {k} harmful: {hits} ({hits / k:.0%}; "
-            f"{sum(flipped) / len(flipped):.0%} would be expected by chance; the share varies "
-            "with the epoch's order, see the README)"
+            f"flipped labels among the top {k} harmful (k = number flipped): {hits} "
+            f"(precision@k {hits / k:.2f}; {sum(flipped) / len(flipped):.0%} would be expected "
+            "by chance)"
         )
     say(f"influence CSV : {os.path.join(out, 'influence.csv')}")
     say(f"thumbnails    : {os.path.join(out, 'thumbnails')}")
