@@ -5,11 +5,11 @@ import csv
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import fashion_mnist
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import ParameterError
-from sgd_influence_plugin.netdef import NetSpec, write_nntxt
 from sgd_influence_plugin.nnabla_adapter import load_model
+from support import fashion_mnist
+from support.netdef import NetSpec, write_nntxt
 
 
 def test_flip_labels_flips_exactly_the_share_to_other_classes():

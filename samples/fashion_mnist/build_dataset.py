@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from sgd_influence_plugin import fashion_mnist  # noqa: E402
+from support import fashion_mnist  # noqa: E402
 
 
 def build(out, train=6000, val=1000, test=2000, noise=0.0, noise_seed=0, seed=0, log=print):

@@ -15,7 +15,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
-from sgd_influence_plugin.netdef import NetSpec, write_nntxt  # noqa: E402
+from support.netdef import NetSpec, write_nntxt  # noqa: E402
 
 BATCH_SIZE = 64
 

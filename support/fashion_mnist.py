@@ -19,8 +19,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .io_utils import atomic_write
+from sgd_influence_plugin.errors import InputError
+from sgd_influence_plugin.io_utils import atomic_write
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = (
