@@ -82,6 +82,12 @@ def _add_run(sub):
     p.add_argument("--context", default="cpu", help="cpu (default) or cudnn[:DEVICE]")
     p.add_argument("--report", action="store_true", help="also write report.html (offline)")
     p.add_argument("--thumb-size", type=int, default=64, help="thumbnail size in pixels")
+    p.add_argument(
+        "--label-names",
+        metavar="FILE",
+        help="text file with one class name per line, line 1 for label 0; summary.txt and "
+        "report.html show the names (default: the label numbers only)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     p.set_defaults(func=cmd_run)
 
@@ -172,6 +178,7 @@ def cmd_run(args) -> int:
         cache_dir=args.cache_dir,
         report=args.report,
         thumb_size=args.thumb_size,
+        label_names=args.label_names,
     )
     say = _say(args.quiet)
     paths, result = run(req, log=say, progress=TqdmProgress(not args.quiet))

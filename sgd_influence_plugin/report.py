@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .io_utils import atomic_write
+from .labels import display_label
 
 
 def _png_b64(path: str) -> str:
@@ -23,7 +24,9 @@ def _figure_b64(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _plots(scores: np.ndarray, labels: Optional[Sequence[str]]) -> List[str]:
+def _plots(
+    scores: np.ndarray, labels: Optional[Sequence[str]], names: Optional[Sequence[str]]
+) -> List[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,8 +46,13 @@ def _plots(scores: np.ndarray, labels: Optional[Sequence[str]]) -> List[str]:
         harmful = [int(np.sum((scores < 0) & (np.asarray(labels) == c))) for c in classes]
         total = [int(np.sum(np.asarray(labels) == c)) for c in classes]
         fig, ax = plt.subplots(figsize=(6, 3))
-        ax.bar(classes, total, color="#dddddd", label="all")
-        ax.bar(classes, harmful, color="#cc3311", label="harmful")
+        ticks = [display_label(c, names) for c in classes]
+        ax.bar(ticks, total, color="#dddddd", label="all")
+        ax.bar(ticks, harmful, color="#cc3311", label="harmful")
+        if names is not None:
+            ax.tick_params(axis="x", labelrotation=45)
+            for tick in ax.get_xticklabels():
+                tick.set_horizontalalignment("right")
         ax.set_xlabel("label")
         ax.set_ylabel("samples")
         ax.legend()
@@ -53,11 +61,11 @@ def _plots(scores: np.ndarray, labels: Optional[Sequence[str]]) -> List[str]:
     return out
 
 
-def _tiles(indices, scores, labels, thumbs) -> str:
+def _tiles(indices, scores, labels, thumbs, names) -> str:
     cells = []
     for i in indices:
         img = f'<img src="data:image/png;base64,{_png_b64(thumbs[i])}">' if thumbs[i] else ""
-        lab = html.escape(str(labels[i])) if labels is not None else ""
+        lab = html.escape(display_label(str(labels[i]), names)) if labels is not None else ""
         cells.append(f'<div class="tile">{img}<br>#{int(i)} label {lab}<br>{scores[i]:.3g}</div>')
     return "\n".join(cells)
 
@@ -69,10 +77,24 @@ def write_report(
     thumbs: Sequence[str],
     info: Dict,
     k: int = 24,
+    label_names: Optional[Sequence[str]] = None,
 ) -> None:
-    """Write the report: top-``k`` harmful and helpful samples, histogram, per-class counts."""
+    """Write the report: top-``k`` harmful and helpful samples, histogram, per-class counts.
+
+    Args:
+        path: the HTML file to write.
+        scores: float64 (N,), training-row order; negative = harmful.
+        labels: (N,) label cells as written in the training CSV, or None.
+        thumbs: (N,) thumbnail paths ('' = none), embedded as base64.
+        info: run facts; scalar values are listed, ``warnings`` shown on top.
+        k: samples shown in each of the harmful and helpful rows.
+        label_names: class names, ``label_names[j]`` for label j; None = numbers only.
+
+    """
     order = np.argsort(scores, kind="stable")
-    plots = "".join(f'<img src="data:image/png;base64,{p}">' for p in _plots(scores, labels))
+    plots = "".join(
+        f'<img src="data:image/png;base64,{p}">' for p in _plots(scores, labels, label_names)
+    )
     facts = "".join(
         f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(str(v))}</td></tr>"
         for key, v in info.items()
@@ -90,8 +112,8 @@ td{{padding:2px 8px}} .warn{{background:#fff3cd;padding:6px;border:1px solid #e0
 <h1>SGD-influence report</h1>
 <p>Influence = estimated change of the mean validation loss if the sample were removed from
 training. <b>Negative = harmful</b> (removing it would lower the validation loss).</p>
-{warnings}<h2>Most harmful</h2>{_tiles(order[:k], scores, labels, thumbs)}
-<h2>Most helpful</h2>{_tiles(order[::-1][:k], scores, labels, thumbs)}
+{warnings}<h2>Most harmful</h2>{_tiles(order[:k], scores, labels, thumbs, label_names)}
+<h2>Most helpful</h2>{_tiles(order[::-1][:k], scores, labels, thumbs, label_names)}
 <h2>Distribution</h2>{plots}
 <h2>Run</h2><table>{facts}</table>
 </body></html>

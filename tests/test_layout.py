@@ -20,6 +20,7 @@ PRODUCT_MODULES = (
     "errors.py",
     "evaluate.py",
     "io_utils.py",
+    "labels.py",
     "nnabla_adapter.py",
     "output.py",
     "progress.py",

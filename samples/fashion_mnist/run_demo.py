@@ -5,7 +5,8 @@
    ``result/`` (the result folder holds ``net.nntxt`` with absolute dataset paths, as the
    console writes it).
 3. Run the console plugin script headless inside ``result/``, with no dataset arguments: it
-   reads the datasets from the network definition, as it does when a user presses OK.
+   reads the datasets from the network definition, as it does when a user presses OK. The
+   class names come from ``label_names.txt``.
 4. Print where the influence CSV, thumbnails, report and cleansed CSV are.
 
 A second run reuses the data and the trained result when their inputs are unchanged.
@@ -28,6 +29,7 @@ import build_dataset  # noqa: E402
 import make_net  # noqa: E402
 
 PLUGIN = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+LABEL_NAMES = os.path.join(HERE, "label_names.txt")
 NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
 
 
@@ -111,7 +113,7 @@ def main():
 
     say("step 3/3: the SGD-influence plugin, headless, in the result folder")
     stream(
-        [sys.executable, PLUGIN, "--report"],
+        [sys.executable, PLUGIN, "--report", "--label_names", LABEL_NAMES],
         cwd=result,
         keep=lambda line: "Level 99" in line or "CRITICAL" in line or "WARNING" in line,
     )
@@ -123,13 +125,15 @@ def main():
     if "noise" in paths:
         with open(paths["noise"]) as f:
             flipped = [r["flipped"] == "1" for r in csv.DictReader(f)]
+    with open(LABEL_NAMES, encoding="utf-8") as f:
+        names = f.read().splitlines()
     say("the 5 most harmful training images:")
     for r in rows[:5]:
         extra = ""
         if flipped is not None:
             extra = "  (label was flipped)" if flipped[int(r["datasource_index"])] else ""
         say(
-            f"  row {r['datasource_index']:>5}  label {r['y:label']}  influence "
+            f"  row {r['datasource_index']:>5}  {names[int(r['y:label'])]:<11}  influence "
             f"{float(r['influence']):+.3e}  {r['original']}{extra}"
         )
     if flipped is not None:
