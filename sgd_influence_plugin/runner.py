@@ -73,6 +73,10 @@ def run(
     settings = request.settings.validate()
     if request.remove_ratio is not None and not 0 <= request.remove_ratio < 1:
         raise SettingsError(f"remove ratio {request.remove_ratio}: must be in [0, 1)")
+    if request.thumb_size < 1:
+        raise SettingsError(
+            f"thumbnail size {request.thumb_size}: must be at least 1 pixel (--thumb-size)"
+        )
     names = read_label_names(request.label_names) if request.label_names else None
     model = load_model(request.model, request.config, request.params, settings.context)
     info = model.info

@@ -6,6 +6,7 @@ import sys
 
 from sgd_influence_plugin import cli
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_DIR = os.path.join("_Post_Process", "_XAI", "_Image")
 
 #: Every file `install-plugin` may write, relative to NNC's plugins folder. Written out by hand
@@ -76,3 +77,13 @@ def test_the_installed_copy_imports_on_its_own(tmp_path):
     assert len(files) == len(names)
     assert all(f.startswith(beside + os.sep) for f in files), files
     assert support_loaded == "False"
+
+
+def test_documents_the_setup_script_points_to_are_in_the_repository():
+    import re
+
+    text = open(os.path.join(ROOT, "scripts", "bootstrap_env.sh")).read()
+    docs = set(re.findall(r"[\w./-]+\.md\b", text))
+    assert docs, "the script names no document to read"
+    for doc in docs:
+        assert os.path.isfile(os.path.join(ROOT, doc)), f"bootstrap_env.sh points to {doc}"

@@ -1,8 +1,8 @@
 """The whole loop on real images, as a console user would run it (``make demo``).
 
-1. Build Fashion-MNIST PNG datasets (build_dataset.py).
-2. Train ``net.nntxt`` with ``nnabla_cli train``, the console's training engine, into
-   ``result/`` (the result folder holds ``net.nntxt`` with absolute dataset paths, as the
+1. Build Fashion-MNIST PNG datasets and their ``net.nntxt`` (build_dataset.py).
+2. Train that ``net.nntxt`` with ``nnabla_cli train``, the console's training engine, into
+   ``result/`` (the result folder holds a copy of it, with absolute dataset paths, as the
    console writes it).
 3. Run the console plugin script headless inside ``result/``, with no dataset arguments: it
    reads the datasets from the network definition, as it does when a user presses OK. The
@@ -26,7 +26,6 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import build_dataset  # noqa: E402
-import make_net  # noqa: E402
 
 PLUGIN = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
 LABEL_NAMES = os.path.join(HERE, "label_names.txt")
@@ -52,18 +51,12 @@ def stream(cmd, cwd, keep=lambda line: True):
         raise SystemExit(f"[demo] failed: {' '.join(cmd)}")
 
 
-def write_result_definition(result, data, n_train):
-    """The result folder's net.nntxt: the sample's, with absolute dataset paths."""
-    from google.protobuf import text_format
-    from nnabla.utils import nnabla_pb2
-
-    proto = nnabla_pb2.NNablaProtoBuf()
-    with open(os.path.join(HERE, "net.nntxt")) as f:
-        text_format.Merge(f.read(), proto)
-    for d in proto.dataset:
-        d.uri = os.path.join(data, os.path.basename(d.uri))
-    proto.training_config.iter_per_epoch = max(1, n_train // make_net.BATCH_SIZE)
-    text = text_format.MessageToString(proto)
+def write_result_definition(result, definition, data):
+    """The result folder's net.nntxt: a copy of the one build_dataset.py wrote for the data
+    (absolute dataset paths, iter_per_epoch from the training CSV).
+    """
+    with open(definition) as f:
+        text = f.read()
     os.makedirs(result, exist_ok=True)
     with open(os.path.join(result, "net.nntxt"), "w") as f:
         f.write(text)
@@ -94,7 +87,7 @@ def main():
     paths = build_dataset.build(data, a.train, a.val, a.test, a.noise, log=say)
 
     say("step 2/3: training with nnabla_cli train (the console's engine)")
-    digest = write_result_definition(result, data, a.train)
+    digest = write_result_definition(result, paths["net"], data)
     stamp = os.path.join(result, ".trained")
     if (
         os.path.exists(stamp)
