@@ -22,7 +22,10 @@ PRODUCT_MODULES = (
     "evaluate.py",
     "io_utils.py",
     "labels.py",
-    "nnabla_adapter.py",
+    "nnabla_adapter/__init__.py",
+    "nnabla_adapter/definition.py",
+    "nnabla_adapter/files.py",
+    "nnabla_adapter/model.py",
     "output.py",
     "progress.py",
     "report.py",
@@ -30,7 +33,7 @@ PRODUCT_MODULES = (
     "settings.py",
 )
 ALLOWED = {os.path.join(PLUGIN_DIR, "SGD_Influence.py")} | {
-    os.path.join(PLUGIN_DIR, "sgd_influence_plugin", m) for m in PRODUCT_MODULES
+    os.path.join(PLUGIN_DIR, "sgd_influence_plugin", *m.split("/")) for m in PRODUCT_MODULES
 }
 
 
@@ -55,7 +58,11 @@ def test_the_installed_copy_imports_on_its_own(tmp_path):
     target = tmp_path / "plugins"
     assert cli.main(["install-plugin", str(target)]) == 0
     beside = str(target / PLUGIN_DIR)
-    names = [m[: -len(".py")] for m in PRODUCT_MODULES if m != "__init__.py"]
+    names = [
+        m[: -len(".py")].replace("/", ".").replace(".__init__", "")
+        for m in PRODUCT_MODULES
+        if m != "__init__.py"
+    ]
     code = (
         "import importlib, sys; sys.path.insert(0, sys.argv[1]);"
         "mods = [importlib.import_module('sgd_influence_plugin.' + n) for n in sys.argv[2:]];"
