@@ -1,7 +1,7 @@
 """Replay speed, cache size and memory of the fused one-pass replay, on a real console model.
 
 One run builds a Fashion-MNIST subset (PNGs and console CSVs), writes a console-style network
-(``--arch``, default the CNN; :mod:`sgd_influence_plugin.netdef`), trains it with ``nnabla_cli
+(``--arch``, default the CNN; :mod:`support.netdef`), trains it with ``nnabla_cli
 train``, loads the ``results.nnp`` and then measures, on that model and data:
 
 - **fused replay step**: the body of :func:`sgd_influence_plugin.core.replay`'s loop on the
@@ -70,12 +70,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from sgd_influence_plugin import api, core, fashion_mnist  # noqa: E402
+from sgd_influence_plugin import api, core  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.errors import SGDInfluenceError  # noqa: E402
-from sgd_influence_plugin.netdef import ARCHITECTURES, NetSpec, write_nntxt  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter import load_model, make_context  # noqa: E402
 from sgd_influence_plugin.settings import InfluenceSettings  # noqa: E402
+from support import fashion_mnist  # noqa: E402
+from support.netdef import ARCHITECTURES, NetSpec, write_nntxt  # noqa: E402
 
 NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
 
@@ -598,7 +599,7 @@ def report(info: dict) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--arch", default="cnn", choices=ARCHITECTURES, help="network (sgd_influence_plugin.netdef)"
+        "--arch", default="cnn", choices=ARCHITECTURES, help="network (support/netdef.py)"
     )
     p.add_argument("--n-train", type=int, default=2048, help="training samples N")
     p.add_argument("--n-val", type=int, default=512, help="validation samples")

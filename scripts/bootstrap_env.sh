@@ -5,7 +5,7 @@
 # Order of preference for the interpreter:
 #   1. $SGDI_PYTHON, if set;
 #   2. a working python3.10 / python3.9 / python3.8 on PATH;
-#   3. on Debian as root: Debian 11's python3.9 (see shared/ENVIRONMENT.md), plus the
+#   3. on Debian as root: Debian 11's python3.9 (see docs/environment.md), plus the
 #      distutils/lib2to3 modules that uv and pip need inside a virtual environment.
 # Anywhere else it stops and says what to install.
 #
@@ -88,7 +88,7 @@ EOF
 }
 
 # uv and pip inside a venv need distutils; Debian 11's python3-distutils cannot be installed
-# beside Debian 12's, so its files are extracted into place (shared/ENVIRONMENT.md).
+# beside Debian 12's, so its files are extracted into place (docs/environment.md).
 ensure_distutils() {
   "$1" -c 'import distutils.core, lib2to3' >/dev/null 2>&1 && return 0
   if [ "$1" = /usr/bin/python3.9 ] && is_root_debian; then
@@ -108,7 +108,7 @@ if [ -z "$PY" ]; then
   if is_root_debian; then
     install_debian11_python
     PY="$(find_python || true)"
-    [ -n "$PY" ] || die "python3.9 from Debian 11 did not install; see shared/ENVIRONMENT.md"
+    [ -n "$PY" ] || die "python3.9 from Debian 11 did not install; see docs/environment.md"
   else
     die "nnabla 1.39.0 needs Python 3.8, 3.9 or 3.10 and none was found.
   Install one (e.g. 'apt-get install python3.10', 'brew install python@3.10', or pyenv),

@@ -22,6 +22,10 @@ SIGN_NOTE = (
 )
 
 
+#: Title of the argument group that holds the options a command cannot run without.
+REQUIRED = "required arguments"
+
+
 def _add_run(sub):
     p = sub.add_parser(
         "run",
@@ -30,9 +34,15 @@ def _add_run(sub):
         "the storage-efficient replay of Suzuki et al. 2021, and write an influence "
         "CSV with thumbnails. " + SIGN_NOTE,
     )
-    src = p.add_argument_group("model (one of)")
+    req = p.add_argument_group(REQUIRED)
+    req.add_argument(
+        "--output",
+        required=True,
+        help="influence CSV to write; thumbnails/, settings.yaml and summary.txt go beside it",
+    )
+    src = p.add_argument_group("model (required: --model, or --config with --params)")
     src.add_argument("--model", help="results.nnp holding the network and its parameters")
-    src.add_argument("--config", help="net.nntxt (use with --params)")
+    src.add_argument("--config", help="net.nntxt of a training result (use with --params)")
     src.add_argument("--params", help="parameters .h5 for --config")
     p.add_argument(
         "--train",
@@ -40,13 +50,8 @@ def _add_run(sub):
     )
     p.add_argument(
         "--val",
-        help="validation dataset CSV (default: the validation monitor's "
-        "dataset in the network definition)",
-    )
-    p.add_argument(
-        "--output",
-        required=True,
-        help="influence CSV to write; thumbnails/, settings.yaml and summary.txt go beside it",
+        help="validation dataset CSV (default: the validation monitor's dataset in the network "
+        "definition)",
     )
     p.add_argument(
         "--batch-size",
@@ -60,12 +65,14 @@ def _add_run(sub):
         "solver's) that keeps the final-parameters replay stable for the measured curvature; "
         "solver = the network definition's lr/alpha; or a number (default: auto)",
     )
-    p.add_argument("--weight-decay", type=float, help="L2 coefficient (default: the solver's)")
+    p.add_argument(
+        "--weight-decay", type=float, help="L2 coefficient (default: the solver's weight_decay)"
+    )
     p.add_argument(
         "--epochs",
         type=int,
         default=1,
-        help="SGD epochs of the training phase; the last is replayed (default: 1)",
+        help="SGD epochs of the training phase; the last is replayed (default: %(default)s)",
     )
     p.add_argument(
         "--trials",
@@ -81,22 +88,48 @@ def _add_run(sub):
         help="times an unstable trial is run again at a quarter of its rate before the run "
         "stops with an error (default: 2)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the first trial's sample order")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed S of the first trial's sample order (default: %(default)s)",
+    )
     p.add_argument(
         "--cache",
         choices=CACHE_MODES,
         default="final",
         help="final: keep only the final parameters (Suzuki et al.); all: also the "
-        "parameters before every step (Hara et al.) (default: final)",
+        "parameters before every step (Hara et al.) (default: %(default)s)",
     )
     p.add_argument(
         "--cache-dir",
         help="keep the cache in this folder (default: a temporary folder, removed at the end)",
     )
-    p.add_argument("--context", default="cpu", help="cpu (default) or cudnn[:DEVICE]")
-    p.add_argument("--report", action="store_true", help="also write report.html (offline)")
-    p.add_argument("--thumb-size", type=int, default=64, help="thumbnail size in pixels")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.add_argument(
+        "--context",
+        default="cpu",
+        help="cpu, or cudnn[:DEVICE] with nnabla-ext-cuda installed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--report", action="store_true", help="also write report.html, offline (default: off)"
+    )
+    p.add_argument(
+        "--thumb-size",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="thumbnails fit a PX x PX box; smaller images are enlarged by a whole factor "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--label-names",
+        metavar="FILE",
+        help="text file with one class name per line, line 1 for label 0; summary.txt and "
+        "report.html show the names (default: the label numbers only)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or messages (default: off)"
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -108,12 +141,20 @@ def _add_cleanse(sub):
         "rows of an influence CSV. Other columns are kept; file paths are rewritten "
         "relative to the new CSV's folder. The training CSV is not modified.",
     )
-    p.add_argument("--influence", required=True, help="influence CSV from 'sgd-influence run'")
-    p.add_argument("--train", required=True, help="the training CSV it was computed for")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--remove", type=int, help="number of most harmful rows to remove")
-    g.add_argument("--remove-ratio", type=float, help="share of rows to remove, 0 <= R < 1")
-    p.add_argument("--output", required=True, help="cleansed CSV to write")
+    req = p.add_argument_group(REQUIRED)
+    req.add_argument("--influence", required=True, help="influence CSV from 'sgd-influence run'")
+    req.add_argument("--train", required=True, help="the training CSV it was computed for")
+    req.add_argument("--output", required=True, help="cleansed CSV to write")
+    g = req.add_mutually_exclusive_group(required=True)
+    g.add_argument(
+        "--remove", type=int, metavar="N", help="number of most harmful rows to remove (or R)"
+    )
+    g.add_argument(
+        "--remove-ratio",
+        type=float,
+        metavar="R",
+        help="share of the rows to remove, 0 <= R < 1, rounded to whole rows (or N)",
+    )
     p.set_defaults(func=cmd_cleanse)
 
 
@@ -123,9 +164,12 @@ def _add_install(sub):
         help="copy the console plugin into Neural Network Console",
         description="Copy the console entry script(s) into NNC's plugins folder (e.g. "
         "C:\\...\\neural_network_console\\libs\\plugins) and the package beside "
-        "each script, so the console's bundled Python runs it without pip.",
+        "each script, so the console's bundled Python runs it without pip. An earlier copy "
+        "of the package there is replaced as a whole.",
     )
-    p.add_argument("plugins_dir", metavar="NNC_PLUGINS_DIR", help="NNC's libs/plugins folder")
+    p.add_argument(
+        "plugins_dir", metavar="NNC_PLUGINS_DIR", help="NNC's libs/plugins folder (required)"
+    )
     p.set_defaults(func=cmd_install_plugin)
 
 
@@ -187,6 +231,7 @@ def cmd_run(args) -> int:
         cache_dir=args.cache_dir,
         report=args.report,
         thumb_size=args.thumb_size,
+        label_names=args.label_names,
     )
     say = _say(args.quiet)
     paths, result = run(req, log=say, progress=TqdmProgress(not args.quiet))

@@ -1,7 +1,7 @@
 """SGD-influence: plain SGD, the validation gradient and the backward replay.
 
 The math of Hara et al. (2019) with the storage-efficient replay of Suzuki et al. (2021); see
-``shared/ALGORITHM.md``. Everything here is a function of arrays and of a *model* object that
+"How it works" in the README. Everything here is a function of arrays and of a *model* object that
 supplies graphs (:class:`~sgd_influence_plugin.nnabla_adapter.NnablaModel` satisfies it):
 
 - ``model.graph(B)`` -> a graph with ``inputs`` (column -> Variable (B, ...)), ``loss`` (B, 1)

@@ -42,48 +42,58 @@ DEFAULT_RATIOS = "0,0.01,0.02,0.05,0.1,0.2"
 
 def add_arguments(p) -> None:
     """Add the ``evaluate`` options to an argparse parser."""
-    p.add_argument("--model", help="results.nnp of the trained network")
-    p.add_argument("--config", help="net.nntxt (with --params) instead of --model")
-    p.add_argument("--params", help="parameters .h5 for --config")
-    p.add_argument("--train", required=True, help="training CSV")
-    p.add_argument("--val", required=True, help="validation CSV (the influence query)")
-    p.add_argument("--test", required=True, help="test CSV for the accuracy")
-    p.add_argument("--output-dir", required=True, help="folder for results.csv, plot, summary")
+    req = p.add_argument_group("required arguments")
+    req.add_argument("--train", required=True, help="training CSV")
+    req.add_argument("--val", required=True, help="validation CSV (the influence query)")
+    req.add_argument("--test", required=True, help="test CSV for the accuracy and loss")
+    req.add_argument(
+        "--output-dir", required=True, help="folder for results.csv, figure2.png, summary.md"
+    )
+    src = p.add_argument_group("model (required: --model, or --config with --params)")
+    src.add_argument("--model", help="results.nnp of the trained network")
+    src.add_argument("--config", help="net.nntxt (with --params) instead of --model")
+    src.add_argument("--params", help="parameters .h5 for --config")
     p.add_argument(
         "--ratios",
         default=DEFAULT_RATIOS,
-        help=f"shares of N to remove, comma-separated (default: {DEFAULT_RATIOS})",
+        help="shares of N to remove, comma-separated (default: %(default)s)",
     )
-    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default: 0,1,2)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default: %(default)s)")
     p.add_argument(
         "--retrain",
         choices=("last", "scratch"),
         default="last",
-        help="last: retrain the last epoch only (default); scratch: nnabla_cli train "
-        "the whole definition",
+        help="last: retrain the last epoch only; scratch: nnabla_cli train the whole "
+        "definition (default: %(default)s)",
     )
-    p.add_argument("--noise", help="label-noise ground truth CSV (index,...,flipped)")
-    p.add_argument("--epochs", type=int, default=1, help="training-phase epochs (default: 1)")
+    p.add_argument(
+        "--noise",
+        help="label-noise ground truth CSV (index,...,flipped) for precision@n and recall@n "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=1, help="training-phase epochs (default: %(default)s)"
+    )
     p.add_argument(
         "--trials",
         type=int,
         default=DEFAULT_TRIALS,
-        help=f"influence trials (default: {DEFAULT_TRIALS})",
+        help="influence trials (default: %(default)s)",
     )
     p.add_argument(
         "--lr",
         default="auto",
-        help="learning rate of the replayed epoch: auto, solver or a number (default: auto)",
+        help="learning rate of the replayed epoch: auto, solver or a number (default: %(default)s)",
     )
     p.add_argument("--batch-size", type=int, help="batch size (default: the dataset's)")
     p.add_argument(
         "--cache",
         choices=("final", "all"),
         default="final",
-        help="influence cache mode (default: final)",
+        help="influence cache mode (default: %(default)s)",
     )
-    p.add_argument("--context", default="cpu", help="cpu (default) or cudnn[:DEVICE]")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--context", default="cpu", help="cpu or cudnn[:DEVICE] (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages (default: off)")
 
 
 def _floats(text: str, what: str) -> List[float]:

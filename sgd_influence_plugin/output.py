@@ -33,6 +33,7 @@ import numpy as np
 from .dataset import Dataset, read_csv_table
 from .errors import InputError, SettingsError
 from .io_utils import atomic_write
+from .labels import display_label
 
 INFLUENCE_COLUMNS = ["x:image", "y:label", "influence", "loss", "datasource_index", "original"]
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -96,7 +97,7 @@ def ranking(scores: np.ndarray) -> np.ndarray:
     return np.argsort(scores, kind="stable")
 
 
-def _summary_text(scores, labels, train: Dataset, image_col, info: Dict) -> str:
+def _summary_text(scores, labels, train: Dataset, image_col, info: Dict, names=None) -> str:
     n = len(scores)
     harmful = scores < 0
     lines = [
@@ -130,12 +131,12 @@ def _summary_text(scores, labels, train: Dataset, image_col, info: Dict) -> str:
         for lab in sorted(set(labels), key=_label_key):
             mask = np.array([x == lab for x in labels])
             lines.append(
-                f"  {lab}: {int(harmful[mask].sum())} / {int(mask.sum())} "
+                f"  {display_label(lab, names)}: {int(harmful[mask].sum())} / {int(mask.sum())} "
                 f"({harmful[mask].mean():.1%})"
             )
     lines += ["", "top 10 harmful (datasource_index, label, influence, original):"]
     for i in ranking(scores)[:10]:
-        lab = labels[i] if labels is not None else ""
+        lab = display_label(labels[i], names) if labels is not None else ""
         orig = train.cell(int(i), image_col) if image_col else ""
         lines.append(f"  {int(i)}, {lab}, {scores[i]:.6g}, {orig}")
     for w in info.get("warnings", []):
@@ -171,6 +172,7 @@ def write_influence_output(
     report: bool = False,
     losses: Optional[np.ndarray] = None,
     trial_scores: Optional[np.ndarray] = None,
+    label_names: Optional[Sequence[str]] = None,
 ) -> OutputPaths:
     """Write the influence CSV and its companions (see the module docstring).
 
@@ -184,6 +186,8 @@ def write_influence_output(
         report: also write ``report.html``.
         losses: float64 (N,) per-sample training losses for the ``loss`` column (empty if None).
         trial_scores: float64 (M, N) each trial's raw scores, for ``<stem>_trials.csv``.
+        label_names: class names, ``label_names[k]`` for label k (checked by the caller);
+            the summary and the report show them beside the numbers, the CSV keeps numbers.
 
     """
     if len(scores) != train.size:
@@ -230,7 +234,7 @@ def write_influence_output(
 
         write_yaml(os.path.join(stage, "settings.yaml"), info)
         with open(os.path.join(stage, "summary.txt"), "w") as f:
-            f.write(_summary_text(scores, labels, train, image_col, info))
+            f.write(_summary_text(scores, labels, train, image_col, info, label_names))
         if report:
             from .report import write_report
 
@@ -240,6 +244,7 @@ def write_influence_output(
                 labels,
                 [os.path.join(stage, t) if t else "" for t in thumbs_rel],
                 info,
+                label_names=label_names,
             )
         paths = OutputPaths(
             csv=os.path.abspath(out_csv),

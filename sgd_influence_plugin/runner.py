@@ -11,8 +11,9 @@ from . import __version__
 from .api import InfluenceResult, compute_influence
 from .dataset import load_dataset
 from .errors import SettingsError
+from .labels import check_labels, read_label_names
 from .nnabla_adapter import load_model
-from .output import OutputPaths, check_not_input, cleanse, write_influence_output
+from .output import OutputPaths, check_not_input, cleanse, find_columns, write_influence_output
 from .settings import InfluenceSettings
 
 
@@ -31,6 +32,8 @@ class RunRequest:
         remove_ratio: also write ``cleansed_train.csv`` beside the output without this share
             of the most harmful rows (None = don't).
         thumb_size: thumbnail box in pixels.
+        label_names: text file with one class name per line, line 1 for label 0 (see
+            :mod:`.labels`); the summary and the report show the names. None = numbers only.
 
     """
 
@@ -45,6 +48,7 @@ class RunRequest:
     report: bool = False
     remove_ratio: Optional[float] = None
     thumb_size: int = 64
+    label_names: Optional[str] = None
 
 
 def _dataset_path(given, ref, what, flag):
@@ -69,17 +73,27 @@ def run(
     settings = request.settings.validate()
     if request.remove_ratio is not None and not 0 <= request.remove_ratio < 1:
         raise SettingsError(f"remove ratio {request.remove_ratio}: must be in [0, 1)")
+    if request.thumb_size < 1:
+        raise SettingsError(
+            f"thumbnail size {request.thumb_size}: must be at least 1 pixel (--thumb-size)"
+        )
+    names = read_label_names(request.label_names) if request.label_names else None
     model = load_model(request.model, request.config, request.params, settings.context)
     info = model.info
     train_csv = _dataset_path(request.train, info.train_dataset, "training", "--train")
     val_csv = _dataset_path(request.val, info.val_dataset, "validation", "--val")
     check_not_input(
-        request.output, [train_csv, val_csv, request.model, request.config, request.params]
+        request.output,
+        [train_csv, val_csv, request.model, request.config, request.params, request.label_names],
     )
     normalize = info.train_dataset.normalize if info.train_dataset else True
     log(f"reading {train_csv} and {val_csv}")
     train = load_dataset(train_csv, info.input_shapes, normalize)
     val = load_dataset(val_csv, info.input_shapes, normalize)
+    if names is not None:
+        _, label_col = find_columns(train, list(info.input_shapes))
+        labels = [train.cell(i, label_col) for i in range(train.size)] if label_col else None
+        check_labels(names, labels, request.label_names, train_csv)
     for note in info.notes:
         log("replay network: " + note)
     log(
@@ -91,6 +105,7 @@ def run(
     )
     facts = run_facts(result, settings, info, model.n_params, train_csv, val_csv)
     facts["n_train"], facts["n_val"] = train.size, val.size
+    facts["label_names"] = os.path.abspath(request.label_names) if request.label_names else None
     paths = write_influence_output(
         request.output,
         result.scores,
@@ -101,6 +116,7 @@ def run(
         request.report,
         losses=result.losses,
         trial_scores=result.trial_scores,
+        label_names=names,
     )
     if request.remove_ratio is not None:
         cleansed = os.path.join(os.path.dirname(paths.csv), "cleansed_train.csv")

@@ -16,8 +16,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import fashion_mnist
-from sgd_influence_plugin.netdef import NetSpec, write_nntxt
+from support import fashion_mnist
+from support.netdef import NetSpec, write_nntxt
 
 NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
 

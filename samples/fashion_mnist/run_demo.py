@@ -1,11 +1,12 @@
 """The whole loop on real images, as a console user would run it (``make demo``).
 
-1. Build Fashion-MNIST PNG datasets (build_dataset.py).
-2. Train ``net.nntxt`` with ``nnabla_cli train``, the console's training engine, into
-   ``result/`` (the result folder holds ``net.nntxt`` with absolute dataset paths, as the
+1. Build Fashion-MNIST PNG datasets and their ``net.nntxt`` (build_dataset.py).
+2. Train that ``net.nntxt`` with ``nnabla_cli train``, the console's training engine, into
+   ``result/`` (the result folder holds a copy of it, with absolute dataset paths, as the
    console writes it).
 3. Run the console plugin script headless inside ``result/``, with no dataset arguments: it
-   reads the datasets from the network definition, as it does when a user presses OK.
+   reads the datasets from the network definition, as it does when a user presses OK. The
+   class names come from ``label_names.txt``.
 4. Print where the influence CSV, thumbnails, report and cleansed CSV are.
 
 A second run reuses the data and the trained result when their inputs are unchanged.
@@ -25,9 +26,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import build_dataset  # noqa: E402
-import make_net  # noqa: E402
 
 PLUGIN = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+LABEL_NAMES = os.path.join(HERE, "label_names.txt")
 NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
 
 
@@ -50,18 +51,12 @@ def stream(cmd, cwd, keep=lambda line: True):
         raise SystemExit(f"[demo] failed: {' '.join(cmd)}")
 
 
-def write_result_definition(result, data, n_train):
-    """The result folder's net.nntxt: the sample's, with absolute dataset paths."""
-    from google.protobuf import text_format
-    from nnabla.utils import nnabla_pb2
-
-    proto = nnabla_pb2.NNablaProtoBuf()
-    with open(os.path.join(HERE, "net.nntxt")) as f:
-        text_format.Merge(f.read(), proto)
-    for d in proto.dataset:
-        d.uri = os.path.join(data, os.path.basename(d.uri))
-    proto.training_config.iter_per_epoch = max(1, n_train // make_net.BATCH_SIZE)
-    text = text_format.MessageToString(proto)
+def write_result_definition(result, definition, data):
+    """The result folder's net.nntxt: a copy of the one build_dataset.py wrote for the data
+    (absolute dataset paths, iter_per_epoch from the training CSV).
+    """
+    with open(definition) as f:
+        text = f.read()
     os.makedirs(result, exist_ok=True)
     with open(os.path.join(result, "net.nntxt"), "w") as f:
         f.write(text)
@@ -92,7 +87,7 @@ def main():
     paths = build_dataset.build(data, a.train, a.val, a.test, a.noise, log=say)
 
     say("step 2/3: training with nnabla_cli train (the console's engine)")
-    digest = write_result_definition(result, data, a.train)
+    digest = write_result_definition(result, paths["net"], data)
     stamp = os.path.join(result, ".trained")
     if (
         os.path.exists(stamp)
@@ -111,7 +106,7 @@ def main():
 
     say("step 3/3: the SGD-influence plugin, headless, in the result folder")
     stream(
-        [sys.executable, PLUGIN, "--report"],
+        [sys.executable, PLUGIN, "--report", "--label_names", LABEL_NAMES],
         cwd=result,
         keep=lambda line: "Level 99" in line or "CRITICAL" in line or "WARNING" in line,
     )
@@ -123,13 +118,15 @@ def main():
     if "noise" in paths:
         with open(paths["noise"]) as f:
             flipped = [r["flipped"] == "1" for r in csv.DictReader(f)]
+    with open(LABEL_NAMES, encoding="utf-8") as f:
+        names = f.read().splitlines()
     say("the 5 most harmful training images:")
     for r in rows[:5]:
         extra = ""
         if flipped is not None:
             extra = "  (label was flipped)" if flipped[int(r["datasource_index"])] else ""
         say(
-            f"  row {r['datasource_index']:>5}  label {r['y:label']}  influence "
+            f"  row {r['datasource_index']:>5}  {names[int(r['y:label'])]:<11}  influence "
             f"{float(r['influence']):+.3e}  {r['original']}{extra}"
         )
     if flipped is not None:

@@ -118,6 +118,12 @@ def build_parser():
     p.add_argument(
         "--context", default="cpu", help="compute context (option:cpu,cudnn) default=cpu"
     )
+    p.add_argument(
+        "--label_names",
+        default="",
+        help="text file, one class name per line from label 0, shown in the summary and the "
+        "report; empty = label numbers (file) default=",
+    )
     return p
 
 
@@ -157,6 +163,7 @@ def main(argv=None):
             ),
             report=args.report,
             remove_ratio=args.remove_ratio,
+            label_names=args.label_names or None,
         )
         paths, _ = run(request, log=say, progress=LogProgress(say))
     except SGDInfluenceError as e:

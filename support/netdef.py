@@ -240,7 +240,7 @@ def write_nntxt(spec: NetSpec, path: str) -> str:
 
     """
     code = (
-        "import json,sys; from sgd_influence_plugin.netdef import NetSpec, _write_in_this_process;"
+        "import json,sys; from support.netdef import NetSpec, _write_in_this_process;"
         "d=json.loads(sys.argv[1]); d['input_shape']=tuple(d['input_shape']);"
         "_write_in_this_process(NetSpec(**d), sys.argv[2])"
     )

@@ -19,8 +19,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .io_utils import atomic_write
+from sgd_influence_plugin.errors import InputError
+from sgd_influence_plugin.io_utils import atomic_write
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = (
@@ -147,6 +147,21 @@ class SplitSizes:
     test: int = 2000
 
 
+def _add_noise(out_dir: str, labels: np.ndarray, noise_rate: float, noise_seed: int):
+    """Flip a ``noise_rate`` share of ``labels``; write ``train_noise.csv``; return
+    ``(noisy labels, path)``.
+    """
+    noisy = flip_labels(labels, noise_rate, len(CLASS_NAMES), noise_seed)
+    path = os.path.join(out_dir, "train_noise.csv")
+    os.makedirs(out_dir, exist_ok=True)
+    with atomic_write(path, newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["index", "clean_label", "noisy_label", "flipped"])
+        for i, (c, n) in enumerate(zip(labels, noisy)):
+            w.writerow([i, int(c), int(n), int(c != n)])
+    return noisy, path
+
+
 def build_splits(
     out_dir: str,
     sizes: Optional[SplitSizes] = None,
@@ -168,7 +183,10 @@ def build_splits(
     images, labels = load_split("train", data_dir)
     test_images, test_labels = load_split("test", data_dir)
     if sizes.train + sizes.val > len(images) or sizes.test > len(test_images):
-        raise InputError(f"requested sizes {sizes} exceed Fashion-MNIST's 60000/10000 images")
+        raise InputError(
+            f"requested sizes {sizes} exceed Fashion-MNIST's {len(images)}/{len(test_images)} "
+            "images"
+        )
     rng = np.random.RandomState(seed)
     perm = rng.permutation(len(images))
     tr, va = perm[: sizes.train], perm[sizes.train : sizes.train + sizes.val]
@@ -176,17 +194,30 @@ def build_splits(
     train_labels = labels[tr]
     out = {}
     if noise_rate > 0:
-        noisy = flip_labels(train_labels, noise_rate, len(CLASS_NAMES), noise_seed)
-        path = os.path.join(out_dir, "train_noise.csv")
-        os.makedirs(out_dir, exist_ok=True)
-        with atomic_write(path, newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["index", "clean_label", "noisy_label", "flipped"])
-            for i, (c, n) in enumerate(zip(train_labels, noisy)):
-                w.writerow([i, int(c), int(n), int(c != n)])
-        out["noise"] = path
-        train_labels = noisy
+        train_labels, out["noise"] = _add_noise(out_dir, train_labels, noise_rate, noise_seed)
     out["train"] = write_png_dataset(images[tr], train_labels, out_dir, "train.csv", "train")
     out["val"] = write_png_dataset(images[va], labels[va], out_dir, "val.csv", "val")
     out["test"] = write_png_dataset(test_images[te], test_labels[te], out_dir, "test.csv", "test")
+    return out
+
+
+def build_full_splits(
+    out_dir: str, noise_rate: float = 0.0, noise_seed: int = 0, data_dir: str = DEFAULT_DIR
+) -> Dict[str, str]:
+    """Write the whole dataset: every training image to ``train.csv``, every test image to
+    ``val.csv`` (in the files' order; 60,000 and 10,000 for Fashion-MNIST). No test split.
+
+    Noise as in :func:`build_splits`.
+
+    Returns:
+        Mapping of ``train``, ``val`` (and ``noise``) to CSV paths.
+
+    """
+    images, labels = load_split("train", data_dir)
+    test_images, test_labels = load_split("test", data_dir)
+    out = {}
+    if noise_rate > 0:
+        labels, out["noise"] = _add_noise(out_dir, labels, noise_rate, noise_seed)
+    out["train"] = write_png_dataset(images, labels, out_dir, "train.csv", "train")
+    out["val"] = write_png_dataset(test_images, test_labels, out_dir, "val.csv", "val")
     return out

@@ -1,0 +1,115 @@
+"""Class names for the summary and the report: a text file, one name per line, in label order.
+
+Line 1 names label 0, line 2 label 1, and so on (the order the console's label column counts
+in). The influence CSV keeps the numeric labels; only what people read shows the names.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence
+
+from .errors import InputError
+
+_FIX = "write one class name per line, line 1 for label 0"
+
+
+def read_label_names(path: str) -> List[str]:
+    """Read and check a label-names file.
+
+    Surrounding spaces are dropped; blank lines at the very end are ignored.
+
+    Args:
+        path: UTF-8 text file, one name per line, in label order.
+
+    Returns:
+        The names; ``names[k]`` is the name of label ``k``.
+
+    Raises:
+        InputError: the file is missing or unreadable, empty, has a blank line between names,
+            or names a class twice.
+
+    """
+    if not os.path.isfile(path):
+        raise InputError(
+            f"{path}: label-names file not found (check the path; relative paths start at "
+            f"{os.getcwd()})"
+        )
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the label names ({e}); save it as UTF-8 text") from e
+    names = [line.strip() for line in lines]
+    while names and not names[-1]:
+        names.pop()
+    if not names:
+        raise InputError(f"{path}: the label-names file is empty; {_FIX}")
+    seen = {}
+    for i, name in enumerate(names):
+        if not name:
+            raise InputError(
+                f"{path} line {i + 1}: blank class name; {_FIX} (a blank line would shift "
+                "every later name to the wrong label)"
+            )
+        if name in seen:
+            raise InputError(
+                f"{path} line {i + 1}: '{name}' is already the name of label {seen[name]} "
+                f"(line {seen[name] + 1}); every class needs its own name"
+            )
+        seen[name] = i
+    return names
+
+
+def check_labels(
+    names: Sequence[str], labels: Optional[Sequence[str]], names_path: str, csv_path: str
+) -> None:
+    """Check that every label of the training CSV has a name.
+
+    Args:
+        names: from :func:`read_label_names`.
+        labels: the label cells of the training CSV, row by row (None: no label column).
+        names_path: the label-names file, for messages.
+        csv_path: the training CSV, for messages.
+
+    Raises:
+        InputError: there is no label column, a label is not a whole number >= 0, or a label
+            has no name (the file lists fewer names than the classes seen).
+
+    """
+    if labels is None:
+        raise InputError(
+            f"{csv_path}: no label column the network reads, so the names in {names_path} "
+            "have nothing to name; leave out the label names"
+        )
+    for row, cell in enumerate(labels):
+        k = label_index(cell)
+        if k is None:
+            raise InputError(
+                f"{csv_path} row {row + 1}: label '{cell}' is not a class number 0, 1, 2, ...; "
+                f"label names ({names_path}) need integer class labels"
+            )
+        if k >= len(names):
+            raise InputError(
+                f"{names_path}: {len(names)} names but {csv_path} row {row + 1} has label {k}; "
+                f"{_FIX}, one line for every class up to label {k}"
+            )
+
+
+def label_index(cell: str) -> Optional[int]:
+    """The class number of a label cell ('3', ' 3', '3.0' -> 3), or None if it is not one."""
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    if not value.is_integer() or value < 0:
+        return None
+    return int(value)
+
+
+def display_label(cell: str, names: Optional[Sequence[str]]) -> str:
+    """How a label reads in the summary and the report: ``'Bag (8)'``, or the cell as is."""
+    if names is None:
+        return cell
+    k = label_index(cell)
+    return cell if k is None or k >= len(names) else f"{names[k]} ({k})"

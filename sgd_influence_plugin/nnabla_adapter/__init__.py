@@ -1,0 +1,54 @@
+"""The one subpackage that knows nnabla's network files, parameter scopes and contexts.
+
+It turns a console training result (``results.nnp``, or ``net.nntxt`` plus a parameters
+``.h5``) into a :class:`NnablaModel`: a per-sample loss graph at any batch size, the
+trainable parameters as arrays, and a description (:class:`ModelInfo`) of what feeds the
+network and how the console trained it. Nothing else in the package touches nnabla's
+parameter scopes, file handlers or contexts.
+
+What the replay changes in the training network, in both phases alike (see ``notes``):
+
+- BatchNormalization runs in inference mode (running statistics, which are not trained), so
+  per-sample losses do not depend on the rest of the batch.
+- Dropout and shape-preserving random augmentation are replaced by identity. Replaying
+  random masks inside a double-backward pass would need per-step seeds in both phases; turning
+  them off in both keeps the two phases consistent.
+
+Its three parts, each usable on its own:
+
+- :mod:`.files`: reading ``.nnp`` / ``.nntxt`` / ``.h5`` (:func:`read_result`,
+  :func:`read_params`);
+- :mod:`.definition`: understanding the definition (:class:`ModelInfo`, :class:`SolverConfig`,
+  :class:`DatasetRef`, :func:`describe`, which also prepares the replay network);
+- :mod:`.model`: :class:`NnablaModel`, :class:`LossGraph`, :func:`make_context`,
+  :func:`load_model`.
+
+``sgd_influence_plugin.nnabla_adapter`` stays the import path for all of these names.
+"""
+
+from .definition import _BATCH_NORMS as _BATCH_NORMS
+from .definition import _LR_FIELD as _LR_FIELD
+from .definition import _RANDOM_IDENTITY as _RANDOM_IDENTITY
+from .definition import _RANDOM_UNSUPPORTED as _RANDOM_UNSUPPORTED
+from .definition import DatasetRef, ModelInfo, SolverConfig, describe
+from .definition import _prepare_network as _prepare_network
+from .definition import _solver_config as _solver_config
+from .files import _check_file as _check_file
+from .files import _parse_nntxt as _parse_nntxt
+from .files import _proto_params as _proto_params
+from .files import _read_h5 as _read_h5
+from .files import read_params, read_result
+from .model import LossGraph, NnablaModel, load_model, make_context
+
+__all__ = [
+    "DatasetRef",
+    "LossGraph",
+    "ModelInfo",
+    "NnablaModel",
+    "SolverConfig",
+    "describe",
+    "load_model",
+    "make_context",
+    "read_params",
+    "read_result",
+]

@@ -1,0 +1,97 @@
+"""What ships: the installed plugin tree holds the product and nothing else."""
+
+import os
+import subprocess
+import sys
+
+from sgd_influence_plugin import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGIN_DIR = os.path.join("_Post_Process", "_XAI", "_Image")
+
+#: Every file `install-plugin` may write, relative to NNC's plugins folder. Written out by hand
+#: on purpose: a new module must be added here knowingly, and a sample, test or benchmark
+#: helper (``support/``) must never appear.
+PRODUCT_MODULES = (
+    "__init__.py",
+    "api.py",
+    "cli.py",
+    "core.py",
+    "curvature.py",
+    "dataset.py",
+    "errors.py",
+    "evaluate.py",
+    "io_utils.py",
+    "labels.py",
+    "nnabla_adapter/__init__.py",
+    "nnabla_adapter/definition.py",
+    "nnabla_adapter/files.py",
+    "nnabla_adapter/model.py",
+    "output.py",
+    "progress.py",
+    "report.py",
+    "runner.py",
+    "settings.py",
+)
+ALLOWED = {os.path.join(PLUGIN_DIR, "SGD_Influence.py")} | {
+    os.path.join(PLUGIN_DIR, "sgd_influence_plugin", *m.split("/")) for m in PRODUCT_MODULES
+}
+
+
+def _tree(folder):
+    paths = (os.path.join(d, f) for d, _, files in os.walk(folder) for f in files)
+    return {os.path.relpath(p, folder) for p in paths}
+
+
+def test_install_plugin_copies_only_the_product(tmp_path):
+    target = tmp_path / "plugins"
+    assert cli.main(["install-plugin", str(target)]) == 0
+    installed = _tree(str(target))
+    assert installed == ALLOWED, (
+        f"unexpected: {sorted(installed - ALLOWED)}, missing: {sorted(ALLOWED - installed)}"
+    )
+    for helper in ("netdef.py", "fashion_mnist.py"):
+        assert not any(os.path.basename(p) == helper for p in installed)
+
+
+def test_the_installed_copy_imports_on_its_own(tmp_path):
+    """Every shipped module imports from the copy beside the script, none from the checkout."""
+    target = tmp_path / "plugins"
+    assert cli.main(["install-plugin", str(target)]) == 0
+    beside = str(target / PLUGIN_DIR)
+    names = [
+        m[: -len(".py")].replace("/", ".").replace(".__init__", "")
+        for m in PRODUCT_MODULES
+        if m != "__init__.py"
+    ]
+    code = (
+        "import importlib, sys; sys.path.insert(0, sys.argv[1]);"
+        "mods = [importlib.import_module('sgd_influence_plugin.' + n) for n in sys.argv[2:]];"
+        "print('\\n'.join(m.__file__ for m in mods));"
+        "print('support' in sys.modules)"
+    )
+    # No PYTHONPATH: the checkout must not be importable, so a stray import of the
+    # non-installed helpers would fail here.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, beside, *names],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    *files, support_loaded = proc.stdout.split()
+    assert len(files) == len(names)
+    assert all(f.startswith(beside + os.sep) for f in files), files
+    assert support_loaded == "False"
+
+
+def test_documents_the_setup_script_points_to_are_in_the_repository():
+    import re
+
+    text = open(os.path.join(ROOT, "scripts", "bootstrap_env.sh")).read()
+    docs = set(re.findall(r"[\w./-]+\.md\b", text))
+    assert docs, "the script names no document to read"
+    for doc in docs:
+        assert os.path.isfile(os.path.join(ROOT, doc)), f"bootstrap_env.sh points to {doc}"
