@@ -276,13 +276,6 @@ def cmd_evaluate(args) -> int:
     return run_from_args(args)
 
 
-def terminate_as_interrupt() -> None:
-    """Make Ctrl-C and SIGTERM stop the run at the next step, cleanly (see
-    :mod:`.interrupts`); temporary caches and staged outputs are removed.
-    """
-    interrupts.install()
-
-
 def report_errors(call, say_error, say_interrupt=None) -> int:
     """Run ``call()`` and turn the project's errors and interrupts into an exit status.
 
@@ -316,12 +309,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     # calls logging.basicConfig, which does nothing once the root logger is set up).
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    terminate_as_interrupt()
-    return report_errors(
-        lambda: args.func(args),
-        lambda m: print(f"sgd-influence: error: {m}", file=sys.stderr),
-        lambda m: print(f"sgd-influence: {m}", file=sys.stderr),
-    )
+    # Ctrl-C and SIGTERM stop at the next step; temporary caches and staged outputs go.
+    with interrupts.stop_requests():
+        return report_errors(
+            lambda: args.func(args),
+            lambda m: print(f"sgd-influence: error: {m}", file=sys.stderr),
+            lambda m: print(f"sgd-influence: {m}", file=sys.stderr),
+        )
 
 
 if __name__ == "__main__":

@@ -4,14 +4,16 @@ Python runs a signal handler between any two bytecodes, including inside a Pytho
 that nnabla's C++ code is calling. A handler that raises there (Python's default for Ctrl-C)
 leaves nnabla's Cython wrapper returning a value with an exception set, which surfaces as
 ``SystemError: ... returned a result with an error set`` instead of a clean stop. So the
-handlers installed by :func:`install` only record the request; :func:`check`, called between
+handlers of :func:`stop_requests` only record the request; :func:`check`, called between
 steps (training and replay steps, dataset rows, thumbnails, before the outputs are moved into
 place), raises :class:`KeyboardInterrupt` from plain Python. A second signal stops at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from typing import Iterator
 
 _requested = False
 
@@ -26,16 +28,24 @@ def _handler(signum, frame):
     _requested = True
 
 
-def install() -> None:
-    """Make Ctrl-C (SIGINT) and SIGTERM request a stop (call once, from the main thread)."""
+@contextlib.contextmanager
+def stop_requests() -> Iterator[None]:
+    """While inside, Ctrl-C (SIGINT) and SIGTERM request a stop (main thread only); the
+    previous handlers come back on exit.
+    """
     global _requested
     _requested = False
-    signal.signal(signal.SIGINT, _handler)
-    signal.signal(signal.SIGTERM, _handler)
+    previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _requested = False
 
 
 def requested() -> bool:
-    """Whether a stop was requested since :func:`install`."""
+    """Whether a stop was requested inside :func:`stop_requests`."""
     return _requested
 
 

@@ -103,7 +103,9 @@ def run(
     train_csv = _dataset_path(request.train, info.train_dataset, "training", flags.train)
     val_csv = _dataset_path(request.val, info.val_dataset, "validation", flags.val)
     inputs = [request.model, request.config, request.params, train_csv, val_csv]
-    validation.check_output_places(request, flags, inputs)
+    validation.check_output_places(
+        request, flags, inputs, validation.image_folders(train_csv, val_csv)
+    )
     interrupts.check()
     normalize = info.train_dataset.normalize if info.train_dataset else True
     log(f"reading {train_csv} and {val_csv}")
@@ -113,7 +115,7 @@ def run(
 
     train = load_dataset(train_csv, info.input_shapes, normalize, progress=rows_progress)
     val = load_dataset(val_csv, info.input_shapes, normalize, progress=rows_progress)
-    validation.check_loaded(request, info, train, val, model.n_params, flags, inputs)
+    validation.check_loaded(request, info, train, val, model.n_params, flags)
     interrupts.check()
     for note in info.notes:
         log("replay network: " + note)

@@ -4,9 +4,10 @@
 
 1. :func:`check_options`: the numbers and the choice of model files, from the request alone;
 2. :func:`check_output_places`: the output CSV and its companions, the cache folder, against
-   the input files (after the model is read, which names the default datasets);
-3. :func:`check_loaded`: labels, weight decay, the share to remove, overlap with the image
-   folders and free space, once the datasets are decoded.
+   the input files and the folders of the images the CSVs name (after the model is read,
+   which names the default datasets);
+3. :func:`check_loaded`: labels, weight decay, the share to remove and free space, once the
+   datasets are decoded.
 
 Messages use the option names of the interface that called (:class:`FlagNames`), e.g. the
 console plugin's ``--remove_ratio`` or the CLI's ``--remove-ratio``.
@@ -23,7 +24,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 import numpy as np
 
-from .dataset import Dataset, is_file_cell
+from .dataset import Dataset, is_file_cell, read_csv_table
 from .errors import DatasetError, OutputError, SettingsError
 from .io_utils import nearest_existing
 from .output import COMPANIONS, check_replaceable, planned_paths
@@ -241,11 +242,14 @@ def image_folders_of_table(csv_path: str, header: Sequence[str], rows) -> Set[st
     return out
 
 
-def image_folders(*datasets: Dataset) -> Set[str]:
-    """The folders of every file the datasets name, e.g. ``data/train`` (absolute)."""
+def image_folders(*csv_paths: str) -> Set[str]:
+    """The folders of every file the dataset CSVs name, e.g. ``data/train`` (absolute); only
+    the CSV text is read, no image.
+    """
     out: Set[str] = set()
-    for d in datasets:
-        out |= image_folders_of_table(d.path, d.header, d.rows)
+    for path in csv_paths:
+        header, rows = read_csv_table(path)
+        out |= image_folders_of_table(path, header, rows)
     return out
 
 
@@ -393,7 +397,7 @@ def check_output_places(
         request: a :class:`~sgd_influence_plugin.runner.RunRequest`.
         flags: option names for messages.
         input_files: model, config, params and the dataset CSVs (None entries skipped).
-        image_dirs: folders of the images the dataset CSVs name (known once they are read).
+        image_dirs: folders of the images the dataset CSVs name (:func:`image_folders`).
 
     """
     inputs = [p for p in input_files if p]
@@ -514,7 +518,6 @@ def check_loaded(
     val: Dataset,
     n_params: int,
     flags: FlagNames,
-    input_files: Sequence[Optional[str]],
 ) -> None:
     """The checks that need the decoded datasets and the model description.
 
@@ -524,7 +527,6 @@ def check_loaded(
         train / val: the decoded datasets.
         n_params: trainable scalars, for the cache size.
         flags: option names for messages.
-        input_files: model, config, params and the dataset CSVs.
 
     Raises:
         DatasetError, SettingsError, OutputError: see the individual checks.
@@ -537,7 +539,6 @@ def check_loaded(
     check_weight_decay(wd, info.source, flags)
     if request.remove_ratio is not None:
         rows_to_remove(train.size, None, request.remove_ratio, flags, train.path)
-    check_output_places(request, flags, input_files, image_folders(train, val))
     batch = s.batch_size or info.solver.batch_size
     channels = max((shape[0] for shape in info.input_shapes.values() if len(shape) == 3), default=1)
     need = estimate_bytes(

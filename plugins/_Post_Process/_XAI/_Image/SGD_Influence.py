@@ -111,7 +111,9 @@ def build_parser():
         help="share of most harmful rows left out of the cleansed CSV (float) default=0.05",
     )
     p.add_argument(
-        "--report", action="store_true", help="also write report.html (bool) default=False"
+        "--report",
+        action="store_true",
+        help="also write the HTML report, influence_report.html (bool) default=False",
     )
     p.add_argument(
         "--context", default="cpu", help="compute context (option:cpu,cudnn) default=cpu"
@@ -124,7 +126,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from nnabla import logger
 
-    from sgd_influence_plugin.cli import report_errors, terminate_as_interrupt
+    from sgd_influence_plugin import interrupts
+    from sgd_influence_plugin.cli import report_errors
     from sgd_influence_plugin.progress import LogProgress
     from sgd_influence_plugin.runner import RunRequest, run
     from sgd_influence_plugin.settings import InfluenceSettings
@@ -133,7 +136,6 @@ def main(argv=None):
     def say(message):
         logger.log(99, message)
 
-    terminate_as_interrupt()
     # --model has a default, so it counts as given together with --config only when changed.
     model_default = build_parser().get_default("model")
     model = args.model if not args.config or args.model != model_default else None
@@ -164,7 +166,8 @@ def main(argv=None):
         say("SGD influence completed successfully.")
         return 0
 
-    return report_errors(call, logger.critical)
+    with interrupts.stop_requests():  # Ctrl-C / SIGTERM stop cleanly at the next step
+        return report_errors(call, logger.critical)
 
 
 if __name__ == "__main__":
