@@ -102,7 +102,7 @@ def planned_paths(out_csv: str) -> OutputPaths:
 # ----------------------------------------------------------------------------------------
 
 
-def _read_ledger(folder: str) -> Dict[str, List[str]]:
+def read_ledger(folder: str) -> Dict[str, List[str]]:
     """The ledger of ``folder``: file name -> accepted SHA-256 digests ({} if none).
 
     Raises:
@@ -146,7 +146,7 @@ def written_by_tool(path: str) -> bool:
         return os.path.isfile(os.path.join(path, THUMBNAILS_MARKER))
     if not os.path.isfile(path):
         return False
-    digests = _read_ledger(os.path.dirname(os.path.abspath(path))).get(os.path.basename(path))
+    digests = read_ledger(os.path.dirname(os.path.abspath(path))).get(os.path.basename(path))
     return bool(digests) and sha256_file(path) in digests
 
 
@@ -206,7 +206,7 @@ def _commit(
     interrupts.check()  # the last moment a stop leaves everything as it was
     for staged, final in moves:
         check_replaceable(final, flag, folder=os.path.isdir(staged))
-    ledger = _read_ledger(folder)
+    ledger = read_ledger(folder)
     new = {
         os.path.basename(final): sha256_file(staged)
         for staged, final in moves
@@ -445,10 +445,11 @@ def write_influence_output(
         report=plan.report if report else None,
         cleansed=plan.cleansed if remove_ratio is not None else None,
     )
-    for kind in ("thumbnails", "settings", "summary", "report", "cleansed"):
-        target = getattr(paths, kind)
-        if target:
-            check_replaceable(target, flag, folder=kind == "thumbnails")
+    # What this run writes: every companion set in ``paths`` (a new one only needs its path
+    # set there and its file written into the staging folder).
+    written = [kind for kind in COMPANIONS if getattr(paths, kind)]
+    for kind in written:
+        check_replaceable(getattr(paths, kind), flag, folder=kind == "thumbnails")
     check_replaceable(paths.csv, flag)
     with _staging(folder, flag) as stage:
 
@@ -501,8 +502,7 @@ def write_influence_output(
                 train.header, train.rows, drop, train.folder, folder, staged(paths.cleansed)
             )
         # Companions first, the CSV last: a reader of the CSV never sees half a set.
-        kinds = ("thumbnails", "settings", "summary", "report", "cleansed")
-        moves = [(staged(getattr(paths, k)), getattr(paths, k)) for k in kinds if getattr(paths, k)]
+        moves = [(staged(getattr(paths, k)), getattr(paths, k)) for k in written]
         stale = [getattr(plan, k) for k in _VIEWS if getattr(paths, k) is None]
         _commit(folder, moves + [(staged(paths.csv), paths.csv)], stale, flag)
     return paths
@@ -640,6 +640,8 @@ def cleanse(
         input_files=[train_csv, influence_csv],
         image_folders=validation.image_folders_of_table(train_csv, header, rows),
     )
+    if os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        read_ledger(os.path.dirname(os.path.abspath(output)))
     check_replaceable(output, flags.output)
     idx, infl, orig, labels = read_influence_csv(influence_csv)
     _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, labels)

@@ -27,7 +27,7 @@ import numpy as np
 from .dataset import Dataset, is_file_cell, read_csv_table
 from .errors import DatasetError, OutputError, SettingsError
 from .io_utils import nearest_existing
-from .output import COMPANIONS, check_replaceable, planned_paths
+from .output import COMPANIONS, check_replaceable, planned_paths, read_ledger
 
 #: Thumbnail sizes accepted, in pixels (a thumbnail is at most this wide and high).
 THUMB_SIZES = (16, 512)
@@ -404,6 +404,8 @@ def check_output_places(
     image_dirs = list(image_dirs)
     check_output_csv(request.output, flags.output, inputs, image_dirs)
     plan = planned_paths(request.output)
+    if os.path.isdir(os.path.dirname(plan.csv)):
+        read_ledger(os.path.dirname(plan.csv))  # a damaged one is refused now, not at the end
     check_replaceable(plan.csv, flags.output)
     for kind in COMPANIONS:
         target = getattr(plan, kind)

@@ -252,6 +252,10 @@ REFUSED = {
         _user_file("influence_summary.txt"),
         r"influence_summary\.txt: already exists and was not written by sgd-influence",
     ),
+    "damaged ledger in the output folder": (
+        _user_file(output.LEDGER, b"{oops"),
+        r"cannot tell which files here sgd-influence wrote",
+    ),
     "user CSV at the output path": (
         _user_file("influence.csv", b"x:image,y:label\n"),
         r"influence\.csv: already exists and was not written by sgd-influence.*another --output",
@@ -545,13 +549,16 @@ def test_images_in_a_thumbnails_folder_survive_a_run_beside_them(world):
     text = open(world["train"]).read().replace("train/", "thumbnails/")
     open(world["train"], "w").write(text)
     before = _tree(world["data"] / "thumbnails")
-    assert cli.main(_run_argv(world, world["data"] / "influence.csv")) == 0
+    assert cli.main(_run_argv(world, world["data"] / "influence.csv", "--report")) == 0
     assert _tree(world["data"] / "thumbnails") == before
     assert (world["data"] / "influence_thumbnails" / output.THUMBNAILS_MARKER).is_file()
-    # A second run replaces its own output (the ledger and the marker say it is ours).
+    assert (world["data"] / "influence_report.html").is_file()
+    # A second run replaces its own output (the ledger and the marker say it is ours) and
+    # removes the report it no longer writes, so no stale view is left beside the new CSV.
     first = (world["data"] / "influence.csv").read_bytes()
     assert cli.main(_run_argv(world, world["data"] / "influence.csv")) == 0
     assert (world["data"] / "influence.csv").read_bytes() == first
+    assert not (world["data"] / "influence_report.html").exists()
     assert _tree(world["data"] / "thumbnails") == before
 
 
