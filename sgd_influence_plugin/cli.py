@@ -1,7 +1,7 @@
 """The ``sgd-influence`` command: run, cleanse, evaluate, install-plugin.
 
-Errors the user can fix exit with status 2 and one line on stderr; Ctrl-C exits 130 and leaves
-no partial output.
+Errors the user can fix exit with status 2 and one line on stderr, before anything is
+computed; Ctrl-C or SIGTERM exits 130 with one line and leaves no partial output.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import shutil
 import sys
 from typing import List, Optional
 
-from .errors import SGDInfluenceError
+from . import interrupts
+from .errors import OutputError, SGDInfluenceError
 from .settings import CACHE_MODES, DEFAULT_TRIALS, InfluenceSettings
 
 SIGN_NOTE = (
@@ -38,7 +39,9 @@ def _add_run(sub):
     req.add_argument(
         "--output",
         required=True,
-        help="influence CSV to write; thumbnails/, settings.yaml and summary.txt go beside it",
+        help="influence CSV to write (a new .csv file, or one sgd-influence wrote); beside it "
+        "go STEM_thumbnails/, STEM_settings.yaml, STEM_summary.txt and STEM_trials.csv, "
+        "named after it",
     )
     src = p.add_argument_group("model (required: --model, or --config with --params)")
     src.add_argument("--model", help="results.nnp holding the network and its parameters")
@@ -103,7 +106,8 @@ def _add_run(sub):
     )
     p.add_argument(
         "--cache-dir",
-        help="keep the cache in this folder (default: a temporary folder, removed at the end)",
+        help="keep the cache in this folder, new or empty or one sgd-influence made (default: "
+        "a temporary folder, removed at the end)",
     )
     p.add_argument(
         "--context",
@@ -111,21 +115,23 @@ def _add_run(sub):
         help="cpu, or cudnn[:DEVICE] with nnabla-ext-cuda installed (default: %(default)s)",
     )
     p.add_argument(
-        "--report", action="store_true", help="also write report.html, offline (default: off)"
+        "--report",
+        action="store_true",
+        help="also write STEM_report.html, offline (default: off)",
     )
     p.add_argument(
         "--thumb-size",
         type=int,
         default=64,
         metavar="PX",
-        help="thumbnails fit a PX x PX box; smaller images are enlarged by a whole factor "
-        "(default: %(default)s)",
+        help="thumbnails fit a PX x PX box, 16..512; smaller images are enlarged by a whole "
+        "factor (default: %(default)s)",
     )
     p.add_argument(
         "--label-names",
         metavar="FILE",
-        help="text file with one class name per line, line 1 for label 0; summary.txt and "
-        "report.html show the names (default: the label numbers only)",
+        help="text file with one class name per line, line 1 for label 0; the summary "
+        "and the report show the names (default: the label numbers only)",
     )
     p.add_argument(
         "--quiet", action="store_true", help="no progress bars or messages (default: off)"
@@ -144,7 +150,11 @@ def _add_cleanse(sub):
     req = p.add_argument_group(REQUIRED)
     req.add_argument("--influence", required=True, help="influence CSV from 'sgd-influence run'")
     req.add_argument("--train", required=True, help="the training CSV it was computed for")
-    req.add_argument("--output", required=True, help="cleansed CSV to write")
+    req.add_argument(
+        "--output",
+        required=True,
+        help="cleansed CSV to write (a new .csv file, or one sgd-influence wrote)",
+    )
     g = req.add_mutually_exclusive_group(required=True)
     g.add_argument(
         "--remove", type=int, metavar="N", help="number of most harmful rows to remove (or R)"
@@ -218,8 +228,6 @@ def cmd_run(args) -> int:
         cache=args.cache,
         context=args.context,
     )
-    if not args.model and not args.config:
-        raise SGDInfluenceError("give --model results.nnp, or --config net.nntxt with --params")
     req = RunRequest(
         output=args.output,
         model=args.model,
@@ -266,8 +274,12 @@ def plugin_sources() -> List[str]:
 
 
 def cmd_install_plugin(args) -> int:
-    """``sgd-influence install-plugin``: script(s) plus a copy of the package beside each."""
-    from .io_utils import atomic_dir
+    """``sgd-influence install-plugin``: script(s) plus a copy of the package beside each.
+
+    An existing ``sgd_influence_plugin`` folder there is replaced only if it is this package
+    (it holds ``runner.py``); the script of the same name is replaced.
+    """
+    from .io_utils import atomic_dir, atomic_write
 
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.join(os.path.dirname(here), "plugins")
@@ -276,16 +288,43 @@ def cmd_install_plugin(args) -> int:
         raise SGDInfluenceError(
             f"no plugin scripts found under {root}; install from a checkout of the repository"
         )
+    target = args.plugins_dir
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise OutputError(
+            f"{target}: is a file, not a folder; give the console's plugins folder "
+            "(...\\neural_network_console\\libs\\plugins)"
+        )
     for script in scripts:
         rel = os.path.relpath(script, root)
-        dest_dir = os.path.join(args.plugins_dir, os.path.dirname(rel))
-        os.makedirs(dest_dir, exist_ok=True)
-        shutil.copy2(script, os.path.join(dest_dir, os.path.basename(script)))
-        with atomic_dir(os.path.join(dest_dir, "sgd_influence_plugin")) as tmp:
-            shutil.copytree(
-                here, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        dest_dir = os.path.join(target, os.path.dirname(rel))
+        package = os.path.join(dest_dir, "sgd_influence_plugin")
+        if os.path.lexists(package) and not os.path.isfile(os.path.join(package, "runner.py")):
+            raise OutputError(
+                f"{package}: exists and is not this plugin's package; it is left alone. Move "
+                "it away, or install into another folder"
             )
-        print(f"installed {os.path.join(dest_dir, os.path.basename(script))}", file=sys.stderr)
+    try:
+        for script in scripts:
+            rel = os.path.relpath(script, root)
+            dest_dir = os.path.join(target, os.path.dirname(rel))
+            os.makedirs(dest_dir, exist_ok=True)
+            with open(script, "rb") as src, atomic_write(
+                os.path.join(dest_dir, os.path.basename(script)), "wb"
+            ) as dst:
+                shutil.copyfileobj(src, dst)
+            with atomic_dir(os.path.join(dest_dir, "sgd_influence_plugin")) as tmp:
+                shutil.copytree(
+                    here,
+                    tmp,
+                    dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                )
+            print(f"installed {os.path.join(dest_dir, os.path.basename(script))}", file=sys.stderr)
+    except OSError as e:
+        raise OutputError(
+            f"{e.filename or target}: cannot install there ({e.strerror or e}); check the "
+            "folder and its permissions (the console's folder may need administrator rights)"
+        ) from e
     return 0
 
 
@@ -296,15 +335,29 @@ def cmd_evaluate(args) -> int:
     return run_from_args(args)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def report_errors(call, say_error, say_interrupt=None) -> int:
+    """Run ``call()`` and turn the project's errors and interrupts into an exit status.
 
+    Args:
+        call: returns the exit status on success.
+        say_error: prints one line for the user.
+        say_interrupt: prints the interrupt's line (default: ``say_error``).
 
-def terminate_as_interrupt() -> None:
-    """Treat SIGTERM like Ctrl-C, so temporary caches and staged outputs are removed too."""
-    import signal
+    Returns:
+        ``call()``'s status; 2 after an :class:`SGDInfluenceError`; 130 after Ctrl-C or
+        SIGTERM (also when nnabla's C++ code wrapped the interrupt in another error).
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    """
+    try:
+        return call()
+    except SGDInfluenceError as e:
+        say_error(str(e))
+        return 2
+    except BaseException as e:  # noqa: BLE001 - only interrupts are handled here
+        if interrupts.is_interrupt(e):
+            (say_interrupt or say_error)(interrupts.MESSAGE)
+            return 130
+        raise
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -315,15 +368,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     # calls logging.basicConfig, which does nothing once the root logger is set up).
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    terminate_as_interrupt()
-    try:
-        return args.func(args)
-    except SGDInfluenceError as e:
-        print(f"sgd-influence: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sgd-influence: interrupted; no partial output was written", file=sys.stderr)
-        return 130
+    # Ctrl-C and SIGTERM stop at the next step; temporary caches and staged outputs go.
+    with interrupts.stop_requests():
+        return report_errors(
+            lambda: args.func(args),
+            lambda m: print(f"sgd-influence: error: {m}", file=sys.stderr),
+            lambda m: print(f"sgd-influence: {m}", file=sys.stderr),
+        )
 
 
 if __name__ == "__main__":

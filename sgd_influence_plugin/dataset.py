@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -199,7 +200,7 @@ def load_dataset(
                     value.size != int(np.prod(shape))
                     or value.ndim > 1
                     and len(cols) == 1
-                    and _is_file(row[cols[0]])
+                    and is_file_cell(row[cols[0]])
                 ):
                     raise DatasetError(
                         _shape_message(path, ri, header, cols, row, value.shape, shape, name)
@@ -219,16 +220,26 @@ def load_dataset(
     )
 
 
-def _is_file(cell: str) -> bool:
+def is_file_cell(cell: str) -> bool:
+    """True if a CSV cell names a file (by its extension) rather than holding a number."""
     return os.path.splitext(cell.strip())[1].lower() in _FILE_EXTS
 
 
 def _shape_message(path, ri, header, cols, row, got, want, name) -> str:
     where = f"{path} row {ri + 1}"
-    if len(cols) == 1 and _is_file(row[cols[0]]):
+    if len(cols) == 1 and is_file_cell(row[cols[0]]):
+        got, want = tuple(got), tuple(want)
+        if len(got) == len(want) == 3 and got[1:] == want[1:] and got[0] != want[0]:
+            kinds = {1: "grayscale", 3: "color (RGB)", 4: "color with alpha (RGBA)"}
+            return (
+                f"{where}: '{row[cols[0]]}' has {got[0]} channel(s), "
+                f"{kinds.get(got[0], 'channels')}, but the network's input '{name}' takes "
+                f"{want[0]} ({kinds.get(want[0], 'channels')}); convert the images to "
+                f"{want[0]} channel(s), or change the network's input to {got[0]} channel(s)"
+            )
         return (
-            f"{where}: '{row[cols[0]]}' loads with shape {tuple(got)} but the network's input "
-            f"'{name}' takes {tuple(want)} (channels, height, width); resize the images to "
+            f"{where}: '{row[cols[0]]}' loads with shape {got} but the network's input "
+            f"'{name}' takes {want} (channels, height, width); resize the images to "
             "the network's input size or change the network's input shape"
         )
     return (
@@ -237,29 +248,57 @@ def _shape_message(path, ri, header, cols, row, got, want, name) -> str:
     )
 
 
+#: A plain decimal number as a CSV cell may hold it (no '_' digit separators, no hex).
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity)$", re.IGNORECASE)
+
+
 def _cell_value(path, ri, column, cell, folder, normalize):
     text = cell.strip()
-    try:
+    where = f"{path} row {ri + 1}, column '{column}'"
+    if _NUMBER.match(text):
         return np.float32(float(text))
-    except ValueError:
-        pass
-    if not _is_file(text):
+    if _NONFINITE.match(text):
         raise DatasetError(
-            f"{path} row {ri + 1}, column '{column}': '{cell}' is neither a number nor a file "
-            "path; labels must be numbers (class indices 0, 1, ...), and data cells paths to "
-            f"files ({', '.join(_FILE_EXTS)})"
+            f"{where}: '{cell}' is not a finite number; give a number (labels are class "
+            "indices 0, 1, ...)"
+        )
+    if not is_file_cell(text):
+        raise DatasetError(
+            f"{where}: '{cell}' is neither a number nor a file path; labels must be numbers "
+            "written plainly (class indices 0, 1, ...; no '_' separators), and data cells "
+            f"paths to files ({', '.join(_FILE_EXTS)})"
         )
     full = text if os.path.isabs(text) else os.path.join(folder, text)
     if not os.path.isfile(full):
         raise DatasetError(
-            f"{path} row {ri + 1}, column '{column}': file '{text}' not found (paths are relative "
-            f"to the CSV's folder {folder})"
+            f"{where}: file '{text}' not found (paths are relative to the CSV's folder {folder})"
         )
     try:
         value = _load_file(full, normalize)
     except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
         raise DatasetError(
-            f"{path} row {ri + 1}, column '{column}': cannot read '{text}' ({type(e).__name__}: "
-            f"{e}); replace or remove this file"
+            f"{where}: cannot read '{text}' ({_why_unreadable(full, e)}); replace or remove "
+            "this file"
         ) from e
+    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        raise DatasetError(
+            f"{where}: '{text}' holds NaN or infinite values; replace them with numbers"
+        )
     return value
+
+
+def _why_unreadable(full: str, error: Exception) -> str:
+    """A reason a user can act on: nnabla's loader only says "No backend available" when
+    every image decoder failed, so ask Pillow what is wrong with an image file.
+    """
+    ext = os.path.splitext(full)[1].lower()
+    if ext in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"):
+        try:
+            from PIL import Image
+
+            with Image.open(full) as im:
+                im.load()
+        except Exception as pil_error:  # noqa: BLE001 - we only want its message
+            return f"not a readable image: {pil_error}"
+    return f"{type(error).__name__}: {error}"

@@ -1,7 +1,9 @@
 """The project's exception types.
 
 Every message names the file (and the row, where there is one) and says how to fix it.
-Entry points catch :class:`SGDInfluenceError`, print its message as one line and exit non-zero.
+Entry points catch :class:`SGDInfluenceError`, print its message as one line and exit with
+status 2. Every check runs before the computation starts (see :mod:`.validation`), except
+:class:`ComputationError`, which checks what was computed before anything is written.
 """
 
 
@@ -35,3 +37,15 @@ class SettingsError(SGDInfluenceError):
 
 class UnstableReplayError(SGDInfluenceError):
     """The replay blew up even at the reduced learning rates of every retry."""
+
+
+class OutputError(SGDInfluenceError):
+    """An output or cache place cannot be used: it is a folder where a file is expected, it is
+    not writable or too full, it overlaps an input, or it holds a file the tool did not write.
+    """
+
+
+class ComputationError(SGDInfluenceError):
+    """The computation produced values that cannot be right (NaN or infinite scores), e.g.
+    because the learning rate makes the SGD epoch diverge; nothing is written.
+    """

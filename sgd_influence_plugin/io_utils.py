@@ -1,12 +1,34 @@
-"""Atomic file output: write to a temporary file in the same folder, then rename."""
+"""Atomic file output: write to a temporary file in the same folder, then rename.
+
+Files and folders made here get the permissions of any file the user creates
+(0666 / 0777 masked by the umask), not the owner-only 0600 / 0700 of :mod:`tempfile`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
 from typing import Iterator
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Permission bits of a new ordinary file: 0666 & ~umask (0644 with the usual umask)."""
+    return 0o666 & ~current_umask()
+
+
+def folder_mode() -> int:
+    """Permission bits of a new folder: 0777 & ~umask (0755 with the usual umask)."""
+    return 0o777 & ~current_umask()
 
 
 @contextlib.contextmanager
@@ -14,7 +36,7 @@ def atomic_write(path: str, mode: str = "w", **kwargs) -> Iterator:
     """Open a temporary file beside ``path``; on success rename it to ``path``.
 
     On any exception (KeyboardInterrupt included) the temporary file is removed and ``path``
-    is left as it was. Parent folders are created.
+    is left as it was. Parent folders are created. The file ends with :func:`file_mode`.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -22,6 +44,7 @@ def atomic_write(path: str, mode: str = "w", **kwargs) -> Iterator:
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -34,13 +57,15 @@ def atomic_dir(path: str) -> Iterator[str]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
 
     An existing ``path`` is swapped out only after the new content is complete; on failure the
-    temporary folder is removed and ``path`` is untouched.
+    temporary folder is removed and ``path`` is untouched. The folder ends with
+    :func:`folder_mode`.
     """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".")
     try:
         yield tmp
+        os.chmod(tmp, folder_mode())
         if os.path.exists(path):
             old = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".old.")
             os.rmdir(old)
@@ -52,3 +77,46 @@ def atomic_dir(path: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def nearest_existing(path: str) -> str:
+    """``path`` itself if it exists, else its closest existing ancestor (absolute)."""
+    p = os.path.abspath(path)
+    while not os.path.lexists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    return p
+
+
+def makedirs_tracked(folder: str) -> list:
+    """Create ``folder`` and missing parents; return the folders created, deepest last."""
+    missing = []
+    p = os.path.abspath(folder)
+    while not os.path.lexists(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    os.makedirs(folder, exist_ok=True)
+    return list(reversed(missing))
+
+
+def remove_empty_folders(folders: list) -> None:
+    """Remove those of ``folders`` (deepest last, as :func:`makedirs_tracked` returns them)
+    that are empty; anything that holds a file stays.
+    """
+    for f in reversed(folders):
+        with contextlib.suppress(OSError):
+            os.rmdir(f)

@@ -3,7 +3,7 @@
 Influence CSV (NNC dataset format, so the console's viewer shows and sorts it)::
 
     x:image,y:label,influence,loss,datasource_index,original
-    thumbnails/000123.png,3,-0.0123,2.31,123,train/000123.png
+    influence_thumbnails/000123.png,3,-0.0123,2.31,123,train/000123.png
 
 - rows sorted by ``influence`` ascending: the most harmful (most negative) first;
 - ``x:image``: a thumbnail PNG, path relative to the CSV's folder;
@@ -12,36 +12,72 @@ Influence CSV (NNC dataset format, so the console's viewer shows and sorts it)::
 - ``datasource_index``: 0-based data row of the sample in the training CSV;
 - ``original``: the sample's image cell exactly as written in the training CSV.
 
-Beside it: ``thumbnails/``, ``settings.yaml``, ``summary.txt``, ``<stem>_trials.csv`` (each
-trial's raw scores: ``datasource_index,trial_0,trial_1,...`` in training-row order) and, on
-request, ``report.html``.
-An existing output is replaced as a whole: everything is staged in a hidden folder first.
+Everything else is named after the CSV (see :data:`COMPANIONS`): for ``out/influence.csv``,
+``out/influence_thumbnails/``, ``out/influence_settings.yaml``, ``out/influence_summary.txt``,
+``out/influence_trials.csv`` (each trial's raw scores: ``datasource_index,trial_0,...`` in
+training-row order) and, on request, ``out/influence_report.html`` and
+``out/influence_cleansed.csv``.
+
+Ownership: the tool replaces only what it wrote. It keeps the names and SHA-256 digests of the
+files it wrote in each output folder in :data:`LEDGER`, and puts :data:`THUMBNAILS_MARKER`
+in every thumbnails folder it makes. An existing file is replaced only when the ledger lists it
+with its current content, and an existing thumbnails folder only when it holds the marker;
+anything else is refused (:class:`~sgd_influence_plugin.errors.OutputError`) before computing.
+A run's files are staged in a hidden folder first and moved into place only when all are
+complete, the CSV last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import os
 import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import interrupts
 from .dataset import Dataset, read_csv_table
-from .errors import InputError, SettingsError
-from .io_utils import atomic_write
+from .errors import DatasetError, InputError, OutputError, SettingsError
+from .io_utils import (
+    atomic_write,
+    makedirs_tracked,
+    remove_empty_folders,
+    sha256_file,
+)
 from .labels import display_label
 
 INFLUENCE_COLUMNS = ["x:image", "y:label", "influence", "loss", "datasource_index", "original"]
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
+#: Every file or folder a run may write beside ``<stem>.csv``: kind -> suffix of the stem.
+#: The one list the naming, ownership and overlap rules read.
+COMPANIONS: Dict[str, str] = {
+    "thumbnails": "_thumbnails",  # folder of PNGs, holds THUMBNAILS_MARKER
+    "settings": "_settings.yaml",
+    "summary": "_summary.txt",
+    "report": "_report.html",
+    "trials": "_trials.csv",
+    "cleansed": "_cleansed.csv",
+}
+#: Companions that only show the influence CSV's content: an old one that a new run does not
+#: write again is removed (if the tool wrote it), so no stale view sits beside a new CSV. A
+#: cleansed CSV is data the user may be training on: it is never removed, only replaced.
+_VIEWS = ("thumbnails", "report", "trials")
+#: Marker file in every thumbnails folder the tool makes.
+THUMBNAILS_MARKER = ".sgd_influence_thumbnails"
+#: Per output folder: the files the tool wrote there, name -> SHA-256 digests.
+LEDGER = ".sgd_influence_written.json"
+
 
 @dataclass
 class OutputPaths:
-    """Where a run's files went."""
+    """Where a run's files go (absolute paths); None = not written by this run."""
 
     csv: str
     thumbnails: Optional[str]
@@ -50,6 +86,181 @@ class OutputPaths:
     report: Optional[str] = None
     cleansed: Optional[str] = None
     trials: Optional[str] = None
+
+
+def companion_path(out_csv: str, kind: str) -> str:
+    """The absolute path of companion ``kind`` (a key of :data:`COMPANIONS`) of ``out_csv``."""
+    folder, name = os.path.split(os.path.abspath(out_csv))
+    return os.path.join(folder, os.path.splitext(name)[0] + COMPANIONS[kind])
+
+
+def planned_paths(out_csv: str) -> OutputPaths:
+    """Every path a run with output ``out_csv`` may write (see :data:`COMPANIONS`)."""
+    return OutputPaths(
+        csv=os.path.abspath(out_csv),
+        **{kind: companion_path(out_csv, kind) for kind in COMPANIONS},
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Ownership
+# ----------------------------------------------------------------------------------------
+
+
+def read_ledger(folder: str) -> Dict[str, List[str]]:
+    """The ledger of ``folder``: file name -> accepted SHA-256 digests ({} if none).
+
+    Raises:
+        OutputError: a file of that name exists but is not a ledger this tool wrote.
+
+    """
+    path = os.path.join(folder, LEDGER)
+    if not os.path.lexists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        files = data["files"]
+        if not isinstance(files, dict):
+            raise TypeError("files is not a mapping")
+        return {str(k): [str(h) for h in v] for k, v in files.items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OutputError(
+            f"{path}: cannot tell which files here sgd-influence wrote, this list of them is "
+            f"unreadable ({e}); write the output into another folder"
+        ) from e
+
+
+def _write_ledger(folder: str, files: Dict[str, List[str]]) -> None:
+    data = {
+        "about": "files sgd-influence wrote in this folder and may replace: name -> SHA-256",
+        "files": {k: v for k, v in sorted(files.items()) if v},
+    }
+    with atomic_write(os.path.join(folder, LEDGER), encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+
+
+def written_by_tool(path: str) -> bool:
+    """True if ``path`` is a file this tool wrote and nobody changed since (see the ledger),
+    or a thumbnails folder it made (holding :data:`THUMBNAILS_MARKER`).
+    """
+    if os.path.islink(path):
+        return False
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, THUMBNAILS_MARKER))
+    if not os.path.isfile(path):
+        return False
+    digests = read_ledger(os.path.dirname(os.path.abspath(path))).get(os.path.basename(path))
+    return bool(digests) and sha256_file(path) in digests
+
+
+def check_replaceable(path: str, flag: str = "--output", folder: bool = False) -> None:
+    """Refuse to write ``path`` if something the tool did not write is there.
+
+    Args:
+        path: a file (or, with ``folder``, a thumbnails folder) a run would replace.
+        flag: the option that chose it, for the message.
+        folder: ``path`` is a folder the tool makes.
+
+    Raises:
+        OutputError: ``path`` exists and is not the tool's (see :func:`written_by_tool`), or
+            has the wrong kind (a folder where a file goes, or the other way round).
+
+    """
+    if not os.path.lexists(path):
+        return
+    what = "folder" if folder else "file"
+    if folder != (os.path.isdir(path) and not os.path.islink(path)) or not written_by_tool(path):
+        made = (
+            f"has no {THUMBNAILS_MARKER} marker, so sgd-influence did not make it"
+            if folder and os.path.isdir(path)
+            else "was not written by sgd-influence (or was edited since)"
+        )
+        raise OutputError(
+            f"{path}: already exists and {made}; it is left alone. Give another {flag} name, "
+            f"or move or delete that {what} yourself"
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Staging and committing
+# ----------------------------------------------------------------------------------------
+
+
+def _write_failed(error: OSError, where: str, flag: str) -> OutputError:
+    target = error.filename or where
+    return OutputError(
+        f"{target}: cannot write ({error.strerror or error}); nothing was written. Free some "
+        f"space or fix the permissions, or give another {flag}"
+    )
+
+
+def _commit(
+    folder: str, moves: Sequence[Tuple[str, str]], remove: Sequence[str], flag: str
+) -> None:
+    """Move staged files/folders into place, companions first and the last entry last.
+
+    Args:
+        folder: the output folder (holds the ledger).
+        moves: ``(staged path, final path)``; a staged folder replaces a whole folder.
+        remove: final paths of old views (see ``_VIEWS``) to remove if the tool wrote them.
+        flag: the output option, for messages.
+
+    """
+    interrupts.check()  # the last moment a stop leaves everything as it was
+    for staged, final in moves:
+        check_replaceable(final, flag, folder=os.path.isdir(staged))
+    ledger = read_ledger(folder)
+    new = {
+        os.path.basename(final): sha256_file(staged)
+        for staged, final in moves
+        if os.path.isfile(staged)
+    }
+    # Until every move is done, the ledger accepts both the old and the new content.
+    _write_ledger(folder, {**ledger, **{k: [h, *ledger.get(k, [])] for k, h in new.items()}})
+    for staged, final in moves:
+        if os.path.isdir(staged) and os.path.lexists(final):
+            old = os.path.join(folder, f".{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(final, old)
+            os.replace(staged, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staged, final)
+    for path in remove:
+        if os.path.lexists(path) and written_by_tool(path):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+    ledger = {**ledger, **{k: [h] for k, h in new.items()}}
+    _write_ledger(
+        folder, {k: v for k, v in ledger.items() if os.path.isfile(os.path.join(folder, k))}
+    )
+
+
+@contextlib.contextmanager
+def _staging(folder: str, flag: str):
+    """A hidden staging folder inside ``folder`` (created with its parents if needed).
+
+    On any failure the staging folder and the folders created for it are removed, and an
+    OSError (disk full, no permission) becomes a one-line :class:`OutputError`.
+    """
+    created: List[str] = []
+    stage = None
+    done = False
+    try:
+        created = makedirs_tracked(folder)
+        stage = tempfile.mkdtemp(dir=folder, prefix=".sgd_influence_staging_")
+        yield stage
+        done = True
+    except OSError as e:
+        raise _write_failed(e, folder, flag) from e
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if not done:
+            remove_empty_folders(created)
 
 
 def find_columns(train: Dataset, used_columns: Sequence[str]):
@@ -75,11 +286,22 @@ def make_thumbnail(src: str, dst: str, size: int = 64) -> None:
     Images smaller than ``size`` are enlarged by the largest whole factor with nearest
     neighbour (8x8 -> 64x64, 28x28 -> 56x56) so their pixels stay sharp; larger ones are
     reduced with Lanczos filtering.
+
+    Raises:
+        DatasetError: ``src`` cannot be read as an image.
+        OSError: ``dst`` cannot be written.
+
     """
     from PIL import Image
 
-    with Image.open(src) as im:
+    try:
+        im = Image.open(src)
         im.load()
+    except (OSError, ValueError) as e:
+        raise DatasetError(
+            f"{src}: cannot read this image for its thumbnail ({e}); replace or remove the file"
+        ) from e
+    with im:
         w, h = im.size
         if max(w, h) <= size:
             k = max(1, size // max(w, h))
@@ -151,15 +373,36 @@ def _label_key(x: str):
         return (1, 0.0, x)
 
 
-def _replace(src: str, dst: str) -> None:
-    """Move ``src`` over ``dst`` (file or folder); an old folder is swapped out, then removed."""
-    if os.path.isdir(dst) and not os.path.islink(dst):
-        old = dst + ".old-" + uuid.uuid4().hex[:8]
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+def _write_cleansed(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    drop: set,
+    src_folder: str,
+    out_folder: str,
+    path: str,
+) -> None:
+    """Write ``rows`` without the indices in ``drop``; file cells are rewritten relative to
+    ``out_folder`` (where the CSV will live), so the console finds the images from there.
+    """
+
+    def rebase(cell: str) -> str:
+        text = cell.strip()
+        if (
+            os.path.splitext(text)[1]
+            and not os.path.isabs(text)
+            and os.path.exists(os.path.join(src_folder, text))
+        ):
+            return os.path.relpath(os.path.join(src_folder, text), out_folder)
+        return cell
+
+    data_cols = [c for c, cell in enumerate(header) if not cell.startswith("#")]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        for j, row in enumerate(rows):
+            if j in drop:
+                continue
+            w.writerow([rebase(c) if k in data_cols else c for k, c in enumerate(row)])
 
 
 def write_influence_output(
@@ -170,46 +413,81 @@ def write_influence_output(
     info: Dict,
     thumb_size: int = 64,
     report: bool = False,
+    remove_ratio: Optional[float] = None,
+    flag: str = "--output",
     losses: Optional[np.ndarray] = None,
     trial_scores: Optional[np.ndarray] = None,
     label_names: Optional[Sequence[str]] = None,
 ) -> OutputPaths:
     """Write the influence CSV and its companions (see the module docstring).
 
+    Everything is staged first; an interrupt or error before the final moves leaves the old
+    output (if any) as it was and nothing new behind.
+
     Args:
         out_csv: path of the influence CSV; its folder is created if needed.
         scores: float64 (N,) in training-row order (negative = harmful).
         train: the training :class:`Dataset` the scores belong to.
         used_columns: dataset variables the network reads (to find image and label columns).
-        info: settings and run facts, written to settings.yaml and summarised.
+        info: settings and run facts, written to ``<stem>_settings.yaml`` and summarised.
         thumb_size: thumbnail bounding box in pixels.
-        report: also write ``report.html``.
+        report: also write ``<stem>_report.html``.
+        remove_ratio: also write ``<stem>_cleansed.csv``: the training CSV without the
+            ``round(remove_ratio * N)`` most harmful rows (None = don't).
+        flag: the output option of the calling interface, for messages.
         losses: float64 (N,) per-sample training losses for the ``loss`` column (empty if None).
         trial_scores: float64 (M, N) each trial's raw scores, for ``<stem>_trials.csv``.
         label_names: class names, ``label_names[k]`` for label k (checked by the caller);
             the summary and the report show them beside the numbers, the CSV keeps numbers.
+
+    Raises:
+        OutputError: a target holds something the tool did not write, or writing failed
+            (disk full, permissions).
+        DatasetError: a training image cannot be read for its thumbnail.
 
     """
     if len(scores) != train.size:
         raise SettingsError(f"{len(scores)} scores for {train.size} training rows")
     if not np.all(np.isfinite(scores)):
         raise SettingsError("refusing to write non-finite influence scores")
-    folder = os.path.dirname(os.path.abspath(out_csv))
-    os.makedirs(folder, exist_ok=True)
+    plan = planned_paths(out_csv)
+    folder = os.path.dirname(plan.csv)
     image_col, label_col = find_columns(train, used_columns)
     labels = [train.cell(i, label_col).strip() for i in range(train.size)] if label_col else None
     order = ranking(scores)
-    stage = tempfile.mkdtemp(dir=folder, prefix=".sgd_influence_staging_")
-    try:
+    paths = OutputPaths(
+        csv=plan.csv,
+        thumbnails=plan.thumbnails if image_col else None,
+        settings=plan.settings,
+        summary=plan.summary,
+        report=plan.report if report else None,
+        cleansed=plan.cleansed if remove_ratio is not None else None,
+        trials=plan.trials if trial_scores is not None else None,
+    )
+    # What this run writes: every companion set in ``paths`` (a new one only needs its path
+    # set there and its file written into the staging folder).
+    written = [kind for kind in COMPANIONS if getattr(paths, kind)]
+    for kind in written:
+        check_replaceable(getattr(paths, kind), flag, folder=kind == "thumbnails")
+    check_replaceable(paths.csv, flag)
+    with _staging(folder, flag) as stage:
+
+        def staged(path: str) -> str:
+            return os.path.join(stage, os.path.basename(path))
+
         thumbs_rel: List[str] = [""] * train.size
         if image_col:
-            os.makedirs(os.path.join(stage, "thumbnails"))
+            thumbs_dir = os.path.basename(paths.thumbnails)
+            os.makedirs(os.path.join(stage, thumbs_dir))
+            with open(os.path.join(stage, thumbs_dir, THUMBNAILS_MARKER), "w") as f:
+                f.write("Thumbnails by sgd-influence; it replaces this folder as a whole.\n")
             for i in range(train.size):
-                rel = f"thumbnails/{i:06d}.png"
+                interrupts.check()
+                rel = f"{thumbs_dir}/{i:06d}.png"
                 src = os.path.join(train.folder, train.cell(i, image_col).strip())
                 make_thumbnail(src, os.path.join(stage, rel), thumb_size)
                 thumbs_rel[i] = rel
-        with open(os.path.join(stage, "influence.csv"), "w", newline="") as f:
+        with open(staged(paths.csv), "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(INFLUENCE_COLUMNS)
             for i in order:
@@ -223,49 +501,37 @@ def write_influence_output(
                         train.cell(int(i), image_col) if image_col else "",
                     ]
                 )
-        trials_name = os.path.splitext(os.path.basename(out_csv))[0] + "_trials.csv"
         if trial_scores is not None:
-            with open(os.path.join(stage, trials_name), "w", newline="") as f:
+            with open(staged(paths.trials), "w", newline="") as f:
                 w = csv.writer(f, lineterminator="\n")
                 w.writerow(["datasource_index"] + [f"trial_{m}" for m in range(len(trial_scores))])
                 for i in range(train.size):
                     w.writerow([i] + [repr(float(t[i])) for t in trial_scores])
         from .settings import write_yaml
 
-        write_yaml(os.path.join(stage, "settings.yaml"), info)
-        with open(os.path.join(stage, "summary.txt"), "w") as f:
+        write_yaml(staged(paths.settings), info)
+        with open(staged(paths.summary), "w") as f:
             f.write(_summary_text(scores, labels, train, image_col, info, label_names))
         if report:
             from .report import write_report
 
             write_report(
-                os.path.join(stage, "report.html"),
+                staged(paths.report),
                 scores,
                 labels,
                 [os.path.join(stage, t) if t else "" for t in thumbs_rel],
                 info,
                 label_names=label_names,
             )
-        paths = OutputPaths(
-            csv=os.path.abspath(out_csv),
-            thumbnails=os.path.join(folder, "thumbnails") if image_col else None,
-            settings=os.path.join(folder, "settings.yaml"),
-            summary=os.path.join(folder, "summary.txt"),
-            report=os.path.join(folder, "report.html") if report else None,
-        )
+        if remove_ratio is not None:
+            drop = set(order[: int(round(remove_ratio * train.size))].tolist())
+            _write_cleansed(
+                train.header, train.rows, drop, train.folder, folder, staged(paths.cleansed)
+            )
         # Companions first, the CSV last: a reader of the CSV never sees half a set.
-        if image_col:
-            _replace(os.path.join(stage, "thumbnails"), paths.thumbnails)
-        _replace(os.path.join(stage, "settings.yaml"), paths.settings)
-        _replace(os.path.join(stage, "summary.txt"), paths.summary)
-        if trial_scores is not None:
-            paths.trials = os.path.join(folder, trials_name)
-            _replace(os.path.join(stage, trials_name), paths.trials)
-        if report:
-            _replace(os.path.join(stage, "report.html"), paths.report)
-        _replace(os.path.join(stage, "influence.csv"), paths.csv)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        moves = [(staged(getattr(paths, k)), getattr(paths, k)) for k in written]
+        stale = [getattr(plan, k) for k in _VIEWS if getattr(paths, k) is None]
+        _commit(folder, moves + [(staged(paths.csv), paths.csv)], stale, flag)
     return paths
 
 
@@ -275,10 +541,16 @@ def write_influence_output(
 
 
 def read_influence_csv(path: str):
-    """``(datasource_index int64 (n,), influence float64 (n,), original list)`` in file order.
+    """Read an influence CSV that ``sgd-influence run`` wrote, in file order.
+
+    Returns:
+        ``(index, influence, original, labels)``: datasource_index int64 (n,), influence
+        float64 (n,), the ``original`` cells (None without that column) and the ``y:label``
+        cells (None without that column).
 
     Raises:
-        InputError: missing file or columns, or a non-numeric cell.
+        InputError: missing file or columns, a non-numeric cell, or an influence that is NaN
+            or infinite.
 
     """
     header, rows = read_csv_table(path)
@@ -289,7 +561,8 @@ def read_influence_csv(path: str):
             )
     ci, cs = header.index("datasource_index"), header.index("influence")
     co = header.index("original") if "original" in header else None
-    idx, infl, orig = [], [], []
+    cl = header.index("y:label") if "y:label" in header else None
+    idx, infl, orig, labels = [], [], [], []
     for r, row in enumerate(rows):
         try:
             idx.append(int(row[ci]))
@@ -299,12 +572,57 @@ def read_influence_csv(path: str):
                 f"{path} row {r + 1}: datasource_index '{row[ci]}' / influence "
                 f"'{row[cs]}' must be numbers"
             ) from e
+        if not np.isfinite(infl[-1]):
+            raise InputError(
+                f"{path} row {r + 1}: influence '{row[cs]}' is not a finite number; this "
+                "influence CSV is damaged: compute it again with 'sgd-influence run'"
+            )
         orig.append(row[co] if co is not None else None)
-    return np.array(idx, dtype=np.int64), np.array(infl, dtype=np.float64), orig
+        labels.append(row[cl] if cl is not None else None)
+    return np.array(idx, dtype=np.int64), np.array(infl, dtype=np.float64), orig, labels
 
 
-def _same_file(a: str, b: str) -> bool:
-    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+def _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, labels) -> None:
+    """The influence CSV must list every row of the training CSV once, with its image and
+    its label; raises :class:`InputError` naming the first row that does not.
+    """
+    n = len(rows)
+    seen: Dict[int, int] = {}
+    for r, j in enumerate(idx.tolist()):
+        if not 0 <= j < n:
+            raise InputError(
+                f"{influence_csv} row {r + 1}: datasource_index {j} is not a row of {train_csv} "
+                f"(it has rows 0..{n - 1}); was the influence computed for this training CSV?"
+            )
+        if j in seen:
+            raise InputError(
+                f"{influence_csv} row {r + 1}: datasource_index {j} appears again (first in row "
+                f"{seen[j] + 1}); the file is damaged: compute the influence again"
+            )
+        seen[j] = r
+    if len(idx) != n:
+        raise InputError(
+            f"{influence_csv}: lists {len(idx)} samples but {train_csv} has {n} rows; compute "
+            "the influence for this training CSV"
+        )
+    label_col = header.index("y:label") if "y:label" in header else None
+    for r, (j, o, lab) in enumerate(zip(idx, orig, labels)):
+        if o and o not in rows[j]:
+            raise InputError(
+                f"{influence_csv} row {r + 1}: original '{o}' is not in "
+                f"{train_csv} row {j + 1}; was the influence computed for this CSV?"
+            )
+        if not lab:
+            continue
+        have = rows[j][label_col].strip() if label_col is not None else None
+        cells = [c.strip() for c in rows[j]]
+        if (have != lab.strip()) if have is not None else (lab.strip() not in cells):
+            shown = f"'{have}'" if have is not None else str(rows[j])
+            raise InputError(
+                f"{influence_csv} row {r + 1}: label '{lab}' of datasource_index {j} differs "
+                f"from {train_csv} row {j + 1} ({shown}); the labels changed since the "
+                "influence was computed: run 'sgd-influence run' again for this CSV"
+            )
 
 
 def cleanse(
@@ -313,8 +631,14 @@ def cleanse(
     output: str,
     remove: Optional[int] = None,
     remove_ratio: Optional[float] = None,
+    flags=None,
 ) -> Dict:
     """Write ``train_csv`` without its most harmful rows, as a console dataset CSV.
+
+    Everything is checked before anything is written: the output rules of
+    :func:`~sgd_influence_plugin.validation.check_output_csv` (a new ``.csv`` path, or one
+    the tool wrote; not an input; not inside an image folder), and that the influence CSV
+    lists every training row once with the same image and label and a finite influence.
 
     Args:
         influence_csv: written by ``sgd-influence run`` for this training CSV.
@@ -322,68 +646,41 @@ def cleanse(
         output: the cleansed CSV; file paths in it are rewritten relative to its folder.
         remove: number of top-harmful rows to drop; or
         remove_ratio: share of the rows (0 <= r < 1) to drop, rounded to the nearest integer.
+        flags: :class:`~sgd_influence_plugin.validation.FlagNames` of the calling interface,
+            for messages (default: the CLI's).
 
     Returns:
         ``{"removed": [datasource indices], "kept": n_kept, "output": path}``.
 
+    Raises:
+        SettingsError, InputError, OutputError: see above; nothing is written.
+
     """
-    if (remove is None) == (remove_ratio is None):
-        raise SettingsError("give exactly one of --remove N or --remove-ratio R")
-    for src in (train_csv, influence_csv):
-        if _same_file(output, src):
-            raise SettingsError(
-                f"{output}: refusing to overwrite the input {src}; choose another --output"
-            )
+    from . import validation
+
+    flags = flags or validation.CLI_FLAGS
+    validation.check_remove_choice(remove, remove_ratio, flags)
     header, rows = read_csv_table(train_csv)
-    idx, infl, orig = read_influence_csv(influence_csv)
+    validation.check_output_csv(
+        output,
+        flags.output,
+        input_files=[train_csv, influence_csv],
+        image_folders=validation.image_folders_of_table(train_csv, header, rows),
+    )
+    if os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        read_ledger(os.path.dirname(os.path.abspath(output)))
+    check_replaceable(output, flags.output)
+    idx, infl, orig, labels = read_influence_csv(influence_csv)
+    _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, labels)
     n = len(rows)
-    if len(idx) != n or sorted(idx.tolist()) != list(range(n)):
-        raise InputError(
-            f"{influence_csv}: lists {len(idx)} samples but {train_csv} has {n} "
-            "rows; compute the influence for this training CSV"
-        )
-    src_folder = os.path.dirname(os.path.abspath(train_csv))
-    image_cols = [c for c, cell in enumerate(header) if not cell.startswith("#")]
-    for r, (j, o) in enumerate(zip(idx, orig)):
-        if o and o not in rows[j]:
-            raise InputError(
-                f"{influence_csv} row {r + 1}: original '{o}' is not in "
-                f"{train_csv} row {j + 1}; was the influence computed for this CSV?"
-            )
-    if remove_ratio is not None:
-        if not 0 <= remove_ratio < 1:
-            raise SettingsError(f"--remove-ratio {remove_ratio}: must be in [0, 1)")
-        remove = int(round(remove_ratio * n))
-    if not 0 <= remove < n:
-        raise SettingsError(f"--remove {remove}: must be between 0 and {n - 1}")
+    remove = validation.rows_to_remove(n, remove, remove_ratio, flags, train_csv)
     order = idx[np.argsort(infl, kind="stable")]
     drop = set(order[:remove].tolist())
-    out_folder = os.path.dirname(os.path.abspath(output))
-
-    def rebase(cell: str) -> str:
-        text = cell.strip()
-        if (
-            os.path.splitext(text)[1]
-            and not os.path.isabs(text)
-            and os.path.exists(os.path.join(src_folder, text))
-        ):
-            return os.path.relpath(os.path.join(src_folder, text), out_folder)
-        return cell
-
-    with atomic_write(output, newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        for j, row in enumerate(rows):
-            if j in drop:
-                continue
-            w.writerow([rebase(c) if k in image_cols else c for k, c in enumerate(row)])
-    return {"removed": sorted(drop), "kept": n - len(drop), "output": os.path.abspath(output)}
-
-
-def check_not_input(output: str, inputs: Sequence[Optional[str]]) -> None:
-    """Refuse an output path that is one of the input files."""
-    for src in inputs:
-        if src and (os.path.abspath(src) == os.path.abspath(output) or _same_file(output, src)):
-            raise SettingsError(
-                f"{output}: refusing to overwrite the input {src}; choose another --output"
-            )
+    out = os.path.abspath(output)
+    folder = os.path.dirname(out)
+    src_folder = os.path.dirname(os.path.abspath(train_csv))
+    with _staging(folder, flags.output) as stage:
+        staged = os.path.join(stage, os.path.basename(out))
+        _write_cleansed(header, rows, drop, src_folder, folder, staged)
+        _commit(folder, [(staged, out)], [], flags.output)
+    return {"removed": sorted(drop), "kept": n - len(drop), "output": out}

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
+import shutil
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from . import __version__
+from . import __version__, interrupts, validation
 from .api import InfluenceResult, compute_influence
+from .core import mean_loss
 from .dataset import load_dataset
-from .errors import SettingsError
+from .errors import ComputationError, OutputError, SettingsError
+from .io_utils import makedirs_tracked
 from .labels import check_labels, read_label_names
 from .nnabla_adapter import load_model
-from .output import OutputPaths, check_not_input, cleanse, find_columns, write_influence_output
+from .output import OutputPaths, find_columns, write_influence_output
 from .settings import InfluenceSettings
+from .validation import CLI_FLAGS, FlagNames
 
 
 @dataclass
@@ -28,10 +33,10 @@ class RunRequest:
             optimizer's dataset and the validation monitor's), resolved from the cwd.
         settings: the influence settings.
         cache_dir: keep the cache here; None = temporary, removed at the end.
-        report: also write report.html.
-        remove_ratio: also write ``cleansed_train.csv`` beside the output without this share
+        report: also write ``<stem>_report.html``.
+        remove_ratio: also write ``<stem>_cleansed.csv`` beside the output without this share
             of the most harmful rows (None = don't).
-        thumb_size: thumbnail box in pixels.
+        thumb_size: thumbnail box in pixels (16..512).
         label_names: text file with one class name per line, line 1 for label 0 (see
             :mod:`.labels`); the summary and the report show the names. None = numbers only.
 
@@ -59,69 +64,132 @@ def _dataset_path(given, ref, what, flag):
     return ref.uri
 
 
+def _prepare_cache_dir(path: str) -> Optional[str]:
+    """Create the cache folder (if new) with its marker; the shallowest folder this call
+    created (to remove on failure), or None.
+    """
+    created = makedirs_tracked(path)
+    marker = os.path.join(path, validation.CACHE_MARKER)
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write("Cache of sgd-influence; the tool may write and replace files here.\n")
+    return created[0] if created else None
+
+
 def run(
     request: RunRequest,
     log: Callable[[str], None] = lambda m: None,
     progress=None,
+    flags: FlagNames = CLI_FLAGS,
 ) -> tuple[OutputPaths, InfluenceResult]:
     """Load, validate every input, compute, and write the outputs (see :mod:`.output`).
 
+    Every check of :mod:`.validation` runs before the computation starts; what is computed is
+    checked (finite scores) before anything is written. A stop requested by Ctrl-C or SIGTERM
+    (see :mod:`.interrupts`) takes effect at the next step and leaves nothing behind.
+
+    Args:
+        request: files and options.
+        log: callback for user-facing messages.
+        progress: optional ``(stage, done, total)`` callback.
+        flags: the calling interface's option names, for messages.
+
     Raises:
-        SGDInfluenceError: any bad input, before anything is written.
+        SGDInfluenceError: any bad input, before anything is written; ComputationError when
+            the scores are not finite (nothing is written).
+        KeyboardInterrupt: on Ctrl-C / SIGTERM; nothing partial is left.
 
     """
+    validation.check_options(request, flags)
     settings = request.settings.validate()
-    if request.remove_ratio is not None and not 0 <= request.remove_ratio < 1:
-        raise SettingsError(f"remove ratio {request.remove_ratio}: must be in [0, 1)")
-    if request.thumb_size < 1:
-        raise SettingsError(
-            f"thumbnail size {request.thumb_size}: must be at least 1 pixel (--thumb-size)"
-        )
-    names = read_label_names(request.label_names) if request.label_names else None
     model = load_model(request.model, request.config, request.params, settings.context)
     info = model.info
-    train_csv = _dataset_path(request.train, info.train_dataset, "training", "--train")
-    val_csv = _dataset_path(request.val, info.val_dataset, "validation", "--val")
-    check_not_input(
-        request.output,
-        [train_csv, val_csv, request.model, request.config, request.params, request.label_names],
+    train_csv = _dataset_path(request.train, info.train_dataset, "training", flags.train)
+    val_csv = _dataset_path(request.val, info.val_dataset, "validation", flags.val)
+    inputs = [
+        request.model,
+        request.config,
+        request.params,
+        train_csv,
+        val_csv,
+        request.label_names,
+    ]
+    validation.check_output_places(
+        request, flags, inputs, validation.image_folders(train_csv, val_csv)
     )
+    interrupts.check()
     normalize = info.train_dataset.normalize if info.train_dataset else True
     log(f"reading {train_csv} and {val_csv}")
-    train = load_dataset(train_csv, info.input_shapes, normalize)
-    val = load_dataset(val_csv, info.input_shapes, normalize)
+
+    def rows_progress(done: int, total: int) -> None:
+        interrupts.check()
+
+    train = load_dataset(train_csv, info.input_shapes, normalize, progress=rows_progress)
+    val = load_dataset(val_csv, info.input_shapes, normalize, progress=rows_progress)
+    validation.check_loaded(request, info, train, val, model.n_params, flags)
+    names = read_label_names(request.label_names) if request.label_names else None
     if names is not None:
         _, label_col = find_columns(train, list(info.input_shapes))
         labels = [train.cell(i, label_col) for i in range(train.size)] if label_col else None
         check_labels(names, labels, request.label_names, train_csv)
+    interrupts.check()
     for note in info.notes:
         log("replay network: " + note)
     log(
         f"{train.size} training and {val.size} validation samples; "
         f"{model.n_params} trained parameters"
     )
-    result = compute_influence(
-        model, train.arrays, val.arrays, settings, request.cache_dir, progress=progress, log=log
-    )
-    facts = run_facts(result, settings, info, model.n_params, train_csv, val_csv)
-    facts["n_train"], facts["n_val"] = train.size, val.size
-    facts["label_names"] = os.path.abspath(request.label_names) if request.label_names else None
-    paths = write_influence_output(
-        request.output,
-        result.scores,
-        train,
-        list(info.input_shapes),
-        facts,
-        request.thumb_size,
-        request.report,
-        losses=result.losses,
-        trial_scores=result.trial_scores,
-        label_names=names,
-    )
-    if request.remove_ratio is not None:
-        cleansed = os.path.join(os.path.dirname(paths.csv), "cleansed_train.csv")
-        cleanse(paths.csv, train_csv, cleansed, remove_ratio=request.remove_ratio)
-        paths.cleansed = cleansed
+    loss0 = mean_loss(model, val.arrays, settings.val_batch_size)
+    if not math.isfinite(loss0):
+        raise ComputationError(
+            f"{info.source}: the validation loss at the trained parameters is {loss0} on "
+            f"{val_csv}; check that the parameters belong to this network and the data to it"
+        )
+    made_cache: Optional[str] = None
+    try:
+        if request.cache_dir is not None:
+            made_cache = _prepare_cache_dir(request.cache_dir)
+        result = compute_influence(
+            model,
+            train.arrays,
+            val.arrays,
+            settings,
+            request.cache_dir,
+            progress=interrupts.checked_progress(progress),
+            log=log,
+        )
+        _check_result(result, loss0, flags)
+        facts = run_facts(result, settings, info, model.n_params, train_csv, val_csv)
+        facts["n_train"], facts["n_val"] = train.size, val.size
+        facts["label_names"] = (
+            os.path.abspath(request.label_names) if request.label_names else None
+        )
+        paths = write_influence_output(
+            request.output,
+            result.scores,
+            train,
+            list(info.input_shapes),
+            facts,
+            request.thumb_size,
+            request.report,
+            remove_ratio=request.remove_ratio,
+            flag=flags.output,
+            losses=result.losses,
+            trial_scores=result.trial_scores,
+            label_names=names,
+        )
+    except BaseException as e:
+        if made_cache:
+            shutil.rmtree(made_cache, ignore_errors=True)
+        if isinstance(e, OSError):
+            # Writing the cache failed (the outputs convert their own errors): a full disk,
+            # or a folder made read-only while running.
+            where = flags.cache_dir or "cache folder"
+            raise OutputError(
+                f"{e.filename or request.cache_dir or 'the temporary folder'}: cannot write the "
+                f"cache ({e.strerror or e}); free some space or choose another {where}"
+            ) from e
+        raise
     return paths, result
 
 
@@ -171,6 +239,39 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
         "influence": "trials combined: each trial divided by its RMS, averaged, times the "
         "median RMS; units of the mean validation loss",
     }
+
+
+#: The training phase counts as diverged when the validation loss ends above
+#: ``DIVERGED_FACTOR * loss at the trained parameters + 1``.
+DIVERGED_FACTOR = 10.0
+
+
+def _check_result(result: InfluenceResult, loss0: float, flags: FlagNames) -> None:
+    """What was computed must be usable: finite scores, and a validation loss after the
+    training phase that did not blow up from ``loss0`` (its value at the trained parameters).
+    Either failure means the SGD epoch or its replay diverged, e.g. at a learning rate far
+    too large; the scores would be meaningless, so nothing is written.
+
+    Raises:
+        ComputationError: naming the learning rate and the option to lower it.
+
+    """
+    bad = validation.nonfinite_rows(result.scores)
+    loss1 = float(result.val_loss)
+    if bad:
+        what = f"{len(bad)} of {len(result.scores)} influence scores are NaN or infinite"
+    elif not math.isfinite(loss1) or loss1 > DIVERGED_FACTOR * loss0 + 1.0:
+        what = (
+            f"the validation loss rose from {loss0:.4g} at the trained parameters to "
+            f"{loss1:.4g} after the training phase"
+        )
+    else:
+        return
+    lr = result.run.lr
+    raise ComputationError(
+        f"{what}: the SGD epoch at lr={lr:g} diverged, so nothing was written; pass a "
+        f"smaller {flags.lr} (e.g. {lr / 10:g})"
+    )
 
 
 def _nnabla_version() -> str:

@@ -21,6 +21,7 @@ PRODUCT_MODULES = (
     "dataset.py",
     "errors.py",
     "evaluate.py",
+    "interrupts.py",
     "io_utils.py",
     "labels.py",
     "nnabla_adapter/__init__.py",
@@ -32,6 +33,7 @@ PRODUCT_MODULES = (
     "report.py",
     "runner.py",
     "settings.py",
+    "validation.py",
 )
 ALLOWED = {os.path.join(PLUGIN_DIR, "SGD_Influence.py")} | {
     os.path.join(PLUGIN_DIR, "sgd_influence_plugin", *m.split("/")) for m in PRODUCT_MODULES

@@ -82,13 +82,13 @@ def test_plugin_with_no_arguments_in_a_result_folder(results, data28, tmp_path):
     assert "completed successfully" in proc.stderr
     out_dir = folder / "sgd_influence"
     rows = _check_influence_csv(str(out_dir / "influence.csv"), data28["train"])
-    facts = yaml.safe_load(open(out_dir / "settings.yaml"))
+    facts = yaml.safe_load(open(out_dir / "influence_settings.yaml"))
     assert facts["requested"]["cache"] == "final" and facts["n_train"] == 256
-    assert "harmful share per class" in open(out_dir / "summary.txt").read()
+    assert "harmful share per class" in open(out_dir / "influence_summary.txt").read()
     # The cleansed CSV: 5% (13 rows) fewer, the most harmful gone, and nnabla can read it.
     from nnabla.utils.data_source_implements import CsvDataSource
 
-    cleansed = str(out_dir / "cleansed_train.csv")
+    cleansed = str(out_dir / "influence_cleansed.csv")
     src = CsvDataSource(cleansed, shuffle=False, normalize=True)
     assert src.size == 256 - 13
     x, y = src._get_data(0)
@@ -234,6 +234,7 @@ def test_cli_run_cleanse_and_cache_dir(results, data28, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = _check_influence_csv(str(out), data28["train"])
     assert sorted(os.listdir(tmp_path / "cache")) == [
+        ".sgd_influence_cache",
         "lr.npy",
         "order.npy",
         "parameters.h5",
@@ -241,7 +242,7 @@ def test_cli_run_cleanse_and_cache_dir(results, data28, tmp_path):
         "steps",
     ]
     assert len(os.listdir(tmp_path / "cache" / "steps")) == 8
-    report = open(tmp_path / "o" / "report.html").read()
+    report = open(tmp_path / "o" / "influence_report.html").read()
     assert "data:image/png;base64," in report and "Most harmful" in report
     # cleanse into another folder: top-10 harmful gone, paths rebased, nnabla reads it.
     cleansed = tmp_path / "elsewhere" / "clean.csv"
@@ -330,10 +331,10 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
         val=data28["val"],
     )
     run(req)
-    (tmp_path / "thumbnails" / "stray.png").write_bytes(b"x")
+    (tmp_path / "influence_thumbnails" / "stray.png").write_bytes(b"x")
     first = out.read_text()
     run(req)
-    assert not (tmp_path / "thumbnails" / "stray.png").exists()
+    assert not (tmp_path / "influence_thumbnails" / "stray.png").exists()
     assert out.read_text() == first  # deterministic for a fixed seed
 
     calls = {"n": 0}
@@ -350,13 +351,14 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
         run(req)
     assert out.read_text() == first
     assert sorted(os.listdir(tmp_path)) == [
+        ".sgd_influence_written.json",
         "influence.csv",
+        "influence_settings.yaml",
+        "influence_summary.txt",
+        "influence_thumbnails",
         "influence_trials.csv",
-        "settings.yaml",
-        "summary.txt",
-        "thumbnails",
     ]
-    assert len(os.listdir(tmp_path / "thumbnails")) == 256
+    assert len(os.listdir(tmp_path / "influence_thumbnails")) == 257  # 256 PNGs + marker
 
 
 def test_cli_refuses_to_overwrite_inputs_and_reports_one_line(results, data28, tmp_path):

@@ -138,9 +138,9 @@ def main():
             "by chance)"
         )
     say(f"influence CSV : {os.path.join(out, 'influence.csv')}")
-    say(f"thumbnails    : {os.path.join(out, 'thumbnails')}")
-    say(f"report        : {os.path.join(out, 'report.html')}")
-    say(f"cleansed CSV  : {os.path.join(out, 'cleansed_train.csv')}")
+    say(f"thumbnails    : {os.path.join(out, 'influence_thumbnails')}")
+    say(f"report        : {os.path.join(out, 'influence_report.html')}")
+    say(f"cleansed CSV  : {os.path.join(out, 'influence_cleansed.csv')}")
     say(f"done in {time.time() - start:.0f} s")
 
 

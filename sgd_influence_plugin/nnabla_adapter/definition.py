@@ -106,6 +106,10 @@ class ModelInfo:
         runtime_network: the executor's network (``MainRuntime``), for predictions; or None.
         runtime_inputs: its input variable -> dataset column.
         runtime_output: its first output variable (e.g. the softmax ``y'``).
+        label_classes: dataset column -> number of classes C, for each column that feeds the
+            label input of a categorical loss (SoftmaxCrossEntropy, CategoricalCrossEntropy),
+            read from the shape of that loss's scores (e.g. logits (B, C)); its labels must
+            be whole numbers in 0..C-1. Regression losses add nothing here.
 
     """
 
@@ -123,6 +127,7 @@ class ModelInfo:
     runtime_network: Optional[str] = None
     runtime_inputs: Dict[str, str] = field(default_factory=dict)
     runtime_output: Optional[str] = None
+    label_classes: Dict[str, int] = field(default_factory=dict)
 
 
 def _solver_config(opt, proto) -> SolverConfig:
@@ -174,6 +179,30 @@ def _prepare_network(net, where: str) -> List[str]:
                 "remove it from the training network"
             )
     return notes
+
+
+#: Categorical losses: function type -> its parameter message (holding ``axis``).
+_CATEGORICAL_LOSSES = {
+    "SoftmaxCrossEntropy": "softmax_cross_entropy_param",
+    "CategoricalCrossEntropy": "categorical_cross_entropy_param",
+}
+
+
+def _label_classes(net, inputs: Dict[str, str], var_shapes) -> Dict[str, int]:
+    """Dataset column -> number of classes, for data variables that are the label input
+    (the second) of a categorical loss; C is the scores' size along the loss's axis.
+    """
+    out: Dict[str, int] = {}
+    for f in net.function:
+        if f.type not in _CATEGORICAL_LOSSES or len(f.input) < 2 or f.input[1] not in inputs:
+            continue
+        shape = var_shapes.get(f.input[0], ())
+        param = _CATEGORICAL_LOSSES[f.type]
+        axis = getattr(f, param).axis if f.HasField(param) else len(shape) - 1
+        if 0 < axis < len(shape) and shape[axis] > 0:
+            column = inputs[f.input[1]]
+            out[column] = min(int(shape[axis]), out.get(column, int(shape[axis])))
+    return out
 
 
 def describe(
@@ -270,6 +299,13 @@ def describe(
                 f"network '{net.name}' needs {tuple(want)}; the parameters belong to a "
                 "different network definition"
             )
+        bad = int(np.size(params[name]) - np.count_nonzero(np.isfinite(params[name])))
+        if bad:
+            raise ParameterError(
+                f"{source}: parameter '{name}' holds {bad} NaN or infinite value(s); the "
+                "training diverged or the file is damaged: give parameters from a good run"
+            )
+    label_classes = _label_classes(net, inputs, var_shapes)
     notes = _prepare_network(net, source)
 
     def dataset_ref(name):
@@ -300,6 +336,7 @@ def describe(
         val_dataset=val_ref,
         validation_network=val_net,
         notes=notes,
+        label_classes=label_classes,
     )
     replay = nnabla_pb2.NNablaProtoBuf()
     replay.network.add().CopyFrom(net)

@@ -48,6 +48,11 @@ def _read_h5(fileobj, where: str) -> OrderedDict[str, np.ndarray]:
             )
             for _, name in sorted(found):
                 params[name] = np.array(hd[name][...])
+                if params[name].dtype.kind not in "biuf":
+                    raise ParameterError(
+                        f"{where}: '{name}' holds {params[name].dtype} data, not numbers; give "
+                        "the parameters file the console saved with this network"
+                    )
     except OSError as e:
         raise ParameterError(f"{where}: not a readable parameters .h5 file ({e})") from e
     return params
@@ -126,6 +131,11 @@ def read_result(
     proto = _parse_nntxt(text, config)
     values = _proto_params(proto)
     source = config
+    if not params and not values:
+        raise ParameterError(
+            f"{config}: holds no parameters (weights); pass the parameters .h5 saved with it "
+            "(--params parameters.h5), or give the results.nnp instead (--model)"
+        )
     if params:
         _check_file(params, ParameterError, "give the .h5 the console saved (e.g. parameters.h5)")
         values.update(_read_h5(params, params))

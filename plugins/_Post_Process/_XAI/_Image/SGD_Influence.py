@@ -24,6 +24,8 @@ final parameters, the sample order and the learning rates; then replays that epo
 estimate, for every training sample, how the validation loss would change if the sample were
 removed. Negative influence = harmful. The output CSV is sorted so the most harmful come first,
 with thumbnails, and a cleansed training CSV without the most harmful share is written beside it.
+Every file is named after the output CSV (influence.csv: influence_thumbnails/,
+influence_cleansed.csv, ...); files the plugin did not write are never replaced.
 
 Hara, Nitanda, Maehara, "Data Cleansing for Models Trained with SGD", NeurIPS 2019.
 Suzuki, Kobayashi, Narihira, "Data Cleansing for Deep Neural Networks with Storage-efficient
@@ -110,10 +112,12 @@ def build_parser():
         "--remove_ratio",
         type=float,
         default=0.05,
-        help="share of most harmful rows left out of cleansed_train.csv (float) default=0.05",
+        help="share of most harmful rows left out of the cleansed CSV (float) default=0.05",
     )
     p.add_argument(
-        "--report", action="store_true", help="also write report.html (bool) default=False"
+        "--report",
+        action="store_true",
+        help="also write the HTML report, influence_report.html (bool) default=False",
     )
     p.add_argument(
         "--context", default="cpu", help="compute context (option:cpu,cudnn) default=cpu"
@@ -132,19 +136,21 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from nnabla import logger
 
-    from sgd_influence_plugin.cli import terminate_as_interrupt
-    from sgd_influence_plugin.errors import SGDInfluenceError
+    from sgd_influence_plugin import interrupts
+    from sgd_influence_plugin.cli import report_errors
     from sgd_influence_plugin.progress import LogProgress
     from sgd_influence_plugin.runner import RunRequest, run
     from sgd_influence_plugin.settings import InfluenceSettings
+    from sgd_influence_plugin.validation import PLUGIN_FLAGS
 
     def say(message):
         logger.log(99, message)
 
-    terminate_as_interrupt()
+    # --model has a default, so it counts as given together with --config only when changed.
+    model_default = build_parser().get_default("model")
+    model = args.model if not args.config or args.model != model_default else None
 
-    model = None if args.config else args.model
-    try:
+    def call():
         request = RunRequest(
             output=args.output,
             model=model,
@@ -165,17 +171,14 @@ def main(argv=None):
             remove_ratio=args.remove_ratio,
             label_names=args.label_names or None,
         )
-        paths, _ = run(request, log=say, progress=LogProgress(say))
-    except SGDInfluenceError as e:
-        logger.critical(str(e))
-        return 2
-    except KeyboardInterrupt:
-        logger.critical("interrupted; no partial output was written")
-        return 130
-    say(f"influence CSV: {paths.csv}")
-    say(f"cleansed training CSV: {paths.cleansed}")
-    say("SGD influence completed successfully.")
-    return 0
+        paths, _ = run(request, log=say, progress=LogProgress(say), flags=PLUGIN_FLAGS)
+        say(f"influence CSV: {paths.csv}")
+        say(f"cleansed training CSV: {paths.cleansed}")
+        say("SGD influence completed successfully.")
+        return 0
+
+    with interrupts.stop_requests():  # Ctrl-C / SIGTERM stop cleanly at the next step
+        return report_errors(call, logger.critical)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+"""Ctrl-C and SIGTERM as a request to stop at the next safe point.
+
+Python runs a signal handler between any two bytecodes, including inside a Python callback
+that nnabla's C++ code is calling. A handler that raises there (Python's default for Ctrl-C)
+leaves nnabla's Cython wrapper returning a value with an exception set, which surfaces as
+``SystemError: ... returned a result with an error set`` instead of a clean stop. So the
+handlers of :func:`stop_requests` only record the request; :func:`check`, called between
+steps (training and replay steps, dataset rows, thumbnails, before the outputs are moved into
+place), raises :class:`KeyboardInterrupt` from plain Python. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Iterator
+
+_requested = False
+
+#: What the entry points print on an interrupt (the CLI prefixes its name).
+MESSAGE = "interrupted; no partial output was written"
+
+
+def _handler(signum, frame):
+    global _requested
+    if _requested:  # asked twice: stop now, wherever we are
+        raise KeyboardInterrupt
+    _requested = True
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[None]:
+    """While inside, Ctrl-C (SIGINT) and SIGTERM request a stop (main thread only); the
+    previous handlers come back on exit.
+    """
+    global _requested
+    _requested = False
+    previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _requested = False
+
+
+def requested() -> bool:
+    """Whether a stop was requested inside :func:`stop_requests`."""
+    return _requested
+
+
+def check() -> None:
+    """Raise :class:`KeyboardInterrupt` if a stop was requested."""
+    if _requested:
+        raise KeyboardInterrupt
+
+
+def checked_progress(progress):
+    """Wrap a ``progress(stage, done, total)`` callback (or None) so that it calls
+    :func:`check` first: the computation stops at the next step after a signal.
+    """
+
+    def call(stage: str, done: int, total: int) -> None:
+        check()
+        if progress is not None:
+            progress(stage, done, total)
+
+    return call
+
+
+def is_interrupt(error: BaseException) -> bool:
+    """True for a KeyboardInterrupt, or an error raised while one was being handled (e.g. the
+    ``SystemError`` nnabla's C++ code turns an interrupt in a callback into).
+    """
+    seen = set()
+    e = error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False

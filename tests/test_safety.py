@@ -1,0 +1,758 @@
+"""Data safety: the tool never removes or changes a file it did not write, refuses bad input
+with one line before computing, stops cleanly on Ctrl-C / SIGTERM, and writes files with the
+user's usual permissions.
+
+Each case is one the tool once got wrong (issue 10). The data-loss cases compare every file
+under the user's folders byte for byte (and mode) before and after. Everything runs on the
+small 7x7 dataset and its logistic-regression result; refusals happen before computing, so
+most cases take a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from sgd_influence_plugin import cli, interrupts, output, validation
+from sgd_influence_plugin.errors import OutputError
+from sgd_influence_plugin.runner import RunRequest, run
+from sgd_influence_plugin.settings import InfluenceSettings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
+N_CLASSES = 10  # the logreg fixture's Affine layer has 10 outputs (conftest / netdef)
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------
+
+
+def _tree(root) -> dict:
+    """Every folder and file under ``root``: relative path -> 'dir' or (bytes, mode)."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        out[os.path.relpath(folder, root)] = "dir"
+        for f in files:
+            p = os.path.join(folder, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = (fh.read(), os.stat(p).st_mode)
+    return out
+
+
+@pytest.fixture
+def world(tmp_path, data7, results):
+    """A private copy of the 7x7 dataset (``data/``) and of the logreg result (``result/``),
+    an empty TMPDIR for the tool's temporary cache, and the folder that holds all three.
+    """
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val"):
+        shutil.copytree(os.path.join(data7["folder"], name), data / name)
+        shutil.copy(data7[name], data / f"{name}.csv")
+    result = tmp_path / "result"
+    shutil.copytree(results("logreg"), result)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return {
+        "root": tmp_path,
+        "data": data,
+        "train": str(data / "train.csv"),
+        "val": str(data / "val.csv"),
+        "result": result,
+        "model": str(result / "results.nnp"),
+        "tmp": tmp,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _private_tmpdir(tmp_path, monkeypatch):
+    """The tool's temporary caches go to a folder the test can check is left empty."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+
+
+def _run_argv(w, out, *extra):
+    return [
+        "run",
+        "--model",
+        w["model"],
+        "--train",
+        w["train"],
+        "--val",
+        w["val"],
+        "--output",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
+
+
+def _one_line_error(capsys_or_capfd, pattern: str) -> str:
+    err = capsys_or_capfd.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    assert err.count("\n") == 0, err
+    assert re.search(pattern, err), err
+    return err
+
+
+def _plugin_error(caplog, pattern: str) -> list:
+    """The plugin reports through nnabla's logger: exactly one CRITICAL line, matching."""
+    critical = [r.getMessage() for r in caplog.records if r.levelname == "CRITICAL"]
+    assert len(critical) == 1 and "\n" not in critical[0], critical
+    assert re.search(pattern, critical[0]), critical
+    return [r.getMessage() for r in caplog.records]
+
+
+def _rewrite_cell(csv_path, row, col, value):
+    """Set data row ``row`` (0-based), column ``col`` of a CSV to ``value``."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    rows[row + 1][col] = value
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+
+
+def _load_plugin():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sgd_influence_console_safety", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ----------------------------------------------------------------------------------------
+# Everything refused before computing, with one line, and nothing changed (items 1-6, 9-11)
+# ----------------------------------------------------------------------------------------
+
+
+def _nan_weight_h5(w):
+    params = w["root"] / "nan.h5"
+    shutil.copy(w["result"] / "parameters.h5", params)
+    with h5py.File(params, "a") as f:
+        d = f["Affine/affine/W"]
+        a = d[...]
+        a[3, 4] = np.nan
+        d[...] = a
+    return ["--model", None, "--config", str(w["result"] / "net.nntxt"), "--params", str(params)]
+
+
+def _inf_weight_nnp(w):
+    nnp = w["root"] / "inf.nnp"
+    with zipfile.ZipFile(w["model"]) as src, zipfile.ZipFile(nnp, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith(".h5"):
+                tmp = w["root"] / "p.h5"
+                tmp.write_bytes(data)
+                with h5py.File(tmp, "a") as f:
+                    d = f["Affine/affine/b"]
+                    a = d[...]
+                    a[0] = np.inf
+                    d[...] = a
+                data = tmp.read_bytes()
+                tmp.unlink()
+            dst.writestr(name, data)
+    return ["--model", str(nnp)]
+
+
+def _string_h5(w):
+    params = w["root"] / "str.h5"
+    shutil.copy(w["result"] / "parameters.h5", params)
+    with h5py.File(params, "a") as f:
+        attrs = dict(f["Affine/affine/b"].attrs)
+        del f["Affine/affine/b"]
+        f.create_dataset("Affine/affine/b", data=np.array([b"abc"] * 10)).attrs.update(attrs)
+    return ["--model", None, "--config", str(w["result"] / "net.nntxt"), "--params", str(params)]
+
+
+def _label(value, which="train", row=3):
+    def edit(w):
+        _rewrite_cell(w[which], row, 1, value)
+        return []
+
+    return edit
+
+
+def _truncated_png(w):
+    png = w["data"] / "train" / "000002.png"
+    data = png.read_bytes()
+    png.write_bytes(data[: len(data) // 2])  # a copy cut short
+    return []
+
+
+def _rgb_png(w):
+    Image.fromarray(np.zeros((7, 7, 3), np.uint8)).save(w["data"] / "train" / "000004.png")
+    return []
+
+
+def _images_named_like_our_thumbnails(w):
+    # The user keeps the training images in data/influence_thumbnails/.
+    os.replace(w["data"] / "train", w["data"] / "influence_thumbnails")
+    text = open(w["train"]).read().replace("train/", "influence_thumbnails/")
+    open(w["train"], "w").write(text)
+    return ["--output", str(w["data"] / "influence.csv")]
+
+
+def _user_file(name, content=b"mine\n"):
+    def make(w):
+        out = w["root"] / "out"
+        out.mkdir()
+        path = out / name
+        if name.endswith("/"):
+            path.mkdir()
+            (path / "notes.txt").write_bytes(content)
+        else:
+            path.write_bytes(content)
+        return ["--output", str(out / "influence.csv")]
+
+    return make
+
+
+def _user_cache(w):
+    cache = w["root"] / "cache"
+    cache.mkdir()
+    (cache / "keep.txt").write_text("the user's")
+    return ["--cache-dir", str(cache)]
+
+
+REFUSED = {
+    # item 1: --output naming a folder
+    "output is the data folder": (lambda w: ["--output", str(w["data"])], r"names a folder"),
+    "output ends with a separator": (
+        lambda w: ["--output", str(w["data"]) + os.sep],
+        r"names a folder",
+    ),
+    "output is .": (lambda w: ["--output", "."], r"--output \.: names a folder"),
+    "output is empty": (lambda w: ["--output", ""], r"--output is empty"),
+    # item 2: our thumbnails folder would be the user's images, or a folder of the user's
+    "images in <stem>_thumbnails/": (_images_named_like_our_thumbnails, r"overlap .*images"),
+    "user folder named <stem>_thumbnails": (
+        _user_file("influence_thumbnails/"),
+        r"influence_thumbnails: already exists and has no \.sgd_influence_thumbnails marker",
+    ),
+    "user file named like a companion": (
+        _user_file("influence_summary.txt"),
+        r"influence_summary\.txt: already exists and was not written by sgd-influence",
+    ),
+    "damaged ledger in the output folder": (
+        _user_file(output.LEDGER, b"{oops"),
+        r"cannot tell which files here sgd-influence wrote",
+    ),
+    "user CSV at the output path": (
+        _user_file("influence.csv", b"x:image,y:label\n"),
+        r"influence\.csv: already exists and was not written by sgd-influence.*another --output",
+    ),
+    # item 3: --output naming a training image, or placed among the images
+    "output is a training image": (
+        lambda w: ["--output", str(w["data"] / "train" / "000000.png")],
+        r"must be a file name ending in \.csv \(an existing file, which is left alone\)",
+    ),
+    "output among the images": (
+        lambda w: ["--output", str(w["data"] / "train" / "influence.csv")],
+        r"lies in .*train, a folder of the dataset's images",
+    ),
+    "output is the training CSV": (
+        lambda w: ["--output", w["train"]],
+        r"refusing to overwrite the input",
+    ),
+    # item 4: the cache folder
+    "cache dir holds the parameters": (
+        lambda w: [
+            "--model",
+            None,
+            "--config",
+            str(w["result"] / "net.nntxt"),
+            "--params",
+            str(w["result"] / "parameters.h5"),
+            "--cache-dir",
+            str(w["result"]),
+        ],
+        r"the cache folder would hold the input .*(net\.nntxt|parameters\.h5)",
+    ),
+    "cache dir is the data folder": (
+        lambda w: ["--cache-dir", str(w["data"])],
+        r"the cache folder would hold the input .*train\.csv",
+    ),
+    "cache dir is an image folder": (
+        lambda w: ["--cache-dir", str(w["data"] / "val")],
+        r"would overlap .*val, a folder of the dataset's images",
+    ),
+    "cache dir is a file": (lambda w: ["--cache-dir", w["train"]], r"--cache-dir .*: is a file"),
+    "cache dir holds the user's files": (_user_cache, r"is not empty and is not a cache folder"),
+    # item 5: labels (the network has 10 classes)
+    "label 12": (
+        _label("12"),
+        rf"row 4, column 'y:label': label 12 is out of range .*{N_CLASSES} cl",
+    ),
+    "label 1e9": (_label("1e9"), r"row 4, .*label 1e9 is out of range .*\(0\.\.9\)"),
+    "label -1": (_label("-1"), r"row 4, .*label -1 is out of range"),
+    "label 2.5": (_label("2.5"), r"row 4, .*label '2\.5' is not a whole number"),
+    "label nan": (_label("nan"), r"row 4, .*'nan' is not a finite number"),
+    "label inf": (_label("inf"), r"row 4, .*'inf' is not a finite number"),
+    "label 1_0": (_label("1_0"), r"row 4, .*'1_0' is neither a number nor a file path"),
+    "validation label 10": (_label("10", "val", 0), r"val\.csv row 1, .*label 10 is out of range"),
+    # item 6: weights and weight decay
+    "NaN weight in the h5": (_nan_weight_h5, r"'Affine/affine/W' holds 1 NaN or infinite"),
+    "inf weight in the nnp": (_inf_weight_nnp, r"'Affine/affine/b' holds 1 NaN or infinite"),
+    "weight decay inf": (lambda w: ["--weight-decay", "inf"], r"--weight-decay inf: .*finite"),
+    "lr nan": (lambda w: ["--lr", "nan"], r"--lr nan: the learning rate must be a positive"),
+    # items 9-10: options checked late, or with a traceback
+    "thumb size 0": (lambda w: ["--thumb-size", "0"], r"--thumb-size 0: .*16 to 512"),
+    "thumb size 100000": (lambda w: ["--thumb-size", "100000"], r"--thumb-size 100000"),
+    "seed -1": (lambda w: ["--seed", "-1"], r"--seed -1: give a whole number in 0\.\.4294967295"),
+    "seed 2**67": (
+        lambda w: ["--seed", "99999999999999999999"],
+        r"--seed 99999999999999999999: give a whole number",
+    ),
+    "last trial's seed too large": (
+        lambda w: ["--seed", str(2**32 - 1), "--trials", "2"],
+        r"in 0\.\.4294967294 \(the 2 trials",
+    ),
+    "h5 holding strings": (_string_h5, r"str\.h5: 'Affine/affine/b' holds \|S3 data, not number"),
+    "output under a file": (
+        lambda w: ["--output", os.path.join(w["train"], "influence.csv")],
+        r"because .*train\.csv is a file, not a folder",
+    ),
+    # item 11: misleading messages
+    "config without params": (
+        lambda w: ["--model", None, "--config", str(w["result"] / "net.nntxt")],
+        r"net\.nntxt: holds no parameters .*--params",
+    ),
+    "model with config": (
+        lambda w: ["--config", str(w["result"] / "net.nntxt")],
+        r"both --model and --config given",
+    ),
+    "truncated PNG": (_truncated_png, r"row 3, .*'train/000002\.png' .*truncated"),
+    "RGB image for a grayscale network": (
+        _rgb_png,
+        r"row 5: 'train/000004\.png' has 3 channel\(s\), color \(RGB\), but .* takes 1 ",
+    ),
+}
+
+
+def _argv_for(w, edit):
+    """The run argv with the case's changes: ('--flag', None) removes a flag and its value."""
+    argv = _run_argv(w, w["root"] / "out" / "influence.csv")
+    extra = edit(w)
+    i = 0
+    while i < len(extra):
+        flag, value = extra[i], extra[i + 1]
+        if flag in argv:
+            k = argv.index(flag)
+            del argv[k : k + 2]
+        if value is not None:
+            argv += [flag, value]
+        i += 2
+    return argv
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_refused_with_one_line_before_computing_and_nothing_changes(world, case, capsys):
+    edit, pattern = REFUSED[case]
+    argv = _argv_for(world, edit)
+    before = _tree(world["root"])
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, pattern)
+    assert _tree(world["root"]) == before  # byte for byte, modes included; nothing new
+
+
+def test_plugin_output_dot_in_the_result_folder_keeps_the_result(world, monkeypatch, caplog):
+    monkeypatch.chdir(world["result"])
+    before = _tree(world["root"])
+    assert _load_plugin().main(["-o", "."]) == 2
+    _plugin_error(caplog, r"^--output \.: names a folder")
+    assert _tree(world["root"]) == before
+
+
+def test_plugin_remove_ratio_that_empties_the_set_is_refused_before_computing(
+    world, monkeypatch, caplog
+):
+    ten = world["data"] / "ten.csv"
+    lines = open(world["train"]).read().splitlines()
+    ten.write_text("\n".join(lines[:11]) + "\n")
+    monkeypatch.chdir(world["result"])
+    before = _tree(world["root"])
+    plugin = _load_plugin()
+    assert plugin.main(["-t", str(ten), "-v", world["val"], "-r", "0.96"]) == 2
+    said = _plugin_error(caplog, r"^--remove_ratio 0\.96: would remove 10 of the 10 rows")
+    assert not any("--remove " in m or m.startswith("train:") for m in said)  # no training
+    assert _tree(world["root"]) == before
+
+
+def test_unwritable_output_place_is_refused_before_computing(world, capsys):
+    try:  # /sys takes no new files, not even from root
+        open("/sys/sgd_influence_probe_test", "w").close()
+        os.unlink("/sys/sgd_influence_probe_test")
+        pytest.skip("/sys is writable here")
+    except OSError:
+        pass
+    assert cli.main(_run_argv(world, "/sys/influence.csv")) == 2
+    _one_line_error(capsys, r"/sys/influence\.csv: cannot write in /sys")
+
+
+def test_full_disk_is_refused_before_computing(world, capsys, monkeypatch):
+    real = shutil.disk_usage
+
+    def nearly_full(path):
+        u = real(path)
+        return type(u)(u.total, u.total - 1000, 1000)
+
+    monkeypatch.setattr(validation.shutil, "disk_usage", nearly_full)
+    before = _tree(world["root"])
+    assert cli.main(_run_argv(world, world["root"] / "out" / "influence.csv")) == 2
+    _one_line_error(capsys, r"MB are needed but only 0\.0 MB are free")
+    assert _tree(world["root"]) == before
+
+
+def test_disk_full_while_writing_leaves_nothing(world, capsys, monkeypatch):
+    calls = {"n": 0}
+    real = output.make_thumbnail
+
+    def fills_up(src, dst, size=64):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+        return real(src, dst, size)
+
+    monkeypatch.setattr(output, "make_thumbnail", fills_up)
+    before = _tree(world["root"])
+    assert cli.main(_run_argv(world, world["root"] / "new" / "deep" / "influence.csv")) == 2
+    _one_line_error(capsys, r"cannot write \(No space left on device\); nothing was written")
+    assert _tree(world["root"]) == before  # no staging, no folders made for it, no cache
+
+
+def test_lr_that_diverges_writes_nothing(world, capsys):
+    before = _tree(world["root"])
+    assert cli.main(_run_argv(world, world["root"] / "out" / "influence.csv", "--lr", "1e6")) == 2
+    err = _one_line_error(capsys, r"at lr=1e\+06 diverged, so nothing was written; pass a smaller")
+    # The loss it names at the trained parameters is the one the network gives, unchanged.
+    from sgd_influence_plugin.core import mean_loss
+    from sgd_influence_plugin.dataset import load_dataset
+    from sgd_influence_plugin.nnabla_adapter import load_model
+
+    model = load_model(world["model"])
+    val = load_dataset(world["val"], model.info.input_shapes)
+    loss0 = mean_loss(model, val.arrays)
+    assert f"from {loss0:.4g} at the trained parameters" in err
+    assert _tree(world["root"]) == before
+
+
+# ----------------------------------------------------------------------------------------
+# A real run's outputs: ownership, modes, cleanse (items 2, 7, 11, 12)
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data7, results):
+    """One plugin-style run (report and cleansed CSV) under umask 027, into ``out/``."""
+    root = tmp_path_factory.mktemp("finished")
+    out = root / "out" / "influence.csv"
+    old = os.umask(0o027)
+    try:
+        paths, result = run(
+            RunRequest(
+                output=str(out),
+                model=os.path.join(results("logreg"), "results.nnp"),
+                train=data7["train"],
+                val=data7["val"],
+                report=True,
+                remove_ratio=0.1,
+            )
+        )
+    finally:
+        os.umask(old)
+    return {"root": root, "out": out, "paths": paths, "scores": result.scores}
+
+
+def test_outputs_are_named_after_the_csv_and_get_the_usual_modes(finished, data7):
+    folder = finished["out"].parent
+    assert sorted(os.listdir(folder)) == [
+        output.LEDGER,
+        "influence.csv",
+        "influence_cleansed.csv",
+        "influence_report.html",
+        "influence_settings.yaml",
+        "influence_summary.txt",
+        "influence_thumbnails",
+    ]
+    thumbs = folder / "influence_thumbnails"
+    assert (thumbs / output.THUMBNAILS_MARKER).is_file()
+    assert len(list(thumbs.glob("*.png"))) == 50
+    # umask 027 was in force: files 0640, folders 0750, like anything the user creates.
+    for path in [folder, thumbs]:
+        assert os.stat(path).st_mode & 0o777 == 0o750, path
+    for path in list(folder.iterdir()) + list(thumbs.iterdir()):
+        if path.is_file():
+            assert os.stat(path).st_mode & 0o777 == 0o640, path
+    # The cleansed CSV drops round(0.1 * 50) = 5 rows: the five lowest scores.
+    scores = finished["scores"]
+    worst = set(np.argsort(scores, kind="stable")[:5].tolist())
+    with open(data7["train"]) as f:
+        train_rows = f.read().splitlines()[1:]
+    kept = open(folder / "influence_cleansed.csv").read().splitlines()[1:]
+    assert len(kept) == 45
+    kept_images = {os.path.normpath(os.path.join(folder, r.split(",")[0])) for r in kept}
+    for j, row in enumerate(train_rows):
+        full = os.path.normpath(os.path.join(data7["folder"], row.split(",")[0]))
+        assert (full in kept_images) == (j not in worst)
+
+
+def _copy_finished(finished, tmp_path):
+    dst = tmp_path / "out"
+    shutil.copytree(finished["out"].parent, dst)
+    return dst
+
+
+def test_only_files_the_tool_wrote_and_nobody_changed_are_replaced(finished, tmp_path):
+    out = _copy_finished(finished, tmp_path)
+    csv_path = str(out / "influence.csv")
+    for kind in ("settings", "summary", "report", "cleansed"):
+        output.check_replaceable(output.companion_path(csv_path, kind))  # ours: no error
+    output.check_replaceable(output.companion_path(csv_path, "thumbnails"), folder=True)
+    output.check_replaceable(csv_path)
+    # Edited by the user: no longer ours.
+    with open(out / "influence_summary.txt", "a") as f:
+        f.write("my notes\n")
+    with pytest.raises(OutputError, match=r"influence_summary\.txt: already exists and was not"):
+        output.check_replaceable(str(out / "influence_summary.txt"))
+    # A thumbnails folder without its marker is not ours.
+    os.remove(out / "influence_thumbnails" / output.THUMBNAILS_MARKER)
+    with pytest.raises(OutputError, match="has no .sgd_influence_thumbnails marker"):
+        output.check_replaceable(str(out / "influence_thumbnails"), folder=True)
+    # A damaged ledger: nothing here can be told to be ours.
+    (out / output.LEDGER).write_text("{not json")
+    with pytest.raises(OutputError, match="cannot tell which files here sgd-influence wrote"):
+        output.check_replaceable(csv_path)
+
+
+def test_images_in_a_thumbnails_folder_survive_a_run_beside_them(world):
+    # The user keeps training images in data/thumbnails/ and writes the output into data/.
+    os.replace(world["data"] / "train", world["data"] / "thumbnails")
+    text = open(world["train"]).read().replace("train/", "thumbnails/")
+    open(world["train"], "w").write(text)
+    before = _tree(world["data"] / "thumbnails")
+    assert cli.main(_run_argv(world, world["data"] / "influence.csv", "--report")) == 0
+    assert _tree(world["data"] / "thumbnails") == before
+    assert (world["data"] / "influence_thumbnails" / output.THUMBNAILS_MARKER).is_file()
+    assert (world["data"] / "influence_report.html").is_file()
+    # A second run replaces its own output (the ledger and the marker say it is ours) and
+    # removes the report it no longer writes, so no stale view is left beside the new CSV.
+    first = (world["data"] / "influence.csv").read_bytes()
+    assert cli.main(_run_argv(world, world["data"] / "influence.csv")) == 0
+    assert (world["data"] / "influence.csv").read_bytes() == first
+    assert not (world["data"] / "influence_report.html").exists()
+    assert _tree(world["data"] / "thumbnails") == before
+
+
+def _cleanse(finished, train, out, *extra):
+    return [
+        "cleanse",
+        "--influence",
+        str(finished["out"]),
+        "--train",
+        str(train),
+        "--output",
+        str(out),
+        *(extra or ("--remove", "3")),
+    ]
+
+
+def test_cleanse_refuses_what_does_not_belong_and_writes_nothing(finished, data7, tmp_path, capsys):
+    train = data7["train"]  # read only
+    text = open(train).read()
+    infl = open(finished["out"]).read().splitlines()
+
+    def edited_influence(name, row, col, value):
+        path = tmp_path / name
+        lines = [line.split(",") for line in infl]
+        lines[row + 1][col] = value
+        path.write_text("\n".join(",".join(c) for c in lines) + "\n")
+        return path
+
+    first_index = int(infl[1].split(",")[3])
+    other_label = str((int(infl[1].split(",")[1]) + 1) % N_CLASSES)
+    changed_labels = tmp_path / "relabelled.csv"
+    rows = text.splitlines()
+    cells = rows[first_index + 1].split(",")
+    rows[first_index + 1] = f"{cells[0]},{other_label}"
+    changed_labels.write_text("\n".join(rows) + "\n")
+    user_csv = tmp_path / "mine.csv"
+    user_csv.write_text("a,b\n1,2\n")
+    cases = [
+        # item 7: labels differ from the training CSV's
+        (
+            _cleanse(finished, changed_labels, tmp_path / "c.csv"),
+            rf"row 1: label '{infl[1].split(',')[1]}' of datasource_index {first_index} differs "
+            rf"from .*relabelled\.csv row {first_index + 1} \('{other_label}'\)",
+        ),
+        # NaN influence
+        (
+            ["cleanse", "--influence", str(edited_influence("nan.csv", 2, 2, "nan"))]
+            + ["--train", str(train), "--remove", "3", "--output", str(tmp_path / "c.csv")],
+            r"nan\.csv row 3: influence 'nan' is not a finite number",
+        ),
+        # item 11: an index out of range is named as such
+        (
+            ["cleanse", "--influence", str(edited_influence("index.csv", 4, 3, "50"))]
+            + ["--train", str(train), "--remove", "3", "--output", str(tmp_path / "c.csv")],
+            r"index\.csv row 5: datasource_index 50 is not a row of .*\(it has rows 0\.\.49\)",
+        ),
+        (
+            _cleanse(finished, train, tmp_path / "c.csv", "--remove-ratio", "0.9999"),
+            r"--remove-ratio 0\.9999: would remove 50 of the 50 rows",
+        ),
+        # item 10: --output naming a folder
+        (_cleanse(finished, train, tmp_path), r"--output .*: names a folder"),
+        (_cleanse(finished, train, user_csv), r"mine\.csv: already exists and was not written"),
+        (_cleanse(finished, train, finished["out"]), r"refusing to overwrite the input"),
+    ]
+    for argv, pattern in cases:
+        before = _tree(tmp_path)
+        assert cli.main(argv) == 2, argv
+        _one_line_error(capsys, pattern)
+        assert _tree(tmp_path) == before
+    # A cleansed CSV it wrote itself is replaced on the next call; once edited, it is not.
+    assert cli.main(_cleanse(finished, train, tmp_path / "c.csv")) == 0
+    assert cli.main(_cleanse(finished, train, tmp_path / "c.csv", "--remove", "4")) == 0
+    assert len(open(tmp_path / "c.csv").read().splitlines()) == 1 + 50 - 4
+    with open(tmp_path / "c.csv", "a") as f:
+        f.write("extra.png,1\n")
+    assert cli.main(_cleanse(finished, train, tmp_path / "c.csv")) == 2
+    capsys.readouterr()
+
+
+def test_install_plugin_refuses_a_file_an_unwritable_place_and_a_foreign_package(tmp_path, capsys):
+    afile = tmp_path / "plugins.txt"
+    afile.write_text("x")
+    assert cli.main(["install-plugin", str(afile)]) == 2
+    _one_line_error(capsys, r"plugins\.txt: is a file, not a folder")
+    if os.path.isdir("/sys"):
+        assert cli.main(["install-plugin", "/sys/nnc_plugins"]) == 2
+        _one_line_error(capsys, r"cannot install there")
+    foreign = tmp_path / "nnc" / "_Post_Process" / "_XAI" / "_Image" / "sgd_influence_plugin"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("the user's")
+    before = _tree(tmp_path)
+    assert cli.main(["install-plugin", str(tmp_path / "nnc")]) == 2
+    _one_line_error(capsys, r"sgd_influence_plugin: exists and is not this plugin's package")
+    assert _tree(tmp_path) == before
+    old = os.umask(0o022)
+    try:
+        assert cli.main(["install-plugin", str(tmp_path / "fresh")]) == 0
+    finally:
+        os.umask(old)
+    script = tmp_path / "fresh" / "_Post_Process" / "_XAI" / "_Image" / "SGD_Influence.py"
+    assert os.stat(script).st_mode & 0o777 == 0o644
+    assert os.stat(script.parent / "sgd_influence_plugin").st_mode & 0o777 == 0o755
+
+
+# ----------------------------------------------------------------------------------------
+# Interrupts (item 8)
+# ----------------------------------------------------------------------------------------
+
+
+def _graph_with_a_python_hook():
+    import nnabla as nn
+    import nnabla.functions as F
+
+    x = nn.Variable.from_numpy_array(np.ones((2, 3), np.float32))
+    return F.sin(F.exp(x))
+
+
+def test_a_signal_inside_nnabla_callbacks_is_handled(capsys):
+    """A signal that arrives while nnabla's C++ code runs a Python callback: Python's default
+    handler raises there and nnabla turns it into a SystemError (the traceback users saw).
+    Inside stop_requests the handler only records it, and check() stops at the next step.
+    """
+    y = _graph_with_a_python_hook()
+    sent = []
+
+    def hook(f):
+        if not sent:
+            sent.append(f)
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))  # a few bytecodes: the handler runs here, inside the callback
+
+    with pytest.raises(BaseException) as caught:
+        y.forward(function_pre_hook=hook)
+    assert interrupts.is_interrupt(caught.value)
+    error = caught.value
+
+    def raises():
+        raise error
+
+    assert cli.report_errors(raises, lambda m: print(m, file=sys.stderr)) == 130
+    assert capsys.readouterr().err.strip() == interrupts.MESSAGE
+
+    sent.clear()
+    handler = signal.getsignal(signal.SIGINT)
+    with interrupts.stop_requests():
+        y.forward(function_pre_hook=hook)  # no error inside nnabla
+        assert sent and interrupts.requested()
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    assert signal.getsignal(signal.SIGINT) is handler  # put back
+
+
+def test_stop_request_during_a_run_leaves_nothing(world):
+    out = world["root"] / "out" / "influence.csv"
+    before = _tree(world["root"])
+    steps = []
+
+    def progress(stage, done, total):
+        steps.append(stage)
+        if len(steps) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    request = RunRequest(
+        output=str(out),
+        model=world["model"],
+        train=world["train"],
+        val=world["val"],
+        settings=InfluenceSettings(epochs=5),
+    )
+    with interrupts.stop_requests(), pytest.raises(KeyboardInterrupt):
+        run(request, progress=progress)
+    assert steps == ["train", "train"]  # stopped at the very next step
+    assert _tree(world["root"]) == before
+
+
+def test_cli_ctrl_c_while_computing_exits_130_with_one_line(world):
+    # (SIGTERM: tests/test_plugin_cli.py)
+    out = world["root"] / "out" / "influence.csv"
+    env = dict(os.environ, TMPDIR=str(world["tmp"]))
+    proc = subprocess.Popen(
+        [CLI] + _run_argv(world, out, "--epochs", "5000", "--cache", "all"),
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not any(p.name.startswith("sgd_influence_cache_") for p in world["tmp"].iterdir()):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    time.sleep(0.3)  # inside the training phase: nnabla is running
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip() == "sgd-influence: " + interrupts.MESSAGE
+    assert list(world["tmp"].iterdir()) == []
+    assert not (world["root"] / "out").exists()
