@@ -161,9 +161,7 @@ def run(
         _check_result(result, loss0, flags)
         facts = run_facts(result, settings, info, model.n_params, train_csv, val_csv)
         facts["n_train"], facts["n_val"] = train.size, val.size
-        facts["label_names"] = (
-            os.path.abspath(request.label_names) if request.label_names else None
-        )
+        facts["label_names"] = os.path.abspath(request.label_names) if request.label_names else None
         paths = write_influence_output(
             request.output,
             result.scores,
