@@ -1,5 +1,6 @@
-"""The influence core against independent oracles: a batch-size-1 loop, a float64 dense-Hessian
-brute force, nnabla's own SGD solver, and invariances."""
+"""The influence core against independent oracles: a float64 dense-Hessian brute force, float64
+SGD and closed-form gradients, nnabla's own SGD solver, and invariances. (The fused graph's
+own oracles are in test_fused_graph_oracles.py.)"""
 
 import os
 
@@ -17,55 +18,6 @@ def _load(results, name, data):
     tr = load_dataset(data["train"], m.info.input_shapes)
     va = load_dataset(data["val"], m.info.input_shapes)
     return m, tr.arrays, va.arrays
-
-
-def _per_sample_grads_loop(m, arrays, index):
-    """Gradient of each sample's loss by a plain first-order backward at batch size 1."""
-    g = m.graph(1)
-    out = []
-    for j in index:
-        for col, var in g.inputs.items():
-            var.d = arrays[col][j : j + 1]
-        g.loss.forward()
-        for p in g.params.values():
-            p.grad.zero()
-        g.loss.backward()
-        out.append({k: np.array(p.g, dtype=np.float64) for k, p in g.params.items()})
-    return out
-
-
-def test_fused_dots_equal_batch1_loop_relu_maxpool_bn(results, data28):
-    m, tr, va = _load(results, "cnn_bn", data28)
-    u = core.validation_gradient(m, va, 64)
-    B = 24
-    idx = np.arange(40, 40 + B)
-    sg = core.GraphCache(m, fused=True)(B)
-    sg.feed(tr, idx, np.full(B, 1.0 / B, np.float32))
-    for var, k in zip(sg.u, sg.graph.params):
-        var.d = u[k]
-    sg.score.forward()
-    sg.zero_grads()
-    sg.score.backward()
-    dots = np.array(sg.w.g).ravel()
-    hvp = {k: np.array(p.g, dtype=np.float64) for k, p in sg.graph.params.items()}
-    grads = _per_sample_grads_loop(m, tr, idx)
-    ref = np.array([sum(np.sum(g[k] * u[k]) for k in u) for g in grads])
-    assert np.max(np.abs(dots - ref)) <= 1e-4 * np.max(np.abs(ref))
-    # The HVP of the batch equals the mean of per-sample HVPs (batch size 1 each).
-    one = core.GraphCache(m, fused=True)(1)
-    acc = {k: 0.0 for k in hvp}
-    for j in idx:
-        one.feed(tr, np.array([j]), np.ones(1, np.float32))
-        for var, k in zip(one.u, one.graph.params):
-            var.d = u[k]
-        one.score.forward()
-        one.zero_grads()
-        one.score.backward()
-        for k, p in one.graph.params.items():
-            acc[k] = acc[k] + np.array(p.g, dtype=np.float64) / B
-    num = np.sqrt(sum(np.sum((hvp[k] - acc[k]) ** 2) for k in hvp))
-    den = np.sqrt(sum(np.sum(acc[k] ** 2) for k in hvp))
-    assert den > 0 and num <= 1e-4 * den
 
 
 def test_sgd_epoch_equals_nnabla_sgd_solver(results, data7):
