@@ -101,8 +101,15 @@ def train_result(folder, data, spec: NetSpec):
     spec.iter_per_epoch = max(1, n_train // spec.batch_size)
     nntxt = write_nntxt(spec, os.path.join(folder, "net.nntxt"))
     fix_random_seeds(nntxt, 313 + spec.seed)
+    return train_nntxt(folder, nntxt)
+
+
+def train_nntxt(folder, nntxt):
+    """Train the definition ``nntxt`` with ``nnabla_cli train`` into ``folder`` and extract
+    ``parameters.h5`` from the resulting ``results.nnp``; returns the folder."""
+    os.makedirs(folder, exist_ok=True)
     proc = subprocess.run(
-        [NNABLA_CLI, "train", "-c", nntxt, "-o", folder], capture_output=True, text=True
+        [NNABLA_CLI, "train", "-c", str(nntxt), "-o", str(folder)], capture_output=True, text=True
     )
     if proc.returncode != 0:
         raise RuntimeError(f"nnabla_cli train failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -141,6 +148,10 @@ def results(tmp_path_factory, data28, data7):
             NetSpec(arch="logreg", batch_size=16, lr=0.1, max_epoch=3, weight_decay=0.01),
         ),
         "adam": (data28, NetSpec(arch="mlp", batch_size=32, lr=0.001, solver="Adam", max_epoch=1)),
+        "momentum": (
+            data7,
+            NetSpec(arch="logreg", batch_size=16, lr=0.02, solver="Momentum", max_epoch=1),
+        ),
     }
     made = {}
 
