@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from test_user_outputs import used
+from test_user_outputs import check_report, check_summary, ranked_from_csv, used
 
 from sgd_influence_plugin import cli, output
 from sgd_influence_plugin.dataset import read_csv_table
@@ -86,7 +86,7 @@ def test_plugin_with_no_arguments_in_a_result_folder(results, data28, tmp_path):
     rows = _check_influence_csv(str(out_dir / "influence.csv"), data28["train"])
     facts = yaml.safe_load(open(out_dir / "settings.yaml"))
     assert facts["settings"]["cache"] == "final" and facts["n_train"] == 256
-    assert "harmful share per class" in open(out_dir / "summary.txt").read()
+    check_summary(open(out_dir / "summary.txt").read(), ranked_from_csv(rows))
     # The cleansed CSV: 5% (13 rows) fewer, the most harmful gone, and nnabla can read it.
     from nnabla.utils.data_source_implements import CsvDataSource
 
@@ -289,8 +289,8 @@ def test_cli_run_cleanse_and_cache_dir(results, data28, tmp_path):
         "steps",
     ]
     assert len(os.listdir(tmp_path / "cache" / "steps")) == 8
-    report = open(tmp_path / "o" / "report.html").read()
-    assert "data:image/png;base64," in report and "Most harmful" in report
+    report = open(tmp_path / "o" / "report.html", encoding="utf-8").read()
+    check_report(report, ranked_from_csv(rows), str(tmp_path / "o"))
     # cleanse into another folder: top-10 harmful gone, paths rebased, nnabla reads it.
     cleansed = tmp_path / "elsewhere" / "clean.csv"
     assert (

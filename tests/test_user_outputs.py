@@ -34,6 +34,14 @@ def _csv_rows(path):
         return list(csv.DictReader(f))
 
 
+def ranked_from_csv(rows):
+    """(datasource_index, label, influence, original) of an influence CSV's rows, in order."""
+    return [
+        (int(r["datasource_index"]), r["y:label"], float(r["influence"]), r["original"])
+        for r in rows
+    ]
+
+
 # ---- checkers: the files against a ranking the caller supplies -----------------------------
 
 
@@ -220,11 +228,7 @@ def test_cli_options_reach_the_replay_and_the_files(results, data28, tmp_path):
     assert used(facts, "batch_size") == 20
     assert facts["timings_seconds"]["replay_steps"] == 13
     # summary.txt and report.html against the CSV.
-    rows = _csv_rows(out)
-    ranked = [
-        (int(r["datasource_index"]), r["y:label"], float(r["influence"]), r["original"])
-        for r in rows
-    ]
+    ranked = ranked_from_csv(_csv_rows(out))
     assert [r[2] for r in ranked] == sorted(r[2] for r in ranked)
     check_summary(open(tmp_path / "o" / "summary.txt").read(), ranked)
     check_report(
