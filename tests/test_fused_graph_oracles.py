@@ -373,3 +373,24 @@ def test_exact_ties_first_maximum_and_zero_slope(results, data28, cnn_bn):
     below, above = off(zeros=-1e-6), off(zeros=1e-6)
     assert np.all(first <= 1e-5) and np.all(last >= 1e-3)
     assert np.all(below <= 1e-5) and np.all(above >= 1e-3)
+
+
+def test_fixture_definitions_seed_their_random_functions(results):
+    """What keeps these oracles reproducible: the cnn_bn definition's Dropout (seed -1 as
+    nnabla saves it, a new seed at every training) carries a fixed seed, so nnabla_cli train
+    gives the same parameters every session."""
+    from google.protobuf import text_format
+    from nnabla.utils import nnabla_pb2
+
+    proto = nnabla_pb2.NNablaProtoBuf()
+    with open(os.path.join(results("cnn_bn"), "net.nntxt")) as f:
+        text_format.Merge(f.read(), proto)
+    seeds = [
+        (func.type, value.seed)
+        for net in proto.network
+        for func in net.function
+        for field, value in func.ListFields()
+        if field.name.endswith("_param") and hasattr(value, "seed")
+    ]
+    assert ("Dropout", -1) not in seeds and any(kind == "Dropout" for kind, _ in seeds)
+    assert all(seed >= 0 for _, seed in seeds)
