@@ -101,8 +101,8 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedRun:
         source, lr = "given", float(settings.lr)
     if solver.type not in ("Sgd", "SgdW"):
         warnings.append(
-            f"the console trained with {solver.type}; the training phase and the replay model "
-            "plain SGD (see lr_selection in the settings for the rate)"
+            f"the console trained with {solver.type} (lr {solver_lr:g}); the training phase and "
+            "the replay model plain SGD (see lr_selection in the settings for the rate)"
         )
     wd = settings.weight_decay if settings.weight_decay is not None else solver.weight_decay
     bs = settings.batch_size if settings.batch_size is not None else solver.batch_size

@@ -57,11 +57,42 @@ def make_png_dataset(folder, n_train, n_val, size=28, seed=0):
     return {"folder": str(folder), "train": train, "val": val, "size": size}
 
 
+def fix_random_seeds(nntxt: str, seed: int) -> int:
+    """Give every random function of a definition a fixed seed, in place.
+
+    nnabla's saver writes ``seed: -1`` for Dropout, and nnabla then draws a new seed at every
+    run, so two ``nnabla_cli train`` runs of one definition end at different parameters (the
+    only source of variation: initializers use ``RandomState(0)`` and the dataset shuffle
+    ``RandomState(dataset index)``). Function k of a network gets ``seed + k``.
+
+    Returns:
+        The number of seeds set.
+
+    """
+    from google.protobuf import text_format
+    from nnabla.utils import nnabla_pb2
+
+    proto = nnabla_pb2.NNablaProtoBuf()
+    with open(nntxt) as f:
+        text_format.Merge(f.read(), proto)
+    fixed = 0
+    for net in proto.network:
+        for k, func in enumerate(net.function):
+            for field, value in func.ListFields():
+                if field.name.endswith("_param") and getattr(value, "seed", None) == -1:
+                    value.seed = seed + k
+                    fixed += 1
+    with open(nntxt, "w") as f:
+        f.write(text_format.MessageToString(proto))
+    return fixed
+
+
 def train_result(folder, data, spec: NetSpec):
     """Write net.nntxt for ``data``, train it with ``nnabla_cli train`` into ``folder``.
 
     The folder then looks like a console result: results.nnp, net.nntxt, parameters.h5
-    (extracted from the nnp), monitoring_report.yml.
+    (extracted from the nnp), monitoring_report.yml. Random functions get fixed seeds (see
+    :func:`fix_random_seeds`), so the same data and spec give the same parameters, bit for bit.
     """
     os.makedirs(folder, exist_ok=True)
     n_train = sum(1 for _ in open(data["train"])) - 1
@@ -69,8 +100,16 @@ def train_result(folder, data, spec: NetSpec):
     spec.input_shape = (1, data["size"], data["size"])
     spec.iter_per_epoch = max(1, n_train // spec.batch_size)
     nntxt = write_nntxt(spec, os.path.join(folder, "net.nntxt"))
+    fix_random_seeds(nntxt, 313 + spec.seed)
+    return train_nntxt(folder, nntxt)
+
+
+def train_nntxt(folder, nntxt):
+    """Train the definition ``nntxt`` with ``nnabla_cli train`` into ``folder`` and extract
+    ``parameters.h5`` from the resulting ``results.nnp``; returns the folder."""
+    os.makedirs(folder, exist_ok=True)
     proc = subprocess.run(
-        [NNABLA_CLI, "train", "-c", nntxt, "-o", folder], capture_output=True, text=True
+        [NNABLA_CLI, "train", "-c", str(nntxt), "-o", str(folder)], capture_output=True, text=True
     )
     if proc.returncode != 0:
         raise RuntimeError(f"nnabla_cli train failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -109,6 +148,10 @@ def results(tmp_path_factory, data28, data7):
             NetSpec(arch="logreg", batch_size=16, lr=0.1, max_epoch=3, weight_decay=0.01),
         ),
         "adam": (data28, NetSpec(arch="mlp", batch_size=32, lr=0.001, solver="Adam", max_epoch=1)),
+        "momentum": (
+            data7,
+            NetSpec(arch="logreg", batch_size=16, lr=0.02, solver="Momentum", max_epoch=1),
+        ),
     }
     made = {}
 

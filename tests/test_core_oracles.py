@@ -1,5 +1,6 @@
-"""The influence core against independent oracles: a batch-size-1 loop, a float64 dense-Hessian
-brute force, nnabla's own SGD solver, and invariances."""
+"""The influence core against independent oracles: a float64 dense-Hessian brute force, float64
+SGD and closed-form gradients, nnabla's own SGD solver, and invariances. (The fused graph's
+own oracles are in test_fused_graph_oracles.py.)"""
 
 import os
 
@@ -17,55 +18,6 @@ def _load(results, name, data):
     tr = load_dataset(data["train"], m.info.input_shapes)
     va = load_dataset(data["val"], m.info.input_shapes)
     return m, tr.arrays, va.arrays
-
-
-def _per_sample_grads_loop(m, arrays, index):
-    """Gradient of each sample's loss by a plain first-order backward at batch size 1."""
-    g = m.graph(1)
-    out = []
-    for j in index:
-        for col, var in g.inputs.items():
-            var.d = arrays[col][j : j + 1]
-        g.loss.forward()
-        for p in g.params.values():
-            p.grad.zero()
-        g.loss.backward()
-        out.append({k: np.array(p.g, dtype=np.float64) for k, p in g.params.items()})
-    return out
-
-
-def test_fused_dots_equal_batch1_loop_relu_maxpool_bn(results, data28):
-    m, tr, va = _load(results, "cnn_bn", data28)
-    u = core.validation_gradient(m, va, 64)
-    B = 24
-    idx = np.arange(40, 40 + B)
-    sg = core.GraphCache(m, fused=True)(B)
-    sg.feed(tr, idx, np.full(B, 1.0 / B, np.float32))
-    for var, k in zip(sg.u, sg.graph.params):
-        var.d = u[k]
-    sg.score.forward()
-    sg.zero_grads()
-    sg.score.backward()
-    dots = np.array(sg.w.g).ravel()
-    hvp = {k: np.array(p.g, dtype=np.float64) for k, p in sg.graph.params.items()}
-    grads = _per_sample_grads_loop(m, tr, idx)
-    ref = np.array([sum(np.sum(g[k] * u[k]) for k in u) for g in grads])
-    assert np.max(np.abs(dots - ref)) <= 1e-4 * np.max(np.abs(ref))
-    # The HVP of the batch equals the mean of per-sample HVPs (batch size 1 each).
-    one = core.GraphCache(m, fused=True)(1)
-    acc = {k: 0.0 for k in hvp}
-    for j in idx:
-        one.feed(tr, np.array([j]), np.ones(1, np.float32))
-        for var, k in zip(one.u, one.graph.params):
-            var.d = u[k]
-        one.score.forward()
-        one.zero_grads()
-        one.score.backward()
-        for k, p in one.graph.params.items():
-            acc[k] = acc[k] + np.array(p.g, dtype=np.float64) / B
-    num = np.sqrt(sum(np.sum((hvp[k] - acc[k]) ** 2) for k in hvp))
-    den = np.sqrt(sum(np.sum(acc[k] ** 2) for k in hvp))
-    assert den > 0 and num <= 1e-4 * den
 
 
 def test_sgd_epoch_equals_nnabla_sgd_solver(results, data7):
@@ -148,6 +100,30 @@ class _LogReg:
         return H / len(idx)  # row index d*C + c matches [W.ravel(), b] with b as d = D
 
 
+def _brute_force_replay(train, theta_at, order, lrs, batch_size, u0, wd):
+    """Algorithm 2 in float64 with dense Hessians: infl (N,), for step t = T-1..0 at
+    parameters ``theta_at(t)`` and rate ``lrs[t]``."""
+    ref, u, B = np.zeros(len(order)), np.array(u0, dtype=np.float64), batch_size
+    for t in range(core.n_steps(len(order), B) - 1, -1, -1):
+        idx = order[t * B : (t + 1) * B]
+        theta = theta_at(t)
+        ref[idx] += lrs[t] / len(idx) * train.grads(theta, idx) @ u
+        u = u - lrs[t] * (train.hessian(theta, idx) @ u + wd * u)
+    return ref
+
+
+def _sgd_float64(train, theta, orders, lrs, batch_size, wd):
+    """Plain SGD in float64 over each order in turn (closed-form gradients); returns the
+    parameters after every step, (sum of T_k + 1, P), the start first."""
+    path = [np.array(theta, dtype=np.float64)]
+    for order in orders:
+        for t in range(core.n_steps(len(order), batch_size)):
+            idx = order[t * batch_size : (t + 1) * batch_size]
+            th = path[-1]
+            path.append(th - lrs[t] * (train.grads(th, idx).mean(axis=0) + wd * th))
+    return np.array(path)
+
+
 def _theta(params):
     return np.concatenate([params["Affine/affine/W"].ravel(), params["Affine/affine/b"]]).astype(
         np.float64
@@ -181,25 +157,15 @@ def test_replay_equals_float64_dense_hessian_brute_force(
     )
     u0 = val.grads(final, np.arange(len(val.y))).mean(axis=0)
 
-    def brute_force(wd):
-        ref, u, B = np.zeros(50), u0.copy(), run.batch_size
-        for t in range(T - 1, -1, -1):
-            idx = order[t * B : (t + 1) * B]
-            theta = (
-                final
-                if cache == "final"
-                else _theta(
-                    read_params(os.path.join(cache_dir, "steps", f"step_{t:05d}.h5"), names)
-                )
-            )
-            ref[idx] += lrs[t] / len(idx) * train.grads(theta, idx) @ u
-            u = u - lrs[t] * (train.hessian(theta, idx) @ u + wd * u)
-        return ref
+    def theta_at(t):
+        if cache == "final":
+            return final
+        return _theta(read_params(os.path.join(cache_dir, "steps", f"step_{t:05d}.h5"), names))
 
-    ref = brute_force(run.weight_decay)
+    ref = _brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, run.weight_decay)
     assert np.max(np.abs(infl - ref)) <= 1e-4 * np.max(np.abs(ref))
     # Weight decay matters at this tolerance: the brute force without it disagrees.
-    ref0 = brute_force(0.0)
+    ref0 = _brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, 0.0)
     assert np.max(np.abs(infl - ref0)) > 1e-4 * np.max(np.abs(ref0))
 
 
@@ -214,6 +180,92 @@ def _nnabla_losses(m, arrays, theta, names):
     out = np.array(g.loss.d).ravel()
     m.set_params(saved)
     return out
+
+
+_LOGREG_NAMES = ["Affine/affine/W", "Affine/affine/b"]
+
+
+def test_replay_with_a_rate_per_step_equals_brute_force(results, data7):
+    """``lr.npy`` holds one rate per step: step t of the replay must use eta_t (the training
+    phase writes equal rates, so only a direct call can tell which step's rate is used)."""
+    m, tr, va = _load(results, "logreg", data7)
+    theta = _theta(m.get_params())
+    train, val = _LogReg(tr["x"], tr["y"], 10), _LogReg(va["x"], va["y"], 10)
+    order = core.epoch_orders(50, 1, 11)[0]  # steps of 16, 16, 16, 2
+    lrs = np.array([0.8, 0.05, 0.4, 0.15], np.float32)
+    wd = 0.01
+    u = core.validation_gradient(m, va)
+    infl, stats = core.replay(m, tr, order, lrs, 16, u, weight_decay=wd)
+    assert stats.steps == 4
+    u0 = val.grads(theta, np.arange(30)).mean(axis=0)
+    ref = _brute_force_replay(train, lambda t: theta, order, lrs, 16, u0, wd)
+    assert np.max(np.abs(infl - ref)) <= 1e-4 * np.max(np.abs(ref))
+    # The oracle tells the rates apart: each step at its successor's rate is far off.
+    shifted = np.append(lrs[1:], lrs[-1])
+    wrong = _brute_force_replay(train, lambda t: theta, order, shifted, 16, u0, wd)
+    assert np.max(np.abs(wrong - ref)) > 0.1 * np.max(np.abs(ref))
+
+
+def test_sgd_epoch_with_a_rate_per_step_equals_float64_sgd(results, data7):
+    m, tr, _ = _load(results, "logreg", data7)
+    theta0 = m.get_params()
+    train = _LogReg(tr["x"], tr["y"], 10)
+    order = core.epoch_orders(50, 1, 2)[0]
+    lrs = np.array([0.8, 0.05, 0.4, 0.15], np.float32)
+    core.sgd_epoch(m, tr, order, lrs, 16, weight_decay=0.03)
+    path = _sgd_float64(train, _theta(theta0), [order], lrs.astype(np.float64), 16, 0.03)
+    ours = _theta(m.get_params())
+    m.set_params(theta0)
+    assert np.max(np.abs(ours - path[-1])) <= 1e-5 * np.max(np.abs(path[-1]))
+
+
+@pytest.mark.parametrize("batch_size", [7, 30, 256])
+def test_validation_gradient_and_loss_are_means_over_the_whole_set(results, data7, batch_size):
+    """30 validation samples in chunks of 7 (7, 7, 7, 7, 2), one chunk of 30, or one of 256:
+    always the mean over all 30, as the closed form gives it."""
+    m, _, va = _load(results, "logreg", data7)
+    theta = _theta(m.get_params())
+    val = _LogReg(va["x"], va["y"], 10)
+    u = core.validation_gradient(m, va, batch_size)
+    assert list(u) == _LOGREG_NAMES and u["Affine/affine/W"].shape == (49, 10)
+    ref = val.grads(theta, np.arange(30)).mean(axis=0)
+    np.testing.assert_allclose(_theta(u), ref, rtol=1e-4, atol=1e-6 * np.max(np.abs(ref)))
+    loss = core.mean_loss(m, va, batch_size)
+    assert loss == pytest.approx(val.losses(theta, np.arange(30)).mean(), rel=1e-5)
+
+
+def test_two_epochs_cache_the_last_order_and_two_epochs_of_sgd(results, data7, tmp_path):
+    """``epochs=2``: the cache holds the second epoch's order and the parameters before each of
+    its steps, and the final parameters are two epochs of SGD from the trained ones."""
+    m, tr, _ = _load(results, "logreg", data7)
+    theta0 = m.get_params()
+    settings = InfluenceSettings(lr=0.1, epochs=2, seed=5, cache="all")
+    run = api.resolve(m, settings)
+    assert run.batch_size == 16 and run.weight_decay == pytest.approx(0.01)
+    cache_dir = str(tmp_path / "cache")
+    api.run_training_phase(m, tr, settings, run, cache_dir, seed=5)
+    m.set_params(theta0)
+    orders = core.epoch_orders(50, 2, 5)
+    rng = np.random.RandomState(5)  # the documented draw: one RandomState, one per epoch
+    for order in orders:
+        np.testing.assert_array_equal(order, rng.permutation(50))
+    assert not np.array_equal(orders[0], orders[1])
+    np.testing.assert_array_equal(np.load(os.path.join(cache_dir, "order.npy")), orders[1])
+    np.testing.assert_array_equal(
+        np.load(os.path.join(cache_dir, "lr.npy")), np.full(4, 0.1, np.float32)
+    )
+    train = _LogReg(tr["x"], tr["y"], 10)
+    path = _sgd_float64(train, _theta(theta0), orders, [0.1] * 4, 16, run.weight_decay)
+    assert len(path) == 9  # the start and 2 x 4 steps
+    final = _theta(read_params(os.path.join(cache_dir, "parameters.h5"), _LOGREG_NAMES))
+    assert np.max(np.abs(final - path[-1])) <= 1e-5 * np.max(np.abs(path[-1]))
+    # The snapshots are the parameters before each step of the second epoch.
+    for t in range(4):
+        snap = read_params(os.path.join(cache_dir, "steps", f"step_{t:05d}.h5"), _LOGREG_NAMES)
+        assert np.max(np.abs(_theta(snap) - path[4 + t])) <= 1e-5 * np.max(np.abs(path[4 + t]))
+    assert sorted(os.listdir(os.path.join(cache_dir, "steps"))) == [
+        f"step_{t:05d}.h5" for t in range(4)
+    ]
 
 
 def test_weight_decay_term_of_the_replay(results, data7):

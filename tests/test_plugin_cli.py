@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from test_user_outputs import check_report, check_summary, ranked_from_csv, used
 
 from sgd_influence_plugin import cli, output
 from sgd_influence_plugin.dataset import read_csv_table
+from sgd_influence_plugin.settings import CACHE_MODES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
@@ -84,7 +86,7 @@ def test_plugin_with_no_arguments_in_a_result_folder(results, data28, tmp_path):
     rows = _check_influence_csv(str(out_dir / "influence.csv"), data28["train"])
     facts = yaml.safe_load(open(out_dir / "influence_settings.yaml"))
     assert facts["requested"]["cache"] == "final" and facts["n_train"] == 256
-    assert "harmful share per class" in open(out_dir / "influence_summary.txt").read()
+    check_summary(open(out_dir / "influence_summary.txt").read(), ranked_from_csv(rows))
     # The cleansed CSV: 5% (13 rows) fewer, the most harmful gone, and nnabla can read it.
     from nnabla.utils.data_source_implements import CsvDataSource
 
@@ -114,6 +116,12 @@ def test_plugin_with_nntxt_and_h5(results, data28, tmp_path):
             "out/infl.csv",
             "-r",
             "0",
+            "-l",
+            "0.03",
+            "-b",
+            "20",
+            "-e",
+            "2",
         ],
         cwd=folder,
         capture_output=True,
@@ -121,6 +129,11 @@ def test_plugin_with_nntxt_and_h5(results, data28, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     _check_influence_csv(str(folder / "out" / "infl.csv"), data28["train"])
+    # The dialog's learning rate, batch size and epochs reach the run: ceil(256 / 20) = 13
+    # steps replayed at 0.03 (the definition says 0.1 and 32).
+    facts = yaml.safe_load(open(folder / "out" / "infl_settings.yaml"))
+    assert used(facts, "lr") == pytest.approx(0.03) and used(facts, "batch_size") == 20
+    assert facts["requested"]["epochs"] == 2 and facts["timings_seconds"]["replay_steps"] == 13
 
 
 @pytest.mark.parametrize(
@@ -148,26 +161,63 @@ def test_plugin_bad_input_exits_nonzero_and_writes_nothing(
     assert open(data28["train"]).read() == train_before
 
 
+def _accepts(name, value):
+    """Whether the package accepts ``value`` for the plugin option ``name`` (one line of the
+    error otherwise, or None)."""
+    from sgd_influence_plugin.errors import ContextError, SettingsError
+    from sgd_influence_plugin.nnabla_adapter import make_context
+    from sgd_influence_plugin.settings import InfluenceSettings
+
+    try:
+        if name == "cache":
+            InfluenceSettings(cache=value).validate()
+        elif name == "context":
+            make_context(value)
+        else:
+            raise AssertionError(f"no check for option {name}")
+    except SettingsError as e:
+        return str(e)
+    except ContextError as e:  # a known kind without its extension is still a valid choice
+        return None if "needs the nnabla GPU extension" in str(e) else str(e)
+    return None
+
+
 def test_manifest_matches_the_plugin_argparse():
+    """Names, flags, types, defaults and choices of every dialog option, against the script's
+    parser and what the package accepts."""
     manifest = yaml.safe_load(open(os.path.join(ROOT, "manifest.yaml")))
     (entry,) = manifest["plugins"]
     assert os.path.exists(os.path.join(ROOT, entry["script"]))
     parser = _load_plugin_module().build_parser()
     assert "Hara" in parser.description and "Suzuki" in parser.description
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-    assert set(actions) == {a["name"] for a in entry["arguments"]}
+    assert [a["name"] for a in entry["arguments"]] == list(actions)  # same options, same order
+    python_types = {"int": int, "float": float}
     for arg in entry["arguments"]:
-        action = actions[arg["name"]]
+        action, kind, default = actions[arg["name"]], arg["type"], arg["default"]
         assert action.option_strings == arg["flags"]
-        assert action.default == arg["default"]
-        assert f"({arg['type']})" in action.help
-        shown = "" if arg["default"] == "" else str(arg["default"])
+        assert action.default == default and type(action.default) is type(default)
+        assert f"({kind})" in action.help
+        shown = "" if default == "" else str(default)
         assert action.help.endswith(f"default={shown}")
-        if arg["type"] == "bool":
-            assert action.const is True and action.nargs == 0  # store_true
-        if arg["type"].startswith("option:"):
-            for choice in arg["type"][len("option:") :].split(","):
-                assert choice
+        if kind == "bool":
+            assert action.const is True and action.nargs == 0 and default is False  # store_true
+        elif kind in python_types:
+            assert action.type is python_types[kind]
+            value = parser.parse_args([arg["flags"][0], str(default)])
+            assert getattr(value, arg["name"]) == default
+        else:  # paths and options are strings
+            assert action.type is None and isinstance(default, str)
+        if kind.startswith("option:"):
+            choices = kind[len("option:") :].split(",")
+            assert default in choices and action.choices in (None, choices)
+            for choice in choices:
+                parsed = parser.parse_args([arg["flags"][0], choice])
+                assert getattr(parsed, arg["name"]) == choice
+                assert _accepts(arg["name"], choice) is None, choice
+            assert _accepts(arg["name"], "not-a-choice") is not None
+    options = {a["name"]: a["type"] for a in entry["arguments"]}
+    assert options["cache"] == "option:" + ",".join(CACHE_MODES)
 
 
 def test_install_plugin_and_run_help_from_there(tmp_path):
@@ -242,8 +292,8 @@ def test_cli_run_cleanse_and_cache_dir(results, data28, tmp_path):
         "steps",
     ]
     assert len(os.listdir(tmp_path / "cache" / "steps")) == 8
-    report = open(tmp_path / "o" / "influence_report.html").read()
-    assert "data:image/png;base64," in report and "Most harmful" in report
+    report = open(tmp_path / "o" / "influence_report.html", encoding="utf-8").read()
+    check_report(report, ranked_from_csv(rows), str(tmp_path / "o"))
     # cleanse into another folder: top-10 harmful gone, paths rebased, nnabla reads it.
     cleansed = tmp_path / "elsewhere" / "clean.csv"
     assert (
