@@ -85,9 +85,10 @@ def _tiles(section):
     out = []
     for tile in section.split('class="tile"')[1:]:
         img = re.search(r"base64,([A-Za-z0-9+/=]+)", tile)
-        m = re.search(r"#(\d+) label ([^<]*)<br>\s*([-+0-9.e]+)", tile)
-        assert img and m, tile[:200]
-        out.append((int(m.group(1)), m.group(2), float(m.group(3)), base64.b64decode(img[1])))
+        lab = re.search(r'class="lab">([^<]*)</div>', tile)
+        m = re.search(r"row (\d+) &middot; ([-+0-9.e]+)", tile)
+        assert img and lab and m, tile[:200]
+        out.append((int(m.group(1)), lab.group(1), float(m.group(2)), base64.b64decode(img[1])))
     return out
 
 
@@ -196,6 +197,8 @@ def test_cli_options_reach_the_replay_and_the_files(results, data28, tmp_path):
             "2",
             "--seed",
             "4",
+            "--trials",
+            "1",
             "--cache-dir",
             str(cache),
             "--report",
