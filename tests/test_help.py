@@ -13,7 +13,7 @@ from sgd_influence_plugin.runner import RunRequest, run
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
-SUBCOMMANDS = ("run", "cleanse", "evaluate", "install-plugin")
+SUBCOMMANDS = ("run", "cleanse", "evaluate", "check", "install-plugin")
 
 
 def _subparser(name):
@@ -96,7 +96,7 @@ def test_help_shows_defaults_and_groups_required_options(sub):
                 assert "(default: " in a.help, f"{sub} {a.option_strings}: no default in help"
     text = parser.format_help()
     assert "%(default)" not in text
-    if sub in ("run", "cleanse"):
+    if sub in ("run", "cleanse", "check"):
         assert re.search(r"required arguments:\n  --(output|influence)", text)
 
 

@@ -423,7 +423,7 @@ def test_cli_refuses_to_overwrite_inputs_and_reports_one_line(results, data28, t
     )
 
 
-@pytest.mark.parametrize("sub", ["run", "cleanse", "evaluate", "install-plugin"])
+@pytest.mark.parametrize("sub", ["run", "cleanse", "evaluate", "check", "install-plugin"])
 def test_every_subcommand_has_complete_help(sub, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([sub, "--help"])
