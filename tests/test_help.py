@@ -20,8 +20,8 @@ def _subparser(name):
     return cli.build_parser()._subparsers._group_actions[0].choices[name]
 
 
-def _plugin_parser():
-    spec = importlib.util.spec_from_file_location("sgd_influence_console", SCRIPT)
+def _plugin_parser(script=SCRIPT):
+    spec = importlib.util.spec_from_file_location("sgd_influence_console", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.build_parser()
@@ -80,6 +80,10 @@ def test_readme_lists_every_cli_option_with_its_default(sub):
 
 def test_readme_lists_every_plugin_option_with_its_default():
     _check_table(_plugin_parser(), "#### The console plugin (`SGD_Influence.py`, the dialog)")
+    _check_table(
+        _plugin_parser(SCRIPT.replace("SGD_Influence.py", "SGD_Influence_Check.py")),
+        "#### The check plugin (`SGD_Influence_Check.py`, the dialog)",
+    )
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)
