@@ -186,3 +186,27 @@ def test_check_fidelity_rejects_too_few_samples(results, data28):
     train = load_dataset(data28["train"], model.info.input_shapes).arrays
     with pytest.raises(SettingsError, match="at least 3"):
         check_fidelity(model, train, train, InfluenceSettings(), samples=2)
+
+
+def test_ctrl_c_exits_130_and_leaves_nothing(results, data28, tmp_path):
+    import signal
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "o" / "check.csv"
+    argv = [CLI, "check", "--model", os.path.join(results("mlp"), "results.nnp"), "--train"]
+    argv += [data28["train"], "--val", data28["val"], "--output", str(out), "--epochs", "50"]
+    proc = subprocess.Popen(
+        argv + ["--quiet"], env=dict(os.environ, TMPDIR=str(tmp)), stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 60
+    while not any(p.name.startswith("sgd_influence_check_") for p in tmp.iterdir()):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside the training phase now
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert list(tmp.iterdir()) == []
+    assert not (tmp_path / "o").exists()
