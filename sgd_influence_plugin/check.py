@@ -370,6 +370,7 @@ def _plot(path: str, result: CheckResult) -> None:
         f"{len(result.index)} of {result.n_train} samples, lr {result.lr:g}",
         fontsize=10,
     )
+    ax.ticklabel_format(style="sci", scilimits=(-2, 2))  # short tick labels, shared exponent
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
