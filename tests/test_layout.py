@@ -39,9 +39,7 @@ PRODUCT_MODULES = (
 ALLOWED = {
     os.path.join(PLUGIN_DIR, "SGD_Influence.py"),
     os.path.join(PLUGIN_DIR, "SGD_Influence_Check.py"),
-} | {
-    os.path.join(PLUGIN_DIR, "sgd_influence_plugin", *m.split("/")) for m in PRODUCT_MODULES
-}
+} | {os.path.join(PLUGIN_DIR, "sgd_influence_plugin", *m.split("/")) for m in PRODUCT_MODULES}
 
 
 def _tree(folder):
