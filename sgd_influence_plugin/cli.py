@@ -1,4 +1,4 @@
-"""The ``sgd-influence`` command: run, cleanse, evaluate, install-plugin.
+"""The ``sgd-influence`` command: run, cleanse, evaluate, check, install-plugin.
 
 Errors the user can fix exit with status 2 and one line on stderr, before anything is
 computed; Ctrl-C or SIGTERM exits 130 with one line and leaves no partial output.
@@ -197,6 +197,91 @@ def _add_evaluate(sub):
     p.set_defaults(func=cmd_evaluate)
 
 
+def _add_check(sub):
+    from .check import DEFAULT_SAMPLES, MIN_SAMPLES
+
+    p = sub.add_parser(
+        "check",
+        help="measure how well the scores match exact leave-one-out on your model",
+        description="Compute one trial of the influence, then re-run the replayed epoch "
+        "exactly without each of M samples (the most harmful, the most helpful and random "
+        "ones) and report the Pearson and Spearman correlation between the estimates and "
+        "the actual change of the mean validation loss, a scatter plot and a verdict (good: "
+        "Spearman >= 0.7, weak: >= 0.3, else poor). ReLU kinks lower the correlation of "
+        "exact leave-one-out differences, so a weak verdict on a ReLU network does not by "
+        "itself make the ranking useless.",
+    )
+    req = p.add_argument_group(REQUIRED)
+    req.add_argument(
+        "--output",
+        required=True,
+        help="check CSV to write (a new .csv file, or one sgd-influence wrote): one row per "
+        "checked sample; beside it go STEM_plot.png and STEM_settings.yaml",
+    )
+    src = p.add_argument_group("model (required: --model, or --config with --params)")
+    src.add_argument("--model", help="results.nnp holding the network and its parameters")
+    src.add_argument("--config", help="net.nntxt of a training result (use with --params)")
+    src.add_argument("--params", help="parameters .h5 for --config")
+    p.add_argument(
+        "--train",
+        help="training dataset CSV (default: the optimizer's dataset in the network definition)",
+    )
+    p.add_argument(
+        "--val",
+        help="validation dataset CSV (default: the validation monitor's dataset in the network "
+        "definition)",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        metavar="M",
+        help=f"training samples re-run without: a third most harmful, a third most helpful, "
+        f"the rest random; at least {MIN_SAMPLES} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="mini-batch size of the replayed epoch (default: the training dataset's)",
+    )
+    p.add_argument(
+        "--lr",
+        default="auto",
+        help="learning rate of the replayed epoch, as for 'run': auto, solver or a number "
+        "(default: auto)",
+    )
+    p.add_argument(
+        "--weight-decay", type=float, help="L2 coefficient (default: the solver's weight_decay)"
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="SGD epochs of the training phase; the last is replayed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the sample order and of the random samples (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cache",
+        choices=CACHE_MODES,
+        default="final",
+        help="final or all, as for 'run' (default: %(default)s)",
+    )
+    p.add_argument(
+        "--context",
+        default="cpu",
+        help="cpu, or cudnn[:DEVICE] with nnabla-ext-cuda installed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or messages (default: off)"
+    )
+    p.set_defaults(func=cmd_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sgd-influence`` argument parser."""
     parser = argparse.ArgumentParser(prog="sgd-influence", description=SIGN_NOTE)
@@ -204,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_cleanse(sub)
     _add_evaluate(sub)
+    _add_check(sub)
     _add_install(sub)
     return parser
 
@@ -247,6 +333,38 @@ def cmd_run(args) -> int:
     if paths.report:
         say(f"report: {paths.report}")
     say(f"summary: {paths.summary}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    """``sgd-influence check``: prints the one-line verdict on stdout."""
+    from .check import CheckRequest, run_check, verdict_line
+    from .progress import TqdmProgress
+
+    settings = InfluenceSettings(
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        trials=1,
+        seed=args.seed,
+        cache=args.cache,
+        context=args.context,
+    )
+    req = CheckRequest(
+        output=args.output,
+        model=args.model,
+        config=args.config,
+        params=args.params,
+        train=args.train,
+        val=args.val,
+        settings=settings,
+        samples=args.samples,
+    )
+    say = _say(args.quiet)
+    paths, result = run_check(req, log=say, progress=TqdmProgress(not args.quiet))
+    say(f"check CSV: {paths['csv']}; plot: {paths['plot']}")
+    print(verdict_line(result))
     return 0
 
 

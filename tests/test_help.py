@@ -13,15 +13,15 @@ from sgd_influence_plugin.runner import RunRequest, run
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
-SUBCOMMANDS = ("run", "cleanse", "evaluate", "install-plugin")
+SUBCOMMANDS = ("run", "cleanse", "evaluate", "check", "install-plugin")
 
 
 def _subparser(name):
     return cli.build_parser()._subparsers._group_actions[0].choices[name]
 
 
-def _plugin_parser():
-    spec = importlib.util.spec_from_file_location("sgd_influence_console", SCRIPT)
+def _plugin_parser(script=SCRIPT):
+    spec = importlib.util.spec_from_file_location("sgd_influence_console", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.build_parser()
@@ -80,6 +80,10 @@ def test_readme_lists_every_cli_option_with_its_default(sub):
 
 def test_readme_lists_every_plugin_option_with_its_default():
     _check_table(_plugin_parser(), "#### The console plugin (`SGD_Influence.py`, the dialog)")
+    _check_table(
+        _plugin_parser(SCRIPT.replace("SGD_Influence.py", "SGD_Influence_Check.py")),
+        "#### The check plugin (`SGD_Influence_Check.py`, the dialog)",
+    )
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)
@@ -96,7 +100,7 @@ def test_help_shows_defaults_and_groups_required_options(sub):
                 assert "(default: " in a.help, f"{sub} {a.option_strings}: no default in help"
     text = parser.format_help()
     assert "%(default)" not in text
-    if sub in ("run", "cleanse"):
+    if sub in ("run", "cleanse", "check"):
         assert re.search(r"required arguments:\n  --(output|influence)", text)
 
 

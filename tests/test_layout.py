@@ -15,6 +15,7 @@ PLUGIN_DIR = os.path.join("_Post_Process", "_XAI", "_Image")
 PRODUCT_MODULES = (
     "__init__.py",
     "api.py",
+    "check.py",
     "cli.py",
     "core.py",
     "curvature.py",
@@ -35,9 +36,10 @@ PRODUCT_MODULES = (
     "settings.py",
     "validation.py",
 )
-ALLOWED = {os.path.join(PLUGIN_DIR, "SGD_Influence.py")} | {
-    os.path.join(PLUGIN_DIR, "sgd_influence_plugin", *m.split("/")) for m in PRODUCT_MODULES
-}
+ALLOWED = {
+    os.path.join(PLUGIN_DIR, "SGD_Influence.py"),
+    os.path.join(PLUGIN_DIR, "SGD_Influence_Check.py"),
+} | {os.path.join(PLUGIN_DIR, "sgd_influence_plugin", *m.split("/")) for m in PRODUCT_MODULES}
 
 
 def _tree(folder):

@@ -38,10 +38,10 @@ def _cli_run(results, data28, output, *extra):
     ]
 
 
-def _load_plugin_module():
+def _load_plugin_module(script=SCRIPT):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("sgd_influence_console", SCRIPT)
+    spec = importlib.util.spec_from_file_location("sgd_influence_console", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -187,9 +187,15 @@ def test_manifest_matches_the_plugin_argparse():
     """Names, flags, types, defaults and choices of every dialog option, against the script's
     parser and what the package accepts."""
     manifest = yaml.safe_load(open(os.path.join(ROOT, "manifest.yaml")))
-    (entry,) = manifest["plugins"]
+    scripts = [os.path.join(ROOT, e["script"]) for e in manifest["plugins"]]
+    assert sorted(map(os.path.normpath, scripts)) == cli.plugin_sources()  # each script once
+    for entry in manifest["plugins"]:
+        _check_manifest_entry(entry)
+
+
+def _check_manifest_entry(entry):
     assert os.path.exists(os.path.join(ROOT, entry["script"]))
-    parser = _load_plugin_module().build_parser()
+    parser = _load_plugin_module(os.path.join(ROOT, entry["script"])).build_parser()
     assert "Hara" in parser.description and "Suzuki" in parser.description
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
     assert [a["name"] for a in entry["arguments"]] == list(actions)  # same options, same order
@@ -423,7 +429,7 @@ def test_cli_refuses_to_overwrite_inputs_and_reports_one_line(results, data28, t
     )
 
 
-@pytest.mark.parametrize("sub", ["run", "cleanse", "evaluate", "install-plugin"])
+@pytest.mark.parametrize("sub", ["run", "cleanse", "evaluate", "check", "install-plugin"])
 def test_every_subcommand_has_complete_help(sub, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([sub, "--help"])
