@@ -78,8 +78,12 @@ def run(
     )
     normalize = info.train_dataset.normalize if info.train_dataset else True
     log(f"reading {train_csv} and {val_csv}")
-    train = load_dataset(train_csv, info.input_shapes, normalize)
-    val = load_dataset(val_csv, info.input_shapes, normalize)
+    train = load_dataset(
+        train_csv, info.input_shapes, normalize, _stage(progress, "reading training CSV")
+    )
+    val = load_dataset(
+        val_csv, info.input_shapes, normalize, _stage(progress, "reading validation CSV")
+    )
     for note in info.notes:
         log("replay network: " + note)
     log(
@@ -129,6 +133,13 @@ def run(
         cleanse(paths.csv, train_csv, cleansed, remove_ratio=request.remove_ratio)
         paths.cleansed = cleansed
     return paths, result
+
+
+def _stage(progress, stage: str):
+    """``(done, total)`` callback that reports to ``progress`` as ``stage`` (None: none)."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
 
 
 def _nnabla_version() -> str:
