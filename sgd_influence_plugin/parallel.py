@@ -264,11 +264,13 @@ def run_parallel(
                 results[i], done[i] = value, True
                 if on_result is not None:
                     on_result(i, value)
+                try:
+                    tasks.send(next_item if next_item < n else None)
+                except OSError:  # BrokenPipeError: the worker died after its result
+                    _raise_for_dead(proc)
                 if next_item < n:
-                    tasks.send(next_item)
                     next_item += 1
                 else:
-                    tasks.send(None)
                     del busy[id(r)]
         for proc, _, _ in workers:
             proc.join()
