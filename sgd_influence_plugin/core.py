@@ -211,7 +211,7 @@ REPLAY_STEPS = ("exact", "fd")
 
 #: Default relative size of the central-difference step: eps * ||u|| = FD_REL_STEP * ||theta||.
 #: Chosen by whole replays on ReLU/max-pooling CNNs (3,000 Fashion-MNIST images, 10% flipped
-#: labels, lr 0.01): 1e-5 and 1e-4 let u grow 6-1e4x and lose the flipped labels; 1e-3 and
+#: labels, lr 0.01): 1e-5 and 1e-4 let u grow up to 1e4x and lose the flipped labels; 1e-3 and
 #: 3e-3 lost up to 0.05 of precision; 1e-2 matched the exact step within 0.01 (sample CNN and
 #: LeNet-style, 3 trials each), and 3e-2 was worse again. On smooth networks 1e-2 costs 0.1-0.3%
 #: of accuracy per step.
