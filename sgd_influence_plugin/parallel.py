@@ -4,7 +4,8 @@ Why fork: the workers start as copies of the parent, so the decoded datasets (nu
 and the loaded model are shared copy-on-write and never pickled or copied per item; only the
 item's index goes to a worker and only its result comes back. nnabla's CPU kernels are
 single-threaded and keep no thread pool, so a forked child can build and run graphs after the
-parent already has (checked by ``tests/test_parallel.py`` on a real model).
+parent already has (checked by ``tests/test_parallel.py`` on a real model). CUDA does not
+survive a fork: with a GPU context (``cudnn``), run with ``jobs=1``.
 
 Guarantees of :func:`run_parallel`:
 
