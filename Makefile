@@ -1,9 +1,10 @@
 # Everything runs inside ./.venv (Python 3.8-3.10, pinned by constraints.txt).
+# GPU: SGDI_CUDA=120 make env adds nnabla-ext-cuda120 (scripts/bootstrap_env.sh).
 # Each target installs what it needs first; a second run skips what is already there.
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: env data test test-slow lint demo bench lock clean
+.PHONY: env data test test-slow lint demo bench gpu-check lock clean
 
 env:  ## create .venv with nnabla 1.39.0 and the pinned packages (idempotent)
 	@bash scripts/bootstrap_env.sh
@@ -24,8 +25,11 @@ lint: env
 demo: data  ## build the Fashion-MNIST sample, train it with nnabla_cli, run the plugin
 	$(PY) samples/fashion_mnist/run_demo.py
 
-bench: data  ## replay-speed benchmark (prints ratios)
+bench: data  ## speed benchmark: sample CNN and LeNet, 3,000 images (a few minutes)
 	$(PY) benchmarks/replay_speed.py
+
+gpu-check: data  ## oracle tests + benchmark with --context cudnn (after SGDI_CUDA=120 make env)
+	@bash scripts/gpu_check.sh
 
 lock: env  ## re-pin constraints.txt from what .venv has now
 	@echo "# Exact pins for .venv (Python 3.8-3.10). Regenerate: make lock" > constraints.txt

@@ -12,6 +12,12 @@
 # Idempotent: a stamp file records the hash of constraints.txt and setup.cfg; when both are
 # unchanged and the venv imports nnabla, the script exits in well under a second.
 # Set SGDI_WITH_DATA=1 to also install the Debian Fashion-MNIST package (demo, benchmarks).
+#
+# GPU (optional): SGDI_CUDA=120 (or 116, 110: the CUDA versions nnabla 1.39.0 has extensions
+# for) also installs nnabla-ext-cuda<VERSION>==1.39.0. With SGDI_CUDA=120 the CUDA 12 and
+# cuDNN 8 runtime libraries it loads come from NVIDIA's PyPI wheels (pinned below), so only the
+# NVIDIA driver is needed on the machine; SGDI_CUDA_LIBS=system uses the system's instead.
+# scripts/gpu_check.sh puts those libraries on LD_LIBRARY_PATH (see scripts/cuda_env.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,7 +28,28 @@ STAMP="$VENV/.sgdi-installed"
 say() { echo "[env] $*" >&2; }
 die() { echo "[env] ERROR: $*" >&2; exit 1; }
 
-fingerprint() { cat "$ROOT/constraints.txt" "$ROOT/setup.cfg" | sha256sum | cut -d' ' -f1; }
+CUDA="${SGDI_CUDA:-}"
+CUDA_LIBS="${SGDI_CUDA_LIBS:-pip}"
+case "$CUDA" in
+  ""|110|116|120) ;;
+  *) die "SGDI_CUDA=$CUDA: nnabla 1.39.0 has GPU extensions for CUDA 110, 116 and 120 only" ;;
+esac
+case "$CUDA_LIBS" in
+  pip|system) ;;
+  *) die "SGDI_CUDA_LIBS=$CUDA_LIBS: use 'pip' (NVIDIA's wheels) or 'system'" ;;
+esac
+# The CUDA 12.x / cuDNN 8.9 runtime that nnabla-ext-cuda120 1.39.0 links against
+# (libcudart.so.12, libcublas.so.12, libcusolver.so.11, libcurand.so.10, libcufft.so.11,
+# libcudnn.so.8), as NVIDIA publishes them on PyPI; one consistent CUDA 12.1 set.
+CUDA120_LIBS="nvidia-cuda-runtime-cu12==12.1.105 nvidia-cublas-cu12==12.1.3.1
+  nvidia-cusolver-cu12==11.4.5.107 nvidia-cusparse-cu12==12.1.0.106
+  nvidia-nvjitlink-cu12==12.1.105 nvidia-curand-cu12==10.3.2.106
+  nvidia-cufft-cu12==11.0.2.54 nvidia-cudnn-cu12==8.9.2.26"
+
+fingerprint() {
+  { cat "$ROOT/constraints.txt" "$ROOT/setup.cfg"; echo "cuda=$CUDA libs=$CUDA_LIBS"; } \
+    | sha256sum | cut -d' ' -f1
+}
 
 is_root_debian() { [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null; }
 
@@ -133,4 +160,12 @@ say "installing pinned packages (constraints.txt)"
 "$TOOLS/bin/uv" pip install -q -p "$VENV/bin/python" -c "$ROOT/constraints.txt" -e "$ROOT[test]"
 "$VENV/bin/python" -c "import nnabla, numpy; print('[env] nnabla', nnabla.__version__, 'numpy', numpy.__version__)" >&2 \
   || die "nnabla does not import in $VENV"
+if [ -n "$CUDA" ]; then
+  gpu_pkgs="nnabla-ext-cuda$CUDA==1.39.0"
+  if [ "$CUDA" = 120 ] && [ "$CUDA_LIBS" = pip ]; then gpu_pkgs="$gpu_pkgs $CUDA120_LIBS"; fi
+  say "installing the GPU extension: $(echo $gpu_pkgs | tr '\n' ' ')"
+  # shellcheck disable=SC2086 # one package per word
+  "$TOOLS/bin/uv" pip install -q -p "$VENV/bin/python" -c "$ROOT/constraints.txt" $gpu_pkgs
+  say "GPU extension installed; 'make gpu-check' tests it (needs an NVIDIA GPU and driver)"
+fi
 fingerprint > "$STAMP"

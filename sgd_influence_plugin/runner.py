@@ -121,11 +121,22 @@ def run(
     normalize = info.train_dataset.normalize if info.train_dataset else True
     log(f"reading {train_csv} and {val_csv}")
 
-    def rows_progress(done: int, total: int) -> None:
-        interrupts.check()
+    def rows_progress(stage: str):
+        report = _stage(progress, stage)
 
-    train = load_dataset(train_csv, info.input_shapes, normalize, progress=rows_progress)
-    val = load_dataset(val_csv, info.input_shapes, normalize, progress=rows_progress)
+        def call(done: int, total: int) -> None:
+            interrupts.check()
+            if report is not None:
+                report(done, total)
+
+        return call
+
+    train = load_dataset(
+        train_csv, info.input_shapes, normalize, rows_progress("reading training CSV")
+    )
+    val = load_dataset(
+        val_csv, info.input_shapes, normalize, rows_progress("reading validation CSV")
+    )
     validation.check_loaded(request, info, train, val, model.n_params, flags)
     names = read_label_names(request.label_names) if request.label_names else None
     if names is not None:
@@ -270,6 +281,13 @@ def _check_result(result: InfluenceResult, loss0: float, flags: FlagNames) -> No
         f"{what}: the SGD epoch at lr={lr:g} diverged, so nothing was written; pass a "
         f"smaller {flags.lr} (e.g. {lr / 10:g})"
     )
+
+
+def _stage(progress, stage: str):
+    """``(done, total)`` callback that reports to ``progress`` as ``stage`` (None: none)."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
 
 
 def _nnabla_version() -> str:

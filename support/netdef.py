@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Tuple
 
-ARCHITECTURES = ("logreg", "mlp", "cnn", "cnn_bn", "smooth_cnn")
+ARCHITECTURES = ("logreg", "mlp", "cnn", "cnn_bn", "smooth_cnn", "lenet")
 
 
 @dataclass
@@ -39,7 +39,7 @@ class NetSpec:
         max_epoch: epochs ``nnabla_cli train`` runs.
         iter_per_epoch: mini-batches per epoch, as the console writes it (N // batch_size);
             ``nnabla_cli train`` trains max_epoch * iter_per_epoch steps.
-        dropout: Dropout probability after the hidden layer of ``mlp``/``cnn``/``cnn_bn``
+        dropout: Dropout probability after the hidden layer of ``mlp``/``cnn``/``cnn_bn``/``lenet``
             (0 = none).
         save_best: the console's "save best" switch.
         seed: seed of the initial weights.
@@ -91,6 +91,12 @@ def _logits(spec: NetSpec, x, train: bool):
         h = F.tanh(PF.convolution(h, 8, (3, 3), pad=(1, 1), name="Convolution_2"))
         h = F.average_pooling(h, (2, 2))
         return PF.affine(h, spec.n_classes, name="Affine")
+    if spec.arch == "lenet":  # the console's LeNet sample, with ReLU
+        h = F.relu(F.max_pooling(PF.convolution(x, 16, (5, 5), name="Convolution"), (2, 2)))
+        h = PF.convolution(h, 30, (5, 5), name="Convolution_2")
+        h = F.relu(F.max_pooling(h, (2, 2)))
+        h = F.relu(PF.affine(h, 150, name="Affine"))
+        return PF.affine(dropout(h), spec.n_classes, name="Affine_2")
     raise ValueError(f"unknown architecture {spec.arch!r}; choose one of {ARCHITECTURES}")
 
 

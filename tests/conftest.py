@@ -21,6 +21,35 @@ from support.netdef import NetSpec, write_nntxt
 
 NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
 
+#: Context of the models the tests load: SGDI_TEST_CONTEXT=cudnn[:N] (scripts/gpu_check.sh);
+#: default cpu. CLI subprocesses keep their own --context (cpu).
+TEST_CONTEXT = os.environ.get("SGDI_TEST_CONTEXT", "cpu")
+
+
+def pytest_configure(config):
+    """With SGDI_TEST_CONTEXT, every ``load_model`` call without a context uses that one."""
+    if TEST_CONTEXT == "cpu":
+        return
+    import inspect
+
+    from sgd_influence_plugin import nnabla_adapter
+    from sgd_influence_plugin.errors import ContextError
+
+    try:
+        nnabla_adapter.make_context(TEST_CONTEXT)
+    except ContextError as e:
+        raise pytest.UsageError(f"SGDI_TEST_CONTEXT={TEST_CONTEXT}: {e}") from e
+    fn = nnabla_adapter.load_model
+    if "context" in (fn.__kwdefaults__ or {}):
+        fn.__kwdefaults__ = {**fn.__kwdefaults__, "context": TEST_CONTEXT}
+    else:
+        params = inspect.signature(fn).parameters.values()
+        positional = [p.name for p in params if p.default is not inspect.Parameter.empty]
+        positional = positional[len(positional) - len(fn.__defaults__) :]
+        defaults = list(fn.__defaults__)
+        defaults[positional.index("context")] = TEST_CONTEXT
+        fn.__defaults__ = tuple(defaults)
+
 
 def _source_images(n: int, seed: int):
     """(images uint8 (n, 28, 28), labels int (n,)): Fashion-MNIST, or generated patterns."""

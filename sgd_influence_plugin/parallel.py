@@ -1,0 +1,280 @@
+"""Run independent items (e.g. trials) in forked worker processes, results in item order.
+
+Why fork: the workers start as copies of the parent, so the decoded datasets (numpy arrays)
+and the loaded model are shared copy-on-write and never pickled or copied per item; only the
+item's index goes to a worker and only its result comes back. nnabla's CPU kernels are
+single-threaded and keep no thread pool, so a forked child can build and run graphs after the
+parent already has (checked by ``tests/test_parallel.py`` on a real model). CUDA does not
+survive a fork: with a GPU context (``cudnn``), run with ``jobs=1``.
+
+Guarantees of :func:`run_parallel`:
+
+- the results are ``[fn(item, progress) for item in items]``, in item order, whatever order the
+  workers finish in; with ``jobs == 1``, one item, or no ``fork`` start method (Windows, where
+  the console runs), the same loop runs in this process;
+- an exception in ``fn`` ends every worker and is re-raised in the parent with its type and
+  message (the project's :class:`~sgd_influence_plugin.errors.SGDInfluenceError` types keep
+  both); the worker's traceback is attached as the ``__cause__``;
+- Ctrl-C (SIGINT) or SIGTERM turned into ``KeyboardInterrupt`` in the parent, a worker killed by
+  a signal, or a worker that dies without a result: every worker is terminated and reaped before
+  the exception leaves, so no process is left behind. Workers ignore SIGINT (the parent
+  decides), die on SIGTERM, and on Linux also when the parent dies.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import traceback
+from typing import Any, Callable, List, Optional, Sequence
+
+from .errors import SGDInfluenceError
+
+#: Progress callback handed to ``fn``: (stage name, steps done, steps in total).
+ItemProgress = Callable[[str, int, int], None]
+
+#: Seconds to wait for a terminated worker before killing it.
+_TERMINATE_GRACE = 5.0
+
+
+def fork_available() -> bool:
+    """True where worker processes can be forked (Linux, macOS); False on Windows."""
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container's
+    cpuset), else ``os.cpu_count()``; at least 1.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_jobs(n_items: int) -> int:
+    """The default number of workers for ``n_items`` items: the usable cores, at most
+    ``n_items``, at least 1.
+    """
+    return max(1, min(usable_cores(), int(n_items)))
+
+
+class WorkerError(SGDInfluenceError):
+    """A worker process ended without a result (killed, crashed, or out of memory)."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, as text (attached as ``__cause__``)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _serial(fn, items, on_result, on_progress) -> List[Any]:
+    results = []
+    for i, item in enumerate(items):
+        progress = _item_progress(on_progress, i)
+        results.append(fn(item, progress))
+        if on_result is not None:
+            on_result(i, results[-1])
+    return results
+
+
+def _item_progress(on_progress, index: int) -> ItemProgress:
+    if on_progress is None:
+        return lambda stage, done, total: None
+    return lambda stage, done, total: on_progress(index, stage, done, total)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM to this process when its parent exits."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _exception_payload(exc: BaseException) -> bytes:
+    """The exception pickled with its traceback text; a stand-in if it does not pickle."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        blob = pickle.dumps(exc)
+        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
+    except Exception:  # noqa: BLE001 - any pickling failure gets the stand-in
+        blob = pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
+    return pickle.dumps((blob, text))
+
+
+def _worker(fn, items, tasks, results, parent_pid: int) -> None:
+    """Body of a worker: take item indices from ``tasks`` until None, send back
+    ``("ok", i, result)``, ``("progress", i, (stage, done, total))`` or ``("error", i, payload)``.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # terminate() ends a worker at once
+    _die_with_parent()
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    while True:
+        i = tasks.recv()
+        if i is None:
+            return
+
+        def progress(stage, done, total, _i=i):
+            results.send(("progress", _i, (stage, done, total)))
+
+        try:
+            out = fn(items[i], progress)
+        except Exception as exc:  # noqa: BLE001 - every error goes to the parent
+            results.send(("error", i, _exception_payload(exc)))
+            return
+        results.send(("ok", i, out))
+
+
+def _raise_from_payload(payload: bytes, index: int):
+    blob, text = pickle.loads(payload)
+    try:
+        exc = pickle.loads(blob)
+    except Exception:  # noqa: BLE001 - pickled in the worker, so this is unlikely
+        exc = RuntimeError(f"item {index} failed in a worker:\n{text}")
+    raise exc from RemoteTraceback(text)
+
+
+def _raise_for_dead(proc) -> None:
+    """Raise the error that fits a worker that ended before returning its result."""
+    proc.join()
+    code = proc.exitcode
+    if code is not None and code < 0 and -code in (signal.SIGINT, signal.SIGTERM):
+        raise KeyboardInterrupt(f"a worker was ended by signal {-code}")
+    raise WorkerError(
+        f"a worker process ended with exit code {code} before returning its result (out of "
+        "memory? try fewer jobs, e.g. --jobs 1)"
+    )
+
+
+def _stop(workers) -> None:
+    """Terminate every live worker, wait for it, kill it if it lingers, and reap it."""
+    for proc, _, _ in workers:
+        if proc.is_alive():
+            proc.terminate()
+    for proc, tasks, results in workers:
+        proc.join(_TERMINATE_GRACE)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        tasks.close()
+        results.close()
+
+
+def run_parallel(
+    fn: Callable[[Any, ItemProgress], Any],
+    items: Sequence[Any],
+    jobs: Optional[int] = None,
+    on_result: Optional[Callable[[int, Any], None]] = None,
+    on_progress: Optional[Callable[[int, str, int, int], None]] = None,
+) -> List[Any]:
+    """``[fn(item, progress) for item in items]``, computed by up to ``jobs`` forked workers.
+
+    Args:
+        fn: called as ``fn(item, progress)`` in a worker; ``progress(stage, done, total)``
+            forwards to ``on_progress`` in the parent (pass it to the core as its progress
+            callback). Its return value must pickle (arrays, numbers, dataclasses of them).
+            Changes ``fn`` makes to objects it inherited (e.g. the model's parameters) stay in
+            the worker: each item must set up the state it needs.
+        items: the work, inherited by the workers (never pickled); only indices and results
+            cross process boundaries.
+        jobs: number of worker processes; None = :func:`default_jobs`; 1 (or a single item,
+            or no ``fork`` on this platform) runs everything in this process.
+        on_result: called in the parent as ``on_result(index, result)`` when an item is done
+            (in completion order).
+        on_progress: called in the parent as ``on_progress(index, stage, done, total)``.
+
+    Returns:
+        The results, in the order of ``items``.
+
+    Raises:
+        Exception: the first exception of any ``fn`` call, same type and message.
+        WorkerError: a worker died without a result (e.g. killed by the out-of-memory killer).
+        KeyboardInterrupt: Ctrl-C or SIGTERM (as the CLI maps it), or a worker ended by
+            SIGINT/SIGTERM. In every case the workers are ended and reaped first.
+
+    """
+    items = list(items)
+    n = len(items)
+    jobs = default_jobs(n) if jobs is None else int(jobs)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}")
+    jobs = min(jobs, n)
+    if jobs <= 1 or not fork_available():
+        return _serial(fn, items, on_result, on_progress)
+
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("fork")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    workers = []  # (process, parent's task sender, parent's result receiver)
+    results: List[Any] = [None] * n
+    done = [False] * n
+    next_item = 0
+    try:
+        for _ in range(jobs):
+            task_recv, task_send = ctx.Pipe(duplex=False)
+            result_recv, result_send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_worker,
+                args=(fn, items, task_recv, result_send, os.getpid()),
+                daemon=True,
+            )
+            proc.start()
+            task_recv.close()  # the child's ends: close the parent's copies
+            result_send.close()
+            workers.append((proc, task_send, result_recv))
+            task_send.send(next_item)
+            next_item += 1
+        busy = {id(r): (proc, tasks, r) for proc, tasks, r in workers}
+        while not all(done):
+            conns = [r for _, _, r in busy.values()]
+            for r in wait(conns + [p.sentinel for p, _, _ in busy.values()]):
+                if isinstance(r, int) or id(r) not in busy:
+                    continue  # a sentinel: the worker's pipe is at EOF too and says more
+                proc, tasks, _ = busy[id(r)]
+                try:
+                    kind, i, value = r.recv()
+                except EOFError:  # the worker ended while it had an item
+                    _raise_for_dead(proc)
+                if kind == "progress":
+                    if on_progress is not None:
+                        on_progress(i, *value)
+                    continue
+                if kind == "error":
+                    _raise_from_payload(value, i)
+                results[i], done[i] = value, True
+                if on_result is not None:
+                    on_result(i, value)
+                try:
+                    tasks.send(next_item if next_item < n else None)
+                except OSError:  # BrokenPipeError: the worker died after its result
+                    _raise_for_dead(proc)
+                if next_item < n:
+                    next_item += 1
+                else:
+                    del busy[id(r)]
+        for proc, _, _ in workers:
+            proc.join()
+        return results
+    finally:
+        _stop(workers)

@@ -1,0 +1,232 @@
+"""The forked worker pool: same results as a serial loop on a real nnabla model, errors and
+interruptions that end every worker, nothing left behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from sgd_influence_plugin import core, parallel
+from sgd_influence_plugin.dataset import load_dataset
+from sgd_influence_plugin.errors import SettingsError
+from sgd_influence_plugin.nnabla_adapter import load_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_fork = pytest.mark.skipif(not parallel.fork_available(), reason="no fork on this platform")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads processes from /proc (Linux)"
+)
+
+
+def _children(pid=None):
+    """Pids of the live (not zombie) child processes of ``pid`` (default: this process)."""
+    pid = pid or os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, ppid = fields[0], int(fields[1])
+        if ppid == pid and state != "Z":
+            out.append(int(entry))
+    return out
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_default_jobs_is_the_usable_cores_at_most_the_items():
+    cores = len(os.sched_getaffinity(0))
+    assert parallel.usable_cores() == cores
+    assert parallel.default_jobs(1) == 1
+    assert parallel.default_jobs(1000) == cores
+    assert parallel.default_jobs(0) == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        parallel.run_parallel(lambda x, p: x, [1, 2], jobs=0)
+
+
+def test_one_job_or_no_fork_runs_in_this_process(monkeypatch):
+    me = os.getpid()
+    out = parallel.run_parallel(lambda x, p: (x, os.getpid()), [1, 2], jobs=1)
+    assert out == [(1, me), (2, me)]
+    monkeypatch.setattr(parallel, "fork_available", lambda: False)
+    assert parallel.run_parallel(lambda x, p: os.getpid(), [1, 2, 3], jobs=3) == [me] * 3
+
+
+@needs_fork
+def test_results_in_item_order_with_callbacks_in_the_parent():
+    """Items finish in reverse order; results still come in item order."""
+    me = os.getpid()
+    seen, steps = [], []
+
+    def fn(item, progress):
+        time.sleep(0.05 * (4 - item))
+        progress("work", 1, 2)
+        progress("work", 2, 2)
+        return item * 10, os.getpid()
+
+    out = parallel.run_parallel(
+        fn,
+        [0, 1, 2, 3],
+        jobs=4,
+        on_result=lambda i, r: seen.append((i, r[0], os.getpid())),
+        on_progress=lambda i, stage, done, total: steps.append((i, stage, done, total)),
+    )
+    assert [r[0] for r in out] == [0, 10, 20, 30]
+    workers = {r[1] for r in out}
+    assert me not in workers and len(workers) == 4
+    assert sorted(seen) == [(0, 0, me), (1, 10, me), (2, 20, me), (3, 30, me)]
+    assert sorted(steps) == sorted((i, "work", d, 2) for i in range(4) for d in (1, 2))
+    assert _children() == []
+
+
+@needs_fork
+def test_forked_workers_compute_the_same_replay_as_a_serial_loop(results, data28):
+    """SGD epoch + exact replay in forked workers (after the parent built and ran the graphs)
+    equals the same loop in this process, bit for bit; the parent's model is untouched."""
+    model = load_model(model=os.path.join(results("cnn_bn"), "results.nnp"))
+    train = {
+        k: v[:96] for k, v in load_dataset(data28["train"], model.info.input_shapes).arrays.items()
+    }
+    val = load_dataset(data28["val"], model.info.input_shapes).arrays
+    theta0 = model.get_params()
+    n = len(train["y"])  # 3 steps of 32
+    lrs = np.full(core.n_steps(n, 32), 0.02, np.float32)
+
+    def trial(seed, progress):
+        model.set_params(theta0)
+        order = core.epoch_orders(n, 1, seed)[0]
+        core.sgd_epoch(model, train, order, lrs, 32, progress=progress)
+        u = core.validation_gradient(model, val)
+        infl, stats = core.replay(model, train, order, lrs, 32, u, progress=progress)
+        return infl, stats.u_growth
+
+    serial = parallel.run_parallel(trial, [0, 1], jobs=1)  # builds the graphs here first
+    model.set_params(theta0)
+    stages = set()
+    forked = parallel.run_parallel(
+        trial, [0, 1], jobs=2, on_progress=lambda i, s, d, t: stages.add((s, t))
+    )
+    assert stages == {("train", 3), ("replay", 3)}
+    for (a, ga), (b, gb) in zip(serial, forked):
+        assert np.all(np.isfinite(b)) and np.std(b) > 0
+        np.testing.assert_array_equal(a, b)
+        assert ga == gb
+    assert not np.array_equal(serial[0][0], serial[1][0])  # different orders, different scores
+    for k, v in model.get_params().items():  # the workers' changes stayed in the workers
+        np.testing.assert_array_equal(v, theta0[k])
+    assert _children() == []
+
+
+@needs_fork
+def test_an_error_in_a_worker_keeps_its_type_and_message_and_ends_the_others(tmp_path):
+    def fn(item, progress):
+        if item == 2:
+            raise SettingsError(f"item {item}: bad value; pass a good one")
+        if item == 0:  # would outlive the test unless ended
+            (tmp_path / str(os.getpid())).write_text("")
+            time.sleep(60)
+        return item
+
+    with pytest.raises(SettingsError, match=r"^item 2: bad value; pass a good one$") as info:
+        parallel.run_parallel(fn, [0, 1, 2, 3], jobs=2)
+    assert isinstance(info.value.__cause__, parallel.RemoteTraceback)
+    assert "in fn" in str(info.value.__cause__)  # the worker's traceback
+    assert _children() == []
+    assert not [int(p) for p in os.listdir(tmp_path) if _alive(int(p))]
+
+
+class _Unpicklable(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+
+    def __reduce__(self):
+        raise TypeError("no pickling")
+
+
+@needs_fork
+def test_an_exception_that_does_not_pickle_arrives_as_its_name_and_message():
+    def fn(item, progress):
+        raise _Unpicklable("this", "that")
+
+    with pytest.raises(RuntimeError, match="_Unpicklable: this and that"):
+        parallel.run_parallel(fn, [0, 1], jobs=2)
+    assert _children() == []
+
+
+@needs_fork
+def test_a_worker_that_dies_is_reported_and_the_rest_are_ended():
+    def fn(item, progress):
+        if item == 1:
+            os._exit(3)
+        time.sleep(30)
+
+    with pytest.raises(parallel.WorkerError, match="exit code 3"):
+        parallel.run_parallel(fn, [0, 1], jobs=2)
+    assert _children() == []
+
+
+_INTERRUPTED = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    from sgd_influence_plugin import cli, parallel
+
+    def fn(item, progress):
+        open(os.path.join({folder!r}, str(os.getpid())), "w").close()
+        time.sleep(60)
+
+    cli.terminate_as_interrupt()
+    try:
+        parallel.run_parallel(fn, [0, 1, 2], jobs=2)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+    """
+)
+
+
+@needs_fork
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_sigterm_or_ctrl_c_ends_every_worker(tmp_path, how):
+    """SIGTERM to the parent (as the CLI maps it) or SIGINT to the whole process group (what
+    Ctrl-C in a terminal sends): the parent exits through KeyboardInterrupt, no worker lives."""
+    script = tmp_path / "interrupted.py"
+    folder = tmp_path / "pids"
+    folder.mkdir()
+    script.write_text(_INTERRUPTED.format(root=ROOT, folder=str(folder)))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 60
+        while len(os.listdir(folder)) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        workers = [int(p) for p in os.listdir(folder)]
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
+        if how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "interrupted" in out
+    time.sleep(0.2)
+    assert not [p for p in workers if _alive(p)]
