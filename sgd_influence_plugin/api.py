@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import core
+from . import core, interrupts, parallel
 from . import curvature as curvature_mod
 from .errors import SettingsError, UnstableReplayError
 from .settings import InfluenceSettings, read_yaml, write_yaml
@@ -412,7 +412,9 @@ class InfluenceResult:
         trials: the :class:`TrialOutcome` of each trial (rate, retries, u growth, ...).
         orders: the replayed epoch's order of each trial, int32 (N,) each.
         cache_bytes: bytes of one trial's cache folder (the largest).
-        timings: seconds: ``curvature``, ``losses``, ``training``, ``inference``, ``replay``;
+        timings: seconds: ``curvature``, ``losses``, ``training``, ``inference``, ``replay``
+            (summed over trials, so more than the wall time when trials run in parallel),
+            ``trials_wall`` (wall time of all trials); ``jobs`` (worker processes);
             ``replay_steps``; ``seconds_per_replay_step``; and ``u_growth`` (largest over
             trials, see ``core.ReplayStats``).
         val_loss: mean validation loss at the final parameters (first trial).
@@ -446,6 +448,10 @@ def compute_influence(
 ) -> InfluenceResult:
     """Curvature and learning rate, then training phase + inference phase, M times, combined.
 
+    The trials run in ``settings.jobs`` forked worker processes (default: the usable cores, at
+    most M; see :mod:`.parallel`), each from the same starting parameters; the result is the
+    same as running them one after another. Warnings of the trials are logged when all are done.
+
     Args:
         model: an :class:`~sgd_influence_plugin.nnabla_adapter.NnablaModel` (its trainable
             parameters are restored to their starting values at the end).
@@ -474,32 +480,54 @@ def compute_influence(
     timings["curvature"] = time.perf_counter() - t0
     own_tmp = cache_dir is None
     root = tempfile.mkdtemp(prefix="sgd_influence_cache_") if own_tmp else cache_dir
-    outcomes: List[TrialOutcome] = []
+    jobs = settings.jobs or parallel.default_jobs(settings.trials)
+    if jobs > 1 and not settings.context.startswith("cpu"):
+        jobs = 1  # a CUDA context does not survive fork()
+    timings["jobs"] = min(jobs, settings.trials)
+
+    def one_trial(m: int, trial_progress) -> TrialOutcome:
+        trial_dir = root if settings.trials == 1 else os.path.join(root, f"trial_{m:02d}")
+        return run_trial(
+            model,
+            train,
+            val,
+            settings,
+            run,
+            trial_dir,
+            settings.seed + m,
+            trial_progress,
+            val_loss_start,
+        )
+
+    def on_progress(m: int, stage: str, done: int, total: int) -> None:
+        interrupts.check()
+        if progress is not None:
+            name = stage if settings.trials == 1 else f"{stage} (trial {m + 1})"
+            progress(name, done, total)
+
+    def on_result(m: int, outcome: TrialOutcome) -> None:
+        log(
+            f"trial {m + 1}/{settings.trials} done (lr {outcome.lr:g}, validation loss "
+            f"{outcome.val_loss:.4f}, u grew {outcome.u_growth:.3g}x)"
+        )
+
+    t0 = time.perf_counter()
     try:
-        for m in range(settings.trials):
-            trial_dir = root if settings.trials == 1 else os.path.join(root, f"trial_{m:02d}")
-            outcome = run_trial(
-                model,
-                train,
-                val,
-                settings,
-                run,
-                trial_dir,
-                settings.seed + m,
-                progress,
-                val_loss_start,
-            )
-            for w in outcome.warnings:
-                run.warnings.append(w)
-                log("warning: " + w)
-            outcomes.append(outcome)
-            log(
-                f"trial {m + 1}/{settings.trials} done (lr {outcome.lr:g}, validation loss "
-                f"{outcome.val_loss:.4f}, u grew {outcome.u_growth:.3g}x)"
-            )
+        outcomes: List[TrialOutcome] = parallel.run_parallel(
+            one_trial,
+            range(settings.trials),
+            jobs=jobs,
+            on_result=on_result,
+            on_progress=on_progress,
+        )
     finally:
         if own_tmp:
             shutil.rmtree(root, ignore_errors=True)
+    timings["trials_wall"] = time.perf_counter() - t0
+    for outcome in outcomes:
+        for w in outcome.warnings:
+            run.warnings.append(w)
+            log("warning: " + w)
     for key in ("training", "inference", "replay", "replay_steps"):
         timings[key] = sum(o.seconds[key] for o in outcomes)
     timings["seconds_per_replay_step"] = timings["replay"] / max(1, timings["replay_steps"])

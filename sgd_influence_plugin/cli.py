@@ -98,6 +98,13 @@ def _add_run(sub):
         help="seed S of the first trial's sample order (default: %(default)s)",
     )
     p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="worker processes for the trials (default: the usable cores, at most the trials; "
+        "no effect on the scores)",
+    )
+    p.add_argument(
         "--cache",
         choices=CACHE_MODES,
         default="final",
@@ -310,6 +317,7 @@ def cmd_run(args) -> int:
         epochs=args.epochs,
         trials=args.trials,
         retries=args.retries,
+        jobs=args.jobs,
         seed=args.seed,
         cache=args.cache,
         context=args.context,

@@ -15,7 +15,8 @@ Guarantees of :func:`run_parallel`:
 - an exception in ``fn`` ends every worker and is re-raised in the parent with its type and
   message (the project's :class:`~sgd_influence_plugin.errors.SGDInfluenceError` types keep
   both); the worker's traceback is attached as the ``__cause__``;
-- Ctrl-C (SIGINT) or SIGTERM turned into ``KeyboardInterrupt`` in the parent, a worker killed by
+- Ctrl-C (SIGINT) or SIGTERM turned into ``KeyboardInterrupt`` in the parent (directly, or as
+  a stop request of :mod:`.interrupts`, looked at every 0.2 s), a worker killed by
   a signal, or a worker that dies without a result: every worker is terminated and reaped before
   the exception leaves, so no process is left behind. Workers ignore SIGINT (the parent
   decides), die on SIGTERM, and on Linux also when the parent dies.
@@ -30,6 +31,7 @@ import sys
 import traceback
 from typing import Any, Callable, List, Optional, Sequence
 
+from . import interrupts
 from .errors import SGDInfluenceError
 
 #: Progress callback handed to ``fn``: (stage name, steps done, steps in total).
@@ -248,7 +250,11 @@ def run_parallel(
         busy = {id(r): (proc, tasks, r) for proc, tasks, r in workers}
         while not all(done):
             conns = [r for _, _, r in busy.values()]
-            for r in wait(conns + [p.sentinel for p, _, _ in busy.values()]):
+            # A stop requested by Ctrl-C or SIGTERM (see interrupts) only sets a flag: look at
+            # it a few times a second even while no worker says anything.
+            interrupts.check()
+            ready = wait(conns + [p.sentinel for p, _, _ in busy.values()], timeout=0.2)
+            for r in ready:
                 if isinstance(r, int) or id(r) not in busy:
                     continue  # a sentinel: the worker's pipe is at EOF too and says more
                 proc, tasks, _ = busy[id(r)]

@@ -68,6 +68,8 @@ class InfluenceSettings:
             also keep the parameters before every step of the last epoch).
         context: ``cpu`` or ``cudnn[:DEVICE]``.
         val_batch_size: batch size for the validation gradient (no effect on the result).
+        jobs: worker processes for the trials; None = the usable cores, at most ``trials``
+            (no effect on the result; a GPU context runs them one after another).
 
     """
 
@@ -81,6 +83,7 @@ class InfluenceSettings:
     cache: str = "final"
     context: str = "cpu"
     val_batch_size: int = 256
+    jobs: Optional[int] = None
 
     def validate(self) -> InfluenceSettings:
         """Raise :class:`SettingsError` for out-of-range values; returns self."""
@@ -101,6 +104,8 @@ class InfluenceSettings:
             raise SettingsError(f"retries={self.retries}: must be >= 0")
         if self.cache not in CACHE_MODES:
             raise SettingsError(f"cache={self.cache!r}: choose one of {', '.join(CACHE_MODES)}")
+        if self.jobs is not None and (isinstance(self.jobs, bool) or self.jobs < 1):
+            raise SettingsError(f"jobs={self.jobs}: must be >= 1 (or empty for the cores)")
         if self.val_batch_size < 1:
             raise SettingsError(f"val_batch_size={self.val_batch_size}: must be >= 1")
         return self

@@ -184,15 +184,15 @@ _INTERRUPTED = textwrap.dedent(
     """
     import os, sys, time
     sys.path.insert(0, {root!r})
-    from sgd_influence_plugin import cli, parallel
+    from sgd_influence_plugin import interrupts, parallel
 
     def fn(item, progress):
         open(os.path.join({folder!r}, str(os.getpid())), "w").close()
         time.sleep(60)
 
-    cli.terminate_as_interrupt()
     try:
-        parallel.run_parallel(fn, [0, 1, 2], jobs=2)
+        with interrupts.stop_requests():  # as the CLI and the plugin run
+            parallel.run_parallel(fn, [0, 1, 2], jobs=2)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         sys.exit(130)

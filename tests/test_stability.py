@@ -244,3 +244,20 @@ def test_unstable_run_is_refused_and_nothing_is_written(results, data28, tmp_pat
     assert proc.returncode == 2, proc.stderr
     assert "unstable at lr=1000" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists() and os.listdir(tmp_path / "tmp") == []
+
+
+def test_trials_in_worker_processes_equal_trials_one_after_another(results, data28):
+    """--jobs 2 forks two workers (the data and the model shared copy-on-write): the scores,
+    each trial's raw scores and orders are those of the same trials run in this process."""
+    m, tr, va = _load(results, "mlp", data28)
+    theta0 = m.get_params()
+    serial = api.compute_influence(m, tr, va, InfluenceSettings(trials=3, seed=2, jobs=1))
+    forked = api.compute_influence(m, tr, va, InfluenceSettings(trials=3, seed=2, jobs=2))
+    assert serial.timings["jobs"] == 1 and forked.timings["jobs"] == 2
+    np.testing.assert_array_equal(forked.trial_scores, serial.trial_scores)
+    np.testing.assert_array_equal(forked.scores, serial.scores)
+    for a, b in zip(forked.orders, serial.orders):
+        np.testing.assert_array_equal(a, b)
+    assert [t.seed for t in forked.trials] == [2, 3, 4]
+    for k, v in m.get_params().items():  # the parent's model is untouched
+        np.testing.assert_array_equal(v, theta0[k])

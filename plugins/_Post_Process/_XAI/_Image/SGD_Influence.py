@@ -84,6 +84,13 @@ def build_parser():
         help="independent trials (sample orders) combined (int) default=3",
     )
     p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=0,
+        help="worker processes for the trials; 0 = the CPU cores (int) default=0",
+    )
+    p.add_argument(
         "-s", "--seed", type=int, default=0, help="seed of the sample order (int) default=0"
     )
     p.add_argument(
@@ -163,6 +170,7 @@ def main(argv=None):
                 batch_size=args.batch_size or None,
                 epochs=args.epochs,
                 trials=args.trials,
+                jobs=args.jobs or None,
                 seed=args.seed,
                 cache=args.cache,
                 context=args.context,
