@@ -295,6 +295,7 @@ def run_inference_phase(
         weight_decay=float(meta["resolved_weight_decay"]),
         params_at=params_at,
         progress=progress,
+        step=meta.get("replay_step", "exact"),
     )
     return infl, stats, val_loss
 

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from . import interrupts
 from .errors import OutputError, SGDInfluenceError
-from .settings import CACHE_MODES, DEFAULT_TRIALS, InfluenceSettings
+from .settings import CACHE_MODES, DEFAULT_TRIALS, REPLAY_STEPS, InfluenceSettings
 
 SIGN_NOTE = (
     "Influence = estimated change of the mean validation loss if the sample were "
@@ -96,6 +96,14 @@ def _add_run(sub):
         type=int,
         default=0,
         help="seed S of the first trial's sample order (default: %(default)s)",
+    )
+    p.add_argument(
+        "--replay-step",
+        choices=REPLAY_STEPS,
+        default="exact",
+        help="exact: one double-backward pass per replay step; fd: two first-order passes at "
+        "theta +/- eps*u, about 2.5x faster, a smoothed Hessian on ReLU networks "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--jobs",
@@ -318,6 +326,7 @@ def cmd_run(args) -> int:
         trials=args.trials,
         retries=args.retries,
         jobs=args.jobs,
+        replay_step=args.replay_step,
         seed=args.seed,
         cache=args.cache,
         context=args.context,

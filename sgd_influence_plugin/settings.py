@@ -13,6 +13,8 @@ from .errors import SettingsError
 from .io_utils import atomic_write
 
 CACHE_MODES = ("final", "all")
+#: How a replay step computes <u, grad l_i> and H u (see ``core.replay``).
+REPLAY_STEPS = ("exact", "fd")
 #: Named learning-rate choices (besides a positive number).
 LR_CHOICES = ("auto", "solver")
 #: Default number of trials (independent sample orders) averaged; see the README's table.
@@ -68,6 +70,9 @@ class InfluenceSettings:
             also keep the parameters before every step of the last epoch).
         context: ``cpu`` or ``cudnn[:DEVICE]``.
         val_batch_size: batch size for the validation gradient (no effect on the result).
+        replay_step: ``exact`` (one double-backward pass per step) or ``fd`` (two first-order
+            passes at theta +/- eps u: about 2x a training step instead of 4-6x; a smoothed
+            Hessian on ReLU networks, see ``core.replay``).
         jobs: worker processes for the trials; None = the usable cores, at most ``trials``
             (no effect on the result; a GPU context runs them one after another).
 
@@ -83,6 +88,7 @@ class InfluenceSettings:
     cache: str = "final"
     context: str = "cpu"
     val_batch_size: int = 256
+    replay_step: str = "exact"
     jobs: Optional[int] = None
 
     def validate(self) -> InfluenceSettings:
@@ -106,6 +112,10 @@ class InfluenceSettings:
             raise SettingsError(f"cache={self.cache!r}: choose one of {', '.join(CACHE_MODES)}")
         if self.jobs is not None and (isinstance(self.jobs, bool) or self.jobs < 1):
             raise SettingsError(f"jobs={self.jobs}: must be >= 1 (or empty for the cores)")
+        if self.replay_step not in REPLAY_STEPS:
+            raise SettingsError(
+                f"replay_step={self.replay_step!r}: choose one of {', '.join(REPLAY_STEPS)}"
+            )
         if self.val_batch_size < 1:
             raise SettingsError(f"val_batch_size={self.val_batch_size}: must be >= 1")
         return self

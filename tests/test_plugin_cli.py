@@ -172,6 +172,8 @@ def _accepts(name, value):
     try:
         if name == "cache":
             InfluenceSettings(cache=value).validate()
+        elif name == "replay_step":
+            InfluenceSettings(replay_step=value).validate()
         elif name == "context":
             make_context(value)
         else:
