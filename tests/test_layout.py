@@ -30,6 +30,7 @@ PRODUCT_MODULES = (
     "nnabla_adapter/files.py",
     "nnabla_adapter/model.py",
     "output.py",
+    "parallel.py",
     "progress.py",
     "report.py",
     "runner.py",

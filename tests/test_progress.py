@@ -77,6 +77,8 @@ def test_cli_to_a_file_shows_reading_and_every_stage_as_lines(results, data28, t
                 data28["val"],
                 "--output",
                 str(tmp_path / "out" / "influence.csv"),
+                "--trials",
+                "1",
             ],
             stderr=err,
             stdout=subprocess.DEVNULL,

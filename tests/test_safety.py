@@ -725,6 +725,8 @@ def test_stop_request_during_a_run_leaves_nothing(world):
     steps = []
 
     def progress(stage, done, total):
+        if stage.startswith("reading"):
+            return
         steps.append(stage)
         if len(steps) == 2:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -734,7 +736,7 @@ def test_stop_request_during_a_run_leaves_nothing(world):
         model=world["model"],
         train=world["train"],
         val=world["val"],
-        settings=InfluenceSettings(epochs=5),
+        settings=InfluenceSettings(epochs=5, trials=1),
     )
     with interrupts.stop_requests(), pytest.raises(KeyboardInterrupt):
         run(request, progress=progress)
@@ -763,3 +765,31 @@ def test_cli_ctrl_c_while_computing_exits_130_with_one_line(world):
     assert err.strip() == "sgd-influence: " + interrupts.MESSAGE
     assert list(world["tmp"].iterdir()) == []
     assert not (world["root"] / "out").exists()
+
+
+def test_stop_request_while_trials_run_in_workers_leaves_nothing(world):
+    """Three trials in two forked workers: SIGTERM to the parent ends every worker, and no
+    output, cache or worker process is left."""
+    import multiprocessing
+
+    out = world["root"] / "out" / "influence.csv"
+    before = _tree(world["root"])
+    seen = []
+
+    def progress(stage, done, total):
+        if "trial" in stage:
+            seen.append(stage)
+            if len(seen) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    request = RunRequest(
+        output=str(out),
+        model=world["model"],
+        train=world["train"],
+        val=world["val"],
+        settings=InfluenceSettings(epochs=5, trials=3, jobs=2),
+    )
+    with interrupts.stop_requests(), pytest.raises(KeyboardInterrupt):
+        run(request, progress=progress)
+    assert multiprocessing.active_children() == []
+    assert _tree(world["root"]) == before
