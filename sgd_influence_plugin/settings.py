@@ -70,9 +70,10 @@ class InfluenceSettings:
             also keep the parameters before every step of the last epoch).
         context: ``cpu`` or ``cudnn[:DEVICE]``.
         val_batch_size: batch size for the validation gradient (no effect on the result).
-        replay_step: ``exact`` (one double-backward pass per step) or ``fd`` (two first-order
-            passes at theta +/- eps u: about 2x a training step instead of 4-6x; a smoothed
-            Hessian on ReLU networks, see ``core.replay``).
+        replay_step: ``fd`` (the default: two first-order passes at theta +/- eps u, about 2x
+            a training step instead of 4-6x; a smoothed Hessian on ReLU networks, see
+            ``core.replay``) or ``exact`` (one double-backward pass per step). On the sample
+            and in the leave-one-out tests both give the same precision and fidelity to 0.01.
         jobs: worker processes for the trials; None = the usable cores, at most ``trials``
             (no effect on the result; a GPU context runs them one after another).
 
@@ -88,7 +89,7 @@ class InfluenceSettings:
     cache: str = "final"
     context: str = "cpu"
     val_batch_size: int = 256
-    replay_step: str = "exact"
+    replay_step: str = "fd"
     jobs: Optional[int] = None
 
     def validate(self) -> InfluenceSettings:

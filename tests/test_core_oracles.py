@@ -137,7 +137,7 @@ def test_replay_equals_float64_dense_hessian_brute_force(
     m, tr, va = _load(results, "logreg", data7)
     assert m.info.solver.weight_decay > 0 and m.info.solver.batch_size == 16
     # B=16: 50 samples make steps of 16, 16, 16 and a last one of 2. B=1: 50 single steps.
-    settings = InfluenceSettings(cache=cache, seed=5, batch_size=batch_size)
+    settings = InfluenceSettings(cache=cache, seed=5, batch_size=batch_size, replay_step="exact")
     run = api.resolve(m, settings)
     T = -(-50 // batch_size)
     theta0 = m.get_params()

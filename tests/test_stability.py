@@ -264,13 +264,14 @@ def test_trials_in_worker_processes_equal_trials_one_after_another(results, data
 
 
 def test_replay_step_setting_reaches_the_replay(results, data7):
-    """replay_step='fd' replays with finite differences: on softmax regression (smooth) its
+    """The default replay step is 'fd' (finite differences): on softmax regression (smooth) its
     scores agree with the exact step's to well under 1%, and differ from them at all (so the
     setting reached the replay)."""
     m, tr, va = _load(results, "logreg", data7)
     common = dict(trials=1, seed=1, lr=0.5)
-    exact = api.compute_influence(m, tr, va, InfluenceSettings(**common))
-    fd = api.compute_influence(m, tr, va, InfluenceSettings(replay_step="fd", **common))
+    exact = api.compute_influence(m, tr, va, InfluenceSettings(replay_step="exact", **common))
+    fd = api.compute_influence(m, tr, va, InfluenceSettings(**common))
+    assert InfluenceSettings().replay_step == "fd"
     assert not np.array_equal(fd.scores, exact.scores)
     err = np.max(np.abs(fd.scores - exact.scores)) / np.max(np.abs(exact.scores))
     assert err < 5e-3

@@ -92,9 +92,9 @@ def build_parser():
     )
     p.add_argument(
         "--replay_step",
-        default="exact",
-        help="exact = double backward per step; fd = two first-order passes, about 2.5x "
-        "faster (option:exact,fd) default=exact",
+        default="fd",
+        help="fd = two first-order passes per step, about 2.5x faster than exact = double "
+        "backward (option:fd,exact) default=fd",
     )
     p.add_argument(
         "-s", "--seed", type=int, default=0, help="seed of the sample order (int) default=0"
