@@ -9,7 +9,7 @@ and for each network (default: the sample CNN ``cnn`` and the LeNet-style ``lene
   beforehand). Every end-to-end time below is also given as a multiple of it.
 - **end to end**: ``sgd-influence run`` as a subprocess, exactly as a user starts it (the
   interpreter's start-up, imports, reading the CSVs, every trial, thumbnails and all outputs),
-  once with its defaults and once with ``--trials 6`` (plus ``--replay-step fd`` if the CLI
+  once with its defaults and once with ``--trials 6`` (plus ``--replay-step exact`` if the CLI
   has that option); wall-clock seconds. The run's own ``settings.yaml`` timings are printed
   as its stage breakdown, next to the same stages timed here in-process with the package's
   functions (loading the model, reading both CSVs, writing the outputs).
@@ -417,7 +417,7 @@ def stages_in_process(result: str, csvs: dict, work: str, context: str) -> dict:
 
 def all_cache_bytes(model, train, val, args, work: str) -> dict:
     cache_dir = os.path.join(work, "cache_all")
-    settings = InfluenceSettings(cache="all", seed=args.seed, context=args.context)
+    settings = InfluenceSettings(cache="all", seed=args.seed, context=args.context, trials=1)
     res = api.compute_influence(model, train, val, settings, cache_dir=cache_dir)
     steps = len(os.listdir(os.path.join(cache_dir, "steps")))
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -536,7 +536,7 @@ def measure_network(arch: str, work: str, csvs: dict, args, has_fd_option: bool)
 
     runs = [("default", []), ("trials6", ["--trials", "6"])]
     if has_fd_option:
-        runs.append(("trials6_fd", ["--trials", "6", "--replay-step", "fd"]))
+        runs.append(("trials6_exact", ["--trials", "6", "--replay-step", "exact"]))
     info["cli"] = {}
     cache_dir = os.path.join(work, f"cache_{arch}")
     for name, extra in runs:
