@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -418,6 +419,7 @@ def write_influence_output(
     losses: Optional[np.ndarray] = None,
     trial_scores: Optional[np.ndarray] = None,
     label_names: Optional[Sequence[str]] = None,
+    progress=None,
 ) -> OutputPaths:
     """Write the influence CSV and its companions (see the module docstring).
 
@@ -439,6 +441,9 @@ def write_influence_output(
         trial_scores: float64 (M, N) each trial's raw scores, for ``<stem>_trials.csv``.
         label_names: class names, ``label_names[k]`` for label k (checked by the caller);
             the summary and the report show them beside the numbers, the CSV keeps numbers.
+        progress: optional ``(stage, done, total)`` callback, told of the thumbnails. The
+            seconds spent on thumbnails and on the CSVs go into ``info["timings_seconds"]``
+            (as ``thumbnails`` and ``write_csvs``) before the settings file is written.
 
     Raises:
         OutputError: a target holds something the tool did not write, or writing failed
@@ -475,6 +480,7 @@ def write_influence_output(
         def staged(path: str) -> str:
             return os.path.join(stage, os.path.basename(path))
 
+        t0 = time.perf_counter()
         thumbs_rel: List[str] = [""] * train.size
         if image_col:
             thumbs_dir = os.path.basename(paths.thumbnails)
@@ -487,6 +493,9 @@ def write_influence_output(
                 src = os.path.join(train.folder, train.cell(i, image_col).strip())
                 make_thumbnail(src, os.path.join(stage, rel), thumb_size)
                 thumbs_rel[i] = rel
+                if progress is not None:
+                    progress("thumbnails", i + 1, train.size)
+        t1 = time.perf_counter()
         with open(staged(paths.csv), "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(INFLUENCE_COLUMNS)
@@ -509,6 +518,9 @@ def write_influence_output(
                     w.writerow([i] + [repr(float(t[i])) for t in trial_scores])
         from .settings import write_yaml
 
+        timings = info.setdefault("timings_seconds", {})
+        timings["thumbnails"] = round(t1 - t0, 4)
+        timings["write_csvs"] = round(time.perf_counter() - t1, 4)
         write_yaml(staged(paths.settings), info)
         with open(staged(paths.summary), "w") as f:
             f.write(_summary_text(scores, labels, train, image_col, info, label_names))

@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import shutil
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -120,6 +121,7 @@ def run(
     interrupts.check()
     normalize = info.train_dataset.normalize if info.train_dataset else True
     log(f"reading {train_csv} and {val_csv}")
+    t_read = time.perf_counter()
 
     def rows_progress(stage: str):
         report = _stage(progress, stage)
@@ -137,6 +139,7 @@ def run(
     val = load_dataset(
         val_csv, info.input_shapes, normalize, rows_progress("reading validation CSV")
     )
+    t_read = time.perf_counter() - t_read
     validation.check_loaded(request, info, train, val, model.n_params, flags)
     names = read_label_names(request.label_names) if request.label_names else None
     if names is not None:
@@ -172,6 +175,7 @@ def run(
         _check_result(result, loss0, flags)
         facts = run_facts(result, settings, info, model.n_params, train_csv, val_csv)
         facts["n_train"], facts["n_val"] = train.size, val.size
+        facts["timings_seconds"]["reading"] = round(t_read, 4)
         facts["label_names"] = os.path.abspath(request.label_names) if request.label_names else None
         paths = write_influence_output(
             request.output,
@@ -186,6 +190,7 @@ def run(
             losses=result.losses,
             trial_scores=result.trial_scores,
             label_names=names,
+            progress=None if progress is None else interrupts.checked_progress(progress),
         )
     except BaseException as e:
         if made_cache:

@@ -87,7 +87,20 @@ def test_cli_to_a_file_shows_reading_and_every_stage_as_lines(results, data28, t
     assert proc.returncode == 0, text[-2000:]
     assert "\r" not in text
     lines = text.splitlines()
-    for stage in ("reading training CSV", "reading validation CSV", "train", "replay"):
+    for stage in (
+        "reading training CSV",
+        "reading validation CSV",
+        "train",
+        "replay",
+        "thumbnails",
+    ):
         mine = [line for line in lines if line.startswith(stage + ": ")]
         assert 1 <= len(mine) <= 10 and mine[-1].endswith(" (100%)"), text
     assert "train: 8/8 (100%)" in lines and "replay: 8/8 (100%)" in lines
+    assert "thumbnails: 256/256 (100%)" in lines
+    # Every stage is timed in the settings file, reading and writing included.
+    import yaml
+
+    timings = yaml.safe_load(open(tmp_path / "out" / "influence_settings.yaml"))["timings_seconds"]
+    for key in ("reading", "losses", "curvature", "training", "replay", "thumbnails", "write_csvs"):
+        assert isinstance(timings[key], float) and timings[key] >= 0, key
