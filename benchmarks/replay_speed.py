@@ -546,7 +546,8 @@ def measure_network(arch: str, work: str, csvs: dict, args, has_fd_option: bool)
         info["cli"][name] = run_cli(result, csvs, out_dir, extra + keep, args.context)
         info["cli"][name]["label"] = " ".join(extra) or "(defaults)"
         shutil.rmtree(out_dir, ignore_errors=True)
-    info["final_cache_files"] = dir_files(cache_dir)
+    first_trial = os.path.join(cache_dir, "trial_00")  # one trial's cache when there are several
+    info["final_cache_files"] = dir_files(first_trial if os.path.isdir(first_trial) else cache_dir)
     shutil.rmtree(cache_dir, ignore_errors=True)
     log(f"[{arch}] stages in process, all-parameters cache ...")
     info["stages"] = stages_in_process(result, csvs, work, args.context)
