@@ -27,6 +27,25 @@ SIGN_NOTE = (
 REQUIRED = "required arguments"
 
 
+def _add_model_and_data(p) -> None:
+    """The model (``--model``, or ``--config`` with ``--params``) and dataset options that
+    ``run`` and ``check`` share.
+    """
+    src = p.add_argument_group("model (required: --model, or --config with --params)")
+    src.add_argument("--model", help="results.nnp holding the network and its parameters")
+    src.add_argument("--config", help="net.nntxt of a training result (use with --params)")
+    src.add_argument("--params", help="parameters .h5 for --config")
+    p.add_argument(
+        "--train",
+        help="training dataset CSV (default: the optimizer's dataset in the network definition)",
+    )
+    p.add_argument(
+        "--val",
+        help="validation dataset CSV (default: the validation monitor's dataset in the network "
+        "definition)",
+    )
+
+
 def _add_run(sub):
     p = sub.add_parser(
         "run",
@@ -43,19 +62,7 @@ def _add_run(sub):
         "go STEM_thumbnails/, STEM_settings.yaml, STEM_summary.txt and STEM_trials.csv, "
         "named after it",
     )
-    src = p.add_argument_group("model (required: --model, or --config with --params)")
-    src.add_argument("--model", help="results.nnp holding the network and its parameters")
-    src.add_argument("--config", help="net.nntxt of a training result (use with --params)")
-    src.add_argument("--params", help="parameters .h5 for --config")
-    p.add_argument(
-        "--train",
-        help="training dataset CSV (default: the optimizer's dataset in the network definition)",
-    )
-    p.add_argument(
-        "--val",
-        help="validation dataset CSV (default: the validation monitor's dataset in the network "
-        "definition)",
-    )
+    _add_model_and_data(p)
     p.add_argument(
         "--batch-size",
         type=int,
@@ -233,19 +240,7 @@ def _add_check(sub):
         help="check CSV to write (a new .csv file, or one sgd-influence wrote): one row per "
         "checked sample; beside it go STEM_plot.png and STEM_settings.yaml",
     )
-    src = p.add_argument_group("model (required: --model, or --config with --params)")
-    src.add_argument("--model", help="results.nnp holding the network and its parameters")
-    src.add_argument("--config", help="net.nntxt of a training result (use with --params)")
-    src.add_argument("--params", help="parameters .h5 for --config")
-    p.add_argument(
-        "--train",
-        help="training dataset CSV (default: the optimizer's dataset in the network definition)",
-    )
-    p.add_argument(
-        "--val",
-        help="validation dataset CSV (default: the validation monitor's dataset in the network "
-        "definition)",
-    )
+    _add_model_and_data(p)
     p.add_argument(
         "--samples",
         type=int,
