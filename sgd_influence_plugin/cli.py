@@ -308,24 +308,34 @@ def _say(quiet: bool):
     return (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr))
 
 
+#: InfluenceSettings fields a subcommand may have as options of the same name.
+_SETTING_OPTIONS = (
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "epochs",
+    "trials",
+    "retries",
+    "jobs",
+    "replay_step",
+    "seed",
+    "cache",
+    "context",
+)
+
+
+def _settings_from(args, **fixed) -> InfluenceSettings:
+    """The settings from a subcommand's options (those it has), with ``fixed`` on top."""
+    values = {k: getattr(args, k) for k in _SETTING_OPTIONS if hasattr(args, k)}
+    return InfluenceSettings(**{**values, **fixed})
+
+
 def cmd_run(args) -> int:
     """``sgd-influence run``."""
     from .progress import TqdmProgress
     from .runner import RunRequest, run
 
-    settings = InfluenceSettings(
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        trials=args.trials,
-        retries=args.retries,
-        jobs=args.jobs,
-        replay_step=args.replay_step,
-        seed=args.seed,
-        cache=args.cache,
-        context=args.context,
-    )
+    settings = _settings_from(args)
     req = RunRequest(
         output=args.output,
         model=args.model,
@@ -353,16 +363,7 @@ def cmd_check(args) -> int:
     from .check import CheckRequest, run_check, verdict_line
     from .progress import TqdmProgress
 
-    settings = InfluenceSettings(
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        trials=1,
-        seed=args.seed,
-        cache=args.cache,
-        context=args.context,
-    )
+    settings = _settings_from(args, trials=1)
     req = CheckRequest(
         output=args.output,
         model=args.model,

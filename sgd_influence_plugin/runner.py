@@ -97,7 +97,8 @@ def run(
 
     Raises:
         SGDInfluenceError: any bad input, before anything is written; ComputationError when
-            the scores are not finite (nothing is written).
+            the validation loss at the trained parameters is not finite; UnstableReplayError
+            when a trial stays unstable after its retries (nothing is written).
         KeyboardInterrupt: on Ctrl-C / SIGTERM; nothing partial is left.
 
     """
@@ -171,8 +172,8 @@ def run(
             request.cache_dir,
             progress=interrupts.checked_progress(progress),
             log=log,
+            val_loss_start=loss0,
         )
-        _check_result(result, loss0, flags)
         facts = run_facts(result, settings, info, model.n_params, train_csv, val_csv)
         facts["n_train"], facts["n_val"] = train.size, val.size
         facts["timings_seconds"]["reading"] = round(t_read, 4)
@@ -253,39 +254,6 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
         "influence": "trials combined: each trial divided by its RMS, averaged, times the "
         "median RMS; units of the mean validation loss",
     }
-
-
-#: The training phase counts as diverged when the validation loss ends above
-#: ``DIVERGED_FACTOR * loss at the trained parameters + 1``.
-DIVERGED_FACTOR = 10.0
-
-
-def _check_result(result: InfluenceResult, loss0: float, flags: FlagNames) -> None:
-    """What was computed must be usable: finite scores, and a validation loss after the
-    training phase that did not blow up from ``loss0`` (its value at the trained parameters).
-    Either failure means the SGD epoch or its replay diverged, e.g. at a learning rate far
-    too large; the scores would be meaningless, so nothing is written.
-
-    Raises:
-        ComputationError: naming the learning rate and the option to lower it.
-
-    """
-    bad = validation.nonfinite_rows(result.scores)
-    loss1 = float(result.val_loss)
-    if bad:
-        what = f"{len(bad)} of {len(result.scores)} influence scores are NaN or infinite"
-    elif not math.isfinite(loss1) or loss1 > DIVERGED_FACTOR * loss0 + 1.0:
-        what = (
-            f"the validation loss rose from {loss0:.4g} at the trained parameters to "
-            f"{loss1:.4g} after the training phase"
-        )
-    else:
-        return
-    lr = result.run.lr
-    raise ComputationError(
-        f"{what}: the SGD epoch at lr={lr:g} diverged, so nothing was written; pass a "
-        f"smaller {flags.lr} (e.g. {lr / 10:g})"
-    )
 
 
 def _stage(progress, stage: str):
