@@ -405,7 +405,7 @@ def write_check_output(
     folder = os.path.dirname(paths["csv"])
     for path in paths.values():
         output.check_replaceable(path, flag)
-    with output._staging(folder, flag) as stage:
+    with output.staging(folder, flag) as stage:
 
         def staged(path: str) -> str:
             return os.path.join(stage, os.path.basename(path))
@@ -428,7 +428,7 @@ def write_check_output(
         write_yaml(staged(paths["settings"]), facts)
         moves = [(staged(paths[k]), paths[k]) for k in CHECK_COMPANIONS]
         try:
-            output._commit(folder, moves + [(staged(paths["csv"]), paths["csv"])], [], flag)
+            output.commit_staged(folder, moves + [(staged(paths["csv"]), paths["csv"])], [], flag)
         except OSError as e:
             raise OutputError(
                 f"{e.filename or folder}: cannot write ({e.strerror or e}); give another {flag}"
@@ -502,7 +502,7 @@ def run_check(
     from .dataset import load_dataset
     from .nnabla_adapter import load_model
     from .output import find_columns
-    from .runner import RunRequest, _dataset_path
+    from .runner import RunRequest, dataset_path
 
     settings = replace(request.settings, trials=1)
     validation.check_options(
@@ -523,8 +523,8 @@ def run_check(
     settings.validate()
     model = load_model(request.model, request.config, request.params, settings.context)
     info = model.info
-    train_csv = _dataset_path(request.train, info.train_dataset, "training", flags.train)
-    val_csv = _dataset_path(request.val, info.val_dataset, "validation", flags.val)
+    train_csv = dataset_path(request.train, info.train_dataset, "training", flags.train)
+    val_csv = dataset_path(request.val, info.val_dataset, "validation", flags.val)
     inputs = [request.model, request.config, request.params, train_csv, val_csv]
     check_output_places(
         request.output, flags.output, inputs, sorted(validation.image_folders(train_csv, val_csv))

@@ -197,7 +197,7 @@ def _write_failed(error: OSError, where: str, flag: str) -> OutputError:
     )
 
 
-def _commit(
+def commit_staged(
     folder: str, moves: Sequence[Tuple[str, str]], remove: Sequence[str], flag: str
 ) -> None:
     """Move staged files/folders into place, companions first and the last entry last.
@@ -241,7 +241,7 @@ def _commit(
 
 
 @contextlib.contextmanager
-def _staging(folder: str, flag: str):
+def staging(folder: str, flag: str):
     """A hidden staging folder inside ``folder`` (created with its parents if needed).
 
     On any failure the staging folder and the folders created for it are removed, and an
@@ -475,7 +475,7 @@ def write_influence_output(
     for kind in written:
         check_replaceable(getattr(paths, kind), flag, folder=kind == "thumbnails")
     check_replaceable(paths.csv, flag)
-    with _staging(folder, flag) as stage:
+    with staging(folder, flag) as stage:
 
         def staged(path: str) -> str:
             return os.path.join(stage, os.path.basename(path))
@@ -543,7 +543,7 @@ def write_influence_output(
         # Companions first, the CSV last: a reader of the CSV never sees half a set.
         moves = [(staged(getattr(paths, k)), getattr(paths, k)) for k in written]
         stale = [getattr(plan, k) for k in _VIEWS if getattr(paths, k) is None]
-        _commit(folder, moves + [(staged(paths.csv), paths.csv)], stale, flag)
+        commit_staged(folder, moves + [(staged(paths.csv), paths.csv)], stale, flag)
     return paths
 
 
@@ -691,8 +691,8 @@ def cleanse(
     out = os.path.abspath(output)
     folder = os.path.dirname(out)
     src_folder = os.path.dirname(os.path.abspath(train_csv))
-    with _staging(folder, flags.output) as stage:
+    with staging(folder, flags.output) as stage:
         staged = os.path.join(stage, os.path.basename(out))
         _write_cleansed(header, rows, drop, src_folder, folder, staged)
-        _commit(folder, [(staged, out)], [], flags.output)
+        commit_staged(folder, [(staged, out)], [], flags.output)
     return {"removed": sorted(drop), "kept": n - len(drop), "output": out}

@@ -57,7 +57,13 @@ class RunRequest:
     label_names: Optional[str] = None
 
 
-def _dataset_path(given, ref, what, flag):
+def dataset_path(given, ref, what, flag):
+    """The dataset CSV to read: the one given, else the network definition's ``ref``.
+
+    Raises:
+        SettingsError: neither, naming the option ``flag`` that supplies it.
+
+    """
     if given:
         return given
     if ref is None or not ref.uri:
@@ -106,8 +112,8 @@ def run(
     settings = request.settings.validate()
     model = load_model(request.model, request.config, request.params, settings.context)
     info = model.info
-    train_csv = _dataset_path(request.train, info.train_dataset, "training", flags.train)
-    val_csv = _dataset_path(request.val, info.val_dataset, "validation", flags.val)
+    train_csv = dataset_path(request.train, info.train_dataset, "training", flags.train)
+    val_csv = dataset_path(request.val, info.val_dataset, "validation", flags.val)
     inputs = [
         request.model,
         request.config,
