@@ -1,0 +1,547 @@
+"""The data-cleansing experiment of Suzuki et al. (2021), Figure 2, from scratch on Fashion-MNIST.
+
+    python paper_protocol.py [--work protocol_work] [--out results/paper_protocol]
+                             [--seeds 0,1,2] [--noise 0,0.1] [--ratios 0.1,0.05,0.02,0.01]
+                             [--epochs 20] [--jobs 2]
+    python paper_protocol.py --report-only      # redo the tables and the plot
+
+For every label-noise level and every seed (one task; ``--jobs`` tasks run at once):
+
+1. Split Fashion-MNIST's 60,000 training images into ``--train`` (50,000) training and
+   ``--val`` (10,000) validation images with the seed; the test set is the 10,000 test images.
+   With noise, flip that share of the training labels (seeded, to another class).
+2. Train the sample CNN from scratch with ``nnabla_cli train``: plain SGD at ``--lr`` (0.05),
+   batch ``--batch-size`` (32), ``--epochs`` (20), from an initialisation drawn with the seed,
+   on the training rows in an order shuffled by the seed. This is the n = 0 model.
+3. Score the training samples with the plugin at its defaults (the final-parameter estimate:
+   automatic rate, 3 trials, finite-difference replay) and with the all-parameters estimate of
+   Hara et al. (``cache="all"``, otherwise the same); seed = the task's seed.
+4. For every n in ``--ratios`` (shares of the training set) remove the n most harmful by each
+   estimate, or n random samples, and train from scratch again exactly as in step 2 (same
+   initialisation and seed). Measure test accuracy and loss.
+
+Each task writes its rows to ``WORK/task_<noise>_<seed>/rows.csv`` as it goes and skips rows
+that are already there, so a stopped run continues where it was, and more ratios can be
+added later. The report (``OUT/results.csv``, ``summary.md``, ``figure2.png``,
+``settings.yaml``) pairs each row with the same task's n = 0 model.
+"""
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from sgd_influence_plugin import evaluate as ev  # noqa: E402
+from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
+from sgd_influence_plugin.io_utils import atomic_write  # noqa: E402
+from sgd_influence_plugin.settings import InfluenceSettings, read_yaml, write_yaml  # noqa: E402
+from support import fashion_mnist  # noqa: E402
+from support.netdef import NetSpec, write_nntxt  # noqa: E402
+
+#: Estimators compared, in the order they are run: name -> InfluenceSettings overrides.
+ESTIMATORS = {"final": {}, "all": {"cache": "all"}}
+METHODS = ("final", "all", "random")
+LABELS = {
+    "final": "final-parameter estimate (this plugin, defaults)",
+    "all": "all-parameters estimate (Hara et al.)",
+    "random": "random removal",
+}
+COLORS = {"final": "#cc3311", "all": "#009988", "random": "#0077bb"}
+ROW_KEYS = (
+    "noise",
+    "seed",
+    "method",
+    "ratio",
+    "n_removed",
+    "test_accuracy",
+    "test_loss",
+    "precision_at_n",
+    "seconds",
+)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--work", default=os.path.join(HERE, "protocol_work"), help="working folder")
+    p.add_argument(
+        "--out", default=os.path.join(HERE, "results", "paper_protocol"), help="report folder"
+    )
+    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default: 0,1,2)")
+    p.add_argument("--noise", default="0,0.1", help="label-noise shares (default: 0,0.1)")
+    p.add_argument(
+        "--ratios",
+        default="0.1,0.05,0.02,0.01",
+        help="shares of the training set to remove, run in this order (default: "
+        "0.1,0.05,0.02,0.01)",
+    )
+    p.add_argument("--epochs", type=int, default=20, help="training epochs (default: 20)")
+    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default: 0.05)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    p.add_argument("--train", type=int, default=50000, help="training images (default: 50000)")
+    p.add_argument("--val", type=int, default=10000, help="validation images (default: 10000)")
+    p.add_argument(
+        "--test", type=int, default=10000, help="test images, from the test file (default: all)"
+    )
+    p.add_argument("--jobs", type=int, default=2, help="tasks at once (default: 2)")
+    p.add_argument(
+        "--pool-limit",
+        type=int,
+        default=0,
+        help="use only the first this many training and test images (default: 0 = all; "
+        "for quick trials)",
+    )
+    p.add_argument(
+        "--source", default=fashion_mnist.DEFAULT_DIR, help="folder of the idx .gz files"
+    )
+    p.add_argument("--report-only", action="store_true", help="only redo the report")
+    p.add_argument("--task", help=argparse.SUPPRESS)  # "noise,seed": run one task (internal)
+    return p.parse_args(argv)
+
+
+def floats(text):
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def task_dir(a, noise, seed):
+    return os.path.join(a.work, f"task_{noise:g}_{seed}")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def build_pool(a):
+    """Write every training and test image once as PNG (``WORK/pool``); tasks list them."""
+    pool = os.path.join(a.work, "pool")
+    done = os.path.join(pool, "done")
+    if os.path.exists(done):
+        return pool
+    images, labels = fashion_mnist.load_split("train", a.source)
+    test_images, test_labels = fashion_mnist.load_split("test", a.source)
+    if a.pool_limit:
+        images, labels = images[: a.pool_limit], labels[: a.pool_limit]
+        test_images, test_labels = test_images[: a.pool_limit], test_labels[: a.pool_limit]
+    fashion_mnist.write_png_dataset(images, labels, pool, "train.csv", "train")
+    fashion_mnist.write_png_dataset(test_images, test_labels, pool, "test.csv", "test")
+    open(done, "w").close()
+    return pool
+
+
+def write_rows(path, header, rows):
+    with atomic_write(path, newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def task_data(a, noise, seed, pool, out):
+    """The task's train/val/test CSVs (absolute image paths) and noise ground truth.
+
+    Returns:
+        (paths dict, flipped (N,) bool)
+
+    """
+    _, train_rows = read_csv_table(os.path.join(pool, "train.csv"))
+    _, test_rows = read_csv_table(os.path.join(pool, "test.csv"))
+    if a.train + a.val > len(train_rows) or a.test > len(test_rows):
+        raise SystemExit(f"--train {a.train} + --val {a.val} or --test {a.test} too large")
+    rng = np.random.RandomState(seed)
+    perm = rng.permutation(len(train_rows))
+    tr, va = perm[: a.train], perm[a.train : a.train + a.val]
+    te = np.arange(a.test)
+    labels = np.array([int(train_rows[i][1]) for i in tr])
+    noisy = (
+        fashion_mnist.flip_labels(labels, noise, len(fashion_mnist.CLASS_NAMES), seed)
+        if noise > 0
+        else labels
+    )
+
+    def absolute(row):
+        return os.path.join(pool, row[0])
+
+    names = ("train", "val", "val_cli", "test", "noise")
+    paths = {k: os.path.join(out, f"{k}.csv") for k in names}
+    header = ["x:image", "y:label"]
+    write_rows(paths["train"], header, [[absolute(train_rows[i]), y] for i, y in zip(tr, noisy)])
+    write_rows(paths["val"], header, [[absolute(train_rows[i]), train_rows[i][1]] for i in va])
+    # nnabla_cli caches the validation dataset although no monitor reads it (see
+    # evaluate.train_from_scratch): give it one batch.
+    write_rows(
+        paths["val_cli"], header, [[absolute(train_rows[i]), train_rows[i][1]] for i in va[:64]]
+    )
+    write_rows(paths["test"], header, [[absolute(test_rows[i]), test_rows[i][1]] for i in te])
+    write_rows(
+        paths["noise"],
+        ["index", "clean_label", "noisy_label", "flipped"],
+        [[j, c, n, int(c != n)] for j, (c, n) in enumerate(zip(labels, noisy))],
+    )
+    return paths, noisy != labels
+
+
+# ----------------------------------------------------------------------------- one task
+
+
+def read_task_rows(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_task(a, noise, seed):
+    """Everything for one (noise, seed); rows go to ``task_dir/rows.csv`` as they finish."""
+    from sgd_influence_plugin.api import compute_influence
+    from sgd_influence_plugin.dataset import load_dataset
+    from sgd_influence_plugin.nnabla_adapter import load_model
+
+    out = task_dir(a, noise, seed)
+    os.makedirs(out, exist_ok=True)
+    rows_path = os.path.join(out, "rows.csv")
+    rows = read_task_rows(rows_path)
+    have = {(r["method"], int(r["n_removed"])) for r in rows}
+
+    def log(msg):
+        print(f"[noise {noise:g} seed {seed}] {msg}", flush=True)
+
+    def add(method, count, acc, loss, precision, seconds):
+        rows.append(
+            {
+                "noise": noise,
+                "seed": seed,
+                "method": method,
+                "ratio": count / a.train,
+                "n_removed": count,
+                "test_accuracy": acc,
+                "test_loss": loss,
+                "precision_at_n": precision,
+                "seconds": round(seconds, 1),
+            }
+        )
+        with atomic_write(rows_path, newline="") as f:
+            w = csv.DictWriter(f, fieldnames=ROW_KEYS, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        log(f"{method:6s} n={count:5d}: test accuracy {acc:.4f}, loss {loss:.4f}")
+
+    pool = os.path.join(a.work, "pool")
+    paths, flipped = task_data(a, noise, seed, pool, out)
+    net = os.path.join(out, "net.nntxt")
+    write_nntxt(
+        NetSpec(
+            arch="cnn",
+            input_shape=(1, 28, 28),
+            n_classes=10,
+            train_csv=paths["train"],
+            val_csv=paths["val"],
+            batch_size=a.batch_size,
+            lr=a.lr,
+            solver="Sgd",
+            max_epoch=a.epochs,
+            iter_per_epoch=max(1, a.train // a.batch_size),
+        ),
+        net,
+    )
+    with open(net) as f:
+        config = f.read()
+    init = ev.initial_parameters(config, seed, os.path.join(out, "init.h5"))
+    header, train_rows = read_csv_table(paths["train"])
+    n = len(train_rows)
+
+    def retrain(keep, name):
+        t = time.perf_counter()
+        nnp = ev.train_from_scratch(
+            config, paths["train"], paths["val_cli"], header, train_rows, keep, seed,
+            os.path.join(out, name), init,
+        )  # fmt: skip
+        return nnp, time.perf_counter() - t
+
+    base_nnp = os.path.join(out, "base", "results.nnp")
+    if not os.path.exists(base_nnp):
+        log(f"training from scratch on {n} images, {a.epochs} epochs")
+        base_nnp, _ = retrain(np.arange(n), "base")
+    model = load_model(model=base_nnp)
+    test = load_dataset(paths["test"], model.info.input_shapes)
+    if ("none", 0) not in have:
+        acc, loss = ev.accuracy_and_loss(model, test)
+        add("none", 0, acc, loss, float("nan"), 0.0)
+
+    ranks = {}
+    train = val = None
+    for name, overrides in ESTIMATORS.items():
+        path = os.path.join(out, f"scores_{name}.npy")
+        if not os.path.exists(path):
+            if train is None:
+                train = load_dataset(paths["train"], model.info.input_shapes)
+                val = load_dataset(paths["val"], model.info.input_shapes)
+            settings = InfluenceSettings(seed=seed, jobs=1, **overrides)
+            t = time.perf_counter()
+            res = compute_influence(model, train.arrays, val.arrays, settings, log=log)
+            seconds = time.perf_counter() - t
+            write_yaml(
+                os.path.join(out, f"scores_{name}.yaml"),
+                {
+                    "settings": settings.to_dict(),
+                    "lr": [o.lr for o in res.trials],
+                    "u_growth": [o.u_growth for o in res.trials],
+                    "warnings": list(res.warnings),
+                    "seconds": round(seconds, 1),
+                    "precision_at_flipped": float(
+                        flipped[np.argsort(res.scores, kind="stable")[: int(flipped.sum())]].mean()
+                    )
+                    if flipped.any()
+                    else None,
+                },
+            )
+            np.save(path, res.scores)
+            log(f"{name} estimate in {seconds:.0f} s (lr {res.trials[0].lr:.3g})")
+        scores = np.load(path)
+        if not np.isfinite(scores).all():
+            raise SystemExit(f"{path}: non-finite scores")
+        ranks[name] = np.argsort(scores, kind="stable")
+    ranks["random"] = np.random.RandomState(10_000 + seed).permutation(n)
+    del train, val
+
+    for ratio in floats(a.ratios):
+        count = int(round(ratio * n))
+        if count <= 0:
+            continue
+        for method in METHODS:
+            if (method, count) in have:
+                continue
+            removed = ranks[method][:count]
+            keep = np.setdiff1d(np.arange(n), removed)
+            nnp, seconds = retrain(keep, f"{method}_{count}")
+            acc, loss = ev.accuracy_and_loss(load_model(model=nnp), test)
+            precision = float(flipped[removed].mean()) if flipped.any() else float("nan")
+            add(method, count, acc, loss, precision, seconds)
+    log("done")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def collect(a):
+    rows = []
+    for name in sorted(os.listdir(a.work)) if os.path.isdir(a.work) else []:
+        for r in read_task_rows(os.path.join(a.work, name, "rows.csv")):
+            r = dict(r)
+            for k in ("seed", "n_removed"):
+                r[k] = int(r[k])
+            for k in ("noise", "ratio", "test_accuracy", "test_loss", "precision_at_n", "seconds"):
+                r[k] = float(r[k])
+            rows.append(r)
+    return rows
+
+
+def report(a, wall_seconds=None):
+    """Write results.csv, summary.md, figure2.png and settings.yaml from the task rows."""
+    rows = collect(a)
+    if not rows:
+        raise SystemExit(f"no results under {a.work}")
+    os.makedirs(a.out, exist_ok=True)
+    with atomic_write(os.path.join(a.out, "results.csv"), newline="") as f:
+        w = csv.DictWriter(f, fieldnames=ROW_KEYS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: (r["noise"], r["seed"], r["n_removed"])))
+    noises = sorted({r["noise"] for r in rows})
+    tables = {}
+    lines = [
+        "# Removal and retraining from scratch (Suzuki et al. 2021, Figure 2 protocol)",
+        "",
+        f"Fashion-MNIST, {a.train} training / {a.val} validation images split by the seed, "
+        f"{a.test} test images; the sample CNN; plain SGD lr {a.lr:g}, batch {a.batch_size}, "
+        f"{a.epochs} epochs, trained from scratch by nnabla_cli with a seeded initialisation.",
+        "",
+        "Δ = the same seed's value minus its no-removal value (same split, initialisation and "
+        "order); mean ± std over seeds. `wins` = seeds where Δ accuracy > 0.",
+    ]
+    for noise in noises:
+        sub = [dict(r) for r in rows if r["noise"] == noise]
+        agg = paired_table(sub)
+        tables[noise] = agg
+        lines += ["", f"## {'clean labels' if noise == 0 else f'{noise:.0%} flipped labels'}", ""]
+        lines += [
+            "| removed | method | seeds | test accuracy | Δ accuracy | wins | Δ test loss |"
+            + (" precision@n |" if noise > 0 else ""),
+            "|---|---|---|---|---|---|---|" + ("---|" if noise > 0 else ""),
+        ]
+        for g in agg:
+            line = (
+                f"| {g['ratio']:.0%} ({g['n_removed']}) | {g['method']} | {g['seeds']} | "
+                f"{g['acc_mean']:.4f} ± {g['acc_std']:.4f} | "
+                f"{g['dacc_mean']:+.4f} ± {g['dacc_std']:.4f} | {g['wins']} | "
+                f"{g['dloss_mean']:+.4f} ± {g['dloss_std']:.4f} |"
+            )
+            if noise > 0:
+                line += f" {g['precision']:.3f} |" if g["n_removed"] else " - |"
+            lines.append(line)
+    if wall_seconds is not None:
+        lines += [
+            "",
+            f"Wall time of this run: {wall_seconds / 60:.0f} min ({a.jobs} tasks at once).",
+        ]
+    with atomic_write(os.path.join(a.out, "summary.md")) as f:
+        f.write("\n".join(lines) + "\n")
+    plot(os.path.join(a.out, "figure2.png"), tables, a)
+    facts = {
+        "protocol": {
+            "train": a.train,
+            "val": a.val,
+            "test": a.test,
+            "lr": a.lr,
+            "batch_size": a.batch_size,
+            "epochs": a.epochs,
+            "network": "sample CNN (make_net.py: two 3x3 conv + ReLU + max-pool, 32 hidden, 10)",
+            "trainer": "nnabla_cli train, seeded initialisation (initial_parameters)",
+            "ratios": floats(a.ratios),
+            "seeds": sorted({r["seed"] for r in rows}),
+            "noise": noises,
+        },
+        "estimators": {
+            name: InfluenceSettings(**overrides).to_dict() for name, overrides in ESTIMATORS.items()
+        },
+        "rows": len(rows),
+        "training_seconds_mean": round(
+            float(np.mean([r["seconds"] for r in rows if r["seconds"]])), 1
+        ),
+    }
+    if wall_seconds is not None:
+        facts["wall_seconds"] = round(wall_seconds, 1)
+    old = os.path.join(a.out, "settings.yaml")
+    if wall_seconds is None and os.path.exists(old):
+        prev = read_yaml(old)
+        if "wall_seconds" in prev:
+            facts["wall_seconds"] = prev["wall_seconds"]
+    write_yaml(old, facts)
+    print(f"report: {os.path.join(a.out, 'summary.md')}")
+
+
+def paired_table(rows):
+    """Per (n, method): mean/std accuracy, paired Δ vs the seed's n = 0 row, wins, precision."""
+    base = {r["seed"]: r for r in rows if r["method"] == "none"}
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["n_removed"], r["method"]), []).append(r)
+    order = {m: i for i, m in enumerate(("none",) + METHODS)}
+    out = []
+    for (count, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
+        paired = [r for r in rs if r["seed"] in base]
+        acc = np.array([r["test_accuracy"] for r in rs])
+        dacc = np.array([r["test_accuracy"] - base[r["seed"]]["test_accuracy"] for r in paired])
+        dloss = np.array([r["test_loss"] - base[r["seed"]]["test_loss"] for r in paired])
+        out.append(
+            {
+                "method": method,
+                "n_removed": count,
+                "ratio": rs[0]["ratio"],
+                "seeds": len(rs),
+                "acc_mean": float(acc.mean()),
+                "acc_std": float(acc.std()),
+                "dacc_mean": float(dacc.mean()) if len(dacc) else float("nan"),
+                "dacc_std": float(dacc.std()) if len(dacc) else float("nan"),
+                "dloss_mean": float(dloss.mean()) if len(dloss) else float("nan"),
+                "dloss_std": float(dloss.std()) if len(dloss) else float("nan"),
+                "wins": f"{int((dacc > 0).sum())}/{len(dacc)}" if count else "-",
+                "precision": float(np.mean([r["precision_at_n"] for r in rs])),
+            }
+        )
+    return out
+
+
+def plot(path, tables, a):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), squeeze=False)
+    for ax, (noise, agg) in zip(axes[0], sorted(tables.items())):
+        none = [g for g in agg if g["method"] == "none"]
+        for method in METHODS:
+            pts = sorted(none + [g for g in agg if g["method"] == method], key=lambda g: g["ratio"])
+            x = [100 * g["ratio"] + (METHODS.index(method) - 1) * 0.08 for g in pts]
+            ax.errorbar(
+                x,
+                [g["acc_mean"] for g in pts],
+                yerr=[g["acc_std"] for g in pts],
+                fmt="o-",
+                capsize=3,
+                color=COLORS[method],
+                label=LABELS[method],
+            )
+        ax.set_title("clean labels" if noise == 0 else f"{noise:.0%} flipped labels")
+        ax.set_xlabel("removed training samples (% of the training set)")
+        ax.set_ylabel("test accuracy (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    seeds = sorted({g["seeds"] for agg in tables.values() for g in agg})
+    fig.suptitle(
+        f"Fashion-MNIST, retrained from scratch: {a.train} images, SGD lr {a.lr:g}, "
+        f"batch {a.batch_size}, {a.epochs} epochs, {max(seeds)} seeds"
+    )
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.task:
+        noise, seed = a.task.split(",")
+        run_task(a, float(noise), int(seed))
+        return 0
+    if a.report_only:
+        report(a)
+        return 0
+    t0 = time.perf_counter()
+    os.makedirs(a.work, exist_ok=True)
+    build_pool(a)
+    tasks = [(noise, seed) for seed in floats(a.seeds) for noise in floats(a.noise)]
+    argv = [x for x in (argv if argv is not None else sys.argv[1:])]
+    running = []
+    failed = []
+    for noise, seed in tasks:
+        while len(running) >= a.jobs:
+            failed += wait_one(running)
+        cmd = (
+            [sys.executable, os.path.abspath(__file__)]
+            + argv
+            + ["--task", f"{noise:g},{int(seed)}"]
+        )
+        log = open(os.path.join(a.work, f"task_{noise:g}_{int(seed)}.log"), "a")
+        running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, cmd))
+    while running:
+        failed += wait_one(running)
+    report(a, time.perf_counter() - t0)
+    if failed:
+        print(f"failed tasks (see their .log in {a.work}): {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def wait_one(running):
+    """Wait for the first of the running tasks to end; returns its command if it failed."""
+    while True:
+        for item in running:
+            proc, log, cmd = item
+            if proc.poll() is not None:
+                running.remove(item)
+                log.close()
+                return [cmd[-1]] if proc.returncode else []
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
