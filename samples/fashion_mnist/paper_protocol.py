@@ -263,10 +263,13 @@ def run_task(a, noise, seed):
         )  # fmt: skip
         return nnp, time.perf_counter() - t
 
+    # nnabla_cli rewrites results.nnp during training: only the marker says it finished.
     base_nnp = os.path.join(out, "base", "results.nnp")
-    if not os.path.exists(base_nnp):
+    base_done = os.path.join(out, "base", "finished")
+    if not os.path.exists(base_done):
         log(f"training from scratch on {n} images, {a.epochs} epochs")
         base_nnp, _ = retrain(np.arange(n), "base")
+        open(base_done, "w").close()
     model = load_model(model=base_nnp)
     test = load_dataset(paths["test"], model.info.input_shapes)
     if ("none", 0) not in have:
