@@ -146,8 +146,8 @@ def _add_run(sub):
         type=int,
         default=64,
         metavar="PX",
-        help="thumbnails fit a PX x PX box, 16..512; smaller images are enlarged by a whole "
-        "factor (default: %(default)s)",
+        help="images larger than a PX x PX box (16..512) are shown as reduced thumbnails "
+        "in STEM_thumbnails/; images that fit are shown as they are (default: %(default)s)",
     )
     p.add_argument(
         "--label-names",

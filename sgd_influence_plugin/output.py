@@ -6,7 +6,9 @@ Influence CSV (NNC dataset format, so the console's viewer shows and sorts it)::
     influence_thumbnails/000123.png,3,-0.0123,2.31,123,train/000123.png
 
 - rows sorted by ``influence`` ascending: the most harmful (most negative) first;
-- ``x:image``: a thumbnail PNG, path relative to the CSV's folder;
+- ``x:image``: the sample's image, path relative to the CSV's folder: the training image
+  itself when it fits the thumbnail box (the network's input is at most ``thumb_size``
+  pixels high and wide: nothing is copied), otherwise a reduced PNG in the thumbnails folder;
 - ``influence``: the trials' combined score (units of the mean validation loss, negative =
   harmful); ``loss``: the sample's training loss at the trained parameters;
 - ``datasource_index``: 0-based data row of the sample in the training CSV;
@@ -281,12 +283,24 @@ def find_columns(train: Dataset, used_columns: Sequence[str]):
     return image_col, label_col
 
 
-def make_thumbnail(src: str, dst: str, size: int = 64) -> None:
-    """Save a PNG thumbnail of ``src`` that fits ``size`` x ``size`` with its aspect ratio.
+def fits_box(train: Dataset, image_col: str, size: int) -> bool:
+    """True if every image of ``image_col`` is at most ``size`` pixels high and wide.
 
-    Images smaller than ``size`` are enlarged by the largest whole factor with nearest
-    neighbour (8x8 -> 64x64, 28x28 -> 56x56) so their pixels stay sharp; larger ones are
-    reduced with Lanczos filtering.
+    The images were decoded to the network's input shape (C, H, W), and the loader refuses
+    any other size, so the shape of the decoded variable decides for all rows at once.
+    """
+    for name, cells in train.columns.items():
+        if image_col in cells and name in train.arrays:
+            shape = train.arrays[name].shape[1:]
+            return len(shape) >= 2 and max(shape[-2:]) <= size
+    return False
+
+
+def make_thumbnail(src: str, dst: str, size: int = 64) -> None:
+    """Save a PNG of ``src`` reduced (Lanczos, aspect kept) to fit ``size`` x ``size``.
+
+    Only images larger than the box get one; images that fit are shown as they are (see
+    :func:`fits_box`).
 
     Raises:
         DatasetError: ``src`` cannot be read as an image.
@@ -303,13 +317,8 @@ def make_thumbnail(src: str, dst: str, size: int = 64) -> None:
             f"{src}: cannot read this image for its thumbnail ({e}); replace or remove the file"
         ) from e
     with im:
-        w, h = im.size
-        if max(w, h) <= size:
-            k = max(1, size // max(w, h))
-            out = im.resize((w * k, h * k), Image.NEAREST)
-        else:
-            out = im.copy()
-            out.thumbnail((size, size), Image.LANCZOS)
+        out = im.copy()
+        out.thumbnail((size, size), Image.LANCZOS)
         if out.mode not in ("L", "RGB", "RGBA"):
             out = out.convert("RGBA" if "A" in out.mode else "RGB")
         out.save(dst, format="PNG")
@@ -374,6 +383,27 @@ def _label_key(x: str):
         return (1, 0.0, x)
 
 
+def rebase(cell: str, src_folder: str, out_folder: str) -> str:
+    """A file cell of a CSV in ``src_folder`` rewritten for a CSV in ``out_folder``.
+
+    Relative paths to existing files become relative to ``out_folder`` (absolute where no
+    relative path exists, e.g. another drive on Windows); numbers, absolute paths and cells
+    naming no existing file are returned unchanged.
+    """
+    text = cell.strip()
+    if (
+        os.path.splitext(text)[1]
+        and not os.path.isabs(text)
+        and os.path.exists(os.path.join(src_folder, text))
+    ):
+        full = os.path.join(src_folder, text)
+        try:
+            return os.path.relpath(full, out_folder)
+        except ValueError:
+            return os.path.abspath(full)
+    return cell
+
+
 def _write_cleansed(
     header: Sequence[str],
     rows: Sequence[Sequence[str]],
@@ -385,17 +415,6 @@ def _write_cleansed(
     """Write ``rows`` without the indices in ``drop``; file cells are rewritten relative to
     ``out_folder`` (where the CSV will live), so the console finds the images from there.
     """
-
-    def rebase(cell: str) -> str:
-        text = cell.strip()
-        if (
-            os.path.splitext(text)[1]
-            and not os.path.isabs(text)
-            and os.path.exists(os.path.join(src_folder, text))
-        ):
-            return os.path.relpath(os.path.join(src_folder, text), out_folder)
-        return cell
-
     data_cols = [c for c, cell in enumerate(header) if not cell.startswith("#")]
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -403,7 +422,12 @@ def _write_cleansed(
         for j, row in enumerate(rows):
             if j in drop:
                 continue
-            w.writerow([rebase(c) if k in data_cols else c for k, c in enumerate(row)])
+            w.writerow(
+                [
+                    rebase(c, src_folder, out_folder) if k in data_cols else c
+                    for k, c in enumerate(row)
+                ]
+            )
 
 
 def write_influence_output(
@@ -460,9 +484,10 @@ def write_influence_output(
     image_col, label_col = find_columns(train, used_columns)
     labels = [train.cell(i, label_col).strip() for i in range(train.size)] if label_col else None
     order = ranking(scores)
+    make_thumbs = bool(image_col) and not fits_box(train, image_col, thumb_size)
     paths = OutputPaths(
         csv=plan.csv,
-        thumbnails=plan.thumbnails if image_col else None,
+        thumbnails=plan.thumbnails if make_thumbs else None,
         settings=plan.settings,
         summary=plan.summary,
         report=plan.report if report else None,
@@ -482,7 +507,11 @@ def write_influence_output(
 
         t0 = time.perf_counter()
         thumbs_rel: List[str] = [""] * train.size
-        if image_col:
+        if image_col and not make_thumbs:
+            thumbs_rel = [
+                rebase(train.cell(i, image_col), train.folder, folder) for i in range(train.size)
+            ]
+        elif image_col:
             thumbs_dir = os.path.basename(paths.thumbnails)
             os.makedirs(os.path.join(stage, thumbs_dir))
             with open(os.path.join(stage, thumbs_dir, THUMBNAILS_MARKER), "w") as f:
@@ -531,7 +560,10 @@ def write_influence_output(
                 staged(paths.report),
                 scores,
                 labels,
-                [os.path.join(stage, t) if t else "" for t in thumbs_rel],
+                [
+                    (os.path.join(stage if make_thumbs else folder, t) if t else "")
+                    for t in thumbs_rel
+                ],
                 info,
                 label_names=label_names,
             )

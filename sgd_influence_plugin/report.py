@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -16,6 +17,14 @@ from .labels import display_label
 def _png_b64(path: str) -> str:
     with open(path, "rb") as f:
         return base64.b64encode(f.read()).decode("ascii")
+
+
+def _mime(path: str) -> str:
+    """Media type of an image file for a data: URL (PNG unless the extension says else)."""
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    return {"jpg": "image/jpeg", "jpeg": "image/jpeg", "bmp": "image/bmp", "gif": "image/gif"}.get(
+        ext, "image/png"
+    )
 
 
 def _figure_b64(fig) -> str:
@@ -107,7 +116,7 @@ def _tiles(indices, scores, labels, thumbs, names) -> str:
             w, h = _shown_size(thumbs[i])
             width = max(width, w)
             img = (
-                f'<img src="data:image/png;base64,{_png_b64(thumbs[i])}" width="{w}" '
+                f'<img src="data:{_mime(thumbs[i])};base64,{_png_b64(thumbs[i])}" width="{w}" '
                 f'height="{h}" alt="row {int(i)}">'
             )
         lab = html.escape(display_label(str(labels[i]), names)) if labels is not None else ""

@@ -14,6 +14,7 @@ from test_user_outputs import check_report, check_summary, ranked_from_csv, used
 
 from sgd_influence_plugin import cli, output
 from sgd_influence_plugin.dataset import read_csv_table
+from sgd_influence_plugin.errors import OutputError
 from sgd_influence_plugin.settings import CACHE_MODES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,8 +73,14 @@ def _check_influence_csv(out_csv, train_csv):
         j = int(r["datasource_index"])
         assert r["original"] == train_rows[j][0]  # points back to the right row
         assert r["y:label"] == train_rows[j][1]
-        with Image.open(os.path.join(folder, r["x:image"])) as im:
-            assert im.size == (56, 56)  # 28x28 doubled with nearest neighbour
+        # 28x28 images fit the 64 px box: x:image is the training image itself, relative
+        # to the output folder (nothing copied)
+        assert not os.path.isabs(r["x:image"])
+        assert os.path.samefile(
+            os.path.join(folder, r["x:image"]),
+            os.path.join(os.path.dirname(train_csv), train_rows[j][0]),
+        )
+    assert not os.path.exists(os.path.join(folder, "influence_thumbnails"))
     return rows
 
 
@@ -388,9 +395,14 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
         model=os.path.join(folder, "results.nnp"),
         train=data28["train"],
         val=data28["val"],
+        thumb_size=16,  # 28x28 images: reduced 16x16 thumbnails are written
     )
     run(req)
-    (tmp_path / "influence_thumbnails" / "stray.png").write_bytes(b"x")
+    thumbs = tmp_path / "influence_thumbnails"
+    with Image.open(thumbs / "000000.png") as im:
+        assert im.size == (16, 16)
+    output.check_replaceable(str(thumbs), folder=True)  # ours (holds the marker)
+    (thumbs / "stray.png").write_bytes(b"x")
     first = out.read_text()
     run(req)
     assert not (tmp_path / "influence_thumbnails" / "stray.png").exists()
@@ -417,7 +429,19 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
         "influence_thumbnails",
         "influence_trials.csv",
     ]
-    assert len(os.listdir(tmp_path / "influence_thumbnails")) == 257  # 256 PNGs + marker
+    assert len(os.listdir(thumbs)) == 257  # 256 PNGs + marker
+    # A thumbnails folder without its marker is not ours.
+    marker = (thumbs / output.THUMBNAILS_MARKER).read_bytes()
+    os.remove(thumbs / output.THUMBNAILS_MARKER)
+    with pytest.raises(OutputError, match="has no .sgd_influence_thumbnails marker"):
+        output.check_replaceable(str(thumbs), folder=True)
+    # With its marker, a run at the default 64 px box (the images fit: no thumbnails)
+    # removes the old folder rather than leave thumbnails the new CSV does not name.
+    (thumbs / output.THUMBNAILS_MARKER).write_bytes(marker)
+    monkeypatch.undo()
+    run(RunRequest(output=str(out), model=req.model, train=req.train, val=req.val))
+    assert not thumbs.exists()
+    _check_influence_csv(str(out), data28["train"])
 
 
 def test_cli_refuses_to_overwrite_inputs_and_reports_one_line(results, data28, tmp_path):
@@ -446,17 +470,16 @@ def test_every_subcommand_has_complete_help(sub, capsys):
             assert action.help  # every option is explained
 
 
-def test_thumbnails_keep_aspect_and_enlarge_tiny_images(tmp_path):
-    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tmp_path / "tiny.png")
-    output.make_thumbnail(str(tmp_path / "tiny.png"), str(tmp_path / "t.png"))
-    with Image.open(tmp_path / "t.png") as im:
-        assert im.size == (64, 64)
-        a = np.asarray(im)
-        assert (a[:8, :8] == 0).all() and (a[-8:, -8:] == 63).all()  # nearest neighbour
+def test_thumbnails_keep_aspect_and_only_large_images_get_one(tmp_path, data28):
     Image.fromarray(np.zeros((100, 200, 3), np.uint8)).save(tmp_path / "big.png")
     output.make_thumbnail(str(tmp_path / "big.png"), str(tmp_path / "b.png"))
     with Image.open(tmp_path / "b.png") as im:
         assert im.size == (64, 32)
+    from sgd_influence_plugin.dataset import load_dataset
+
+    train = load_dataset(data28["train"], {"x": (1, 28, 28), "y": (1,)})
+    assert output.fits_box(train, "x:image", 28) and output.fits_box(train, "x:image", 64)
+    assert not output.fits_box(train, "x:image", 27)
 
 
 def test_sigterm_leaves_no_cache_and_no_output(results, data28, tmp_path):

@@ -79,6 +79,8 @@ def test_cli_to_a_file_shows_reading_and_every_stage_as_lines(results, data28, t
                 str(tmp_path / "out" / "influence.csv"),
                 "--trials",
                 "1",
+                "--thumb-size",
+                "16",  # 28x28 images: reduced thumbnails are written (and shown as a stage)
             ],
             stderr=err,
             stdout=subprocess.DEVNULL,

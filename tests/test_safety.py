@@ -426,18 +426,17 @@ def test_full_disk_is_refused_before_computing(world, capsys, monkeypatch):
 
 
 def test_disk_full_while_writing_leaves_nothing(world, capsys, monkeypatch):
-    calls = {"n": 0}
-    real = output.make_thumbnail
+    from sgd_influence_plugin import report
 
-    def fills_up(src, dst, size=64):
-        calls["n"] += 1
-        if calls["n"] == 10:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
-        return real(src, dst, size)
+    def fills_up(path, *args, **kwargs):
+        with open(path, "w") as f:
+            f.write("<html>half a page")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    monkeypatch.setattr(output, "make_thumbnail", fills_up)
+    monkeypatch.setattr(report, "write_report", fills_up)
     before = _tree(world["root"])
-    assert cli.main(_run_argv(world, world["root"] / "new" / "deep" / "influence.csv")) == 2
+    out = world["root"] / "new" / "deep" / "influence.csv"
+    assert cli.main(_run_argv(world, out, "--report")) == 2
     _one_line_error(capsys, r"cannot write \(No space left on device\); nothing was written")
     assert _tree(world["root"]) == before  # no staging, no folders made for it, no cache
 
@@ -496,18 +495,12 @@ def test_outputs_are_named_after_the_csv_and_get_the_usual_modes(finished, data7
         "influence_report.html",
         "influence_settings.yaml",
         "influence_summary.txt",
-        "influence_thumbnails",
         "influence_trials.csv",
-    ]
-    thumbs = folder / "influence_thumbnails"
-    assert (thumbs / output.THUMBNAILS_MARKER).is_file()
-    assert len(list(thumbs.glob("*.png"))) == 50
+    ]  # no thumbnails folder: the 7x7 images fit the box and are shown as they are
     # umask 027 was in force: files 0640, folders 0750, like anything the user creates.
-    for path in [folder, thumbs]:
-        assert os.stat(path).st_mode & 0o777 == 0o750, path
-    for path in list(folder.iterdir()) + list(thumbs.iterdir()):
-        if path.is_file():
-            assert os.stat(path).st_mode & 0o777 == 0o640, path
+    assert os.stat(folder).st_mode & 0o777 == 0o750
+    for path in folder.iterdir():
+        assert os.stat(path).st_mode & 0o777 == 0o640, path
     # The cleansed CSV drops round(0.1 * 50) = 5 rows: the five lowest scores.
     scores = finished["scores"]
     worst = set(np.argsort(scores, kind="stable")[:5].tolist())
@@ -532,17 +525,12 @@ def test_only_files_the_tool_wrote_and_nobody_changed_are_replaced(finished, tmp
     csv_path = str(out / "influence.csv")
     for kind in ("settings", "summary", "report", "cleansed"):
         output.check_replaceable(output.companion_path(csv_path, kind))  # ours: no error
-    output.check_replaceable(output.companion_path(csv_path, "thumbnails"), folder=True)
     output.check_replaceable(csv_path)
     # Edited by the user: no longer ours.
     with open(out / "influence_summary.txt", "a") as f:
         f.write("my notes\n")
     with pytest.raises(OutputError, match=r"influence_summary\.txt: already exists and was not"):
         output.check_replaceable(str(out / "influence_summary.txt"))
-    # A thumbnails folder without its marker is not ours.
-    os.remove(out / "influence_thumbnails" / output.THUMBNAILS_MARKER)
-    with pytest.raises(OutputError, match="has no .sgd_influence_thumbnails marker"):
-        output.check_replaceable(str(out / "influence_thumbnails"), folder=True)
     # A damaged ledger: nothing here can be told to be ours.
     (out / output.LEDGER).write_text("{not json")
     with pytest.raises(OutputError, match="cannot tell which files here sgd-influence wrote"):
@@ -557,7 +545,11 @@ def test_images_in_a_thumbnails_folder_survive_a_run_beside_them(world):
     before = _tree(world["data"] / "thumbnails")
     assert cli.main(_run_argv(world, world["data"] / "influence.csv", "--report")) == 0
     assert _tree(world["data"] / "thumbnails") == before
-    assert (world["data"] / "influence_thumbnails" / output.THUMBNAILS_MARKER).is_file()
+    # The images fit the box: the CSV shows the user's own files, nothing is copied.
+    with open(world["data"] / "influence.csv", newline="") as f:
+        shown = {r["x:image"] for r in csv.DictReader(f)}
+    assert shown and all(s.startswith("thumbnails/") for s in shown)
+    assert not (world["data"] / "influence_thumbnails").exists()
     assert (world["data"] / "influence_report.html").is_file()
     # A second run replaces its own output (the ledger and the marker say it is ours) and
     # removes the report it no longer writes, so no stale view is left beside the new CSV.

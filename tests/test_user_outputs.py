@@ -100,12 +100,17 @@ def check_report(page, ranked, folder):
     harmful, helpful = _tiles(harmful_part), _tiles(rest)
     k = len(harmful)
     assert 10 <= k == len(helpful) <= len(ranked) // 2
+    images = {
+        int(r["datasource_index"]): r["x:image"]
+        for r in _csv_rows(os.path.join(folder, "influence.csv"))
+    }
     for tiles, expected in ((harmful, ranked[:k]), (helpful, ranked[::-1][:k])):
         assert [t[0] for t in tiles] == [r[0] for r in expected]
         for (index, label, score, png), (_, want_label, want_score, _) in zip(tiles, expected):
             assert label == want_label
             assert score == pytest.approx(want_score, rel=5e-3)
-            with open(os.path.join(folder, "influence_thumbnails", f"{index:06d}.png"), "rb") as f:
+            # the very image the CSV's x:image names for that row
+            with open(os.path.join(folder, images[index]), "rb") as f:
                 assert png == f.read()
 
 
