@@ -168,11 +168,16 @@ def _load_png(full: str, normalize: bool) -> Optional[np.ndarray]:
     return arr * (1.0 / 255.0) if normalize else arr
 
 
+#: Rows below which reading stays in this process (forking costs more than it saves).
+PARALLEL_MIN_ROWS = 4000
+
+
 def load_dataset(
     path: str,
     needs: Mapping[str, Tuple[int, ...]],
     normalize: bool = True,
     progress: Optional[Callable[[int, int], None]] = None,
+    jobs: int = 1,
 ) -> Dataset:
     """Read a console dataset CSV and decode the variables a network needs.
 
@@ -182,14 +187,18 @@ def load_dataset(
             ``{"x": (1, 28, 28), "y": (1,)}``.
         normalize: divide 8-bit image values by 255 (the console's default; the dataset's
             ``no_image_normalization`` turns it off).
-        progress: optional callback ``(done, total)``.
+        progress: optional callback ``(done, total)``, in cells decoded (rows x variables).
+        jobs: worker processes that decode blocks of rows at once (see :mod:`.parallel`;
+            the result is the same as with 1). Files of under :data:`PARALLEL_MIN_ROWS` rows
+            are read in this process.
 
     Returns:
         The decoded :class:`Dataset`; ``arrays[name]`` has shape (N, *needs[name]).
 
     Raises:
         DatasetError: a needed column is missing, a cell is neither a number nor an existing
-            file, a file has the wrong size, or the dataset has no rows.
+            file, a file has the wrong size, or the dataset has no rows. With several workers
+            the row named is a bad row, not necessarily the first one.
 
     """
     header, rows = read_csv_table(path)
@@ -209,33 +218,53 @@ def load_dataset(
                 f"{path}: no column for variable '{name}' that the network needs; the header "
                 f"has {have}. Add a column named '{name}' (e.g. '{name}:label') or rename one"
             )
-    arrays: Dict[str, np.ndarray] = {}
-    total = len(rows) * len(needs)
-    done = 0
-    for name, shape in needs.items():
-        shape = tuple(int(d) for d in shape)
-        cols = [ci for ci, _ in sorted(columns[name], key=lambda t: (t[1] is None, t[1] or 0))]
-        out = np.empty((len(rows),) + shape, dtype=np.float32)
-        for ri, row in enumerate(rows):
-            values = [_cell_value(path, ri, header[ci], row[ci], folder, normalize) for ci in cols]
-            value = values[0] if len(values) == 1 else np.concatenate([np.ravel(v) for v in values])
-            value = np.asarray(value, dtype=np.float32)
-            if value.shape != shape:
-                if (
-                    value.size != int(np.prod(shape))
-                    or value.ndim > 1
-                    and len(cols) == 1
-                    and is_file_cell(row[cols[0]])
-                ):
-                    raise DatasetError(
-                        _shape_message(path, ri, header, cols, row, value.shape, shape, name)
-                    )
-                value = value.reshape(shape)
-            out[ri] = value
-            done += 1
-            if progress is not None and (done % 500 == 0 or done == total):
-                progress(done, total)
-        arrays[name] = out
+    plan = {
+        name: (
+            tuple(int(d) for d in shape),
+            [ci for ci, _ in sorted(columns[name], key=lambda t: (t[1] is None, t[1] or 0))],
+        )
+        for name, shape in needs.items()
+    }
+
+    def decode(lo: int, hi: int, report: Callable[[int, int], None]) -> Dict[str, np.ndarray]:
+        """Rows lo..hi-1 of every needed variable; ``report(done, total)`` within the block."""
+        block: Dict[str, np.ndarray] = {}
+        total, done = (hi - lo) * len(plan), 0
+        for name, (shape, cols) in plan.items():
+            out = np.empty((hi - lo,) + shape, dtype=np.float32)
+            for ri in range(lo, hi):
+                out[ri - lo] = _row_value(
+                    path, ri, header, rows[ri], cols, shape, name, folder, normalize
+                )
+                done += 1
+                if done % 500 == 0 or done == total:
+                    report(done, total)
+            block[name] = out
+        return block
+
+    n = len(rows)
+    jobs = max(1, int(jobs))
+    if jobs == 1 or n < PARALLEL_MIN_ROWS:
+        arrays = decode(0, n, progress or (lambda done, total: None))
+    else:
+        from . import parallel
+
+        bounds = np.linspace(0, n, 4 * jobs + 1).astype(int)
+        blocks = list(zip(bounds[:-1], bounds[1:]))
+        done_per_block = [0] * len(blocks)
+
+        def on_progress(b: int, stage: str, done: int, total: int) -> None:
+            done_per_block[b] = done
+            if progress is not None:
+                progress(sum(done_per_block), n * len(plan))
+
+        parts = parallel.run_parallel(
+            lambda block, report: decode(block[0], block[1], lambda d, t: report("read", d, t)),
+            blocks,
+            jobs=jobs,
+            on_progress=on_progress,
+        )
+        arrays = {name: np.concatenate([part[name] for part in parts]) for name in plan}
     return Dataset(
         path=path,
         header=header,
@@ -243,6 +272,25 @@ def load_dataset(
         arrays=arrays,
         columns={n: [header[ci] for ci, _ in columns[n]] for n in needs},
     )
+
+
+def _row_value(path, ri, header, row, cols, shape, name, folder, normalize) -> np.ndarray:
+    """The value of variable ``name`` in data row ``ri`` (0-based), shaped ``shape``."""
+    values = [_cell_value(path, ri, header[ci], row[ci], folder, normalize) for ci in cols]
+    value = values[0] if len(values) == 1 else np.concatenate([np.ravel(v) for v in values])
+    value = np.asarray(value, dtype=np.float32)
+    if value.shape != shape:
+        if (
+            value.size != int(np.prod(shape))
+            or value.ndim > 1
+            and len(cols) == 1
+            and is_file_cell(row[cols[0]])
+        ):
+            raise DatasetError(
+                _shape_message(path, ri, header, cols, row, value.shape, shape, name)
+            )
+        value = value.reshape(shape)
+    return value
 
 
 def is_file_cell(cell: str) -> bool:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from . import __version__, interrupts, validation
+from . import __version__, interrupts, parallel, validation
 from .api import InfluenceResult, compute_influence
 from .core import mean_loss
 from .dataset import load_dataset
@@ -140,11 +140,14 @@ def run(
 
         return call
 
+    # The CSVs are decoded by as many workers as the trials may use (forked: none with a
+    # CUDA context, as for the trials).
+    jobs = (settings.jobs or parallel.usable_cores()) if settings.context.startswith("cpu") else 1
     train = load_dataset(
-        train_csv, info.input_shapes, normalize, rows_progress("reading training CSV")
+        train_csv, info.input_shapes, normalize, rows_progress("reading training CSV"), jobs
     )
     val = load_dataset(
-        val_csv, info.input_shapes, normalize, rows_progress("reading validation CSV")
+        val_csv, info.input_shapes, normalize, rows_progress("reading validation CSV"), jobs
     )
     t_read = time.perf_counter() - t_read
     validation.check_loaded(request, info, train, val, model.n_params, flags)

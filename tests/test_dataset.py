@@ -91,3 +91,38 @@ def test_png_decoding_is_nnabla_loaders_bit_for_bit(tmp_path, mode, normalize):
     got = _load_file(path, normalize)
     assert got.shape == want.shape and got.dtype == want.dtype
     np.testing.assert_array_equal(got, want)
+
+
+def test_reading_in_worker_processes_gives_the_same_dataset(tmp_path, monkeypatch):
+    """Blocks of rows decoded by forked workers: the same arrays, in row order, the same
+    progress total, and a bad row's error with its file and row."""
+    from sgd_influence_plugin import dataset, parallel
+    from sgd_influence_plugin.errors import DatasetError
+
+    if not parallel.fork_available():
+        pytest.skip("no fork on this platform")
+    monkeypatch.setattr(dataset, "PARALLEL_MIN_ROWS", 10)
+    rng = np.random.RandomState(0)
+    (tmp_path / "img").mkdir()
+    lines = ["x:image,y:label,#note"]
+    for i in range(203):
+        Image.fromarray(rng.randint(0, 256, (5, 4)).astype(np.uint8)).save(
+            tmp_path / "img" / f"{i}.png"
+        )
+        lines.append(f"img/{i}.png,{i % 7},n{i}")
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    needs = {"x": (1, 5, 4), "y": (1,)}
+    seen = []
+    serial = load_dataset(str(csv_path), needs)
+    forked = load_dataset(str(csv_path), needs, progress=lambda d, t: seen.append((d, t)), jobs=3)
+    for k in needs:
+        np.testing.assert_array_equal(forked.arrays[k], serial.arrays[k])
+    assert forked.rows == serial.rows and forked.arrays["y"][:8, 0].tolist() == [
+        0, 1, 2, 3, 4, 5, 6, 0,
+    ]  # fmt: skip
+    assert seen[-1] == (406, 406)
+    # A broken image in the last block: the worker's error reaches the caller.
+    (tmp_path / "img" / "190.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"d\.csv row 191, column 'x:image'.*img/190\.png"):
+        load_dataset(str(csv_path), needs, jobs=3)
