@@ -389,6 +389,9 @@ def report(a, wall_seconds=None):
             if noise > 0:
                 line += f" {g['precision']:.3f} |" if g["n_removed"] else " - |"
             lines.append(line)
+    facts_lines = ranking_lines(a)
+    if facts_lines:
+        lines += ["", "## The rankings", ""] + facts_lines
     if wall_seconds is not None:
         lines += [
             "",
@@ -428,6 +431,45 @@ def report(a, wall_seconds=None):
             facts["wall_seconds"] = prev["wall_seconds"]
     write_yaml(old, facts)
     print(f"report: {os.path.join(a.out, 'summary.md')}")
+
+
+def ranking_lines(a):
+    """Per task: how the two estimators agree, and what the removed samples are.
+
+    Spearman correlation of the final and all-parameters scores; the overlap of their top
+    ``max(--ratios)`` sets; the largest class share among the removed (by the final estimate)
+    against 10% overall; with noise, the flipped share among them (precision).
+    """
+    from sgd_influence_plugin.check import correlations
+
+    out = []
+    share = max(floats(a.ratios))
+    for name in sorted(os.listdir(a.work)) if os.path.isdir(a.work) else []:
+        task = os.path.join(a.work, name)
+        paths = [os.path.join(task, f"scores_{e}.npy") for e in ESTIMATORS]
+        if not all(os.path.exists(p) for p in paths):
+            continue
+        final, every = (np.load(p) for p in paths)
+        k = int(round(share * len(final)))
+        top_final = np.argsort(final, kind="stable")[:k]
+        top_all = np.argsort(every, kind="stable")[:k]
+        _, train_rows = read_csv_table(os.path.join(task, "train.csv"))
+        labels = np.array([int(r[1]) for r in train_rows])
+        counts = np.bincount(labels[top_final], minlength=10) / k
+        noise = read_task_rows(os.path.join(task, "noise.csv"))
+        flipped = np.array([r["flipped"] == "1" for r in noise])
+        line = (
+            f"- {name}: Spearman(final, all) {correlations(final, every)[1]:.2f}; top {share:.0%} "
+            f"overlap {len(np.intersect1d(top_final, top_all)) / k:.2f}; largest class among the "
+            f"removed: {fashion_mnist.CLASS_NAMES[int(counts.argmax())]} {counts.max():.0%}"
+        )
+        if flipped.any():
+            line += (
+                f"; flipped among them: final {flipped[top_final].mean():.2f}, all "
+                f"{flipped[top_all].mean():.2f}"
+            )
+        out.append(line)
+    return out
 
 
 def paired_table(rows):
