@@ -400,6 +400,14 @@ def report(a, wall_seconds=None):
     with atomic_write(os.path.join(a.out, "summary.md")) as f:
         f.write("\n".join(lines) + "\n")
     plot(os.path.join(a.out, "figure2.png"), tables, a)
+    # Each estimate's settings, rates, u growth and time, beside the report.
+    estimates = os.path.join(a.out, "estimates")
+    os.makedirs(estimates, exist_ok=True)
+    for name in sorted(os.listdir(a.work)):
+        for est in ESTIMATORS:
+            src = os.path.join(a.work, name, f"scores_{est}.yaml")
+            if os.path.exists(src):
+                write_yaml(os.path.join(estimates, f"{name}_{est}.yaml"), read_yaml(src))
     facts = {
         "protocol": {
             "train": a.train,
