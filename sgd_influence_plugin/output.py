@@ -283,6 +283,23 @@ def find_columns(train: Dataset, used_columns: Sequence[str]):
     return image_col, label_col
 
 
+def _shown_where_they_are(train: Dataset, image_col: str, out_folder: str) -> List[str]:
+    """Each row's image path for a CSV in ``out_folder``: relative paths rebased (one
+    relative prefix for all rows; absolute where none exists, e.g. another drive), absolute
+    ones kept. Every file was opened when the dataset was read, so none is looked up again.
+    """
+    try:
+        prefix = os.path.relpath(train.folder, out_folder)
+    except ValueError:
+        prefix = train.folder
+    col = train.header.index(image_col)
+    out = []
+    for row in train.rows:
+        cell = row[col].strip()
+        out.append(cell if os.path.isabs(cell) else os.path.normpath(os.path.join(prefix, cell)))
+    return out
+
+
 def fits_box(train: Dataset, image_col: str, size: int) -> bool:
     """True if every image of ``image_col`` is at most ``size`` pixels high and wide.
 
@@ -508,9 +525,7 @@ def write_influence_output(
         t0 = time.perf_counter()
         thumbs_rel: List[str] = [""] * train.size
         if image_col and not make_thumbs:
-            thumbs_rel = [
-                rebase(train.cell(i, image_col), train.folder, folder) for i in range(train.size)
-            ]
+            thumbs_rel = _shown_where_they_are(train, image_col, folder)
         elif image_col:
             thumbs_dir = os.path.basename(paths.thumbnails)
             os.makedirs(os.path.join(stage, thumbs_dir))
