@@ -392,6 +392,9 @@ def report(a, wall_seconds=None):
     facts_lines = ranking_lines(a)
     if facts_lines:
         lines += ["", "## The rankings", ""] + facts_lines
+    per_class = class_lines(a)
+    if per_class:
+        lines += ["", "## Per class", ""] + per_class
     if wall_seconds is not None:
         lines += [
             "",
@@ -477,6 +480,62 @@ def ranking_lines(a):
                 f"{flipped[top_all].mean():.2f}"
             )
         out.append(line)
+    return out
+
+
+def class_lines(a):
+    """Per task and method at the largest ratio: removed samples and the change of test
+    accuracy per class against the task's n = 0 model (markdown table rows)."""
+    from sgd_influence_plugin.dataset import load_dataset
+    from sgd_influence_plugin.nnabla_adapter import load_model
+
+    names = [c.split("/")[0] for c in fashion_mnist.CLASS_NAMES]
+    out = []
+    for name in sorted(os.listdir(a.work)) if os.path.isdir(a.work) else []:
+        task = os.path.join(a.work, name)
+        rows = [r for r in read_task_rows(os.path.join(task, "rows.csv")) if r["method"] != "none"]
+        if not rows or not os.path.exists(os.path.join(task, "base", "results.nnp")):
+            continue
+        count = max(int(r["n_removed"]) for r in rows)
+        _, train_rows = read_csv_table(os.path.join(task, "train.csv"))
+        labels = np.array([int(r[1]) for r in train_rows])
+        test = y = None
+        base_acc = None
+        table = [
+            f"{name}, {count} removed: removed per class / Δ test accuracy per class (points)",
+            "",
+            "| method | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for method in ("none",) + METHODS:
+            folder = "base" if method == "none" else f"{method}_{count}"
+            nnp = os.path.join(task, folder, "results.nnp")
+            if not os.path.exists(nnp):
+                continue
+            model = load_model(model=nnp)
+            if test is None:
+                test = load_dataset(os.path.join(task, "test.csv"), model.info.input_shapes)
+                y = test.arrays["y"].reshape(len(test.rows)).astype(int)
+            pred = model.predict(test.arrays).reshape(len(y), -1).argmax(axis=1)
+            acc = np.array([(pred[y == k] == k).mean() for k in range(len(names))])
+            if base_acc is None:
+                base_acc = acc
+                continue
+            if method == "random":
+                removed = np.random.RandomState(10_000 + int(rows[0]["seed"])).permutation(
+                    len(labels)
+                )[:count]
+            else:
+                removed = np.argsort(
+                    np.load(os.path.join(task, f"scores_{method}.npy")), kind="stable"
+                )[:count]
+            counts = np.bincount(labels[removed], minlength=len(names))
+            table.append(
+                f"| {method} | "
+                + " | ".join(f"{c} / {100 * d:+.1f}" for c, d in zip(counts, acc - base_acc))
+                + " |"
+            )
+        out += table + [""]
     return out
 
 
