@@ -8,7 +8,8 @@ random samples, retrain, and measure test accuracy. Retraining is either
   the removed samples' weights set to 0 (Hara et al.'s "retrain last"; exactly the
   counterfactual the influence estimates), or
 - ``scratch``: the whole network definition trained again by ``nnabla_cli train`` on the
-  cleansed CSV (rows shuffled by the seed), as the console would.
+  cleansed CSV (rows shuffled by the seed), as the console would, from an initialisation
+  drawn with the seed (:func:`initial_parameters`).
 
 With a label-noise ground truth (``train_noise.csv`` from the sample project) it also reports
 precision@n and recall@n of the flipped labels among the removed samples.
@@ -331,6 +332,10 @@ def evaluate(
             harmful_rank = np.argsort(res.scores, kind="stable")
             random_rank = np.random.RandomState(10_000 + seed).permutation(n)
             orders = core.epoch_orders(n, settings.epochs, seed)
+            if retrain == "scratch":  # every retraining of this seed starts from these
+                init = initial_parameters(
+                    config_text, seed, os.path.join(work_root, f"init_{seed}.h5")
+                )
             for count in counts:
                 for method, rank in (("harmful", harmful_rank), ("random", random_rank)):
                     if count == 0 and method == "random":
@@ -353,6 +358,7 @@ def evaluate(
                             keep,
                             seed,
                             os.path.join(work_root, f"s{seed}_{label}_{count}"),
+                            init,
                         )
                         acc, loss = accuracy_and_loss(
                             load_model(model=nnp, context=settings.context), test
