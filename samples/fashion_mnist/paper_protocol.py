@@ -106,6 +106,13 @@ def parse_args(argv=None):
         "--source", default=fashion_mnist.DEFAULT_DIR, help="folder of the idx .gz files"
     )
     p.add_argument("--report-only", action="store_true", help="only redo the report")
+    p.add_argument(
+        "--balanced",
+        metavar="NOISE,SEED",
+        help="diagnostic: in that finished task, also remove the largest --ratios share class by "
+        "class (the same share of every class, most harmful first by the final estimate) and "
+        "retrain; the row's method is final_balanced",
+    )
     p.add_argument("--task", help=argparse.SUPPRESS)  # "noise,seed": run one task (internal)
     return p.parse_args(argv)
 
@@ -331,6 +338,62 @@ def run_task(a, noise, seed):
     log("done")
 
 
+def balanced_removal(scores, labels, count):
+    """Indices of about ``count`` samples: in every class the same share of its samples,
+    most harmful (lowest score) first; the shares are rounded per class."""
+    share = count / len(scores)
+    removed = []
+    for k in np.unique(labels):
+        members = np.flatnonzero(labels == k)
+        take = int(round(share * len(members)))
+        removed.append(members[np.argsort(scores[members], kind="stable")[:take]])
+    return np.concatenate(removed)
+
+
+def run_balanced(a, noise, seed):
+    """The class-balanced removal of :func:`balanced_removal` in a finished task."""
+    from sgd_influence_plugin.dataset import load_dataset
+    from sgd_influence_plugin.nnabla_adapter import load_model
+
+    out = task_dir(a, noise, seed)
+    rows_path = os.path.join(out, "rows.csv")
+    rows = read_task_rows(rows_path)
+    with open(os.path.join(out, "net.nntxt")) as f:
+        config = f.read()
+    paths = {k: os.path.join(out, f"{k}.csv") for k in ("train", "val_cli", "test", "noise")}
+    header, train_rows = read_csv_table(paths["train"])
+    labels = np.array([int(r[1]) for r in train_rows])
+    flipped = np.array([r["flipped"] == "1" for r in read_task_rows(paths["noise"])])
+    count = int(round(max(floats(a.ratios)) * len(labels)))
+    removed = balanced_removal(np.load(os.path.join(out, "scores_final.npy")), labels, count)
+    keep = np.setdiff1d(np.arange(len(labels)), removed)
+    t = time.perf_counter()
+    nnp = ev.train_from_scratch(
+        config, paths["train"], paths["val_cli"], header, train_rows, keep, seed,
+        os.path.join(out, f"final_balanced_{len(removed)}"), os.path.join(out, "init.h5"),
+    )  # fmt: skip
+    model = load_model(model=nnp)
+    acc, loss = ev.accuracy_and_loss(model, load_dataset(paths["test"], model.info.input_shapes))
+    rows.append(
+        {
+            "noise": noise,
+            "seed": seed,
+            "method": "final_balanced",
+            "ratio": len(removed) / len(labels),
+            "n_removed": len(removed),
+            "test_accuracy": acc,
+            "test_loss": loss,
+            "precision_at_n": float(flipped[removed].mean()) if flipped.any() else float("nan"),
+            "seconds": round(time.perf_counter() - t, 1),
+        }
+    )
+    with atomic_write(rows_path, newline="") as f:
+        w = csv.DictWriter(f, fieldnames=ROW_KEYS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    print(f"final_balanced n={len(removed)}: test accuracy {acc:.4f}, loss {loss:.4f}")
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -545,7 +608,7 @@ def paired_table(rows):
     groups = {}
     for r in rows:
         groups.setdefault((r["n_removed"], r["method"]), []).append(r)
-    order = {m: i for i, m in enumerate(("none",) + METHODS)}
+    order = {m: i for i, m in enumerate(("none",) + METHODS + ("final_balanced",))}
     out = []
     for (count, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
         paired = [r for r in rs if r["seed"] in base]
@@ -616,6 +679,11 @@ def main(argv=None):
     if a.task:
         noise, seed = a.task.split(",")
         run_task(a, float(noise), int(seed))
+        return 0
+    if a.balanced:
+        noise, seed = a.balanced.split(",")
+        run_balanced(a, float(noise), int(seed))
+        report(a)
         return 0
     if a.report_only:
         report(a)
