@@ -635,34 +635,55 @@ def paired_table(rows):
 
 
 def plot(path, tables, a):
+    """Top row: test accuracy (mean ± std over seeds); then the paired changes of test accuracy
+    and test loss against the same seed's no-removal model (mean ± std), which removes the
+    seed-to-seed spread."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), squeeze=False)
-    for ax, (noise, agg) in zip(axes[0], sorted(tables.items())):
+    cols = len(tables)
+    fig, axes = plt.subplots(3, cols, figsize=(5.5 * cols, 11), squeeze=False, sharex=True)
+    for c, (noise, agg) in enumerate(sorted(tables.items())):
         none = [g for g in agg if g["method"] == "none"]
-        for method in METHODS:
-            pts = sorted(none + [g for g in agg if g["method"] == method], key=lambda g: g["ratio"])
-            x = [100 * g["ratio"] + (METHODS.index(method) - 1) * 0.08 for g in pts]
-            ax.errorbar(
-                x,
-                [g["acc_mean"] for g in pts],
-                yerr=[g["acc_std"] for g in pts],
-                fmt="o-",
-                capsize=3,
-                color=COLORS[method],
-                label=LABELS[method],
+        for row, (key, ylabel, scale) in enumerate(
+            (
+                ("acc", "test accuracy", 1.0),
+                ("dacc", "Δ test accuracy vs same seed, n = 0 (points)", 100.0),
+                ("dloss", "Δ test loss vs same seed, n = 0", 1.0),
             )
-        ax.set_title("clean labels" if noise == 0 else f"{noise:.0%} flipped labels")
-        ax.set_xlabel("removed training samples (% of the training set)")
-        ax.set_ylabel("test accuracy (mean ± std over seeds)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="lower left")
+        ):
+            ax = axes[row][c]
+            for method in METHODS:
+                pts = sorted(
+                    none + [g for g in agg if g["method"] == method], key=lambda g: g["ratio"]
+                )
+                x = [100 * g["ratio"] + (METHODS.index(method) - 1) * 0.1 for g in pts]
+                ax.errorbar(
+                    x,
+                    [scale * g[key + "_mean"] for g in pts],
+                    yerr=[scale * g[key + "_std"] for g in pts],
+                    fmt="o-",
+                    capsize=3,
+                    color=COLORS[method],
+                    label=LABELS[method],
+                )
+            if row:
+                ax.axhline(0, color="gray", lw=1, ls="--")
+            if row == 2:
+                ax.set_xlabel("removed training samples (% of the training set)")
+            if row == 0:
+                ax.set_title("clean labels" if noise == 0 else f"{noise:.0%} flipped labels")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    axes[1][0].legend(fontsize=8, loc="lower left")
     seeds = sorted({g["seeds"] for agg in tables.values() for g in agg})
     fig.suptitle(
         f"Fashion-MNIST, retrained from scratch: {a.train} images, SGD lr {a.lr:g}, "
+        f"batch {a.batch_size}, {a.epochs} epochs, {min(seeds)}-{max(seeds)} seeds per point"
+        if min(seeds) != max(seeds)
+        else f"Fashion-MNIST, retrained from scratch: {a.train} images, SGD lr {a.lr:g}, "
         f"batch {a.batch_size}, {a.epochs} epochs, {max(seeds)} seeds"
     )
     tmp = path + ".tmp.png"
