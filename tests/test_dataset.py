@@ -77,7 +77,7 @@ def test_png_decoding_is_nnabla_loaders_bit_for_bit(tmp_path, mode, normalize):
     from sgd_influence_plugin.dataset import _load_file
 
     rng = np.random.RandomState(0)
-    rgb = Image.fromarray(rng.randint(0, 256, (9, 7, 3)).astype(np.uint8), "RGB")
+    rgb = Image.fromarray(rng.randint(0, 256, (9, 7, 3)).astype(np.uint8))
     if mode == "I;16":
         im = Image.fromarray(rng.randint(0, 65536, (9, 7)).astype(np.uint16))
     elif mode == "P":
