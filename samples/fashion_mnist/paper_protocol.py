@@ -678,7 +678,9 @@ def plot(path, tables, a):
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
     axes[1][0].legend(fontsize=8, loc="lower left")
-    seeds = sorted({g["seeds"] for agg in tables.values() for g in agg})
+    seeds = sorted(
+        {g["seeds"] for agg in tables.values() for g in agg if g["method"] in ("none",) + METHODS}
+    )
     fig.suptitle(
         f"Fashion-MNIST, retrained from scratch: {a.train} images, SGD lr {a.lr:g}, "
         f"batch {a.batch_size}, {a.epochs} epochs, {min(seeds)}-{max(seeds)} seeds per point"
