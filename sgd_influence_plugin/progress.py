@@ -75,6 +75,10 @@ class TqdmProgress:
             return
         from tqdm import tqdm
 
+        # No monitor thread: with a second thread alive, CPython may notice a Ctrl-C only
+        # when that thread next runs (up to its 10 s interval), and stops are requested by
+        # signal (see interrupts). The bars are refreshed on every update anyway.
+        tqdm.monitor_interval = 0
         bar = self._bars.get(stage)
         if bar is None or done < bar.n:  # a new stage, or the stage started again
             if bar is not None:

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 
@@ -687,10 +688,11 @@ def test_a_signal_inside_nnabla_callbacks_is_handled(capsys):
     def hook(f):
         if not sent:
             sent.append(f)
-            os.kill(os.getpid(), signal.SIGINT)
+            # To the main thread itself: a process-directed signal may be taken by another
+            # thread (another test's), and CPython 3.9 then notices it late.
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             # Python bytecodes until the handler has run, inside the callback: the default
-            # handler raises here; the stop-request handler sets the flag. (A fixed number of
-            # bytecodes was not always enough on a loaded machine.)
+            # handler raises here; the stop-request handler sets the flag.
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not interrupts.requested():
                 pass
