@@ -677,6 +677,8 @@ import nnabla as nn
 import nnabla.functions as F
 from sgd_influence_plugin import cli, interrupts
 
+# Python's own handler, as in a terminal (a parent that ignores SIGINT passes that on).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 x = nn.Variable.from_numpy_array(np.ones((2, 3), np.float32))
 y = F.sin(F.exp(x))
 sent = []
