@@ -451,7 +451,8 @@ def aggregate(rows: List[Dict]) -> List[Dict]:
     """Mean and std over seeds per (method, n); 'none' rows are n = 0.
 
     ``dacc_*`` / ``dloss_*`` are paired differences from the same seed's 'none' row (same
-    sample order and start), which removes most of the seed-to-seed noise.
+    sample order and start), which removes most of the seed-to-seed noise; ``wins`` counts
+    the seeds whose accuracy rose ("k/n"; "-" for n = 0).
     """
     base = {r["seed"]: r for r in rows if r["method"] == "none"}
     groups: Dict = {}
@@ -476,12 +477,15 @@ def aggregate(rows: List[Dict]) -> List[Dict]:
             "dacc_mean": float(dacc.mean()) if len(dacc) else float("nan"),
             "dacc_std": float(dacc.std()) if len(dacc) else float("nan"),
             "dloss_mean": float(dloss.mean()) if len(dloss) else float("nan"),
+            "dloss_std": float(dloss.std()) if len(dloss) else float("nan"),
+            "wins": f"{int((dacc > 0).sum())}/{len(dacc)}" if count else "-",
         }
         if "precision_at_n" in rs[0]:
             row["precision_mean"] = (
                 float(np.nanmean([r["precision_at_n"] for r in rs])) if count else float("nan")
             )
-            row["recall_mean"] = float(np.mean([r["recall_at_n"] for r in rs]))
+            if "recall_at_n" in rs[0]:
+                row["recall_mean"] = float(np.mean([r["recall_at_n"] for r in rs]))
         out.append(row)
     return out
 

@@ -124,7 +124,7 @@ def test_paired_table_against_hand_computed_differences():
     assert g["dacc_std"] == pytest.approx(np.std([0.03, -0.01]))
     assert g["dloss_mean"] == pytest.approx(np.mean([-0.05, 0.02]))
     assert g["acc_mean"] == pytest.approx(0.76) and g["wins"] == "1/2"
-    assert g["precision"] == pytest.approx(0.8)
+    assert g["precision_mean"] == pytest.approx(0.8)
     assert table[("random", 10)]["dacc_mean"] == pytest.approx(0.0)
     assert table[("none", 0)]["dacc_mean"] == 0.0
 

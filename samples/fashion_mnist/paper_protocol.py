@@ -199,6 +199,14 @@ def task_data(a, noise, seed, pool, out):
 # ----------------------------------------------------------------------------- one task
 
 
+def save_rows(path, rows):
+    """Write result rows (dicts with :data:`ROW_KEYS`) to ``path`` atomically."""
+    with atomic_write(path, newline="") as f:
+        w = csv.DictWriter(f, fieldnames=ROW_KEYS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
 def read_task_rows(path):
     if not os.path.exists(path):
         return []
@@ -235,10 +243,7 @@ def run_task(a, noise, seed):
                 "seconds": round(seconds, 1),
             }
         )
-        with atomic_write(rows_path, newline="") as f:
-            w = csv.DictWriter(f, fieldnames=ROW_KEYS, lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
+        save_rows(rows_path, rows)
         log(f"{method:6s} n={count:5d}: test accuracy {acc:.4f}, loss {loss:.4f}")
 
     pool = os.path.join(a.work, "pool")
@@ -387,10 +392,7 @@ def run_balanced(a, noise, seed):
             "seconds": round(time.perf_counter() - t, 1),
         }
     )
-    with atomic_write(rows_path, newline="") as f:
-        w = csv.DictWriter(f, fieldnames=ROW_KEYS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
+    save_rows(rows_path, rows)
     print(f"final_balanced n={len(removed)}: test accuracy {acc:.4f}, loss {loss:.4f}")
 
 
@@ -416,10 +418,10 @@ def report(a, wall_seconds=None):
     if not rows:
         raise SystemExit(f"no results under {a.work}")
     os.makedirs(a.out, exist_ok=True)
-    with atomic_write(os.path.join(a.out, "results.csv"), newline="") as f:
-        w = csv.DictWriter(f, fieldnames=ROW_KEYS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: (r["noise"], r["seed"], r["n_removed"])))
+    save_rows(
+        os.path.join(a.out, "results.csv"),
+        sorted(rows, key=lambda r: (r["noise"], r["seed"], r["n_removed"])),
+    )
     noises = sorted({r["noise"] for r in rows})
     tables = {}
     lines = [
@@ -450,7 +452,7 @@ def report(a, wall_seconds=None):
                 f"{g['dloss_mean']:+.4f} ± {g['dloss_std']:.4f} |"
             )
             if noise > 0:
-                line += f" {g['precision']:.3f} |" if g["n_removed"] else " - |"
+                line += f" {g['precision_mean']:.3f} |" if g["n_removed"] else " - |"
             lines.append(line)
     facts_lines = ranking_lines(a)
     if facts_lines:
@@ -603,35 +605,10 @@ def class_lines(a):
 
 
 def paired_table(rows):
-    """Per (n, method): mean/std accuracy, paired Δ vs the seed's n = 0 row, wins, precision."""
-    base = {r["seed"]: r for r in rows if r["method"] == "none"}
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["n_removed"], r["method"]), []).append(r)
+    """:func:`evaluate.aggregate` (paired Δ against each seed's n = 0 row, wins, precision)
+    per (n, method), in the order n, then none / final / all / random / final_balanced."""
     order = {m: i for i, m in enumerate(("none",) + METHODS + ("final_balanced",))}
-    out = []
-    for (count, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
-        paired = [r for r in rs if r["seed"] in base]
-        acc = np.array([r["test_accuracy"] for r in rs])
-        dacc = np.array([r["test_accuracy"] - base[r["seed"]]["test_accuracy"] for r in paired])
-        dloss = np.array([r["test_loss"] - base[r["seed"]]["test_loss"] for r in paired])
-        out.append(
-            {
-                "method": method,
-                "n_removed": count,
-                "ratio": rs[0]["ratio"],
-                "seeds": len(rs),
-                "acc_mean": float(acc.mean()),
-                "acc_std": float(acc.std()),
-                "dacc_mean": float(dacc.mean()) if len(dacc) else float("nan"),
-                "dacc_std": float(dacc.std()) if len(dacc) else float("nan"),
-                "dloss_mean": float(dloss.mean()) if len(dloss) else float("nan"),
-                "dloss_std": float(dloss.std()) if len(dloss) else float("nan"),
-                "wins": f"{int((dacc > 0).sum())}/{len(dacc)}" if count else "-",
-                "precision": float(np.mean([r["precision_at_n"] for r in rs])),
-            }
-        )
-    return out
+    return sorted(ev.aggregate(rows), key=lambda g: (g["n_removed"], order[g["method"]]))
 
 
 def plot(path, tables, a):
