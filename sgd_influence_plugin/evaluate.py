@@ -575,27 +575,6 @@ def _plot(path: str, agg: List[Dict], n: int, facts: Dict) -> None:
     os.replace(tmp, path)
 
 
-def rewrite_outputs(out_dir: str) -> None:
-    """Redo ``figure2.png`` and ``summary.md`` from a finished run's results.csv and
-    settings.yaml (no retraining).
-    """
-    from .settings import read_yaml
-
-    facts = read_yaml(os.path.join(out_dir, "settings.yaml"))
-    with open(os.path.join(out_dir, "results.csv"), newline="") as f:
-        rows = [
-            {
-                k: (v if k == "method" else (int(v) if k in ("seed", "n_removed") else float(v)))
-                for k, v in r.items()
-            }
-            for r in csv.DictReader(f)
-        ]
-    flipped = None
-    if facts.get("noise"):
-        flipped = read_noise(facts["noise"], int(facts["n_train"]))
-    _write_outputs(out_dir, rows, int(facts["n_train"]), flipped, facts)
-
-
 def run_from_args(args) -> int:
     """``sgd-influence evaluate`` (see :func:`add_arguments`)."""
     if not args.model and not args.config:
