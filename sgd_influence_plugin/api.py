@@ -1,6 +1,7 @@
-"""The Python API the CLI, the console plugin and the tests call.
+"""Influence scores from a loaded model and decoded arrays (no input or output files).
 
-Two phases, each reading and writing only the cache folder:
+:mod:`.runner` (the run command), :mod:`.fidelity` (the check) and :mod:`.evaluate` build on
+it. Two phases, each reading and writing only the cache folder:
 
 - :func:`run_training_phase` (Algorithm 1): from the trained parameters, K epochs of plain
   SGD; writes ``parameters.h5`` (final parameters), ``order.npy`` (int32 (N,)), ``lr.npy``
@@ -144,7 +145,7 @@ def choose_lr(
             )
         run.lr = choice.lr
         log(f"replay learning rate {run.lr:g} (auto: {choice.limit})")
-    elif run.lr > 1.05 * choice.lr:
+    elif curvature_mod.breaks_rule(run.lr, curv, steps, run.weight_decay):
         msg = (
             f"lr={run.lr:g} is above the stable rate {choice.lr:g} measured for this model "
             f"({choice.limit}); the final-parameters replay may blow up (unstable trials are "
@@ -485,9 +486,7 @@ def compute_influence(
     timings["curvature"] = time.perf_counter() - t0
     own_tmp = cache_dir is None
     root = tempfile.mkdtemp(prefix="sgd_influence_cache_") if own_tmp else cache_dir
-    jobs = settings.jobs or parallel.default_jobs(settings.trials)
-    if jobs > 1 and not settings.context.startswith("cpu"):
-        jobs = 1  # a CUDA context does not survive fork()
+    jobs = parallel.workers_for(settings.context, settings.jobs, settings.trials)
     timings["jobs"] = min(jobs, settings.trials)
 
     def one_trial(m: int, trial_progress) -> TrialOutcome:
