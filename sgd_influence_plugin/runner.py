@@ -140,9 +140,8 @@ def run(
 
         return call
 
-    # The CSVs are decoded by as many workers as the trials may use (forked: none with a
-    # CUDA context, as for the trials).
-    jobs = (settings.jobs or parallel.usable_cores()) if settings.context.startswith("cpu") else 1
+    # The CSVs are decoded by as many forked workers as the trials may use.
+    jobs = parallel.workers_for(settings.context, settings.jobs)
     train = load_dataset(
         train_csv, info.input_shapes, normalize, rows_progress("reading training CSV"), jobs
     )
