@@ -22,6 +22,8 @@ PRODUCT_MODULES = (
     "dataset.py",
     "errors.py",
     "evaluate.py",
+    "fidelity.py",
+    "inputs.py",
     "interrupts.py",
     "io_utils.py",
     "labels.py",
