@@ -31,6 +31,7 @@ PRODUCT_MODULES = (
     "nnabla_adapter/definition.py",
     "nnabla_adapter/files.py",
     "nnabla_adapter/model.py",
+    "options.py",
     "output.py",
     "parallel.py",
     "progress.py",
