@@ -78,31 +78,50 @@ def check_output_places(
         output.check_replaceable(target, flag)
 
 
-def _plot(path: str, result: CheckResult) -> None:
+def check_figure(result: CheckResult):
+    """The check's plot: estimate against actual, one colour per group, the line
+    estimate = actual; both axes in the same units, their power of ten in the axis labels
+    (:func:`.report.axis_scale`) rather than in offset text that would collide with them.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    from .report import MAX_X_TICKS, axis_scale
+
+    factor, suffix = axis_scale(np.concatenate([result.estimate, result.actual]))
+    estimate, actual = result.estimate / factor, result.actual / factor
     fig, ax = plt.subplots(figsize=(5.5, 5))
     colors = {"harmful": "#cc3311", "helpful": "#0077bb", "random": "#555555", "all": "#555555"}
     for g in dict.fromkeys(result.group):
         mask = np.array([x == g for x in result.group])
-        ax.scatter(result.estimate[mask], result.actual[mask], s=18, c=colors[g], label=g)
-    lo = float(min(result.estimate.min(), result.actual.min()))
-    hi = float(max(result.estimate.max(), result.actual.max()))
+        ax.scatter(estimate[mask], actual[mask], s=18, c=colors[g], label=g)
+    lo = float(min(estimate.min(), actual.min()))
+    hi = float(max(estimate.max(), actual.max()))
     ax.plot([lo, hi], [lo, hi], color="gray", lw=1, ls="--", label="estimate = actual")
-    ax.set_xlabel("estimated influence (change of mean validation loss)")
-    ax.set_ylabel("exact leave-one-out change")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=MAX_X_TICKS - 1))
+    ax.ticklabel_format(style="plain", useOffset=False)
+    ax.set_xlabel(f"estimated influence{suffix}\n(change of the mean validation loss)")
+    ax.set_ylabel(f"exact leave-one-out change{suffix}")
     ax.set_title(
         f"{result.verdict}: Spearman {result.spearman:.3f}, Pearson {result.pearson:.3f}\n"
         f"{len(result.index)} of {result.n_train} samples, lr {result.lr:g}",
         fontsize=10,
     )
-    ax.ticklabel_format(style="sci", scilimits=(-2, 2))  # short tick labels, shared exponent
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    return fig
+
+
+def _plot(path: str, result: CheckResult) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = check_figure(result)
+    try:
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def write_check_output(
