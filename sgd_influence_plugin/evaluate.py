@@ -73,28 +73,15 @@ def add_arguments(p) -> None:
         help="label-noise ground truth CSV (index,...,flipped) for precision@n and recall@n "
         "(default: none)",
     )
-    p.add_argument("--epochs", type=int, default=1, help=HELP["epochs"] + " (default: %(default)s)")
-    p.add_argument(
-        "--trials",
-        type=int,
-        default=DEFAULT_TRIALS,
-        help=HELP["trials"] + " (default: %(default)s)",
-    )
-    p.add_argument(
-        "--lr",
-        default="auto",
-        help=HELP["lr"] + " (default: %(default)s)",
-    )
+    shown = " (default: %(default)s)"
+    p.add_argument("--epochs", type=int, default=1, help=HELP["epochs"] + shown)
+    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help=HELP["trials"] + shown)
+    p.add_argument("--lr", default="auto", help=HELP["lr"] + shown)
     p.add_argument(
         "--batch-size", type=int, help=HELP["batch_size"] + " (default: the training dataset's)"
     )
-    p.add_argument(
-        "--cache",
-        choices=("final", "all"),
-        default="final",
-        help=HELP["cache"] + " (default: %(default)s)",
-    )
-    p.add_argument("--context", default="cpu", help=HELP["context"] + " (default: %(default)s)")
+    p.add_argument("--cache", choices=("final", "all"), default="final", help=HELP["cache"] + shown)
+    p.add_argument("--context", default="cpu", help=HELP["context"] + shown)
     p.add_argument("--quiet", action="store_true", help=HELP["quiet"] + " (default: off)")
 
 
