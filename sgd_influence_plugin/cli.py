@@ -273,10 +273,9 @@ _SETTING_OPTIONS = (
 )
 
 
-def _settings_from(args, **fixed) -> InfluenceSettings:
-    """The settings from a subcommand's options (those it has), with ``fixed`` on top."""
-    values = {k: getattr(args, k) for k in _SETTING_OPTIONS if hasattr(args, k)}
-    return InfluenceSettings(**{**values, **fixed})
+def _settings_from(args) -> InfluenceSettings:
+    """The settings from a subcommand's options (those it has)."""
+    return InfluenceSettings(**{k: getattr(args, k) for k in _SETTING_OPTIONS if hasattr(args, k)})
 
 
 def cmd_run(args) -> int:
