@@ -54,6 +54,7 @@ from .io_utils import (
     sha256_file,
 )
 from .labels import display_label
+from .report import format_score
 
 INFLUENCE_COLUMNS = ["x:image", "y:label", "influence", "loss", "datasource_index", "original"]
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -387,7 +388,7 @@ def _summary_text(scores, labels, train: Dataset, image_col, info: Dict, names=N
     for i in ranking(scores)[:10]:
         lab = display_label(labels[i], names) if labels is not None else ""
         orig = train.cell(int(i), image_col) if image_col else ""
-        lines.append(f"  {int(i)}, {lab}, {scores[i]:.6g}, {orig}")
+        lines.append(f"  {int(i)}, {lab}, {format_score(scores[i])}, {orig}")
     for w in info.get("warnings", []):
         lines.append(f"warning: {w}")
     return "\n".join(lines) + "\n"

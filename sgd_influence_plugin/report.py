@@ -1,10 +1,13 @@
-"""A single-file HTML report that works offline (plots and images inline as base64 PNG)."""
+"""A single-file HTML report that works offline (plots and images inline as base64 PNG), and
+how the tool shows scores and scaled axes wherever it does.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -35,6 +38,32 @@ def _figure_b64(fig) -> str:
 
 #: Thumbnails are shown at least this many CSS pixels wide or high, enlarged by a whole factor.
 MIN_TILE_PX = 96
+#: Most ticks on a plot's x axis, so that their labels never run into each other.
+MAX_X_TICKS = 7
+
+
+def format_score(x: float) -> str:
+    """How an influence score is shown to a reader (summary, report, demo): three
+    significant digits in scientific notation, e.g. ``-7.25e-04``. The CSVs keep every digit.
+    """
+    return f"{float(x):.2e}"
+
+
+def axis_scale(values) -> Tuple[float, str]:
+    """``(factor, suffix)`` for plotting ``values`` in readable units: plot ``values / factor``
+    and append ``suffix`` (mathtext that reads "(×10⁻⁴)") to the axis label.
+
+    The power of ten goes into the label, not into matplotlib's offset text, which is drawn
+    below the tick labels at the right end of the axis and collides with a long axis label.
+    Values whose largest magnitude lies in [0.01, 1000) are left as they are.
+    """
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    top = float(np.max(np.abs(finite))) if finite.size else 0.0
+    if top == 0 or 1e-2 <= top < 1e3:
+        return 1.0, ""
+    e = int(math.floor(math.log10(top)))
+    return 10.0**e, rf" ($\times 10^{{{e}}}$)"
 
 
 def _pyplot():
@@ -47,13 +76,23 @@ def _pyplot():
 
 
 def histogram_figure(scores: np.ndarray):
-    """Histogram of the influence (log counts: the few extreme samples stay visible)."""
+    """Histogram of the influence (log counts: the few extreme samples stay visible).
+
+    At most :data:`MAX_X_TICKS` ticks on the x axis; the power of ten is in the axis label
+    (:func:`axis_scale`).
+    """
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
+    factor, suffix = axis_scale(scores)
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.hist(scores, bins=60, color="#4477aa")
+    ax.hist(np.asarray(scores, dtype=np.float64) / factor, bins=60, color="#4477aa")
     ax.set_yscale("log")
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("influence (change of validation loss if removed; < 0 = harmful)")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=MAX_X_TICKS - 1))
+    ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+    # Two short lines: matplotlib crops an axis label wider than its axes from saved figures.
+    ax.set_xlabel(f"influence{suffix}\nchange of the validation loss if removed; < 0 = harmful")
     ax.set_ylabel("samples")
     return fig
 
@@ -122,9 +161,63 @@ def _tiles(indices, scores, labels, thumbs, names) -> str:
         lab = html.escape(display_label(str(labels[i]), names)) if labels is not None else ""
         cells.append(
             f'<div class="tile" style="width:{width}px">{img}<div class="lab">{lab}</div>'
-            f'<div class="meta">row {int(i)} &middot; {scores[i]:.3g}</div></div>'
+            f'<div class="meta">row {int(i)} &middot; {format_score(scores[i])}</div></div>'
         )
     return "\n".join(cells)
+
+
+#: The run's facts (keys of ``settings.yaml``, top level or under ``used``) the report's Run
+#: table shows first, in this order and in these words.
+RUN_ROWS = (
+    ("model", "model"),
+    ("train_csv", "training CSV"),
+    ("val_csv", "validation CSV"),
+    ("n_train", "training samples"),
+    ("n_val", "validation samples"),
+    ("n_params", "trained parameters"),
+    ("lr", "learning rate of the replayed epoch"),
+    ("weight_decay", "weight decay"),
+    ("batch_size", "batch size"),
+    ("epochs", "epochs of the training phase"),
+    ("trials", "trials combined"),
+    ("seeds", "seeds of the trials' sample orders"),
+    ("cache", "cache"),
+    ("context", "compute context"),
+    ("validation_loss", "mean validation loss after the replayed epoch"),
+    ("cache_bytes", "cache size per trial"),
+    ("label_names", "class names file"),
+    ("influence", "scores"),
+)
+#: Facts the report explains elsewhere (the sign at the top) or that are not for reading.
+_NOT_SHOWN = {"sign"}
+
+
+def _fact_text(key: str, value) -> str:
+    if key == "cache_bytes":
+        return f"{value / 1e6:.3g} MB" if value >= 1e5 else f"{value / 1e3:.3g} kB"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def run_rows(info: Dict) -> List[Tuple[str, str]]:
+    """The Run table: ``(what, value)`` in words, for the facts of :data:`RUN_ROWS`, then how
+    the learning rate was chosen, then any other plain fact with its key in words.
+    """
+    facts = {**info, **info.get("used", {})}
+    rows = [
+        (what, _fact_text(key, facts[key]))
+        for key, what in RUN_ROWS
+        if facts.get(key) is not None and not isinstance(facts[key], dict)
+    ]
+    reason = info.get("lr_selection", {}).get("stable_lr_reason")
+    if reason and info.get("lr_selection", {}).get("source") == "auto":
+        rows.append(("how the learning rate was chosen", f"automatically: {reason}"))
+    known = {key for key, _ in RUN_ROWS} | _NOT_SHOWN
+    for key, value in facts.items():
+        if key not in known and not isinstance(value, (dict, list)) and value is not None:
+            rows.append((str(key).replace("_", " "), str(value)))
+    return rows
 
 
 def write_report(
@@ -153,9 +246,8 @@ def write_report(
         f'<img src="data:image/png;base64,{p}">' for p in _plots(scores, labels, label_names)
     )
     facts = "".join(
-        f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(str(v))}</td></tr>"
-        for key, v in {**info.get("used", {}), **info}.items()
-        if not isinstance(v, (dict, list))
+        f"<tr><td>{html.escape(what)}</td><td>{html.escape(value)}</td></tr>"
+        for what, value in run_rows(info)
     )
     warnings = "".join(
         f'<p class="warn">Warning: {html.escape(str(w))}</p>' for w in info.get("warnings", [])

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Set
 
 import numpy as np
 
@@ -554,8 +554,3 @@ def check_loaded(
     )
     cache_root = request.cache_dir or tempfile.gettempdir()
     check_free_space(request.output, cache_root, need, flags)
-
-
-def nonfinite_rows(scores: np.ndarray) -> List[int]:
-    """Indices of the scores that are NaN or infinite."""
-    return [int(i) for i in np.flatnonzero(~np.isfinite(scores))]

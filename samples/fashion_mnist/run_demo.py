@@ -7,7 +7,8 @@
 3. Run the console plugin script headless inside ``result/``, with no dataset arguments: it
    reads the datasets from the network definition, as it does when a user presses OK. The
    class names come from ``label_names.txt``.
-4. Print where the influence CSV, thumbnails, report and cleansed CSV are.
+4. Print where the influence CSV, report and cleansed CSV are (and the thumbnails, which are
+   made only for images larger than the thumbnail box).
 
 A second run reuses the data and the trained result when their inputs are unchanged.
 """
@@ -26,6 +27,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import build_dataset  # noqa: E402
+
+from sgd_influence_plugin.report import format_score  # noqa: E402
 
 PLUGIN = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
 LABEL_NAMES = os.path.join(HERE, "label_names.txt")
@@ -127,7 +130,7 @@ def main():
             extra = "  (label was flipped)" if flipped[int(r["datasource_index"])] else ""
         say(
             f"  row {r['datasource_index']:>5}  {names[int(r['y:label'])]:<11}  influence "
-            f"{float(r['influence']):+.3e}  {r['original']}{extra}"
+            f"{format_score(r['influence'])}  {r['original']}{extra}"
         )
     if flipped is not None:
         k = max(1, sum(flipped))  # precision@k with k = the number of flipped labels
@@ -138,7 +141,9 @@ def main():
             "by chance)"
         )
     say(f"influence CSV : {os.path.join(out, 'influence.csv')}")
-    say(f"thumbnails    : {os.path.join(out, 'influence_thumbnails')}")
+    thumbs = os.path.join(out, "influence_thumbnails")
+    if os.path.isdir(thumbs):  # only for images larger than the thumbnail box
+        say(f"thumbnails    : {thumbs}")
     say(f"report        : {os.path.join(out, 'influence_report.html')}")
     say(f"cleansed CSV  : {os.path.join(out, 'influence_cleansed.csv')}")
     say(f"done in {time.time() - start:.0f} s")
