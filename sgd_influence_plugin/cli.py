@@ -59,8 +59,8 @@ def _add_run(sub):
         "--output",
         required=True,
         help="influence CSV to write (a new .csv file, or one sgd-influence wrote); beside it "
-        "go STEM_thumbnails/, STEM_settings.yaml, STEM_summary.txt and STEM_trials.csv, "
-        "where STEM is its name without .csv",
+        "go STEM_cleansed.csv, STEM_settings.yaml, STEM_summary.txt, STEM_trials.csv and, "
+        "for large images, STEM_thumbnails/ (STEM = the CSV's name without .csv)",
     )
     _add_model_and_data(p)
     p.add_argument(
@@ -125,6 +125,17 @@ def _add_run(sub):
         metavar="FILE",
         help=HELP["label_names"] + " (default: the label numbers only)",
     )
+    p.add_argument(
+        "--remove-ratio",
+        type=float,
+        metavar="R",
+        help=HELP["remove_ratio"] + ", 0 <= R < 1 (default: apply the recommendation)",
+    )
+    p.add_argument(
+        "--no-recommend",
+        action="store_true",
+        help=HELP["recommend"] + " (default: recommend)",
+    )
     p.add_argument("--quiet", action="store_true", help=HELP["quiet"] + " (default: off)")
     p.set_defaults(func=cmd_run)
 
@@ -132,10 +143,12 @@ def _add_run(sub):
 def _add_cleanse(sub):
     p = sub.add_parser(
         "cleanse",
-        help="write the training CSV without the most harmful rows",
-        description="Write a console dataset CSV without the top-N (or top share of) harmful "
-        "rows of an influence CSV. Other columns are kept; file paths are rewritten "
-        "relative to the new CSV's folder. The training CSV is not modified.",
+        help="write the training CSV with the recommendation applied",
+        description="Write a console dataset CSV with the influence CSV's recommendation "
+        "applied (rows marked relabel get suggested_label, rows marked remove are dropped), "
+        "or, with --remove/--remove-ratio, without the top-N (or top share of) harmful rows "
+        "instead. Other columns are kept; file paths are rewritten relative to the new CSV's "
+        "folder. The training CSV is not modified.",
     )
     req = p.add_argument_group(REQUIRED)
     req.add_argument("--influence", required=True, help="influence CSV from 'sgd-influence run'")
@@ -145,9 +158,12 @@ def _add_cleanse(sub):
         required=True,
         help="cleansed CSV to write (a new .csv file, or one sgd-influence wrote)",
     )
-    g = req.add_mutually_exclusive_group(required=True)
+    g = p.add_mutually_exclusive_group()
     g.add_argument(
-        "--remove", type=int, metavar="N", help="number of most harmful rows to remove (or R)"
+        "--remove",
+        type=int,
+        metavar="N",
+        help="override the recommendation: remove the N most harmful rows (or R)",
     )
     g.add_argument(
         "--remove-ratio",
@@ -296,10 +312,13 @@ def cmd_run(args) -> int:
         report=args.report,
         thumb_size=args.thumb_size,
         label_names=args.label_names,
+        remove_ratio=args.remove_ratio,
+        recommend=not args.no_recommend,
     )
     say = _say(args.quiet)
     paths, result = run(req, log=say, progress=TqdmProgress(not args.quiet))
     say(f"influence CSV: {paths.csv}")
+    say(f"cleansed CSV (retrain on it): {paths.cleansed}")
     if paths.report:
         say(f"report: {paths.report}")
     say(f"summary: {paths.summary}")
@@ -337,7 +356,9 @@ def cmd_cleanse(args) -> int:
         args.influence, args.train, args.output, remove=args.remove, remove_ratio=args.remove_ratio
     )
     print(
-        f"removed {len(out['removed'])} rows, kept {out['kept']}: {out['output']}", file=sys.stderr
+        f"removed {len(out['removed'])} rows, relabelled {len(out['relabelled'])}, kept "
+        f"{out['kept']}: {out['output']}",
+        file=sys.stderr,
     )
     return 0
 

@@ -34,7 +34,10 @@ HELP = {
     "name without .csv)",
     "label_names": "text file with one class name per line, line 1 for label 0; the summary and "
     "the report show the names",
-    "remove_ratio": "share of the most harmful rows left out of the cleansed CSV",
+    "remove_ratio": "override the recommendation: the cleansed CSV leaves out this share of the "
+    "most harmful rows instead",
+    "recommend": "do not decide keep/relabel/remove per row; the influence then uses every "
+    "validation row instead of half",
     "quiet": "no progress bars or messages",
     "check.samples": "training samples re-run without: a third most harmful, a third most "
     "helpful, the rest random",

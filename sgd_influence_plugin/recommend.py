@@ -16,8 +16,10 @@ gains little on noisy data. The rule here (the measurements behind it are in
    decaying linearly to 0, on the data as given and on each candidate (same sample order),
    then each held-out validation row's loss. The paired difference against the data as given
    decides: a candidate counts only if it lowers the mean held-out loss by at least
-   :data:`Z_REQUIRED` standard errors. The best such candidate is the recommendation; if none
-   is, the recommendation is to change nothing.
+   :data:`Z_REQUIRED` standard errors. Of those, the recommendation is the one that changes
+   the fewest rows while staying within one standard error of the best (the one-standard-error
+   rule of model selection: a smaller change that is as good within the noise wins). If none
+   counts, the recommendation is to change nothing.
 
 The decaying rate matters: one epoch at a constant rate ends wherever the last mini-batches
 threw the parameters (held-out loss 0.40 -> 0.71 on an unchanged sample CNN), which swamps
@@ -121,6 +123,8 @@ class Candidate:
             as given (negative = better); NaN until checked.
         standard_error: standard error of that mean over the held-out rows.
         accuracy_change: the same for held-out accuracy (share; positive = better).
+        heldout_loss: float64 (V,) each held-out row's loss after the check's epoch (None
+            until checked).
 
     """
 
@@ -131,6 +135,7 @@ class Candidate:
     loss_change: float = math.nan
     standard_error: float = math.nan
     accuracy_change: float = math.nan
+    heldout_loss: Optional[np.ndarray] = None
 
     @property
     def z(self) -> float:
@@ -145,6 +150,7 @@ class Candidate:
         return self.loss_change < 0 and self.z <= -Z_REQUIRED
 
     def to_dict(self) -> Dict:
+        """For ``settings.yaml``."""
         return {
             "given_label_below": self.level,
             "action": self.action,
@@ -185,7 +191,8 @@ def paired_change(loss: np.ndarray, base: np.ndarray) -> Tuple[float, float]:
 
 def choose(checked: Sequence[Candidate]) -> Optional[Candidate]:
     """The candidate with the lowest held-out loss among those that pass; None = change
-    nothing. Ties go to the one listed first (fewer rows, relabel before remove)."""
+    nothing. Ties go to the one listed first (fewer rows, relabel before remove).
+    """
     passing = [c for c in checked if c.passes]
     return min(passing, key=lambda c: c.loss_change) if passing else None
 
@@ -238,9 +245,10 @@ class Recommendation:
             "rule": (
                 "suspects = influence < 0 in every trial and the model predicts another class; "
                 "candidates = suspects whose given label has probability below each level, "
-                "relabelled or removed; recommended = the candidate that lowers the held-out "
-                f"validation loss the most after one settling epoch, by >= {Z_REQUIRED:g} "
-                "standard errors; none passes = change nothing"
+                "relabelled or removed; a candidate passes if one settling epoch on the changed "
+                f"data lowers the held-out validation loss by >= {Z_REQUIRED:g} standard errors; "
+                "recommended = the passing candidate with the fewest rows within one standard "
+                "error of the best; none passes = change nothing"
             ),
         }
 
@@ -285,8 +293,7 @@ def build(suspects: Suspects, checked: List[Candidate], n_heldout: int, check: D
             f"change nothing: {n_suspects} suspect rows, but no change of them lowered the "
             f"held-out validation loss by {Z_REQUIRED:g} standard errors"
             + (
-                f" (best: {best.action} {len(best.rows)}, {best.loss_change:+.3g}, "
-                f"z {best.z:+.1f})"
+                f" (best: {best.action} {len(best.rows)}, {best.loss_change:+.3g}, z {best.z:+.1f})"
                 if best is not None
                 else ""
             )
@@ -386,6 +393,7 @@ def check_candidates(
                 weight[c.rows] = 0.0
             loss, correct = measure(arrays, weight, k)
             c.loss_change, c.standard_error = paired_change(loss, base_loss)
+            c.heldout_loss = loss
             if correct is not None:
                 c.accuracy_change = float(np.mean(correct - base_correct))
     finally:
@@ -404,7 +412,8 @@ SGD_SOLVERS = ("Sgd", "SgdW", "Momentum", "Nesterov")
 
 def split_validation(n: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
     """Seeded halves of the validation rows: ``(for the influence, held out for the check)``,
-    each int64 ascending; the held-out half is the smaller one when ``n`` is odd."""
+    each int64 ascending; the held-out half is the smaller one when ``n`` is odd.
+    """
     perm = np.random.RandomState(seed + SEED_OFFSET).permutation(n)
     held = n // 2
     return np.sort(perm[held:]).astype(np.int64), np.sort(perm[:held]).astype(np.int64)

@@ -146,7 +146,7 @@ def _shown_size(path: str) -> Tuple[int, int]:
     return w * k, h * k
 
 
-def _tiles(indices, scores, labels, thumbs, names) -> str:
+def _tiles(indices, scores, labels, thumbs, names, actions=None, suggested=None) -> str:
     cells = []
     for i in indices:
         width = MIN_TILE_PX + 24
@@ -159,6 +159,13 @@ def _tiles(indices, scores, labels, thumbs, names) -> str:
                 f'height="{h}" alt="row {int(i)}">'
             )
         lab = html.escape(display_label(str(labels[i]), names)) if labels is not None else ""
+        if suggested is not None and suggested[i] != "" and labels is not None:
+            act = actions[i] if actions is not None else "keep"
+            lab += (
+                f'<br><span class="meta">model: '
+                f"{html.escape(display_label(str(suggested[i]), names))}</span>"
+                + (f' <span class="act">{html.escape(act)}</span>' if act != "keep" else "")
+            )
         cells.append(
             f'<div class="tile" style="width:{width}px">{img}<div class="lab">{lab}</div>'
             f'<div class="meta">row {int(i)} &middot; {format_score(scores[i])}</div></div>'
@@ -228,6 +235,8 @@ def write_report(
     info: Dict,
     k: int = 24,
     label_names: Optional[Sequence[str]] = None,
+    actions: Optional[Sequence[str]] = None,
+    suggested: Optional[Sequence[str]] = None,
 ) -> None:
     """Write the report: top-``k`` harmful and helpful samples, histogram, per-class counts.
 
@@ -239,6 +248,8 @@ def write_report(
         info: run facts; scalar values are listed, ``warnings`` shown on top.
         k: samples shown in each of the harmful and helpful rows.
         label_names: class names, ``label_names[j]`` for label j; None = numbers only.
+        actions / suggested: (N,) the recommendation's action and the model's class per row
+            ('' = none); each tile shows the given label beside the suggested one.
 
     """
     order = np.argsort(scores, kind="stable")
@@ -249,6 +260,26 @@ def write_report(
         f"<tr><td>{html.escape(what)}</td><td>{html.escape(value)}</td></tr>"
         for what, value in run_rows(info)
     )
+    rec = info.get("recommendation") or {}
+    counts = rec.get("counts", {})
+    recommendation = (
+        f"<h2>Recommendation</h2><p><b>keep {counts.get('keep', 0)}, relabel "
+        f"{counts.get('relabel', 0)}, remove {counts.get('remove', 0)}</b>. "
+        f"{html.escape(str(rec.get('reason', '')))}.</p>"
+        + (
+            "<p>Next: retrain on the cleansed CSV written beside the influence CSV; it applies "
+            "this recommendation.</p>"
+            if counts.get("relabel", 0) or counts.get("remove", 0)
+            else "<p>Next: nothing to change.</p>"
+        )
+        if rec
+        else ""
+    )
+    changed = [i for i in order if actions is not None and actions[i] != "keep"]
+    if changed:
+        recommendation += "<h3>Rows to change (most harmful first)</h3>" + _tiles(
+            changed[:k], scores, labels, thumbs, label_names, actions, suggested
+        )
     warnings = "".join(
         f'<p class="warn">Warning: {html.escape(str(w))}</p>' for w in info.get("warnings", [])
     )
@@ -259,14 +290,18 @@ def write_report(
 .tile img{{image-rendering:pixelated;display:block;margin:0 auto 3px}} .lab{{font-weight:bold}}
 .meta{{color:#555}} td{{padding:2px 8px}}
 .warn{{background:#fff3cd;padding:6px;border:1px solid #e0c060}}
+.act{{background:#cc3311;color:#fff;padding:0 4px;border-radius:3px}}
 </style></head><body>
 <h1>SGD-influence report</h1>
 <p>Influence = estimated change of the mean validation loss if the sample were removed from
 training. <b>Negative = harmful</b> (removing it would lower the validation loss).</p>
 <p>Each tile: the image, its label, its row in the training CSV (0-based, the influence CSV's
 <code>datasource_index</code>) and its influence.</p>
-{warnings}<h2>Most harmful</h2>{_tiles(order[:k], scores, labels, thumbs, label_names)}
-<h2>Most helpful</h2>{_tiles(order[::-1][:k], scores, labels, thumbs, label_names)}
+{warnings}{recommendation}
+<h2>Most harmful</h2>{_tiles(order[:k], scores, labels, thumbs, label_names, actions, suggested)}
+<h2>Most helpful</h2>{
+        _tiles(order[::-1][:k], scores, labels, thumbs, label_names, actions, suggested)
+    }
 <h2>Distribution</h2>{plots}
 <h2>Run</h2><table>{facts}</table>
 </body></html>

@@ -6,6 +6,7 @@ scores computed by :func:`.api.compute_influence`, the files written by :mod:`.o
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from . import __version__, interrupts, validation
+from . import recommend as recommend_mod
 from .api import InfluenceResult, compute_influence
+from .core import mean_loss
 from .errors import OutputError
 from .inputs import load_inputs
 from .io_utils import makedirs_tracked
@@ -35,8 +38,11 @@ class RunRequest:
         settings: the influence settings.
         cache_dir: keep the cache here; None = temporary, removed at the end.
         report: also write ``<stem>_report.html``.
-        remove_ratio: also write ``<stem>_cleansed.csv`` beside the output without this share
-            of the most harmful rows (None = don't).
+        remove_ratio: override the recommendation: ``<stem>_cleansed.csv`` is the training
+            CSV without this share of the most harmful rows (None = apply the recommendation).
+        recommend: decide keep / relabel / remove for every row (see :mod:`.recommend`): the
+            influence then uses a seeded half of the validation rows and the check the other
+            half. False = use every validation row for the influence, recommend nothing.
         thumb_size: thumbnail box in pixels (16..512).
         label_names: text file with one class name per line, line 1 for label 0 (see
             :mod:`.labels`); the summary and the report show the names. None = numbers only.
@@ -53,6 +59,7 @@ class RunRequest:
     cache_dir: Optional[str] = None
     report: bool = False
     remove_ratio: Optional[float] = None
+    recommend: bool = True
     thumb_size: int = 64
     label_names: Optional[str] = None
 
@@ -120,6 +127,10 @@ def run(
         f"{train.size} training and {val.size} validation samples; "
         f"{model.n_params} trained parameters"
     )
+    val_for_influence, heldout, why_not = _split_for_check(request, info, train, val, settings)
+    loss0 = loaded.val_loss
+    if heldout is not None:
+        loss0 = mean_loss(model, val_for_influence, settings.val_batch_size)
     made_cache: Optional[str] = None
     try:
         if request.cache_dir is not None:
@@ -127,15 +138,37 @@ def run(
         result = compute_influence(
             model,
             train.arrays,
-            val.arrays,
+            val_for_influence,
             settings,
             request.cache_dir,
             progress=interrupts.checked_progress(progress),
             log=log,
-            val_loss_start=loaded.val_loss,
+            val_loss_start=loss0,
         )
+        if heldout is None:
+            rec = recommend_mod.unavailable(train.size, why_not)
+        else:
+            curv = result.run.curvature
+            rec = recommend_mod.recommend(
+                model,
+                train.arrays,
+                heldout,
+                next(iter(info.label_classes)),
+                result.trial_scores,
+                result.run.batch_size,
+                result.run.weight_decay,
+                curv.lambda_max if curv is not None else math.nan,
+                settings.seed,
+                progress=interrupts.checked_progress(progress),
+                log=log,
+            )
         facts = run_facts(result, settings, info, model.n_params, loaded.train_csv, loaded.val_csv)
         facts["n_train"], facts["n_val"] = train.size, val.size
+        facts["recommendation"] = rec.to_dict()
+        facts["validation_rows"] = {
+            "influence": len(next(iter(val_for_influence.values()))),
+            "heldout_for_check": rec.n_heldout,
+        }
         facts["timings_seconds"]["reading"] = round(loaded.read_seconds, 4)
         facts["label_names"] = os.path.abspath(request.label_names) if request.label_names else None
         paths = write_influence_output(
@@ -147,6 +180,7 @@ def run(
             request.thumb_size,
             request.report,
             remove_ratio=request.remove_ratio,
+            recommendation=rec,
             flag=flags.output,
             losses=result.losses,
             trial_scores=result.trial_scores,
@@ -166,6 +200,31 @@ def run(
             ) from e
         raise
     return paths, result
+
+
+def _split_for_check(request: RunRequest, info, train, val, settings):
+    """``(validation arrays for the influence, held-out arrays for the check or None, why
+    not)``: the recommendation needs a classifier (one categorical label column and an
+    executor network) and enough validation rows for two halves.
+    """
+    need = 2 * recommend_mod.MIN_HELDOUT
+    if not request.recommend:
+        why = "no recommendation: turned off"
+    elif len(info.label_classes) != 1 or not info.runtime_network:
+        why = (
+            "no recommendation: it needs a classifier (one categorical label and an executor "
+            "network that outputs class scores)"
+        )
+    elif val.size < need:
+        why = (
+            f"no recommendation: {val.size} validation rows; at least {need} are needed (half "
+            "for the influence, half held out to check the recommendation)"
+        )
+    else:
+        first, held = recommend_mod.split_validation(val.size, settings.seed)
+        pick = lambda idx: {k: v[idx] for k, v in val.arrays.items()}  # noqa: E731
+        return pick(first), pick(held), ""
+    return val.arrays, None, why
 
 
 def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_csv) -> dict:

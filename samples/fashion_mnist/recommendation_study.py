@@ -35,7 +35,6 @@ from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
 from support import fashion_mnist  # noqa: E402
 from support.netdef import NetSpec, write_nntxt  # noqa: E402
 
-
 #: Added to the seed for the label noise (see :func:`collect`).
 NOISE_SEED_OFFSET = 1000
 
@@ -160,8 +159,10 @@ def collect(a):
             f,
             indent=1,
         )
-    print(f"{out}: test accuracy {acc:.4f}, trained in {train_seconds:.0f} s, scored in "
-          f"{infl_seconds:.0f} s")
+    print(
+        f"{out}: test accuracy {acc:.4f}, trained in {train_seconds:.0f} s, scored in "
+        f"{infl_seconds:.0f} s"
+    )
 
 
 if __name__ == "__main__":
@@ -206,16 +207,19 @@ def finetune_check(a, epochs=1):
             weight = (~flag).astype(np.float32)
         for e in range(epochs):
             order = np.random.RandomState(1000 + e).permutation(n)
-            core.sgd_epoch(model, arrays, order, np.full(core.n_steps(n, B), lr), B,
-                           sample_weight=weight)
+            core.sgd_epoch(
+                model, arrays, order, np.full(core.n_steps(n, B), lr), B, sample_weight=weight
+            )
         results[variant] = (core.per_sample_losses(model, val), core.per_sample_losses(model, test))
     base_v, base_t = results["original"]
     for variant in ("relabel", "remove"):
         v, t = results[variant]
         d = v - base_v
-        print(f"{out} {variant}: flagged {flag.sum()}, val dloss {d.mean():+.4f} +- "
-              f"{d.std() / np.sqrt(len(d)):.4f} (z {d.mean() / (d.std() / np.sqrt(len(d))):+.1f})"
-              f", test dloss {(t - base_t).mean():+.4f}")
+        print(
+            f"{out} {variant}: flagged {flag.sum()}, val dloss {d.mean():+.4f} +- "
+            f"{d.std() / np.sqrt(len(d)):.4f} (z {d.mean() / (d.std() / np.sqrt(len(d))):+.1f})"
+            f", test dloss {(t - base_t).mean():+.4f}"
+        )
 
 
 if __name__ == "__main__" and args.command == "check":
@@ -250,9 +254,12 @@ def grid(a):
         prec = flipped[c.rows].mean()
         rec_ = flipped[c.rows].sum() / max(1, flipped.sum())
         fixed = (c.new_labels == s["true_labels"][c.rows]).mean()
-        print(f"  <{c.level:<4g} {c.action:7s} n={len(c.rows):5d} P={prec:.3f} R={rec_:.3f} "
-              f"relabel-right={fixed:.3f} dloss={c.loss_change:+.4f} z={c.z:+6.1f} "
-              f"dacc={c.accuracy_change:+.4f} {'PASS' if c.passes else ''}", flush=True)
+        print(
+            f"  <{c.level:<4g} {c.action:7s} n={len(c.rows):5d} P={prec:.3f} R={rec_:.3f} "
+            f"relabel-right={fixed:.3f} dloss={c.loss_change:+.4f} z={c.z:+6.1f} "
+            f"dacc={c.accuracy_change:+.4f} {'PASS' if c.passes else ''}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__" and args.command == "grid":

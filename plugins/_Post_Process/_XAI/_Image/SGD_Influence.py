@@ -23,7 +23,10 @@ Starting from the trained parameters, runs the last epoch of plain SGD again, ke
 final parameters, the sample order and the learning rates; then replays that epoch backwards to
 estimate, for every training sample, how the validation loss would change if the sample were
 removed. Negative influence = harmful. The output CSV is sorted so the most harmful come first,
-with thumbnails, and a cleansed training CSV without the most harmful share is written beside it.
+with thumbnails. The run also recommends, for every row, keep, relabel (to the model's class)
+or remove, and keeps a change only if it lowered the loss on validation rows the influence did
+not see; on clean data that is usually "change nothing". The cleansed training CSV beside the
+output applies the recommendation: retrain on it. A remove ratio overrides the recommendation.
 Every file is named after the output CSV (influence.csv: influence_thumbnails/,
 influence_cleansed.csv, ...); files the plugin did not write are never replaced.
 
@@ -123,9 +126,10 @@ def build_parser():
     p.add_argument(
         "-r",
         "--remove_ratio",
-        type=float,
-        default=0.05,
-        help=HELP["remove_ratio"] + " (float) default=0.05",
+        default="",
+        help="empty = the cleansed CSV applies the recommendation; a share 0..1 = "
+        + HELP["remove_ratio"]
+        + " (text) default=",
     )
     p.add_argument(
         "--report",
@@ -141,6 +145,22 @@ def build_parser():
         help=HELP["label_names"] + "; empty = the label numbers (file) default=",
     )
     return p
+
+
+def _ratio(text):
+    """The dialog's remove ratio: None when empty (apply the recommendation)."""
+    from sgd_influence_plugin.errors import SettingsError
+
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingsError(
+            f"--remove_ratio {text!r}: give a share between 0 and 1, or leave it empty to apply "
+            "the recommendation"
+        ) from None
 
 
 def main(argv=None):
@@ -182,7 +202,7 @@ def main(argv=None):
                 context=args.context,
             ),
             report=args.report,
-            remove_ratio=args.remove_ratio,
+            remove_ratio=_ratio(args.remove_ratio),
             label_names=args.label_names or None,
         )
         paths, _ = run(request, log=say, progress=LogProgress(say), flags=PLUGIN_FLAGS)
