@@ -134,7 +134,7 @@ def _add_run(sub):
     p.add_argument(
         "--no-recommend",
         action="store_true",
-        help=HELP["recommend"] + " (default: recommend)",
+        help=HELP["recommend"] + " (default: off)",
     )
     p.add_argument("--quiet", action="store_true", help=HELP["quiet"] + " (default: off)")
     p.set_defaults(func=cmd_run)
@@ -163,13 +163,15 @@ def _add_cleanse(sub):
         "--remove",
         type=int,
         metavar="N",
-        help="override the recommendation: remove the N most harmful rows (or R)",
+        help="override the recommendation: remove the N most harmful rows, or R (default: "
+        "apply the influence CSV's action column)",
     )
     g.add_argument(
         "--remove-ratio",
         type=float,
         metavar="R",
-        help=HELP["remove_ratio"] + ", 0 <= R < 1, rounded to whole rows (or N)",
+        help=HELP["remove_ratio"] + ", 0 <= R < 1, rounded to whole rows, or N (default: "
+        "apply the influence CSV's action column)",
     )
     p.set_defaults(func=cmd_cleanse)
 

@@ -35,6 +35,7 @@ PRODUCT_MODULES = (
     "output.py",
     "parallel.py",
     "progress.py",
+    "recommend.py",
     "report.py",
     "runner.py",
     "settings.py",
