@@ -16,7 +16,9 @@ gains little on noisy data. The rule here (the measurements behind it are in
    decaying linearly to 0, on the data as given and on each candidate (same sample order),
    then each held-out validation row's loss. The paired difference against the data as given
    decides: a candidate counts only if it lowers the mean held-out loss by at least
-   :data:`Z_REQUIRED` standard errors. Of those, the recommendation is the one that changes
+   :func:`z_required` standard errors, a Bonferroni bound over the candidates tried, so that
+   noise alone makes a run change anything with probability at most :data:`FAMILY_ALPHA`. Of
+   those, the recommendation is the one that changes
    the fewest rows while staying within one standard error of the best (the one-standard-error
    rule of model selection: a smaller change that is as good within the noise wins). If none
    counts, the recommendation is to change nothing.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -42,8 +45,10 @@ from . import core
 #: Probability levels of the given label at which suspects become candidates. The levels are
 #: probabilities, so they mean the same for any network; the check, not the level, decides.
 GIVEN_LABEL_LEVELS = (0.05, 0.1, 0.2, 0.5)
-#: How many standard errors a candidate must lower the held-out loss by (one-sided ~2.3%).
-Z_REQUIRED = 2.0
+#: The chance, at most, that noise alone makes a run recommend a change (one-sided, over all
+#: the candidates it tries; see :func:`z_required`). On clean labels a LeNet-style case had a
+#: 213-row candidate at z = -2.7 among 8: a 2-standard-error bar would have removed them.
+FAMILY_ALPHA = 0.01
 #: Fewer held-out rows than this cannot back a recommendation (the standard error of the
 #: mean loss difference is then too rough): the recommendation is to change nothing.
 MIN_HELDOUT = 100
@@ -144,12 +149,11 @@ class Candidate:
             return 0.0 if self.loss_change == 0 else math.copysign(math.inf, self.loss_change)
         return self.loss_change / self.standard_error
 
-    @property
-    def passes(self) -> bool:
-        """Lowers the held-out loss by at least :data:`Z_REQUIRED` standard errors."""
-        return self.loss_change < 0 and self.z <= -Z_REQUIRED
+    def passes(self, z_bar: float) -> bool:
+        """Lowers the held-out loss by at least ``z_bar`` standard errors."""
+        return self.loss_change < 0 and self.z <= -z_bar
 
-    def to_dict(self) -> Dict:
+    def to_dict(self, z_bar: float) -> Dict:
         """For ``settings.yaml``."""
         return {
             "given_label_below": self.level,
@@ -159,7 +163,7 @@ class Candidate:
             "standard_error": _round(self.standard_error),
             "z": _round(self.z, 3),
             "heldout_accuracy_change": _round(self.accuracy_change),
-            "passes": bool(self.passes),
+            "passes": bool(self.passes(z_bar)),
         }
 
 
@@ -189,12 +193,35 @@ def paired_change(loss: np.ndarray, base: np.ndarray) -> Tuple[float, float]:
     return float(d.mean()), se
 
 
-def choose(checked: Sequence[Candidate]) -> Optional[Candidate]:
-    """The candidate with the lowest held-out loss among those that pass; None = change
-    nothing. Ties go to the one listed first (fewer rows, relabel before remove).
+def z_required(n_candidates: int, alpha: float = FAMILY_ALPHA) -> float:
+    """Standard errors a candidate must lower the held-out loss by: the one-sided normal
+    quantile at ``alpha / n_candidates`` (Bonferroni), e.g. 3.02 for 8 candidates.
     """
-    passing = [c for c in checked if c.passes]
-    return min(passing, key=lambda c: c.loss_change) if passing else None
+    return NormalDist().inv_cdf(1.0 - alpha / max(1, n_candidates))
+
+
+def choose(checked: Sequence[Candidate]) -> Optional[Candidate]:
+    """The recommended candidate, or None (change nothing).
+
+    A candidate passes if it lowers the held-out loss by :func:`z_required` standard errors
+    for ``len(checked)`` candidates. Among those, the best is the one with the lowest held-out
+    loss; the choice is the one with the fewest changed rows (then the lower loss) whose
+    held-out loss is within one paired standard error of the best's.
+    """
+    z_bar = z_required(len(checked))
+    passing = [c for c in checked if c.passes(z_bar)]
+    if not passing:
+        return None
+    best = min(passing, key=lambda c: c.loss_change)
+    for c in sorted(passing, key=lambda c: (len(c.rows), c.loss_change)):
+        if c is best:
+            return c
+        if c.heldout_loss is None or best.heldout_loss is None:
+            continue
+        gap, se = paired_change(c.heldout_loss, best.heldout_loss)
+        if gap <= se:
+            return c
+    return best
 
 
 @dataclass
@@ -233,20 +260,23 @@ class Recommendation:
 
     def to_dict(self) -> Dict:
         """For ``settings.yaml``."""
+        z_bar = z_required(len(self.checked))
         return {
             "available": self.available,
             "reason": self.reason,
             "counts": self.counts(),
             "suspects": self.n_suspects,
             "heldout_rows": self.n_heldout,
-            "chosen": self.chosen.to_dict() if self.chosen else None,
-            "checked": [c.to_dict() for c in self.checked],
+            "z_required": round(z_bar, 3) if self.checked else None,
+            "chosen": self.chosen.to_dict(z_bar) if self.chosen else None,
+            "checked": [c.to_dict(z_bar) for c in self.checked],
             "check": dict(self.check),
             "rule": (
                 "suspects = influence < 0 in every trial and the model predicts another class; "
                 "candidates = suspects whose given label has probability below each level, "
                 "relabelled or removed; a candidate passes if one settling epoch on the changed "
-                f"data lowers the held-out validation loss by >= {Z_REQUIRED:g} standard errors; "
+                "data lowers the held-out validation loss by >= z_required standard errors "
+                f"(Bonferroni: noise alone passes one with chance <= {FAMILY_ALPHA:g}); "
                 "recommended = the passing candidate with the fewest rows within one standard "
                 "error of the best; none passes = change nothing"
             ),
@@ -291,7 +321,7 @@ def build(suspects: Suspects, checked: List[Candidate], n_heldout: int, check: D
         best = min(checked, key=lambda c: c.loss_change) if checked else None
         reason = (
             f"change nothing: {n_suspects} suspect rows, but no change of them lowered the "
-            f"held-out validation loss by {Z_REQUIRED:g} standard errors"
+            f"held-out validation loss by {z_required(len(checked)):.2f} standard errors"
             + (
                 f" (best: {best.action} {len(best.rows)}, {best.loss_change:+.3g}, z {best.z:+.1f})"
                 if best is not None

@@ -78,25 +78,47 @@ def _checked(n_rows, shift, base, rng, noise=0.01, action="remove"):
     return c
 
 
+def test_the_bar_is_bonferroni_over_the_candidates():
+    assert rc.z_required(1) == pytest.approx(2.326, abs=1e-3)  # one-sided 1%
+    assert rc.z_required(8) == pytest.approx(3.023, abs=1e-3)  # 1% / 8
+    rng = np.random.RandomState(9)
+    base = rng.rand(2000)
+    c = _checked(10, 0.0, base, rng, noise=0.0)
+    c.loss_change, c.standard_error = -2.5, 1.0  # z = -2.5
+    assert c.passes(rc.z_required(1)) and not c.passes(rc.z_required(8))
+    assert rc.choose([c]) is c
+    others = [_checked(10 + k, +0.01, base, rng) for k in range(7)]
+    assert rc.choose([c] + others) is None  # the same evidence among 8 tries is not enough
+
+
 def test_choose_takes_the_fewest_rows_within_one_standard_error_of_the_best():
     rng = np.random.RandomState(3)
     base = rng.rand(2000)
-    small, same, best, worse = (
+    small, mid, best, worse = (
         _checked(10, -0.05, base, rng),
         _checked(20, -0.0502, base, rng),
         _checked(30, -0.08, base, rng),
         _checked(5, +0.02, base, rng),
     )
-    assert [c.passes for c in (small, same, best, worse)] == [True, True, True, False]
-    assert rc.choose([small, same, best, worse]) is best  # 0.03 apart: far beyond 1 SE
+    bar = rc.z_required(4)
+    assert [c.passes(bar) for c in (small, mid, best, worse)] == [True, True, True, False]
+    assert rc.choose([small, mid, best, worse]) is best  # 0.03 apart: far beyond 1 SE
+    # Fewer rows and worse than the best by a third of a paired standard error: chosen.
     close = _checked(8, 0.0, base, rng)
-    wiggle = rng.randn(len(base)) * 0.001
-    close.heldout_loss = best.heldout_loss + wiggle - wiggle.mean()  # as good as the best
+    wiggle = rng.randn(len(base)) * 0.01
+    wiggle -= wiggle.mean()
+    gap_se = wiggle.std(ddof=1) / np.sqrt(len(base))
+    close.heldout_loss = best.heldout_loss + wiggle + gap_se / 3
     close.loss_change, close.standard_error = rc.paired_change(close.heldout_loss, base)
-    assert rc.choose([small, same, best, worse, close]) is close  # fewer rows, as good
+    assert close.loss_change > best.loss_change
+    assert rc.choose([small, mid, best, worse, close]) is close
+    # Worse by two paired standard errors: the best stays.
+    close.heldout_loss = best.heldout_loss + wiggle + 2 * gap_se
+    close.loss_change, close.standard_error = rc.paired_change(close.heldout_loss, base)
+    assert rc.choose([small, mid, best, worse, close]) is best
     assert rc.choose([worse]) is None
     insignificant = _checked(10, -0.0001, base, rng, noise=0.05)
-    assert not insignificant.passes and rc.choose([insignificant]) is None
+    assert not insignificant.passes(rc.z_required(1)) and rc.choose([insignificant]) is None
 
 
 def test_build_changes_nothing_when_no_candidate_passes():
@@ -324,7 +346,8 @@ def test_on_known_flips_the_changed_rows_are_the_flips(flipped_world, tmp_path):
     facts = yaml.safe_load(open(paths.settings))
     rec = facts["recommendation"]
     assert rec["counts"]["relabel"] + rec["counts"]["remove"] == changed.sum()
-    assert rec["chosen"]["passes"] and rec["chosen"]["z"] <= -rc.Z_REQUIRED
+    assert rec["chosen"]["passes"] and rec["chosen"]["z"] <= -rec["z_required"]
+    assert rec["z_required"] == pytest.approx(rc.z_required(len(rec["checked"])), abs=1e-3)
     assert facts["validation_rows"] == {"influence": 200, "heldout_for_check": 200}
     # The cleansed CSV is what the recommendation says, row for row.
     cleansed = _rows(paths.cleansed)

@@ -257,7 +257,7 @@ def grid(a):
         print(
             f"  <{c.level:<4g} {c.action:7s} n={len(c.rows):5d} P={prec:.3f} R={rec_:.3f} "
             f"relabel-right={fixed:.3f} dloss={c.loss_change:+.4f} z={c.z:+6.1f} "
-            f"dacc={c.accuracy_change:+.4f} {'PASS' if c.passes else ''}",
+            f"dacc={c.accuracy_change:+.4f} {'PASS' if c.passes(rc.z_required(len(cands))) else ''}",
             flush=True,
         )
 
