@@ -420,7 +420,7 @@ def _recommendation_cells(rec, n: int):
     )
 
 
-def _recommendation_text(rec, actions, labels, suggested, names=None) -> str:
+def _recommendation_text(rec, actions, labels, suggested, names=None, cleansed="") -> str:
     """The summary's recommendation section: what, how many, why, and what to do next."""
     lines = ["", "RECOMMENDATION"]
     if rec is None:
@@ -439,7 +439,7 @@ def _recommendation_text(rec, actions, labels, suggested, names=None) -> str:
         )
     if counts["relabel"] or counts["remove"]:
         lines.append(
-            "next: retrain on the cleansed CSV (<stem>_cleansed.csv beside this file), which "
+            f"next: retrain on {cleansed or 'the cleansed CSV'} (beside this file), which "
             "applies it; review the rows marked relabel/remove in the influence CSV first if "
             "you can"
         )
@@ -659,7 +659,14 @@ def write_influence_output(
         with open(staged(paths.summary), "w") as f:
             f.write(
                 _summary_text(scores, labels, train, image_col, info, label_names)
-                + _recommendation_text(recommendation, actions, labels, suggested, label_names)
+                + _recommendation_text(
+                    recommendation,
+                    actions,
+                    labels,
+                    suggested,
+                    label_names,
+                    os.path.basename(paths.cleansed),
+                )
             )
         if report:
             from .report import write_report

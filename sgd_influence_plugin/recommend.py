@@ -401,7 +401,12 @@ def check_candidates(
 
     def measure(arrays, weight, k):
         model.set_params(theta0)
-        stage = None if progress is None else (lambda s, d, t: progress(f"check {k}/{total}", d, t))
+        stage = None
+        if progress is not None:  # one stage for all the check's epochs, in steps
+
+            def stage(_name, done, steps):
+                progress("checking the recommendation", (k - 1) * steps + done, total * steps)
+
         settle_epoch(model, arrays, order, lr, batch_size, weight_decay, weight, graphs, stage)
         loss = core.per_sample_losses(model, heldout, val_batch_size)
         correct = None

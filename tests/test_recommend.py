@@ -229,7 +229,7 @@ def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
     summary = open(paths.summary).read()
     assert "RECOMMENDATION" in summary and "keep 45, relabel 3, remove 2 of 50 rows" in summary
     assert "why: relabel 3 rows: made up for the test" in summary
-    assert "retrain on the cleansed CSV" in summary
+    assert "next: retrain on influence_cleansed.csv (beside this file)" in summary
     page = open(paths.report, encoding="utf-8").read()
     assert "<h2>Recommendation</h2>" in page and "keep 45, relabel 3, remove 2" in page
     changed = page.split("Rows to change")[1].split("<h2>")[0]
