@@ -363,3 +363,22 @@ def test_on_clean_labels_it_changes_next_to_nothing(flipped_world, tmp_path):
     rows = _rows(paths.csv)
     changed = sum(r["action"] != "keep" for r in rows)
     assert changed <= 12, open(paths.summary).read()  # at most 1% of the rows
+
+
+def test_no_recommend_gives_the_scores_every_validation_row(flipped_world, tmp_path):
+    worlds, _ = flipped_world
+    folder, data = worlds["noisy"]
+    req = RunRequest(
+        output=str(tmp_path / "off" / "influence.csv"),
+        model=os.path.join(folder, "results.nnp"),
+        train=data["train"],
+        val=data["val"],
+        settings=InfluenceSettings(jobs=1, trials=1),
+        recommend=False,
+    )
+    paths, result = run(req)
+    facts = yaml.safe_load(open(paths.settings))
+    assert facts["validation_rows"] == {"influence": 400, "heldout_for_check": 0}
+    assert facts["recommendation"]["reason"] == "no recommendation: turned off"
+    assert {r["action"] for r in _rows(paths.csv)} == {"keep"}
+    assert len(_rows(paths.cleansed)) == 1200
