@@ -15,7 +15,7 @@ the ranking is useless for cleansing.
 
 Outputs, named after the ``--output`` CSV (``check.csv``): ``check.csv`` (one row per checked
 sample), ``check_plot.png`` (estimate vs actual) and ``check_settings.yaml`` (settings and
-figures), written with the ownership rules and atomic commit of :mod:`.output`.
+figures), written with the ownership rule and all-or-nothing commit of :mod:`.ownership`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import api, core, interrupts, output, validation
+from . import api, core, interrupts, output, ownership, validation
 from .errors import ComputationError, OutputError, SettingsError
 from .settings import InfluenceSettings, write_yaml
 
@@ -335,8 +335,8 @@ def check_output_places(
     validation.check_output_csv(out_csv, flag, inputs, image_dirs)
     folder = os.path.dirname(os.path.abspath(out_csv))
     if os.path.isdir(folder):
-        output.read_ledger(folder)
-    output.check_replaceable(os.path.abspath(out_csv), flag)
+        ownership.read_ledger(folder)
+    ownership.check_replaceable(os.path.abspath(out_csv), flag)
     for kind in CHECK_COMPANIONS:
         target = companion(out_csv, kind)
         for src in inputs:
@@ -346,7 +346,7 @@ def check_output_places(
                 raise SettingsError(
                     f"{target}: refusing to overwrite the input {src}; choose another {flag} name"
                 )
-        output.check_replaceable(target, flag)
+        ownership.check_replaceable(target, flag)
 
 
 def _plot(path: str, result: CheckResult) -> None:
@@ -404,8 +404,8 @@ def write_check_output(
     paths.update({kind: companion(out_csv, kind) for kind in CHECK_COMPANIONS})
     folder = os.path.dirname(paths["csv"])
     for path in paths.values():
-        output.check_replaceable(path, flag)
-    with output.staging(folder, flag) as stage:
+        ownership.check_replaceable(path, flag)
+    with ownership.staging(folder, flag) as stage:
 
         def staged(path: str) -> str:
             return os.path.join(stage, os.path.basename(path))
@@ -428,7 +428,9 @@ def write_check_output(
         write_yaml(staged(paths["settings"]), facts)
         moves = [(staged(paths[k]), paths[k]) for k in CHECK_COMPANIONS]
         try:
-            output.commit_staged(folder, moves + [(staged(paths["csv"]), paths["csv"])], [], flag)
+            ownership.commit_staged(
+                folder, moves + [(staged(paths["csv"]), paths["csv"])], [], flag
+            )
         except OSError as e:
             raise OutputError(
                 f"{e.filename or folder}: cannot write ({e.strerror or e}); give another {flag}"

@@ -100,7 +100,11 @@ def nearest_existing(path: str) -> str:
 
 
 def makedirs_tracked(folder: str) -> list:
-    """Create ``folder`` and missing parents; return the folders created, deepest last."""
+    """Create ``folder`` and missing parents; return the folders created, deepest last.
+
+    If creating one fails (a name too long, no permission, a full disk), the folders this
+    call already made are removed again before the error is raised.
+    """
     missing = []
     p = os.path.abspath(folder)
     while not os.path.lexists(p):
@@ -109,7 +113,11 @@ def makedirs_tracked(folder: str) -> list:
         if parent == p:
             break
         p = parent
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        remove_empty_folders(list(reversed(missing)))
+        raise
     return list(reversed(missing))
 
 

@@ -20,40 +20,36 @@ Everything else is named after the CSV (see :data:`COMPANIONS`): for ``out/influ
 training-row order) and, on request, ``out/influence_report.html`` and
 ``out/influence_cleansed.csv``.
 
-Ownership: the tool replaces only what it wrote. It keeps the names and SHA-256 digests of the
-files it wrote in each output folder in :data:`LEDGER`, and puts :data:`THUMBNAILS_MARKER`
-in every thumbnails folder it makes. An existing file is replaced only when the ledger lists it
-with its current content, and an existing thumbnails folder only when it holds the marker;
-anything else is refused (:class:`~sgd_influence_plugin.errors.OutputError`) before computing.
-A run's files are staged in a hidden folder first and moved into place only when all are
-complete, the CSV last.
+Ownership (:mod:`.ownership`, the rule every writer follows): the tool replaces only what it
+wrote, recorded in each output folder's ledger, and a thumbnails folder only when it holds the
+marker; anything else is refused (:class:`~sgd_influence_plugin.errors.OutputError`) before
+computing. A run's files are staged in a hidden folder first and put in place all together or
+not at all (:func:`~sgd_influence_plugin.ownership.commit_staged`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import json
 import os
-import shutil
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from . import interrupts
 from .dataset import Dataset, read_csv_table
-from .errors import DatasetError, InputError, OutputError, SettingsError
-from .io_utils import (
-    atomic_write,
-    makedirs_tracked,
-    remove_empty_folders,
-    sha256_file,
-)
+from .errors import DatasetError, InputError, SettingsError
 from .labels import display_label
+from .ownership import (  # noqa: F401 - re-exported: the rule's names, where callers know them
+    LEDGER,
+    THUMBNAILS_MARKER,
+    check_replaceable,
+    commit_staged,
+    read_ledger,
+    staging,
+    written_by_tool,
+)
 
 INFLUENCE_COLUMNS = ["x:image", "y:label", "influence", "loss", "datasource_index", "original"]
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -72,10 +68,6 @@ COMPANIONS: Dict[str, str] = {
 #: write again is removed (if the tool wrote it), so no stale view sits beside a new CSV. A
 #: cleansed CSV is data the user may be training on: it is never removed, only replaced.
 _VIEWS = ("thumbnails", "report", "trials")
-#: Marker file in every thumbnails folder the tool makes.
-THUMBNAILS_MARKER = ".sgd_influence_thumbnails"
-#: Per output folder: the files the tool wrote there, name -> SHA-256 digests.
-LEDGER = ".sgd_influence_written.json"
 
 
 @dataclass
@@ -103,167 +95,6 @@ def planned_paths(out_csv: str) -> OutputPaths:
         csv=os.path.abspath(out_csv),
         **{kind: companion_path(out_csv, kind) for kind in COMPANIONS},
     )
-
-
-# ----------------------------------------------------------------------------------------
-# Ownership
-# ----------------------------------------------------------------------------------------
-
-
-def read_ledger(folder: str) -> Dict[str, List[str]]:
-    """The ledger of ``folder``: file name -> accepted SHA-256 digests ({} if none).
-
-    Raises:
-        OutputError: a file of that name exists but is not a ledger this tool wrote.
-
-    """
-    path = os.path.join(folder, LEDGER)
-    if not os.path.lexists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        files = data["files"]
-        if not isinstance(files, dict):
-            raise TypeError("files is not a mapping")
-        return {str(k): [str(h) for h in v] for k, v in files.items()}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise OutputError(
-            f"{path}: cannot tell which files here sgd-influence wrote, this list of them is "
-            f"unreadable ({e}); write the output into another folder"
-        ) from e
-
-
-def _write_ledger(folder: str, files: Dict[str, List[str]]) -> None:
-    data = {
-        "about": "files sgd-influence wrote in this folder and may replace: name -> SHA-256",
-        "files": {k: v for k, v in sorted(files.items()) if v},
-    }
-    with atomic_write(os.path.join(folder, LEDGER), encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-
-
-def written_by_tool(path: str) -> bool:
-    """True if ``path`` is a file this tool wrote and nobody changed since (see the ledger),
-    or a thumbnails folder it made (holding :data:`THUMBNAILS_MARKER`).
-    """
-    if os.path.islink(path):
-        return False
-    if os.path.isdir(path):
-        return os.path.isfile(os.path.join(path, THUMBNAILS_MARKER))
-    if not os.path.isfile(path):
-        return False
-    digests = read_ledger(os.path.dirname(os.path.abspath(path))).get(os.path.basename(path))
-    return bool(digests) and sha256_file(path) in digests
-
-
-def check_replaceable(path: str, flag: str = "--output", folder: bool = False) -> None:
-    """Refuse to write ``path`` if something the tool did not write is there.
-
-    Args:
-        path: a file (or, with ``folder``, a thumbnails folder) a run would replace.
-        flag: the option that chose it, for the message.
-        folder: ``path`` is a folder the tool makes.
-
-    Raises:
-        OutputError: ``path`` exists and is not the tool's (see :func:`written_by_tool`), or
-            has the wrong kind (a folder where a file goes, or the other way round).
-
-    """
-    if not os.path.lexists(path):
-        return
-    what = "folder" if folder else "file"
-    if folder != (os.path.isdir(path) and not os.path.islink(path)) or not written_by_tool(path):
-        made = (
-            f"has no {THUMBNAILS_MARKER} marker, so sgd-influence did not make it"
-            if folder and os.path.isdir(path)
-            else "was not written by sgd-influence (or was edited since)"
-        )
-        raise OutputError(
-            f"{path}: already exists and {made}; it is left alone. Give another {flag} name, "
-            f"or move or delete that {what} yourself"
-        )
-
-
-# ----------------------------------------------------------------------------------------
-# Staging and committing
-# ----------------------------------------------------------------------------------------
-
-
-def _write_failed(error: OSError, where: str, flag: str) -> OutputError:
-    target = error.filename or where
-    return OutputError(
-        f"{target}: cannot write ({error.strerror or error}); nothing was written. Free some "
-        f"space or fix the permissions, or give another {flag}"
-    )
-
-
-def commit_staged(
-    folder: str, moves: Sequence[Tuple[str, str]], remove: Sequence[str], flag: str
-) -> None:
-    """Move staged files/folders into place, companions first and the last entry last.
-
-    Args:
-        folder: the output folder (holds the ledger).
-        moves: ``(staged path, final path)``; a staged folder replaces a whole folder.
-        remove: final paths of old views (see ``_VIEWS``) to remove if the tool wrote them.
-        flag: the output option, for messages.
-
-    """
-    interrupts.check()  # the last moment a stop leaves everything as it was
-    for staged, final in moves:
-        check_replaceable(final, flag, folder=os.path.isdir(staged))
-    ledger = read_ledger(folder)
-    new = {
-        os.path.basename(final): sha256_file(staged)
-        for staged, final in moves
-        if os.path.isfile(staged)
-    }
-    # Until every move is done, the ledger accepts both the old and the new content.
-    _write_ledger(folder, {**ledger, **{k: [h, *ledger.get(k, [])] for k, h in new.items()}})
-    for staged, final in moves:
-        if os.path.isdir(staged) and os.path.lexists(final):
-            old = os.path.join(folder, f".{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)
-            os.replace(staged, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staged, final)
-    for path in remove:
-        if os.path.lexists(path) and written_by_tool(path):
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.unlink(path)
-    ledger = {**ledger, **{k: [h] for k, h in new.items()}}
-    _write_ledger(
-        folder, {k: v for k, v in ledger.items() if os.path.isfile(os.path.join(folder, k))}
-    )
-
-
-@contextlib.contextmanager
-def staging(folder: str, flag: str):
-    """A hidden staging folder inside ``folder`` (created with its parents if needed).
-
-    On any failure the staging folder and the folders created for it are removed, and an
-    OSError (disk full, no permission) becomes a one-line :class:`OutputError`.
-    """
-    created: List[str] = []
-    stage = None
-    done = False
-    try:
-        created = makedirs_tracked(folder)
-        stage = tempfile.mkdtemp(dir=folder, prefix=".sgd_influence_staging_")
-        yield stage
-        done = True
-    except OSError as e:
-        raise _write_failed(e, folder, flag) from e
-    finally:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-        if not done:
-            remove_empty_folders(created)
 
 
 def find_columns(train: Dataset, used_columns: Sequence[str]):

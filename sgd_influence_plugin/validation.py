@@ -27,7 +27,8 @@ import numpy as np
 from .dataset import Dataset, is_file_cell, read_csv_table
 from .errors import DatasetError, OutputError, SettingsError
 from .io_utils import nearest_existing
-from .output import COMPANIONS, check_replaceable, planned_paths, read_ledger
+from .output import COMPANIONS, planned_paths
+from .ownership import check_replaceable, read_ledger
 
 #: Thumbnail sizes accepted, in pixels (a thumbnail is at most this wide and high).
 THUMB_SIZES = (16, 512)
@@ -285,7 +286,7 @@ def check_output_csv(
     Refused: "", ".", a path ending in a separator, an existing folder, a name not ending in
     ``.csv`` (e.g. an existing image), an input file (model, parameters, the dataset CSVs), a
     place inside a folder of the images the CSVs name, and a place that cannot be written.
-    Whether an existing CSV may be replaced is :func:`~sgd_influence_plugin.output.
+    Whether an existing CSV may be replaced is :func:`~sgd_influence_plugin.ownership.
     check_replaceable`'s decision.
 
     Raises:
@@ -391,7 +392,7 @@ def check_output_places(
 ) -> None:
     """The output CSV, every companion it will write, and the cache folder (see
     :func:`check_output_csv`, :func:`check_cache_dir` and
-    :func:`~sgd_influence_plugin.output.check_replaceable`).
+    :func:`~sgd_influence_plugin.ownership.check_replaceable`).
 
     Args:
         request: a :class:`~sgd_influence_plugin.runner.RunRequest`.
