@@ -324,13 +324,27 @@ def _shape_message(path, ri, header, cols, row, got, want, name) -> str:
 #: A plain decimal number as a CSV cell may hold it (no '_' digit separators, no hex).
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity)$", re.IGNORECASE)
+#: Largest float32: a cell beyond it would become infinite in the network.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _cell_value(path, ri, column, cell, folder, normalize):
     text = cell.strip()
     where = f"{path} row {ri + 1}, column '{column}'"
     if _NUMBER.match(text):
-        return np.float32(float(text))
+        value = float(text)  # '1e400' parses to inf
+        if not np.isfinite(value):
+            raise DatasetError(
+                f"{where}: '{cell}' is not a finite number; give a number (labels are class "
+                "indices 0, 1, ...)"
+            )
+        if abs(value) > _FLOAT32_MAX:
+            raise DatasetError(
+                f"{where}: '{cell}' is beyond the range of the network's 32-bit numbers "
+                f"(about +-{_FLOAT32_MAX:.3g}); give a smaller number (labels are class indices "
+                "0, 1, ...)"
+            )
+        return np.float32(value)
     if _NONFINITE.match(text):
         raise DatasetError(
             f"{where}: '{cell}' is not a finite number; give a number (labels are class "

@@ -28,7 +28,7 @@ from .dataset import Dataset, is_file_cell, read_csv_table
 from .errors import DatasetError, OutputError, SettingsError
 from .io_utils import nearest_existing
 from .output import COMPANIONS, planned_paths
-from .ownership import check_replaceable, read_ledger
+from .ownership import FOLDER_MARKER, check_replaceable, read_ledger
 
 #: Thumbnail sizes accepted, in pixels (a thumbnail is at most this wide and high).
 THUMB_SIZES = (16, 512)
@@ -321,6 +321,68 @@ def check_output_csv(
                 f"elsewhere (another {flag})"
             )
     _check_writable(path, flag)
+
+
+def check_output_folder(
+    folder: str,
+    flag: str,
+    files: Sequence[str],
+    folders: Sequence[str] = (),
+    input_files: Iterable[Optional[str]] = (),
+    image_folders: Iterable[str] = (),
+) -> None:
+    """A folder a writer fills with files of fixed names (``evaluate --output-dir``, the
+    paper-protocol script's ``--out``): the rule of :mod:`.ownership` for each of them.
+
+    Refused: an empty value; an existing file; a folder that is, or lies in, a folder of the
+    dataset's images; an output file that is an input (e.g. ``--test results.csv`` written
+    into the same folder); an existing file or folder of those names the tool did not write;
+    a damaged ledger; a place that cannot be written.
+
+    Args:
+        folder: the output folder (made if new).
+        flag: the option that names it, for messages.
+        files: names of the files written into it.
+        folders: names of the folders written into it (each holds
+            :data:`~sgd_influence_plugin.ownership.FOLDER_MARKER`).
+        input_files: files the writer reads (None entries skipped).
+        image_folders: folders of the images the dataset CSVs name.
+
+    Raises:
+        SettingsError: empty, or an output is an input.
+        OutputError: any other of the above.
+
+    """
+    image_folders = list(image_folders)
+    if not isinstance(folder, str) or not folder.strip():
+        raise SettingsError(f"{flag} is empty; give a folder for the results, e.g. evaluation")
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise OutputError(
+            f"{flag} {folder}: is a file, not a folder; give a folder for the results (a new "
+            "one, or one sgd-influence wrote into)"
+        )
+    for images in image_folders:
+        if _inside(folder, images):
+            raise OutputError(
+                f"{flag} {folder}: lies in {images}, a folder of the dataset's images; write "
+                "the results elsewhere"
+            )
+    inputs = [p for p in input_files if p]
+    if os.path.isdir(folder):
+        read_ledger(folder)
+    for name in files:
+        target = os.path.join(folder, name)
+        for src in inputs:
+            if _same(target, src):
+                raise SettingsError(
+                    f"{target}: refusing to overwrite the input {src}; choose another {flag}"
+                )
+        check_replaceable(target, flag)
+    for name in folders:
+        target = os.path.join(folder, name)
+        _check_replaced_folder(target, f"'{name}' folder", flag, inputs, image_folders)
+        check_replaceable(target, flag, folder=True, marker=FOLDER_MARKER)
+    _check_writable(os.path.join(folder, files[0] if files else "probe"), flag)
 
 
 def _check_replaced_folder(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import errno
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -88,3 +89,131 @@ def test_case3_an_output_that_cannot_be_replaced_changes_nothing(world, capsys, 
     assert cli.main(_run_argv(world, out, "--seed", "1", "--report")) == 0
     assert (out.parent / "influence_report.html").is_file()
     assert not [p for p in os.listdir(out.parent) if p.startswith(".") and "old" in p]
+
+
+# ----------------------------------------------------------------------------------------
+# Cases 1, 7, 12: evaluate follows the ownership rule and checks everything before computing
+# ----------------------------------------------------------------------------------------
+
+
+def _eval_argv(w, out, *extra):
+    return [
+        "evaluate",
+        "--model",
+        w["model"],
+        "--train",
+        w["train"],
+        "--val",
+        w["val"],
+        "--test",
+        w["val"],
+        "--output-dir",
+        str(out),
+        "--ratios",
+        "0,0.1",
+        "--seeds",
+        "0",
+        "--trials",
+        "1",
+        "--quiet",
+        *extra,
+    ]
+
+
+def _copy_csv(w, name, row=None, label=None):
+    """A copy of the validation CSV in data/ named ``name``, with one label changed."""
+    path = w["data"] / name
+    shutil.copy(w["val"], path)
+    if row is not None:
+        first._rewrite_cell(path, row, 1, label)
+    return str(path)
+
+
+def _user_files(*names):
+    def make(w):
+        out = w["root"] / "eval"
+        out.mkdir()
+        for name in names:
+            (out / name).write_text("the user's\n")
+        return ["--output-dir", str(out)]
+
+    return make
+
+
+EVALUATE_REFUSED = {
+    # case 1: the test CSV is results.csv in the output folder
+    "test CSV is the results file": (
+        lambda w: ["--test", _copy_csv(w, "results.csv"), "--output-dir", str(w["data"])],
+        r"results\.csv: refusing to overwrite the input .*results\.csv; choose another "
+        r"--output-dir",
+    ),
+    "user's results.csv": (
+        _user_files("results.csv"),
+        r"eval/results\.csv: already exists and was not written by sgd-influence",
+    ),
+    "user's settings.yaml": (
+        _user_files("settings.yaml"),
+        r"eval/settings\.yaml: already exists and was not written",
+    ),
+    "user's summary.md": (
+        _user_files("summary.md", "notes.txt"),
+        r"eval/summary\.md: already exists and was not written",
+    ),
+    "output into an image folder": (
+        lambda w: ["--output-dir", str(w["data"] / "train")],
+        r"--output-dir .*train: lies in .*train, a folder of the dataset's images",
+    ),
+    # case 7: labels
+    "training label 10": (
+        lambda w: first._label("10")(w),
+        r"train\.csv row 4, column 'y:label': label 10 is out of range .*\(0\.\.9\)",
+    ),
+    "training label 1e400": (
+        lambda w: first._label("1e400")(w),
+        r"train\.csv row 4, column 'y:label': '1e400' is not a finite number",
+    ),
+    "test label 99": (
+        lambda w: ["--test", _copy_csv(w, "test.csv", 5, "99")],
+        r"test\.csv row 6, column 'y:label': label 99 is out of range",
+    ),
+    # case 12: options that failed with a traceback, some after the whole computation
+    "ratios empty": (lambda w: ["--ratios", ""], r"--ratios is empty"),
+    "ratios nan": (lambda w: ["--ratios", "0,nan"], r"--ratios 0,nan: nan is not a share"),
+    "ratios 1": (lambda w: ["--ratios", "1"], r"--ratios 1: 1 is not a share in \[0, 1\)"),
+    "seeds -1": (lambda w: ["--seeds", "-1"], r"--seeds -1: -1 is not a whole number in 0\.\."),
+    "seeds 0.5": (lambda w: ["--seeds", "0.5"], r"--seeds '0\.5': 0\.5 is not a whole number"),
+    "seeds empty": (lambda w: ["--seeds", ","], r"--seeds is empty"),
+    "output-dir is a file": (
+        lambda w: ["--output-dir", w["train"]],
+        r"--output-dir .*train\.csv: is a file, not a folder",
+    ),
+    "output-dir empty": (lambda w: ["--output-dir", ""], r"--output-dir is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVALUATE_REFUSED))
+def test_cases_1_7_12_evaluate_refuses_before_computing_and_changes_nothing(world, case, capsys):
+    edit, pattern = EVALUATE_REFUSED[case]
+    argv = _eval_argv(world, world["root"] / "eval") + edit(world)
+    before = _tree(world["root"])
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, pattern)
+    assert _tree(world["root"]) == before
+
+
+def test_case1_evaluate_replaces_only_its_own_results(world, capsys):
+    out = world["root"] / "eval"
+    assert cli.main(_eval_argv(world, out)) == 0
+    names = sorted(os.listdir(out))
+    assert names == sorted([ownership.LEDGER, "figure2.png", "results.csv", "settings.yaml",
+                            "summary.md"])  # fmt: skip
+    first_rows = _csv_rows(out / "results.csv")
+    # Its own files are replaced by the next run; a file the user edited is not.
+    assert cli.main(_eval_argv(world, out, "--seeds", "1")) == 0
+    assert _csv_rows(out / "results.csv") != first_rows
+    with open(out / "summary.md", "a") as f:
+        f.write("my notes\n")
+    before = _tree(world["root"])
+    assert cli.main(_eval_argv(world, out, "--seeds", "2")) == 2
+    _one_line_error(capsys, r"summary\.md: already exists and was not written by sgd-influence")
+    assert _tree(world["root"]) == before
