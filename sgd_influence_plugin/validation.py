@@ -62,7 +62,7 @@ class FlagNames:
 
 #: The ``sgd-influence`` command line.
 CLI_FLAGS = FlagNames()
-#: The console plugin's dialog (``SGD_Influence.py``).
+#: The console plugin's dialog (``SGD_Influence_Cleansing.py``).
 PLUGIN_FLAGS = FlagNames(
     cache_dir=None,
     weight_decay=None,

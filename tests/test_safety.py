@@ -33,7 +33,7 @@ from sgd_influence_plugin.runner import RunRequest, run
 from sgd_influence_plugin.settings import InfluenceSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py")
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 N_CLASSES = 10  # the logreg fixture's Affine layer has 10 outputs (conftest / netdef)
 
@@ -651,14 +651,14 @@ def test_install_plugin_refuses_a_file_an_unwritable_place_and_a_foreign_package
     (foreign / "notes.txt").write_text("the user's")
     before = _tree(tmp_path)
     assert cli.main(["install-plugin", str(tmp_path / "nnc")]) == 2
-    _one_line_error(capsys, r"sgd_influence_plugin: exists and is not this plugin's package")
+    _one_line_error(capsys, r"sgd_influence_plugin: already exists and was not installed by")
     assert _tree(tmp_path) == before
     old = os.umask(0o022)
     try:
         assert cli.main(["install-plugin", str(tmp_path / "fresh")]) == 0
     finally:
         os.umask(old)
-    script = tmp_path / "fresh" / "_Post_Process" / "_XAI" / "_Image" / "SGD_Influence.py"
+    script = tmp_path / "fresh" / "_Post_Process" / "_XAI" / "_Image" / "SGD_Influence_Cleansing.py"
     assert os.stat(script).st_mode & 0o777 == 0o644
     assert os.stat(script.parent / "sgd_influence_plugin").st_mode & 0o777 == 0o755
 

@@ -285,3 +285,69 @@ def test_case1_paper_protocol_replaces_only_its_own_report(tmp_path, capfd):
         assert err.startswith("paper_protocol: error: ") and "\n" not in err, err
         assert re.search(pattern, err), err
         assert _tree(tmp_path) == before and not os.path.exists(fresh)
+
+
+# ----------------------------------------------------------------------------------------
+# Case 2 (and 17: install-plugin ""): the console's own plugin and files we did not install
+# ----------------------------------------------------------------------------------------
+
+IMAGE_PLUGINS = os.path.join("_Post_Process", "_XAI", "_Image")
+
+
+def test_case2_no_script_or_menu_entry_can_collide_with_the_consoles_own_plugin():
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    manifest = yaml.safe_load(open(os.path.join(root, "manifest.yaml")))
+    scripts = [os.path.basename(p) for p in cli.plugin_sources()]
+    menus = [e["menu"].split(" > ")[-1] for e in manifest["plugins"]]
+    assert sorted(os.path.basename(e["script"]) for e in manifest["plugins"]) == sorted(scripts)
+    for script, menu in zip(sorted(scripts), sorted(menus)):
+        assert menu + ".py" == script  # the console names the menu entry after the file
+    taken = {cli.CONSOLE_PLUGIN.casefold(), cli.CONSOLE_PLUGIN[: -len(".py")].casefold()}
+    for name in scripts + menus:
+        assert name.casefold() not in taken, name
+    assert len({s.casefold() for s in scripts}) == len(scripts)
+
+
+def test_case2_install_plugin_leaves_the_consoles_plugin_and_refuses_what_it_did_not_install(
+    tmp_path, capsys, monkeypatch
+):
+    target = tmp_path / "plugins"
+    image = target / IMAGE_PLUGINS
+    image.mkdir(parents=True)
+    console = image / cli.CONSOLE_PLUGIN
+    console.write_text("# the console's own SGD-influence plugin\n")
+    assert cli.main(["install-plugin", str(target)]) == 0
+    assert console.read_text() == "# the console's own SGD-influence plugin\n"
+    ours = sorted(os.path.basename(p) for p in cli.plugin_sources())
+    assert sorted(p for p in os.listdir(image) if p.endswith(".py")) == sorted(
+        ours + [cli.CONSOLE_PLUGIN]
+    )
+    assert cli.main(["install-plugin", str(target)]) == 0  # what it installed, it replaces
+    capsys.readouterr()
+    # An installed script the user changed is no longer ours; nor is a file of the same name
+    # in another case, nor any file it did not install.
+    script = image / ours[-1]
+    with open(script, "a") as f:
+        f.write("# my change\n")
+    cases = [(target, rf"{ours[-1]}: already exists and was not installed by sgd-influence")]
+    for name, pattern in (
+        (ours[0].lower(), r"differs from this plugin's .* only in case"),
+        (ours[0], rf"{ours[0]}: already exists and was not installed by sgd-influence"),
+    ):
+        other = tmp_path / name.replace(".py", "") / "plugins"
+        (other / IMAGE_PLUGINS).mkdir(parents=True)
+        (other / IMAGE_PLUGINS / name).write_text("the user's\n")
+        cases.append((other, pattern))
+    for where, pattern in cases:
+        before = _tree(tmp_path)
+        assert cli.main(["install-plugin", str(where)]) == 2
+        _one_line_error(capsys, pattern)
+        assert _tree(tmp_path) == before
+    # install-plugin "" used to install into the current folder.
+    monkeypatch.chdir(tmp_path)
+    before = _tree(tmp_path)
+    assert cli.main(["install-plugin", ""]) == 2
+    _one_line_error(capsys, r"NNC_PLUGINS_DIR is empty")
+    assert _tree(tmp_path) == before
