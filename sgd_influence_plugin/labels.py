@@ -6,6 +6,7 @@ in). The influence CSV keeps the numeric labels; only what people read shows the
 
 from __future__ import annotations
 
+import math
 import os
 from typing import List, Optional, Sequence
 
@@ -105,6 +106,21 @@ def label_index(cell: str) -> Optional[int]:
     if not value.is_integer() or value < 0:
         return None
     return int(value)
+
+
+def canonical_label(cell: str) -> str:
+    """One spelling per label value, for grouping: ``'3'``, ``' 3'``, ``'3.0'`` and ``'+3'``
+    are all ``'3'`` (the loader reads them as the same number); other numbers are written as
+    Python writes the float (``'2.50'`` -> ``'2.5'``); anything else is the stripped text.
+    """
+    text = cell.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(value):
+        return text
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def display_label(cell: str, names: Optional[Sequence[str]]) -> str:

@@ -9,6 +9,9 @@ Influence CSV (NNC dataset format, so the console's viewer shows and sorts it)::
 - ``x:image``: the sample's image, path relative to the CSV's folder: the training image
   itself when it fits the thumbnail box (the network's input is at most ``thumb_size``
   pixels high and wide: nothing is copied), otherwise a reduced PNG in the thumbnails folder;
+  a data file that is not an image (``.npy``, ...) is always shown where it is. Paths are
+  computed between the real (symbolic links resolved) folders, so they open from the CSV's
+  folder even when the output folder or the data is reached through a link;
 - ``influence``: the trials' combined score (units of the mean validation loss, negative =
   harmful); ``loss``: the sample's training loss at the trained parameters;
 - ``datasource_index``: 0-based data row of the sample in the training CSV;
@@ -38,9 +41,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import interrupts
-from .dataset import Dataset, read_csv_table
+from .dataset import Dataset, is_file_cell, read_csv_table
 from .errors import DatasetError, InputError, SettingsError
-from .labels import display_label
+from .labels import canonical_label, display_label
 from .ownership import (  # noqa: F401 - re-exported: the rule's names, where callers know them
     LEDGER,
     THUMBNAILS_MARKER,
@@ -98,36 +101,72 @@ def planned_paths(out_csv: str) -> OutputPaths:
 
 
 def find_columns(train: Dataset, used_columns: Sequence[str]):
-    """``(image header cell or None, label header cell or None)`` among the columns the
-    network reads: the first whose first row is an image path, and the first scalar one.
+    """``(data file header cell or None, label header cell or None)`` among the single-cell
+    columns the network reads: the first that names a file in any row (an image, ``.npy``,
+    ...), and the first that holds only numbers.
     """
     image_col = label_col = None
     for var in used_columns:
         cells = train.columns.get(var, [])
         if len(cells) != 1:
             continue
-        first = train.cell(0, cells[0]).strip()
-        if os.path.splitext(first)[1].lower() in _IMAGE_EXTS:
+        ci = train.header.index(cells[0])
+        if any(is_file_cell(row[ci]) for row in train.rows):
             image_col = image_col or cells[0]
         else:
             label_col = label_col or cells[0]
     return image_col, label_col
 
 
-def _shown_where_they_are(train: Dataset, image_col: str, out_folder: str) -> List[str]:
-    """Each row's image path for a CSV in ``out_folder``: relative paths rebased (one
-    relative prefix for all rows; absolute where none exists, e.g. another drive), absolute
-    ones kept. Every file was opened when the dataset was read, so none is looked up again.
+def is_image(cell: str) -> bool:
+    """True if a data cell names an image file (one a thumbnail can be made of)."""
+    return os.path.splitext(cell.strip())[1].lower() in _IMAGE_EXTS
+
+
+def _has_parent_step(cell: str) -> bool:
+    return ".." in cell.replace("\\", "/").split("/")
+
+
+def _relative_from(full: str, out_real: str, real_dirs: Dict[str, str]) -> str:
+    """``full`` as a path relative to the real folder ``out_real``, from the real location of
+    its folder (cached in ``real_dirs``); absolute where none exists (another drive).
     """
+    folder = os.path.dirname(full)
+    if folder not in real_dirs:
+        real_dirs[folder] = os.path.realpath(folder)
+    real = os.path.join(real_dirs[folder], os.path.basename(full))
     try:
-        prefix = os.path.relpath(train.folder, out_folder)
+        return os.path.relpath(real, out_real)
     except ValueError:
-        prefix = train.folder
+        return real
+
+
+def _shown_where_they_are(train: Dataset, image_col: str, out_folder: str) -> List[str]:
+    """Each row's file path for a CSV in ``out_folder``: relative paths rebased, absolute
+    ones kept.
+
+    The relative path runs from the real location of ``out_folder`` to the real location of
+    the training CSV's folder (symbolic links resolved): text like ``../data/...`` computed
+    from the link's own path would resolve under the link's target instead. One prefix serves
+    every row (no file is looked up again: the reader opened each); a cell with a ``..``
+    step, which may climb out of a linked folder, is resolved on its own.
+    """
+    out_real = os.path.realpath(out_folder)
+    try:
+        prefix = os.path.relpath(os.path.realpath(train.folder), out_real)
+    except ValueError:
+        prefix = os.path.realpath(train.folder)
     col = train.header.index(image_col)
     out = []
+    real_dirs: Dict[str, str] = {}
     for row in train.rows:
         cell = row[col].strip()
-        out.append(cell if os.path.isabs(cell) else os.path.normpath(os.path.join(prefix, cell)))
+        if os.path.isabs(cell):
+            out.append(cell)
+        elif _has_parent_step(cell):
+            out.append(_relative_from(os.path.join(train.folder, cell), out_real, real_dirs))
+        else:
+            out.append(os.path.normpath(os.path.join(prefix, cell)))
     return out
 
 
@@ -207,6 +246,7 @@ def _summary_text(scores, labels, train: Dataset, image_col, info: Dict, names=N
     if reason and info.get("lr_selection", {}).get("source") == "auto":
         lines.append(f"lr chosen automatically: {reason}")
     if labels is not None:
+        labels = [canonical_label(x) for x in labels]  # '3', '3.0' and '+3' are one class
         lines += ["", "harmful share per class (label: harmful / total):"]
         for lab in sorted(set(labels), key=_label_key):
             mask = np.array([x == lab for x in labels])
@@ -235,20 +275,22 @@ def rebase(cell: str, src_folder: str, out_folder: str) -> str:
     """A file cell of a CSV in ``src_folder`` rewritten for a CSV in ``out_folder``.
 
     Relative paths to existing files become relative to ``out_folder`` (absolute where no
-    relative path exists, e.g. another drive on Windows); numbers, absolute paths and cells
-    naming no existing file are returned unchanged.
+    relative path exists, e.g. another drive on Windows), computed between real locations
+    (symbolic links resolved), so they open from ``out_folder``; numbers, absolute paths and
+    cells naming no existing file are returned unchanged.
     """
+    return _rebase(cell, src_folder, os.path.realpath(out_folder), {})
+
+
+def _rebase(cell: str, src_folder: str, out_real: str, real_dirs: Dict[str, str]) -> str:
+    """:func:`rebase` with ``out_folder`` already resolved and resolved folders cached."""
     text = cell.strip()
     if (
         os.path.splitext(text)[1]
         and not os.path.isabs(text)
         and os.path.exists(os.path.join(src_folder, text))
     ):
-        full = os.path.join(src_folder, text)
-        try:
-            return os.path.relpath(full, out_folder)
-        except ValueError:
-            return os.path.abspath(full)
+        return _relative_from(os.path.join(src_folder, text), out_real, real_dirs)
     return cell
 
 
@@ -264,6 +306,8 @@ def _write_cleansed(
     ``out_folder`` (where the CSV will live), so the console finds the images from there.
     """
     data_cols = [c for c, cell in enumerate(header) if not cell.startswith("#")]
+    out_real = os.path.realpath(out_folder)
+    real_dirs: Dict[str, str] = {}
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
@@ -272,7 +316,7 @@ def _write_cleansed(
                 continue
             w.writerow(
                 [
-                    rebase(c, src_folder, out_folder) if k in data_cols else c
+                    _rebase(c, src_folder, out_real, real_dirs) if k in data_cols else c
                     for k, c in enumerate(row)
                 ]
             )
@@ -332,7 +376,8 @@ def write_influence_output(
     image_col, label_col = find_columns(train, used_columns)
     labels = [train.cell(i, label_col).strip() for i in range(train.size)] if label_col else None
     order = ranking(scores)
-    make_thumbs = bool(image_col) and not fits_box(train, image_col, thumb_size)
+    images = [is_image(train.cell(i, image_col)) for i in range(train.size)] if image_col else []
+    make_thumbs = any(images) and not fits_box(train, image_col, thumb_size)
     paths = OutputPaths(
         csv=plan.csv,
         thumbnails=plan.thumbnails if make_thumbs else None,
@@ -355,15 +400,17 @@ def write_influence_output(
 
         t0 = time.perf_counter()
         thumbs_rel: List[str] = [""] * train.size
-        if image_col and not make_thumbs:
+        if image_col:  # every file where it is; rows that get a thumbnail change below
             thumbs_rel = _shown_where_they_are(train, image_col, folder)
-        elif image_col:
+        if make_thumbs:
             thumbs_dir = os.path.basename(paths.thumbnails)
             os.makedirs(os.path.join(stage, thumbs_dir))
             with open(os.path.join(stage, thumbs_dir, THUMBNAILS_MARKER), "w") as f:
                 f.write("Thumbnails by sgd-influence; it replaces this folder as a whole.\n")
             for i in range(train.size):
                 interrupts.check()
+                if not images[i]:
+                    continue  # a data file that is no image (.npy, ...) is shown where it is
                 rel = f"{thumbs_dir}/{i:06d}.png"
                 src = os.path.join(train.folder, train.cell(i, image_col).strip())
                 make_thumbnail(src, os.path.join(stage, rel), thumb_size)
@@ -405,10 +452,10 @@ def write_influence_output(
             write_report(
                 staged(paths.report),
                 scores,
-                labels,
+                [canonical_label(x) for x in labels] if labels else None,
                 [
-                    (os.path.join(stage if make_thumbs else folder, t) if t else "")
-                    for t in thumbs_rel
+                    (os.path.join(stage if make_thumbs else folder, t) if images[i] else "")
+                    for i, t in enumerate(thumbs_rel)
                 ],
                 info,
                 label_names=label_names,

@@ -351,3 +351,153 @@ def test_case2_install_plugin_leaves_the_consoles_plugin_and_refuses_what_it_did
     assert cli.main(["install-plugin", ""]) == 2
     _one_line_error(capsys, r"NNC_PLUGINS_DIR is empty")
     assert _tree(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------------------
+# Cases 4, 5, 9: every row of the outputs belongs to its training row
+# ----------------------------------------------------------------------------------------
+
+
+def check_rows_belong(out_csv, train_csv, thumb_size=None):
+    """Every promise of an influence CSV, opened the way the console opens it (paths relative
+    to the CSV's folder as the user names it): each row's image is its training row's file (or
+    that file's thumbnail), and its label, original cell and score belong to the same row;
+    rows sorted most harmful first; every training row once.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from sgd_influence_plugin import core
+    from sgd_influence_plugin.dataset import read_csv_table
+
+    folder = os.path.dirname(str(out_csv))
+    header, train_rows = read_csv_table(str(train_csv))
+    data_folder = os.path.dirname(os.path.abspath(str(train_csv)))
+    rows = _csv_rows(out_csv)
+    trials = _csv_rows(os.path.join(folder, "influence_trials.csv"))
+    raw = np.array([[float(t[k]) for k in t if k.startswith("trial_")] for t in trials])
+    combined, _ = core.combine_trials(raw.T)
+    assert sorted(int(r["datasource_index"]) for r in rows) == list(range(len(train_rows)))
+    scores = [float(r["influence"]) for r in rows]
+    assert scores == sorted(scores)
+    for r in rows:
+        j = int(r["datasource_index"])
+        image, label = train_rows[j][0], train_rows[j][1]
+        assert r["original"] == image and r["y:label"] == label.strip()
+        assert float(r["influence"]) == pytest.approx(combined[j], rel=1e-12, abs=0)
+        source = os.path.join(data_folder, image)
+        shown = os.path.join(folder, r["x:image"])
+        assert os.path.isfile(shown), (r, shown)
+        if r["x:image"].startswith("influence_thumbnails/"):
+            with Image.open(source) as im:
+                want = im.copy()
+            want.thumbnail((thumb_size, thumb_size), Image.LANCZOS)
+            with Image.open(shown) as got:
+                assert np.array_equal(np.asarray(got), np.asarray(want)), r
+        else:
+            assert open(shown, "rb").read() == open(source, "rb").read(), r
+    return rows
+
+
+def _linked_output(root):
+    """``root/out`` is a symbolic link to ``root/deep/a/b/real_out``: ``../data`` from the
+    link's own path is not ``../data`` from where the files really are."""
+    real = root / "deep" / "a" / "b" / "real_out"
+    real.mkdir(parents=True)
+    os.symlink(real, root / "out")
+    return root / "out"
+
+
+def test_case4_paths_open_from_a_linked_output_folder_in_place_and_cleansed(world, capsys):
+    out = _linked_output(world["root"])
+    assert cli.main(_run_argv(world, out / "influence.csv")) == 0
+    check_rows_belong(out / "influence.csv", world["train"])
+    # cleanse into the linked folder: a CSV that retrains, holding the kept rows' own files.
+    from sgd_influence_plugin.dataset import load_dataset, read_csv_table
+
+    cleansed = out / "cleansed.csv"
+    argv = ["cleanse", "--influence", str(out / "influence.csv"), "--train", world["train"]]
+    assert cli.main(argv + ["--remove", "5", "--output", str(cleansed)]) == 0
+    _, train_rows = read_csv_table(world["train"])
+    removed = {int(r["datasource_index"]) for r in _csv_rows(out / "influence.csv")[:5]}
+    kept = [train_rows[j] for j in range(len(train_rows)) if j not in removed]
+    _, rows = read_csv_table(str(cleansed))
+    assert len(rows) == len(kept)
+    for (image, label), (want_image, want_label) in zip(rows, kept):
+        assert label == want_label
+        got = open(os.path.join(out, image), "rb").read()
+        assert got == open(os.path.join(world["data"], want_image), "rb").read()
+    load_dataset(str(cleansed), {"x": (1, 7, 7), "y": (1,)})
+
+
+def test_case4_thumbnails_and_images_in_place_under_a_linked_output_folder(
+    results, data28, tmp_path
+):
+    out = _linked_output(tmp_path)
+    model = os.path.join(results("mlp"), "results.nnp")
+    base = ["run", "--model", model, "--train", data28["train"], "--val", data28["val"]]
+    for size, thumbs in (("16", True), ("64", False)):
+        argv = base + ["--output", str(out / "influence.csv"), "--trials", "1", "--quiet"]
+        assert cli.main(argv + ["--thumb-size", size]) == 0
+        rows = check_rows_belong(out / "influence.csv", data28["train"], int(size))
+        assert all(r["x:image"].startswith("influence_thumbnails/") == thumbs for r in rows)
+
+
+def _npy_dataset(w, mixed):
+    """The training set as .npy arrays (each image / 255, as the loader reads the PNG), or
+    only its first row (``mixed``)."""
+    import numpy as np
+    from PIL import Image
+
+    from sgd_influence_plugin.dataset import read_csv_table
+
+    header, rows = read_csv_table(w["train"])
+    (w["data"] / "npy").mkdir()
+    out = []
+    for i, (image, label) in enumerate(rows):
+        if mixed and i:
+            out.append([image, label])
+            continue
+        with Image.open(w["data"] / image) as im:
+            np.save(w["data"] / "npy" / f"{i:06d}.npy", np.asarray(im, np.float32)[None] / 255)
+        out.append([f"npy/{i:06d}.npy", label])
+    path = w["data"] / ("mixed.csv" if mixed else "npy.csv")
+    with open(path, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([header] + out)
+    return str(path)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["npy", "first row npy"])
+def test_case5_npy_data_gets_the_right_columns(world, capsys, mixed):
+    train = _npy_dataset(world, mixed)
+    out = world["root"] / "out" / "influence.csv"
+    argv = _run_argv(world, out, "--train", train)
+    argv[argv.index("--train") + 1] = train
+    assert cli.main(argv) == 0
+    check_rows_belong(out, train)
+    summary = (out.parent / "influence_summary.txt").read_text()
+    classes = summary.split("harmful share per class", 1)[1].split("\n\n", 1)[0]
+    assert len(classes.splitlines()) - 1 == len({r["y:label"] for r in _csv_rows(out)}) <= 10
+    assert "npy/" not in classes
+    # cleanse accepts the tool's own CSV.
+    argv = ["cleanse", "--influence", str(out), "--train", train, "--remove", "3"]
+    assert cli.main(argv + ["--output", str(out.parent / "c.csv")]) == 0
+
+
+def test_case9_one_summary_line_per_label_value_however_written(world):
+    from sgd_influence_plugin.dataset import read_csv_table
+
+    _, rows = read_csv_table(world["train"])
+    label = max({r[1] for r in rows}, key=lambda x: sum(r[1] == x for r in rows))
+    where = [i for i, r in enumerate(rows) if r[1] == label]
+    assert len(where) >= 3
+    for i, spelling in zip(where, (f"{label}.0", f"+{label}", f" {label}")):
+        first._rewrite_cell(world["train"], i, 1, spelling)
+    out = world["root"] / "out" / "influence.csv"
+    assert cli.main(_run_argv(world, out, "--report")) == 0
+    summary = (out.parent / "influence_summary.txt").read_text()
+    block = summary.split("harmful share per class", 1)[1].split("\n\n", 1)[0]
+    lines = [line.strip() for line in block.splitlines()[1:]]
+    assert [line.split(":")[0] for line in lines].count(label) == 1, block
+    assert not any(line.startswith((f"{label}.0:", f"+{label}:")) for line in lines), block
+    assert re.search(rf"^{label}: \d+ / {len(where)} ", "\n".join(lines), re.M), block
