@@ -540,11 +540,17 @@ def run_check(
         validation.check_labels(d, getattr(info, "label_classes", {}))
     wd = settings.weight_decay if settings.weight_decay is not None else info.solver.weight_decay
     validation.check_weight_decay(wd, info.source, flags)
+    if train.size < MIN_SAMPLES:
+        raise SettingsError(
+            f"{train_csv} has only {train.size} row(s); the check re-runs at least "
+            f"{MIN_SAMPLES} samples, so it needs a training CSV of at least {MIN_SAMPLES} rows"
+        )
     if m > train.size:
         raise SettingsError(
             f"{samples_flag} {m}: {train_csv} has only {train.size} rows; give at most {train.size}"
         )
     batch = settings.batch_size or info.solver.batch_size
+    validation.check_known_rate(settings.lr, wd, train.size, batch, info)
     need = validation.estimate_bytes(
         train.size, model.n_params, batch, 1, settings.cache == "all", 16, 1
     )

@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import interrupts
-from .dataset import Dataset, is_file_cell, read_csv_table
+from .dataset import Dataset, is_file_cell, read_csv_rows, read_csv_table
 from .errors import DatasetError, InputError, SettingsError
 from .labels import canonical_label, display_label
 from .ownership import (  # noqa: F401 - re-exported: the rule's names, where callers know them
@@ -519,10 +519,14 @@ def read_influence_csv(path: str):
     return np.array(idx, dtype=np.int64), np.array(infl, dtype=np.float64), orig, labels
 
 
-def _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, labels) -> None:
+def _check_influence_rows(
+    influence_csv, train_csv, header, rows, idx, orig, labels, numbers=None
+) -> None:
     """The influence CSV must list every row of the training CSV once, with its image and
-    its label; raises :class:`InputError` naming the first row that does not.
+    its label; raises :class:`InputError` naming the first row that does not (training rows
+    by their ``numbers``, blank lines counted, see :func:`.dataset.read_csv_rows`).
     """
+    numbers = numbers or list(range(1, len(rows) + 1))
     n = len(rows)
     seen: Dict[int, int] = {}
     for r, j in enumerate(idx.tolist()):
@@ -547,7 +551,7 @@ def _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, lab
         if o and o not in rows[j]:
             raise InputError(
                 f"{influence_csv} row {r + 1}: original '{o}' is not in "
-                f"{train_csv} row {j + 1}; was the influence computed for this CSV?"
+                f"{train_csv} row {numbers[j]}; was the influence computed for this CSV?"
             )
         if not lab:
             continue
@@ -557,7 +561,7 @@ def _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, lab
             shown = f"'{have}'" if have is not None else str(rows[j])
             raise InputError(
                 f"{influence_csv} row {r + 1}: label '{lab}' of datasource_index {j} differs "
-                f"from {train_csv} row {j + 1} ({shown}); the labels changed since the "
+                f"from {train_csv} row {numbers[j]} ({shown}); the labels changed since the "
                 "influence was computed: run 'sgd-influence run' again for this CSV"
             )
 
@@ -597,7 +601,7 @@ def cleanse(
 
     flags = flags or validation.CLI_FLAGS
     validation.check_remove_choice(remove, remove_ratio, flags)
-    header, rows = read_csv_table(train_csv)
+    header, rows, numbers = read_csv_rows(train_csv)
     validation.check_output_csv(
         output,
         flags.output,
@@ -608,7 +612,7 @@ def cleanse(
         read_ledger(os.path.dirname(os.path.abspath(output)))
     check_replaceable(output, flags.output)
     idx, infl, orig, labels = read_influence_csv(influence_csv)
-    _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, labels)
+    _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, labels, numbers)
     n = len(rows)
     remove = validation.rows_to_remove(n, remove, remove_ratio, flags, train_csv)
     order = idx[np.argsort(infl, kind="stable")]

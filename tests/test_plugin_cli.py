@@ -18,7 +18,9 @@ from sgd_influence_plugin.errors import OutputError
 from sgd_influence_plugin.settings import CACHE_MODES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py")
+SCRIPT = os.path.join(
+    ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py"
+)
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 
 
@@ -301,6 +303,7 @@ def test_cli_run_cleanse_and_cache_dir(results, data28, tmp_path):
     rows = _check_influence_csv(str(out), data28["train"])
     assert sorted(os.listdir(tmp_path / "cache")) == [
         ".sgd_influence_cache",
+        ".sgd_influence_lock",  # held while a run uses the folder (issue 18, case 17)
         "lr.npy",
         "order.npy",
         "parameters.h5",

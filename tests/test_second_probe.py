@@ -501,3 +501,219 @@ def test_case9_one_summary_line_per_label_value_however_written(world):
     assert [line.split(":")[0] for line in lines].count(label) == 1, block
     assert not any(line.startswith((f"{label}.0:", f"+{label}:")) for line in lines), block
     assert re.search(rf"^{label}: \d+ / {len(where)} ", "\n".join(lines), re.M), block
+
+
+# ----------------------------------------------------------------------------------------
+# Cases 6, 8, 10, 11, 14, 16, 17: refused with one line before computing, nothing changes
+# ----------------------------------------------------------------------------------------
+
+
+def _unknown_function(w):
+    text = (w["result"] / "net.nntxt").read_text()
+    assert 'type: "Affine"' in text
+    bad = w["root"] / "foo.nntxt"
+    bad.write_text(text.replace('type: "Affine"', 'type: "FooBarFunc"'))
+    params = str(w["result"] / "parameters.h5")
+    return ["--model", None, "--config", str(bad), "--params", params]
+
+
+def _long_name(w):
+    return ["--output", str(w["root"] / "out" / ("a" * 300 + ".csv"))]
+
+
+def _long_path(w):
+    deep = os.path.join(str(w["root"]), *(["d" * 200] * 21))
+    return ["--output", os.path.join(deep, "influence.csv")]
+
+
+RUN_REFUSED = {
+    # case 6: absurd rates, refused before computing (auto: once the curvature has chosen it)
+    "case 6 lr 1e-46": (
+        lambda w: ["--lr", "1e-46"],
+        r"learning rate 1e-46: too small to change float32 parameters",
+    ),
+    "case 6 weight decay 1e300 at lr 0.1": (
+        lambda w: ["--lr", "0.1", "--weight-decay", "1e300"],
+        r"learning rate 0\.1 with weight decay 1e\+300: each step would multiply every weight",
+    ),
+    "case 6 weight decay 1e300 at lr auto": (
+        lambda w: ["--weight-decay", "1e300"],
+        r"learning rate [\d.e+-]+ \(--lr auto chose it: .*\): at most 1e-12, too small .*"
+        r"give a smaller --weight-decay",
+    ),
+    "case 6 weight decay 1e30 at lr auto": (
+        lambda w: ["--weight-decay", "1e30"],
+        r"\(--lr auto chose it: .*\): at most 1e-12, .*give a smaller --weight-decay",
+    ),
+    "case 6 weight decay that collapses the model in an epoch": (
+        lambda w: ["--lr", "0.1", "--weight-decay", "6"],
+        r"weight decay 6: the decay alone would shrink every weight to 0\.0256 of its size in "
+        r"the 4 steps",
+    ),
+    # case 8: half precision was recorded and ignored
+    "case 8 context cpu:half": (
+        lambda w: ["--context", "cpu:half"],
+        r"--context cpu:half: use cpu, or cudnn\[:DEVICE\] .*half precision is not supported",
+    ),
+    "case 8 context cudnn:gpu": (lambda w: ["--context", "cudnn:gpu"], r"--context cudnn:gpu: "),
+    # case 10: OverflowError in validation.py
+    "case 10 label 1e400": (
+        first._label("1e400"),
+        r"train\.csv row 4, column 'y:label': '1e400' is not a finite number",
+    ),
+    "case 10 label 1e39": (
+        first._label("1e39"),
+        r"row 4, column 'y:label': '1e39' is beyond the range of the network's 32-bit numbers",
+    ),
+    # case 11: ValueError: Function "FooBarFunc" is not supported
+    "case 11 unknown function type": (
+        _unknown_function,
+        r"foo\.nntxt \+ .*: function '.*Affine' of network '\w+' has type 'FooBarFunc', "
+        r"which nnabla "
+        r"1\.39\.0 does not have",
+    ),
+    # case 14: refused only after computing, blaming the staging folder and free space
+    "case 14 a file name of 304 bytes": (
+        _long_name,
+        r"--output a{28}\.\.\.a{24}\.csv: a name of 304 bytes, but this file system takes at "
+        r"most 255; give a shorter --output",
+    ),
+    "case 14 a 4 KB path": (
+        _long_path,
+        r"--output: the path is \d+ bytes long, .*at most 4096; give a shorter --output",
+    ),
+    # case 16: --trials blamed --seed, or free space
+    "case 16 trials 1e12": (
+        lambda w: ["--trials", "1000000000000"],
+        r"^sgd-influence: error: --trials 1000000000000: give at most 1000 trials",
+    ),
+    "case 16 trials 1e6": (
+        lambda w: ["--trials", "1000000"],
+        r"--trials 1000000: give at most 1000 trials",
+    ),
+    # case 17: messages that pointed the wrong way
+    "case 17 label names /dev/null": (
+        lambda w: ["--label-names", "/dev/null"],
+        r"/dev/null: is not a regular file",
+    ),
+    "case 17 params without config": (
+        lambda w: ["--model", None, "--params", str(w["result"] / "parameters.h5")],
+        r"--params .*parameters\.h5 needs --config",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_REFUSED))
+def test_run_refuses_with_one_line_and_changes_nothing(world, case, capsys):
+    edit, pattern = RUN_REFUSED[case]
+    argv = first._argv_for(world, edit)
+    before = _tree(world["root"])
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, pattern)
+    assert _tree(world["root"]) == before
+    assert os.listdir(world["tmp"]) == []  # no cache left behind
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["-p", "x.h5"], r"^--params x\.h5 needs --config"),  # case 17: said "both --model and"
+        (["-l", "1e-46"], r"learning rate 1e-46: too small"),  # case 6: "completed successfully"
+        (["--context", "cpu:half"], r"--context cpu:half: "),  # case 8
+    ],
+)
+def test_cases_6_8_17_the_plugin_refuses_too(world, monkeypatch, caplog, argv, pattern):
+    monkeypatch.chdir(world["result"])
+    before = _tree(world["root"])
+    extra = ["-t", world["train"], "-v", world["val"]]
+    assert first._load_plugin().main(argv + extra) == 2
+    said = first._plugin_error(caplog, pattern)
+    assert not any("completed successfully" in m or "both" in m for m in said)
+    assert _tree(world["root"]) == before
+
+
+def test_case6_scores_that_tell_no_sample_from_another_are_refused(world):
+    """The check after the computation: all-equal scores (e.g. all 0) are an error, not a
+    result (the rate checks above stop the known causes before computing)."""
+    import numpy as np
+
+    from sgd_influence_plugin import api
+    from sgd_influence_plugin.errors import ComputationError
+
+    run = api.ResolvedRun(lr=1e-3, weight_decay=0.0, batch_size=16)
+    with pytest.raises(ComputationError, match=r"all 50 influence scores are 0: .*nothing was"):
+        api.check_spread(np.zeros(50), run)
+    api.check_spread(np.linspace(-1, 1, 50), run)
+
+
+# ----------------------------------------------------------------------------------------
+# Case 15: row numbers count blank lines
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, pattern",
+    [
+        ("12", r"train\.csv row 23, column 'y:label': label 12 is out of range"),
+        ("abc", r"train\.csv row 23, column 'y:label': 'abc' is neither a number"),
+    ],
+)
+def test_case15_blank_lines_keep_the_row_numbers(world, capsys, value, pattern):
+    first._rewrite_cell(world["train"], 20, 1, value)  # the 21st data row
+    lines = open(world["train"]).read().splitlines()
+    lines[10:10] = ["", ""]  # two blank lines before it: the user sees it on row 23
+    (world["data"] / "train.csv").write_text("\n".join(lines) + "\n")
+    assert lines[23].endswith("," + value)  # line 24 of the file, row 23 after the header
+    before = _tree(world["root"])
+    assert cli.main(first._argv_for(world, lambda w: [])) == 2
+    _one_line_error(capsys, pattern)
+    assert _tree(world["root"]) == before
+
+
+# ----------------------------------------------------------------------------------------
+# Case 17: check on a 2-row CSV; the advice of a diverging run; a shared --cache-dir
+# ----------------------------------------------------------------------------------------
+
+
+def test_case17_check_on_two_rows_names_the_minimum(world, capsys):
+    two = world["data"] / "two.csv"
+    two.write_text("\n".join(open(world["train"]).read().splitlines()[:3]) + "\n")
+    argv = ["check", "--model", world["model"], "--train", str(two), "--val", world["val"]]
+    argv += ["--output", str(world["root"] / "out" / "check.csv"), "--quiet"]
+    before = _tree(world["root"])
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, r"two\.csv has only 2 row\(s\); the check .* at least 3 rows")
+    assert _tree(world["root"]) == before
+
+
+def test_case17_a_diverging_automatic_rate_does_not_advise_lr_auto(world):
+    from sgd_influence_plugin import api
+    from sgd_influence_plugin.dataset import load_dataset
+    from sgd_influence_plugin.errors import UnstableReplayError
+    from sgd_influence_plugin.nnabla_adapter import load_model
+    from sgd_influence_plugin.settings import InfluenceSettings
+
+    model = load_model(world["model"])
+    train = load_dataset(world["train"], model.info.input_shapes).arrays
+    val = load_dataset(world["val"], model.info.input_shapes).arrays
+    settings = InfluenceSettings(trials=1, retries=0)
+    for source, advice in (("auto", r"--lr auto is already in use: give a smaller --lr number"),
+                           ("given", r"Give a smaller --lr \(or --lr auto\)")):  # fmt: skip
+        run = api.ResolvedRun(lr=1e6, weight_decay=0.0, batch_size=16, lr_source=source)
+        with pytest.raises(UnstableReplayError, match=advice):
+            api.run_trial(model, train, val, settings, run, str(world["tmp"] / "c"), 0, None, 2.3)
+
+
+def test_case17_a_cache_dir_in_use_by_another_run_is_refused(world, capsys):
+    from sgd_influence_plugin import io_utils, validation
+
+    out = world["root"] / "out" / "influence.csv"
+    cache = world["root"] / "cache"
+    assert cli.main(_run_argv(world, out, "--cache-dir", str(cache))) == 0
+    with open(cache / validation.CACHE_LOCK, "a+") as held:  # another run holds it
+        assert io_utils.try_lock(held)
+        before = _tree(world["root"])
+        assert cli.main(_run_argv(world, out, "--cache-dir", str(cache), "--seed", "1")) == 2
+        _one_line_error(capsys, r"--cache-dir .*cache: is in use by another sgd-influence run")
+        assert _tree(world["root"]) == before
+    assert cli.main(_run_argv(world, out, "--cache-dir", str(cache), "--seed", "1")) == 0

@@ -27,7 +27,9 @@ sys.path.insert(0, HERE)
 
 import build_dataset  # noqa: E402
 
-PLUGIN = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py")
+PLUGIN = os.path.join(
+    ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py"
+)
 LABEL_NAMES = os.path.join(HERE, "label_names.txt")
 NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
 
