@@ -576,5 +576,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
 
 
+def entry() -> None:
+    """The ``sgd-influence`` command: :func:`main`, then :func:`.interrupts.exit_process`."""
+    interrupts.exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

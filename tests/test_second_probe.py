@@ -15,11 +15,12 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 import test_safety as first
 
-from sgd_influence_plugin import cli, ownership
+from sgd_influence_plugin import cli, interrupts, ownership, parallel
 
 # Fixtures and helpers shared with the first probe (tests/test_safety.py).
 world = first.world
@@ -717,3 +718,144 @@ def test_case17_a_cache_dir_in_use_by_another_run_is_refused(world, capsys):
         _one_line_error(capsys, r"--cache-dir .*cache: is in use by another sgd-influence run")
         assert _tree(world["root"]) == before
     assert cli.main(_run_argv(world, out, "--cache-dir", str(cache), "--seed", "1")) == 0
+
+
+# ----------------------------------------------------------------------------------------
+# Case 13: Ctrl-C around forked workers
+# ----------------------------------------------------------------------------------------
+
+#: What the fork hooks below record while armed: ("child", blocked signals) per child,
+#: ("fork",) per fork in the parent. os.register_at_fork hooks cannot be removed, so they are
+#: registered once and record only while a test arms them.
+_FORKS = {"armed": None}
+
+
+def _after_in_child():
+    if _FORKS["armed"] is not None:
+        import signal
+
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        with open(os.path.join(_FORKS["armed"], f"child_{os.getpid()}"), "w") as f:
+            f.write(" ".join(str(int(s)) for s in sorted(blocked)))
+
+
+def _after_in_parent():
+    if _FORKS["armed"] is not None:
+        open(os.path.join(_FORKS["armed"], f"fork_{time.monotonic_ns()}"), "w").close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_in_child, after_in_parent=_after_in_parent)
+
+
+@pytest.fixture
+def forks(tmp_path):
+    folder = tmp_path / "forks"
+    folder.mkdir()
+    _FORKS["armed"] = str(folder)
+    yield folder
+    _FORKS["armed"] = None
+
+
+needs_fork = pytest.mark.skipif(
+    not hasattr(os, "register_at_fork") or not parallel.fork_available(), reason="no fork here"
+)
+
+
+def _pid(item, progress):
+    return os.getpid()
+
+
+@needs_fork
+def test_case13_workers_start_with_ctrl_c_held(forks):
+    """A Ctrl-C that arrives while a worker is forked must not run the parent's handler in the
+    child (it printed "Exception ignored in _after_fork ... KeyboardInterrupt"): the child
+    starts with SIGINT and SIGTERM blocked, and ignores SIGINT before it unblocks."""
+    import signal
+
+    pids = parallel.run_parallel(_pid, range(2), jobs=2)
+    seen = sorted(p.name for p in forks.iterdir() if p.name.startswith("child_"))
+    assert seen == sorted(f"child_{p}" for p in pids)
+    for name in seen:
+        blocked = {int(x) for x in (forks / name).read_text().split()}
+        assert {int(signal.SIGINT), int(signal.SIGTERM)} <= blocked, name
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()  # the parent's is restored
+
+
+@needs_fork
+def test_case13_no_worker_starts_after_a_stop_request(forks):
+    """Ctrl-C while the curvature is measured (no step looks at it there): the trials that
+    follow must not fork workers that then have to be terminated (5 s each, at worst)."""
+    import signal
+
+    with interrupts.stop_requests():
+        os.kill(os.getpid(), signal.SIGINT)  # recorded, not raised
+        assert interrupts.requested()
+        with pytest.raises(KeyboardInterrupt):
+            parallel.run_parallel(_pid, range(3), jobs=2)
+    assert not [p for p in forks.iterdir() if p.name.startswith("fork_")]
+
+
+def _stubborn(item, progress):
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL ends it
+    progress("started", 0, 1)
+    time.sleep(20)
+
+
+@needs_fork
+def test_case13_a_second_ctrl_c_while_workers_are_reaped_leaves_none(monkeypatch):
+    """The first Ctrl-C stops the run; a second one arrives while a worker is still being
+    reaped (it ignores SIGTERM, so it is killed after the grace time). Before, the second
+    Ctrl-C broke off the reaping and left the worker running (and an atexit traceback)."""
+    import multiprocessing
+    import signal
+    import threading
+
+    monkeypatch.setattr(parallel, "_TERMINATE_GRACE", 2.0)
+    me = os.getpid()
+
+    def on_progress(i, stage, done, total):
+        os.kill(me, signal.SIGINT)  # the first Ctrl-C: a stop request
+        threading.Timer(0.8, os.kill, (me, signal.SIGINT)).start()  # during the reaping
+
+    try:
+        with interrupts.stop_requests():
+            t0 = time.monotonic()
+            with pytest.raises(KeyboardInterrupt):
+                parallel.run_parallel(_stubborn, range(2), jobs=2, on_progress=on_progress)
+            assert time.monotonic() - t0 >= 2.0  # the grace time passed: the second was held
+        assert multiprocessing.active_children() == []
+    finally:  # whatever happened, no stubborn worker may outlive the test
+        for child in multiprocessing.active_children():
+            child.kill()
+            child.join()
+
+
+def test_case13_cli_two_ctrl_c_from_the_terminal_one_line_and_fast(world):
+    """Ctrl-C twice, sent to the whole process group as a terminal does, while the trials run
+    in workers: exit 130, the one line, no traceback, within a few seconds."""
+    import signal
+
+    out = world["root"] / "out" / "influence.csv"
+    env = dict(os.environ, TMPDIR=str(world["tmp"]))
+    argv = _run_argv(world, out, "--epochs", "5000", "--trials", "3", "--jobs", "2")
+    proc = subprocess.Popen(
+        [first.CLI] + argv, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.time() + 120
+    while not any(p.name.startswith("sgd_influence_cache_") for p in world["tmp"].iterdir()):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    time.sleep(0.3)  # the workers are training
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip() == "sgd-influence: " + interrupts.MESSAGE, err
+    assert time.monotonic() - t0 < 4.0
+    assert list(world["tmp"].iterdir()) == []
+    assert not (world["root"] / "out").exists()
