@@ -2,15 +2,15 @@
 
 One run builds a Fashion-MNIST subset (PNGs and console CSVs, default 3,000 training images),
 and for each network (default: the sample CNN ``cnn`` and the LeNet-style ``lenet`` of
-:mod:`sgd_influence_plugin.netdef`) writes a console-style ``net.nntxt``, trains it with
+:mod:`support.netdef`) writes a console-style ``net.nntxt``, trains it with
 ``nnabla_cli train`` and measures, on that model and data (B = 32 unless ``--batch-size``):
 
 - **epoch**: one plain SGD training epoch, :func:`core.sgd_epoch` (median of 3, graphs built
   beforehand). Every end-to-end time below is also given as a multiple of it.
 - **end to end**: ``sgd-influence run`` as a subprocess, exactly as a user starts it (the
   interpreter's start-up, imports, reading the CSVs, every trial, thumbnails and all outputs),
-  once with its defaults and once with ``--trials 6`` (plus ``--replay-step exact`` if the CLI
-  has that option); wall-clock seconds. The run's own ``settings.yaml`` timings are printed
+  once with its defaults, once with ``--trials 6`` and once with ``--trials 6 --replay-step
+  exact``; wall-clock seconds. The run's own ``settings.yaml`` timings are printed
   as its stage breakdown, next to the same stages timed here in-process with the package's
   functions (loading the model, reading both CSVs, writing the outputs).
 - **baseline**: the published NNC plugin's method, the only code re-implemented here: per trial
@@ -342,16 +342,6 @@ def check_steps(model, train, u_list, args) -> dict:
     }
 
 
-def cli_help() -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "sgd_influence_plugin.cli", "run", "--help"],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-    )
-    return proc.stdout
-
-
 def run_cli(result: str, csvs: dict, out_dir: str, extra, context: str) -> dict:
     """``sgd-influence run`` as a subprocess: wall seconds and the run's settings.yaml."""
     cmd = [
@@ -518,7 +508,7 @@ def measure_memory(work: str, result: str, train, u_list, args) -> dict:
 # ------------------------------------------------------------------------------------------
 
 
-def measure_network(arch: str, work: str, csvs: dict, args, has_fd_option: bool) -> dict:
+def measure_network(arch: str, work: str, csvs: dict, args) -> dict:
     log(f"[{arch}] training with nnabla_cli ...")
     result = train_network(work, arch, csvs, args)
     model = load_model(model=os.path.join(result, "results.nnp"), context=args.context)
@@ -534,9 +524,11 @@ def measure_network(arch: str, work: str, csvs: dict, args, has_fd_option: bool)
     log(f"[{arch}] per-step timing: {args.warmup} warm-up + {args.repeats} x {args.steps} ...")
     info["steps"] = measure_steps(model, train, u_list, args)
 
-    runs = [("default", []), ("trials6", ["--trials", "6"])]
-    if has_fd_option:
-        runs.append(("trials6_exact", ["--trials", "6", "--replay-step", "exact"]))
+    runs = [
+        ("default", []),
+        ("trials6", ["--trials", "6"]),
+        ("trials6_exact", ["--trials", "6", "--replay-step", "exact"]),
+    ]
     info["cli"] = {}
     cache_dir = os.path.join(work, f"cache_{arch}")
     for name, extra in runs:
@@ -760,7 +752,6 @@ def main(argv=None) -> int:
     try:
         log(f"building a {args.n_train}-image Fashion-MNIST subset under {work} ...")
         csvs = build_data(work, args)
-        has_fd = "--replay-step" in cli_help()
         setup = {
             "nnabla": nnabla.__version__,
             "python": platform.python_version(),
@@ -768,7 +759,7 @@ def main(argv=None) -> int:
             "usable cores": parallel.usable_cores(),
             "startup_seconds": round(startup_seconds(), 3),
         }
-        infos = [measure_network(a, work, csvs, args, has_fd) for a in args.archs]
+        infos = [measure_network(a, work, csvs, args) for a in args.archs]
     except SGDInfluenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -777,8 +768,6 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     setup["benchmark_seconds"] = round(time.perf_counter() - started, 1)
     targets = report(infos, args, setup)
-    if not has_fd:
-        log("\n(the CLI has no --replay-step option: fd was timed per step and per replay only)")
     if args.out_json:
         with open(args.out_json, "w") as f:
             json.dump({"setup": setup, "networks": infos, "targets": targets}, f, indent=2)

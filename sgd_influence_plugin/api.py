@@ -1,6 +1,7 @@
-"""The Python API the CLI, the console plugin and the tests call.
+"""Influence scores from a loaded model and decoded arrays (no input or output files).
 
-Two phases, each reading and writing only the cache folder:
+:mod:`.runner` (the run command), :mod:`.fidelity` (the check) and :mod:`.evaluate` build on
+it. Two phases, each reading and writing only the cache folder:
 
 - :func:`run_training_phase` (Algorithm 1): from the trained parameters, K epochs of plain
   SGD; writes ``parameters.h5`` (final parameters), ``order.npy`` (int32 (N,)), ``lr.npy``
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -203,7 +204,7 @@ def choose_lr(
         log(f"replay learning rate {run.lr:g} (auto: {choice.limit})")
         return run
     check_rates(run.lr, run.weight_decay, steps)
-    if run.lr > 1.05 * choice.lr:
+    if curvature_mod.breaks_rule(run.lr, curv, steps, run.weight_decay):
         msg = (
             f"lr={run.lr:g} is above the stable rate {choice.lr:g} measured for this model "
             f"({choice.limit}); the final-parameters replay may blow up (unstable trials are "
@@ -266,8 +267,25 @@ def _dir_bytes(path: str) -> int:
     return total
 
 
+#: The cache's files (see the module docstring); only this module reads or writes them.
+PARAMS_FILE = "parameters.h5"
+ORDER_FILE = "order.npy"
+LR_FILE = "lr.npy"
+META_FILE = "settings.yaml"
+STEPS_FOLDER = "steps"
+
+
 def _step_path(cache_dir: str, t: int) -> str:
-    return os.path.join(cache_dir, "steps", f"step_{t:05d}.h5")
+    return os.path.join(cache_dir, STEPS_FOLDER, f"step_{t:05d}.h5")
+
+
+def read_schedule(cache_dir: str) -> Tuple[np.ndarray, np.ndarray]:
+    """The replayed epoch of a cache: ``(order, lrs)``, its sample order (int32 (N,)) and the
+    learning rate of each of its T steps (float32 (T,)).
+    """
+    order = np.load(os.path.join(cache_dir, ORDER_FILE))
+    lrs = np.load(os.path.join(cache_dir, LR_FILE))
+    return order, lrs
 
 
 def run_training_phase(
@@ -291,7 +309,7 @@ def run_training_phase(
     os.makedirs(cache_dir, exist_ok=True)
     before_step = None
     if settings.cache == "all":
-        os.makedirs(os.path.join(cache_dir, "steps"), exist_ok=True)
+        os.makedirs(os.path.join(cache_dir, STEPS_FOLDER), exist_ok=True)
 
         def before_step(t):
             model.save_params(_step_path(cache_dir, t))
@@ -308,11 +326,11 @@ def run_training_phase(
             before_step=before_step if last else None,
             progress=progress,
         )
-    model.save_params(os.path.join(cache_dir, "parameters.h5"))
-    np.save(os.path.join(cache_dir, "order.npy"), orders[-1].astype(np.int32))
-    np.save(os.path.join(cache_dir, "lr.npy"), lrs)
+    model.save_params(os.path.join(cache_dir, PARAMS_FILE))
+    np.save(os.path.join(cache_dir, ORDER_FILE), orders[-1].astype(np.int32))
+    np.save(os.path.join(cache_dir, LR_FILE), lrs)
     write_yaml(
-        os.path.join(cache_dir, "settings.yaml"),
+        os.path.join(cache_dir, META_FILE),
         {
             **settings.to_dict(),
             "seed": seed,
@@ -342,15 +360,14 @@ def run_inference_phase(
         validation loss at the final parameters.
 
     """
-    meta = read_yaml(os.path.join(cache_dir, "settings.yaml"))
-    order = np.load(os.path.join(cache_dir, "order.npy"))
-    lrs = np.load(os.path.join(cache_dir, "lr.npy"))
+    meta = read_yaml(os.path.join(cache_dir, META_FILE))
+    order, lrs = read_schedule(cache_dir)
     if len(order) != len(next(iter(train.values()))):
         raise SettingsError(
             f"{cache_dir}: the cache was made for {len(order)} training samples but the "
             f"training data has {len(next(iter(train.values())))}; run the training phase again"
         )
-    model.load_params(os.path.join(cache_dir, "parameters.h5"))
+    model.load_params(os.path.join(cache_dir, PARAMS_FILE))
     u = core.validation_gradient(model, val, val_batch_size)
     val_loss = core.mean_loss(model, val, val_batch_size)
     params_at = None
@@ -465,7 +482,7 @@ def run_trial(
         model.set_params(theta0)
     return TrialOutcome(
         scores=infl,
-        order=np.load(os.path.join(trial_dir, "order.npy")),
+        order=read_schedule(trial_dir)[0],
         seed=seed,
         lr=lr,
         attempts=len(notes) + 1,
@@ -566,9 +583,7 @@ def compute_influence(
     timings["curvature"] = time.perf_counter() - t0
     own_tmp = cache_dir is None
     root = tempfile.mkdtemp(prefix="sgd_influence_cache_") if own_tmp else cache_dir
-    jobs = settings.jobs or parallel.default_jobs(settings.trials)
-    if jobs > 1 and not settings.context.startswith("cpu"):
-        jobs = 1  # a CUDA context does not survive fork()
+    jobs = parallel.workers_for(settings.context, settings.jobs, settings.trials)
     timings["jobs"] = min(jobs, settings.trials)
 
     def one_trial(m: int, trial_progress) -> TrialOutcome:

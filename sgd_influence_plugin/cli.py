@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from . import interrupts
 from .errors import OutputError, SGDInfluenceError
+from .options import HELP
 from .settings import CACHE_MODES, DEFAULT_TRIALS, REPLAY_STEPS, InfluenceSettings
 
 SIGN_NOTE = (
@@ -32,17 +33,16 @@ def _add_model_and_data(p) -> None:
     ``run`` and ``check`` share.
     """
     src = p.add_argument_group("model (required: --model, or --config with --params)")
-    src.add_argument("--model", help="results.nnp holding the network and its parameters")
-    src.add_argument("--config", help="net.nntxt of a training result (use with --params)")
-    src.add_argument("--params", help="parameters .h5 for --config")
+    src.add_argument("--model", help=HELP["model"])
+    src.add_argument("--config", help=HELP["config"])
+    src.add_argument("--params", help=HELP["params"])
     p.add_argument(
         "--train",
-        help="training dataset CSV (default: the optimizer's dataset in the network definition)",
+        help=HELP["train"] + " (default: the optimizer's dataset in the network definition)",
     )
     p.add_argument(
         "--val",
-        help="validation dataset CSV (default: the validation monitor's dataset in the network "
-        "definition)",
+        help=HELP["val"] + " (default: the validation monitor's dataset in the network definition)",
     )
 
 
@@ -59,37 +59,25 @@ def _add_run(sub):
         "--output",
         required=True,
         help="influence CSV to write (a new .csv file, or one sgd-influence wrote); beside it "
-        "go STEM_thumbnails/, STEM_settings.yaml, STEM_summary.txt and STEM_trials.csv, "
-        "named after it",
+        "go STEM_cleansed.csv, STEM_settings.yaml, STEM_summary.txt, STEM_trials.csv and, "
+        "for large images, STEM_thumbnails/ (STEM = the CSV's name without .csv)",
     )
     _add_model_and_data(p)
     p.add_argument(
-        "--batch-size",
-        type=int,
-        help="mini-batch size of the replayed epoch (default: the training dataset's)",
+        "--batch-size", type=int, help=HELP["batch_size"] + " (default: the training dataset's)"
     )
+    p.add_argument("--lr", default="auto", help=HELP["lr"] + " (default: auto)")
     p.add_argument(
-        "--lr",
-        default="auto",
-        help="learning rate of the replayed epoch: auto = the largest rate (at most the "
-        "solver's) that keeps the final-parameters replay stable for the measured curvature; "
-        "solver = the network definition's lr/alpha; or a number (default: auto)",
+        "--weight-decay",
+        type=float,
+        help=HELP["weight_decay"] + " (default: the solver's weight_decay)",
     )
-    p.add_argument(
-        "--weight-decay", type=float, help="L2 coefficient (default: the solver's weight_decay)"
-    )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=1,
-        help="SGD epochs of the training phase; the last is replayed (default: %(default)s)",
-    )
+    p.add_argument("--epochs", type=int, default=1, help=HELP["epochs"] + " (default: %(default)s)")
     p.add_argument(
         "--trials",
         type=int,
         default=DEFAULT_TRIALS,
-        help="independent trials (seeds S, S+1, ...) combined, each scaled to a common size "
-        f"(default: {DEFAULT_TRIALS})",
+        help=HELP["trials"] + f" (default: {DEFAULT_TRIALS})",
     )
     p.add_argument(
         "--retries",
@@ -98,49 +86,32 @@ def _add_run(sub):
         help="times an unstable trial is run again at a quarter of its rate before the run "
         "stops with an error (default: 2)",
     )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed S of the first trial's sample order (default: %(default)s)",
-    )
+    p.add_argument("--seed", type=int, default=0, help=HELP["seed"] + " (default: %(default)s)")
     p.add_argument(
         "--replay-step",
         choices=REPLAY_STEPS,
         default="fd",
-        help="fd: two first-order passes at theta +/- eps*u per replay step, about 2.5x faster "
-        "than exact, a smoothed Hessian on ReLU networks; exact: one double-backward pass "
-        "(default: %(default)s)",
+        help=HELP["replay_step"] + " (default: %(default)s)",
     )
     p.add_argument(
         "--jobs",
         type=int,
         metavar="N",
-        help="worker processes for the trials (default: the usable cores, at most the trials; "
-        "no effect on the scores)",
+        help=HELP["jobs"] + " (default: the usable cores, at most the trials)",
     )
     p.add_argument(
         "--cache",
         choices=CACHE_MODES,
         default="final",
-        help="final: keep only the final parameters (Suzuki et al.); all: also the "
-        "parameters before every step (Hara et al.) (default: %(default)s)",
+        help=HELP["cache"] + " (default: %(default)s)",
     )
     p.add_argument(
         "--cache-dir",
         help="keep the cache in this folder, new or empty or one sgd-influence made (default: "
         "a temporary folder, removed at the end)",
     )
-    p.add_argument(
-        "--context",
-        default="cpu",
-        help="cpu, or cudnn[:DEVICE] with nnabla-ext-cuda installed (default: %(default)s)",
-    )
-    p.add_argument(
-        "--report",
-        action="store_true",
-        help="also write STEM_report.html, offline (default: off)",
-    )
+    p.add_argument("--context", default="cpu", help=HELP["context"] + " (default: %(default)s)")
+    p.add_argument("--report", action="store_true", help=HELP["report"] + " (default: off)")
     p.add_argument(
         "--thumb-size",
         type=int,
@@ -152,22 +123,32 @@ def _add_run(sub):
     p.add_argument(
         "--label-names",
         metavar="FILE",
-        help="text file with one class name per line, line 1 for label 0; the summary "
-        "and the report show the names (default: the label numbers only)",
+        help=HELP["label_names"] + " (default: the label numbers only)",
     )
     p.add_argument(
-        "--quiet", action="store_true", help="no progress bars or messages (default: off)"
+        "--remove-ratio",
+        type=float,
+        metavar="R",
+        help=HELP["remove_ratio"] + ", 0 <= R < 1 (default: apply the recommendation)",
     )
+    p.add_argument(
+        "--no-recommend",
+        action="store_true",
+        help=HELP["recommend"] + " (default: off)",
+    )
+    p.add_argument("--quiet", action="store_true", help=HELP["quiet"] + " (default: off)")
     p.set_defaults(func=cmd_run)
 
 
 def _add_cleanse(sub):
     p = sub.add_parser(
         "cleanse",
-        help="write the training CSV without the most harmful rows",
-        description="Write a console dataset CSV without the top-N (or top share of) harmful "
-        "rows of an influence CSV. Other columns are kept; file paths are rewritten "
-        "relative to the new CSV's folder. The training CSV is not modified.",
+        help="write the training CSV with the recommendation applied",
+        description="Write a console dataset CSV with the influence CSV's recommendation "
+        "applied (rows marked relabel get suggested_label, rows marked remove are dropped), "
+        "or, with --remove/--remove-ratio, without the top-N (or top share of) harmful rows "
+        "instead. Other columns are kept; file paths are rewritten relative to the new CSV's "
+        "folder. The training CSV is not modified.",
     )
     req = p.add_argument_group(REQUIRED)
     req.add_argument("--influence", required=True, help="influence CSV from 'sgd-influence run'")
@@ -177,15 +158,20 @@ def _add_cleanse(sub):
         required=True,
         help="cleansed CSV to write (a new .csv file, or one sgd-influence wrote)",
     )
-    g = req.add_mutually_exclusive_group(required=True)
+    g = p.add_mutually_exclusive_group()
     g.add_argument(
-        "--remove", type=int, metavar="N", help="number of most harmful rows to remove (or R)"
+        "--remove",
+        type=int,
+        metavar="N",
+        help="override the recommendation: remove the N most harmful rows, or R (default: "
+        "apply the influence CSV's action column)",
     )
     g.add_argument(
         "--remove-ratio",
         type=float,
         metavar="R",
-        help="share of the rows to remove, 0 <= R < 1, rounded to whole rows (or N)",
+        help=HELP["remove_ratio"] + ", 0 <= R < 1, rounded to whole rows, or N (default: "
+        "apply the influence CSV's action column)",
     )
     p.set_defaults(func=cmd_cleanse)
 
@@ -239,7 +225,8 @@ def _add_check(sub):
         "--output",
         required=True,
         help="check CSV to write (a new .csv file, or one sgd-influence wrote): one row per "
-        "checked sample; beside it go STEM_plot.png and STEM_settings.yaml",
+        "checked sample; beside it go STEM_plot.png and STEM_settings.yaml, where STEM is its "
+        "name without .csv",
     )
     _add_model_and_data(p)
     p.add_argument(
@@ -247,49 +234,29 @@ def _add_check(sub):
         type=int,
         default=DEFAULT_SAMPLES,
         metavar="M",
-        help=f"training samples re-run without: a third most harmful, a third most helpful, "
-        f"the rest random; at least {MIN_SAMPLES} (default: %(default)s)",
+        help=HELP["check.samples"] + f"; at least {MIN_SAMPLES} (default: %(default)s)",
     )
     p.add_argument(
-        "--batch-size",
-        type=int,
-        help="mini-batch size of the replayed epoch (default: the training dataset's)",
+        "--batch-size", type=int, help=HELP["batch_size"] + " (default: the training dataset's)"
     )
+    p.add_argument("--lr", default="auto", help=HELP["lr"] + " (default: auto)")
     p.add_argument(
-        "--lr",
-        default="auto",
-        help="learning rate of the replayed epoch, as for 'run': auto, solver or a number "
-        "(default: auto)",
+        "--weight-decay",
+        type=float,
+        help=HELP["weight_decay"] + " (default: the solver's weight_decay)",
     )
+    p.add_argument("--epochs", type=int, default=1, help=HELP["epochs"] + " (default: %(default)s)")
     p.add_argument(
-        "--weight-decay", type=float, help="L2 coefficient (default: the solver's weight_decay)"
-    )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=1,
-        help="SGD epochs of the training phase; the last is replayed (default: %(default)s)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the sample order and of the random samples (default: %(default)s)",
+        "--seed", type=int, default=0, help=HELP["check.seed"] + " (default: %(default)s)"
     )
     p.add_argument(
         "--cache",
         choices=CACHE_MODES,
         default="final",
-        help="final or all, as for 'run' (default: %(default)s)",
+        help=HELP["cache"] + " (default: %(default)s)",
     )
-    p.add_argument(
-        "--context",
-        default="cpu",
-        help="cpu, or cudnn[:DEVICE] with nnabla-ext-cuda installed (default: %(default)s)",
-    )
-    p.add_argument(
-        "--quiet", action="store_true", help="no progress bars or messages (default: off)"
-    )
+    p.add_argument("--context", default="cpu", help=HELP["context"] + " (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help=HELP["check.quiet"] + " (default: off)")
     p.set_defaults(func=cmd_check)
 
 
@@ -325,10 +292,9 @@ _SETTING_OPTIONS = (
 )
 
 
-def _settings_from(args, **fixed) -> InfluenceSettings:
-    """The settings from a subcommand's options (those it has), with ``fixed`` on top."""
-    values = {k: getattr(args, k) for k in _SETTING_OPTIONS if hasattr(args, k)}
-    return InfluenceSettings(**{**values, **fixed})
+def _settings_from(args) -> InfluenceSettings:
+    """The settings from a subcommand's options (those it has)."""
+    return InfluenceSettings(**{k: getattr(args, k) for k in _SETTING_OPTIONS if hasattr(args, k)})
 
 
 def cmd_run(args) -> int:
@@ -349,10 +315,13 @@ def cmd_run(args) -> int:
         report=args.report,
         thumb_size=args.thumb_size,
         label_names=args.label_names,
+        remove_ratio=args.remove_ratio,
+        recommend=not args.no_recommend,
     )
     say = _say(args.quiet)
     paths, result = run(req, log=say, progress=TqdmProgress(not args.quiet))
     say(f"influence CSV: {paths.csv}")
+    say(f"cleansed CSV (retrain on it): {paths.cleansed}")
     if paths.report:
         say(f"report: {paths.report}")
     say(f"summary: {paths.summary}")
@@ -364,7 +333,7 @@ def cmd_check(args) -> int:
     from .check import CheckRequest, run_check, verdict_line
     from .progress import TqdmProgress
 
-    settings = _settings_from(args, trials=1)
+    settings = _settings_from(args)
     req = CheckRequest(
         output=args.output,
         model=args.model,
@@ -390,7 +359,9 @@ def cmd_cleanse(args) -> int:
         args.influence, args.train, args.output, remove=args.remove, remove_ratio=args.remove_ratio
     )
     print(
-        f"removed {len(out['removed'])} rows, kept {out['kept']}: {out['output']}", file=sys.stderr
+        f"removed {len(out['removed'])} rows, relabelled {len(out['relabelled'])}, kept "
+        f"{out['kept']}: {out['output']}",
+        file=sys.stderr,
     )
     return 0
 

@@ -1,7 +1,7 @@
 """SGD-influence: plain SGD, the validation gradient and the backward replay.
 
 The math of Hara et al. (2019) with the storage-efficient replay of Suzuki et al. (2021); see
-"How it works" in the README. Everything here is a function of arrays and of a *model* object that
+docs/method.md. Everything here is a function of arrays and of a *model* object that
 supplies graphs (:class:`~sgd_influence_plugin.nnabla_adapter.NnablaModel` satisfies it):
 
 - ``model.graph(B)`` -> a graph with ``inputs`` (column -> Variable (B, ...)), ``loss`` (B, 1)
@@ -242,11 +242,8 @@ def validation_gradient(
 REPLAY_STEPS = ("exact", "fd")
 
 #: Default relative size of the central-difference step: eps * ||u|| = FD_REL_STEP * ||theta||.
-#: Chosen by whole replays on ReLU/max-pooling CNNs (3,000 Fashion-MNIST images, 10% flipped
-#: labels, lr 0.01): 1e-5 and 1e-4 let u grow up to 1e4x and lose the flipped labels; 1e-3 and
-#: 3e-3 lost up to 0.05 of precision; 1e-2 matched the exact step within 0.01 (sample CNN and
-#: LeNet-style, 3 trials each), and 3e-2 was worse again. On smooth networks 1e-2 costs 0.1-0.3%
-#: of accuracy per step.
+#: Chosen by whole replays on ReLU/max-pooling CNNs; the measurements behind it are in
+#: docs/method.md ("Choosing the finite-difference step").
 FD_REL_STEP = 1e-2
 
 

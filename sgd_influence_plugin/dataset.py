@@ -205,7 +205,7 @@ def load_dataset(
             ``{"x": (1, 28, 28), "y": (1,)}``.
         normalize: divide 8-bit image values by 255 (the console's default; the dataset's
             ``no_image_normalization`` turns it off).
-        progress: optional callback ``(done, total)``, in cells decoded (rows x variables).
+        progress: optional callback ``(done, total)``, in rows decoded.
         jobs: worker processes that decode blocks of rows at once (see :mod:`.parallel`;
             the result is the same as with 1). Files of under :data:`PARALLEL_MIN_ROWS` rows
             are read in this process.
@@ -245,19 +245,21 @@ def load_dataset(
     }
 
     def decode(lo: int, hi: int, report: Callable[[int, int], None]) -> Dict[str, np.ndarray]:
-        """Rows lo..hi-1 of every needed variable; ``report(done, total)`` within the block."""
-        block: Dict[str, np.ndarray] = {}
-        total, done = (hi - lo) * len(plan), 0
-        for name, (shape, cols) in plan.items():
-            out = np.empty((hi - lo,) + shape, dtype=np.float32)
-            for ri in range(lo, hi):
-                out[ri - lo] = _row_value(
+        """Rows lo..hi-1 of every needed variable; ``report(rows done, rows)`` within the
+        block.
+        """
+        block = {
+            name: np.empty((hi - lo,) + shape, dtype=np.float32)
+            for name, (shape, _) in plan.items()
+        }
+        for ri in range(lo, hi):
+            for name, (shape, cols) in plan.items():
+                block[name][ri - lo] = _row_value(
                     path, numbers[ri], header, rows[ri], cols, shape, name, folder, normalize
                 )
-                done += 1
-                if done % 500 == 0 or done == total:
-                    report(done, total)
-            block[name] = out
+            done = ri + 1 - lo
+            if done % 500 == 0 or done == hi - lo:
+                report(done, hi - lo)
         return block
 
     n = len(rows)
@@ -274,7 +276,7 @@ def load_dataset(
         def on_progress(b: int, stage: str, done: int, total: int) -> None:
             done_per_block[b] = done
             if progress is not None:
-                progress(sum(done_per_block), n * len(plan))
+                progress(sum(done_per_block), n)
 
         parts = parallel.run_parallel(
             lambda block, report: decode(block[0], block[1], lambda d, t: report("read", d, t)),

@@ -40,6 +40,7 @@ from .dataset import Dataset, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
 from .io_utils import atomic_write
 from .nnabla_adapter import load_model
+from .options import HELP
 from .settings import DEFAULT_TRIALS, InfluenceSettings, write_yaml
 
 DEFAULT_RATIOS = "0,0.01,0.02,0.05,0.1,0.2"
@@ -57,9 +58,9 @@ def add_arguments(p) -> None:
         "--output-dir", required=True, help="folder for results.csv, figure2.png, summary.md"
     )
     src = p.add_argument_group("model (required: --model, or --config with --params)")
-    src.add_argument("--model", help="results.nnp of the trained network")
-    src.add_argument("--config", help="net.nntxt (with --params) instead of --model")
-    src.add_argument("--params", help="parameters .h5 for --config")
+    src.add_argument("--model", help=HELP["model"])
+    src.add_argument("--config", help=HELP["config"])
+    src.add_argument("--params", help=HELP["params"])
     p.add_argument(
         "--ratios",
         default=DEFAULT_RATIOS,
@@ -78,29 +79,16 @@ def add_arguments(p) -> None:
         help="label-noise ground truth CSV (index,...,flipped) for precision@n and recall@n "
         "(default: none)",
     )
+    shown = " (default: %(default)s)"
+    p.add_argument("--epochs", type=int, default=1, help=HELP["epochs"] + shown)
+    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help=HELP["trials"] + shown)
+    p.add_argument("--lr", default="auto", help=HELP["lr"] + shown)
     p.add_argument(
-        "--epochs", type=int, default=1, help="training-phase epochs (default: %(default)s)"
+        "--batch-size", type=int, help=HELP["batch_size"] + " (default: the training dataset's)"
     )
-    p.add_argument(
-        "--trials",
-        type=int,
-        default=DEFAULT_TRIALS,
-        help="influence trials (default: %(default)s)",
-    )
-    p.add_argument(
-        "--lr",
-        default="auto",
-        help="learning rate of the replayed epoch: auto, solver or a number (default: %(default)s)",
-    )
-    p.add_argument("--batch-size", type=int, help="batch size (default: the dataset's)")
-    p.add_argument(
-        "--cache",
-        choices=("final", "all"),
-        default="final",
-        help="influence cache mode (default: %(default)s)",
-    )
-    p.add_argument("--context", default="cpu", help="cpu or cudnn[:DEVICE] (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress messages (default: off)")
+    p.add_argument("--cache", choices=("final", "all"), default="final", help=HELP["cache"] + shown)
+    p.add_argument("--context", default="cpu", help=HELP["context"] + shown)
+    p.add_argument("--quiet", action="store_true", help=HELP["quiet"] + " (default: off)")
 
 
 def _floats(text: str, what: str) -> List[float]:
@@ -684,27 +672,6 @@ def _plot(path: str, agg: List[Dict], n: int, facts: Dict) -> None:
     fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
-
-
-def rewrite_outputs(out_dir: str) -> None:
-    """Redo ``figure2.png`` and ``summary.md`` from a finished run's results.csv and
-    settings.yaml (no retraining).
-    """
-    from .settings import read_yaml
-
-    facts = read_yaml(os.path.join(out_dir, "settings.yaml"))
-    with open(os.path.join(out_dir, "results.csv"), newline="") as f:
-        rows = [
-            {
-                k: (v if k == "method" else (int(v) if k in ("seed", "n_removed") else float(v)))
-                for k, v in r.items()
-            }
-            for r in csv.DictReader(f)
-        ]
-    flipped = None
-    if facts.get("noise"):
-        flipped = read_noise(facts["noise"], int(facts["n_train"]))
-    _write_outputs(out_dir, rows, int(facts["n_train"]), flipped, facts)
 
 
 def run_from_args(args) -> int:

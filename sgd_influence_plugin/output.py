@@ -2,8 +2,8 @@
 
 Influence CSV (NNC dataset format, so the console's viewer shows and sorts it)::
 
-    x:image,y:label,influence,loss,datasource_index,original
-    influence_thumbnails/000123.png,3,-0.0123,2.31,123,train/000123.png
+    x:image,y:label,influence,loss,suggested_label,confidence,action,datasource_index,original
+    influence_thumbnails/000123.png,3,-0.0123,2.31,5,0.93,relabel,123,train/000123.png
 
 - rows sorted by ``influence`` ascending: the most harmful (most negative) first;
 - ``x:image``: the sample's image, path relative to the CSV's folder: the training image
@@ -14,14 +14,19 @@ Influence CSV (NNC dataset format, so the console's viewer shows and sorts it)::
   folder even when the output folder or the data is reached through a link;
 - ``influence``: the trials' combined score (units of the mean validation loss, negative =
   harmful); ``loss``: the sample's training loss at the trained parameters;
+- ``suggested_label``: the model's class for the sample, ``confidence`` its probability (both
+  empty when the run cannot recommend, e.g. for regression); ``action``: the run's
+  recommendation, ``keep``, ``relabel`` (to ``suggested_label``) or ``remove`` (see
+  :mod:`.recommend`);
 - ``datasource_index``: 0-based data row of the sample in the training CSV;
 - ``original``: the sample's image cell exactly as written in the training CSV.
 
 Everything else is named after the CSV (see :data:`COMPANIONS`): for ``out/influence.csv``,
 ``out/influence_thumbnails/``, ``out/influence_settings.yaml``, ``out/influence_summary.txt``,
 ``out/influence_trials.csv`` (each trial's raw scores: ``datasource_index,trial_0,...`` in
-training-row order) and, on request, ``out/influence_report.html`` and
-``out/influence_cleansed.csv``.
+training-row order), ``out/influence_cleansed.csv`` (the training CSV with the recommendation
+applied, or without a share of the most harmful rows when one is given) and, on request,
+``out/influence_report.html``.
 
 Ownership (:mod:`.ownership`, the rule every writer follows): the tool replaces only what it
 wrote, recorded in each output folder's ledger, and a thumbnails folder only when it holds the
@@ -36,7 +41,7 @@ import csv
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -53,8 +58,19 @@ from .ownership import (  # noqa: F401 - re-exported: the rule's names, where ca
     staging,
     written_by_tool,
 )
+from .report import format_score
 
-INFLUENCE_COLUMNS = ["x:image", "y:label", "influence", "loss", "datasource_index", "original"]
+INFLUENCE_COLUMNS = [
+    "x:image",
+    "y:label",
+    "influence",
+    "loss",
+    "suggested_label",
+    "confidence",
+    "action",
+    "datasource_index",
+    "original",
+]
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 #: Every file or folder a run may write beside ``<stem>.csv``: kind -> suffix of the stem.
@@ -258,9 +274,61 @@ def _summary_text(scores, labels, train: Dataset, image_col, info: Dict, names=N
     for i in ranking(scores)[:10]:
         lab = display_label(labels[i], names) if labels is not None else ""
         orig = train.cell(int(i), image_col) if image_col else ""
-        lines.append(f"  {int(i)}, {lab}, {scores[i]:.6g}, {orig}")
+        lines.append(f"  {int(i)}, {lab}, {format_score(scores[i])}, {orig}")
     for w in info.get("warnings", []):
         lines.append(f"warning: {w}")
+    return "\n".join(lines) + "\n"
+
+
+def _recommendation_cells(rec, n: int):
+    """Per-row ``(action, suggested_label, confidence)`` cells of the influence CSV."""
+    if rec is None or not rec.available:
+        return ["keep"] * n, [""] * n, [""] * n
+    return (
+        [str(a) for a in rec.action],
+        [str(int(k)) for k in rec.suggested],
+        [f"{c:.4f}" for c in rec.confidence],
+    )
+
+
+def _recommendation_text(rec, actions, labels, suggested, names=None, cleansed="") -> str:
+    """The summary's recommendation section: what, how many, why, and what to do next."""
+    lines = ["", "RECOMMENDATION"]
+    if rec is None:
+        return "\n".join(lines + ["none computed", ""])
+    counts = {a: sum(1 for x in actions if x == a) for a in ("keep", "relabel", "remove")}
+    lines.append(
+        f"keep {counts['keep']}, relabel {counts['relabel']}, remove {counts['remove']} "
+        f"of {len(actions)} rows"
+    )
+    lines.append(f"why: {rec.reason}")
+    for c in rec.checked:
+        lines.append(
+            f"  checked: {c.action} {len(c.rows)} rows (given label below {c.level:g}): "
+            f"held-out loss {c.loss_change:+.4g} (z {c.z:+.1f}), accuracy "
+            f"{c.accuracy_change:+.2%}{'  <- recommended' if c is rec.chosen else ''}"
+        )
+    if counts["relabel"] or counts["remove"]:
+        lines.append(
+            f"next: retrain on {cleansed or 'the cleansed CSV'} (beside this file), which "
+            "applies it; review the rows marked relabel/remove in the influence CSV first if "
+            "you can"
+        )
+        changed = [j for j, a in enumerate(actions) if a != "keep"]
+        if labels is not None:
+            lines.append("changes per given label (given -> suggested: rows):")
+            pairs: Dict[Tuple[str, str], int] = {}
+            for j in changed:
+                key = (labels[j], suggested[j] if actions[j] == "relabel" else "removed")
+                pairs[key] = pairs.get(key, 0) + 1
+            for (g, sug), k in sorted(pairs.items(), key=lambda kv: -kv[1])[:15]:
+                shown = sug if sug == "removed" else display_label(sug, names)
+                lines.append(f"  {display_label(g, names)} -> {shown}: {k}")
+    else:
+        lines.append(
+            "next: nothing to change; the cleansed CSV equals the training CSV. To remove rows "
+            "anyway, give a remove ratio (it overrides the recommendation)"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -301,25 +369,37 @@ def _write_cleansed(
     src_folder: str,
     out_folder: str,
     path: str,
+    relabel: Optional[Dict[int, str]] = None,
+    label_col: Optional[int] = None,
 ) -> None:
-    """Write ``rows`` without the indices in ``drop``; file cells are rewritten relative to
-    ``out_folder`` (where the CSV will live), so the console finds the images from there.
+    """Write ``rows`` without the indices in ``drop`` and with ``relabel[j]`` in column
+    ``label_col`` of row j; file cells are rewritten relative to ``out_folder`` (where the
+    CSV will live), so the console finds the images from there.
     """
     data_cols = [c for c, cell in enumerate(header) if not cell.startswith("#")]
     out_real = os.path.realpath(out_folder)
     real_dirs: Dict[str, str] = {}
+    relabel = relabel or {}
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
         for j, row in enumerate(rows):
             if j in drop:
                 continue
-            w.writerow(
-                [
-                    _rebase(c, src_folder, out_real, real_dirs) if k in data_cols else c
-                    for k, c in enumerate(row)
-                ]
-            )
+            out = [
+                _rebase(c, src_folder, out_real, real_dirs) if k in data_cols else c
+                for k, c in enumerate(row)
+            ]
+            if j in relabel:
+                out[label_col] = relabel[j]
+            w.writerow(out)
+
+
+def recommended_changes(actions: Sequence[str], suggested: Sequence) -> Tuple[set, Dict[int, str]]:
+    """``(rows to drop, {row: new label})`` from per-row actions (training-row order)."""
+    drop = {j for j, a in enumerate(actions) if a == "remove"}
+    relabel = {j: str(suggested[j]) for j, a in enumerate(actions) if a == "relabel"}
+    return drop, relabel
 
 
 def write_influence_output(
@@ -331,6 +411,7 @@ def write_influence_output(
     thumb_size: int = 64,
     report: bool = False,
     remove_ratio: Optional[float] = None,
+    recommendation=None,
     flag: str = "--output",
     losses: Optional[np.ndarray] = None,
     trial_scores: Optional[np.ndarray] = None,
@@ -350,8 +431,11 @@ def write_influence_output(
         info: settings and run facts, written to ``<stem>_settings.yaml`` and summarised.
         thumb_size: thumbnail bounding box in pixels.
         report: also write ``<stem>_report.html``.
-        remove_ratio: also write ``<stem>_cleansed.csv``: the training CSV without the
-            ``round(remove_ratio * N)`` most harmful rows (None = don't).
+        remove_ratio: ``<stem>_cleansed.csv`` is the training CSV without the
+            ``round(remove_ratio * N)`` most harmful rows, overriding the recommendation
+            (None = apply the recommendation).
+        recommendation: the run's :class:`~.recommend.Recommendation` (None: every row
+            ``keep``, no suggested label).
         flag: the output option of the calling interface, for messages.
         losses: float64 (N,) per-sample training losses for the ``loss`` column (empty if None).
         trial_scores: float64 (M, N) each trial's raw scores, for ``<stem>_trials.csv``.
@@ -376,6 +460,9 @@ def write_influence_output(
     image_col, label_col = find_columns(train, used_columns)
     labels = [train.cell(i, label_col).strip() for i in range(train.size)] if label_col else None
     order = ranking(scores)
+    actions, suggested, confidence = _recommendation_cells(recommendation, train.size)
+    if recommendation is not None:
+        info.setdefault("recommendation", recommendation.to_dict())
     images = [is_image(train.cell(i, image_col)) for i in range(train.size)] if image_col else []
     make_thumbs = any(images) and not fits_box(train, image_col, thumb_size)
     paths = OutputPaths(
@@ -384,7 +471,7 @@ def write_influence_output(
         settings=plan.settings,
         summary=plan.summary,
         report=plan.report if report else None,
-        cleansed=plan.cleansed if remove_ratio is not None else None,
+        cleansed=plan.cleansed,
         trials=plan.trials if trial_scores is not None else None,
     )
     # What this run writes: every companion set in ``paths`` (a new one only needs its path
@@ -428,6 +515,9 @@ def write_influence_output(
                         labels[i] if labels else "",
                         repr(float(scores[i])),
                         repr(float(losses[i])) if losses is not None else "",
+                        suggested[i],
+                        confidence[i],
+                        actions[i],
                         int(i),
                         train.cell(int(i), image_col) if image_col else "",
                     ]
@@ -445,7 +535,17 @@ def write_influence_output(
         timings["write_csvs"] = round(time.perf_counter() - t1, 4)
         write_yaml(staged(paths.settings), info)
         with open(staged(paths.summary), "w") as f:
-            f.write(_summary_text(scores, labels, train, image_col, info, label_names))
+            f.write(
+                _summary_text(scores, labels, train, image_col, info, label_names)
+                + _recommendation_text(
+                    recommendation,
+                    actions,
+                    labels,
+                    suggested,
+                    label_names,
+                    os.path.basename(paths.cleansed),
+                )
+            )
         if report:
             from .report import write_report
 
@@ -459,12 +559,25 @@ def write_influence_output(
                 ],
                 info,
                 label_names=label_names,
+                actions=actions,
+                suggested=suggested,
             )
         if remove_ratio is not None:
-            drop = set(order[: int(round(remove_ratio * train.size))].tolist())
-            _write_cleansed(
-                train.header, train.rows, drop, train.folder, folder, staged(paths.cleansed)
-            )
+            drop, relabel = set(order[: int(round(remove_ratio * train.size))].tolist()), {}
+        else:
+            drop, relabel = recommended_changes(actions, suggested)
+        if relabel and label_col is None:
+            raise SettingsError("the recommendation relabels rows but no label column was found")
+        _write_cleansed(
+            train.header,
+            train.rows,
+            drop,
+            train.folder,
+            folder,
+            staged(paths.cleansed),
+            relabel,
+            train.header.index(label_col) if label_col else None,
+        )
         # Companions first, the CSV last: a reader of the CSV never sees half a set.
         moves = [(staged(getattr(paths, k)), getattr(paths, k)) for k in written]
         stale = [getattr(plan, k) for k in _VIEWS if getattr(paths, k) is None]
@@ -477,17 +590,33 @@ def write_influence_output(
 # ----------------------------------------------------------------------------------------
 
 
-def read_influence_csv(path: str):
+@dataclass
+class InfluenceTable:
+    """An influence CSV as ``sgd-influence run`` wrote it, in file order.
+
+    Attributes:
+        index: int64 (n,) datasource_index; ``influence``: float64 (n,).
+        original / labels: the ``original`` and ``y:label`` cells (None entries without the
+            column).
+        actions / suggested: the ``action`` and ``suggested_label`` cells (None without the
+            columns, e.g. a CSV from an older version).
+
+    """
+
+    index: np.ndarray
+    influence: np.ndarray
+    original: List[Optional[str]]
+    labels: List[Optional[str]]
+    actions: Optional[List[str]] = None
+    suggested: Optional[List[str]] = None
+
+
+def read_influence_csv(path: str) -> InfluenceTable:
     """Read an influence CSV that ``sgd-influence run`` wrote, in file order.
 
-    Returns:
-        ``(index, influence, original, labels)``: datasource_index int64 (n,), influence
-        float64 (n,), the ``original`` cells (None without that column) and the ``y:label``
-        cells (None without that column).
-
     Raises:
-        InputError: missing file or columns, a non-numeric cell, or an influence that is NaN
-            or infinite.
+        InputError: missing file or columns, a non-numeric cell, an influence that is NaN
+            or infinite, or an unknown action.
 
     """
     header, rows = read_csv_table(path)
@@ -499,7 +628,9 @@ def read_influence_csv(path: str):
     ci, cs = header.index("datasource_index"), header.index("influence")
     co = header.index("original") if "original" in header else None
     cl = header.index("y:label") if "y:label" in header else None
-    idx, infl, orig, labels = [], [], [], []
+    ca = header.index("action") if "action" in header else None
+    cg = header.index("suggested_label") if "suggested_label" in header else None
+    idx, infl, orig, labels, actions, suggested = [], [], [], [], [], []
     for r, row in enumerate(rows):
         try:
             idx.append(int(row[ci]))
@@ -516,7 +647,27 @@ def read_influence_csv(path: str):
             )
         orig.append(row[co] if co is not None else None)
         labels.append(row[cl] if cl is not None else None)
-    return np.array(idx, dtype=np.int64), np.array(infl, dtype=np.float64), orig, labels
+        if ca is not None:
+            act = row[ca].strip()
+            if act not in ("keep", "relabel", "remove"):
+                raise InputError(
+                    f"{path} row {r + 1}: action '{row[ca]}' must be keep, relabel or remove"
+                )
+            if act == "relabel" and (cg is None or not row[cg].strip()):
+                raise InputError(
+                    f"{path} row {r + 1}: action relabel without a suggested_label; this "
+                    "influence CSV is damaged: compute it again with 'sgd-influence run'"
+                )
+            actions.append(act)
+            suggested.append(row[cg].strip() if cg is not None else "")
+    return InfluenceTable(
+        np.array(idx, dtype=np.int64),
+        np.array(infl, dtype=np.float64),
+        orig,
+        labels,
+        actions if ca is not None else None,
+        suggested if ca is not None else None,
+    )
 
 
 def _check_influence_rows(
@@ -574,7 +725,8 @@ def cleanse(
     remove_ratio: Optional[float] = None,
     flags=None,
 ) -> Dict:
-    """Write ``train_csv`` without its most harmful rows, as a console dataset CSV.
+    """Write ``train_csv`` with the run's recommendation applied (or without its most
+    harmful rows), as a console dataset CSV.
 
     Everything is checked before anything is written: the output rules of
     :func:`~sgd_influence_plugin.validation.check_output_csv` (a new ``.csv`` path, or one
@@ -586,12 +738,15 @@ def cleanse(
         train_csv: the training CSV (never modified).
         output: the cleansed CSV; file paths in it are rewritten relative to its folder.
         remove: number of top-harmful rows to drop; or
-        remove_ratio: share of the rows (0 <= r < 1) to drop, rounded to the nearest integer.
+        remove_ratio: share of the rows (0 <= r < 1) to drop, rounded to the nearest integer;
+            neither: apply the influence CSV's ``action`` column (relabelled rows keep their
+            image and get ``suggested_label``; removed rows are dropped).
         flags: :class:`~sgd_influence_plugin.validation.FlagNames` of the calling interface,
             for messages (default: the CLI's).
 
     Returns:
-        ``{"removed": [datasource indices], "kept": n_kept, "output": path}``.
+        ``{"removed": [datasource indices], "relabelled": {index: new label}, "kept":
+        n_kept, "output": path}``.
 
     Raises:
         SettingsError, InputError, OutputError: see above; nothing is written.
@@ -611,17 +766,70 @@ def cleanse(
     if os.path.isdir(os.path.dirname(os.path.abspath(output))):
         read_ledger(os.path.dirname(os.path.abspath(output)))
     check_replaceable(output, flags.output)
-    idx, infl, orig, labels = read_influence_csv(influence_csv)
+    table = read_influence_csv(influence_csv)
+    idx, orig, labels = table.index, table.original, table.labels
     _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, labels, numbers)
     n = len(rows)
-    remove = validation.rows_to_remove(n, remove, remove_ratio, flags, train_csv)
-    order = idx[np.argsort(infl, kind="stable")]
-    drop = set(order[:remove].tolist())
+    relabel: Dict[int, str] = {}
+    label_col = None
+    if remove is None and remove_ratio is None:
+        if table.actions is None:
+            raise InputError(
+                f"{influence_csv}: no 'action' column (written by an older version); give "
+                f"{flags.remove or 'a number of rows'} N or {flags.remove_ratio} R, or run "
+                "'sgd-influence run' again"
+            )
+        actions = [""] * n
+        suggested = [""] * n
+        for j, a, g in zip(idx.tolist(), table.actions, table.suggested):
+            actions[j], suggested[j] = a, g
+        drop, relabel = recommended_changes(actions, suggested)
+        if len(drop) >= n:
+            raise InputError(f"{influence_csv}: every row is marked remove; nothing would be left")
+        if relabel:
+            label_col = _label_column(header, rows, idx, labels, influence_csv, train_csv, flags)
+    else:
+        remove = validation.rows_to_remove(n, remove, remove_ratio, flags, train_csv)
+        order = idx[np.argsort(table.influence, kind="stable")]
+        drop = set(order[:remove].tolist())
     out = os.path.abspath(output)
     folder = os.path.dirname(out)
     src_folder = os.path.dirname(os.path.abspath(train_csv))
     with staging(folder, flags.output) as stage:
         staged = os.path.join(stage, os.path.basename(out))
-        _write_cleansed(header, rows, drop, src_folder, folder, staged)
+        _write_cleansed(header, rows, drop, src_folder, folder, staged, relabel, label_col)
         commit_staged(folder, [(staged, out)], [], flags.output)
-    return {"removed": sorted(drop), "kept": n - len(drop), "output": out}
+    return {
+        "removed": sorted(drop),
+        "relabelled": dict(sorted(relabel.items())),
+        "kept": n - len(drop),
+        "output": out,
+    }
+
+
+def _label_column(header, rows, idx, labels, influence_csv, train_csv, flags) -> int:
+    """The training CSV's label column: ``y:label``, else the one column that holds every
+    row's label as the influence CSV gives it.
+
+    Raises:
+        InputError: no such column or several (the message says how to cleanse instead).
+
+    """
+    if "y:label" in header:
+        return header.index("y:label")
+    fits = [
+        c
+        for c in range(len(header))
+        if not header[c].startswith("#")
+        and all(
+            lab is not None and rows[j][c].strip() == lab.strip() for j, lab in zip(idx, labels)
+        )
+    ]
+    if len(fits) != 1:
+        raise InputError(
+            f"{train_csv}: cannot tell which column holds the label to relabel "
+            f"({len(fits)} columns match {influence_csv}'s y:label); give "
+            f"{flags.remove or 'a number of rows'} N or {flags.remove_ratio} R to remove rows "
+            "instead"
+        )
+    return fits[0]

@@ -5,7 +5,7 @@ and the loaded model are shared copy-on-write and never pickled or copied per it
 item's index goes to a worker and only its result comes back. nnabla's CPU kernels are
 single-threaded and keep no thread pool, so a forked child can build and run graphs after the
 parent already has (checked by ``tests/test_parallel.py`` on a real model). CUDA does not
-survive a fork: with a GPU context (``cudnn``), run with ``jobs=1``.
+survive a fork: :func:`workers_for` gives one worker to any context but a CPU one.
 
 Guarantees of :func:`run_parallel`:
 
@@ -104,6 +104,21 @@ def default_jobs(n_items: int) -> int:
     ``n_items``, at least 1.
     """
     return max(1, min(usable_cores(), int(n_items)))
+
+
+def workers_for(
+    context: str, requested: Optional[int] = None, n_items: Optional[int] = None
+) -> int:
+    """Worker processes to fork for work in ``context``.
+
+    One with any context but a CPU one: CUDA does not survive ``fork()``. Otherwise
+    ``requested``, or by default the usable cores (at most ``n_items`` when given).
+    """
+    if not context.startswith("cpu"):
+        return 1
+    if requested:
+        return int(requested)
+    return usable_cores() if n_items is None else default_jobs(n_items)
 
 
 class WorkerError(SGDInfluenceError):

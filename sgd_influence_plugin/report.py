@@ -1,10 +1,13 @@
-"""A single-file HTML report that works offline (plots and images inline as base64 PNG)."""
+"""A single-file HTML report that works offline (plots and images inline as base64 PNG), and
+how the tool shows scores and scaled axes wherever it does.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -35,6 +38,32 @@ def _figure_b64(fig) -> str:
 
 #: Thumbnails are shown at least this many CSS pixels wide or high, enlarged by a whole factor.
 MIN_TILE_PX = 96
+#: Most ticks on a plot's x axis, so that their labels never run into each other.
+MAX_X_TICKS = 7
+
+
+def format_score(x: float) -> str:
+    """How an influence score is shown to a reader (summary, report, demo): three
+    significant digits in scientific notation, e.g. ``-7.25e-04``. The CSVs keep every digit.
+    """
+    return f"{float(x):.2e}"
+
+
+def axis_scale(values) -> Tuple[float, str]:
+    """``(factor, suffix)`` for plotting ``values`` in readable units: plot ``values / factor``
+    and append ``suffix`` (mathtext that reads "(×10⁻⁴)") to the axis label.
+
+    The power of ten goes into the label, not into matplotlib's offset text, which is drawn
+    below the tick labels at the right end of the axis and collides with a long axis label.
+    Values whose largest magnitude lies in [0.01, 1000) are left as they are.
+    """
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    top = float(np.max(np.abs(finite))) if finite.size else 0.0
+    if top == 0 or 1e-2 <= top < 1e3:
+        return 1.0, ""
+    e = int(math.floor(math.log10(top)))
+    return 10.0**e, rf" ($\times 10^{{{e}}}$)"
 
 
 def _pyplot():
@@ -47,13 +76,23 @@ def _pyplot():
 
 
 def histogram_figure(scores: np.ndarray):
-    """Histogram of the influence (log counts: the few extreme samples stay visible)."""
+    """Histogram of the influence (log counts: the few extreme samples stay visible).
+
+    At most :data:`MAX_X_TICKS` ticks on the x axis; the power of ten is in the axis label
+    (:func:`axis_scale`).
+    """
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
+    factor, suffix = axis_scale(scores)
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.hist(scores, bins=60, color="#4477aa")
+    ax.hist(np.asarray(scores, dtype=np.float64) / factor, bins=60, color="#4477aa")
     ax.set_yscale("log")
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("influence (change of validation loss if removed; < 0 = harmful)")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=MAX_X_TICKS - 1))
+    ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+    # Two short lines: matplotlib crops an axis label wider than its axes from saved figures.
+    ax.set_xlabel(f"influence{suffix}\nchange of the validation loss if removed; < 0 = harmful")
     ax.set_ylabel("samples")
     return fig
 
@@ -107,7 +146,7 @@ def _shown_size(path: str) -> Tuple[int, int]:
     return w * k, h * k
 
 
-def _tiles(indices, scores, labels, thumbs, names) -> str:
+def _tiles(indices, scores, labels, thumbs, names, actions=None, suggested=None) -> str:
     cells = []
     for i in indices:
         width = MIN_TILE_PX + 24
@@ -120,11 +159,72 @@ def _tiles(indices, scores, labels, thumbs, names) -> str:
                 f'height="{h}" alt="row {int(i)}">'
             )
         lab = html.escape(display_label(str(labels[i]), names)) if labels is not None else ""
+        if suggested is not None and suggested[i] != "" and labels is not None:
+            act = actions[i] if actions is not None else "keep"
+            lab += (
+                f'<br><span class="meta">model: '
+                f"{html.escape(display_label(str(suggested[i]), names))}</span>"
+                + (f' <span class="act">{html.escape(act)}</span>' if act != "keep" else "")
+            )
         cells.append(
             f'<div class="tile" style="width:{width}px">{img}<div class="lab">{lab}</div>'
-            f'<div class="meta">row {int(i)} &middot; {scores[i]:.3g}</div></div>'
+            f'<div class="meta">row {int(i)} &middot; {format_score(scores[i])}</div></div>'
         )
     return "\n".join(cells)
+
+
+#: The run's facts (keys of ``settings.yaml``, top level or under ``used``) the report's Run
+#: table shows first, in this order and in these words.
+RUN_ROWS = (
+    ("model", "model"),
+    ("train_csv", "training CSV"),
+    ("val_csv", "validation CSV"),
+    ("n_train", "training samples"),
+    ("n_val", "validation samples"),
+    ("n_params", "trained parameters"),
+    ("lr", "learning rate of the replayed epoch"),
+    ("weight_decay", "weight decay"),
+    ("batch_size", "batch size"),
+    ("epochs", "epochs of the training phase"),
+    ("trials", "trials combined"),
+    ("seeds", "seeds of the trials' sample orders"),
+    ("cache", "cache"),
+    ("context", "compute context"),
+    ("validation_loss", "mean validation loss after the replayed epoch"),
+    ("cache_bytes", "cache size per trial"),
+    ("label_names", "class names file"),
+    ("influence", "scores"),
+)
+#: Facts the report explains elsewhere (the sign at the top) or that are not for reading.
+_NOT_SHOWN = {"sign"}
+
+
+def _fact_text(key: str, value) -> str:
+    if key == "cache_bytes":
+        return f"{value / 1e6:.3g} MB" if value >= 1e5 else f"{value / 1e3:.3g} kB"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def run_rows(info: Dict) -> List[Tuple[str, str]]:
+    """The Run table: ``(what, value)`` in words, for the facts of :data:`RUN_ROWS`, then how
+    the learning rate was chosen, then any other plain fact with its key in words.
+    """
+    facts = {**info, **info.get("used", {})}
+    rows = [
+        (what, _fact_text(key, facts[key]))
+        for key, what in RUN_ROWS
+        if facts.get(key) is not None and not isinstance(facts[key], dict)
+    ]
+    reason = info.get("lr_selection", {}).get("stable_lr_reason")
+    if reason and info.get("lr_selection", {}).get("source") == "auto":
+        rows.append(("how the learning rate was chosen", f"automatically: {reason}"))
+    known = {key for key, _ in RUN_ROWS} | _NOT_SHOWN
+    for key, value in facts.items():
+        if key not in known and not isinstance(value, (dict, list)) and value is not None:
+            rows.append((str(key).replace("_", " "), str(value)))
+    return rows
 
 
 def write_report(
@@ -135,6 +235,8 @@ def write_report(
     info: Dict,
     k: int = 24,
     label_names: Optional[Sequence[str]] = None,
+    actions: Optional[Sequence[str]] = None,
+    suggested: Optional[Sequence[str]] = None,
 ) -> None:
     """Write the report: top-``k`` harmful and helpful samples, histogram, per-class counts.
 
@@ -146,6 +248,8 @@ def write_report(
         info: run facts; scalar values are listed, ``warnings`` shown on top.
         k: samples shown in each of the harmful and helpful rows.
         label_names: class names, ``label_names[j]`` for label j; None = numbers only.
+        actions / suggested: (N,) the recommendation's action and the model's class per row
+            ('' = none); each tile shows the given label beside the suggested one.
 
     """
     order = np.argsort(scores, kind="stable")
@@ -153,10 +257,29 @@ def write_report(
         f'<img src="data:image/png;base64,{p}">' for p in _plots(scores, labels, label_names)
     )
     facts = "".join(
-        f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(str(v))}</td></tr>"
-        for key, v in {**info.get("used", {}), **info}.items()
-        if not isinstance(v, (dict, list))
+        f"<tr><td>{html.escape(what)}</td><td>{html.escape(value)}</td></tr>"
+        for what, value in run_rows(info)
     )
+    rec = info.get("recommendation") or {}
+    counts = rec.get("counts", {})
+    recommendation = (
+        f"<h2>Recommendation</h2><p><b>keep {counts.get('keep', 0)}, relabel "
+        f"{counts.get('relabel', 0)}, remove {counts.get('remove', 0)}</b>. "
+        f"{html.escape(str(rec.get('reason', '')))}.</p>"
+        + (
+            "<p>Next: retrain on the cleansed CSV written beside the influence CSV; it applies "
+            "this recommendation.</p>"
+            if counts.get("relabel", 0) or counts.get("remove", 0)
+            else "<p>Next: nothing to change.</p>"
+        )
+        if rec
+        else ""
+    )
+    changed = [i for i in order if actions is not None and actions[i] != "keep"]
+    if changed:
+        recommendation += "<h3>Rows to change (most harmful first)</h3>" + _tiles(
+            changed[:k], scores, labels, thumbs, label_names, actions, suggested
+        )
     warnings = "".join(
         f'<p class="warn">Warning: {html.escape(str(w))}</p>' for w in info.get("warnings", [])
     )
@@ -167,14 +290,18 @@ def write_report(
 .tile img{{image-rendering:pixelated;display:block;margin:0 auto 3px}} .lab{{font-weight:bold}}
 .meta{{color:#555}} td{{padding:2px 8px}}
 .warn{{background:#fff3cd;padding:6px;border:1px solid #e0c060}}
+.act{{background:#cc3311;color:#fff;padding:0 4px;border-radius:3px}}
 </style></head><body>
 <h1>SGD-influence report</h1>
 <p>Influence = estimated change of the mean validation loss if the sample were removed from
 training. <b>Negative = harmful</b> (removing it would lower the validation loss).</p>
 <p>Each tile: the image, its label, its row in the training CSV (0-based, the influence CSV's
 <code>datasource_index</code>) and its influence.</p>
-{warnings}<h2>Most harmful</h2>{_tiles(order[:k], scores, labels, thumbs, label_names)}
-<h2>Most helpful</h2>{_tiles(order[::-1][:k], scores, labels, thumbs, label_names)}
+{warnings}{recommendation}
+<h2>Most harmful</h2>{_tiles(order[:k], scores, labels, thumbs, label_names, actions, suggested)}
+<h2>Most helpful</h2>{
+        _tiles(order[::-1][:k], scores, labels, thumbs, label_names, actions, suggested)
+    }
 <h2>Distribution</h2>{plots}
 <h2>Run</h2><table>{facts}</table>
 </body></html>

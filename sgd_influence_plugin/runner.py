@@ -1,4 +1,8 @@
-"""One run from files to files; the console plugin, the CLI and the tests call :func:`run`."""
+"""One run from files to files; the console plugin, the CLI and the tests call :func:`run`.
+
+The inputs are read and checked by :func:`.inputs.load_inputs` (shared with ``check``), the
+scores computed by :func:`.api.compute_influence`, the files written by :mod:`.output`.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,17 @@ import math
 import os
 import platform
 import shutil
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
-from . import __version__, interrupts, parallel, validation
+from . import __version__, interrupts, validation
+from . import recommend as recommend_mod
 from .api import InfluenceResult, compute_influence
 from .core import mean_loss
-from .dataset import load_dataset
-from .errors import ComputationError, OutputError, SettingsError
+from .errors import OutputError
+from .inputs import load_inputs
 from .io_utils import makedirs_tracked, try_lock
 from .labels import check_labels, read_label_names
-from .nnabla_adapter import load_model
 from .output import OutputPaths, find_columns, write_influence_output
 from .settings import InfluenceSettings
 from .validation import CLI_FLAGS, FlagNames
@@ -36,8 +39,11 @@ class RunRequest:
         settings: the influence settings.
         cache_dir: keep the cache here; None = temporary, removed at the end.
         report: also write ``<stem>_report.html``.
-        remove_ratio: also write ``<stem>_cleansed.csv`` beside the output without this share
-            of the most harmful rows (None = don't).
+        remove_ratio: override the recommendation: ``<stem>_cleansed.csv`` is the training
+            CSV without this share of the most harmful rows (None = apply the recommendation).
+        recommend: decide keep / relabel / remove for every row (see :mod:`.recommend`): the
+            influence then uses a seeded half of the validation rows and the check the other
+            half. False = use every validation row for the influence, recommend nothing.
         thumb_size: thumbnail box in pixels (16..512).
         label_names: text file with one class name per line, line 1 for label 0 (see
             :mod:`.labels`); the summary and the report show the names. None = numbers only.
@@ -54,22 +60,9 @@ class RunRequest:
     cache_dir: Optional[str] = None
     report: bool = False
     remove_ratio: Optional[float] = None
+    recommend: bool = True
     thumb_size: int = 64
     label_names: Optional[str] = None
-
-
-def dataset_path(given, ref, what, flag):
-    """The dataset CSV to read: the one given, else the network definition's ``ref``.
-
-    Raises:
-        SettingsError: neither, naming the option ``flag`` that supplies it.
-
-    """
-    if given:
-        return given
-    if ref is None or not ref.uri:
-        raise SettingsError(f"the network definition names no {what} dataset; pass {flag}")
-    return ref.uri
 
 
 def _lock_cache_dir(path: str, flag: str):
@@ -109,7 +102,8 @@ def run(
 ) -> tuple[OutputPaths, InfluenceResult]:
     """Load, validate every input, compute, and write the outputs (see :mod:`.output`).
 
-    Every check of :mod:`.validation` runs before the computation starts; what is computed is
+    Every check of :mod:`.validation` runs before the computation starts (see
+    :func:`.inputs.load_inputs`); what is computed is
     checked (finite scores) before anything is written. A stop requested by Ctrl-C or SIGTERM
     (see :mod:`.interrupts`) takes effect at the next step and leaves nothing behind.
 
@@ -126,67 +120,35 @@ def run(
         KeyboardInterrupt: on Ctrl-C / SIGTERM; nothing partial is left.
 
     """
-    validation.check_options(request, flags)
-    settings = request.settings.validate()
-    model = load_model(request.model, request.config, request.params, settings.context)
-    info = model.info
-    train_csv = dataset_path(request.train, info.train_dataset, "training", flags.train)
-    val_csv = dataset_path(request.val, info.val_dataset, "validation", flags.val)
-    inputs = [
-        request.model,
-        request.config,
-        request.params,
-        train_csv,
-        val_csv,
-        request.label_names,
-    ]
-    validation.check_output_places(
-        request, flags, inputs, validation.image_folders(train_csv, val_csv)
+    settings = request.settings
+    names: Optional[List[str]] = None
+
+    def check_places(files, image_dirs) -> None:
+        validation.check_output_places(request, flags, files, image_dirs)
+
+    def check_loaded(model, train, val) -> None:
+        nonlocal names
+        validation.check_loaded(request, model.info, train, val, model.n_params, flags)
+        if request.label_names:
+            names = read_label_names(request.label_names)
+            _, label_col = find_columns(train, list(model.info.input_shapes))
+            labels = [train.cell(i, label_col) for i in range(train.size)] if label_col else None
+            check_labels(names, labels, request.label_names, train.path, train.numbers)
+
+    loaded = load_inputs(
+        request, flags, check_places, check_loaded, [request.label_names], log, progress
     )
-    interrupts.check()
-    normalize = info.train_dataset.normalize if info.train_dataset else True
-    log(f"reading {train_csv} and {val_csv}")
-    t_read = time.perf_counter()
-
-    def rows_progress(stage: str):
-        report = _stage(progress, stage)
-
-        def call(done: int, total: int) -> None:
-            interrupts.check()
-            if report is not None:
-                report(done, total)
-
-        return call
-
-    # The CSVs are decoded by as many workers as the trials may use (forked: none with a
-    # CUDA context, as for the trials).
-    jobs = (settings.jobs or parallel.usable_cores()) if settings.context.startswith("cpu") else 1
-    train = load_dataset(
-        train_csv, info.input_shapes, normalize, rows_progress("reading training CSV"), jobs
-    )
-    val = load_dataset(
-        val_csv, info.input_shapes, normalize, rows_progress("reading validation CSV"), jobs
-    )
-    t_read = time.perf_counter() - t_read
-    validation.check_loaded(request, info, train, val, model.n_params, flags)
-    names = read_label_names(request.label_names) if request.label_names else None
-    if names is not None:
-        _, label_col = find_columns(train, list(info.input_shapes))
-        labels = [train.cell(i, label_col) for i in range(train.size)] if label_col else None
-        check_labels(names, labels, request.label_names, train_csv, train.numbers)
-    interrupts.check()
+    model, info, train, val = loaded.model, loaded.model.info, loaded.train, loaded.val
     for note in info.notes:
         log("replay network: " + note)
     log(
         f"{train.size} training and {val.size} validation samples; "
         f"{model.n_params} trained parameters"
     )
-    loss0 = mean_loss(model, val.arrays, settings.val_batch_size)
-    if not math.isfinite(loss0):
-        raise ComputationError(
-            f"{info.source}: the validation loss at the trained parameters is {loss0} on "
-            f"{val_csv}; check that the parameters belong to this network and the data to it"
-        )
+    val_for_influence, heldout, why_not = _split_for_check(request, info, train, val, settings)
+    loss0 = loaded.val_loss
+    if heldout is not None:
+        loss0 = mean_loss(model, val_for_influence, settings.val_batch_size)
     made_cache: Optional[str] = None
     lock = None
     try:
@@ -196,16 +158,38 @@ def run(
         result = compute_influence(
             model,
             train.arrays,
-            val.arrays,
+            val_for_influence,
             settings,
             request.cache_dir,
             progress=interrupts.checked_progress(progress),
             log=log,
             val_loss_start=loss0,
         )
-        facts = run_facts(result, settings, info, model.n_params, train_csv, val_csv)
+        if heldout is None:
+            rec = recommend_mod.unavailable(train.size, why_not)
+        else:
+            curv = result.run.curvature
+            rec = recommend_mod.recommend(
+                model,
+                train.arrays,
+                heldout,
+                next(iter(info.label_classes)),
+                result.trial_scores,
+                result.run.batch_size,
+                result.run.weight_decay,
+                curv.lambda_max if curv is not None else math.nan,
+                settings.seed,
+                progress=interrupts.checked_progress(progress),
+                log=log,
+            )
+        facts = run_facts(result, settings, info, model.n_params, loaded.train_csv, loaded.val_csv)
         facts["n_train"], facts["n_val"] = train.size, val.size
-        facts["timings_seconds"]["reading"] = round(t_read, 4)
+        facts["recommendation"] = rec.to_dict()
+        facts["validation_rows"] = {
+            "influence": len(next(iter(val_for_influence.values()))),
+            "heldout_for_check": rec.n_heldout,
+        }
+        facts["timings_seconds"]["reading"] = round(loaded.read_seconds, 4)
         facts["label_names"] = os.path.abspath(request.label_names) if request.label_names else None
         paths = write_influence_output(
             request.output,
@@ -216,6 +200,7 @@ def run(
             request.thumb_size,
             request.report,
             remove_ratio=request.remove_ratio,
+            recommendation=rec,
             flag=flags.output,
             losses=result.losses,
             trial_scores=result.trial_scores,
@@ -246,6 +231,31 @@ def run(
         if lock is not None:
             lock.close()
     return paths, result
+
+
+def _split_for_check(request: RunRequest, info, train, val, settings):
+    """``(validation arrays for the influence, held-out arrays for the check or None, why
+    not)``: the recommendation needs a classifier (one categorical label column and an
+    executor network) and enough validation rows for two halves.
+    """
+    need = 2 * recommend_mod.MIN_HELDOUT
+    if not request.recommend:
+        why = "no recommendation: turned off"
+    elif len(info.label_classes) != 1 or not info.runtime_network:
+        why = (
+            "no recommendation: it needs a classifier (one categorical label and an executor "
+            "network that outputs class scores)"
+        )
+    elif val.size < need:
+        why = (
+            f"no recommendation: {val.size} validation rows; at least {need} are needed (half "
+            "for the influence, half held out to check the recommendation)"
+        )
+    else:
+        first, held = recommend_mod.split_validation(val.size, settings.seed)
+        pick = lambda idx: {k: v[idx] for k, v in val.arrays.items()}  # noqa: E731
+        return pick(first), pick(held), ""
+    return val.arrays, None, why
 
 
 def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_csv) -> dict:
@@ -294,13 +304,6 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
         "influence": "trials combined: each trial divided by its RMS, averaged, times the "
         "median RMS; units of the mean validation loss",
     }
-
-
-def _stage(progress, stage: str):
-    """``(done, total)`` callback that reports to ``progress`` as ``stage`` (None: none)."""
-    if progress is None:
-        return None
-    return lambda done, total: progress(stage, done, total)
 
 
 def _nnabla_version() -> str:

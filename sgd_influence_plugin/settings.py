@@ -10,15 +10,14 @@ from typing import Any, Dict, Optional, Union
 
 import yaml
 
+from .core import REPLAY_STEPS
 from .errors import SettingsError
 from .io_utils import atomic_write
 
 CACHE_MODES = ("final", "all")
-#: How a replay step computes <u, grad l_i> and H u (see ``core.replay``).
-REPLAY_STEPS = ("exact", "fd")
 #: Named learning-rate choices (besides a positive number).
 LR_CHOICES = ("auto", "solver")
-#: Default number of trials (independent sample orders) averaged; see the README's table.
+#: Default number of trials (independent sample orders) averaged; see docs/measurements.md.
 DEFAULT_TRIALS = 3
 #: Smallest learning rate accepted (exclusive). The parameters are float32, whose resolution
 #: is 2**-24 (6e-8) of a value: a step lr * g changes a weight of size w only if

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Set
 
 import numpy as np
 
@@ -174,15 +174,17 @@ def _check_ratio(ratio, flags: FlagNames) -> None:
 def check_remove_choice(
     remove: Optional[int], remove_ratio: Optional[float], flags: FlagNames = CLI_FLAGS
 ) -> None:
-    """Exactly one of ``remove`` (a count >= 0) and ``remove_ratio`` (in [0, 1)).
+    """At most one of ``remove`` (a count >= 0) and ``remove_ratio`` (in [0, 1)); neither
+    means: apply the recommendation.
 
     Raises:
-        SettingsError: neither, both, or a value out of range.
+        SettingsError: both, or a value out of range.
 
     """
-    if (remove is None) == (remove_ratio is None):
+    if remove is not None and remove_ratio is not None:
         raise SettingsError(
-            f"give exactly one of {flags.remove or 'a number of rows'} N or {flags.remove_ratio} R"
+            f"give at most one of {flags.remove or 'a number of rows'} N or "
+            f"{flags.remove_ratio} R (neither: apply the recommendation)"
         )
     if remove is not None and not (_is_number(remove) and int(remove) == remove and remove >= 0):
         raise SettingsError(f"{flags.remove} {remove}: the number of rows must be >= 0")
@@ -718,8 +720,3 @@ def check_loaded(
     )
     cache_root = request.cache_dir or tempfile.gettempdir()
     check_free_space(request.output, cache_root, need, flags)
-
-
-def nonfinite_rows(scores: np.ndarray) -> List[int]:
-    """Indices of the scores that are NaN or infinite."""
-    return [int(i) for i in np.flatnonzero(~np.isfinite(scores))]

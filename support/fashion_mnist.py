@@ -221,3 +221,25 @@ def build_full_splits(
     out["train"] = write_png_dataset(images, labels, out_dir, "train.csv", "train")
     out["val"] = write_png_dataset(test_images, test_labels, out_dir, "val.csv", "val")
     return out
+
+
+#: Look-alike classes of Fashion-MNIST, the label errors annotators make: each class and the
+#: class its wrong labels go to (T-shirt <-> Shirt, Pullover <-> Coat, Sandal <-> Sneaker,
+#: Ankle boot -> Sneaker, Trouser -> Dress, Dress -> Coat, Bag -> Pullover).
+CONFUSABLE = {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 5, 9: 7, 1: 3, 3: 4, 8: 2}
+
+
+def flip_to_confusable(labels: np.ndarray, rate: float, seed: int) -> np.ndarray:
+    """Class-dependent label noise: a ``rate`` share of the labels, chosen at random, each moved
+    to its class's look-alike in :data:`CONFUSABLE`.
+
+    Returns:
+        (N,) int64 noisy labels; ``noisy != labels`` marks exactly the flipped samples.
+
+    """
+    rng = np.random.RandomState(seed)
+    labels = np.asarray(labels, dtype=np.int64)
+    noisy = labels.copy()
+    idx = rng.choice(len(labels), size=int(round(rate * len(labels))), replace=False)
+    noisy[idx] = np.array([CONFUSABLE[int(k)] for k in labels[idx]], dtype=np.int64)
+    return noisy

@@ -11,15 +11,10 @@ import yaml
 from scipy import stats
 
 from sgd_influence_plugin import api, core
-from sgd_influence_plugin.check import (
-    CheckRequest,
-    check_fidelity,
-    pick_samples,
-    run_check,
-    verdict_for,
-)
+from sgd_influence_plugin.check import CheckRequest, run_check
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import SettingsError
+from sgd_influence_plugin.fidelity import check_fidelity, pick_samples, verdict_for
 from sgd_influence_plugin.nnabla_adapter import load_model
 from sgd_influence_plugin.settings import InfluenceSettings
 

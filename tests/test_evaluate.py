@@ -8,7 +8,7 @@ import pytest
 
 from sgd_influence_plugin import api, core
 from sgd_influence_plugin.dataset import load_dataset
-from sgd_influence_plugin.evaluate import accuracy, evaluate, rewrite_outputs
+from sgd_influence_plugin.evaluate import accuracy, evaluate
 from sgd_influence_plugin.nnabla_adapter import load_model
 from sgd_influence_plugin.settings import InfluenceSettings
 
@@ -67,6 +67,3 @@ def test_evaluate_rows_precision_and_retrain_last_oracle(results, data28, tmp_pa
         assert len(list(csv.DictReader(f))) == 3
     summary = (out / "summary.md").read_text()
     assert "| 10.2% | 26 | harmful |" in summary and "Flipped labels: 37 of 256" in summary
-    os.remove(out / "figure2.png")
-    rewrite_outputs(str(out))
-    assert (out / "figure2.png").exists() and (out / "summary.md").read_text() == summary

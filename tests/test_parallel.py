@@ -55,6 +55,10 @@ def test_default_jobs_is_the_usable_cores_at_most_the_items():
     assert parallel.default_jobs(1) == 1
     assert parallel.default_jobs(1000) == cores
     assert parallel.default_jobs(0) == 1
+    # One home for "CUDA does not survive fork()": any context but a CPU one gets one worker.
+    assert parallel.workers_for("cudnn", 4, 8) == parallel.workers_for("cudnn:1") == 1
+    assert parallel.workers_for("cpu", 3, 8) == 3
+    assert parallel.workers_for("cpu", None, 1) == 1 and parallel.workers_for("cpu") == cores
     with pytest.raises(ValueError, match="at least 1"):
         parallel.run_parallel(lambda x, p: x, [1, 2], jobs=0)
 

@@ -64,7 +64,18 @@ def _rows(path):
 def _check_influence_csv(out_csv, train_csv):
     rows = _rows(out_csv)
     header = open(out_csv).readline().strip().split(",")
-    assert header == ["x:image", "y:label", "influence", "loss", "datasource_index", "original"]
+    assert header == [
+        "x:image",
+        "y:label",
+        "influence",
+        "loss",
+        "suggested_label",
+        "confidence",
+        "action",
+        "datasource_index",
+        "original",
+    ]
+    assert {r["action"] for r in rows} <= {"keep", "relabel", "remove"}
     _, train_rows = read_csv_table(train_csv)
     assert len(rows) == len(train_rows)
     scores = [float(r["influence"]) for r in rows]
@@ -95,19 +106,26 @@ def test_plugin_with_no_arguments_in_a_result_folder(results, data28, tmp_path):
     rows = _check_influence_csv(str(out_dir / "influence.csv"), data28["train"])
     facts = yaml.safe_load(open(out_dir / "influence_settings.yaml"))
     assert facts["requested"]["cache"] == "final" and facts["n_train"] == 256
-    check_summary(open(out_dir / "influence_summary.txt").read(), ranked_from_csv(rows))
-    # The cleansed CSV: 5% (13 rows) fewer, the most harmful gone, and nnabla can read it.
+    summary = open(out_dir / "influence_summary.txt").read()
+    check_summary(summary, ranked_from_csv(rows))
+    # 64 validation rows are too few to check a recommendation: it says so, changes nothing,
+    # and the cleansed CSV (the dialog's default applies the recommendation) is the data as
+    # given, which nnabla reads.
+    assert "no recommendation: 64 validation rows; at least 200 are needed" in summary
+    assert facts["recommendation"]["counts"] == {"keep": 256, "relabel": 0, "remove": 0}
+    assert {r["action"] for r in rows} == {"keep"}
     from nnabla.utils.data_source_implements import CsvDataSource
 
     cleansed = str(out_dir / "influence_cleansed.csv")
     src = CsvDataSource(cleansed, shuffle=False, normalize=True)
-    assert src.size == 256 - 13
+    assert src.size == 256
     x, y = src._get_data(0)
     assert np.asarray(x).shape == (1, 28, 28)
-    kept = {r[0] for r in read_csv_table(cleansed)[1]}
-    removed = {os.path.normpath(os.path.join(data28["folder"], r["original"])) for r in rows[:13]}
-    kept_abs = {os.path.normpath(os.path.join(out_dir, k)) for k in kept}
-    assert not removed & kept_abs and len(kept_abs) == 243
+    _, train_rows = read_csv_table(data28["train"])
+    kept = read_csv_table(cleansed)[1]
+    for (img, lab), (timg, tlab) in zip(kept, train_rows):
+        assert lab == tlab
+        assert os.path.samefile(os.path.join(out_dir, img), os.path.join(data28["folder"], timg))
 
 
 def test_plugin_with_nntxt_and_h5(results, data28, tmp_path):
@@ -124,7 +142,7 @@ def test_plugin_with_nntxt_and_h5(results, data28, tmp_path):
             "-o",
             "out/infl.csv",
             "-r",
-            "0",
+            "0.05",
             "-l",
             "0.03",
             "-b",
@@ -137,7 +155,18 @@ def test_plugin_with_nntxt_and_h5(results, data28, tmp_path):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    _check_influence_csv(str(folder / "out" / "infl.csv"), data28["train"])
+    rows = _check_influence_csv(str(folder / "out" / "infl.csv"), data28["train"])
+    # The dialog's remove ratio overrides the recommendation: 5% (13 rows) fewer, the most
+    # harmful gone, labels as given, and nnabla can read it.
+    from nnabla.utils.data_source_implements import CsvDataSource
+
+    out_dir = folder / "out"
+    cleansed = str(out_dir / "infl_cleansed.csv")
+    assert CsvDataSource(cleansed, shuffle=False, normalize=True).size == 256 - 13
+    kept = {r[0] for r in read_csv_table(cleansed)[1]}
+    removed = {os.path.normpath(os.path.join(data28["folder"], r["original"])) for r in rows[:13]}
+    kept_abs = {os.path.normpath(os.path.join(out_dir, k)) for k in kept}
+    assert not removed & kept_abs and len(kept_abs) == 243
     # The dialog's learning rate, batch size and epochs reach the run: ceil(256 / 20) = 13
     # steps replayed at 0.03 (the definition says 0.1 and 32).
     facts = yaml.safe_load(open(folder / "out" / "infl_settings.yaml"))
@@ -427,6 +456,7 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
     assert sorted(os.listdir(tmp_path)) == [
         ".sgd_influence_written.json",
         "influence.csv",
+        "influence_cleansed.csv",
         "influence_settings.yaml",
         "influence_summary.txt",
         "influence_thumbnails",

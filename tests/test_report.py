@@ -4,6 +4,7 @@ import base64
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sgd_influence_plugin import report
@@ -39,7 +40,7 @@ def test_thumbnails_are_shown_at_least_96px_by_a_whole_factor(tmp_path):
         assert base64.b64decode(data) == open(thumbs[int(row)], "rb").read()
     assert "image-rendering:pixelated" in page
     # the tiles name the class: row 0 has label 8 -> the ninth name
-    assert '<div class="lab">n8 (8)</div><div class="meta">row 0 &middot; -2</div>' in page
+    assert '<div class="lab">n8 (8)</div><div class="meta">row 0 &middot; -2.00e+00</div>' in page
 
 
 def test_class_chart_legend_covers_no_bar():
@@ -67,3 +68,88 @@ def test_class_chart_legend_covers_no_bar():
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+def _assert_readable(fig, ax, scale_text):
+    """Tick labels apart, no offset text (the power of ten is in the label), and every axis
+    label narrower than its axes (savefig's tight box crops a wider one)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    lo, hi = sorted(ax.get_xlim())
+    shown = [
+        t
+        for loc, t in zip(ax.xaxis.get_majorticklocs(), ax.get_xticklabels())
+        if lo <= loc <= hi and t.get_text()
+    ]
+    ticks = sorted((t.get_window_extent(renderer) for t in shown), key=lambda b: b.x0)
+    assert 3 <= len(ticks) <= report.MAX_X_TICKS
+    for left, right in zip(ticks, ticks[1:]):
+        assert left.x1 < right.x0, [t.get_text() for t in shown]
+    assert ax.xaxis.get_offset_text().get_text() == ""
+    if ax.get_yscale() == "linear":
+        assert ax.yaxis.get_offset_text().get_text() == ""
+    axes = ax.get_window_extent(renderer)
+    for label in (ax.xaxis.label, ax.yaxis.label):
+        box = label.get_window_extent(renderer)
+        along = box.width if label is ax.xaxis.label else box.height
+        assert along <= (axes.width if label is ax.xaxis.label else axes.height)
+    assert scale_text in ax.xaxis.label.get_text()
+
+
+@pytest.mark.parametrize("scale, shown", [(1e-7, "10^{-7}"), (1e-4, "10^{-4}"), (0.1, "")])
+def test_histogram_and_check_plot_are_legible_at_any_scale(scale, shown):
+    import matplotlib.pyplot as plt
+
+    from sgd_influence_plugin.check import check_figure
+    from sgd_influence_plugin.fidelity import CheckResult
+
+    rng = np.random.RandomState(1)
+    scores = rng.permutation(np.linspace(-7.25, 3.3, 2000)) * scale  # like the sample's
+    fig = report.histogram_figure(scores)
+    try:
+        _assert_readable(fig, fig.axes[0], shown)
+    finally:
+        plt.close(fig)
+    estimate = scores[:30]
+    result = CheckResult(
+        index=np.arange(30),
+        group=["harmful"] * 10 + ["helpful"] * 10 + ["random"] * 10,
+        estimate=estimate,
+        actual=estimate * 1.1 + rng.randn(30) * scale / 10,
+        pearson=0.99,
+        spearman=0.98,
+        verdict="good",
+        seconds=1.0,
+        timings={},
+        lr=0.01,
+        weight_decay=0.0,
+        batch_size=32,
+        val_loss_full=0.5,
+        u_growth=1.0,
+        n_train=2000,
+    )
+    fig = check_figure(result)
+    try:
+        _assert_readable(fig, fig.axes[0], shown)
+        assert shown in fig.axes[0].yaxis.label.get_text()
+    finally:
+        plt.close(fig)
+
+
+def test_scores_read_one_way_and_the_run_table_in_words():
+    assert report.format_score(-0.000725341) == "-7.25e-04"
+    assert report.format_score(12.0) == "1.20e+01"
+    facts = {
+        "used": {"lr": 0.0039, "batch_size": 64, "seeds": [0, 1, 2]},
+        "lr_selection": {"source": "auto", "stable_lr_reason": "the reason"},
+        "cache_bytes": 123481,
+        "sign": "explained at the top",
+        "made_up_fact": 7,
+    }
+    rows = dict(report.run_rows(facts))
+    assert rows["learning rate of the replayed epoch"] == "0.0039"
+    assert rows["seeds of the trials' sample orders"] == "0, 1, 2"
+    assert rows["cache size per trial"] == "0.123 MB"
+    assert rows["how the learning rate was chosen"] == "automatically: the reason"
+    assert rows["made up fact"] == "7"
+    assert not {"lr", "batch_size", "cache_bytes", "sign", "used"} & set(rows)

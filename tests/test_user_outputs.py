@@ -76,7 +76,7 @@ def check_summary(text, ranked):
     for line, (index, label, score, original) in zip(top, ranked[:10]):
         cells = [c.strip() for c in line.split(",")]
         assert (int(cells[0]), cells[1], cells[3]) == (index, label, original), line
-        assert float(cells[2]) == pytest.approx(score, rel=1e-5)
+        assert float(cells[2]) == pytest.approx(score, rel=5e-3)  # shown to 3 digits
     return counts
 
 

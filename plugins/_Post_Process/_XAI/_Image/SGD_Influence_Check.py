@@ -36,6 +36,11 @@ Approximation of Influence Functions", 2021.
 
 def build_parser():
     """The dialog: every help text carries the console's type hint and the default."""
+    # The meanings are the package's (one text per option for every interface); the console
+    # runs this script to build the dialog, with the package found as above.
+    from sgd_influence_plugin.fidelity import DEFAULT_SAMPLES, MIN_SAMPLES
+    from sgd_influence_plugin.options import HELP
+
     p = argparse.ArgumentParser(
         description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -43,26 +48,26 @@ def build_parser():
         "-m",
         "--model",
         default="results.nnp",
-        help="path to model nnp file (model) default=results.nnp",
+        help=HELP["model"] + "; ignored when --config is given (model) default=results.nnp",
     )
     p.add_argument(
         "-c",
         "--config",
         default="",
-        help="network definition used instead of the nnp, with --params (nntxt) default=",
+        help=HELP["config"] + " (nntxt) default=",
     )
-    p.add_argument("-p", "--params", default="", help="parameters for --config (file) default=")
+    p.add_argument("-p", "--params", default="", help=HELP["params"] + " (file) default=")
     p.add_argument(
         "-t",
         "--train",
         default="",
-        help="training dataset; empty = the one in the network definition (csv) default=",
+        help=HELP["train"] + "; empty = the one in the network definition (csv) default=",
     )
     p.add_argument(
         "-v",
         "--val",
         default="",
-        help="validation dataset; empty = the one in the network definition (csv) default=",
+        help=HELP["val"] + "; empty = the one in the network definition (csv) default=",
     )
     p.add_argument(
         "-o",
@@ -74,46 +79,44 @@ def build_parser():
         "-n",
         "--samples",
         type=int,
-        default=30,
-        help="training samples re-run without, at least 3 (int) default=30",
+        default=DEFAULT_SAMPLES,
+        help=HELP["check.samples"] + f"; at least {MIN_SAMPLES} (int) default={DEFAULT_SAMPLES}",
     )
     p.add_argument(
         "-e",
         "--epochs",
         type=int,
         default=1,
-        help="SGD epochs of the training phase; the last is replayed (int) default=1",
+        help=HELP["epochs"] + " (int) default=1",
     )
     p.add_argument(
         "-s",
         "--seed",
         type=int,
         default=0,
-        help="seed of the sample order and the random samples (int) default=0",
+        help=HELP["check.seed"] + " (int) default=0",
     )
     p.add_argument(
         "-b",
         "--batch_size",
         type=int,
         default=0,
-        help="mini-batch size; 0 = the training dataset's (int) default=0",
+        help=HELP["batch_size"] + "; 0 = the training dataset's (int) default=0",
     )
     p.add_argument(
         "-l",
         "--lr",
         default="auto",
-        help="learning rate of the replayed epoch: auto = stable rate from the measured "
-        "curvature, solver = the network's rate, or a number (text) default=auto",
+        help=HELP["lr"] + " (text) default=auto",
     )
     p.add_argument(
         "-a",
         "--cache",
         default="final",
-        help="final = keep only final parameters, all = every step (option:final,all)"
-        " default=final",
+        help=HELP["cache"] + " (option:final,all) default=final",
     )
     p.add_argument(
-        "--context", default="cpu", help="compute context (option:cpu,cudnn) default=cpu"
+        "--context", default="cpu", help=HELP["context"] + " (option:cpu,cudnn) default=cpu"
     )
     return p
 
@@ -149,7 +152,6 @@ def main(argv=None):
                 lr=args.lr,
                 batch_size=args.batch_size or None,
                 epochs=args.epochs,
-                trials=1,
                 seed=args.seed,
                 cache=args.cache,
                 context=args.context,

@@ -23,7 +23,10 @@ Starting from the trained parameters, runs the last epoch of plain SGD again, ke
 final parameters, the sample order and the learning rates; then replays that epoch backwards to
 estimate, for every training sample, how the validation loss would change if the sample were
 removed. Negative influence = harmful. The output CSV is sorted so the most harmful come first,
-with thumbnails, and a cleansed training CSV without the most harmful share is written beside it.
+with thumbnails. The run also recommends, for every row, keep, relabel (to the model's class)
+or remove, and keeps a change only if it lowered the loss on validation rows the influence did
+not see; on clean data that is usually "change nothing". The cleansed training CSV beside the
+output applies the recommendation: retrain on it. A remove ratio overrides the recommendation.
 Every file is named after the output CSV (influence.csv: influence_thumbnails/,
 influence_cleansed.csv, ...); files the plugin did not write are never replaced.
 
@@ -35,6 +38,11 @@ Approximation of Influence Functions", 2021.
 
 def build_parser():
     """The dialog: every help text carries the console's type hint and the default."""
+    # The meanings are the package's (one text per option for every interface); the console
+    # runs this script to build the dialog, with the package found as above.
+    from sgd_influence_plugin.options import HELP
+    from sgd_influence_plugin.settings import DEFAULT_TRIALS
+
     p = argparse.ArgumentParser(
         description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -42,26 +50,26 @@ def build_parser():
         "-m",
         "--model",
         default="results.nnp",
-        help="path to model nnp file (model) default=results.nnp",
+        help=HELP["model"] + "; ignored when --config is given (model) default=results.nnp",
     )
     p.add_argument(
         "-c",
         "--config",
         default="",
-        help="network definition used instead of the nnp, with --params (nntxt) default=",
+        help=HELP["config"] + " (nntxt) default=",
     )
-    p.add_argument("-p", "--params", default="", help="parameters for --config (file) default=")
+    p.add_argument("-p", "--params", default="", help=HELP["params"] + " (file) default=")
     p.add_argument(
         "-t",
         "--train",
         default="",
-        help="training dataset; empty = the one in the network definition (csv) default=",
+        help=HELP["train"] + "; empty = the one in the network definition (csv) default=",
     )
     p.add_argument(
         "-v",
         "--val",
         default="",
-        help="validation dataset; empty = the one in the network definition (csv) default=",
+        help=HELP["val"] + "; empty = the one in the network definition (csv) default=",
     )
     p.add_argument(
         "-o",
@@ -74,74 +82,85 @@ def build_parser():
         "--epochs",
         type=int,
         default=1,
-        help="SGD epochs of the training phase; the last is replayed (int) default=1",
+        help=HELP["epochs"] + " (int) default=1",
     )
     p.add_argument(
         "-n",
         "--trials",
         type=int,
-        default=3,
-        help="independent trials (sample orders) combined (int) default=3",
+        default=DEFAULT_TRIALS,
+        help=HELP["trials"] + f" (int) default={DEFAULT_TRIALS}",
     )
     p.add_argument(
         "-j",
         "--jobs",
         type=int,
         default=0,
-        help="worker processes for the trials; 0 = the CPU cores (int) default=0",
+        help=HELP["jobs"] + "; 0 = the usable cores (int) default=0",
     )
     p.add_argument(
         "--replay_step",
         default="fd",
-        help="fd = two first-order passes per step, about 2.5x faster than exact = double "
-        "backward (option:fd,exact) default=fd",
+        help=HELP["replay_step"] + " (option:fd,exact) default=fd",
     )
-    p.add_argument(
-        "-s", "--seed", type=int, default=0, help="seed of the sample order (int) default=0"
-    )
+    p.add_argument("-s", "--seed", type=int, default=0, help=HELP["seed"] + " (int) default=0")
     p.add_argument(
         "-b",
         "--batch_size",
         type=int,
         default=0,
-        help="mini-batch size; 0 = the training dataset's (int) default=0",
+        help=HELP["batch_size"] + "; 0 = the training dataset's (int) default=0",
     )
     p.add_argument(
         "-l",
         "--lr",
         default="auto",
-        help="learning rate of the replayed epoch: auto = stable rate from the measured "
-        "curvature, solver = the network's rate, or a number (text) default=auto",
+        help=HELP["lr"] + " (text) default=auto",
     )
     p.add_argument(
         "-a",
         "--cache",
         default="final",
-        help="final = keep only final parameters, all = every step (option:final,all)"
-        " default=final",
+        help=HELP["cache"] + " (option:final,all) default=final",
     )
     p.add_argument(
         "-r",
         "--remove_ratio",
-        type=float,
-        default=0.05,
-        help="share of most harmful rows left out of the cleansed CSV (float) default=0.05",
+        default="",
+        help="empty = the cleansed CSV applies the recommendation; a share 0..1 = "
+        + HELP["remove_ratio"]
+        + " (text) default=",
     )
     p.add_argument(
         "--report",
         action="store_true",
-        help="also write the HTML report, influence_report.html (bool) default=False",
+        help=HELP["report"] + " (bool) default=False",
     )
     p.add_argument(
-        "--context", default="cpu", help="compute context (option:cpu,cudnn) default=cpu"
+        "--context", default="cpu", help=HELP["context"] + " (option:cpu,cudnn) default=cpu"
     )
     p.add_argument(
         "--label_names",
         default="",
-        help="text file, one class name per line from label 0, shown in the summary and the "
-        "report; empty = label numbers (file) default=",
+        help=HELP["label_names"] + "; empty = the label numbers (file) default=",
     )
     return p
+
+
+def _ratio(text):
+    """The dialog's remove ratio: None when empty (apply the recommendation)."""
+    from sgd_influence_plugin.errors import SettingsError
+
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingsError(
+            f"--remove_ratio {text!r}: give a share between 0 and 1, or leave it empty to apply "
+            "the recommendation"
+        ) from None
 
 
 def main(argv=None):
@@ -183,7 +202,7 @@ def main(argv=None):
                 context=args.context,
             ),
             report=args.report,
-            remove_ratio=args.remove_ratio,
+            remove_ratio=_ratio(args.remove_ratio),
             label_names=args.label_names or None,
         )
         paths, _ = run(request, log=say, progress=LogProgress(say), flags=PLUGIN_FLAGS)

@@ -1,0 +1,145 @@
+"""A command's inputs, read and checked before anything is computed.
+
+``run`` (:mod:`.runner`) and ``check`` (:mod:`.check`) both start with :func:`load_inputs`: the
+options, the model files, the dataset CSVs (given, or named by the network definition), the
+output places, the decoded data and the validation loss at the trained parameters. Whatever
+is wrong is reported before the first SGD step, with the calling interface's option names.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional
+
+from . import interrupts, parallel, validation
+from .core import mean_loss
+from .dataset import Dataset, load_dataset
+from .errors import ComputationError, SettingsError
+from .nnabla_adapter import load_model
+from .validation import FlagNames
+
+
+@dataclass
+class Inputs:
+    """What :func:`load_inputs` read.
+
+    Attributes:
+        model: the loaded :class:`~sgd_influence_plugin.nnabla_adapter.NnablaModel`.
+        train_csv / val_csv: the dataset CSVs read (given, or the definition's).
+        train / val: the decoded datasets.
+        val_loss: mean validation loss at the trained parameters (finite).
+        read_seconds: wall time of decoding both CSVs.
+
+    """
+
+    model: object
+    train_csv: str
+    val_csv: str
+    train: Dataset
+    val: Dataset
+    val_loss: float
+    read_seconds: float
+
+
+def dataset_path(given, ref, what, flag):
+    """The dataset CSV to read: the one given, else the network definition's ``ref``.
+
+    Raises:
+        SettingsError: neither, naming the option ``flag`` that supplies it.
+
+    """
+    if given:
+        return given
+    if ref is None or not ref.uri:
+        raise SettingsError(f"the network definition names no {what} dataset; pass {flag}")
+    return ref.uri
+
+
+def _reading_progress(progress, stage: str):
+    """``(done, total)`` callback for decoding rows: a stop request ends it; reports to
+    ``progress`` as ``stage`` when there is one.
+    """
+
+    def call(done: int, total: int) -> None:
+        interrupts.check()
+        if progress is not None:
+            progress(stage, done, total)
+
+    return call
+
+
+def load_inputs(
+    request,
+    flags: FlagNames,
+    check_places: Callable[[List[str], Iterable[str]], None],
+    check_loaded: Callable[[object, Dataset, Dataset], None],
+    extra_inputs: Iterable[Optional[str]] = (),
+    log: Callable[[str], None] = lambda m: None,
+    progress=None,
+) -> Inputs:
+    """Check the options, load the model, check the output places, decode and check the data.
+
+    In this order: :func:`validation.check_options`; the model; the dataset CSVs;
+    ``check_places``; decoding both CSVs (in as many forked workers as the trials may use,
+    :func:`parallel.workers_for`); ``check_loaded``; the validation loss at the trained
+    parameters. A stop request (Ctrl-C, SIGTERM) is honoured between the steps and while
+    decoding.
+
+    Args:
+        request: a :class:`~sgd_influence_plugin.runner.RunRequest` (``output``, ``model``,
+            ``config``, ``params``, ``train``, ``val``, ``settings`` and the options
+            :func:`validation.check_options` reads); its settings are validated in place.
+        flags: the calling interface's option names, for messages.
+        check_places: ``(input_files, image_folders)``: the command's output places against
+            the input files (model, parameters, dataset CSVs, ``extra_inputs``) and the folders
+            of the images the CSVs name.
+        check_loaded: ``(model, train, val)``: the command's checks of the decoded data
+            (labels, weight decay, free space, ...).
+        extra_inputs: more files the command reads (e.g. the class names file).
+        log: callback for user-facing messages.
+        progress: optional ``(stage, done, total)`` callback.
+
+    Raises:
+        SGDInfluenceError: the first problem found; ComputationError when the validation loss
+            at the trained parameters is not finite.
+
+    """
+    validation.check_options(request, flags)
+    settings = request.settings.validate()
+    model = load_model(request.model, request.config, request.params, settings.context)
+    info = model.info
+    train_csv = dataset_path(request.train, info.train_dataset, "training", flags.train)
+    val_csv = dataset_path(request.val, info.val_dataset, "validation", flags.val)
+    files = [request.model, request.config, request.params, train_csv, val_csv, *extra_inputs]
+    check_places([f for f in files if f], validation.image_folders(train_csv, val_csv))
+    interrupts.check()
+    normalize = info.train_dataset.normalize if info.train_dataset else True
+    log(f"reading {train_csv} and {val_csv}")
+    t_read = time.perf_counter()
+    jobs = parallel.workers_for(settings.context, settings.jobs)
+    train = load_dataset(
+        train_csv,
+        info.input_shapes,
+        normalize,
+        _reading_progress(progress, "reading training CSV"),
+        jobs,
+    )
+    val = load_dataset(
+        val_csv,
+        info.input_shapes,
+        normalize,
+        _reading_progress(progress, "reading validation CSV"),
+        jobs,
+    )
+    t_read = time.perf_counter() - t_read
+    check_loaded(model, train, val)
+    interrupts.check()
+    loss0 = mean_loss(model, val.arrays, settings.val_batch_size)
+    if not math.isfinite(loss0):
+        raise ComputationError(
+            f"{info.source}: the validation loss at the trained parameters is {loss0} on "
+            f"{val_csv}; check that the parameters belong to this network and the data to it"
+        )
+    return Inputs(model, train_csv, val_csv, train, val, loss0, t_read)

@@ -1,0 +1,365 @@
+"""The recommendation (keep / relabel / remove per row): the rule against brute force, the
+outputs that carry it (influence CSV, cleansed CSV, summary, report, the cleanse command),
+the overrides, and the whole run on data with known flipped labels against the truth."""
+
+import csv
+import math
+import os
+import re
+
+import numpy as np
+import pytest
+import yaml
+from conftest import make_png_dataset, train_result
+
+from sgd_influence_plugin import output
+from sgd_influence_plugin import recommend as rc
+from sgd_influence_plugin.dataset import load_dataset
+from sgd_influence_plugin.errors import InputError, SettingsError
+from sgd_influence_plugin.runner import RunRequest, run
+from sgd_influence_plugin.settings import InfluenceSettings
+from support import fashion_mnist
+from support.netdef import NetSpec
+
+# ---- the rule, against brute force ---------------------------------------------------------
+
+
+def _random_case(n=400, c=5, m=3, seed=0):
+    rng = np.random.RandomState(seed)
+    logits = rng.randn(n, c) * 3
+    prob = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = rng.randint(0, c, n)
+    trials = rng.randn(m, n) + 0.3
+    return labels, prob, trials
+
+
+def test_suspects_are_harmful_in_every_trial_and_disagree_with_the_model():
+    labels, prob, trials = _random_case()
+    s = rc.find_suspects(labels, prob, trials)
+    for j in range(len(labels)):
+        harmful = all(trials[m, j] < 0 for m in range(trials.shape[0]))
+        pred = max(range(prob.shape[1]), key=lambda k: prob[j, k])
+        assert s.mask[j] == (harmful and pred != labels[j])
+        assert s.suggested[j] == pred and s.confidence[j] == prob[j, pred]
+        assert s.p_given[j] == prob[j, labels[j]]
+    assert 0 < s.mask.sum() < len(labels)
+
+
+def test_candidates_are_nested_distinct_and_only_suspects():
+    labels, prob, trials = _random_case(seed=1)
+    s = rc.find_suspects(labels, prob, trials)
+    cands = rc.candidates(s)
+    assert [c.action for c in cands] == ["relabel", "remove"] * (len(cands) // 2)
+    sets = [set(c.rows.tolist()) for c in cands[::2]]
+    for a, b in zip(sets, sets[1:]):
+        assert a < b  # strictly nested: equal sets are tried once
+    for c in cands:
+        expect = [j for j in range(len(labels)) if s.mask[j] and s.p_given[j] < c.level]
+        assert c.rows.tolist() == expect
+        assert c.new_labels.tolist() == [int(np.argmax(prob[j])) for j in expect]
+    none = rc.find_suspects(labels, prob, np.abs(trials))  # nothing harmful
+    assert rc.candidates(none) == []
+
+
+def test_paired_change_is_the_mean_difference_and_its_standard_error():
+    rng = np.random.RandomState(2)
+    a, b = rng.rand(50), rng.rand(50)
+    mean, se = rc.paired_change(a, b)
+    d = [x - y for x, y in zip(a, b)]
+    mu = sum(d) / len(d)
+    sd = math.sqrt(sum((x - mu) ** 2 for x in d) / (len(d) - 1))
+    assert mean == pytest.approx(mu, rel=1e-12) and se == pytest.approx(sd / math.sqrt(50))
+
+
+def _checked(n_rows, shift, base, rng, noise=0.01, action="remove"):
+    c = rc.Candidate(0.1, action, np.arange(n_rows), np.zeros(n_rows, dtype=np.int64))
+    c.heldout_loss = base + shift + rng.randn(len(base)) * noise
+    c.loss_change, c.standard_error = rc.paired_change(c.heldout_loss, base)
+    return c
+
+
+def test_the_bar_is_bonferroni_over_the_candidates():
+    assert rc.z_required(1) == pytest.approx(2.326, abs=1e-3)  # one-sided 1%
+    assert rc.z_required(8) == pytest.approx(3.023, abs=1e-3)  # 1% / 8
+    rng = np.random.RandomState(9)
+    base = rng.rand(2000)
+    c = _checked(10, 0.0, base, rng, noise=0.0)
+    c.loss_change, c.standard_error = -2.5, 1.0  # z = -2.5
+    assert c.passes(rc.z_required(1)) and not c.passes(rc.z_required(8))
+    assert rc.choose([c]) is c
+    others = [_checked(10 + k, +0.01, base, rng) for k in range(7)]
+    assert rc.choose([c] + others) is None  # the same evidence among 8 tries is not enough
+
+
+def test_choose_takes_the_fewest_rows_within_one_standard_error_of_the_best():
+    rng = np.random.RandomState(3)
+    base = rng.rand(2000)
+    small, mid, best, worse = (
+        _checked(10, -0.05, base, rng),
+        _checked(20, -0.0502, base, rng),
+        _checked(30, -0.08, base, rng),
+        _checked(5, +0.02, base, rng),
+    )
+    bar = rc.z_required(4)
+    assert [c.passes(bar) for c in (small, mid, best, worse)] == [True, True, True, False]
+    assert rc.choose([small, mid, best, worse]) is best  # 0.03 apart: far beyond 1 SE
+    # Fewer rows and worse than the best by a third of a paired standard error: chosen.
+    close = _checked(8, 0.0, base, rng)
+    wiggle = rng.randn(len(base)) * 0.01
+    wiggle -= wiggle.mean()
+    gap_se = wiggle.std(ddof=1) / np.sqrt(len(base))
+    close.heldout_loss = best.heldout_loss + wiggle + gap_se / 3
+    close.loss_change, close.standard_error = rc.paired_change(close.heldout_loss, base)
+    assert close.loss_change > best.loss_change
+    assert rc.choose([small, mid, best, worse, close]) is close
+    # Worse by two paired standard errors: the best stays.
+    close.heldout_loss = best.heldout_loss + wiggle + 2 * gap_se
+    close.loss_change, close.standard_error = rc.paired_change(close.heldout_loss, base)
+    assert rc.choose([small, mid, best, worse, close]) is best
+    assert rc.choose([worse]) is None
+    insignificant = _checked(10, -0.0001, base, rng, noise=0.05)
+    assert not insignificant.passes(rc.z_required(1)) and rc.choose([insignificant]) is None
+
+
+def test_build_changes_nothing_when_no_candidate_passes():
+    labels, prob, trials = _random_case(seed=4)
+    s = rc.find_suspects(labels, prob, trials)
+    rng = np.random.RandomState(0)
+    cands = rc.candidates(s)
+    base = rng.rand(300)
+    for c in cands:
+        c.heldout_loss = base + 0.01
+        c.loss_change, c.standard_error = rc.paired_change(c.heldout_loss, base)
+    rec = rc.build(s, cands, 300, {})
+    assert rec.chosen is None and set(rec.action) == {"keep"}
+    assert rec.reason.startswith("change nothing") and f"{int(s.mask.sum())} suspect" in rec.reason
+    cands[1].heldout_loss = base - 0.05
+    cands[1].loss_change, cands[1].standard_error = rc.paired_change(cands[1].heldout_loss, base)
+    rec = rc.build(s, cands, 300, {})
+    assert rec.chosen is cands[1] and rec.counts()["remove"] == len(cands[1].rows)
+    assert sorted(np.flatnonzero(rec.action == "remove")) == cands[1].rows.tolist()
+
+
+def test_validation_halves_are_disjoint_seeded_and_cover_every_row():
+    a, b = rc.split_validation(101, 5)
+    assert len(b) == 50 and len(a) == 51 and not set(a) & set(b)
+    assert sorted(np.concatenate([a, b]).tolist()) == list(range(101))
+    a2, b2 = rc.split_validation(101, 5)
+    assert a.tolist() == a2.tolist() and b.tolist() == b2.tolist()
+    assert rc.split_validation(101, 6)[1].tolist() != b.tolist()
+
+
+def test_probabilities_are_kept_and_logits_softmaxed():
+    p = np.array([[0.2, 0.8], [0.5, 0.5]])
+    assert rc.as_probabilities(p) is not p and np.array_equal(rc.as_probabilities(p), p)
+    logits = np.array([[0.0, math.log(3.0)]])
+    np.testing.assert_allclose(rc.as_probabilities(logits), [[0.25, 0.75]])
+
+
+def test_check_rate_uses_the_console_rate_for_sgd_and_the_curvature_otherwise():
+    assert rc.check_rate("Sgd", 0.05, 10.0)[0] == 0.05
+    assert rc.check_rate("Momentum", 0.01, 10.0)[0] == 0.01
+    assert rc.check_rate("Adam", 0.001, 8.0)[0] == 0.125
+    assert math.isnan(rc.check_rate("Adam", 0.001, float("nan"))[0])
+
+
+# ---- the outputs ------------------------------------------------------------------------
+
+
+def _recommendation(n, relabel, remove, suggested):
+    """A Recommendation that relabels ``relabel`` and removes ``remove`` (row indices)."""
+    action = np.full(n, "keep", dtype=object)
+    action[relabel], action[remove] = "relabel", "remove"
+    chosen = rc.Candidate(0.1, "relabel", np.array(relabel), suggested[relabel])
+    chosen.loss_change, chosen.standard_error = -0.5, 0.1
+    return rc.Recommendation(
+        action=action,
+        suggested=suggested,
+        confidence=np.linspace(0.5, 0.99, n),
+        chosen=chosen,
+        checked=[chosen],
+        n_heldout=100,
+        n_suspects=len(relabel) + len(remove),
+        reason="relabel 3 rows: made up for the test",
+    )
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def known(data7, tmp_path):
+    train = load_dataset(data7["train"], {"x": (1, 7, 7), "y": (1,)})
+    scores = np.random.RandomState(7).randn(train.size) * 1e-3
+    given = np.array([int(train.cell(i, "y:label")) for i in range(train.size)])
+    suggested = (given + 1) % 10
+    relabel, remove = [4, 11, 30], [2, 41]
+    rec = _recommendation(train.size, relabel, remove, suggested)
+    return train, scores, rec, relabel, remove, suggested, tmp_path / "out" / "influence.csv"
+
+
+def _same_file(cell, csv_path, train, j):
+    """The image cell (relative to ``csv_path``'s folder) names training row j's image."""
+    here = os.path.realpath(os.path.join(os.path.dirname(str(csv_path)), cell))
+    return here == os.path.realpath(os.path.join(train.folder, train.cell(j, "x:image")))
+
+
+def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
+    train, scores, rec, relabel, remove, suggested, out = known
+    paths = output.write_influence_output(
+        str(out), scores, train, ["x", "y"], {}, report=True, recommendation=rec
+    )
+    rows = _rows(paths.csv)
+    assert list(rows[0]) == output.INFLUENCE_COLUMNS
+    for r in rows:  # every cell of a row belongs to the same training row
+        j = int(r["datasource_index"])
+        assert r["action"] == rec.action[j] and r["suggested_label"] == str(suggested[j])
+        assert float(r["confidence"]) == pytest.approx(rec.confidence[j], abs=1e-4)
+        assert r["y:label"] == train.cell(j, "y:label") and _same_file(r["x:image"], out, train, j)
+    assert [float(r["influence"]) for r in rows] == sorted(scores.tolist())
+    cleansed = _rows(paths.cleansed)
+    assert len(cleansed) == train.size - len(remove)
+    kept = [j for j in range(train.size) if j not in remove]
+    for r, j in zip(cleansed, kept):  # same order as the training CSV, removed rows left out
+        assert _same_file(r["x:image"], paths.cleansed, train, j)
+        want = str(suggested[j]) if j in relabel else train.cell(j, "y:label")
+        assert r["y:label"] == want
+    summary = open(paths.summary).read()
+    assert "RECOMMENDATION" in summary and "keep 45, relabel 3, remove 2 of 50 rows" in summary
+    assert "why: relabel 3 rows: made up for the test" in summary
+    assert "next: retrain on influence_cleansed.csv (beside this file)" in summary
+    page = open(paths.report, encoding="utf-8").read()
+    assert "<h2>Recommendation</h2>" in page and "keep 45, relabel 3, remove 2" in page
+    changed = page.split("Rows to change")[1].split("<h2>")[0]
+    assert changed.count('class="tile"') == 5  # the five changed rows, with both labels
+    assert changed.count("model: ") == 5 and "relabel</span>" in changed
+
+
+def test_remove_ratio_overrides_the_recommendation(known):
+    train, scores, rec, relabel, remove, suggested, out = known
+    paths = output.write_influence_output(
+        str(out), scores, train, ["x", "y"], {}, remove_ratio=0.1, recommendation=rec
+    )
+    cleansed = _rows(paths.cleansed)
+    dropped = set(np.argsort(scores, kind="stable")[:5].tolist())
+    kept = [j for j in range(train.size) if j not in dropped]
+    assert len(cleansed) == len(kept)
+    for r, j in zip(cleansed, kept):  # no relabelling under the override
+        assert r["y:label"] == train.cell(j, "y:label")
+        assert _same_file(r["x:image"], paths.cleansed, train, j)
+
+
+def test_cleanse_command_applies_the_action_column_or_the_override(known, data7, tmp_path):
+    train, scores, rec, relabel, remove, suggested, out = known
+    paths = output.write_influence_output(
+        str(out), scores, train, ["x", "y"], {}, recommendation=rec
+    )
+    target = tmp_path / "elsewhere" / "clean.csv"
+    os.makedirs(target.parent)
+    done = output.cleanse(paths.csv, data7["train"], str(target))
+    assert done["removed"] == sorted(remove)
+    assert done["relabelled"] == {j: str(suggested[j]) for j in sorted(relabel)}
+    assert open(target).read().replace(
+        os.path.relpath(train.folder, str(target.parent)), "X"
+    ) == open(paths.cleansed).read().replace(os.path.relpath(train.folder, str(out.parent)), "X")
+    over = output.cleanse(paths.csv, data7["train"], str(tmp_path / "elsewhere" / "c2.csv"), 3)
+    assert over["removed"] == sorted(np.argsort(scores, kind="stable")[:3].tolist())
+    assert over["relabelled"] == {}
+    # A damaged action column is refused before anything is written.
+    text = open(paths.csv).read().replace(",relabel,", ",rename,", 1)
+    bad = tmp_path / "bad.csv"
+    bad.write_text(text)
+    with pytest.raises(InputError, match=r"bad.csv row \d+: action 'rename'"):
+        output.cleanse(str(bad), data7["train"], str(tmp_path / "elsewhere" / "c3.csv"))
+    assert not os.path.exists(tmp_path / "elsewhere" / "c3.csv")
+    with pytest.raises(SettingsError, match="at most one"):
+        output.cleanse(paths.csv, data7["train"], str(tmp_path / "c4.csv"), 3, 0.1)
+
+
+def test_no_recommendation_means_keep_and_an_unchanged_cleansed_csv(data7, tmp_path):
+    train = load_dataset(data7["train"], {"x": (1, 7, 7), "y": (1,)})
+    scores = np.linspace(-1, 1, train.size)
+    out = tmp_path / "influence.csv"
+    rec = rc.unavailable(train.size, "no recommendation: made up")
+    paths = output.write_influence_output(
+        str(out), scores, train, ["x", "y"], {}, recommendation=rec
+    )
+    rows = _rows(paths.csv)
+    assert {r["action"] for r in rows} == {"keep"} and {r["suggested_label"] for r in rows} == {""}
+    cleansed = _rows(paths.cleansed)
+    assert [r["y:label"] for r in cleansed] == [train.cell(j, "y:label") for j in range(50)]
+    assert "next: nothing to change" in open(paths.summary).read()
+
+
+# ---- the whole run on data with known flips ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flipped_world(tmp_path_factory):
+    """1,200 training rows (10% labels flipped to another class, seeded), 400 clean
+    validation rows, an MLP trained on them by nnabla_cli; and the same with clean labels."""
+    root = tmp_path_factory.mktemp("flips")
+    data = make_png_dataset(root / "data", 1200, 400, size=14, seed=5)
+    with open(data["train"], newline="") as f:
+        table = list(csv.reader(f))
+    labels = np.array([int(r[1]) for r in table[1:]])
+    noisy = fashion_mnist.flip_labels(labels, 0.1, 10, 1234)
+    noisy_csv = os.path.join(data["folder"], "train_noisy.csv")
+    with open(noisy_csv, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(table[0])
+        w.writerows([r[0], int(y)] for r, y in zip(table[1:], noisy))
+    out = {}
+    for name, train_csv in (("clean", data["train"]), ("noisy", noisy_csv)):
+        d = dict(data, train=train_csv)
+        spec = NetSpec(arch="mlp", batch_size=32, lr=0.1, max_epoch=15, seed=3)
+        out[name] = (train_result(root / name, d, spec), d)
+    return out, noisy != labels
+
+
+def _run(folder, data, out):
+    req = RunRequest(
+        output=str(out),
+        model=os.path.join(folder, "results.nnp"),
+        train=data["train"],
+        val=data["val"],
+        settings=InfluenceSettings(jobs=1),
+    )
+    paths, _ = run(req)
+    return paths
+
+
+def test_on_known_flips_the_changed_rows_are_the_flips(flipped_world, tmp_path):
+    worlds, flipped = flipped_world
+    folder, data = worlds["noisy"]
+    paths = _run(folder, data, tmp_path / "noisy" / "influence.csv")
+    rows = _rows(paths.csv)
+    changed = np.zeros(len(flipped), bool)
+    for r in rows:
+        changed[int(r["datasource_index"])] = r["action"] != "keep"
+    precision = flipped[changed].mean()
+    recall = changed[flipped].mean()
+    assert changed.sum() > 0, open(paths.summary).read()
+    assert precision >= 0.8 and recall >= 0.4, (precision, recall, open(paths.summary).read())
+    facts = yaml.safe_load(open(paths.settings))
+    rec = facts["recommendation"]
+    assert rec["counts"]["relabel"] + rec["counts"]["remove"] == changed.sum()
+    assert rec["chosen"]["passes"] and rec["chosen"]["z"] <= -rec["z_required"]
+    assert rec["z_required"] == pytest.approx(rc.z_required(len(rec["checked"])), abs=1e-3)
+    assert facts["validation_rows"] == {"influence": 200, "heldout_for_check": 200}
+    # The cleansed CSV is what the recommendation says, row for row.
+    cleansed = _rows(paths.cleansed)
+    assert len(cleansed) == 1200 - rec["counts"]["remove"]
+    summary = open(paths.summary).read()
+    assert re.search(r"keep \d+, relabel \d+, remove \d+ of 1200 rows", summary)
+
+
+def test_on_clean_labels_it_changes_next_to_nothing(flipped_world, tmp_path):
+    worlds, _ = flipped_world
+    folder, data = worlds["clean"]
+    paths = _run(folder, data, tmp_path / "clean" / "influence.csv")
+    rows = _rows(paths.csv)
+    changed = sum(r["action"] != "keep" for r in rows)
+    assert changed <= 12, open(paths.summary).read()  # at most 1% of the rows
