@@ -182,7 +182,9 @@ def _add_install(sub):
         help="copy the console plugin into Neural Network Console",
         description="Copy the console entry script(s) into NNC's plugins folder (e.g. "
         "C:\\...\\neural_network_console\\libs\\plugins) and the package beside "
-        "each script, so the console's bundled Python runs it without pip. Only what "
+        "each script, so the console's Python imports this package from there (it also needs "
+        "what the package imports: numpy, h5py, PyYAML, Pillow and tqdm, which nnabla itself "
+        "requires, and matplotlib for the check's plot and the report). Only what "
         "install-plugin itself installed there earlier is replaced (the package as a whole); "
         "any other file or folder of those names, in any case, is refused.",
     )
