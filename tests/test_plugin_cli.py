@@ -18,7 +18,9 @@ from sgd_influence_plugin.errors import OutputError
 from sgd_influence_plugin.settings import CACHE_MODES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+SCRIPT = os.path.join(
+    ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py"
+)
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 
 
@@ -268,7 +270,7 @@ def _check_manifest_entry(entry):
 def test_install_plugin_and_run_help_from_there(tmp_path):
     target = tmp_path / "nnc" / "libs" / "plugins"
     assert cli.main(["install-plugin", str(target)]) == 0
-    script = target / "_Post_Process" / "_XAI" / "_Image" / "SGD_Influence.py"
+    script = target / "_Post_Process" / "_XAI" / "_Image" / "SGD_Influence_Cleansing.py"
     assert script.exists()
     pkg = script.parent / "sgd_influence_plugin"
     assert (pkg / "runner.py").exists() and not (pkg / "__pycache__").exists()
@@ -330,6 +332,7 @@ def test_cli_run_cleanse_and_cache_dir(results, data28, tmp_path):
     rows = _check_influence_csv(str(out), data28["train"])
     assert sorted(os.listdir(tmp_path / "cache")) == [
         ".sgd_influence_cache",
+        ".sgd_influence_lock",  # held while a run uses the folder (issue 18, case 17)
         "lr.npy",
         "order.npy",
         "parameters.h5",

@@ -31,7 +31,9 @@ import build_dataset  # noqa: E402
 
 from sgd_influence_plugin.report import format_score  # noqa: E402
 
-PLUGIN = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+PLUGIN = os.path.join(
+    ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py"
+)
 LABEL_NAMES = os.path.join(HERE, "label_names.txt")
 NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
 
