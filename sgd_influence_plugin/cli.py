@@ -355,7 +355,7 @@ def cmd_check(args) -> int:
 
 def cmd_cleanse(args) -> int:
     """``sgd-influence cleanse``."""
-    from .output import cleanse
+    from .cleanse import cleanse
 
     out = cleanse(
         args.influence, args.train, args.output, remove=args.remove, remove_ratio=args.remove_ratio

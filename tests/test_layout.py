@@ -16,6 +16,7 @@ PRODUCT_MODULES = (
     "__init__.py",
     "api.py",
     "check.py",
+    "cleanse.py",
     "cli.py",
     "core.py",
     "curvature.py",

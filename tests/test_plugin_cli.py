@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 from test_user_outputs import check_report, check_summary, ranked_from_csv, used
 
-from sgd_influence_plugin import cli, output
+from sgd_influence_plugin import cleanse, cli, output
 from sgd_influence_plugin.dataset import read_csv_table
 from sgd_influence_plugin.errors import OutputError
 from sgd_influence_plugin.settings import CACHE_MODES
@@ -412,7 +412,7 @@ def test_cleanse_rejects_an_influence_csv_of_another_dataset(data28, data7, tmp_
         "x:image,y:label,influence,datasource_index,original\nt.png,1,-1.0,0,train/000000.png\n"
     )
     with pytest.raises(Exception, match="lists 1 samples but .* has 256 rows"):
-        output.cleanse(str(path), data28["train"], str(tmp_path / "c.csv"), remove=1)
+        cleanse.cleanse(str(path), data28["train"], str(tmp_path / "c.csv"), remove=1)
 
 
 def test_existing_output_is_replaced_whole_and_interrupts_leave_it(

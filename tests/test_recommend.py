@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import make_png_dataset, train_result
 
-from sgd_influence_plugin import output
+from sgd_influence_plugin import cleanse, output
 from sgd_influence_plugin import recommend as rc
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import InputError, SettingsError
@@ -258,13 +258,13 @@ def test_cleanse_command_applies_the_action_column_or_the_override(known, data7,
     )
     target = tmp_path / "elsewhere" / "clean.csv"
     os.makedirs(target.parent)
-    done = output.cleanse(paths.csv, data7["train"], str(target))
+    done = cleanse.cleanse(paths.csv, data7["train"], str(target))
     assert done["removed"] == sorted(remove)
     assert done["relabelled"] == {j: str(suggested[j]) for j in sorted(relabel)}
     assert open(target).read().replace(
         os.path.relpath(train.folder, str(target.parent)), "X"
     ) == open(paths.cleansed).read().replace(os.path.relpath(train.folder, str(out.parent)), "X")
-    over = output.cleanse(paths.csv, data7["train"], str(tmp_path / "elsewhere" / "c2.csv"), 3)
+    over = cleanse.cleanse(paths.csv, data7["train"], str(tmp_path / "elsewhere" / "c2.csv"), 3)
     assert over["removed"] == sorted(np.argsort(scores, kind="stable")[:3].tolist())
     assert over["relabelled"] == {}
     # A damaged action column is refused before anything is written.
@@ -272,10 +272,10 @@ def test_cleanse_command_applies_the_action_column_or_the_override(known, data7,
     bad = tmp_path / "bad.csv"
     bad.write_text(text)
     with pytest.raises(InputError, match=r"bad.csv row \d+: action 'rename'"):
-        output.cleanse(str(bad), data7["train"], str(tmp_path / "elsewhere" / "c3.csv"))
+        cleanse.cleanse(str(bad), data7["train"], str(tmp_path / "elsewhere" / "c3.csv"))
     assert not os.path.exists(tmp_path / "elsewhere" / "c3.csv")
     with pytest.raises(SettingsError, match="at most one"):
-        output.cleanse(paths.csv, data7["train"], str(tmp_path / "c4.csv"), 3, 0.1)
+        cleanse.cleanse(paths.csv, data7["train"], str(tmp_path / "c4.csv"), 3, 0.1)
 
 
 def test_no_recommendation_means_keep_and_an_unchanged_cleansed_csv(data7, tmp_path):
