@@ -117,6 +117,17 @@ def test_choose_takes_the_fewest_rows_within_one_standard_error_of_the_best():
     close.loss_change, close.standard_error = rc.paired_change(close.heldout_loss, base)
     assert rc.choose([small, mid, best, worse, close]) is best
     assert rc.choose([worse]) is None
+    # The same rows relabelled or removed, within a standard error: relabel, though its loss
+    # is a little higher (it keeps the image and fixes the label).
+    remove = _checked(12, -0.06, base, rng)
+    relabel = _checked(12, 0.0, base, rng, action="relabel")
+    relabel.heldout_loss = remove.heldout_loss + wiggle + gap_se / 3
+    relabel.loss_change, relabel.standard_error = rc.paired_change(relabel.heldout_loss, base)
+    assert relabel.loss_change > remove.loss_change
+    assert rc.choose([remove, relabel]) is relabel
+    relabel.heldout_loss = remove.heldout_loss + wiggle + 2 * gap_se
+    relabel.loss_change, relabel.standard_error = rc.paired_change(relabel.heldout_loss, base)
+    assert rc.choose([remove, relabel]) is remove
     insignificant = _checked(10, -0.0001, base, rng, noise=0.05)
     assert not insignificant.passes(rc.z_required(1)) and rc.choose([insignificant]) is None
 

@@ -29,6 +29,7 @@ run skips finished tasks, and the report is rebuilt from those folders alone.
 
 import argparse
 import csv
+import hashlib
 import os
 import subprocess
 import sys
@@ -240,7 +241,8 @@ def run_task(a, setting, seed):
     n_rel, n_rem = int(np.sum(action == "relabel")), int(np.sum(action == "remove"))
     cleansed = os.path.join(out, "influence", "influence_cleansed.csv")
     if changed.any():
-        nnp, seconds = retrain(cleansed, np.arange(n - n_rem), "recommended")
+        digest = hashlib.sha1("".join(a[:2] for a in action).encode()).hexdigest()[:8]
+        nnp, seconds = retrain(cleansed, np.arange(n - n_rem), f"recommended_{digest}")
         acc, lss = measure(nnp)
     else:
         acc, lss, seconds = none_acc, none_loss, 0.0
@@ -255,7 +257,7 @@ def run_task(a, setting, seed):
     rnd = np.zeros(n, bool)
     rnd[np.random.RandomState(10_000 + seed).permutation(n)[: int(changed.sum())]] = True
     if rnd.any():
-        nnp, seconds = retrain(paths["train"], np.flatnonzero(~rnd), "random_matched")
+        nnp, seconds = retrain(paths["train"], np.flatnonzero(~rnd), f"random_{int(rnd.sum())}")
         acc, lss = measure(nnp)
     else:
         acc, lss, seconds = none_acc, none_loss, 0.0
