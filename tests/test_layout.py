@@ -17,6 +17,7 @@ PRODUCT_MODULES = (
     "api.py",
     "check.py",
     "cli.py",
+    "cluster.py",
     "core.py",
     "curvature.py",
     "dataset.py",
