@@ -146,6 +146,13 @@ def test_an_unreachable_address_is_refused_before_anything_is_read(data28, tmp_p
             pass
 
 
+def test_files_the_workers_cannot_read_are_refused_before_anything_runs(scheduler, data28):
+    with cluster.connect(scheduler) as c:
+        c.check_paths([data28["train"]], "retraining")
+        with pytest.raises(ClusterError, match="cannot read /no/such/file.csv, which retraining"):
+            c.check_paths(["/no/such/file.csv"], "retraining")
+
+
 def _kill_the_worker_that_runs(client, key_prefix):
     """SIGKILL the worker process that has a unit whose key starts so (it waits for one)."""
     for _ in range(600):
@@ -254,3 +261,31 @@ def test_ctrl_c_cancels_the_units_and_stops_the_running_ones(scheduler):
             time.sleep(0.05)
         assert not any(c.client.processing().values())
         assert time.monotonic() - t0 < 8
+
+
+@pytest.mark.parametrize("retrain", ["last", "scratch"])
+def test_evaluate_through_the_cluster_gives_the_local_rows(
+    scheduler, mlp, data28, tmp_path, retrain
+):
+    from sgd_influence_plugin.evaluate import evaluate
+
+    nnp = os.path.join(mlp[0], "results.nnp")
+    args = (data28["train"], data28["val"], data28["val"])
+    settings = InfluenceSettings(trials=2, jobs=1)
+    ratios, seeds = [0, 0.1], [4]
+    here = evaluate({"model": nnp}, *args, str(tmp_path / "here"), ratios, seeds, retrain, settings)
+    with cluster.connect(scheduler) as c:
+        there = evaluate(
+            {"model": nnp}, *args, str(tmp_path / "there"), ratios, seeds, retrain, settings,
+            cluster=c,
+        )  # fmt: skip
+    assert [(r["method"], r["n_removed"]) for r in there] == [
+        ("none", 0),
+        ("harmful", 26),
+        ("random", 26),
+    ]
+    for a, b in zip(here, there):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {
+            k: v for k, v in b.items() if k != "seconds"
+        }
+    assert (tmp_path / "there" / "summary.md").exists()
