@@ -296,6 +296,13 @@ def _unit(fn, index: int, item, run: str, report: bool, *shared):
         return fn(item, progress, *shared)
 
 
+def open_cluster(
+    address: Optional[str], log: Callable[[str], None] = lambda m: None
+) -> Optional[Cluster]:
+    """:func:`connect` without the ``with`` block: the caller closes the connection."""
+    return _connect(address, log) if address else None
+
+
 def _connect(address: str, log: Callable[[str], None]) -> Cluster:
     try:
         from distributed import Client

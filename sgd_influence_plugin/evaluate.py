@@ -492,15 +492,40 @@ def retrain_unit(item, progress, model, train: Dataset, test: Dataset, theta0, v
             _GRAPHS[model] = core.GraphCache(model, fused=False)
         acc, loss = _retrain_last(model, train, test, theta0, orders, run, removed, _GRAPHS[model])
     else:
-        with tempfile.TemporaryDirectory(prefix="sgd_influence_retrain_") as work:
-            init = initial_parameters(config_text, seed, os.path.join(work, "init.h5"))
-            keep = np.setdiff1d(np.arange(train.size), removed)
-            nnp = train_from_scratch(
-                config_text, train.path, val_csv, train.header, train.rows, keep, seed,
-                os.path.join(work, "train"), init,
-            )  # fmt: skip
-            acc, loss = accuracy_and_loss(load_model(model=nnp, context=model.context_name), test)
+        keep = np.setdiff1d(np.arange(train.size), removed)
+        item = (config_text, train.path, val_csv, keep, seed, model.context_name)
+        _, acc, loss, _ = scratch_unit(item, progress, test, train.header, train.rows)
     return acc, loss, time.perf_counter() - t0
+
+
+def scratch_unit(item, progress, test: Optional[Dataset], header, rows):
+    """:func:`train_from_scratch` as a unit on a cluster's worker (:mod:`.cluster`), in a
+    temporary folder there, from the seed's :func:`initial_parameters`.
+
+    Args:
+        item: ``(config_text, train_csv, val_csv, keep, seed, context)``; the files the CSVs
+            name must be readable on the worker at the same paths.
+        test: measure the trained network on it (None: no measurement).
+        header / rows: the training CSV's header and rows (shared by the units).
+
+    Returns:
+        ``(results.nnp as bytes, test accuracy, test loss, seconds)`` (NaN without ``test``).
+
+    """
+    config_text, train_csv, val_csv, keep, seed, context = item
+    t0 = time.perf_counter()
+    acc = loss = float("nan")
+    with tempfile.TemporaryDirectory(prefix="sgd_influence_retrain_") as work:
+        init = initial_parameters(config_text, seed, os.path.join(work, "init.h5"))
+        nnp = train_from_scratch(
+            config_text, train_csv, val_csv, header, rows, keep, seed, os.path.join(work, "train"),
+            init,
+        )  # fmt: skip
+        if test is not None:
+            acc, loss = accuracy_and_loss(load_model(model=nnp, context=context), test)
+        with open(nnp, "rb") as f:
+            data = f.read()
+    return data, acc, loss, time.perf_counter() - t0
 
 
 def aggregate(rows: List[Dict]) -> List[Dict]:

@@ -289,3 +289,56 @@ def test_evaluate_through_the_cluster_gives_the_local_rows(
             k: v for k, v in b.items() if k != "seconds"
         }
     assert (tmp_path / "there" / "summary.md").exists()
+
+
+def _protocol():
+    sys.path.insert(
+        0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "samples", "fashion_mnist")
+    )
+    import paper_protocol
+
+    return paper_protocol
+
+
+def test_paper_protocol_refuses_an_unreachable_cluster_before_anything(tmp_path, capsys):
+    port = _closed_port()
+    work = tmp_path / "work"
+    argv = ["--work", str(work), "--out", str(tmp_path / "out"), "--cluster", f"127.0.0.1:{port}"]
+    with pytest.raises(SystemExit) as e:
+        _protocol().main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no Dask scheduler answers there" in err[0]
+    assert not work.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="make data")
+def test_paper_protocol_through_the_cluster_gives_the_local_rows(scheduler, tmp_path):
+    import csv
+
+    def rows(name, *extra):
+        argv = [
+            "--work", str(tmp_path / name / "work"), "--out", str(tmp_path / name / "out"),
+            "--pool-limit", "400", "--train", "200", "--val", "100", "--test", "100",
+            "--epochs", "1", "--seeds", "3", "--noise", "0.1", "--ratios", "0.1", "--jobs", "1",
+            *extra,
+        ]  # fmt: skip
+        t0 = time.monotonic()
+        assert _protocol().main(argv) == 0
+        with open(tmp_path / name / "out" / "results.csv", newline="") as f:
+            got = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+        return got, time.monotonic() - t0
+
+    here, _ = rows("here")
+    there, _ = rows("there", "--cluster", scheduler)
+    assert [(r["method"], r["n_removed"]) for r in there] == [
+        ("none", "0"),
+        ("final", "20"),
+        ("all", "20"),
+        ("random", "20"),
+    ]
+    assert here == there
+    task = tmp_path / "there" / "work" / "task_0.1_3"
+    for folder in ("base", "final_20", "all_20", "random_20"):  # sent back, written here
+        assert (task / folder / "results.nnp").stat().st_size > 10_000
