@@ -204,16 +204,16 @@ class Cluster:
                         on_progress(i, stage, done, total)
                 for i in sorted(waiting):
                     status = futures[i].status
-                    if status == "pending":
+                    if status in ("pending", "lost"):  # lost: Dask computes it again
                         continue
                     if status in ("finished", "error"):
                         results[i] = self._result(futures[i], i, name)
                         waiting.discard(i)
                         if on_result is not None:
                             on_result(i, results[i])
-                    else:  # cancelled or lost: the scheduler went away or dropped it
+                    else:  # cancelled, not by us: the scheduler went away or dropped it
                         raise ClusterError(
-                            f"--cluster {self.address}: the scheduler lost {name} {i} "
+                            f"--cluster {self.address}: the scheduler dropped {name} {i} "
                             f"({status}); nothing was written. Check the scheduler's log"
                         )
                 idle_since = self._check_workers(idle_since)
