@@ -324,14 +324,14 @@ def _connect(address: str, log: Callable[[str], None]) -> Cluster:
         raise ClusterError(f"--cluster {address}: cannot connect ({e}); {_START}") from e
     cluster = Cluster(client, address)
     try:
-        _check_workers(cluster, log)
+        _check_ready(cluster, log)
     except BaseException:
         client.close()
         raise
     return cluster
 
 
-def _check_workers(cluster: Cluster, log: Callable[[str], None]) -> None:
+def _check_ready(cluster: Cluster, log: Callable[[str], None]) -> None:
     """At least one worker, every worker with this machine's versions; a note when workers
     run several threads (units take turns in a process).
     """

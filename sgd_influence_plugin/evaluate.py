@@ -348,6 +348,7 @@ def evaluate(
                     items,
                     shared=(model, train, test, theta0, val_csv),
                     name="retrain",
+                    resources=None if settings.context.startswith("cpu") else {"GPU": 1},
                 )
                 remote = {(label, count): out for (label, count, _), out in zip(jobs, outs)}
             for label, count, removed in jobs:

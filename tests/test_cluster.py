@@ -24,24 +24,43 @@ from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
 from sgd_influence_plugin.settings import InfluenceSettings  # noqa: E402
 
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
+HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="kills worker processes by pid (Linux)"
 )
 
 
 @pytest.fixture(scope="module")
-def scheduler():
-    """A scheduler on 127.0.0.1 with two single-threaded worker processes (with nannies, so
-    a killed worker is restarted); its address."""
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=50,
-    ) as local:
-        yield local.scheduler_address
+def scheduler(tmp_path_factory):
+    """A scheduler on 127.0.0.1 and two single-threaded worker processes (with nannies, so a
+    killed worker is restarted), started with Dask's own commands and stopped at the end; its
+    address. Separate processes: nothing of theirs is a child of the test process."""
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    logs = tmp_path_factory.mktemp("dask")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE)]))
+    commands = [
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+         "--no-dashboard"],
+        [dask, "worker", address, "--host", "127.0.0.1", "--nworkers", "2", "--nthreads", "1",
+         "--no-dashboard"],
+    ]  # fmt: skip
+    procs = []
+    try:
+        for i, cmd in enumerate(commands):
+            with open(logs / f"{i}.log", "w") as log:
+                procs.append(subprocess.Popen(cmd, stdout=log, stderr=log, env=env))
+        with distributed.Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +74,8 @@ def mlp(results, data28):
     return folder, model, train, val
 
 
-def _closed_port():
+def _free_port():
+    """A port nothing listens on (yet)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -130,7 +150,7 @@ def test_cli_run_through_the_cluster_writes_the_local_scores(scheduler, mlp, dat
 
 
 def test_an_unreachable_address_is_refused_before_anything_is_read(data28, tmp_path):
-    port = _closed_port()
+    port = _free_port()
     out = tmp_path / "o" / "influence.csv"
     t0 = time.monotonic()
     proc = _run_cli("no-such-folder", data28, out, "--cluster", f"tcp://127.0.0.1:{port}")
@@ -271,7 +291,7 @@ def test_evaluate_through_the_cluster_gives_the_local_rows(
 
     nnp = os.path.join(mlp[0], "results.nnp")
     args = (data28["train"], data28["val"], data28["val"])
-    settings = InfluenceSettings(trials=2, jobs=1)
+    settings = InfluenceSettings(trials=1, jobs=1)
     ratios, seeds = [0, 0.1], [4]
     here = evaluate({"model": nnp}, *args, str(tmp_path / "here"), ratios, seeds, retrain, settings)
     with cluster.connect(scheduler) as c:
@@ -301,7 +321,7 @@ def _protocol():
 
 
 def test_paper_protocol_refuses_an_unreachable_cluster_before_anything(tmp_path, capsys):
-    port = _closed_port()
+    port = _free_port()
     work = tmp_path / "work"
     argv = ["--work", str(work), "--out", str(tmp_path / "out"), "--cluster", f"127.0.0.1:{port}"]
     with pytest.raises(SystemExit) as e:
