@@ -10,12 +10,12 @@ A unit is a module-level function called on a worker as ``fn(item, progress, *sh
 
 - ``item`` is small (an index, a seed, a list of removed rows) and pickled per unit;
 - ``shared`` are the big inputs every unit reads (the model, the decoded arrays): they are
-  sent once per :meth:`Cluster.map` with ``client.scatter`` and each worker process
-  deserializes them once. The model travels as its definition and parameter values and is
-  rebuilt by the adapter (``NnablaModel.__reduce__``), so nnabla's state stays in
-  :mod:`.nnabla_adapter` on the worker too. Datasets are sent as arrays: the workers need
-  no access to the submitter's files, except where a unit runs ``nnabla_cli`` on CSV files
-  (retraining from scratch), which :meth:`Cluster.check_paths` checks before anything runs;
+  sent once per :meth:`Cluster.map`, as a task whose result they are (:func:`_share`), and
+  each worker process deserializes them once. The model travels as its definition and
+  parameter values and is rebuilt by the adapter (``NnablaModel.__reduce__``), so nnabla's
+  state stays in :mod:`.nnabla_adapter` on the worker too. Datasets are sent as arrays: the
+  workers need no access to the submitter's files, except where a unit runs ``nnabla_cli``
+  on CSV files (retraining from scratch), which :meth:`Cluster.check_paths` checks first;
 - ``progress(stage, done, total)`` reaches the submitter's ``on_progress`` (at most twice a
   second per unit) and ends the unit at its next step once the submitter stops the run.
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import socket
 import sys
 import threading
@@ -177,7 +178,7 @@ class Cluster:
         run = f"sgdi-{name}-{uuid.uuid4().hex[:12]}"
         stop = Event(run + "-stop", client=client)
         queue = Queue(run + "-progress", client=client) if on_progress else None
-        handles = client.scatter(list(shared), hash=False) if shared else []
+        handles = [_share(client, obj, f"{run}-shared-{k}") for k, obj in enumerate(shared)]
         futures = [
             client.submit(
                 _unit,
@@ -272,6 +273,19 @@ class Cluster:
         self.client.close()
 
 
+def _share(client, obj, key: str):
+    """``obj`` as the result of a task that unpickles it: sent once, to one worker, fetched
+    from there by the others, and made again by Dask if every copy is lost with its worker
+    (data given to ``client.scatter`` would be lost for good). The scheduler keeps it as bytes.
+    """
+    import warnings
+
+    blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    with warnings.catch_warnings():  # "large object in task graph": that is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        return client.submit(pickle.loads, blob, key=key, pure=False)
+
+
 def _unit(fn, index: int, item, run: str, report: bool, *shared):
     """A unit on a worker: ``fn(item, progress, *shared)``, one at a time per process."""
     from distributed import Event, Queue
@@ -343,22 +357,30 @@ def _check_ready(cluster: Cluster, log: Callable[[str], None]) -> None:
             f"--cluster {address}: the scheduler has no workers (waited {CONNECT_TIMEOUT:g} s); "
             f"start some with 'dask worker {address} --nthreads 1' (docs/cluster.md)"
         ) from e
-    try:
-        theirs = client.run(_versions)
-    except Exception as e:  # noqa: BLE001 - e.g. the package does not import there
-        raise ClusterError(
-            f"--cluster {address}: the workers cannot run this package ({type(e).__name__}: "
-            f"{e}); install the same version of sgd-influence-plugin and nnabla there"
-        ) from e
+    theirs = {}
+    machines = {"scheduler": "the scheduler's machine", "workers": "every worker's machine"}
+    for where, call in (("scheduler", client.run_on_scheduler), ("workers", client.run)):
+        try:  # the scheduler unpacks the units too: it needs the package as well
+            found = call(_versions)
+        except Exception as e:  # noqa: BLE001 - e.g. the package does not import there
+            raise ClusterError(
+                f"--cluster {address}: the {where} cannot run this package "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); install the "
+                f"same sgd-influence-plugin and nnabla on {machines[where]} (docs/cluster.md)"
+            ) from e
+        if where == "scheduler":
+            theirs["the scheduler"] = found
+        else:
+            theirs.update((f"worker {w}", v) for w, v in found.items())
     mine = _versions()
-    for worker, versions in sorted(theirs.items()):
+    for worker, versions in theirs.items():
         if versions != mine:
             diff = ", ".join(
                 f"{k} {versions.get(k)} (here {v})" for k, v in mine.items() if versions.get(k) != v
             )
             raise ClusterError(
-                f"--cluster {address}: worker {worker} has {diff}; the scores depend on them: "
-                "install the same versions on every worker"
+                f"--cluster {address}: {worker} has {diff}; the scores depend on them: "
+                "install the same versions on the scheduler and every worker"
             )
     threads = client.nthreads()
     crowded = [w for w, n in threads.items() if n > 1]
