@@ -256,6 +256,7 @@ def _add_check(sub):
         help=HELP["cache"] + " (default: %(default)s)",
     )
     p.add_argument("--context", default="cpu", help=HELP["context"] + " (default: %(default)s)")
+    p.add_argument("--cluster", metavar="ADDRESS", help=HELP["cluster"] + " (default: none)")
     p.add_argument("--quiet", action="store_true", help=HELP["check.quiet"] + " (default: off)")
     p.set_defaults(func=cmd_check)
 
@@ -344,6 +345,7 @@ def cmd_check(args) -> int:
         val=args.val,
         settings=settings,
         samples=args.samples,
+        cluster=args.cluster,
     )
     say = _say(args.quiet)
     paths, result = run_check(req, log=say, progress=TqdmProgress(not args.quiet))

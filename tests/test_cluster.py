@@ -257,6 +257,24 @@ def test_a_worker_lost_past_the_retries_stops_the_run_and_writes_nothing(
     assert not (tmp_path / "o").exists()
 
 
+def test_check_re_runs_on_the_cluster_equal_the_local_ones(scheduler, mlp):
+    from sgd_influence_plugin.fidelity import check_fidelity
+
+    _, model, train, val = mlp
+    settings = InfluenceSettings(lr=0.05)
+    here = check_fidelity(model, train, val, settings, samples=6)
+    steps = []
+    with cluster.connect(scheduler) as c:
+        there = check_fidelity(
+            model, train, val, settings, samples=6, cluster=c,
+            progress=lambda s, d, t: steps.append((s, d, t)),
+        )  # fmt: skip
+    np.testing.assert_array_equal(here.index, there.index)
+    np.testing.assert_array_equal(here.actual, there.actual)
+    assert (here.pearson, here.spearman) == (there.pearson, there.spearman)
+    assert [d for s, d, t in steps if s == "leave-one-out"] == [1, 2, 3, 4, 5, 6]
+
+
 def _slow_unit(item, progress):
     """A unit of 100 steps of 0.1 s (10 s) that reports each step."""
     for step in range(100):
