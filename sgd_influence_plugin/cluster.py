@@ -10,12 +10,13 @@ A unit is a module-level function called on a worker as ``fn(item, progress, *sh
 
 - ``item`` is small (an index, a seed, a list of removed rows) and pickled per unit;
 - ``shared`` are the big inputs every unit reads (the model, the decoded arrays): they are
-  sent once per :meth:`Cluster.map`, as a task whose result they are (:func:`_share`), and
-  each worker process deserializes them once. The model travels as its definition and
-  parameter values and is rebuilt by the adapter (``NnablaModel.__reduce__``), so nnabla's
-  state stays in :mod:`.nnabla_adapter` on the worker too. Datasets are sent as arrays: the
-  workers need no access to the submitter's files, except where a unit runs ``nnabla_cli``
-  on CSV files (retraining from scratch), which :meth:`Cluster.check_paths` checks first;
+  sent once per :meth:`Cluster.map`, pickled, as a task whose result they are
+  (:func:`_share`), and each worker process unpickles its own copy once. The model travels
+  as its definition and parameter values and is rebuilt by the adapter
+  (``NnablaModel.__reduce__``), so nnabla's state stays in :mod:`.nnabla_adapter` on the
+  worker too. Datasets are sent as arrays: the workers need no access to the submitter's
+  files, except where a unit runs ``nnabla_cli`` on CSV files (retraining from scratch),
+  which :meth:`Cluster.check_paths` checks first;
 - ``progress(stage, done, total)`` reaches the submitter's ``on_progress`` (at most twice a
   second per unit) and ends the unit at its next step once the submitter stops the run.
 
@@ -232,6 +233,7 @@ class Cluster:
         finally:
             with contextlib.suppress(Exception):
                 client.cancel(handles)
+                client.run(_forget, run)
             del futures, handles
             with contextlib.suppress(Exception):
                 stop.clear()
@@ -274,16 +276,39 @@ class Cluster:
 
 
 def _share(client, obj, key: str):
-    """``obj`` as the result of a task that unpickles it: sent once, to one worker, fetched
-    from there by the others, and made again by Dask if every copy is lost with its worker
-    (data given to ``client.scatter`` would be lost for good). The scheduler keeps it as bytes.
+    """``obj`` pickled, as the result of a task that returns those bytes: sent once, to one
+    worker, fetched from there by the others, and made again by Dask if every copy is lost
+    with its worker (data given to ``client.scatter`` would be lost for good). What workers
+    pass to each other are these bytes, never an object a unit has changed (a model half-way
+    through a trial): each process unpickles its own copy (:func:`_opened`).
     """
     import warnings
 
     blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     with warnings.catch_warnings():  # "large object in task graph": that is the point here
         warnings.simplefilter("ignore", UserWarning)
-        return client.submit(pickle.loads, blob, key=key, pure=False)
+        return client.submit(_bytes, blob, key=key, pure=False)
+
+
+def _bytes(blob: bytes) -> bytes:
+    return blob
+
+
+#: Run -> its shared inputs unpickled in this worker process (the current run only).
+_OPENED: Dict[str, List[Any]] = {}
+
+
+def _opened(run: str, blobs: Sequence[bytes]) -> List[Any]:
+    """The shared inputs of ``run`` as this process's own objects, unpickled once per run."""
+    if run not in _OPENED:
+        _OPENED.clear()
+        _OPENED[run] = [pickle.loads(b) for b in blobs]
+    return _OPENED[run]
+
+
+def _forget(run: str) -> None:
+    """Drop a finished run's objects from this worker process."""
+    _OPENED.pop(run, None)
 
 
 def _unit(fn, index: int, item, run: str, report: bool, *shared):
@@ -307,7 +332,7 @@ def _unit(fn, index: int, item, run: str, report: bool, *shared):
     with _UNIT_LOCK:
         if stop.is_set():
             raise UnitStopped(f"{run}: stopped by the submitter")
-        return fn(item, progress, *shared)
+        return fn(item, progress, *_opened(run, shared))
 
 
 def open_cluster(

@@ -275,6 +275,24 @@ def test_check_re_runs_on_the_cluster_equal_the_local_ones(scheduler, mlp):
     assert [d for s, d, t in steps if s == "leave-one-out"] == [1, 2, 3, 4, 5, 6]
 
 
+def _changing_unit(item, progress, big):
+    """Sees the shared array, then changes it in place (as a trial changes the model's
+    parameters until it restores them) and keeps it changed for a while."""
+    seen = float(big[:1000].sum())
+    big += 1
+    time.sleep(0.3)
+    big -= 1
+    return seen
+
+
+def test_what_a_unit_changes_never_reaches_another_worker(scheduler):
+    """Workers pass each other the shared inputs as they were sent, not as a unit on the
+    worker that had them first has changed them meanwhile."""
+    big = np.zeros(8_000_000, np.float32)  # 32 MB: fetching it takes a while
+    with cluster.connect(scheduler) as c:
+        assert c.map(_changing_unit, range(6), shared=(big,), name="change") == [0.0] * 6
+
+
 def _slow_unit(item, progress):
     """A unit of 100 steps of 0.1 s (10 s) that reports each step."""
     for step in range(100):
