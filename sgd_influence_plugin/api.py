@@ -26,8 +26,8 @@ import numpy as np
 
 from . import core, interrupts, parallel
 from . import curvature as curvature_mod
-from .errors import SettingsError, UnstableReplayError
-from .settings import InfluenceSettings, read_yaml, write_yaml
+from .errors import ComputationError, SettingsError, UnstableReplayError
+from .settings import MIN_LR, InfluenceSettings, read_yaml, write_yaml
 
 #: Logger-like callback for user-facing messages (warnings, stages).
 Log = Callable[[str], None]
@@ -37,6 +37,62 @@ Log = Callable[[str], None]
 #: the automatic rate the bounds of :mod:`.curvature` keep the growth near 1 (at most e^0.5
 #: from negative curvature); 10x means the rate was too large for some steps.
 GROWTH_LIMIT = 10.0
+
+
+#: Most the weight decay alone may shrink the weights within the replayed epoch (a factor).
+#: Without gradients, T steps at rate lr multiply every weight by (1 - lr * lambda)^T. When
+#: that is below 1/10, the decay outweighs what the gradients of a trained model restore in
+#: one epoch: the training phase ends at a collapsed model (outputs near uniform, the loss
+#: near chance, e.g. ln 10 for ten classes) whose scores measure the collapse, not the data.
+#: A trained network's usual settings are far from it: lr 0.1, lambda 5e-4 and T = 1875
+#: (60,000 images, batch 32) shrink by 0.91.
+MAX_DECAY_SHRINK = 10.0
+
+
+def check_rates(lr: float, weight_decay: float, steps: int, chosen: str = "") -> None:
+    """Refuse a learning rate and weight decay that leave nothing to replay.
+
+    - ``lr > MIN_LR`` (see :data:`~sgd_influence_plugin.settings.MIN_LR`);
+    - ``lr * weight_decay < 1``: otherwise each step multiplies every weight by
+      ``1 - lr * weight_decay <= 0``, zeroing or flipping it whatever the gradient;
+    - ``(1 - lr * weight_decay) ** steps >= 1 / MAX_DECAY_SHRINK`` (see
+      :data:`MAX_DECAY_SHRINK`).
+
+    Args:
+        lr: the replayed epoch's rate; ``chosen``: how it was chosen, for the message
+            (e.g. "--lr auto chose it: ..."), "" for a rate the user gave.
+        weight_decay: lambda of the replayed epoch.
+        steps: T, steps of one epoch.
+
+    Raises:
+        SettingsError: naming the rate, the weight decay and what to change.
+
+    """
+    how = f" ({chosen})" if chosen else ""
+    if not lr > MIN_LR:
+        fix = (
+            "give a smaller --weight-decay (the automatic rate keeps lr * weight decay below 1)"
+            if weight_decay > 0 and lr * weight_decay > 0.01
+            else "give an --lr above it"
+        )
+        raise SettingsError(
+            f"learning rate {lr:g}{how}: at most {MIN_LR:g}, too small to change float32 "
+            f"parameters, so every score would be near 0; {fix}"
+        )
+    shrink = lr * weight_decay
+    if shrink >= 1:
+        raise SettingsError(
+            f"learning rate {lr:g}{how} with weight decay {weight_decay:g}: each step would "
+            f"multiply every weight by 1 - {shrink:.3g} <= 0, destroying the model; give a "
+            "smaller --weight-decay (or --lr)"
+        )
+    factor = math.exp(steps * math.log1p(-shrink))
+    if factor < 1 / MAX_DECAY_SHRINK:
+        raise SettingsError(
+            f"learning rate {lr:g}{how} with weight decay {weight_decay:g}: the decay alone "
+            f"would shrink every weight to {factor:.3g} of its size in the {steps} steps of an "
+            f"epoch, collapsing the model; give a smaller --weight-decay (or --lr)"
+        )
 
 
 @dataclass
@@ -144,8 +200,11 @@ def choose_lr(
                 "sets no bound; pass one with --lr"
             )
         run.lr = choice.lr
+        check_rates(run.lr, run.weight_decay, steps, f"--lr auto chose it: {choice.limit}")
         log(f"replay learning rate {run.lr:g} (auto: {choice.limit})")
-    elif curvature_mod.breaks_rule(run.lr, curv, steps, run.weight_decay):
+        return run
+    check_rates(run.lr, run.weight_decay, steps)
+    if curvature_mod.breaks_rule(run.lr, curv, steps, run.weight_decay):
         msg = (
             f"lr={run.lr:g} is above the stable rate {choice.lr:g} measured for this model "
             f"({choice.limit}); the final-parameters replay may blow up (unstable trials are "
@@ -181,6 +240,23 @@ def trial_problem(
     if u_growth > limit:
         return f"the replayed query vector grew {u_growth:.3g}x (limit {limit:g}x)"
     return None
+
+
+def check_spread(scores: np.ndarray, run: ResolvedRun) -> None:
+    """Refuse scores that rank nothing: all equal (e.g. all exactly 0, as float32 gives at a
+    rate near 1e-45). Every score then says "no effect", and a ranking of them, or a cleansed
+    CSV cut from it, would keep only the training-row order.
+
+    Raises:
+        ComputationError: two samples or more, all with the same score.
+
+    """
+    if len(scores) >= 2 and float(np.ptp(scores)) == 0.0:
+        raise ComputationError(
+            f"all {len(scores)} influence scores are {float(scores[0]):g}: the replay at lr "
+            f"{run.lr:g} (weight decay {run.weight_decay:g}) tells no sample from another, so "
+            "nothing was written; give a larger --lr, or --lr auto"
+        )
 
 
 def _dir_bytes(path: str) -> int:
@@ -390,10 +466,15 @@ def run_trial(
             if problem is None:
                 break
             if attempt == settings.retries:
+                fix = (
+                    f"--lr auto is already in use: give a smaller --lr number (e.g. "
+                    f"{lr / 4:.2g}), or use --cache all"
+                    if run.lr_source == "auto"
+                    else "Give a smaller --lr (or --lr auto), or use --cache all"
+                )
                 raise UnstableReplayError(
                     f"the replay of trial seed {seed} is unstable at lr={lr:g} ({problem}) "
-                    f"after {settings.retries} retries at lower rates; nothing was written. "
-                    "Give a smaller --lr (or --lr auto), or use --cache all"
+                    f"after {settings.retries} retries at lower rates; nothing was written. " + fix
                 )
             notes.append(f"trial seed {seed}: {problem} at lr={lr:g}; retried at lr={lr / 4:g}")
             lr /= 4
@@ -617,6 +698,7 @@ def compute_influence(
     timings["u_growth"] = max(o.u_growth for o in outcomes)
     trial_scores = np.stack([o.scores for o in outcomes])
     scores, scales = core.combine_trials(trial_scores)  # finite: every trial was checked
+    check_spread(scores, run)
     return InfluenceResult(
         scores=scores,
         trial_scores=trial_scores,

@@ -4,8 +4,8 @@ The measurement itself (one influence trial against exact leave-one-out re-runs,
 correlations and the verdict) is :mod:`.fidelity`. This module reads and checks the inputs
 the way ``run`` does (:func:`.inputs.load_inputs`) and writes, named after the ``--output``
 CSV (``check.csv``): ``check.csv`` (one row per checked sample), ``check_plot.png`` (estimate
-vs actual) and ``check_settings.yaml`` (settings and figures), with the ownership rules and
-atomic commit of :mod:`.output`.
+vs actual) and ``check_settings.yaml`` (settings and figures), with the ownership rule and
+all-or-nothing commit of :mod:`.ownership`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from . import interrupts, output, validation
+from . import interrupts, output, ownership, validation
 from .errors import OutputError, SettingsError
 from .fidelity import (  # noqa: F401 - correlations, verdict_line: imported from here too
     DEFAULT_SAMPLES,
@@ -64,8 +64,8 @@ def check_output_places(
     validation.check_output_csv(out_csv, flag, inputs, image_dirs)
     folder = os.path.dirname(os.path.abspath(out_csv))
     if os.path.isdir(folder):
-        output.read_ledger(folder)
-    output.check_replaceable(os.path.abspath(out_csv), flag)
+        ownership.read_ledger(folder)
+    ownership.check_replaceable(os.path.abspath(out_csv), flag)
     for kind in CHECK_COMPANIONS:
         target = companion(out_csv, kind)
         for src in inputs:
@@ -75,7 +75,7 @@ def check_output_places(
                 raise SettingsError(
                     f"{target}: refusing to overwrite the input {src}; choose another {flag} name"
                 )
-        output.check_replaceable(target, flag)
+        ownership.check_replaceable(target, flag)
 
 
 def check_figure(result: CheckResult):
@@ -152,8 +152,8 @@ def write_check_output(
     paths.update({kind: companion(out_csv, kind) for kind in CHECK_COMPANIONS})
     folder = os.path.dirname(paths["csv"])
     for path in paths.values():
-        output.check_replaceable(path, flag)
-    with output.staging(folder, flag) as stage:
+        ownership.check_replaceable(path, flag)
+    with ownership.staging(folder, flag) as stage:
 
         def staged(path: str) -> str:
             return os.path.join(stage, os.path.basename(path))
@@ -176,7 +176,9 @@ def write_check_output(
         write_yaml(staged(paths["settings"]), facts)
         moves = [(staged(paths[k]), paths[k]) for k in CHECK_COMPANIONS]
         try:
-            output.commit_staged(folder, moves + [(staged(paths["csv"]), paths["csv"])], [], flag)
+            ownership.commit_staged(
+                folder, moves + [(staged(paths["csv"]), paths["csv"])], [], flag
+            )
         except OSError as e:
             raise OutputError(
                 f"{e.filename or folder}: cannot write ({e.strerror or e}); give another {flag}"
@@ -287,12 +289,18 @@ def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, c
             validation.check_labels(d, getattr(info, "label_classes", {}))
         wd = info.solver.weight_decay if settings.weight_decay is None else settings.weight_decay
         validation.check_weight_decay(wd, info.source, flags)
+        if train.size < MIN_SAMPLES:
+            raise SettingsError(
+                f"{train.path} has only {train.size} row(s); the check re-runs at least "
+                f"{MIN_SAMPLES} samples, so it needs a training CSV of at least {MIN_SAMPLES} rows"
+            )
         if m > train.size:
             raise SettingsError(
                 f"{samples_flag} {m}: {train.path} has only {train.size} rows; give at most "
                 f"{train.size}"
             )
         batch = settings.batch_size or info.solver.batch_size
+        validation.check_known_rate(settings.lr, wd, train.size, batch, info)
         need = validation.estimate_bytes(
             train.size, model.n_params, batch, 1, settings.cache == "all", 16, 1
         )

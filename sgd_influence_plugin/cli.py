@@ -183,8 +183,11 @@ def _add_install(sub):
         help="copy the console plugin into Neural Network Console",
         description="Copy the console entry script(s) into NNC's plugins folder (e.g. "
         "C:\\...\\neural_network_console\\libs\\plugins) and the package beside "
-        "each script, so the console's bundled Python runs it without pip. An earlier copy "
-        "of the package there is replaced as a whole.",
+        "each script, so the console's Python imports this package from there (it also needs "
+        "what the package imports: numpy, h5py, PyYAML, Pillow and tqdm, which nnabla itself "
+        "requires, and matplotlib for the check's plot and the report). Only what "
+        "install-plugin itself installed there earlier is replaced (the package as a whole); "
+        "any other file or folder of those names, in any case, is refused.",
     )
     p.add_argument(
         "plugins_dir", metavar="NNC_PLUGINS_DIR", help="NNC's libs/plugins folder (required)"
@@ -356,7 +359,7 @@ def cmd_check(args) -> int:
 
 def cmd_cleanse(args) -> int:
     """``sgd-influence cleanse``."""
-    from .output import cleanse
+    from .cleanse import cleanse
 
     out = cleanse(
         args.influence, args.train, args.output, remove=args.remove, remove_ratio=args.remove_ratio
@@ -379,13 +382,80 @@ def plugin_sources() -> List[str]:
     return sorted(out)
 
 
+#: The console's own SGD-influence plugin, ``_XAI/_Image/SGD_influence.py``: no script of this
+#: package may share its name, in any case (Windows, where the console runs, ignores case).
+CONSOLE_PLUGIN = "SGD_influence.py"
+#: The option that names the destination, for messages.
+_INSTALL_FLAG = "NNC_PLUGINS_DIR"
+
+
+def _check_install_place(folder: str, names: List[str], package: str) -> None:
+    """Refuse to install into ``folder`` over anything ``install-plugin`` did not put there.
+
+    Each script must be absent, or listed with its current content in the folder's ledger
+    (see :mod:`.ownership`); the package folder absent, or holding the folder marker; and no
+    entry of the folder may differ from one of those names only in case.
+    """
+    import tempfile
+
+    from . import ownership
+    from .io_utils import nearest_existing
+
+    parent = nearest_existing(folder)
+    try:
+        if not os.path.isdir(parent):
+            raise NotADirectoryError(20, "not a folder", parent)
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".sgd_influence_probe_")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(
+            f"{e.filename or folder}: cannot install there ({e.strerror or e}); check the folder "
+            "and its permissions (the console's folder may need administrator rights)"
+        ) from e
+    entries = os.listdir(folder) if os.path.isdir(folder) else []
+    if entries:
+        ownership.read_ledger(folder)
+    for name in names + [package]:
+        if name.casefold() == CONSOLE_PLUGIN.casefold():
+            raise SGDInfluenceError(
+                f"{name}: this package's script has the name of the console's own plugin; "
+                "it must never be installed (report this as a bug)"
+            )
+        path = os.path.join(folder, name)
+        for entry in entries:
+            if entry != name and entry.casefold() == name.casefold():
+                raise OutputError(
+                    f"{os.path.join(folder, entry)}: differs from this plugin's {name} only in "
+                    "case, and on Windows, where the console runs, they are the same file; it "
+                    "is left alone. Move it away, or install into another folder"
+                )
+        if os.path.lexists(path) and not ownership.written_by_tool(path):
+            what = "folder" if os.path.isdir(path) else "file"
+            earlier = (
+                f" (a copy from before this rule has no {ownership.FOLDER_MARKER} marker: "
+                "delete it and install again)"
+                if name == package and os.path.isdir(path)
+                else ""
+            )
+            raise OutputError(
+                f"{path}: already exists and was not installed by sgd-influence (or was "
+                f"changed since){earlier}; it is left alone. Move that {what} away, or install "
+                "into another folder"
+            )
+
+
 def cmd_install_plugin(args) -> int:
     """``sgd-influence install-plugin``: script(s) plus a copy of the package beside each.
 
-    An existing ``sgd_influence_plugin`` folder there is replaced only if it is this package
-    (it holds ``runner.py``); the script of the same name is replaced.
+    The rule of :mod:`.ownership`: only a script this command installed (listed in the
+    folder's ledger, unchanged) and a package folder it made (holding the folder marker) are
+    replaced; anything else of those names, in any case, is refused before anything is
+    written. Each folder's files are staged and committed together.
     """
-    from .io_utils import atomic_dir, atomic_write
+    from . import ownership
+    from .errors import SettingsError
+    from .io_utils import folder_mode
 
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.join(os.path.dirname(here), "plugins")
@@ -395,42 +465,42 @@ def cmd_install_plugin(args) -> int:
             f"no plugin scripts found under {root}; install from a checkout of the repository"
         )
     target = args.plugins_dir
+    if not target or not target.strip():
+        raise SettingsError(
+            f"{_INSTALL_FLAG} is empty; give the console's plugins folder "
+            "(...\\neural_network_console\\libs\\plugins)"
+        )
     if os.path.lexists(target) and not os.path.isdir(target):
         raise OutputError(
             f"{target}: is a file, not a folder; give the console's plugins folder "
             "(...\\neural_network_console\\libs\\plugins)"
         )
+    package = "sgd_influence_plugin"
+    plan: dict = {}  # destination folder -> the scripts that go there
     for script in scripts:
         rel = os.path.relpath(script, root)
-        dest_dir = os.path.join(target, os.path.dirname(rel))
-        package = os.path.join(dest_dir, "sgd_influence_plugin")
-        if os.path.lexists(package) and not os.path.isfile(os.path.join(package, "runner.py")):
-            raise OutputError(
-                f"{package}: exists and is not this plugin's package; it is left alone. Move "
-                "it away, or install into another folder"
+        plan.setdefault(os.path.join(target, os.path.dirname(rel)), []).append(script)
+    for dest_dir, group in plan.items():
+        _check_install_place(dest_dir, [os.path.basename(s) for s in group], package)
+    for dest_dir, group in plan.items():
+        with ownership.staging(dest_dir, _INSTALL_FLAG) as stage:
+            moves = []
+            for script in group:
+                staged = os.path.join(stage, os.path.basename(script))
+                shutil.copyfile(script, staged)
+                moves.append((staged, os.path.join(dest_dir, os.path.basename(script))))
+            staged_pkg = os.path.join(stage, package)
+            shutil.copytree(here, staged_pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            os.chmod(staged_pkg, folder_mode())  # the user's usual folder permissions
+            ownership.mark_folder(
+                staged_pkg,
+                about="Installed by sgd-influence install-plugin, which replaces "
+                "this folder as a whole.\n",
             )
-    try:
-        for script in scripts:
-            rel = os.path.relpath(script, root)
-            dest_dir = os.path.join(target, os.path.dirname(rel))
-            os.makedirs(dest_dir, exist_ok=True)
-            with open(script, "rb") as src, atomic_write(
-                os.path.join(dest_dir, os.path.basename(script)), "wb"
-            ) as dst:
-                shutil.copyfileobj(src, dst)
-            with atomic_dir(os.path.join(dest_dir, "sgd_influence_plugin")) as tmp:
-                shutil.copytree(
-                    here,
-                    tmp,
-                    dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-                )
+            moves.insert(0, (staged_pkg, os.path.join(dest_dir, package)))
+            ownership.commit_staged(dest_dir, moves, [], _INSTALL_FLAG)
+        for script in group:
             print(f"installed {os.path.join(dest_dir, os.path.basename(script))}", file=sys.stderr)
-    except OSError as e:
-        raise OutputError(
-            f"{e.filename or target}: cannot install there ({e.strerror or e}); check the "
-            "folder and its permissions (the console's folder may need administrator rights)"
-        ) from e
     return 0
 
 
@@ -483,5 +553,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
 
 
+def entry() -> None:
+    """The ``sgd-influence`` command: :func:`main`, then :func:`.interrupts.exit_process`."""
+    interrupts.exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -54,12 +54,22 @@ def parse_header_cell(cell: str) -> Tuple[str, Optional[int], Optional[str]]:
 
 
 def read_csv_table(path: str) -> Tuple[List[str], List[List[str]]]:
-    """Read a CSV into ``(header, rows)`` with every row as long as the header.
+    """Read a CSV into ``(header, rows)`` with every row as long as the header; blank lines
+    are skipped (see :func:`read_csv_rows` for the rows' numbers in messages).
 
     Raises:
         InputError: the file is missing or unreadable, has no header, or a row has the wrong
             number of cells.
 
+    """
+    header, rows, _ = read_csv_rows(path)
+    return header, rows
+
+
+def read_csv_rows(path: str) -> Tuple[List[str], List[List[str]], List[int]]:
+    """:func:`read_csv_table` and each row's number as messages name it: its place among the
+    records after the header, blank lines counted (1 = the first line after the header), so a
+    message points at the line the user sees even when blank lines come before it.
     """
     if not os.path.isfile(path):
         raise InputError(
@@ -77,7 +87,7 @@ def read_csv_table(path: str) -> Tuple[List[str], List[List[str]]]:
             f"{path}: the file is empty; a dataset CSV needs a header such as "
             "'x:image,y:label' and one row per sample"
         )
-    out = []
+    out, numbers = [], []
     for i, r in enumerate(rows):
         if not r:
             continue  # blank line
@@ -87,7 +97,8 @@ def read_csv_table(path: str) -> Tuple[List[str], List[List[str]]]:
                 "every row needs one cell per column (quote cells that contain commas)"
             )
         out.append(r)
-    return header, out
+        numbers.append(i + 1)
+    return header, out, numbers
 
 
 @dataclass
@@ -100,6 +111,7 @@ class Dataset:
         rows: the raw cells of each row (row i of the file's data is ``rows[i]``).
         arrays: variable name -> float32 array of shape (N, *sample_shape).
         columns: variable name -> the header cells (in order) that make up that variable.
+        numbers: each row's number in messages (see :func:`read_csv_rows`); empty = i + 1.
 
     """
 
@@ -108,6 +120,11 @@ class Dataset:
     rows: List[List[str]]
     arrays: Dict[str, np.ndarray]
     columns: Dict[str, List[str]] = field(default_factory=dict)
+    numbers: List[int] = field(default_factory=list)
+
+    def row_number(self, i: int) -> int:
+        """The number messages give data row ``i`` (0-based), blank lines counted."""
+        return self.numbers[i] if self.numbers else i + 1
 
     @property
     def size(self) -> int:
@@ -132,6 +149,7 @@ class Dataset:
             rows=[self.rows[i] for i in index],
             arrays={k: v[index] for k, v in self.arrays.items()},
             columns=dict(self.columns),
+            numbers=[self.row_number(i) for i in index],
         )
 
 
@@ -187,7 +205,7 @@ def load_dataset(
             ``{"x": (1, 28, 28), "y": (1,)}``.
         normalize: divide 8-bit image values by 255 (the console's default; the dataset's
             ``no_image_normalization`` turns it off).
-        progress: optional callback ``(done, total)``, in cells decoded (rows x variables).
+        progress: optional callback ``(done, total)``, in rows decoded.
         jobs: worker processes that decode blocks of rows at once (see :mod:`.parallel`;
             the result is the same as with 1). Files of under :data:`PARALLEL_MIN_ROWS` rows
             are read in this process.
@@ -201,7 +219,7 @@ def load_dataset(
             the row named is a bad row, not necessarily the first one.
 
     """
-    header, rows = read_csv_table(path)
+    header, rows, numbers = read_csv_rows(path)
     if not rows:
         raise DatasetError(f"{path}: the dataset has a header but no rows; add samples")
     folder = os.path.dirname(os.path.abspath(path))
@@ -227,19 +245,21 @@ def load_dataset(
     }
 
     def decode(lo: int, hi: int, report: Callable[[int, int], None]) -> Dict[str, np.ndarray]:
-        """Rows lo..hi-1 of every needed variable; ``report(done, total)`` within the block."""
-        block: Dict[str, np.ndarray] = {}
-        total, done = (hi - lo) * len(plan), 0
-        for name, (shape, cols) in plan.items():
-            out = np.empty((hi - lo,) + shape, dtype=np.float32)
-            for ri in range(lo, hi):
-                out[ri - lo] = _row_value(
-                    path, ri, header, rows[ri], cols, shape, name, folder, normalize
+        """Rows lo..hi-1 of every needed variable; ``report(rows done, rows)`` within the
+        block.
+        """
+        block = {
+            name: np.empty((hi - lo,) + shape, dtype=np.float32)
+            for name, (shape, _) in plan.items()
+        }
+        for ri in range(lo, hi):
+            for name, (shape, cols) in plan.items():
+                block[name][ri - lo] = _row_value(
+                    path, numbers[ri], header, rows[ri], cols, shape, name, folder, normalize
                 )
-                done += 1
-                if done % 500 == 0 or done == total:
-                    report(done, total)
-            block[name] = out
+            done = ri + 1 - lo
+            if done % 500 == 0 or done == hi - lo:
+                report(done, hi - lo)
         return block
 
     n = len(rows)
@@ -256,7 +276,7 @@ def load_dataset(
         def on_progress(b: int, stage: str, done: int, total: int) -> None:
             done_per_block[b] = done
             if progress is not None:
-                progress(sum(done_per_block), n * len(plan))
+                progress(sum(done_per_block), n)
 
         parts = parallel.run_parallel(
             lambda block, report: decode(block[0], block[1], lambda d, t: report("read", d, t)),
@@ -271,12 +291,13 @@ def load_dataset(
         rows=rows,
         arrays=arrays,
         columns={n: [header[ci] for ci, _ in columns[n]] for n in needs},
+        numbers=numbers,
     )
 
 
-def _row_value(path, ri, header, row, cols, shape, name, folder, normalize) -> np.ndarray:
-    """The value of variable ``name`` in data row ``ri`` (0-based), shaped ``shape``."""
-    values = [_cell_value(path, ri, header[ci], row[ci], folder, normalize) for ci in cols]
+def _row_value(path, number, header, row, cols, shape, name, folder, normalize) -> np.ndarray:
+    """The value of variable ``name`` in the row messages call ``number``, shaped ``shape``."""
+    values = [_cell_value(path, number, header[ci], row[ci], folder, normalize) for ci in cols]
     value = values[0] if len(values) == 1 else np.concatenate([np.ravel(v) for v in values])
     value = np.asarray(value, dtype=np.float32)
     if value.shape != shape:
@@ -287,7 +308,7 @@ def _row_value(path, ri, header, row, cols, shape, name, folder, normalize) -> n
             and is_file_cell(row[cols[0]])
         ):
             raise DatasetError(
-                _shape_message(path, ri, header, cols, row, value.shape, shape, name)
+                _shape_message(path, number, header, cols, row, value.shape, shape, name)
             )
         value = value.reshape(shape)
     return value
@@ -298,8 +319,8 @@ def is_file_cell(cell: str) -> bool:
     return os.path.splitext(cell.strip())[1].lower() in _FILE_EXTS
 
 
-def _shape_message(path, ri, header, cols, row, got, want, name) -> str:
-    where = f"{path} row {ri + 1}"
+def _shape_message(path, number, header, cols, row, got, want, name) -> str:
+    where = f"{path} row {number}"
     if len(cols) == 1 and is_file_cell(row[cols[0]]):
         got, want = tuple(got), tuple(want)
         if len(got) == len(want) == 3 and got[1:] == want[1:] and got[0] != want[0]:
@@ -324,13 +345,27 @@ def _shape_message(path, ri, header, cols, row, got, want, name) -> str:
 #: A plain decimal number as a CSV cell may hold it (no '_' digit separators, no hex).
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity)$", re.IGNORECASE)
+#: Largest float32: a cell beyond it would become infinite in the network.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _cell_value(path, ri, column, cell, folder, normalize):
+def _cell_value(path, number, column, cell, folder, normalize):
     text = cell.strip()
-    where = f"{path} row {ri + 1}, column '{column}'"
+    where = f"{path} row {number}, column '{column}'"
     if _NUMBER.match(text):
-        return np.float32(float(text))
+        value = float(text)  # '1e400' parses to inf
+        if not np.isfinite(value):
+            raise DatasetError(
+                f"{where}: '{cell}' is not a finite number; give a number (labels are class "
+                "indices 0, 1, ...)"
+            )
+        if abs(value) > _FLOAT32_MAX:
+            raise DatasetError(
+                f"{where}: '{cell}' is beyond the range of the network's 32-bit numbers "
+                f"(about +-{_FLOAT32_MAX:.3g}); give a smaller number (labels are class indices "
+                "0, 1, ...)"
+            )
+        return np.float32(value)
     if _NONFINITE.match(text):
         raise DatasetError(
             f"{where}: '{cell}' is not a finite number; give a number (labels are class "

@@ -13,6 +13,10 @@ random samples, retrain, and measure test accuracy. Retraining is either
 
 With a label-noise ground truth (``train_noise.csv`` from the sample project) it also reports
 precision@n and recall@n of the flipped labels among the removed samples.
+
+Every option, input and output place is checked before anything is computed
+(:func:`check_evaluate`); the four result files follow the ownership rule of
+:mod:`.ownership` (only files the tool wrote are replaced) and are committed together.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import core
+from . import core, ownership, validation
 from .api import compute_influence, resolve
 from .dataset import Dataset, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
@@ -41,6 +45,8 @@ from .options import HELP
 from .settings import DEFAULT_TRIALS, InfluenceSettings, write_yaml
 
 DEFAULT_RATIOS = "0,0.01,0.02,0.05,0.1,0.2"
+#: The files ``evaluate`` writes into ``--output-dir``, the main one last.
+OUTPUT_FILES = ("settings.yaml", "figure2.png", "summary.md", "results.csv")
 
 
 def add_arguments(p) -> None:
@@ -92,6 +98,83 @@ def _floats(text: str, what: str) -> List[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError as e:
         raise SettingsError(f"--{what} '{text}': give comma-separated numbers") from e
+
+
+def _seeds(text: str) -> List[int]:
+    """``--seeds``: comma-separated whole numbers (their range is checked by
+    :func:`check_evaluate`).
+    """
+    values = _floats(text, "seeds")
+    for v in values:
+        if not (np.isfinite(v) and v == int(v)):
+            raise SettingsError(f"--seeds '{text}': {v:g} is not a whole number; give e.g. 0,1,2")
+    return [int(v) for v in values]
+
+
+def check_evaluate(
+    model_files: Dict[str, Optional[str]],
+    train_csv: str,
+    val_csv: str,
+    test_csv: str,
+    out_dir: str,
+    ratios: Sequence[float],
+    seeds: Sequence[int],
+    retrain: str,
+    settings: InfluenceSettings,
+    noise_csv: Optional[str] = None,
+) -> None:
+    """Every check that needs no decoded data, before anything is loaded or computed.
+
+    The model files and the settings as for ``run`` (:func:`.validation.check_options`),
+    at least one share in ``ratios``, each in [0, 1), at least one seed, each a whole number
+    whose trials' seeds stay in numpy's range, and ``out_dir`` with
+    :func:`.validation.check_output_folder`: not a file, not in an image folder, no result
+    file that is an input or a file the tool did not write.
+
+    Raises:
+        SettingsError, OutputError: naming the option and the fix.
+
+    """
+    from .runner import RunRequest
+
+    validation.check_options(
+        RunRequest(
+            output="results.csv",
+            model=model_files.get("model"),
+            config=model_files.get("config"),
+            params=model_files.get("params"),
+            settings=settings,
+        )
+    )
+    settings.validate()
+    if retrain not in ("last", "scratch"):
+        raise SettingsError(f"--retrain {retrain}: choose last or scratch")
+    if not len(ratios):
+        raise SettingsError(
+            "--ratios is empty: give the shares of the training rows to remove, e.g. "
+            f"{DEFAULT_RATIOS}"
+        )
+    for r in ratios:
+        if not (validation._is_number(r) and np.isfinite(r) and 0 <= r < 1):
+            raise SettingsError(
+                f"--ratios {','.join(f'{x:g}' for x in ratios)}: {r:g} is not a share in "
+                "[0, 1); give e.g. 0,0.05,0.1"
+            )
+    if not len(seeds):
+        raise SettingsError("--seeds is empty: give at least one seed, e.g. 0,1,2")
+    top = validation.MAX_SEED - (settings.trials - 1)
+    for seed in seeds:
+        if not (validation._is_number(seed) and int(seed) == seed and 0 <= seed <= top):
+            raise SettingsError(
+                f"--seeds {','.join(str(x) for x in seeds)}: {seed} is not a whole number in "
+                f"0..{top} (each seed's {settings.trials} trials use seeds up to seed + "
+                f"{settings.trials - 1}; numpy's seeds lie in 0..{validation.MAX_SEED})"
+            )
+    csvs = [train_csv, val_csv, test_csv]
+    inputs = [*model_files.values(), *csvs, noise_csv]
+    validation.check_output_folder(
+        out_dir, "--output-dir", OUTPUT_FILES, (), inputs, validation.image_folders(*csvs)
+    )
 
 
 def read_noise(path: str, n: int) -> np.ndarray:
@@ -282,7 +365,11 @@ def evaluate(
     log=lambda m: None,
     cluster=None,
 ) -> List[Dict]:
-    """Run the experiment; write ``results.csv``, ``figure2.png`` and ``summary.md``.
+    """Run the experiment; write ``results.csv``, ``figure2.png``, ``summary.md`` and
+    ``settings.yaml`` into ``out_dir``.
+
+    Everything is checked before anything is computed (:func:`check_evaluate`, then every
+    label of the three datasets against the network's classes).
 
     With ``cluster`` (a :class:`~.cluster.Cluster`) the influence trials and each seed's
     retrainings run on its workers (:func:`retrain_unit`); the rows are the same.
@@ -291,8 +378,16 @@ def evaluate(
         One dict per (seed, n, method): seed, ratio, n_removed, method ('none', 'harmful',
         'random'), test_accuracy, precision_at_n / recall_at_n (with noise), seconds.
 
+    Raises:
+        SGDInfluenceError: a bad option, input or output place (nothing is computed), or a
+            computation that cannot be trusted (nothing is written).
+
     """
     start_all = time.perf_counter()
+    check_evaluate(
+        model_files, train_csv, val_csv, test_csv, out_dir, ratios, seeds, retrain, settings,
+        noise_csv,
+    )  # fmt: skip
     model = load_model(
         model_files.get("model"),
         model_files.get("config"),
@@ -303,6 +398,13 @@ def evaluate(
     train = load_dataset(train_csv, shapes)
     val = load_dataset(val_csv, shapes)
     test = load_dataset(test_csv, shapes)
+    for d in (train, val, test):
+        validation.check_labels(d, model.info.label_classes)
+    solver = model.info.solver
+    validation.check_known_rate(
+        settings.lr, solver.weight_decay, train.size, settings.batch_size or solver.batch_size,
+        model.info,
+    )  # fmt: skip
     n = train.size
     flipped = read_noise(noise_csv, n) if noise_csv else None
     counts = sorted({int(round(r * n)) for r in ratios})
@@ -573,7 +675,16 @@ def aggregate(rows: List[Dict]) -> List[Dict]:
 
 
 def _write_outputs(out_dir: str, rows: List[Dict], n: int, flipped, facts: Dict) -> None:
-    os.makedirs(out_dir, exist_ok=True)
+    """Stage the four result files in ``out_dir`` and commit them together (see
+    :func:`.ownership.commit_staged`); only files the tool wrote there are replaced.
+    """
+    with ownership.staging(out_dir, "--output-dir") as stage:
+        _write_result_files(stage, rows, n, flipped, facts)
+        moves = [(os.path.join(stage, f), os.path.join(out_dir, f)) for f in OUTPUT_FILES]
+        ownership.commit_staged(out_dir, moves, [], "--output-dir")
+
+
+def _write_result_files(out_dir: str, rows: List[Dict], n: int, flipped, facts: Dict) -> None:
     keys = list(rows[0].keys())
     with atomic_write(os.path.join(out_dir, "results.csv"), newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, lineterminator="\n")
@@ -680,7 +791,7 @@ def run_from_args(args) -> int:
             args.test,
             args.output_dir,
             _floats(args.ratios, "ratios"),
-            [int(s) for s in _floats(args.seeds, "seeds")],
+            _seeds(args.seeds),
             args.retrain,
             settings,
             args.noise,

@@ -6,13 +6,19 @@ leaves nnabla's Cython wrapper returning a value with an exception set, which su
 ``SystemError: ... returned a result with an error set`` instead of a clean stop. So the
 handlers of :func:`stop_requests` only record the request; :func:`check`, called between
 steps (training and replay steps, dataset rows, thumbnails, before the outputs are moved into
-place), raises :class:`KeyboardInterrupt` from plain Python. A second signal stops at once.
+place), raises :class:`KeyboardInterrupt` from plain Python. A second signal stops at once,
+and from then on further signals are ignored, so the cleanup on the way out (temporary caches,
+staged outputs, worker processes) cannot be cut short. :func:`exit_process` ends an
+interrupted process without Python's exit work (everything was cleaned up already), so a
+late Ctrl-C cannot print a traceback from an ``atexit`` handler.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 from typing import Iterator
 
 _requested = False
@@ -23,7 +29,9 @@ MESSAGE = "interrupted; no partial output was written"
 
 def _handler(signum, frame):
     global _requested
-    if _requested:  # asked twice: stop now, wherever we are
+    if _requested:  # asked twice: stop now, wherever we are; a third time changes nothing
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
         raise KeyboardInterrupt
     _requested = True
 
@@ -80,3 +88,17 @@ def is_interrupt(error: BaseException) -> bool:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return False
+
+
+def exit_process(status: int) -> None:
+    """End the process with ``status`` (the entry points' last call).
+
+    After an interrupt (status 130) the process ends without Python's exit work (``atexit``
+    handlers, e.g. multiprocessing's): everything was cleaned up before the status was
+    returned, and a Ctrl-C during that work would print a traceback after the one line.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if status == 130:
+        os._exit(130)
+    sys.exit(status)

@@ -100,7 +100,11 @@ def nearest_existing(path: str) -> str:
 
 
 def makedirs_tracked(folder: str) -> list:
-    """Create ``folder`` and missing parents; return the folders created, deepest last."""
+    """Create ``folder`` and missing parents; return the folders created, deepest last.
+
+    If creating one fails (a name too long, no permission, a full disk), the folders this
+    call already made are removed again before the error is raised.
+    """
     missing = []
     p = os.path.abspath(folder)
     while not os.path.lexists(p):
@@ -109,7 +113,11 @@ def makedirs_tracked(folder: str) -> list:
         if parent == p:
             break
         p = parent
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        remove_empty_folders(list(reversed(missing)))
+        raise
     return list(reversed(missing))
 
 
@@ -120,3 +128,35 @@ def remove_empty_folders(folders: list) -> None:
     for f in reversed(folders):
         with contextlib.suppress(OSError):
             os.rmdir(f)
+
+
+def try_lock(f) -> bool:
+    """Take an exclusive lock on the open file ``f`` without waiting; False if another process
+    holds it. The lock goes when ``f`` is closed (or the process ends).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def locked_by_another(path: str) -> bool:
+    """True if another process holds the lock of :func:`try_lock` on the file ``path`` (an
+    absent file is not locked; nothing is created).
+    """
+    if not os.path.isfile(path):
+        return False
+    with open(path, "a+") as f:
+        return not try_lock(f)

@@ -6,6 +6,7 @@ in). The influence CSV keeps the numeric labels; only what people read shows the
 
 from __future__ import annotations
 
+import math
 import os
 from typing import List, Optional, Sequence
 
@@ -30,6 +31,11 @@ def read_label_names(path: str) -> List[str]:
             or names a class twice.
 
     """
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise InputError(
+            f"{path}: is not a regular file (a folder, or a device such as /dev/null); give a "
+            f"text file with the class names: {_FIX}"
+        )
     if not os.path.isfile(path):
         raise InputError(
             f"{path}: label-names file not found (check the path; relative paths start at "
@@ -62,7 +68,11 @@ def read_label_names(path: str) -> List[str]:
 
 
 def check_labels(
-    names: Sequence[str], labels: Optional[Sequence[str]], names_path: str, csv_path: str
+    names: Sequence[str],
+    labels: Optional[Sequence[str]],
+    names_path: str,
+    csv_path: str,
+    numbers: Optional[Sequence[int]] = None,
 ) -> None:
     """Check that every label of the training CSV has a name.
 
@@ -71,6 +81,8 @@ def check_labels(
         labels: the label cells of the training CSV, row by row (None: no label column).
         names_path: the label-names file, for messages.
         csv_path: the training CSV, for messages.
+        numbers: each label's row number in messages (default: i + 1; see
+            :func:`~sgd_influence_plugin.dataset.read_csv_rows`).
 
     Raises:
         InputError: there is no label column, a label is not a whole number >= 0, or a label
@@ -82,16 +94,17 @@ def check_labels(
             f"{csv_path}: no label column the network reads, so the names in {names_path} "
             "have nothing to name; leave out the label names"
         )
-    for row, cell in enumerate(labels):
+    for i, cell in enumerate(labels):
+        row = numbers[i] if numbers else i + 1
         k = label_index(cell)
         if k is None:
             raise InputError(
-                f"{csv_path} row {row + 1}: label '{cell}' is not a class number 0, 1, 2, ...; "
+                f"{csv_path} row {row}: label '{cell}' is not a class number 0, 1, 2, ...; "
                 f"label names ({names_path}) need integer class labels"
             )
         if k >= len(names):
             raise InputError(
-                f"{names_path}: {len(names)} names but {csv_path} row {row + 1} has label {k}; "
+                f"{names_path}: {len(names)} names but {csv_path} row {row} has label {k}; "
                 f"{_FIX}, one line for every class up to label {k}"
             )
 
@@ -105,6 +118,21 @@ def label_index(cell: str) -> Optional[int]:
     if not value.is_integer() or value < 0:
         return None
     return int(value)
+
+
+def canonical_label(cell: str) -> str:
+    """One spelling per label value, for grouping: ``'3'``, ``' 3'``, ``'3.0'`` and ``'+3'``
+    are all ``'3'`` (the loader reads them as the same number); other numbers are written as
+    Python writes the float (``'2.50'`` -> ``'2.5'``); anything else is the stripped text.
+    """
+    text = cell.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(value):
+        return text
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def display_label(cell: str, names: Optional[Sequence[str]]) -> str:

@@ -9,6 +9,9 @@ Influence CSV (NNC dataset format, so the console's viewer shows and sorts it)::
 - ``x:image``: the sample's image, path relative to the CSV's folder: the training image
   itself when it fits the thumbnail box (the network's input is at most ``thumb_size``
   pixels high and wide: nothing is copied), otherwise a reduced PNG in the thumbnails folder;
+  a data file that is not an image (``.npy``, ...) is always shown where it is. Paths are
+  computed between the real (symbolic links resolved) folders, so they open from the CSV's
+  folder even when the output folder or the data is reached through a link;
 - ``influence``: the trials' combined score (units of the mean validation loss, negative =
   harmful); ``loss``: the sample's training loss at the trained parameters;
 - ``suggested_label``: the model's class for the sample, ``confidence`` its probability (both
@@ -25,40 +28,36 @@ training-row order), ``out/influence_cleansed.csv`` (the training CSV with the r
 applied, or without a share of the most harmful rows when one is given) and, on request,
 ``out/influence_report.html``.
 
-Ownership: the tool replaces only what it wrote. It keeps the names and SHA-256 digests of the
-files it wrote in each output folder in :data:`LEDGER`, and puts :data:`THUMBNAILS_MARKER`
-in every thumbnails folder it makes. An existing file is replaced only when the ledger lists it
-with its current content, and an existing thumbnails folder only when it holds the marker;
-anything else is refused (:class:`~sgd_influence_plugin.errors.OutputError`) before computing.
-A run's files are staged in a hidden folder first and moved into place only when all are
-complete, the CSV last.
+Ownership (:mod:`.ownership`, the rule every writer follows): the tool replaces only what it
+wrote, recorded in each output folder's ledger, and a thumbnails folder only when it holds the
+marker; anything else is refused (:class:`~sgd_influence_plugin.errors.OutputError`) before
+computing. A run's files are staged in a hidden folder first and put in place all together or
+not at all (:func:`~sgd_influence_plugin.ownership.commit_staged`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import json
 import os
-import shutil
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import interrupts
-from .dataset import Dataset, read_csv_table
-from .errors import DatasetError, InputError, OutputError, SettingsError
-from .io_utils import (
-    atomic_write,
-    makedirs_tracked,
-    remove_empty_folders,
-    sha256_file,
+from .dataset import Dataset, is_file_cell
+from .errors import DatasetError, SettingsError
+from .labels import canonical_label, display_label
+from .ownership import (  # noqa: F401 - re-exported: the rule's names, where callers know them
+    LEDGER,
+    THUMBNAILS_MARKER,
+    check_replaceable,
+    commit_staged,
+    read_ledger,
+    staging,
+    written_by_tool,
 )
-from .labels import display_label
 from .report import format_score
 
 INFLUENCE_COLUMNS = [
@@ -88,10 +87,6 @@ COMPANIONS: Dict[str, str] = {
 #: write again is removed (if the tool wrote it), so no stale view sits beside a new CSV. A
 #: cleansed CSV is data the user may be training on: it is never removed, only replaced.
 _VIEWS = ("thumbnails", "report", "trials")
-#: Marker file in every thumbnails folder the tool makes.
-THUMBNAILS_MARKER = ".sgd_influence_thumbnails"
-#: Per output folder: the files the tool wrote there, name -> SHA-256 digests.
-LEDGER = ".sgd_influence_written.json"
 
 
 @dataclass
@@ -121,198 +116,73 @@ def planned_paths(out_csv: str) -> OutputPaths:
     )
 
 
-# ----------------------------------------------------------------------------------------
-# Ownership
-# ----------------------------------------------------------------------------------------
-
-
-def read_ledger(folder: str) -> Dict[str, List[str]]:
-    """The ledger of ``folder``: file name -> accepted SHA-256 digests ({} if none).
-
-    Raises:
-        OutputError: a file of that name exists but is not a ledger this tool wrote.
-
-    """
-    path = os.path.join(folder, LEDGER)
-    if not os.path.lexists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        files = data["files"]
-        if not isinstance(files, dict):
-            raise TypeError("files is not a mapping")
-        return {str(k): [str(h) for h in v] for k, v in files.items()}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise OutputError(
-            f"{path}: cannot tell which files here sgd-influence wrote, this list of them is "
-            f"unreadable ({e}); write the output into another folder"
-        ) from e
-
-
-def _write_ledger(folder: str, files: Dict[str, List[str]]) -> None:
-    data = {
-        "about": "files sgd-influence wrote in this folder and may replace: name -> SHA-256",
-        "files": {k: v for k, v in sorted(files.items()) if v},
-    }
-    with atomic_write(os.path.join(folder, LEDGER), encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-
-
-def written_by_tool(path: str) -> bool:
-    """True if ``path`` is a file this tool wrote and nobody changed since (see the ledger),
-    or a thumbnails folder it made (holding :data:`THUMBNAILS_MARKER`).
-    """
-    if os.path.islink(path):
-        return False
-    if os.path.isdir(path):
-        return os.path.isfile(os.path.join(path, THUMBNAILS_MARKER))
-    if not os.path.isfile(path):
-        return False
-    digests = read_ledger(os.path.dirname(os.path.abspath(path))).get(os.path.basename(path))
-    return bool(digests) and sha256_file(path) in digests
-
-
-def check_replaceable(path: str, flag: str = "--output", folder: bool = False) -> None:
-    """Refuse to write ``path`` if something the tool did not write is there.
-
-    Args:
-        path: a file (or, with ``folder``, a thumbnails folder) a run would replace.
-        flag: the option that chose it, for the message.
-        folder: ``path`` is a folder the tool makes.
-
-    Raises:
-        OutputError: ``path`` exists and is not the tool's (see :func:`written_by_tool`), or
-            has the wrong kind (a folder where a file goes, or the other way round).
-
-    """
-    if not os.path.lexists(path):
-        return
-    what = "folder" if folder else "file"
-    if folder != (os.path.isdir(path) and not os.path.islink(path)) or not written_by_tool(path):
-        made = (
-            f"has no {THUMBNAILS_MARKER} marker, so sgd-influence did not make it"
-            if folder and os.path.isdir(path)
-            else "was not written by sgd-influence (or was edited since)"
-        )
-        raise OutputError(
-            f"{path}: already exists and {made}; it is left alone. Give another {flag} name, "
-            f"or move or delete that {what} yourself"
-        )
-
-
-# ----------------------------------------------------------------------------------------
-# Staging and committing
-# ----------------------------------------------------------------------------------------
-
-
-def _write_failed(error: OSError, where: str, flag: str) -> OutputError:
-    target = error.filename or where
-    return OutputError(
-        f"{target}: cannot write ({error.strerror or error}); nothing was written. Free some "
-        f"space or fix the permissions, or give another {flag}"
-    )
-
-
-def commit_staged(
-    folder: str, moves: Sequence[Tuple[str, str]], remove: Sequence[str], flag: str
-) -> None:
-    """Move staged files/folders into place, companions first and the last entry last.
-
-    Args:
-        folder: the output folder (holds the ledger).
-        moves: ``(staged path, final path)``; a staged folder replaces a whole folder.
-        remove: final paths of old views (see ``_VIEWS``) to remove if the tool wrote them.
-        flag: the output option, for messages.
-
-    """
-    interrupts.check()  # the last moment a stop leaves everything as it was
-    for staged, final in moves:
-        check_replaceable(final, flag, folder=os.path.isdir(staged))
-    ledger = read_ledger(folder)
-    new = {
-        os.path.basename(final): sha256_file(staged)
-        for staged, final in moves
-        if os.path.isfile(staged)
-    }
-    # Until every move is done, the ledger accepts both the old and the new content.
-    _write_ledger(folder, {**ledger, **{k: [h, *ledger.get(k, [])] for k, h in new.items()}})
-    for staged, final in moves:
-        if os.path.isdir(staged) and os.path.lexists(final):
-            old = os.path.join(folder, f".{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)
-            os.replace(staged, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staged, final)
-    for path in remove:
-        if os.path.lexists(path) and written_by_tool(path):
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.unlink(path)
-    ledger = {**ledger, **{k: [h] for k, h in new.items()}}
-    _write_ledger(
-        folder, {k: v for k, v in ledger.items() if os.path.isfile(os.path.join(folder, k))}
-    )
-
-
-@contextlib.contextmanager
-def staging(folder: str, flag: str):
-    """A hidden staging folder inside ``folder`` (created with its parents if needed).
-
-    On any failure the staging folder and the folders created for it are removed, and an
-    OSError (disk full, no permission) becomes a one-line :class:`OutputError`.
-    """
-    created: List[str] = []
-    stage = None
-    done = False
-    try:
-        created = makedirs_tracked(folder)
-        stage = tempfile.mkdtemp(dir=folder, prefix=".sgd_influence_staging_")
-        yield stage
-        done = True
-    except OSError as e:
-        raise _write_failed(e, folder, flag) from e
-    finally:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-        if not done:
-            remove_empty_folders(created)
-
-
 def find_columns(train: Dataset, used_columns: Sequence[str]):
-    """``(image header cell or None, label header cell or None)`` among the columns the
-    network reads: the first whose first row is an image path, and the first scalar one.
+    """``(data file header cell or None, label header cell or None)`` among the single-cell
+    columns the network reads: the first that names a file in any row (an image, ``.npy``,
+    ...), and the first that holds only numbers.
     """
     image_col = label_col = None
     for var in used_columns:
         cells = train.columns.get(var, [])
         if len(cells) != 1:
             continue
-        first = train.cell(0, cells[0]).strip()
-        if os.path.splitext(first)[1].lower() in _IMAGE_EXTS:
+        ci = train.header.index(cells[0])
+        if any(is_file_cell(row[ci]) for row in train.rows):
             image_col = image_col or cells[0]
         else:
             label_col = label_col or cells[0]
     return image_col, label_col
 
 
-def _shown_where_they_are(train: Dataset, image_col: str, out_folder: str) -> List[str]:
-    """Each row's image path for a CSV in ``out_folder``: relative paths rebased (one
-    relative prefix for all rows; absolute where none exists, e.g. another drive), absolute
-    ones kept. Every file was opened when the dataset was read, so none is looked up again.
+def is_image(cell: str) -> bool:
+    """True if a data cell names an image file (one a thumbnail can be made of)."""
+    return os.path.splitext(cell.strip())[1].lower() in _IMAGE_EXTS
+
+
+def _has_parent_step(cell: str) -> bool:
+    return ".." in cell.replace("\\", "/").split("/")
+
+
+def _relative_from(full: str, out_real: str, real_dirs: Dict[str, str]) -> str:
+    """``full`` as a path relative to the real folder ``out_real``, from the real location of
+    its folder (cached in ``real_dirs``); absolute where none exists (another drive).
     """
+    folder = os.path.dirname(full)
+    if folder not in real_dirs:
+        real_dirs[folder] = os.path.realpath(folder)
+    real = os.path.join(real_dirs[folder], os.path.basename(full))
     try:
-        prefix = os.path.relpath(train.folder, out_folder)
+        return os.path.relpath(real, out_real)
     except ValueError:
-        prefix = train.folder
+        return real
+
+
+def _shown_where_they_are(train: Dataset, image_col: str, out_folder: str) -> List[str]:
+    """Each row's file path for a CSV in ``out_folder``: relative paths rebased, absolute
+    ones kept.
+
+    The relative path runs from the real location of ``out_folder`` to the real location of
+    the training CSV's folder (symbolic links resolved): text like ``../data/...`` computed
+    from the link's own path would resolve under the link's target instead. One prefix serves
+    every row (no file is looked up again: the reader opened each); a cell with a ``..``
+    step, which may climb out of a linked folder, is resolved on its own.
+    """
+    out_real = os.path.realpath(out_folder)
+    try:
+        prefix = os.path.relpath(os.path.realpath(train.folder), out_real)
+    except ValueError:
+        prefix = os.path.realpath(train.folder)
     col = train.header.index(image_col)
     out = []
+    real_dirs: Dict[str, str] = {}
     for row in train.rows:
         cell = row[col].strip()
-        out.append(cell if os.path.isabs(cell) else os.path.normpath(os.path.join(prefix, cell)))
+        if os.path.isabs(cell):
+            out.append(cell)
+        elif _has_parent_step(cell):
+            out.append(_relative_from(os.path.join(train.folder, cell), out_real, real_dirs))
+        else:
+            out.append(os.path.normpath(os.path.join(prefix, cell)))
     return out
 
 
@@ -392,6 +262,7 @@ def _summary_text(scores, labels, train: Dataset, image_col, info: Dict, names=N
     if reason and info.get("lr_selection", {}).get("source") == "auto":
         lines.append(f"lr chosen automatically: {reason}")
     if labels is not None:
+        labels = [canonical_label(x) for x in labels]  # '3', '3.0' and '+3' are one class
         lines += ["", "harmful share per class (label: harmful / total):"]
         for lab in sorted(set(labels), key=_label_key):
             mask = np.array([x == lab for x in labels])
@@ -420,7 +291,7 @@ def _recommendation_cells(rec, n: int):
     )
 
 
-def _recommendation_text(rec, actions, labels, suggested, names=None) -> str:
+def _recommendation_text(rec, actions, labels, suggested, names=None, cleansed="") -> str:
     """The summary's recommendation section: what, how many, why, and what to do next."""
     lines = ["", "RECOMMENDATION"]
     if rec is None:
@@ -439,7 +310,7 @@ def _recommendation_text(rec, actions, labels, suggested, names=None) -> str:
         )
     if counts["relabel"] or counts["remove"]:
         lines.append(
-            "next: retrain on the cleansed CSV (<stem>_cleansed.csv beside this file), which "
+            f"next: retrain on {cleansed or 'the cleansed CSV'} (beside this file), which "
             "applies it; review the rows marked relabel/remove in the influence CSV first if "
             "you can"
         )
@@ -472,24 +343,26 @@ def rebase(cell: str, src_folder: str, out_folder: str) -> str:
     """A file cell of a CSV in ``src_folder`` rewritten for a CSV in ``out_folder``.
 
     Relative paths to existing files become relative to ``out_folder`` (absolute where no
-    relative path exists, e.g. another drive on Windows); numbers, absolute paths and cells
-    naming no existing file are returned unchanged.
+    relative path exists, e.g. another drive on Windows), computed between real locations
+    (symbolic links resolved), so they open from ``out_folder``; numbers, absolute paths and
+    cells naming no existing file are returned unchanged.
     """
+    return _rebase(cell, src_folder, os.path.realpath(out_folder), {})
+
+
+def _rebase(cell: str, src_folder: str, out_real: str, real_dirs: Dict[str, str]) -> str:
+    """:func:`rebase` with ``out_folder`` already resolved and resolved folders cached."""
     text = cell.strip()
     if (
         os.path.splitext(text)[1]
         and not os.path.isabs(text)
         and os.path.exists(os.path.join(src_folder, text))
     ):
-        full = os.path.join(src_folder, text)
-        try:
-            return os.path.relpath(full, out_folder)
-        except ValueError:
-            return os.path.abspath(full)
+        return _relative_from(os.path.join(src_folder, text), out_real, real_dirs)
     return cell
 
 
-def _write_cleansed(
+def write_cleansed(
     header: Sequence[str],
     rows: Sequence[Sequence[str]],
     drop: set,
@@ -504,6 +377,8 @@ def _write_cleansed(
     CSV will live), so the console finds the images from there.
     """
     data_cols = [c for c, cell in enumerate(header) if not cell.startswith("#")]
+    out_real = os.path.realpath(out_folder)
+    real_dirs: Dict[str, str] = {}
     relabel = relabel or {}
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -512,7 +387,7 @@ def _write_cleansed(
             if j in drop:
                 continue
             out = [
-                rebase(c, src_folder, out_folder) if k in data_cols else c
+                _rebase(c, src_folder, out_real, real_dirs) if k in data_cols else c
                 for k, c in enumerate(row)
             ]
             if j in relabel:
@@ -588,7 +463,8 @@ def write_influence_output(
     actions, suggested, confidence = _recommendation_cells(recommendation, train.size)
     if recommendation is not None:
         info.setdefault("recommendation", recommendation.to_dict())
-    make_thumbs = bool(image_col) and not fits_box(train, image_col, thumb_size)
+    images = [is_image(train.cell(i, image_col)) for i in range(train.size)] if image_col else []
+    make_thumbs = any(images) and not fits_box(train, image_col, thumb_size)
     paths = OutputPaths(
         csv=plan.csv,
         thumbnails=plan.thumbnails if make_thumbs else None,
@@ -611,15 +487,17 @@ def write_influence_output(
 
         t0 = time.perf_counter()
         thumbs_rel: List[str] = [""] * train.size
-        if image_col and not make_thumbs:
+        if image_col:  # every file where it is; rows that get a thumbnail change below
             thumbs_rel = _shown_where_they_are(train, image_col, folder)
-        elif image_col:
+        if make_thumbs:
             thumbs_dir = os.path.basename(paths.thumbnails)
             os.makedirs(os.path.join(stage, thumbs_dir))
             with open(os.path.join(stage, thumbs_dir, THUMBNAILS_MARKER), "w") as f:
                 f.write("Thumbnails by sgd-influence; it replaces this folder as a whole.\n")
             for i in range(train.size):
                 interrupts.check()
+                if not images[i]:
+                    continue  # a data file that is no image (.npy, ...) is shown where it is
                 rel = f"{thumbs_dir}/{i:06d}.png"
                 src = os.path.join(train.folder, train.cell(i, image_col).strip())
                 make_thumbnail(src, os.path.join(stage, rel), thumb_size)
@@ -659,7 +537,14 @@ def write_influence_output(
         with open(staged(paths.summary), "w") as f:
             f.write(
                 _summary_text(scores, labels, train, image_col, info, label_names)
-                + _recommendation_text(recommendation, actions, labels, suggested, label_names)
+                + _recommendation_text(
+                    recommendation,
+                    actions,
+                    labels,
+                    suggested,
+                    label_names,
+                    os.path.basename(paths.cleansed),
+                )
             )
         if report:
             from .report import write_report
@@ -667,10 +552,10 @@ def write_influence_output(
             write_report(
                 staged(paths.report),
                 scores,
-                labels,
+                [canonical_label(x) for x in labels] if labels else None,
                 [
-                    (os.path.join(stage if make_thumbs else folder, t) if t else "")
-                    for t in thumbs_rel
+                    (os.path.join(stage if make_thumbs else folder, t) if images[i] else "")
+                    for i, t in enumerate(thumbs_rel)
                 ],
                 info,
                 label_names=label_names,
@@ -683,7 +568,7 @@ def write_influence_output(
             drop, relabel = recommended_changes(actions, suggested)
         if relabel and label_col is None:
             raise SettingsError("the recommendation relabels rows but no label column was found")
-        _write_cleansed(
+        write_cleansed(
             train.header,
             train.rows,
             drop,
@@ -698,249 +583,3 @@ def write_influence_output(
         stale = [getattr(plan, k) for k in _VIEWS if getattr(paths, k) is None]
         commit_staged(folder, moves + [(staged(paths.csv), paths.csv)], stale, flag)
     return paths
-
-
-# ----------------------------------------------------------------------------------------
-# Cleansing
-# ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class InfluenceTable:
-    """An influence CSV as ``sgd-influence run`` wrote it, in file order.
-
-    Attributes:
-        index: int64 (n,) datasource_index; ``influence``: float64 (n,).
-        original / labels: the ``original`` and ``y:label`` cells (None entries without the
-            column).
-        actions / suggested: the ``action`` and ``suggested_label`` cells (None without the
-            columns, e.g. a CSV from an older version).
-
-    """
-
-    index: np.ndarray
-    influence: np.ndarray
-    original: List[Optional[str]]
-    labels: List[Optional[str]]
-    actions: Optional[List[str]] = None
-    suggested: Optional[List[str]] = None
-
-
-def read_influence_csv(path: str) -> InfluenceTable:
-    """Read an influence CSV that ``sgd-influence run`` wrote, in file order.
-
-    Raises:
-        InputError: missing file or columns, a non-numeric cell, an influence that is NaN
-            or infinite, or an unknown action.
-
-    """
-    header, rows = read_csv_table(path)
-    for col in ("influence", "datasource_index"):
-        if col not in header:
-            raise InputError(
-                f"{path}: no '{col}' column; give the influence CSV that 'sgd-influence run' wrote"
-            )
-    ci, cs = header.index("datasource_index"), header.index("influence")
-    co = header.index("original") if "original" in header else None
-    cl = header.index("y:label") if "y:label" in header else None
-    ca = header.index("action") if "action" in header else None
-    cg = header.index("suggested_label") if "suggested_label" in header else None
-    idx, infl, orig, labels, actions, suggested = [], [], [], [], [], []
-    for r, row in enumerate(rows):
-        try:
-            idx.append(int(row[ci]))
-            infl.append(float(row[cs]))
-        except ValueError as e:
-            raise InputError(
-                f"{path} row {r + 1}: datasource_index '{row[ci]}' / influence "
-                f"'{row[cs]}' must be numbers"
-            ) from e
-        if not np.isfinite(infl[-1]):
-            raise InputError(
-                f"{path} row {r + 1}: influence '{row[cs]}' is not a finite number; this "
-                "influence CSV is damaged: compute it again with 'sgd-influence run'"
-            )
-        orig.append(row[co] if co is not None else None)
-        labels.append(row[cl] if cl is not None else None)
-        if ca is not None:
-            act = row[ca].strip()
-            if act not in ("keep", "relabel", "remove"):
-                raise InputError(
-                    f"{path} row {r + 1}: action '{row[ca]}' must be keep, relabel or remove"
-                )
-            if act == "relabel" and (cg is None or not row[cg].strip()):
-                raise InputError(
-                    f"{path} row {r + 1}: action relabel without a suggested_label; this "
-                    "influence CSV is damaged: compute it again with 'sgd-influence run'"
-                )
-            actions.append(act)
-            suggested.append(row[cg].strip() if cg is not None else "")
-    return InfluenceTable(
-        np.array(idx, dtype=np.int64),
-        np.array(infl, dtype=np.float64),
-        orig,
-        labels,
-        actions if ca is not None else None,
-        suggested if ca is not None else None,
-    )
-
-
-def _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, labels) -> None:
-    """The influence CSV must list every row of the training CSV once, with its image and
-    its label; raises :class:`InputError` naming the first row that does not.
-    """
-    n = len(rows)
-    seen: Dict[int, int] = {}
-    for r, j in enumerate(idx.tolist()):
-        if not 0 <= j < n:
-            raise InputError(
-                f"{influence_csv} row {r + 1}: datasource_index {j} is not a row of {train_csv} "
-                f"(it has rows 0..{n - 1}); was the influence computed for this training CSV?"
-            )
-        if j in seen:
-            raise InputError(
-                f"{influence_csv} row {r + 1}: datasource_index {j} appears again (first in row "
-                f"{seen[j] + 1}); the file is damaged: compute the influence again"
-            )
-        seen[j] = r
-    if len(idx) != n:
-        raise InputError(
-            f"{influence_csv}: lists {len(idx)} samples but {train_csv} has {n} rows; compute "
-            "the influence for this training CSV"
-        )
-    label_col = header.index("y:label") if "y:label" in header else None
-    for r, (j, o, lab) in enumerate(zip(idx, orig, labels)):
-        if o and o not in rows[j]:
-            raise InputError(
-                f"{influence_csv} row {r + 1}: original '{o}' is not in "
-                f"{train_csv} row {j + 1}; was the influence computed for this CSV?"
-            )
-        if not lab:
-            continue
-        have = rows[j][label_col].strip() if label_col is not None else None
-        cells = [c.strip() for c in rows[j]]
-        if (have != lab.strip()) if have is not None else (lab.strip() not in cells):
-            shown = f"'{have}'" if have is not None else str(rows[j])
-            raise InputError(
-                f"{influence_csv} row {r + 1}: label '{lab}' of datasource_index {j} differs "
-                f"from {train_csv} row {j + 1} ({shown}); the labels changed since the "
-                "influence was computed: run 'sgd-influence run' again for this CSV"
-            )
-
-
-def cleanse(
-    influence_csv: str,
-    train_csv: str,
-    output: str,
-    remove: Optional[int] = None,
-    remove_ratio: Optional[float] = None,
-    flags=None,
-) -> Dict:
-    """Write ``train_csv`` with the run's recommendation applied (or without its most
-    harmful rows), as a console dataset CSV.
-
-    Everything is checked before anything is written: the output rules of
-    :func:`~sgd_influence_plugin.validation.check_output_csv` (a new ``.csv`` path, or one
-    the tool wrote; not an input; not inside an image folder), and that the influence CSV
-    lists every training row once with the same image and label and a finite influence.
-
-    Args:
-        influence_csv: written by ``sgd-influence run`` for this training CSV.
-        train_csv: the training CSV (never modified).
-        output: the cleansed CSV; file paths in it are rewritten relative to its folder.
-        remove: number of top-harmful rows to drop; or
-        remove_ratio: share of the rows (0 <= r < 1) to drop, rounded to the nearest integer;
-            neither: apply the influence CSV's ``action`` column (relabelled rows keep their
-            image and get ``suggested_label``; removed rows are dropped).
-        flags: :class:`~sgd_influence_plugin.validation.FlagNames` of the calling interface,
-            for messages (default: the CLI's).
-
-    Returns:
-        ``{"removed": [datasource indices], "relabelled": {index: new label}, "kept":
-        n_kept, "output": path}``.
-
-    Raises:
-        SettingsError, InputError, OutputError: see above; nothing is written.
-
-    """
-    from . import validation
-
-    flags = flags or validation.CLI_FLAGS
-    validation.check_remove_choice(remove, remove_ratio, flags)
-    header, rows = read_csv_table(train_csv)
-    validation.check_output_csv(
-        output,
-        flags.output,
-        input_files=[train_csv, influence_csv],
-        image_folders=validation.image_folders_of_table(train_csv, header, rows),
-    )
-    if os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        read_ledger(os.path.dirname(os.path.abspath(output)))
-    check_replaceable(output, flags.output)
-    table = read_influence_csv(influence_csv)
-    idx, orig, labels = table.index, table.original, table.labels
-    _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, labels)
-    n = len(rows)
-    relabel: Dict[int, str] = {}
-    label_col = None
-    if remove is None and remove_ratio is None:
-        if table.actions is None:
-            raise InputError(
-                f"{influence_csv}: no 'action' column (written by an older version); give "
-                f"{flags.remove or 'a number of rows'} N or {flags.remove_ratio} R, or run "
-                "'sgd-influence run' again"
-            )
-        actions = [""] * n
-        suggested = [""] * n
-        for j, a, g in zip(idx.tolist(), table.actions, table.suggested):
-            actions[j], suggested[j] = a, g
-        drop, relabel = recommended_changes(actions, suggested)
-        if len(drop) >= n:
-            raise InputError(f"{influence_csv}: every row is marked remove; nothing would be left")
-        if relabel:
-            label_col = _label_column(header, rows, idx, labels, influence_csv, train_csv, flags)
-    else:
-        remove = validation.rows_to_remove(n, remove, remove_ratio, flags, train_csv)
-        order = idx[np.argsort(table.influence, kind="stable")]
-        drop = set(order[:remove].tolist())
-    out = os.path.abspath(output)
-    folder = os.path.dirname(out)
-    src_folder = os.path.dirname(os.path.abspath(train_csv))
-    with staging(folder, flags.output) as stage:
-        staged = os.path.join(stage, os.path.basename(out))
-        _write_cleansed(header, rows, drop, src_folder, folder, staged, relabel, label_col)
-        commit_staged(folder, [(staged, out)], [], flags.output)
-    return {
-        "removed": sorted(drop),
-        "relabelled": dict(sorted(relabel.items())),
-        "kept": n - len(drop),
-        "output": out,
-    }
-
-
-def _label_column(header, rows, idx, labels, influence_csv, train_csv, flags) -> int:
-    """The training CSV's label column: ``y:label``, else the one column that holds every
-    row's label as the influence CSV gives it.
-
-    Raises:
-        InputError: no such column or several (the message says how to cleanse instead).
-
-    """
-    if "y:label" in header:
-        return header.index("y:label")
-    fits = [
-        c
-        for c in range(len(header))
-        if not header[c].startswith("#")
-        and all(
-            lab is not None and rows[j][c].strip() == lab.strip() for j, lab in zip(idx, labels)
-        )
-    ]
-    if len(fits) != 1:
-        raise InputError(
-            f"{train_csv}: cannot tell which column holds the label to relabel "
-            f"({len(fits)} columns match {influence_csv}'s y:label); give "
-            f"{flags.remove or 'a number of rows'} N or {flags.remove_ratio} R to remove rows "
-            "instead"
-        )
-    return fits[0]

@@ -19,11 +19,17 @@ Guarantees of :func:`run_parallel`:
   a stop request of :mod:`.interrupts`, looked at every 0.2 s), a worker killed by
   a signal, or a worker that dies without a result: every worker is terminated and reaped before
   the exception leaves, so no process is left behind. Workers ignore SIGINT (the parent
-  decides), die on SIGTERM, and on Linux also when the parent dies.
+  decides), die on SIGTERM, and on Linux also when the parent dies;
+- no worker is started once a stop was requested, and Ctrl-C and SIGTERM are held (blocked)
+  while workers are forked and while they are reaped: a child starts with both blocked and
+  first ignores SIGINT and takes SIGTERM's default action, so no handler of the parent ever
+  runs in a child (e.g. inside threading's ``_after_fork``), and a second Ctrl-C cannot cut
+  the reaping short; the parent sees a held signal as soon as the block ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -39,6 +45,41 @@ ItemProgress = Callable[[str, int, int], None]
 
 #: Seconds to wait for a terminated worker before killing it.
 _TERMINATE_GRACE = 5.0
+#: The signals that stop a run (see :mod:`.interrupts`).
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C (SIGINT) and SIGTERM while inside; one that arrives meanwhile is delivered
+    (raised again) when the block ends.
+
+    Two layers: the signals are blocked in this thread (so a process forked inside starts
+    with both blocked), and, in the main thread, Python's handlers for them are replaced by
+    one that only records them (a signal another thread receives still runs Python's handler
+    in the main thread).
+    """
+    import threading
+
+    held: List[int] = []
+
+    def hold(signum, frame):
+        held.append(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, hold) for s in _STOP_SIGNALS}
+    mask = hasattr(signal, "pthread_sigmask")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if mask else None
+    try:
+        yield
+    finally:
+        if mask:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending one is recorded now
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)  # to the handler that was in place before
 
 
 def fork_available() -> bool:
@@ -139,8 +180,12 @@ def _worker(fn, items, tasks, results, parent_pid: int) -> None:
     """Body of a worker: take item indices from ``tasks`` until None, send back
     ``("ok", i, result)``, ``("progress", i, (stage, done, total))`` or ``("error", i, payload)``.
     """
+    # Forked with both signals blocked (see signals_held): first the worker's own handling,
+    # then unblock (a pending Ctrl-C is dropped, a pending SIGTERM ends the worker).
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # terminate() ends a worker at once
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
@@ -182,17 +227,20 @@ def _raise_for_dead(proc) -> None:
 
 
 def _stop(workers) -> None:
-    """Terminate every live worker, wait for it, kill it if it lingers, and reap it."""
-    for proc, _, _ in workers:
-        if proc.is_alive():
-            proc.terminate()
-    for proc, tasks, results in workers:
-        proc.join(_TERMINATE_GRACE)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        tasks.close()
-        results.close()
+    """Terminate every live worker, wait for it, kill it if it lingers, and reap it; with
+    Ctrl-C and SIGTERM held, so a second Ctrl-C cannot leave a worker behind.
+    """
+    with signals_held():
+        for proc, _, _ in workers:
+            if proc.is_alive():
+                proc.terminate()
+        for proc, tasks, results in workers:
+            proc.join(_TERMINATE_GRACE)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            tasks.close()
+            results.close()
 
 
 def run_parallel(
@@ -243,25 +291,27 @@ def run_parallel(
     ctx = multiprocessing.get_context("fork")
     sys.stdout.flush()
     sys.stderr.flush()
+    interrupts.check()  # a stop requested before (e.g. while the curvature was measured)
     workers = []  # (process, parent's task sender, parent's result receiver)
     results: List[Any] = [None] * n
     done = [False] * n
     next_item = 0
     try:
-        for _ in range(jobs):
-            task_recv, task_send = ctx.Pipe(duplex=False)
-            result_recv, result_send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=_worker,
-                args=(fn, items, task_recv, result_send, os.getpid()),
-                daemon=True,
-            )
-            proc.start()
-            task_recv.close()  # the child's ends: close the parent's copies
-            result_send.close()
-            workers.append((proc, task_send, result_recv))
-            task_send.send(next_item)
-            next_item += 1
+        with signals_held():
+            for _ in range(jobs):
+                task_recv, task_send = ctx.Pipe(duplex=False)
+                result_recv, result_send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(
+                    target=_worker,
+                    args=(fn, items, task_recv, result_send, os.getpid()),
+                    daemon=True,
+                )
+                proc.start()
+                task_recv.close()  # the child's ends: close the parent's copies
+                result_send.close()
+                workers.append((proc, task_send, result_recv))
+                task_send.send(next_item)
+                next_item += 1
         busy = {id(r): (proc, tasks, r) for proc, tasks, r in workers}
         while not all(done):
             conns = [r for _, _, r in busy.values()]

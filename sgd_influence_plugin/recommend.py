@@ -20,7 +20,8 @@ gains little on noisy data. The rule here (the measurements behind it are in
    noise alone makes a run change anything with probability at most :data:`FAMILY_ALPHA`. Of
    those, the recommendation is the one that changes
    the fewest rows while staying within one standard error of the best (the one-standard-error
-   rule of model selection: a smaller change that is as good within the noise wins). If none
+   rule of model selection: a smaller change that is as good within the noise wins), and
+   relabels rather than removes when both are within it. If none
    counts, the recommendation is to change nothing.
 
 The decaying rate matters: one epoch at a constant rate ends wherever the last mini-batches
@@ -205,15 +206,17 @@ def choose(checked: Sequence[Candidate]) -> Optional[Candidate]:
 
     A candidate passes if it lowers the held-out loss by :func:`z_required` standard errors
     for ``len(checked)`` candidates. Among those, the best is the one with the lowest held-out
-    loss; the choice is the one with the fewest changed rows (then the lower loss) whose
-    held-out loss is within one paired standard error of the best's.
+    loss; the choice is the one with the fewest changed rows, then relabelling before removal
+    (a suspect is a row whose image the model reads as another class: relabelling keeps the
+    image and fixes the label, removal loses both), then the lower loss, whose held-out loss
+    is within one paired standard error of the best's.
     """
     z_bar = z_required(len(checked))
     passing = [c for c in checked if c.passes(z_bar)]
     if not passing:
         return None
     best = min(passing, key=lambda c: c.loss_change)
-    for c in sorted(passing, key=lambda c: (len(c.rows), c.loss_change)):
+    for c in sorted(passing, key=lambda c: (len(c.rows), c.action != "relabel", c.loss_change)):
         if c is best:
             return c
         if c.heldout_loss is None or best.heldout_loss is None:
@@ -401,7 +404,12 @@ def check_candidates(
 
     def measure(arrays, weight, k):
         model.set_params(theta0)
-        stage = None if progress is None else (lambda s, d, t: progress(f"check {k}/{total}", d, t))
+        stage = None
+        if progress is not None:  # one stage for all the check's epochs, in steps
+
+            def stage(_name, done, steps):
+                progress("checking the recommendation", (k - 1) * steps + done, total * steps)
+
         settle_epoch(model, arrays, order, lr, batch_size, weight_decay, weight, graphs, stage)
         loss = core.per_sample_losses(model, heldout, val_batch_size)
         correct = None

@@ -288,7 +288,7 @@ def write_report(
 <style>body{{font-family:sans-serif;margin:2em}}
 .tile{{display:inline-block;vertical-align:top;margin:6px;text-align:center;font-size:13px}}
 .tile img{{image-rendering:pixelated;display:block;margin:0 auto 3px}} .lab{{font-weight:bold}}
-.meta{{color:#555}} td{{padding:2px 8px}}
+.meta{{color:#555;font-size:11px}} td{{padding:2px 8px}}
 .warn{{background:#fff3cd;padding:6px;border:1px solid #e0c060}}
 .act{{background:#cc3311;color:#fff;padding:0 4px;border-radius:3px}}
 </style></head><body>

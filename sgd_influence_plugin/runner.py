@@ -6,6 +6,7 @@ scores computed by :func:`.api.compute_influence`, the files written by :mod:`.o
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import platform
@@ -19,7 +20,7 @@ from .api import InfluenceResult, compute_influence
 from .core import mean_loss
 from .errors import OutputError
 from .inputs import load_inputs
-from .io_utils import makedirs_tracked
+from .io_utils import makedirs_tracked, try_lock
 from .labels import check_labels, read_label_names
 from .output import OutputPaths, find_columns, write_influence_output
 from .settings import InfluenceSettings
@@ -65,6 +66,23 @@ class RunRequest:
     thumb_size: int = 64
     label_names: Optional[str] = None
     cluster: Optional[str] = None
+
+
+def _lock_cache_dir(path: str, flag: str):
+    """Lock the cache folder for this run (an open file; closing it releases the lock).
+
+    Two runs writing one cache folder overwrite each other's parameters (and HDF5 refuses a
+    file another process has open), so a second run is refused.
+
+    Raises:
+        OutputError: another run holds the lock.
+
+    """
+    f = open(os.path.join(path, validation.CACHE_LOCK), "a+")
+    if not try_lock(f):
+        f.close()
+        raise OutputError(validation.cache_in_use(path, flag))
+    return f
 
 
 def _prepare_cache_dir(path: str) -> Optional[str]:
@@ -126,7 +144,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             names = read_label_names(request.label_names)
             _, label_col = find_columns(train, list(model.info.input_shapes))
             labels = [train.cell(i, label_col) for i in range(train.size)] if label_col else None
-            check_labels(names, labels, request.label_names, train.path)
+            check_labels(names, labels, request.label_names, train.path, train.numbers)
 
     loaded = load_inputs(
         request, flags, check_places, check_loaded, [request.label_names], log, progress
@@ -143,9 +161,11 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
     if heldout is not None:
         loss0 = mean_loss(model, val_for_influence, settings.val_batch_size)
     made_cache: Optional[str] = None
+    lock = None
     try:
         if request.cache_dir is not None:
             made_cache = _prepare_cache_dir(request.cache_dir)
+            lock = _lock_cache_dir(request.cache_dir, flags.cache_dir or "cache folder")
         result = compute_influence(
             model,
             train.arrays,
@@ -200,17 +220,28 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             progress=None if progress is None else interrupts.checked_progress(progress),
         )
     except BaseException as e:
+        if lock is not None:
+            lock.close()
+            lock = None
         if made_cache:
             shutil.rmtree(made_cache, ignore_errors=True)
         if isinstance(e, OSError):
             # Writing the cache failed (the outputs convert their own errors): a full disk,
             # or a folder made read-only while running.
             where = flags.cache_dir or "cache folder"
+            fix = (
+                f"free some space or choose another {where}"
+                if e.errno in (errno.ENOSPC, errno.EDQUOT)
+                else f"check that folder (is another program using it?) or choose another {where}"
+            )
             raise OutputError(
                 f"{e.filename or request.cache_dir or 'the temporary folder'}: cannot write the "
-                f"cache ({e.strerror or e}); free some space or choose another {where}"
+                f"cache ({e.strerror or e}); {fix}"
             ) from e
         raise
+    finally:
+        if lock is not None:
+            lock.close()
     return paths, result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Union
 
@@ -18,6 +19,16 @@ CACHE_MODES = ("final", "all")
 LR_CHOICES = ("auto", "solver")
 #: Default number of trials (independent sample orders) averaged; see docs/measurements.md.
 DEFAULT_TRIALS = 3
+#: Smallest learning rate accepted (exclusive). The parameters are float32, whose resolution
+#: is 2**-24 (6e-8) of a value: a step lr * g changes a weight of size w only if
+#: lr * |g| > 6e-8 * |w|, so at lr <= 1e-12 a gradient would need |g| > 6e4 |w| to move any
+#: weight at all. The training phase then leaves the parameters where they are, and the
+#: replay's scores (proportional to lr) shrink towards 0 and, near 1e-45, underflow float32 to
+#: exactly 0: a ranking of zeros that looks like a result.
+MIN_LR = 1e-12
+#: Compute contexts: ``cpu``, or ``cudnn``/``cuda`` with an optional device number. Nothing
+#: else (e.g. ``cpu:half``: half precision is not implemented, and was silently ignored).
+CONTEXT = re.compile(r"^(cpu|(cudnn|cuda)(:\d+)?)$")
 
 
 def parse_lr(text: Union[str, float]) -> Union[str, float]:
@@ -42,7 +53,33 @@ def parse_lr(text: Union[str, float]) -> Union[str, float]:
         value = float(text)
     if not (math.isfinite(value) and value > 0):
         raise SettingsError(f"learning rate {text}: must be a positive number, auto or solver")
+    if value <= MIN_LR:
+        raise SettingsError(
+            f"learning rate {text}: too small to change float32 parameters (at most {MIN_LR:g} "
+            "leaves every weight where it is and every score near 0); give a rate above "
+            f"{MIN_LR:g}, or auto"
+        )
     return value
+
+
+def check_context(context) -> str:
+    """``cpu`` or ``cudnn[:DEVICE]`` (see :data:`CONTEXT`).
+
+    Raises:
+        SettingsError: anything else, e.g. ``cpu:half``.
+
+    """
+    if not isinstance(context, str) or not CONTEXT.match(context.strip()):
+        half = (
+            " (half precision is not supported: the replay needs float32)"
+            if isinstance(context, str) and "half" in context
+            else ""
+        )
+        raise SettingsError(
+            f"--context {context}: use cpu, or cudnn[:DEVICE] with a device number, e.g. "
+            f"cudnn:0{half}"
+        )
+    return context.strip()
 
 
 @dataclass
@@ -108,6 +145,7 @@ class InfluenceSettings:
             raise SettingsError(f"trials={self.trials}: must be >= 1")
         if self.retries < 0:
             raise SettingsError(f"retries={self.retries}: must be >= 0")
+        self.context = check_context(self.context)
         if self.cache not in CACHE_MODES:
             raise SettingsError(f"cache={self.cache!r}: choose one of {', '.join(CACHE_MODES)}")
         if self.jobs is not None and (isinstance(self.jobs, bool) or self.jobs < 1):

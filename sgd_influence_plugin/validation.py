@@ -26,15 +26,24 @@ import numpy as np
 
 from .dataset import Dataset, is_file_cell, read_csv_table
 from .errors import DatasetError, OutputError, SettingsError
-from .io_utils import nearest_existing
-from .output import COMPANIONS, check_replaceable, planned_paths, read_ledger
+from .io_utils import locked_by_another, nearest_existing
+from .output import COMPANIONS, planned_paths
+from .ownership import FOLDER_MARKER, check_replaceable, read_ledger
+from .settings import DEFAULT_TRIALS
 
 #: Thumbnail sizes accepted, in pixels (a thumbnail is at most this wide and high).
 THUMB_SIZES = (16, 512)
 #: Largest seed numpy's RandomState takes.
 MAX_SEED = 2**32 - 1
+#: Most trials a run accepts. Each trial is a whole training epoch plus its replay, so M
+#: trials take M times as long; averaging M trials lowers the noise of one trial by
+#: 1/sqrt(M) only, so past a few dozen nothing changes the ranking, and 1000 trials of even a
+#: tiny model take hours. A larger number is a typing error, not a request.
+MAX_TRIALS = 1000
 #: Marker file in a cache folder the tool made; only such a folder (or an empty one) is used.
 CACHE_MARKER = ".sgd_influence_cache"
+#: Lock file in a cache folder while a run uses it (see ``io_utils.try_lock``).
+CACHE_LOCK = ".sgd_influence_lock"
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,7 @@ class FlagNames:
 
 #: The ``sgd-influence`` command line.
 CLI_FLAGS = FlagNames()
-#: The console plugin's dialog (``SGD_Influence.py``).
+#: The console plugin's dialog (``SGD_Influence_Cleansing.py``).
 PLUGIN_FLAGS = FlagNames(
     cache_dir=None,
     weight_decay=None,
@@ -92,6 +101,12 @@ def check_options(request, flags: FlagNames = CLI_FLAGS) -> None:
         SettingsError: a value is out of range, or the model files are given inconsistently.
 
     """
+    if request.params and not request.config:
+        raise SettingsError(
+            f"{flags.params} {request.params} needs {flags.config}: parameters go with the "
+            f"network definition they were saved with; give {flags.config} net.nntxt too, or "
+            f"give {flags.model} results.nnp alone"
+        )
     if request.model and (request.config or request.params):
         given = flags.config if request.config else flags.params
         raise SettingsError(
@@ -120,6 +135,12 @@ def check_options(request, flags: FlagNames = CLI_FLAGS) -> None:
     ):
         if value is not None and not (_is_number(value) and int(value) == value and value >= 1):
             raise SettingsError(f"{flag} {value}: {what} must be a whole number >= 1")
+    if s.trials > MAX_TRIALS:
+        raise SettingsError(
+            f"{flags.trials} {s.trials}: give at most {MAX_TRIALS} trials; each is a whole "
+            "training epoch and its replay, and averaging more than a few dozen no longer "
+            f"changes the ranking (default {DEFAULT_TRIALS})"
+        )
     seed, trials = s.seed, s.trials
     top = MAX_SEED - (trials - 1)
     if not (_is_number(seed) and int(seed) == seed and 0 <= seed <= top):
@@ -276,6 +297,60 @@ def _check_writable(path: str, flag: str) -> None:
         ) from e
 
 
+def _limits(folder: str):
+    """``(longest name, longest path)`` in bytes where ``folder`` (or its nearest existing
+    ancestor) lies; 255 and 4096 (Linux's usual values) where the system does not say, and no
+    path limit on Windows (long paths depend on the system's settings there).
+    """
+    at = nearest_existing(folder)
+    limits = []
+    for key, default in (("PC_NAME_MAX", 255), ("PC_PATH_MAX", 4096 if os.name != "nt" else 0)):
+        try:
+            value = os.pathconf(at, key)
+        except (AttributeError, OSError, ValueError):
+            value = default
+        limits.append(value if value and value > 0 else default)
+    return limits[0], limits[1]
+
+
+#: Bytes a writer adds below an output's folder: the staging folder
+#: (``.sgd_influence_staging_XXXXXXXX/``) and a thumbnail (``_thumbnails/0000000.png``).
+_WRITER_DEPTH = 32 + len("_thumbnails/") + 12
+
+
+def check_path_fits(path: str, flag: str, names: Sequence[str]) -> None:
+    """The file system must take the names a writer makes at ``path``: every folder on the
+    way and each of ``names`` (written in ``path``'s folder) at most its longest name, and the
+    deepest path the writer makes (in its staging folder) at most its longest path.
+
+    Checked before computing, so a long name is refused at once, not after the computation
+    with a misleading "no space" (issue 18).
+
+    Raises:
+        OutputError: naming the part that is too long and its length.
+
+    """
+    full = os.path.abspath(path)
+    folder = os.path.dirname(full)
+    name_max, path_max = _limits(folder)
+    parts = [p for p in folder.split(os.sep) if p] + list(names)
+    for part in parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            shown = part if len(part) <= 60 else part[:28] + "..." + part[-28:]
+            raise OutputError(
+                f"{flag} {shown}: a name of {size} bytes, but this file system takes at most "
+                f"{name_max}; give a shorter {flag}"
+            )
+    deepest = len(os.fsencode(folder)) + _WRITER_DEPTH + max(len(os.fsencode(n)) for n in names)
+    if path_max and deepest >= path_max:
+        raise OutputError(
+            f"{flag}: the path is {len(os.fsencode(full))} bytes long, and the files written "
+            f"there would need {deepest}, but this system takes at most {path_max}; give a "
+            f"shorter {flag} (a folder nearer the root)"
+        )
+
+
 def check_output_csv(
     path: str,
     flag: str,
@@ -287,7 +362,7 @@ def check_output_csv(
     Refused: "", ".", a path ending in a separator, an existing folder, a name not ending in
     ``.csv`` (e.g. an existing image), an input file (model, parameters, the dataset CSVs), a
     place inside a folder of the images the CSVs name, and a place that cannot be written.
-    Whether an existing CSV may be replaced is :func:`~sgd_influence_plugin.output.
+    Whether an existing CSV may be replaced is :func:`~sgd_influence_plugin.ownership.
     check_replaceable`'s decision.
 
     Raises:
@@ -310,6 +385,8 @@ def check_output_csv(
         raise SettingsError(
             f"{flag} {path}: the output must be a file name ending in .csv{exists}, {example}"
         )
+    stem = os.path.splitext(name)[0]
+    check_path_fits(path, flag, [stem + suffix for suffix in (".csv", *COMPANIONS.values())])
     for src in input_files:
         if src and _same(path, src):
             raise SettingsError(
@@ -322,6 +399,69 @@ def check_output_csv(
                 f"elsewhere (another {flag})"
             )
     _check_writable(path, flag)
+
+
+def check_output_folder(
+    folder: str,
+    flag: str,
+    files: Sequence[str],
+    folders: Sequence[str] = (),
+    input_files: Iterable[Optional[str]] = (),
+    image_folders: Iterable[str] = (),
+) -> None:
+    """A folder a writer fills with files of fixed names (``evaluate --output-dir``, the
+    paper-protocol script's ``--out``): the rule of :mod:`.ownership` for each of them.
+
+    Refused: an empty value; an existing file; a folder that is, or lies in, a folder of the
+    dataset's images; an output file that is an input (e.g. ``--test results.csv`` written
+    into the same folder); an existing file or folder of those names the tool did not write;
+    a damaged ledger; a place that cannot be written.
+
+    Args:
+        folder: the output folder (made if new).
+        flag: the option that names it, for messages.
+        files: names of the files written into it.
+        folders: names of the folders written into it (each holds
+            :data:`~sgd_influence_plugin.ownership.FOLDER_MARKER`).
+        input_files: files the writer reads (None entries skipped).
+        image_folders: folders of the images the dataset CSVs name.
+
+    Raises:
+        SettingsError: empty, or an output is an input.
+        OutputError: any other of the above.
+
+    """
+    image_folders = list(image_folders)
+    if not isinstance(folder, str) or not folder.strip():
+        raise SettingsError(f"{flag} is empty; give a folder for the results, e.g. evaluation")
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise OutputError(
+            f"{flag} {folder}: is a file, not a folder; give a folder for the results (a new "
+            "one, or one sgd-influence wrote into)"
+        )
+    check_path_fits(os.path.join(folder, "x"), flag, [*files, *folders])
+    for images in image_folders:
+        if _inside(folder, images):
+            raise OutputError(
+                f"{flag} {folder}: lies in {images}, a folder of the dataset's images; write "
+                "the results elsewhere"
+            )
+    inputs = [p for p in input_files if p]
+    if os.path.isdir(folder):
+        read_ledger(folder)
+    for name in files:
+        target = os.path.join(folder, name)
+        for src in inputs:
+            if _same(target, src):
+                raise SettingsError(
+                    f"{target}: refusing to overwrite the input {src}; choose another {flag}"
+                )
+        check_replaceable(target, flag)
+    for name in folders:
+        target = os.path.join(folder, name)
+        _check_replaced_folder(target, f"'{name}' folder", flag, inputs, image_folders)
+        check_replaceable(target, flag, folder=True, marker=FOLDER_MARKER)
+    _check_writable(os.path.join(folder, files[0] if files else "probe"), flag)
 
 
 def _check_replaced_folder(
@@ -379,10 +519,20 @@ def check_cache_dir(
                 f"{flag} {cache_dir}: is not empty and is not a cache folder sgd-influence made "
                 f"(no {CACHE_MARKER} in it); give a new or empty folder for the cache"
             )
+        if locked_by_another(os.path.join(cache_dir, CACHE_LOCK)):
+            raise OutputError(cache_in_use(cache_dir, flag))
         probe_in = os.path.join(cache_dir, "probe")
     else:
         probe_in = cache_dir
     _check_writable(probe_in, flag)
+
+
+def cache_in_use(cache_dir: str, flag: str) -> str:
+    """The message for a cache folder another run holds."""
+    return (
+        f"{flag} {cache_dir}: is in use by another sgd-influence run; wait for it to end, or "
+        f"give another {flag}"
+    )
 
 
 def check_output_places(
@@ -393,7 +543,7 @@ def check_output_places(
 ) -> None:
     """The output CSV, every companion it will write, and the cache folder (see
     :func:`check_output_csv`, :func:`check_cache_dir` and
-    :func:`~sgd_influence_plugin.output.check_replaceable`).
+    :func:`~sgd_influence_plugin.ownership.check_replaceable`).
 
     Args:
         request: a :class:`~sgd_influence_plugin.runner.RunRequest`.
@@ -458,7 +608,7 @@ def check_labels(dataset: Dataset, label_classes: Mapping[str, int]) -> None:
             else:
                 v = float(values[r][0])
                 text = f"{v:g}"
-            where = f"{dataset.path} row {r + 1}, column '{header_cell or column}'"
+            where = f"{dataset.path} row {dataset.row_number(r)}, column '{header_cell or column}'"
             if v != int(v):
                 raise DatasetError(
                     f"{where}: label '{text}' is not a whole number; labels are class indices "
@@ -469,6 +619,19 @@ def check_labels(dataset: Dataset, label_classes: Mapping[str, int]) -> None:
                     f"{where}: label {text} is out of range for the network's {classes} classes "
                     f"(0..{classes - 1}); fix the label, or the size of the network's output"
                 )
+
+
+def check_known_rate(lr, weight_decay: float, n: int, batch_size: int, info) -> None:
+    """A rate known before computing (a number, or ``solver``) and the weight decay must leave
+    a model to replay (:func:`~sgd_influence_plugin.api.check_rates`); ``auto`` is checked
+    once the curvature has chosen it.
+    """
+    from .api import check_rates
+    from .core import n_steps
+
+    rate = info.solver.lr if lr == "solver" else lr
+    if _is_number(rate) and math.isfinite(rate) and rate > 0:
+        check_rates(float(rate), float(weight_decay), n_steps(n, max(1, int(batch_size))))
 
 
 def estimate_bytes(
@@ -544,6 +707,7 @@ def check_loaded(
     if request.remove_ratio is not None:
         rows_to_remove(train.size, None, request.remove_ratio, flags, train.path)
     batch = s.batch_size or info.solver.batch_size
+    check_known_rate(s.lr, wd, train.size, batch, info)
     channels = max((shape[0] for shape in info.input_shapes.values() if len(shape) == 3), default=1)
     need = estimate_bytes(
         train.size,

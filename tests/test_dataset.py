@@ -121,7 +121,10 @@ def test_reading_in_worker_processes_gives_the_same_dataset(tmp_path, monkeypatc
     assert forked.rows == serial.rows and forked.arrays["y"][:8, 0].tolist() == [
         0, 1, 2, 3, 4, 5, 6, 0,
     ]  # fmt: skip
-    assert seen[-1] == (406, 406)
+    assert seen[-1] == (203, 203)  # rows, not cells (2 variables)
+    serial_seen = []
+    load_dataset(str(csv_path), needs, progress=lambda d, t: serial_seen.append((d, t)))
+    assert serial_seen == [(203, 203)]
     # A broken image in the last block: the worker's error reaches the caller.
     (tmp_path / "img" / "190.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r"d\.csv row 191, column 'x:image'.*img/190\.png"):

@@ -12,7 +12,8 @@ from sgd_influence_plugin.runner import RunRequest, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS_DOC = os.path.join(ROOT, "docs", "options.md")
-SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+PLUGINS = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image")
+SCRIPT = os.path.join(PLUGINS, "SGD_Influence_Cleansing.py")
 SUBCOMMANDS = ("run", "cleanse", "evaluate", "check", "install-plugin")
 
 
@@ -79,9 +80,11 @@ def test_options_doc_lists_every_cli_option_with_its_default(sub):
 
 
 def test_options_doc_lists_every_plugin_option_with_its_default():
-    _check_table(_plugin_parser(), "## The console plugin (`SGD_Influence.py`, the dialog)")
     _check_table(
-        _plugin_parser(SCRIPT.replace("SGD_Influence.py", "SGD_Influence_Check.py")),
+        _plugin_parser(), "## The console plugin (`SGD_Influence_Cleansing.py`, the dialog)"
+    )
+    _check_table(
+        _plugin_parser(os.path.join(PLUGINS, "SGD_Influence_Check.py")),
         "## The check plugin (`SGD_Influence_Check.py`, the dialog)",
     )
 

@@ -13,7 +13,9 @@ from sgd_influence_plugin.labels import check_labels, read_label_names
 from sgd_influence_plugin.runner import RunRequest, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+SCRIPT = os.path.join(
+    ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py"
+)
 SAMPLE_NAMES = os.path.join(ROOT, "samples", "fashion_mnist", "label_names.txt")
 #: Fashion-MNIST's classes in label order (Xiao et al. 2017, the dataset's README).
 FASHION = [

@@ -16,6 +16,7 @@ PRODUCT_MODULES = (
     "__init__.py",
     "api.py",
     "check.py",
+    "cleanse.py",
     "cli.py",
     "cluster.py",
     "core.py",
@@ -34,6 +35,7 @@ PRODUCT_MODULES = (
     "nnabla_adapter/model.py",
     "options.py",
     "output.py",
+    "ownership.py",
     "parallel.py",
     "progress.py",
     "recommend.py",
@@ -43,8 +45,11 @@ PRODUCT_MODULES = (
     "validation.py",
 )
 ALLOWED = {
-    os.path.join(PLUGIN_DIR, "SGD_Influence.py"),
+    os.path.join(PLUGIN_DIR, "SGD_Influence_Cleansing.py"),
     os.path.join(PLUGIN_DIR, "SGD_Influence_Check.py"),
+    # what install-plugin installed there, so that it replaces only that (ownership.py)
+    os.path.join(PLUGIN_DIR, ".sgd_influence_written.json"),
+    os.path.join(PLUGIN_DIR, "sgd_influence_plugin", ".sgd_influence_folder"),
 } | {os.path.join(PLUGIN_DIR, "sgd_influence_plugin", *m.split("/")) for m in PRODUCT_MODULES}
 
 

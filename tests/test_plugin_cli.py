@@ -12,13 +12,15 @@ import yaml
 from PIL import Image
 from test_user_outputs import check_report, check_summary, ranked_from_csv, used
 
-from sgd_influence_plugin import cli, output
+from sgd_influence_plugin import cleanse, cli, output
 from sgd_influence_plugin.dataset import read_csv_table
 from sgd_influence_plugin.errors import OutputError
 from sgd_influence_plugin.settings import CACHE_MODES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+SCRIPT = os.path.join(
+    ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py"
+)
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 
 
@@ -268,7 +270,7 @@ def _check_manifest_entry(entry):
 def test_install_plugin_and_run_help_from_there(tmp_path):
     target = tmp_path / "nnc" / "libs" / "plugins"
     assert cli.main(["install-plugin", str(target)]) == 0
-    script = target / "_Post_Process" / "_XAI" / "_Image" / "SGD_Influence.py"
+    script = target / "_Post_Process" / "_XAI" / "_Image" / "SGD_Influence_Cleansing.py"
     assert script.exists()
     pkg = script.parent / "sgd_influence_plugin"
     assert (pkg / "runner.py").exists() and not (pkg / "__pycache__").exists()
@@ -330,6 +332,7 @@ def test_cli_run_cleanse_and_cache_dir(results, data28, tmp_path):
     rows = _check_influence_csv(str(out), data28["train"])
     assert sorted(os.listdir(tmp_path / "cache")) == [
         ".sgd_influence_cache",
+        ".sgd_influence_lock",  # held while a run uses the folder (issue 18, case 17)
         "lr.npy",
         "order.npy",
         "parameters.h5",
@@ -409,7 +412,7 @@ def test_cleanse_rejects_an_influence_csv_of_another_dataset(data28, data7, tmp_
         "x:image,y:label,influence,datasource_index,original\nt.png,1,-1.0,0,train/000000.png\n"
     )
     with pytest.raises(Exception, match="lists 1 samples but .* has 256 rows"):
-        output.cleanse(str(path), data28["train"], str(tmp_path / "c.csv"), remove=1)
+        cleanse.cleanse(str(path), data28["train"], str(tmp_path / "c.csv"), remove=1)
 
 
 def test_existing_output_is_replaced_whole_and_interrupts_leave_it(

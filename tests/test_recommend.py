@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import make_png_dataset, train_result
 
-from sgd_influence_plugin import output
+from sgd_influence_plugin import cleanse, output
 from sgd_influence_plugin import recommend as rc
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import InputError, SettingsError
@@ -117,6 +117,17 @@ def test_choose_takes_the_fewest_rows_within_one_standard_error_of_the_best():
     close.loss_change, close.standard_error = rc.paired_change(close.heldout_loss, base)
     assert rc.choose([small, mid, best, worse, close]) is best
     assert rc.choose([worse]) is None
+    # The same rows relabelled or removed, within a standard error: relabel, though its loss
+    # is a little higher (it keeps the image and fixes the label).
+    remove = _checked(12, -0.06, base, rng)
+    relabel = _checked(12, 0.0, base, rng, action="relabel")
+    relabel.heldout_loss = remove.heldout_loss + wiggle + gap_se / 3
+    relabel.loss_change, relabel.standard_error = rc.paired_change(relabel.heldout_loss, base)
+    assert relabel.loss_change > remove.loss_change
+    assert rc.choose([remove, relabel]) is relabel
+    relabel.heldout_loss = remove.heldout_loss + wiggle + 2 * gap_se
+    relabel.loss_change, relabel.standard_error = rc.paired_change(relabel.heldout_loss, base)
+    assert rc.choose([remove, relabel]) is remove
     insignificant = _checked(10, -0.0001, base, rng, noise=0.05)
     assert not insignificant.passes(rc.z_required(1)) and rc.choose([insignificant]) is None
 
@@ -229,7 +240,7 @@ def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
     summary = open(paths.summary).read()
     assert "RECOMMENDATION" in summary and "keep 45, relabel 3, remove 2 of 50 rows" in summary
     assert "why: relabel 3 rows: made up for the test" in summary
-    assert "retrain on the cleansed CSV" in summary
+    assert "next: retrain on influence_cleansed.csv (beside this file)" in summary
     page = open(paths.report, encoding="utf-8").read()
     assert "<h2>Recommendation</h2>" in page and "keep 45, relabel 3, remove 2" in page
     changed = page.split("Rows to change")[1].split("<h2>")[0]
@@ -258,13 +269,13 @@ def test_cleanse_command_applies_the_action_column_or_the_override(known, data7,
     )
     target = tmp_path / "elsewhere" / "clean.csv"
     os.makedirs(target.parent)
-    done = output.cleanse(paths.csv, data7["train"], str(target))
+    done = cleanse.cleanse(paths.csv, data7["train"], str(target))
     assert done["removed"] == sorted(remove)
     assert done["relabelled"] == {j: str(suggested[j]) for j in sorted(relabel)}
     assert open(target).read().replace(
         os.path.relpath(train.folder, str(target.parent)), "X"
     ) == open(paths.cleansed).read().replace(os.path.relpath(train.folder, str(out.parent)), "X")
-    over = output.cleanse(paths.csv, data7["train"], str(tmp_path / "elsewhere" / "c2.csv"), 3)
+    over = cleanse.cleanse(paths.csv, data7["train"], str(tmp_path / "elsewhere" / "c2.csv"), 3)
     assert over["removed"] == sorted(np.argsort(scores, kind="stable")[:3].tolist())
     assert over["relabelled"] == {}
     # A damaged action column is refused before anything is written.
@@ -272,10 +283,10 @@ def test_cleanse_command_applies_the_action_column_or_the_override(known, data7,
     bad = tmp_path / "bad.csv"
     bad.write_text(text)
     with pytest.raises(InputError, match=r"bad.csv row \d+: action 'rename'"):
-        output.cleanse(str(bad), data7["train"], str(tmp_path / "elsewhere" / "c3.csv"))
+        cleanse.cleanse(str(bad), data7["train"], str(tmp_path / "elsewhere" / "c3.csv"))
     assert not os.path.exists(tmp_path / "elsewhere" / "c3.csv")
     with pytest.raises(SettingsError, match="at most one"):
-        output.cleanse(paths.csv, data7["train"], str(tmp_path / "c4.csv"), 3, 0.1)
+        cleanse.cleanse(paths.csv, data7["train"], str(tmp_path / "c4.csv"), 3, 0.1)
 
 
 def test_no_recommendation_means_keep_and_an_unchanged_cleansed_csv(data7, tmp_path):
@@ -363,3 +374,22 @@ def test_on_clean_labels_it_changes_next_to_nothing(flipped_world, tmp_path):
     rows = _rows(paths.csv)
     changed = sum(r["action"] != "keep" for r in rows)
     assert changed <= 12, open(paths.summary).read()  # at most 1% of the rows
+
+
+def test_no_recommend_gives_the_scores_every_validation_row(flipped_world, tmp_path):
+    worlds, _ = flipped_world
+    folder, data = worlds["noisy"]
+    req = RunRequest(
+        output=str(tmp_path / "off" / "influence.csv"),
+        model=os.path.join(folder, "results.nnp"),
+        train=data["train"],
+        val=data["val"],
+        settings=InfluenceSettings(jobs=1, trials=1),
+        recommend=False,
+    )
+    paths, result = run(req)
+    facts = yaml.safe_load(open(paths.settings))
+    assert facts["validation_rows"] == {"influence": 400, "heldout_for_check": 0}
+    assert facts["recommendation"]["reason"] == "no recommendation: turned off"
+    assert {r["action"] for r in _rows(paths.csv)} == {"keep"}
+    assert len(_rows(paths.cleansed)) == 1200

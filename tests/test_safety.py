@@ -33,7 +33,9 @@ from sgd_influence_plugin.runner import RunRequest, run
 from sgd_influence_plugin.settings import InfluenceSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+SCRIPT = os.path.join(
+    ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py"
+)
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 N_CLASSES = 10  # the logreg fixture's Affine layer has 10 outputs (conftest / netdef)
 
@@ -443,7 +445,10 @@ def test_disk_full_while_writing_leaves_nothing(world, capsys, monkeypatch):
 
 def test_lr_that_diverges_writes_nothing(world, capsys):
     before = _tree(world["root"])
-    assert cli.main(_run_argv(world, world["root"] / "out" / "influence.csv", "--lr", "1e6")) == 2
+    # Without weight decay: lr 1e6 with the solver's 0.01 is refused before computing
+    # (every step would flip the weights; tests/test_second_probe.py, case 6).
+    out = world["root"] / "out" / "influence.csv"
+    assert cli.main(_run_argv(world, out, "--lr", "1e6", "--weight-decay", "0")) == 2
     err = _one_line_error(
         capsys, r"unstable at lr=62500 \(the training phase diverged .* nothing was written"
     )
@@ -651,14 +656,14 @@ def test_install_plugin_refuses_a_file_an_unwritable_place_and_a_foreign_package
     (foreign / "notes.txt").write_text("the user's")
     before = _tree(tmp_path)
     assert cli.main(["install-plugin", str(tmp_path / "nnc")]) == 2
-    _one_line_error(capsys, r"sgd_influence_plugin: exists and is not this plugin's package")
+    _one_line_error(capsys, r"sgd_influence_plugin: already exists and was not installed by")
     assert _tree(tmp_path) == before
     old = os.umask(0o022)
     try:
         assert cli.main(["install-plugin", str(tmp_path / "fresh")]) == 0
     finally:
         os.umask(old)
-    script = tmp_path / "fresh" / "_Post_Process" / "_XAI" / "_Image" / "SGD_Influence.py"
+    script = tmp_path / "fresh" / "_Post_Process" / "_XAI" / "_Image" / "SGD_Influence_Cleansing.py"
     assert os.stat(script).st_mode & 0o777 == 0o644
     assert os.stat(script.parent / "sgd_influence_plugin").st_mode & 0o777 == 0o755
 

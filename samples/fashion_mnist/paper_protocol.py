@@ -25,7 +25,9 @@ For every label-noise level and every seed (one task; ``--jobs`` tasks run at on
 Each task writes its rows to ``WORK/task_<noise>_<seed>/rows.csv`` as it goes and skips rows
 that are already there, so a stopped run continues where it was, and more ratios can be
 added later. The report (``OUT/results.csv``, ``summary.md``, ``figure2.png``,
-``settings.yaml``) pairs each row with the same task's n = 0 model.
+``settings.yaml``, ``estimates/``) pairs each row with the same task's n = 0 model; it follows
+the ownership rule of ``sgd_influence_plugin.ownership``: only files the protocol wrote in
+``OUT`` are replaced (anything else is refused before the tasks start), all together.
 
 With ``--cluster ADDRESS`` (docs/cluster.md) each task still runs here, and sends its
 trainings, influence trials and retrainings (all of a task's retrainings at once) to the
@@ -49,6 +51,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
+from sgd_influence_plugin import ownership, validation  # noqa: E402
 from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
 from sgd_influence_plugin.io_utils import atomic_write  # noqa: E402
 from sgd_influence_plugin.settings import InfluenceSettings, read_yaml, write_yaml  # noqa: E402
@@ -66,6 +69,9 @@ LABELS = {
     "random": "random removal",
 }
 COLORS = {"final": "#cc3311", "all": "#009988", "random": "#0077bb"}
+#: What the report writes into --out, the main file last, and its folders.
+REPORT_FILES = ("settings.yaml", "figure2.png", "summary.md", "results.csv")
+REPORT_FOLDERS = ("estimates",)
 ROW_KEYS = (
     "noise",
     "seed",
@@ -475,14 +481,31 @@ def collect(a):
     return rows
 
 
+def check_report_place(a):
+    """Refuse an --out whose report files or estimates/ the protocol did not write."""
+    validation.check_output_folder(a.out, "--out", REPORT_FILES, REPORT_FOLDERS)
+
+
 def report(a, wall_seconds=None):
-    """Write results.csv, summary.md, figure2.png and settings.yaml from the task rows."""
+    """Write results.csv, summary.md, figure2.png, settings.yaml and estimates/ from the task
+    rows into --out: staged, then committed together; only files the protocol wrote there
+    are replaced."""
+    check_report_place(a)
+    with ownership.staging(a.out, "--out") as stage:
+        write_report(a, stage, wall_seconds)
+        names = REPORT_FOLDERS + REPORT_FILES
+        moves = [(os.path.join(stage, n), os.path.join(a.out, n)) for n in names]
+        ownership.commit_staged(a.out, moves, [], "--out")
+    print(f"report: {os.path.join(a.out, 'summary.md')}")
+
+
+def write_report(a, out, wall_seconds=None):
+    """The report's files, written into the folder ``out``."""
     rows = collect(a)
     if not rows:
         raise SystemExit(f"no results under {a.work}")
-    os.makedirs(a.out, exist_ok=True)
     save_rows(
-        os.path.join(a.out, "results.csv"),
+        os.path.join(out, "results.csv"),
         sorted(rows, key=lambda r: (r["noise"], r["seed"], r["n_removed"])),
     )
     noises = sorted({r["noise"] for r in rows})
@@ -528,12 +551,13 @@ def report(a, wall_seconds=None):
             "",
             f"Wall time of this run: {wall_seconds / 60:.0f} min ({a.jobs} tasks at once).",
         ]
-    with atomic_write(os.path.join(a.out, "summary.md")) as f:
+    with atomic_write(os.path.join(out, "summary.md")) as f:
         f.write("\n".join(lines) + "\n")
-    plot(os.path.join(a.out, "figure2.png"), tables, a)
+    plot(os.path.join(out, "figure2.png"), tables, a)
     # Each estimate's settings, rates, u growth and time, beside the report.
-    estimates = os.path.join(a.out, "estimates")
+    estimates = os.path.join(out, "estimates")
     os.makedirs(estimates, exist_ok=True)
+    ownership.mark_folder(estimates)
     for name in sorted(os.listdir(a.work)):
         for est in ESTIMATORS:
             src = os.path.join(a.work, name, f"scores_{est}.yaml")
@@ -568,8 +592,7 @@ def report(a, wall_seconds=None):
         prev = read_yaml(old)
         if "wall_seconds" in prev:
             facts["wall_seconds"] = prev["wall_seconds"]
-    write_yaml(old, facts)
-    print(f"report: {os.path.join(a.out, 'summary.md')}")
+    write_yaml(os.path.join(out, "settings.yaml"), facts)
 
 
 def ranking_lines(a):
@@ -738,7 +761,18 @@ def plot(path, tables, a):
 
 
 def main(argv=None):
+    """Run the protocol; a bad option or output place stops it with one line, exit 2."""
+    from sgd_influence_plugin.cli import report_errors
+
+    return report_errors(
+        lambda: _main(argv), lambda m: print(f"paper_protocol: error: {m}", file=sys.stderr)
+    )
+
+
+def _main(argv=None):
     a = parse_args(argv)
+    if not a.task:
+        check_report_place(a)  # before any task runs
     if a.task:
         noise, seed = a.task.split(",")
         run_task(a, float(noise), int(seed))
@@ -781,21 +815,16 @@ def main(argv=None):
 
 def check_cluster(a, *paths):
     """With --cluster: the scheduler answers, has workers with this package, and they can
-    read ``paths``; otherwise one line and exit status 2."""
+    read ``paths``; otherwise ClusterError (one line, exit status 2)."""
     from sgd_influence_plugin.cluster import connect
-    from sgd_influence_plugin.errors import SGDInfluenceError
 
     if not a.cluster:
         return
-    try:
-        with connect(a.cluster) as cluster:
-            if paths:
-                _, rows = read_csv_table(paths[0])
-                first = os.path.join(os.path.dirname(paths[0]), rows[0][0])
-                cluster.check_paths(list(paths) + [first], "training with nnabla_cli")
-    except SGDInfluenceError as e:
-        print(f"paper_protocol: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
+    with connect(a.cluster) as cluster:
+        if paths:
+            _, rows = read_csv_table(paths[0])
+            first = os.path.join(os.path.dirname(paths[0]), rows[0][0])
+            cluster.check_paths(list(paths) + [first], "training with nnabla_cli")
 
 
 def wait_one(running):

@@ -29,6 +29,7 @@ run skips finished tasks, and the report is rebuilt from those folders alone.
 
 import argparse
 import csv
+import hashlib
 import os
 import subprocess
 import sys
@@ -44,7 +45,9 @@ sys.path.insert(0, HERE)
 import paper_protocol as pp  # noqa: E402
 
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
+from sgd_influence_plugin import ownership, validation  # noqa: E402
 from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
+from sgd_influence_plugin.errors import OutputError  # noqa: E402
 from sgd_influence_plugin.settings import read_yaml, write_yaml  # noqa: E402
 from support import fashion_mnist  # noqa: E402
 from support.netdef import NetSpec, write_nntxt  # noqa: E402
@@ -59,6 +62,9 @@ ROW_KEYS = (
     "test_loss", "precision", "recall", "seconds",
 )  # fmt: skip
 DETECTION_KEYS = ("labels", "seed", "method", "n", "precision", "recall", "f1")
+#: What the report writes into --out (the ownership rule: only files it wrote are replaced);
+#: ``tasks/`` gains one folder per finished task and holds the tool's folder marker.
+REPORT_FILES = ("summary.md", "results.csv")
 
 
 def parse_args(argv=None):
@@ -240,7 +246,8 @@ def run_task(a, setting, seed):
     n_rel, n_rem = int(np.sum(action == "relabel")), int(np.sum(action == "remove"))
     cleansed = os.path.join(out, "influence", "influence_cleansed.csv")
     if changed.any():
-        nnp, seconds = retrain(cleansed, np.arange(n - n_rem), "recommended")
+        digest = hashlib.sha1("".join(a[:2] for a in action).encode()).hexdigest()[:8]
+        nnp, seconds = retrain(cleansed, np.arange(n - n_rem), f"recommended_{digest}")
         acc, lss = measure(nnp)
     else:
         acc, lss, seconds = none_acc, none_loss, 0.0
@@ -255,7 +262,7 @@ def run_task(a, setting, seed):
     rnd = np.zeros(n, bool)
     rnd[np.random.RandomState(10_000 + seed).permutation(n)[: int(changed.sum())]] = True
     if rnd.any():
-        nnp, seconds = retrain(paths["train"], np.flatnonzero(~rnd), "random_matched")
+        nnp, seconds = retrain(paths["train"], np.flatnonzero(~rnd), f"random_{int(rnd.sum())}")
         acc, lss = measure(nnp)
     else:
         acc, lss, seconds = none_acc, none_loss, 0.0
@@ -279,6 +286,7 @@ def run_task(a, setting, seed):
             detection.append(
                 dict(labels=setting, seed=seed, method=method, n=k, precision=p, recall=r, f1=f)
             )
+    tasks_dir(a)
     os.makedirs(done_dir, exist_ok=True)
     write_yaml(
         os.path.join(done_dir, "recommendation.yaml"),
@@ -302,6 +310,26 @@ def run_task(a, setting, seed):
         os.path.join(done_dir, "rows.csv"), ROW_KEYS, [[r[k] for k in ROW_KEYS] for r in rows]
     )
     log("done")
+
+
+def check_out(a):
+    """Refuse an --out whose report files or tasks/ folder the protocol did not write."""
+    validation.check_output_folder(a.out, "--out", REPORT_FILES)
+    tasks = os.path.join(a.out, "tasks")
+    if os.path.isdir(tasks) and not os.path.exists(os.path.join(tasks, ownership.FOLDER_MARKER)):
+        raise OutputError(
+            f"{tasks}: a folder this protocol did not make (no {ownership.FOLDER_MARKER}); "
+            "choose another --out"
+        )
+
+
+def tasks_dir(a):
+    """``--out/tasks``, made with the tool's marker when new."""
+    tasks = os.path.join(a.out, "tasks")
+    if not os.path.isdir(tasks):
+        os.makedirs(tasks)
+        ownership.mark_folder(tasks)
+    return tasks
 
 
 def _suggested(table, n):
@@ -335,7 +363,7 @@ def _ms(values, fmt="{:+.2f}", scale=1.0):
     if not len(v):
         return "-"
     return (
-        (fmt + " ± " + fmt.lstrip("+")).format(v.mean(), v.std())
+        (fmt + " ± " + fmt.replace("+", "")).format(v.mean(), v.std())
         if len(v) > 1
         else fmt.format(v[0])
     )
@@ -399,12 +427,15 @@ def report(a):
                     f"{_ms([_f(d['recall']) for d in m], '{:.3f}')} | "
                     f"{_ms([_f(d['f1']) for d in m], '{:.3f}')} |"
                 )
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    pp.write_rows(
-        os.path.join(a.out, "results.csv"), ROW_KEYS, [[r[k] for k in ROW_KEYS] for r in rows]
-    )
+    check_out(a)
+    with ownership.staging(a.out, "--out") as stage:
+        with open(os.path.join(stage, "summary.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        pp.write_rows(
+            os.path.join(stage, "results.csv"), ROW_KEYS, [[r[k] for k in ROW_KEYS] for r in rows]
+        )
+        moves = [(os.path.join(stage, n), os.path.join(a.out, n)) for n in REPORT_FILES]
+        ownership.commit_staged(a.out, moves, [], "--out")
     print("\n".join(lines))
 
 
@@ -417,6 +448,7 @@ def main(argv=None):
     if a.report_only:
         report(a)
         return 0
+    check_out(a)
     os.makedirs(a.work, exist_ok=True)
     pp.build_pool(a)
     tasks = [(s, int(seed)) for seed in a.seeds.split(",") for s in a.labels.split(",")]

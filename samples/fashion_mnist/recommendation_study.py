@@ -249,6 +249,31 @@ def grid(a):
     )  # fmt: skip
     flipped = s["labels"] != s["true_labels"]
     rec = rc.build(sus, cands, len(half["x"]), {})
+    chosen = rec.chosen
+    summary = {
+        "case": os.path.basename(out),
+        "reason": rec.reason,
+        "z_required": rc.z_required(len(cands)),
+        "chosen": None
+        if chosen is None
+        else {
+            "action": chosen.action,
+            "level": chosen.level,
+            "rows": int(len(chosen.rows)),
+            "precision": float(flipped[chosen.rows].mean()),
+            "recall": float(flipped[chosen.rows].sum() / max(1, flipped.sum())),
+        },
+        "candidates": [
+            {
+                **c.to_dict(rc.z_required(len(cands))),
+                "precision": float(flipped[c.rows].mean()),
+                "recall": float(flipped[c.rows].sum() / max(1, flipped.sum())),
+            }
+            for c in cands
+        ],
+    }
+    with open(os.path.join(out, "grid.json"), "w") as f:
+        json.dump(summary, f, indent=1)
     print(f"{out}: {len(cands) + 1} epochs in {time.perf_counter() - t:.0f} s; {rec.reason}")
     bar = rc.z_required(len(cands))
     for c in cands:

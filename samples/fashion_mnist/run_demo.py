@@ -7,8 +7,9 @@
 3. Run the console plugin script headless inside ``result/``, with no dataset arguments: it
    reads the datasets from the network definition, as it does when a user presses OK. The
    class names come from ``label_names.txt``.
-4. Print where the influence CSV, report and cleansed CSV are (and the thumbnails, which are
-   made only for images larger than the thumbnail box).
+4. Print the recommendation (how many rows to relabel or remove, and how many of them are
+   the flipped labels) and where the influence CSV, report and cleansed CSV are (and the
+   thumbnails, which are made only for images larger than the thumbnail box).
 
 A second run reuses the data and the trained result when their inputs are unchanged.
 """
@@ -30,7 +31,9 @@ import build_dataset  # noqa: E402
 
 from sgd_influence_plugin.report import format_score  # noqa: E402
 
-PLUGIN = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence.py")
+PLUGIN = os.path.join(
+    ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py"
+)
 LABEL_NAMES = os.path.join(HERE, "label_names.txt")
 NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
 
@@ -140,12 +143,25 @@ def main():
             f"(precision@k {hits / k:.2f}; {sum(flipped) / len(flipped):.0%} would be expected "
             "by chance)"
         )
+    changed = [r for r in rows if r["action"] != "keep"]
+    relabel = sum(r["action"] == "relabel" for r in changed)
+    say(
+        f"recommendation: relabel {relabel}, remove {len(changed) - relabel}, keep "
+        f"{len(rows) - len(changed)} (why: see the summary)"
+    )
+    if flipped is not None and changed:
+        hits = sum(flipped[int(r["datasource_index"])] for r in changed)
+        say(
+            f"  {hits} of the {len(changed)} changed rows are flipped labels (precision "
+            f"{hits / len(changed):.2f}, recall {hits / max(1, sum(flipped)):.2f})"
+        )
     say(f"influence CSV : {os.path.join(out, 'influence.csv')}")
     thumbs = os.path.join(out, "influence_thumbnails")
     if os.path.isdir(thumbs):  # only for images larger than the thumbnail box
         say(f"thumbnails    : {thumbs}")
     say(f"report        : {os.path.join(out, 'influence_report.html')}")
-    say(f"cleansed CSV  : {os.path.join(out, 'influence_cleansed.csv')}")
+    say(f"summary       : {os.path.join(out, 'influence_summary.txt')}")
+    say(f"cleansed CSV  : {os.path.join(out, 'influence_cleansed.csv')} (retrain on it)")
     say(f"done in {time.time() - start:.0f} s")
 
 

@@ -154,10 +154,45 @@ def _solver_config(opt, proto) -> SolverConfig:
     )
 
 
+#: Names in ``nnabla.function`` that are no layer type of a network definition.
+_NOT_LAYERS = {
+    "Dummy",
+    "Function",
+    "Info",
+    "ProtoFunction",
+    "ProtoVariable",
+    "PythonFunction",
+    "UnsafeVariable",
+}
+
+
+def _is_nnabla_function(kind: str) -> bool:
+    """True if nnabla has a function (layer) of type ``kind``, e.g. ``Affine``; the graph
+    loader builds exactly these (``nnabla.utils.load_function``).
+    """
+    import nnabla.function as F
+
+    return kind[:1].isupper() and kind not in _NOT_LAYERS and callable(getattr(F, kind, None))
+
+
 def _prepare_network(net, where: str) -> List[str]:
-    """Switch BatchNorm to inference mode and random functions to identity, in place."""
+    """Switch BatchNorm to inference mode and random functions to identity, in place.
+
+    Raises:
+        NetworkDefinitionError: a function type nnabla does not have (checked here, before
+            anything is computed, instead of nnabla's ValueError when the graph is built).
+
+    """
+    import nnabla
+
     notes = []
     for f in net.function:
+        if not _is_nnabla_function(f.type):
+            raise NetworkDefinitionError(
+                f"{where}: function '{f.name}' of network '{net.name}' has type '{f.type}', "
+                f"which nnabla {nnabla.__version__} does not have; replace that layer, or "
+                "export the network from a console whose nnabla has it"
+            )
         if f.type in _BATCH_NORMS:
             getattr(f, _BATCH_NORMS[f.type]).batch_stat = False
             notes.append(f"{f.name}: BatchNormalization uses running statistics")

@@ -169,4 +169,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    from sgd_influence_plugin.interrupts import exit_process
+
+    exit_process(status)  # after an interrupt, no exit work that a late Ctrl-C could break

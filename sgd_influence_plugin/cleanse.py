@@ -1,0 +1,261 @@
+"""Applying an influence CSV to its training CSV (``sgd-influence cleanse``): reading and checking
+the influence CSV against the training CSV, then writing the cleansed CSV with the
+recommendation (the ``action`` column) or a number of most harmful rows removed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import validation
+from .dataset import read_csv_rows, read_csv_table
+from .errors import InputError
+from .output import recommended_changes, write_cleansed
+from .ownership import check_replaceable, commit_staged, read_ledger, staging
+
+
+@dataclass
+class InfluenceTable:
+    """An influence CSV as ``sgd-influence run`` wrote it, in file order.
+
+    Attributes:
+        index: int64 (n,) datasource_index; ``influence``: float64 (n,).
+        original / labels: the ``original`` and ``y:label`` cells (None entries without the
+            column).
+        actions / suggested: the ``action`` and ``suggested_label`` cells (None without the
+            columns, e.g. a CSV from an older version).
+
+    """
+
+    index: np.ndarray
+    influence: np.ndarray
+    original: List[Optional[str]]
+    labels: List[Optional[str]]
+    actions: Optional[List[str]] = None
+    suggested: Optional[List[str]] = None
+
+
+def read_influence_csv(path: str) -> InfluenceTable:
+    """Read an influence CSV that ``sgd-influence run`` wrote, in file order.
+
+    Raises:
+        InputError: missing file or columns, a non-numeric cell, an influence that is NaN
+            or infinite, or an unknown action.
+
+    """
+    header, rows = read_csv_table(path)
+    for col in ("influence", "datasource_index"):
+        if col not in header:
+            raise InputError(
+                f"{path}: no '{col}' column; give the influence CSV that 'sgd-influence run' wrote"
+            )
+    ci, cs = header.index("datasource_index"), header.index("influence")
+    co = header.index("original") if "original" in header else None
+    cl = header.index("y:label") if "y:label" in header else None
+    ca = header.index("action") if "action" in header else None
+    cg = header.index("suggested_label") if "suggested_label" in header else None
+    idx, infl, orig, labels, actions, suggested = [], [], [], [], [], []
+    for r, row in enumerate(rows):
+        try:
+            idx.append(int(row[ci]))
+            infl.append(float(row[cs]))
+        except ValueError as e:
+            raise InputError(
+                f"{path} row {r + 1}: datasource_index '{row[ci]}' / influence "
+                f"'{row[cs]}' must be numbers"
+            ) from e
+        if not np.isfinite(infl[-1]):
+            raise InputError(
+                f"{path} row {r + 1}: influence '{row[cs]}' is not a finite number; this "
+                "influence CSV is damaged: compute it again with 'sgd-influence run'"
+            )
+        orig.append(row[co] if co is not None else None)
+        labels.append(row[cl] if cl is not None else None)
+        if ca is not None:
+            act = row[ca].strip()
+            if act not in ("keep", "relabel", "remove"):
+                raise InputError(
+                    f"{path} row {r + 1}: action '{row[ca]}' must be keep, relabel or remove"
+                )
+            if act == "relabel" and (cg is None or not row[cg].strip()):
+                raise InputError(
+                    f"{path} row {r + 1}: action relabel without a suggested_label; this "
+                    "influence CSV is damaged: compute it again with 'sgd-influence run'"
+                )
+            actions.append(act)
+            suggested.append(row[cg].strip() if cg is not None else "")
+    return InfluenceTable(
+        np.array(idx, dtype=np.int64),
+        np.array(infl, dtype=np.float64),
+        orig,
+        labels,
+        actions if ca is not None else None,
+        suggested if ca is not None else None,
+    )
+
+
+def _check_influence_rows(
+    influence_csv, train_csv, header, rows, idx, orig, labels, numbers=None
+) -> None:
+    """The influence CSV must list every row of the training CSV once, with its image and
+    its label; raises :class:`InputError` naming the first row that does not (training rows
+    by their ``numbers``, blank lines counted, see :func:`.dataset.read_csv_rows`).
+    """
+    numbers = numbers or list(range(1, len(rows) + 1))
+    n = len(rows)
+    seen: Dict[int, int] = {}
+    for r, j in enumerate(idx.tolist()):
+        if not 0 <= j < n:
+            raise InputError(
+                f"{influence_csv} row {r + 1}: datasource_index {j} is not a row of {train_csv} "
+                f"(it has rows 0..{n - 1}); was the influence computed for this training CSV?"
+            )
+        if j in seen:
+            raise InputError(
+                f"{influence_csv} row {r + 1}: datasource_index {j} appears again (first in row "
+                f"{seen[j] + 1}); the file is damaged: compute the influence again"
+            )
+        seen[j] = r
+    if len(idx) != n:
+        raise InputError(
+            f"{influence_csv}: lists {len(idx)} samples but {train_csv} has {n} rows; compute "
+            "the influence for this training CSV"
+        )
+    label_col = header.index("y:label") if "y:label" in header else None
+    for r, (j, o, lab) in enumerate(zip(idx, orig, labels)):
+        if o and o not in rows[j]:
+            raise InputError(
+                f"{influence_csv} row {r + 1}: original '{o}' is not in "
+                f"{train_csv} row {numbers[j]}; was the influence computed for this CSV?"
+            )
+        if not lab:
+            continue
+        have = rows[j][label_col].strip() if label_col is not None else None
+        cells = [c.strip() for c in rows[j]]
+        if (have != lab.strip()) if have is not None else (lab.strip() not in cells):
+            shown = f"'{have}'" if have is not None else str(rows[j])
+            raise InputError(
+                f"{influence_csv} row {r + 1}: label '{lab}' of datasource_index {j} differs "
+                f"from {train_csv} row {numbers[j]} ({shown}); the labels changed since the "
+                "influence was computed: run 'sgd-influence run' again for this CSV"
+            )
+
+
+def cleanse(
+    influence_csv: str,
+    train_csv: str,
+    output: str,
+    remove: Optional[int] = None,
+    remove_ratio: Optional[float] = None,
+    flags=None,
+) -> Dict:
+    """Write ``train_csv`` with the run's recommendation applied (or without its most
+    harmful rows), as a console dataset CSV.
+
+    Everything is checked before anything is written: the output rules of
+    :func:`~sgd_influence_plugin.validation.check_output_csv` (a new ``.csv`` path, or one
+    the tool wrote; not an input; not inside an image folder), and that the influence CSV
+    lists every training row once with the same image and label and a finite influence.
+
+    Args:
+        influence_csv: written by ``sgd-influence run`` for this training CSV.
+        train_csv: the training CSV (never modified).
+        output: the cleansed CSV; file paths in it are rewritten relative to its folder.
+        remove: number of top-harmful rows to drop; or
+        remove_ratio: share of the rows (0 <= r < 1) to drop, rounded to the nearest integer;
+            neither: apply the influence CSV's ``action`` column (relabelled rows keep their
+            image and get ``suggested_label``; removed rows are dropped).
+        flags: :class:`~sgd_influence_plugin.validation.FlagNames` of the calling interface,
+            for messages (default: the CLI's).
+
+    Returns:
+        ``{"removed": [datasource indices], "relabelled": {index: new label}, "kept":
+        n_kept, "output": path}``.
+
+    Raises:
+        SettingsError, InputError, OutputError: see above; nothing is written.
+
+    """
+    flags = flags or validation.CLI_FLAGS
+    validation.check_remove_choice(remove, remove_ratio, flags)
+    header, rows, numbers = read_csv_rows(train_csv)
+    validation.check_output_csv(
+        output,
+        flags.output,
+        input_files=[train_csv, influence_csv],
+        image_folders=validation.image_folders_of_table(train_csv, header, rows),
+    )
+    if os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        read_ledger(os.path.dirname(os.path.abspath(output)))
+    check_replaceable(output, flags.output)
+    table = read_influence_csv(influence_csv)
+    idx, orig, labels = table.index, table.original, table.labels
+    _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, labels, numbers)
+    n = len(rows)
+    relabel: Dict[int, str] = {}
+    label_col = None
+    if remove is None and remove_ratio is None:
+        if table.actions is None:
+            raise InputError(
+                f"{influence_csv}: no 'action' column (written by an older version); give "
+                f"{flags.remove or 'a number of rows'} N or {flags.remove_ratio} R, or run "
+                "'sgd-influence run' again"
+            )
+        actions = [""] * n
+        suggested = [""] * n
+        for j, a, g in zip(idx.tolist(), table.actions, table.suggested):
+            actions[j], suggested[j] = a, g
+        drop, relabel = recommended_changes(actions, suggested)
+        if len(drop) >= n:
+            raise InputError(f"{influence_csv}: every row is marked remove; nothing would be left")
+        if relabel:
+            label_col = _label_column(header, rows, idx, labels, influence_csv, train_csv, flags)
+    else:
+        remove = validation.rows_to_remove(n, remove, remove_ratio, flags, train_csv)
+        order = idx[np.argsort(table.influence, kind="stable")]
+        drop = set(order[:remove].tolist())
+    out = os.path.abspath(output)
+    folder = os.path.dirname(out)
+    src_folder = os.path.dirname(os.path.abspath(train_csv))
+    with staging(folder, flags.output) as stage:
+        staged = os.path.join(stage, os.path.basename(out))
+        write_cleansed(header, rows, drop, src_folder, folder, staged, relabel, label_col)
+        commit_staged(folder, [(staged, out)], [], flags.output)
+    return {
+        "removed": sorted(drop),
+        "relabelled": dict(sorted(relabel.items())),
+        "kept": n - len(drop),
+        "output": out,
+    }
+
+
+def _label_column(header, rows, idx, labels, influence_csv, train_csv, flags) -> int:
+    """The training CSV's label column: ``y:label``, else the one column that holds every
+    row's label as the influence CSV gives it.
+
+    Raises:
+        InputError: no such column or several (the message says how to cleanse instead).
+
+    """
+    if "y:label" in header:
+        return header.index("y:label")
+    fits = [
+        c
+        for c in range(len(header))
+        if not header[c].startswith("#")
+        and all(
+            lab is not None and rows[j][c].strip() == lab.strip() for j, lab in zip(idx, labels)
+        )
+    ]
+    if len(fits) != 1:
+        raise InputError(
+            f"{train_csv}: cannot tell which column holds the label to relabel "
+            f"({len(fits)} columns match {influence_csv}'s y:label); give "
+            f"{flags.remove or 'a number of rows'} N or {flags.remove_ratio} R to remove rows "
+            "instead"
+        )
+    return fits[0]

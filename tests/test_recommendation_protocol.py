@@ -1,0 +1,77 @@
+"""The recommendation protocol's report (samples/fashion_mnist/recommendation_protocol.py):
+paired differences against hand-computed values, confident learning against a brute-force
+loop, the noise seed kept apart from the run's, and the ownership rule of its --out."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from sgd_influence_plugin import ownership
+from sgd_influence_plugin.errors import OutputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "samples", "fashion_mnist"))
+
+import paper_protocol as pp  # noqa: E402
+import recommendation_protocol as rp  # noqa: E402
+
+
+def _task(out, setting, seed, rows):
+    folder = os.path.join(rp.tasks_dir(out), f"{setting}_{seed}")
+    os.makedirs(folder)
+    pp.write_rows(os.path.join(folder, "detection.csv"), rp.DETECTION_KEYS, [])
+    pp.write_rows(
+        os.path.join(folder, "rows.csv"),
+        rp.ROW_KEYS,
+        [[setting, seed, m, n, 0, n, acc, loss, "nan", "nan", 1.0] for m, n, acc, loss in rows],
+    )
+
+
+def test_report_pairs_each_seed_with_its_own_none(tmp_path):
+    a = rp.parse_args(["--out", str(tmp_path / "out")])
+    _task(a, "uniform", 0, [("none", 0, 0.90, 0.40), ("recommended", 10, 0.91, 0.35)])
+    _task(a, "uniform", 1, [("none", 0, 0.80, 0.50), ("recommended", 20, 0.84, 0.45)])
+    rp.report(a)
+    text = open(tmp_path / "out" / "summary.md").read()
+    line = next(x for x in text.splitlines() if x.startswith("| recommended"))
+    # Δ accuracy: +1 and +4 points -> +2.50 ± 1.50; Δ loss -0.05 both; 2 wins of 2.
+    assert "| 10/20 (0+10/0+20) |" in line and "+2.50 ± 1.50" in line
+    assert "| 2/2 |" in line and "-0.0500 ± 0.0000" in line
+    assert ownership.written_by_tool(str(tmp_path / "out" / "summary.md"))
+    rp.report(a)  # its own files are replaced
+
+
+def test_report_refuses_files_it_did_not_write(tmp_path):
+    a = rp.parse_args(["--out", str(tmp_path / "out")])
+    _task(a, "clean", 0, [("none", 0, 0.9, 0.3)])
+    (tmp_path / "out" / "summary.md").write_text("mine\n")
+    with pytest.raises(OutputError):
+        rp.report(a)
+    assert (tmp_path / "out" / "summary.md").read_text() == "mine\n"
+    b = rp.parse_args(["--out", str(tmp_path / "other")])
+    os.makedirs(tmp_path / "other" / "tasks")  # not made by the protocol
+    with pytest.raises(OutputError, match="tasks: a folder this protocol did not make"):
+        rp.check_out(b)
+
+
+def test_confident_learning_matches_a_loop():
+    rng = np.random.RandomState(0)
+    prob = rng.dirichlet(np.ones(4) * 0.5, size=300)
+    given = rng.randint(0, 4, 300)
+    flags = rp.confident_learning(prob, given)
+    t = [np.mean([prob[i, j] for i in range(300) if given[i] == j]) for j in range(4)]
+    for i in range(300):
+        above = [j for j in range(4) if prob[i, j] >= t[j]]
+        pick = max(above, key=lambda j: prob[i, j]) if above else None
+        assert flags[i] == (pick is not None and pick != given[i])
+    assert 0 < flags.sum() < 300
+
+
+def test_noise_is_not_the_first_rows_of_the_runs_first_epoch():
+    labels = np.arange(5000) % 10
+    for setting in ("uniform", "confusable"):
+        flipped = np.flatnonzero(rp.noisy_labels(labels, setting, 0.1, 0) != labels)
+        first = np.random.RandomState(0).permutation(5000)[: len(flipped)]
+        assert len(set(flipped) & set(first)) < 0.2 * len(flipped)  # ~10% by chance
