@@ -157,7 +157,8 @@ if [ ! -x "$VENV/bin/python" ] || ! works "$VENV/bin/python"; then
   "$TOOLS/bin/uv" venv -q -p "$PY" "$VENV"
 fi
 say "installing pinned packages (constraints.txt)"
-"$TOOLS/bin/uv" pip install -q -p "$VENV/bin/python" -c "$ROOT/constraints.txt" -e "$ROOT[test]"
+# [cluster]: Dask distributed for --cluster, so its tests run too (docs/cluster.md).
+"$TOOLS/bin/uv" pip install -q -p "$VENV/bin/python" -c "$ROOT/constraints.txt" -e "$ROOT[test,cluster]"
 "$VENV/bin/python" -c "import nnabla, numpy; print('[env] nnabla', nnabla.__version__, 'numpy', numpy.__version__)" >&2 \
   || die "nnabla does not import in $VENV"
 if [ -n "$CUDA" ]; then

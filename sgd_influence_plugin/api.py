@@ -494,6 +494,36 @@ def run_trial(
     )
 
 
+def cluster_trial(item, progress, model, train, val):
+    """One trial as a unit of :meth:`.cluster.Cluster.map`: :func:`run_trial` on a worker,
+    in a temporary cache folder there.
+
+    Args:
+        item: ``(m, settings, run, val_loss_start, keep_cache)`` for trial m (seed
+            ``settings.seed + m``).
+        model / train / val: the model and arrays every trial shares (sent once).
+
+    Returns:
+        ``(TrialOutcome, files)``: files = the cache folder's files (relative path -> bytes)
+        when ``keep_cache``, else None.
+
+    """
+    m, settings, run, val_loss_start, keep_cache = item
+    with tempfile.TemporaryDirectory(prefix="sgd_influence_trial_") as folder:
+        outcome = run_trial(
+            model, train, val, settings, run, folder, settings.seed + m, progress, val_loss_start
+        )
+        files = None
+        if keep_cache:
+            files = {}
+            for parent, _, names in os.walk(folder):
+                for name in names:
+                    path = os.path.join(parent, name)
+                    with open(path, "rb") as f:
+                        files[os.path.relpath(path, folder)] = f.read()
+    return outcome, files
+
+
 @dataclass
 class InfluenceResult:
     """Scores and what it took to get them.
@@ -545,12 +575,15 @@ def compute_influence(
     progress: Optional[core.Progress] = None,
     log: Optional[Log] = None,
     val_loss_start: Optional[float] = None,
+    cluster=None,
 ) -> InfluenceResult:
     """Curvature and learning rate, then training phase + inference phase, M times, combined.
 
     The trials run in ``settings.jobs`` forked worker processes (default: the usable cores, at
     most M; see :mod:`.parallel`), each from the same starting parameters; the result is the
     same as running them one after another. Warnings of the trials are logged when all are done.
+    With ``cluster`` (a :class:`~.cluster.Cluster`) the trials run on its workers instead
+    (:func:`cluster_trial`), with the same seeds and the same results.
 
     Args:
         model: an :class:`~sgd_influence_plugin.nnabla_adapter.NnablaModel` (its trainable
@@ -563,6 +596,9 @@ def compute_influence(
         log: optional callback for user-facing messages.
         val_loss_start: the mean validation loss at the model's parameters, if the caller
             has it already (the divergence check of every trial compares with it).
+        cluster: None = forked workers here; a connected :class:`~.cluster.Cluster` = units
+            on its workers (the model and arrays sent once; the cache comes back only for a
+            ``cache_dir``, and this process writes it).
 
     Raises:
         UnstableReplayError: a trial stayed unstable after its retries (nothing is returned).
@@ -583,18 +619,23 @@ def compute_influence(
     timings["curvature"] = time.perf_counter() - t0
     own_tmp = cache_dir is None
     root = tempfile.mkdtemp(prefix="sgd_influence_cache_") if own_tmp else cache_dir
-    jobs = parallel.workers_for(settings.context, settings.jobs, settings.trials)
+    if cluster is None:
+        jobs = parallel.workers_for(settings.context, settings.jobs, settings.trials)
+    else:
+        jobs = cluster.slots
     timings["jobs"] = min(jobs, settings.trials)
 
+    def trial_dir(m: int) -> str:
+        return root if settings.trials == 1 else os.path.join(root, f"trial_{m:02d}")
+
     def one_trial(m: int, trial_progress) -> TrialOutcome:
-        trial_dir = root if settings.trials == 1 else os.path.join(root, f"trial_{m:02d}")
         return run_trial(
             model,
             train,
             val,
             settings,
             run,
-            trial_dir,
+            trial_dir(m),
             settings.seed + m,
             trial_progress,
             val_loss_start,
@@ -612,15 +653,37 @@ def compute_influence(
             f"{outcome.val_loss:.4f}, u grew {outcome.u_growth:.3g}x)"
         )
 
+    def on_cluster_result(m: int, outcome_files) -> None:
+        outcome, files = outcome_files
+        for rel, data in (files or {}).items():  # the trial's cache, written here
+            path = os.path.join(trial_dir(m), rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+        on_result(m, outcome)
+
     t0 = time.perf_counter()
     try:
-        outcomes: List[TrialOutcome] = parallel.run_parallel(
-            one_trial,
-            range(settings.trials),
-            jobs=jobs,
-            on_result=on_result,
-            on_progress=on_progress,
-        )
+        if cluster is None:
+            outcomes: List[TrialOutcome] = parallel.run_parallel(
+                one_trial,
+                range(settings.trials),
+                jobs=jobs,
+                on_result=on_result,
+                on_progress=on_progress,
+            )
+        else:
+            resources = None if settings.context.startswith("cpu") else {"GPU": 1}
+            pairs = cluster.map(
+                cluster_trial,
+                [(m, settings, run, val_loss_start, not own_tmp) for m in range(settings.trials)],
+                shared=(model, train, val),
+                on_result=on_cluster_result,
+                on_progress=on_progress,
+                name="trial",
+                resources=resources,
+            )
+            outcomes = [outcome for outcome, _ in pairs]
     finally:
         if own_tmp:
             shutil.rmtree(root, ignore_errors=True)

@@ -219,7 +219,8 @@ def check_facts(result: CheckResult, settings: InfluenceSettings, extra: Dict) -
 @dataclass
 class CheckRequest:
     """Files and options of one check (see :class:`~sgd_influence_plugin.runner.RunRequest`
-    for the model and dataset fields); ``samples``: M rows to re-run.
+    for the model and dataset fields); ``samples``: M rows to re-run; ``cluster``: a Dask
+    scheduler's address to run the re-runs on (see :mod:`.cluster`), None = here.
     """
 
     output: str
@@ -230,6 +231,7 @@ class CheckRequest:
     val: Optional[str] = None
     settings: InfluenceSettings = field(default_factory=InfluenceSettings)
     samples: int = DEFAULT_SAMPLES
+    cluster: Optional[str] = None
 
 
 def _check_samples(m, samples_flag: str) -> None:
@@ -258,6 +260,13 @@ def run_check(
             cannot be trusted (nothing written).
 
     """
+    from .cluster import connect
+
+    with connect(request.cluster, log) as cluster:
+        return _run_check(request, log, progress, flags, samples_flag, cluster)
+
+
+def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, cluster) -> tuple:
     settings = replace(request.settings, trials=1)  # the check runs and records one trial
     files = RunRequest(
         output=request.output,
@@ -308,6 +317,7 @@ def run_check(
         int(m),
         progress=interrupts.checked_progress(progress),
         log=log,
+        cluster=cluster,
     )
     image_col, _ = find_columns(train, list(model.info.input_shapes))
     originals = [train.cell(i, image_col) if image_col else "" for i in range(train.size)]

@@ -136,6 +136,7 @@ def _add_run(sub):
         action="store_true",
         help=HELP["recommend"] + " (default: off)",
     )
+    p.add_argument("--cluster", metavar="ADDRESS", help=HELP["cluster"] + " (default: none)")
     p.add_argument("--quiet", action="store_true", help=HELP["quiet"] + " (default: off)")
     p.set_defaults(func=cmd_run)
 
@@ -258,6 +259,7 @@ def _add_check(sub):
         help=HELP["cache"] + " (default: %(default)s)",
     )
     p.add_argument("--context", default="cpu", help=HELP["context"] + " (default: %(default)s)")
+    p.add_argument("--cluster", metavar="ADDRESS", help=HELP["cluster"] + " (default: none)")
     p.add_argument("--quiet", action="store_true", help=HELP["check.quiet"] + " (default: off)")
     p.set_defaults(func=cmd_check)
 
@@ -319,6 +321,7 @@ def cmd_run(args) -> int:
         label_names=args.label_names,
         remove_ratio=args.remove_ratio,
         recommend=not args.no_recommend,
+        cluster=args.cluster,
     )
     say = _say(args.quiet)
     paths, result = run(req, log=say, progress=TqdmProgress(not args.quiet))
@@ -345,6 +348,7 @@ def cmd_check(args) -> int:
         val=args.val,
         settings=settings,
         samples=args.samples,
+        cluster=args.cluster,
     )
     say = _say(args.quiet)
     paths, result = run_check(req, log=say, progress=TqdmProgress(not args.quiet))

@@ -49,3 +49,10 @@ class ComputationError(SGDInfluenceError):
     """The computation produced values that cannot be right (NaN or infinite scores), e.g.
     because the learning rate makes the SGD epoch diverge; nothing is written.
     """
+
+
+class ClusterError(SGDInfluenceError):
+    """The cluster given with ``--cluster`` cannot be used (no scheduler answers, no workers,
+    workers with other versions or without the data), or it lost the work (a worker died
+    more often than its retries allow); nothing is written.
+    """

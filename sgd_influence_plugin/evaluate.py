@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 import zipfile
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
@@ -88,6 +89,7 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--cache", choices=("final", "all"), default="final", help=HELP["cache"] + shown)
     p.add_argument("--context", default="cpu", help=HELP["context"] + shown)
+    p.add_argument("--cluster", metavar="ADDRESS", help=HELP["cluster"] + " (default: none)")
     p.add_argument("--quiet", action="store_true", help=HELP["quiet"] + " (default: off)")
 
 
@@ -361,12 +363,16 @@ def evaluate(
     settings: InfluenceSettings,
     noise_csv: Optional[str] = None,
     log=lambda m: None,
+    cluster=None,
 ) -> List[Dict]:
     """Run the experiment; write ``results.csv``, ``figure2.png``, ``summary.md`` and
     ``settings.yaml`` into ``out_dir``.
 
     Everything is checked before anything is computed (:func:`check_evaluate`, then every
     label of the three datasets against the network's classes).
+
+    With ``cluster`` (a :class:`~.cluster.Cluster`) the influence trials and each seed's
+    retrainings run on its workers (:func:`retrain_unit`); the rows are the same.
 
     Returns:
         One dict per (seed, n, method): seed, ratio, n_removed, method ('none', 'harmful',
@@ -410,12 +416,16 @@ def evaluate(
     config_text = None
     if retrain == "scratch":
         config_text = _definition_text(model_files)
+    if cluster is not None and retrain == "scratch":
+        cluster.check_paths(_scratch_inputs(train, val_csv), "retraining with nnabla_cli")
     rows: List[Dict] = []
     work_root = tempfile.mkdtemp(prefix="sgd_influence_eval_")
     try:
         for seed in seeds:
             t0 = time.perf_counter()
-            res = compute_influence(model, train.arrays, val.arrays, replace(settings, seed=seed))
+            res = compute_influence(
+                model, train.arrays, val.arrays, replace(settings, seed=seed), cluster=cluster
+            )
             # Retraining the last epoch repeats the first trial's epoch: its order, its rate.
             run = replace(res.run, lr=res.trials[0].lr)
             log(f"seed {seed}: influence in {time.perf_counter() - t0:.1f}s")
@@ -426,51 +436,66 @@ def evaluate(
                 init = initial_parameters(
                     config_text, seed, os.path.join(work_root, f"init_{seed}.h5")
                 )
-            for count in counts:
-                for method, rank in (("harmful", harmful_rank), ("random", random_rank)):
-                    if count == 0 and method == "random":
-                        continue
-                    label = "none" if count == 0 else method
-                    removed = rank[:count]
-                    t1 = time.perf_counter()
-                    if retrain == "last":
-                        acc, loss = _retrain_last(
-                            model, train, test, theta0, orders, run, removed, graphs
-                        )
-                    else:
-                        keep = np.setdiff1d(np.arange(n), removed)
-                        nnp = train_from_scratch(
-                            config_text,
-                            train_csv,
-                            val_csv,
-                            train.header,
-                            train.rows,
-                            keep,
-                            seed,
-                            os.path.join(work_root, f"s{seed}_{label}_{count}"),
-                            init,
-                        )
-                        acc, loss = accuracy_and_loss(
-                            load_model(model=nnp, context=settings.context), test
-                        )
-                    row = {
-                        "seed": seed,
-                        "ratio": count / n,
-                        "n_removed": count,
-                        "method": label,
-                        "test_accuracy": acc,
-                        "test_loss": loss,
-                        "seconds": round(time.perf_counter() - t1, 2),
-                    }
-                    if flipped is not None:
-                        hits = int(flipped[removed].sum()) if count else 0
-                        row["precision_at_n"] = hits / count if count else float("nan")
-                        row["recall_at_n"] = hits / max(1, int(flipped.sum()))
-                    rows.append(row)
-                    log(
-                        f"seed {seed} {label:7s} n={count:5d}: test accuracy {acc:.4f}, "
-                        f"loss {loss:.4f}"
+            jobs = [
+                ("none" if count == 0 else method, count, rank[:count])
+                for count in counts
+                for method, rank in (("harmful", harmful_rank), ("random", random_rank))
+                if count or method == "harmful"
+            ]
+            remote = {}  # (label, count) -> (accuracy, loss, seconds) from the workers
+            if cluster is not None:
+                items = [(retrain, removed, seed, orders, run, config_text) for *_, removed in jobs]
+                outs = cluster.map(
+                    retrain_unit,
+                    items,
+                    shared=(model, train, test, theta0, val_csv),
+                    name="retrain",
+                    resources=None if settings.context.startswith("cpu") else {"GPU": 1},
+                )
+                remote = {(label, count): out for (label, count, _), out in zip(jobs, outs)}
+            for label, count, removed in jobs:
+                t1 = time.perf_counter()
+                if remote:
+                    acc, loss, seconds = remote[(label, count)]
+                elif retrain == "last":
+                    acc, loss = _retrain_last(
+                        model, train, test, theta0, orders, run, removed, graphs
                     )
+                else:
+                    keep = np.setdiff1d(np.arange(n), removed)
+                    nnp = train_from_scratch(
+                        config_text,
+                        train_csv,
+                        val_csv,
+                        train.header,
+                        train.rows,
+                        keep,
+                        seed,
+                        os.path.join(work_root, f"s{seed}_{label}_{count}"),
+                        init,
+                    )
+                    acc, loss = accuracy_and_loss(
+                        load_model(model=nnp, context=settings.context), test
+                    )
+                if not remote:
+                    seconds = time.perf_counter() - t1
+                row = {
+                    "seed": seed,
+                    "ratio": count / n,
+                    "n_removed": count,
+                    "method": label,
+                    "test_accuracy": acc,
+                    "test_loss": loss,
+                    "seconds": round(seconds, 2),
+                }
+                if flipped is not None:
+                    hits = int(flipped[removed].sum()) if count else 0
+                    row["precision_at_n"] = hits / count if count else float("nan")
+                    row["recall_at_n"] = hits / max(1, int(flipped.sum()))
+                rows.append(row)
+                log(
+                    f"seed {seed} {label:7s} n={count:5d}: test accuracy {acc:.4f}, loss {loss:.4f}"
+                )
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
         model.set_params(theta0)
@@ -535,6 +560,75 @@ def _retrain_last(model, train, test, theta0, orders, run, removed, graphs):
     metrics = accuracy_and_loss(model, test)
     model.set_params(theta0)
     return metrics
+
+
+def _scratch_inputs(train: Dataset, val_csv: str) -> List[str]:
+    """What ``nnabla_cli`` opens when it retrains on a worker: the validation CSV and the
+    files of the first training row (the others sit beside them).
+    """
+    cells = [os.path.join(train.folder, c) for c in train.rows[0]]
+    return [val_csv] + [c for c in cells if os.path.splitext(c)[1] and os.path.isfile(c)]
+
+
+#: model -> its step graphs for :func:`_retrain_last`, built once per process.
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def retrain_unit(item, progress, model, train: Dataset, test: Dataset, theta0, val_csv: str):
+    """One retraining of :func:`evaluate` as a unit on a cluster's worker (:mod:`.cluster`).
+
+    Args:
+        item: ``(retrain, removed, seed, orders, run, config_text)``: ``last`` repeats the
+            last of ``orders`` at ``run``'s rate without ``removed``; ``scratch`` trains the
+            definition ``config_text`` with ``nnabla_cli`` from the seed's initialisation, in
+            a temporary folder on the worker (the CSVs' files must be readable there).
+        model / train / test / theta0 / val_csv: shared by the units (sent once).
+
+    Returns:
+        ``(test accuracy, test loss, seconds)``.
+
+    """
+    retrain, removed, seed, orders, run, config_text = item
+    t0 = time.perf_counter()
+    if retrain == "last":
+        if model not in _GRAPHS:
+            _GRAPHS[model] = core.GraphCache(model, fused=False)
+        acc, loss = _retrain_last(model, train, test, theta0, orders, run, removed, _GRAPHS[model])
+    else:
+        keep = np.setdiff1d(np.arange(train.size), removed)
+        item = (config_text, train.path, val_csv, keep, seed, model.context_name)
+        _, acc, loss, _ = scratch_unit(item, progress, test, train.header, train.rows)
+    return acc, loss, time.perf_counter() - t0
+
+
+def scratch_unit(item, progress, test: Optional[Dataset], header, rows):
+    """:func:`train_from_scratch` as a unit on a cluster's worker (:mod:`.cluster`), in a
+    temporary folder there, from the seed's :func:`initial_parameters`.
+
+    Args:
+        item: ``(config_text, train_csv, val_csv, keep, seed, context)``; the files the CSVs
+            name must be readable on the worker at the same paths.
+        test: measure the trained network on it (None: no measurement).
+        header / rows: the training CSV's header and rows (shared by the units).
+
+    Returns:
+        ``(results.nnp as bytes, test accuracy, test loss, seconds)`` (NaN without ``test``).
+
+    """
+    config_text, train_csv, val_csv, keep, seed, context = item
+    t0 = time.perf_counter()
+    acc = loss = float("nan")
+    with tempfile.TemporaryDirectory(prefix="sgd_influence_retrain_") as work:
+        init = initial_parameters(config_text, seed, os.path.join(work, "init.h5"))
+        nnp = train_from_scratch(
+            config_text, train_csv, val_csv, header, rows, keep, seed, os.path.join(work, "train"),
+            init,
+        )  # fmt: skip
+        if test is not None:
+            acc, loss = accuracy_and_loss(load_model(model=nnp, context=context), test)
+        with open(nnp, "rb") as f:
+            data = f.read()
+    return data, acc, loss, time.perf_counter() - t0
 
 
 def aggregate(rows: List[Dict]) -> List[Dict]:
@@ -687,18 +781,22 @@ def run_from_args(args) -> int:
         context=args.context,
     )
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    evaluate(
-        {"model": args.model, "config": args.config, "params": args.params},
-        args.train,
-        args.val,
-        args.test,
-        args.output_dir,
-        _floats(args.ratios, "ratios"),
-        _seeds(args.seeds),
-        args.retrain,
-        settings,
-        args.noise,
-        log=say,
-    )
+    from .cluster import connect
+
+    with connect(args.cluster, say) as cluster:
+        evaluate(
+            {"model": args.model, "config": args.config, "params": args.params},
+            args.train,
+            args.val,
+            args.test,
+            args.output_dir,
+            _floats(args.ratios, "ratios"),
+            _seeds(args.seeds),
+            args.retrain,
+            settings,
+            args.noise,
+            log=say,
+            cluster=cluster,
+        )
     say(f"results: {os.path.join(args.output_dir, 'summary.md')}")
     return 0

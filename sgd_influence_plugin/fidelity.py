@@ -23,6 +23,7 @@ import math
 import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional
 
@@ -147,6 +148,7 @@ def check_fidelity(
     samples: int = DEFAULT_SAMPLES,
     progress: Optional[core.Progress] = None,
     log: Optional[Callable[[str], None]] = None,
+    cluster=None,
 ) -> CheckResult:
     """One influence trial, then exact leave-one-out re-runs of its replayed epoch.
 
@@ -163,6 +165,8 @@ def check_fidelity(
         samples: M rows to re-run (see :func:`pick_samples`), at least :data:`MIN_SAMPLES`.
         progress: optional ``(stage, done, total)`` callback.
         log: optional callback for user-facing messages.
+        cluster: None = here; a connected :class:`~.cluster.Cluster` = the M re-runs as units
+            on its workers (:func:`rerun_unit`), with the same results.
 
     Raises:
         UnstableReplayError: the trial stayed unstable after its retries.
@@ -242,12 +246,30 @@ def check_fidelity(
             warnings.append(msg)
             log("warning: " + msg)
         actual = np.empty(len(idx))
-        for i, j in enumerate(idx):
-            w = np.ones(n, np.float32)
-            w[j] = 0
-            actual[i] = val_loss_after(w) - full
+        finished = []
+
+        def done(i: int, _=None) -> None:
+            finished.append(i)
             if progress is not None:
-                progress("leave-one-out", i + 1, len(idx))
+                progress("leave-one-out", len(finished), len(idx))
+
+        if cluster is None:
+            for i, j in enumerate(idx):
+                w = np.ones(n, np.float32)
+                w[j] = 0
+                actual[i] = val_loss_after(w) - full
+                done(i)
+        else:  # the same re-runs, each a unit on the cluster's workers
+            epoch = (order, lrs, run.batch_size, run.weight_decay, settings.val_batch_size)
+            losses = cluster.map(
+                rerun_unit,
+                [int(j) for j in idx],
+                shared=(model, train, val, theta_start, epoch),
+                on_result=done,
+                name="rerun",
+                resources=None if settings.context.startswith("cpu") else {"GPU": 1},
+            )
+            actual[:] = np.asarray(losses) - full
     finally:
         model.set_params(theta0)
     timings["leave_one_out"] = time.perf_counter() - t0
@@ -286,6 +308,33 @@ def check_fidelity(
         run=run,
         warnings=warnings,
     )
+
+
+#: model -> its step graphs for :func:`rerun_unit`, built once per worker process.
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def rerun_unit(j: int, progress, model, train, val, theta_start, epoch) -> float:
+    """The replayed epoch without sample ``j``, as a unit on a cluster's worker
+    (:mod:`.cluster`): the validation loss after it, as :func:`check_fidelity` computes here.
+
+    Args:
+        j: the training row left out (weight 0).
+        model / train / val / theta_start: shared by the units (sent once).
+        epoch: ``(order, lrs, batch_size, weight_decay, val_batch_size)`` of the replayed epoch.
+
+    """
+    order, lrs, batch_size, weight_decay, val_batch_size = epoch
+    if model not in _GRAPHS:
+        _GRAPHS[model] = core.GraphCache(model, fused=False)
+    weight = np.ones(len(order), np.float32)
+    weight[j] = 0
+    model.set_params(theta_start)
+    core.sgd_epoch(
+        model, train, order, lrs, batch_size, weight_decay, sample_weight=weight,
+        graphs=_GRAPHS[model],
+    )  # fmt: skip
+    return core.mean_loss(model, val, val_batch_size)
 
 
 def verdict_line(result: CheckResult) -> str:

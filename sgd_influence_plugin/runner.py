@@ -47,6 +47,8 @@ class RunRequest:
         thumb_size: thumbnail box in pixels (16..512).
         label_names: text file with one class name per line, line 1 for label 0 (see
             :mod:`.labels`); the summary and the report show the names. None = numbers only.
+        cluster: address of a Dask scheduler (``tcp://HOST:PORT``) to run the trials on
+            (see :mod:`.cluster`); None = worker processes on this machine.
 
     """
 
@@ -63,6 +65,7 @@ class RunRequest:
     recommend: bool = True
     thumb_size: int = 64
     label_names: Optional[str] = None
+    cluster: Optional[str] = None
 
 
 def _lock_cache_dir(path: str, flag: str):
@@ -118,8 +121,16 @@ def run(
             the validation loss at the trained parameters is not finite; UnstableReplayError
             when a trial stays unstable after its retries (nothing is written).
         KeyboardInterrupt: on Ctrl-C / SIGTERM; nothing partial is left.
+        ClusterError: ``request.cluster`` cannot be used (checked first) or lost the work.
 
     """
+    from .cluster import connect
+
+    with connect(request.cluster, log) as cluster:
+        return _run(request, log, progress, flags, cluster)
+
+
+def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
     settings = request.settings
     names: Optional[List[str]] = None
 
@@ -164,6 +175,7 @@ def run(
             progress=interrupts.checked_progress(progress),
             log=log,
             val_loss_start=loss0,
+            cluster=cluster,
         )
         if heldout is None:
             rec = recommend_mod.unavailable(train.size, why_not)

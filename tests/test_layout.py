@@ -18,6 +18,7 @@ PRODUCT_MODULES = (
     "check.py",
     "cleanse.py",
     "cli.py",
+    "cluster.py",
     "core.py",
     "curvature.py",
     "dataset.py",

@@ -4,6 +4,7 @@
                              [--seeds 0,1,2] [--noise 0,0.1] [--ratios 0.1,0.05,0.02,0.01]
                              [--epochs 20] [--jobs 2]
     python paper_protocol.py --report-only      # redo the tables and the plot
+    python paper_protocol.py --cluster tcp://HOST:8786 --jobs 6   # the work on a Dask cluster
 
 For every label-noise level and every seed (one task; ``--jobs`` tasks run at once):
 
@@ -27,6 +28,12 @@ added later. The report (``OUT/results.csv``, ``summary.md``, ``figure2.png``,
 ``settings.yaml``, ``estimates/``) pairs each row with the same task's n = 0 model; it follows
 the ownership rule of ``sgd_influence_plugin.ownership``: only files the protocol wrote in
 ``OUT`` are replaced (anything else is refused before the tasks start), all together.
+
+With ``--cluster ADDRESS`` (docs/cluster.md) each task still runs here, and sends its
+trainings, influence trials and retrainings (all of a task's retrainings at once) to the
+workers of that Dask scheduler; the rows are the same. The workers read the image pool in
+``WORK`` at the same path (shared storage) and send the trained ``results.nnp`` back: only
+this machine writes in ``WORK`` and ``OUT``.
 """
 
 import argparse
@@ -118,6 +125,12 @@ def parse_args(argv=None):
         help="diagnostic: in that finished task, also remove the largest --ratios share class by "
         "class (the same share of every class, most harmful first by the final estimate) and "
         "retrain; the row's method is final_balanced",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="a Dask scheduler (tcp://HOST:PORT) whose workers run the trainings and influence "
+        "trials; every worker must read WORK at the same path (default: none, run here)",
     )
     p.add_argument("--task", help=argparse.SUPPRESS)  # "noise,seed": run one task (internal)
     return p.parse_args(argv)
@@ -223,6 +236,7 @@ def read_task_rows(path):
 def run_task(a, noise, seed):
     """Everything for one (noise, seed); rows go to ``task_dir/rows.csv`` as they finish."""
     from sgd_influence_plugin.api import compute_influence
+    from sgd_influence_plugin.cluster import open_cluster
     from sgd_influence_plugin.dataset import load_dataset
     from sgd_influence_plugin.nnabla_adapter import load_model
 
@@ -275,14 +289,40 @@ def run_task(a, noise, seed):
     init = ev.initial_parameters(config, seed, os.path.join(out, "init.h5"))
     header, train_rows = read_csv_table(paths["train"])
     n = len(train_rows)
+    cluster = open_cluster(a.cluster, log)
 
     def retrain(keep, name):
         t = time.perf_counter()
+        if cluster is not None:
+            return retrain_on(cluster, [(keep, name)], None)[0][:2]
         nnp = ev.train_from_scratch(
             config, paths["train"], paths["val_cli"], header, train_rows, keep, seed,
             os.path.join(out, name), init,
         )  # fmt: skip
         return nnp, time.perf_counter() - t
+
+    def retrain_on(cluster, jobs, test, on_result=None):
+        """[(keep, name)] trained at once on the workers (:func:`evaluate.scratch_unit`); each
+        results.nnp written here to ``out/name``: [(nnp path, seconds, accuracy, loss)].
+        """
+        items = [(config, paths["train"], paths["val_cli"], k, seed, "cpu") for k, _ in jobs]
+
+        def write(i, outcome):
+            data, acc, loss, seconds = outcome
+            folder = os.path.join(out, jobs[i][1])
+            os.makedirs(folder, exist_ok=True)
+            with atomic_write(os.path.join(folder, "results.nnp"), "wb") as f:
+                f.write(data)
+            if on_result is not None:
+                on_result(i, (os.path.join(folder, "results.nnp"), seconds, acc, loss))
+
+        outs = cluster.map(
+            ev.scratch_unit, items, (test, header, train_rows), on_result=write, name="train"
+        )
+        return [
+            (os.path.join(out, name, "results.nnp"), seconds, acc, loss)
+            for (_, name), (_, acc, loss, seconds) in zip(jobs, outs)
+        ]
 
     # nnabla_cli rewrites results.nnp during training: only the marker says it finished.
     base_nnp = os.path.join(out, "base", "results.nnp")
@@ -307,7 +347,9 @@ def run_task(a, noise, seed):
                 val = load_dataset(paths["val"], model.info.input_shapes)
             settings = InfluenceSettings(seed=seed, jobs=1, **overrides)
             t = time.perf_counter()
-            res = compute_influence(model, train.arrays, val.arrays, settings, log=log)
+            res = compute_influence(
+                model, train.arrays, val.arrays, settings, log=log, cluster=cluster
+            )
             seconds = time.perf_counter() - t
             write_yaml(
                 os.path.join(out, f"scores_{name}.yaml"),
@@ -333,6 +375,7 @@ def run_task(a, noise, seed):
     ranks["random"] = np.random.RandomState(10_000 + seed).permutation(n)
     del train, val
 
+    todo = []
     for ratio in floats(a.ratios):
         count = int(round(ratio * n))
         if count <= 0:
@@ -341,11 +384,31 @@ def run_task(a, noise, seed):
             if (method, count) in have:
                 continue
             removed = ranks[method][:count]
-            keep = np.setdiff1d(np.arange(n), removed)
-            nnp, seconds = retrain(keep, f"{method}_{count}")
-            acc, loss = ev.accuracy_and_loss(load_model(model=nnp), test)
-            precision = float(flipped[removed].mean()) if flipped.any() else float("nan")
-            add(method, count, acc, loss, precision, seconds)
+            todo.append((method, count, removed))
+    if cluster is not None and todo:  # all at once on the workers; rows added in this order
+        finished = {}
+
+        def on_result(i, outcome):
+            finished[i] = outcome
+            while added[0] in finished:
+                method, count, removed = todo[added[0]]
+                _, seconds, acc, loss = finished[added[0]]
+                precision = float(flipped[removed].mean()) if flipped.any() else float("nan")
+                add(method, count, acc, loss, precision, seconds)
+                added[0] += 1
+
+        added = [0]
+        jobs = [(np.setdiff1d(np.arange(n), r), f"{m}_{c}") for m, c, r in todo]
+        retrain_on(cluster, jobs, test, on_result)
+        todo = []
+    for method, count, removed in todo:
+        keep = np.setdiff1d(np.arange(n), removed)
+        nnp, seconds = retrain(keep, f"{method}_{count}")
+        acc, loss = ev.accuracy_and_loss(load_model(model=nnp), test)
+        precision = float(flipped[removed].mean()) if flipped.any() else float("nan")
+        add(method, count, acc, loss, precision, seconds)
+    if cluster is not None:
+        cluster.close()
     log("done")
 
 
@@ -723,8 +786,10 @@ def _main(argv=None):
         report(a)
         return 0
     t0 = time.perf_counter()
+    check_cluster(a)  # before anything is computed: the scheduler answers
     os.makedirs(a.work, exist_ok=True)
     build_pool(a)
+    check_cluster(a, os.path.join(a.work, "pool", "train.csv"))  # its workers read the pool
     tasks = [(noise, seed) for seed in floats(a.seeds) for noise in floats(a.noise)]
     argv = [x for x in (argv if argv is not None else sys.argv[1:])]
     running = []
@@ -746,6 +811,20 @@ def _main(argv=None):
         print(f"failed tasks (see their .log in {a.work}): {failed}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_cluster(a, *paths):
+    """With --cluster: the scheduler answers, has workers with this package, and they can
+    read ``paths``; otherwise ClusterError (one line, exit status 2)."""
+    from sgd_influence_plugin.cluster import connect
+
+    if not a.cluster:
+        return
+    with connect(a.cluster) as cluster:
+        if paths:
+            _, rows = read_csv_table(paths[0])
+            first = os.path.join(os.path.dirname(paths[0]), rows[0][0])
+            cluster.check_paths(list(paths) + [first], "training with nnabla_cli")
 
 
 def wait_one(running):

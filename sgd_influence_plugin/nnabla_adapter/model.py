@@ -239,6 +239,22 @@ class NnablaModel:
 
         return nn.context_scope(self._ctx)
 
+    def __reduce__(self):
+        """Pickle as the replay definition and the current values of every parameter, e.g. to
+        send the model to a cluster's workers; unpickling builds a new model (own parameter
+        scope, no graphs yet) in the receiving process, in the same context.
+        """
+        values = OrderedDict((n, np.array(v.d, copy=True)) for n, v in self._params.items())
+        return _rebuild, (self.info, self._proto.SerializeToString(), values, self.context_name)
+
+
+def _rebuild(info: ModelInfo, proto: bytes, values, context: str) -> NnablaModel:
+    from nnabla.utils import nnabla_pb2
+
+    message = nnabla_pb2.NNablaProtoBuf()
+    message.ParseFromString(proto)
+    return NnablaModel(info, message, values, context)
+
 
 def load_model(
     model: Optional[str] = None,
