@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from . import interrupts, output, ownership, validation
+from . import interrupts, output, ownership, places, validation
 from .errors import OutputError, SettingsError
 from .fidelity import (  # noqa: F401 - correlations, verdict_line: imported from here too
     DEFAULT_SAMPLES,
@@ -61,7 +61,7 @@ def check_output_places(
 
     """
     inputs = [p for p in input_files if p]
-    validation.check_output_csv(out_csv, flag, inputs, image_dirs)
+    places.check_output_csv(out_csv, flag, inputs, image_dirs)
     folder = os.path.dirname(os.path.abspath(out_csv))
     if os.path.isdir(folder):
         ownership.read_ledger(folder)

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import validation
+from . import places, validation
 from .dataset import read_csv_rows, read_csv_table
 from .errors import InputError
 from .output import recommended_changes, write_cleansed
@@ -157,7 +157,7 @@ def cleanse(
     harmful rows), as a console dataset CSV.
 
     Everything is checked before anything is written: the output rules of
-    :func:`~sgd_influence_plugin.validation.check_output_csv` (a new ``.csv`` path, or one
+    :func:`~sgd_influence_plugin.places.check_output_csv` (a new ``.csv`` path, or one
     the tool wrote; not an input; not inside an image folder), and that the influence CSV
     lists every training row once with the same image and label and a finite influence.
 
@@ -183,11 +183,11 @@ def cleanse(
     flags = flags or validation.CLI_FLAGS
     validation.check_remove_choice(remove, remove_ratio, flags)
     header, rows, numbers = read_csv_rows(train_csv)
-    validation.check_output_csv(
+    places.check_output_csv(
         output,
         flags.output,
         input_files=[train_csv, influence_csv],
-        image_folders=validation.image_folders_of_table(train_csv, header, rows),
+        image_folders=places.image_folders_of_table(train_csv, header, rows),
     )
     if os.path.isdir(os.path.dirname(os.path.abspath(output))):
         read_ledger(os.path.dirname(os.path.abspath(output)))

@@ -21,10 +21,8 @@ Every option, input and output place is checked before anything is computed
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,18 +33,17 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import core, ownership, validation
+from . import core, places, validation
 from .api import compute_influence, resolve
 from .dataset import Dataset, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
-from .io_utils import atomic_write
+from .evaluate_report import OUTPUT_FILES, aggregate, write_outputs  # noqa: F401 - for scripts
 from .nnabla_adapter import load_model
+from .nnabla_adapter.training import initial_parameters, train_from_scratch  # noqa: F401
 from .options import HELP
-from .settings import DEFAULT_TRIALS, InfluenceSettings, write_yaml
+from .settings import DEFAULT_TRIALS, InfluenceSettings
 
 DEFAULT_RATIOS = "0,0.01,0.02,0.05,0.1,0.2"
-#: The files ``evaluate`` writes into ``--output-dir``, the main one last.
-OUTPUT_FILES = ("settings.yaml", "figure2.png", "summary.md", "results.csv")
 
 
 def add_arguments(p) -> None:
@@ -128,7 +125,7 @@ def check_evaluate(
     The model files and the settings as for ``run`` (:func:`.validation.check_options`),
     at least one share in ``ratios``, each in [0, 1), at least one seed, each a whole number
     whose trials' seeds stay in numpy's range, and ``out_dir`` with
-    :func:`.validation.check_output_folder`: not a file, not in an image folder, no result
+    :func:`.places.check_output_folder`: not a file, not in an image folder, no result
     file that is an input or a file the tool did not write.
 
     Raises:
@@ -172,8 +169,8 @@ def check_evaluate(
             )
     csvs = [train_csv, val_csv, test_csv]
     inputs = [*model_files.values(), *csvs, noise_csv]
-    validation.check_output_folder(
-        out_dir, "--output-dir", OUTPUT_FILES, (), inputs, validation.image_folders(*csvs)
+    places.check_output_folder(
+        out_dir, "--output-dir", OUTPUT_FILES, (), inputs, places.image_folders(*csvs)
     )
 
 
@@ -195,160 +192,6 @@ def accuracy(model, data: Dataset) -> float:
     label_cols = [c for c in data.arrays if c not in model.info.runtime_inputs.values()]
     labels = data.arrays[label_cols[0]].reshape(len(prob), -1)[:, 0]
     return float(np.mean(prob.reshape(len(prob), -1).argmax(axis=1) == labels.astype(int)))
-
-
-def train_from_scratch(
-    config_proto_text: str,
-    train_csv: str,
-    val_csv: str,
-    rows_header,
-    rows,
-    keep: np.ndarray,
-    seed: int,
-    work: str,
-    init_params: Optional[str] = None,
-) -> str:
-    """Train the definition from scratch with ``nnabla_cli train`` on the kept rows.
-
-    Writes ``work/train.csv`` (the kept rows of the training CSV in an order shuffled by
-    ``seed``, file cells made absolute) and ``work/net.nntxt`` (the definition with its
-    training dataset pointed at that CSV, the validation dataset at ``val_csv``,
-    ``iter_per_epoch`` = kept rows // batch size, no "save best" and no monitors: the caller
-    measures the result itself, and the console's monitors evaluate the whole training set
-    in each of the first five epochs). ``nnabla_cli`` starts from ``init_params`` (an .h5 of
-    every parameter, see :func:`initial_parameters`) when given, otherwise from its own
-    initialisation, which is the same on every run.
-
-    Returns:
-        The path of the trained ``results.nnp`` in ``work``.
-
-    Raises:
-        SettingsError: ``nnabla_cli train`` failed (the tail of its log is in the message).
-
-    """
-    from google.protobuf import text_format
-    from nnabla.utils import nnabla_pb2
-
-    os.makedirs(work, exist_ok=True)
-    src_folder = os.path.dirname(os.path.abspath(train_csv))
-    rng = np.random.RandomState(seed)
-    keep = keep[rng.permutation(len(keep))]
-    cleansed = os.path.join(work, "train.csv")
-    with atomic_write(cleansed, newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(rows_header)
-        for j in keep:
-            w.writerow(
-                [
-                    os.path.join(src_folder, c)
-                    if os.path.splitext(c)[1] and os.path.exists(os.path.join(src_folder, c))
-                    else c
-                    for c in rows[j]
-                ]
-            )
-    proto = nnabla_pb2.NNablaProtoBuf()
-    text_format.Merge(config_proto_text, proto)
-    opt = proto.optimizer[0]
-    n_batches = max(
-        1,
-        len(keep)
-        // max(1, next(d.batch_size for d in proto.dataset if d.name == opt.dataset_name[0])),
-    )
-    for d in proto.dataset:
-        d.uri = cleansed if d.name in opt.dataset_name else os.path.abspath(val_csv)
-    proto.training_config.iter_per_epoch = n_batches
-    proto.training_config.save_best = False
-    del proto.monitor[:]
-    cfg = os.path.join(work, "net.nntxt")
-    with open(cfg, "w") as f:
-        f.write(text_format.MessageToString(proto))
-    cli = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
-    cmd = [cli, "train", "-c", cfg, "-o", work]
-    if init_params:
-        cmd += ["-p", os.path.abspath(init_params)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not os.path.exists(os.path.join(work, "results.nnp")):
-        raise SettingsError(f"nnabla_cli train failed in {work}:\n{proc.stderr[-1500:]}")
-    return os.path.join(work, "results.nnp")
-
-
-def _glorot_affine(shape):
-    from nnabla.initializer import calc_normal_std_glorot
-
-    return calc_normal_std_glorot(shape[0], int(np.prod(shape[1:])))
-
-
-def _glorot_conv(shape):
-    from nnabla.initializer import calc_normal_std_glorot
-
-    return calc_normal_std_glorot(shape[-3], shape[0], kernel=shape[-2:])
-
-
-#: nntxt initializer type -> standard deviation for a parameter shape, as nnabla's loader
-#: computes it.
-_NORMAL_STD = {
-    "NormalAffineGlorot": _glorot_affine,
-    "NormalConvolutionGlorot": _glorot_conv,
-    "Normal": lambda shape: 1.0,
-}
-
-
-def initial_parameters(config_proto_text: str, seed: int, path: str) -> str:
-    """Draw a fresh initialisation of every parameter of a definition and save it as .h5.
-
-    ``nnabla_cli train`` initialises from a fixed random state, so every run starts from the
-    same weights; the paper's protocol changes the initialisation with the seed. This draws
-    each parameter as nnabla's loader would (the definition's initializer type and multiplier;
-    Glorot normal for ``Normal*Glorot``, the constant for ``Constant``) from
-    ``numpy.random.RandomState(seed)``. Give the file to :func:`train_from_scratch`.
-
-    Raises:
-        SettingsError: an initializer type other than Normal, Normal*Glorot or Constant.
-
-    """
-    from google.protobuf import text_format
-    from nnabla.utils import nnabla_pb2
-
-    proto = nnabla_pb2.NNablaProtoBuf()
-    text_format.Merge(config_proto_text, proto)
-    rng = np.random.RandomState(seed)
-    seen = set()
-    params = {}
-    for net in proto.network:
-        for v in net.variable:
-            if v.type != "Parameter" or v.name in seen:
-                continue
-            seen.add(v.name)
-            shape = tuple(int(d) for d in v.shape.dim)
-            kind, mult = v.initializer.type, v.initializer.multiplier
-            if kind == "Constant":
-                value = np.full(shape, mult, dtype=np.float32)
-            elif kind in _NORMAL_STD:
-                value = (rng.randn(*shape) * _NORMAL_STD[kind](shape) * mult).astype(np.float32)
-            else:
-                raise SettingsError(
-                    f"parameter {v.name}: initializer {kind!r} is not supported here; "
-                    f"use one of {sorted(_NORMAL_STD) + ['Constant']}"
-                )
-            params[v.name] = value
-    _save_h5(params, path)
-    return path
-
-
-def _save_h5(params: Dict[str, np.ndarray], path: str) -> None:
-    """Parameters as nnabla's .h5 layout (one dataset per name, ``index`` and
-    ``need_grad`` attributes), written to a temporary name and renamed.
-    """
-    import h5py
-
-    tmp = path + ".tmp.h5"
-    with h5py.File(tmp, "w") as hd:
-        for i, (name, value) in enumerate(params.items()):
-            ds = hd.create_dataset(name, data=value)
-            # Batch-norm running statistics are not trained by the solver.
-            ds.attrs["need_grad"] = not name.endswith(("/mean", "/var"))
-            ds.attrs["index"] = i
-    os.replace(tmp, path)
 
 
 def evaluate(
@@ -500,7 +343,7 @@ def evaluate(
         shutil.rmtree(work_root, ignore_errors=True)
         model.set_params(theta0)
     total = time.perf_counter() - start_all
-    _write_outputs(
+    write_outputs(
         out_dir,
         rows,
         n,
@@ -629,143 +472,6 @@ def scratch_unit(item, progress, test: Optional[Dataset], header, rows):
         with open(nnp, "rb") as f:
             data = f.read()
     return data, acc, loss, time.perf_counter() - t0
-
-
-def aggregate(rows: List[Dict]) -> List[Dict]:
-    """Mean and std over seeds per (method, n); 'none' rows are n = 0.
-
-    ``dacc_*`` / ``dloss_*`` are paired differences from the same seed's 'none' row (same
-    sample order and start), which removes most of the seed-to-seed noise; ``wins`` counts
-    the seeds whose accuracy rose ("k/n"; "-" for n = 0).
-    """
-    base = {r["seed"]: r for r in rows if r["method"] == "none"}
-    groups: Dict = {}
-    for r in rows:
-        groups.setdefault((r["method"], r["n_removed"]), []).append(r)
-    out = []
-    for (method, count), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        acc = np.array([r["test_accuracy"] for r in rs])
-        loss = np.array([r["test_loss"] for r in rs])
-        paired = [r for r in rs if r["seed"] in base]
-        dacc = np.array([r["test_accuracy"] - base[r["seed"]]["test_accuracy"] for r in paired])
-        dloss = np.array([r["test_loss"] - base[r["seed"]]["test_loss"] for r in paired])
-        row = {
-            "method": method,
-            "n_removed": count,
-            "ratio": rs[0]["ratio"],
-            "seeds": len(rs),
-            "acc_mean": float(acc.mean()),
-            "acc_std": float(acc.std()),
-            "loss_mean": float(loss.mean()),
-            "loss_std": float(loss.std()),
-            "dacc_mean": float(dacc.mean()) if len(dacc) else float("nan"),
-            "dacc_std": float(dacc.std()) if len(dacc) else float("nan"),
-            "dloss_mean": float(dloss.mean()) if len(dloss) else float("nan"),
-            "dloss_std": float(dloss.std()) if len(dloss) else float("nan"),
-            "wins": f"{int((dacc > 0).sum())}/{len(dacc)}" if count else "-",
-        }
-        if "precision_at_n" in rs[0]:
-            row["precision_mean"] = (
-                float(np.nanmean([r["precision_at_n"] for r in rs])) if count else float("nan")
-            )
-            if "recall_at_n" in rs[0]:
-                row["recall_mean"] = float(np.mean([r["recall_at_n"] for r in rs]))
-        out.append(row)
-    return out
-
-
-def _write_outputs(out_dir: str, rows: List[Dict], n: int, flipped, facts: Dict) -> None:
-    """Stage the four result files in ``out_dir`` and commit them together (see
-    :func:`.ownership.commit_staged`); only files the tool wrote there are replaced.
-    """
-    with ownership.staging(out_dir, "--output-dir") as stage:
-        _write_result_files(stage, rows, n, flipped, facts)
-        moves = [(os.path.join(stage, f), os.path.join(out_dir, f)) for f in OUTPUT_FILES]
-        ownership.commit_staged(out_dir, moves, [], "--output-dir")
-
-
-def _write_result_files(out_dir: str, rows: List[Dict], n: int, flipped, facts: Dict) -> None:
-    keys = list(rows[0].keys())
-    with atomic_write(os.path.join(out_dir, "results.csv"), newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    agg = aggregate(rows)
-    write_yaml(os.path.join(out_dir, "settings.yaml"), facts)
-    _plot(os.path.join(out_dir, "figure2.png"), agg, n, facts)
-    lines = [
-        f"# Data cleansing: retrain = {facts['retrain']}, N = {n}, seeds = {facts['seeds']}",
-        "",
-        "| removed | n | method | test accuracy | Δ accuracy (paired) | test loss "
-        "| Δ loss (paired) |" + (" precision@n | recall@n |" if flipped is not None else ""),
-        "|---|---|---|---|---|---|---|" + ("---|---|" if flipped is not None else ""),
-    ]
-    for a in agg:
-        line = (
-            f"| {a['ratio']:.1%} | {a['n_removed']} | {a['method']} | "
-            f"{a['acc_mean']:.4f} ± {a['acc_std']:.4f} | "
-            f"{a['dacc_mean']:+.4f} ± {a['dacc_std']:.4f} | "
-            f"{a['loss_mean']:.4f} ± {a['loss_std']:.4f} | {a['dloss_mean']:+.4f} |"
-        )
-        if flipped is not None:
-            line += (
-                f" {a['precision_mean']:.3f} | {a['recall_mean']:.3f} |"
-                if a["n_removed"]
-                else " - | - |"
-            )
-        lines.append(line)
-    if flipped is not None:
-        lines += [
-            "",
-            f"Flipped labels: {int(flipped.sum())} of {n} "
-            f"({flipped.mean():.1%}); random removal's expected precision is that "
-            "share.",
-        ]
-    lines += [
-        "",
-        "Mean ± std over seeds. Δ (paired) = the same seed's value minus its no-removal value "
-        "(same start and sample order), mean ± std over seeds.",
-        "",
-        f"Total time: {facts['total_seconds']} s",
-    ]
-    with atomic_write(os.path.join(out_dir, "summary.md")) as f:
-        f.write("\n".join(lines) + "\n")
-
-
-def _plot(path: str, agg: List[Dict], n: int, facts: Dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    none = [a for a in agg if a["method"] == "none"]
-    for ax, key, ylabel in ((axes[0], "acc", "test accuracy"), (axes[1], "loss", "test loss")):
-        for method, color in (("harmful", "#cc3311"), ("random", "#0077bb")):
-            pts = sorted(
-                none + [a for a in agg if a["method"] == method], key=lambda a: a["n_removed"]
-            )
-            x = [100 * a["n_removed"] / n for a in pts]
-            y = np.array([a[key + "_mean"] for a in pts])
-            e = np.array([a[key + "_std"] for a in pts])
-            label = (
-                "remove top-n harmful (SGD-influence)" if method == "harmful" else "remove n random"
-            )
-            ax.plot(x, y, "o-", color=color, label=label)
-            ax.fill_between(x, y - e, y + e, color=color, alpha=0.15)
-        if none:
-            ax.axhline(none[0][key + "_mean"], color="gray", ls="--", lw=1, label="no removal")
-        ax.set_xlabel("removed training samples (% of N)")
-        ax.set_ylabel(ylabel + " (mean ± std over seeds)")
-        ax.legend(fontsize=8)
-    fig.suptitle(
-        f"retrain = {facts['retrain']}, cache = {facts['settings']['cache']}, "
-        f"lr = {facts['lr']:g}, N = {n}, {len(facts['seeds'])} seeds"
-    )
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def run_from_args(args) -> int:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, List, Optional
 
-from . import interrupts, parallel, validation
+from . import interrupts, parallel, places, validation
 from .core import mean_loss
 from .dataset import Dataset, load_dataset
 from .errors import ComputationError, SettingsError
@@ -113,7 +113,7 @@ def load_inputs(
     train_csv = dataset_path(request.train, info.train_dataset, "training", flags.train)
     val_csv = dataset_path(request.val, info.val_dataset, "validation", flags.val)
     files = [request.model, request.config, request.params, train_csv, val_csv, *extra_inputs]
-    check_places([f for f in files if f], validation.image_folders(train_csv, val_csv))
+    check_places([f for f in files if f], places.image_folders(train_csv, val_csv))
     interrupts.check()
     normalize = info.train_dataset.normalize if info.train_dataset else True
     log(f"reading {train_csv} and {val_csv}")

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
-from . import __version__, interrupts, validation
+from . import __version__, interrupts, places, validation
 from . import recommend as recommend_mod
 from .api import InfluenceResult, compute_influence
 from .core import mean_loss
@@ -78,10 +78,10 @@ def _lock_cache_dir(path: str, flag: str):
         OutputError: another run holds the lock.
 
     """
-    f = open(os.path.join(path, validation.CACHE_LOCK), "a+")
+    f = open(os.path.join(path, places.CACHE_LOCK), "a+")
     if not try_lock(f):
         f.close()
-        raise OutputError(validation.cache_in_use(path, flag))
+        raise OutputError(places.cache_in_use(path, flag))
     return f
 
 
@@ -90,7 +90,7 @@ def _prepare_cache_dir(path: str) -> Optional[str]:
     created (to remove on failure), or None.
     """
     created = makedirs_tracked(path)
-    marker = os.path.join(path, validation.CACHE_MARKER)
+    marker = os.path.join(path, places.CACHE_MARKER)
     if not os.path.exists(marker):
         with open(marker, "w") as f:
             f.write("Cache of sgd-influence; the tool may write and replace files here.\n")
@@ -135,7 +135,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
     names: Optional[List[str]] = None
 
     def check_places(files, image_dirs) -> None:
-        validation.check_output_places(request, flags, files, image_dirs)
+        places.check_output_places(request, flags, files, image_dirs)
 
     def check_loaded(model, train, val) -> None:
         nonlocal names

@@ -20,7 +20,7 @@ import time
 import pytest
 import test_safety as first
 
-from sgd_influence_plugin import cli, interrupts, ownership, parallel
+from sgd_influence_plugin import cli, interrupts, ownership, parallel, places
 
 # Fixtures and helpers shared with the first probe (tests/test_safety.py).
 world = first.world
@@ -706,12 +706,12 @@ def test_case17_a_diverging_automatic_rate_does_not_advise_lr_auto(world):
 
 
 def test_case17_a_cache_dir_in_use_by_another_run_is_refused(world, capsys):
-    from sgd_influence_plugin import io_utils, validation
+    from sgd_influence_plugin import io_utils
 
     out = world["root"] / "out" / "influence.csv"
     cache = world["root"] / "cache"
     assert cli.main(_run_argv(world, out, "--cache-dir", str(cache))) == 0
-    with open(cache / validation.CACHE_LOCK, "a+") as held:  # another run holds it
+    with open(cache / places.CACHE_LOCK, "a+") as held:  # another run holds it
         assert io_utils.try_lock(held)
         before = _tree(world["root"])
         assert cli.main(_run_argv(world, out, "--cache-dir", str(cache), "--seed", "1")) == 2

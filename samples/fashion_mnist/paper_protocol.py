@@ -51,7 +51,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
-from sgd_influence_plugin import ownership, validation  # noqa: E402
+from sgd_influence_plugin import ownership, places  # noqa: E402
 from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
 from sgd_influence_plugin.io_utils import atomic_write  # noqa: E402
 from sgd_influence_plugin.settings import InfluenceSettings, read_yaml, write_yaml  # noqa: E402
@@ -483,7 +483,7 @@ def collect(a):
 
 def check_report_place(a):
     """Refuse an --out whose report files or estimates/ the protocol did not write."""
-    validation.check_output_folder(a.out, "--out", REPORT_FILES, REPORT_FOLDERS)
+    places.check_output_folder(a.out, "--out", REPORT_FILES, REPORT_FOLDERS)
 
 
 def report(a, wall_seconds=None):

@@ -45,7 +45,7 @@ sys.path.insert(0, HERE)
 import paper_protocol as pp  # noqa: E402
 
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
-from sgd_influence_plugin import ownership, validation  # noqa: E402
+from sgd_influence_plugin import ownership, places  # noqa: E402
 from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
 from sgd_influence_plugin.errors import OutputError  # noqa: E402
 from sgd_influence_plugin.settings import read_yaml, write_yaml  # noqa: E402
@@ -314,7 +314,7 @@ def run_task(a, setting, seed):
 
 def check_out(a):
     """Refuse an --out whose report files or tasks/ folder the protocol did not write."""
-    validation.check_output_folder(a.out, "--out", REPORT_FILES)
+    places.check_output_folder(a.out, "--out", REPORT_FILES)
     tasks = os.path.join(a.out, "tasks")
     if os.path.isdir(tasks) and not os.path.exists(os.path.join(tasks, ownership.FOLDER_MARKER)):
         raise OutputError(

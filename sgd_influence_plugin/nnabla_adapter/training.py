@@ -1,0 +1,172 @@
+"""Training from scratch the way the console does, for the data-cleansing experiment: a fresh
+initialisation of a definition drawn with a seed (:func:`initial_parameters`), and
+``nnabla_cli train`` on a subset of the training rows (:func:`train_from_scratch`). Only the
+adapter reads nnabla's protobuf definitions and writes its parameter files.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from typing import Dict, Optional
+
+import numpy as np
+
+from ..errors import SettingsError
+from ..io_utils import atomic_write
+
+
+def train_from_scratch(
+    config_proto_text: str,
+    train_csv: str,
+    val_csv: str,
+    rows_header,
+    rows,
+    keep: np.ndarray,
+    seed: int,
+    work: str,
+    init_params: Optional[str] = None,
+) -> str:
+    """Train the definition from scratch with ``nnabla_cli train`` on the kept rows.
+
+    Writes ``work/train.csv`` (the kept rows of the training CSV in an order shuffled by
+    ``seed``, file cells made absolute) and ``work/net.nntxt`` (the definition with its
+    training dataset pointed at that CSV, the validation dataset at ``val_csv``,
+    ``iter_per_epoch`` = kept rows // batch size, no "save best" and no monitors: the caller
+    measures the result itself, and the console's monitors evaluate the whole training set
+    in each of the first five epochs). ``nnabla_cli`` starts from ``init_params`` (an .h5 of
+    every parameter, see :func:`initial_parameters`) when given, otherwise from its own
+    initialisation, which is the same on every run.
+
+    Returns:
+        The path of the trained ``results.nnp`` in ``work``.
+
+    Raises:
+        SettingsError: ``nnabla_cli train`` failed (the tail of its log is in the message).
+
+    """
+    from google.protobuf import text_format
+    from nnabla.utils import nnabla_pb2
+
+    os.makedirs(work, exist_ok=True)
+    src_folder = os.path.dirname(os.path.abspath(train_csv))
+    rng = np.random.RandomState(seed)
+    keep = keep[rng.permutation(len(keep))]
+    cleansed = os.path.join(work, "train.csv")
+    with atomic_write(cleansed, newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(rows_header)
+        for j in keep:
+            w.writerow(
+                [
+                    os.path.join(src_folder, c)
+                    if os.path.splitext(c)[1] and os.path.exists(os.path.join(src_folder, c))
+                    else c
+                    for c in rows[j]
+                ]
+            )
+    proto = nnabla_pb2.NNablaProtoBuf()
+    text_format.Merge(config_proto_text, proto)
+    opt = proto.optimizer[0]
+    n_batches = max(
+        1,
+        len(keep)
+        // max(1, next(d.batch_size for d in proto.dataset if d.name == opt.dataset_name[0])),
+    )
+    for d in proto.dataset:
+        d.uri = cleansed if d.name in opt.dataset_name else os.path.abspath(val_csv)
+    proto.training_config.iter_per_epoch = n_batches
+    proto.training_config.save_best = False
+    del proto.monitor[:]
+    cfg = os.path.join(work, "net.nntxt")
+    with open(cfg, "w") as f:
+        f.write(text_format.MessageToString(proto))
+    cli = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
+    cmd = [cli, "train", "-c", cfg, "-o", work]
+    if init_params:
+        cmd += ["-p", os.path.abspath(init_params)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not os.path.exists(os.path.join(work, "results.nnp")):
+        raise SettingsError(f"nnabla_cli train failed in {work}:\n{proc.stderr[-1500:]}")
+    return os.path.join(work, "results.nnp")
+
+
+def _glorot_affine(shape):
+    from nnabla.initializer import calc_normal_std_glorot
+
+    return calc_normal_std_glorot(shape[0], int(np.prod(shape[1:])))
+
+
+def _glorot_conv(shape):
+    from nnabla.initializer import calc_normal_std_glorot
+
+    return calc_normal_std_glorot(shape[-3], shape[0], kernel=shape[-2:])
+
+
+#: nntxt initializer type -> standard deviation for a parameter shape, as nnabla's loader
+#: computes it.
+_NORMAL_STD = {
+    "NormalAffineGlorot": _glorot_affine,
+    "NormalConvolutionGlorot": _glorot_conv,
+    "Normal": lambda shape: 1.0,
+}
+
+
+def initial_parameters(config_proto_text: str, seed: int, path: str) -> str:
+    """Draw a fresh initialisation of every parameter of a definition and save it as .h5.
+
+    ``nnabla_cli train`` initialises from a fixed random state, so every run starts from the
+    same weights; the paper's protocol changes the initialisation with the seed. This draws
+    each parameter as nnabla's loader would (the definition's initializer type and multiplier;
+    Glorot normal for ``Normal*Glorot``, the constant for ``Constant``) from
+    ``numpy.random.RandomState(seed)``. Give the file to :func:`train_from_scratch`.
+
+    Raises:
+        SettingsError: an initializer type other than Normal, Normal*Glorot or Constant.
+
+    """
+    from google.protobuf import text_format
+    from nnabla.utils import nnabla_pb2
+
+    proto = nnabla_pb2.NNablaProtoBuf()
+    text_format.Merge(config_proto_text, proto)
+    rng = np.random.RandomState(seed)
+    seen = set()
+    params = {}
+    for net in proto.network:
+        for v in net.variable:
+            if v.type != "Parameter" or v.name in seen:
+                continue
+            seen.add(v.name)
+            shape = tuple(int(d) for d in v.shape.dim)
+            kind, mult = v.initializer.type, v.initializer.multiplier
+            if kind == "Constant":
+                value = np.full(shape, mult, dtype=np.float32)
+            elif kind in _NORMAL_STD:
+                value = (rng.randn(*shape) * _NORMAL_STD[kind](shape) * mult).astype(np.float32)
+            else:
+                raise SettingsError(
+                    f"parameter {v.name}: initializer {kind!r} is not supported here; "
+                    f"use one of {sorted(_NORMAL_STD) + ['Constant']}"
+                )
+            params[v.name] = value
+    _save_h5(params, path)
+    return path
+
+
+def _save_h5(params: Dict[str, np.ndarray], path: str) -> None:
+    """Parameters as nnabla's .h5 layout (one dataset per name, ``index`` and
+    ``need_grad`` attributes), written to a temporary name and renamed.
+    """
+    import h5py
+
+    tmp = path + ".tmp.h5"
+    with h5py.File(tmp, "w") as hd:
+        for i, (name, value) in enumerate(params.items()):
+            ds = hd.create_dataset(name, data=value)
+            # Batch-norm running statistics are not trained by the solver.
+            ds.attrs["need_grad"] = not name.endswith(("/mean", "/var"))
+            ds.attrs["index"] = i
+    os.replace(tmp, path)
