@@ -41,7 +41,7 @@ from .evaluate_report import OUTPUT_FILES, aggregate, write_outputs  # noqa: F40
 from .nnabla_adapter import load_model
 from .nnabla_adapter.training import initial_parameters, train_from_scratch  # noqa: F401
 from .options import HELP
-from .settings import DEFAULT_TRIALS, InfluenceSettings
+from .settings import DEFAULT_TRIALS, REPLAY_STEPS, InfluenceSettings
 
 DEFAULT_RATIOS = "0,0.01,0.02,0.05,0.1,0.2"
 
@@ -49,8 +49,6 @@ DEFAULT_RATIOS = "0,0.01,0.02,0.05,0.1,0.2"
 def add_arguments(p) -> None:
     """Add the ``evaluate`` options to an argparse parser."""
     req = p.add_argument_group("required arguments")
-    req.add_argument("--train", required=True, help="training CSV")
-    req.add_argument("--val", required=True, help="validation CSV (the influence query)")
     req.add_argument("--test", required=True, help="test CSV for the accuracy and loss")
     req.add_argument(
         "--output-dir", required=True, help="folder for results.csv, figure2.png, summary.md"
@@ -59,6 +57,12 @@ def add_arguments(p) -> None:
     src.add_argument("--model", help=HELP["model"])
     src.add_argument("--config", help=HELP["config"])
     src.add_argument("--params", help=HELP["params"])
+    p.add_argument(
+        "--train", help=HELP["train"] + " (default: the network definition's training dataset)"
+    )
+    p.add_argument(
+        "--val", help=HELP["val"] + " (default: the network definition's validation dataset)"
+    )
     p.add_argument(
         "--ratios",
         default=DEFAULT_RATIOS,
@@ -83,6 +87,17 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", default="auto", help=HELP["lr"] + shown)
     p.add_argument(
         "--batch-size", type=int, help=HELP["batch_size"] + " (default: the training dataset's)"
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        help=HELP["weight_decay"] + " (default: the solver's weight_decay)",
+    )
+    p.add_argument(
+        "--replay-step", choices=REPLAY_STEPS, default="fd", help=HELP["replay_step"] + shown
+    )
+    p.add_argument(
+        "--jobs", type=int, metavar="N", help=HELP["jobs"] + " (default: the usable cores)"
     )
     p.add_argument("--cache", choices=("final", "all"), default="final", help=HELP["cache"] + shown)
     p.add_argument("--context", default="cpu", help=HELP["context"] + shown)
@@ -361,6 +376,7 @@ def evaluate(
             "n_test": test.size,
             "model": model.info.source,
             "train_csv": os.path.abspath(train_csv),
+            "val_csv": os.path.abspath(val_csv),
             "noise": os.path.abspath(noise_csv) if noise_csv else None,
             "total_seconds": round(total, 1),
         },
@@ -480,20 +496,32 @@ def run_from_args(args) -> int:
         raise SettingsError("give --model results.nnp, or --config net.nntxt with --params")
     settings = InfluenceSettings(
         lr=args.lr,
+        weight_decay=args.weight_decay,
         batch_size=args.batch_size,
         epochs=args.epochs,
         trials=args.trials,
         cache=args.cache,
         context=args.context,
+        replay_step=args.replay_step,
+        jobs=args.jobs,
     )
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    train_csv, val_csv = args.train, args.val
+    if not (train_csv and val_csv):  # as run and check: the datasets the definition names
+        from .inputs import dataset_path
+        from .nnabla_adapter import describe, read_result
+
+        proto, values, source = read_result(args.model, args.config, args.params)
+        info, _ = describe(proto, values, source)
+        train_csv = dataset_path(train_csv, info.train_dataset, "training", "--train")
+        val_csv = dataset_path(val_csv, info.val_dataset, "validation", "--val")
     from .cluster import connect
 
     with connect(args.cluster, say) as cluster:
         evaluate(
             {"model": args.model, "config": args.config, "params": args.params},
-            args.train,
-            args.val,
+            train_csv,
+            val_csv,
             args.test,
             args.output_dir,
             _floats(args.ratios, "ratios"),

@@ -67,3 +67,23 @@ def test_evaluate_rows_precision_and_retrain_last_oracle(results, data28, tmp_pa
         assert len(list(csv.DictReader(f))) == 3
     summary = (out / "summary.md").read_text()
     assert "| 10.2% | 26 | harmful |" in summary and "Flipped labels: 37 of 256" in summary
+
+
+def test_evaluate_takes_the_datasets_the_definition_names(results, data28, tmp_path):
+    """As run and check: without --train/--val, the optimizer's and the validation monitor's
+    datasets of the definition; --weight-decay and --replay-step reach the settings."""
+    import yaml
+
+    from sgd_influence_plugin import cli
+
+    folder = results("mlp")
+    out = tmp_path / "ev"
+    argv = ["evaluate", "--model", os.path.join(folder, "results.nnp"), "--test", data28["val"]]
+    argv += ["--output-dir", str(out), "--ratios", "0.1", "--seeds", "0", "--trials", "1"]
+    argv += ["--weight-decay", "0.001", "--replay-step", "exact", "--jobs", "1", "--quiet"]
+    assert cli.main(argv) == 0
+    facts = yaml.safe_load(open(out / "settings.yaml"))
+    assert facts["train_csv"] == os.path.abspath(data28["train"])
+    assert facts["val_csv"] == os.path.abspath(data28["val"])
+    assert facts["settings"]["weight_decay"] == 0.001
+    assert facts["settings"]["replay_step"] == "exact"
