@@ -1,13 +1,15 @@
 """Progress reporters: pass one to the API as ``progress(stage, done, total)``.
 
 - :class:`TqdmProgress`: a tqdm bar per stage on a terminal; when the stream is not a terminal
-  (a log file, a pipe, the console's log window) it writes a plain line at every 10% instead
-  of tqdm's carriage-return updates.
+  (a log file, a pipe) or a terminal without a width, it writes one plain line when each
+  stage (of each trial) ends instead of tqdm's carriage-return updates.
 - :class:`LogProgress`: a line at every ``every`` share of a stage through a log callback.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 from typing import Callable, Dict, Optional, TextIO, Tuple
 
@@ -40,8 +42,8 @@ class LogProgress:
 
 
 class TqdmProgress:
-    """A terminal bar per stage (tqdm); lines every 10% when ``stream`` is not a terminal;
-    nothing when ``enabled`` is False.
+    """A terminal bar per stage (tqdm); one line per finished stage when ``stream`` is not a
+    terminal, or is one that reports no width; nothing when ``enabled`` is False.
 
     Args:
         enabled: False = silent.
@@ -59,9 +61,17 @@ class TqdmProgress:
         return self.stream if self.stream is not None else sys.stderr
 
     def _is_terminal(self) -> bool:
+        out = self._out()
         try:
-            return bool(self._out().isatty())
+            if not out.isatty():
+                return False
         except (AttributeError, ValueError):  # no isatty, or a closed stream
+            return False
+        try:
+            return os.get_terminal_size(out.fileno()).columns > 0
+        except (AttributeError, io.UnsupportedOperation):  # a terminal-like object: trust it
+            return True
+        except (OSError, ValueError):  # a terminal that reports no size
             return False
 
     def __call__(self, stage: str, done: int, total: int) -> None:
@@ -69,8 +79,10 @@ class TqdmProgress:
         if not self.enabled:
             return
         if not self._is_terminal():
-            if self._lines is None:
-                self._lines = LogProgress(lambda m: print(m, file=self._out(), flush=True))
+            if self._lines is None:  # one line when a stage ends (every = 1)
+                self._lines = LogProgress(
+                    lambda m: print(m, file=self._out(), flush=True), every=1.0
+                )
             self._lines(stage, done, total)
             return
         from tqdm import tqdm

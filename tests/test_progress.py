@@ -47,14 +47,23 @@ def test_bar_on_a_terminal_lines_elsewhere():
     for t in range(1, 1901):
         p("train", t, 1900)
     text = pipe.getvalue()
-    assert "\r" not in text and len(text.splitlines()) == 10
-    assert text.splitlines()[-1] == "train: 1900/1900 (100%)"
+    assert "\r" not in text and text.splitlines() == ["train: 1900/1900 (100%)"]
 
     term = _Terminal()
     p = TqdmProgress(stream=term)
     for t in range(1, 11):
         p("train", t, 10)
     assert "\r" in term.getvalue() and "train" in term.getvalue()
+
+    # A terminal that reports no width (os.get_terminal_size fails): lines, not a bar.
+    r, w = os.pipe()
+    with os.fdopen(w, "w") as no_width:
+        no_width.isatty = lambda: True
+        p = TqdmProgress(stream=no_width)
+        for t in range(1, 11):
+            p("replay", t, 10)
+    with os.fdopen(r) as f:
+        assert f.read() == "replay: 10/10 (100%)\n"
 
     quiet = io.StringIO()
     p = TqdmProgress(enabled=False, stream=quiet)
