@@ -47,7 +47,7 @@ def companion(out_csv: str, kind: str) -> str:
     return os.path.join(folder, os.path.splitext(name)[0] + CHECK_COMPANIONS[kind])
 
 
-def check_output_places(
+def check_check_outputs(
     out_csv: str,
     flag: str,
     input_files: Sequence[Optional[str]],
@@ -281,12 +281,12 @@ def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, c
     _check_samples(m, samples_flag)
 
     def check_places(input_files, image_dirs) -> None:
-        check_output_places(request.output, flags.output, input_files, sorted(image_dirs))
+        check_check_outputs(request.output, flags.output, input_files, sorted(image_dirs))
 
     def check_loaded(model, train, val) -> None:
         info = model.info
         for d in (train, val):
-            validation.check_labels(d, getattr(info, "label_classes", {}))
+            validation.check_label_values(d, getattr(info, "label_classes", {}))
         wd = info.solver.weight_decay if settings.weight_decay is None else settings.weight_decay
         validation.check_weight_decay(wd, info.source, flags)
         if train.size < MIN_SAMPLES:
@@ -301,8 +301,14 @@ def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, c
             )
         batch = settings.batch_size or info.solver.batch_size
         validation.check_known_rate(settings.lr, wd, train.size, batch, info)
-        need = validation.estimate_bytes(
-            train.size, model.n_params, batch, 1, settings.cache == "all", 16, 1
+        need = validation.estimate_bytes(  # one trial; no thumbnails, only a small plot
+            n_train=train.size,
+            n_params=model.n_params,
+            batch_size=batch,
+            trials=1,
+            cache_all=settings.cache == "all",
+            thumb_size=16,
+            channels=1,
         )
         validation.check_free_space(request.output, tempfile.gettempdir(), need, flags)
 

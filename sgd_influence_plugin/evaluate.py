@@ -257,7 +257,7 @@ def evaluate(
     val = load_dataset(val_csv, shapes)
     test = load_dataset(test_csv, shapes)
     for d in (train, val, test):
-        validation.check_labels(d, model.info.label_classes)
+        validation.check_label_values(d, model.info.label_classes)
     solver = model.info.solver
     validation.check_known_rate(
         settings.lr, solver.weight_decay, train.size, settings.batch_size or solver.batch_size,

@@ -67,7 +67,7 @@ def read_label_names(path: str) -> List[str]:
     return names
 
 
-def check_labels(
+def check_label_names(
     names: Sequence[str],
     labels: Optional[Sequence[str]],
     names_path: str,

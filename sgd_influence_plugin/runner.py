@@ -21,7 +21,7 @@ from .core import mean_loss
 from .errors import OutputError
 from .inputs import load_inputs
 from .io_utils import makedirs_tracked, try_lock
-from .labels import check_labels, read_label_names
+from .labels import check_label_names, read_label_names
 from .output import OutputPaths, find_columns, write_influence_output
 from .settings import InfluenceSettings
 from .validation import CLI_FLAGS, FlagNames
@@ -144,7 +144,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             names = read_label_names(request.label_names)
             _, label_col = find_columns(train, list(model.info.input_shapes))
             labels = [train.cell(i, label_col) for i in range(train.size)] if label_col else None
-            check_labels(names, labels, request.label_names, train.path, train.numbers)
+            check_label_names(names, labels, request.label_names, train.path, train.numbers)
 
     loaded = load_inputs(
         request, flags, check_places, check_loaded, [request.label_names], log, progress

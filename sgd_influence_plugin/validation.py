@@ -227,7 +227,7 @@ def check_weight_decay(value: float, source: str, flags: FlagNames = CLI_FLAGS) 
 # ----------------------------------------------------------------------------------------
 
 
-def check_labels(dataset: Dataset, label_classes: Mapping[str, int]) -> None:
+def check_label_values(dataset: Dataset, label_classes: Mapping[str, int]) -> None:
     """Every label that feeds a categorical loss is a whole number in 0..C-1.
 
     Args:
@@ -344,7 +344,7 @@ def check_loaded(
 
     """
     for d in (train, val):
-        check_labels(d, getattr(info, "label_classes", {}))
+        check_label_values(d, getattr(info, "label_classes", {}))
     s = request.settings
     wd = s.weight_decay if s.weight_decay is not None else info.solver.weight_decay
     check_weight_decay(wd, info.source, flags)

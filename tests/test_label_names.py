@@ -9,7 +9,7 @@ import pytest
 
 from sgd_influence_plugin import cli
 from sgd_influence_plugin.errors import InputError
-from sgd_influence_plugin.labels import check_labels, read_label_names
+from sgd_influence_plugin.labels import check_label_names, read_label_names
 from sgd_influence_plugin.runner import RunRequest, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,15 +70,15 @@ def test_missing_names_file(tmp_path):
 
 
 def test_every_label_needs_a_name():
-    check_labels(["a", "b", "c"], ["0", "2", " 1", "2.0"], "n.txt", "t.csv")
+    check_label_names(["a", "b", "c"], ["0", "2", " 1", "2.0"], "n.txt", "t.csv")
     with pytest.raises(InputError, match=r"n\.txt: 3 names but t\.csv row 2 has label 3; "):
-        check_labels(["a", "b", "c"], ["0", "3", "1"], "n.txt", "t.csv")
+        check_label_names(["a", "b", "c"], ["0", "3", "1"], "n.txt", "t.csv")
     with pytest.raises(InputError, match=r"t\.csv row 3: label '1\.5' is not a class number"):
-        check_labels(["a", "b"], ["0", "1", "1.5"], "n.txt", "t.csv")
+        check_label_names(["a", "b"], ["0", "1", "1.5"], "n.txt", "t.csv")
     with pytest.raises(InputError, match=r"t\.csv row 1: label '-1' is not a class number"):
-        check_labels(["a", "b"], ["-1"], "n.txt", "t.csv")
+        check_label_names(["a", "b"], ["-1"], "n.txt", "t.csv")
     with pytest.raises(InputError, match=r"t\.csv: no label column .* leave out the label names"):
-        check_labels(["a"], None, "n.txt", "t.csv")
+        check_label_names(["a"], None, "n.txt", "t.csv")
 
 
 def _label_counts(influence_csv):
