@@ -196,7 +196,6 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             )
         facts = run_facts(result, settings, info, model.n_params, loaded.train_csv, loaded.val_csv)
         facts["n_train"], facts["n_val"] = train.size, val.size
-        facts["recommendation"] = rec.to_dict()
         facts["validation_rows"] = {
             "influence": len(next(iter(val_for_influence.values()))),
             "heldout_for_check": rec.n_heldout,

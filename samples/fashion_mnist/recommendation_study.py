@@ -1,8 +1,7 @@
 """The experiments behind the recommendation rule (keep / relabel / remove), on small cases.
 
     python recommendation_study.py collect --arch cnn --noise uniform --seed 0
-    python recommendation_study.py retrain --arch cnn --noise uniform --seed 0 --policy default
-    python recommendation_study.py table
+    python recommendation_study.py grid --arch cnn --noise uniform --seed 0
 
 ``collect`` builds one case: ``--train`` training and ``--val`` validation images split from
 Fashion-MNIST's training file by the seed, ``--test`` test images, label noise of kind
@@ -11,13 +10,13 @@ look-alike, see ``support.fashion_mnist.CONFUSABLE``) at ``--rate``; trains ``--
 seeded initialisation with ``nnabla_cli train`` (plain SGD, ``--lr``, ``--epochs``), then
 scores the training rows with the plugin at its defaults and saves every signal the rule may
 use (``signals.npz``: labels, true labels, predicted probabilities of training and validation
-rows, losses, per-trial scores). ``retrain`` applies a policy of
-:func:`sgd_influence_plugin.recommend.recommend` and retrains from scratch with the same
-initialisation and order; ``table`` prints detection and accuracy for every finished case.
+rows, losses, per-trial scores). ``grid`` runs the recommendation's check
+(:func:`sgd_influence_plugin.recommend.check_candidates`) on the second half of the validation
+rows, prints every candidate with its precision and recall against the true flips, and writes
+them with the rule's choice to ``grid.json``.
 """
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -30,6 +29,8 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+from paper_protocol import write_rows  # noqa: E402
+
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
 from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
 from support import fashion_mnist  # noqa: E402
@@ -41,7 +42,7 @@ NOISE_SEED_OFFSET = 1000
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("command", choices=("collect", "retrain", "table", "check", "grid"))
+    p.add_argument("command", choices=("collect", "grid"))
     p.add_argument("--work", default="/work/study", help="working folder")
     p.add_argument("--pool", default=os.path.join(HERE, "protocol_work", "pool"))
     p.add_argument("--arch", default="cnn")
@@ -53,19 +54,11 @@ def parse_args(argv=None):
     p.add_argument("--test", type=int, default=5000)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--policy", default="default", help="retrain: a recommend() policy name")
     return p.parse_args(argv)
 
 
 def case_dir(a):
     return os.path.join(a.work, f"{a.arch}_{a.noise}_{a.seed}")
-
-
-def write_rows(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
 
 
 def collect(a):
@@ -165,67 +158,6 @@ def collect(a):
     )
 
 
-if __name__ == "__main__":
-    args = parse_args()
-    if args.command == "collect":
-        collect(args)
-
-
-def finetune_check(a, epochs=1):
-    """Fine-tune the trained model for ``epochs`` at the console's rate on the original and on
-    the changed labels (same order), and compare the held-out loss (second half of val)."""
-    from sgd_influence_plugin import core
-    from sgd_influence_plugin.dataset import load_dataset
-    from sgd_influence_plugin.nnabla_adapter import load_model
-
-    out = case_dir(a)
-    s = np.load(os.path.join(out, "signals.npz"))
-    model = load_model(model=os.path.join(out, "base", "results.nnp"))
-    shapes = model.info.input_shapes
-    train = load_dataset(os.path.join(out, "train.csv"), shapes).arrays
-    val = load_dataset(os.path.join(out, "val.csv"), shapes).arrays
-    test = load_dataset(os.path.join(out, "test.csv"), shapes).arrays
-    y, P, ts = s["labels"], s["train_prob"], s["trial_scores"]
-    n = len(y)
-    py = P[np.arange(n), y]
-    flag = (py < 0.1) & (ts < 0).all(0)
-    pred = P.argmax(1)
-    col = next(iter(model.info.label_classes))
-    theta0 = model.get_params()
-    B = model.info.solver.batch_size
-    lr = model.info.solver.lr
-    results = {}
-    for variant in ("original", "relabel", "remove"):
-        model.set_params(theta0)
-        arrays = dict(train)
-        weight = None
-        if variant == "relabel":
-            lab = arrays[col].copy()
-            lab[flag, 0] = pred[flag]
-            arrays[col] = lab
-        if variant == "remove":
-            weight = (~flag).astype(np.float32)
-        for e in range(epochs):
-            order = np.random.RandomState(1000 + e).permutation(n)
-            core.sgd_epoch(
-                model, arrays, order, np.full(core.n_steps(n, B), lr), B, sample_weight=weight
-            )
-        results[variant] = (core.per_sample_losses(model, val), core.per_sample_losses(model, test))
-    base_v, base_t = results["original"]
-    for variant in ("relabel", "remove"):
-        v, t = results[variant]
-        d = v - base_v
-        print(
-            f"{out} {variant}: flagged {flag.sum()}, val dloss {d.mean():+.4f} +- "
-            f"{d.std() / np.sqrt(len(d)):.4f} (z {d.mean() / (d.std() / np.sqrt(len(d))):+.1f})"
-            f", test dloss {(t - base_t).mean():+.4f}"
-        )
-
-
-if __name__ == "__main__" and args.command == "check":
-    finetune_check(args)
-
-
 def grid(a):
     """Run the recommendation's check on a collected case; print every candidate."""
     from sgd_influence_plugin import recommend as rc
@@ -288,5 +220,6 @@ def grid(a):
         )
 
 
-if __name__ == "__main__" and args.command == "grid":
-    grid(args)
+if __name__ == "__main__":
+    args = parse_args()
+    {"collect": collect, "grid": grid}[args.command](args)
