@@ -221,20 +221,31 @@ def validation_gradient(
         Trainable parameter name -> float32 array of that parameter's shape.
 
     """
+    return validation_gradient_and_loss(model, arrays, batch_size)[0]
+
+
+def validation_gradient_and_loss(
+    model, arrays: Mapping[str, np.ndarray], batch_size: int = 256
+) -> tuple[OrderedDict[str, np.ndarray], float]:
+    """``(u, mean loss)`` of the validation set in one pass: :func:`validation_gradient` and
+    :func:`mean_loss` (the loss in its own units) from the same forward passes.
+    """
     n = len(next(iter(arrays.values())))
     graphs = GraphCache(model, fused=False)
     acc: OrderedDict[str, np.ndarray] = OrderedDict()
+    total = 0.0
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
         sg = graphs(len(idx))
         sg.feed(arrays, idx, np.full(len(idx), 1.0 / n, dtype=np.float32))
         sg.objective.forward(clear_no_need_grad=True)
+        total += float(np.asarray(sg.objective.d, dtype=np.float64).sum())
         sg.zero_grads()
         sg.objective.backward(clear_buffer=True)
         for name, p in sg.graph.params.items():
             g = np.asarray(p.g, dtype=np.float64)
             acc[name] = acc[name] + g if name in acc else g
-    return OrderedDict((k, v.astype(np.float32)) for k, v in acc.items())
+    return OrderedDict((k, v.astype(np.float32)) for k, v in acc.items()), total
 
 
 #: Ways to compute one replay step: ``"exact"`` (:class:`ExactStep`, one double-backward pass)

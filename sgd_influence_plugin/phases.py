@@ -133,8 +133,7 @@ def run_inference_phase(
             f"training data has {len(next(iter(train.values())))}; run the training phase again"
         )
     model.load_params(os.path.join(cache_dir, PARAMS_FILE))
-    u = core.validation_gradient(model, val, val_batch_size)
-    val_loss = core.mean_loss(model, val, val_batch_size)
+    u, val_loss = core.validation_gradient_and_loss(model, val, val_batch_size)
     params_at = None
     if meta.get("cache") == "all":
 

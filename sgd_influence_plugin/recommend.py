@@ -20,9 +20,9 @@ gains little on noisy data. The rule here (the measurements behind it are in
    noise alone makes a run change anything with probability at most :data:`FAMILY_ALPHA`. Of
    those, the recommendation is the one that changes
    the fewest rows while staying within one standard error of the best (the one-standard-error
-   rule of model selection: a smaller change that is as good within the noise wins), and
-   relabels rather than removes when both are within it. If none
-   counts, the recommendation is to change nothing.
+   rule of model selection: a smaller change that is as good within the noise wins); of the
+   same rows relabelled or removed, the one with the lower held-out loss. If none counts, the
+   recommendation is to change nothing.
 
 The decaying rate matters: one epoch at a constant rate ends wherever the last mini-batches
 threw the parameters (held-out loss 0.40 -> 0.71 on an unchanged sample CNN), which swamps
@@ -206,9 +206,8 @@ def choose(checked: Sequence[Candidate]) -> Optional[Candidate]:
 
     A candidate passes if it lowers the held-out loss by :func:`z_required` standard errors
     for ``len(checked)`` candidates. Among those, the best is the one with the lowest held-out
-    loss; the choice is the one with the fewest changed rows, then relabelling before removal
-    (a suspect is a row whose image the model reads as another class: relabelling keeps the
-    image and fixes the label, removal loses both), then the lower loss, whose held-out loss
+    loss; the choice is the one with the fewest changed rows, then the lower held-out loss
+    (so of the same rows relabelled or removed, the check's better one), whose held-out loss
     is within one paired standard error of the best's.
     """
     z_bar = z_required(len(checked))
@@ -216,7 +215,7 @@ def choose(checked: Sequence[Candidate]) -> Optional[Candidate]:
     if not passing:
         return None
     best = min(passing, key=lambda c: c.loss_change)
-    for c in sorted(passing, key=lambda c: (len(c.rows), c.action != "relabel", c.loss_change)):
+    for c in sorted(passing, key=lambda c: (len(c.rows), c.loss_change)):
         if c is best:
             return c
         if c.heldout_loss is None or best.heldout_loss is None:
@@ -367,6 +366,14 @@ def settle_epoch(
     )  # fmt: skip
 
 
+def check_order(n: int, seed: int, rows: Optional[int] = None) -> np.ndarray:
+    """The check epoch's sample order: the first ``min(n, rows)`` of a seeded permutation of
+    ``n`` rows (all ``n`` when ``rows`` is None), int64. Every candidate uses the same order.
+    """
+    order = np.random.RandomState(seed).permutation(n)
+    return order if rows is None or rows >= n else order[: int(rows)]
+
+
 def check_candidates(
     model,
     train: Mapping[str, np.ndarray],
@@ -380,10 +387,14 @@ def check_candidates(
     predict: Optional[Callable[[Mapping[str, np.ndarray]], np.ndarray]] = None,
     progress: Optional[core.Progress] = None,
     val_batch_size: int = 256,
+    rows: Optional[int] = None,
+    jobs: int = 1,
 ) -> List[Candidate]:
     """Fill each candidate's held-out result (in place; returns ``cands``).
 
-    The model's trainable parameters are restored at the end.
+    The model's trainable parameters are restored at the end. The epochs (one on the data as
+    given, one per candidate) are independent and run in up to ``jobs`` forked worker
+    processes (:mod:`.parallel`); the results are the same as one after another.
 
     Args:
         model: the model object :mod:`.core` describes, at the trained parameters.
@@ -393,24 +404,36 @@ def check_candidates(
         lr / batch_size / weight_decay: the check's epoch (see :func:`settle_epoch`).
         seed: seed of its sample order (the same order for every candidate).
         predict: optional ``arrays -> (N, C)`` class scores, for the accuracy change.
+        rows: the epoch visits this many training rows, a seeded uniform sample
+            (:func:`check_order`; None = all N). A candidate's changes apply to the rows it
+            shares with the sample, so the share of changed rows is kept.
+        jobs: worker processes for the epochs (1 = in this process).
 
     """
+    from . import parallel
+
     theta0 = model.get_params()
     n = len(train[label_column])
-    order = np.random.RandomState(seed).permutation(n)
+    order = check_order(n, seed, rows)
     graphs = core.GraphCache(model, fused=False)
     held_labels = np.asarray(heldout[label_column]).reshape(-1).astype(np.int64)
-    total = len(cands) + 1
+    items: List[Optional[Candidate]] = [None, *cands]
+    steps = core.n_steps(len(order), batch_size)
+    done = [0] * len(items)
 
-    def measure(arrays, weight, k):
+    def measure(c: Optional[Candidate], item_progress):
         model.set_params(theta0)
-        stage = None
-        if progress is not None:  # one stage for all the check's epochs, in steps
-
-            def stage(_name, done, steps):
-                progress("checking the recommendation", (k - 1) * steps + done, total * steps)
-
-        settle_epoch(model, arrays, order, lr, batch_size, weight_decay, weight, graphs, stage)
+        arrays, weight = dict(train), None
+        if c is not None and c.action == "relabel":
+            lab = np.array(train[label_column], copy=True)
+            lab.reshape(n, -1)[c.rows, 0] = c.new_labels
+            arrays[label_column] = lab
+        elif c is not None:
+            weight = np.ones(n, dtype=np.float32)
+            weight[c.rows] = 0.0
+        settle_epoch(
+            model, arrays, order, lr, batch_size, weight_decay, weight, graphs, item_progress
+        )  # fmt: skip
         loss = core.per_sample_losses(model, heldout, val_batch_size)
         correct = None
         if predict is not None:
@@ -418,24 +441,21 @@ def check_candidates(
             correct = (out.argmax(axis=1) == held_labels).astype(np.float64)
         return loss, correct
 
+    def on_progress(k: int, _stage: str, d: int, _total: int) -> None:
+        if progress is not None:  # one stage for all the check's epochs, in steps
+            done[k] = d
+            progress("checking the recommendation", sum(done), len(items) * steps)
+
     try:
-        base_loss, base_correct = measure(train, None, 1)
-        for k, c in enumerate(cands, start=2):
-            arrays, weight = dict(train), None
-            if c.action == "relabel":
-                lab = np.array(train[label_column], copy=True)
-                lab.reshape(n, -1)[c.rows, 0] = c.new_labels
-                arrays[label_column] = lab
-            else:
-                weight = np.ones(n, dtype=np.float32)
-                weight[c.rows] = 0.0
-            loss, correct = measure(arrays, weight, k)
-            c.loss_change, c.standard_error = paired_change(loss, base_loss)
-            c.heldout_loss = loss
-            if correct is not None:
-                c.accuracy_change = float(np.mean(correct - base_correct))
+        results = parallel.run_parallel(measure, items, jobs=jobs, on_progress=on_progress)
     finally:
         model.set_params(theta0)
+    base_loss, base_correct = results[0]
+    for c, (loss, correct) in zip(cands, results[1:]):
+        c.loss_change, c.standard_error = paired_change(loss, base_loss)
+        c.heldout_loss = loss
+        if correct is not None:
+            c.accuracy_change = float(np.mean(correct - base_correct))
     return cands
 
 
@@ -444,6 +464,13 @@ def check_candidates(
 #: Added to the run's seed for the held-out split and for the check's sample order, so
 #: neither coincides with a trial's epoch order (``RandomState(seed).permutation``).
 SEED_OFFSET = 10_007
+#: Training rows one check epoch visits at most (a seeded uniform sample; every row when the
+#: training set is smaller). The check compares paired held-out losses, whose ratio to their
+#: standard error does not depend on how far the epoch moves the parameters, only on the
+#: share of changed rows, which a uniform sample keeps; so a sample bounds the check's cost
+#: (one epoch per candidate) without changing its verdicts. Measured against whole epochs on
+#: the 50,000-row protocol tasks in ``docs/recommendation.md``.
+CHECK_ROWS = 10_000
 #: Solvers whose rate is a plain-SGD step size, so the check can use it as it is.
 SGD_SOLVERS = ("Sgd", "SgdW", "Momentum", "Nesterov")
 
@@ -483,6 +510,8 @@ def recommend(
     seed: int,
     progress: Optional[core.Progress] = None,
     log: Optional[Callable[[str], None]] = None,
+    jobs: int = 1,
+    check_rows: Optional[int] = CHECK_ROWS,
 ) -> Recommendation:
     """The whole rule for one run (see the module docstring).
 
@@ -496,6 +525,9 @@ def recommend(
         batch_size / weight_decay: the check epoch's (the replayed epoch's).
         lambda_max: the measured top curvature (for adaptive solvers' check rate).
         seed: the run's seed.
+        jobs: worker processes for the check's epochs.
+        check_rows: training rows each check epoch visits (see :data:`CHECK_ROWS`; None =
+            all).
 
     """
     log = log or (lambda msg: None)
@@ -522,6 +554,7 @@ def recommend(
         "batch_size": int(batch_size),
         "weight_decay": float(weight_decay),
         "order_seed": seed + SEED_OFFSET,
+        "rows_per_epoch": len(check_order(n, 0, check_rows)),
         "epochs_run": len(cands) + 1 if cands else 0,
     }
     if cands:
@@ -532,6 +565,7 @@ def recommend(
         check_candidates(
             model, train, heldout, label_column, cands, lr, batch_size, weight_decay,
             seed=seed + SEED_OFFSET, predict=model.predict, progress=progress,
+            rows=check_rows, jobs=jobs,
         )  # fmt: skip
     rec = build(suspects, cands, n_held, check)
     log("recommendation: " + rec.reason)

@@ -11,10 +11,11 @@ import math
 import os
 import platform
 import shutil
+import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
-from . import __version__, interrupts, places, validation
+from . import __version__, interrupts, parallel, places, validation
 from . import recommend as recommend_mod
 from .api import InfluenceResult, compute_influence
 from .core import mean_loss
@@ -177,6 +178,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             val_loss_start=loss0,
             cluster=cluster,
         )
+        t_rec = time.perf_counter()
         if heldout is None:
             rec = recommend_mod.unavailable(train.size, why_not)
         else:
@@ -193,7 +195,9 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
                 settings.seed,
                 progress=interrupts.checked_progress(progress),
                 log=log,
+                jobs=parallel.workers_for(settings.context, settings.jobs),
             )
+        t_rec = time.perf_counter() - t_rec
         facts = run_facts(result, settings, info, model.n_params, loaded.train_csv, loaded.val_csv)
         facts["n_train"], facts["n_val"] = train.size, val.size
         facts["validation_rows"] = {
@@ -201,6 +205,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             "heldout_for_check": rec.n_heldout,
         }
         facts["timings_seconds"]["reading"] = round(loaded.read_seconds, 4)
+        facts["timings_seconds"]["recommendation"] = round(t_rec, 4)
         facts["label_names"] = os.path.abspath(request.label_names) if request.label_names else None
         paths = write_influence_output(
             request.output,

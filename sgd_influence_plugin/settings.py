@@ -18,7 +18,7 @@ CACHE_MODES = ("final", "all")
 #: Named learning-rate choices (besides a positive number).
 LR_CHOICES = ("auto", "solver")
 #: Default number of trials (independent sample orders) averaged; see docs/measurements.md.
-DEFAULT_TRIALS = 3
+DEFAULT_TRIALS = 1
 #: Smallest learning rate accepted (exclusive). The parameters are float32, whose resolution
 #: is 2**-24 (6e-8) of a value: a step lr * g changes a weight of size w only if
 #: lr * |g| > 6e-8 * |w|, so at lr <= 1e-12 a gradient would need |g| > 6e4 |w| to move any
@@ -110,7 +110,8 @@ class InfluenceSettings:
             a training step instead of 4-6x; a smoothed Hessian on ReLU networks, see
             ``core.replay``) or ``exact`` (one double-backward pass per step). On the sample
             and in the leave-one-out tests both give the same precision and fidelity to 0.01.
-        jobs: worker processes for the trials; None = the usable cores, at most ``trials``
+        jobs: worker processes for the trials and the recommendation's check epochs; None =
+            the usable cores
             (no effect on the result; a GPU context runs them one after another).
 
     """

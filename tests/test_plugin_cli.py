@@ -171,8 +171,8 @@ def test_plugin_with_nntxt_and_h5(results, data28, tmp_path):
     # steps replayed at 0.03 (the definition says 0.1 and 32).
     facts = yaml.safe_load(open(folder / "out" / "infl_settings.yaml"))
     assert used(facts, "lr") == pytest.approx(0.03) and used(facts, "batch_size") == 20
-    assert facts["requested"]["epochs"] == 2 and facts["used"]["trials"] == 3
-    assert facts["timings_seconds"]["replay_steps"] == 3 * 13  # 13 steps in each of 3 trials
+    assert facts["requested"]["epochs"] == 2 and facts["used"]["trials"] == 1  # the default
+    assert facts["timings_seconds"]["replay_steps"] == 13
 
 
 @pytest.mark.parametrize(

@@ -117,17 +117,23 @@ def test_choose_takes_the_fewest_rows_within_one_standard_error_of_the_best():
     close.loss_change, close.standard_error = rc.paired_change(close.heldout_loss, base)
     assert rc.choose([small, mid, best, worse, close]) is best
     assert rc.choose([worse]) is None
-    # The same rows relabelled or removed, within a standard error: relabel, though its loss
-    # is a little higher (it keeps the image and fixes the label).
+    # The same rows relabelled or removed, within a standard error of each other: the check's
+    # better one, whichever action it is (no prior preference for either).
     remove = _checked(12, -0.06, base, rng)
     relabel = _checked(12, 0.0, base, rng, action="relabel")
     relabel.heldout_loss = remove.heldout_loss + wiggle + gap_se / 3
     relabel.loss_change, relabel.standard_error = rc.paired_change(relabel.heldout_loss, base)
     assert relabel.loss_change > remove.loss_change
-    assert rc.choose([remove, relabel]) is relabel
-    relabel.heldout_loss = remove.heldout_loss + wiggle + 2 * gap_se
+    assert rc.choose([relabel, remove]) is remove
+    relabel.heldout_loss = remove.heldout_loss - wiggle - gap_se / 3
     relabel.loss_change, relabel.standard_error = rc.paired_change(relabel.heldout_loss, base)
-    assert rc.choose([remove, relabel]) is remove
+    assert relabel.loss_change < remove.loss_change
+    assert rc.choose([remove, relabel]) is relabel
+    # Fewer rows within a standard error still win over the better action on more rows.
+    fewer = _checked(11, 0.0, base, rng, action="relabel")
+    fewer.heldout_loss = relabel.heldout_loss + wiggle + gap_se / 3
+    fewer.loss_change, fewer.standard_error = rc.paired_change(fewer.heldout_loss, base)
+    assert rc.choose([remove, relabel, fewer]) is fewer
     insignificant = _checked(10, -0.0001, base, rng, noise=0.05)
     assert not insignificant.passes(rc.z_required(1)) and rc.choose([insignificant]) is None
 
@@ -393,3 +399,55 @@ def test_no_recommend_gives_the_scores_every_validation_row(flipped_world, tmp_p
     assert facts["recommendation"]["reason"] == "no recommendation: turned off"
     assert {r["action"] for r in _rows(paths.csv)} == {"keep"}
     assert len(_rows(paths.cleansed)) == 1200
+
+
+def test_check_epochs_match_a_plain_loop_in_workers_and_on_a_row_sample(flipped_world):
+    """The check against its definition: from the trained parameters, one decaying-rate epoch
+    over the seeded row sample, on the data as given and on each candidate, compared row by
+    row on the held-out rows. Forked workers and a sample of the rows change nothing else."""
+    from sgd_influence_plugin import core
+    from sgd_influence_plugin.nnabla_adapter import load_model
+
+    worlds, _ = flipped_world
+    folder, data = worlds["noisy"]
+    model = load_model(model=os.path.join(folder, "results.nnp"))
+    train = load_dataset(data["train"], model.info.input_shapes).arrays
+    held = load_dataset(data["val"], model.info.input_shapes).arrays
+    label = next(iter(model.info.label_classes))
+    rows = np.arange(0, 1200, 37)
+    new = (np.asarray(train[label]).reshape(-1)[rows].astype(np.int64) + 1) % 10
+
+    def cands():
+        return [rc.Candidate(0.1, "relabel", rows, new), rc.Candidate(0.1, "remove", rows, new)]
+
+    theta0 = model.get_params()
+    kw = dict(lr=0.05, batch_size=32, seed=7, predict=model.predict)
+    serial = rc.check_candidates(model, train, held, label, cands(), jobs=1, rows=300, **kw)
+    forked = rc.check_candidates(model, train, held, label, cands(), jobs=2, rows=300, **kw)
+    whole = rc.check_candidates(model, train, held, label, cands(), jobs=1, **kw)
+    for a, b in zip(serial, forked):
+        np.testing.assert_array_equal(a.heldout_loss, b.heldout_loss)
+    assert all(np.array_equal(v, theta0[k]) for k, v in model.get_params().items())
+
+    order = np.random.RandomState(7).permutation(1200)[:300]
+    np.testing.assert_array_equal(rc.check_order(1200, 7, 300), order)
+    assert len(rc.check_order(1200, 7, 5000)) == 1200
+
+    def loop(arrays, weight=None):  # the oracle: the epoch written out
+        model.set_params(theta0)
+        lrs = 0.05 * (1.0 - np.arange(10) / 10)  # 300 rows / 32 = 10 steps, decaying to 0
+        core.sgd_epoch(model, arrays, order, lrs, 32, sample_weight=weight)
+        out = core.per_sample_losses(model, held)
+        model.set_params(theta0)
+        return out
+
+    base = loop(train)
+    relabelled = dict(train, **{label: np.array(train[label], copy=True)})
+    relabelled[label].reshape(1200, -1)[rows, 0] = new
+    weight = np.ones(1200, np.float32)
+    weight[rows] = 0
+    for c, want in zip(serial, (loop(relabelled), loop(train, weight))):
+        np.testing.assert_allclose(c.heldout_loss, want, rtol=1e-5, atol=1e-6)
+        assert c.loss_change == pytest.approx(np.mean(want - base), abs=1e-6)
+    # A sample of 300 rows is not the whole epoch: the sample size must reach the epoch.
+    assert not np.allclose(whole[0].heldout_loss, serial[0].heldout_loss)

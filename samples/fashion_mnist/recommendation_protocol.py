@@ -87,6 +87,14 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="tasks at once (default: 2)")
     p.add_argument("--pool-limit", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--source", default=fashion_mnist.DEFAULT_DIR)
+    p.add_argument(
+        "--variant",
+        default="",
+        help="a name for a re-run with changed plugin defaults: the plugin writes to "
+        "influence_NAME/ and the top-10%% retraining goes to top10_NAME/ in each task's work "
+        "folder, so they run again; the none training and any retraining on the same rows "
+        "(recommended_*, random_*) are reused. Give a new --out with it",
+    )
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--task", help=argparse.SUPPRESS)  # "labels,seed"
     return p.parse_args(argv)
@@ -224,7 +232,9 @@ def run_task(a, setting, seed):
     add("none", 0, 0, np.zeros(n, bool), none_acc, none_loss, base_seconds)
 
     # The plugin at the dialog's defaults, as a user runs it.
-    infl_csv = os.path.join(out, "influence", "influence.csv")
+    suffix = f"_{a.variant}" if a.variant else ""
+    infl_dir = os.path.join(out, "influence" + suffix)
+    infl_csv = os.path.join(infl_dir, "influence.csv")
     t = time.perf_counter()
     if not os.path.exists(infl_csv):
         req = RunRequest(
@@ -241,10 +251,10 @@ def run_task(a, setting, seed):
     for r in table:
         j = int(r["datasource_index"])
         scores[j], loss[j], action[j] = float(r["influence"]), float(r["loss"]), r["action"]
-    facts = read_yaml(os.path.join(out, "influence", "influence_settings.yaml"))
+    facts = read_yaml(os.path.join(infl_dir, "influence_settings.yaml"))
     changed = action != "keep"
     n_rel, n_rem = int(np.sum(action == "relabel")), int(np.sum(action == "remove"))
-    cleansed = os.path.join(out, "influence", "influence_cleansed.csv")
+    cleansed = os.path.join(infl_dir, "influence_cleansed.csv")
     if changed.any():
         digest = hashlib.sha1("".join(a[:2] for a in action).encode()).hexdigest()[:8]
         nnp, seconds = retrain(cleansed, np.arange(n - n_rem), f"recommended_{digest}")
@@ -256,7 +266,7 @@ def run_task(a, setting, seed):
     order = np.argsort(scores, kind="stable")
     top = np.zeros(n, bool)
     top[order[: int(round(0.1 * n))]] = True
-    nnp, seconds = retrain(paths["train"], np.flatnonzero(~top), "top10")
+    nnp, seconds = retrain(paths["train"], np.flatnonzero(~top), "top10" + suffix)
     add("top10", 0, int(top.sum()), top, *measure(nnp), seconds)
 
     rnd = np.zeros(n, bool)
