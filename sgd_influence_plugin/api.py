@@ -299,6 +299,7 @@ def run_trial(
     seed: int,
     progress: Optional[core.Progress] = None,
     val_loss_start: float = math.inf,
+    helper=None,
 ) -> TrialOutcome:
     """Training phase + inference phase from the model's current parameters, checked.
 
@@ -306,7 +307,8 @@ def run_trial(
     more than :data:`GROWTH_LIMIT` times, or a training phase that diverged from
     ``val_loss_start``, the validation loss at the trained parameters) is run again (same
     order) at a quarter of the rate, up to ``settings.retries`` times. The model's
-    parameters are restored before each attempt and at the end.
+    parameters are restored before each attempt and at the end. ``helper``: see
+    :func:`.core.replay` (None = the whole replay in this process).
 
     Raises:
         UnstableReplayError: still unstable after every retry.
@@ -323,7 +325,7 @@ def run_trial(
             run_training_phase(model, train, settings, attempt_run, trial_dir, seed, progress)
             t1 = time.perf_counter()
             infl, stats, val_loss = run_inference_phase(
-                model, train, val, trial_dir, settings.val_batch_size, progress
+                model, train, val, trial_dir, settings.val_batch_size, progress, helper
             )
             seconds["training"] += t1 - t0
             seconds["inference"] += time.perf_counter() - t1
@@ -495,6 +497,15 @@ def compute_influence(
     def trial_dir(m: int) -> str:
         return root if settings.trials == 1 else os.path.join(root, f"trial_{m:02d}")
 
+    # Cores left over by the trials: a lone trial replays the fd step's two passes in two
+    # processes (see core.replay), which gives the same scores.
+    helper = None
+    if cluster is None and settings.replay_step == "fd" and settings.cache == "final":
+        cores = parallel.workers_for(settings.context, settings.jobs)
+        if cores // max(1, min(jobs, settings.trials)) >= 2:
+            helper = parallel.helper
+    timings["replay_processes"] = 2 if helper is not None else 1
+
     def one_trial(m: int, trial_progress) -> TrialOutcome:
         return run_trial(
             model,
@@ -506,6 +517,7 @@ def compute_influence(
             settings.seed + m,
             trial_progress,
             val_loss_start,
+            helper,
         )
 
     def on_progress(m: int, stage: str, done: int, total: int) -> None:

@@ -23,11 +23,12 @@ No files, no settings objects, no global state. Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, ContextManager, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -329,6 +330,35 @@ class FiniteDifferenceStep:
         self.rel_step = float(rel_step)
         self.graphs = graphs or GraphCache(model, fused=False)
 
+    #: Optional executor of the minus pass (``submit(idx, eps, u)`` then ``result()``), e.g. a
+    #: forked helper holding the same model, data and parameters (see :func:`replay`); None =
+    #: both passes here, one after the other.
+    minus = None
+
+    def one_pass(
+        self, arrays: Mapping[str, np.ndarray], idx: np.ndarray, u: Sequence[np.ndarray],
+        eps: float, sign: float,
+    ):  # fmt: skip
+        """Per-sample losses float64 (|idx|,) and the mean-loss gradient (float32 arrays in
+        ``params`` order) at ``theta + sign * eps * u``; the parameters are restored.
+        """
+        sg = self.graphs(len(idx))
+        n = len(idx)
+        theta = [np.array(p.d, dtype=np.float32, copy=True) for p in sg.params]
+        sg.feed(arrays, idx, np.full(n, 1.0 / n, dtype=np.float32))
+        try:
+            for p, th, uk in zip(sg.params, theta, u):
+                p.d = th + np.float32(sign * eps) * uk
+            sg.objective.forward(clear_no_need_grad=True)
+            sg.zero_grads()
+            sg.objective.backward(clear_buffer=True)
+            # objective = sum_i w_i l_i, so w.g[i] = l_i: the per-sample losses.
+            losses = np.array(sg.w.g, dtype=np.float64).ravel()[:n]
+            return losses, [np.array(p.g, dtype=np.float32, copy=True) for p in sg.params]
+        finally:
+            for p, th in zip(sg.params, theta):
+                p.d = th
+
     def __call__(self, arrays: Mapping[str, np.ndarray], idx: np.ndarray, u: Sequence[np.ndarray]):
         """``(dots, hu)`` of the samples ``idx`` for the query vector ``u`` (see the class)."""
         sg = self.graphs(len(idx))
@@ -336,26 +366,14 @@ class FiniteDifferenceStep:
         u_norm = _norm(u)
         if u_norm == 0:
             return np.zeros(n), [np.zeros(p.shape, np.float32) for p in sg.params]
-        theta = [np.array(p.d, dtype=np.float32, copy=True) for p in sg.params]
-        eps = self.rel_step * (_norm(theta) or 1.0) / u_norm
-        sg.feed(arrays, idx, np.full(n, 1.0 / n, dtype=np.float32))
-        passes = []
-        try:
-            for sign in (1.0, -1.0):
-                for p, th, uk in zip(sg.params, theta, u):
-                    p.d = th + np.float32(sign * eps) * uk
-                sg.objective.forward(clear_no_need_grad=True)
-                sg.zero_grads()
-                sg.objective.backward(clear_buffer=True)
-                # objective = sum_i w_i l_i, so w.g[i] = l_i: the per-sample losses.
-                losses = np.array(sg.w.g, dtype=np.float64).ravel()[:n]
-                passes.append(
-                    (losses, [np.array(p.g, dtype=np.float32, copy=True) for p in sg.params])
-                )
-        finally:
-            for p, th in zip(sg.params, theta):
-                p.d = th
-        (l_plus, g_plus), (l_minus, g_minus) = passes
+        eps = self.rel_step * (_norm([p.d for p in sg.params]) or 1.0) / u_norm
+        if self.minus is not None:
+            self.minus.submit(idx, eps, u)
+        l_plus, g_plus = self.one_pass(arrays, idx, u, eps, 1.0)
+        if self.minus is not None:
+            l_minus, g_minus = self.minus.result()
+        else:
+            l_minus, g_minus = self.one_pass(arrays, idx, u, eps, -1.0)
         dots = (l_plus - l_minus) / (2.0 * eps)
         hu = [((a - b) / np.float32(2.0 * eps)).astype(np.float32) for a, b in zip(g_plus, g_minus)]
         return dots, hu
@@ -417,6 +435,7 @@ def replay(
     progress: Optional[Progress] = None,
     step: str = "exact",
     fd_rel_step: float = FD_REL_STEP,
+    helper: Optional[Callable[[Callable], ContextManager]] = None,
 ) -> tuple[np.ndarray, ReplayStats]:
     """Backward replay of one SGD epoch (Algorithm 2).
 
@@ -441,6 +460,11 @@ def replay(
             double-backward pass (:class:`ExactStep`); ``"fd"``: from central differences of
             two first-order passes (:class:`FiniteDifferenceStep`), cheaper, approximate.
         fd_rel_step: the relative step of ``"fd"``.
+        helper: optional ``helper(fn)`` context manager yielding an executor of ``fn`` in
+            another process (``submit(*args)``, ``result()``; e.g. :func:`.parallel.helper`),
+            or None. With ``"fd"`` and no ``params_at``, the minus pass of every step then
+            runs there while this process runs the plus pass: the same numbers, in about half
+            the wall time on two free cores.
 
     Returns:
         ``(infl, stats)``: infl is float64 (N,) in dataset row order, negative = harmful;
@@ -455,16 +479,22 @@ def replay(
     infl = np.zeros(len(next(iter(arrays.values()))), dtype=np.float64)
     norm0 = _norm(u_cur)
     start = time.perf_counter()
-    for done, t in enumerate(range(T - 1, -1, -1)):
-        if params_at is not None:
-            model.set_params(params_at(t))
-        idx = step_indices(order, t, batch_size)
-        dots, hu = step_fn(arrays, idx, u_cur)
-        lr = float(lrs[t])
-        infl[idx] += lr / len(idx) * dots  # the step's weight on sample i is 1/|S|
-        u_cur = update_query(u_cur, hu, lr, weight_decay)
-        if progress is not None:
-            progress("replay", done + 1, T)
+    split = helper is not None and isinstance(step_fn, FiniteDifferenceStep) and params_at is None
+    with helper(
+        lambda idx, eps, u: step_fn.one_pass(arrays, idx, u, eps, -1.0)
+    ) if split else contextlib.nullcontext() as minus:  # fmt: skip
+        if minus is not None:
+            step_fn.minus = minus  # in this process only: the helper was forked before
+        for done, t in enumerate(range(T - 1, -1, -1)):
+            if params_at is not None:
+                model.set_params(params_at(t))
+            idx = step_indices(order, t, batch_size)
+            dots, hu = step_fn(arrays, idx, u_cur)
+            lr = float(lrs[t])
+            infl[idx] += lr / len(idx) * dots  # the step's weight on sample i is 1/|S|
+            u_cur = update_query(u_cur, hu, lr, weight_decay)
+            if progress is not None:
+                progress("replay", done + 1, T)
     seconds = time.perf_counter() - start
     norm1 = _norm(u_cur)
     return infl, ReplayStats(

@@ -176,10 +176,8 @@ def _exception_payload(exc: BaseException) -> bytes:
     return pickle.dumps((blob, text))
 
 
-def _worker(fn, items, tasks, results, parent_pid: int) -> None:
-    """Body of a worker: take item indices from ``tasks`` until None, send back
-    ``("ok", i, result)``, ``("progress", i, (stage, done, total))`` or ``("error", i, payload)``.
-    """
+def _child_setup(parent_pid: int) -> None:
+    """First thing in a forked child: its own signal handling, then die with the parent."""
     # Forked with both signals blocked (see signals_held): first the worker's own handling,
     # then unblock (a pending Ctrl-C is dropped, a pending SIGTERM ends the worker).
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
@@ -189,6 +187,13 @@ def _worker(fn, items, tasks, results, parent_pid: int) -> None:
     _die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def _worker(fn, items, tasks, results, parent_pid: int) -> None:
+    """Body of a worker: take item indices from ``tasks`` until None, send back
+    ``("ok", i, result)``, ``("progress", i, (stage, done, total))`` or ``("error", i, payload)``.
+    """
+    _child_setup(parent_pid)
     while True:
         i = tasks.recv()
         if i is None:
@@ -349,3 +354,103 @@ def run_parallel(
         return results
     finally:
         _stop(workers)
+
+
+# ----------------------------------------------------------------------------- one helper
+
+
+def _helper_loop(fn, tasks, results, parent_pid: int) -> None:
+    """Body of a helper: ``fn(*args)`` for each ``args`` tuple from ``tasks`` until None; sends
+    ``("ok", result)`` or ``("error", payload)`` (and ends after an error).
+    """
+    _child_setup(parent_pid)
+    while True:
+        args = tasks.recv()
+        if args is None:
+            return
+        try:
+            out = fn(*args)
+        except Exception as exc:  # noqa: BLE001 - every error goes to the parent
+            results.send(("error", _exception_payload(exc)))
+            return
+        results.send(("ok", out))
+
+
+class Helper:
+    """A forked process that computes ``fn(*args)`` while the parent does something else.
+
+    :meth:`submit` hands it the arguments (pickled: keep them small, e.g. indices and one
+    vector); :meth:`result` waits for the answer. One call at a time. Made by :func:`helper`.
+    """
+
+    def __init__(self, proc, tasks, results):
+        self._proc, self._tasks, self._results = proc, tasks, results
+
+    def submit(self, *args) -> None:
+        """Start ``fn(*args)`` in the helper."""
+        try:
+            self._tasks.send(args)
+        except OSError:  # BrokenPipeError: the helper died
+            _raise_for_dead(self._proc)
+
+    def result(self) -> Any:
+        """The result of the last :meth:`submit`, same guarantees as :func:`run_parallel`.
+
+        Raises:
+            Exception: the helper's exception, same type and message.
+            WorkerError: the helper died without an answer.
+            KeyboardInterrupt: a stop was requested (see :mod:`.interrupts`).
+
+        """
+        from multiprocessing.connection import wait
+
+        while True:
+            interrupts.check()
+            ready = wait([self._results, self._proc.sentinel], timeout=0.2)
+            if not ready:
+                continue
+            if self._results in ready or self._results.poll():
+                try:
+                    kind, value = self._results.recv()
+                except EOFError:
+                    _raise_for_dead(self._proc)
+                if kind == "error":
+                    _raise_from_payload(value, 0)
+                return value
+            _raise_for_dead(self._proc)
+
+
+@contextlib.contextmanager
+def helper(fn: Callable[..., Any]):
+    """A :class:`Helper` running ``fn`` in one forked process, ended and reaped on leaving
+    (also on an exception or Ctrl-C). The child is a copy of this process at the moment of
+    entering: what ``fn`` uses (a model, arrays) is inherited, not sent. Yields None where
+    there is no ``fork`` (the caller then computes ``fn`` itself).
+    """
+    if not fork_available():
+        yield None
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    interrupts.check()
+    entry = []
+    try:
+        with signals_held():
+            task_recv, task_send = ctx.Pipe(duplex=False)
+            result_recv, result_send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_helper_loop, args=(fn, task_recv, result_send, os.getpid()), daemon=True
+            )
+            proc.start()
+            task_recv.close()
+            result_send.close()
+            entry.append((proc, task_send, result_recv))
+        yield Helper(proc, task_send, result_recv)
+        with contextlib.suppress(OSError):
+            task_send.send(None)  # done: the helper returns (then _stop only reaps it)
+        proc.join(_TERMINATE_GRACE)
+    finally:
+        _stop(entry)

@@ -116,8 +116,10 @@ def run_inference_phase(
     cache_dir: str,
     val_batch_size: int = 256,
     progress: Optional[core.Progress] = None,
+    helper=None,
 ):
-    """Algorithm 2 from a cache written by :func:`run_training_phase`.
+    """Algorithm 2 from a cache written by :func:`run_training_phase`; ``helper``: see
+    :func:`.core.replay` (a second process for the fd step's minus pass, or None).
 
     Returns:
         ``(infl, stats, val_loss)``: infl float64 (N,) in training-row order (negative =
@@ -153,5 +155,6 @@ def run_inference_phase(
         params_at=params_at,
         progress=progress,
         step=meta.get("replay_step", "exact"),
+        helper=helper,
     )
     return infl, stats, val_loss

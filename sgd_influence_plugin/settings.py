@@ -110,8 +110,8 @@ class InfluenceSettings:
             a training step instead of 4-6x; a smoothed Hessian on ReLU networks, see
             ``core.replay``) or ``exact`` (one double-backward pass per step). On the sample
             and in the leave-one-out tests both give the same precision and fidelity to 0.01.
-        jobs: worker processes for the trials and the recommendation's check epochs; None =
-            the usable cores
+        jobs: worker processes for the trials (a lone trial's replay uses two) and the
+            recommendation's check epochs; None = the usable cores
             (no effect on the result; a GPU context runs them one after another).
 
     """

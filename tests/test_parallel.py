@@ -234,3 +234,64 @@ def test_sigterm_or_ctrl_c_ends_every_worker(tmp_path, how):
     assert proc.returncode == 130 and "interrupted" in out
     time.sleep(0.2)
     assert not [p for p in workers if _alive(p)]
+
+
+@needs_fork
+def test_a_replay_with_a_helper_process_equals_the_replay_alone(results, data28):
+    """The fd step's minus pass in a forked helper (core.replay's ``helper``) gives the same
+    scores and u, bit for bit, as both passes here; the helper is gone afterwards. Without
+    the fd step, or with the parameters of every step, no helper is started."""
+    model = load_model(model=os.path.join(results("cnn_bn"), "results.nnp"))
+    train = {
+        k: v[:96] for k, v in load_dataset(data28["train"], model.info.input_shapes).arrays.items()
+    }
+    val = load_dataset(data28["val"], model.info.input_shapes).arrays
+    u = core.validation_gradient(model, val)
+    order = core.epoch_orders(96, 1, 3)[0]
+    lrs = np.full(core.n_steps(96, 32), 0.02, np.float32)
+    alone, s1 = core.replay(model, train, order, lrs, 32, u, step="fd")
+    started = []
+
+    def counting_helper(fn):
+        started.append(fn)
+        return parallel.helper(fn)
+
+    paired, s2 = core.replay(model, train, order, lrs, 32, u, step="fd", helper=counting_helper)
+    assert len(started) == 1 and np.std(alone) > 0
+    np.testing.assert_array_equal(alone, paired)
+    assert s1.u_growth == s2.u_growth
+    assert _children() == []
+    core.replay(model, train, order, lrs, 32, u, step="exact", helper=counting_helper)
+    theta = model.get_params()
+    core.replay(
+        model, train, order, lrs, 32, u, step="fd", helper=counting_helper,
+        params_at=lambda t: theta,
+    )  # fmt: skip
+    assert len(started) == 1
+
+
+@needs_fork
+def test_a_helper_error_or_death_reaches_the_parent_and_no_process_is_left():
+    def fn(x):
+        if x == "bad":
+            raise SettingsError("bad: give a good one")
+        if x == "die":
+            os._exit(4)
+        return x * 2
+
+    with parallel.helper(fn) as h:
+        h.submit(21)
+        assert h.result() == 42
+        h.submit("bad")
+        with pytest.raises(SettingsError, match="^bad: give a good one$"):
+            h.result()
+    assert _children() == []
+    with pytest.raises(parallel.WorkerError, match="exit code 4"):
+        with parallel.helper(fn) as h:
+            h.submit("die")
+            h.result()
+    assert _children() == []
+    with pytest.raises(ValueError, match="the caller's"):  # an error here ends the helper too
+        with parallel.helper(fn) as h:
+            raise ValueError("the caller's")
+    assert _children() == []

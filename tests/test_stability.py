@@ -263,6 +263,21 @@ def test_trials_in_worker_processes_equal_trials_one_after_another(results, data
         np.testing.assert_array_equal(v, theta0[k])
 
 
+def test_a_lone_trial_replays_in_two_processes_with_the_same_scores(results, data28):
+    """One trial with two cores: the fd step's two passes run in two processes (settings.yaml
+    says so), and the scores are those of the replay in one process, bit for bit."""
+    m, tr, va = _load(results, "mlp", data28)
+    one = api.compute_influence(m, tr, va, InfluenceSettings(trials=1, seed=2, jobs=1))
+    two = api.compute_influence(m, tr, va, InfluenceSettings(trials=1, seed=2, jobs=2))
+    assert one.timings["replay_processes"] == 1 and two.timings["replay_processes"] == 2
+    np.testing.assert_array_equal(one.scores, two.scores)
+    exact = api.compute_influence(
+        m, tr, va, InfluenceSettings(trials=1, seed=2, jobs=2, replay_step="exact")
+    )
+    three = api.compute_influence(m, tr, va, InfluenceSettings(trials=3, seed=2, jobs=2))
+    assert exact.timings["replay_processes"] == three.timings["replay_processes"] == 1
+
+
 def test_replay_step_setting_reaches_the_replay(results, data7):
     """The default replay step is 'fd' (finite differences): on softmax regression (smooth) its
     scores agree with the exact step's to well under 1%, and differ from them at all (so the
