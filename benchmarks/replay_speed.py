@@ -8,11 +8,14 @@ and for each network (default: the sample CNN ``cnn`` and the LeNet-style ``lene
 - **epoch**: one plain SGD training epoch, :func:`core.sgd_epoch` (median of 3, graphs built
   beforehand). Every end-to-end time below is also given as a multiple of it.
 - **end to end**: ``sgd-influence run`` as a subprocess, exactly as a user starts it (the
-  interpreter's start-up, imports, reading the CSVs, every trial, thumbnails and all outputs),
-  once with its defaults, once with ``--trials 6`` and once with ``--trials 6 --replay-step
-  exact``; wall-clock seconds. The run's own ``settings.yaml`` timings are printed
-  as its stage breakdown, next to the same stages timed here in-process with the package's
-  functions (loading the model, reading both CSVs, writing the outputs).
+  interpreter's start-up, imports, reading the CSVs, every trial, the recommendation and all
+  outputs), once with its defaults, once with ``--no-recommend`` (the scores alone, what the
+  published plugin computes) and once with ``--trials 3`` (the default before one trial);
+  wall-clock seconds and the peak resident memory of the run's process. The defaults' own
+  ``settings.yaml`` timings are printed stage by stage in training epochs, next to each
+  stage's floor (the training phase is one epoch; a replay step is two forward-backward
+  passes, so a replay is at least two epochs of work, one epoch of wall time in two
+  processes; the check runs one epoch of its sample per candidate plus one).
 - **baseline**: the published NNC plugin's method, the only code re-implemented here: per trial
   one SGD epoch (:func:`core.sgd_epoch`) and the validation gradient, then a backward replay
   whose every step computes the per-sample gradients by a batch-size-1 forward/backward loop,
@@ -35,7 +38,7 @@ and for each network (default: the sample CNN ``cnn`` and the LeNet-style ``lene
 - **memory** (``--memory``): peak resident memory of one exact replay, one fd replay, one
   baseline epoch and one training epoch, each in a fresh process (Linux ``VmHWM``).
 
-Targets (issue 9) are printed beside the figures; ``--strict`` makes a missed one exit 1.
+Targets are printed beside the figures; ``--strict`` makes a missed one exit 1.
 ``--context cudnn`` runs the in-process measurements and the CLI runs on the GPU (needs
 nnabla-ext-cuda); ``nnabla_cli train`` stays on the CPU.
 
@@ -73,7 +76,8 @@ NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
 
 #: Targets: (figure key, comparison, bound, what it means).
 TARGETS = (
-    ("trials6_over_epoch", "<=", 20.0, "--trials 6 end to end / training epoch"),
+    ("baseline_over_default", ">=", 20.0, "baseline / defaults end to end"),
+    ("baseline_over_scores_only", ">=", 20.0, "baseline / --no-recommend end to end"),
     ("exact_over_train", "<=", 3.5, "exact replay step / training step"),
     ("fd_over_train", "<=", 3.5, "fd replay step / training step"),
     ("final_cache_overhead_abs", "<=", 4096, "|final cache - (model h5 + 4N)| bytes"),
@@ -346,8 +350,8 @@ def run_cli(result: str, csvs: dict, out_dir: str, extra, context: str) -> dict:
     """``sgd-influence run`` as a subprocess: wall seconds and the run's settings.yaml."""
     cmd = [
         sys.executable,
-        "-m",
-        "sgd_influence_plugin.cli",
+        "-c",
+        RSS_WRAPPER,
         "run",
         "--model",
         os.path.join(result, "results.nnp"),
@@ -363,12 +367,31 @@ def run_cli(result: str, csvs: dict, out_dir: str, extra, context: str) -> dict:
         *extra,
     ]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env())
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()
+    )
+    out, err = proc.communicate()
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
     facts = read_yaml(os.path.join(out_dir, "influence_settings.yaml"))
-    return {"args": list(extra), "seconds": seconds, "settings_yaml": facts}
+    rss = [int(x) for x in err.strip().splitlines()[-1].split()[1:]]
+    return {"args": list(extra), "seconds": seconds, "settings_yaml": facts, "peak_rss_kib": rss}
+
+
+#: ``python -c`` body: the CLI as ``python -m sgd_influence_plugin.cli`` runs it, then, last on
+#: stderr, ``peak-rss <its own KiB> <its largest worker's KiB>`` (Linux ``ru_maxrss``).
+RSS_WRAPPER = (
+    "import atexit, resource, sys\n"
+    "def _rss():\n"
+    "    r = resource.getrusage\n"
+    "    sys.stderr.write('\\npeak-rss %d %d\\n' % (r(resource.RUSAGE_SELF).ru_maxrss, "
+    "r(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "atexit.register(_rss)\n"
+    "sys.argv[0] = 'sgd-influence'\n"
+    "from sgd_influence_plugin.cli import entry\n"
+    "entry()\n"
+)
 
 
 def startup_seconds() -> float:
@@ -526,8 +549,8 @@ def measure_network(arch: str, work: str, csvs: dict, args) -> dict:
 
     runs = [
         ("default", []),
-        ("trials6", ["--trials", "6"]),
-        ("trials6_exact", ["--trials", "6", "--replay-step", "exact"]),
+        ("scores_only", ["--no-recommend"]),
+        ("trials3", ["--trials", "3"]),
     ]
     info["cli"] = {}
     cache_dir = os.path.join(work, f"cache_{arch}")
@@ -578,6 +601,42 @@ def figures_of(info: dict, args) -> dict:
     return fig
 
 
+def stage_epochs(facts: dict, epoch: float) -> list:
+    """``(label, epochs, floor or None)`` per stage of a run's settings.yaml, in units of one
+    training epoch E of the same data (wall time; the floor is what the method must do).
+    """
+    t = facts.get("timings_seconds", {})
+    check = (facts.get("recommendation") or {}).get("check") or {}
+    trials = facts.get("used", {}).get("trials", 1)
+    procs = t.get("replay_processes", 1)
+    n = facts.get("n_train") or 1
+    out = [("reading both CSVs", t.get("reading", 0.0) / epoch, None)]
+    out.append(("per-sample losses", t.get("losses", 0.0) / epoch, None))
+    out.append(("curvature (the automatic rate)", t.get("curvature", 0.0) / epoch, None))
+    out.append((f"training phase, {trials} trial(s)", t.get("training", 0.0) / epoch, trials))
+    out.append(
+        (
+            f"replay, {trials} trial(s), {procs} process(es) each",
+            t.get("replay", 0.0) / epoch,
+            2.0 * trials / procs,
+        )
+    )
+    if check.get("epochs_run"):
+        jobs = check.get("jobs") or 1
+        work = check["epochs_run"] * check.get("rows_per_epoch", n) / n
+        out.append(
+            (
+                f"recommendation: {check['epochs_run']} check epochs",
+                t.get("recommendation", 0.0) / epoch,
+                work / max(1, min(jobs, check["epochs_run"])),
+            )
+        )
+    out.append(
+        ("writing the outputs", (t.get("thumbnails", 0) + t.get("write_csvs", 0)) / epoch, None)
+    )
+    return out
+
+
 def check(value: float, op: str, bound: float) -> bool:
     return value >= bound if op == ">=" else value <= bound
 
@@ -598,7 +657,8 @@ def report(infos: list, args, setup: dict) -> list:
             f"== {info['arch']}: {info['n_params']:,} parameters, N={args.n_train}, "
             f"B={args.batch_size}, T={T}"
         )
-        log(f"  one plain SGD training epoch (core.sgd_epoch)   {fig['epoch_seconds']:8.2f} s")
+        epoch = fig["epoch_seconds"]
+        log(f"  one plain SGD training epoch (core.sgd_epoch)   {epoch:8.2f} s = 1 E")
         log("  end to end (sgd-influence run, subprocess)      seconds   x epoch")
         for name, run in info["cli"].items():
             log(f"    {run['label']:<44} {run['seconds']:8.2f} {fig[name + '_over_epoch']:8.1f}x")
@@ -606,9 +666,16 @@ def report(infos: list, args, setup: dict) -> list:
         timed = "" if bt == 6 else f", {bt} timed x 6/{bt}"
         log(f"  baseline: published plugin's method, 6 trials (compute only{timed})")
         log(f"    {'':<44} {fig['baseline_seconds']:8.2f} {fig['baseline_over_epoch']:8.1f}x")
-        for name in info["cli"]:
-            if name.startswith("trials6"):
-                log(f"    baseline / {name:<34} {fig['baseline_over_' + name]:8.1f}x")
+        for name, run in info["cli"].items():
+            log(f"    baseline / {run['label']:<33} {fig['baseline_over_' + name]:8.1f}x")
+        log("  peak resident memory: the run's process / its largest worker process")
+        for run in info["cli"].values():
+            main_kib, worker_kib = run["peak_rss_kib"]
+            log(f"    {run['label']:<44} {main_kib / 1024:8.0f} / {worker_kib / 1024:.0f} MiB")
+        log("  the defaults' stages (settings.yaml), in training epochs, next to their floor")
+        for label, value, floor in stage_epochs(info["cli"]["default"]["settings_yaml"], epoch):
+            bound = f"floor {floor:.2f}" if floor is not None else ""
+            log(f"    {label:<44} {value:8.2f} E  {bound}")
         log(f"  seconds per step (median of {st['n']}, interleaved)")
         for key, label in (
             ("exact", "exact replay step (core.ExactStep)"),

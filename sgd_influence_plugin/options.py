@@ -37,7 +37,7 @@ HELP = {
     "the report show the names",
     "remove_ratio": "override the recommendation: the cleansed CSV leaves out this share of the "
     "most harmful rows instead",
-    "recommend": "do not decide keep/relabel/remove per row; the influence then uses every "
+    "recommend": "do not decide keep/remove per row; the influence then uses every "
     "validation row instead of half",
     "quiet": "no progress bars or messages",
     "cluster": "address of a Dask scheduler (tcp://HOST:PORT) whose workers run the independent "

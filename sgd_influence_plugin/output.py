@@ -311,8 +311,9 @@ def _recommendation_text(rec, actions, labels, suggested, names=None, cleansed="
     if counts["relabel"] or counts["remove"]:
         lines.append(
             f"next: retrain on {cleansed or 'the cleansed CSV'} (beside this file), which "
-            "applies it; review the rows marked relabel/remove in the influence CSV first if "
-            "you can"
+            "applies it; review the rows marked remove in the influence CSV first if you can "
+            "(where only the label is wrong, set action to relabel, which gives the row "
+            "suggested_label, and run sgd-influence cleanse)"
         )
         changed = [j for j, a in enumerate(actions) if a != "keep"]
         if labels is not None:

@@ -49,8 +49,8 @@ def test_candidates_are_nested_distinct_and_only_suspects():
     labels, prob, trials = _random_case(seed=1)
     s = rc.find_suspects(labels, prob, trials)
     cands = rc.candidates(s)
-    assert [c.action for c in cands] == ["relabel", "remove"] * (len(cands) // 2)
-    sets = [set(c.rows.tolist()) for c in cands[::2]]
+    assert len(cands) >= 2 and {c.action for c in cands} == {"remove"}  # never relabel
+    sets = [set(c.rows.tolist()) for c in cands]
     for a, b in zip(sets, sets[1:]):
         assert a < b  # strictly nested: equal sets are tried once
     for c in cands:

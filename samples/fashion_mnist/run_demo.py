@@ -7,7 +7,7 @@
 3. Run the console plugin script headless inside ``result/``, with no dataset arguments: it
    reads the datasets from the network definition, as it does when a user presses OK. The
    class names come from ``label_names.txt``.
-4. Print the recommendation (how many rows to relabel or remove, and how many of them are
+4. Print the recommendation (how many rows to remove, and how many of them are
    the flipped labels) and where the influence CSV, report and cleansed CSV are (and the
    thumbnails, which are made only for images larger than the thumbnail box).
 

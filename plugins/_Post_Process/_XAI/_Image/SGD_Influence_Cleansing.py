@@ -23,8 +23,8 @@ Starting from the trained parameters, runs the last epoch of plain SGD again, ke
 final parameters, the sample order and the learning rates; then replays that epoch backwards to
 estimate, for every training sample, how the validation loss would change if the sample were
 removed. Negative influence = harmful. The output CSV is sorted so the most harmful come first,
-with thumbnails. The run also recommends, for every row, keep, relabel (to the model's class)
-or remove, and keeps a change only if it lowered the loss on validation rows the influence did
+with thumbnails. The run also recommends, for every row, keep or remove (and shows the model's
+class), and keeps a change only if it lowered the loss on validation rows the influence did
 not see; on clean data that is usually "change nothing". The cleansed training CSV beside the
 output applies the recommendation: retrain on it. A remove ratio overrides the recommendation.
 Every file is named after the output CSV (influence.csv: influence_thumbnails/,
