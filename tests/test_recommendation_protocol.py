@@ -75,3 +75,13 @@ def test_noise_is_not_the_first_rows_of_the_runs_first_epoch():
         flipped = np.flatnonzero(rp.noisy_labels(labels, setting, 0.1, 0) != labels)
         first = np.random.RandomState(0).permutation(5000)[: len(flipped)]
         assert len(set(flipped) & set(first)) < 0.2 * len(flipped)  # ~10% by chance
+
+
+def test_a_retraining_is_reused_only_for_the_same_actions():
+    """The retraining of a recommendation is cached by folder name: relabelling and removing
+    the same rows (whose action names share their first letters) must not share one."""
+    relabel = np.array(["keep", "relabel", "keep"], dtype=object)
+    remove = np.array(["keep", "remove", "keep"], dtype=object)
+    assert rp.recommended_folder(relabel) != rp.recommended_folder(remove)
+    assert rp.recommended_folder(remove) == rp.recommended_folder(remove.copy())
+    assert rp.recommended_folder(remove) != rp.recommended_folder(remove[::-1])

@@ -256,8 +256,7 @@ def run_task(a, setting, seed):
     n_rel, n_rem = int(np.sum(action == "relabel")), int(np.sum(action == "remove"))
     cleansed = os.path.join(infl_dir, "influence_cleansed.csv")
     if changed.any():
-        digest = hashlib.sha1("".join(a[:2] for a in action).encode()).hexdigest()[:8]
-        nnp, seconds = retrain(cleansed, np.arange(n - n_rem), f"recommended_{digest}")
+        nnp, seconds = retrain(cleansed, np.arange(n - n_rem), recommended_folder(action))
         acc, lss = measure(nnp)
     else:
         acc, lss, seconds = none_acc, none_loss, 0.0
@@ -340,6 +339,13 @@ def tasks_dir(a):
         os.makedirs(tasks)
         ownership.mark_folder(tasks)
     return tasks
+
+
+def recommended_folder(action) -> str:
+    """The retraining folder of a recommendation, named after every row's whole action, so
+    that one is reused only for the same changes (relabelling and removing the same rows are
+    different trainings)."""
+    return "recommended_" + hashlib.sha1(",".join(action).encode()).hexdigest()[:8]
 
 
 def _suggested(table, n):
