@@ -41,7 +41,7 @@ from .evaluate_report import OUTPUT_FILES, aggregate, write_outputs  # noqa: F40
 from .nnabla_adapter import load_model
 from .nnabla_adapter.training import initial_parameters, train_from_scratch  # noqa: F401
 from .options import HELP
-from .settings import DEFAULT_TRIALS, REPLAY_STEPS, InfluenceSettings
+from .settings import DEFAULT_TRIALS, MAX_SEED, REPLAY_STEPS, InfluenceSettings, is_number
 
 DEFAULT_RATIOS = "0,0.01,0.02,0.05,0.1,0.2"
 
@@ -157,8 +157,7 @@ def check_evaluate(
             params=model_files.get("params"),
             settings=settings,
         )
-    )
-    settings.validate()
+    )  # validates the settings too (InfluenceSettings.validate)
     if retrain not in ("last", "scratch"):
         raise SettingsError(f"--retrain {retrain}: choose last or scratch")
     if not len(ratios):
@@ -167,20 +166,20 @@ def check_evaluate(
             f"{DEFAULT_RATIOS}"
         )
     for r in ratios:
-        if not (validation._is_number(r) and np.isfinite(r) and 0 <= r < 1):
+        if not (is_number(r) and np.isfinite(r) and 0 <= r < 1):
             raise SettingsError(
                 f"--ratios {','.join(f'{x:g}' for x in ratios)}: {r:g} is not a share in "
                 "[0, 1); give e.g. 0,0.05,0.1"
             )
     if not len(seeds):
         raise SettingsError("--seeds is empty: give at least one seed, e.g. 0,1,2")
-    top = validation.MAX_SEED - (settings.trials - 1)
+    top = MAX_SEED - (settings.trials - 1)
     for seed in seeds:
-        if not (validation._is_number(seed) and int(seed) == seed and 0 <= seed <= top):
+        if not (is_number(seed) and int(seed) == seed and 0 <= seed <= top):
             raise SettingsError(
                 f"--seeds {','.join(str(x) for x in seeds)}: {seed} is not a whole number in "
                 f"0..{top} (each seed's {settings.trials} trials use seeds up to seed + "
-                f"{settings.trials - 1}; numpy's seeds lie in 0..{validation.MAX_SEED})"
+                f"{settings.trials - 1}; numpy's seeds lie in 0..{MAX_SEED})"
             )
     csvs = [train_csv, val_csv, test_csv]
     inputs = [*model_files.values(), *csvs, noise_csv]

@@ -106,8 +106,8 @@ def load_inputs(
             at the trained parameters is not finite.
 
     """
-    validation.check_options(request, flags)
-    settings = request.settings.validate()
+    validation.check_options(request, flags)  # validates the settings in place
+    settings = request.settings
     model = load_model(request.model, request.config, request.params, settings.context)
     info = model.info
     train_csv = dataset_path(request.train, info.train_dataset, "training", flags.train)

@@ -6,8 +6,9 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
+import numpy as np
 import yaml
 
 from .core import REPLAY_STEPS
@@ -15,8 +16,22 @@ from .errors import SettingsError
 from .io_utils import atomic_write
 
 CACHE_MODES = ("final", "all")
+
+
+def is_number(x) -> bool:
+    """A real number (numpy's too), not a bool."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
 #: Named learning-rate choices (besides a positive number).
 LR_CHOICES = ("auto", "solver")
+#: Largest seed numpy's RandomState takes.
+MAX_SEED = 2**32 - 1
+#: Most trials a run accepts. Each trial is a whole training epoch plus its replay, so M
+#: trials take M times as long; averaging M trials lowers the noise of one trial by
+#: 1/sqrt(M) only, so past a few dozen nothing changes the ranking, and 1000 trials of even a
+#: tiny model take hours. A larger number is a typing error, not a request.
+MAX_TRIALS = 1000
 #: Default number of trials (independent sample orders) averaged; see docs/measurements.md.
 DEFAULT_TRIALS = 1
 #: Smallest learning rate accepted (exclusive). The parameters are float32, whose resolution
@@ -129,34 +144,81 @@ class InfluenceSettings:
     replay_step: str = "fd"
     jobs: Optional[int] = None
 
-    def validate(self) -> InfluenceSettings:
-        """Raise :class:`SettingsError` for out-of-range values; returns self."""
+    def validate(self, flags: Optional[Mapping[str, Optional[str]]] = None) -> InfluenceSettings:
+        """Raise :class:`SettingsError` for an out-of-range value; returns self (``lr`` parsed
+        in place). The one home of every settings rule: the CLI, the console plugin and the
+        Python API all come here.
+
+        Args:
+            flags: field name -> how the calling interface spells the option in messages
+                (e.g. ``{"batch_size": "--batch_size"}``); missing or None = the field name.
+
+        """
+        flags = flags or {}
+
+        def name(field: str) -> str:
+            return flags.get(field) or field
+
         if self.lr is None or isinstance(self.lr, bool):
-            raise SettingsError("lr: give auto, solver or a positive number")
+            raise SettingsError(f"{name('lr')} {self.lr}: give auto, solver or a positive number")
         self.lr = parse_lr(self.lr)
         if self.weight_decay is not None and not (
-            math.isfinite(self.weight_decay) and self.weight_decay >= 0
+            is_number(self.weight_decay)
+            and math.isfinite(self.weight_decay)
+            and self.weight_decay >= 0
         ):
-            raise SettingsError(f"weight_decay={self.weight_decay}: must be a finite number >= 0")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise SettingsError(f"batch_size={self.batch_size}: must be >= 1")
-        if self.epochs < 1:
-            raise SettingsError(f"epochs={self.epochs}: must be >= 1")
-        if self.trials < 1:
-            raise SettingsError(f"trials={self.trials}: must be >= 1")
-        if self.retries < 0:
-            raise SettingsError(f"retries={self.retries}: must be >= 0")
+            raise SettingsError(
+                f"{name('weight_decay')} {self.weight_decay}: the weight decay must be a finite "
+                "number >= 0"
+            )
+        for field, what, low in (
+            ("batch_size", "the mini-batch size", 1),
+            ("epochs", "the number of epochs", 1),
+            ("trials", "the number of trials", 1),
+            ("val_batch_size", "the validation batch size", 1),
+            ("retries", "the number of retries", 0),
+        ):
+            value = getattr(self, field)
+            if field == "batch_size" and value is None:
+                continue
+            if not (is_number(value) and int(value) == value and value >= low):
+                raise SettingsError(
+                    f"{name(field)} {value}: {what} must be a whole number >= {low}"
+                )
+        if self.trials > MAX_TRIALS:
+            raise SettingsError(
+                f"{name('trials')} {self.trials}: give at most {MAX_TRIALS} trials; each is a "
+                "whole training epoch and its replay, and averaging more than a few dozen no "
+                f"longer changes the ranking (default {DEFAULT_TRIALS})"
+            )
+        top = MAX_SEED - (self.trials - 1)
+        if not (is_number(self.seed) and int(self.seed) == self.seed and 0 <= self.seed <= top):
+            seed = name("seed")
+            why = (
+                f" (the {self.trials} trials use seeds {seed} to {seed} + {self.trials - 1})"
+                if self.trials > 1
+                else ""
+            )
+            raise SettingsError(
+                f"{seed} {self.seed}: give a whole number in 0..{top}{why}; numpy's seeds lie in "
+                f"0..{MAX_SEED}"
+            )
         self.context = check_context(self.context)
         if self.cache not in CACHE_MODES:
-            raise SettingsError(f"cache={self.cache!r}: choose one of {', '.join(CACHE_MODES)}")
-        if self.jobs is not None and (isinstance(self.jobs, bool) or self.jobs < 1):
-            raise SettingsError(f"jobs={self.jobs}: must be >= 1 (or empty for the cores)")
+            raise SettingsError(
+                f"{name('cache')} {self.cache!r}: choose one of {', '.join(CACHE_MODES)}"
+            )
+        if self.jobs is not None and not (
+            is_number(self.jobs) and int(self.jobs) == self.jobs and self.jobs >= 1
+        ):
+            raise SettingsError(
+                f"{name('jobs')} {self.jobs}: must be >= 1 (or empty for the usable cores)"
+            )
         if self.replay_step not in REPLAY_STEPS:
             raise SettingsError(
-                f"replay_step={self.replay_step!r}: choose one of {', '.join(REPLAY_STEPS)}"
+                f"{name('replay_step')} {self.replay_step!r}: choose one of "
+                f"{', '.join(REPLAY_STEPS)}"
             )
-        if self.val_batch_size < 1:
-            raise SettingsError(f"val_batch_size={self.val_batch_size}: must be >= 1")
         return self
 
     def to_dict(self) -> Dict[str, Any]:

@@ -22,22 +22,13 @@ import tempfile
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
-import numpy as np
-
 from .dataset import Dataset, is_file_cell
 from .errors import DatasetError, OutputError, SettingsError
 from .io_utils import nearest_existing
-from .settings import DEFAULT_TRIALS
+from .settings import is_number
 
 #: Thumbnail sizes accepted, in pixels (a thumbnail is at most this wide and high).
 THUMB_SIZES = (16, 512)
-#: Largest seed numpy's RandomState takes.
-MAX_SEED = 2**32 - 1
-#: Most trials a run accepts. Each trial is a whole training epoch plus its replay, so M
-#: trials take M times as long; averaging M trials lowers the noise of one trial by
-#: 1/sqrt(M) only, so past a few dozen nothing changes the ranking, and 1000 trials of even a
-#: tiny model take hours. A larger number is a typing error, not a request.
-MAX_TRIALS = 1000
 
 
 @dataclass(frozen=True)
@@ -60,6 +51,20 @@ class FlagNames:
     thumb_size: Optional[str] = "--thumb-size"
     remove: Optional[str] = "--remove"
     remove_ratio: str = "--remove-ratio"
+    jobs: Optional[str] = "--jobs"
+    context: Optional[str] = "--context"
+    cache: Optional[str] = "--cache"
+    replay_step: Optional[str] = "--replay-step"
+    retries: Optional[str] = "--retries"
+    val_batch_size: Optional[str] = None
+
+    def for_settings(self) -> Dict[str, Optional[str]]:
+        """Field of :class:`~.settings.InfluenceSettings` -> this spelling (for its
+        :meth:`~.settings.InfluenceSettings.validate`).
+        """
+        names = ("lr", "weight_decay", "batch_size", "epochs", "trials", "seed", "jobs")
+        names += ("context", "cache", "replay_step", "retries", "val_batch_size")
+        return {k: getattr(self, k) for k in names}
 
 
 #: The ``sgd-influence`` command line.
@@ -72,16 +77,14 @@ PLUGIN_FLAGS = FlagNames(
     thumb_size=None,
     remove=None,
     remove_ratio="--remove_ratio",
+    replay_step="--replay_step",
+    retries=None,
 )
 
 
 # ----------------------------------------------------------------------------------------
 # Options
 # ----------------------------------------------------------------------------------------
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
 def check_options(request, flags: FlagNames = CLI_FLAGS) -> None:
@@ -112,43 +115,9 @@ def check_options(request, flags: FlagNames = CLI_FLAGS) -> None:
             f"no model given: pass {flags.model} results.nnp, or {flags.config} net.nntxt with "
             f"{flags.params} parameters.h5"
         )
-    s = request.settings
-    if _is_number(s.lr) and not (math.isfinite(s.lr) and s.lr > 0):
-        raise SettingsError(f"{flags.lr} {s.lr}: the learning rate must be a positive number")
-    wd_flag = flags.weight_decay or "weight decay"
-    if s.weight_decay is not None and not (
-        _is_number(s.weight_decay) and math.isfinite(s.weight_decay) and s.weight_decay >= 0
-    ):
-        raise SettingsError(
-            f"{wd_flag} {s.weight_decay}: the weight decay must be a finite number >= 0"
-        )
-    for flag, value, what in (
-        (flags.batch_size, s.batch_size, "the mini-batch size"),
-        (flags.epochs, s.epochs, "the number of epochs"),
-        (flags.trials, s.trials, "the number of trials"),
-    ):
-        if value is not None and not (_is_number(value) and int(value) == value and value >= 1):
-            raise SettingsError(f"{flag} {value}: {what} must be a whole number >= 1")
-    if s.trials > MAX_TRIALS:
-        raise SettingsError(
-            f"{flags.trials} {s.trials}: give at most {MAX_TRIALS} trials; each is a whole "
-            "training epoch and its replay, and averaging more than a few dozen no longer "
-            f"changes the ranking (default {DEFAULT_TRIALS})"
-        )
-    seed, trials = s.seed, s.trials
-    top = MAX_SEED - (trials - 1)
-    if not (_is_number(seed) and int(seed) == seed and 0 <= seed <= top):
-        why = (
-            f" (the {trials} trials use seeds {flags.seed} to {flags.seed} + {trials - 1})"
-            if trials > 1
-            else ""
-        )
-        raise SettingsError(
-            f"{flags.seed} {seed}: give a whole number in 0..{top}{why}; numpy's seeds lie in "
-            f"0..{MAX_SEED}"
-        )
+    request.settings.validate(flags.for_settings())
     lo, hi = THUMB_SIZES
-    if not (_is_number(request.thumb_size) and lo <= request.thumb_size <= hi):
+    if not (is_number(request.thumb_size) and lo <= request.thumb_size <= hi):
         raise SettingsError(
             f"{flags.thumb_size or 'thumbnail size'} {request.thumb_size}: thumbnails must be "
             f"{lo} to {hi} pixels"
@@ -158,7 +127,7 @@ def check_options(request, flags: FlagNames = CLI_FLAGS) -> None:
 
 
 def _check_ratio(ratio, flags: FlagNames) -> None:
-    if not (_is_number(ratio) and 0 <= ratio < 1):
+    if not (is_number(ratio) and 0 <= ratio < 1):
         raise SettingsError(
             f"{flags.remove_ratio} {ratio}: the share of rows to remove must be in [0, 1), "
             "e.g. 0.05 for 5%"
@@ -180,7 +149,7 @@ def check_remove_choice(
             f"give at most one of {flags.remove or 'a number of rows'} N or "
             f"{flags.remove_ratio} R (neither: apply the recommendation)"
         )
-    if remove is not None and not (_is_number(remove) and int(remove) == remove and remove >= 0):
+    if remove is not None and not (is_number(remove) and int(remove) == remove and remove >= 0):
         raise SettingsError(f"{flags.remove} {remove}: the number of rows must be >= 0")
     if remove_ratio is not None:
         _check_ratio(remove_ratio, flags)
@@ -274,7 +243,7 @@ def check_known_rate(lr, weight_decay: float, n: int, batch_size: int, info) -> 
     from .core import n_steps
 
     rate = info.solver.lr if lr == "solver" else lr
-    if _is_number(rate) and math.isfinite(rate) and rate > 0:
+    if is_number(rate) and math.isfinite(rate) and rate > 0:
         check_rates(float(rate), float(weight_decay), n_steps(n, max(1, int(batch_size))))
 
 

@@ -204,3 +204,41 @@ def test_cudnn_without_extension_is_clear():
         make_context("cudnn")
     with pytest.raises(ContextError, match="unknown context 'tpu'"):
         make_context("tpu")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"trials": 0},
+        {"trials": 10**6},
+        {"batch_size": 0},
+        {"epochs": 1.5},
+        {"seed": -1},
+        {"weight_decay": -0.1},
+        {"jobs": 0},
+        {"retries": -1},
+        {"replay_step": "loop"},
+        {"cache": "some"},
+    ],
+)
+def test_every_settings_rule_has_one_home_whatever_the_interface(bad):
+    """The API, the CLI and the console plugin refuse the same values with the same rule
+    (InfluenceSettings.validate); only the option's spelling differs."""
+    from sgd_influence_plugin.errors import SettingsError
+    from sgd_influence_plugin.runner import RunRequest
+    from sgd_influence_plugin.settings import InfluenceSettings
+    from sgd_influence_plugin.validation import CLI_FLAGS, PLUGIN_FLAGS, check_options
+
+    ((field, value),) = bad.items()
+    messages = []
+    with pytest.raises(SettingsError) as api:
+        InfluenceSettings(**bad).validate()
+    messages.append((field, str(api.value)))
+    for flags in (CLI_FLAGS, PLUGIN_FLAGS):
+        req = RunRequest(output="o.csv", model="m.nnp", settings=InfluenceSettings(**bad))
+        with pytest.raises(SettingsError) as cli:
+            check_options(req, flags)
+        messages.append((flags.for_settings()[field] or field, str(cli.value)))
+    rules = {msg.replace(spelled, "OPTION", 1) for spelled, msg in messages}
+    assert len(rules) == 1, messages
+    assert rules.pop().startswith(f"OPTION {value!r}" if isinstance(value, str) else "OPTION ")
