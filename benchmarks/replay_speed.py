@@ -34,7 +34,7 @@ and for each network (default: the sample CNN ``cnn`` and the LeNet-style ``lene
   exact one at ``--replay-lr`` (default 0.01, a stable rate: where the replay expands u, any
   difference grows with it): Pearson and Spearman of the scores, largest difference.
 - **cache**: bytes of the final-parameters cache of the default run (``--cache-dir``) against
-  the model's ``.h5`` plus 4N, and of an all-parameters cache (:func:`api.compute_influence`).
+  the model's ``.h5`` plus 4N, and of an all-parameters cache (:func:`influence.compute_influence`).
 - **memory** (``--memory``): peak resident memory of one exact replay, one fd replay, one
   baseline epoch and one training epoch, each in a fresh process (Linux ``VmHWM``).
 
@@ -64,7 +64,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from sgd_influence_plugin import api, core, output, parallel  # noqa: E402
+from sgd_influence_plugin import core, influence, output, parallel  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.errors import SGDInfluenceError  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter import load_model, make_context  # noqa: E402
@@ -431,7 +431,7 @@ def stages_in_process(result: str, csvs: dict, work: str, context: str) -> dict:
 def all_cache_bytes(model, train, val, args, work: str) -> dict:
     cache_dir = os.path.join(work, "cache_all")
     settings = InfluenceSettings(cache="all", seed=args.seed, context=args.context, trials=1)
-    res = api.compute_influence(model, train, val, settings, cache_dir=cache_dir)
+    res = influence.compute_influence(model, train, val, settings, cache_dir=cache_dir)
     steps = len(os.listdir(os.path.join(cache_dir, "steps")))
     shutil.rmtree(cache_dir, ignore_errors=True)
     return {"bytes": int(res.cache_bytes), "step_files": steps}

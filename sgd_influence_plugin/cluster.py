@@ -2,7 +2,7 @@
 
 :mod:`.parallel` forks workers on this machine; this module hands the same kind of work to the
 scheduler of a `Dask distributed <https://distributed.dask.org>`_ cluster instead: the trials
-of :func:`.api.compute_influence`, the retrainings of :mod:`.evaluate` and of the sample's
+of :func:`.influence.compute_influence`, the retrainings of :mod:`.evaluate` and of the sample's
 paper protocol. Dask is an optional dependency (``pip install sgd-influence-plugin[cluster]``);
 nothing here is imported without ``--cluster``. docs/cluster.md says how to start a cluster.
 

@@ -34,10 +34,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import core, places, validation
-from .api import compute_influence, resolve
 from .dataset import Dataset, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
 from .evaluate_report import OUTPUT_FILES, aggregate, write_outputs  # noqa: F401 - for scripts
+from .influence import compute_influence, resolve
 from .nnabla_adapter import load_model
 from .nnabla_adapter.training import initial_parameters, train_from_scratch  # noqa: F401
 from .options import HELP

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import api, core, output
+from . import core, influence, output
 from .errors import ComputationError, SettingsError
 from .settings import InfluenceSettings
 
@@ -77,7 +77,7 @@ class CheckResult:
     val_loss_full: float
     u_growth: float
     n_train: int
-    run: Optional[api.ResolvedRun] = None
+    run: Optional[influence.ResolvedRun] = None
     warnings: List[str] = field(default_factory=list)
 
 
@@ -152,11 +152,12 @@ def check_fidelity(
 ) -> CheckResult:
     """One influence trial, then exact leave-one-out re-runs of its replayed epoch.
 
-    The trial is ``api.run_trial`` (training phase + replay into a temporary cache, retried
-    at a lower rate when unstable) at the rate :func:`api.resolve` and :func:`api.choose_lr`
-    settle (``settings.trials`` is not used: one trial). The exact re-runs use that trial's
-    order and per-step rates (:func:`api.read_schedule`), start from the parameters before
-    the replayed (last) epoch, and give the picked sample weight 0 (:func:`core.sgd_epoch`).
+    The trial is ``influence.run_trial`` (training phase + replay into a temporary cache,
+    retried at a lower rate when unstable) at the rate :func:`influence.resolve` and
+    :func:`influence.choose_lr` settle (``settings.trials`` is not used: one trial). The exact
+    re-runs use that trial's order and per-step rates (:func:`influence.read_schedule`), start
+    from the parameters before the replayed (last) epoch, and give the picked sample weight 0
+    (:func:`core.sgd_epoch`).
 
     Args:
         model: an ``NnablaModel``; its trainable parameters are restored at the end.
@@ -182,21 +183,21 @@ def check_fidelity(
     timings: Dict[str, float] = {}
     n = len(next(iter(train.values())))
     theta0 = model.get_params()
-    run = api.resolve(model, settings)
+    run = influence.resolve(model, settings)
     for w in run.warnings:
         log("warning: " + w)
     val_loss_start = core.mean_loss(model, val, settings.val_batch_size)
     t0 = time.perf_counter()
-    api.choose_lr(model, train, settings, run, log)
+    influence.choose_lr(model, train, settings, run, log)
     timings["curvature"] = time.perf_counter() - t0
     cache = tempfile.mkdtemp(prefix="sgd_influence_check_")
     try:
         t0 = time.perf_counter()
-        outcome = api.run_trial(
+        outcome = influence.run_trial(
             model, train, val, settings, run, cache, settings.seed, progress, val_loss_start
         )
         timings["influence"] = time.perf_counter() - t0
-        order, lrs = api.read_schedule(cache)
+        order, lrs = influence.read_schedule(cache)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     warnings = list(run.warnings) + list(outcome.warnings)

@@ -21,7 +21,7 @@ from .errors import SettingsError
 from .settings import InfluenceSettings, read_yaml, write_yaml
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import ResolvedRun
+    from .influence import ResolvedRun
 
 
 def _dir_bytes(path: str) -> int:

@@ -1,7 +1,7 @@
 """One run from files to files; the console plugin, the CLI and the tests call :func:`run`.
 
 The inputs are read and checked by :func:`.inputs.load_inputs` (shared with ``check``), the
-scores computed by :func:`.api.compute_influence`, the files written by :mod:`.output`.
+scores computed by :func:`.influence.compute_influence`, the files written by :mod:`.output`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Callable, List, Optional
 
 from . import __version__, interrupts, parallel, places, validation
 from . import recommend as recommend_mod
-from .api import InfluenceResult, compute_influence
 from .core import mean_loss
 from .errors import OutputError
+from .influence import InfluenceResult, compute_influence
 from .inputs import load_inputs
 from .io_utils import makedirs_tracked, try_lock
 from .labels import check_label_names, read_label_names

@@ -114,8 +114,8 @@ class InfluenceSettings:
             ``seed + 1``, ...) whose scores are combined (each scaled to a common size first,
             so no single trial dominates).
         retries: how many times a trial whose replay blows up (non-finite scores, or the
-            query vector growing more than ``api.GROWTH_LIMIT`` times) is run again at a quarter
-            of its rate before the run stops with an error.
+            query vector growing more than ``influence.GROWTH_LIMIT`` times) is run again at a
+            quarter of its rate before the run stops with an error.
         seed: seed of the first trial's sample order.
         cache: ``final`` (Suzuki et al.: keep only the final parameters) or ``all`` (Hara et al.:
             also keep the parameters before every step of the last epoch).

@@ -236,11 +236,11 @@ def check_label_values(dataset: Dataset, label_classes: Mapping[str, int]) -> No
 
 def check_known_rate(lr, weight_decay: float, n: int, batch_size: int, info) -> None:
     """A rate known before computing (a number, or ``solver``) and the weight decay must leave
-    a model to replay (:func:`~sgd_influence_plugin.api.check_rates`); ``auto`` is checked
+    a model to replay (:func:`~sgd_influence_plugin.influence.check_rates`); ``auto`` is checked
     once the curvature has chosen it.
     """
-    from .api import check_rates
     from .core import n_steps
+    from .influence import check_rates
 
     rate = info.solver.lr if lr == "solver" else lr
     if is_number(rate) and math.isfinite(rate) and rate > 0:

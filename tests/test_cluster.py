@@ -17,7 +17,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from sgd_influence_plugin import api, cluster, interrupts  # noqa: E402
+from sgd_influence_plugin import cluster, influence, interrupts  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.errors import ClusterError  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
@@ -85,11 +85,13 @@ def test_trials_on_the_cluster_equal_a_local_run_and_the_cache_comes_back(schedu
     _, model, train, val = mlp
     theta0 = model.get_params()
     settings = InfluenceSettings(trials=3, jobs=1, lr=0.05)
-    here = api.compute_influence(model, train, val, settings, cache_dir=str(tmp_path / "here"))
+    here = influence.compute_influence(
+        model, train, val, settings, cache_dir=str(tmp_path / "here")
+    )
     stages = set()
     with cluster.connect(scheduler) as c:
         assert c.slots == 2
-        there = api.compute_influence(
+        there = influence.compute_influence(
             model,
             train,
             val,
@@ -211,9 +213,11 @@ def _in_thread(fn):
 def test_a_killed_worker_has_its_trial_run_again_with_the_same_result(scheduler, mlp):
     _, model, train, val = mlp
     settings = InfluenceSettings(trials=2, jobs=1, lr=0.05)
-    here = api.compute_influence(model, train, val, settings)
+    here = influence.compute_influence(model, train, val, settings)
     with cluster.connect(scheduler) as c:
-        result = _in_thread(lambda: api.compute_influence(model, train, val, settings, cluster=c))
+        result = _in_thread(
+            lambda: influence.compute_influence(model, train, val, settings, cluster=c)
+        )
         assert _kill_the_worker_that_runs(c.client, "trial-")
         there = result()
         c.client.wait_for_workers(2, timeout=60)  # the nanny restarted it

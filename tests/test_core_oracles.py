@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import api, core
+from sgd_influence_plugin import core, influence
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.nnabla_adapter import load_model, read_params
 from sgd_influence_plugin.settings import InfluenceSettings
@@ -138,12 +138,12 @@ def test_replay_equals_float64_dense_hessian_brute_force(
     assert m.info.solver.weight_decay > 0 and m.info.solver.batch_size == 16
     # B=16: 50 samples make steps of 16, 16, 16 and a last one of 2. B=1: 50 single steps.
     settings = InfluenceSettings(cache=cache, seed=5, batch_size=batch_size, replay_step="exact")
-    run = api.resolve(m, settings)
+    run = influence.resolve(m, settings)
     T = -(-50 // batch_size)
     theta0 = m.get_params()
     cache_dir = str(tmp_path / "cache")
-    api.run_training_phase(m, tr, settings, run, cache_dir, seed=5)
-    infl, stats, _ = api.run_inference_phase(m, tr, va, cache_dir)
+    influence.run_training_phase(m, tr, settings, run, cache_dir, seed=5)
+    infl, stats, _ = influence.run_inference_phase(m, tr, va, cache_dir)
     m.set_params(theta0)
     assert stats.steps == T
 
@@ -240,10 +240,10 @@ def test_two_epochs_cache_the_last_order_and_two_epochs_of_sgd(results, data7, t
     m, tr, _ = _load(results, "logreg", data7)
     theta0 = m.get_params()
     settings = InfluenceSettings(lr=0.1, epochs=2, seed=5, cache="all")
-    run = api.resolve(m, settings)
+    run = influence.resolve(m, settings)
     assert run.batch_size == 16 and run.weight_decay == pytest.approx(0.01)
     cache_dir = str(tmp_path / "cache")
-    api.run_training_phase(m, tr, settings, run, cache_dir, seed=5)
+    influence.run_training_phase(m, tr, settings, run, cache_dir, seed=5)
     m.set_params(theta0)
     orders = core.epoch_orders(50, 2, 5)
     rng = np.random.RandomState(5)  # the documented draw: one RandomState, one per epoch
@@ -300,7 +300,7 @@ def test_permuting_rows_permutes_scores(results, data28):
 def test_trials_average_and_cache_layout(results, data28, tmp_path):
     m, tr, va = _load(results, "mlp", data28)
     theta0 = m.get_params()
-    res = api.compute_influence(
+    res = influence.compute_influence(
         m, tr, va, InfluenceSettings(trials=2, seed=7), cache_dir=str(tmp_path / "c")
     )
     assert res.scores.shape == (256,) and res.scores.dtype == np.float64
@@ -329,7 +329,7 @@ def test_trials_average_and_cache_layout(results, data28, tmp_path):
 def test_all_mode_keeps_one_snapshot_per_step(results, data28, tmp_path):
     m, tr, va = _load(results, "mlp", data28)
     theta0 = m.get_params()
-    res = api.compute_influence(
+    res = influence.compute_influence(
         m, tr, va, InfluenceSettings(cache="all", trials=1), cache_dir=str(tmp_path / "c")
     )
     steps = sorted(os.listdir(tmp_path / "c" / "steps"))
@@ -345,18 +345,18 @@ def test_temporary_cache_is_removed(results, data28, monkeypatch, tmp_path):
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     m, tr, va = _load(results, "mlp", data28)
-    api.compute_influence(m, tr, va, InfluenceSettings())
+    influence.compute_influence(m, tr, va, InfluenceSettings())
     assert os.listdir(tmp_path) == []
     bad = dict(va)
     bad["x"] = bad["x"][:, :, :10]  # wrong shape: fails inside the inference phase
     with pytest.raises(ValueError, match="could not broadcast"):  # fails inside the phase
-        api.compute_influence(m, tr, bad, InfluenceSettings())
+        influence.compute_influence(m, tr, bad, InfluenceSettings())
     assert os.listdir(tmp_path) == []
 
 
 def test_non_sgd_solver_warns(results, data28):
     m, tr, va = _load(results, "adam", data28)
-    run = api.resolve(m, InfluenceSettings())
+    run = influence.resolve(m, InfluenceSettings())
     assert run.lr == pytest.approx(0.001)
     assert any("trained with Adam" in w and "plain SGD" in w for w in run.warnings)
 
@@ -369,8 +369,8 @@ def test_exploding_query_vector_is_measured(results, data28):
     _, calm = core.replay(m, tr, order, np.full(8, 1e-3), 32, u)
     _, wild = core.replay(m, tr, order, np.full(8, 1e3), 32, u)
     assert calm.u_growth < 1.5 and wild.u_growth > 100
-    assert api.trial_problem(np.zeros(3), calm.u_growth) is None
-    assert "grew" in api.trial_problem(np.zeros(3), wild.u_growth)
+    assert influence.trial_problem(np.zeros(3), calm.u_growth) is None
+    assert "grew" in influence.trial_problem(np.zeros(3), wild.u_growth)
 
 
 def test_replay_builds_one_graph_per_batch_size(results, data28, monkeypatch):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import api, core
+from sgd_influence_plugin import core, influence
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.evaluate import accuracy, evaluate
 from sgd_influence_plugin.nnabla_adapter import load_model
@@ -51,7 +51,7 @@ def test_evaluate_rows_precision_and_retrain_last_oracle(results, data28, tmp_pa
     m = load_model(model=nnp)
     tr = load_dataset(data28["train"], m.info.input_shapes)
     va = load_dataset(data28["val"], m.info.input_shapes)
-    res = api.compute_influence(m, tr.arrays, va.arrays, InfluenceSettings(seed=4, trials=1))
+    res = influence.compute_influence(m, tr.arrays, va.arrays, InfluenceSettings(seed=4, trials=1))
     top = np.argsort(res.scores, kind="stable")[:26]
     assert rows[1]["precision_at_n"] == pytest.approx(np.mean([i in flipped for i in top]))
     assert rows[1]["recall_at_n"] == pytest.approx(sum(i in flipped for i in top) / 37)

@@ -14,7 +14,7 @@ PLUGIN_DIR = os.path.join("_Post_Process", "_XAI", "_Image")
 #: helper (``support/``) must never appear.
 PRODUCT_MODULES = (
     "__init__.py",
-    "api.py",
+    "influence.py",
     "check.py",
     "cleanse.py",
     "cli.py",

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import api, core
+from sgd_influence_plugin import core, influence
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.nnabla_adapter import load_model, read_params
 from sgd_influence_plugin.settings import InfluenceSettings
@@ -73,7 +73,9 @@ def test_smooth_net_matches_exact_leave_one_out(results, data28, tmp_path):
     scores = {}
     for cache in ("all", "final"):
         settings = InfluenceSettings(cache=cache, seed=3, lr="solver", trials=1)
-        res = api.compute_influence(model, train, val, settings, cache_dir=str(tmp_path / cache))
+        res = influence.compute_influence(
+            model, train, val, settings, cache_dir=str(tmp_path / cache)
+        )
         scores[cache] = res.scores
     order = np.load(tmp_path / "all" / "order.npy")
     lrs = np.load(tmp_path / "all" / "lr.npy")
@@ -110,7 +112,7 @@ def test_smooth_net_leave_one_out_at_n1024(tmp_path):
     theta0 = model.get_params()
     scores = {}
     for cache in ("all", "final"):
-        res = api.compute_influence(
+        res = influence.compute_influence(
             model,
             train,
             val,

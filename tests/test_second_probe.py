@@ -638,13 +638,13 @@ def test_case6_scores_that_tell_no_sample_from_another_are_refused(world):
     result (the rate checks above stop the known causes before computing)."""
     import numpy as np
 
-    from sgd_influence_plugin import api
+    from sgd_influence_plugin import influence
     from sgd_influence_plugin.errors import ComputationError
 
-    run = api.ResolvedRun(lr=1e-3, weight_decay=0.0, batch_size=16)
+    run = influence.ResolvedRun(lr=1e-3, weight_decay=0.0, batch_size=16)
     with pytest.raises(ComputationError, match=r"all 50 influence scores are 0: .*nothing was"):
-        api.check_spread(np.zeros(50), run)
-    api.check_spread(np.linspace(-1, 1, 50), run)
+        influence.check_spread(np.zeros(50), run)
+    influence.check_spread(np.linspace(-1, 1, 50), run)
 
 
 # ----------------------------------------------------------------------------------------
@@ -688,7 +688,7 @@ def test_case17_check_on_two_rows_names_the_minimum(world, capsys):
 
 
 def test_case17_a_diverging_automatic_rate_does_not_advise_lr_auto(world):
-    from sgd_influence_plugin import api
+    from sgd_influence_plugin import influence
     from sgd_influence_plugin.dataset import load_dataset
     from sgd_influence_plugin.errors import UnstableReplayError
     from sgd_influence_plugin.nnabla_adapter import load_model
@@ -700,9 +700,11 @@ def test_case17_a_diverging_automatic_rate_does_not_advise_lr_auto(world):
     settings = InfluenceSettings(trials=1, retries=0)
     for source, advice in (("auto", r"--lr auto is already in use: give a smaller --lr number"),
                            ("given", r"Give a smaller --lr \(or --lr auto\)")):  # fmt: skip
-        run = api.ResolvedRun(lr=1e6, weight_decay=0.0, batch_size=16, lr_source=source)
+        run = influence.ResolvedRun(lr=1e6, weight_decay=0.0, batch_size=16, lr_source=source)
         with pytest.raises(UnstableReplayError, match=advice):
-            api.run_trial(model, train, val, settings, run, str(world["tmp"] / "c"), 0, None, 2.3)
+            influence.run_trial(
+                model, train, val, settings, run, str(world["tmp"] / "c"), 0, None, 2.3
+            )
 
 
 def test_case17_a_cache_dir_in_use_by_another_run_is_refused(world, capsys):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from test_core_oracles import _load, _LogReg, _theta
 
-from sgd_influence_plugin import api, core, curvature
+from sgd_influence_plugin import core, curvature, influence
 from sgd_influence_plugin.errors import UnstableReplayError
 from sgd_influence_plugin.settings import InfluenceSettings
 
@@ -97,14 +97,14 @@ def test_combine_trials_no_trial_dominates():
 
 def test_trial_problem():
     ok = np.ones(5)
-    assert api.trial_problem(ok, 1.2) is None
-    assert "not finite" in api.trial_problem(np.array([1.0, np.nan, np.inf]), 1.0)
-    assert "overflowed" in api.trial_problem(ok, float("inf"))
-    assert "grew" in api.trial_problem(ok, api.GROWTH_LIMIT * 1.5)
+    assert influence.trial_problem(ok, 1.2) is None
+    assert "not finite" in influence.trial_problem(np.array([1.0, np.nan, np.inf]), 1.0)
+    assert "overflowed" in influence.trial_problem(ok, float("inf"))
+    assert "grew" in influence.trial_problem(ok, influence.GROWTH_LIMIT * 1.5)
     # The training phase's epoch must not wreck the model (validation loss 0.5 -> 3).
-    assert api.trial_problem(ok, 1.0, 0.9, 0.5) is None
-    assert "diverged" in api.trial_problem(ok, 1.0, 3.0, 0.5)
-    assert "diverged" in api.trial_problem(ok, 1.0, float("nan"), 0.5)
+    assert influence.trial_problem(ok, 1.0, 0.9, 0.5) is None
+    assert "diverged" in influence.trial_problem(ok, 1.0, 3.0, 0.5)
+    assert "diverged" in influence.trial_problem(ok, 1.0, float("nan"), 0.5)
 
 
 def test_auto_lr_is_used_and_recorded(results, data28, tmp_path):
@@ -137,7 +137,7 @@ def test_auto_lr_is_used_and_recorded(results, data28, tmp_path):
     assert sel["source"] == "auto" and sel["lr"] == facts["used"]["lr"]
     assert sel["curvature"]["lambda_max"] == pytest.approx(res.run.curvature.lambda_max, rel=1e-3)
     assert [t["lr"] for t in facts["trials"]] == [expected, expected]
-    assert res.timings["u_growth"] < api.GROWTH_LIMIT and not res.warnings
+    assert res.timings["u_growth"] < influence.GROWTH_LIMIT and not res.warnings
     # The CSV holds the combined scores, and the trials file each trial's raw scores.
     with open(paths.csv) as f:
         rows = list(csv.DictReader(f))
@@ -181,7 +181,7 @@ def test_loss_column_equals_closed_form_losses(results, data7, tmp_path):
 def test_user_lr_above_the_stable_rate_is_warned_before_the_run(results, data28):
     m, tr, va = _load(results, "mlp", data28)
     said = []
-    res = api.compute_influence(
+    res = influence.compute_influence(
         m, tr, va, InfluenceSettings(lr=1.0, trials=1, retries=4), log=said.append
     )
     warn = [i for i, s in enumerate(said) if "above the stable rate" in s]
@@ -196,11 +196,11 @@ def test_unstable_trials_are_retried_at_a_quarter_rate(results, data28):
     """lr=1000 makes every trial blow up; each trial is checked and retried until stable."""
     m, tr, va = _load(results, "mlp", data28)
     theta0 = m.get_params()
-    res = api.compute_influence(m, tr, va, InfluenceSettings(lr=1000.0, trials=2, retries=8))
+    res = influence.compute_influence(m, tr, va, InfluenceSettings(lr=1000.0, trials=2, retries=8))
     assert np.all(np.isfinite(res.scores)) and np.all(np.isfinite(res.trial_scores))
     for t in res.trials:
         assert t.attempts >= 2 and t.lr == pytest.approx(1000.0 / 4 ** (t.attempts - 1))
-        assert t.u_growth <= api.GROWTH_LIMIT
+        assert t.u_growth <= influence.GROWTH_LIMIT
     assert sum("retried at lr=" in w for w in res.warnings) == sum(
         t.attempts - 1 for t in res.trials
     )
@@ -211,7 +211,7 @@ def test_unstable_trials_are_retried_at_a_quarter_rate(results, data28):
 def test_unstable_run_is_refused_and_nothing_is_written(results, data28, tmp_path):
     m, tr, va = _load(results, "mlp", data28)
     with pytest.raises(UnstableReplayError, match="unstable at lr=1000"):
-        api.compute_influence(m, tr, va, InfluenceSettings(lr=1000.0, trials=1, retries=0))
+        influence.compute_influence(m, tr, va, InfluenceSettings(lr=1000.0, trials=1, retries=0))
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=ROOT, TMPDIR=str(tmp_path / "tmp"))
     os.makedirs(tmp_path / "tmp")
@@ -251,8 +251,8 @@ def test_trials_in_worker_processes_equal_trials_one_after_another(results, data
     each trial's raw scores and orders are those of the same trials run in this process."""
     m, tr, va = _load(results, "mlp", data28)
     theta0 = m.get_params()
-    serial = api.compute_influence(m, tr, va, InfluenceSettings(trials=3, seed=2, jobs=1))
-    forked = api.compute_influence(m, tr, va, InfluenceSettings(trials=3, seed=2, jobs=2))
+    serial = influence.compute_influence(m, tr, va, InfluenceSettings(trials=3, seed=2, jobs=1))
+    forked = influence.compute_influence(m, tr, va, InfluenceSettings(trials=3, seed=2, jobs=2))
     assert serial.timings["jobs"] == 1 and forked.timings["jobs"] == 2
     np.testing.assert_array_equal(forked.trial_scores, serial.trial_scores)
     np.testing.assert_array_equal(forked.scores, serial.scores)
@@ -267,14 +267,14 @@ def test_a_lone_trial_replays_in_two_processes_with_the_same_scores(results, dat
     """One trial with two cores: the fd step's two passes run in two processes (settings.yaml
     says so), and the scores are those of the replay in one process, bit for bit."""
     m, tr, va = _load(results, "mlp", data28)
-    one = api.compute_influence(m, tr, va, InfluenceSettings(trials=1, seed=2, jobs=1))
-    two = api.compute_influence(m, tr, va, InfluenceSettings(trials=1, seed=2, jobs=2))
+    one = influence.compute_influence(m, tr, va, InfluenceSettings(trials=1, seed=2, jobs=1))
+    two = influence.compute_influence(m, tr, va, InfluenceSettings(trials=1, seed=2, jobs=2))
     assert one.timings["replay_processes"] == 1 and two.timings["replay_processes"] == 2
     np.testing.assert_array_equal(one.scores, two.scores)
-    exact = api.compute_influence(
+    exact = influence.compute_influence(
         m, tr, va, InfluenceSettings(trials=1, seed=2, jobs=2, replay_step="exact")
     )
-    three = api.compute_influence(m, tr, va, InfluenceSettings(trials=3, seed=2, jobs=2))
+    three = influence.compute_influence(m, tr, va, InfluenceSettings(trials=3, seed=2, jobs=2))
     assert exact.timings["replay_processes"] == three.timings["replay_processes"] == 1
 
 
@@ -284,8 +284,8 @@ def test_replay_step_setting_reaches_the_replay(results, data7):
     setting reached the replay)."""
     m, tr, va = _load(results, "logreg", data7)
     common = dict(trials=1, seed=1, lr=0.5)
-    exact = api.compute_influence(m, tr, va, InfluenceSettings(replay_step="exact", **common))
-    fd = api.compute_influence(m, tr, va, InfluenceSettings(**common))
+    exact = influence.compute_influence(m, tr, va, InfluenceSettings(replay_step="exact", **common))
+    fd = influence.compute_influence(m, tr, va, InfluenceSettings(**common))
     assert InfluenceSettings().replay_step == "fd"
     assert not np.array_equal(fd.scores, exact.scores)
     err = np.max(np.abs(fd.scores - exact.scores)) / np.max(np.abs(exact.scores))

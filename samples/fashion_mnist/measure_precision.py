@@ -20,8 +20,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..")))
 
-from sgd_influence_plugin.api import compute_influence  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
+from sgd_influence_plugin.influence import compute_influence  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
 from sgd_influence_plugin.settings import InfluenceSettings, parse_lr  # noqa: E402
 

@@ -235,9 +235,9 @@ def read_task_rows(path):
 
 def run_task(a, noise, seed):
     """Everything for one (noise, seed); rows go to ``task_dir/rows.csv`` as they finish."""
-    from sgd_influence_plugin.api import compute_influence
     from sgd_influence_plugin.cluster import open_cluster
     from sgd_influence_plugin.dataset import load_dataset
+    from sgd_influence_plugin.influence import compute_influence
     from sgd_influence_plugin.nnabla_adapter import load_model
 
     out = task_dir(a, noise, seed)

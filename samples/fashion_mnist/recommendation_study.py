@@ -62,8 +62,8 @@ def case_dir(a):
 
 
 def collect(a):
-    from sgd_influence_plugin.api import compute_influence
     from sgd_influence_plugin.dataset import load_dataset
+    from sgd_influence_plugin.influence import compute_influence
     from sgd_influence_plugin.nnabla_adapter import load_model
     from sgd_influence_plugin.settings import InfluenceSettings
 
