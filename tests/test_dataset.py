@@ -129,3 +129,19 @@ def test_reading_in_worker_processes_gives_the_same_dataset(tmp_path, monkeypatc
     (tmp_path / "img" / "190.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r"d\.csv row 191, column 'x:image'.*img/190\.png"):
         load_dataset(str(csv_path), needs, jobs=3)
+
+
+def test_a_png_named_file_holding_another_format_still_decodes(tmp_path):
+    """The fast path opens '.png' files as PNG only; a JPEG saved under a .png name (it
+    happens) goes to nnabla's loader instead of failing."""
+    from PIL import Image
+
+    from sgd_influence_plugin.dataset import _load_file
+
+    pixels = (np.random.RandomState(0).rand(28, 28) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png", format="JPEG")
+    Image.fromarray(pixels).save(tmp_path / "b.png")
+    jpeg, png = _load_file(str(tmp_path / "a.png"), True), _load_file(str(tmp_path / "b.png"), True)
+    assert jpeg.shape == png.shape == (1, 28, 28)
+    np.testing.assert_allclose(png[0], pixels / 255.0, atol=1e-12)
+    assert np.abs(jpeg[0] - pixels / 255.0).mean() < 0.1  # lossy, but the same picture
