@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, List, Optional
 
+import numpy as np
+
 from . import interrupts, parallel, places, validation
-from .core import mean_loss
+from .core import per_sample_losses
 from .dataset import Dataset, load_dataset
 from .errors import ComputationError, SettingsError
 from .nnabla_adapter import load_model
@@ -31,6 +33,7 @@ class Inputs:
         train / val: the decoded datasets.
         val_loss: mean validation loss at the trained parameters (finite).
         read_seconds: wall time of decoding both CSVs.
+        val_losses: float64 (V,) each validation row's loss there (their mean is ``val_loss``).
 
     """
 
@@ -41,6 +44,7 @@ class Inputs:
     val: Dataset
     val_loss: float
     read_seconds: float
+    val_losses: Optional[np.ndarray] = None
 
 
 def dataset_path(given, ref, what, flag):
@@ -136,10 +140,11 @@ def load_inputs(
     t_read = time.perf_counter() - t_read
     check_loaded(model, train, val)
     interrupts.check()
-    loss0 = mean_loss(model, val.arrays, settings.val_batch_size)
+    losses = per_sample_losses(model, val.arrays, settings.val_batch_size)
+    loss0 = float(np.mean(losses))
     if not math.isfinite(loss0):
         raise ComputationError(
             f"{info.source}: the validation loss at the trained parameters is {loss0} on "
             f"{val_csv}; check that the parameters belong to this network and the data to it"
         )
-    return Inputs(model, train_csv, val_csv, train, val, loss0, t_read)
+    return Inputs(model, train_csv, val_csv, train, val, loss0, t_read, losses)

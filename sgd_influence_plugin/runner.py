@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
+import numpy as np
+
 from . import __version__, interrupts, parallel, places, validation
 from . import recommend as recommend_mod
-from .core import mean_loss
 from .errors import OutputError
 from .influence import InfluenceResult, compute_influence
 from .inputs import load_inputs
@@ -157,10 +158,12 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
         f"{train.size} training and {val.size} validation samples; "
         f"{model.n_params} trained parameters"
     )
-    val_for_influence, heldout, why_not = _split_for_check(request, info, train, val, settings)
+    val_for_influence, heldout, why_not, first = _split_for_check(
+        request, info, train, val, settings
+    )
     loss0 = loaded.val_loss
-    if heldout is not None:
-        loss0 = mean_loss(model, val_for_influence, settings.val_batch_size)
+    if first is not None:  # the influence's half of the rows already scored by load_inputs
+        loss0 = float(np.mean(loaded.val_losses[first]))
     made_cache: Optional[str] = None
     lock = None
     try:
@@ -251,8 +254,9 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
 
 def _split_for_check(request: RunRequest, info, train, val, settings):
     """``(validation arrays for the influence, held-out arrays for the check or None, why
-    not)``: the recommendation needs a classifier (one categorical label column and an
-    executor network) and enough validation rows for two halves.
+    not, the influence's validation rows or None)``: the recommendation needs a classifier
+    (one categorical label column and an executor network) and enough validation rows for
+    two halves.
     """
     need = 2 * recommend_mod.MIN_HELDOUT
     if not request.recommend:
@@ -270,8 +274,8 @@ def _split_for_check(request: RunRequest, info, train, val, settings):
     else:
         first, held = recommend_mod.split_validation(val.size, settings.seed)
         pick = lambda idx: {k: v[idx] for k, v in val.arrays.items()}  # noqa: E731
-        return pick(first), pick(held), ""
-    return val.arrays, None, why
+        return pick(first), pick(held), "", first
+    return val.arrays, None, why, None
 
 
 def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_csv) -> dict:
