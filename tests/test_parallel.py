@@ -204,24 +204,50 @@ _INTERRUPTED = textwrap.dedent(
 )
 
 
+_INTERRUPTED_HELPER = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    from sgd_influence_plugin import interrupts, parallel
+
+    def fn(x):
+        open(os.path.join({folder!r}, str(os.getpid())), "w").close()
+        time.sleep(60)
+
+    try:
+        with interrupts.stop_requests():
+            with parallel.helper(fn) as h:
+                h.submit(1)
+                h.result()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+    """
+)
+
+
 @needs_fork
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
-def test_sigterm_or_ctrl_c_ends_every_worker(tmp_path, how):
+@pytest.mark.parametrize("kind", ["workers", "helper"])
+def test_sigterm_or_ctrl_c_ends_every_worker(tmp_path, how, kind):
     """SIGTERM to the parent (as the CLI maps it) or SIGINT to the whole process group (what
-    Ctrl-C in a terminal sends): the parent exits through KeyboardInterrupt, no worker lives."""
+    Ctrl-C in a terminal sends): the parent exits through KeyboardInterrupt, no worker (nor
+    the replay's helper) lives."""
     script = tmp_path / "interrupted.py"
     folder = tmp_path / "pids"
     folder.mkdir()
-    script.write_text(_INTERRUPTED.format(root=ROOT, folder=str(folder)))
+    template = _INTERRUPTED if kind == "workers" else _INTERRUPTED_HELPER
+    script.write_text(template.format(root=ROOT, folder=str(folder)))
+    expected = 2 if kind == "workers" else 1
     proc = subprocess.Popen(
         [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
         deadline = time.time() + 60
-        while len(os.listdir(folder)) < 2 and time.time() < deadline:
+        while len(os.listdir(folder)) < expected and time.time() < deadline:
             time.sleep(0.05)
         workers = [int(p) for p in os.listdir(folder)]
-        assert len(workers) == 2 and all(_alive(p) for p in workers)
+        assert len(workers) == expected and all(_alive(p) for p in workers)
         if how == "sigterm":
             proc.send_signal(signal.SIGTERM)
         else:
