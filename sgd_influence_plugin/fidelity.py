@@ -194,8 +194,9 @@ def check_fidelity(
     try:
         t0 = time.perf_counter()
         outcome = influence.run_trial(
-            model, train, val, settings, run, cache, settings.seed, progress, val_loss_start
-        )
+            model, train, val, settings, run, cache, settings.seed, progress, val_loss_start,
+            influence.replay_helper(settings),
+        )  # fmt: skip
         timings["influence"] = time.perf_counter() - t0
         order, lrs = influence.read_schedule(cache)
     finally:

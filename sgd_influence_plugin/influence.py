@@ -363,6 +363,17 @@ def run_trial(
     )
 
 
+def replay_helper(settings: InfluenceSettings, parallel_trials: int = 1):
+    """:func:`.parallel.helper` when the cores left over by ``parallel_trials`` trials give each
+    a second process for the fd step's minus pass (see :func:`.core.replay`: the same scores
+    in about half the replay's wall time), else None.
+    """
+    if settings.replay_step != "fd" or settings.cache != "final":
+        return None
+    cores = parallel.workers_for(settings.context, settings.jobs)
+    return parallel.helper if cores // max(1, parallel_trials) >= 2 else None
+
+
 def cluster_trial(item, progress, model, train, val):
     """One trial as a unit of :meth:`.cluster.Cluster.map`: :func:`run_trial` on a worker,
     in a temporary cache folder there.
@@ -497,13 +508,7 @@ def compute_influence(
     def trial_dir(m: int) -> str:
         return root if settings.trials == 1 else os.path.join(root, f"trial_{m:02d}")
 
-    # Cores left over by the trials: a lone trial replays the fd step's two passes in two
-    # processes (see core.replay), which gives the same scores.
-    helper = None
-    if cluster is None and settings.replay_step == "fd" and settings.cache == "final":
-        cores = parallel.workers_for(settings.context, settings.jobs)
-        if cores // max(1, min(jobs, settings.trials)) >= 2:
-            helper = parallel.helper
+    helper = None if cluster is not None else replay_helper(settings, min(jobs, settings.trials))
     timings["replay_processes"] = 2 if helper is not None else 1
 
     def one_trial(m: int, trial_progress) -> TrialOutcome:
