@@ -180,7 +180,7 @@ def test_plugin_with_nntxt_and_h5(results, data28, tmp_path):
     [
         (["-t", "missing.csv"], "missing.csv: file not found"),
         (["-m", "nothing.nnp"], "nothing.nnp: file not found"),
-        (["-a", "some"], "cache='some': choose one of final, all"),
+        (["-a", "some"], "--cache 'some': choose one of final, all"),
         (["-o", "TRAIN"], "refusing to overwrite the input"),
     ],
 )
