@@ -58,7 +58,7 @@ def epoch_seconds(result: str, data: str) -> float:
     model = load_model(model=os.path.join(result, "results.nnp"))
     train = load_dataset(os.path.join(data, "train.csv"), model.info.input_shapes, jobs=2).arrays
     n = len(train["y"])
-    b = model.info.train_dataset.batch_size if model.info.train_dataset else 64
+    b = model.info.solver.batch_size
     lrs = np.full(core.n_steps(n, b), 1e-4, np.float32)
     graphs = core.GraphCache(model, fused=False)
     order = np.arange(n)
