@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     log(f"cores: {len(os.sched_getaffinity(0))}; one training epoch E = {epoch:.1f} s")
     log(f"end to end: {seconds:.1f} s = {seconds / epoch:.2f} E (target <= {TARGET_SECONDS:g} s)")
     for key, value in t.items():
-        if isinstance(value, float) and key not in ("u_growth", "seconds_per_replay_step"):
+        counts = ("u_growth", "seconds_per_replay_step", "jobs", "replay_processes", "replay_steps")
+        if isinstance(value, float) and key not in counts:
             log(f"  {key:<26} {value:8.2f} s  {value / epoch:6.2f} E")
     rec = facts.get("recommendation") or {}
     log(f"recommendation: {rec.get('reason', '-')}")
