@@ -114,3 +114,57 @@ def test_documents_the_setup_script_points_to_are_in_the_repository():
     assert docs, "the script names no document to read"
     for doc in docs:
         assert os.path.isfile(os.path.join(ROOT, doc)), f"bootstrap_env.sh points to {doc}"
+
+
+def _package_modules():
+    root = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sgd_influence_plugin"
+    )
+    for parent, _, names in os.walk(root):
+        for name in names:
+            if name.endswith(".py"):
+                path = os.path.join(parent, name)
+                rel = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+                yield rel.replace(".__init__", "").replace("__init__", ""), path
+
+
+def _module_level_imports(path, module):
+    """Package modules ``module`` imports at module level (not inside functions)."""
+    import ast
+
+    package = module.rsplit(".", 1)[0] if "." in module else ""
+    out = set()
+    for node in ast.parse(open(path).read()).body:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = (
+                package.split(".")[: len(package.split(".")) - (node.level - 1)] if package else []
+            )
+            prefix = ".".join([*base, node.module] if node.module else base)
+            if node.module:
+                out.add(prefix)
+            else:
+                out.update(".".join([*base, a.name]) for a in node.names)
+        elif isinstance(node, ast.If):  # TYPE_CHECKING blocks are not imports at run time
+            continue
+    return {m for m in out if m}
+
+
+def test_modules_stay_small_and_import_without_cycles():
+    """One concept per module: none over 600 lines, no import cycle at module level, and the
+    core imports nothing of the project."""
+    modules = dict(_package_modules())
+    for name, path in modules.items():
+        lines = len(open(path).read().splitlines())
+        assert lines <= 600, f"{name}: {lines} lines; split it by concept"
+    graph = {
+        m: {d for d in _module_level_imports(p, m) if d in modules} for m, p in modules.items()
+    }
+    assert graph["core"] == set()
+
+    def visit(m, stack):
+        assert m not in stack, " -> ".join([*stack, m])
+        for d in graph.get(m, ()):
+            visit(d, [*stack, m])
+
+    for m in graph:
+        visit(m, [])
