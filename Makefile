@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: env data test test-slow lint demo bench gpu-check lock clean
+.PHONY: env data test test-slow lint demo bench bench-full gpu-check lock clean
 
 env:  ## create .venv with nnabla 1.39.0 and the pinned packages (idempotent)
 	@bash scripts/bootstrap_env.sh
@@ -27,6 +27,9 @@ demo: data  ## build the Fashion-MNIST sample, train it with nnabla_cli, run the
 
 bench: data  ## speed benchmark: sample CNN and LeNet, 3,000 images (a few minutes)
 	$(PY) benchmarks/replay_speed.py
+
+bench-full: data  ## all 60,000 Fashion-MNIST images at the defaults, timed (builds and trains once)
+	$(PY) benchmarks/full_run.py
 
 gpu-check: data  ## oracle tests + benchmark with --context cudnn (after SGDI_CUDA=120 make env)
 	@bash scripts/gpu_check.sh
