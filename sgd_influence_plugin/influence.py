@@ -25,6 +25,7 @@ from .errors import ComputationError, SettingsError, UnstableReplayError
 from .phases import (  # noqa: F401 - the phases' names, where callers know them
     _dir_bytes,
     read_schedule,
+    replay_helper,
     run_inference_phase,
     run_training_phase,
 )
@@ -40,13 +41,10 @@ Log = Callable[[str], None]
 GROWTH_LIMIT = 10.0
 
 
-#: Most the weight decay alone may shrink the weights within the replayed epoch (a factor).
-#: Without gradients, T steps at rate lr multiply every weight by (1 - lr * lambda)^T. When
-#: that is below 1/10, the decay outweighs what the gradients of a trained model restore in
-#: one epoch: the training phase ends at a collapsed model (outputs near uniform, the loss
-#: near chance, e.g. ln 10 for ten classes) whose scores measure the collapse, not the data.
-#: A trained network's usual settings are far from it: lr 0.1, lambda 5e-4 and T = 1875
-#: (60,000 images, batch 32) shrink by 0.91.
+#: Most the weight decay alone may shrink the weights within the replayed epoch (a factor):
+#: T steps multiply every weight by (1 - lr * lambda)^T. Below 1/10 the training phase ends
+#: at a collapsed model (the loss near chance) whose scores measure the collapse, not the
+#: data. Usual settings are far from it: lr 0.1, lambda 5e-4, T = 1875 shrink by 0.91.
 MAX_DECAY_SHRINK = 10.0
 
 
@@ -363,17 +361,6 @@ def run_trial(
     )
 
 
-def replay_helper(settings: InfluenceSettings, parallel_trials: int = 1):
-    """:func:`.parallel.helper` when the cores left over by ``parallel_trials`` trials give each
-    a second process for the fd step's minus pass (see :func:`.core.replay`: the same scores
-    in about half the replay's wall time), else None.
-    """
-    if settings.replay_step != "fd" or settings.cache != "final":
-        return None
-    cores = parallel.workers_for(settings.context, settings.jobs)
-    return parallel.helper if cores // max(1, parallel_trials) >= 2 else None
-
-
 def cluster_trial(item, progress, model, train, val):
     """One trial as a unit of :meth:`.cluster.Cluster.map`: :func:`run_trial` on a worker,
     in a temporary cache folder there.
@@ -456,6 +443,7 @@ def compute_influence(
     log: Optional[Log] = None,
     val_loss_start: Optional[float] = None,
     cluster=None,
+    losses: Optional[Callable[[], np.ndarray]] = None,
 ) -> InfluenceResult:
     """Curvature and learning rate, then training phase + inference phase, M times, combined.
 
@@ -479,6 +467,9 @@ def compute_influence(
         cluster: None = forked workers here; a connected :class:`~.cluster.Cluster` = units
             on its workers (the model and arrays sent once; the cache comes back only for a
             ``cache_dir``, and this process writes it).
+        losses: a callable that returns each training row's loss at the model's parameters
+            (float64 (N,)), called after the trials, e.g. an answer of another process that
+            computed them meanwhile; None = computed here first.
 
     Raises:
         UnstableReplayError: a trial stayed unstable after its retries (nothing is returned).
@@ -490,7 +481,10 @@ def compute_influence(
         log("warning: " + w)
     timings: Dict[str, float] = {}
     t0 = time.perf_counter()
-    losses = core.per_sample_losses(model, train, settings.val_batch_size)
+    get_losses = losses
+    losses = None
+    if get_losses is None:
+        losses = core.per_sample_losses(model, train, settings.val_batch_size)
     if val_loss_start is None:
         val_loss_start = core.mean_loss(model, val, settings.val_batch_size)
     timings["losses"] = time.perf_counter() - t0
@@ -580,6 +574,8 @@ def compute_influence(
         timings[key] = sum(o.seconds[key] for o in outcomes)
     timings["seconds_per_replay_step"] = timings["replay"] / max(1, timings["replay_steps"])
     timings["u_growth"] = max(o.u_growth for o in outcomes)
+    if losses is None:
+        losses = np.asarray(get_losses(), dtype=np.float64)
     trial_scores = np.stack([o.scores for o in outcomes])
     scores, scales = core.combine_trials(trial_scores)  # finite: every trial was checked
     check_spread(scores, run)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import numpy as np
 
-from . import core
+from . import core, parallel
 from .errors import SettingsError
 from .settings import InfluenceSettings, read_yaml, write_yaml
 
@@ -158,3 +158,14 @@ def run_inference_phase(
         helper=helper,
     )
     return infl, stats, val_loss
+
+
+def replay_helper(settings: InfluenceSettings, parallel_trials: int = 1):
+    """:func:`.parallel.helper` when the cores left over by ``parallel_trials`` trials give each
+    a second process for the fd step's minus pass (see :func:`.core.replay`: the same scores
+    in about half the replay's wall time), else None.
+    """
+    if settings.replay_step != "fd" or settings.cache != "final":
+        return None
+    cores = parallel.workers_for(settings.context, settings.jobs)
+    return parallel.helper if cores // max(1, parallel_trials) >= 2 else None

@@ -34,7 +34,8 @@ threw the parameters (held-out loss 0.40 -> 0.71 on an unchanged sample CNN), wh
 the effect of the changed rows; decaying to 0 settles it (0.40 -> 0.385), and the same
 candidate then gives the same verdict for any sample order.
 
-Everything here except :func:`settle_epoch` / :func:`check_candidates` is numpy only.
+The check itself (the epochs and the held-out comparison) is :mod:`.heldout_check`; the
+rule here is numpy only, but for :func:`recommend` and :func:`early_work`, which run it.
 """
 
 from __future__ import annotations
@@ -42,11 +43,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from . import core
+from .heldout_check import (  # noqa: F401 - part of this module's interface
+    CHECK_ROWS,
+    SEED_OFFSET,
+    SGD_SOLVERS,
+    _check_epoch,
+    check_candidates,
+    check_order,
+    check_rate,
+    paired_change,
+    settle_epoch,
+    split_validation,
+)
 
 #: Probability levels of the given label at which suspects become candidates. The levels are
 #: probabilities, so they mean the same for any network; the check, not the level, decides.
@@ -190,13 +203,6 @@ def candidates(suspects: Suspects, levels: Sequence[float] = GIVEN_LABEL_LEVELS)
         new = suspects.suggested[rows]
         out.append(Candidate(level, "remove", rows, new))
     return out
-
-
-def paired_change(loss: np.ndarray, base: np.ndarray) -> Tuple[float, float]:
-    """Mean of ``loss - base`` over held-out rows, and its standard error."""
-    d = np.asarray(loss, dtype=np.float64) - np.asarray(base, dtype=np.float64)
-    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.inf
-    return float(d.mean()), se
 
 
 def z_required(n_candidates: int, alpha: float = FAMILY_ALPHA) -> float:
@@ -348,159 +354,44 @@ def build(suspects: Suspects, checked: List[Candidate], n_heldout: int, check: D
     )
 
 
-# ----------------------------------------------------------------------------- the check
+# ----------------------------------------------------------------------------- one run
 
 
-def settle_epoch(
-    model,
-    arrays: Mapping[str, np.ndarray],
-    order: np.ndarray,
-    lr: float,
-    batch_size: int,
-    weight_decay: float = 0.0,
-    sample_weight: Optional[np.ndarray] = None,
-    graphs: Optional[core.GraphCache] = None,
-    progress: Optional[core.Progress] = None,
-) -> None:
-    """One epoch of plain SGD in place, the rate decaying linearly from ``lr`` to 0."""
-    T = core.n_steps(len(order), batch_size)
-    lrs = lr * (1.0 - np.arange(T, dtype=np.float64) / T)
-    core.sgd_epoch(
-        model, arrays, order, lrs, batch_size, weight_decay, sample_weight=sample_weight,
-        graphs=graphs, progress=progress,
-    )  # fmt: skip
-
-
-def check_order(n: int, seed: int, rows: Optional[int] = None) -> np.ndarray:
-    """The check epoch's sample order: the first ``min(n, rows)`` of a seeded permutation of
-    ``n`` rows (all ``n`` when ``rows`` is None), int64. Every candidate uses the same order.
-    """
-    order = np.random.RandomState(seed).permutation(n)
-    return order if rows is None or rows >= n else order[: int(rows)]
-
-
-def check_candidates(
+def early_work(
     model,
     train: Mapping[str, np.ndarray],
     heldout: Mapping[str, np.ndarray],
     label_column: str,
-    cands: List[Candidate],
-    lr: float,
     batch_size: int,
-    weight_decay: float = 0.0,
-    seed: int = 0,
-    predict: Optional[Callable[[Mapping[str, np.ndarray]], np.ndarray]] = None,
-    progress: Optional[core.Progress] = None,
-    val_batch_size: int = 256,
-    rows: Optional[int] = None,
-    jobs: int = 1,
-) -> List[Candidate]:
-    """Fill each candidate's held-out result (in place; returns ``cands``).
+    weight_decay: float,
+    seed: int,
+    check_rows: Optional[int] = CHECK_ROWS,
+) -> Optional[Dict]:
+    """What :func:`recommend` needs that the influence does not change, computed before it
+    (e.g. in another process while the influence runs): the model's class probabilities on
+    the training rows and the check's epoch on the data as given. None when the check's rate
+    needs the measured curvature (an adaptive solver); :func:`recommend` then does it all.
 
-    The model's trainable parameters are restored at the end. The epochs (one on the data as
-    given, one per candidate) are independent and run in up to ``jobs`` forked worker
-    processes (:mod:`.parallel`); the results are the same as one after another.
-
-    Args:
-        model: the model object :mod:`.core` describes, at the trained parameters.
-        train / heldout: column -> (N, ...) float32 arrays; ``heldout`` rows were not used by
-            the influence.
-        label_column: the column a relabel changes.
-        lr / batch_size / weight_decay: the check's epoch (see :func:`settle_epoch`).
-        seed: seed of its sample order (the same order for every candidate).
-        predict: optional ``arrays -> (N, C)`` class scores, for the accuracy change.
-        rows: the epoch visits this many training rows, a seeded uniform sample
-            (:func:`check_order`; None = all N). A candidate's changes apply to the rows it
-            shares with the sample, so the share of changed rows is kept.
-        jobs: worker processes for the epochs (1 = in this process).
-
+    The model's trainable parameters are restored at the end.
     """
-    from . import parallel
-
+    solver = model.info.solver
+    lr, _ = check_rate(solver.type, solver.lr, math.nan)
+    if not math.isfinite(lr) or len(heldout[label_column]) < MIN_HELDOUT:
+        return None
     theta0 = model.get_params()
     n = len(train[label_column])
-    order = check_order(n, seed, rows)
-    graphs = core.GraphCache(model, fused=False)
-    held_labels = np.asarray(heldout[label_column]).reshape(-1).astype(np.int64)
-    items: List[Optional[Candidate]] = [None, *cands]
-    steps = core.n_steps(len(order), batch_size)
-    done = [0] * len(items)
-
-    def measure(c: Optional[Candidate], item_progress):
-        model.set_params(theta0)
-        arrays, weight = dict(train), None
-        if c is not None and c.action == "relabel":
-            lab = np.array(train[label_column], copy=True)
-            lab.reshape(n, -1)[c.rows, 0] = c.new_labels
-            arrays[label_column] = lab
-        elif c is not None:
-            weight = np.ones(n, dtype=np.float32)
-            weight[c.rows] = 0.0
-        settle_epoch(
-            model, arrays, order, lr, batch_size, weight_decay, weight, graphs, item_progress
-        )  # fmt: skip
-        loss = core.per_sample_losses(model, heldout, val_batch_size)
-        correct = None
-        if predict is not None:
-            out = np.asarray(predict(heldout)).reshape(len(held_labels), -1)
-            correct = (out.argmax(axis=1) == held_labels).astype(np.float64)
-        return loss, correct
-
-    def on_progress(k: int, _stage: str, d: int, _total: int) -> None:
-        if progress is not None:  # one stage for all the check's epochs, in steps
-            done[k] = d
-            progress("checking the recommendation", sum(done), len(items) * steps)
-
+    key = (lr, int(batch_size), float(weight_decay), seed + SEED_OFFSET, check_rows, n)
     try:
-        results = parallel.run_parallel(measure, items, jobs=jobs, on_progress=on_progress)
+        prob = as_probabilities(model.predict(train))
+        held_labels = np.asarray(heldout[label_column]).reshape(-1).astype(np.int64)
+        base = _check_epoch(
+            model, train, heldout, held_labels, label_column, None,
+            check_order(n, seed + SEED_OFFSET, check_rows), lr, batch_size, weight_decay,
+            core.GraphCache(model, fused=False), model.predict, 256,
+        )  # fmt: skip
     finally:
         model.set_params(theta0)
-    base_loss, base_correct = results[0]
-    for c, (loss, correct) in zip(cands, results[1:]):
-        c.loss_change, c.standard_error = paired_change(loss, base_loss)
-        c.heldout_loss = loss
-        if correct is not None:
-            c.accuracy_change = float(np.mean(correct - base_correct))
-    return cands
-
-
-# ----------------------------------------------------------------------------- one run
-
-#: Added to the run's seed for the held-out split and for the check's sample order, so
-#: neither coincides with a trial's epoch order (``RandomState(seed).permutation``).
-SEED_OFFSET = 10_007
-#: Training rows one check epoch visits at most (a seeded uniform sample; every row when the
-#: training set is smaller). The check compares paired held-out losses, whose ratio to their
-#: standard error does not depend on how far the epoch moves the parameters, only on the
-#: share of changed rows, which a uniform sample keeps; so a sample bounds the check's cost
-#: (one epoch per candidate) without changing its verdicts. Measured against whole epochs on
-#: the 50,000-row protocol tasks in ``docs/recommendation.md``.
-CHECK_ROWS = 10_000
-#: Solvers whose rate is a plain-SGD step size, so the check can use it as it is.
-SGD_SOLVERS = ("Sgd", "SgdW", "Momentum", "Nesterov")
-
-
-def split_validation(n: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Seeded halves of the validation rows: ``(for the influence, held out for the check)``,
-    each int64 ascending; the held-out half is the smaller one when ``n`` is odd.
-    """
-    perm = np.random.RandomState(seed + SEED_OFFSET).permutation(n)
-    held = n // 2
-    return np.sort(perm[held:]).astype(np.int64), np.sort(perm[:held]).astype(np.int64)
-
-
-def check_rate(solver_type: str, solver_lr: float, lambda_max: float) -> Tuple[float, str]:
-    """The check epoch's starting rate, and where it came from.
-
-    The console's own rate for SGD-type solvers (the check imitates more training as the
-    console would do it); for adaptive solvers (Adam, ...) whose rate is no SGD step size,
-    ``1 / lambda_max`` of the measured mini-batch Hessians (half the edge of stability).
-    """
-    if solver_type in SGD_SOLVERS and math.isfinite(solver_lr) and solver_lr > 0:
-        return float(solver_lr), f"the console's rate ({solver_type})"
-    if math.isfinite(lambda_max) and lambda_max > 0:
-        return 1.0 / float(lambda_max), f"1 / lambda_max ({solver_type} has no SGD rate)"
-    return math.nan, f"no rate: {solver_type} has no SGD rate and no curvature was measured"
+    return {"key": key, "prob": prob, "base": base}
 
 
 def recommend(
@@ -517,6 +408,7 @@ def recommend(
     log: Optional[Callable[[str], None]] = None,
     jobs: int = 1,
     check_rows: Optional[int] = CHECK_ROWS,
+    early: Optional[Dict] = None,
 ) -> Recommendation:
     """The whole rule for one run (see the module docstring).
 
@@ -533,6 +425,9 @@ def recommend(
         jobs: worker processes for the check's epochs.
         check_rows: training rows each check epoch visits (see :data:`CHECK_ROWS`; None =
             all).
+        early: :func:`early_work`'s result for these arguments, or None; the same result
+            either way (it is used only when it was computed with this rate, batch size,
+            weight decay, seed and sample).
 
     """
     log = log or (lambda msg: None)
@@ -548,7 +443,10 @@ def recommend(
     lr, rate_source = check_rate(solver.type, solver.lr, lambda_max)
     if not math.isfinite(lr):
         return unavailable(n, f"no recommendation: {rate_source}")
-    prob = as_probabilities(model.predict(train))
+    key = (lr, int(batch_size), float(weight_decay), seed + SEED_OFFSET, check_rows, n)
+    if early is not None and early.get("key") != key:
+        early = None
+    prob = early["prob"] if early else as_probabilities(model.predict(train))
     labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
     suspects = find_suspects(labels, prob, trial_scores)
     cands = candidates(suspects)
@@ -571,7 +469,7 @@ def recommend(
         check_candidates(
             model, train, heldout, label_column, cands, lr, batch_size, weight_decay,
             seed=seed + SEED_OFFSET, predict=model.predict, progress=progress,
-            rows=check_rows, jobs=jobs,
+            rows=check_rows, jobs=jobs, base=early["base"] if early else None,
         )  # fmt: skip
     rec = build(suspects, cands, n_held, check)
     log("recommendation: " + rec.reason)

@@ -6,6 +6,7 @@ scores computed by :func:`.influence.compute_influence`, the files written by :m
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -19,8 +20,9 @@ import numpy as np
 
 from . import __version__, interrupts, parallel, places, validation
 from . import recommend as recommend_mod
+from .core import per_sample_losses
 from .errors import OutputError
-from .influence import InfluenceResult, compute_influence
+from .influence import InfluenceResult, compute_influence, resolve
 from .inputs import load_inputs
 from .io_utils import makedirs_tracked, try_lock
 from .labels import check_label_names, read_label_names
@@ -170,17 +172,21 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
         if request.cache_dir is not None:
             made_cache = _prepare_cache_dir(request.cache_dir)
             lock = _lock_cache_dir(request.cache_dir, flags.cache_dir or "cache folder")
-        result = compute_influence(
-            model,
-            train.arrays,
-            val_for_influence,
-            settings,
-            request.cache_dir,
-            progress=interrupts.checked_progress(progress),
-            log=log,
-            val_loss_start=loss0,
-            cluster=cluster,
-        )
+        label = next(iter(info.label_classes)) if heldout is not None else None
+        with _early_helper(model, train.arrays, heldout, label, settings, cluster) as early:
+            result = compute_influence(
+                model,
+                train.arrays,
+                val_for_influence,
+                settings,
+                request.cache_dir,
+                progress=interrupts.checked_progress(progress),
+                log=log,
+                val_loss_start=loss0,
+                cluster=cluster,
+                losses=(lambda: early()[0]) if early else None,
+            )
+            early_rec = early()[1] if early else None
         t_rec = time.perf_counter()
         if heldout is None:
             rec = recommend_mod.unavailable(train.size, why_not)
@@ -199,6 +205,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
                 progress=interrupts.checked_progress(progress),
                 log=log,
                 jobs=parallel.workers_for(settings.context, settings.jobs),
+                early=early_rec,
             )
         t_rec = time.perf_counter() - t_rec
         facts = run_facts(result, settings, info, model.n_params, loaded.train_csv, loaded.val_csv)
@@ -250,6 +257,44 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
         if lock is not None:
             lock.close()
     return paths, result
+
+
+@contextlib.contextmanager
+def _early_helper(model, train, heldout, label, settings, cluster):
+    """With a second core: a forked helper that computes, while the influence runs, what
+    does not depend on it (each training row's loss; the recommendation's probabilities and
+    its check epoch on the data as given, :func:`.recommend.early_work`). Yields a callable
+    returning ``(losses, early work or None)`` (waiting for the helper), or None: then the
+    influence and the recommendation compute them themselves, with the same results.
+    """
+    if cluster is not None or parallel.workers_for(settings.context, settings.jobs) < 2:
+        yield None
+        return
+    resolved = resolve(model, settings)  # the replayed epoch's batch size and weight decay
+
+    def work():
+        losses = per_sample_losses(model, train, settings.val_batch_size)
+        if heldout is None:
+            return losses, None
+        early = recommend_mod.early_work(
+            model, train, heldout, label, resolved.batch_size, resolved.weight_decay,
+            settings.seed,
+        )  # fmt: skip
+        return losses, early
+
+    with parallel.helper(work) as helper:
+        if helper is None:
+            yield None
+            return
+        helper.submit()
+        answer = []
+
+        def get():
+            if not answer:
+                answer.append(helper.result())
+            return answer[0]
+
+        yield get
 
 
 def _split_for_check(request: RunRequest, info, train, val, settings):

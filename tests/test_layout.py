@@ -26,6 +26,7 @@ PRODUCT_MODULES = (
     "evaluate.py",
     "evaluate_report.py",
     "fidelity.py",
+    "heldout_check.py",
     "inputs.py",
     "interrupts.py",
     "io_utils.py",

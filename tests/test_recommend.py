@@ -451,3 +451,36 @@ def test_check_epochs_match_a_plain_loop_in_workers_and_on_a_row_sample(flipped_
         assert c.loss_change == pytest.approx(np.mean(want - base), abs=1e-6)
     # A sample of 300 rows is not the whole epoch: the sample size must reach the epoch.
     assert not np.allclose(whole[0].heldout_loss, serial[0].heldout_loss)
+
+
+def test_work_done_early_in_a_helper_gives_the_same_run(flipped_world, tmp_path, monkeypatch):
+    """With two cores the run computes the training losses, the probabilities and the check's
+    epoch on the data as given in a helper process while the influence runs: the CSV and the
+    recommendation are those of a run that does it all in one process."""
+    worlds, _ = flipped_world
+    folder, data = worlds["noisy"]
+    outs, given_base = {}, []
+    real = rc.check_candidates
+
+    def spy(*args, **kwargs):
+        given_base.append(kwargs.get("base") is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rc, "check_candidates", spy)
+    for jobs in (1, 2):
+        req = RunRequest(
+            output=str(tmp_path / f"j{jobs}" / "influence.csv"),
+            model=os.path.join(folder, "results.nnp"),
+            train=data["train"],
+            val=data["val"],
+            settings=InfluenceSettings(jobs=jobs),
+        )
+        paths, _ = run(req)
+        facts = yaml.safe_load(open(paths.settings))
+        outs[jobs] = (open(paths.csv).read(), facts["recommendation"], facts["timings_seconds"])
+    assert outs[1][0] == outs[2][0]  # every score, loss, suggestion and action
+    for rec in (outs[1][1], outs[2][1]):
+        rec["check"].pop("jobs")  # the worker processes the check had, 1 or 2
+    assert outs[1][1] == outs[2][1]  # every candidate's held-out result
+    assert outs[1][2]["replay_processes"] == 1 and outs[2][2]["replay_processes"] == 2
+    assert given_base == [False, True]  # one process computed it; two took it from the helper

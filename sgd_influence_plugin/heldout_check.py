@@ -1,0 +1,193 @@
+"""The check of a recommendation: from the trained parameters, one settling epoch on the data
+as given and on each candidate change, then the loss of held-out validation rows the scores
+did not use, compared row by row (see :mod:`.recommend`, which decides from it).
+
+Everything here except :func:`settle_epoch` / :func:`check_candidates` is numpy only; a
+candidate is any object with ``action`` (``relabel`` or ``remove``), ``rows``, ``new_labels``
+and the result fields :class:`.recommend.Candidate` has.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from . import core
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .recommend import Candidate
+
+#: Added to the run's seed for the held-out split and for the check's sample order, so
+#: neither coincides with a trial's epoch order (``RandomState(seed).permutation``).
+SEED_OFFSET = 10_007
+#: Training rows one check epoch visits at most (a seeded uniform sample; every row when the
+#: training set is smaller). The check compares paired held-out losses, whose ratio to their
+#: standard error does not depend on how far the epoch moves the parameters, only on the
+#: share of changed rows, which a uniform sample keeps; so a sample bounds the check's cost
+#: (one epoch per candidate) without changing its verdicts. Measured against whole epochs on
+#: the 50,000-row protocol tasks in ``docs/recommendation.md``.
+CHECK_ROWS = 10_000
+#: Solvers whose rate is a plain-SGD step size, so the check can use it as it is.
+SGD_SOLVERS = ("Sgd", "SgdW", "Momentum", "Nesterov")
+
+
+def split_validation(n: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Seeded halves of the validation rows: ``(for the influence, held out for the check)``,
+    each int64 ascending; the held-out half is the smaller one when ``n`` is odd.
+    """
+    perm = np.random.RandomState(seed + SEED_OFFSET).permutation(n)
+    held = n // 2
+    return np.sort(perm[held:]).astype(np.int64), np.sort(perm[:held]).astype(np.int64)
+
+
+def check_rate(solver_type: str, solver_lr: float, lambda_max: float) -> Tuple[float, str]:
+    """The check epoch's starting rate, and where it came from.
+
+    The console's own rate for SGD-type solvers (the check imitates more training as the
+    console would do it); for adaptive solvers (Adam, ...) whose rate is no SGD step size,
+    ``1 / lambda_max`` of the measured mini-batch Hessians (half the edge of stability).
+    """
+    if solver_type in SGD_SOLVERS and math.isfinite(solver_lr) and solver_lr > 0:
+        return float(solver_lr), f"the console's rate ({solver_type})"
+    if math.isfinite(lambda_max) and lambda_max > 0:
+        return 1.0 / float(lambda_max), f"1 / lambda_max ({solver_type} has no SGD rate)"
+    return math.nan, f"no rate: {solver_type} has no SGD rate and no curvature was measured"
+
+
+def paired_change(loss: np.ndarray, base: np.ndarray) -> Tuple[float, float]:
+    """Mean of ``loss - base`` over held-out rows, and its standard error."""
+    d = np.asarray(loss, dtype=np.float64) - np.asarray(base, dtype=np.float64)
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.inf
+    return float(d.mean()), se
+
+
+def settle_epoch(
+    model,
+    arrays: Mapping[str, np.ndarray],
+    order: np.ndarray,
+    lr: float,
+    batch_size: int,
+    weight_decay: float = 0.0,
+    sample_weight: Optional[np.ndarray] = None,
+    graphs: Optional[core.GraphCache] = None,
+    progress: Optional[core.Progress] = None,
+) -> None:
+    """One epoch of plain SGD in place, the rate decaying linearly from ``lr`` to 0."""
+    T = core.n_steps(len(order), batch_size)
+    lrs = lr * (1.0 - np.arange(T, dtype=np.float64) / T)
+    core.sgd_epoch(
+        model, arrays, order, lrs, batch_size, weight_decay, sample_weight=sample_weight,
+        graphs=graphs, progress=progress,
+    )  # fmt: skip
+
+
+def check_order(n: int, seed: int, rows: Optional[int] = None) -> np.ndarray:
+    """The check epoch's sample order: the first ``min(n, rows)`` of a seeded permutation of
+    ``n`` rows (all ``n`` when ``rows`` is None), int64. Every candidate uses the same order.
+    """
+    order = np.random.RandomState(seed).permutation(n)
+    return order if rows is None or rows >= n else order[: int(rows)]
+
+
+def _check_epoch(
+    model, train, heldout, held_labels, label_column, c, order, lr, batch_size, weight_decay,
+    graphs, predict, val_batch_size, progress=None,
+):  # fmt: skip
+    """One check epoch from the model's current parameters on the data as given (``c`` None)
+    or changed by candidate ``c``: ``(held-out losses, held-out correct or None)``.
+    """
+    n = len(train[label_column])
+    arrays, weight = dict(train), None
+    if c is not None and c.action == "relabel":
+        lab = np.array(train[label_column], copy=True)
+        lab.reshape(n, -1)[c.rows, 0] = c.new_labels
+        arrays[label_column] = lab
+    elif c is not None:
+        weight = np.ones(n, dtype=np.float32)
+        weight[c.rows] = 0.0
+    settle_epoch(model, arrays, order, lr, batch_size, weight_decay, weight, graphs, progress)
+    loss = core.per_sample_losses(model, heldout, val_batch_size)
+    correct = None
+    if predict is not None:
+        out = np.asarray(predict(heldout)).reshape(len(held_labels), -1)
+        correct = (out.argmax(axis=1) == held_labels).astype(np.float64)
+    return loss, correct
+
+
+def check_candidates(
+    model,
+    train: Mapping[str, np.ndarray],
+    heldout: Mapping[str, np.ndarray],
+    label_column: str,
+    cands: List[Candidate],
+    lr: float,
+    batch_size: int,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    predict: Optional[Callable[[Mapping[str, np.ndarray]], np.ndarray]] = None,
+    progress: Optional[core.Progress] = None,
+    val_batch_size: int = 256,
+    rows: Optional[int] = None,
+    jobs: int = 1,
+    base: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None,
+) -> List[Candidate]:
+    """Fill each candidate's held-out result (in place; returns ``cands``).
+
+    The model's trainable parameters are restored at the end. The epochs (one on the data as
+    given, one per candidate) are independent and run in up to ``jobs`` forked worker
+    processes (:mod:`.parallel`); the results are the same as one after another.
+
+    Args:
+        model: the model object :mod:`.core` describes, at the trained parameters.
+        train / heldout: column -> (N, ...) float32 arrays; ``heldout`` rows were not used by
+            the influence.
+        label_column: the column a relabel changes.
+        lr / batch_size / weight_decay: the check's epoch (see :func:`settle_epoch`).
+        seed: seed of its sample order (the same order for every candidate).
+        predict: optional ``arrays -> (N, C)`` class scores, for the accuracy change.
+        rows: the epoch visits this many training rows, a seeded uniform sample
+            (:func:`check_order`; None = all N). A candidate's changes apply to the rows it
+            shares with the sample, so the share of changed rows is kept.
+        jobs: worker processes for the epochs (1 = in this process).
+        base: the epoch on the data as given, ``(held-out losses, held-out correct or None)``,
+            if already computed with these arguments (:func:`early_work`); None = here.
+
+    """
+    from . import parallel
+
+    theta0 = model.get_params()
+    n = len(train[label_column])
+    order = check_order(n, seed, rows)
+    graphs = core.GraphCache(model, fused=False)
+    held_labels = np.asarray(heldout[label_column]).reshape(-1).astype(np.int64)
+    items: List[Optional[Candidate]] = ([] if base is not None else [None]) + list(cands)
+    steps = core.n_steps(len(order), batch_size)
+    done = [0] * len(items)
+
+    def measure(c: Optional[Candidate], item_progress):
+        model.set_params(theta0)
+        return _check_epoch(
+            model, train, heldout, held_labels, label_column, c, order, lr, batch_size,
+            weight_decay, graphs, predict, val_batch_size, item_progress,
+        )  # fmt: skip
+
+    def on_progress(k: int, _stage: str, d: int, _total: int) -> None:
+        if progress is not None:  # one stage for all the check's epochs, in steps
+            done[k] = d
+            progress("checking the recommendation", sum(done), len(items) * steps)
+
+    try:
+        results = parallel.run_parallel(measure, items, jobs=jobs, on_progress=on_progress)
+    finally:
+        model.set_params(theta0)
+    if base is None:
+        base, results = results[0], results[1:]
+    base_loss, base_correct = base
+    for c, (loss, correct) in zip(cands, results):
+        c.loss_change, c.standard_error = paired_change(loss, base_loss)
+        c.heldout_loss = loss
+        if correct is not None:
+            c.accuracy_change = float(np.mean(correct - base_correct))
+    return cands
