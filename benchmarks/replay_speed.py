@@ -611,7 +611,7 @@ def stage_epochs(facts: dict, epoch: float) -> list:
     procs = t.get("replay_processes", 1)
     n = facts.get("n_train") or 1
     out = [("reading both CSVs", t.get("reading", 0.0) / epoch, None)]
-    out.append(("per-sample losses", t.get("losses", 0.0) / epoch, None))
+    out.append(("per-sample losses (0: beside the trial)", t.get("losses", 0.0) / epoch, None))
     out.append(("curvature (the automatic rate)", t.get("curvature", 0.0) / epoch, None))
     out.append((f"training phase, {trials} trial(s)", t.get("training", 0.0) / epoch, trials))
     out.append(
@@ -623,12 +623,13 @@ def stage_epochs(facts: dict, epoch: float) -> list:
     )
     if check.get("epochs_run"):
         jobs = check.get("jobs") or 1
-        work = check["epochs_run"] * check.get("rows_per_epoch", n) / n
+        after = check["epochs_run"] - (check.get("base_epoch") == "beside the influence")
+        work = after * check.get("rows_per_epoch", n) / n
         out.append(
             (
-                f"recommendation: {check['epochs_run']} check epochs",
+                f"recommendation: {after} of {check['epochs_run']} check epochs after it",
                 t.get("recommendation", 0.0) / epoch,
-                work / max(1, min(jobs, check["epochs_run"])),
+                work / max(1, min(jobs, after)),
             )
         )
     out.append(

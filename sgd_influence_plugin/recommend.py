@@ -460,6 +460,8 @@ def recommend(
         "rows_per_epoch": len(check_order(n, 0, check_rows)),
         "epochs_run": len(cands) + 1 if cands else 0,
         "jobs": max(1, min(int(jobs), len(cands) + 1)) if cands else 0,
+        # the epoch on the data as given: run beside the influence (early_work), or here
+        "base_epoch": "beside the influence" if early else "after the influence",
     }
     if cands:
         log(

@@ -479,8 +479,11 @@ def test_work_done_early_in_a_helper_gives_the_same_run(flipped_world, tmp_path,
         facts = yaml.safe_load(open(paths.settings))
         outs[jobs] = (open(paths.csv).read(), facts["recommendation"], facts["timings_seconds"])
     assert outs[1][0] == outs[2][0]  # every score, loss, suggestion and action
+    wheres = []
     for rec in (outs[1][1], outs[2][1]):
         rec["check"].pop("jobs")  # the worker processes the check had, 1 or 2
+        wheres.append(rec["check"].pop("base_epoch"))
+    assert wheres == ["after the influence", "beside the influence"]
     assert outs[1][1] == outs[2][1]  # every candidate's held-out result
     assert outs[1][2]["replay_processes"] == 1 and outs[2][2]["replay_processes"] == 2
     assert given_base == [False, True]  # one process computed it; two took it from the helper
