@@ -317,14 +317,14 @@ def _recommendation_text(rec, actions, labels, suggested, names=None, cleansed="
         )
         changed = [j for j, a in enumerate(actions) if a != "keep"]
         if labels is not None:
-            lines.append("changes per given label (given -> suggested: rows):")
-            pairs: Dict[Tuple[str, str], int] = {}
+            lines.append("changes per given label (given -> action, the model's class: rows):")
+            pairs: Dict[Tuple[str, str, str], int] = {}
             for j in changed:
-                key = (labels[j], suggested[j] if actions[j] == "relabel" else "removed")
+                key = (labels[j], actions[j], suggested[j])
                 pairs[key] = pairs.get(key, 0) + 1
-            for (g, sug), k in sorted(pairs.items(), key=lambda kv: -kv[1])[:15]:
-                shown = sug if sug == "removed" else display_label(sug, names)
-                lines.append(f"  {display_label(g, names)} -> {shown}: {k}")
+            for (g, act, sug), k in sorted(pairs.items(), key=lambda kv: -kv[1])[:15]:
+                shown = display_label(sug, names) if sug not in ("", None) else "-"
+                lines.append(f"  {display_label(g, names)} -> {act}, model: {shown}: {k}")
     else:
         lines.append(
             "next: nothing to change; the cleansed CSV equals the training CSV. To remove rows "

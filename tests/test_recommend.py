@@ -246,6 +246,11 @@ def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
     summary = open(paths.summary).read()
     assert "RECOMMENDATION" in summary and "keep 45, relabel 3, remove 2 of 50 rows" in summary
     assert "why: relabel 3 rows: made up for the test" in summary
+    # Each changed row is counted under its given label, its action and the model's class.
+    for j in relabel + remove:
+        act = "relabel" if j in relabel else "remove"
+        given = train.cell(j, "y:label")
+        assert re.search(rf"  {given} -> {act}, model: {suggested[j]}: \d+", summary), summary
     assert "next: retrain on influence_cleansed.csv (beside this file)" in summary
     page = open(paths.report, encoding="utf-8").read()
     assert "<h2>Recommendation</h2>" in page and "keep 45, relabel 3, remove 2" in page
