@@ -205,7 +205,7 @@ def check_facts(result: CheckResult, settings: InfluenceSettings, extra: Dict) -
             "cache": settings.cache,
             "seed": settings.seed,
         },
-        "lr_selection": result.run.lr_selection() if result.run is not None else {},
+        "lr_selection": result.resolved.lr_selection() if result.resolved is not None else {},
         "validation_loss_after_epoch": round(result.val_loss_full, 6),
         "u_growth": float(f"{result.u_growth:.4g}"),
         "n_train": result.n_train,

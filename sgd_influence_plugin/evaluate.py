@@ -284,7 +284,7 @@ def evaluate(
                 model, train.arrays, val.arrays, replace(settings, seed=seed), cluster=cluster
             )
             # Retraining the last epoch repeats the first trial's epoch: its order, its rate.
-            run = replace(res.run, lr=res.trials[0].lr)
+            run = replace(res.resolved, lr=res.trials[0].lr)
             log(f"seed {seed}: influence in {time.perf_counter() - t0:.1f}s")
             harmful_rank = np.argsort(res.scores, kind="stable")
             random_rank = np.random.RandomState(10_000 + seed).permutation(n)

@@ -77,7 +77,7 @@ class CheckResult:
     val_loss_full: float
     u_growth: float
     n_train: int
-    run: Optional[influence.ResolvedRun] = None
+    resolved: Optional[influence.ResolvedSettings] = None
     warnings: List[str] = field(default_factory=list)
 
 
@@ -307,7 +307,7 @@ def check_fidelity(
         val_loss_full=float(full),
         u_growth=float(outcome.u_growth),
         n_train=n,
-        run=run,
+        resolved=run,
         warnings=warnings,
     )
 

@@ -95,7 +95,7 @@ def check_rates(lr: float, weight_decay: float, steps: int, chosen: str = "") ->
 
 
 @dataclass
-class ResolvedRun:
+class ResolvedSettings:
     """Settings with the model's defaults filled in (what the replay actually used).
 
     Attributes:
@@ -130,7 +130,7 @@ class ResolvedRun:
         return out
 
 
-def resolve(model, settings: InfluenceSettings) -> ResolvedRun:
+def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
     """Fill weight decay, batch size and (for ``lr: solver`` or a number) the rate.
 
     With ``lr: auto`` the rate is provisional (the solver's) until :func:`choose_lr` has
@@ -162,7 +162,7 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedRun:
         )
     wd = settings.weight_decay if settings.weight_decay is not None else solver.weight_decay
     bs = settings.batch_size if settings.batch_size is not None else solver.batch_size
-    return ResolvedRun(
+    return ResolvedSettings(
         lr=float(lr),
         weight_decay=float(wd),
         batch_size=int(bs),
@@ -176,9 +176,9 @@ def choose_lr(
     model,
     train: Dict[str, np.ndarray],
     settings: InfluenceSettings,
-    run: ResolvedRun,
+    run: ResolvedSettings,
     log: Optional[Log] = None,
-) -> ResolvedRun:
+) -> ResolvedSettings:
     """Measure the curvature at the model's parameters and settle ``run.lr`` (in place).
 
     ``auto``: the stable rate of :func:`.curvature.stable_lr`, at most the solver's. A rate
@@ -241,7 +241,7 @@ def trial_problem(
     return None
 
 
-def check_spread(scores: np.ndarray, run: ResolvedRun) -> None:
+def check_spread(scores: np.ndarray, run: ResolvedSettings) -> None:
     """Refuse scores that rank nothing: all equal (e.g. all exactly 0, as float32 gives at a
     rate near 1e-45). Every score then says "no effect", and a ranking of them, or a cleansed
     CSV cut from it, would keep only the training-row order.
@@ -292,7 +292,7 @@ def run_trial(
     train: Dict[str, np.ndarray],
     val: Dict[str, np.ndarray],
     settings: InfluenceSettings,
-    run: ResolvedRun,
+    run: ResolvedSettings,
     trial_dir: str,
     seed: int,
     progress: Optional[core.Progress] = None,
@@ -414,7 +414,7 @@ class InfluenceResult:
             ``replay_steps``; ``seconds_per_replay_step``; and ``u_growth`` (largest over
             trials, see ``core.ReplayStats``).
         val_loss: mean validation loss at the final parameters (first trial).
-        settings: the settings given; ``run``: lr / weight decay / batch size actually used.
+        settings: the settings given; ``resolved``: the rate, weight decay and batch size used.
         warnings: messages for the user (e.g. the console trained with Adam).
 
     """
@@ -429,7 +429,7 @@ class InfluenceResult:
     timings: Dict[str, float]
     val_loss: float
     settings: InfluenceSettings
-    run: ResolvedRun
+    resolved: ResolvedSettings
     warnings: List[str]
 
 
@@ -590,6 +590,6 @@ def compute_influence(
         timings=timings,
         val_loss=outcomes[0].val_loss,
         settings=replace(settings),
-        run=run,
+        resolved=run,
         warnings=run.warnings,
     )

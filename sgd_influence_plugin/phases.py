@@ -21,7 +21,7 @@ from .errors import SettingsError
 from .settings import InfluenceSettings, read_yaml, write_yaml
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .influence import ResolvedRun
+    from .influence import ResolvedSettings
 
 
 def _dir_bytes(path: str) -> int:
@@ -57,7 +57,7 @@ def run_training_phase(
     model,
     train: Dict[str, np.ndarray],
     settings: InfluenceSettings,
-    run: ResolvedRun,
+    run: ResolvedSettings,
     cache_dir: str,
     seed: int,
     progress: Optional[core.Progress] = None,

@@ -191,15 +191,15 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
         if heldout is None:
             rec = recommend_mod.unavailable(train.size, why_not)
         else:
-            curv = result.run.curvature
+            curv = result.resolved.curvature
             rec = recommend_mod.recommend(
                 model,
                 train.arrays,
                 heldout,
                 next(iter(info.label_classes)),
                 result.trial_scores,
-                result.run.batch_size,
-                result.run.weight_decay,
+                result.resolved.batch_size,
+                result.resolved.weight_decay,
                 curv.lambda_max if curv is not None else math.nan,
                 settings.seed,
                 progress=interrupts.checked_progress(progress),
@@ -330,16 +330,16 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
     return {
         "requested": settings.to_dict(),
         "used": {
-            "lr": result.run.lr,
-            "weight_decay": result.run.weight_decay,
-            "batch_size": result.run.batch_size,
+            "lr": result.resolved.lr,
+            "weight_decay": result.resolved.weight_decay,
+            "batch_size": result.resolved.batch_size,
             "epochs": settings.epochs,
             "trials": settings.trials,
             "cache": settings.cache,
             "context": settings.context,
             "seeds": [o.seed for o in result.trials],
         },
-        "lr_selection": result.run.lr_selection(),
+        "lr_selection": result.resolved.lr_selection(),
         "trials": [
             {
                 "seed": o.seed,

@@ -319,8 +319,8 @@ def test_trials_average_and_cache_layout(results, data28, tmp_path):
     # The final parameters in the cache are what SGD over the recorded order gives.
     m2 = load_model(model=os.path.join(results("mlp"), "results.nnp"))
     order = np.load(tmp_path / "c" / "trial_01" / "order.npy")
-    assert res.run.lr < m.info.solver.lr  # the automatic rate, not the console's
-    core.sgd_epoch(m2, tr, order, np.full(8, res.run.lr, np.float32), 32)
+    assert res.resolved.lr < m.info.solver.lr  # the automatic rate, not the console's
+    core.sgd_epoch(m2, tr, order, np.full(8, res.resolved.lr, np.float32), 32)
     cached = read_params(str(tmp_path / "c" / "trial_01" / "parameters.h5"), m.info.trainable)
     for k, v in m2.get_params().items():
         np.testing.assert_allclose(cached[k], v, rtol=1e-6)

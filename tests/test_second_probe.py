@@ -641,7 +641,7 @@ def test_case6_scores_that_tell_no_sample_from_another_are_refused(world):
     from sgd_influence_plugin import influence
     from sgd_influence_plugin.errors import ComputationError
 
-    run = influence.ResolvedRun(lr=1e-3, weight_decay=0.0, batch_size=16)
+    run = influence.ResolvedSettings(lr=1e-3, weight_decay=0.0, batch_size=16)
     with pytest.raises(ComputationError, match=r"all 50 influence scores are 0: .*nothing was"):
         influence.check_spread(np.zeros(50), run)
     influence.check_spread(np.linspace(-1, 1, 50), run)
@@ -700,7 +700,7 @@ def test_case17_a_diverging_automatic_rate_does_not_advise_lr_auto(world):
     settings = InfluenceSettings(trials=1, retries=0)
     for source, advice in (("auto", r"--lr auto is already in use: give a smaller --lr number"),
                            ("given", r"Give a smaller --lr \(or --lr auto\)")):  # fmt: skip
-        run = influence.ResolvedRun(lr=1e6, weight_decay=0.0, batch_size=16, lr_source=source)
+        run = influence.ResolvedSettings(lr=1e6, weight_decay=0.0, batch_size=16, lr_source=source)
         with pytest.raises(UnstableReplayError, match=advice):
             influence.run_trial(
                 model, train, val, settings, run, str(world["tmp"] / "c"), 0, None, 2.3

@@ -123,9 +123,9 @@ def test_auto_lr_is_used_and_recorded(results, data28, tmp_path):
         cache_dir=str(tmp_path / "cache"),
     )
     paths, res = run(req)
-    solver_lr = res.run.solver_lr
-    expected = curvature.stable_lr(res.run.curvature, 8, cap=solver_lr).lr
-    assert res.run.lr == expected <= solver_lr and res.run.lr_source == "auto"
+    solver_lr = res.resolved.solver_lr
+    expected = curvature.stable_lr(res.resolved.curvature, 8, cap=solver_lr).lr
+    assert res.resolved.lr == expected <= solver_lr and res.resolved.lr_source == "auto"
     for t in range(2):
         lrs = np.load(tmp_path / "cache" / f"trial_{t:02d}" / "lr.npy")
         np.testing.assert_allclose(lrs, expected, rtol=1e-6)
@@ -135,7 +135,8 @@ def test_auto_lr_is_used_and_recorded(results, data28, tmp_path):
     assert facts["used"]["seeds"] == [3, 4]
     sel = facts["lr_selection"]
     assert sel["source"] == "auto" and sel["lr"] == facts["used"]["lr"]
-    assert sel["curvature"]["lambda_max"] == pytest.approx(res.run.curvature.lambda_max, rel=1e-3)
+    lambda_max = res.resolved.curvature.lambda_max
+    assert sel["curvature"]["lambda_max"] == pytest.approx(lambda_max, rel=1e-3)
     assert [t["lr"] for t in facts["trials"]] == [expected, expected]
     assert res.timings["u_growth"] < influence.GROWTH_LIMIT and not res.warnings
     # The CSV holds the combined scores, and the trials file each trial's raw scores.
@@ -187,9 +188,9 @@ def test_user_lr_above_the_stable_rate_is_warned_before_the_run(results, data28)
     warn = [i for i, s in enumerate(said) if "above the stable rate" in s]
     first_trial = min(i for i, s in enumerate(said) if s.startswith("trial 1/"))
     assert warn and warn[0] < first_trial
-    stable = curvature.stable_lr(res.run.curvature, 8, cap=np.inf).lr
+    stable = curvature.stable_lr(res.resolved.curvature, 8, cap=np.inf).lr
     assert f"stable rate {stable:g}" in said[warn[0]]
-    assert res.run.lr == 1.0 and res.run.lr_source == "given"
+    assert res.resolved.lr == 1.0 and res.resolved.lr_source == "given"
 
 
 def test_unstable_trials_are_retried_at_a_quarter_rate(results, data28):

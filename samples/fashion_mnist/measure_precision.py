@@ -59,12 +59,13 @@ def main():
             res = compute_influence(model, train.arrays, val.arrays, settings)
             sec = time.perf_counter() - t0
             singles = [precision_at_k(s, flipped) for s in res.trial_scores]
+            curv = res.resolved.curvature
             print(
                 f"{text:28s} seed {seed}: precision@k {precision_at_k(res.scores, flipped):.3f} "
                 f"(trials {', '.join(f'{x:.2f}' for x in singles)}; raw mean "
-                f"{precision_at_k(res.trial_scores.mean(0), flipped):.3f}) lr {res.run.lr:g} "
+                f"{precision_at_k(res.trial_scores.mean(0), flipped):.3f}) lr {res.resolved.lr:g} "
                 f"u_growth {res.timings['u_growth']:.3g} finite {np.isfinite(res.scores).all()} "
-                f"curvature {res.run.curvature.lambda_max:.3g}/{res.run.curvature.lambda_min:.3g} "
+                f"curvature {curv.lambda_max:.3g}/{curv.lambda_min:.3g} "
                 f"({res.timings['curvature']:.1f}s) total {sec:.1f}s | by loss "
                 f"{precision_at_k(-res.losses, flipped):.3f}",
                 flush=True,

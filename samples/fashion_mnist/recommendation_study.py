@@ -147,7 +147,7 @@ def collect(a):
                 "test_loss": loss,
                 "train_seconds": train_seconds,
                 "influence_seconds": infl_seconds,
-                "lr": res.run.lr,
+                "lr": res.resolved.lr,
             },
             f,
             indent=1,
