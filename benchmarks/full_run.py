@@ -25,8 +25,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 from sgd_influence_plugin.settings import read_yaml  # noqa: E402
 from support import fashion_mnist  # noqa: E402
@@ -47,25 +48,18 @@ def step(cmd, **kw) -> float:
     return time.perf_counter() - t0
 
 
-def epoch_seconds(result: str, data: str) -> float:
-    """One plain SGD epoch of the trained model on the training set (graphs built first)."""
-    import numpy as np
+def training_epoch_seconds(result: str, data: str) -> float:
+    """One plain SGD epoch of the trained model on the training set, timed as ``make bench``
+    times it (:func:`replay_speed.epoch_seconds`, graphs built first), once."""
+    from replay_speed import epoch_seconds
 
-    from sgd_influence_plugin import core
     from sgd_influence_plugin.dataset import load_dataset
     from sgd_influence_plugin.nnabla_adapter import load_model
 
     model = load_model(model=os.path.join(result, "results.nnp"))
     train = load_dataset(os.path.join(data, "train.csv"), model.info.input_shapes, jobs=2).arrays
-    n = len(train["y"])
-    b = model.info.solver.batch_size
-    lrs = np.full(core.n_steps(n, b), 1e-4, np.float32)
-    graphs = core.GraphCache(model, fused=False)
-    order = np.arange(n)
-    core.sgd_epoch(model, train, order[: 4 * b], lrs, b, graphs=graphs)  # build, warm up
-    t0 = time.perf_counter()
-    core.sgd_epoch(model, train, order, lrs, b, graphs=graphs)
-    return time.perf_counter() - t0
+    timing = argparse.Namespace(batch_size=model.info.solver.batch_size, lr=1e-4, seed=0)
+    return epoch_seconds(model, train, timing, repeats=1)
 
 
 def main(argv=None) -> int:
@@ -89,7 +83,7 @@ def main(argv=None) -> int:
             f"  {step([os.path.join(BIN, 'nnabla_cli'), 'train', '-c', nntxt, '-o', result]):.0f} s"
         )
     log("one plain SGD training epoch (for the units) ...")
-    epoch = epoch_seconds(result, data)
+    epoch = training_epoch_seconds(result, data)
     out = os.path.join(a.work, "out", "influence.csv")
     cmd = [
         os.path.join(BIN, "sgd-influence"), "run", "--model", os.path.join(result, "results.nnp"),

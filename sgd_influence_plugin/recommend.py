@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -357,6 +357,13 @@ def build(suspects: Suspects, checked: List[Candidate], n_heldout: int, check: D
 # ----------------------------------------------------------------------------- one run
 
 
+def _check_key(lr, batch_size, weight_decay, seed, check_rows, n) -> Tuple:
+    """What the check's epoch on the data as given depends on: :func:`early_work`'s result is
+    used by :func:`recommend` only when both computed the same key.
+    """
+    return (float(lr), int(batch_size), float(weight_decay), seed + SEED_OFFSET, check_rows, n)
+
+
 def early_work(
     model,
     train: Mapping[str, np.ndarray],
@@ -380,7 +387,7 @@ def early_work(
         return None
     theta0 = model.get_params()
     n = len(train[label_column])
-    key = (lr, int(batch_size), float(weight_decay), seed + SEED_OFFSET, check_rows, n)
+    key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n)
     try:
         prob = as_probabilities(model.predict(train))
         held_labels = np.asarray(heldout[label_column]).reshape(-1).astype(np.int64)
@@ -443,7 +450,7 @@ def recommend(
     lr, rate_source = check_rate(solver.type, solver.lr, lambda_max)
     if not math.isfinite(lr):
         return unavailable(n, f"no recommendation: {rate_source}")
-    key = (lr, int(batch_size), float(weight_decay), seed + SEED_OFFSET, check_rows, n)
+    key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n)
     if early is not None and early.get("key") != key:
         early = None
     prob = early["prob"] if early else as_probabilities(model.predict(train))
