@@ -304,7 +304,7 @@ def _recommendation_text(rec, actions, labels, suggested, names=None, cleansed="
     lines.append(f"why: {rec.reason}")
     for c in rec.checked:
         lines.append(
-            f"  checked: {c.action} {len(c.rows)} rows (given label below {c.level:g}): "
+            f"  checked: {c.action} {len(c.rows)} rows ({c.describe()}): "
             f"held-out loss {c.loss_change:+.4g} (z {c.z:+.1f}), accuracy "
             f"{c.accuracy_change:+.2%}{'  <- recommended' if c is rec.chosen else ''}"
         )

@@ -11,7 +11,12 @@ gains little on noisy data. The rule here (the measurements behind it are in
    suggested label is the model's class and its confidence that class's probability.
 2. **Candidate changes**: for each level ``tau`` of :data:`GIVEN_LABEL_LEVELS`, the suspects
    whose given label has probability below ``tau`` (nested sets: small ``tau`` = the surest
-   rows), removed. Not relabelled to the model's class: that writes the model's own
+   rows), and as many suspects taken in another order: those the model is surest belong to
+   another class (the largest margin ``p(suggested) - p(given)``). Which order finds the
+   wrong labels better depends on the noise: a label moved to an unrelated class gets a
+   probability near 0, one moved to a look-alike class does not, but the model still prefers
+   the true class. The check, not a guess, picks between them. Each set is removed, not
+   relabelled to the model's class: that writes the model's own
    confusions into the labels (12-21% of such labels were wrong on the protocol's tasks, all
    in the directions the model confuses). The check, which starts from the same model, cannot
    see the harm, but a model retrained from scratch does: in the two protocol tasks where
@@ -64,6 +69,10 @@ from .heldout_check import (  # noqa: F401 - part of this module's interface
 #: Probability levels of the given label at which suspects become candidates. The levels are
 #: probabilities, so they mean the same for any network; the check, not the level, decides.
 GIVEN_LABEL_LEVELS = (0.05, 0.1, 0.2, 0.5)
+#: The orders in which suspects enter a candidate (see :func:`candidates`): ``given_label``,
+#: the lowest probability of the given label first; ``other_class``, the largest margin of
+#: the model's class over the given label first.
+ORDERS = ("given_label", "other_class")
 #: The chance, at most, that noise alone makes a run recommend a change (one-sided, over all
 #: the candidates it tries; see :func:`z_required`). On clean labels a LeNet-style case had a
 #: 213-row candidate at z = -2.7 among 8: a 2-standard-error bar would have removed them.
@@ -139,10 +148,12 @@ class Candidate:
     """One change of the training data that the check tries.
 
     Attributes:
-        level: the given-label probability level tau.
+        level: the given-label probability level tau: the rows whose given label has
+            probability below it (order ``given_label``), or that many rows (``other_class``).
         action: ``relabel`` (to the suggested class) or ``remove``.
         rows: int64 (K,) the changed rows, ascending.
         new_labels: int64 (K,) the suggested class of each (used by ``relabel``).
+        order: which suspects come first, one of :data:`ORDERS`.
         loss_change: mean held-out loss after the check's epoch on this data minus on the data
             as given (negative = better); NaN until checked.
         standard_error: standard error of that mean over the held-out rows.
@@ -156,6 +167,7 @@ class Candidate:
     action: str
     rows: np.ndarray
     new_labels: np.ndarray
+    order: str = "given_label"
     loss_change: float = math.nan
     standard_error: float = math.nan
     accuracy_change: float = math.nan
@@ -168,6 +180,12 @@ class Candidate:
             return 0.0 if self.loss_change == 0 else math.copysign(math.inf, self.loss_change)
         return self.loss_change / self.standard_error
 
+    def describe(self) -> str:
+        """Which rows, in words (for the summary)."""
+        if self.order == "other_class":
+            return f"surest of another class, as many as below {self.level:g}"
+        return f"given label below {self.level:g}"
+
     def passes(self, z_bar: float) -> bool:
         """Lowers the held-out loss by at least ``z_bar`` standard errors."""
         return self.loss_change < 0 and self.z <= -z_bar
@@ -176,6 +194,7 @@ class Candidate:
         """For ``settings.yaml``."""
         return {
             "given_label_below": self.level,
+            "order": self.order,
             "action": self.action,
             "rows": int(len(self.rows)),
             "heldout_loss_change": _round(self.loss_change),
@@ -191,17 +210,31 @@ def _round(x: float, digits: int = 5) -> float:
 
 
 def candidates(suspects: Suspects, levels: Sequence[float] = GIVEN_LABEL_LEVELS) -> List[Candidate]:
-    """The nested candidate sets, removal of each distinct non-empty set."""
+    """The candidate sets, removal of each distinct non-empty set, level by level (ascending):
+
+    - order ``given_label``: the suspects whose given label has probability below the level;
+    - order ``other_class``: as many suspects, those with the largest margin
+      ``p(suggested) - p(given)`` (ties: the earlier row first).
+
+    Both families are nested. A set equal to one already listed is tried once (at the
+    largest level both orders hold every suspect whose given label is below it).
+    """
     out: List[Candidate] = []
     seen = set()
+    sus = np.flatnonzero(suspects.mask)
+    margin = suspects.confidence[sus] - suspects.p_given[sus]
+    by_margin = sus[np.argsort(-margin, kind="stable")]
     for level in sorted(levels):
         rows = np.flatnonzero(suspects.mask & (suspects.p_given < level))
-        key = rows.tobytes()
-        if len(rows) == 0 or key in seen:
-            continue
-        seen.add(key)
-        new = suspects.suggested[rows]
-        out.append(Candidate(level, "remove", rows, new))
+        for order, chosen in (
+            ("given_label", rows),
+            ("other_class", np.sort(by_margin[: len(rows)])),
+        ):
+            key = chosen.tobytes()
+            if len(chosen) == 0 or key in seen:
+                continue
+            seen.add(key)
+            out.append(Candidate(level, "remove", chosen, suspects.suggested[chosen], order))
     return out
 
 
@@ -218,7 +251,7 @@ def choose(checked: Sequence[Candidate]) -> Optional[Candidate]:
     A candidate passes if it lowers the held-out loss by :func:`z_required` standard errors
     for ``len(checked)`` candidates. Among those, the best is the one with the lowest held-out
     loss; the choice is the one with the fewest changed rows, then the lower held-out loss
-    (so of the same rows relabelled or removed, the check's better one), whose held-out loss
+    (so of two sets of one size, the check's better one), whose held-out loss
     is within one paired standard error of the best's.
     """
     z_bar = z_required(len(checked))
@@ -287,7 +320,8 @@ class Recommendation:
             "rule": (
                 "suspects = influence < 0 in every trial and the model predicts another class; "
                 "candidates = suspects whose given label has probability below each level, "
-                "removed; a candidate passes if one settling epoch on the changed "
+                "and as many suspects with the largest margin of the model's class over the "
+                "given label, removed; a candidate passes if one settling epoch on the changed "
                 "data lowers the held-out validation loss by >= z_required standard errors "
                 f"(Bonferroni: noise alone passes one with chance <= {FAMILY_ALPHA:g}); "
                 "recommended = the passing candidate with the fewest rows within one standard "
@@ -319,11 +353,17 @@ def build(suspects: Suspects, checked: List[Candidate], n_heldout: int, check: D
     n_suspects = int(suspects.mask.sum())
     if chosen is not None:
         action[chosen.rows] = chosen.action
+        which = (
+            f"the model is surest of another class (as many as give the given label under "
+            f"{chosen.level:g})"
+            if chosen.order == "other_class"
+            else f"the given label has probability under {chosen.level:g}"
+        )
         reason = (
             f"{chosen.action} {len(chosen.rows)} rows: harmful in every trial, the model "
-            f"predicts another class and gives the given label under {chosen.level:g}; one "
-            f"settling epoch on the changed data lowered the held-out validation loss by "
-            f"{-chosen.loss_change:.3g} ({-chosen.z:.1f} standard errors)"
+            f"predicts another class, and {which}; one settling epoch on the changed data "
+            f"lowered the held-out validation loss by {-chosen.loss_change:.3g} "
+            f"({-chosen.z:.1f} standard errors)"
         )
     elif n_suspects == 0:
         reason = (

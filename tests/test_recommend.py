@@ -50,15 +50,47 @@ def test_candidates_are_nested_distinct_and_only_suspects():
     s = rc.find_suspects(labels, prob, trials)
     cands = rc.candidates(s)
     assert len(cands) >= 2 and {c.action for c in cands} == {"remove"}  # never relabel
-    sets = [set(c.rows.tolist()) for c in cands]
-    for a, b in zip(sets, sets[1:]):
-        assert a < b  # strictly nested: equal sets are tried once
+    assert {c.order for c in cands} == set(rc.ORDERS)
+    suspects = [j for j in range(len(labels)) if s.mask[j]]
+    # the other order, by brute force: largest p(model's class) - p(given) first, ties by row
+    by_margin = sorted(suspects, key=lambda j: (-(prob[j].max() - prob[j, labels[j]]), j))
+    seen = []
     for c in cands:
-        expect = [j for j in range(len(labels)) if s.mask[j] and s.p_given[j] < c.level]
+        below = [j for j in suspects if prob[j, labels[j]] < c.level]
+        expect = below if c.order == "given_label" else sorted(by_margin[: len(below)])
         assert c.rows.tolist() == expect
         assert c.new_labels.tolist() == [int(np.argmax(prob[j])) for j in expect]
+        assert expect not in seen  # equal sets are tried once
+        seen.append(expect)
+    for order in rc.ORDERS:
+        sets = [set(c.rows.tolist()) for c in cands if c.order == order]
+        for a, b in zip(sets, sets[1:]):
+            assert a < b  # nested within each order
+    # Both orders are tried at every level below the largest, where they hold the same rows.
+    levels = sorted({c.level for c in cands})
+    for level in levels[:-1]:
+        assert sorted(c.order for c in cands if c.level == level) == sorted(rc.ORDERS)
+    assert [c.order for c in cands if c.level == levels[-1]] == ["given_label"]
     none = rc.find_suspects(labels, prob, np.abs(trials))  # nothing harmful
     assert rc.candidates(none) == []
+
+
+def test_the_orders_differ_where_the_model_is_sure_of_another_class():
+    # Row 0: given label 0.10, the model sure of another class (0.90); row 1: given label
+    # 0.04, the model unsure among the others (0.32 each).
+    prob = np.array(
+        [[0.10, 0.90, 0.00, 0.00], [0.04, 0.32, 0.32, 0.32], [0.9, 0.05, 0.03, 0.02]]
+    )
+    labels = np.array([0, 0, 0])
+    s = rc.find_suspects(labels, prob, -np.ones((1, 3)))
+    cands = rc.candidates(s, levels=(0.05, 0.5))
+    got = [(c.order, c.level, c.rows.tolist()) for c in cands]
+    assert got == [
+        ("given_label", 0.05, [1]),  # the lowest given-label probability
+        ("other_class", 0.05, [0]),  # as many rows, the largest margin (0.80 against 0.28)
+        ("given_label", 0.5, [0, 1]),  # row 2's label is the model's: never a suspect
+    ]
+    assert "surest of another class" in cands[1].describe()
 
 
 def test_paired_change_is_the_mean_difference_and_its_standard_error():

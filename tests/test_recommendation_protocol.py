@@ -86,3 +86,9 @@ def test_a_retraining_is_reused_only_for_the_same_actions():
     assert rp.recommended_folder(remove) == rp.recommended_folder(remove.copy())
     other_row = np.array(["remove", "keep", "keep"], dtype=object)
     assert rp.recommended_folder(remove) != rp.recommended_folder(other_row)
+    top = np.zeros(6, bool)
+    top[[1, 4]] = True
+    moved = np.zeros(6, bool)
+    moved[[1, 5]] = True
+    assert rp.removal_folder("top10", top) == rp.removal_folder("top10", top.copy())
+    assert rp.removal_folder("top10", top) != rp.removal_folder("top10", moved)

@@ -265,7 +265,7 @@ def run_task(a, setting, seed):
     order = np.argsort(scores, kind="stable")
     top = np.zeros(n, bool)
     top[order[: int(round(0.1 * n))]] = True
-    nnp, seconds = retrain(paths["train"], np.flatnonzero(~top), "top10" + suffix)
+    nnp, seconds = retrain(paths["train"], np.flatnonzero(~top), removal_folder("top10", top))
     add("top10", 0, int(top.sum()), top, *measure(nnp), seconds)
 
     rnd = np.zeros(n, bool)
@@ -346,6 +346,13 @@ def recommended_folder(action) -> str:
     that one is reused only for the same changes (relabelling and removing the same rows are
     different trainings)."""
     return "recommended_" + hashlib.sha1(",".join(action).encode()).hexdigest()[:8]
+
+
+def removal_folder(prefix: str, removed) -> str:
+    """The retraining folder of a removal (bool (N,)), named after the removed rows, so that
+    variants whose scores pick the same rows share one training and others do not."""
+    rows = np.flatnonzero(np.asarray(removed, dtype=bool)).astype(np.int64)
+    return f"{prefix}_" + hashlib.sha1(rows.tobytes()).hexdigest()[:8]
 
 
 def _suggested(table, n):
