@@ -210,7 +210,9 @@ def _round(x: float, digits: int = 5) -> float:
 
 
 def candidates(suspects: Suspects, levels: Sequence[float] = GIVEN_LABEL_LEVELS) -> List[Candidate]:
-    """The candidate sets, removal of each distinct non-empty set, level by level (ascending):
+    """The candidate sets, removal of each distinct non-empty set, level by level.
+
+    At each level (ascending):
 
     - order ``given_label``: the suspects whose given label has probability below the level;
     - order ``other_class``: as many suspects, those with the largest margin

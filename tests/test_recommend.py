@@ -78,9 +78,7 @@ def test_candidates_are_nested_distinct_and_only_suspects():
 def test_the_orders_differ_where_the_model_is_sure_of_another_class():
     # Row 0: given label 0.10, the model sure of another class (0.90); row 1: given label
     # 0.04, the model unsure among the others (0.32 each).
-    prob = np.array(
-        [[0.10, 0.90, 0.00, 0.00], [0.04, 0.32, 0.32, 0.32], [0.9, 0.05, 0.03, 0.02]]
-    )
+    prob = np.array([[0.10, 0.90, 0.00, 0.00], [0.04, 0.32, 0.32, 0.32], [0.9, 0.05, 0.03, 0.02]])
     labels = np.array([0, 0, 0])
     s = rc.find_suspects(labels, prob, -np.ones((1, 3)))
     cands = rc.candidates(s, levels=(0.05, 0.5))
