@@ -356,8 +356,8 @@ def build(suspects: Suspects, checked: List[Candidate], n_heldout: int, check: D
     if chosen is not None:
         action[chosen.rows] = chosen.action
         which = (
-            f"the model is surest of another class (as many as give the given label under "
-            f"{chosen.level:g})"
+            f"they are the {len(chosen.rows)} where it is surest (as many as give the given "
+            f"label under {chosen.level:g})"
             if chosen.order == "other_class"
             else f"the given label has probability under {chosen.level:g}"
         )

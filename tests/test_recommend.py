@@ -185,6 +185,18 @@ def test_build_changes_nothing_when_no_candidate_passes():
     rec = rc.build(s, cands, 300, {})
     assert rec.chosen is cands[1] and rec.counts()["remove"] == len(cands[1].rows)
     assert sorted(np.flatnonzero(rec.action == "remove")) == cands[1].rows.tolist()
+    # The reason and the settings name the order the chosen rows were taken in.
+    for order, words in (
+        ("other_class", "where it is surest"),
+        ("given_label", "probability under"),
+    ):
+        c = next(c for c in cands if c.order == order)
+        for other in cands:
+            other.heldout_loss = base + (-0.05 if other is c else 0.01)
+            other.loss_change, other.standard_error = rc.paired_change(other.heldout_loss, base)
+        rec = rc.build(s, cands, 300, {})
+        assert rec.chosen is c and words in rec.reason
+        assert rec.to_dict()["chosen"]["order"] == order
 
 
 def test_validation_halves_are_disjoint_seeded_and_cover_every_row():
