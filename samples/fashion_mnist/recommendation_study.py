@@ -191,6 +191,7 @@ def grid(a):
         else {
             "action": chosen.action,
             "level": chosen.level,
+            "order": chosen.order,
             "rows": int(len(chosen.rows)),
             "precision": float(flipped[chosen.rows].mean()),
             "recall": float(flipped[chosen.rows].sum() / max(1, flipped.sum())),
@@ -213,7 +214,8 @@ def grid(a):
         rec_ = flipped[c.rows].sum() / max(1, flipped.sum())
         fixed = (c.new_labels == s["true_labels"][c.rows]).mean()
         print(
-            f"  <{c.level:<4g} {c.action:7s} n={len(c.rows):5d} P={prec:.3f} R={rec_:.3f} "
+            f"  <{c.level:<4g} {c.order:11s} {c.action:7s} n={len(c.rows):5d} "
+            f"P={prec:.3f} R={rec_:.3f} "
             f"relabel-right={fixed:.3f} dloss={c.loss_change:+.4f} z={c.z:+6.1f} "
             f"dacc={c.accuracy_change:+.4f} {'PASS' if c.passes(bar) else ''}",
             flush=True,
