@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import core, places, validation
+from . import core, parallel, places, validation
 from .dataset import Dataset, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
 from .evaluate_report import OUTPUT_FILES, aggregate, write_outputs  # noqa: F401 - for scripts
@@ -307,7 +307,7 @@ def evaluate(
                     items,
                     shared=(model, train, test, theta0, val_csv),
                     name="retrain",
-                    resources=None if settings.context.startswith("cpu") else {"GPU": 1},
+                    resources=parallel.cluster_resources(settings.context),
                 )
                 remote = {(label, count): out for (label, count, _), out in zip(jobs, outs)}
             for label, count, removed in jobs:

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import core, influence, output
+from . import core, influence, output, parallel
 from .errors import ComputationError, SettingsError
 from .settings import InfluenceSettings
 
@@ -269,7 +269,7 @@ def check_fidelity(
                 shared=(model, train, val, theta_start, epoch),
                 on_result=done,
                 name="rerun",
-                resources=None if settings.context.startswith("cpu") else {"GPU": 1},
+                resources=parallel.cluster_resources(settings.context),
             )
             actual[:] = np.asarray(losses) - full
     finally:

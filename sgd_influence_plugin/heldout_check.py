@@ -116,6 +116,32 @@ def _check_epoch(
     return loss, correct
 
 
+def cluster_check_epoch(item, progress, model, train, heldout):
+    """One check epoch as a unit of :meth:`.cluster.Cluster.map`: :func:`_check_epoch` on a
+    worker, from the trained parameters the shared model arrived with (restored after).
+
+    Args:
+        item: ``(candidate or None, order, lr, batch_size, weight_decay, label_column,
+            val_batch_size, with_accuracy)``.
+        model / train / heldout: shared by every epoch of the check (sent once).
+
+    Returns:
+        ``(held-out losses, held-out correct or None)``, as :func:`_check_epoch`.
+
+    """
+    c, order, lr, batch_size, weight_decay, label_column, val_batch_size, with_accuracy = item
+    theta0 = model.get_params()
+    held_labels = np.asarray(heldout[label_column]).reshape(-1).astype(np.int64)
+    try:
+        return _check_epoch(
+            model, train, heldout, held_labels, label_column, c, order, lr, batch_size,
+            weight_decay, core.GraphCache(model, fused=False),
+            model.predict if with_accuracy else None, val_batch_size, progress,
+        )  # fmt: skip
+    finally:
+        model.set_params(theta0)
+
+
 def check_candidates(
     model,
     train: Mapping[str, np.ndarray],
@@ -132,6 +158,8 @@ def check_candidates(
     rows: Optional[int] = None,
     jobs: int = 1,
     base: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None,
+    cluster=None,
+    cluster_resources: Optional[dict] = None,
 ) -> List[Candidate]:
     """Fill each candidate's held-out result (in place; returns ``cands``).
 
@@ -153,6 +181,11 @@ def check_candidates(
         jobs: worker processes for the epochs (1 = in this process).
         base: the epoch on the data as given, ``(held-out losses, held-out correct or None)``,
             if already computed with these arguments (:func:`early_work`); None = here.
+        cluster: a connected :class:`~.cluster.Cluster`: the epochs run on its workers
+            (:func:`cluster_check_epoch`, with ``predict`` = the model's own), with the same
+            results; None = ``jobs`` worker processes here.
+        cluster_resources: the Dask resources each epoch needs there
+            (:func:`.parallel.cluster_resources` of the model's context).
 
     """
     from . import parallel
@@ -179,7 +212,18 @@ def check_candidates(
             progress("checking the recommendation", sum(done), len(items) * steps)
 
     try:
-        results = parallel.run_parallel(measure, items, jobs=jobs, on_progress=on_progress)
+        if cluster is not None:
+            spec = (order, lr, batch_size, weight_decay, label_column, val_batch_size)
+            results = cluster.map(
+                cluster_check_epoch,
+                [(c, *spec, predict is not None) for c in items],
+                shared=(model, train, heldout),
+                on_progress=on_progress,
+                name="check",
+                resources=cluster_resources,
+            )
+        else:
+            results = parallel.run_parallel(measure, items, jobs=jobs, on_progress=on_progress)
     finally:
         model.set_params(theta0)
     if base is None:

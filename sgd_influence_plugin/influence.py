@@ -551,7 +551,6 @@ def compute_influence(
                 on_progress=on_progress,
             )
         else:
-            resources = None if settings.context.startswith("cpu") else {"GPU": 1}
             pairs = cluster.map(
                 cluster_trial,
                 [(m, settings, run, val_loss_start, not own_tmp) for m in range(settings.trials)],
@@ -559,7 +558,7 @@ def compute_influence(
                 on_result=on_cluster_result,
                 on_progress=on_progress,
                 name="trial",
-                resources=resources,
+                resources=parallel.cluster_resources(settings.context),
             )
             outcomes = [outcome for outcome, _ in pairs]
     finally:

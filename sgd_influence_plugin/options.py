@@ -41,7 +41,7 @@ HELP = {
     "validation row instead of half",
     "quiet": "no progress bars or messages",
     "cluster": "address of a Dask scheduler (tcp://HOST:PORT) whose workers run the independent "
-    "units (trials, retrainings, re-runs); same results as here (docs/cluster.md)",
+    "units (trials, check epochs, retrainings, re-runs); same results as here (docs/cluster.md)",
     "check.samples": "training samples re-run without: a third most harmful, a third most "
     "helpful, the rest random",
     "check.seed": "seed of the sample order and of the random samples",

@@ -35,7 +35,7 @@ import pickle
 import signal
 import sys
 import traceback
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import interrupts
 from .errors import SGDInfluenceError
@@ -104,6 +104,13 @@ def default_jobs(n_items: int) -> int:
     ``n_items``, at least 1.
     """
     return max(1, min(usable_cores(), int(n_items)))
+
+
+def cluster_resources(context: str) -> Optional[Dict[str, float]]:
+    """The Dask worker resources a unit computing in nnabla ``context`` needs on a cluster
+    (:meth:`.cluster.Cluster.map`): one GPU (``{"GPU": 1}``) unless the context is a CPU one.
+    """
+    return None if context.startswith("cpu") else {"GPU": 1}
 
 
 def workers_for(

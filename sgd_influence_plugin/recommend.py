@@ -458,6 +458,8 @@ def recommend(
     jobs: int = 1,
     check_rows: Optional[int] = CHECK_ROWS,
     early: Optional[Dict] = None,
+    cluster=None,
+    cluster_resources: Optional[Dict] = None,
 ) -> Recommendation:
     """The whole rule for one run (see the module docstring).
 
@@ -477,6 +479,9 @@ def recommend(
         early: :func:`early_work`'s result for these arguments, or None; the same result
             either way (it is used only when it was computed with this rate, batch size,
             weight decay, seed and sample).
+        cluster: a connected :class:`~.cluster.Cluster` for the check's epochs (the same
+            results), or None for ``jobs`` worker processes here; ``cluster_resources``: the
+            Dask resources each epoch needs there.
 
     """
     log = log or (lambda msg: None)
@@ -508,7 +513,10 @@ def recommend(
         "order_seed": seed + SEED_OFFSET,
         "rows_per_epoch": len(check_order(n, 0, check_rows)),
         "epochs_run": len(cands) + 1 if cands else 0,
-        "jobs": max(1, min(int(jobs), len(cands) + 1)) if cands else 0,
+        "jobs": (cluster.slots if cluster is not None else max(1, min(int(jobs), len(cands) + 1)))
+        if cands
+        else 0,
+        "where": "cluster" if cluster is not None else "this machine",
         # the epoch on the data as given: run beside the influence (early_work), or here
         "base_epoch": "beside the influence" if early else "after the influence",
     }
@@ -520,7 +528,8 @@ def recommend(
         check_candidates(
             model, train, heldout, label_column, cands, lr, batch_size, weight_decay,
             seed=seed + SEED_OFFSET, predict=model.predict, progress=progress,
-            rows=check_rows, jobs=jobs, base=early["base"] if early else None,
+            rows=check_rows, jobs=jobs, base=early["base"] if early else None, cluster=cluster,
+            cluster_resources=cluster_resources,
         )  # fmt: skip
     rec = build(suspects, cands, n_held, check)
     log("recommendation: " + rec.reason)

@@ -206,6 +206,8 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
                 log=log,
                 jobs=parallel.workers_for(settings.context, settings.jobs),
                 early=early_rec,
+                cluster=cluster,
+                cluster_resources=parallel.cluster_resources(settings.context),
             )
         t_rec = time.perf_counter() - t_rec
         facts = run_facts(result, settings, info, model.n_params, loaded.train_csv, loaded.val_csv)

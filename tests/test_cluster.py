@@ -279,6 +279,50 @@ def test_check_re_runs_on_the_cluster_equal_the_local_ones(scheduler, mlp):
     assert [d for s, d, t in steps if s == "leave-one-out"] == [1, 2, 3, 4, 5, 6]
 
 
+def test_the_recommendations_check_on_the_cluster_equals_the_local_one(scheduler, mlp):
+    from sgd_influence_plugin import recommend as rc
+
+    _, model, train, val = mlp
+    theta0 = model.get_params()
+    label = next(iter(model.info.label_classes))
+    n = len(train[label])
+
+    def candidates():
+        rows = np.arange(0, n, 7, dtype=np.int64)
+        return [
+            rc.Candidate(0.1, "remove", rows, np.zeros(len(rows), np.int64)),
+            rc.Candidate(0.2, "relabel", rows[:5], np.ones(5, np.int64), "other_class"),
+        ]
+
+    args = (model, train, val, label)
+    here = rc.check_candidates(*args, candidates(), 0.05, 32, seed=3, predict=model.predict)
+    steps = []
+    with cluster.connect(scheduler) as c:
+        there = rc.check_candidates(
+            *args, candidates(), 0.05, 32, seed=3, predict=model.predict, cluster=c,
+            progress=lambda s, d, t: steps.append((s, d, t)),
+        )  # fmt: skip
+    for a, b in zip(here, there):
+        np.testing.assert_array_equal(a.heldout_loss, b.heldout_loss)
+        assert (a.loss_change, a.standard_error) == (b.loss_change, b.standard_error)
+        assert a.accuracy_change == b.accuracy_change and np.isfinite(b.accuracy_change)
+        assert b.loss_change != 0  # the epochs did change the held-out losses
+    # base + 2 candidates, 3 steps each: progress counts all of them, up to the end
+    assert {t for _, _, t in steps} == {9} and max(d for _, d, _ in steps) == 9
+    # The whole rule, as the run calls it: the same decision, and it says where it ran.
+    heldout = {k: np.concatenate([val[k], train[k][:40]]) for k in val}  # >= 100 rows
+    rule = (model, train, heldout, label, -np.ones((1, n)), 32, 0.0, float("nan"), 1)
+    local = rc.recommend(*rule)
+    with cluster.connect(scheduler) as c:
+        remote = rc.recommend(*rule, cluster=c)
+    assert local.checked and local.check["where"] == "this machine"
+    assert remote.check["where"] == "cluster" and remote.check["jobs"] == 2
+    assert [x.z for x in remote.checked] == [x.z for x in local.checked]
+    assert remote.action.tolist() == local.action.tolist()
+    for k, v in model.get_params().items():
+        np.testing.assert_array_equal(v, theta0[k])
+
+
 def _changing_unit(item, progress, big):
     """Sees the shared array, then changes it in place (as a trial changes the model's
     parameters until it restores them) and keeps it changed for a while."""

@@ -321,3 +321,9 @@ def test_a_helper_error_or_death_reaches_the_parent_and_no_process_is_left():
         with parallel.helper(fn) as h:
             raise ValueError("the caller's")
     assert _children() == []
+
+
+def test_cluster_units_ask_for_a_gpu_only_outside_a_cpu_context():
+    assert parallel.cluster_resources("cpu") is None
+    assert parallel.cluster_resources("cpu:float") is None
+    assert parallel.cluster_resources("cudnn") == {"GPU": 1}
