@@ -2,9 +2,10 @@
 as given and on each candidate change, then the loss of held-out validation rows the scores
 did not use, compared row by row (see :mod:`.recommend`, which decides from it).
 
-Everything here except :func:`settle_epoch` / :func:`check_candidates` is numpy only; a
-candidate is any object with ``action`` (``relabel`` or ``remove``), ``rows``, ``new_labels``
-and the result fields :class:`.recommend.Candidate` has.
+Everything here but the epochs (:func:`settle_epoch`, :func:`check_candidates` and its
+cluster unit :func:`cluster_check_epoch`) is numpy only; a candidate is any object with
+``action`` (``relabel`` or ``remove``), ``rows``, ``new_labels`` and the result fields
+:class:`.recommend.Candidate` has.
 """
 
 from __future__ import annotations
