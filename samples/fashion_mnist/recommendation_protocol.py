@@ -72,8 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--work", default=os.path.join(HERE, "protocol_work"), help="working folder")
     p.add_argument(
         "--out",
-        default=os.path.join(HERE, "results", "recommendation_protocol"),
-        help="results folder (committed)",
+        default=os.path.join(HERE, "results", "recommendation_protocol_v3"),
+        help="results folder (committed; recommendation_protocol/ and _v2/ hold earlier rules)",
     )
     p.add_argument("--labels", default=",".join(LABELS), help="label settings, comma-separated")
     p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated")
@@ -89,11 +89,11 @@ def parse_args(argv=None):
     p.add_argument("--source", default=fashion_mnist.DEFAULT_DIR)
     p.add_argument(
         "--variant",
-        default="",
-        help="a name for a re-run with changed plugin defaults: the plugin writes to "
-        "influence_NAME/ and the top-10%% retraining goes to top10_NAME/ in each task's work "
-        "folder, so they run again; the none training and any retraining on the same rows "
-        "(recommended_*, random_*) are reused. Give a new --out with it",
+        default="v3",
+        help="a name for the plugin's defaults (v3: today's): the plugin writes to "
+        "influence_NAME/ in each task's work folder, so a new name runs it again; the none "
+        "training and any retraining on the same rows (recommended_*, top10_*, random_*) are "
+        "reused. Give a new --out with a new name (default: v3)",
     )
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--task", help=argparse.SUPPRESS)  # "labels,seed"
