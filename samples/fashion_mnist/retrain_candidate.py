@@ -1,0 +1,82 @@
+"""Retrain from scratch on a candidate of the recommendation's check that it did not choose.
+
+A diagnostic for ``recommendation_protocol.py``: does the check's choice also suit a model
+retrained from scratch? For one finished protocol task it rebuilds the candidates exactly as the
+plugin did (its influence CSV, the base model's probabilities), removes the candidate of the given
+order and level, trains the sample CNN from scratch with the task's seed and initialisation (as the
+protocol's ``recommended`` row), and prints the test accuracy and loss.
+
+    python retrain_candidate.py TASK ORDER LEVEL [--work protocol_work] [--variant v3]
+
+e.g. ``python retrain_candidate.py uniform_0 given_label 0.2``. The training goes to
+``WORK/rec_TASK/diag_ORDER_LEVEL_<rows>/`` and is reused by a later call.
+"""
+
+import argparse
+import csv
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import recommendation_protocol as rp  # noqa: E402
+
+from sgd_influence_plugin import evaluate as ev  # noqa: E402
+from sgd_influence_plugin import recommend as rc  # noqa: E402
+from sgd_influence_plugin.dataset import load_dataset, read_csv_table  # noqa: E402
+from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("task", help="a finished protocol task, e.g. uniform_0")
+    p.add_argument("order", choices=rc.ORDERS)
+    p.add_argument("level", type=float, help="one of the given-label levels, e.g. 0.2")
+    p.add_argument("--work", default=os.path.join(HERE, "protocol_work"))
+    p.add_argument("--variant", default="v3", help="the plugin run to rebuild from (v3)")
+    a = p.parse_args(argv)
+    seed = int(a.task.rsplit("_", 1)[1])
+    out = os.path.join(a.work, "rec_" + a.task)
+    model = load_model(model=os.path.join(out, "base", "results.nnp"))
+    shapes = model.info.input_shapes
+    train_csv = os.path.join(out, "train.csv")
+    train = load_dataset(train_csv, shapes).arrays
+    label = next(iter(model.info.label_classes))
+    n = len(train[label])
+    scores = np.full(n, np.nan)
+    with open(os.path.join(out, f"influence_{a.variant}", "influence.csv"), newline="") as f:
+        for r in csv.DictReader(f):
+            scores[int(r["datasource_index"])] = float(r["influence"])
+    if not np.all(np.isfinite(scores)):
+        raise SystemExit(f"{out}: the influence CSV does not cover every training row")
+    labels = np.asarray(train[label]).reshape(n, -1)[:, 0]
+    prob = rc.as_probabilities(model.predict(train))
+    cands = rc.candidates(rc.find_suspects(labels, prob, scores[None, :]))
+    chosen = [c for c in cands if c.order == a.order and c.level == a.level]
+    if not chosen:
+        raise SystemExit(f"no candidate {a.order} at {a.level:g} (equal sets are tried once)")
+    removed = np.zeros(n, bool)
+    removed[chosen[0].rows] = True
+    folder = os.path.join(out, rp.removal_folder(f"diag_{a.order}_{a.level:g}", removed))
+    if not os.path.exists(os.path.join(folder, "finished")):
+        with open(os.path.join(out, "net.nntxt")) as f:
+            config = f.read()
+        header, rows = read_csv_table(train_csv)
+        ev.train_from_scratch(
+            config, train_csv, os.path.join(out, "val_cli.csv"), header, rows,
+            np.flatnonzero(~removed), seed, folder, os.path.join(out, "init.h5"),
+        )  # fmt: skip
+        open(os.path.join(folder, "finished"), "w").close()
+    test = load_dataset(os.path.join(out, "test.csv"), shapes)
+    acc, loss = ev.accuracy_and_loss(load_model(model=os.path.join(folder, "results.nnp")), test)
+    print(
+        f"{a.task} {a.order} {a.level:g}: removed {int(removed.sum())}, test accuracy {acc:.4f}, "
+        f"test loss {loss:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
