@@ -372,8 +372,15 @@ def build(suspects: Suspects, checked: List[Candidate], n_heldout: int, check: D
             "change nothing: no row is harmful in every trial with a label the model does not "
             "predict"
         )
+    elif checked and not any(math.isfinite(c.loss_change) for c in checked):
+        reason = (
+            f"change nothing: {n_suspects} suspect rows, but the check's epochs gave no finite "
+            f"held-out loss (one epoch at lr {check.get('lr', math.nan):g} from the trained "
+            "model diverged), so no change could be checked; the scores are not affected"
+        )
     else:
-        best = min(checked, key=lambda c: c.loss_change) if checked else None
+        finite = [c for c in checked if math.isfinite(c.loss_change)]
+        best = min(finite, key=lambda c: c.loss_change) if finite else None
         reason = (
             f"change nothing: {n_suspects} suspect rows, but no change of them lowered the "
             f"held-out validation loss by {z_required(len(checked)):.2f} standard errors"

@@ -199,6 +199,31 @@ def test_build_changes_nothing_when_no_candidate_passes():
         assert rec.to_dict()["chosen"]["order"] == order
 
 
+def test_a_check_whose_epochs_diverged_says_so_and_changes_nothing():
+    labels, prob, trials = _random_case(seed=4)
+    s = rc.find_suspects(labels, prob, trials)
+    cands = rc.candidates(s)
+    base = np.random.RandomState(0).rand(300)
+
+    def result(c, loss):
+        c.heldout_loss = loss
+        c.loss_change, c.standard_error = rc.paired_change(loss, base)
+
+    for c in cands:
+        result(c, np.full(300, np.nan))
+    rec = rc.build(s, cands, 300, {"lr": 0.5})
+    assert rec.chosen is None and set(rec.action) == {"keep"}
+    assert "no finite held-out loss" in rec.reason and "lr 0.5" in rec.reason
+    # One diverged and one clearly better: the better one; a diverged one is never chosen.
+    result(cands[0], base - 0.05)
+    assert rc.build(s, cands, 300, {}).chosen is cands[0]
+    # None passes: the best named in the reason is a finite one.
+    result(cands[0], base + 0.01)
+    rec = rc.build(s, cands, 300, {})
+    assert rec.chosen is None and "no change of them lowered" in rec.reason
+    assert "nan" not in rec.reason and "+0.01" in rec.reason
+
+
 def test_validation_halves_are_disjoint_seeded_and_cover_every_row():
     a, b = rc.split_validation(101, 5)
     assert len(b) == 50 and len(a) == 51 and not set(a) & set(b)
