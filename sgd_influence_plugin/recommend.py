@@ -195,6 +195,7 @@ class Candidate:
         return {
             "given_label_below": self.level,
             "order": self.order,
+            "which": self.describe(),
             "action": self.action,
             "rows": int(len(self.rows)),
             "heldout_loss_change": _round(self.loss_change),

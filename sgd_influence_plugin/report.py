@@ -207,6 +207,40 @@ def _fact_text(key: str, value) -> str:
     return str(value)
 
 
+def checked_table(rec: Dict) -> str:
+    """The changes the recommendation's check tried (``settings.yaml``'s ``recommendation``),
+    one table row each, the recommended one marked; '' when none was tried.
+    """
+    checked = rec.get("checked") or []
+    if not checked:
+        return ""
+    chosen = rec.get("chosen") or {}
+
+    def key(c: Dict) -> Tuple:
+        return tuple(c.get(k) for k in ("action", "rows", "which"))
+
+    def num(x, fmt: str) -> str:
+        return format(x, fmt) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+    body = "".join(
+        f"<tr><td>{html.escape(str(c.get('action')))} {int(c.get('rows', 0))}</td>"
+        f"<td>{html.escape(str(c.get('which', '')))}</td>"
+        f"<td>{num(c.get('heldout_loss_change'), '+.4g')}</td><td>{num(c.get('z'), '+.1f')}</td>"
+        f"<td>{'yes' if c.get('passes') else 'no'}</td>"
+        f"<td>{'<b>recommended</b>' if chosen and key(c) == key(chosen) else ''}</td></tr>"
+        for c in checked
+    )
+    bar = rec.get("z_required")
+    return (
+        "<h3>Changes the check tried</h3><p>One settling epoch from the trained model on the "
+        "data with each change, then the loss on held-out validation rows against the data as "
+        f"given. A change passes at z {num(-bar if bar is not None else math.nan, '+.2f')} or "
+        "below; the smallest within one standard error of the best is recommended.</p><table>"
+        "<tr><th>change</th><th>which rows</th><th>held-out loss change</th><th>z</th>"
+        f"<th>passes</th><th></th></tr>{body}</table>"
+    )
+
+
 def run_rows(info: Dict) -> List[Tuple[str, str]]:
     """The Run table: ``(what, value)`` in words, for the facts of :data:`RUN_ROWS`, then how
     the learning rate was chosen, then any other plain fact with its key in words.
@@ -272,6 +306,7 @@ def write_report(
             if counts.get("relabel", 0) or counts.get("remove", 0)
             else "<p>Next: nothing to change.</p>"
         )
+        + checked_table(rec)
         if rec
         else ""
     )

@@ -256,12 +256,14 @@ def _recommendation(n, relabel, remove, suggested):
     action[relabel], action[remove] = "relabel", "remove"
     chosen = rc.Candidate(0.1, "relabel", np.array(relabel), suggested[relabel])
     chosen.loss_change, chosen.standard_error = -0.5, 0.1
+    other = rc.Candidate(0.2, "remove", np.array(remove), suggested[remove], "other_class")
+    other.loss_change, other.standard_error = 0.03, 0.01
     return rc.Recommendation(
         action=action,
         suggested=suggested,
         confidence=np.linspace(0.5, 0.99, n),
         chosen=chosen,
-        checked=[chosen],
+        checked=[chosen, other],
         n_heldout=100,
         n_suspects=len(relabel) + len(remove),
         reason="relabel 3 rows: made up for the test",
@@ -321,6 +323,13 @@ def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
     assert "next: retrain on influence_cleansed.csv (beside this file)" in summary
     page = open(paths.report, encoding="utf-8").read()
     assert "<h2>Recommendation</h2>" in page and "keep 45, relabel 3, remove 2" in page
+    # Every change the check tried, with its result, the recommended one marked.
+    tried = page.split("Changes the check tried")[1].split("</table>")[0]
+    rows = tried.split("<tr>")[2:]
+    assert len(rows) == 2 and "relabel 3" in rows[0] and "given label below 0.1" in rows[0]
+    assert "-5.0" in rows[0] and "yes" in rows[0] and "recommended" in rows[0]
+    assert "remove 2" in rows[1] and "surest of another class, as many as below 0.2" in rows[1]
+    assert "+3.0" in rows[1] and "no" in rows[1] and "recommended" not in rows[1]
     changed = page.split("Rows to change")[1].split("<h2>")[0]
     assert changed.count('class="tile"') == 5  # the five changed rows, with both labels
     assert changed.count("model: ") == 5 and "relabel</span>" in changed
