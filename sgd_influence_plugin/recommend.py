@@ -318,7 +318,9 @@ class Recommendation:
             "heldout_rows": self.n_heldout,
             "z_required": round(z_bar, 3) if self.checked else None,
             "chosen": self.chosen.to_dict(z_bar) if self.chosen else None,
-            "checked": [c.to_dict(z_bar) for c in self.checked],
+            "checked": [
+                {**c.to_dict(z_bar), "recommended": c is self.chosen} for c in self.checked
+            ],
             "check": dict(self.check),
             "rule": (
                 "suspects = influence < 0 in every trial and the model predicts another class; "

@@ -214,10 +214,6 @@ def checked_table(rec: Dict) -> str:
     checked = rec.get("checked") or []
     if not checked:
         return ""
-    chosen = rec.get("chosen") or {}
-
-    def key(c: Dict) -> Tuple:
-        return tuple(c.get(k) for k in ("action", "rows", "which"))
 
     def num(x, fmt: str) -> str:
         return format(x, fmt) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
@@ -227,7 +223,7 @@ def checked_table(rec: Dict) -> str:
         f"<td>{html.escape(str(c.get('which', '')))}</td>"
         f"<td>{num(c.get('heldout_loss_change'), '+.4g')}</td><td>{num(c.get('z'), '+.1f')}</td>"
         f"<td>{'yes' if c.get('passes') else 'no'}</td>"
-        f"<td>{'<b>recommended</b>' if chosen and key(c) == key(chosen) else ''}</td></tr>"
+        f"<td>{'<b>recommended</b>' if c.get('recommended') else ''}</td></tr>"
         for c in checked
     )
     bar = rec.get("z_required")

@@ -446,6 +446,8 @@ def test_on_known_flips_the_changed_rows_are_the_flips(flipped_world, tmp_path):
     assert rec["counts"]["relabel"] + rec["counts"]["remove"] == changed.sum()
     assert rec["chosen"]["passes"] and rec["chosen"]["z"] <= -rec["z_required"]
     assert rec["z_required"] == pytest.approx(rc.z_required(len(rec["checked"])), abs=1e-3)
+    marked = [c for c in rec["checked"] if c["recommended"]]  # exactly the chosen one
+    assert len(marked) == 1 and {k: marked[0][k] for k in rec["chosen"]} == rec["chosen"]
     assert facts["validation_rows"] == {"influence": 200, "heldout_for_check": 200}
     # The cleansed CSV is what the recommendation says, row for row.
     cleansed = _rows(paths.cleansed)
