@@ -188,22 +188,13 @@ def run_task(a, setting, seed):
     )  # fmt: skip
     with open(net) as f:
         config = f.read()
-    init = ev.initial_parameters(config, seed, os.path.join(out, "init.h5"))
+    ev.initial_parameters(config, seed, os.path.join(out, "init.h5"))  # read by train_once
     header, train_rows = read_csv_table(paths["train"])
     n = len(train_rows)
 
     def retrain(csv_path, keep, folder):
-        h, rows = read_csv_table(csv_path)
-        marker = os.path.join(out, folder, "finished")
-        nnp = os.path.join(out, folder, "results.nnp")
         t = time.perf_counter()
-        if not os.path.exists(marker):
-            log(f"training {folder} on {len(keep)} rows")
-            ev.train_from_scratch(
-                config, csv_path, paths["val_cli"], h, rows, keep, seed,
-                os.path.join(out, folder), init,
-            )  # fmt: skip
-            open(marker, "w").close()
+        nnp = train_once(out, folder, config, csv_path, keep, seed, log)
         return nnp, time.perf_counter() - t
 
     base_nnp, base_seconds = retrain(paths["train"], np.arange(n), "base")
@@ -319,6 +310,23 @@ def run_task(a, setting, seed):
         os.path.join(done_dir, "rows.csv"), ROW_KEYS, [[r[k] for k in ROW_KEYS] for r in rows]
     )
     log("done")
+
+
+def train_once(out, folder, config, csv_path, keep, seed, log=print):
+    """Train the task's network from scratch on rows ``keep`` of ``csv_path`` into
+    ``out/folder`` (the task's seed and initialisation ``out/init.h5``, its ``val_cli.csv``),
+    unless a finished training is there; returns its ``results.nnp``.
+    """
+    marker = os.path.join(out, folder, "finished")
+    if not os.path.exists(marker):
+        log(f"training {folder} on {len(keep)} rows")
+        h, rows = read_csv_table(csv_path)
+        ev.train_from_scratch(
+            config, csv_path, os.path.join(out, "val_cli.csv"), h, rows, keep, seed,
+            os.path.join(out, folder), os.path.join(out, "init.h5"),
+        )  # fmt: skip
+        open(marker, "w").close()
+    return os.path.join(out, folder, "results.nnp")
 
 
 def check_out(a):

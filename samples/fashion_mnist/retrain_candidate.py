@@ -26,7 +26,7 @@ import recommendation_protocol as rp  # noqa: E402
 
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
 from sgd_influence_plugin import recommend as rc  # noqa: E402
-from sgd_influence_plugin.dataset import load_dataset, read_csv_table  # noqa: E402
+from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
 
 
@@ -60,18 +60,12 @@ def main(argv=None):
         raise SystemExit(f"no candidate {a.order} at {a.level:g} (equal sets are tried once)")
     removed = np.zeros(n, bool)
     removed[chosen[0].rows] = True
-    folder = os.path.join(out, rp.removal_folder(f"diag_{a.order}_{a.level:g}", removed))
-    if not os.path.exists(os.path.join(folder, "finished")):
-        with open(os.path.join(out, "net.nntxt")) as f:
-            config = f.read()
-        header, rows = read_csv_table(train_csv)
-        ev.train_from_scratch(
-            config, train_csv, os.path.join(out, "val_cli.csv"), header, rows,
-            np.flatnonzero(~removed), seed, folder, os.path.join(out, "init.h5"),
-        )  # fmt: skip
-        open(os.path.join(folder, "finished"), "w").close()
+    folder = rp.removal_folder(f"diag_{a.order}_{a.level:g}", removed)
+    with open(os.path.join(out, "net.nntxt")) as f:
+        config = f.read()
+    nnp = rp.train_once(out, folder, config, train_csv, np.flatnonzero(~removed), seed)
     test = load_dataset(os.path.join(out, "test.csv"), shapes)
-    acc, loss = ev.accuracy_and_loss(load_model(model=os.path.join(folder, "results.nnp")), test)
+    acc, loss = ev.accuracy_and_loss(load_model(model=nnp), test)
     print(
         f"{a.task} {a.order} {a.level:g}: removed {int(removed.sum())}, test accuracy {acc:.4f}, "
         f"test loss {loss:.4f}"
