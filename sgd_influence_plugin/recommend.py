@@ -11,11 +11,13 @@ gains little on noisy data. The rule here (the measurements behind it are in
    suggested label is the model's class and its confidence that class's probability.
 2. **Candidate changes**: for each level ``tau`` of :data:`GIVEN_LABEL_LEVELS`, the suspects
    whose given label has probability below ``tau`` (nested sets: small ``tau`` = the surest
-   rows), and as many suspects taken in another order: those the model is surest belong to
-   another class (the largest margin ``p(suggested) - p(given)``). Which order finds the
-   wrong labels better depends on the noise: a label moved to an unrelated class gets a
-   probability near 0, one moved to a look-alike class does not, but the model still prefers
-   the true class. The check, not a guess, picks between them. Each set is removed, not
+   rows), and as many suspects taken in a second order that uses both signals of the run:
+   the model's margin for another class, ``p(suggested) - p(given)``, and the influence,
+   ranked among the suspects and the two ranks added (:func:`combined_order`). Which order
+   finds the wrong labels better depends on the noise: a label moved to an unrelated class
+   gets a probability near 0, one moved to a look-alike class does not, but the model still
+   prefers the true class and the row still hurts the validation rows of that class. The
+   check, not a guess, picks between them. Each set is removed, not
    relabelled to the model's class: that writes the model's own
    confusions into the labels (12-21% of such labels were wrong on the protocol's tasks, all
    in the directions the model confuses). The check, which starts from the same model, cannot
@@ -70,9 +72,10 @@ from .heldout_check import (  # noqa: F401 - part of this module's interface
 #: probabilities, so they mean the same for any network; the check, not the level, decides.
 GIVEN_LABEL_LEVELS = (0.05, 0.1, 0.2, 0.5)
 #: The orders in which suspects enter a candidate (see :func:`candidates`): ``given_label``,
-#: the lowest probability of the given label first; ``other_class``, the largest margin of
-#: the model's class over the given label first.
-ORDERS = ("given_label", "other_class")
+#: the lowest probability of the given label first; ``margin_and_influence``, the smallest
+#: sum of two ranks first: the margin of the model's class over the given label (largest
+#: first) and the influence (most harmful first) (:func:`combined_order`).
+ORDERS = ("given_label", "margin_and_influence")
 #: The chance, at most, that noise alone makes a run recommend a change (one-sided, over all
 #: the candidates it tries; see :func:`z_required`). On clean labels a LeNet-style case had a
 #: 213-row candidate at z = -2.7 among 8: a 2-standard-error bar would have removed them.
@@ -92,6 +95,8 @@ class Suspects:
         suggested: int64 (N,) the model's class (arg-max of its probabilities).
         confidence: float64 (N,) the model's probability of ``suggested``.
         p_given: float64 (N,) the model's probability of the given label.
+        influence: float64 (N,) the trials' combined influence (:func:`.core.combine_trials`;
+            change of the mean validation loss, negative = harmful).
         harmful_all: bool (N,) influence < 0 in every trial.
         mask: bool (N,) suspects: ``harmful_all`` and ``suggested != given``.
 
@@ -101,6 +106,7 @@ class Suspects:
     suggested: np.ndarray
     confidence: np.ndarray
     p_given: np.ndarray
+    influence: np.ndarray
     harmful_all: np.ndarray
     mask: np.ndarray
 
@@ -132,12 +138,14 @@ def find_suspects(labels: np.ndarray, prob: np.ndarray, trial_scores: np.ndarray
     prob = np.asarray(prob, dtype=np.float64)
     rows = np.arange(len(given))
     suggested = prob.argmax(axis=1).astype(np.int64)
-    harmful_all = np.all(np.asarray(trial_scores) < 0, axis=0)
+    trial_scores = np.asarray(trial_scores, dtype=np.float64).reshape(-1, len(given))
+    harmful_all = np.all(trial_scores < 0, axis=0)
     return Suspects(
         given=given,
         suggested=suggested,
         confidence=prob[rows, suggested],
         p_given=prob[rows, given],
+        influence=core.combine_trials(trial_scores)[0],
         harmful_all=harmful_all,
         mask=harmful_all & (suggested != given),
     )
@@ -149,7 +157,8 @@ class Candidate:
 
     Attributes:
         level: the given-label probability level tau: the rows whose given label has
-            probability below it (order ``given_label``), or that many rows (``other_class``).
+            probability below it (order ``given_label``), or that many rows
+            (``margin_and_influence``).
         action: ``relabel`` (to the suggested class) or ``remove``.
         rows: int64 (K,) the changed rows, ascending.
         new_labels: int64 (K,) the suggested class of each (used by ``relabel``).
@@ -182,8 +191,8 @@ class Candidate:
 
     def describe(self) -> str:
         """Which rows, in words (for the summary)."""
-        if self.order == "other_class":
-            return f"surest of another class, as many as below {self.level:g}"
+        if self.order == "margin_and_influence":
+            return f"surest of another class and most harmful, as many as below {self.level:g}"
         return f"given label below {self.level:g}"
 
     def passes(self, z_bar: float) -> bool:
@@ -210,28 +219,43 @@ def _round(x: float, digits: int = 5) -> float:
     return float(f"{x:.{digits}g}") if math.isfinite(x) else float(x)
 
 
+def combined_order(suspects: Suspects) -> np.ndarray:
+    """The suspects' rows, int64 (S,), the likeliest wrong label first by both signals.
+
+    Each suspect gets two ranks among the suspects: how many suspects have a larger margin
+    of the model's class over the given label, ``p(suggested) - p(given)``, and how many are
+    more harmful (a more negative influence). Rows of equal value share a rank. The order is
+    by the sum of the two ranks; ties go to the larger margin, then to the earlier row. Ranks,
+    not values, are added, so neither signal's units or scale weigh in.
+    """
+    sus = np.flatnonzero(suspects.mask)
+    margin = suspects.confidence[sus] - suspects.p_given[sus]
+    influence = suspects.influence[sus]
+    larger_margin = len(sus) - np.searchsorted(np.sort(margin), margin, side="right")
+    more_harmful = np.searchsorted(np.sort(influence), influence, side="left")
+    # lexsort: the last key is the primary one; stable, so equal keys keep the row order
+    return sus[np.lexsort((-margin, larger_margin + more_harmful))]
+
+
 def candidates(suspects: Suspects, levels: Sequence[float] = GIVEN_LABEL_LEVELS) -> List[Candidate]:
     """The candidate sets, removal of each distinct non-empty set, level by level.
 
     At each level (ascending):
 
     - order ``given_label``: the suspects whose given label has probability below the level;
-    - order ``other_class``: as many suspects, those with the largest margin
-      ``p(suggested) - p(given)`` (ties: the earlier row first).
+    - order ``margin_and_influence``: as many suspects, the first of :func:`combined_order`.
 
     Both families are nested. A set equal to one already listed is tried once (at the
     largest level both orders hold every suspect whose given label is below it).
     """
     out: List[Candidate] = []
     seen = set()
-    sus = np.flatnonzero(suspects.mask)
-    margin = suspects.confidence[sus] - suspects.p_given[sus]
-    by_margin = sus[np.argsort(-margin, kind="stable")]
+    combined = combined_order(suspects)
     for level in sorted(levels):
         rows = np.flatnonzero(suspects.mask & (suspects.p_given < level))
         for order, chosen in (
             ("given_label", rows),
-            ("other_class", np.sort(by_margin[: len(rows)])),
+            ("margin_and_influence", np.sort(combined[: len(rows)])),
         ):
             key = chosen.tobytes()
             if len(chosen) == 0 or key in seen:
@@ -325,8 +349,9 @@ class Recommendation:
             "rule": (
                 "suspects = influence < 0 in every trial and the model predicts another class; "
                 "candidates = suspects whose given label has probability below each level, "
-                "and as many suspects with the largest margin of the model's class over the "
-                "given label, removed; a candidate passes if one settling epoch on the changed "
+                "and as many suspects with the smallest sum of two ranks (margin of the "
+                "model's class over the given label, largest first; influence, most harmful "
+                "first), removed; a candidate passes if one settling epoch on the changed "
                 "data lowers the held-out validation loss by >= z_required standard errors "
                 f"(Bonferroni: noise alone passes one with chance <= {FAMILY_ALPHA:g}); "
                 "recommended = the passing candidate with the fewest rows within one standard "
@@ -359,9 +384,10 @@ def build(suspects: Suspects, checked: List[Candidate], n_heldout: int, check: D
     if chosen is not None:
         action[chosen.rows] = chosen.action
         which = (
-            f"they are the {len(chosen.rows)} where it is surest (as many as give the given "
+            f"they are the {len(chosen.rows)} where it is surest of its class and the "
+            f"influence is most harmful, the two ranks together (as many as give the given "
             f"label under {chosen.level:g})"
-            if chosen.order == "other_class"
+            if chosen.order == "margin_and_influence"
             else f"the given label has probability under {chosen.level:g}"
         )
         reason = (

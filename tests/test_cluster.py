@@ -291,7 +291,7 @@ def test_the_recommendations_check_on_the_cluster_equals_the_local_one(scheduler
         rows = np.arange(0, n, 7, dtype=np.int64)
         return [
             rc.Candidate(0.1, "remove", rows, np.zeros(len(rows), np.int64)),
-            rc.Candidate(0.2, "relabel", rows[:5], np.ones(5, np.int64), "other_class"),
+            rc.Candidate(0.2, "relabel", rows[:5], np.ones(5, np.int64), "margin_and_influence"),
         ]
 
     args = (model, train, val, label)

@@ -30,6 +30,7 @@ def _random_case(n=400, c=5, m=3, seed=0):
     prob = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     labels = rng.randint(0, c, n)
     trials = rng.randn(m, n) + 0.3
+    trials *= 1.0 / np.sqrt(np.mean(trials**2, axis=1, keepdims=True))  # equal trial scales
     return labels, prob, trials
 
 
@@ -46,18 +47,25 @@ def test_suspects_are_harmful_in_every_trial_and_disagree_with_the_model():
 
 
 def test_candidates_are_nested_distinct_and_only_suspects():
-    labels, prob, trials = _random_case(seed=1)
+    labels, prob, trials = _random_case(n=3000, m=2, seed=1)
     s = rc.find_suspects(labels, prob, trials)
     cands = rc.candidates(s)
     assert len(cands) >= 2 and {c.action for c in cands} == {"remove"}  # never relabel
     assert {c.order for c in cands} == set(rc.ORDERS)
     suspects = [j for j in range(len(labels)) if s.mask[j]]
-    # the other order, by brute force: largest p(model's class) - p(given) first, ties by row
-    by_margin = sorted(suspects, key=lambda j: (-(prob[j].max() - prob[j, labels[j]]), j))
+    # the other order, by brute force: how many suspects have a larger margin p(model's class)
+    # - p(given), plus how many have a lower mean influence over the trials (more harmful);
+    # the smallest sum first, ties by the larger margin, then the row
+    margin = {j: prob[j].max() - prob[j, labels[j]] for j in suspects}
+    mean_inf = {j: trials[:, j].mean() for j in suspects}  # equal trial scales: combine = mean
+    place_m = {j: sum(margin[k] > margin[j] for k in suspects) for j in suspects}
+    place_i = {j: sum(mean_inf[k] < mean_inf[j] for k in suspects) for j in suspects}
+    combined = sorted(suspects, key=lambda j: (place_m[j] + place_i[j], -margin[j], j))
+    assert rc.combined_order(s).tolist() == combined
     seen = []
     for c in cands:
         below = [j for j in suspects if prob[j, labels[j]] < c.level]
-        expect = below if c.order == "given_label" else sorted(by_margin[: len(below)])
+        expect = below if c.order == "given_label" else sorted(combined[: len(below)])
         assert c.rows.tolist() == expect
         assert c.new_labels.tolist() == [int(np.argmax(prob[j])) for j in expect]
         assert expect not in seen  # equal sets are tried once
@@ -66,29 +74,50 @@ def test_candidates_are_nested_distinct_and_only_suspects():
         sets = [set(c.rows.tolist()) for c in cands if c.order == order]
         for a, b in zip(sets, sets[1:]):
             assert a < b  # nested within each order
-    # Both orders are tried at every level below the largest, where they hold the same rows.
-    levels = sorted({c.level for c in cands})
-    for level in levels[:-1]:
-        assert sorted(c.order for c in cands if c.level == level) == sorted(rc.ORDERS)
-    assert [c.order for c in cands if c.level == levels[-1]] == ["given_label"]
+    # Nothing is missing: every distinct non-empty set of both orders at every level is tried
+    # (at the largest level both hold every suspect, so that one is tried once).
+    distinct = []
+    for level in rc.GIVEN_LABEL_LEVELS:
+        below = [j for j in suspects if prob[j, labels[j]] < level]
+        for rows in (below, sorted(combined[: len(below)])):
+            if rows and rows not in distinct:
+                distinct.append(rows)
+    assert [c.rows.tolist() for c in cands] == distinct
+    assert sum(c.order == "margin_and_influence" for c in cands) >= 2
     none = rc.find_suspects(labels, prob, np.abs(trials))  # nothing harmful
     assert rc.candidates(none) == []
 
 
-def test_the_orders_differ_where_the_model_is_sure_of_another_class():
-    # Row 0: given label 0.10, the model sure of another class (0.90); row 1: given label
-    # 0.04, the model unsure among the others (0.32 each).
-    prob = np.array([[0.10, 0.90, 0.00, 0.00], [0.04, 0.32, 0.32, 0.32], [0.9, 0.05, 0.03, 0.02]])
-    labels = np.array([0, 0, 0])
-    s = rc.find_suspects(labels, prob, -np.ones((1, 3)))
-    cands = rc.candidates(s, levels=(0.05, 0.5))
+def test_the_orders_differ_where_the_model_is_sure_of_another_class_and_the_row_harms():
+    # Row 0: given label 0.10, the model sure of another class (0.90), the most harmful;
+    # row 1: given label 0.04, the model unsure among the others (0.32 each), harmful too;
+    # row 2: given label 0.02, unsure, barely harmful; row 3's label is the model's.
+    prob = np.array(
+        [
+            [0.10, 0.90, 0.00, 0.00],
+            [0.04, 0.32, 0.32, 0.32],
+            [0.02, 0.34, 0.32, 0.32],
+            [0.90, 0.05, 0.03, 0.02],
+        ]
+    )
+    labels = np.array([0, 0, 0, 0])
+    s = rc.find_suspects(labels, prob, np.array([[-3.0, -2.0, -0.1, -5.0]]))
+    # margins 0.80, 0.28, 0.32 -> places 0, 2, 1; influence -3, -2, -0.1 -> places 0, 1, 2
+    assert rc.combined_order(s).tolist() == [0, 2, 1]  # sums 0, 3, 3: the larger margin first
+    cands = rc.candidates(s, levels=(0.03, 0.05, 0.5))
     got = [(c.order, c.level, c.rows.tolist()) for c in cands]
     assert got == [
-        ("given_label", 0.05, [1]),  # the lowest given-label probability
-        ("other_class", 0.05, [0]),  # as many rows, the largest margin (0.80 against 0.28)
-        ("given_label", 0.5, [0, 1]),  # row 2's label is the model's: never a suspect
+        ("given_label", 0.03, [2]),  # the lowest given-label probability
+        ("margin_and_influence", 0.03, [0]),  # as many rows, the first of both signals
+        ("given_label", 0.05, [1, 2]),
+        ("margin_and_influence", 0.05, [0, 2]),
+        ("given_label", 0.5, [0, 1, 2]),  # row 3's label is the model's: never a suspect
     ]
-    assert "surest of another class" in cands[1].describe()
+    assert "surest of another class and most harmful" in cands[1].describe()
+    # The influence decides between rows of equal margin (equal values share a rank): the
+    # more harmful first, whatever the row order.
+    s = rc.find_suspects(labels[:3], prob[[1, 1, 1]], np.array([[-1.0, -4.0, -2.0]]))
+    assert rc.combined_order(s).tolist() == [1, 2, 0]
 
 
 def test_paired_change_is_the_mean_difference_and_its_standard_error():
@@ -187,7 +216,7 @@ def test_build_changes_nothing_when_no_candidate_passes():
     assert sorted(np.flatnonzero(rec.action == "remove")) == cands[1].rows.tolist()
     # The reason and the settings name the order the chosen rows were taken in.
     for order, words in (
-        ("other_class", "where it is surest"),
+        ("margin_and_influence", "where it is surest of its class and the influence"),
         ("given_label", "probability under"),
     ):
         c = next(c for c in cands if c.order == order)
@@ -256,7 +285,7 @@ def _recommendation(n, relabel, remove, suggested):
     action[relabel], action[remove] = "relabel", "remove"
     chosen = rc.Candidate(0.1, "relabel", np.array(relabel), suggested[relabel])
     chosen.loss_change, chosen.standard_error = -0.5, 0.1
-    other = rc.Candidate(0.2, "remove", np.array(remove), suggested[remove], "other_class")
+    other = rc.Candidate(0.2, "remove", np.array(remove), suggested[remove], "margin_and_influence")
     other.loss_change, other.standard_error = 0.03, 0.01
     return rc.Recommendation(
         action=action,
@@ -328,7 +357,10 @@ def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
     rows = tried.split("<tr>")[2:]
     assert len(rows) == 2 and "relabel 3" in rows[0] and "given label below 0.1" in rows[0]
     assert "-5.0" in rows[0] and "yes" in rows[0] and "recommended" in rows[0]
-    assert "remove 2" in rows[1] and "surest of another class, as many as below 0.2" in rows[1]
+    assert (
+        "remove 2" in rows[1]
+        and "surest of another class and most harmful, as many as below 0.2" in rows[1]
+    )
     assert "+3.0" in rows[1] and "no" in rows[1] and "recommended" not in rows[1]
     changed = page.split("Rows to change")[1].split("<h2>")[0]
     assert changed.count('class="tile"') == 5  # the five changed rows, with both labels
