@@ -6,7 +6,7 @@ plugin did (its influence CSV, the base model's probabilities), removes the cand
 order and level, trains the sample CNN from scratch with the task's seed and initialisation (as the
 protocol's ``recommended`` row), and prints the test accuracy and loss.
 
-    python retrain_candidate.py TASK ORDER LEVEL [--work protocol_work] [--variant v3]
+    python retrain_candidate.py TASK ORDER LEVEL [--work protocol_work] [--variant v4]
 
 e.g. ``python retrain_candidate.py uniform_0 given_label 0.2``. The training goes to
 ``WORK/rec_TASK/diag_ORDER_LEVEL_<rows>/`` and is reused by a later call.
@@ -36,7 +36,7 @@ def main(argv=None):
     p.add_argument("order", choices=rc.ORDERS)
     p.add_argument("level", type=float, help="one of the given-label levels, e.g. 0.2")
     p.add_argument("--work", default=os.path.join(HERE, "protocol_work"))
-    p.add_argument("--variant", default="v3", help="the plugin run to rebuild from (v3)")
+    p.add_argument("--variant", default="v4", help="the plugin run to rebuild from (v4)")
     a = p.parse_args(argv)
     seed = int(a.task.rsplit("_", 1)[1])
     out = os.path.join(a.work, "rec_" + a.task)
