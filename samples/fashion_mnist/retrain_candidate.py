@@ -8,8 +8,9 @@ protocol's ``recommended`` row), and prints the test accuracy and loss.
 
     python retrain_candidate.py TASK ORDER LEVEL [--work protocol_work] [--variant v4]
 
-e.g. ``python retrain_candidate.py uniform_0 given_label 0.2``. The training goes to
-``WORK/rec_TASK/diag_ORDER_LEVEL_<rows>/`` and is reused by a later call.
+e.g. ``python retrain_candidate.py uniform_0 given_label 0.2``. ORDER ``flips`` removes exactly
+the task's flipped labels and nothing else (LEVEL is ignored): the most any removal can do.
+The training goes to ``WORK/rec_TASK/diag_ORDER_LEVEL_<rows>/`` and is reused by a later call.
 """
 
 import argparse
@@ -30,21 +31,16 @@ from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("task", help="a finished protocol task, e.g. uniform_0")
-    p.add_argument("order", choices=rc.ORDERS)
-    p.add_argument("level", type=float, help="one of the given-label levels, e.g. 0.2")
-    p.add_argument("--work", default=os.path.join(HERE, "protocol_work"))
-    p.add_argument("--variant", default="v4", help="the plugin run to rebuild from (v4)")
-    a = p.parse_args(argv)
-    seed = int(a.task.rsplit("_", 1)[1])
-    out = os.path.join(a.work, "rec_" + a.task)
-    model = load_model(model=os.path.join(out, "base", "results.nnp"))
-    shapes = model.info.input_shapes
-    train_csv = os.path.join(out, "train.csv")
-    train = load_dataset(train_csv, shapes).arrays
-    label = next(iter(model.info.label_classes))
+def flipped_rows(train_csv, pool):
+    """bool (N,): the task's rows whose label differs from the pool's (the flipped labels)."""
+    _, pool_rows = rp.read_csv_table(os.path.join(pool, "train.csv"))
+    truth = {os.path.abspath(os.path.join(pool, r[0])): int(r[1]) for r in pool_rows}
+    _, rows = rp.read_csv_table(train_csv)
+    return np.array([truth[os.path.abspath(r[0])] != int(r[1]) for r in rows])
+
+
+def candidate_rows(out, a, model, train, label):
+    """bool (N,): the rows of the candidate (a.order, a.level), rebuilt as the plugin did."""
     n = len(train[label])
     scores = np.full(n, np.nan)
     with open(os.path.join(out, f"influence_{a.variant}", "influence.csv"), newline="") as f:
@@ -60,6 +56,28 @@ def main(argv=None):
         raise SystemExit(f"no candidate {a.order} at {a.level:g} (equal sets are tried once)")
     removed = np.zeros(n, bool)
     removed[chosen[0].rows] = True
+    return removed
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("task", help="a finished protocol task, e.g. uniform_0")
+    p.add_argument("order", choices=rc.ORDERS + ("flips",))
+    p.add_argument("level", type=float, help="one of the given-label levels, e.g. 0.2")
+    p.add_argument("--work", default=os.path.join(HERE, "protocol_work"))
+    p.add_argument("--variant", default="v4", help="the plugin run to rebuild from (v4)")
+    a = p.parse_args(argv)
+    seed = int(a.task.rsplit("_", 1)[1])
+    out = os.path.join(a.work, "rec_" + a.task)
+    model = load_model(model=os.path.join(out, "base", "results.nnp"))
+    shapes = model.info.input_shapes
+    train_csv = os.path.join(out, "train.csv")
+    train = load_dataset(train_csv, shapes).arrays
+    label = next(iter(model.info.label_classes))
+    if a.order == "flips":
+        removed = flipped_rows(train_csv, os.path.join(a.work, "pool"))
+    else:
+        removed = candidate_rows(out, a, model, train, label)
     folder = rp.removal_folder(f"diag_{a.order}_{a.level:g}", removed)
     with open(os.path.join(out, "net.nntxt")) as f:
         config = f.read()
