@@ -92,3 +92,22 @@ def test_a_retraining_is_reused_only_for_the_same_actions():
     moved[[1, 5]] = True
     assert rp.removal_folder("top10", top) == rp.removal_folder("top10", top.copy())
     assert rp.removal_folder("top10", top) != rp.removal_folder("top10", moved)
+
+
+def test_the_flips_diagnostic_removes_exactly_the_rows_whose_label_differs_from_the_pool(
+    tmp_path, monkeypatch
+):
+    import retrain_candidate as rcand
+
+    pool = tmp_path / "pool"
+    os.makedirs(pool)
+    header = ["x:image", "y:label"]
+    pp.write_rows(str(pool / "train.csv"), header, [[f"train/{i}.png", i % 3] for i in range(6)])
+    # the task's rows: a shuffled subset with absolute paths, rows 1 and 3 relabelled
+    order, given = [4, 0, 5, 2], [1, 1, 2, 0]  # truths 1, 0, 2, 2
+    task = tmp_path / "task.csv"
+    pp.write_rows(
+        str(task), header, [[str(pool / f"train/{i}.png"), y] for i, y in zip(order, given)]
+    )
+    monkeypatch.chdir(tmp_path)  # the pool given relative, as on the command line
+    assert rcand.flipped_rows(str(task), "pool").tolist() == [False, True, False, True]
