@@ -111,3 +111,34 @@ def test_the_flips_diagnostic_removes_exactly_the_rows_whose_label_differs_from_
     )
     monkeypatch.chdir(tmp_path)  # the pool given relative, as on the command line
     assert rcand.flipped_rows(str(task), "pool").tolist() == [False, True, False, True]
+
+
+def test_a_diagnostic_is_recorded_once_per_removal_and_reported_against_its_seeds_none(tmp_path):
+    import retrain_candidate as rcand
+
+    a = rp.parse_args(["--out", str(tmp_path / "out")])
+    _task(a, "uniform", 0, [("none", 0, 0.90, 0.40)])
+    _task(a, "uniform", 1, [("none", 0, 0.80, 0.50)])
+    flipped = np.array([True, True, False, False])
+    task0 = os.path.join(a.out, "tasks", "uniform_0")
+    task1 = os.path.join(a.out, "tasks", "uniform_1")
+    rcand.record(task0, "flips", flipped, flipped, 0.95, 0.30)  # replaced below
+    rcand.record(task0, "flips", flipped, flipped, 0.91, 0.35)
+    removed = np.array([True, False, True, False])  # one flip of two, one good row
+    rcand.record(task0, "given_label 0.2 (v4)", removed, flipped, 0.89, 0.45)
+    rcand.record(task1, "flips", flipped, flipped, 0.83, 0.44)
+    unfinished = os.path.join(a.out, "tasks", "uniform_2")
+    rcand.record(unfinished, "flips", flipped, flipped, 0.9, 0.3)
+    assert not os.path.exists(unfinished)
+    rows = rp.collect(a, rp.DIAGNOSTICS)
+    assert [(r["seed"], r["method"]) for r in rows] == [
+        ("0", "flips"), ("0", "given_label 0.2 (v4)"), ("1", "flips"),
+    ]  # fmt: skip
+    assert (float(rows[1]["precision"]), float(rows[1]["recall"])) == (0.5, 0.5)
+    rp.report(a)
+    text = open(tmp_path / "out" / "summary.md").read()
+    line = next(x for x in text.splitlines() if x.startswith("| diagnostic: flips"))
+    # Δ accuracy: +1 and +3 points -> +2.00 ± 1.00; Δ loss -0.05 and -0.06; 2 wins of 2.
+    assert "+2.00 ± 1.00" in line and "| 2/2 |" in line and "-0.0550 ± 0.0050" in line
+    line = next(x for x in text.splitlines() if x.startswith("| diagnostic: given_label"))
+    assert "-1.00" in line and "| 0/1 |" in line

@@ -61,6 +61,9 @@ ROW_KEYS = (
     "labels", "seed", "method", "n_changed", "n_relabel", "n_remove", "test_accuracy",
     "test_loss", "precision", "recall", "seconds",
 )  # fmt: skip
+#: Retrainings on other removals than the protocol's (``retrain_candidate.py``), per task:
+#: the ROW_KEYS, with ``method`` naming the removal (e.g. ``flips``: exactly the wrong labels).
+DIAGNOSTICS = "diagnostics.csv"
 DETECTION_KEYS = ("labels", "seed", "method", "n", "precision", "recall", "f1")
 #: What the report writes into --out (the ownership rule: only files it wrote are replaced);
 #: ``tasks/`` gains one folder per finished task and holds the tool's folder marker.
@@ -401,11 +404,28 @@ def _ms(values, fmt="{:+.2f}", scale=1.0):
     )
 
 
+def _method_line(method, rs, base):
+    """One row of a setting's table: ``rs`` (one per seed) against the seeds' ``none`` rows."""
+    acc = [_f(r["test_accuracy"]) for r in rs]
+    dacc = [_f(r["test_accuracy"]) - _f(base[r["seed"]]["test_accuracy"]) for r in rs]
+    dloss = [_f(r["test_loss"]) - _f(base[r["seed"]]["test_loss"]) for r in rs]
+    changed = "/".join(str(r["n_changed"]) for r in rs)
+    split = "/".join(f"{r['n_relabel']}+{r['n_remove']}" for r in rs)
+    wins = sum(d > 0 for d in dacc)
+    return (
+        f"| {method} | {changed} ({split}) | {_ms(acc, '{:.4f}')} | {_ms(dacc, scale=100)}"
+        f" | {wins if method != 'none' else '-'}/{len(rs)} | {_ms(dloss, '{:+.4f}')} | "
+        f"{_ms([_f(r['precision']) for r in rs], '{:.3f}')} | "
+        f"{_ms([_f(r['recall']) for r in rs], '{:.3f}')} |"
+    )
+
+
 def report(a):
     rows = collect(a)
     if not rows:
         raise SystemExit(f"no finished tasks under {a.out}/tasks")
     det = collect(a, "detection.csv")
+    diagnostics = collect(a, DIAGNOSTICS)
     lines = [
         "# The recommendation, retrained from scratch (Figure 2 protocol)",
         "",
@@ -428,20 +448,12 @@ def report(a):
         ]
         for method in METHODS:
             rs = [r for r in sub if r["method"] == method and r["seed"] in base]
-            if not rs:
-                continue
-            acc = [_f(r["test_accuracy"]) for r in rs]
-            dacc = [_f(r["test_accuracy"]) - _f(base[r["seed"]]["test_accuracy"]) for r in rs]
-            dloss = [_f(r["test_loss"]) - _f(base[r["seed"]]["test_loss"]) for r in rs]
-            changed = "/".join(str(r["n_changed"]) for r in rs)
-            split = "/".join(f"{r['n_relabel']}+{r['n_remove']}" for r in rs)
-            wins = sum(d > 0 for d in dacc)
-            lines.append(
-                f"| {method} | {changed} ({split}) | {_ms(acc, '{:.4f}')} | {_ms(dacc, scale=100)}"
-                f" | {wins if method != 'none' else '-'}/{len(rs)} | {_ms(dloss, '{:+.4f}')} | "
-                f"{_ms([_f(r['precision']) for r in rs], '{:.3f}')} | "
-                f"{_ms([_f(r['recall']) for r in rs], '{:.3f}')} |"
-            )
+            if rs:
+                lines.append(_method_line(method, rs, base))
+        diag = [r for r in diagnostics if r["labels"] == setting and r["seed"] in base]
+        for method in dict.fromkeys(r["method"] for r in diag):
+            rs = [r for r in diag if r["method"] == method]
+            lines.append(_method_line(f"diagnostic: {method}", rs, base))
         ds = [d for d in det if d["labels"] == setting]
         if ds:
             lines += [

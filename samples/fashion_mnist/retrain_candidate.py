@@ -11,6 +11,8 @@ protocol's ``recommended`` row), and prints the test accuracy and loss.
 e.g. ``python retrain_candidate.py uniform_0 given_label 0.2``. ORDER ``flips`` removes exactly
 the task's flipped labels and nothing else (LEVEL is ignored): the most any removal can do.
 The training goes to ``WORK/rec_TASK/diag_ORDER_LEVEL_<rows>/`` and is reused by a later call.
+The result is also recorded in the protocol's ``OUT/tasks/TASK/diagnostics.csv`` (one row per
+removal, replaced when run again), which the protocol's report shows below the task's methods.
 """
 
 import argparse
@@ -66,6 +68,11 @@ def main(argv=None):
     p.add_argument("level", type=float, help="one of the given-label levels, e.g. 0.2")
     p.add_argument("--work", default=os.path.join(HERE, "protocol_work"))
     p.add_argument("--variant", default="v4", help="the plugin run to rebuild from (v4)")
+    p.add_argument(
+        "--out",
+        default=os.path.join(HERE, "results", "recommendation_protocol_v4"),
+        help="the protocol's results folder whose tasks/TASK/ records the result",
+    )
     a = p.parse_args(argv)
     seed = int(a.task.rsplit("_", 1)[1])
     out = os.path.join(a.work, "rec_" + a.task)
@@ -88,6 +95,31 @@ def main(argv=None):
         f"{a.task} {a.order} {a.level:g}: removed {int(removed.sum())}, test accuracy {acc:.4f}, "
         f"test loss {loss:.4f}"
     )
+    method = "flips" if a.order == "flips" else f"{a.order} {a.level:g} ({a.variant})"
+    flipped = flipped_rows(train_csv, os.path.join(a.work, "pool"))
+    record(os.path.join(a.out, "tasks", a.task), method, removed, flipped, acc, loss)
+
+
+def record(task_dir, method, removed, flipped, acc, loss):
+    """Put this removal's row into ``task_dir/diagnostics.csv`` (atomically; a row of the same
+    method is replaced). Nothing is written for a task the protocol has not finished."""
+    if not os.path.exists(os.path.join(task_dir, "rows.csv")):
+        print(f"{task_dir}: not a finished protocol task; the result is not recorded")
+        return
+    labels, seed = os.path.basename(task_dir).rsplit("_", 1)
+    _, p, r, _ = rp.prf(removed, flipped)
+    n = int(removed.sum())
+    row = dict(
+        labels=labels, seed=seed, method=method, n_changed=n, n_relabel=0, n_remove=n,
+        test_accuracy=acc, test_loss=loss, precision=p, recall=r, seconds="",
+    )  # fmt: skip
+    path = os.path.join(task_dir, rp.DIAGNOSTICS)
+    rows = []
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            rows = [x for x in csv.DictReader(f) if x["method"] != method]
+    rows.append(row)
+    rp.pp.write_rows(path, rp.ROW_KEYS, [[x[k] for k in rp.ROW_KEYS] for x in rows])
 
 
 if __name__ == "__main__":
