@@ -142,3 +142,16 @@ def test_a_diagnostic_is_recorded_once_per_removal_and_reported_against_its_seed
     assert "+2.00 ± 1.00" in line and "| 2/2 |" in line and "-0.0550 ± 0.0050" in line
     line = next(x for x in text.splitlines() if x.startswith("| diagnostic: given_label"))
     assert "-1.00" in line and "| 0/1 |" in line
+
+
+def test_the_removed_good_rows_diagnostic_splits_the_recommendation_by_the_true_flips():
+    import check_removed_good_rows as crg
+
+    action = np.array(["keep", "remove", "remove", "keep", "remove", "keep", "keep", "keep"])
+    flipped = np.array([True, True, False, False, False, False, True, False])
+    sets = crg.removals(action, flipped, seed=3)
+    assert sets["recommended"].tolist() == [1, 2, 4]
+    assert sets["flips"].tolist() == [1]
+    assert sets["good"].tolist() == [2, 4]
+    rnd = sets["random_good"]
+    assert len(rnd) == 2 and not flipped[rnd].any() and list(rnd) == sorted(set(rnd))
