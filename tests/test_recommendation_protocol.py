@@ -155,3 +155,21 @@ def test_the_removed_good_rows_diagnostic_splits_the_recommendation_by_the_true_
     assert sets["good"].tolist() == [2, 4]
     rnd = sets["random_good"]
     assert len(rnd) == 2 and not flipped[rnd].any() and list(rnd) == sorted(set(rnd))
+
+
+def test_recommended_flips_keeps_the_good_rows_the_recommendation_removed(tmp_path):
+    import retrain_candidate as rcand
+
+    folder = tmp_path / "influence_v9"
+    os.makedirs(folder)
+    # the influence CSV is sorted by influence, not by row: the action must follow the index
+    pp.write_rows(
+        str(folder / "influence.csv"),
+        ["x:image", "y:label", "influence", "action", "datasource_index"],
+        [["c.png", 1, -3.0, "remove", 2], ["a.png", 0, -2.0, "remove", 0],
+         ["d.png", 1, -1.0, "keep", 3], ["b.png", 0, 5.0, "keep", 1]],
+    )  # fmt: skip
+    removed = rcand.recommended_rows(str(tmp_path), "v9", 4)
+    assert removed.tolist() == [True, False, True, False]
+    flipped = np.array([False, True, True, True])
+    assert (removed & flipped).tolist() == [False, False, True, False]

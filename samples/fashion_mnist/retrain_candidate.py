@@ -10,6 +10,9 @@ protocol's ``recommended`` row), and prints the test accuracy and loss.
 
 e.g. ``python retrain_candidate.py uniform_0 given_label 0.2``. ORDER ``flips`` removes exactly
 the task's flipped labels and nothing else (LEVEL is ignored): the most any removal can do.
+ORDER ``recommended_flips`` removes the rows the recommendation removed whose label was flipped,
+and keeps the good rows it removed: set against ``flips`` and the recommendation, it tells
+whether what the recommendation loses is the wrong labels it missed or the good rows it took.
 The training goes to ``WORK/rec_TASK/diag_ORDER_LEVEL_<rows>/`` and is reused by a later call.
 The result is also recorded in the protocol's ``OUT/tasks/TASK/diagnostics.csv`` (one row per
 removal, replaced when run again), which the protocol's report shows below the task's methods.
@@ -41,6 +44,15 @@ def flipped_rows(train_csv, pool):
     return np.array([truth[os.path.abspath(r[0])] != int(r[1]) for r in rows])
 
 
+def recommended_rows(out, variant, n):
+    """bool (N,): the rows the plugin run ``influence_VARIANT`` marked ``remove``."""
+    removed = np.zeros(n, bool)
+    with open(os.path.join(out, f"influence_{variant}", "influence.csv"), newline="") as f:
+        for r in csv.DictReader(f):
+            removed[int(r["datasource_index"])] = r["action"] == "remove"
+    return removed
+
+
 def candidate_rows(out, a, model, train, label):
     """bool (N,): the rows of the candidate (a.order, a.level), rebuilt as the plugin did."""
     n = len(train[label])
@@ -64,7 +76,7 @@ def candidate_rows(out, a, model, train, label):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("task", help="a finished protocol task, e.g. uniform_0")
-    p.add_argument("order", choices=rc.ORDERS + ("flips",))
+    p.add_argument("order", choices=rc.ORDERS + ("flips", "recommended_flips"))
     p.add_argument("level", type=float, help="one of the given-label levels, e.g. 0.2")
     p.add_argument("--work", default=os.path.join(HERE, "protocol_work"))
     p.add_argument("--variant", default="v4", help="the plugin run to rebuild from (v4)")
@@ -81,8 +93,11 @@ def main(argv=None):
     train_csv = os.path.join(out, "train.csv")
     train = load_dataset(train_csv, shapes).arrays
     label = next(iter(model.info.label_classes))
+    flipped = flipped_rows(train_csv, os.path.join(a.work, "pool"))
     if a.order == "flips":
-        removed = flipped_rows(train_csv, os.path.join(a.work, "pool"))
+        removed = flipped
+    elif a.order == "recommended_flips":
+        removed = recommended_rows(out, a.variant, len(flipped)) & flipped
     else:
         removed = candidate_rows(out, a, model, train, label)
     folder = rp.removal_folder(f"diag_{a.order}_{a.level:g}", removed)
@@ -95,8 +110,9 @@ def main(argv=None):
         f"{a.task} {a.order} {a.level:g}: removed {int(removed.sum())}, test accuracy {acc:.4f}, "
         f"test loss {loss:.4f}"
     )
-    method = "flips" if a.order == "flips" else f"{a.order} {a.level:g} ({a.variant})"
-    flipped = flipped_rows(train_csv, os.path.join(a.work, "pool"))
+    method = {"flips": "flips", "recommended_flips": f"recommended_flips ({a.variant})"}.get(
+        a.order, f"{a.order} {a.level:g} ({a.variant})"
+    )
     record(os.path.join(a.out, "tasks", a.task), method, removed, flipped, acc, loss)
 
 
