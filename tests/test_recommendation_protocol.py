@@ -173,3 +173,12 @@ def test_recommended_flips_keeps_the_good_rows_the_recommendation_removed(tmp_pa
     assert removed.tolist() == [True, False, True, False]
     flipped = np.array([False, True, True, True])
     assert (removed & flipped).tolist() == [False, False, True, False]
+
+
+def test_methods_must_keep_the_baseline_and_the_recommendation(capsys):
+    assert rp.parse_args([]).methods == rp.METHODS
+    assert rp.parse_args(["--methods", "none, recommended"]).methods == ("none", "recommended")
+    for bad in ("recommended,top10", "none,top10", "none,recommended,top5"):
+        with pytest.raises(SystemExit):
+            rp.parse_args(["--methods", bad])
+        assert "--methods" in capsys.readouterr().err

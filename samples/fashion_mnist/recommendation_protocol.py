@@ -3,6 +3,7 @@
 
     python recommendation_protocol.py [--labels clean,uniform,confusable] [--seeds 0,1,2]
                                       [--jobs 2] [--work protocol_work] [--out results/...]
+                                      [--methods none,recommended,top10,random_matched]
     python recommendation_protocol.py --report-only
 
 For every label setting and seed (one task; ``--jobs`` tasks at once):
@@ -99,9 +100,24 @@ def parse_args(argv=None):
         "training and any retraining on the same rows (recommended_*, top10_*, random_*) are "
         "reused. Give a new --out with a new name (default: v4)",
     )
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="the retrainings of each new task, comma-separated, always with none and "
+        "recommended (default: all of " + ", ".join(METHODS) + "); none,recommended halves a "
+        "task's time for runs of many seeds. A finished task is not run again for the others",
+    )
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--task", help=argparse.SUPPRESS)  # "labels,seed"
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    a.methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
+    unknown = [m for m in a.methods if m not in METHODS]
+    if unknown or not {"none", "recommended"} <= set(a.methods):
+        p.error(
+            f"--methods {','.join(a.methods)}: give none and recommended, and any of "
+            f"{', '.join(METHODS[2:])}" + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    return a
 
 
 def task_name(labels, seed):
@@ -260,17 +276,21 @@ def run_task(a, setting, seed):
     order = np.argsort(scores, kind="stable")
     top = np.zeros(n, bool)
     top[order[: int(round(0.1 * n))]] = True
-    nnp, seconds = retrain(paths["train"], np.flatnonzero(~top), removal_folder("top10", top))
-    add("top10", 0, int(top.sum()), top, *measure(nnp), seconds)
+    if "top10" in a.methods:
+        folder = removal_folder("top10", top)
+        nnp, seconds = retrain(paths["train"], np.flatnonzero(~top), folder)
+        add("top10", 0, int(top.sum()), top, *measure(nnp), seconds)
 
     rnd = np.zeros(n, bool)
     rnd[np.random.RandomState(10_000 + seed).permutation(n)[: int(changed.sum())]] = True
-    if rnd.any():
-        nnp, seconds = retrain(paths["train"], np.flatnonzero(~rnd), f"random_{int(rnd.sum())}")
-        acc, lss = measure(nnp)
-    else:
-        acc, lss, seconds = none_acc, none_loss, 0.0
-    add("random_matched", 0, int(rnd.sum()), rnd, acc, lss, seconds)
+    if "random_matched" in a.methods:
+        if rnd.any():
+            folder = f"random_{int(rnd.sum())}"
+            nnp, seconds = retrain(paths["train"], np.flatnonzero(~rnd), folder)
+            acc, lss = measure(nnp)
+        else:
+            acc, lss, seconds = none_acc, none_loss, 0.0
+        add("random_matched", 0, int(rnd.sum()), rnd, acc, lss, seconds)
 
     # Detection against the truth.
     detection = []
