@@ -147,9 +147,9 @@ def test_a_diagnostic_is_recorded_once_per_removal_and_reported_against_its_seed
 def test_the_removed_good_rows_diagnostic_splits_the_recommendation_by_the_true_flips():
     import check_removed_good_rows as crg
 
-    action = np.array(["keep", "remove", "remove", "keep", "remove", "keep", "keep", "keep"])
+    removed = np.array([False, True, True, False, True, False, False, False])
     flipped = np.array([True, True, False, False, False, False, True, False])
-    sets = crg.removals(action, flipped, seed=3)
+    sets = crg.removals(removed, flipped, seed=3)
     assert sets["recommended"].tolist() == [1, 2, 4]
     assert sets["flips"].tolist() == [1]
     assert sets["good"].tolist() == [2, 4]

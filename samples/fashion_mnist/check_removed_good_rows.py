@@ -18,7 +18,6 @@ counts as mistakes are harmful ones by the same test the recommendation passed.
 """
 
 import argparse
-import csv
 import os
 import sys
 
@@ -33,15 +32,14 @@ import retrain_candidate as rcand  # noqa: E402
 from sgd_influence_plugin import ownership, places  # noqa: E402
 from sgd_influence_plugin import recommend as rc  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
-from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
 
 KEYS = ("task", "removal", "n", "loss_change", "standard_error", "z")
 OUTPUT = "removed_good_rows.csv"
 
 
-def removals(action, flipped, seed):
-    """The four removals (name -> int64 row indices, ascending) of one task."""
-    removed = np.asarray(action) == "remove"
+def removals(removed, flipped, seed):
+    """The four removals (name -> int64 row indices, ascending) of one task, from the rows the
+    recommendation removed (bool (N,)) and the flipped labels (bool (N,))."""
     good = np.flatnonzero(removed & ~flipped)
     rng = np.random.RandomState(seed + 77)
     return {
@@ -53,24 +51,16 @@ def removals(action, flipped, seed):
 
 
 def run_task(a, task):
-    seed = int(task.rsplit("_", 1)[1])
-    out = os.path.join(a.work, "rec_" + task)
-    model = load_model(model=os.path.join(out, "base", "results.nnp"))
-    shapes = model.info.input_shapes
-    train_csv = os.path.join(out, "train.csv")
-    train = load_dataset(train_csv, shapes).arrays
-    val = load_dataset(os.path.join(out, "val.csv"), shapes).arrays
-    label = next(iter(model.info.label_classes))
-    n = len(train[label])
-    action = np.full(n, "", dtype=object)
-    with open(os.path.join(out, f"influence_{a.variant}", "influence.csv"), newline="") as f:
-        for r in csv.DictReader(f):
-            action[int(r["datasource_index"])] = r["action"]
+    seed, out, model, train_csv, label = rcand.load_task(a.work, task)
     flipped = rcand.flipped_rows(train_csv, os.path.join(a.work, "pool"))
-    sets = removals(action, flipped, seed)
+    n = len(flipped)
+    sets = removals(rcand.recommended_rows(out, a.variant, n), flipped, seed)
     if not len(sets["recommended"]):
         print(f"{task}: the recommendation changed nothing; skipped")
         return []
+    shapes = model.info.input_shapes
+    train = load_dataset(train_csv, shapes).arrays
+    val = load_dataset(os.path.join(out, "val.csv"), shapes).arrays
     # The plugin's check: its held-out half, its order seed, its epoch (rc's defaults).
     _, held = rc.split_validation(len(val[label]), seed)
     heldout = {k: v[held] for k, v in val.items()}

@@ -36,6 +36,15 @@ from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
 
 
+def load_task(work, task):
+    """A finished protocol task's (seed, work folder, base model, training CSV, label column)."""
+    seed = int(task.rsplit("_", 1)[1])
+    out = os.path.join(work, "rec_" + task)
+    model = load_model(model=os.path.join(out, "base", "results.nnp"))
+    label = next(iter(model.info.label_classes))
+    return seed, out, model, os.path.join(out, "train.csv"), label
+
+
 def flipped_rows(train_csv, pool):
     """bool (N,): the task's rows whose label differs from the pool's (the flipped labels)."""
     _, pool_rows = rp.read_csv_table(os.path.join(pool, "train.csv"))
@@ -86,19 +95,15 @@ def main(argv=None):
         help="the protocol's results folder whose tasks/TASK/ records the result",
     )
     a = p.parse_args(argv)
-    seed = int(a.task.rsplit("_", 1)[1])
-    out = os.path.join(a.work, "rec_" + a.task)
-    model = load_model(model=os.path.join(out, "base", "results.nnp"))
+    seed, out, model, train_csv, label = load_task(a.work, a.task)
     shapes = model.info.input_shapes
-    train_csv = os.path.join(out, "train.csv")
-    train = load_dataset(train_csv, shapes).arrays
-    label = next(iter(model.info.label_classes))
     flipped = flipped_rows(train_csv, os.path.join(a.work, "pool"))
     if a.order == "flips":
         removed = flipped
     elif a.order == "recommended_flips":
         removed = recommended_rows(out, a.variant, len(flipped)) & flipped
     else:
+        train = load_dataset(train_csv, shapes).arrays  # only the candidates need the images
         removed = candidate_rows(out, a, model, train, label)
     folder = rp.removal_folder(f"diag_{a.order}_{a.level:g}", removed)
     with open(os.path.join(out, "net.nntxt")) as f:
