@@ -2,8 +2,8 @@
 
 Influence CSV (NNC dataset format, so the console's viewer shows and sorts it)::
 
-    x:image,y:label,influence,loss,suggested_label,confidence,action,datasource_index,original
-    influence_thumbnails/000123.png,3,-0.0123,2.31,5,0.93,relabel,123,train/000123.png
+    x:image,y:label,influence,loss,suggested_label,confidence,neighbour_agreement,action,datasource_index,original
+    influence_thumbnails/000123.png,3,-0.0123,2.31,5,0.93,0.042,relabel,123,train/000123.png
 
 - rows sorted by ``influence`` ascending: the most harmful (most negative) first;
 - ``x:image``: the sample's image, path relative to the CSV's folder: the training image
@@ -15,7 +15,10 @@ Influence CSV (NNC dataset format, so the console's viewer shows and sorts it)::
 - ``influence``: the trials' combined score (units of the mean validation loss, negative =
   harmful); ``loss``: the sample's training loss at the trained parameters;
 - ``suggested_label``: the model's class for the sample, ``confidence`` its probability (both
-  empty when the run cannot recommend, e.g. for regression); ``action``: the run's
+  empty when the run cannot recommend, e.g. for regression); ``neighbour_agreement``: the
+  share of the sample's nearest validation rows, in the network's feature space, that carry
+  its label (0-1; low = a likely wrong label; empty when not measured, see
+  :mod:`.neighbours`); ``action``: the run's
   recommendation, ``keep``, ``relabel`` (to ``suggested_label``) or ``remove`` (see
   :mod:`.recommend`);
 - ``datasource_index``: 0-based data row of the sample in the training CSV;
@@ -67,6 +70,7 @@ INFLUENCE_COLUMNS = [
     "loss",
     "suggested_label",
     "confidence",
+    "neighbour_agreement",
     "action",
     "datasource_index",
     "original",
@@ -281,13 +285,16 @@ def _summary_text(scores, labels, train: Dataset, image_col, info: Dict, names=N
 
 
 def _recommendation_cells(rec, n: int):
-    """Per-row ``(action, suggested_label, confidence)`` cells of the influence CSV."""
+    """Per-row ``(action, suggested_label, confidence, neighbour_agreement)`` cells of the
+    influence CSV.
+    """
     if rec is None or not rec.available:
-        return ["keep"] * n, [""] * n, [""] * n
+        return ["keep"] * n, [""] * n, [""] * n, [""] * n
     return (
         [str(a) for a in rec.action],
         [str(int(k)) for k in rec.suggested],
         [f"{c:.4f}" for c in rec.confidence],
+        [""] * n if rec.agreement is None else [f"{a:.3f}" for a in rec.agreement],
     )
 
 
@@ -461,7 +468,7 @@ def write_influence_output(
     image_col, label_col = find_columns(train, used_columns)
     labels = [train.cell(i, label_col).strip() for i in range(train.size)] if label_col else None
     order = ranking(scores)
-    actions, suggested, confidence = _recommendation_cells(recommendation, train.size)
+    actions, suggested, confidence, agreement = _recommendation_cells(recommendation, train.size)
     if recommendation is not None:
         info.setdefault("recommendation", recommendation.to_dict())
     images = [is_image(train.cell(i, image_col)) for i in range(train.size)] if image_col else []
@@ -518,6 +525,7 @@ def write_influence_output(
                         repr(float(losses[i])) if losses is not None else "",
                         suggested[i],
                         confidence[i],
+                        agreement[i],
                         actions[i],
                         int(i),
                         train.cell(int(i), image_col) if image_col else "",

@@ -173,7 +173,9 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             made_cache = _prepare_cache_dir(request.cache_dir)
             lock = _lock_cache_dir(request.cache_dir, flags.cache_dir or "cache folder")
         label = next(iter(info.label_classes)) if heldout is not None else None
-        with _early_helper(model, train.arrays, heldout, label, settings, cluster) as early:
+        with _early_helper(
+            model, train.arrays, heldout, val_for_influence, label, settings, cluster
+        ) as early:
             result = compute_influence(
                 model,
                 train.arrays,
@@ -208,6 +210,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
                 early=early_rec,
                 cluster=cluster,
                 cluster_resources=parallel.cluster_resources(settings.context),
+                reference=val_for_influence,
             )
         t_rec = time.perf_counter() - t_rec
         facts = run_facts(result, settings, info, model.n_params, loaded.train_csv, loaded.val_csv)
@@ -262,7 +265,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
 
 
 @contextlib.contextmanager
-def _early_helper(model, train, heldout, label, settings, cluster):
+def _early_helper(model, train, heldout, reference, label, settings, cluster):
     """With a second core: a forked helper that computes, while the influence runs, what
     does not depend on it (each training row's loss; the recommendation's probabilities and
     its check epoch on the data as given, :func:`.recommend.early_work`). Yields a callable
@@ -280,7 +283,7 @@ def _early_helper(model, train, heldout, label, settings, cluster):
             return losses, None
         early = recommend_mod.early_work(
             model, train, heldout, label, resolved.batch_size, resolved.weight_decay,
-            settings.seed,
+            settings.seed, reference=reference,
         )  # fmt: skip
         return losses, early
 

@@ -31,6 +31,7 @@ PRODUCT_MODULES = (
     "interrupts.py",
     "io_utils.py",
     "labels.py",
+    "neighbours.py",
     "nnabla_adapter/__init__.py",
     "nnabla_adapter/definition.py",
     "nnabla_adapter/files.py",
@@ -47,6 +48,7 @@ PRODUCT_MODULES = (
     "report.py",
     "runner.py",
     "settings.py",
+    "suspects.py",
     "validation.py",
 )
 ALLOWED = {

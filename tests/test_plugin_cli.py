@@ -71,6 +71,7 @@ def _check_influence_csv(out_csv, train_csv):
         "loss",
         "suggested_label",
         "confidence",
+        "neighbour_agreement",
         "action",
         "datasource_index",
         "original",

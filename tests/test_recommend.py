@@ -16,6 +16,7 @@ from sgd_influence_plugin import cleanse, output
 from sgd_influence_plugin import recommend as rc
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import InputError, SettingsError
+from sgd_influence_plugin.nnabla_adapter import load_model
 from sgd_influence_plugin.runner import RunRequest, run
 from sgd_influence_plugin.settings import InfluenceSettings
 from support import fashion_mnist
@@ -51,7 +52,7 @@ def test_candidates_are_nested_distinct_and_only_suspects():
     s = rc.find_suspects(labels, prob, trials)
     cands = rc.candidates(s)
     assert len(cands) >= 2 and {c.action for c in cands} == {"remove"}  # never relabel
-    assert {c.order for c in cands} == set(rc.ORDERS)
+    assert {c.order for c in cands} == {"given_label", "margin_and_influence"}
     suspects = [j for j in range(len(labels)) if s.mask[j]]
     # the other order, by brute force: how many suspects have a larger margin p(model's class)
     # - p(given), plus how many have a lower mean influence over the trials (more harmful);
@@ -461,6 +462,15 @@ def _run(folder, data, out):
     return paths
 
 
+def _nearest_share(feats, labels, ref, ref_labels, k):
+    """Per row, the share of its k most cosine-similar reference rows with its label (loop)."""
+    out = []
+    for f, y in zip(feats.astype(np.float64), labels):
+        sim = ref.astype(np.float64) @ f / (np.linalg.norm(ref, axis=1) * np.linalg.norm(f))
+        out.append(np.mean(ref_labels[np.argsort(-sim, kind="stable")[:k]] == y))
+    return np.array(out)
+
+
 def test_on_known_flips_the_changed_rows_are_the_flips(flipped_world, tmp_path):
     worlds, flipped = flipped_world
     folder, data = worlds["noisy"]
@@ -481,6 +491,25 @@ def test_on_known_flips_the_changed_rows_are_the_flips(flipped_world, tmp_path):
     marked = [c for c in rec["checked"] if c["recommended"]]  # exactly the chosen one
     assert len(marked) == 1 and {k: marked[0][k] for k in rec["chosen"]} == rec["chosen"]
     assert facts["validation_rows"] == {"influence": 200, "heldout_for_check": 200}
+    # The third rank: the influence's 200 validation rows, in the MLP's 64 hidden units.
+    assert rec["check"]["neighbours"] == {
+        "used": True, "feature": rec["check"]["neighbours"]["feature"], "width": 64,
+        "reference_rows": 200, "k": 14,
+    }  # fmt: skip
+    assert {c["order"] for c in rec["checked"]} == {"given_label", "margin_influence_neighbours"}
+    # Each row's neighbour_agreement: its 14 nearest rows of the influence's validation half
+    # (not the held-out half), by a plain loop over the MLP's features.
+    model = load_model(model=os.path.join(folder, "results.nnp"))
+    shapes = model.info.input_shapes
+    train = load_dataset(data["train"], shapes).arrays
+    val = load_dataset(data["val"], shapes).arrays
+    first, _ = rc.split_validation(400, 0)
+    some = np.arange(0, 1200, 97)
+    ref = model.features({k: v[first] for k, v in val.items()})
+    feats = model.features({k: v[some] for k, v in train.items()})
+    want = _nearest_share(feats, train["y"][some].ravel(), ref, val["y"][first].ravel(), 14)
+    got = {int(r["datasource_index"]): float(r["neighbour_agreement"]) for r in rows}
+    np.testing.assert_allclose([got[i] for i in some], want, atol=5e-4)  # written with 3 digits
     # The cleansed CSV is what the recommendation says, row for row.
     cleansed = _rows(paths.cleansed)
     assert len(cleansed) == 1200 - rec["counts"]["remove"]

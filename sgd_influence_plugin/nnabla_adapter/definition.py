@@ -106,6 +106,10 @@ class ModelInfo:
         runtime_network: the executor's network (``MainRuntime``), for predictions; or None.
         runtime_inputs: its input variable -> dataset column.
         runtime_output: its first output variable (e.g. the softmax ``y'``).
+        runtime_features: the variable that feeds the last learned layer on the way to
+            ``runtime_output`` (e.g. the hidden units before the last Affine), the network's
+            own representation of a sample; None when there is none (see
+            :func:`_feature_variable`).
         label_classes: dataset column -> number of classes C, for each column that feeds the
             label input of a categorical loss (SoftmaxCrossEntropy, CategoricalCrossEntropy),
             read from the shape of that loss's scores (e.g. logits (B, C)); its labels must
@@ -127,6 +131,7 @@ class ModelInfo:
     runtime_network: Optional[str] = None
     runtime_inputs: Dict[str, str] = field(default_factory=dict)
     runtime_output: Optional[str] = None
+    runtime_features: Optional[str] = None
     label_classes: Dict[str, int] = field(default_factory=dict)
 
 
@@ -214,6 +219,30 @@ def _prepare_network(net, where: str) -> List[str]:
                 "remove it from the training network"
             )
     return notes
+
+
+def _feature_variable(net, output: str) -> Optional[str]:
+    """The data input of the last function with parameters on the way back from ``output``
+    (e.g. ``@MainRuntime/ReLU_out_2`` before the last Affine), or None: no such function, or a
+    function on the way with no data input.
+
+    Walking back, each function is followed through its first input that is not a parameter;
+    the first function that takes a parameter (Affine, Convolution, ...) ends the walk.
+    """
+    kinds = {v.name: v.type for v in net.variable}
+    producer = {o: f for f in net.function for o in f.output}
+    name = output
+    for _ in range(len(net.function)):
+        f = producer.get(name)
+        if f is None:
+            return None
+        data = [i for i in f.input if kinds.get(i) != "Parameter"]
+        if not data:
+            return None
+        if len(data) < len(f.input):
+            return data[0]
+        name = data[0]
+    return None
 
 
 #: Categorical losses: function type -> its parameter message (holding ``axis``).
@@ -383,5 +412,6 @@ def describe(
             info.runtime_network = ex.network_name
             info.runtime_inputs = {d.variable_name: d.data_name for d in ex.data_variable}
             info.runtime_output = ex.output_variable[0].variable_name
+            info.runtime_features = _feature_variable(runtime, info.runtime_output)
             break
     return info, replay

@@ -179,6 +179,29 @@ class NnablaModel:
             NetworkDefinitionError: the definition has no executor (runtime) network.
 
         """
+        return self._run_executor(arrays, batch_size, self.info.runtime_output)
+
+    def features(
+        self, arrays: Dict[str, np.ndarray], batch_size: int = 256
+    ) -> Optional[np.ndarray]:
+        """The executor network's representation of every row: the input of its last learned
+        layer (``info.runtime_features``), flattened; None when the network has none.
+
+        Returns:
+            float32 (N, D), e.g. (N, 32) for the hidden units before the sample CNN's last
+            Affine.
+
+        """
+        info = self.info
+        if not info.runtime_network or not info.runtime_features:
+            return None
+        if info.runtime_features in info.runtime_inputs:  # e.g. logistic regression
+            out = np.asarray(arrays[info.runtime_inputs[info.runtime_features]], np.float32)
+        else:
+            out = self._run_executor(arrays, batch_size, info.runtime_features)
+        return out.reshape(len(out), -1)
+
+    def _run_executor(self, arrays, batch_size: int, output: Optional[str]) -> np.ndarray:
         import nnabla as nn
         from nnabla.utils.load import IdentityRemover
 
@@ -191,7 +214,7 @@ class NnablaModel:
         outs = []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            key = ("predict", b)
+            key = ("executor", output, b)
             if key not in self._graphs:
                 renamed: Dict[str, str] = {}
                 with nn.context_scope(self._ctx):
@@ -205,9 +228,7 @@ class NnablaModel:
                         col: net.variables[renamed.get(v, v)].variable_instance
                         for v, col in info.runtime_inputs.items()
                     }
-                    out = net.variables[
-                        renamed.get(info.runtime_output, info.runtime_output)
-                    ].variable_instance
+                    out = net.variables[renamed.get(output, output)].variable_instance
                 self._check_no_new_params()
                 self._graphs[key] = (ins, out)
             ins, out = self._graphs[key]

@@ -1,0 +1,115 @@
+"""Do a training row's nearest validation rows share its label? A signal for the
+recommendation that the trained model's own probabilities lack.
+
+A network trained on a wrong label for 20 epochs often fits it: the model's probability of
+the given label is then high, and neither the training loss nor the margin flags the row. The
+validation rows carry labels that the user trusts and that the training did not fit. In the
+network's own feature space (the input of its last learned layer, see
+``NnablaModel.features``), a training row whose nearest validation rows mostly carry another
+label is likelier to be mislabelled than one whose neighbours agree with it (the deep k-nearest
+neighbours filter of Bahri et al., 2020, here with the clean validation rows as the reference).
+
+Distances are cosine (features scaled to unit length), so the scale of the features does not
+weigh in. The number of neighbours is ``round(sqrt(V))`` for V reference rows
+(:func:`neighbour_count`): the usual rate for a consistent k-nearest-neighbour estimate (k
+grows, k / V shrinks), not a value tuned to a dataset.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+#: Training rows compared with the reference rows at once (bounds the memory to
+#: CHUNK x V float32 distances).
+CHUNK = 1024
+
+
+def neighbour_count(n_reference: int) -> int:
+    """K for ``n_reference`` reference rows: ``round(sqrt(n_reference))``, between 1 and
+    ``n_reference`` (e.g. 71 for 5,000 rows, 10 for 100).
+    """
+    return max(1, min(int(n_reference), int(round(math.sqrt(n_reference)))))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def label_agreement(
+    features: np.ndarray,
+    labels: np.ndarray,
+    reference_features: np.ndarray,
+    reference_labels: np.ndarray,
+    k: Optional[int] = None,
+) -> np.ndarray:
+    """For each row, the share of its k nearest reference rows whose label is the row's.
+
+    Args:
+        features: (N, ...) the training rows' features (flattened per row).
+        labels: (N,) their given labels.
+        reference_features: (V, ...) the reference (validation) rows' features, same width.
+        reference_labels: (V,) their labels.
+        k: neighbours per row (default :func:`neighbour_count` of V).
+
+    Returns:
+        float64 (N,) in [0, 1]: 0 = no neighbour carries the row's label (a likely wrong
+        label), 1 = all do. Nearest = largest cosine similarity (among reference rows
+        exactly as near as the k-th, numpy's selection decides, the same in every run).
+
+    Raises:
+        ValueError: widths differ, no reference rows, or features that are not finite.
+
+    """
+    q = _unit(features)
+    ref = _unit(reference_features)
+    if q.shape[1] != ref.shape[1]:
+        raise ValueError(f"feature widths differ: {q.shape[1]} and {ref.shape[1]}")
+    if len(ref) == 0:
+        raise ValueError("no reference rows")
+    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(ref))):
+        raise ValueError("features are not finite")
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    ref_labels = np.asarray(reference_labels).reshape(-1).astype(np.int64)
+    k = neighbour_count(len(ref)) if k is None else max(1, min(int(k), len(ref)))
+    out = np.empty(len(q), dtype=np.float64)
+    for start in range(0, len(q), CHUNK):
+        sim = q[start : start + CHUNK] @ ref.T  # (b, V)
+        nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # the k largest, any order
+        same = ref_labels[nearest] == labels[start : start + CHUNK, None]
+        out[start : start + CHUNK] = same.mean(axis=1)
+    return out
+
+
+def model_agreement(model, train, reference, label_column: str):
+    """``(agreement float64 (N,) or None, what was measured: dict)``: for each training row,
+    the share of its nearest ``reference`` rows (the validation rows the influence used) in
+    ``model``'s feature space (``model.features``) that carry its label
+    (:func:`label_agreement`).
+    None, and the dict says why, when there are no reference rows or the network has no
+    feature layer (``model.features`` gives None) or non-finite features.
+    """
+    if reference is None or len(reference[label_column]) == 0:
+        return None, {"used": False, "why": "no validation rows for the influence"}
+    feats = model.features(train)
+    if feats is None:
+        return None, {"used": False, "why": "the executor network has no layer with parameters"}
+    ref_feats = model.features(reference)
+    n = len(train[label_column])
+    labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
+    ref_labels = np.asarray(reference[label_column]).reshape(len(ref_feats), -1)[:, 0]
+    try:
+        agreement = label_agreement(feats, labels, ref_feats, ref_labels)
+    except ValueError as e:
+        return None, {"used": False, "why": f"features: {e}"}
+    return agreement, {
+        "used": True,
+        "feature": model.info.runtime_features,
+        "width": int(feats.shape[1]),
+        "reference_rows": int(len(ref_feats)),
+        "k": neighbour_count(len(ref_feats)),
+    }
