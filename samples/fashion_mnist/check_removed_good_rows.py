@@ -14,7 +14,7 @@ set, same epoch, same seed) on four removals and prints, and writes to
 If ``good`` lowers the held-out loss while ``random_good`` does not, the rows the precision
 counts as mistakes are harmful ones by the same test the recommendation passed.
 
-    python check_removed_good_rows.py [--tasks uniform_0,confusable_0] [--variant v4]
+    python check_removed_good_rows.py [--tasks uniform_0,confusable_0] [--variant v5]
 """
 
 import argparse
@@ -82,8 +82,8 @@ def run_task(a, task):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--work", default=os.path.join(HERE, "protocol_work"))
-    p.add_argument("--out", default=os.path.join(HERE, "results", "recommendation_protocol_v4"))
-    p.add_argument("--variant", default="v4", help="the plugin run whose recommendation (v4)")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "recommendation_protocol_v5"))
+    p.add_argument("--variant", default="v5", help="the plugin run whose recommendation (v5)")
     p.add_argument("--tasks", help="comma-separated; default: every finished noisy task")
     p.add_argument("--jobs", type=int, default=1, help="worker processes for the epochs")
     a = p.parse_args(argv)

@@ -76,9 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--work", default=os.path.join(HERE, "protocol_work"), help="working folder")
     p.add_argument(
         "--out",
-        default=os.path.join(HERE, "results", "recommendation_protocol_v4"),
-        help="results folder (committed; recommendation_protocol/, _v2/ and _v3/ hold earlier "
-        "rules)",
+        default=os.path.join(HERE, "results", "recommendation_protocol_v5"),
+        help="results folder (committed; recommendation_protocol/, _v2/, _v3/ and _v4/ hold "
+        "earlier rules)",
     )
     p.add_argument("--labels", default=",".join(LABELS), help="label settings, comma-separated")
     p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated")
@@ -94,11 +94,11 @@ def parse_args(argv=None):
     p.add_argument("--source", default=fashion_mnist.DEFAULT_DIR)
     p.add_argument(
         "--variant",
-        default="v4",
-        help="a name for the plugin's defaults (v4: today's): the plugin writes to "
+        default="v5",
+        help="a name for the plugin's defaults (v5: today's): the plugin writes to "
         "influence_NAME/ in each task's work folder, so a new name runs it again; the none "
         "training and any retraining on the same rows (recommended_*, top10_*, random_*) are "
-        "reused. Give a new --out with a new name (default: v4)",
+        "reused. Give a new --out with a new name (default: v5)",
     )
     p.add_argument(
         "--methods",

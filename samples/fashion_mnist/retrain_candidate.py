@@ -6,7 +6,7 @@ plugin did (its influence CSV, the base model's probabilities), removes the cand
 order and level, trains the sample CNN from scratch with the task's seed and initialisation (as the
 protocol's ``recommended`` row), and prints the test accuracy and loss.
 
-    python retrain_candidate.py TASK ORDER LEVEL [--work protocol_work] [--variant v4]
+    python retrain_candidate.py TASK ORDER LEVEL [--work protocol_work] [--variant v5]
 
 e.g. ``python retrain_candidate.py uniform_0 given_label 0.2``. ORDER ``flips`` removes exactly
 the task's flipped labels and nothing else (LEVEL is ignored): the most any removal can do.
@@ -98,10 +98,10 @@ def main(argv=None):
     p.add_argument("order", choices=rc.ORDERS + ("flips", "recommended_flips"))
     p.add_argument("level", type=float, help="one of the given-label levels, e.g. 0.2")
     p.add_argument("--work", default=os.path.join(HERE, "protocol_work"))
-    p.add_argument("--variant", default="v4", help="the plugin run to rebuild from (v4)")
+    p.add_argument("--variant", default="v5", help="the plugin run to rebuild from (v5)")
     p.add_argument(
         "--out",
-        default=os.path.join(HERE, "results", "recommendation_protocol_v4"),
+        default=os.path.join(HERE, "results", "recommendation_protocol_v5"),
         help="the protocol's results folder whose tasks/TASK/ records the result",
     )
     a = p.parse_args(argv)
