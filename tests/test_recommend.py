@@ -227,6 +227,15 @@ def test_build_changes_nothing_when_no_candidate_passes():
         rec = rc.build(s, cands, 300, {})
         assert rec.chosen is c and words in rec.reason
         assert rec.to_dict()["chosen"]["order"] == order
+    # With the neighbours' agreement, the ranked order is the three-rank one, and says so.
+    s3 = rc.find_suspects(labels, prob, trials, agreement=rng.rand(len(labels)))
+    c3 = next(c for c in rc.candidates(s3) if c.order == "margin_influence_neighbours")
+    c3.heldout_loss = base - 0.05
+    c3.loss_change, c3.standard_error = rc.paired_change(c3.heldout_loss, base)
+    rec = rc.build(s3, [c3], 300, {})
+    assert rec.chosen is c3 and "fewest of the nearest validation rows share" in rec.reason
+    assert rec.to_dict()["chosen"]["order"] == "margin_influence_neighbours"
+    assert rec.agreement is s3.agreement  # what the influence CSV writes per row
 
 
 def test_a_check_whose_epochs_diverged_says_so_and_changes_nothing():
