@@ -25,6 +25,9 @@ import numpy as np
 #: Training rows compared with the reference rows at once (bounds the memory to
 #: CHUNK x V float32 distances).
 CHUNK = 1024
+#: Features of the training rows larger than this (N x width float32) are not computed: the
+#: signal is skipped (a network whose last learned layer reads a wide map, say).
+MAX_FEATURE_BYTES = 2**30
 
 
 def neighbour_count(n_reference: int) -> int:
@@ -90,16 +93,23 @@ def model_agreement(model, train, reference, label_column: str):
     the share of its nearest ``reference`` rows (the validation rows the influence used) in
     ``model``'s feature space (``model.features``) that carry its label
     (:func:`label_agreement`).
-    None, and the dict says why, when there are no reference rows or the network has no
-    feature layer (``model.features`` gives None) or non-finite features.
+    None, and the dict says why, when there are no reference rows, the network has no
+    feature layer (``model.features`` gives None), its features would take more than
+    :data:`MAX_FEATURE_BYTES`, or they are not finite.
     """
     if reference is None or len(reference[label_column]) == 0:
         return None, {"used": False, "why": "no validation rows for the influence"}
-    feats = model.features(train)
-    if feats is None:
-        return None, {"used": False, "why": "the executor network has no layer with parameters"}
-    ref_feats = model.features(reference)
     n = len(train[label_column])
+    ref_feats = model.features(reference)
+    if ref_feats is None:
+        return None, {"used": False, "why": "the executor network has no layer with parameters"}
+    if n * ref_feats.shape[1] * 4 > MAX_FEATURE_BYTES:
+        return None, {
+            "used": False,
+            "why": f"{ref_feats.shape[1]} features per row would take more than "
+            f"{MAX_FEATURE_BYTES >> 20} MiB for {n} training rows",
+        }
+    feats = model.features(train)
     labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
     ref_labels = np.asarray(reference[label_column]).reshape(len(ref_feats), -1)[:, 0]
     try:

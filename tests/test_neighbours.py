@@ -140,3 +140,19 @@ def test_no_feature_layer_without_a_learned_layer_on_the_way_back():
     assert _feature_variable(net, "y") == "x"  # the Affine's data input
     del net.function[0]  # now nothing learned produces h
     assert _feature_variable(net, "y") is None
+
+
+def test_model_agreement_skips_what_it_cannot_measure(results, data28, monkeypatch):
+    model = load_model(model=os.path.join(results("mlp"), "results.nnp"))
+    ds = load_dataset(data28["val"], model.info.input_shapes).arrays
+    train = {k: v[:50] for k, v in ds.items()}
+    ref = {k: v[50:] for k, v in ds.items()}
+    agreement, facts = nb.model_agreement(model, train, ref, "y")
+    assert facts["used"] and facts["width"] == 64 and agreement.shape == (50,)
+    assert nb.model_agreement(model, train, None, "y") == (
+        None,
+        {"used": False, "why": "no validation rows for the influence"},
+    )
+    monkeypatch.setattr(nb, "MAX_FEATURE_BYTES", 50 * 64 * 4 - 1)  # one byte too few
+    agreement, facts = nb.model_agreement(model, train, ref, "y")
+    assert agreement is None and not facts["used"] and "64 features per row" in facts["why"]
