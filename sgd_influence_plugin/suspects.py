@@ -181,15 +181,16 @@ def combined_order(suspects: Suspects) -> np.ndarray:
     """
     sus = np.flatnonzero(suspects.mask)
     margin = suspects.confidence[sus] - suspects.p_given[sus]
-    influence = suspects.influence[sus]
-    larger_margin = len(sus) - np.searchsorted(np.sort(margin), margin, side="right")
-    more_harmful = np.searchsorted(np.sort(influence), influence, side="left")
-    total = larger_margin + more_harmful
+    total = _smaller(-margin) + _smaller(suspects.influence[sus])
     if suspects.agreement is not None:
-        agree = suspects.agreement[sus]
-        total = total + np.searchsorted(np.sort(agree), agree, side="left")
+        total = total + _smaller(suspects.agreement[sus])
     # lexsort: the last key is the primary one; stable, so equal keys keep the row order
     return sus[np.lexsort((-margin, total))]
+
+
+def _smaller(values: np.ndarray) -> np.ndarray:
+    """Each value's rank, int64: how many values are smaller (equal values share a rank)."""
+    return np.searchsorted(np.sort(values), values, side="left")
 
 
 def candidates(suspects: Suspects, levels: Sequence[float] = GIVEN_LABEL_LEVELS) -> List[Candidate]:
