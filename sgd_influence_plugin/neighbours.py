@@ -88,38 +88,41 @@ def label_agreement(
     return out
 
 
-def model_agreement(model, train, reference, label_column: str):
-    """``(agreement float64 (N,) or None, what was measured: dict)``: for each training row,
-    the share of its nearest ``reference`` rows (the validation rows the influence used) in
-    ``model``'s feature space (``model.features``) that carry its label
-    (:func:`label_agreement`).
-    None, and the dict says why, when there are no reference rows, the network has no
-    feature layer (``model.features`` gives None), its features would take more than
-    :data:`MAX_FEATURE_BYTES`, or they are not finite.
+def why_not(model, n: int, reference, label_column: str) -> Optional[str]:
+    """Why the agreement cannot be measured for ``n`` training rows with ``model`` and the
+    ``reference`` rows, or None when it can: no reference rows, no feature layer
+    (``model.feature_width`` is None), or features over :data:`MAX_FEATURE_BYTES`.
     """
     if reference is None or len(reference[label_column]) == 0:
-        return None, {"used": False, "why": "no validation rows for the influence"}
-    n = len(train[label_column])
+        return "no validation rows for the influence"
+    width = model.feature_width
+    if width is None:
+        return "the executor network has no layer with parameters"
+    if n * width * 4 > MAX_FEATURE_BYTES:
+        return (
+            f"{width} features per row would take more than {MAX_FEATURE_BYTES >> 20} MiB for "
+            f"{n} training rows"
+        )
+    return None
+
+
+def model_agreement(model, features, labels, reference, label_column: str):
+    """``(agreement float64 (N,) or None, what was measured: dict)``: for each training row
+    (``features`` (N, D) from ``model.features``, given ``labels`` (N,)), the share of its
+    nearest ``reference`` rows (the validation rows the influence used) in ``model``'s
+    feature space that carry its label (:func:`label_agreement`). None, and the dict says
+    why, when the features are not finite.
+    """
     ref_feats = model.features(reference)
-    if ref_feats is None:
-        return None, {"used": False, "why": "the executor network has no layer with parameters"}
-    if n * ref_feats.shape[1] * 4 > MAX_FEATURE_BYTES:
-        return None, {
-            "used": False,
-            "why": f"{ref_feats.shape[1]} features per row would take more than "
-            f"{MAX_FEATURE_BYTES >> 20} MiB for {n} training rows",
-        }
-    feats = model.features(train)
-    labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
     ref_labels = np.asarray(reference[label_column]).reshape(len(ref_feats), -1)[:, 0]
     try:
-        agreement = label_agreement(feats, labels, ref_feats, ref_labels)
+        agreement = label_agreement(features, labels, ref_feats, ref_labels)
     except ValueError as e:
         return None, {"used": False, "why": f"features: {e}"}
     return agreement, {
         "used": True,
         "feature": model.info.runtime_features,
-        "width": int(feats.shape[1]),
+        "width": int(ref_feats.shape[1]),
         "reference_rows": int(len(ref_feats)),
         "k": neighbour_count(len(ref_feats)),
     }

@@ -279,6 +279,22 @@ def _check_key(lr, batch_size, weight_decay, seed, check_rows, n, reference, lab
     )
 
 
+def training_signals(model, train, reference, label_column: str):
+    """``(prob float64 (N, C), agreement float64 (N,) or None, neighbours: dict)``: the
+    model's class probabilities on the training rows and their validation neighbours'
+    agreement with the ``reference`` rows (:mod:`.neighbours`; the dict says what was
+    measured, or why not), from one pass of the executor over the training rows.
+    """
+    n = len(train[label_column])
+    why = neighbours_mod.why_not(model, n, reference, label_column)
+    if why is not None:
+        return as_probabilities(model.predict(train)), None, {"used": False, "why": why}
+    out, feats = model.predict_with_features(train)
+    labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
+    agreement, facts = neighbours_mod.model_agreement(model, feats, labels, reference, label_column)
+    return as_probabilities(out), agreement, facts
+
+
 def early_work(
     model,
     train: Mapping[str, np.ndarray],
@@ -307,10 +323,7 @@ def early_work(
     n = len(train[label_column])
     key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n, reference, label_column)
     try:
-        prob = as_probabilities(model.predict(train))
-        agreement, neighbours = neighbours_mod.model_agreement(
-            model, train, reference, label_column
-        )
+        prob, agreement, neighbours = training_signals(model, train, reference, label_column)
         held_labels = np.asarray(heldout[label_column]).reshape(-1).astype(np.int64)
         base = _check_epoch(
             model, train, heldout, held_labels, label_column, None,
@@ -389,13 +402,10 @@ def recommend(
     key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n, reference, label_column)
     if early is not None and early.get("key") != key:
         early = None
-    prob = early["prob"] if early else as_probabilities(model.predict(train))
     if early:
-        agreement, neighbours = early["agreement"], early["neighbours"]
+        prob, agreement, neighbours = early["prob"], early["agreement"], early["neighbours"]
     else:
-        agreement, neighbours = neighbours_mod.model_agreement(
-            model, train, reference, label_column
-        )
+        prob, agreement, neighbours = training_signals(model, train, reference, label_column)
     labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
     suspects = find_suspects(labels, prob, trial_scores, agreement)
     cands = candidates(suspects)

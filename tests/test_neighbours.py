@@ -89,6 +89,10 @@ def test_features_feed_the_last_affine(results, request, arch, data, feature, la
     np.testing.assert_allclose(
         _softmax(feats.astype(np.float64) @ w + b), model.predict(x), rtol=1e-4, atol=1e-6
     )
+    pred, both = model.predict_with_features(x)  # one forward pass gives both
+    np.testing.assert_array_equal(both, feats)
+    np.testing.assert_array_equal(pred, model.predict(x))
+    assert model.feature_width == feature
     if arch == "logreg":  # the last learned layer is the first: its input is the image
         np.testing.assert_array_equal(feats, x["x"].reshape(n, -1))
 
@@ -142,17 +146,21 @@ def test_no_feature_layer_without_a_learned_layer_on_the_way_back():
     assert _feature_variable(net, "y") is None
 
 
-def test_model_agreement_skips_what_it_cannot_measure(results, data28, monkeypatch):
+def test_training_signals_in_one_pass_and_what_they_skip(results, data28, monkeypatch):
     model = load_model(model=os.path.join(results("mlp"), "results.nnp"))
     ds = load_dataset(data28["val"], model.info.input_shapes).arrays
     train = {k: v[:50] for k, v in ds.items()}
     ref = {k: v[50:] for k, v in ds.items()}
-    agreement, facts = nb.model_agreement(model, train, ref, "y")
+    prob, agreement, facts = rc.training_signals(model, train, ref, "y")
     assert facts["used"] and facts["width"] == 64 and agreement.shape == (50,)
-    assert nb.model_agreement(model, train, None, "y") == (
+    np.testing.assert_allclose(prob, rc.as_probabilities(model.predict(train)), rtol=1e-6)
+    want = nb.label_agreement(model.features(train), train["y"], model.features(ref), ref["y"])
+    np.testing.assert_array_equal(agreement, want)
+    assert rc.training_signals(model, train, None, "y")[1:] == (
         None,
         {"used": False, "why": "no validation rows for the influence"},
     )
     monkeypatch.setattr(nb, "MAX_FEATURE_BYTES", 50 * 64 * 4 - 1)  # one byte too few
-    agreement, facts = nb.model_agreement(model, train, ref, "y")
+    prob, agreement, facts = rc.training_signals(model, train, ref, "y")
     assert agreement is None and not facts["used"] and "64 features per row" in facts["why"]
+    assert prob.shape == (50, 10)

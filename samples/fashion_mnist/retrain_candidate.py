@@ -31,7 +31,6 @@ sys.path.insert(0, HERE)
 import recommendation_protocol as rp  # noqa: E402
 
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
-from sgd_influence_plugin import neighbours as nb  # noqa: E402
 from sgd_influence_plugin import recommend as rc  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
@@ -74,15 +73,14 @@ def candidate_rows(out, a, model, train, label):
     if not np.all(np.isfinite(scores)):
         raise SystemExit(f"{out}: the influence CSV does not cover every training row")
     labels = np.asarray(train[label]).reshape(n, -1)[:, 0]
-    prob = rc.as_probabilities(model.predict(train))
     facts = read_yaml(os.path.join(out, f"influence_{a.variant}", "influence_settings.yaml"))
-    agreement = None
+    reference = None
     if (facts["recommendation"].get("check") or {}).get("neighbours", {}).get("used"):
         # the run's third rank: its validation half for the influence, as the runner split it
         val = load_dataset(os.path.join(out, "val.csv"), model.info.input_shapes).arrays
         first, _ = rc.split_validation(len(val[label]), facts["requested"]["seed"])
         reference = {k: v[first] for k, v in val.items()}
-        agreement, _ = nb.model_agreement(model, train, reference, label)
+    prob, agreement, _ = rc.training_signals(model, train, reference, label)
     cands = rc.candidates(rc.find_suspects(labels, prob, scores[None, :], agreement))
     chosen = [c for c in cands if c.order == a.order and c.level == a.level]
     if not chosen:

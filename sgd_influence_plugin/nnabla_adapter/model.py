@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -179,7 +179,7 @@ class NnablaModel:
             NetworkDefinitionError: the definition has no executor (runtime) network.
 
         """
-        return self._run_executor(arrays, batch_size, self.info.runtime_output)
+        return self._run_executor(arrays, batch_size, (self.info.runtime_output,))[0]
 
     def features(
         self, arrays: Dict[str, np.ndarray], batch_size: int = 256
@@ -192,16 +192,45 @@ class NnablaModel:
             Affine.
 
         """
+        return self.predict_with_features(arrays, batch_size, output=False)[1]
+
+    def predict_with_features(
+        self, arrays: Dict[str, np.ndarray], batch_size: int = 256, output: bool = True
+    ):
+        """``(predict(arrays), features(arrays))`` from one forward pass of the executor
+        (``output=False``: ``(None, features)``). Features are None when there are none.
+        """
+        info = self.info
+        has = self.feature_width is not None
+        from_input = has and info.runtime_features in info.runtime_inputs  # logistic regression
+        names = ((info.runtime_output,) if output else ()) + (
+            (info.runtime_features,) if has and not from_input else ()
+        )
+        outs = self._run_executor(arrays, batch_size, names) if names else []
+        pred = outs[0] if output else None
+        if not has:
+            return pred, None
+        feats = (
+            np.asarray(arrays[info.runtime_inputs[info.runtime_features]], np.float32)
+            if from_input
+            else outs[-1]
+        )
+        return pred, feats.reshape(len(feats), -1)
+
+    @property
+    def feature_width(self) -> Optional[int]:
+        """Values per row of :meth:`features` (from the definition), or None without them."""
         info = self.info
         if not info.runtime_network or not info.runtime_features:
             return None
-        if info.runtime_features in info.runtime_inputs:  # e.g. logistic regression
-            out = np.asarray(arrays[info.runtime_inputs[info.runtime_features]], np.float32)
-        else:
-            out = self._run_executor(arrays, batch_size, info.runtime_features)
-        return out.reshape(len(out), -1)
+        net = next(n for n in self._proto.network if n.name == info.runtime_network)
+        var = next(v for v in net.variable if v.name == info.runtime_features)
+        return int(np.prod([int(d) for d in var.shape.dim[1:]]))
 
-    def _run_executor(self, arrays, batch_size: int, output: Optional[str]) -> np.ndarray:
+    def _run_executor(self, arrays, batch_size: int, names) -> List[np.ndarray]:
+        """The executor's variables ``names`` for every row, float32 (N, ...) each, computed
+        together in one forward pass per batch.
+        """
         import nnabla as nn
         from nnabla.utils.load import IdentityRemover
 
@@ -211,10 +240,10 @@ class NnablaModel:
                 f"{info.source}: no executor network (e.g. MainRuntime) to predict with"
             )
         n = len(next(iter(arrays.values())))
-        outs = []
+        outs: List[List[np.ndarray]] = [[] for _ in names]
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            key = ("executor", output, b)
+            key = ("executor", tuple(names), b)
             if key not in self._graphs:
                 renamed: Dict[str, str] = {}
                 with nn.context_scope(self._ctx):
@@ -228,15 +257,18 @@ class NnablaModel:
                         col: net.variables[renamed.get(v, v)].variable_instance
                         for v, col in info.runtime_inputs.items()
                     }
-                    out = net.variables[renamed.get(output, output)].variable_instance
+                    wanted = [net.variables[renamed.get(m, m)].variable_instance for m in names]
+                for v in wanted:
+                    v.persistent = True  # kept by clear_buffer when another one needs it
                 self._check_no_new_params()
-                self._graphs[key] = (ins, out)
-            ins, out = self._graphs[key]
+                self._graphs[key] = (ins, wanted)
+            ins, wanted = self._graphs[key]
             for col, var in ins.items():
                 var.d = arrays[col][start : start + b]
-            out.forward(clear_buffer=True)
-            outs.append(np.array(out.d, copy=True))
-        return np.concatenate(outs)
+            nn.forward_all(wanted, clear_buffer=True)
+            for got, v in zip(outs, wanted):
+                got.append(np.array(v.d, copy=True))
+        return [np.concatenate(o) for o in outs]
 
     def _check_no_new_params(self) -> None:
         """After building a graph: no parameter may have been created from an initializer
