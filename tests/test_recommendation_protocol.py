@@ -43,6 +43,16 @@ def test_report_pairs_each_seed_with_its_own_none(tmp_path):
     rp.report(a)  # its own files are replaced
 
 
+def test_report_lists_the_seeds_in_numeric_order(tmp_path):
+    a = rp.parse_args(["--out", str(tmp_path / "out")])
+    for seed, n in ((10, 30), (2, 20), (1, 10)):
+        _task(a, "uniform", seed, [("none", 0, 0.9, 0.4), ("recommended", n, 0.9, 0.4)])
+    rp.report(a)
+    text = open(tmp_path / "out" / "summary.md").read()
+    line = next(x for x in text.splitlines() if x.startswith("| recommended"))
+    assert "| 10/20/30 (" in line  # seeds 1, 2, 10; a text sort gives 1, 10, 2
+
+
 def test_report_refuses_files_it_did_not_write(tmp_path):
     a = rp.parse_args(["--out", str(tmp_path / "out")])
     _task(a, "clean", 0, [("none", 0, 0.9, 0.3)])

@@ -398,10 +398,17 @@ def _suggested(table, n):
 # ----------------------------------------------------------------------------- report
 
 
+def _task_order(name):
+    """Sort key of a task folder ``<labels>_<seed>``: seed 2 before seed 10."""
+    setting, _, seed = name.rpartition("_")
+    return (setting, int(seed)) if seed.isdigit() else (name, -1)
+
+
 def collect(a, what="rows.csv"):
+    """Every finished task's rows of ``what``, by setting and then by numeric seed."""
     root = os.path.join(a.out, "tasks")
     out = []
-    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    for name in sorted(os.listdir(root), key=_task_order) if os.path.isdir(root) else []:
         path = os.path.join(root, name, what)
         if os.path.exists(path) and os.path.exists(os.path.join(root, name, "rows.csv")):
             with open(path, newline="") as f:
