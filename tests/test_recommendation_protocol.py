@@ -192,3 +192,44 @@ def test_methods_must_keep_the_baseline_and_the_recommendation(capsys):
         with pytest.raises(SystemExit):
             rp.parse_args(["--methods", bad])
         assert "--methods" in capsys.readouterr().err
+
+
+def test_relabel_sure_relabels_only_the_confident_removed_rows_and_keeps_their_images(tmp_path):
+    import retrain_candidate as rcand
+
+    folder = tmp_path / "influence_v9"
+    os.makedirs(folder)
+    # sorted by influence, not by row: the action must follow datasource_index
+    pp.write_rows(
+        str(folder / "influence.csv"),
+        ["x:image", "y:label", "influence", "suggested_label", "confidence", "action",
+         "datasource_index"],
+        [["c.png", 1, -3.0, 4, 0.95, "remove", 2], ["a.png", 0, -2.0, 7, 0.79, "remove", 0],
+         ["e.png", 3, -1.5, 5, 0.80, "remove", 4], ["d.png", 1, -1.0, 2, 0.99, "keep", 3],
+         ["b.png", 0, 5.0, 0, 0.90, "keep", 1]],
+    )  # fmt: skip
+    removed, new = rcand.relabel_sure(str(tmp_path), "v9", 5, 0.8)
+    assert removed.tolist() == [True, False, False, False, False]  # 0.79 < 0.8: removed
+    assert new.tolist() == [-1, -1, 4, -1, 5]  # a kept row is never relabelled
+    train = tmp_path / "train.csv"
+    rows = [[f"{c}.png", i] for i, c in enumerate("abcde")]
+    pp.write_rows(str(train), ["x:image", "y:label"], rows)
+    rcand.write_relabelled(str(train), "y", new, str(tmp_path / "relabelled.csv"))
+    _, rows = rp.read_csv_table(str(tmp_path / "relabelled.csv"))
+    assert [list(r) for r in rows] == [
+        ["a.png", "0"], ["b.png", "1"], ["c.png", "4"], ["d.png", "3"], ["e.png", "5"],
+    ]  # fmt: skip
+
+
+def test_a_relabelling_diagnostic_records_how_many_rows_it_relabelled(tmp_path):
+    import retrain_candidate as rcand
+
+    a = rp.parse_args(["--out", str(tmp_path / "out")])
+    _task(a, "uniform", 0, [("none", 0, 0.90, 0.40)])
+    task0 = os.path.join(a.out, "tasks", "uniform_0")
+    changed = np.array([True, True, True, False])
+    flipped = np.array([True, False, True, True])
+    rcand.record(task0, "relabel_sure 0.8 (v5)", changed, flipped, 0.91, 0.39, n_relabel=2)
+    (row,) = rp.collect(a, rp.DIAGNOSTICS)
+    assert (row["n_changed"], row["n_relabel"], row["n_remove"]) == ("3", "2", "1")
+    assert (float(row["precision"]), float(row["recall"])) == pytest.approx((2 / 3, 2 / 3))

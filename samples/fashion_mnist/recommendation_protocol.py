@@ -373,11 +373,11 @@ def tasks_dir(a):
     return tasks
 
 
-def recommended_folder(action) -> str:
+def recommended_folder(action, prefix: str = "recommended") -> str:
     """The retraining folder of a recommendation, named after every row's whole action, so
     that one is reused only for the same changes (relabelling and removing the same rows are
     different trainings)."""
-    return "recommended_" + hashlib.sha1(",".join(action).encode()).hexdigest()[:8]
+    return f"{prefix}_" + hashlib.sha1(",".join(action).encode()).hexdigest()[:8]
 
 
 def removal_folder(prefix: str, removed) -> str:

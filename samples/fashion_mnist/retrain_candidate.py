@@ -13,6 +13,10 @@ the task's flipped labels and nothing else (LEVEL is ignored): the most any remo
 ORDER ``recommended_flips`` removes the rows the recommendation removed whose label was flipped,
 and keeps the good rows it removed: set against ``flips`` and the recommendation, it tells
 whether what the recommendation loses is the wrong labels it missed or the good rows it took.
+ORDER ``relabel_sure`` takes the rows the recommendation removed and relabels those whose
+suggested class has a probability of at least LEVEL to that class (their images stay), and
+removes the others: does a confident relabelling help a model retrained from scratch more than
+removal does?
 The training goes to ``WORK/rec_TASK/diag_ORDER_LEVEL_<rows>/`` and is reused by a later call.
 The result is also recorded in the protocol's ``OUT/tasks/TASK/diagnostics.csv`` (one row per
 removal, replaced when run again), which the protocol's report shows below the task's methods.
@@ -63,6 +67,36 @@ def recommended_rows(out, variant, n):
     return removed
 
 
+def relabel_sure(out, variant, n, level):
+    """``(removed bool (N,), new_label int64 (N,))`` of the ``relabel_sure`` diagnostic: of the
+    rows the plugin run ``influence_VARIANT`` marked ``remove``, those whose ``confidence`` (the
+    model's probability of its ``suggested_label``) is at least ``level`` get that label
+    (``new_label``; -1 elsewhere), the others are removed."""
+    removed = np.zeros(n, bool)
+    new_label = np.full(n, -1, dtype=np.int64)
+    with open(os.path.join(out, f"influence_{variant}", "influence.csv"), newline="") as f:
+        for r in csv.DictReader(f):
+            if r["action"] != "remove":
+                continue
+            j = int(r["datasource_index"])
+            if float(r["confidence"]) >= level:
+                new_label[j] = int(r["suggested_label"])
+            else:
+                removed[j] = True
+    return removed, new_label
+
+
+def write_relabelled(train_csv, label, new_label, path):
+    """Write ``train_csv`` to ``path`` with the label column ``label`` (a variable name, e.g.
+    ``y``) set to ``new_label`` (int (N,), -1 = unchanged) row by row; images and order stay."""
+    header, rows = rp.read_csv_table(train_csv)
+    col = [h.split(":", 1)[0] for h in header].index(label)
+    rows = [list(r) for r in rows]
+    for j in np.flatnonzero(new_label >= 0):
+        rows[j][col] = str(int(new_label[j]))
+    rp.pp.write_rows(path, header, rows)
+
+
 def candidate_rows(out, a, model, train, label):
     """bool (N,): the rows of the candidate (a.order, a.level), rebuilt as the plugin did."""
     n = len(train[label])
@@ -93,8 +127,11 @@ def candidate_rows(out, a, model, train, label):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("task", help="a finished protocol task, e.g. uniform_0")
-    p.add_argument("order", choices=rc.ORDERS + ("flips", "recommended_flips"))
-    p.add_argument("level", type=float, help="one of the given-label levels, e.g. 0.2")
+    p.add_argument("order", choices=rc.ORDERS + ("flips", "recommended_flips", "relabel_sure"))
+    p.add_argument(
+        "level", type=float, help="one of the given-label levels, e.g. 0.2 (relabel_sure: the "
+        "least probability of the suggested class that is relabelled)"
+    )  # fmt: skip
     p.add_argument("--work", default=os.path.join(HERE, "protocol_work"))
     p.add_argument("--variant", default="v5", help="the plugin run to rebuild from (v5)")
     p.add_argument(
@@ -106,32 +143,56 @@ def main(argv=None):
     seed, out, model, train_csv, label = load_task(a.work, a.task)
     shapes = model.info.input_shapes
     flipped = flipped_rows(train_csv, os.path.join(a.work, "pool"))
-    if a.order == "flips":
+    new_label = np.full(len(flipped), -1, dtype=np.int64)
+    if a.order == "relabel_sure":
+        removed, new_label = relabel_sure(out, a.variant, len(flipped), a.level)
+    elif a.order == "flips":
         removed = flipped
     elif a.order == "recommended_flips":
         removed = recommended_rows(out, a.variant, len(flipped)) & flipped
     else:
         train = load_dataset(train_csv, shapes).arrays  # only the candidates need the images
         removed = candidate_rows(out, a, model, train, label)
-    folder = rp.removal_folder(f"diag_{a.order}_{a.level:g}", removed)
+    relabelled = new_label >= 0
+    csv_path = train_csv
+    if relabelled.any():
+        action = np.where(removed, "remove", "keep").astype(object)
+        action[relabelled] = [f"relabel {c}" for c in new_label[relabelled]]
+        folder = rp.recommended_folder(action, f"diag_{a.order}_{a.level:g}")
+        csv_path = os.path.join(out, folder + "_train.csv")
+        write_relabelled(train_csv, label, new_label, csv_path)
+    else:
+        folder = rp.removal_folder(f"diag_{a.order}_{a.level:g}", removed)
     with open(os.path.join(out, "net.nntxt")) as f:
         config = f.read()
-    nnp = rp.train_once(out, folder, config, train_csv, np.flatnonzero(~removed), seed)
+    nnp = rp.train_once(out, folder, config, csv_path, np.flatnonzero(~removed), seed)
     test = load_dataset(os.path.join(out, "test.csv"), shapes)
     acc, loss = ev.accuracy_and_loss(load_model(model=nnp), test)
+    told = ""
+    if relabelled.any():
+        still_wrong = flipped_rows(csv_path, os.path.join(a.work, "pool"))
+        told = (
+            f", relabelled {int(relabelled.sum())} ({int(np.sum(relabelled & ~still_wrong))} to "
+            f"their true class)"
+        )
     print(
-        f"{a.task} {a.order} {a.level:g}: removed {int(removed.sum())}, test accuracy {acc:.4f}, "
-        f"test loss {loss:.4f}"
+        f"{a.task} {a.order} {a.level:g}: removed {int(removed.sum())}{told}, test accuracy "
+        f"{acc:.4f}, test loss {loss:.4f}"
     )
     method = {"flips": "flips", "recommended_flips": f"recommended_flips ({a.variant})"}.get(
         a.order, f"{a.order} {a.level:g} ({a.variant})"
     )
-    record(os.path.join(a.out, "tasks", a.task), method, removed, flipped, acc, loss)
+    record(
+        os.path.join(a.out, "tasks", a.task), method, removed | relabelled, flipped, acc, loss,
+        n_relabel=int(relabelled.sum()),
+    )  # fmt: skip
 
 
-def record(task_dir, method, removed, flipped, acc, loss):
-    """Put this removal's row into ``task_dir/diagnostics.csv`` (atomically; a row of the same
-    method is replaced). Nothing is written for a task the protocol has not finished."""
+def record(task_dir, method, removed, flipped, acc, loss, n_relabel=0):
+    """Put this change's row into ``task_dir/diagnostics.csv`` (atomically; a row of the same
+    method is replaced). ``removed``: bool (N,) the rows changed, of which ``n_relabel`` were
+    relabelled and the rest removed. Nothing is written for a task the protocol has not
+    finished."""
     if not os.path.exists(os.path.join(task_dir, "rows.csv")):
         print(f"{task_dir}: not a finished protocol task; the result is not recorded")
         return
@@ -139,7 +200,8 @@ def record(task_dir, method, removed, flipped, acc, loss):
     _, p, r, _ = rp.prf(removed, flipped)
     n = int(removed.sum())
     row = dict(
-        labels=labels, seed=seed, method=method, n_changed=n, n_relabel=0, n_remove=n,
+        labels=labels, seed=seed, method=method, n_changed=n, n_relabel=n_relabel,
+        n_remove=n - n_relabel,
         test_accuracy=acc, test_loss=loss, precision=p, recall=r, seconds="",
     )  # fmt: skip
     path = os.path.join(task_dir, rp.DIAGNOSTICS)
