@@ -17,9 +17,10 @@ ORDER ``relabel_sure`` takes the rows the recommendation removed and relabels th
 suggested class has a probability of at least LEVEL to that class (their images stay), and
 removes the others: does a confident relabelling help a model retrained from scratch more than
 removal does?
-The training goes to ``WORK/rec_TASK/diag_ORDER_LEVEL_<rows>/`` and is reused by a later call.
+The training goes to ``WORK/rec_TASK/diag_ORDER_LEVEL_<rows>/`` (with a relabelling, named
+after the rows' actions, its training CSV beside it) and is reused by a later call.
 The result is also recorded in the protocol's ``OUT/tasks/TASK/diagnostics.csv`` (one row per
-removal, replaced when run again), which the protocol's report shows below the task's methods.
+change, replaced when run again), which the protocol's report shows below the task's methods.
 """
 
 import argparse
@@ -188,17 +189,17 @@ def main(argv=None):
     )  # fmt: skip
 
 
-def record(task_dir, method, removed, flipped, acc, loss, n_relabel=0):
+def record(task_dir, method, changed, flipped, acc, loss, n_relabel=0):
     """Put this change's row into ``task_dir/diagnostics.csv`` (atomically; a row of the same
-    method is replaced). ``removed``: bool (N,) the rows changed, of which ``n_relabel`` were
+    method is replaced). ``changed``: bool (N,) the rows changed, of which ``n_relabel`` were
     relabelled and the rest removed. Nothing is written for a task the protocol has not
     finished."""
     if not os.path.exists(os.path.join(task_dir, "rows.csv")):
         print(f"{task_dir}: not a finished protocol task; the result is not recorded")
         return
     labels, seed = os.path.basename(task_dir).rsplit("_", 1)
-    _, p, r, _ = rp.prf(removed, flipped)
-    n = int(removed.sum())
+    _, p, r, _ = rp.prf(changed, flipped)
+    n = int(changed.sum())
     row = dict(
         labels=labels, seed=seed, method=method, n_changed=n, n_relabel=n_relabel,
         n_remove=n - n_relabel,
