@@ -59,12 +59,18 @@ def flipped_rows(train_csv, pool):
     return np.array([truth[os.path.abspath(r[0])] != int(r[1]) for r in rows])
 
 
+def influence_rows(out, variant):
+    """The rows (dicts) of the plugin run ``influence_VARIANT``'s influence CSV, in its order
+    (sorted by influence; ``datasource_index`` gives the training row)."""
+    with open(os.path.join(out, f"influence_{variant}", "influence.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def recommended_rows(out, variant, n):
     """bool (N,): the rows the plugin run ``influence_VARIANT`` marked ``remove``."""
     removed = np.zeros(n, bool)
-    with open(os.path.join(out, f"influence_{variant}", "influence.csv"), newline="") as f:
-        for r in csv.DictReader(f):
-            removed[int(r["datasource_index"])] = r["action"] == "remove"
+    for r in influence_rows(out, variant):
+        removed[int(r["datasource_index"])] = r["action"] == "remove"
     return removed
 
 
@@ -75,15 +81,14 @@ def relabel_sure(out, variant, n, level):
     (``new_label``; -1 elsewhere), the others are removed."""
     removed = np.zeros(n, bool)
     new_label = np.full(n, -1, dtype=np.int64)
-    with open(os.path.join(out, f"influence_{variant}", "influence.csv"), newline="") as f:
-        for r in csv.DictReader(f):
-            if r["action"] != "remove":
-                continue
-            j = int(r["datasource_index"])
-            if float(r["confidence"]) >= level:
-                new_label[j] = int(r["suggested_label"])
-            else:
-                removed[j] = True
+    for r in influence_rows(out, variant):
+        if r["action"] != "remove":
+            continue
+        j = int(r["datasource_index"])
+        if float(r["confidence"]) >= level:
+            new_label[j] = int(r["suggested_label"])
+        else:
+            removed[j] = True
     return removed, new_label
 
 
@@ -102,9 +107,8 @@ def candidate_rows(out, a, model, train, label):
     """bool (N,): the rows of the candidate (a.order, a.level), rebuilt as the plugin did."""
     n = len(train[label])
     scores = np.full(n, np.nan)
-    with open(os.path.join(out, f"influence_{a.variant}", "influence.csv"), newline="") as f:
-        for r in csv.DictReader(f):
-            scores[int(r["datasource_index"])] = float(r["influence"])
+    for r in influence_rows(out, a.variant):
+        scores[int(r["datasource_index"])] = float(r["influence"])
     if not np.all(np.isfinite(scores)):
         raise SystemExit(f"{out}: the influence CSV does not cover every training row")
     labels = np.asarray(train[label]).reshape(n, -1)[:, 0]
