@@ -121,6 +121,13 @@ def test_the_flips_diagnostic_removes_exactly_the_rows_whose_label_differs_from_
     )
     monkeypatch.chdir(tmp_path)  # the pool given relative, as on the command line
     assert rcand.flipped_rows(str(task), "pool").tolist() == [False, True, False, True]
+    truth = rcand.true_labels(str(task), "pool")
+    assert truth.tolist() == [1, 0, 2, 2]
+    flipped = truth != np.array(given)
+    # the oracles: every flip gets its true class; or only the flips among given rows
+    assert rcand.fixed_labels(truth, flipped).tolist() == [-1, 0, -1, 2]
+    among = np.array([True, True, True, False])  # e.g. the recommendation's removed rows
+    assert rcand.fixed_labels(truth, flipped, among).tolist() == [-1, 0, -1, -1]
 
 
 def test_a_diagnostic_is_recorded_once_per_removal_and_reported_against_its_seeds_none(tmp_path):

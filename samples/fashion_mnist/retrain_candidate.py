@@ -16,7 +16,10 @@ whether what the recommendation loses is the wrong labels it missed or the good 
 ORDER ``relabel_sure`` takes the rows the recommendation removed and relabels those whose
 suggested class has a probability of at least LEVEL to that class (their images stay), and
 removes the others: does a confident relabelling help a model retrained from scratch more than
-removal does?
+removal does? Two oracles bound what any relabelling can do: ORDER ``recommended_fixed`` gives
+the flipped labels among the rows the recommendation removed their true class and keeps every
+row (the best any action on those rows can do), ORDER ``fixed`` does so for every flipped label
+(the clean data's model, for the seeds whose clean task was not run).
 The training goes to ``WORK/rec_TASK/diag_ORDER_LEVEL_<rows>/`` (with a relabelling, named
 after the rows' actions, its training CSV beside it) and is reused by a later call.
 The result is also recorded in the protocol's ``OUT/tasks/TASK/diagnostics.csv`` (one row per
@@ -51,12 +54,27 @@ def load_task(work, task):
     return seed, out, model, os.path.join(out, "train.csv"), label
 
 
-def flipped_rows(train_csv, pool):
-    """bool (N,): the task's rows whose label differs from the pool's (the flipped labels)."""
+def true_labels(train_csv, pool):
+    """int64 (N,): each of the task's rows' label in the pool (before the noise), in the task
+    CSV's order."""
     _, pool_rows = rp.read_csv_table(os.path.join(pool, "train.csv"))
     truth = {os.path.abspath(os.path.join(pool, r[0])): int(r[1]) for r in pool_rows}
     _, rows = rp.read_csv_table(train_csv)
-    return np.array([truth[os.path.abspath(r[0])] != int(r[1]) for r in rows])
+    return np.array([truth[os.path.abspath(r[0])] for r in rows], dtype=np.int64)
+
+
+def flipped_rows(train_csv, pool):
+    """bool (N,): the task's rows whose label differs from the pool's (the flipped labels)."""
+    _, rows = rp.read_csv_table(train_csv)
+    return true_labels(train_csv, pool) != np.array([int(r[1]) for r in rows])
+
+
+def fixed_labels(truth, flipped, among=None):
+    """int64 (N,): the oracle relabelling of the ``fixed`` diagnostics, ``truth`` on the
+    ``flipped`` rows (bool (N,)), only those also in ``among`` (bool (N,)) when given, and -1
+    (unchanged) elsewhere."""
+    pick = flipped if among is None else flipped & among
+    return np.where(pick, truth, -1).astype(np.int64)
 
 
 def influence_rows(out, variant):
@@ -132,7 +150,11 @@ def candidate_rows(out, a, model, train, label):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("task", help="a finished protocol task, e.g. uniform_0")
-    p.add_argument("order", choices=rc.ORDERS + ("flips", "recommended_flips", "relabel_sure"))
+    p.add_argument(
+        "order",
+        choices=rc.ORDERS
+        + ("flips", "recommended_flips", "relabel_sure", "recommended_fixed", "fixed"),
+    )
     p.add_argument(
         "level", type=float, help="one of the given-label levels, e.g. 0.2 (relabel_sure: the "
         "least probability of the suggested class that is relabelled)"
@@ -151,6 +173,11 @@ def main(argv=None):
     new_label = np.full(len(flipped), -1, dtype=np.int64)
     if a.order == "relabel_sure":
         removed, new_label = relabel_sure(out, a.variant, len(flipped), a.level)
+    elif a.order in ("recommended_fixed", "fixed"):
+        removed = np.zeros(len(flipped), bool)
+        among = recommended_rows(out, a.variant, len(flipped)) if a.order != "fixed" else None
+        truth = true_labels(train_csv, os.path.join(a.work, "pool"))
+        new_label = fixed_labels(truth, flipped, among)
     elif a.order == "flips":
         removed = flipped
     elif a.order == "recommended_flips":
@@ -184,9 +211,12 @@ def main(argv=None):
         f"{a.task} {a.order} {a.level:g}: removed {int(removed.sum())}{told}, test accuracy "
         f"{acc:.4f}, test loss {loss:.4f}"
     )
-    method = {"flips": "flips", "recommended_flips": f"recommended_flips ({a.variant})"}.get(
-        a.order, f"{a.order} {a.level:g} ({a.variant})"
-    )
+    method = {
+        "flips": "flips",
+        "fixed": "fixed",
+        "recommended_flips": f"recommended_flips ({a.variant})",
+        "recommended_fixed": f"recommended_fixed ({a.variant})",
+    }.get(a.order, f"{a.order} {a.level:g} ({a.variant})")
     record(
         os.path.join(a.out, "tasks", a.task), method, removed | relabelled, flipped, acc, loss,
         n_relabel=int(relabelled.sum()),
