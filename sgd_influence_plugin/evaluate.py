@@ -36,7 +36,13 @@ import numpy as np
 from . import core, parallel, places, validation
 from .dataset import Dataset, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
-from .evaluate_report import OUTPUT_FILES, aggregate, write_outputs  # noqa: F401 - for scripts
+from .evaluate_report import (  # noqa: F401 - for scripts
+    OUTPUT_FILES,
+    aggregate,
+    mean_sd,
+    sample_std,
+    write_outputs,
+)
 from .influence import compute_influence, resolve
 from .nnabla_adapter import load_model
 from .nnabla_adapter.training import initial_parameters, train_from_scratch  # noqa: F401

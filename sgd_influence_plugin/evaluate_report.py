@@ -19,8 +19,24 @@ from .settings import write_yaml
 OUTPUT_FILES = ("settings.yaml", "figure2.png", "summary.md", "results.csv")
 
 
+def sample_std(values) -> float:
+    """The sample standard deviation (n - 1 in the denominator, the usual "mean ± SD over
+    seeds") of a 1-D sequence; nan for fewer than two values, which have none."""
+    v = np.asarray(values, dtype=float)
+    return float(v.std(ddof=1)) if v.size > 1 else float("nan")
+
+
+def mean_sd(mean: float, sd: float, fmt: str = "{:.4f}") -> str:
+    """``"mean ± sd"`` in ``fmt`` (the sign of ``fmt`` is dropped for the deviation), or the mean
+    alone when ``sd`` is nan (one seed has no deviation)."""
+    if np.isnan(sd):
+        return fmt.format(mean)
+    return fmt.format(mean) + " ± " + fmt.replace("+", "").format(sd)
+
+
 def aggregate(rows: List[Dict]) -> List[Dict]:
-    """Mean and std over seeds per (method, n); 'none' rows are n = 0.
+    """Mean and sample standard deviation (:func:`sample_std`) over seeds per (method, n);
+    'none' rows are n = 0.
 
     ``dacc_*`` / ``dloss_*`` are paired differences from the same seed's 'none' row (same
     sample order and start), which removes most of the seed-to-seed noise; ``wins`` counts
@@ -43,13 +59,13 @@ def aggregate(rows: List[Dict]) -> List[Dict]:
             "ratio": rs[0]["ratio"],
             "seeds": len(rs),
             "acc_mean": float(acc.mean()),
-            "acc_std": float(acc.std()),
+            "acc_std": sample_std(acc),
             "loss_mean": float(loss.mean()),
-            "loss_std": float(loss.std()),
+            "loss_std": sample_std(loss),
             "dacc_mean": float(dacc.mean()) if len(dacc) else float("nan"),
-            "dacc_std": float(dacc.std()) if len(dacc) else float("nan"),
+            "dacc_std": sample_std(dacc),
             "dloss_mean": float(dloss.mean()) if len(dloss) else float("nan"),
-            "dloss_std": float(dloss.std()) if len(dloss) else float("nan"),
+            "dloss_std": sample_std(dloss),
             "wins": f"{int((dacc > 0).sum())}/{len(dacc)}" if count else "-",
         }
         if "precision_at_n" in rs[0]:
@@ -91,9 +107,9 @@ def _write_result_files(out_dir: str, rows: List[Dict], n: int, flipped, facts: 
     for a in agg:
         line = (
             f"| {a['ratio']:.1%} | {a['n_removed']} | {a['method']} | "
-            f"{a['acc_mean']:.4f} ± {a['acc_std']:.4f} | "
-            f"{a['dacc_mean']:+.4f} ± {a['dacc_std']:.4f} | "
-            f"{a['loss_mean']:.4f} ± {a['loss_std']:.4f} | {a['dloss_mean']:+.4f} |"
+            f"{mean_sd(a['acc_mean'], a['acc_std'])} | "
+            f"{mean_sd(a['dacc_mean'], a['dacc_std'], '{:+.4f}')} | "
+            f"{mean_sd(a['loss_mean'], a['loss_std'])} | {a['dloss_mean']:+.4f} |"
         )
         if flipped is not None:
             line += (
@@ -111,8 +127,9 @@ def _write_result_files(out_dir: str, rows: List[Dict], n: int, flipped, facts: 
         ]
     lines += [
         "",
-        "Mean ± std over seeds. Δ (paired) = the same seed's value minus its no-removal value "
-        "(same start and sample order), mean ± std over seeds.",
+        "Mean ± sample standard deviation (n - 1) over seeds. Δ (paired) = the same seed's "
+        "value minus its no-removal value (same start and sample order), mean ± sample "
+        "standard deviation over seeds.",
         "",
         f"Total time: {facts['total_seconds']} s",
     ]
@@ -144,7 +161,7 @@ def _plot(path: str, agg: List[Dict], n: int, facts: Dict) -> None:
         if none:
             ax.axhline(none[0][key + "_mean"], color="gray", ls="--", lw=1, label="no removal")
         ax.set_xlabel("removed training samples (% of N)")
-        ax.set_ylabel(ylabel + " (mean ± std over seeds)")
+        ax.set_ylabel(ylabel + " (mean ± SD over seeds)")
         ax.legend(fontsize=8)
     fig.suptitle(
         f"retrain = {facts['retrain']}, cache = {facts['settings']['cache']}, "

@@ -36,8 +36,8 @@ def test_report_pairs_each_seed_with_its_own_none(tmp_path):
     rp.report(a)
     text = open(tmp_path / "out" / "summary.md").read()
     line = next(x for x in text.splitlines() if x.startswith("| recommended"))
-    # Δ accuracy: +1 and +4 points -> +2.50 ± 1.50; Δ loss -0.05 both; 2 wins of 2.
-    assert "| 10/20 (0+10/0+20) |" in line and "+2.50 ± 1.50" in line
+    # Δ accuracy: +1 and +4 points -> +2.50 ± 2.12 (sample SD); Δ loss -0.05 both; 2 of 2.
+    assert "| 10/20 (0+10/0+20) |" in line and "+2.50 ± 2.12" in line
     assert "| 2/2 |" in line and "-0.0500 ± 0.0000" in line
     assert ownership.written_by_tool(str(tmp_path / "out" / "summary.md"))
     rp.report(a)  # its own files are replaced
@@ -155,8 +155,9 @@ def test_a_diagnostic_is_recorded_once_per_removal_and_reported_against_its_seed
     rp.report(a)
     text = open(tmp_path / "out" / "summary.md").read()
     line = next(x for x in text.splitlines() if x.startswith("| diagnostic: flips"))
-    # Δ accuracy: +1 and +3 points -> +2.00 ± 1.00; Δ loss -0.05 and -0.06; 2 wins of 2.
-    assert "+2.00 ± 1.00" in line and "| 2/2 |" in line and "-0.0550 ± 0.0050" in line
+    # Δ accuracy: +1 and +3 points -> +2.00 ± 1.41 (sample SD, n - 1); Δ loss -0.05 and -0.06
+    # -> -0.0550 ± 0.0071; 2 wins of 2.
+    assert "+2.00 ± 1.41" in line and "| 2/2 |" in line and "-0.0550 ± 0.0071" in line
     line = next(x for x in text.splitlines() if x.startswith("| diagnostic: given_label"))
     assert "-1.00" in line and "| 0/1 |" in line
 

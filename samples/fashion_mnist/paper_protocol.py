@@ -518,7 +518,8 @@ def write_report(a, out, wall_seconds=None):
         f"{a.epochs} epochs, trained from scratch by nnabla_cli with a seeded initialisation.",
         "",
         "Δ = the same seed's value minus its no-removal value (same split, initialisation and "
-        "order); mean ± std over seeds. `wins` = seeds where Δ accuracy > 0.",
+        "order); mean ± sample standard deviation over seeds. `wins` = seeds where Δ accuracy "
+        "> 0.",
     ]
     for noise in noises:
         sub = [dict(r) for r in rows if r["noise"] == noise]
@@ -533,9 +534,9 @@ def write_report(a, out, wall_seconds=None):
         for g in agg:
             line = (
                 f"| {g['ratio']:.0%} ({g['n_removed']}) | {g['method']} | {g['seeds']} | "
-                f"{g['acc_mean']:.4f} ± {g['acc_std']:.4f} | "
-                f"{g['dacc_mean']:+.4f} ± {g['dacc_std']:.4f} | {g['wins']} | "
-                f"{g['dloss_mean']:+.4f} ± {g['dloss_std']:.4f} |"
+                f"{ev.mean_sd(g['acc_mean'], g['acc_std'])} | "
+                f"{ev.mean_sd(g['dacc_mean'], g['dacc_std'], '{:+.4f}')} | {g['wins']} | "
+                f"{ev.mean_sd(g['dloss_mean'], g['dloss_std'], '{:+.4f}')} |"
             )
             if noise > 0:
                 line += f" {g['precision_mean']:.3f} |" if g["n_removed"] else " - |"
@@ -698,8 +699,8 @@ def paired_table(rows):
 
 
 def plot(path, tables, a):
-    """Top row: test accuracy (mean ± std over seeds); then the paired changes of test accuracy
-    and test loss against the same seed's no-removal model (mean ± std), which removes the
+    """Top row: test accuracy (mean ± sample SD over seeds); then the paired changes of test
+    accuracy and test loss against the same seed's no-removal model (mean ± SD), which removes the
     seed-to-seed spread."""
     import matplotlib
 

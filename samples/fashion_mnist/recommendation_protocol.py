@@ -424,11 +424,7 @@ def _ms(values, fmt="{:+.2f}", scale=1.0):
     v = np.array([x * scale for x in values if np.isfinite(x)])
     if not len(v):
         return "-"
-    return (
-        (fmt + " ± " + fmt.replace("+", "")).format(v.mean(), v.std())
-        if len(v) > 1
-        else fmt.format(v[0])
-    )
+    return ev.mean_sd(v.mean(), ev.sample_std(v), fmt)
 
 
 def _method_line(method, rs, base):
@@ -460,7 +456,7 @@ def report(a):
         f"{a.test} test images; the sample CNN; plain SGD lr {a.lr:g}, batch {a.batch_size}, "
         f"{a.epochs} epochs from a seeded initialisation (nnabla_cli). The plugin ran at the "
         "dialog's defaults. Δ = the same seed's value minus its `none` value, in points of "
-        "accuracy (mean ± std over seeds); wins = seeds where accuracy rose.",
+        "accuracy (mean ± sample SD over seeds); wins = seeds where accuracy rose.",
     ]
     for setting in LABELS:
         sub = [r for r in rows if r["labels"] == setting]
@@ -485,7 +481,7 @@ def report(a):
         if ds:
             lines += [
                 "",
-                "Detection of the flipped labels (mean ± std over seeds):",
+                "Detection of the flipped labels (mean ± sample SD over seeds):",
                 "",
                 "| rows flagged by | rows | precision | recall | F1 |",
                 "|---|---|---|---|---|",
