@@ -21,14 +21,16 @@ OUTPUT_FILES = ("settings.yaml", "figure2.png", "summary.md", "results.csv")
 
 def sample_std(values) -> float:
     """The sample standard deviation (n - 1 in the denominator, the usual "mean ± SD over
-    seeds") of a 1-D sequence; nan for fewer than two values, which have none."""
+    seeds") of a 1-D sequence; nan for fewer than two values, which have none.
+    """
     v = np.asarray(values, dtype=float)
     return float(v.std(ddof=1)) if v.size > 1 else float("nan")
 
 
 def mean_sd(mean: float, sd: float, fmt: str = "{:.4f}") -> str:
     """``"mean ± sd"`` in ``fmt`` (the sign of ``fmt`` is dropped for the deviation), or the mean
-    alone when ``sd`` is nan (one seed has no deviation)."""
+    alone when ``sd`` is nan (one seed has no deviation).
+    """
     if np.isnan(sd):
         return fmt.format(mean)
     return fmt.format(mean) + " ± " + fmt.replace("+", "").format(sd)
