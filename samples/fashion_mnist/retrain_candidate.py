@@ -63,10 +63,15 @@ def true_labels(train_csv, pool):
     return np.array([truth[os.path.abspath(r[0])] for r in rows], dtype=np.int64)
 
 
+def given_labels(train_csv):
+    """int64 (N,): the task CSV's labels (its second column), in its order."""
+    _, rows = rp.read_csv_table(train_csv)
+    return np.array([int(r[1]) for r in rows], dtype=np.int64)
+
+
 def flipped_rows(train_csv, pool):
     """bool (N,): the task's rows whose label differs from the pool's (the flipped labels)."""
-    _, rows = rp.read_csv_table(train_csv)
-    return true_labels(train_csv, pool) != np.array([int(r[1]) for r in rows])
+    return true_labels(train_csv, pool) != given_labels(train_csv)
 
 
 def fixed_labels(truth, flipped, among=None):
@@ -169,14 +174,14 @@ def main(argv=None):
     a = p.parse_args(argv)
     seed, out, model, train_csv, label = load_task(a.work, a.task)
     shapes = model.info.input_shapes
-    flipped = flipped_rows(train_csv, os.path.join(a.work, "pool"))
+    truth = true_labels(train_csv, os.path.join(a.work, "pool"))
+    flipped = truth != given_labels(train_csv)
     new_label = np.full(len(flipped), -1, dtype=np.int64)
     if a.order == "relabel_sure":
         removed, new_label = relabel_sure(out, a.variant, len(flipped), a.level)
     elif a.order in ("recommended_fixed", "fixed"):
         removed = np.zeros(len(flipped), bool)
         among = recommended_rows(out, a.variant, len(flipped)) if a.order != "fixed" else None
-        truth = true_labels(train_csv, os.path.join(a.work, "pool"))
         new_label = fixed_labels(truth, flipped, among)
     elif a.order == "flips":
         removed = flipped
@@ -202,9 +207,8 @@ def main(argv=None):
     acc, loss = ev.accuracy_and_loss(load_model(model=nnp), test)
     told = ""
     if relabelled.any():
-        still_wrong = flipped_rows(csv_path, os.path.join(a.work, "pool"))
         told = (
-            f", relabelled {int(relabelled.sum())} ({int(np.sum(relabelled & ~still_wrong))} to "
+            f", relabelled {int(relabelled.sum())} ({int(np.sum(new_label == truth))} to "
             f"their true class)"
         )
     print(
