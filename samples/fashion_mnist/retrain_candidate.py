@@ -162,7 +162,8 @@ def main(argv=None):
     )
     p.add_argument(
         "level", type=float, help="one of the given-label levels, e.g. 0.2 (relabel_sure: the "
-        "least probability of the suggested class that is relabelled)"
+        "least probability of the suggested class that is relabelled; flips, "
+        "recommended_flips and the two oracles ignore it: give 0)"
     )  # fmt: skip
     p.add_argument("--work", default=os.path.join(HERE, "protocol_work"))
     p.add_argument("--variant", default="v5", help="the plugin run to rebuild from (v5)")
