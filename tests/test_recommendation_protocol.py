@@ -121,9 +121,9 @@ def test_the_flips_diagnostic_removes_exactly_the_rows_whose_label_differs_from_
     )
     monkeypatch.chdir(tmp_path)  # the pool given relative, as on the command line
     assert rcand.flipped_rows(str(task), "pool").tolist() == [False, True, False, True]
-    truth = rcand.true_labels(str(task), "pool")
-    assert truth.tolist() == [1, 0, 2, 2]
-    flipped = truth != np.array(given)
+    given_read, truth = rcand.task_labels(str(task), "pool")
+    assert given_read.tolist() == given and truth.tolist() == [1, 0, 2, 2]
+    flipped = truth != given_read
     # the oracles: every flip gets its true class; or only the flips among given rows
     assert rcand.fixed_labels(truth, flipped).tolist() == [-1, 0, -1, 2]
     among = np.array([True, True, True, False])  # e.g. the recommendation's removed rows

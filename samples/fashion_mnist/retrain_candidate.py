@@ -54,24 +54,20 @@ def load_task(work, task):
     return seed, out, model, os.path.join(out, "train.csv"), label
 
 
-def true_labels(train_csv, pool):
-    """int64 (N,): each of the task's rows' label in the pool (before the noise), in the task
-    CSV's order."""
+def task_labels(train_csv, pool):
+    """``(given, truth)``, int64 (N,) each, in the task CSV's order: the label each row carries
+    and its label in the pool (before the noise). One read of each CSV."""
     _, pool_rows = rp.read_csv_table(os.path.join(pool, "train.csv"))
     truth = {os.path.abspath(os.path.join(pool, r[0])): int(r[1]) for r in pool_rows}
     _, rows = rp.read_csv_table(train_csv)
-    return np.array([truth[os.path.abspath(r[0])] for r in rows], dtype=np.int64)
-
-
-def given_labels(train_csv):
-    """int64 (N,): the task CSV's labels (its second column), in its order."""
-    _, rows = rp.read_csv_table(train_csv)
-    return np.array([int(r[1]) for r in rows], dtype=np.int64)
+    given = np.array([int(r[1]) for r in rows], dtype=np.int64)
+    return given, np.array([truth[os.path.abspath(r[0])] for r in rows], dtype=np.int64)
 
 
 def flipped_rows(train_csv, pool):
     """bool (N,): the task's rows whose label differs from the pool's (the flipped labels)."""
-    return true_labels(train_csv, pool) != given_labels(train_csv)
+    given, truth = task_labels(train_csv, pool)
+    return given != truth
 
 
 def fixed_labels(truth, flipped, among=None):
@@ -175,8 +171,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     seed, out, model, train_csv, label = load_task(a.work, a.task)
     shapes = model.info.input_shapes
-    truth = true_labels(train_csv, os.path.join(a.work, "pool"))
-    flipped = truth != given_labels(train_csv)
+    given, truth = task_labels(train_csv, os.path.join(a.work, "pool"))
+    flipped = given != truth
     new_label = np.full(len(flipped), -1, dtype=np.int64)
     if a.order == "relabel_sure":
         removed, new_label = relabel_sure(out, a.variant, len(flipped), a.level)
