@@ -35,8 +35,6 @@ from .definition import _prepare_network as _prepare_network
 from .definition import _solver_config as _solver_config
 from .files import _check_file as _check_file
 from .files import _parse_nntxt as _parse_nntxt
-from .files import _proto_params as _proto_params
-from .files import _read_h5 as _read_h5
 from .files import read_params, read_result
 from .model import LossGraph, NnablaModel, load_model, make_context
 

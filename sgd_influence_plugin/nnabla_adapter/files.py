@@ -7,7 +7,6 @@ nnabla's parameter scope.
 
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 from collections import OrderedDict
@@ -72,11 +71,92 @@ def read_params(path: str, names) -> Dict[str, np.ndarray]:
     return {n: values[n] for n in names}
 
 
-def _proto_params(proto) -> OrderedDict[str, np.ndarray]:
+def _check_h5_numbers(path: str, where: str) -> None:
+    """Every dataset of a parameters ``.h5`` holds numbers (nnabla's loader would fail on
+    text with an error that names no parameter).
+
+    Raises:
+        ParameterError: a dataset holds something else, or the file is no HDF5 file.
+
+    """
+    import h5py
+
+    bad = []
+    try:
+        with h5py.File(path, "r") as hd:
+            hd.visititems(
+                lambda name, obj: (
+                    bad.append((name, obj.dtype))
+                    if isinstance(obj, h5py.Dataset) and obj.dtype.kind not in "biuf"
+                    else None
+                )
+            )
+    except OSError as e:
+        raise ParameterError(f"{where}: not a readable parameters .h5 file ({e})") from None
+    if bad:
+        raise ParameterError(
+            f"{where}: '{bad[0][0]}' holds {bad[0][1]} data, not numbers; give the parameters "
+            "file the console saved with this network"
+        )
+
+
+def _load_with_nnabla(source, where: str, extension: str = "") -> OrderedDict[str, np.ndarray]:
+    """Every parameter in ``source`` read by nnabla's own loader: name -> float32 array.
+
+    ``source`` is a path or a file object (then ``extension`` names its format, e.g.
+    ``.protobuf``). nnabla reads ``.h5``, ``.protobuf``, parameters embedded in ``.nntxt`` /
+    ``.prototxt`` and every one of those inside a ``.nnp``, the way ``nnabla_cli`` does. It
+    loads into a parameter scope of our own (a plain dict), never into nnabla's global one.
+
+    Raises:
+        ParameterError: nnabla cannot read the file, or a value is not a number.
+
+    """
+    import nnabla as nn
+    from nnabla.parameter import load_parameters
+
+    if isinstance(source, str) and source.endswith(".h5"):
+        _check_h5_numbers(source, where)
+    scope: OrderedDict = OrderedDict()
+    try:
+        with nn.parameter_scope("", scope):
+            load_parameters(source, extension=extension or ".h5")
+            found = nn.get_parameters(grad_only=False)
+    except Exception as e:  # noqa: BLE001 - nnabla raises anything on a damaged file
+        raise ParameterError(
+            f"{where}: nnabla cannot read the parameters in it ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'no detail'}); give the file the console "
+            "saved with this network (parameters.h5, parameter.protobuf or results.nnp)"
+        ) from None
     out: OrderedDict[str, np.ndarray] = OrderedDict()
-    for p in proto.parameter:
-        out[p.variable_name] = np.array(p.data, dtype=np.float32).reshape(tuple(p.shape.dim))
+    for name, var in found.items():
+        value = np.array(var.d)
+        if value.dtype.kind not in "biuf":
+            raise ParameterError(
+                f"{where}: '{name}' holds {value.dtype} data, not numbers; give the "
+                "parameters file the console saved with this network"
+            )
+        out[name] = value.astype(np.float32, copy=False)
     return out
+
+
+def _project_file_message(path: str) -> str:
+    """What to give instead of a console project file (``.sdcproj``): one of its results."""
+    stem = os.path.splitext(path)[0]
+    results = os.path.join(stem + ".files", "<date_time>", "results.nnp")
+    found = []
+    if os.path.isdir(stem + ".files"):
+        found = sorted(
+            d
+            for d in os.listdir(stem + ".files")
+            if os.path.isfile(os.path.join(stem + ".files", d, "results.nnp"))
+        )
+    have = f" (there: {', '.join(found[-3:])})" if found else ""
+    return (
+        f"{path}: is a console project file, not a training result; give the results.nnp of "
+        f"one of its training results, {results}{have}, or run the plugin from that result "
+        "folder"
+    )
 
 
 def _check_file(path: str, error, hint: str) -> None:
@@ -99,6 +179,9 @@ def read_result(
         name -> array, and a description of the files for messages.
 
     """
+    for given in (model, config, params):
+        if given and given.lower().endswith(".sdcproj"):
+            raise NetworkDefinitionError(_project_file_message(given))
     if model:
         _check_file(model, NetworkDefinitionError, "give the results.nnp of a training result")
         try:
@@ -113,11 +196,9 @@ def read_result(
             if not defs:
                 raise NetworkDefinitionError(f"{model}: holds no .nntxt network definition")
             proto = _parse_nntxt(zf.read(defs[0]).decode("utf-8"), f"{model}:{defs[0]}")
-            param_files = [n for n in names if n.endswith(".h5")]
-            values = _proto_params(proto)
-            for n in param_files:
-                values.update(_read_h5(io.BytesIO(zf.read(n)), f"{model}:{n}"))
-        return proto, values, model
+        # nnabla reads every weight file inside (parameter.h5, parameter.protobuf of NNC 1.x
+        # and of the cloud, or values embedded in the definition).
+        return proto, _load_with_nnabla(model, model), model
     if not config:
         raise NetworkDefinitionError(
             "no model given: pass a results.nnp, or a net.nntxt together with a parameters .h5"
@@ -129,7 +210,7 @@ def read_result(
     except (OSError, UnicodeDecodeError) as e:
         raise NetworkDefinitionError(f"{config}: cannot read ({e})") from e
     proto = _parse_nntxt(text, config)
-    values = _proto_params(proto)
+    values = _load_with_nnabla(config, config) if proto.parameter else OrderedDict()
     source = config
     if not params and not values:
         raise ParameterError(
@@ -137,7 +218,12 @@ def read_result(
             "(--params parameters.h5), or give the results.nnp instead (--model)"
         )
     if params:
-        _check_file(params, ParameterError, "give the .h5 the console saved (e.g. parameters.h5)")
-        values.update(_read_h5(params, params))
+        _check_file(params, ParameterError, "give the .h5 or .protobuf the console saved with it")
+        if os.path.splitext(params)[1] not in (".h5", ".protobuf", ".nnp"):
+            raise ParameterError(
+                f"{params}: not a parameters file nnabla reads (.h5, .protobuf or .nnp); give "
+                "the parameters.h5 or parameter.protobuf saved with the network"
+            )
+        values.update(_load_with_nnabla(params, params))
         source = f"{config} + {params}"
     return proto, values, source
