@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import core, parallel, places, validation
-from .dataset import Dataset, load_dataset, read_csv_table
+from .dataset import Dataset, data_path, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
 from .evaluate_report import (  # noqa: F401 - for scripts
     OUTPUT_FILES,
@@ -47,6 +47,7 @@ from .influence import compute_influence, resolve
 from .nnabla_adapter import load_model
 from .nnabla_adapter.training import initial_parameters, train_from_scratch  # noqa: F401
 from .options import HELP
+from .recommend import as_probabilities
 from .settings import DEFAULT_TRIALS, MAX_SEED, REPLAY_STEPS, InfluenceSettings, is_number
 
 DEFAULT_RATIOS = "0,0.01,0.02,0.05,0.1,0.2"
@@ -211,7 +212,7 @@ def accuracy(model, data: Dataset) -> float:
     prob = model.predict(data.arrays)
     label_cols = [c for c in data.arrays if c not in model.info.runtime_inputs.values()]
     labels = data.arrays[label_cols[0]].reshape(len(prob), -1)[:, 0]
-    return float(np.mean(prob.reshape(len(prob), -1).argmax(axis=1) == labels.astype(int)))
+    return float(np.mean(as_probabilities(prob).argmax(axis=1) == labels.astype(int)))
 
 
 def evaluate(
@@ -430,7 +431,7 @@ def _scratch_inputs(train: Dataset, val_csv: str) -> List[str]:
     """What ``nnabla_cli`` opens when it retrains on a worker: the validation CSV and the
     files of the first training row (the others sit beside them).
     """
-    cells = [os.path.join(train.folder, c) for c in train.rows[0]]
+    cells = [data_path(train.folder, c) for c in train.rows[0]]
     return [val_csv] + [c for c in cells if os.path.splitext(c)[1] and os.path.isfile(c)]
 
 

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import NetworkDefinitionError, ParameterError
+from . import losses as loss_kinds
 
 #: Functions that are random at training time and keep the input's shape: replaced by identity.
 _RANDOM_IDENTITY = {
@@ -111,9 +112,12 @@ class ModelInfo:
             own representation of a sample; None when there is none (see
             :func:`_feature_variable`).
         label_classes: dataset column -> number of classes C, for each column that feeds the
-            label input of a categorical loss (SoftmaxCrossEntropy, CategoricalCrossEntropy),
-            read from the shape of that loss's scores (e.g. logits (B, C)); its labels must
+            label input of a classification loss (C from the scores' shape, e.g. logits
+            (B, C); 2 for a binary loss such as Sigmoid + BinaryCrossEntropy); its labels must
             be whole numbers in 0..C-1. Regression losses add nothing here.
+        task: ``classification``, ``regression`` or ``other`` (see :func:`.losses.understand`).
+        target_column: the dataset column the loss compares the output with (the label, or
+            the regression target), e.g. ``y``; None when the task is ``other``.
 
     """
 
@@ -133,6 +137,8 @@ class ModelInfo:
     runtime_output: Optional[str] = None
     runtime_features: Optional[str] = None
     label_classes: Dict[str, int] = field(default_factory=dict)
+    task: str = loss_kinds.OTHER
+    target_column: Optional[str] = None
 
 
 def _solver_config(opt, proto) -> SolverConfig:
@@ -245,30 +251,6 @@ def _feature_variable(net, output: str) -> Optional[str]:
     return None
 
 
-#: Categorical losses: function type -> its parameter message (holding ``axis``).
-_CATEGORICAL_LOSSES = {
-    "SoftmaxCrossEntropy": "softmax_cross_entropy_param",
-    "CategoricalCrossEntropy": "categorical_cross_entropy_param",
-}
-
-
-def _label_classes(net, inputs: Dict[str, str], var_shapes) -> Dict[str, int]:
-    """Dataset column -> number of classes, for data variables that are the label input
-    (the second) of a categorical loss; C is the scores' size along the loss's axis.
-    """
-    out: Dict[str, int] = {}
-    for f in net.function:
-        if f.type not in _CATEGORICAL_LOSSES or len(f.input) < 2 or f.input[1] not in inputs:
-            continue
-        shape = var_shapes.get(f.input[0], ())
-        param = _CATEGORICAL_LOSSES[f.type]
-        axis = getattr(f, param).axis if f.HasField(param) else len(shape) - 1
-        if 0 < axis < len(shape) and shape[axis] > 0:
-            column = inputs[f.input[1]]
-            out[column] = min(int(shape[axis]), out.get(column, int(shape[axis])))
-    return out
-
-
 def describe(
     proto, params: Dict[str, np.ndarray], source: str, optimizer_name: Optional[str] = None
 ):
@@ -369,8 +351,8 @@ def describe(
                 f"{source}: parameter '{name}' holds {bad} NaN or infinite value(s); the "
                 "training diverged or the file is damaged: give parameters from a good run"
             )
-    label_classes = _label_classes(net, inputs, var_shapes)
-    notes = _prepare_network(net, source)
+    task, target, label_classes = loss_kinds.understand(net, inputs, var_shapes)
+    notes = loss_kinds.stabilise(net, var_shapes) + _prepare_network(net, source)
 
     def dataset_ref(name):
         for d in proto.dataset:
@@ -401,6 +383,8 @@ def describe(
         validation_network=val_net,
         notes=notes,
         label_classes=label_classes,
+        task=task,
+        target_column=target,
     )
     replay = nnabla_pb2.NNablaProtoBuf()
     replay.network.add().CopyFrom(net)

@@ -1,0 +1,132 @@
+"""What the training network's loss says about the task, and a numerically stable replay of it.
+
+The console offers these losses (its *Loss* layers), each fed by the network's scores and a
+target that comes from a dataset column:
+
+- classification, C classes: ``SoftmaxCrossEntropy``, ``Softmax`` + ``CategoricalCrossEntropy``
+  (scores (B, C), target a class index 0..C-1);
+- binary classification: ``Sigmoid`` + ``BinaryCrossEntropy``, ``SigmoidCrossEntropy``
+  (scores (B, 1), target 0 or 1): two classes;
+- regression: ``SquaredError``, ``HuberLoss``, ``AbsoluteError``, ``EpsilonInsensitiveLoss``
+  (target a number, or a vector of them).
+
+:func:`stabilise` rewrites ``Sigmoid`` + ``BinaryCrossEntropy`` into ``SigmoidCrossEntropy`` and
+``Softmax`` + ``CategoricalCrossEntropy`` into ``SoftmaxCrossEntropy`` on the same scores: the
+same loss, but computed from the logits, so a saturated output (probability 0 or 1 in float32)
+gives a finite loss and gradient instead of ``log(0)`` and a gradient of 1e38.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+#: Categorical losses: function type -> its parameter message (holding ``axis``).
+CATEGORICAL = {
+    "SoftmaxCrossEntropy": "softmax_cross_entropy_param",
+    "CategoricalCrossEntropy": "categorical_cross_entropy_param",
+}
+#: Binary losses: scores of one value per sample, target 0 or 1.
+BINARY = ("BinaryCrossEntropy", "SigmoidCrossEntropy")
+#: Regression losses: the target is a number (or a vector of numbers) per sample.
+REGRESSION = ("SquaredError", "HuberLoss", "AbsoluteError", "EpsilonInsensitiveLoss")
+
+#: ``ModelInfo.task`` values.
+CLASSIFICATION, REGRESSION_TASK, OTHER = "classification", "regression", "other"
+
+
+def _target(f, inputs: Dict[str, str]) -> Optional[str]:
+    """The dataset column that feeds loss function ``f``'s target (its second input), or None."""
+    return inputs.get(f.input[1]) if len(f.input) >= 2 else None
+
+
+def _classes(f, shape: Tuple[int, ...]) -> int:
+    """Classes of a classification loss with scores of ``shape`` (B, ...); 0 = not a classifier."""
+    if f.type in CATEGORICAL:
+        axis = _axis(f, CATEGORICAL[f.type], len(shape) - 1)
+        return int(shape[axis]) if 0 < axis < len(shape) and shape[axis] > 1 else 0
+    if f.type in BINARY:  # one score per sample; a (B, K > 1) output is K separate labels
+        return 2 if int(_size(shape[1:])) == 1 else 0
+    return 0
+
+
+def _size(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def understand(net, inputs: Dict[str, str], var_shapes) -> Tuple[str, Optional[str], Dict]:
+    """``(task, target column, label classes)`` of the training network ``net``.
+
+    Args:
+        net: the training ``Network`` message.
+        inputs: its data variable -> dataset column.
+        var_shapes: variable name -> shape (with the batch axis).
+
+    Returns:
+        ``task``: :data:`CLASSIFICATION` when every loss is a classification loss on one
+        target column, :data:`REGRESSION_TASK` when every loss is a regression loss on one
+        target column, else :data:`OTHER`; the target column (None for ``OTHER``); and
+        ``{column: C}`` for every column that feeds a classification loss (C = 2 for a binary
+        loss), whose labels must be whole numbers 0..C-1.
+
+    """
+    classes: Dict[str, int] = {}
+    kinds: List[str] = []
+    targets: List[Optional[str]] = []
+    for f in net.function:
+        if f.type in CATEGORICAL or f.type in BINARY:
+            column = _target(f, inputs)
+            c = _classes(f, var_shapes.get(f.input[0], ()))
+            if column is not None and c:
+                classes[column] = min(c, classes.get(column, c))
+            kinds.append(CLASSIFICATION if column is not None and c else OTHER)
+            targets.append(column)
+        elif f.type in REGRESSION:
+            kinds.append(REGRESSION_TASK)
+            targets.append(_target(f, inputs))
+    if kinds and len(set(kinds)) == 1 and len(set(targets)) == 1 and targets[0] is not None:
+        return kinds[0], targets[0], classes
+    return OTHER, None, classes
+
+
+def _axis(f, param: str, default: int) -> int:
+    return getattr(f, param).axis if f.HasField(param) else default
+
+
+def stabilise(net, var_shapes) -> List[str]:
+    """Compute probability-based losses from the logits, in place (see the module docstring).
+
+    ``BinaryCrossEntropy(Sigmoid(z), t)`` becomes ``SigmoidCrossEntropy(z, t)`` and
+    ``CategoricalCrossEntropy(Softmax(z), t)`` (same axis) becomes ``SoftmaxCrossEntropy(z, t)``.
+    The Sigmoid or Softmax itself stays for whatever else reads it. ``var_shapes``: variable
+    name -> shape, for the default axis (the last).
+
+    Returns:
+        One note per rewritten loss, for the run's settings.
+
+    """
+    producer = {o: f for f in net.function for o in f.output}
+    notes = []
+    for f in net.function:
+        if not f.input:
+            continue
+        src = producer.get(f.input[0])
+        if src is None or not src.input:
+            continue
+        if f.type == "BinaryCrossEntropy" and src.type == "Sigmoid":
+            f.type = "SigmoidCrossEntropy"
+        elif f.type == "CategoricalCrossEntropy" and src.type == "Softmax":
+            last = len(var_shapes.get(f.input[0], (0, 0))) - 1
+            axis = _axis(f, "categorical_cross_entropy_param", last)
+            if _axis(src, "softmax_param", last) != axis:
+                continue
+            f.type = "SoftmaxCrossEntropy"
+            f.ClearField("categorical_cross_entropy_param")
+            f.softmax_cross_entropy_param.axis = axis
+        else:
+            continue
+        f.input[0] = src.input[0]
+        notes.append(f"{f.name}: computed as {f.type} on the {src.type}'s input (the same loss)")
+    return notes
