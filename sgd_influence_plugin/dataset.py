@@ -320,6 +320,21 @@ def _row_value(path, number, header, row, cols, shape, name, folder, normalize) 
     return value
 
 
+def cell_path(cell: str) -> str:
+    r"""A file cell as a path of this system: the console on Windows writes relative paths
+    with backslashes (``.\0\12.csv``), which nnabla's own loader also accepts; where ``\``
+    is no separator they become ``/``.
+    """
+    text = cell.strip()
+    return text.replace("\\", "/") if os.sep == "/" and "\\" in text else text
+
+
+def data_path(folder: str, cell: str) -> str:
+    """The file a cell of a CSV in ``folder`` names (relative paths start at ``folder``)."""
+    text = cell_path(cell)
+    return text if os.path.isabs(text) else os.path.join(folder, text)
+
+
 def is_file_cell(cell: str) -> bool:
     """True if a CSV cell names a file (by its extension) rather than holding a number."""
     return os.path.splitext(cell.strip())[1].lower() in _FILE_EXTS
@@ -383,7 +398,7 @@ def _cell_value(path, number, column, cell, folder, normalize):
             "written plainly (class indices 0, 1, ...; no '_' separators), and data cells "
             f"paths to files ({', '.join(_FILE_EXTS)})"
         )
-    full = text if os.path.isabs(text) else os.path.join(folder, text)
+    full = data_path(folder, text)
     if not os.path.isfile(full):
         raise DatasetError(
             f"{where}: file '{text}' not found (paths are relative to the CSV's folder {folder})"

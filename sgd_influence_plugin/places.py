@@ -9,7 +9,7 @@ import os
 import tempfile
 from typing import Iterable, Optional, Sequence, Set
 
-from .dataset import is_file_cell, read_csv_table
+from .dataset import data_path, is_file_cell, read_csv_table
 from .errors import OutputError, SettingsError
 from .io_utils import locked_by_another, nearest_existing
 from .output import COMPANIONS, planned_paths
@@ -50,7 +50,7 @@ def image_folders_of_table(csv_path: str, header: Sequence[str], rows) -> Set[st
         for c in cols:
             text = row[c].strip()
             if is_file_cell(text):
-                out.add(os.path.dirname(os.path.join(base, text)))
+                out.add(os.path.dirname(data_path(base, text)))
     return out
 
 
