@@ -111,12 +111,16 @@ def lanczos_extremes(
     return float(ritz[-1]), float(ritz[0])
 
 
-def batch_hvp(graphs: core.GraphCache, arrays: Mapping[str, np.ndarray], index: np.ndarray):
+def batch_hvp(graphs, arrays: Mapping[str, np.ndarray], index: np.ndarray):
     """``v -> H v`` (flat float64) for the mean loss of the samples ``index``.
 
     H is the Hessian of ``1/|S| sum_{i in S} l_i`` at the model's current parameters, computed
-    by the replay's fused graph (one forward + one backward per product).
+    by the replay's fused graph (one forward + one backward per product) when ``graphs`` is a
+    fused :class:`core.GraphCache`, or by central differences of two gradients when it is a
+    :class:`core.FiniteDifferenceStep` (first derivatives only, see :func:`measure`).
     """
+    if isinstance(graphs, core.FiniteDifferenceStep):
+        return _fd_hvp(graphs, arrays, index)
     sg = graphs(len(index))
     sg.feed(arrays, index, np.full(len(index), 1.0 / len(index), dtype=np.float32))
     shapes = [tuple(p.shape) for p in sg.params]
@@ -154,17 +158,18 @@ def measure(
         batches: how many random mini-batches (disjoint, without replacement).
         iterations: Lanczos iterations per batch; the cost is ``batches * iterations`` fused
             steps.
-        graphs: a fused :class:`core.GraphCache` to reuse.
+        graphs: a fused :class:`core.GraphCache` to reuse, or a
+            :class:`core.FiniteDifferenceStep` (default: :func:`hvp_operator`'s choice).
 
     Returns:
         A :class:`Curvature`; the Hessian excludes weight decay (add lambda to both extremes).
 
     """
     start = time.perf_counter()
-    graphs = graphs or core.GraphCache(model, fused=True)
     n = len(next(iter(arrays.values())))
-    rng = np.random.RandomState(seed)
     b = min(batch_size, n)
+    graphs = graphs or hvp_operator(model, b)[0]
+    rng = np.random.RandomState(seed)
     perm = rng.permutation(n)
     count = max(1, min(batches, n // b))
     highs, lows = [], []
@@ -184,6 +189,37 @@ def measure(
         batch_size=b,
         seconds=time.perf_counter() - start,
     )
+
+
+def _fd_hvp(step, arrays: Mapping[str, np.ndarray], index: np.ndarray):
+    """:func:`batch_hvp` by the fd replay step's ``H u`` (two first-order passes)."""
+    shapes = [tuple(p.shape) for p in step.graphs(len(index)).params]
+    sizes = [int(np.prod(s)) for s in shapes]
+    splits = np.cumsum(sizes)[:-1]
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        u = [
+            part.reshape(shape).astype(np.float32)
+            for part, shape in zip(np.split(v, splits), shapes)
+        ]
+        _, hu = step(arrays, index, u)
+        return np.concatenate([np.asarray(h, dtype=np.float64).ravel() for h in hu])
+
+    return matvec, int(sum(sizes))
+
+
+def hvp_operator(model, batch_size: int):
+    """What :func:`batch_hvp` multiplies with: the fused double-backward graphs, or, for a
+    network with a layer nnabla cannot differentiate twice (``DepthwiseConvolution``), the fd
+    replay step, which needs first derivatives only. Returns ``(operator, "exact" | "fd",
+    why)``, ``why`` naming nnabla's reason when the fused graph cannot be built.
+    """
+    graphs = core.GraphCache(model, fused=True)
+    try:
+        graphs(batch_size)
+    except NotImplementedError as e:
+        return core.FiniteDifferenceStep(model), "fd", str(e).strip().splitlines()[0]
+    return graphs, "exact", ""
 
 
 @dataclass

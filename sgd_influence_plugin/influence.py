@@ -188,7 +188,11 @@ def choose_lr(
     log = log or (lambda msg: None)
     n = len(next(iter(train.values())))
     steps = core.n_steps(n, run.batch_size)
-    curv = curvature_mod.measure(model, train, run.batch_size, seed=settings.seed)
+    operator, kind, why = curvature_mod.hvp_operator(model, min(run.batch_size, n))
+    if kind == "fd" and settings.replay_step == "exact":  # no second derivative: one line
+        msg = "needs second derivatives: use --replay_step fd (the default, first derivatives)"
+        raise SettingsError(f"{model.info.source}: {why}; the exact replay step {msg}")
+    curv = curvature_mod.measure(model, train, run.batch_size, settings.seed, graphs=operator)
     cap = run.lr if run.lr_source == "auto" else math.inf
     choice = curvature_mod.stable_lr(curv, steps, cap=cap, weight_decay=run.weight_decay)
     run.curvature, run.lr_choice = curv, choice
