@@ -29,9 +29,9 @@ from .fidelity import (  # noqa: F401 - correlations, verdict_line: imported fro
     verdict_line,
 )
 from .inputs import load_inputs
-from .output import find_columns
 from .runner import RunRequest
 from .settings import InfluenceSettings, write_yaml
+from .table_columns import find_columns
 
 #: Companion files of the check CSV: kind -> suffix of its stem.
 CHECK_COMPANIONS: Dict[str, str] = {
@@ -325,7 +325,7 @@ def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, c
         log=log,
         cluster=cluster,
     )
-    image_col, _ = find_columns(train, list(model.info.input_shapes))
+    image_col = find_columns(train, list(model.info.input_shapes)).file
     originals = [train.cell(i, image_col) if image_col else "" for i in range(train.size)]
     extra = {
         "model": model.info.source,

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import places, validation
-from .dataset import read_csv_rows, read_csv_table
+from .dataset import parse_header_cell, read_csv_rows, read_csv_table
 from .errors import InputError
 from .output import recommended_changes, write_cleansed
 from .ownership import check_replaceable, commit_staged, read_ledger, staging
@@ -24,8 +24,8 @@ class InfluenceTable:
 
     Attributes:
         index: int64 (n,) datasource_index; ``influence``: float64 (n,).
-        original / labels: the ``original`` and ``y:label`` cells (None entries without the
-            column).
+        original / labels: the ``original`` and label cells (None entries without the
+            column); the label column is :func:`label_header`'s.
         actions / suggested: the ``action`` and ``suggested_label`` cells (None without the
             columns, e.g. a CSV from an older version).
 
@@ -37,6 +37,18 @@ class InfluenceTable:
     labels: List[Optional[str]]
     actions: Optional[List[str]] = None
     suggested: Optional[List[str]] = None
+    label_header: Optional[str] = None
+
+
+def label_header(header: List[str]) -> Optional[str]:
+    """The label column of an influence CSV: ``y:label``, else the one single-value column of
+    the console's label variable ``y`` under the training CSV's own name (``y:Survived``,
+    ``y``); None when there is none.
+    """
+    if "y:label" in header:
+        return "y:label"
+    named_y = [c for c in header if parse_header_cell(c)[:2] == ("y", None)]
+    return named_y[0] if len(named_y) == 1 else None
 
 
 def read_influence_csv(path: str) -> InfluenceTable:
@@ -55,7 +67,8 @@ def read_influence_csv(path: str) -> InfluenceTable:
             )
     ci, cs = header.index("datasource_index"), header.index("influence")
     co = header.index("original") if "original" in header else None
-    cl = header.index("y:label") if "y:label" in header else None
+    label = label_header(header)
+    cl = header.index(label) if label else None
     ca = header.index("action") if "action" in header else None
     cg = header.index("suggested_label") if "suggested_label" in header else None
     idx, infl, orig, labels, actions, suggested = [], [], [], [], [], []
@@ -95,11 +108,12 @@ def read_influence_csv(path: str) -> InfluenceTable:
         labels,
         actions if ca is not None else None,
         suggested if ca is not None else None,
+        label,
     )
 
 
 def _check_influence_rows(
-    influence_csv, train_csv, header, rows, idx, orig, labels, numbers=None
+    influence_csv, train_csv, header, rows, idx, orig, labels, numbers=None, label=None
 ) -> None:
     """The influence CSV must list every row of the training CSV once, with its image and
     its label; raises :class:`InputError` naming the first row that does not (training rows
@@ -125,7 +139,8 @@ def _check_influence_rows(
             f"{influence_csv}: lists {len(idx)} samples but {train_csv} has {n} rows; compute "
             "the influence for this training CSV"
         )
-    label_col = header.index("y:label") if "y:label" in header else None
+    label = label if label in header else "y:label"
+    label_col = header.index(label) if label in header else None
     for r, (j, o, lab) in enumerate(zip(idx, orig, labels)):
         if o and o not in rows[j]:
             raise InputError(
@@ -194,7 +209,9 @@ def cleanse(
     check_replaceable(output, flags.output)
     table = read_influence_csv(influence_csv)
     idx, orig, labels = table.index, table.original, table.labels
-    _check_influence_rows(influence_csv, train_csv, header, rows, idx, orig, labels, numbers)
+    _check_influence_rows(
+        influence_csv, train_csv, header, rows, idx, orig, labels, numbers, table.label_header
+    )
     n = len(rows)
     relabel: Dict[int, str] = {}
     label_col = None
@@ -213,7 +230,9 @@ def cleanse(
         if len(drop) >= n:
             raise InputError(f"{influence_csv}: every row is marked remove; nothing would be left")
         if relabel:
-            label_col = _label_column(header, rows, idx, labels, influence_csv, train_csv, flags)
+            label_col = _label_column(
+                header, rows, idx, labels, influence_csv, train_csv, flags, table.label_header
+            )
     else:
         remove = validation.rows_to_remove(n, remove, remove_ratio, flags, train_csv)
         order = idx[np.argsort(table.influence, kind="stable")]
@@ -233,16 +252,18 @@ def cleanse(
     }
 
 
-def _label_column(header, rows, idx, labels, influence_csv, train_csv, flags) -> int:
-    """The training CSV's label column: ``y:label``, else the one column that holds every
-    row's label as the influence CSV gives it.
+def _label_column(header, rows, idx, labels, influence_csv, train_csv, flags, label=None) -> int:
+    """The training CSV's label column: the influence CSV's label column (``label``) when the
+    training CSV has it, ``y:label``, else the one column that holds every row's label as the
+    influence CSV gives it.
 
     Raises:
         InputError: no such column or several (the message says how to cleanse instead).
 
     """
-    if "y:label" in header:
-        return header.index("y:label")
+    for name in (label, "y:label"):
+        if name and name in header:
+            return header.index(name)
     fits = [
         c
         for c in range(len(header))

@@ -29,9 +29,10 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import core, influence, output, parallel
+from . import core, influence, parallel
 from .errors import ComputationError, SettingsError
 from .settings import InfluenceSettings
+from .summary import ranking
 
 #: Samples checked by default: a third most harmful, a third most helpful, the rest random.
 DEFAULT_SAMPLES = 30
@@ -124,7 +125,7 @@ def pick_samples(scores: np.ndarray, m: int, seed: int) -> tuple:
 
     """
     n = len(scores)
-    ranked = output.ranking(scores)
+    ranked = ranking(scores)
     if m >= n:
         idx = ranked
         groups = ["all"] * n

@@ -49,9 +49,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import interrupts
-from .dataset import Dataset, is_file_cell
+from .dataset import Dataset, cell_path, data_path
 from .errors import DatasetError, SettingsError
-from .labels import canonical_label, display_label
+from .labels import canonical_label
 from .ownership import (  # noqa: F401 - re-exported: the rule's names, where callers know them
     LEDGER,
     THUMBNAILS_MARKER,
@@ -61,20 +61,9 @@ from .ownership import (  # noqa: F401 - re-exported: the rule's names, where ca
     staging,
     written_by_tool,
 )
-from .report import format_score
+from .summary import ranking, recommendation_text, summary_text
+from .table_columns import find_columns, influence_header, row_details
 
-INFLUENCE_COLUMNS = [
-    "x:image",
-    "y:label",
-    "influence",
-    "loss",
-    "suggested_label",
-    "confidence",
-    "neighbour_agreement",
-    "action",
-    "datasource_index",
-    "original",
-]
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 #: Every file or folder a run may write beside ``<stem>.csv``: kind -> suffix of the stem.
@@ -120,24 +109,6 @@ def planned_paths(out_csv: str) -> OutputPaths:
     )
 
 
-def find_columns(train: Dataset, used_columns: Sequence[str]):
-    """``(data file header cell or None, label header cell or None)`` among the single-cell
-    columns the network reads: the first that names a file in any row (an image, ``.npy``,
-    ...), and the first that holds only numbers.
-    """
-    image_col = label_col = None
-    for var in used_columns:
-        cells = train.columns.get(var, [])
-        if len(cells) != 1:
-            continue
-        ci = train.header.index(cells[0])
-        if any(is_file_cell(row[ci]) for row in train.rows):
-            image_col = image_col or cells[0]
-        else:
-            label_col = label_col or cells[0]
-    return image_col, label_col
-
-
 def is_image(cell: str) -> bool:
     """True if a data cell names an image file (one a thumbnail can be made of)."""
     return os.path.splitext(cell.strip())[1].lower() in _IMAGE_EXTS
@@ -180,7 +151,7 @@ def _shown_where_they_are(train: Dataset, image_col: str, out_folder: str) -> Li
     out = []
     real_dirs: Dict[str, str] = {}
     for row in train.rows:
-        cell = row[col].strip()
+        cell = cell_path(row[col])
         if os.path.isabs(cell):
             out.append(cell)
         elif _has_parent_step(cell):
@@ -231,59 +202,6 @@ def make_thumbnail(src: str, dst: str, size: int = 64) -> None:
         out.save(dst, format="PNG")
 
 
-def ranking(scores: np.ndarray) -> np.ndarray:
-    """Row indices sorted by score ascending (most harmful first); ties keep row order."""
-    return np.argsort(scores, kind="stable")
-
-
-def _summary_text(scores, labels, train: Dataset, image_col, info: Dict, names=None) -> str:
-    n = len(scores)
-    harmful = scores < 0
-    lines = [
-        "SGD-influence summary",
-        f"training samples: {n}   harmful (influence < 0): {int(harmful.sum())}   "
-        f"helpful (> 0): {int((scores > 0).sum())}   zero: {int((scores == 0).sum())}",
-        "influence = estimated change of the mean validation loss if the sample were removed;",
-        "negative = removing it would lower the validation loss (harmful).",
-        "",
-    ]
-    facts = {**info, **info.get("used", {})}
-    for k in (
-        "model",
-        "train_csv",
-        "val_csv",
-        "validation_loss",
-        "lr",
-        "weight_decay",
-        "batch_size",
-        "epochs",
-        "trials",
-        "cache",
-    ):
-        if k in facts:
-            lines.append(f"{k}: {facts[k]}")
-    reason = info.get("lr_selection", {}).get("stable_lr_reason")
-    if reason and info.get("lr_selection", {}).get("source") == "auto":
-        lines.append(f"lr chosen automatically: {reason}")
-    if labels is not None:
-        labels = [canonical_label(x) for x in labels]  # '3', '3.0' and '+3' are one class
-        lines += ["", "harmful share per class (label: harmful / total):"]
-        for lab in sorted(set(labels), key=_label_key):
-            mask = np.array([x == lab for x in labels])
-            lines.append(
-                f"  {display_label(lab, names)}: {int(harmful[mask].sum())} / {int(mask.sum())} "
-                f"({harmful[mask].mean():.1%})"
-            )
-    lines += ["", "top 10 harmful (datasource_index, label, influence, original):"]
-    for i in ranking(scores)[:10]:
-        lab = display_label(labels[i], names) if labels is not None else ""
-        orig = train.cell(int(i), image_col) if image_col else ""
-        lines.append(f"  {int(i)}, {lab}, {format_score(scores[i])}, {orig}")
-    for w in info.get("warnings", []):
-        lines.append(f"warning: {w}")
-    return "\n".join(lines) + "\n"
-
-
 def _recommendation_cells(rec, n: int):
     """Per-row ``(action, suggested_label, confidence, neighbour_agreement)`` cells of the
     influence CSV.
@@ -296,55 +214,6 @@ def _recommendation_cells(rec, n: int):
         [f"{c:.4f}" for c in rec.confidence],
         [""] * n if rec.agreement is None else [f"{a:.3f}" for a in rec.agreement],
     )
-
-
-def _recommendation_text(rec, actions, labels, suggested, names=None, cleansed="") -> str:
-    """The summary's recommendation section: what, how many, why, and what to do next."""
-    lines = ["", "RECOMMENDATION"]
-    if rec is None:
-        return "\n".join(lines + ["none computed", ""])
-    counts = {a: sum(1 for x in actions if x == a) for a in ("keep", "relabel", "remove")}
-    lines.append(
-        f"keep {counts['keep']}, relabel {counts['relabel']}, remove {counts['remove']} "
-        f"of {len(actions)} rows"
-    )
-    lines.append(f"why: {rec.reason}")
-    for c in rec.checked:
-        lines.append(
-            f"  checked: {c.action} {len(c.rows)} rows ({c.describe()}): "
-            f"held-out loss {c.loss_change:+.4g} (z {c.z:+.1f}), accuracy "
-            f"{c.accuracy_change:+.2%}{'  <- recommended' if c is rec.chosen else ''}"
-        )
-    if counts["relabel"] or counts["remove"]:
-        lines.append(
-            f"next: retrain on {cleansed or 'the cleansed CSV'} (beside this file), which "
-            "applies it; review the rows marked remove in the influence CSV first if you can "
-            "(where only the label is wrong, set action to relabel, which gives the row "
-            "suggested_label, and run sgd-influence cleanse)"
-        )
-        changed = [j for j, a in enumerate(actions) if a != "keep"]
-        if labels is not None:
-            lines.append("changes per given label (given -> action, the model's class: rows):")
-            pairs: Dict[Tuple[str, str, str], int] = {}
-            for j in changed:
-                key = (labels[j], actions[j], suggested[j])
-                pairs[key] = pairs.get(key, 0) + 1
-            for (g, act, sug), k in sorted(pairs.items(), key=lambda kv: -kv[1])[:15]:
-                shown = display_label(sug, names) if sug not in ("", None) else "-"
-                lines.append(f"  {display_label(g, names)} -> {act}, model: {shown}: {k}")
-    else:
-        lines.append(
-            "next: nothing to change; the cleansed CSV equals the training CSV. To remove rows "
-            "anyway, give a remove ratio (it overrides the recommendation)"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _label_key(x: str):
-    try:
-        return (0, float(x), x)
-    except ValueError:
-        return (1, 0.0, x)
 
 
 def rebase(cell: str, src_folder: str, out_folder: str) -> str:
@@ -360,13 +229,13 @@ def rebase(cell: str, src_folder: str, out_folder: str) -> str:
 
 def _rebase(cell: str, src_folder: str, out_real: str, real_dirs: Dict[str, str]) -> str:
     """:func:`rebase` with ``out_folder`` already resolved and resolved folders cached."""
-    text = cell.strip()
+    text = cell_path(cell)
     if (
         os.path.splitext(text)[1]
         and not os.path.isabs(text)
-        and os.path.exists(os.path.join(src_folder, text))
+        and os.path.exists(data_path(src_folder, text))
     ):
-        return _relative_from(os.path.join(src_folder, text), out_real, real_dirs)
+        return _relative_from(data_path(src_folder, text), out_real, real_dirs)
     return cell
 
 
@@ -425,6 +294,7 @@ def write_influence_output(
     trial_scores: Optional[np.ndarray] = None,
     label_names: Optional[Sequence[str]] = None,
     progress=None,
+    target: Optional[str] = None,
 ) -> OutputPaths:
     """Write the influence CSV and its companions (see the module docstring).
 
@@ -436,6 +306,8 @@ def write_influence_output(
         scores: float64 (N,) in training-row order (negative = harmful).
         train: the training :class:`Dataset` the scores belong to.
         used_columns: dataset variables the network reads (to find image and label columns).
+        target: the dataset variable the loss compares with (``ModelInfo.target_column``):
+            its column is the label; None = the first single-cell number column.
         info: settings and run facts, written to ``<stem>_settings.yaml`` and summarised.
         thumb_size: thumbnail bounding box in pixels.
         report: also write ``<stem>_report.html``.
@@ -465,7 +337,8 @@ def write_influence_output(
         raise SettingsError("refusing to write non-finite influence scores")
     plan = planned_paths(out_csv)
     folder = os.path.dirname(plan.csv)
-    image_col, label_col = find_columns(train, used_columns)
+    columns = find_columns(train, used_columns, target)
+    image_col, label_col = columns.file, columns.label
     labels = [train.cell(i, label_col).strip() for i in range(train.size)] if label_col else None
     order = ranking(scores)
     actions, suggested, confidence, agreement = _recommendation_cells(recommendation, train.size)
@@ -507,7 +380,7 @@ def write_influence_output(
                 if not images[i]:
                     continue  # a data file that is no image (.npy, ...) is shown where it is
                 rel = f"{thumbs_dir}/{i:06d}.png"
-                src = os.path.join(train.folder, train.cell(i, image_col).strip())
+                src = data_path(train.folder, train.cell(i, image_col))
                 make_thumbnail(src, os.path.join(stage, rel), thumb_size)
                 thumbs_rel[i] = rel
                 if progress is not None:
@@ -515,12 +388,13 @@ def write_influence_output(
         t1 = time.perf_counter()
         with open(staged(paths.csv), "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(INFLUENCE_COLUMNS)
+            w.writerow(influence_header(columns))
             for i in order:
                 w.writerow(
-                    [
-                        thumbs_rel[i],
-                        labels[i] if labels else "",
+                    ([thumbs_rel[i]] if image_col else [])
+                    + ([labels[i]] if labels else [])
+                    + [train.cell(int(i), c) for c in columns.features]
+                    + [
                         repr(float(scores[i])),
                         repr(float(losses[i])) if losses is not None else "",
                         suggested[i],
@@ -528,8 +402,8 @@ def write_influence_output(
                         agreement[i],
                         actions[i],
                         int(i),
-                        train.cell(int(i), image_col) if image_col else "",
                     ]
+                    + ([train.cell(int(i), image_col)] if image_col else [])
                 )
         if trial_scores is not None:
             with open(staged(paths.trials), "w", newline="") as f:
@@ -545,8 +419,8 @@ def write_influence_output(
         write_yaml(staged(paths.settings), info)
         with open(staged(paths.summary), "w") as f:
             f.write(
-                _summary_text(scores, labels, train, image_col, info, label_names)
-                + _recommendation_text(
+                summary_text(scores, labels, train, image_col, info, label_names, losses)
+                + recommendation_text(
                     recommendation,
                     actions,
                     labels,
@@ -565,11 +439,14 @@ def write_influence_output(
                 [
                     (os.path.join(stage if make_thumbs else folder, t) if images[i] else "")
                     for i, t in enumerate(thumbs_rel)
-                ],
+                ]
+                if images
+                else [""] * train.size,
                 info,
                 label_names=label_names,
                 actions=actions,
                 suggested=suggested,
+                details=row_details(train, columns, images),
             )
         if remove_ratio is not None:
             drop, relabel = set(order[: int(round(remove_ratio * train.size))].tolist()), {}

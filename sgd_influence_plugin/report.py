@@ -5,6 +5,7 @@ how the tool shows scores and scaled axes wherever it does.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import math
@@ -124,7 +125,13 @@ def class_figure(scores: np.ndarray, labels: Sequence[str], names: Optional[Sequ
 def _plots(
     scores: np.ndarray, labels: Optional[Sequence[str]], names: Optional[Sequence[str]]
 ) -> List[str]:
-    plt = _pyplot()
+    """Base64 PNGs of the report's plots; none without matplotlib (the console's own Python
+    may lack it: the report then says so instead).
+    """
+    try:
+        plt = _pyplot()
+    except ImportError:
+        return []
     figures = [histogram_figure(scores)]
     if labels is not None:
         figures.append(class_figure(scores, labels, names))
@@ -146,11 +153,16 @@ def _shown_size(path: str) -> Tuple[int, int]:
     return w * k, h * k
 
 
-def _tiles(indices, scores, labels, thumbs, names, actions=None, suggested=None) -> str:
+def _tiles(
+    indices, scores, labels, thumbs, names, actions=None, suggested=None, details=None
+) -> str:
     cells = []
     for i in indices:
         width = MIN_TILE_PX + 24
         img = ""
+        if details is not None and details[i] and not thumbs[i]:
+            width = max(width, 160)
+            img = f'<div class="feat">{html.escape(details[i])}</div>'
         if thumbs[i]:
             w, h = _shown_size(thumbs[i])
             width = max(width, w)
@@ -267,6 +279,7 @@ def write_report(
     label_names: Optional[Sequence[str]] = None,
     actions: Optional[Sequence[str]] = None,
     suggested: Optional[Sequence[str]] = None,
+    details: Optional[Sequence[str]] = None,
 ) -> None:
     """Write the report: top-``k`` harmful and helpful samples, histogram, per-class counts.
 
@@ -280,11 +293,26 @@ def write_report(
         label_names: class names, ``label_names[j]`` for label j; None = numbers only.
         actions / suggested: (N,) the recommendation's action and the model's class per row
             ('' = none); each tile shows the given label beside the suggested one.
+        details: (N,) text shown in a tile instead of an image ('' = none): a table row's
+            feature values, or the data file it names. For a regression (``info["task"]``)
+            the plot by class is left out (the label is a number, not a class).
 
     """
     order = np.argsort(scores, kind="stable")
-    plots = "".join(
-        f'<img src="data:image/png;base64,{p}">' for p in _plots(scores, labels, label_names)
+    by_class = labels if info.get("task") != "regression" else None
+    shown = _plots(scores, by_class, label_names)
+    plots = "".join(f'<img src="data:image/png;base64,{p}">' for p in shown) or (
+        "<p>Plots left out: matplotlib is not installed in this Python.</p>"
+    )
+    tiles = functools.partial(
+        _tiles,
+        scores=scores,
+        labels=labels,
+        thumbs=thumbs,
+        names=label_names,
+        actions=actions,
+        suggested=suggested,
+        details=details,
     )
     facts = "".join(
         f"<tr><td>{html.escape(what)}</td><td>{html.escape(value)}</td></tr>"
@@ -308,9 +336,7 @@ def write_report(
     )
     changed = [i for i in order if actions is not None and actions[i] != "keep"]
     if changed:
-        recommendation += "<h3>Rows to change (most harmful first)</h3>" + _tiles(
-            changed[:k], scores, labels, thumbs, label_names, actions, suggested
-        )
+        recommendation += "<h3>Rows to change (most harmful first)</h3>" + tiles(changed[:k])
     warnings = "".join(
         f'<p class="warn">Warning: {html.escape(str(w))}</p>' for w in info.get("warnings", [])
     )
@@ -321,18 +347,17 @@ def write_report(
 .tile img{{image-rendering:pixelated;display:block;margin:0 auto 3px}} .lab{{font-weight:bold}}
 .meta{{color:#555;font-size:11px}} td{{padding:2px 8px}}
 .warn{{background:#fff3cd;padding:6px;border:1px solid #e0c060}}
+.feat{{font-family:monospace;font-size:11px;text-align:left;margin-bottom:3px}}
 .act{{background:#cc3311;color:#fff;padding:0 4px;border-radius:3px}}
 </style></head><body>
 <h1>SGD-influence report</h1>
 <p>Influence = estimated change of the mean validation loss if the sample were removed from
 training. <b>Negative = harmful</b> (removing it would lower the validation loss).</p>
-<p>Each tile: the image, its label, its row in the training CSV (0-based, the influence CSV's
-<code>datasource_index</code>) and its influence.</p>
+<p>Each tile: the image (or the row's values), its label, its row in the training CSV
+(0-based, the influence CSV's <code>datasource_index</code>) and its influence.</p>
 {warnings}{recommendation}
-<h2>Most harmful</h2>{_tiles(order[:k], scores, labels, thumbs, label_names, actions, suggested)}
-<h2>Most helpful</h2>{
-        _tiles(order[::-1][:k], scores, labels, thumbs, label_names, actions, suggested)
-    }
+<h2>Most harmful</h2>{tiles(order[:k])}
+<h2>Most helpful</h2>{tiles(order[::-1][:k])}
 <h2>Distribution</h2>{plots}
 <h2>Run</h2><table>{facts}</table>
 </body></html>

@@ -26,8 +26,9 @@ from .influence import InfluenceResult, compute_influence, resolve
 from .inputs import load_inputs
 from .io_utils import makedirs_tracked, try_lock
 from .labels import check_label_names, read_label_names
-from .output import OutputPaths, find_columns, write_influence_output
+from .output import OutputPaths, write_influence_output
 from .settings import InfluenceSettings
+from .table_columns import find_columns
 from .validation import CLI_FLAGS, FlagNames
 
 
@@ -146,7 +147,9 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
         validation.check_loaded(request, model.info, train, val, model.n_params, flags)
         if request.label_names:
             names = read_label_names(request.label_names)
-            _, label_col = find_columns(train, list(model.info.input_shapes))
+            label_col = find_columns(
+                train, list(model.info.input_shapes), model.info.target_column
+            ).label
             labels = [train.cell(i, label_col) for i in range(train.size)] if label_col else None
             check_label_names(names, labels, request.label_names, train.path, train.numbers)
 
@@ -215,6 +218,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
         t_rec = time.perf_counter() - t_rec
         facts = run_facts(result, settings, info, model.n_params, loaded.train_csv, loaded.val_csv)
         facts["n_train"], facts["n_val"] = train.size, val.size
+        facts["task"] = info.task
         facts["validation_rows"] = {
             "influence": len(next(iter(val_for_influence.values()))),
             "heldout_for_check": rec.n_heldout,
@@ -237,6 +241,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             trial_scores=result.trial_scores,
             label_names=names,
             progress=None if progress is None else interrupts.checked_progress(progress),
+            target=info.target_column,
         )
     except BaseException as e:
         if lock is not None:

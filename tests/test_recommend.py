@@ -19,6 +19,7 @@ from sgd_influence_plugin.errors import InputError, SettingsError
 from sgd_influence_plugin.nnabla_adapter import load_model
 from sgd_influence_plugin.runner import RunRequest, run
 from sgd_influence_plugin.settings import InfluenceSettings
+from sgd_influence_plugin.table_columns import SCORE_COLUMNS
 from support import fashion_mnist
 from support.netdef import NetSpec
 
@@ -337,7 +338,7 @@ def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
         str(out), scores, train, ["x", "y"], {}, report=True, recommendation=rec
     )
     rows = _rows(paths.csv)
-    assert list(rows[0]) == output.INFLUENCE_COLUMNS
+    assert list(rows[0]) == ["x:image", "y:label"] + SCORE_COLUMNS + ["original"]
     for r in rows:  # every cell of a row belongs to the same training row
         j = int(r["datasource_index"])
         assert r["action"] == rec.action[j] and r["suggested_label"] == str(suggested[j])

@@ -1,0 +1,142 @@
+"""The run's summary (``<stem>_summary.txt``): counts, the run's facts, the harmful share per
+class (or, for a regression, by the size of the residual), the top rows and the
+recommendation in words.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .dataset import Dataset
+from .labels import canonical_label, display_label
+from .report import format_score
+
+
+def ranking(scores: np.ndarray) -> np.ndarray:
+    """Row indices sorted by score ascending (most harmful first); ties keep row order."""
+    return np.argsort(scores, kind="stable")
+
+
+def summary_text(
+    scores, labels, train: Dataset, image_col, info: Dict, names=None, losses=None
+) -> str:
+    """The summary's first part: counts, facts, per-class (or per-residual) harmful shares and
+    the ten most harmful rows. ``scores``/``losses``: float64 (N,), training-row order;
+    ``labels``: (N,) label cells or None; ``names``: class names or None.
+    """
+    n = len(scores)
+    harmful = scores < 0
+    lines = [
+        "SGD-influence summary",
+        f"training samples: {n}   harmful (influence < 0): {int(harmful.sum())}   "
+        f"helpful (> 0): {int((scores > 0).sum())}   zero: {int((scores == 0).sum())}",
+        "influence = estimated change of the mean validation loss if the sample were removed;",
+        "negative = removing it would lower the validation loss (harmful).",
+        "",
+    ]
+    facts = {**info, **info.get("used", {})}
+    for k in (
+        "model",
+        "train_csv",
+        "val_csv",
+        "validation_loss",
+        "lr",
+        "weight_decay",
+        "batch_size",
+        "epochs",
+        "trials",
+        "cache",
+    ):
+        if k in facts:
+            lines.append(f"{k}: {facts[k]}")
+    reason = info.get("lr_selection", {}).get("stable_lr_reason")
+    if reason and info.get("lr_selection", {}).get("source") == "auto":
+        lines.append(f"lr chosen automatically: {reason}")
+    if info.get("task") == "regression":
+        lines += _residual_lines(scores, losses)
+    elif labels is not None:
+        labels = [canonical_label(x) for x in labels]  # '3', '3.0' and '+3' are one class
+        lines += ["", "harmful share per class (label: harmful / total):"]
+        for lab in sorted(set(labels), key=_label_key):
+            mask = np.array([x == lab for x in labels])
+            lines.append(
+                f"  {display_label(lab, names)}: {int(harmful[mask].sum())} / {int(mask.sum())} "
+                f"({harmful[mask].mean():.1%})"
+            )
+    lines += ["", "top 10 harmful (datasource_index, label, influence, original):"]
+    for i in ranking(scores)[:10]:
+        lab = display_label(labels[i], names) if labels is not None else ""
+        orig = train.cell(int(i), image_col) if image_col else ""
+        lines.append(f"  {int(i)}, {lab}, {format_score(scores[i])}, {orig}")
+    for w in info.get("warnings", []):
+        lines.append(f"warning: {w}")
+    return "\n".join(lines) + "\n"
+
+
+def _residual_lines(scores: np.ndarray, losses: Optional[np.ndarray]) -> List[str]:
+    """A regression's summary by the size of each row's training loss (its residual, as the
+    loss measures it): the harmful share in each quarter, smallest residuals first.
+    """
+    if losses is None or len(losses) < 4:
+        return []
+    lines = ["", "harmful share by training loss (residual) quarter, smallest first:"]
+    order = np.argsort(losses, kind="stable")
+    for q, part in enumerate(np.array_split(order, 4)):
+        lo, hi = float(losses[part].min()), float(losses[part].max())
+        harmful = int((scores[part] < 0).sum())
+        lines.append(
+            f"  Q{q + 1} (loss {format_score(lo)} .. {format_score(hi)}): {harmful} / "
+            f"{len(part)} ({harmful / len(part):.1%})"
+        )
+    return lines
+
+
+def recommendation_text(rec, actions, labels, suggested, names=None, cleansed="") -> str:
+    """The summary's recommendation section: what, how many, why, and what to do next."""
+    lines = ["", "RECOMMENDATION"]
+    if rec is None:
+        return "\n".join(lines + ["none computed", ""])
+    counts = {a: sum(1 for x in actions if x == a) for a in ("keep", "relabel", "remove")}
+    lines.append(
+        f"keep {counts['keep']}, relabel {counts['relabel']}, remove {counts['remove']} "
+        f"of {len(actions)} rows"
+    )
+    lines.append(f"why: {rec.reason}")
+    for c in rec.checked:
+        lines.append(
+            f"  checked: {c.action} {len(c.rows)} rows ({c.describe()}): "
+            f"held-out loss {c.loss_change:+.4g} (z {c.z:+.1f}), accuracy "
+            f"{c.accuracy_change:+.2%}{'  <- recommended' if c is rec.chosen else ''}"
+        )
+    if counts["relabel"] or counts["remove"]:
+        lines.append(
+            f"next: retrain on {cleansed or 'the cleansed CSV'} (beside this file), which "
+            "applies it; review the rows marked remove in the influence CSV first if you can "
+            "(where only the label is wrong, set action to relabel, which gives the row "
+            "suggested_label, and run sgd-influence cleanse)"
+        )
+        changed = [j for j, a in enumerate(actions) if a != "keep"]
+        if labels is not None:
+            lines.append("changes per given label (given -> action, the model's class: rows):")
+            pairs: Dict[Tuple[str, str, str], int] = {}
+            for j in changed:
+                key = (labels[j], actions[j], suggested[j])
+                pairs[key] = pairs.get(key, 0) + 1
+            for (g, act, sug), k in sorted(pairs.items(), key=lambda kv: -kv[1])[:15]:
+                shown = display_label(sug, names) if sug not in ("", None) else "-"
+                lines.append(f"  {display_label(g, names)} -> {act}, model: {shown}: {k}")
+    else:
+        lines.append(
+            "next: nothing to change; the cleansed CSV equals the training CSV. To remove rows "
+            "anyway, give a remove ratio (it overrides the recommendation)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _label_key(x: str):
+    try:
+        return (0, float(x), x)
+    except ValueError:
+        return (1, 0.0, x)

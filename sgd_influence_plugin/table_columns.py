@@ -1,0 +1,94 @@
+"""Which of the training CSV's columns the influence CSV repeats, and under which names.
+
+The influence CSV keeps the dataset's own header: its data-file column (``x:image``, shown as
+a thumbnail or a path), its label column (``y:label``, ``y:Survived``, a bare ``y``) and every
+number column the network reads (``x__0:Pclass`` ... ``x__6:Embarked``), then the run's own
+columns (:data:`SCORE_COLUMNS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from .dataset import Dataset, is_file_cell, parse_header_cell
+
+#: The run's columns, after the training CSV's own (see :func:`influence_header`).
+SCORE_COLUMNS = [
+    "influence",
+    "loss",
+    "suggested_label",
+    "confidence",
+    "neighbour_agreement",
+    "action",
+    "datasource_index",
+]
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """The training CSV's columns (header cells) that the influence CSV repeats.
+
+    Attributes:
+        file: the column of data files (images, per-sample ``.csv``), shown as a thumbnail
+            or a path and repeated as ``original``; None for number-only tables.
+        label: the column the loss compares the output with (the class label, or the
+            regression target), e.g. ``y:label``, ``y:Survived`` or ``y``; None if unknown.
+        features: every other number column the network reads, in the CSV's order, e.g.
+            ``x__0:Pclass`` ... ``x__6:Embarked``, so a row reads without the training CSV.
+
+    """
+
+    file: Optional[str]
+    label: Optional[str]
+    features: Tuple[str, ...] = ()
+
+
+def find_columns(
+    train: Dataset, used_columns: Sequence[str], target: Optional[str] = None
+) -> TableColumns:
+    """The :class:`TableColumns` of ``train`` for a network that reads ``used_columns``
+    (dataset variables) and whose loss compares with variable ``target`` (None: the first
+    single-cell number column is taken for the label).
+    """
+    file_col = label_col = None
+    numbers: List[str] = []
+    for var in used_columns:
+        cells = train.columns.get(var, [])
+        ci = [train.header.index(c) for c in cells]
+        if len(cells) == 1 and any(is_file_cell(row[ci[0]]) for row in train.rows):
+            file_col = file_col or cells[0]
+        elif len(cells) == 1 and target is None and label_col is None:
+            label_col = cells[0]
+        else:
+            numbers.extend(cells)
+    if target is not None and len(train.columns.get(target, [])) == 1:
+        label_col = train.columns[target][0]
+    features = tuple(c for c in train.header if c in numbers and c != label_col)
+    return TableColumns(file_col, label_col, features)
+
+
+def influence_header(columns: TableColumns) -> List[str]:
+    """The influence CSV's header: the training CSV's file, label and feature columns under
+    their own names, the run's :data:`SCORE_COLUMNS`, then ``original`` (the file cell as
+    written in the training CSV) when there is a file column.
+    """
+    own = [c for c in (columns.file, columns.label) if c] + list(columns.features)
+    return own + SCORE_COLUMNS + (["original"] if columns.file else [])
+
+
+def row_details(train: Dataset, columns: TableColumns, images: Sequence[bool]) -> List[str]:
+    """What the report shows for a row with no image: its feature values (``Pclass=3,
+    Age=22``, names from the header's label part), or the data file it names.
+    """
+    names = [parse_header_cell(c)[2] or c for c in columns.features]
+    out = []
+    for i in range(train.size):
+        if images and images[i]:
+            out.append("")
+            continue
+        parts = [f"{n}={train.cell(i, c).strip()}" for n, c in zip(names, columns.features)]
+        if columns.file:
+            parts.insert(0, train.cell(i, columns.file).strip())
+        out.append(", ".join(parts))
+    return out
