@@ -8,6 +8,7 @@ from sgd_influence_plugin import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_DIR = os.path.join("_Post_Process", "_XAI", "_Image")
+TABLE_DIR = os.path.join("_Post_Process", "_XAI", "_Table")
 
 #: Every file `install-plugin` may write, relative to NNC's plugins folder. Written out by hand
 #: on purpose: a new module must be added here knowingly, and a sample, test or benchmark
@@ -19,6 +20,7 @@ PRODUCT_MODULES = (
     "cleanse.py",
     "cli.py",
     "cluster.py",
+    "console_dialog.py",
     "core.py",
     "curvature.py",
     "dataset.py",
@@ -35,6 +37,7 @@ PRODUCT_MODULES = (
     "nnabla_adapter/__init__.py",
     "nnabla_adapter/definition.py",
     "nnabla_adapter/files.py",
+    "nnabla_adapter/losses.py",
     "nnabla_adapter/model.py",
     "nnabla_adapter/training.py",
     "options.py",
@@ -48,7 +51,9 @@ PRODUCT_MODULES = (
     "report.py",
     "runner.py",
     "settings.py",
+    "summary.py",
     "suspects.py",
+    "table_columns.py",
     "validation.py",
 )
 ALLOWED = {
@@ -57,7 +62,14 @@ ALLOWED = {
     # what install-plugin installed there, so that it replaces only that (ownership.py)
     os.path.join(PLUGIN_DIR, ".sgd_influence_written.json"),
     os.path.join(PLUGIN_DIR, "sgd_influence_plugin", ".sgd_influence_folder"),
-} | {os.path.join(PLUGIN_DIR, "sgd_influence_plugin", *m.split("/")) for m in PRODUCT_MODULES}
+    os.path.join(TABLE_DIR, "SGD_Influence_Table.py"),
+    os.path.join(TABLE_DIR, ".sgd_influence_written.json"),
+    os.path.join(TABLE_DIR, "sgd_influence_plugin", ".sgd_influence_folder"),
+} | {
+    os.path.join(folder, "sgd_influence_plugin", *m.split("/"))
+    for folder in (PLUGIN_DIR, TABLE_DIR)
+    for m in PRODUCT_MODULES
+}
 
 
 def _tree(folder):
