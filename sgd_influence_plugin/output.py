@@ -206,8 +206,16 @@ def _recommendation_cells(rec, n: int):
     """Per-row ``(action, suggested_label, confidence, neighbour_agreement)`` cells of the
     influence CSV.
     """
-    if rec is None or not rec.available:
+    if rec is None:
         return ["keep"] * n, [""] * n, [""] * n, [""] * n
+    if not rec.available:  # the model's class still shows, where it has one
+        known = rec.suggested >= 0
+        return (
+            ["keep"] * n,
+            [str(int(k)) if ok else "" for k, ok in zip(rec.suggested, known)],
+            [f"{c:.4f}" if ok else "" for c, ok in zip(rec.confidence, known)],
+            [""] * n,
+        )
     return (
         [str(a) for a in rec.action],
         [str(int(k)) for k in rec.suggested],

@@ -190,12 +190,15 @@ class Recommendation:
         }
 
 
-def unavailable(n: int, reason: str) -> Recommendation:
-    """A recommendation that changes nothing, for runs that cannot decide."""
+def unavailable(n: int, reason: str, prob: Optional[np.ndarray] = None) -> Recommendation:
+    """A recommendation that changes nothing, for runs that cannot decide; ``prob``: the
+    classifier's probabilities (N, C), when there is one, so every row still shows the
+    model's class (``suggested``, -1 without) and its probability.
+    """
     return Recommendation(
         action=np.full(n, "keep", dtype=object),
-        suggested=np.full(n, -1, dtype=np.int64),
-        confidence=np.full(n, np.nan),
+        suggested=np.full(n, -1, dtype=np.int64) if prob is None else prob.argmax(axis=1),
+        confidence=np.full(n, np.nan) if prob is None else prob.max(axis=1),
         chosen=None,
         checked=[],
         n_heldout=0,

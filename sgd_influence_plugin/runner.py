@@ -194,7 +194,11 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             early_rec = early()[1] if early else None
         t_rec = time.perf_counter()
         if heldout is None:
-            rec = recommend_mod.unavailable(train.size, why_not)
+            classifier = len(info.label_classes) == 1 and info.runtime_network
+            prob = (
+                recommend_mod.as_probabilities(model.predict(train.arrays)) if classifier else None
+            )
+            rec = recommend_mod.unavailable(train.size, why_not, prob)
         else:
             curv = result.resolved.curvature
             rec = recommend_mod.recommend(

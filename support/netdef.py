@@ -19,7 +19,18 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Tuple
 
-ARCHITECTURES = ("logreg", "mlp", "cnn", "cnn_bn", "smooth_cnn", "lenet")
+ARCHITECTURES = ("logreg", "mlp", "cnn", "cnn_bn", "smooth_cnn", "lenet", "dwcnn")
+#: The loss layers the console offers, as it writes them (``Softmax`` + ``CategoricalCrossEntropy``
+#: is what its editor puts after a classifier; ``SoftmaxCrossEntropy`` is one layer):
+#: head -> outputs per sample (None = ``n_classes``).
+HEADS = {
+    "softmax_ce": None,
+    "softmax_cce": None,
+    "sigmoid_bce": 1,
+    "sigmoid_ce": 1,
+    "squared": 1,
+    "huber": 1,
+}
 
 
 @dataclass
@@ -43,6 +54,9 @@ class NetSpec:
             (0 = none).
         save_best: the console's "save best" switch.
         seed: seed of the initial weights.
+        head: the loss layer, a key of :data:`HEADS`; binary and regression heads have one
+            output per sample (the runtime network outputs the sigmoid's probability, or the
+            regression's value).
 
     """
 
@@ -60,6 +74,40 @@ class NetSpec:
     dropout: float = 0.0
     save_best: bool = False
     seed: int = 0
+    head: str = "softmax_ce"
+
+
+def _outputs(spec: NetSpec) -> int:
+    if spec.head not in HEADS:
+        raise ValueError(f"unknown head {spec.head!r}; choose one of {sorted(HEADS)}")
+    return HEADS[spec.head] or spec.n_classes
+
+
+def _loss(spec: NetSpec, z, t):
+    """The per-sample loss of ``spec.head`` on scores ``z`` and target ``t``."""
+    import nnabla.functions as F
+
+    if spec.head == "softmax_ce":
+        return F.softmax_cross_entropy(z, t)
+    if spec.head == "softmax_cce":
+        return F.categorical_cross_entropy(F.softmax(z), t)
+    if spec.head == "sigmoid_bce":
+        return F.binary_cross_entropy(F.sigmoid(z), t)
+    if spec.head == "sigmoid_ce":
+        return F.sigmoid_cross_entropy(z, t)
+    if spec.head == "squared":
+        return F.squared_error(z, t)
+    return F.huber_loss(z, t)
+
+
+def _runtime_output(spec: NetSpec, z):
+    import nnabla.functions as F
+
+    if spec.head in ("softmax_ce", "softmax_cce"):
+        return F.softmax(z)
+    if spec.head in ("sigmoid_bce", "sigmoid_ce"):
+        return F.sigmoid(z)
+    return z
 
 
 def _logits(spec: NetSpec, x, train: bool):
@@ -69,11 +117,17 @@ def _logits(spec: NetSpec, x, train: bool):
     def dropout(h):
         return F.dropout(h, spec.dropout) if (train and spec.dropout > 0) else h
 
+    k = _outputs(spec)
     if spec.arch == "logreg":
-        return PF.affine(x, spec.n_classes, name="Affine")
+        return PF.affine(x, k, name="Affine")
     if spec.arch == "mlp":
         h = F.relu(PF.affine(x, 64, name="Affine"))
-        return PF.affine(dropout(h), spec.n_classes, name="Affine_2")
+        return PF.affine(dropout(h), k, name="Affine_2")
+    if spec.arch == "dwcnn":  # the webcam sample's kind: a depthwise convolution
+        h = F.relu(PF.convolution(x, 6, (3, 3), pad=(1, 1), name="Convolution"))
+        h = PF.depthwise_convolution(h, (3, 3), pad=(1, 1), name="DepthwiseConvolution")
+        h = F.leaky_relu(F.max_pooling(h, (2, 2)))
+        return PF.affine(h, k, name="Affine")
     if spec.arch in ("cnn", "cnn_bn"):
         h = PF.convolution(x, 8, (3, 3), pad=(1, 1), name="Convolution")
         if spec.arch == "cnn_bn":
@@ -84,25 +138,24 @@ def _logits(spec: NetSpec, x, train: bool):
             h = PF.batch_normalization(h, batch_stat=train, name="BatchNormalization_2")
         h = F.max_pooling(F.relu(h), (2, 2))
         h = F.relu(PF.affine(h, 32, name="Affine"))
-        return PF.affine(dropout(h), spec.n_classes, name="Affine_2")
+        return PF.affine(dropout(h), k, name="Affine_2")
     if spec.arch == "smooth_cnn":
         h = F.tanh(PF.convolution(x, 4, (5, 5), pad=(2, 2), name="Convolution"))
         h = F.average_pooling(h, (2, 2))
         h = F.tanh(PF.convolution(h, 8, (3, 3), pad=(1, 1), name="Convolution_2"))
         h = F.average_pooling(h, (2, 2))
-        return PF.affine(h, spec.n_classes, name="Affine")
+        return PF.affine(h, k, name="Affine")
     if spec.arch == "lenet":  # the console's LeNet sample, with ReLU
         h = F.relu(F.max_pooling(PF.convolution(x, 16, (5, 5), name="Convolution"), (2, 2)))
         h = PF.convolution(h, 30, (5, 5), name="Convolution_2")
         h = F.relu(F.max_pooling(h, (2, 2)))
         h = F.relu(PF.affine(h, 150, name="Affine"))
-        return PF.affine(dropout(h), spec.n_classes, name="Affine_2")
+        return PF.affine(dropout(h), k, name="Affine_2")
     raise ValueError(f"unknown architecture {spec.arch!r}; choose one of {ARCHITECTURES}")
 
 
 def _write_in_this_process(spec: NetSpec, path: str) -> None:
     import nnabla as nn
-    import nnabla.functions as F
     import nnabla.solvers as S
     from nnabla.utils import save
 
@@ -114,12 +167,12 @@ def _write_in_this_process(spec: NetSpec, path: str) -> None:
     b = spec.batch_size
     x = nn.Variable((b,) + tuple(spec.input_shape))
     t = nn.Variable((b, 1))
-    loss = F.softmax_cross_entropy(_logits(spec, x, train=True), t)
+    loss = _loss(spec, _logits(spec, x, train=True), t)
     xv = nn.Variable((b,) + tuple(spec.input_shape))
     tv = nn.Variable((b, 1))
-    loss_v = F.softmax_cross_entropy(_logits(spec, xv, train=False), tv)
+    loss_v = _loss(spec, _logits(spec, xv, train=False), tv)
     xr = nn.Variable((b,) + tuple(spec.input_shape))
-    prob = F.softmax(_logits(spec, xr, train=False))
+    prob = _runtime_output(spec, _logits(spec, xr, train=False))
 
     if spec.solver == "Sgd":
         solver = S.Sgd(spec.lr)

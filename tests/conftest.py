@@ -8,18 +8,13 @@ Everything is built once per session under pytest's temporary folder.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-import zipfile
 
 import numpy as np
 import pytest
 
 from support import fashion_mnist
 from support.netdef import NetSpec, write_nntxt
-
-NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
+from support.results import fix_random_seeds, train_nntxt
 
 #: Context of the models the tests load: SGDI_TEST_CONTEXT=cudnn[:N] (scripts/gpu_check.sh);
 #: default cpu. CLI subprocesses keep their own --context (cpu).
@@ -86,36 +81,6 @@ def make_png_dataset(folder, n_train, n_val, size=28, seed=0):
     return {"folder": str(folder), "train": train, "val": val, "size": size}
 
 
-def fix_random_seeds(nntxt: str, seed: int) -> int:
-    """Give every random function of a definition a fixed seed, in place.
-
-    nnabla's saver writes ``seed: -1`` for Dropout, and nnabla then draws a new seed at every
-    run, so two ``nnabla_cli train`` runs of one definition end at different parameters (the
-    only source of variation: initializers use ``RandomState(0)`` and the dataset shuffle
-    ``RandomState(dataset index)``). Function k of a network gets ``seed + k``.
-
-    Returns:
-        The number of seeds set.
-
-    """
-    from google.protobuf import text_format
-    from nnabla.utils import nnabla_pb2
-
-    proto = nnabla_pb2.NNablaProtoBuf()
-    with open(nntxt) as f:
-        text_format.Merge(f.read(), proto)
-    fixed = 0
-    for net in proto.network:
-        for k, func in enumerate(net.function):
-            for field, value in func.ListFields():
-                if field.name.endswith("_param") and getattr(value, "seed", None) == -1:
-                    value.seed = seed + k
-                    fixed += 1
-    with open(nntxt, "w") as f:
-        f.write(text_format.MessageToString(proto))
-    return fixed
-
-
 def train_result(folder, data, spec: NetSpec):
     """Write net.nntxt for ``data``, train it with ``nnabla_cli train`` into ``folder``.
 
@@ -131,23 +96,6 @@ def train_result(folder, data, spec: NetSpec):
     nntxt = write_nntxt(spec, os.path.join(folder, "net.nntxt"))
     fix_random_seeds(nntxt, 313 + spec.seed)
     return train_nntxt(folder, nntxt)
-
-
-def train_nntxt(folder, nntxt):
-    """Train the definition ``nntxt`` with ``nnabla_cli train`` into ``folder`` and extract
-    ``parameters.h5`` from the resulting ``results.nnp``; returns the folder."""
-    os.makedirs(folder, exist_ok=True)
-    proc = subprocess.run(
-        [NNABLA_CLI, "train", "-c", str(nntxt), "-o", str(folder)], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"nnabla_cli train failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    with zipfile.ZipFile(os.path.join(folder, "results.nnp")) as zf:
-        with zf.open("parameter.h5") as src, open(
-            os.path.join(folder, "parameters.h5"), "wb"
-        ) as dst:
-            shutil.copyfileobj(src, dst)
-    return str(folder)
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import train_nntxt
 from test_core_oracles import _brute_force_replay, _LogReg, _sgd_float64, _theta
 
 from sgd_influence_plugin import core, influence
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.nnabla_adapter import load_model, read_params
 from sgd_influence_plugin.settings import InfluenceSettings
+from support.results import train_nntxt
 
 NAMES = ["Affine/affine/W", "Affine/affine/b"]
 

@@ -1,0 +1,77 @@
+"""Console training results made by ``nnabla_cli train`` (the console's own engine), for the
+tests, the sample and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
+
+
+def fix_random_seeds(nntxt: str, seed: int) -> int:
+    """Give every random function of a definition a fixed seed, in place.
+
+    nnabla's saver writes ``seed: -1`` for Dropout, and nnabla then draws a new seed at every
+    run, so two ``nnabla_cli train`` runs of one definition end at different parameters (the
+    only source of variation: initializers use ``RandomState(0)`` and the dataset shuffle
+    ``RandomState(dataset index)``). Function k of a network gets ``seed + k``.
+
+    Returns:
+        The number of seeds set.
+
+    """
+    from google.protobuf import text_format
+    from nnabla.utils import nnabla_pb2
+
+    proto = nnabla_pb2.NNablaProtoBuf()
+    with open(nntxt) as f:
+        text_format.Merge(f.read(), proto)
+    fixed = 0
+    for net in proto.network:
+        for k, func in enumerate(net.function):
+            for field, value in func.ListFields():
+                if field.name.endswith("_param") and getattr(value, "seed", None) == -1:
+                    value.seed = seed + k
+                    fixed += 1
+    with open(nntxt, "w") as f:
+        f.write(text_format.MessageToString(proto))
+    return fixed
+
+
+def train_nntxt(folder, nntxt):
+    """Train the definition ``nntxt`` with ``nnabla_cli train`` into ``folder`` and extract
+    ``parameters.h5`` from the resulting ``results.nnp``; returns the folder.
+    """
+    os.makedirs(folder, exist_ok=True)
+    proc = subprocess.run(
+        [NNABLA_CLI, "train", "-c", str(nntxt), "-o", str(folder)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"nnabla_cli train failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    with zipfile.ZipFile(os.path.join(folder, "results.nnp")) as zf:
+        with zf.open("parameter.h5") as src, open(
+            os.path.join(folder, "parameters.h5"), "wb"
+        ) as dst:
+            shutil.copyfileobj(src, dst)
+    return str(folder)
+
+
+def train_on(folder, data, spec):
+    """Write ``spec`` for the dataset ``data`` (``{"train", "val", "input_shape"}``, as
+    :mod:`support.console_kinds` returns) and train it into ``folder``; returns the folder.
+    """
+    from support.netdef import write_nntxt
+
+    os.makedirs(folder, exist_ok=True)
+    n_train = sum(1 for _ in open(data["train"])) - 1
+    spec.train_csv, spec.val_csv = data["train"], data["val"]
+    spec.input_shape = tuple(data["input_shape"])
+    spec.iter_per_epoch = max(1, n_train // spec.batch_size)
+    nntxt = write_nntxt(spec, os.path.join(folder, "net.nntxt"))
+    fix_random_seeds(nntxt, 313 + spec.seed)
+    return train_nntxt(folder, nntxt)

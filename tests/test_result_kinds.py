@@ -1,0 +1,237 @@
+"""Every kind of result the console trains runs end to end through the entry scripts.
+
+Each fixture is a real training result made here by ``nnabla_cli train`` from a console-style
+definition (``support/netdef.py``, data from ``support/console_kinds.py``): a table with raw
+features and the label column first, a binary classifier (Sigmoid + BinaryCrossEntropy), a
+regression (SquaredError, bare ``x,y`` header), per-sample CSV inputs named with Windows
+backslash paths, colour images through a DepthwiseConvolution (no double backward in nnabla),
+and weights saved by nnabla as ``.protobuf`` or in the oldest nnp layout
+(``network.prototxt`` + ``parameter.protobuf``). Each runs with ``--report`` through an entry
+script; the outputs are checked against the training CSV itself and, for the model's class,
+against ``nnabla_cli forward`` (the console's own evaluation).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from support import console_kinds as kinds
+from support.netdef import NetSpec
+from support.results import NNABLA_CLI, train_on
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGINS = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI")
+IMAGE_SCRIPT = os.path.join(PLUGINS, "_Image", "SGD_Influence_Cleansing.py")
+TABLE_SCRIPT = os.path.join(PLUGINS, "_Table", "SGD_Influence_Table.py")
+
+#: kind -> (dataset writer and its sizes, the network, the entry script)
+KINDS = {
+    "table": (
+        lambda d: kinds.write_table(d, 160, 60, seed=1),
+        NetSpec(arch="mlp", n_classes=3, head="softmax_cce", solver="Adam", lr=0.01,
+                batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "binary": (
+        lambda d: kinds.write_table(d, 160, 60, seed=2, binary=True),
+        NetSpec(arch="mlp", head="sigmoid_bce", solver="Adam", lr=0.01, batch_size=16,
+                max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "regression": (
+        lambda d: kinds.write_regression(d, 120, 60, seed=3),
+        NetSpec(arch="mlp", head="squared", solver="Adam", lr=0.01, batch_size=8, max_epoch=6),
+        TABLE_SCRIPT,
+    ),
+    "series": (
+        lambda d: kinds.write_series(d, 120, 40, seed=4),
+        NetSpec(arch="mlp", n_classes=2, head="softmax_ce", lr=0.1, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "colour": (
+        lambda d: kinds.write_colour(d, 96, 32, seed=5),
+        NetSpec(arch="dwcnn", n_classes=2, head="softmax_cce", solver="Adam", lr=0.01,
+                batch_size=16, max_epoch=3),
+        IMAGE_SCRIPT,
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Factory: ``trained(kind)`` -> (data dict, result folder), built once per module."""
+    made = {}
+
+    def get(kind):
+        if kind not in made:
+            write, spec, _ = KINDS[kind]
+            base = tmp_path_factory.mktemp(kind)
+            data = write(str(base / "data"))
+            made[kind] = data, train_on(str(base / "result"), data, spec)
+        return made[kind]
+
+    return get
+
+
+def _plugin(script, cwd, *args):
+    proc = subprocess.run(
+        [sys.executable, script, *args, "--report"], cwd=cwd, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return os.path.join(cwd, "sgd_influence")
+
+
+def _model_outputs(result, csv_path, tmp):
+    """``nnabla_cli forward`` over ``csv_path``: the model's outputs, float (N, K)."""
+    out = os.path.join(tmp, "forward")
+    os.makedirs(out, exist_ok=True)
+    proc = subprocess.run(
+        [NNABLA_CLI, "forward", "-c", os.path.join(result, "results.nnp"), "-d", csv_path,
+         "-o", out], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = kinds.read_rows(os.path.join(out, "output_result.csv"))
+    cols = [c for c, h in enumerate(table["header"]) if h.startswith("y'")]
+    return np.array([[float(r[c]) for c in cols] for r in table["rows"]])
+
+
+def _check_influence_csv(out, train_csv):
+    """One row per training row, each repeating that row's own cells; finite scores."""
+    got = kinds.read_rows(os.path.join(out, "influence.csv"))
+    train = kinds.read_rows(train_csv)
+    header = got["header"]
+    kept = [h for h in train["header"] if h in header]
+    rows = [dict(zip(header, r)) for r in got["rows"]]
+    index = [int(r["datasource_index"]) for r in rows]
+    assert sorted(index) == list(range(len(train["rows"])))
+    for r in rows:
+        own = dict(zip(train["header"], train["rows"][int(r["datasource_index"])]))
+        assert all(r[h] == own[h] for h in kept if h != "x:image")
+    scores = np.array([float(r["influence"]) for r in rows])
+    assert np.all(np.isfinite(scores)) and np.all(np.diff(scores) >= 0)  # most harmful first
+    assert os.path.isfile(os.path.join(out, "influence_report.html"))
+    return header, rows, kept
+
+
+def test_table_keeps_its_own_header_and_every_feature(trained):
+    data, result = trained("table")
+    out = _plugin(TABLE_SCRIPT, result, "-t", data["train"], "-v", data["val"])
+    header, rows, kept = _check_influence_csv(out, data["train"])
+    train_header = kinds.read_rows(data["train"])["header"]
+    assert kept == train_header  # y:Survived and x__0:Pclass ... under their own names
+    assert "x:image" not in header and "original" not in header
+    report = open(os.path.join(out, "influence_report.html"), encoding="utf-8").read()
+    assert "Pclass=" in report and "Fare=" in report  # a row's values where there is no image
+    summary = open(os.path.join(out, "influence_summary.txt")).read()
+    assert "harmful share per class" in summary
+
+
+def test_binary_sigmoid_classifier_gets_the_models_class(trained, tmp_path):
+    data, result = trained("binary")
+    out = _plugin(TABLE_SCRIPT, result, "-t", data["train"], "-v", data["val"])
+    _, rows, _ = _check_influence_csv(out, data["train"])
+    p1 = _model_outputs(result, data["train"], str(tmp_path))[:, 0]  # the sigmoid's output
+    for r in rows:
+        j = int(r["datasource_index"])
+        want = int(p1[j] > 0.5)
+        if abs(p1[j] - 0.5) > 1e-3:  # the console's own forward pass decides the class
+            assert int(r["suggested_label"]) == want, (j, p1[j], r)
+            assert float(r["confidence"]) == pytest.approx(max(p1[j], 1 - p1[j]), abs=2e-3)
+
+
+def test_regression_runs_and_summarises_residuals(trained):
+    data, result = trained("regression")
+    out = _plugin(TABLE_SCRIPT, result, "-t", data["train"], "-v", data["val"])
+    header, rows, kept = _check_influence_csv(out, data["train"])
+    assert header[:2] == ["y", "x"]  # the target first, under its bare name
+    assert all(r["suggested_label"] == "" and r["action"] == "keep" for r in rows)
+    summary = open(os.path.join(out, "influence_summary.txt")).read()
+    assert "residual" in summary and "per class" not in summary
+
+
+def test_per_sample_csv_inputs_with_backslash_paths(trained):
+    data, result = trained("series")
+    assert "\\" in open(data["train"]).read()  # the console's Windows paths
+    out = _plugin(TABLE_SCRIPT, result, "-t", data["train"], "-v", data["val"])
+    _, rows, _ = _check_influence_csv(out, data["train"])
+    for r in rows[:5]:  # the data file is shown where it is, and opens from the output
+        assert os.path.isfile(os.path.join(out, r["x:image"]))
+    cleansed = kinds.read_rows(os.path.join(out, "influence_cleansed.csv"))
+    assert all(os.path.isfile(os.path.join(out, row[0])) for row in cleansed["rows"])
+
+
+def test_colour_images_through_a_depthwise_convolution(trained):
+    data, result = trained("colour")
+    out = _plugin(IMAGE_SCRIPT, result, "-t", data["train"], "-v", data["val"])
+    _check_influence_csv(out, data["train"])
+    settings = open(os.path.join(out, "influence_settings.yaml")).read()
+    assert "DepthwiseConvolution" in open(os.path.join(result, "net.nntxt")).read()
+    assert "lambda_max" in settings  # the curvature was measured, with first derivatives
+
+
+def _save_protobuf(result, path):
+    """nnabla's own save writes the result's weights as ``.protobuf`` (in a child process:
+    it fills nnabla's global parameter scope)."""
+    code = (
+        "import sys, nnabla as nn; nn.load_parameters(sys.argv[1]); nn.save_parameters(sys.argv[2])"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, os.path.join(result, "results.nnp"), path],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_weights_as_protobuf_and_the_oldest_nnp_layout(trained, tmp_path):
+    data, result = trained("table")
+    reference = _plugin(TABLE_SCRIPT, result, "-t", data["train"], "-v", data["val"], "-o",
+                        "sgd_influence/ref.csv")  # fmt: skip
+    pb = str(tmp_path / "parameter.protobuf")
+    _save_protobuf(result, pb)
+    legacy = str(tmp_path / "result.nnp")  # NNC cloud, 2018: network.prototxt + .protobuf
+    with zipfile.ZipFile(legacy, "w") as zf:
+        zf.writestr("nnp_version.txt", "0.1\n")
+        zf.write(os.path.join(result, "net.nntxt"), "network.prototxt")
+        zf.write(pb, "parameter.protobuf")
+    runs = {
+        "params": ("-c", os.path.join(result, "net.nntxt"), "-p", pb),
+        "legacy": ("-m", legacy),
+    }
+    want = kinds.read_rows(os.path.join(reference, "ref.csv"))
+    for name, model in runs.items():
+        out = _plugin(TABLE_SCRIPT, result, *model, "-t", data["train"], "-v", data["val"],
+                      "-o", f"sgd_influence/{name}.csv")  # fmt: skip
+        got = kinds.read_rows(os.path.join(out, f"{name}.csv"))
+        assert got == want, name  # the same weights, whatever file held them
+
+
+def test_a_project_file_is_named_as_one(trained, tmp_path):
+    data, result = trained("table")
+    project = tmp_path / "titanic.sdcproj"
+    project.write_text("[Project]\n")
+    proc = subprocess.run(
+        [sys.executable, TABLE_SCRIPT, "-m", str(project), "-t", data["train"], "-v",
+         data["val"]], cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is a console project file" in proc.stderr and "titanic.files" in proc.stderr
+
+
+def test_exact_replay_without_second_derivatives_is_refused_in_one_line(trained):
+    data, result = trained("colour")
+    proc = subprocess.run(
+        [sys.executable, IMAGE_SCRIPT, "-t", data["train"], "-v", data["val"], "--replay_step",
+         "exact", "-o", "sgd_influence/exact.csv"], cwd=result, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "depthwise_convolution" in last and "--replay_step fd" in last
+    assert not os.path.exists(os.path.join(result, "sgd_influence", "exact.csv"))
