@@ -114,14 +114,21 @@ def check_figure(result: CheckResult):
     return fig
 
 
-def _plot(path: str, result: CheckResult) -> None:
-    import matplotlib.pyplot as plt
+def _plot(path: str, result: CheckResult) -> bool:
+    """Write the plot; False (nothing written) without matplotlib, which the console's own
+    Python may lack.
+    """
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
 
     fig = check_figure(result)
     try:
         fig.savefig(path, dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
+    return True
 
 
 def write_check_output(
@@ -142,7 +149,8 @@ def write_check_output(
         flag: the output option, for messages.
 
     Returns:
-        ``{"csv": path, "plot": path, "settings": path}`` (absolute).
+        ``{"csv": path, "plot": path, "settings": path}`` (absolute); no ``plot`` without
+        matplotlib (the settings then say so).
 
     Raises:
         OutputError: a target holds something the tool did not write, or writing failed.
@@ -172,9 +180,11 @@ def write_check_output(
                         originals[j],
                     ]
                 )
-        _plot(staged(paths["plot"]), result)
+        if not _plot(staged(paths["plot"]), result):
+            facts = {**facts, "plot": "left out: matplotlib is not installed in this Python"}
+            del paths["plot"]
         write_yaml(staged(paths["settings"]), facts)
-        moves = [(staged(paths[k]), paths[k]) for k in CHECK_COMPANIONS]
+        moves = [(staged(paths[k]), paths[k]) for k in CHECK_COMPANIONS if k in paths]
         try:
             ownership.commit_staged(
                 folder, moves + [(staged(paths["csv"]), paths["csv"])], [], flag

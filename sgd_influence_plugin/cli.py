@@ -352,7 +352,7 @@ def cmd_check(args) -> int:
     )
     say = _say(args.quiet)
     paths, result = run_check(req, log=say, progress=TqdmProgress(not args.quiet))
-    say(f"check CSV: {paths['csv']}; plot: {paths['plot']}")
+    say(f"check CSV: {paths['csv']}; plot: {paths.get('plot', 'left out (no matplotlib)')}")
     print(verdict_line(result))
     return 0
 

@@ -11,6 +11,12 @@ import sys
 import zipfile
 
 NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
+_PLUGINS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugins", "_Post_Process", "_XAI"
+)
+#: The console entry scripts of a checkout.
+IMAGE_SCRIPT = os.path.join(_PLUGINS, "_Image", "SGD_Influence_Cleansing.py")
+TABLE_SCRIPT = os.path.join(_PLUGINS, "_Table", "SGD_Influence_Table.py")
 
 
 def fix_random_seeds(nntxt: str, seed: int) -> int:

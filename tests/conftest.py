@@ -12,9 +12,10 @@ import os
 import numpy as np
 import pytest
 
+from support import console_kinds as kinds
 from support import fashion_mnist
 from support.netdef import NetSpec, write_nntxt
-from support.results import fix_random_seeds, train_nntxt
+from support.results import IMAGE_SCRIPT, TABLE_SCRIPT, fix_random_seeds, train_nntxt, train_on
 
 #: Context of the models the tests load: SGDI_TEST_CONTEXT=cudnn[:N] (scripts/gpu_check.sh);
 #: default cpu. CLI subprocesses keep their own --context (cpu).
@@ -137,5 +138,54 @@ def results(tmp_path_factory, data28, data7):
             data, spec = specs[name]
             made[name] = train_result(tmp_path_factory.mktemp("result_" + name), data, spec)
         return made[name]
+
+    return get
+
+
+#: kind -> (dataset writer and its sizes, the network, the entry script)
+KINDS = {
+    "table": (
+        lambda d: kinds.write_table(d, 160, 60, seed=1),
+        NetSpec(arch="mlp", n_classes=3, head="softmax_cce", solver="Adam", lr=0.01,
+                batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "binary": (
+        lambda d: kinds.write_table(d, 160, 60, seed=2, binary=True),
+        NetSpec(arch="mlp", head="sigmoid_bce", solver="Adam", lr=0.01, batch_size=16,
+                max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "regression": (
+        lambda d: kinds.write_regression(d, 120, 60, seed=3),
+        NetSpec(arch="mlp", head="squared", solver="Adam", lr=0.01, batch_size=8, max_epoch=6),
+        TABLE_SCRIPT,
+    ),
+    "series": (
+        lambda d: kinds.write_series(d, 120, 40, seed=4),
+        NetSpec(arch="mlp", n_classes=2, head="softmax_ce", lr=0.1, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "colour": (
+        lambda d: kinds.write_colour(d, 96, 32, seed=5),
+        NetSpec(arch="dwcnn", n_classes=2, head="softmax_cce", solver="Adam", lr=0.01,
+                batch_size=16, max_epoch=3),
+        IMAGE_SCRIPT,
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """Factory: ``trained(kind)`` -> (data dict, result folder), built once per session."""
+    made = {}
+
+    def get(kind):
+        if kind not in made:
+            write, spec, _ = KINDS[kind]
+            base = tmp_path_factory.mktemp(kind)
+            data = write(str(base / "data"))
+            made[kind] = data, train_on(str(base / "result"), data, spec)
+        return made[kind]
 
     return get

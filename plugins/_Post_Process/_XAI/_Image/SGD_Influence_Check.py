@@ -159,7 +159,7 @@ def main(argv=None):
             samples=args.samples,
         )
         paths, result = run_check(request, log=say, progress=LogProgress(say), flags=PLUGIN_FLAGS)
-        say(f"check CSV: {paths['csv']}; plot: {paths['plot']}")
+        say(f"check CSV: {paths['csv']}; plot: {paths.get('plot', 'left out (no matplotlib)')}")
         say(verdict_line(result))
         say("SGD influence check completed successfully.")
         return 0
