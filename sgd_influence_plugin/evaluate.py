@@ -47,7 +47,7 @@ from .influence import compute_influence, resolve
 from .nnabla_adapter import load_model
 from .nnabla_adapter.training import initial_parameters, train_from_scratch  # noqa: F401
 from .options import HELP
-from .recommend import as_probabilities
+from .probabilities import as_probabilities
 from .settings import DEFAULT_TRIALS, MAX_SEED, REPLAY_STEPS, InfluenceSettings, is_number
 
 DEFAULT_RATIOS = "0,0.01,0.02,0.05,0.1,0.2"

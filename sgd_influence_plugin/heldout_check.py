@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from . import core
+from .probabilities import as_probabilities
 
 if TYPE_CHECKING:  # pragma: no cover
     from .recommend import Candidate
@@ -112,7 +113,7 @@ def _check_epoch(
     loss = core.per_sample_losses(model, heldout, val_batch_size)
     correct = None
     if predict is not None:
-        out = np.asarray(predict(heldout)).reshape(len(held_labels), -1)
+        out = as_probabilities(np.asarray(predict(heldout)))  # binary: (V, 1) -> (V, 2)
         correct = (out.argmax(axis=1) == held_labels).astype(np.float64)
     return loss, correct
 

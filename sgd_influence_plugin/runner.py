@@ -27,6 +27,7 @@ from .inputs import load_inputs
 from .io_utils import makedirs_tracked, try_lock
 from .labels import check_label_names, read_label_names
 from .output import OutputPaths, write_influence_output
+from .probabilities import as_probabilities
 from .settings import InfluenceSettings
 from .table_columns import find_columns
 from .validation import CLI_FLAGS, FlagNames
@@ -195,9 +196,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
         t_rec = time.perf_counter()
         if heldout is None:
             classifier = len(info.label_classes) == 1 and info.runtime_network
-            prob = (
-                recommend_mod.as_probabilities(model.predict(train.arrays)) if classifier else None
-            )
+            prob = as_probabilities(model.predict(train.arrays)) if classifier else None
             rec = recommend_mod.unavailable(train.size, why_not, prob)
         else:
             curv = result.resolved.curvature
@@ -328,7 +327,10 @@ def _split_for_check(request: RunRequest, info, train, val, settings):
     elif val.size < need:
         why = (
             f"no recommendation: {val.size} validation rows; at least {need} are needed (half "
-            "for the influence, half held out to check the recommendation)"
+            "for the influence, half held out to check the recommendation). Add "
+            f"{need - val.size} labelled rows to the validation CSV (for example from the "
+            "training CSV), or look at the most harmful rows and cleanse a share of them with "
+            "remove_ratio"
         )
     else:
         first, held = recommend_mod.split_validation(val.size, settings.seed)

@@ -151,7 +151,7 @@ KINDS = {
         TABLE_SCRIPT,
     ),
     "binary": (
-        lambda d: kinds.write_table(d, 160, 60, seed=2, binary=True),
+        lambda d: kinds.write_table(d, 240, 200, seed=2, binary=True),
         NetSpec(arch="mlp", head="sigmoid_bce", solver="Adam", lr=0.01, batch_size=16,
                 max_epoch=4),
         TABLE_SCRIPT,

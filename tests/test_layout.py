@@ -52,6 +52,7 @@ PRODUCT_MODULES = (
     "runner.py",
     "settings.py",
     "summary.py",
+    "probabilities.py",
     "suspects.py",
     "table_columns.py",
     "validation.py",

@@ -91,6 +91,8 @@ def test_binary_sigmoid_classifier_gets_the_models_class(trained, tmp_path):
         if abs(p1[j] - 0.5) > 1e-3:  # the console's own forward pass decides the class
             assert int(r["suggested_label"]) == want, (j, p1[j], r)
             assert float(r["confidence"]) == pytest.approx(max(p1[j], 1 - p1[j]), abs=2e-3)
+    summary = open(os.path.join(out, "influence_summary.txt")).read()
+    assert "no recommendation" not in summary  # 200 validation rows: the check ran
 
 
 def test_regression_runs_and_summarises_residuals(trained):
