@@ -218,8 +218,8 @@ def _recommendation_cells(rec, n: int):
         )
     return (
         [str(a) for a in rec.action],
-        [str(int(k)) for k in rec.suggested],
-        [f"{c:.4f}" for c in rec.confidence],
+        [str(int(k)) if k >= 0 else "" for k in rec.suggested],  # -1: no class (regression)
+        [f"{c:.4f}" if np.isfinite(c) else "" for c in rec.confidence],
         [""] * n if rec.agreement is None else [f"{a:.3f}" for a in rec.agreement],
     )
 

@@ -107,8 +107,9 @@ def recommendation_text(rec, actions, labels, suggested, names=None, cleansed=""
     for c in rec.checked:
         lines.append(
             f"  checked: {c.action} {len(c.rows)} rows ({c.describe()}): "
-            f"held-out loss {c.loss_change:+.4g} (z {c.z:+.1f}), accuracy "
-            f"{c.accuracy_change:+.2%}{'  <- recommended' if c is rec.chosen else ''}"
+            f"held-out loss {c.loss_change:+.4g} (z {c.z:+.1f})"
+            + (f", accuracy {c.accuracy_change:+.2%}" if np.isfinite(c.accuracy_change) else "")
+            + ("  <- recommended" if c is rec.chosen else "")
         )
     if counts["relabel"] or counts["remove"]:
         lines.append(

@@ -157,7 +157,7 @@ KINDS = {
         TABLE_SCRIPT,
     ),
     "regression": (
-        lambda d: kinds.write_regression(d, 120, 60, seed=3),
+        lambda d: kinds.write_regression(d, 120, 200, seed=3),
         NetSpec(arch="mlp", head="squared", solver="Adam", lr=0.01, batch_size=8, max_epoch=6),
         TABLE_SCRIPT,
     ),

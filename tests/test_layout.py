@@ -48,6 +48,7 @@ PRODUCT_MODULES = (
     "places.py",
     "progress.py",
     "recommend.py",
+    "removal.py",
     "report.py",
     "runner.py",
     "settings.py",

@@ -85,7 +85,7 @@ def _tiles(section):
     out = []
     for tile in section.split('class="tile"')[1:]:
         img = re.search(r"base64,([A-Za-z0-9+/=]+)", tile)
-        lab = re.search(r'class="lab">([^<]*)</div>', tile)
+        lab = re.search(r'class="lab">([^<]*)(?:<br>|</div>)', tile)  # label, then model's class
         m = re.search(r"row (\d+) &middot; ([-+0-9.e]+)", tile)
         assert img and lab and m, tile[:200]
         out.append((int(m.group(1)), lab.group(1), float(m.group(2)), base64.b64decode(img[1])))
