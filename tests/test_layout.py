@@ -49,6 +49,7 @@ PRODUCT_MODULES = (
     "runner.py",
     "settings.py",
     "suspects.py",
+    "target.py",
     "validation.py",
 )
 ALLOWED = {
