@@ -20,7 +20,8 @@ from .target import TARGETS
 
 SIGN_NOTE = (
     "Influence = estimated change of the mean validation loss if the sample were "
-    "removed from training; negative = harmful. The CSV is sorted ascending: the most "
+    "removed from training (by default minus the same for an average sample of its class, "
+    "see --target); negative = harmful. The CSV is sorted ascending: the most "
     "harmful samples come first."
 )
 
