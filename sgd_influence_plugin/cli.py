@@ -16,10 +16,12 @@ from . import interrupts
 from .errors import OutputError, SGDInfluenceError
 from .options import HELP
 from .settings import CACHE_MODES, DEFAULT_TRIALS, REPLAY_STEPS, InfluenceSettings
+from .target import TARGETS
 
 SIGN_NOTE = (
     "Influence = estimated change of the mean validation loss if the sample were "
-    "removed from training; negative = harmful. The CSV is sorted ascending: the most "
+    "removed from training (by default minus the same for an average sample of its class, "
+    "see --target); negative = harmful. The CSV is sorted ascending: the most "
     "harmful samples come first."
 )
 
@@ -104,6 +106,12 @@ def _add_run(sub):
         choices=CACHE_MODES,
         default="final",
         help=HELP["cache"] + " (default: %(default)s)",
+    )
+    p.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="class-centred",
+        help=HELP["target"] + " (default: %(default)s)",
     )
     p.add_argument(
         "--cache-dir",
@@ -293,6 +301,7 @@ _SETTING_OPTIONS = (
     "seed",
     "cache",
     "context",
+    "target",
 )
 
 

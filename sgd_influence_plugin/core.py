@@ -18,7 +18,8 @@ No files, no settings objects, no global state. Conventions:
   + lambda * theta), with sample weights w_i = 1 (0 removes a sample: the leave-one-out oracle).
 - Influence ``infl[j]`` (float64, units of validation loss): the estimated change of the mean
   validation loss if sample j were left out of the replayed epoch. Negative = removing j lowers
-  the validation loss = harmful.
+  the validation loss = harmful. (What a run reports is this estimate relative to the
+  sample's class by default: :mod:`.target`.)
 """
 
 from __future__ import annotations

@@ -154,7 +154,8 @@ def check_fidelity(
     """One influence trial, then exact leave-one-out re-runs of its replayed epoch.
 
     The trial is ``influence.run_trial`` (training phase + replay into a temporary cache,
-    retried at a lower rate when unstable) at the rate :func:`influence.resolve` and
+    retried at a lower rate when unstable; target ``plain`` whatever ``settings.target`` says,
+    see :mod:`.target`) at the rate :func:`influence.resolve` and
     :func:`influence.choose_lr` settle (``settings.trials`` is not used: one trial). The exact
     re-runs use that trial's order and per-step rates (:func:`influence.read_schedule`), start
     from the parameters before the replayed (last) epoch, and give the picked sample weight 0
@@ -177,7 +178,10 @@ def check_fidelity(
 
     """
     log = log or (lambda msg: None)
-    settings = replace(settings).validate()  # a copy: validate() settles lr in place
+    # A copy: validate() settles lr in place. The check compares the replay's own estimate with
+    # the exact re-runs, so it uses target "plain": a class-centred score subtracts its class's
+    # mean of those same estimates, which would need every row of the class re-run to compare.
+    settings = replace(settings, target="plain").validate()
     if not (isinstance(samples, int) and samples >= MIN_SAMPLES):
         raise SettingsError(f"samples={samples}: check at least {MIN_SAMPLES} samples")
     t_start = time.perf_counter()

@@ -267,7 +267,8 @@ class TrialOutcome:
     """One trial: scores, its rate and what it took.
 
     Attributes:
-        scores: float64 (N,) raw replay scores (units: change of the mean validation loss).
+        scores: float64 (N,) the trial's scores (units: change of the mean validation loss;
+            the settings' target applied, see :mod:`.target`).
         order: int32 (N,) its epoch's order; ``seed``: that order's seed.
         lr: the rate it ran at (lower than the run's if it was retried).
         attempts: 1 + the number of retries.
@@ -403,8 +404,9 @@ class InfluenceResult:
         scores: float64 (N,), training-CSV row order: the trials combined by
             :func:`.core.combine_trials` (each trial scaled to the median trial's RMS, then
             averaged). ``scores[j]`` estimates the change of the mean validation loss if
-            sample j were removed from the replayed epoch: negative = harmful (removing it
-            helps), positive = helpful.
+            sample j were removed from the replayed epoch, minus its mean over j's class with
+            the default target ``class-centred`` (classifiers only; :mod:`.target`).
+            Negative = harmful (removing it helps more than a typical row), positive = helpful.
         trial_scores: float64 (M, N), each trial's raw scores.
         trial_scales: float64 (M,), each trial's RMS (what combining divided by).
         losses: float64 (N,), each training sample's loss at the trained parameters (before

@@ -31,6 +31,9 @@ HELP = {
     "cache": "final = keep only the final parameters (Suzuki et al.), all = also the "
     "parameters before every step (Hara et al.)",
     "context": "cpu, or cudnn[:DEVICE] with nnabla-ext-cuda installed",
+    "target": "what a score estimates: class-centred = the change of the mean validation loss "
+    "if the row were left out of the replayed epoch, minus the mean of that change over the "
+    "rows of its class (a score about the row, not its label); plain = the change itself",
     "report": "also write the offline HTML report, STEM_report.html (STEM = the output CSV's "
     "name without .csv)",
     "label_names": "text file with one class name per line, line 1 for label 0; the summary and "

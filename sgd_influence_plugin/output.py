@@ -12,8 +12,10 @@ Influence CSV (NNC dataset format, so the console's viewer shows and sorts it)::
   a data file that is not an image (``.npy``, ...) is always shown where it is. Paths are
   computed between the real (symbolic links resolved) folders, so they open from the CSV's
   folder even when the output folder or the data is reached through a link;
-- ``influence``: the trials' combined score (units of the mean validation loss, negative =
-  harmful); ``loss``: the sample's training loss at the trained parameters;
+- ``influence``: the trials' combined score (units of the mean validation loss; with the
+  default target ``class-centred`` relative to an average row of the sample's class, see
+  :mod:`.target`; negative = harmful); ``loss``: the sample's training loss at the trained
+  parameters;
 - ``suggested_label``: the model's class for the sample, ``confidence`` its probability (both
   empty when the run cannot recommend, e.g. for regression); ``neighbour_agreement``: the
   share of the sample's nearest validation rows, in the network's feature space, that carry

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple
 import numpy as np
 
 from . import core, parallel
+from . import target as target_mod
 from .errors import SettingsError
 from .settings import InfluenceSettings, read_yaml, write_yaml
 
@@ -118,13 +119,17 @@ def run_inference_phase(
     progress: Optional[core.Progress] = None,
     helper=None,
 ):
-    """Algorithm 2 from a cache written by :func:`run_training_phase`; ``helper``: see
-    :func:`.core.replay` (a second process for the fd step's minus pass, or None).
+    """Algorithm 2 from a cache written by :func:`run_training_phase`, then the settings'
+    target (:mod:`.target`); ``helper``: see :func:`.core.replay` (a second process for the fd
+    step's minus pass, or None).
 
     Returns:
-        ``(infl, stats, val_loss)``: infl float64 (N,) in training-row order (negative =
-        harmful), the replay's :class:`~sgd_influence_plugin.core.ReplayStats`, and the mean
-        validation loss at the final parameters.
+        ``(infl, stats, val_loss)``: infl float64 (N,) in training-row order: the replay's
+        estimate of the change of the mean validation loss if the row were left out of the
+        epoch, with target ``class-centred`` minus the mean of that estimate over the rows of
+        the row's class (negative = harmful); the replay's
+        :class:`~sgd_influence_plugin.core.ReplayStats`; and the mean validation loss at the
+        final parameters.
 
     """
     meta = read_yaml(os.path.join(cache_dir, META_FILE))
@@ -157,6 +162,8 @@ def run_inference_phase(
         step=meta.get("replay_step", "exact"),
         helper=helper,
     )
+    # a cache written before targets existed meant the replay's estimate as it is
+    infl = target_mod.apply_target(infl, meta.get("target", "plain"), model.info, train)
     return infl, stats, val_loss
 
 

@@ -352,7 +352,9 @@ def write_report(
 </style></head><body>
 <h1>SGD-influence report</h1>
 <p>Influence = estimated change of the mean validation loss if the sample were removed from
-training. <b>Negative = harmful</b> (removing it would lower the validation loss).</p>
+training (by default minus the same for an average sample of its class: the settings'
+<code>target</code>). <b>Negative = harmful</b> (removing it would lower the validation
+loss).</p>
 <p>Each tile: the image (or the row's values), its label, its row in the training CSV
 (0-based, the influence CSV's <code>datasource_index</code>) and its influence.</p>
 {warnings}{recommendation}

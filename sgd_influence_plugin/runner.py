@@ -395,7 +395,8 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
             "nnabla": _nnabla_version(),
             "python": platform.python_version(),
         },
-        "sign": "influence < 0: removing the sample lowers the validation loss (harmful)",
+        "sign": "influence < 0: removing the sample lowers the validation loss (harmful); "
+        "with target class-centred, more than removing an average sample of its class",
         "influence": "trials combined: each trial divided by its RMS, averaged, times the "
         "median RMS; units of the mean validation loss",
     }

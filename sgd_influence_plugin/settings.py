@@ -14,6 +14,7 @@ import yaml
 from .core import REPLAY_STEPS
 from .errors import SettingsError
 from .io_utils import atomic_write
+from .target import TARGETS
 
 CACHE_MODES = ("final", "all")
 
@@ -128,6 +129,11 @@ class InfluenceSettings:
         jobs: worker processes for the trials (a lone trial's replay uses two) and the
             recommendation's check epochs; None = the usable cores
             (no effect on the result; a GPU context runs them one after another).
+        target: what a score estimates (``target.TARGETS``): ``class-centred`` (the default:
+            the change of the mean validation loss if the row were left out of the replayed
+            epoch, minus the mean of that change over the rows of its class, so a score is
+            about the row, not its label) or ``plain`` (the change itself, Hara et al.). See
+            :mod:`.target`. Negative = harmful either way.
 
     """
 
@@ -143,6 +149,7 @@ class InfluenceSettings:
     val_batch_size: int = 256
     replay_step: str = "fd"
     jobs: Optional[int] = None
+    target: str = "class-centred"
 
     def validate(self, flags: Optional[Mapping[str, Optional[str]]] = None) -> InfluenceSettings:
         """Raise :class:`SettingsError` for an out-of-range value; returns self (``lr`` parsed
@@ -213,6 +220,10 @@ class InfluenceSettings:
         ):
             raise SettingsError(
                 f"{name('jobs')} {self.jobs}: must be >= 1 (or empty for the usable cores)"
+            )
+        if self.target not in TARGETS:
+            raise SettingsError(
+                f"{name('target')} {self.target!r}: choose one of {', '.join(TARGETS)}"
             )
         if self.replay_step not in REPLAY_STEPS:
             raise SettingsError(

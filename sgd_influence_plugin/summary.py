@@ -32,7 +32,8 @@ def summary_text(
         "SGD-influence summary",
         f"training samples: {n}   harmful (influence < 0): {int(harmful.sum())}   "
         f"helpful (> 0): {int((scores > 0).sum())}   zero: {int((scores == 0).sum())}",
-        "influence = estimated change of the mean validation loss if the sample were removed;",
+        "influence = estimated change of the mean validation loss if the sample were removed,",
+        "by default minus the same for an average sample of its class (settings: target);",
         "negative = removing it would lower the validation loss (harmful).",
         "",
     ]

@@ -57,13 +57,14 @@ class FlagNames:
     replay_step: Optional[str] = "--replay-step"
     retries: Optional[str] = "--retries"
     val_batch_size: Optional[str] = None
+    target: Optional[str] = "--target"
 
     def for_settings(self) -> Dict[str, Optional[str]]:
         """Field of :class:`~.settings.InfluenceSettings` -> this spelling (for its
         :meth:`~.settings.InfluenceSettings.validate`).
         """
         names = ("lr", "weight_decay", "batch_size", "epochs", "trials", "seed", "jobs")
-        names += ("context", "cache", "replay_step", "retries", "val_batch_size")
+        names += ("context", "cache", "replay_step", "retries", "val_batch_size", "target")
         return {k: getattr(self, k) for k in names}
 
 
@@ -79,6 +80,7 @@ PLUGIN_FLAGS = FlagNames(
     remove_ratio="--remove_ratio",
     replay_step="--replay_step",
     retries=None,
+    target=None,
 )
 
 

@@ -130,14 +130,28 @@ def _theta(params):
     )
 
 
-@pytest.mark.parametrize("cache,batch_size", [("final", 16), ("all", 16), ("final", 1)])
+def _centred_by_class(ref, labels):
+    """The oracle of target class-centred: each value minus its class's mean, class by class."""
+    out = np.array(ref, dtype=np.float64)
+    for c in set(labels.tolist()):
+        out[labels == c] = ref[labels == c] - np.mean(ref[labels == c])
+    return out
+
+
+@pytest.mark.parametrize(
+    "cache,batch_size,target",
+    [("final", 16, "plain"), ("all", 16, "plain"), ("final", 1, "plain"),
+     ("final", 16, "class-centred"), ("all", 16, "class-centred")],
+)  # fmt: skip
 def test_replay_equals_float64_dense_hessian_brute_force(
-    results, data7, tmp_path, cache, batch_size
+    results, data7, tmp_path, cache, batch_size, target
 ):
     m, tr, va = _load(results, "logreg", data7)
     assert m.info.solver.weight_decay > 0 and m.info.solver.batch_size == 16
     # B=16: 50 samples make steps of 16, 16, 16 and a last one of 2. B=1: 50 single steps.
-    settings = InfluenceSettings(cache=cache, seed=5, batch_size=batch_size, replay_step="exact")
+    settings = InfluenceSettings(
+        cache=cache, seed=5, batch_size=batch_size, replay_step="exact", target=target
+    )
     run = influence.resolve(m, settings)
     T = -(-50 // batch_size)
     theta0 = m.get_params()
@@ -162,11 +176,24 @@ def test_replay_equals_float64_dense_hessian_brute_force(
             return final
         return _theta(read_params(os.path.join(cache_dir, "steps", f"step_{t:05d}.h5"), names))
 
-    ref = _brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, run.weight_decay)
+    labels = train.y
+    finish = (lambda r: _centred_by_class(r, labels)) if target == "class-centred" else np.array
+    ref = finish(
+        _brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, run.weight_decay)
+    )
     assert np.max(np.abs(infl - ref)) <= 1e-4 * np.max(np.abs(ref))
     # Weight decay matters at this tolerance: the brute force without it disagrees.
-    ref0 = _brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, 0.0)
+    ref0 = finish(_brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, 0.0))
     assert np.max(np.abs(infl - ref0)) > 1e-4 * np.max(np.abs(ref0))
+    if target == "class-centred":
+        # every class sums to zero; a slipped centring (another target, labels one row off,
+        # the sign of the class mean) disagrees with the oracle
+        for c in np.unique(labels):
+            assert abs(infl[labels == c].sum()) <= 1e-9 + 1e-6 * np.abs(infl).sum()
+        raw = _brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, run.weight_decay)
+        slipped = [raw, _centred_by_class(raw, np.roll(labels, 1)), 2 * raw - ref]
+        for wrong in slipped:
+            assert np.max(np.abs(infl - wrong)) > 1e-2 * np.max(np.abs(ref))
 
 
 def _nnabla_losses(m, arrays, theta, names):

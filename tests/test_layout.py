@@ -56,6 +56,7 @@ PRODUCT_MODULES = (
     "probabilities.py",
     "suspects.py",
     "table_columns.py",
+    "target.py",
     "validation.py",
 )
 ALLOWED = {

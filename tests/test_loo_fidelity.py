@@ -39,9 +39,18 @@ def _pearson(a, b):
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def centred_by_class(values, labels):
+    """Target class-centred from per-row values: each minus the mean of its label's rows."""
+    out = np.array(values, dtype=np.float64)
+    for c in np.unique(labels):
+        out[labels == c] -= np.mean(values[labels == c])
+    return out
+
+
 def _fd_pearsons(model, train, val, caches, order, lrs, loo):
-    """Pearson of the fd replay (core.replay(step="fd")) with ``loo``, from the caches that
-    compute_influence wrote under ``caches/all`` and ``caches/final``."""
+    """Pearson of the fd replay (core.replay(step="fd"), centred by class as the default
+    target is) with ``loo``, from the caches that compute_influence wrote under
+    ``caches/all`` and ``caches/final``."""
     out = {}
     for cache in ("all", "final"):
         folder = caches / cache
@@ -61,7 +70,7 @@ def _fd_pearsons(model, train, val, caches, order, lrs, loo):
             params_at=params_at if cache == "all" else None,
             step="fd",
         )
-        out[cache] = _pearson(fd, loo)
+        out[cache] = _pearson(centred_by_class(fd, train["y"].ravel()), loo)
     return out
 
 
@@ -80,11 +89,17 @@ def test_smooth_net_matches_exact_leave_one_out(results, data28, tmp_path):
     order = np.load(tmp_path / "all" / "order.npy")
     lrs = np.load(tmp_path / "all" / "lr.npy")
     start = time.perf_counter()
-    loo = exact_leave_one_out(model, train, val, theta0, order, lrs, 32, 0.0)
+    plain = exact_leave_one_out(model, train, val, theta0, order, lrs, 32, 0.0)
     elapsed = time.perf_counter() - start
+    # the default target, class-centred, of the exact re-runs: the oracle of the scores
+    loo = centred_by_class(plain, train["y"].ravel())
     r_all, r_final = _pearson(scores["all"], loo), _pearson(scores["final"], loo)
-    print(f"LOO ({elapsed:.1f}s): Pearson all={r_all:.4f} final={r_final:.4f}")
+    print(f"LOO ({elapsed:.1f}s): Pearson all={r_all:.4f} final={r_final:.4f} (class-centred)")
     assert np.std(loo) > 0
+    # a slipped centring (labels one row off) or none at all fits the oracle worse
+    slipped = centred_by_class(plain, np.roll(train["y"].ravel(), 1))
+    assert _pearson(scores["all"], slipped) < r_all - 0.01
+    assert np.max(np.abs(scores["all"] - loo)) < np.max(np.abs(scores["all"] - plain))
     assert r_all >= 0.98
     assert r_final >= 0.9
     # The finite-difference replay step from the same caches stays within 0.01 of the exact
@@ -123,6 +138,7 @@ def test_smooth_net_leave_one_out_at_n1024(tmp_path):
     order = np.load(tmp_path / "all" / "order.npy")
     lrs = np.load(tmp_path / "all" / "lr.npy")
     loo = exact_leave_one_out(model, train, val, theta0, order, lrs, 32, 0.0)
+    loo = centred_by_class(loo, train["y"].ravel())  # the default target
     r_all, r_final = _pearson(scores["all"], loo), _pearson(scores["final"], loo)
     fd = _fd_pearsons(model, train, val, tmp_path, order, lrs, loo)
     print(

@@ -1,0 +1,100 @@
+"""What a score estimates: the replay's raw leave-one-out estimate, or that estimate relative to
+the sample's class (the default).
+
+The replay (:func:`.core.replay`) gives, for each training row j, ``infl[j]``: the first-order
+change of the mean validation loss if row j were left out of the replayed epoch (target
+``plain``, Hara et al.). On a classifier that change holds a part shared by every row of a
+class: leaving out any row of class c shifts the model's prior for c (its output bias and
+everything that acts like it) the same way. Where that shared part dominates, e.g. raw,
+unscaled table features feeding ReLU units, the sign of ``infl`` follows the label: every row
+of one class harmful, every row of the other helpful (issue 36).
+
+Target ``class-centred`` (the default) removes it::
+
+    score[j] = infl[j] - mean(infl[i] for the training rows i with j's given label)
+
+= the change of the mean validation loss if row j were left out, minus the change if an
+average row of its class were left out: what is particular to the row. It is an exact linear
+function of the replay's estimates (each class's scores sum to zero), so it is as faithful as
+they are. Negative = leaving the row out lowers the validation loss more than leaving out a
+typical row of its class = harmful. Models without exactly one categorical label
+(regression, several outputs) have no classes, and their scores stay ``plain``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import numpy as np
+
+#: What the scores estimate: ``class-centred`` (the default: the replay's estimate minus the
+#: mean of its class's estimates) or ``plain`` (the replay's estimate as it is).
+TARGETS = ("class-centred", "plain")
+
+
+def class_labels(info, arrays: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
+    """The given class of every training row, or None for a model without classes.
+
+    Args:
+        info: the model's ``ModelInfo``; its ``label_classes`` (column -> C) must name exactly
+            one categorical label column.
+        arrays: the training arrays, column -> (N, ...); the label column holds 0..C-1.
+
+    Returns:
+        int64 (N,), or None when the model has no single categorical label or the arrays lack
+        its column.
+
+    """
+    classes = dict(getattr(info, "label_classes", {}) or {})
+    if len(classes) != 1:
+        return None
+    column = next(iter(classes))
+    if column not in arrays:
+        return None
+    values = np.asarray(arrays[column])
+    return np.rint(values.reshape(len(values), -1)[:, 0]).astype(np.int64)
+
+
+def centre_by_class(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each score minus the mean score of the rows with the same label.
+
+    Args:
+        scores: float (N,) replay estimates, training-row order.
+        labels: int (N,) the given class of each row, same order.
+
+    Returns:
+        float64 (N,): within every class the scores sum to zero (up to rounding).
+
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    if labels.shape != scores.shape:
+        raise ValueError(f"{len(labels)} labels for {len(scores)} scores")
+    _, group = np.unique(labels, return_inverse=True)
+    sums = np.bincount(group, weights=scores)
+    counts = np.bincount(group)
+    return scores - (sums / counts)[group]
+
+
+def apply_target(
+    scores: np.ndarray, target: str, info, arrays: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """The scores of ``target`` (one of :data:`TARGETS`) from the replay's estimates.
+
+    Args:
+        scores: float (N,) the replay's ``infl`` (change of the mean validation loss if the
+            row were left out; negative = harmful).
+        target: ``plain`` returns them as float64; ``class-centred`` applies
+            :func:`centre_by_class` with :func:`class_labels` (unchanged without classes).
+        info / arrays: the model's ``ModelInfo`` and the training arrays (for the labels).
+
+    Raises:
+        ValueError: unknown ``target``.
+
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
+    labels = class_labels(info, arrays) if target == "class-centred" else None
+    if labels is None:
+        return np.asarray(scores, dtype=np.float64)
+    return centre_by_class(scores, labels)

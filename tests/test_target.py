@@ -1,0 +1,66 @@
+"""What a score estimates (``target``): the class-centred scores against oracles computed here.
+
+The whole replay with target class-centred against a float64 brute force is in
+test_core_oracles.py, and against exact leave-one-out re-runs in test_loo_fidelity.py.
+"""
+
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from sgd_influence_plugin import influence
+from sgd_influence_plugin.dataset import load_dataset
+from sgd_influence_plugin.errors import SettingsError
+from sgd_influence_plugin.nnabla_adapter import load_model
+from sgd_influence_plugin.settings import InfluenceSettings
+from sgd_influence_plugin.target import apply_target, centre_by_class, class_labels
+
+
+def test_centre_by_class_subtracts_each_class_mean():
+    scores = np.array([1.0, 2.0, 10.0, 3.0, 20.0, -4.0])
+    labels = np.array([0, 0, 1, 0, 1, 2])
+    # class 0: mean 2, class 1: mean 15, class 2: mean -4 (a class of one row scores 0)
+    expected = np.array([-1.0, 0.0, -5.0, 1.0, 5.0, 0.0])
+    np.testing.assert_allclose(centre_by_class(scores, labels), expected)
+    with pytest.raises(ValueError, match="5 labels for 6 scores"):
+        centre_by_class(scores, labels[:5])
+
+
+def test_labels_only_for_one_categorical_label():
+    arrays = {"x": np.zeros((3, 2), np.float32), "y": np.array([[2.0], [0.0], [1.0]], np.float32)}
+    one = SimpleNamespace(label_classes={"y": 3})
+    np.testing.assert_array_equal(class_labels(one, arrays), [2, 0, 1])
+    assert class_labels(SimpleNamespace(label_classes={}), arrays) is None  # regression
+    assert class_labels(SimpleNamespace(label_classes={"y": 3, "z": 2}), arrays) is None
+    scores = np.array([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(apply_target(scores, "plain", one, arrays), scores)
+    np.testing.assert_array_equal(
+        apply_target(scores, "class-centred", SimpleNamespace(label_classes={}), arrays), scores
+    )
+    with pytest.raises(ValueError, match="unknown target"):
+        apply_target(scores, "centred", one, arrays)
+    with pytest.raises(SettingsError, match="--target 'x': choose one of class-centred, plain"):
+        InfluenceSettings(target="x").validate({"target": "--target"})
+
+
+def test_run_scores_are_the_plain_trial_centred_by_class(results, data28):
+    """compute_influence at the default target = the same trial at target plain, each score
+    minus its class's mean (the class computed here from the CSV's labels)."""
+    model = load_model(model=os.path.join(results("mlp"), "results.nnp"))
+    train = load_dataset(data28["train"], model.info.input_shapes).arrays
+    val = load_dataset(data28["val"], model.info.input_shapes).arrays
+    default = influence.compute_influence(model, train, val, InfluenceSettings(seed=2, jobs=1))
+    plain = influence.compute_influence(
+        model, train, val, InfluenceSettings(seed=2, jobs=1, target="plain")
+    )
+    labels = train["y"].ravel().astype(int)
+    expected = plain.scores.copy()
+    for c in np.unique(labels):
+        expected[labels == c] -= plain.scores[labels == c].mean()
+    scale = np.max(np.abs(plain.scores))
+    np.testing.assert_allclose(default.scores, expected, rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(default.losses, plain.losses)
+    for c in np.unique(labels):
+        assert abs(default.scores[labels == c].sum()) <= 1e-6 * scale * len(labels)
