@@ -65,7 +65,8 @@ def check_check_outputs(
     folder = os.path.dirname(os.path.abspath(out_csv))
     if os.path.isdir(folder):
         ownership.read_ledger(folder)
-    ownership.check_replaceable(os.path.abspath(out_csv), flag)
+    owner = ownership.set_name("check", out_csv)
+    ownership.check_replaceable(os.path.abspath(out_csv), flag, owner=owner)
     for kind in CHECK_COMPANIONS:
         target = companion(out_csv, kind)
         for src in inputs:
@@ -75,7 +76,7 @@ def check_check_outputs(
                 raise SettingsError(
                     f"{target}: refusing to overwrite the input {src}; choose another {flag} name"
                 )
-        ownership.check_replaceable(target, flag)
+        ownership.check_replaceable(target, flag, owner=owner)
 
 
 def check_figure(result: CheckResult):
@@ -151,8 +152,9 @@ def write_check_output(
     paths = {"csv": os.path.abspath(out_csv)}
     paths.update({kind: companion(out_csv, kind) for kind in CHECK_COMPANIONS})
     folder = os.path.dirname(paths["csv"])
+    owner = ownership.set_name("check", out_csv)
     for path in paths.values():
-        ownership.check_replaceable(path, flag)
+        ownership.check_replaceable(path, flag, owner=owner)
     with ownership.staging(folder, flag) as stage:
 
         def staged(path: str) -> str:
@@ -177,7 +179,7 @@ def write_check_output(
         moves = [(staged(paths[k]), paths[k]) for k in CHECK_COMPANIONS]
         try:
             ownership.commit_staged(
-                folder, moves + [(staged(paths["csv"]), paths["csv"])], [], flag
+                folder, moves + [(staged(paths["csv"]), paths["csv"])], [], flag, owner=owner
             )
         except OSError as e:
             raise OutputError(

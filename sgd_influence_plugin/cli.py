@@ -430,6 +430,8 @@ def _check_install_place(folder: str, names: List[str], package: str) -> None:
                     "case, and on Windows, where the console runs, they are the same file; it "
                     "is left alone. Move it away, or install into another folder"
                 )
+        if os.path.isdir(path) and not os.path.islink(path):
+            ownership.check_folder_contents(path, _INSTALL_FLAG)
         if os.path.lexists(path) and not ownership.written_by_tool(path):
             what = "folder" if os.path.isdir(path) else "file"
             earlier = (
@@ -492,10 +494,11 @@ def cmd_install_plugin(args) -> int:
             staged_pkg = os.path.join(stage, package)
             shutil.copytree(here, staged_pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             os.chmod(staged_pkg, folder_mode())  # the user's usual folder permissions
-            ownership.mark_folder(
+            ownership.mark_folder(  # lists every file: one added or edited stops a reinstall
                 staged_pkg,
                 about="Installed by sgd-influence install-plugin, which replaces "
                 "this folder as a whole.\n",
+                listing=True,
             )
             moves.insert(0, (staged_pkg, os.path.join(dest_dir, package)))
             ownership.commit_staged(dest_dir, moves, [], _INSTALL_FLAG)

@@ -40,7 +40,9 @@ def atomic_write(path: str, mode: str = "w", **kwargs) -> Iterator:
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    # A short hidden name: a temporary file must fit wherever ``path`` fits (issue 34).
+    prefix = "." + os.path.basename(path)[:64] + "."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -62,12 +64,12 @@ def atomic_dir(path: str) -> Iterator[str]:
     """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".")
+    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path)[:64] + ".")
     try:
         yield tmp
         os.chmod(tmp, folder_mode())
         if os.path.exists(path):
-            old = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".old.")
+            old = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path)[:64] + ".old.")
             os.rmdir(old)
             os.replace(path, old)
             os.replace(tmp, path)

@@ -52,12 +52,14 @@ from . import interrupts
 from .dataset import Dataset, is_file_cell
 from .errors import DatasetError, SettingsError
 from .labels import canonical_label, display_label
+from .made_folders import write_marker
 from .ownership import (  # noqa: F401 - re-exported: the rule's names, where callers know them
     LEDGER,
     THUMBNAILS_MARKER,
     check_replaceable,
     commit_staged,
     read_ledger,
+    set_name,
     staging,
     written_by_tool,
 )
@@ -485,9 +487,10 @@ def write_influence_output(
     # What this run writes: every companion set in ``paths`` (a new one only needs its path
     # set there and its file written into the staging folder).
     written = [kind for kind in COMPANIONS if getattr(paths, kind)]
+    owner = set_name("run", paths.csv)
     for kind in written:
-        check_replaceable(getattr(paths, kind), flag, folder=kind == "thumbnails")
-    check_replaceable(paths.csv, flag)
+        check_replaceable(getattr(paths, kind), flag, folder=kind == "thumbnails", owner=owner)
+    check_replaceable(paths.csv, flag, owner=owner)
     with staging(folder, flag) as stage:
 
         def staged(path: str) -> str:
@@ -500,8 +503,6 @@ def write_influence_output(
         if make_thumbs:
             thumbs_dir = os.path.basename(paths.thumbnails)
             os.makedirs(os.path.join(stage, thumbs_dir))
-            with open(os.path.join(stage, thumbs_dir, THUMBNAILS_MARKER), "w") as f:
-                f.write("Thumbnails by sgd-influence; it replaces this folder as a whole.\n")
             for i in range(train.size):
                 interrupts.check()
                 if not images[i]:
@@ -512,6 +513,12 @@ def write_influence_output(
                 thumbs_rel[i] = rel
                 if progress is not None:
                     progress("thumbnails", i + 1, train.size)
+            write_marker(  # lists the thumbnails: a file not among them stops a later run
+                os.path.join(stage, thumbs_dir),
+                THUMBNAILS_MARKER,
+                "Thumbnails by sgd-influence; it replaces this folder as a whole.",
+                digests=False,
+            )
         t1 = time.perf_counter()
         with open(staged(paths.csv), "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
@@ -590,5 +597,6 @@ def write_influence_output(
         # Companions first, the CSV last: a reader of the CSV never sees half a set.
         moves = [(staged(getattr(paths, k)), getattr(paths, k)) for k in written]
         stale = [getattr(plan, k) for k in _VIEWS if getattr(paths, k) is None]
-        commit_staged(folder, moves + [(staged(paths.csv), paths.csv)], stale, flag)
+        moves.append((staged(paths.csv), paths.csv))
+        commit_staged(folder, moves, stale, flag, owner=owner)
     return paths

@@ -13,7 +13,7 @@ from .dataset import is_file_cell, read_csv_table
 from .errors import OutputError, SettingsError
 from .io_utils import locked_by_another, nearest_existing
 from .output import COMPANIONS, planned_paths
-from .ownership import FOLDER_MARKER, check_replaceable, read_ledger
+from .ownership import FOLDER_MARKER, check_replaceable, read_ledger, set_name
 from .validation import FlagNames
 
 #: Marker file in a cache folder the tool made; only such a folder (or an empty one) is used.
@@ -347,7 +347,8 @@ def check_output_places(
     plan = planned_paths(request.output)
     if os.path.isdir(os.path.dirname(plan.csv)):
         read_ledger(os.path.dirname(plan.csv))  # a damaged one is refused now, not at the end
-    check_replaceable(plan.csv, flags.output)
+    owner = set_name("run", plan.csv)
+    check_replaceable(plan.csv, flags.output, owner=owner)
     for kind in COMPANIONS:
         target = getattr(plan, kind)
         for src in inputs:
@@ -360,8 +361,6 @@ def check_output_places(
             _check_replaced_folder(target, "thumbnails folder", flags.output, inputs, image_dirs)
         if kind == "report" and not request.report:
             continue
-        if kind == "cleansed" and request.remove_ratio is None:
-            continue
-        check_replaceable(target, flags.output, folder=kind == "thumbnails")
+        check_replaceable(target, flags.output, folder=kind == "thumbnails", owner=owner)
     if request.cache_dir is not None:
         check_cache_dir(request.cache_dir, flags, inputs, image_dirs, request.output)

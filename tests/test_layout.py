@@ -31,6 +31,8 @@ PRODUCT_MODULES = (
     "interrupts.py",
     "io_utils.py",
     "labels.py",
+    "ledger_lock.py",
+    "made_folders.py",
     "neighbours.py",
     "nnabla_adapter/__init__.py",
     "nnabla_adapter/definition.py",
