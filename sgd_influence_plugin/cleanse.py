@@ -23,6 +23,7 @@ from .ownership import (
     set_name,
     staging,
 )
+from .relabels import check_relabels
 
 
 @dataclass
@@ -217,6 +218,7 @@ def cleanse(
         suggested = [""] * n
         for j, a, g in zip(idx.tolist(), table.actions, table.suggested):
             actions[j], suggested[j] = a, g
+        check_relabels(influence_csv, table.actions, table.suggested, labels)
         drop, relabel = recommended_changes(actions, suggested)
         if len(drop) >= n:
             raise InputError(f"{influence_csv}: every row is marked remove; nothing would be left")

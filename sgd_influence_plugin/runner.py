@@ -332,10 +332,16 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
     """What ``settings.yaml`` records: what was asked (``requested``), what was used
     (``used``), how the learning rate was chosen, each trial, timings and versions.
     """
+    rates = sorted({o.lr for o in result.trials})
+    # The rate the trials ran at: a retried trial runs at a quarter of the chosen rate, and
+    # the summary and settings say so (issue 34, case 12); a list when the trials differ.
+    used_lr = rates[0] if len(rates) == 1 else [o.lr for o in result.trials]
+    chosen = {} if rates == [result.resolved.lr] else {"lr_chosen": result.resolved.lr}
     return {
         "requested": settings.to_dict(),
         "used": {
-            "lr": result.resolved.lr,
+            "lr": used_lr,
+            **chosen,
             "weight_decay": result.resolved.weight_decay,
             "batch_size": result.resolved.batch_size,
             "epochs": settings.epochs,
@@ -357,6 +363,7 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
             for o, s in zip(result.trials, result.trial_scales)
         ],
         "model": info.source,
+        "label_classes": {str(k): int(v) for k, v in info.label_classes.items()},
         "train_csv": os.path.abspath(train_csv),
         "val_csv": os.path.abspath(val_csv),
         "n_params": n_params,

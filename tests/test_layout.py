@@ -47,6 +47,7 @@ PRODUCT_MODULES = (
     "places.py",
     "progress.py",
     "recommend.py",
+    "relabels.py",
     "report.py",
     "runner.py",
     "settings.py",
