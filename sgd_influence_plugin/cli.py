@@ -410,7 +410,7 @@ def _check_install_place(folder: str, names: List[str], package: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise OutputError(
-            f"{e.filename or folder}: cannot install there ({e.strerror or e}); check the folder "
+            f"{parent}: cannot install there ({e.strerror or e}); check the folder "
             "and its permissions (the console's folder may need administrator rights)"
         ) from e
     entries = os.listdir(folder) if os.path.isdir(folder) else []
@@ -457,7 +457,7 @@ def cmd_install_plugin(args) -> int:
     """
     from . import ownership
     from .errors import SettingsError
-    from .io_utils import folder_mode
+    from .io_utils import folder_mode, what_is
 
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.join(os.path.dirname(here), "plugins")
@@ -474,7 +474,7 @@ def cmd_install_plugin(args) -> int:
         )
     if os.path.lexists(target) and not os.path.isdir(target):
         raise OutputError(
-            f"{target}: is a file, not a folder; give the console's plugins folder "
+            f"{target}: is {what_is(target)}, not a folder; give the console's plugins folder "
             "(...\\neural_network_console\\libs\\plugins)"
         )
     package = "sgd_influence_plugin"
@@ -556,10 +556,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
 
 
-def entry() -> None:
-    """The ``sgd-influence`` command: :func:`main`, then :func:`.interrupts.exit_process`."""
-    interrupts.exit_process(main())
-
-
 if __name__ == "__main__":
-    entry()
+    interrupts.exit_process(main())

@@ -237,7 +237,9 @@ def load_dataset(
         columns.setdefault(name, []).append((ci, idx))
     for name in needs:
         if name not in columns:
-            have = ", ".join(repr(c) for c in header)
+            have = ", ".join(repr(c) for c in header[:8])  # a short line, however wide
+            if len(header) > 8:
+                have += f" and {len(header) - 8} more ({len(header)} columns)"
             raise DatasetError(
                 f"{path}: no column for variable '{name}' that the network needs; the header "
                 f"has {have}. Add a column named '{name}' (e.g. '{name}:label') or rename one"

@@ -162,3 +162,20 @@ def locked_by_another(path: str) -> bool:
         return False
     with open(path, "a+") as f:
         return not try_lock(f)
+
+
+def what_is(path: str) -> str:
+    """How to name ``path`` (which exists, as a name) where a folder was wanted: "a file", or
+    the kind of symbolic link that leads to no folder.
+    """
+    import errno
+
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return "a symbolic link that loops (it leads back to itself)"
+            return f"a symbolic link to {os.readlink(path)}, which does not exist"
+        return f"a symbolic link to {os.readlink(path)}, which is a file"
+    return "a file"

@@ -93,6 +93,7 @@ COMPANIONS: Dict[str, str] = {
 #: write again is removed (if the tool wrote it), so no stale view sits beside a new CSV. A
 #: cleansed CSV is data the user may be training on: it is never removed, only replaced.
 _VIEWS = ("thumbnails", "report", "trials")
+_ABOUT = "Thumbnails by sgd-influence; it replaces this folder as a whole."
 
 
 @dataclass
@@ -513,12 +514,8 @@ def write_influence_output(
                 thumbs_rel[i] = rel
                 if progress is not None:
                     progress("thumbnails", i + 1, train.size)
-            write_marker(  # lists the thumbnails: a file not among them stops a later run
-                os.path.join(stage, thumbs_dir),
-                THUMBNAILS_MARKER,
-                "Thumbnails by sgd-influence; it replaces this folder as a whole.",
-                digests=False,
-            )
+            # The marker lists the thumbnails: a file not among them stops a later run.
+            write_marker(os.path.join(stage, thumbs_dir), THUMBNAILS_MARKER, _ABOUT, False)
         t1 = time.perf_counter()
         with open(staged(paths.csv), "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")

@@ -225,11 +225,12 @@ def write_failed(error: OSError, where: str, flag: str) -> OutputError:
         fix = f"Give a shorter {flag} (a shorter name, or a folder nearer the root)"
     elif error.errno in _FULL:
         fix = f"Free some space, or give another {flag}"
+    elif error.errno == errno.EFBIG:
+        fix = f"It passed this system's file-size limit (ulimit -f): raise it, or another {flag}"
     else:
         fix = f"Fix the permissions, or give another {flag}"
-    return OutputError(
-        f"{target}: cannot write ({error.strerror or error}); nothing was written. {fix}"
-    )
+    why = " ".join(str(error.strerror or error).split())
+    return OutputError(f"{target}: cannot write ({why}); nothing was written. {fix}")
 
 
 def _aside(folder: str, final: str) -> str:

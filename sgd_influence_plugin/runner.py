@@ -246,22 +246,28 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             shutil.rmtree(made_cache, ignore_errors=True)
         if isinstance(e, OSError):
             # Writing the cache failed (the outputs convert their own errors): a full disk,
-            # or a folder made read-only while running.
-            where = flags.cache_dir or "cache folder"
-            fix = (
-                f"free some space or choose another {where}"
-                if e.errno in (errno.ENOSPC, errno.EDQUOT)
-                else f"check that folder (is another program using it?) or choose another {where}"
-            )
-            raise OutputError(
-                f"{e.filename or request.cache_dir or 'the temporary folder'}: cannot write the "
-                f"cache ({e.strerror or e}); {fix}"
-            ) from e
+            # a file-size limit, or a folder made read-only while running.
+            raise _cache_failed(e, request.cache_dir, flags.cache_dir or "cache folder") from e
         raise
     finally:
         if lock is not None:
             lock.close()
     return paths, result
+
+
+def _cache_failed(e: OSError, cache_dir: Optional[str], where: str) -> OutputError:
+    """One line for an OSError while writing the cache (HDF5's text may span lines)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free some space or choose another {where}"
+    elif e.errno == errno.EFBIG:
+        fix = f"a file passed this system's size limit (ulimit -f); raise it, or another {where}"
+    else:
+        fix = f"check that folder's permissions, or choose another {where}"
+    why = os.strerror(e.errno) if e.errno else " ".join(str(e.strerror or e).split())
+    return OutputError(
+        f"{e.filename or cache_dir or 'the temporary folder'}: cannot write the cache ({why}); "
+        f"nothing was written. {fix[0].upper() + fix[1:]}"
+    )
 
 
 @contextlib.contextmanager
