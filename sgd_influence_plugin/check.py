@@ -32,6 +32,7 @@ from .inputs import load_inputs
 from .output import find_columns
 from .runner import RunRequest
 from .settings import InfluenceSettings, write_yaml
+from .tiny_inputs import check_training_size
 
 #: Companion files of the check CSV: kind -> suffix of its stem.
 CHECK_COMPANIONS: Dict[str, str] = {
@@ -302,6 +303,7 @@ def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, c
                 f"{train.size}"
             )
         batch = settings.batch_size or info.solver.batch_size
+        check_training_size(train.path, train.size, batch, flags.batch_size)
         validation.check_known_rate(settings.lr, wd, train.size, batch, info)
         need = validation.estimate_bytes(  # one trial; no thumbnails, only a small plot
             n_train=train.size,

@@ -28,6 +28,7 @@ from .io_utils import makedirs_tracked, try_lock
 from .labels import check_label_names, read_label_names
 from .output import OutputPaths, find_columns, write_influence_output
 from .settings import InfluenceSettings
+from .tiny_inputs import too_few_to_recommend
 from .validation import CLI_FLAGS, FlagNames
 
 
@@ -163,6 +164,8 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
     val_for_influence, heldout, why_not, first = _split_for_check(
         request, info, train, val, settings
     )
+    if why_not and request.recommend:
+        log(why_not)
     loss0 = loaded.val_loss
     if first is not None:  # the influence's half of the rows already scored by load_inputs
         loss0 = float(np.mean(loaded.val_losses[first]))
@@ -322,6 +325,8 @@ def _split_for_check(request: RunRequest, info, train, val, settings):
             "no recommendation: it needs a classifier (one categorical label and an executor "
             "network that outputs class scores)"
         )
+    elif too_few_to_recommend(train.size):
+        why = too_few_to_recommend(train.size)
     elif val.size < need:
         why = (
             f"no recommendation: {val.size} validation rows; at least {need} are needed (half "

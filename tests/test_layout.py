@@ -53,6 +53,7 @@ PRODUCT_MODULES = (
     "report.py",
     "runner.py",
     "settings.py",
+    "tiny_inputs.py",
     "suspects.py",
     "validation.py",
 )
