@@ -336,7 +336,7 @@ def open_cluster(
     address: Optional[str], log: Callable[[str], None] = lambda m: None
 ) -> Optional[Cluster]:
     """:func:`connect` without the ``with`` block: the caller closes the connection."""
-    return _connect(address, log) if address else None
+    return _connect(address, log) if address is not None else None
 
 
 def _connect(address: str, log: Callable[[str], None]) -> Cluster:
@@ -444,7 +444,7 @@ def connect(
             there, the scheduler has no workers, or a worker has other versions.
 
     """
-    if not address:
+    if address is None:  # "" is an address given empty: refused by the check
         yield None
         return
     cluster = _connect(address, log)

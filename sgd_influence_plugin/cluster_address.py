@@ -43,6 +43,11 @@ START = (
 def parse(address: str) -> Tuple[str, str, int]:
     """``(address as tcp://HOST:PORT, host, port)``; refuses anything else."""
     text = address.strip()
+    if not text:
+        raise ClusterError(
+            "--cluster is empty; give the scheduler's address, e.g. tcp://192.168.1.10:8786, "
+            "or leave out --cluster to run on this machine"
+        )
     if "://" not in text:
         text = "tcp://" + text
     scheme, _, location = text.partition("://")

@@ -388,7 +388,8 @@ def _cell_value(path, number, column, cell, folder, normalize):
     full = text if os.path.isabs(text) else os.path.join(folder, text)
     if not os.path.isfile(full):
         raise DatasetError(
-            f"{where}: file '{text}' not found (paths are relative to the CSV's folder {folder})"
+            f"{where}: file {_shown(text)} not found (paths are relative to the CSV's folder "
+            f"{folder})"
         )
     try:
         value = _load_file(full, normalize)
@@ -418,3 +419,8 @@ def _why_unreadable(full: str, error: Exception) -> str:
         except Exception as pil_error:  # noqa: BLE001 - we only want its message
             return f"not a readable image: {pil_error}"
     return f"{type(error).__name__}: {error}"
+
+
+def _shown(text: str) -> str:
+    """A cell in quotes for a one-line message (a line break in it shown escaped)."""
+    return repr(text) if any(c in text for c in "\r\n") else f"'{text}'"

@@ -42,14 +42,20 @@ def write_marker(folder: str, marker: str, about: str, digests: bool = True) -> 
 
 
 def _listing(folder: str, marker: str) -> Optional[Dict[str, str]]:
-    """The marker's list of files, or None for a marker without one (an earlier version's)."""
+    """The marker's list of files; None for a marker without one (an earlier version's), {}
+    for one that is damaged (then every file in the folder counts as unknown).
+    """
     try:
         with open(os.path.join(folder, marker), encoding="utf-8") as f:
-            data = json.load(f)
-        files = data["files"]
-        return {str(k): str(v) for k, v in files.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+            text = f.read()
+    except (OSError, ValueError):
+        return {}  # unreadable: nothing in the folder is known to be the tool's
+    if not text.lstrip().startswith("{"):
+        return None  # an earlier version's plain-text marker
+    try:
+        return {str(k): str(v) for k, v in json.loads(text)["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}  # a damaged list: nothing in the folder is known to be the tool's
 
 
 def _python_cache(rel: str) -> bool:
@@ -68,6 +74,8 @@ def unknown_entry(folder: str, marker: str, thumbnails: bool = False) -> Optiona
 
     """
     listing = _listing(folder, marker)
+    if listing == {}:
+        return os.path.join(folder, marker)  # damaged: the tool cannot tell what is its own
     for root, dirs, names in os.walk(folder):
         dirs.sort()
         for name in sorted(names) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:

@@ -91,6 +91,12 @@ def test_an_address_that_is_not_tcp_is_refused_at_once(world_small, scheme):
     _refused(_argv(world_small, f"{scheme}://127.0.0.1:8786"), "only tcp:// addresses")
 
 
+@pytest.mark.parametrize("address", ["", " "])
+def test_an_empty_address_is_refused_not_ignored(world_small, address):
+    """``--cluster ""`` used to run on this machine without a word."""
+    _refused(_argv(world_small, address), "--cluster is empty")
+
+
 def test_a_first_ctrl_c_stops_the_wait_for_a_silent_peer(world_small):
     """Ctrl-C while the tool waits for a silent peer: exit 130 and one line (before: the
     first Ctrl-C was ignored)."""

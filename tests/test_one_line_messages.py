@@ -118,3 +118,17 @@ def test_a_csv_with_hundreds_of_columns_gets_a_short_line(world_small, capsys):
     assert cli.main(argv + ["--output", str(w["root"] / "w" / "i.csv")]) == 2
     err = _one_line(capsys.readouterr().err, r"and 775 more \(783 columns\)")
     assert len(err) < 400
+
+
+def test_a_cell_with_a_line_break_stays_on_one_line(world_small, capsys):
+    """A quoted image cell holding a line break: the message shows it as ``\\n``."""
+    w = world_small
+    with open(w["train"]) as f:
+        lines = f.read().splitlines(keepends=True)
+    bad = os.path.join(os.path.dirname(w["train"]), "nl.csv")
+    with open(bad, "w") as f:
+        f.writelines([lines[0], '"train/00\n0000.png",1\n', *lines[2:]])
+    argv = ["run", "--model", w["model"], "--train", bad, "--val", w["val"], "--quiet"]
+    capsys.readouterr()
+    assert cli.main(argv + ["--output", str(w["root"] / "nl" / "i.csv")]) == 2
+    _one_line(capsys.readouterr().err, r"nl\.csv row 1, column 'x:image': file 'train/00\\n")

@@ -100,3 +100,16 @@ def test_install_plugin_replaces_its_own_package_and_pythons_cache(tmp_path):
     (pkg / "__pycache__" / "cli.cpython-39.pyc").write_bytes(b"python's own cache")
     assert cli.main(["install-plugin", str(target)]) == 0
     assert not (pkg / "__pycache__").exists()
+
+
+def test_a_damaged_marker_makes_nothing_in_the_folder_the_tools(tmp_path, capsys):
+    """A marker whose list cannot be read no longer falls back to "replace anything": the
+    reinstall is refused, naming the marker."""
+    target = tmp_path / "plugins"
+    assert cli.main(["install-plugin", str(target)]) == 0
+    marker = _package(target) / ".sgd_influence_folder"
+    with open(marker, "a") as f:
+        f.write("# edited\n")
+    capsys.readouterr()
+    assert cli.main(["install-plugin", str(target)]) == 2
+    _one_line(capsys, r"\.sgd_influence_folder: sgd-influence did not write this file")
