@@ -530,7 +530,7 @@ def test_sigterm_leaves_no_cache_and_no_output(results, data28, tmp_path):
     out = tmp_path / "o" / "influence.csv"
     env = dict(os.environ, TMPDIR=str(tmp))
     proc = subprocess.Popen(
-        _cli_run(results, data28, out, "--epochs", "50", "--quiet"),
+        _cli_run(results, data28, out, "--trials", "300", "--jobs", "1", "--quiet"),
         env=env,
         stderr=subprocess.PIPE,
         text=True,
