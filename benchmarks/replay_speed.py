@@ -389,7 +389,7 @@ RSS_WRAPPER = (
     "r(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
     "atexit.register(_rss)\n"
     "sys.argv[0] = 'sgd-influence'\n"
-    "from sgd_influence_plugin.cli import entry\n"
+    "from sgd_influence_plugin.launch import entry\n"
     "entry()\n"
 )
 

@@ -32,6 +32,7 @@ from .inputs import load_inputs
 from .runner import RunRequest
 from .settings import InfluenceSettings, write_yaml
 from .table_columns import find_columns
+from .tiny_inputs import check_training_size
 
 #: Companion files of the check CSV: kind -> suffix of its stem.
 CHECK_COMPANIONS: Dict[str, str] = {
@@ -65,7 +66,8 @@ def check_check_outputs(
     folder = os.path.dirname(os.path.abspath(out_csv))
     if os.path.isdir(folder):
         ownership.read_ledger(folder)
-    ownership.check_replaceable(os.path.abspath(out_csv), flag)
+    owner = ownership.set_name("check", out_csv)
+    ownership.check_replaceable(os.path.abspath(out_csv), flag, owner=owner)
     for kind in CHECK_COMPANIONS:
         target = companion(out_csv, kind)
         for src in inputs:
@@ -75,7 +77,7 @@ def check_check_outputs(
                 raise SettingsError(
                     f"{target}: refusing to overwrite the input {src}; choose another {flag} name"
                 )
-        ownership.check_replaceable(target, flag)
+        ownership.check_replaceable(target, flag, owner=owner)
 
 
 def check_figure(result: CheckResult):
@@ -159,8 +161,9 @@ def write_check_output(
     paths = {"csv": os.path.abspath(out_csv)}
     paths.update({kind: companion(out_csv, kind) for kind in CHECK_COMPANIONS})
     folder = os.path.dirname(paths["csv"])
+    owner = ownership.set_name("check", out_csv)
     for path in paths.values():
-        ownership.check_replaceable(path, flag)
+        ownership.check_replaceable(path, flag, owner=owner)
     with ownership.staging(folder, flag) as stage:
 
         def staged(path: str) -> str:
@@ -187,7 +190,7 @@ def write_check_output(
         moves = [(staged(paths[k]), paths[k]) for k in CHECK_COMPANIONS if k in paths]
         try:
             ownership.commit_staged(
-                folder, moves + [(staged(paths["csv"]), paths["csv"])], [], flag
+                folder, moves + [(staged(paths["csv"]), paths["csv"])], [], flag, owner=owner
             )
         except OSError as e:
             raise OutputError(
@@ -310,6 +313,7 @@ def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, c
                 f"{train.size}"
             )
         batch = settings.batch_size or info.solver.batch_size
+        check_training_size(train.path, train.size, batch, flags.batch_size)
         validation.check_known_rate(settings.lr, wd, train.size, batch, info)
         need = validation.estimate_bytes(  # one trial; no thumbnails, only a small plot
             n_train=train.size,

@@ -14,8 +14,16 @@ import numpy as np
 from . import places, validation
 from .dataset import parse_header_cell, read_csv_rows, read_csv_table
 from .errors import InputError
-from .output import recommended_changes, write_cleansed
-from .ownership import check_replaceable, commit_staged, read_ledger, staging
+from .output import companion_path, recommended_changes, write_cleansed
+from .ownership import (
+    check_replaceable,
+    commit_staged,
+    output_set,
+    read_ledger,
+    set_name,
+    staging,
+)
+from .relabels import check_relabels
 
 
 @dataclass
@@ -206,7 +214,8 @@ def cleanse(
     )
     if os.path.isdir(os.path.dirname(os.path.abspath(output))):
         read_ledger(os.path.dirname(os.path.abspath(output)))
-    check_replaceable(output, flags.output)
+    owner = _output_set(influence_csv, output)
+    check_replaceable(output, flags.output, owner=owner)
     table = read_influence_csv(influence_csv)
     idx, orig, labels = table.index, table.original, table.labels
     _check_influence_rows(
@@ -226,6 +235,7 @@ def cleanse(
         suggested = [""] * n
         for j, a, g in zip(idx.tolist(), table.actions, table.suggested):
             actions[j], suggested[j] = a, g
+        check_relabels(influence_csv, table.actions, table.suggested, labels)
         drop, relabel = recommended_changes(actions, suggested)
         if len(drop) >= n:
             raise InputError(f"{influence_csv}: every row is marked remove; nothing would be left")
@@ -243,13 +253,23 @@ def cleanse(
     with staging(folder, flags.output) as stage:
         staged = os.path.join(stage, os.path.basename(out))
         write_cleansed(header, rows, drop, src_folder, folder, staged, relabel, label_col)
-        commit_staged(folder, [(staged, out)], [], flags.output)
+        commit_staged(folder, [(staged, out)], [], flags.output, owner=owner)
     return {
         "removed": sorted(drop),
         "relabelled": dict(sorted(relabel.items())),
         "kept": n - len(drop),
         "output": out,
     }
+
+
+def _output_set(influence_csv: str, output: str) -> str:
+    """The output set ``cleanse`` writes ``output`` for: the run's own set when ``output`` is
+    the cleansed CSV beside ``influence_csv`` (its run wrote it), else a set of its own.
+    """
+    beside = companion_path(influence_csv, "cleansed")
+    if os.path.normcase(os.path.abspath(output)) == os.path.normcase(beside):
+        return output_set(influence_csv) or set_name("cleanse", output)
+    return set_name("cleanse", output)
 
 
 def _label_column(header, rows, idx, labels, influence_csv, train_csv, flags, label=None) -> int:

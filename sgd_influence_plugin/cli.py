@@ -419,7 +419,7 @@ def _check_install_place(folder: str, names: List[str], package: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise OutputError(
-            f"{e.filename or folder}: cannot install there ({e.strerror or e}); check the folder "
+            f"{parent}: cannot install there ({e.strerror or e}); check the folder "
             "and its permissions (the console's folder may need administrator rights)"
         ) from e
     entries = os.listdir(folder) if os.path.isdir(folder) else []
@@ -439,6 +439,8 @@ def _check_install_place(folder: str, names: List[str], package: str) -> None:
                     "case, and on Windows, where the console runs, they are the same file; it "
                     "is left alone. Move it away, or install into another folder"
                 )
+        if os.path.isdir(path) and not os.path.islink(path):
+            ownership.check_folder_contents(path, _INSTALL_FLAG)
         if os.path.lexists(path) and not ownership.written_by_tool(path):
             what = "folder" if os.path.isdir(path) else "file"
             earlier = (
@@ -464,7 +466,7 @@ def cmd_install_plugin(args) -> int:
     """
     from . import ownership
     from .errors import SettingsError
-    from .io_utils import folder_mode
+    from .io_utils import folder_mode, what_is
 
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.join(os.path.dirname(here), "plugins")
@@ -481,7 +483,7 @@ def cmd_install_plugin(args) -> int:
         )
     if os.path.lexists(target) and not os.path.isdir(target):
         raise OutputError(
-            f"{target}: is a file, not a folder; give the console's plugins folder "
+            f"{target}: is {what_is(target)}, not a folder; give the console's plugins folder "
             "(...\\neural_network_console\\libs\\plugins)"
         )
     package = "sgd_influence_plugin"
@@ -501,10 +503,11 @@ def cmd_install_plugin(args) -> int:
             staged_pkg = os.path.join(stage, package)
             shutil.copytree(here, staged_pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             os.chmod(staged_pkg, folder_mode())  # the user's usual folder permissions
-            ownership.mark_folder(
+            ownership.mark_folder(  # lists every file: one added or edited stops a reinstall
                 staged_pkg,
                 about="Installed by sgd-influence install-plugin, which replaces "
                 "this folder as a whole.\n",
+                listing=True,
             )
             moves.insert(0, (staged_pkg, os.path.join(dest_dir, package)))
             ownership.commit_staged(dest_dir, moves, [], _INSTALL_FLAG)
@@ -562,10 +565,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
 
 
-def entry() -> None:
-    """The ``sgd-influence`` command: :func:`main`, then :func:`.interrupts.exit_process`."""
-    interrupts.exit_process(main())
-
-
 if __name__ == "__main__":
-    entry()
+    interrupts.exit_process(main())

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import socket
 import sys
 import threading
 import time
@@ -46,9 +45,12 @@ import uuid
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from . import interrupts
+from .cluster_address import START as _START
+from .cluster_address import probe
 from .errors import ClusterError
 
-#: Seconds to wait for the scheduler to answer, and for a first worker to be there.
+#: Seconds Dask's client may take to connect once the scheduler has answered
+#: (:mod:`.cluster_address`), and to wait for a first worker.
 CONNECT_TIMEOUT = 10.0
 #: Seconds a map waits while the scheduler has no worker at all before it gives up.
 NO_WORKERS_GRACE = 60.0
@@ -56,11 +58,6 @@ NO_WORKERS_GRACE = 60.0
 PROGRESS_INTERVAL = 0.5
 
 _INSTALL = "pip install 'sgd-influence-plugin[cluster]' (Dask distributed 2024.8.0)"
-_START = (
-    "start a scheduler with 'dask scheduler' and workers with 'dask worker ADDRESS --nthreads 1' "
-    "(docs/cluster.md), or leave out --cluster to run on this machine"
-)
-
 #: One unit at a time per worker process: units share that process's copy of the model.
 _UNIT_LOCK = threading.Lock()
 
@@ -87,25 +84,6 @@ def _versions() -> Dict[str, str]:
 def _missing(paths: Sequence[str]) -> List[str]:
     """The paths of ``paths`` this process cannot read (run on each worker)."""
     return [p for p in paths if not os.access(p, os.R_OK)]
-
-
-def _probe(address: str, timeout: float) -> None:
-    """Refuse at once when nothing listens at a TCP address (Dask would retry until its
-    timeout).
-    """
-    from distributed.comm import parse_address, parse_host_port
-
-    scheme, location = parse_address(address)
-    if scheme not in ("tcp", "tls"):
-        return
-    host, port = parse_host_port(location)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as e:
-        why = "timed out" if isinstance(e, socket.timeout) else (e.strerror or str(e))
-        raise ClusterError(
-            f"--cluster {address}: no Dask scheduler answers there ({why}); {_START}"
-        ) from None
 
 
 class Cluster:
@@ -225,10 +203,16 @@ class Cluster:
                 for i, stage, done, total in queue.get(batch=True):
                     on_progress(i, stage, done, total)
             return results
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(Exception):
                 stop.set()
                 client.cancel(futures, force=True)
+            if _connection_lost(e):
+                raise ClusterError(
+                    f"--cluster {self.address}: the connection to the scheduler was lost "
+                    f"({type(e).__name__}); nothing was written. Check that the scheduler runs, "
+                    "then run again"
+                ) from e
             raise
         finally:
             with contextlib.suppress(Exception):
@@ -273,6 +257,19 @@ class Cluster:
     def close(self) -> None:
         """Close the connection (the cluster keeps running)."""
         self.client.close()
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """True for Dask's own errors of a lost scheduler (not an error a unit raised)."""
+    import asyncio
+
+    from distributed.comm import CommClosedError
+
+    if isinstance(error, CommClosedError):
+        return True
+    where = type(error).__module__ or ""
+    timeout = isinstance(error, (asyncio.TimeoutError, TimeoutError))
+    return timeout or (isinstance(error, OSError) and where.startswith(("distributed", "tornado")))
 
 
 def _share(client, obj, key: str):
@@ -339,35 +336,54 @@ def open_cluster(
     address: Optional[str], log: Callable[[str], None] = lambda m: None
 ) -> Optional[Cluster]:
     """:func:`connect` without the ``with`` block: the caller closes the connection."""
-    return _connect(address, log) if address else None
+    return _connect(address, log) if address is not None else None
 
 
 def _connect(address: str, log: Callable[[str], None]) -> Cluster:
+    import asyncio
+    import logging
+
     try:
         from distributed import Client
     except ImportError:
         raise ClusterError(
             f"--cluster needs Dask distributed, which is not installed: {_INSTALL}"
         ) from None
-    if "://" not in address:
-        address = "tcp://" + address
-    try:
-        _probe(address, CONNECT_TIMEOUT)
-    except ValueError as e:
-        raise ClusterError(
-            f"--cluster {address}: not a scheduler address ({e}); give e.g. tcp://HOST:8786"
-        ) from e
+    address = probe(address)  # bounded, interruptible: a Dask scheduler answers there
+    for name in ["distributed", *logging.root.manager.loggerDict]:  # our one line says it all
+        if name.split(".")[0] == "distributed":
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
-    except (OSError, TimeoutError) as e:
+    except (OSError, TimeoutError, asyncio.TimeoutError) as e:
         raise ClusterError(f"--cluster {address}: cannot connect ({e}); {_START}") from e
     cluster = Cluster(client, address)
     try:
         _check_ready(cluster, log)
-    except BaseException:
-        client.close()
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            client.close()
+        if isinstance(e, (OSError, TimeoutError, asyncio.TimeoutError)):
+            raise ClusterError(
+                f"--cluster {address}: the scheduler stopped answering ({type(e).__name__}); "
+                f"{_START}"
+            ) from e
         raise
     return cluster
+
+
+def _wait_for_a_worker(cluster: Cluster) -> None:
+    """Wait up to CONNECT_TIMEOUT for a first worker, looking at a stop request meanwhile."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    while not cluster.client.scheduler_info().get("workers"):
+        interrupts.check()
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"--cluster {cluster.address}: the scheduler has no workers (waited "
+                f"{CONNECT_TIMEOUT:g} s); start some with 'dask worker {cluster.address} "
+                "--nthreads 1' (docs/cluster.md)"
+            )
+        time.sleep(0.2)
 
 
 def _check_ready(cluster: Cluster, log: Callable[[str], None]) -> None:
@@ -375,13 +391,7 @@ def _check_ready(cluster: Cluster, log: Callable[[str], None]) -> None:
     run several threads (units take turns in a process).
     """
     client, address = cluster.client, cluster.address
-    try:
-        client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as e:
-        raise ClusterError(
-            f"--cluster {address}: the scheduler has no workers (waited {CONNECT_TIMEOUT:g} s); "
-            f"start some with 'dask worker {address} --nthreads 1' (docs/cluster.md)"
-        ) from e
+    _wait_for_a_worker(cluster)
     theirs = {}
     machines = {"scheduler": "the scheduler's machine", "workers": "every worker's machine"}
     for where, call in (("scheduler", client.run_on_scheduler), ("workers", client.run)):
@@ -434,7 +444,7 @@ def connect(
             there, the scheduler has no workers, or a worker has other versions.
 
     """
-    if not address:
+    if address is None:  # "" is an address given empty: refused by the check
         yield None
         return
     cluster = _connect(address, log)

@@ -237,7 +237,9 @@ def load_dataset(
         columns.setdefault(name, []).append((ci, idx))
     for name in needs:
         if name not in columns:
-            have = ", ".join(repr(c) for c in header)
+            have = ", ".join(repr(c) for c in header[:8])  # a short line, however wide
+            if len(header) > 8:
+                have += f" and {len(header) - 8} more ({len(header)} columns)"
             raise DatasetError(
                 f"{path}: no column for variable '{name}' that the network needs; the header "
                 f"has {have}. Add a column named '{name}' (e.g. '{name}:label') or rename one"
@@ -401,7 +403,8 @@ def _cell_value(path, number, column, cell, folder, normalize):
     full = data_path(folder, text)
     if not os.path.isfile(full):
         raise DatasetError(
-            f"{where}: file '{text}' not found (paths are relative to the CSV's folder {folder})"
+            f"{where}: file {_shown(text)} not found (paths are relative to the CSV's folder "
+            f"{folder})"
         )
     try:
         value = _load_file(full, normalize)
@@ -431,3 +434,8 @@ def _why_unreadable(full: str, error: Exception) -> str:
         except Exception as pil_error:  # noqa: BLE001 - we only want its message
             return f"not a readable image: {pil_error}"
     return f"{type(error).__name__}: {error}"
+
+
+def _shown(text: str) -> str:
+    """A cell in quotes for a one-line message (a line break in it shown escaped)."""
+    return repr(text) if any(c in text for c in "\r\n") else f"'{text}'"

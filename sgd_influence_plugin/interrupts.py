@@ -93,12 +93,14 @@ def is_interrupt(error: BaseException) -> bool:
 def exit_process(status: int) -> None:
     """End the process with ``status`` (the entry points' last call).
 
-    After an interrupt (status 130) the process ends without Python's exit work (``atexit``
-    handlers, e.g. multiprocessing's): everything was cleaned up before the status was
-    returned, and a Ctrl-C during that work would print a traceback after the one line.
+    After an interrupt (status 130) or an error (any other status but 0) the process ends
+    without Python's exit work (``atexit`` handlers, e.g. multiprocessing's, and the teardown
+    of every object): everything was cleaned up before the status was returned, a Ctrl-C
+    during that work would print a traceback after the one line, and objects h5py left
+    behind by a failed write (a full disk, ``ulimit -f``) can crash that teardown.
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    if status == 130:
-        os._exit(130)
+    if status != 0:
+        os._exit(status)
     sys.exit(status)

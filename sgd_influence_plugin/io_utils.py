@@ -40,7 +40,9 @@ def atomic_write(path: str, mode: str = "w", **kwargs) -> Iterator:
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    # A short hidden name: a temporary file must fit wherever ``path`` fits (issue 34).
+    prefix = "." + os.path.basename(path)[:64] + "."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -62,12 +64,12 @@ def atomic_dir(path: str) -> Iterator[str]:
     """
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".")
+    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path)[:64] + ".")
     try:
         yield tmp
         os.chmod(tmp, folder_mode())
         if os.path.exists(path):
-            old = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".old.")
+            old = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path)[:64] + ".old.")
             os.rmdir(old)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -160,3 +162,20 @@ def locked_by_another(path: str) -> bool:
         return False
     with open(path, "a+") as f:
         return not try_lock(f)
+
+
+def what_is(path: str) -> str:
+    """How to name ``path`` (which exists, as a name) where a folder was wanted: "a file", or
+    the kind of symbolic link that leads to no folder.
+    """
+    import errno
+
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return "a symbolic link that loops (it leads back to itself)"
+            return f"a symbolic link to {os.readlink(path)}, which does not exist"
+        return f"a symbolic link to {os.readlink(path)}, which is a file"
+    return "a file"

@@ -54,12 +54,14 @@ from . import interrupts
 from .dataset import Dataset, cell_path, data_path
 from .errors import DatasetError, SettingsError
 from .labels import canonical_label
+from .made_folders import write_marker
 from .ownership import (  # noqa: F401 - re-exported: the rule's names, where callers know them
     LEDGER,
     THUMBNAILS_MARKER,
     check_replaceable,
     commit_staged,
     read_ledger,
+    set_name,
     staging,
     written_by_tool,
 )
@@ -82,6 +84,7 @@ COMPANIONS: Dict[str, str] = {
 #: write again is removed (if the tool wrote it), so no stale view sits beside a new CSV. A
 #: cleansed CSV is data the user may be training on: it is never removed, only replaced.
 _VIEWS = ("thumbnails", "report", "trials")
+_ABOUT = "Thumbnails by sgd-influence; it replaces this folder as a whole."
 
 
 @dataclass
@@ -368,9 +371,10 @@ def write_influence_output(
     # What this run writes: every companion set in ``paths`` (a new one only needs its path
     # set there and its file written into the staging folder).
     written = [kind for kind in COMPANIONS if getattr(paths, kind)]
+    owner = set_name("run", paths.csv)
     for kind in written:
-        check_replaceable(getattr(paths, kind), flag, folder=kind == "thumbnails")
-    check_replaceable(paths.csv, flag)
+        check_replaceable(getattr(paths, kind), flag, folder=kind == "thumbnails", owner=owner)
+    check_replaceable(paths.csv, flag, owner=owner)
     with staging(folder, flag) as stage:
 
         def staged(path: str) -> str:
@@ -383,8 +387,6 @@ def write_influence_output(
         if make_thumbs:
             thumbs_dir = os.path.basename(paths.thumbnails)
             os.makedirs(os.path.join(stage, thumbs_dir))
-            with open(os.path.join(stage, thumbs_dir, THUMBNAILS_MARKER), "w") as f:
-                f.write("Thumbnails by sgd-influence; it replaces this folder as a whole.\n")
             for i in range(train.size):
                 interrupts.check()
                 if not images[i]:
@@ -395,6 +397,8 @@ def write_influence_output(
                 thumbs_rel[i] = rel
                 if progress is not None:
                     progress("thumbnails", i + 1, train.size)
+            # The marker lists the thumbnails: a file not among them stops a later run.
+            write_marker(os.path.join(stage, thumbs_dir), THUMBNAILS_MARKER, _ABOUT, False)
         t1 = time.perf_counter()
         with open(staged(paths.csv), "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
@@ -477,5 +481,6 @@ def write_influence_output(
         # Companions first, the CSV last: a reader of the CSV never sees half a set.
         moves = [(staged(getattr(paths, k)), getattr(paths, k)) for k in written]
         stale = [getattr(plan, k) for k in _VIEWS if getattr(paths, k) is None]
-        commit_staged(folder, moves + [(staged(paths.csv), paths.csv)], stale, flag)
+        moves.append((staged(paths.csv), paths.csv))
+        commit_staged(folder, moves, stale, flag, owner=owner)
     return paths

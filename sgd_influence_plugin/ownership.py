@@ -28,9 +28,10 @@ import tempfile
 import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import interrupts
+from . import interrupts, ledger_lock
 from .errors import OutputError
 from .io_utils import atomic_write, makedirs_tracked, remove_empty_folders, sha256_file
+from .made_folders import unknown_entry, write_marker
 
 #: Per folder: the files the tool wrote there, name -> SHA-256 digests.
 LEDGER = ".sgd_influence_written.json"
@@ -47,6 +48,30 @@ FOLDER_MARKERS = (FOLDER_MARKER, THUMBNAILS_MARKER)
 # ----------------------------------------------------------------------------------------
 
 
+def _read(folder: str) -> Tuple[Dict[str, List[str]], Dict[str, str]]:
+    """The ledger of ``folder``: (file name -> accepted SHA-256 digests, file name -> the
+    output set it belongs to); ({}, {}) if there is none.
+    """
+    path = os.path.join(folder, LEDGER)
+    if not os.path.lexists(path):
+        return {}, {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        files = data["files"]
+        sets = data.get("sets", {})
+        if not isinstance(files, dict) or not isinstance(sets, dict):
+            raise TypeError("files or sets is not a mapping")
+        return {str(k): [str(h) for h in v] for k, v in files.items()}, {
+            str(k): str(v) for k, v in sets.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise OutputError(
+            f"{path}: cannot tell which files here sgd-influence wrote, this list of them is "
+            f"unreadable ({e}); write the output into another folder"
+        ) from e
+
+
 def read_ledger(folder: str) -> Dict[str, List[str]]:
     """The ledger of ``folder``: file name -> accepted SHA-256 digests ({} if none).
 
@@ -54,27 +79,30 @@ def read_ledger(folder: str) -> Dict[str, List[str]]:
         OutputError: a file of that name exists but is not a ledger this tool wrote.
 
     """
-    path = os.path.join(folder, LEDGER)
-    if not os.path.lexists(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        files = data["files"]
-        if not isinstance(files, dict):
-            raise TypeError("files is not a mapping")
-        return {str(k): [str(h) for h in v] for k, v in files.items()}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise OutputError(
-            f"{path}: cannot tell which files here sgd-influence wrote, this list of them is "
-            f"unreadable ({e}); write the output into another folder"
-        ) from e
+    return _read(folder)[0]
 
 
-def _write_ledger(folder: str, files: Dict[str, List[str]]) -> None:
+def output_set(path: str) -> Optional[str]:
+    """The output set the ledger of its folder puts the file ``path`` in (e.g. ``run
+    influence.csv``), or None (not listed, or written before sets were recorded).
+    """
+    return _read(os.path.dirname(os.path.abspath(path)))[1].get(os.path.basename(path))
+
+
+def set_name(command: str, main: str) -> str:
+    """The name of the output set whose main file is ``main``, written by ``command``."""
+    return f"{command} {os.path.basename(main)}"
+
+
+def _write_ledger(
+    folder: str, files: Dict[str, List[str]], sets: Optional[Dict[str, str]] = None
+) -> None:
+    kept = {k: v for k, v in sorted(files.items()) if v}
     data = {
-        "about": "files sgd-influence wrote in this folder and may replace: name -> SHA-256",
-        "files": {k: v for k, v in sorted(files.items()) if v},
+        "about": "files sgd-influence wrote in this folder and may replace: name -> SHA-256; "
+        "sets: name -> the output set (command and main file) it belongs to",
+        "files": kept,
+        "sets": {k: v for k, v in sorted((sets or {}).items()) if k in kept},
     }
     with atomic_write(os.path.join(folder, LEDGER), encoding="utf-8") as f:
         json.dump(data, f, indent=1)
@@ -88,32 +116,61 @@ def written_by_tool(path: str) -> bool:
     if os.path.islink(path):
         return False
     if os.path.isdir(path):
-        return any(os.path.isfile(os.path.join(path, m)) for m in FOLDER_MARKERS)
+        markers = [m for m in FOLDER_MARKERS if os.path.isfile(os.path.join(path, m))]
+        return bool(markers) and unknown_entry(path, markers[0], _is_thumbs(markers)) is None
     if not os.path.isfile(path):
         return False
     digests = read_ledger(os.path.dirname(os.path.abspath(path))).get(os.path.basename(path))
     return bool(digests) and sha256_file(path) in digests
 
 
+def _is_thumbs(markers: Sequence[str]) -> bool:
+    return THUMBNAILS_MARKER in markers
+
+
+def check_folder_contents(path: str, flag: str) -> None:
+    """Refuse a folder the tool made that holds a file the tool did not write there."""
+    markers = [m for m in FOLDER_MARKERS if os.path.isfile(os.path.join(path, m))]
+    if not markers or os.path.islink(path):
+        return
+    unknown = unknown_entry(path, markers[0], _is_thumbs(markers))
+    if unknown is not None:
+        raise OutputError(
+            f"{unknown}: sgd-influence did not write this file (or it was changed since), and "
+            f"it lies in {path}, a folder the tool would replace; nothing was written. Move "
+            f"the file out of that folder, or give another {flag}"
+        )
+
+
 def check_replaceable(
-    path: str, flag: str = "--output", folder: bool = False, marker: str = THUMBNAILS_MARKER
+    path: str,
+    flag: str = "--output",
+    folder: bool = False,
+    marker: str = THUMBNAILS_MARKER,
+    owner: Optional[str] = None,
 ) -> None:
-    """Refuse to write ``path`` if something the tool did not write is there.
+    """Refuse to write ``path`` if something the tool did not write is there, or a file of
+    another output set.
 
     Args:
         path: a file (or, with ``folder``, a folder) a writer would replace.
         flag: the option that chose it, for the message.
         folder: ``path`` is a folder the tool makes.
         marker: the marker such a folder holds, for the message.
+        owner: the output set (:func:`set_name`) the writer writes ``path`` for; a file the
+            ledger puts in another set is refused.
 
     Raises:
-        OutputError: ``path`` exists and is not the tool's (see :func:`written_by_tool`), or
-            has the wrong kind (a folder where a file goes, or the other way round).
+        OutputError: ``path`` exists and is not the tool's (see :func:`written_by_tool`),
+            holds a file the tool did not write, belongs to another output set, or has the
+            wrong kind (a folder where a file goes, or the other way round).
 
     """
     if not os.path.lexists(path):
         return
     what = "folder" if folder else "file"
+    if folder and os.path.isdir(path):
+        check_folder_contents(path, flag)
     if folder != (os.path.isdir(path) and not os.path.islink(path)) or not written_by_tool(path):
         made = (
             f"has no {marker} marker, so sgd-influence did not make it"
@@ -124,14 +181,31 @@ def check_replaceable(
             f"{path}: already exists and {made}; it is left alone. Give another {flag} name, "
             f"or move or delete that {what} yourself"
         )
+    theirs = output_set(path) if owner else None
+    if theirs is not None and theirs != owner:
+        raise OutputError(
+            f"{path}: belongs to another output set ({theirs}), whose other files describe it; "
+            f"it is left alone. Give another {flag} name (this command writes {owner})"
+        )
 
 
-def mark_folder(path: str, marker: str = FOLDER_MARKER, about: str = "") -> None:
+def mark_folder(
+    path: str, marker: str = FOLDER_MARKER, about: str = "", listing: bool = False
+) -> None:
     """Put ``marker`` into the folder ``path`` (which the tool made), so a later run may
     replace the folder as a whole.
+
+    With ``listing`` the marker lists every file now in the folder with its digest
+    (:mod:`.made_folders`): a later run replaces the folder only while it holds exactly
+    those files. Without, for a folder filled later (the protocol's ``estimates/``), the
+    marker alone decides.
     """
+    about = about or "Made by sgd-influence; it replaces this folder as a whole.\n"
+    if listing:
+        write_marker(path, marker, about)
+        return
     with open(os.path.join(path, marker), "w") as f:
-        f.write(about or "Made by sgd-influence; it replaces this folder as a whole.\n")
+        f.write(about)
 
 
 # ----------------------------------------------------------------------------------------
@@ -151,11 +225,12 @@ def write_failed(error: OSError, where: str, flag: str) -> OutputError:
         fix = f"Give a shorter {flag} (a shorter name, or a folder nearer the root)"
     elif error.errno in _FULL:
         fix = f"Free some space, or give another {flag}"
+    elif error.errno == errno.EFBIG:
+        fix = f"It passed this system's file-size limit (ulimit -f): raise it, or another {flag}"
     else:
         fix = f"Fix the permissions, or give another {flag}"
-    return OutputError(
-        f"{target}: cannot write ({error.strerror or error}); nothing was written. {fix}"
-    )
+    why = " ".join(str(error.strerror or error).split())
+    return OutputError(f"{target}: cannot write ({why}); nothing was written. {fix}")
 
 
 def _aside(folder: str, final: str) -> str:
@@ -177,8 +252,12 @@ def commit_staged(
     remove: Sequence[str],
     flag: str,
     main: Optional[str] = None,
+    owner: Optional[str] = None,
 ) -> None:
     """Put a staged set of files (and folders) in place: all of it, or nothing.
+
+    The whole commit holds the folder's ledger lock (:mod:`.ledger_lock`), so writers into
+    one folder take turns and none loses another's ledger entries.
 
     1. Every destination is checked again (:func:`check_replaceable`), and the ledger is
        written accepting both the old and the new content of each file.
@@ -187,7 +266,7 @@ def commit_staged(
        another program on Windows, read-only, immutable) stops the commit here.
     3. The staged entries are moved in, companions first, the main file last.
     4. Only then are the moved-aside entries and the old views in ``remove`` deleted, and the
-       ledger lists the new content.
+       ledger lists the new content, each file in the output set ``owner``.
 
     If step 2 or 3 fails (or an interrupt arrives), everything moved is moved back, the
     ledger is restored, and an :class:`OutputError` names the file: no destination changes.
@@ -198,27 +277,51 @@ def commit_staged(
         remove: final paths of old views to remove if the tool wrote them.
         flag: the output option, for messages.
         main: the final path of the main file (default: the last of ``moves``).
+        owner: the output set of these files (default: ``flag`` and the main file's name).
 
     """
     interrupts.check()  # the last moment a stop leaves everything as it was
-    for staged, final in moves:
-        check_replaceable(final, flag, folder=os.path.isdir(staged))
     main = main or (moves[-1][1] if moves else None)
-    ledger_path = os.path.join(folder, LEDGER)
-    old_ledger_bytes = None
-    if os.path.isfile(ledger_path):
-        with open(ledger_path, "rb") as f:
-            old_ledger_bytes = f.read()
-    ledger = read_ledger(folder)
-    new = {
-        os.path.basename(final): sha256_file(staged)
-        for staged, final in moves
-        if os.path.isfile(staged)
-    }
-    try:
-        _write_ledger(folder, {**ledger, **{k: [h, *ledger.get(k, [])] for k, h in new.items()}})
-    except OSError as e:
-        raise write_failed(e, folder, flag) from e
+    owner = owner or (set_name(flag, main) if main else None)
+    with ledger_lock.held(folder, flag):
+        for staged, final in moves:
+            check_replaceable(final, flag, folder=os.path.isdir(staged), owner=owner)
+        ledger_path = os.path.join(folder, LEDGER)
+        old_ledger_bytes = None
+        if os.path.isfile(ledger_path):
+            with open(ledger_path, "rb") as f:
+                old_ledger_bytes = f.read()
+        ledger, sets = _read(folder)
+        new = {
+            os.path.basename(final): sha256_file(staged)
+            for staged, final in moves
+            if os.path.isfile(staged)
+        }
+        sets = {**sets, **{k: owner for k in new if owner}}
+        try:
+            accepted = {k: [h, *ledger.get(k, [])] for k, h in new.items()}
+            _write_ledger(folder, {**ledger, **accepted}, sets)
+        except OSError as e:
+            raise write_failed(e, folder, flag) from e
+        aside = _move_in(folder, moves, main, flag, ledger_path, old_ledger_bytes)
+        for _, place in aside:
+            _remove(place)
+        for path in remove:
+            if os.path.lexists(path) and written_by_tool(path):
+                _remove(path)
+        ledger = {**ledger, **{k: [h] for k, h in new.items()}}
+        with contextlib.suppress(OSError):  # the files are in place; an old entry is harmless
+            _write_ledger(
+                folder,
+                {k: v for k, v in ledger.items() if os.path.isfile(os.path.join(folder, k))},
+                sets,
+            )
+
+
+def _move_in(folder, moves, main, flag, ledger_path, old_ledger_bytes) -> List[Tuple[str, str]]:
+    """Steps 2 and 3 of :func:`commit_staged`: returns the (final, moved-aside) pairs; on
+    failure everything goes back, the old ledger too, and an OutputError says so.
+    """
     aside: List[Tuple[str, str]] = []  # (final, where it was moved)
     moved_in: List[Tuple[str, str]] = []  # (staged, final)
     order = sorted(moves, key=lambda m: m[1] != main)  # the main file is moved aside first
@@ -254,16 +357,7 @@ def commit_staged(
             "another program, or read-only? Close it or make it writable, or give another "
             f"{flag}. Nothing was changed: every earlier output is as it was"
         ) from e
-    for _, place in aside:
-        _remove(place)
-    for path in remove:
-        if os.path.lexists(path) and written_by_tool(path):
-            _remove(path)
-    ledger = {**ledger, **{k: [h] for k, h in new.items()}}
-    with contextlib.suppress(OSError):  # the files are in place; an old ledger entry is harmless
-        _write_ledger(
-            folder, {k: v for k, v in ledger.items() if os.path.isfile(os.path.join(folder, k))}
-        )
+    return aside
 
 
 @contextlib.contextmanager

@@ -11,9 +11,9 @@ from typing import Iterable, Optional, Sequence, Set
 
 from .dataset import data_path, is_file_cell, read_csv_table
 from .errors import OutputError, SettingsError
-from .io_utils import locked_by_another, nearest_existing
+from .io_utils import locked_by_another, nearest_existing, what_is
 from .output import COMPANIONS, planned_paths
-from .ownership import FOLDER_MARKER, check_replaceable, read_ledger
+from .ownership import FOLDER_MARKER, check_replaceable, read_ledger, set_name
 from .validation import FlagNames
 
 #: Marker file in a cache folder the tool made; only such a folder (or an empty one) is used.
@@ -72,7 +72,7 @@ def _check_writable(path: str, flag: str) -> None:
     parent = nearest_existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(parent):
         raise OutputError(
-            f"{path}: cannot be created because {parent} is a file, not a folder; give "
+            f"{path}: cannot be created because {parent} is {what_is(parent)}, not a folder; give "
             f"another {flag}"
         )
     try:
@@ -225,8 +225,8 @@ def check_output_folder(
         raise SettingsError(f"{flag} is empty; give a folder for the results, e.g. evaluation")
     if os.path.lexists(folder) and not os.path.isdir(folder):
         raise OutputError(
-            f"{flag} {folder}: is a file, not a folder; give a folder for the results (a new "
-            "one, or one sgd-influence wrote into)"
+            f"{flag} {folder}: is {what_is(folder)}, not a folder; give a folder for the "
+            "results (a new one, or one sgd-influence wrote into)"
         )
     check_path_fits(os.path.join(folder, "x"), flag, [*files, *folders])
     for images in image_folders:
@@ -290,7 +290,8 @@ def check_cache_dir(
         raise OutputError(f"{flag} is empty; give a folder for the cache, or leave it out")
     if os.path.lexists(cache_dir) and not os.path.isdir(cache_dir):
         raise OutputError(
-            f"{flag} {cache_dir}: is a file; give a folder (new or empty) for the cache"
+            f"{flag} {cache_dir}: is {what_is(cache_dir)}; give a folder (new or empty) for "
+            "the cache"
         )
     inputs = [p for p in input_files if p]
     _check_replaced_folder(cache_dir, "cache folder", flag, inputs, image_folders)
@@ -347,7 +348,8 @@ def check_output_places(
     plan = planned_paths(request.output)
     if os.path.isdir(os.path.dirname(plan.csv)):
         read_ledger(os.path.dirname(plan.csv))  # a damaged one is refused now, not at the end
-    check_replaceable(plan.csv, flags.output)
+    owner = set_name("run", plan.csv)
+    check_replaceable(plan.csv, flags.output, owner=owner)
     for kind in COMPANIONS:
         target = getattr(plan, kind)
         for src in inputs:
@@ -360,8 +362,6 @@ def check_output_places(
             _check_replaced_folder(target, "thumbnails folder", flags.output, inputs, image_dirs)
         if kind == "report" and not request.report:
             continue
-        if kind == "cleansed" and request.remove_ratio is None:
-            continue
-        check_replaceable(target, flags.output, folder=kind == "thumbnails")
+        check_replaceable(target, flags.output, folder=kind == "thumbnails", owner=owner)
     if request.cache_dir is not None:
         check_cache_dir(request.cache_dir, flags, inputs, image_dirs, request.output)

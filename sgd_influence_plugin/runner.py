@@ -31,6 +31,7 @@ from .probabilities import as_probabilities
 from .removal import recommend_removal
 from .settings import InfluenceSettings
 from .table_columns import find_columns
+from .tiny_inputs import too_few_to_recommend
 from .validation import CLI_FLAGS, FlagNames
 
 
@@ -168,6 +169,8 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
     val_for_influence, heldout, why_not, first = _split_for_check(
         request, info, train, val, settings
     )
+    if why_not and request.recommend:
+        log(why_not)
     loss0 = loaded.val_loss
     if first is not None:  # the influence's half of the rows already scored by load_inputs
         loss0 = float(np.mean(loaded.val_losses[first]))
@@ -267,22 +270,28 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             shutil.rmtree(made_cache, ignore_errors=True)
         if isinstance(e, OSError):
             # Writing the cache failed (the outputs convert their own errors): a full disk,
-            # or a folder made read-only while running.
-            where = flags.cache_dir or "cache folder"
-            fix = (
-                f"free some space or choose another {where}"
-                if e.errno in (errno.ENOSPC, errno.EDQUOT)
-                else f"check that folder (is another program using it?) or choose another {where}"
-            )
-            raise OutputError(
-                f"{e.filename or request.cache_dir or 'the temporary folder'}: cannot write the "
-                f"cache ({e.strerror or e}); {fix}"
-            ) from e
+            # a file-size limit, or a folder made read-only while running.
+            raise _cache_failed(e, request.cache_dir, flags.cache_dir or "cache folder") from e
         raise
     finally:
         if lock is not None:
             lock.close()
     return paths, result
+
+
+def _cache_failed(e: OSError, cache_dir: Optional[str], where: str) -> OutputError:
+    """One line for an OSError while writing the cache (HDF5's text may span lines)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free some space or choose another {where}"
+    elif e.errno == errno.EFBIG:
+        fix = f"a file passed this system's size limit (ulimit -f); raise it, or another {where}"
+    else:
+        fix = f"check that folder's permissions, or choose another {where}"
+    why = os.strerror(e.errno) if e.errno else " ".join(str(e.strerror or e).split())
+    return OutputError(
+        f"{e.filename or cache_dir or 'the temporary folder'}: cannot write the cache ({why}); "
+        f"nothing was written. {fix[0].upper() + fix[1:]}"
+    )
 
 
 @contextlib.contextmanager
@@ -338,6 +347,8 @@ def _split_for_check(request: RunRequest, info, train, val, settings):
             "no recommendation: it needs a classifier (one class label and an executor "
             "network that outputs class scores) or a regression (one target column)"
         )
+    elif too_few_to_recommend(train.size):
+        why = too_few_to_recommend(train.size)
     elif val.size < need:
         why = (
             f"no recommendation: {val.size} validation rows; at least {need} are needed (half "
@@ -357,10 +368,16 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
     """What ``settings.yaml`` records: what was asked (``requested``), what was used
     (``used``), how the learning rate was chosen, each trial, timings and versions.
     """
+    rates = sorted({o.lr for o in result.trials})
+    # The rate the trials ran at: a retried trial runs at a quarter of the chosen rate, and
+    # the summary and settings say so (issue 34, case 12); a list when the trials differ.
+    used_lr = rates[0] if len(rates) == 1 else [o.lr for o in result.trials]
+    chosen = {} if rates == [result.resolved.lr] else {"lr_chosen": result.resolved.lr}
     return {
         "requested": settings.to_dict(),
         "used": {
-            "lr": result.resolved.lr,
+            "lr": used_lr,
+            **chosen,
             "weight_decay": result.resolved.weight_decay,
             "batch_size": result.resolved.batch_size,
             "epochs": settings.epochs,
@@ -382,6 +399,7 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
             for o, s in zip(result.trials, result.trial_scales)
         ],
         "model": info.source,
+        "label_classes": {str(k): int(v) for k, v in info.label_classes.items()},
         "train_csv": os.path.abspath(train_csv),
         "val_csv": os.path.abspath(val_csv),
         "n_params": n_params,

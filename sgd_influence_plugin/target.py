@@ -56,14 +56,17 @@ def class_labels(info, arrays: Mapping[str, np.ndarray]) -> Optional[np.ndarray]
 
 
 def centre_by_class(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Each score minus the mean score of the rows with the same label.
+    """Each score minus the mean score of the rows with the same label; a class of a single
+    row keeps its score (it has no average row to be compared with: centred, it would be 0 by
+    construction and say nothing).
 
     Args:
         scores: float (N,) replay estimates, training-row order.
         labels: int (N,) the given class of each row, same order.
 
     Returns:
-        float64 (N,): within every class the scores sum to zero (up to rounding).
+        float64 (N,): within every class of two rows or more the scores sum to zero (up to
+        rounding).
 
     """
     scores = np.asarray(scores, dtype=np.float64)
@@ -73,7 +76,8 @@ def centre_by_class(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     _, group = np.unique(labels, return_inverse=True)
     sums = np.bincount(group, weights=scores)
     counts = np.bincount(group)
-    return scores - (sums / counts)[group]
+    means = np.where(counts >= 2, sums / counts, 0.0)
+    return scores - means[group]
 
 
 def apply_target(

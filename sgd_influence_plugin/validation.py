@@ -26,6 +26,7 @@ from .dataset import Dataset, is_file_cell
 from .errors import DatasetError, OutputError, SettingsError
 from .io_utils import nearest_existing
 from .settings import is_number
+from .tiny_inputs import check_training_size
 
 #: Thumbnail sizes accepted, in pixels (a thumbnail is at most this wide and high).
 THUMB_SIZES = (16, 512)
@@ -322,6 +323,7 @@ def check_loaded(
     if request.remove_ratio is not None:
         rows_to_remove(train.size, None, request.remove_ratio, flags, train.path)
     batch = s.batch_size or info.solver.batch_size
+    check_training_size(train.path, train.size, batch, flags.batch_size)
     check_known_rate(s.lr, wd, train.size, batch, info)
     channels = max((shape[0] for shape in info.input_shapes.values() if len(shape) == 3), default=1)
     need = estimate_bytes(

@@ -8,6 +8,7 @@ Everything is built once per session under pytest's temporary folder.
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -189,3 +190,30 @@ def trained(tmp_path_factory):
         return made[kind]
 
     return get
+
+
+@pytest.fixture
+def world_small(tmp_path, data7, results):
+    """A private copy of the 7x7 data (``data/``) and of the logreg result (``result/``), and
+    ``base/influence.csv``: a run's output set on them (issue 34's hostile cases start here).
+    """
+    from sgd_influence_plugin import cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val"):
+        shutil.copytree(os.path.join(data7["folder"], name), data / name)
+        shutil.copy(data7[name], data / f"{name}.csv")
+    result = tmp_path / "result"
+    shutil.copytree(results("logreg"), result)
+    w = {
+        "root": tmp_path,
+        "train": str(data / "train.csv"),
+        "val": str(data / "val.csv"),
+        "model": str(result / "results.nnp"),
+        "influence": tmp_path / "base" / "influence.csv",
+    }
+    argv = ["run", "--model", w["model"], "--train", w["train"], "--val", w["val"], "--quiet"]
+    assert cli.main(argv + ["--output", str(w["influence"])]) == 0
+    w["run"] = argv
+    return w

@@ -294,10 +294,13 @@ def test_install_plugin_and_run_help_from_there(tmp_path):
         text=True,
     )
     assert probe.returncode == 0 and probe.stdout.strip().startswith(str(pkg))
-    # Installing again replaces the package as a whole.
+    # Installing again replaces the package as a whole, but only while it holds nothing
+    # but what the tool installed (issue 34): a file of the user's in it stops the install.
     (pkg / "stray.txt").write_text("x")
+    assert cli.main(["install-plugin", str(target)]) == 2
+    assert (pkg / "stray.txt").read_text() == "x"
+    (pkg / "stray.txt").unlink()
     assert cli.main(["install-plugin", str(target)]) == 0
-    assert not (pkg / "stray.txt").exists()
 
 
 def test_cli_run_cleanse_and_cache_dir(results, data28, tmp_path):
@@ -437,8 +440,10 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
     output.check_replaceable(str(thumbs), folder=True)  # ours (holds the marker)
     (thumbs / "stray.png").write_bytes(b"x")
     first = out.read_text()
+    with pytest.raises(OutputError, match="stray.png"):  # not the tool's: refused (issue 34)
+        run(req)
+    (thumbs / "stray.png").unlink()
     run(req)
-    assert not (tmp_path / "influence_thumbnails" / "stray.png").exists()
     assert out.read_text() == first  # deterministic for a fixed seed
 
     calls = {"n": 0}
@@ -525,7 +530,7 @@ def test_sigterm_leaves_no_cache_and_no_output(results, data28, tmp_path):
     out = tmp_path / "o" / "influence.csv"
     env = dict(os.environ, TMPDIR=str(tmp))
     proc = subprocess.Popen(
-        _cli_run(results, data28, out, "--epochs", "500", "--quiet"),
+        _cli_run(results, data28, out, "--trials", "300", "--jobs", "1", "--quiet"),
         env=env,
         stderr=subprocess.PIPE,
         text=True,

@@ -21,8 +21,8 @@ from sgd_influence_plugin.target import apply_target, centre_by_class, class_lab
 def test_centre_by_class_subtracts_each_class_mean():
     scores = np.array([1.0, 2.0, 10.0, 3.0, 20.0, -4.0])
     labels = np.array([0, 0, 1, 0, 1, 2])
-    # class 0: mean 2, class 1: mean 15, class 2: mean -4 (a class of one row scores 0)
-    expected = np.array([-1.0, 0.0, -5.0, 1.0, 5.0, 0.0])
+    # class 0: mean 2, class 1: mean 15; class 2 has one row, which keeps its score
+    expected = np.array([-1.0, 0.0, -5.0, 1.0, 5.0, -4.0])
     np.testing.assert_allclose(centre_by_class(scores, labels), expected)
     with pytest.raises(ValueError, match="5 labels for 6 scores"):
         centre_by_class(scores, labels[:5])
@@ -64,3 +64,17 @@ def test_run_scores_are_the_plain_trial_centred_by_class(results, data28):
     np.testing.assert_allclose(default.losses, plain.losses)
     for c in np.unique(labels):
         assert abs(default.scores[labels == c].sum()) <= 1e-6 * scale * len(labels)
+
+
+def test_a_class_of_one_row_keeps_its_score():
+    """Centring a class of one row would give it 0 by construction: it keeps its score, the
+    other classes are centred."""
+    from types import SimpleNamespace
+
+    from sgd_influence_plugin.target import apply_target
+
+    info = SimpleNamespace(label_classes={"y": 3})
+    scores = np.array([0.3, -0.2, 0.5, 0.1])
+    one_alone = {"y": np.array([[0], [0], [1], [2]], np.float32)}
+    np.testing.assert_allclose(apply_target(scores, "class-centred", info, one_alone),
+                               [0.25, -0.25, 0.5, 0.1])  # fmt: skip

@@ -1,0 +1,76 @@
+"""The labels a user gives rows in an influence CSV (``action = relabel``, ``suggested_label``)
+are checked like training labels before ``cleanse`` writes them: whole numbers in 0..C-1.
+
+C is the number of classes the run recorded in ``STEM_settings.yaml`` beside the influence
+CSV (``label_classes``); without that file (moved, or an older version's run), the classes
+are those of the training labels, 0 up to the largest one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Sequence
+
+from .errors import InputError
+
+
+def recorded_classes(influence_csv: str) -> Optional[int]:
+    """The number of classes the run that wrote ``influence_csv`` recorded, or None."""
+    stem = os.path.splitext(os.path.abspath(influence_csv))[0]
+    try:
+        import yaml
+
+        with open(stem + "_settings.yaml", encoding="utf-8") as f:
+            facts = yaml.safe_load(f)
+        classes = list(facts["label_classes"].values())
+        return int(classes[0]) if len(classes) == 1 and int(classes[0]) > 0 else None
+    except Exception:  # noqa: BLE001 - missing or damaged: fall back to the training labels
+        return None
+
+
+def _number(text: str) -> Optional[float]:
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+def check_relabels(
+    influence_csv: str,
+    actions: Sequence[str],
+    suggested: Sequence[str],
+    labels: Sequence[Optional[str]],
+) -> None:
+    """Every row marked ``relabel`` must have a ``suggested_label`` that is a class.
+
+    Args:
+        influence_csv: the influence CSV (rows in file order), for messages and its settings.
+        actions / suggested / labels: its ``action``, ``suggested_label`` and ``y:label``
+            cells, in file order.
+
+    Raises:
+        InputError: the first row whose new label is not a whole number in 0..C-1, naming
+            the row and the fix.
+
+    """
+    classes = recorded_classes(influence_csv)
+    source = f"the network's {classes} classes"
+    if classes is None:
+        given = [_number(x) for x in labels if x is not None]
+        whole = [v for v in given if v is not None and v == int(v) and v >= 0]
+        if not whole:
+            return  # no numeric labels to compare with: the training CSV decides
+        classes = int(max(whole)) + 1
+        source = f"the {classes} classes of the training labels"
+    for r, (action, text) in enumerate(zip(actions, suggested)):
+        if action != "relabel":
+            continue
+        v = _number(text)
+        if v is None or v != int(v) or not 0 <= v < classes:
+            raise InputError(
+                f"{influence_csv} row {r + 1}: suggested_label '{text}' is not a class of "
+                f"{source} (a whole number 0..{classes - 1}); fix it, or set the row's action "
+                "to keep or remove"
+            )

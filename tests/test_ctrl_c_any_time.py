@@ -1,0 +1,41 @@
+"""A first Ctrl-C stops the command at any time, with one line and exit 130 (issue 34, case 9).
+
+Before, a Ctrl-C during the imports (0.15-0.3 s after the start) printed 12-38 lines of
+``KeyboardInterrupt`` traceback: the command's own handling was not installed yet. Now the
+command's first code (``sgd_influence_plugin.launch``) handles it before importing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+@pytest.mark.parametrize("delay", [0.1, 0.2, 0.3, 0.5, 0.8])
+def test_an_early_stop_prints_one_line(world_small, delay, signum):
+    w = world_small
+    out = w["root"] / "early" / "influence.csv"
+    proc = subprocess.Popen(
+        [CLI, *w["run"], "--output", str(out)], stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(delay)
+    if proc.poll() is not None:
+        proc.communicate(timeout=60)
+        pytest.skip("the run ended before the signal")
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run ended before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    assert "interrupted" in err
+    assert not out.exists()
