@@ -32,11 +32,11 @@ For results trained on number columns (x__0:Age, x__1:Fare, ...) or on per-sampl
 last epoch of plain SGD again and replays it backwards to estimate, for every training row,
 how the validation loss would change if the row were removed. Negative influence = harmful.
 The output CSV keeps the dataset's own columns (label and features under their own names)
-and is sorted so the most harmful rows come first. The run recommends keep or remove for
-every row (a classifier also shows the model's class), checked on validation rows the
+and is sorted so the most harmful rows come first. For a classifier the run shows the
+model's class and recommends keep or remove for every row, checked on validation rows the
 influence did not see, and writes a cleansed training CSV that applies it; a remove ratio
-leaves out the most harmful share instead. Files the plugin did not write
-are never replaced.
+(any result, a regression too) leaves out the most harmful share instead. Files the plugin
+did not write are never replaced.
 {papers}"""
 
 _PAPERS = """

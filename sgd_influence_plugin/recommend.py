@@ -122,7 +122,6 @@ class Recommendation:
             rows); ``reason`` says why and every action is ``keep``.
         agreement: float64 (N,) each row's share of nearest validation rows with its label
             (:attr:`Suspects.agreement`), or None when not measured.
-        rule: the rule in words for the settings file; None = the classifier's rule.
 
     """
 
@@ -137,7 +136,6 @@ class Recommendation:
     check: Dict = field(default_factory=dict)
     available: bool = True
     agreement: Optional[np.ndarray] = None
-    rule: Optional[str] = None
 
     def counts(self) -> Dict[str, int]:
         """Rows per action."""
@@ -158,8 +156,7 @@ class Recommendation:
                 {**c.to_dict(z_bar), "recommended": c is self.chosen} for c in self.checked
             ],
             "check": dict(self.check),
-            "rule": self.rule
-            or (
+            "rule": (
                 "suspects = influence < 0 in every trial and the model predicts another class; "
                 "candidates = suspects whose given label has probability below each level, "
                 "and as many suspects with the smallest sum of ranks (margin of the "

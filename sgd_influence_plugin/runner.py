@@ -28,7 +28,6 @@ from .io_utils import makedirs_tracked, try_lock
 from .labels import check_label_names, read_label_names
 from .output import OutputPaths, write_influence_output
 from .probabilities import as_probabilities
-from .removal import recommend_removal
 from .settings import InfluenceSettings
 from .table_columns import find_columns
 from .tiny_inputs import too_few_to_recommend
@@ -180,12 +179,10 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
         if request.cache_dir is not None:
             made_cache = _prepare_cache_dir(request.cache_dir)
             lock = _lock_cache_dir(request.cache_dir, flags.cache_dir or "cache folder")
-        regression = info.task == "regression"
         target = info.target_column or next(iter(info.label_classes), None)
         label = target if heldout is not None else None
-        early_held = None if regression else heldout  # a regression has no early check work
         with _early_helper(
-            model, train.arrays, early_held, val_for_influence, label, settings, cluster
+            model, train.arrays, heldout, val_for_influence, label, settings, cluster
         ) as early:
             result = compute_influence(
                 model,
@@ -202,16 +199,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             early_rec = early()[1] if early else None
         t_rec = time.perf_counter()
         curv = result.resolved.curvature
-        if heldout is not None and regression:
-            rec = recommend_removal(
-                model, train.arrays, heldout, info.target_column, result.trial_scores,
-                result.resolved.batch_size, result.resolved.weight_decay,
-                curv.lambda_max if curv is not None else math.nan, settings.seed,
-                progress=interrupts.checked_progress(progress),
-                jobs=parallel.workers_for(settings.context, settings.jobs),
-            )  # fmt: skip
-            log("recommendation: " + rec.reason)
-        elif heldout is None:
+        if heldout is None:
             classifier = len(info.label_classes) == 1 and info.runtime_network
             prob = as_probabilities(model.predict(train.arrays)) if classifier else None
             rec = recommend_mod.unavailable(train.size, why_not, prob)
@@ -335,17 +323,20 @@ def _early_helper(model, train, heldout, reference, label, settings, cluster):
 def _split_for_check(request: RunRequest, info, train, val, settings):
     """``(validation arrays for the influence, held-out arrays for the check or None, why
     not, the influence's validation rows or None)``: the recommendation needs a classifier
-    (one class label column and an executor network) or a regression, and enough
-    validation rows for two halves.
+    (one class label column and an executor network) and enough validation rows for two
+    halves. A regression gets none: removing its worst-fitted rows passed the check's
+    settling epoch on a real console result and then made the retrained model worse
+    (docs/recommendation.md).
     """
     need = 2 * recommend_mod.MIN_HELDOUT
     classifier = len(info.label_classes) == 1 and info.runtime_network
     if not request.recommend:
         why = "no recommendation: turned off"
-    elif not classifier and info.task != "regression":
+    elif not classifier:
         why = (
             "no recommendation: it needs a classifier (one class label and an executor "
-            "network that outputs class scores) or a regression (one target column)"
+            "network that outputs class scores); remove_ratio leaves out a share of the most "
+            "harmful rows instead"
         )
     elif too_few_to_recommend(train.size):
         why = too_few_to_recommend(train.size)

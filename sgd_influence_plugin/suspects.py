@@ -29,7 +29,7 @@ GIVEN_LABEL_LEVELS = (0.05, 0.1, 0.2, 0.5)
 #: ``margin_influence_neighbours``, the same with a third rank, the share of the row's nearest
 #: validation rows that share its label (fewest first), used when the network has a feature
 #: layer to measure it in (:mod:`.neighbours`).
-ORDERS = ("given_label", "margin_and_influence", "margin_influence_neighbours", "influence")
+ORDERS = ("given_label", "margin_and_influence", "margin_influence_neighbours")
 
 
 @dataclass
@@ -143,8 +143,6 @@ class Candidate:
                 "surest of another class, most harmful and least like their validation "
                 f"neighbours, as many as below {self.level:g}"
             )
-        if self.order == "influence":
-            return f"the most harmful {self.level:.0%} of the rows"
         return f"given label below {self.level:g}"
 
     def passes(self, z_bar: float) -> bool:

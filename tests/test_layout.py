@@ -54,7 +54,6 @@ PRODUCT_MODULES = (
     "recommend.py",
     "probabilities.py",
     "relabels.py",
-    "removal.py",
     "report.py",
     "runner.py",
     "settings.py",
