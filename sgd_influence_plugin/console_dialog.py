@@ -1,12 +1,14 @@
-"""The console's run dialog (``SGD_Influence_Cleansing.py`` for images and
-``SGD_Influence_Table.py`` for tables): its options, as the console reads them from the
-script's argparse help, and the call into the package. The entry scripts only find the
-package and call :func:`main`.
+"""The console's dialogs (``SGD_Influence_Cleansing.py`` for images,
+``SGD_Influence_Table.py`` for tables, ``SGD_Influence_Check.py``): their options, each
+defined once in :data:`OPTIONS`, as the console reads them from the script's argparse help,
+and the calls into the package. The entry scripts only find the package and call
+:func:`main`.
 """
 
 import argparse
 
 from .errors import SettingsError
+from .fidelity import DEFAULT_SAMPLES, MIN_SAMPLES
 from .options import HELP
 from .settings import DEFAULT_TRIALS, InfluenceSettings
 
@@ -45,119 +47,92 @@ Hara, Nitanda, Maehara, "Data Cleansing for Models Trained with SGD", NeurIPS 20
 Suzuki, Kobayashi, Narihira, "Data Cleansing for Deep Neural Networks with Storage-efficient
 Approximation of Influence Functions", 2021.
 """
-#: The dialog's text for each kind of entry script (``_Image``, ``_Table``).
+_CHECK = """SGD-influence check: do the influence scores hold on this model and data?
+
+Computes one trial of the SGD-influence, then runs the replayed epoch again exactly without
+each of M training samples (a third most harmful, a third most helpful, the rest random) and
+compares the estimates with the actual change of the validation loss: Pearson and Spearman
+correlation, a scatter plot and a verdict (good: Spearman >= 0.7, weak: >= 0.3, else poor).
+ReLU kinks make exact leave-one-out differences noisy, so a weak verdict on a ReLU network
+does not by itself make the ranking useless. Files are named after the output CSV
+(check.csv: check_plot.png, check_settings.yaml); files the plugin did not write are never
+replaced.
+{papers}"""
+#: The dialog's text for each kind of entry script (``_Image``, ``_Table``, the check).
 DESCRIPTIONS = {
     "image": _IMAGE.format(papers=_PAPERS),
     "table": _TABLE.format(papers=_PAPERS),
+    "check": _CHECK.format(papers=_PAPERS),
 }
+_EMPTY_DATASET = "; empty = the one in the network definition"
+#: Every dialog option once: name -> (flags, default, argparse type or "bool", the help's
+#: text, the console's type hint). A dialog lists the names it shows (:data:`DIALOGS`).
+OPTIONS = {
+    "model": (("-m", "--model"), "results.nnp", None,
+              HELP["model"] + "; ignored when --config is given", "model"),
+    "config": (("-c", "--config"), "", None, HELP["config"], "nntxt"),
+    "params": (("-p", "--params"), "", None, HELP["params"], "file"),
+    "train": (("-t", "--train"), "", None, HELP["train"] + _EMPTY_DATASET, "csv"),
+    "val": (("-v", "--val"), "", None, HELP["val"] + _EMPTY_DATASET, "csv"),
+    "output": (("-o", "--output"), "sgd_influence/influence.csv", None,
+               "influence CSV to write", "csv"),
+    "check_output": (("-o", "--output"), "sgd_influence/check.csv", None,
+                     "check CSV to write, one row per checked sample", "csv"),
+    "samples": (("-n", "--samples"), DEFAULT_SAMPLES, int,
+                HELP["check.samples"] + f"; at least {MIN_SAMPLES}", "int"),
+    "epochs": (("-e", "--epochs"), 1, int, HELP["epochs"], "int"),
+    "trials": (("-n", "--trials"), DEFAULT_TRIALS, int, HELP["trials"], "int"),
+    "jobs": (("-j", "--jobs"), 0, int, HELP["jobs"] + "; 0 = the usable cores", "int"),
+    "replay_step": (("--replay_step",), "fd", None, HELP["replay_step"], "option:fd,exact"),
+    "seed": (("-s", "--seed"), 0, int, HELP["seed"], "int"),
+    "check_seed": (("-s", "--seed"), 0, int, HELP["check.seed"], "int"),
+    "batch_size": (("-b", "--batch_size"), 0, int,
+                   HELP["batch_size"] + "; 0 = the training dataset's", "int"),
+    "lr": (("-l", "--lr"), "auto", None, HELP["lr"], "text"),
+    "cache": (("-a", "--cache"), "final", None, HELP["cache"], "option:final,all"),
+    "remove_ratio": (("-r", "--remove_ratio"), "", None,
+                     "empty = the cleansed CSV applies the recommendation; a share 0..1 = "
+                     + HELP["remove_ratio"], "text"),
+    "report": (("--report",), False, "bool", HELP["report"], "bool"),
+    "context": (("--context",), "cpu", None, HELP["context"], "option:cpu,cudnn"),
+    "label_names": (("--label_names",), "", None,
+                    HELP["label_names"] + "; empty = the label numbers", "file"),
+}  # fmt: skip
+_INPUTS = ("model", "config", "params", "train", "val")
+_RUN = _INPUTS + ("output", "epochs", "trials", "jobs", "replay_step", "seed", "batch_size",
+                  "lr", "cache", "remove_ratio", "report", "context", "label_names")  # fmt: skip
+#: Each entry script's dialog: the options it shows, in order.
+DIALOGS = {
+    "image": _RUN,
+    "table": _RUN,
+    "check": _INPUTS + ("check_output", "samples", "epochs", "check_seed", "batch_size", "lr",
+                        "cache", "context"),
+}  # fmt: skip
 
 
 def build_parser(kind: str = "image"):
-    """The dialog of entry script ``kind`` (a key of :data:`DESCRIPTIONS`): every help text
-    carries the console's type hint and the default. Both kinds take the same options.
+    """The dialog of entry script ``kind`` (a key of :data:`DIALOGS`): every help text carries
+    the console's type hint and the default, as the console reads them.
     """
     p = argparse.ArgumentParser(
         description=DESCRIPTIONS[kind], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument(
-        "-m",
-        "--model",
-        default="results.nnp",
-        help=HELP["model"] + "; ignored when --config is given (model) default=results.nnp",
-    )
-    p.add_argument(
-        "-c",
-        "--config",
-        default="",
-        help=HELP["config"] + " (nntxt) default=",
-    )
-    p.add_argument("-p", "--params", default="", help=HELP["params"] + " (file) default=")
-    p.add_argument(
-        "-t",
-        "--train",
-        default="",
-        help=HELP["train"] + "; empty = the one in the network definition (csv) default=",
-    )
-    p.add_argument(
-        "-v",
-        "--val",
-        default="",
-        help=HELP["val"] + "; empty = the one in the network definition (csv) default=",
-    )
-    p.add_argument(
-        "-o",
-        "--output",
-        default="sgd_influence/influence.csv",
-        help="influence CSV to write (csv) default=sgd_influence/influence.csv",
-    )
-    p.add_argument(
-        "-e",
-        "--epochs",
-        type=int,
-        default=1,
-        help=HELP["epochs"] + " (int) default=1",
-    )
-    p.add_argument(
-        "-n",
-        "--trials",
-        type=int,
-        default=DEFAULT_TRIALS,
-        help=HELP["trials"] + f" (int) default={DEFAULT_TRIALS}",
-    )
-    p.add_argument(
-        "-j",
-        "--jobs",
-        type=int,
-        default=0,
-        help=HELP["jobs"] + "; 0 = the usable cores (int) default=0",
-    )
-    p.add_argument(
-        "--replay_step",
-        default="fd",
-        help=HELP["replay_step"] + " (option:fd,exact) default=fd",
-    )
-    p.add_argument("-s", "--seed", type=int, default=0, help=HELP["seed"] + " (int) default=0")
-    p.add_argument(
-        "-b",
-        "--batch_size",
-        type=int,
-        default=0,
-        help=HELP["batch_size"] + "; 0 = the training dataset's (int) default=0",
-    )
-    p.add_argument(
-        "-l",
-        "--lr",
-        default="auto",
-        help=HELP["lr"] + " (text) default=auto",
-    )
-    p.add_argument(
-        "-a",
-        "--cache",
-        default="final",
-        help=HELP["cache"] + " (option:final,all) default=final",
-    )
-    p.add_argument(
-        "-r",
-        "--remove_ratio",
-        default="",
-        help="empty = the cleansed CSV applies the recommendation; a share 0..1 = "
-        + HELP["remove_ratio"]
-        + " (text) default=",
-    )
-    p.add_argument(
-        "--report",
-        action="store_true",
-        help=HELP["report"] + " (bool) default=False",
-    )
-    p.add_argument(
-        "--context", default="cpu", help=HELP["context"] + " (option:cpu,cudnn) default=cpu"
-    )
-    p.add_argument(
-        "--label_names",
-        default="",
-        help=HELP["label_names"] + "; empty = the label numbers (file) default=",
-    )
+    for name in DIALOGS[kind]:
+        flags, default, kind_of, text, hint = OPTIONS[name]
+        help_text = f"{text} ({hint}) default={default}"
+        if kind_of == "bool":
+            p.add_argument(*flags, action="store_true", help=help_text)
+        else:
+            p.add_argument(*flags, default=default, type=kind_of, help=help_text)
     return p
+
+
+def _model(args):
+    """The ``--model`` to use: its default counts as given beside ``--config`` only when
+    changed.
+    """
+    default = OPTIONS["model"][1]
+    return args.model if not args.config or args.model != default else None
 
 
 def _ratio(text):
@@ -175,51 +150,67 @@ def _ratio(text):
 
 
 def main(argv=None, kind: str = "image"):
-    """Parse the dialog's arguments, run, report through nnabla's logger; exit status."""
+    """Parse the dialog's arguments, run (or check), report through nnabla's logger; exit
+    status.
+    """
     args = build_parser(kind).parse_args(argv)
     from nnabla import logger
 
     from . import interrupts
     from .cli import report_errors
-    from .progress import LogProgress
-    from .runner import RunRequest, run
-    from .validation import PLUGIN_FLAGS
 
     def say(message):
         logger.log(99, message)
 
-    # --model has a default, so it counts as given together with --config only when changed.
-    model_default = build_parser(kind).get_default("model")
-    model = args.model if not args.config or args.model != model_default else None
-
-    def call():
-        request = RunRequest(
-            output=args.output,
-            model=model,
-            config=args.config or None,
-            params=args.params or None,
-            train=args.train or None,
-            val=args.val or None,
-            settings=InfluenceSettings(
-                lr=args.lr,
-                batch_size=args.batch_size or None,
-                epochs=args.epochs,
-                trials=args.trials,
-                jobs=args.jobs or None,
-                replay_step=args.replay_step,
-                seed=args.seed,
-                cache=args.cache,
-                context=args.context,
-            ),
-            report=args.report,
-            remove_ratio=_ratio(args.remove_ratio),
-            label_names=args.label_names or None,
-        )
-        paths, _ = run(request, log=say, progress=LogProgress(say), flags=PLUGIN_FLAGS)
-        say(f"influence CSV: {paths.csv}")
-        say(f"cleansed training CSV: {paths.cleansed}")
-        say("SGD influence completed successfully.")
-        return 0
-
+    call = _check if kind == "check" else _run
     with interrupts.stop_requests():  # Ctrl-C / SIGTERM stop cleanly at the next step
-        return report_errors(call, logger.critical)
+        return report_errors(lambda: call(args, kind, say), logger.critical)
+
+
+def _inputs(args, kind: str) -> dict:
+    return dict(
+        output=args.output,
+        model=_model(args),
+        config=args.config or None,
+        params=args.params or None,
+        train=args.train or None,
+        val=args.val or None,
+    )
+
+
+def _run(args, kind: str, say) -> int:
+    from .progress import LogProgress
+    from .runner import RunRequest, run
+    from .validation import PLUGIN_FLAGS
+
+    settings = InfluenceSettings(
+        lr=args.lr, batch_size=args.batch_size or None, epochs=args.epochs, trials=args.trials,
+        jobs=args.jobs or None, replay_step=args.replay_step, seed=args.seed, cache=args.cache,
+        context=args.context,
+    )  # fmt: skip
+    request = RunRequest(
+        **_inputs(args, kind), settings=settings, report=args.report,
+        remove_ratio=_ratio(args.remove_ratio), label_names=args.label_names or None,
+    )  # fmt: skip
+    paths, _ = run(request, log=say, progress=LogProgress(say), flags=PLUGIN_FLAGS)
+    say(f"influence CSV: {paths.csv}")
+    say(f"cleansed training CSV: {paths.cleansed}")
+    say("SGD influence completed successfully.")
+    return 0
+
+
+def _check(args, kind: str, say) -> int:
+    from .check import CheckRequest, run_check, verdict_line
+    from .progress import LogProgress
+    from .validation import PLUGIN_FLAGS
+
+    settings = InfluenceSettings(
+        lr=args.lr, batch_size=args.batch_size or None, epochs=args.epochs, seed=args.seed,
+        cache=args.cache, context=args.context,
+    )  # fmt: skip
+    request = CheckRequest(**_inputs(args, kind), settings=settings, samples=args.samples)
+    paths, result = run_check(request, log=say, progress=LogProgress(say), flags=PLUGIN_FLAGS)
+    say(f"check CSV: {paths['csv']}; plot: {paths.get('plot', 'left out (no matplotlib)')}")
+    say(verdict_line(result))
+    say("SGD influence check completed successfully.")
+    return 0
