@@ -58,10 +58,18 @@ def _names(tb):
         tb = tb.tb_next
 
 
-def entry() -> None:
-    """Run the command: early stop handling, then :func:`.cli.main` and its exit status."""
+def early_stop_handling() -> None:
+    """Until the run installs its own stop handling, a Ctrl-C or SIGTERM ends the process at
+    once with one line and exit status 130 (the console entry scripts call this first, before
+    they import the rest of the package).
+    """
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, _stop_now)
+
+
+def entry() -> None:
+    """Run the command: early stop handling, then :func:`.cli.main` and its exit status."""
+    early_stop_handling()
     sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
     sys.excepthook = _quiet_excepthook(sys.excepthook)
     from . import interrupts

@@ -39,3 +39,28 @@ def test_an_early_stop_prints_one_line(world_small, delay, signum):
     assert "Traceback" not in err and err.strip().count("\n") == 0, err
     assert "interrupted" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.2, 0.4])
+def test_an_early_stop_of_an_entry_script_prints_one_line(world_small, delay):
+    """The console's entry scripts install the same handling before importing the package's
+    heavy modules (numpy, nnabla)."""
+    from support.results import TABLE_SCRIPT
+
+    w = world_small
+    out = w["root"] / "early_script" / "influence.csv"
+    argv = ["-m", w["model"], "-t", w["train"], "-v", w["val"], "-o", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, TABLE_SCRIPT, *argv], stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(delay)
+    if proc.poll() is not None:
+        proc.communicate(timeout=60)
+        pytest.skip("the run ended before the signal")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run ended before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err, err
+    assert not out.exists()

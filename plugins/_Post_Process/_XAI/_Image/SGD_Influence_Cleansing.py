@@ -17,7 +17,10 @@ for candidate in (HERE, os.path.abspath(os.path.join(HERE, "..", "..", "..", "..
         sys.path.insert(0, candidate)
         break
 
-from sgd_influence_plugin import console_dialog  # noqa: E402 - after finding the package
+from sgd_influence_plugin import launch  # noqa: E402 - after finding the package
+
+launch.early_stop_handling()  # a Ctrl-C while the rest imports: one line, exit 130
+from sgd_influence_plugin import console_dialog  # noqa: E402
 
 KIND = "image"
 
