@@ -431,9 +431,10 @@ def write_influence_output(
         timings["thumbnails"] = round(t1 - t0, 4)
         timings["write_csvs"] = round(time.perf_counter() - t1, 4)
         write_yaml(staged(paths.settings), info)
+        details = row_details(train, columns, images)  # a row's values where no image shows it
         with open(staged(paths.summary), "w") as f:
             f.write(
-                summary_text(scores, labels, train, image_col, info, label_names, losses)
+                summary_text(scores, labels, train, image_col, info, label_names, losses, details)
                 + recommendation_text(
                     recommendation,
                     actions,
@@ -460,7 +461,7 @@ def write_influence_output(
                 label_names=label_names,
                 actions=actions,
                 suggested=suggested,
-                details=row_details(train, columns, images),
+                details=details,
             )
         if remove_ratio is not None:
             drop, relabel = set(order[: int(round(remove_ratio * train.size))].tolist()), {}

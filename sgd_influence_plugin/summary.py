@@ -20,11 +20,12 @@ def ranking(scores: np.ndarray) -> np.ndarray:
 
 
 def summary_text(
-    scores, labels, train: Dataset, image_col, info: Dict, names=None, losses=None
+    scores, labels, train: Dataset, image_col, info: Dict, names=None, losses=None, details=None
 ) -> str:
     """The summary's first part: counts, facts, per-class (or per-residual) harmful shares and
     the ten most harmful rows. ``scores``/``losses``: float64 (N,), training-row order;
-    ``labels``: (N,) label cells or None; ``names``: class names or None.
+    ``labels``: (N,) label cells or None; ``names``: class names or None; ``details``: (N,)
+    each row's values where it has no data file (a table's features), or None.
     """
     n = len(scores)
     harmful = scores < 0
@@ -66,10 +67,11 @@ def summary_text(
                 f"  {display_label(lab, names)}: {int(harmful[mask].sum())} / {int(mask.sum())} "
                 f"({harmful[mask].mean():.1%})"
             )
-    lines += ["", "top 10 harmful (datasource_index, label, influence, original):"]
+    what = "original" if image_col or not details else "values"
+    lines += ["", f"top 10 harmful (datasource_index, label, influence, {what}):"]
     for i in ranking(scores)[:10]:
         lab = display_label(labels[i], names) if labels is not None else ""
-        orig = train.cell(int(i), image_col) if image_col else ""
+        orig = train.cell(int(i), image_col) if image_col else (details[i] if details else "")
         lines.append(f"  {int(i)}, {lab}, {format_score(scores[i])}, {orig}")
     for w in info.get("warnings", []):
         lines.append(f"warning: {w}")

@@ -78,6 +78,10 @@ def test_table_keeps_its_own_header_and_every_feature(trained):
     assert "Pclass=" in report and "Fare=" in report  # a row's values where there is no image
     summary = open(os.path.join(out, "influence_summary.txt")).read()
     assert "harmful share per class" in summary
+    top = summary.split("top 10 harmful (datasource_index, label, influence, values):")[1]
+    first = top.strip().splitlines()[0]  # the most harmful row, read without the training CSV
+    row = rows[0]
+    assert first.startswith(f"{row['datasource_index']}, ") and f"Fare={row['x__3:Fare']}" in first
 
 
 def test_binary_sigmoid_classifier_gets_the_models_class(trained, tmp_path):
