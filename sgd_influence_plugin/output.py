@@ -213,14 +213,6 @@ def _recommendation_cells(rec, n: int):
     """
     if rec is None:
         return ["keep"] * n, [""] * n, [""] * n, [""] * n
-    if not rec.available:  # the model's class still shows, where it has one
-        known = rec.suggested >= 0
-        return (
-            ["keep"] * n,
-            [str(int(k)) if ok else "" for k, ok in zip(rec.suggested, known)],
-            [f"{c:.4f}" if ok else "" for c, ok in zip(rec.confidence, known)],
-            [""] * n,
-        )
     return (
         [str(a) for a in rec.action],
         [str(int(k)) if k >= 0 else "" for k in rec.suggested],  # -1: no class (regression)

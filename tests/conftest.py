@@ -15,8 +15,8 @@ import pytest
 
 from support import console_kinds as kinds
 from support import fashion_mnist
-from support.netdef import NetSpec, write_nntxt
-from support.results import IMAGE_SCRIPT, TABLE_SCRIPT, fix_random_seeds, train_nntxt, train_on
+from support.netdef import NetSpec
+from support.results import IMAGE_SCRIPT, TABLE_SCRIPT, train_on
 
 #: Context of the models the tests load: SGDI_TEST_CONTEXT=cudnn[:N] (scripts/gpu_check.sh);
 #: default cpu. CLI subprocesses keep their own --context (cpu).
@@ -90,14 +90,7 @@ def train_result(folder, data, spec: NetSpec):
     (extracted from the nnp), monitoring_report.yml. Random functions get fixed seeds (see
     :func:`fix_random_seeds`), so the same data and spec give the same parameters, bit for bit.
     """
-    os.makedirs(folder, exist_ok=True)
-    n_train = sum(1 for _ in open(data["train"])) - 1
-    spec.train_csv, spec.val_csv = data["train"], data["val"]
-    spec.input_shape = (1, data["size"], data["size"])
-    spec.iter_per_epoch = max(1, n_train // spec.batch_size)
-    nntxt = write_nntxt(spec, os.path.join(folder, "net.nntxt"))
-    fix_random_seeds(nntxt, 313 + spec.seed)
-    return train_nntxt(folder, nntxt)
+    return train_on(folder, {**data, "input_shape": (1, data["size"], data["size"])}, spec)
 
 
 @pytest.fixture(scope="session")

@@ -115,14 +115,14 @@ def _load_with_nnabla(source, where: str, extension: str = "") -> OrderedDict[st
     import nnabla as nn
     from nnabla.parameter import load_parameters
 
-    if isinstance(source, str) and source.endswith(".h5"):
-        _check_h5_numbers(source, where)
     scope: OrderedDict = OrderedDict()
     try:
         with nn.parameter_scope("", scope):
             load_parameters(source, extension=extension or ".h5")
             found = nn.get_parameters(grad_only=False)
     except Exception as e:  # noqa: BLE001 - nnabla raises anything on a damaged file
+        if isinstance(source, str) and source.endswith(".h5"):
+            _check_h5_numbers(source, where)  # names the parameter that holds no numbers
         raise ParameterError(
             f"{where}: nnabla cannot read the parameters in it ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else 'no detail'}); give the file the console "

@@ -18,6 +18,7 @@ gives a finite loss and gradient instead of ``log(0)`` and a gradient of 1e38.
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Tuple
 
 #: Categorical losses: function type -> its parameter message (holding ``axis``).
@@ -45,15 +46,8 @@ def _classes(f, shape: Tuple[int, ...]) -> int:
         axis = _axis(f, CATEGORICAL[f.type], len(shape) - 1)
         return int(shape[axis]) if 0 < axis < len(shape) and shape[axis] > 1 else 0
     if f.type in BINARY:  # one score per sample; a (B, K > 1) output is K separate labels
-        return 2 if int(_size(shape[1:])) == 1 else 0
+        return 2 if math.prod(shape[1:]) == 1 else 0
     return 0
-
-
-def _size(dims) -> int:
-    n = 1
-    for d in dims:
-        n *= int(d)
-    return n
 
 
 def understand(net, inputs: Dict[str, str], var_shapes) -> Tuple[str, Optional[str], Dict]:
