@@ -29,7 +29,11 @@ from .phases import (  # noqa: F401 - the phases' names, where callers know them
     run_inference_phase,
     run_training_phase,
 )
-from .settings import MIN_LR, InfluenceSettings
+from .settings import (  # noqa: F401 - check_rates and its bound, where callers know them
+    MAX_DECAY_SHRINK,
+    InfluenceSettings,
+    check_rates,
+)
 
 #: Logger-like callback for user-facing messages (warnings, stages).
 Log = Callable[[str], None]
@@ -39,59 +43,6 @@ Log = Callable[[str], None]
 #: the automatic rate the bounds of :mod:`.curvature` keep the growth near 1 (at most e^0.5
 #: from negative curvature); 10x means the rate was too large for some steps.
 GROWTH_LIMIT = 10.0
-
-
-#: Most the weight decay alone may shrink the weights within the replayed epoch (a factor):
-#: T steps multiply every weight by (1 - lr * lambda)^T. Below 1/10 the training phase ends
-#: at a collapsed model (the loss near chance) whose scores measure the collapse, not the
-#: data. Usual settings are far from it: lr 0.1, lambda 5e-4, T = 1875 shrink by 0.91.
-MAX_DECAY_SHRINK = 10.0
-
-
-def check_rates(lr: float, weight_decay: float, steps: int, chosen: str = "") -> None:
-    """Refuse a learning rate and weight decay that leave nothing to replay.
-
-    - ``lr > MIN_LR`` (see :data:`~sgd_influence_plugin.settings.MIN_LR`);
-    - ``lr * weight_decay < 1``: otherwise each step multiplies every weight by
-      ``1 - lr * weight_decay <= 0``, zeroing or flipping it whatever the gradient;
-    - ``(1 - lr * weight_decay) ** steps >= 1 / MAX_DECAY_SHRINK`` (see
-      :data:`MAX_DECAY_SHRINK`).
-
-    Args:
-        lr: the replayed epoch's rate; ``chosen``: how it was chosen, for the message
-            (e.g. "--lr auto chose it: ..."), "" for a rate the user gave.
-        weight_decay: lambda of the replayed epoch.
-        steps: T, steps of one epoch.
-
-    Raises:
-        SettingsError: naming the rate, the weight decay and what to change.
-
-    """
-    how = f" ({chosen})" if chosen else ""
-    if not lr > MIN_LR:
-        fix = (
-            "give a smaller --weight-decay (the automatic rate keeps lr * weight decay below 1)"
-            if weight_decay > 0 and lr * weight_decay > 0.01
-            else "give an --lr above it"
-        )
-        raise SettingsError(
-            f"learning rate {lr:g}{how}: at most {MIN_LR:g}, too small to change float32 "
-            f"parameters, so every score would be near 0; {fix}"
-        )
-    shrink = lr * weight_decay
-    if shrink >= 1:
-        raise SettingsError(
-            f"learning rate {lr:g}{how} with weight decay {weight_decay:g}: each step would "
-            f"multiply every weight by 1 - {shrink:.3g} <= 0, destroying the model; give a "
-            "smaller --weight-decay (or --lr)"
-        )
-    factor = math.exp(steps * math.log1p(-shrink))
-    if factor < 1 / MAX_DECAY_SHRINK:
-        raise SettingsError(
-            f"learning rate {lr:g}{how} with weight decay {weight_decay:g}: the decay alone "
-            f"would shrink every weight to {factor:.3g} of its size in the {steps} steps of an "
-            f"epoch, collapsing the model; give a smaller --weight-decay (or --lr)"
-        )
 
 
 @dataclass
