@@ -219,7 +219,8 @@ class TrialOutcome:
 
     Attributes:
         scores: float64 (N,) the trial's scores (units: change of the mean validation loss;
-            the settings' target applied, see :mod:`.target`).
+            the settings' target applied, see :mod:`.target`); with candidate rows (2, N):
+            then the candidates' order from half A (:mod:`.crossfit`).
         order: int32 (N,) its epoch's order; ``seed``: that order's seed.
         lr: the rate it ran at (lower than the run's if it was retried).
         attempts: 1 + the number of retries.
@@ -254,6 +255,7 @@ def run_trial(
     progress: Optional[core.Progress] = None,
     val_loss_start: float = math.inf,
     helper=None,
+    candidate_rows: Optional[np.ndarray] = None,
 ) -> TrialOutcome:
     """Training phase + inference phase from the model's current parameters, checked.
 
@@ -262,7 +264,8 @@ def run_trial(
     ``val_loss_start``, the validation loss at the trained parameters) is run again (same
     order) at a quarter of the rate, up to ``settings.retries`` times. The model's
     parameters are restored before each attempt and at the end. ``helper``: see
-    :func:`.core.replay` (None = the whole replay in this process).
+    :func:`.core.replay` (None = the whole replay in this process). ``candidate_rows``: see
+    :func:`.phases.run_inference_phase` (a retry is for either vector's problem).
 
     Raises:
         UnstableReplayError: still unstable after every retry.
@@ -279,8 +282,9 @@ def run_trial(
             run_training_phase(model, train, settings, attempt_run, trial_dir, seed, progress)
             t1 = time.perf_counter()
             infl, stats, val_loss = run_inference_phase(
-                model, train, val, trial_dir, settings.val_batch_size, progress, helper
-            )
+                model, train, val, trial_dir, settings.val_batch_size, progress, helper,
+                candidate_rows,
+            )  # fmt: skip
             seconds["training"] += t1 - t0
             seconds["inference"] += time.perf_counter() - t1
             seconds["replay"] += stats.seconds
@@ -322,8 +326,8 @@ def cluster_trial(item, progress, model, train, val):
     in a temporary cache folder there.
 
     Args:
-        item: ``(m, settings, run, val_loss_start, keep_cache)`` for trial m (seed
-            ``settings.seed + m``).
+        item: ``(m, settings, run, val_loss_start, keep_cache, candidate_rows)`` for trial m
+            (seed ``settings.seed + m``).
         model / train / val: the model and arrays every trial shares (sent once).
 
     Returns:
@@ -331,11 +335,12 @@ def cluster_trial(item, progress, model, train, val):
         when ``keep_cache``, else None.
 
     """
-    m, settings, run, val_loss_start, keep_cache = item
+    m, settings, run, val_loss_start, keep_cache, candidate_rows = item
     with tempfile.TemporaryDirectory(prefix="sgd_influence_trial_") as folder:
         outcome = run_trial(
-            model, train, val, settings, run, folder, settings.seed + m, progress, val_loss_start
-        )
+            model, train, val, settings, run, folder, settings.seed + m, progress,
+            val_loss_start, candidate_rows=candidate_rows,
+        )  # fmt: skip
         files = None
         if keep_cache:
             files = {}
@@ -360,6 +365,9 @@ class InfluenceResult:
             Negative = harmful (removing it helps more than a typical row), positive = helpful.
         trial_scores: float64 (M, N), each trial's raw scores.
         trial_scales: float64 (M,), each trial's RMS (what combining divided by).
+        candidate_scores: float64 (M, N), each trial's scores from the ``candidate_rows`` of
+            the validation set alone, which order the recommendation's candidates and nothing
+            else (:mod:`.crossfit`); None without candidate rows.
         losses: float64 (N,), each training sample's loss at the trained parameters (before
             the training phase), in the loss's units.
         trials: the :class:`TrialOutcome` of each trial (rate, retries, u growth, ...).
@@ -388,6 +396,7 @@ class InfluenceResult:
     settings: InfluenceSettings
     resolved: ResolvedSettings
     warnings: List[str]
+    candidate_scores: Optional[np.ndarray] = None
 
 
 def compute_influence(
@@ -401,6 +410,7 @@ def compute_influence(
     val_loss_start: Optional[float] = None,
     cluster=None,
     losses: Optional[Callable[[], np.ndarray]] = None,
+    candidate_rows: Optional[np.ndarray] = None,
 ) -> InfluenceResult:
     """Curvature and learning rate, then training phase + inference phase, M times, combined.
 
@@ -427,6 +437,9 @@ def compute_influence(
         losses: a callable that returns each training row's loss at the model's parameters
             (float64 (N,)), called after the trials, e.g. an answer of another process that
             computed them meanwhile; None = computed here first.
+        candidate_rows: indices into ``val`` (half A of a run that recommends): each trial
+            also replays their gradient, in the same pass, for ``candidate_scores``; the
+            scores stay those of every ``val`` row (:mod:`.crossfit`). None = not.
 
     Raises:
         UnstableReplayError: a trial stayed unstable after its retries (nothing is returned).
@@ -459,7 +472,10 @@ def compute_influence(
     def trial_dir(m: int) -> str:
         return root if settings.trials == 1 else os.path.join(root, f"trial_{m:02d}")
 
-    helper = None if cluster is not None else replay_helper(settings, min(jobs, settings.trials))
+    vectors = 1 if candidate_rows is None else 2
+    helper = None
+    if cluster is None:
+        helper = replay_helper(settings, min(jobs, settings.trials), vectors)
     timings["replay_processes"] = 2 if helper is not None else 1
 
     def one_trial(m: int, trial_progress) -> TrialOutcome:
@@ -474,6 +490,7 @@ def compute_influence(
             trial_progress,
             val_loss_start,
             helper,
+            candidate_rows,
         )
 
     def on_progress(m: int, stage: str, done: int, total: int) -> None:
@@ -510,7 +527,10 @@ def compute_influence(
         else:
             pairs = cluster.map(
                 cluster_trial,
-                [(m, settings, run, val_loss_start, not own_tmp) for m in range(settings.trials)],
+                [
+                    (m, settings, run, val_loss_start, not own_tmp, candidate_rows)
+                    for m in range(settings.trials)
+                ],
                 shared=(model, train, val),
                 on_result=on_cluster_result,
                 on_progress=on_progress,
@@ -532,7 +552,8 @@ def compute_influence(
     timings["u_growth"] = max(o.u_growth for o in outcomes)
     if losses is None:
         losses = np.asarray(get_losses(), dtype=np.float64)
-    trial_scores = np.stack([o.scores for o in outcomes])
+    stacked = np.stack([o.scores for o in outcomes])  # (M, N), or (M, 2, N): crossfit
+    trial_scores, candidates = (stacked[:, 0], stacked[:, 1]) if vectors > 1 else (stacked, None)
     scores, scales = core.combine_trials(trial_scores)  # finite: every trial was checked
     check_spread(scores, run)
     return InfluenceResult(
@@ -548,4 +569,5 @@ def compute_influence(
         settings=replace(settings),
         resolved=run,
         warnings=run.warnings,
+        candidate_scores=candidates,
     )

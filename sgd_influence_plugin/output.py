@@ -29,9 +29,10 @@ Influence CSV (NNC dataset format, so the console's viewer shows and sorts it)::
 Everything else is named after the CSV (see :data:`COMPANIONS`): for ``out/influence.csv``,
 ``out/influence_thumbnails/``, ``out/influence_settings.yaml``, ``out/influence_summary.txt``,
 ``out/influence_trials.csv`` (each trial's raw scores: ``datasource_index,trial_0,...`` in
-training-row order), ``out/influence_cleansed.csv`` (the training CSV with the recommendation
-applied, or without a share of the most harmful rows when one is given) and, on request,
-``out/influence_report.html``.
+training-row order; for a run that recommends, then ``candidate_order_0,...``: each trial's
+scores from half A of the validation rows, which ordered the candidates, :mod:`.crossfit`),
+``out/influence_cleansed.csv`` (the training CSV with the recommendation applied, or without a
+share of the most harmful rows when one is given) and, on request, ``out/influence_report.html``.
 
 Ownership (:mod:`.ownership`, the rule every writer follows): the tool replaces only what it
 wrote, recorded in each output folder's ledger, and a thumbnails folder only when it holds the
@@ -297,6 +298,7 @@ def write_influence_output(
     flag: str = "--output",
     losses: Optional[np.ndarray] = None,
     trial_scores: Optional[np.ndarray] = None,
+    candidate_scores: Optional[np.ndarray] = None,
     label_names: Optional[Sequence[str]] = None,
     progress=None,
     target: Optional[str] = None,
@@ -324,6 +326,8 @@ def write_influence_output(
         flag: the output option of the calling interface, for messages.
         losses: float64 (N,) per-sample training losses for the ``loss`` column (empty if None).
         trial_scores: float64 (M, N) each trial's raw scores, for ``<stem>_trials.csv``.
+        candidate_scores: float64 (M, N) each trial's scores from the candidates' half of the
+            validation rows, written there after them (None: none).
         label_names: class names, ``label_names[k]`` for label k (checked by the caller);
             the summary and the report show them beside the numbers, the CSV keeps numbers.
         progress: optional ``(stage, done, total)`` callback, told of the thumbnails. The
@@ -414,9 +418,14 @@ def write_influence_output(
         if trial_scores is not None:
             with open(staged(paths.trials), "w", newline="") as f:
                 w = csv.writer(f, lineterminator="\n")
-                w.writerow(["datasource_index"] + [f"trial_{m}" for m in range(len(trial_scores))])
+                heads = [f"trial_{m}" for m in range(len(trial_scores))]
+                every = list(trial_scores)
+                if candidate_scores is not None:
+                    heads += [f"candidate_order_{m}" for m in range(len(candidate_scores))]
+                    every += list(candidate_scores)
+                w.writerow(["datasource_index"] + heads)
                 for i in range(train.size):
-                    w.writerow([i] + [repr(float(t[i])) for t in trial_scores])
+                    w.writerow([i] + [repr(float(t[i])) for t in every])
         from .settings import write_yaml
 
         timings = info.setdefault("timings_seconds", {})

@@ -23,6 +23,7 @@ PRODUCT_MODULES = (
     "cluster_address.py",
     "console_dialog.py",
     "core.py",
+    "crossfit.py",
     "curvature.py",
     "dataset.py",
     "errors.py",
