@@ -40,8 +40,9 @@ HELP = {
     "the report show the names",
     "remove_ratio": "override the recommendation: the cleansed CSV leaves out this share of the "
     "most harmful rows instead",
-    "recommend": "do not decide keep/remove per row; the influence then uses every "
-    "validation row instead of half",
+    "recommend": "do not decide keep/remove per row: the same influence (every validation "
+    "row either way), without the second replay (half of the validation rows, which orders "
+    "the candidates) and the check",
     "quiet": "no progress bars or messages",
     "cluster": "address of a Dask scheduler (tcp://HOST:PORT) whose workers run the independent "
     "units (trials, check epochs, retrainings, re-runs); same results as here (docs/cluster.md)",

@@ -227,6 +227,12 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
             "candidates": 0 if first is None else len(first),
             "heldout_for_check": rec.n_heldout,
         }
+        if first is not None:  # what ordered the candidates (crossfit.py)
+            facts["influence"] += (
+                "; from every validation row. The candidates were ordered by a second replay "
+                "from the validation_rows.candidates rows alone (the trials CSV's "
+                "candidate_order_m columns), then checked on the heldout_for_check rows"
+            )
         facts["timings_seconds"]["reading"] = round(loaded.read_seconds, 4)
         facts["timings_seconds"]["recommendation"] = round(t_rec, 4)
         facts["label_names"] = os.path.abspath(request.label_names) if request.label_names else None

@@ -39,8 +39,10 @@ def _run(data, folder, out, *extra, val=None):
     return str(out)
 
 
-def _half_a_csv(val_csv, rows, path):
-    """The validation CSV's rows ``rows`` alone (half A), as a CSV of its own."""
+def _half_a_csv(val_csv, rows, name):
+    """The validation CSV's rows ``rows`` alone (half A), as a CSV ``name`` beside it (so its
+    relative file paths hold)."""
+    path = os.path.join(os.path.dirname(val_csv), name)
     with open(val_csv, newline="") as f:
         table = list(csv.reader(f))
     with open(path, "w", newline="") as f:
@@ -94,7 +96,7 @@ def test_the_defaults_influence_is_every_validation_rows_and_the_candidates_half
     # The candidates' order: half A's rows alone, as a --no-recommend run on them gives it
     first, held = split_validation(200, 0)
     assert len(first) == len(held) == 100 and not set(first) & set(held)
-    half_a = _half_a_csv(data["val"], first, tmp_path / "half_a.csv")
+    half_a = _half_a_csv(data["val"], first, f"half_a_{way}.csv")
     _run(data, folder, tmp_path / "a" / "influence.csv", *opts, "--no-recommend", val=half_a)
     a_trials = str(tmp_path / "a" / "influence_trials.csv")
     for m in range(n_trials):
@@ -139,3 +141,42 @@ def test_several_vectors_in_one_replay_are_each_vectors_replay(results, data28, 
                 )
                 assert stats[k].u_growth == pytest.approx(w_stats.u_growth, rel=1e-6)
     m.set_params(theta)
+
+
+@pytest.mark.slow
+def test_the_defaults_influence_matches_leave_one_out_as_every_validation_rows_does(tmp_path):
+    """Fidelity at the defaults (issue 37): a smooth CNN, N=512, 256 validation rows, the run
+    with its recommendation (half A chooses, half B checks) against exact leave-one-out
+    re-runs of its replayed epoch, judged on every validation row; printed beside the scores
+    of half A alone (what the influence column held before cross-fitting). About 1 min."""
+    from conftest import make_png_dataset, train_result
+    from test_loo_fidelity import centred_by_class, exact_leave_one_out
+
+    from support.netdef import NetSpec
+
+    data = make_png_dataset(tmp_path / "data", 512, 256, size=14, seed=7)
+    folder = train_result(
+        tmp_path / "result", data, NetSpec(arch="smooth_cnn", batch_size=32, lr=0.05, max_epoch=3)
+    )
+    first, _ = split_validation(256, 0)
+    half_a = _half_a_csv(data["val"], first, "half_a.csv")
+    got = {}
+    for cache in ("all", "final"):
+        for name, extra in (("defaults", []), ("half_a", ["--no-recommend"])):
+            out = tmp_path / f"{name}_{cache}" / "influence.csv"
+            args = ["--cache", cache, "--cache-dir", str(tmp_path / f"c_{name}_{cache}")]
+            _run(data, folder, out, *args, *extra, val=half_a if name == "half_a" else None)
+            got[name, cache] = _column(str(out), "influence")
+    facts = yaml.safe_load(open(tmp_path / "defaults_all" / "influence_settings.yaml"))
+    assert facts["validation_rows"]["heldout_for_check"] == 128  # it did recommend
+    model = load_model(model=os.path.join(folder, "results.nnp"))
+    train = load_dataset(data["train"], model.info.input_shapes).arrays
+    val = load_dataset(data["val"], model.info.input_shapes).arrays
+    cache = tmp_path / "c_defaults_all"
+    order, lrs = np.load(cache / "order.npy"), np.load(cache / "lr.npy")
+    wd = float(facts["used"]["weight_decay"])
+    plain = exact_leave_one_out(model, train, val, model.get_params(), order, lrs, 32, wd)
+    loo = centred_by_class(plain, train["y"].ravel())  # the default target
+    r = {k: float(np.corrcoef(v, loo)[0, 1]) for k, v in got.items()}
+    print("LOO Pearson: " + ", ".join(f"{n} {c} {v:.4f}" for (n, c), v in sorted(r.items())))
+    assert r["defaults", "all"] >= 0.98 and r["defaults", "final"] >= 0.9
