@@ -26,9 +26,10 @@ and for each network (default: the sample CNN ``cnn`` and the LeNet-style ``lene
 - **steps**: seconds per replay step of :class:`core.ExactStep` (one fused double-backward
   pass), :class:`core.FiniteDifferenceStep` (two first-order passes), the same two for two
   query vectors at once (:mod:`crossfit`, what a run that recommends replays) and the
-  baseline's loop step, against one training step (:func:`core.sgd_epoch` on one batch), interleaved step by
-  step on full batches at fixed parameters; medians of wall time (the targets) and of this
-  process's CPU time (the same ratios, less disturbed when other processes share the CPU).
+  baseline's loop step, against one training step (:func:`core.sgd_epoch` on one batch),
+  interleaved step by step on full batches at fixed parameters; medians of wall time (the
+  targets) and of this process's CPU time (the same ratios, less disturbed when other
+  processes share the CPU).
 - **checks**: the exact step against the baseline's loop (dot products and H u of a few
   batches; they must agree within ``--tolerance`` or the script exits 1, because the timings
   would not compare the same computation), and a whole replay with the fd step against the

@@ -224,7 +224,8 @@ class TrialOutcome:
         order: int32 (N,) its epoch's order; ``seed``: that order's seed.
         lr: the rate it ran at (lower than the run's if it was retried).
         attempts: 1 + the number of retries.
-        u_growth: ||u after|| / ||u before|| of the replay that was kept.
+        u_growth: ||u after|| / ||u before|| of the replay that was kept (the larger of the
+            two vectors' with candidate rows).
         val_loss: mean validation loss at its final parameters.
         seconds: ``training``, ``inference``, ``replay`` and ``replay_steps``.
         cache_bytes: size of its cache folder.
