@@ -15,7 +15,8 @@ and for each network (default: the sample CNN ``cnn`` and the LeNet-style ``lene
   ``settings.yaml`` timings are printed stage by stage in training epochs, next to each
   stage's floor (the training phase is one epoch; a replay step is two forward-backward
   passes, so a replay is at least two epochs of work, one epoch of wall time in two
-  processes; the check runs one epoch of its sample per candidate plus one).
+  processes, per query vector: a run that recommends replays two; the check runs one epoch
+  of its sample per candidate plus one).
 - **baseline**: the published NNC plugin's method, the only code re-implemented here: per trial
   one SGD epoch (:func:`core.sgd_epoch`) and the validation gradient, then a backward replay
   whose every step computes the per-sample gradients by a batch-size-1 forward/backward loop,
@@ -620,15 +621,17 @@ def stage_epochs(facts: dict, epoch: float) -> list:
     trials = facts.get("used", {}).get("trials", 1)
     procs = t.get("replay_processes", 1)
     n = facts.get("n_train") or 1
+    # a run that recommends replays two query vectors (crossfit.py): twice the passes
+    vectors = 2 if (facts.get("validation_rows") or {}).get("candidates") else 1
     out = [("reading both CSVs", t.get("reading", 0.0) / epoch, None)]
     out.append(("per-sample losses (0: beside the trial)", t.get("losses", 0.0) / epoch, None))
     out.append(("curvature (the automatic rate)", t.get("curvature", 0.0) / epoch, None))
     out.append((f"training phase, {trials} trial(s)", t.get("training", 0.0) / epoch, trials))
     out.append(
         (
-            f"replay, {trials} trial(s), {procs} process(es) each",
+            f"replay, {trials} trial(s) x {vectors} vector(s), {procs} process(es) each",
             t.get("replay", 0.0) / epoch,
-            2.0 * trials / procs,
+            2.0 * trials * vectors / procs,
         )
     )
     if check.get("epochs_run"):
