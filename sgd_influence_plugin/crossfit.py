@@ -1,6 +1,6 @@
 """Cross-fitting: the influence from every validation row, the recommendation's candidates from
 half of them, its check on the other half; and the replay of several query vectors in one
-pass over the steps, which makes it cost less than two replays.
+pass over the steps, sharing what two replays can share.
 
 A run that recommends splits the validation rows into seeded halves A and B
 (:func:`.heldout_check.split_validation`). Its trials replay two query vectors through the same
@@ -19,12 +19,15 @@ the default finite-difference step is not (its ``H u`` is a smoothed Hessian tak
 the largest score away from the fd replay of ``u`` (the exact step: 7e-7). Replaying ``u``
 itself gives the ``--no-recommend`` scores to the bit, at the same cost.
 
-What the vectors share (:func:`replay_vectors`): one loop over the steps, the step's graphs,
-the parameters of each step (read once from an all-parameters cache), and, for the exact step,
-the forward pass and first-order gradient graph of each step (:class:`ExactSteps`: one forward,
-one double-backward per vector). With a helper process (:func:`.parallel.helper`) the vectors
-after the first are replayed there, whole, while this process replays the first: no
-per-step traffic, and the first vector's numbers are those of a replay alone.
+What the vectors share in one process (:func:`replay_vectors`): one loop over the steps, the
+step's graphs, the parameters of each step (read once from an all-parameters cache), and, for
+the exact step, the forward pass and first-order gradient graph of each step
+(:class:`ExactSteps`: one forward, one double-backward per vector: 1.5x one vector's step
+instead of 2x). The fd step's points ``theta +/- eps u`` differ per vector, so its passes
+cannot be shared: two vectors cost two steps. With a helper process
+(:func:`.parallel.helper`, a second core) the vectors after the first are replayed there,
+whole, while this process replays the first: no per-step traffic, about the wall time of
+one replay, and the first vector's numbers are those of a replay alone.
 """
 
 from __future__ import annotations
