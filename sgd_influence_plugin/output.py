@@ -53,7 +53,7 @@ import numpy as np
 from . import interrupts
 from .dataset import Dataset, cell_path, data_path
 from .errors import DatasetError, SettingsError
-from .labels import canonical_label
+from .labels import canonical_label, class_pairs
 from .made_folders import write_marker
 from .ownership import (  # noqa: F401 - re-exported: the rule's names, where callers know them
     LEDGER,
@@ -349,6 +349,11 @@ def write_influence_output(
     actions, suggested, confidence, agreement = _recommendation_cells(recommendation, train.size)
     if recommendation is not None:
         info.setdefault("recommendation", recommendation.to_dict())
+        if labels is not None:  # the class pairs the changes concentrate on (summary, report)
+            changed = [j for j, a in enumerate(actions) if a != "keep"]
+            info["recommendation"]["class_pairs"] = class_pairs(
+                labels, suggested, changed, label_names
+            )
     images = [is_image(train.cell(i, image_col)) for i in range(train.size)] if image_col else []
     make_thumbs = any(images) and not fits_box(train, image_col, thumb_size)
     paths = OutputPaths(

@@ -249,6 +249,16 @@ def checked_table(rec: Dict) -> str:
     )
 
 
+def _pairs_html(pairs: Optional[Sequence[str]]) -> str:
+    """The class pairs the changes concentrate on (:func:`.labels.class_pairs`), or ''."""
+    if not pairs:
+        return ""
+    items = "".join(f"<li>{html.escape(p)}</li>" for p in pairs)
+    return (
+        f"<p>The changes concentrate on these class pairs (check them first):</p><ul>{items}</ul>"
+    )
+
+
 def run_rows(info: Dict) -> List[Tuple[str, str]]:
     """The Run table: ``(what, value)`` in words, for the facts of :data:`RUN_ROWS`, then how
     the learning rate was chosen, then any other plain fact with its key in words.
@@ -331,6 +341,9 @@ def write_report(
             else "<p>Next: nothing to change.</p>"
         )
         + checked_table(rec)
+        + _pairs_html(
+            rec.get("class_pairs") if counts.get("relabel") or counts.get("remove") else None
+        )
         if rec
         else ""
     )

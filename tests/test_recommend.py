@@ -361,7 +361,16 @@ def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
         given = train.cell(j, "y:label")
         assert re.search(rf"  {given} -> {act}, model: {suggested[j]}: \d+", summary), summary
     assert "next: retrain on influence_cleansed.csv (beside this file)" in summary
+    # The class pairs, counted by hand from the changed rows (given label, model's class).
+    pairs = {}
+    for j in relabel + remove:
+        key = tuple(sorted((int(train.cell(j, "y:label")), int(suggested[j]))))
+        pairs[key] = pairs.get(key, 0) + 1
+    for (a, b), k in pairs.items():
+        line = f"  {a} <-> {b}: {k} row{'s' if k > 1 else ''}"
+        assert line in summary.split("concentrate on")[1], summary
     page = open(paths.report, encoding="utf-8").read()
+    assert "concentrate on these class pairs" in page
     assert "<h2>Recommendation</h2>" in page and "keep 45, relabel 3, remove 2" in page
     # Every change the check tried, with its result, the recommended one marked.
     tried = page.split("Changes the check tried")[1].split("</table>")[0]
