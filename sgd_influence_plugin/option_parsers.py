@@ -11,7 +11,7 @@ before anything heavy is imported: it imports the standard library only.
 """
 
 import argparse
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from .options import OPTIONS, SETTINGS, Dialog, Option
 
@@ -119,22 +119,26 @@ def command_help(opt: Option, required: bool = False) -> str:
     return text + (f" (default: {opt.absent})" if opt.absent else "")
 
 
-def add_arguments(parser, keys: Sequence[str], required: bool = False, **changes) -> None:
-    """Add the command-line options ``keys`` (names or :data:`VARIANTS` keys) to ``parser``
-    (an argparse parser or group), each as the table declares it.
+def add_arguments(
+    parser, keys: Sequence[Union[str, Option]], required: bool = False, **changes
+) -> None:
+    """Add the command-line options ``keys`` to ``parser`` (an argparse parser or group), each
+    as the table declares it.
 
     Args:
+        keys: option names, :data:`VARIANTS` keys, or :class:`~.options.Option` rows of a
+            script's own table (``options.table(ItsArguments).values()``).
         required: the options must be given (no default is shown).
-        changes: ``name=dict(...)``: :class:`Option` fields to change for this parser only
-            (a script's own default, say), e.g. ``ratios=dict(default="0.1,0.05")``.
+        changes: ``name=dict(...)``: :class:`~.options.Option` fields to change for this
+            parser only (a script's own default, say), e.g. ``ratios=dict(default="0.1")``.
 
     """
     for key in keys:
-        opt = get(key)
+        opt = key if isinstance(key, Option) else get(key)
         if opt.name in changes:
             opt = opt.vary(**changes[opt.name])
         if opt.flag is None:
-            raise ValueError(f"{key}: not a command-line option")
+            raise ValueError(f"{opt.name}: not a command-line option")
         how: Dict[str, Any] = dict(help=command_help(opt, required))
         if opt.flag.startswith("-"):
             how["dest"] = opt.name

@@ -81,7 +81,6 @@ class Option:
             None (shown as ``(default: ...)``); None: nothing is shown.
         detail: command-line text between the help and ``(default: ...)``.
         dialog: how the console dialogs show it.
-        setting: a field of :class:`ScoreArguments`.
 
     """
 
@@ -95,7 +94,6 @@ class Option:
     absent: Optional[str] = None
     detail: str = ""
     dialog: Optional[Dialog] = None
-    setting: bool = False
 
     def vary(self, **changes) -> "Option":
         """The option as one command has it (``option_parsers.VARIANTS``)."""
@@ -347,16 +345,17 @@ def _kind(annotation) -> type:
 
 
 def table(cls=Arguments) -> Dict[str, Option]:
-    """The options declared as the fields of ``cls``, by name, in declaration order."""
+    """The options declared as the fields of ``cls`` (a dataclass whose fields are made by
+    :func:`option`: :class:`Arguments`, or a script's own), by name, in declaration order.
+    """
     out = {}
     for f in dataclasses.fields(cls):
         how = dict(f.metadata)
         how.setdefault("flag", "--" + f.name.replace("_", "-"))
-        out[f.name] = Option(f.name, f.default, _kind(f.type), setting=f.name in _SCORE, **how)
+        out[f.name] = Option(f.name, f.default, _kind(f.type), **how)
     return out
 
 
-_SCORE = {f.name for f in dataclasses.fields(ScoreArguments)}
 #: Every option by name.
 OPTIONS: Dict[str, Option] = table()
 #: The fields of :class:`~.settings.InfluenceSettings`, in order.

@@ -143,12 +143,22 @@ def test_the_tables_choices_are_the_ones_implemented():
     assert options.choices("target") == target.TARGETS
 
 
-def test_a_command_may_change_an_option_for_itself():
-    """The protocol script's way: the table's options, with a default of its own."""
+@dataclasses.dataclass
+class _ScriptArguments:
+    """A script's own options, declared as the package's are."""
+
+    work: str = options.option("work", help="working folder")
+    pool_limit: int = options.option(0, help="use only the first this many images")
+
+
+def test_a_script_builds_its_parser_from_the_table_and_its_own_options():
+    """The protocol script's way: its own options, and the tool's with a default of its own."""
     import argparse
 
     p = argparse.ArgumentParser()
-    option_parsers.add_arguments(p, ("seeds", "ratios"), ratios=dict(default="0.1,0.05"))
-    args = p.parse_args([])
-    assert (args.seeds, args.ratios) == ("0,1,2", "0.1,0.05")
-    assert "(default: 0.1,0.05)" in " ".join(p.format_help().split())
+    own = list(options.table(_ScriptArguments).values())
+    option_parsers.add_arguments(p, own + ["seeds", "ratios"], ratios=dict(default="0.1,0.05"))
+    args = p.parse_args(["--pool-limit", "7"])
+    assert (args.work, args.pool_limit, args.seeds, args.ratios) == ("work", 7, "0,1,2", "0.1,0.05")
+    text = " ".join(p.format_help().split())
+    assert "(default: 0.1,0.05)" in text and "images (default: 0)" in text
