@@ -259,7 +259,6 @@ def run_check(
     log: Callable[[str], None] = lambda m: None,
     progress=None,
     flags: validation.FlagNames = validation.CLI_FLAGS,
-    samples_flag: str = "--samples",
 ) -> tuple:
     """Load and check every input (:func:`.inputs.load_inputs`), run
     :func:`~.fidelity.check_fidelity` (one trial, whatever ``settings.trials`` says), write
@@ -276,10 +275,10 @@ def run_check(
     from .cluster import connect
 
     with connect(request.cluster, log) as cluster:
-        return _run_check(request, log, progress, flags, samples_flag, cluster)
+        return _run_check(request, log, progress, flags, cluster)
 
 
-def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, cluster) -> tuple:
+def _run_check(request: CheckRequest, log, progress, flags, cluster) -> tuple:
     settings = replace(request.settings, trials=1)  # the check runs and records one trial
     files = RunRequest(
         output=request.output,
@@ -291,7 +290,7 @@ def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, c
         settings=settings,
     )
     m = request.samples
-    _check_samples(m, samples_flag)
+    _check_samples(m, flags.samples)
 
     def check_places(input_files, image_dirs) -> None:
         check_check_outputs(request.output, flags.output, input_files, sorted(image_dirs))
@@ -309,7 +308,7 @@ def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, c
             )
         if m > train.size:
             raise SettingsError(
-                f"{samples_flag} {m}: {train.path} has only {train.size} rows; give at most "
+                f"{flags.samples} {m}: {train.path} has only {train.size} rows; give at most "
                 f"{train.size}"
             )
         batch = settings.batch_size or info.solver.batch_size

@@ -29,15 +29,15 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import core, influence, parallel
+from . import core, influence, options, parallel
 from .errors import ComputationError, SettingsError
 from .settings import InfluenceSettings
 from .summary import ranking
 
 #: Samples checked by default: a third most harmful, a third most helpful, the rest random.
-DEFAULT_SAMPLES = 30
+DEFAULT_SAMPLES = options.default("samples")
 #: Fewest samples a correlation is reported for.
-MIN_SAMPLES = 3
+MIN_SAMPLES = options.MIN_SAMPLES
 #: ``(lowest Spearman rho, verdict)``, tried in order; below the last: ``poor``.
 VERDICTS = ((0.7, "good"), (0.3, "weak"))
 

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from . import __version__, interrupts, parallel, places, validation
+from . import __version__, interrupts, options, parallel, places, validation
 from . import recommend as recommend_mod
 from .core import per_sample_losses
 from .errors import OutputError
@@ -70,7 +70,7 @@ class RunRequest:
     report: bool = False
     remove_ratio: Optional[float] = None
     recommend: bool = True
-    thumb_size: int = 64
+    thumb_size: int = options.default("thumb_size")
     label_names: Optional[str] = None
     cluster: Optional[str] = None
 

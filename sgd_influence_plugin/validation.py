@@ -19,9 +19,9 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
+from . import option_parsers, options
 from .dataset import Dataset, is_file_cell
 from .errors import DatasetError, OutputError, SettingsError
 from .io_utils import nearest_existing
@@ -32,57 +32,35 @@ from .tiny_inputs import check_training_size
 THUMB_SIZES = (16, 512)
 
 
-@dataclass(frozen=True)
 class FlagNames:
-    """How the calling interface spells each option, for messages (None: it has none)."""
+    """How the calling interface spells each option, for messages: an attribute per option of
+    :data:`.options.OPTIONS` (``flags.batch_size``), None where the interface has none.
+    """
 
-    model: str = "--model"
-    config: str = "--config"
-    params: str = "--params"
-    train: str = "--train"
-    val: str = "--val"
-    output: str = "--output"
-    cache_dir: Optional[str] = "--cache-dir"
-    lr: str = "--lr"
-    weight_decay: Optional[str] = "--weight-decay"
-    batch_size: str = "--batch-size"
-    epochs: str = "--epochs"
-    trials: str = "--trials"
-    seed: str = "--seed"
-    thumb_size: Optional[str] = "--thumb-size"
-    remove: Optional[str] = "--remove"
-    remove_ratio: str = "--remove-ratio"
-    jobs: Optional[str] = "--jobs"
-    context: Optional[str] = "--context"
-    cache: Optional[str] = "--cache"
-    replay_step: Optional[str] = "--replay-step"
-    retries: Optional[str] = "--retries"
-    val_batch_size: Optional[str] = None
-    target: Optional[str] = "--target"
+    def __init__(self, interface: str) -> None:
+        self.interface = interface
+        self._names = option_parsers.spellings(interface)
+
+    def __getattr__(self, name: str) -> Optional[str]:
+        try:
+            return self.__dict__["_names"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        return f"FlagNames({self.interface!r})"
 
     def for_settings(self) -> Dict[str, Optional[str]]:
         """Field of :class:`~.settings.InfluenceSettings` -> this spelling (for its
         :meth:`~.settings.InfluenceSettings.validate`).
         """
-        names = ("lr", "weight_decay", "batch_size", "epochs", "trials", "seed", "jobs")
-        names += ("context", "cache", "replay_step", "retries", "val_batch_size", "target")
-        return {k: getattr(self, k) for k in names}
+        return {k: self._names[k] for k in options.SETTINGS}
 
 
-#: The ``sgd-influence`` command line.
-CLI_FLAGS = FlagNames()
-#: The console plugin's dialog (``SGD_Influence_Cleansing.py``).
-PLUGIN_FLAGS = FlagNames(
-    cache_dir=None,
-    weight_decay=None,
-    batch_size="--batch_size",
-    thumb_size=None,
-    remove=None,
-    remove_ratio="--remove_ratio",
-    replay_step="--replay_step",
-    retries=None,
-    target=None,
-)
+#: The ``sgd-influence`` command line (``--batch-size``).
+CLI_FLAGS = FlagNames("cli")
+#: The console dialogs (``--batch_size``).
+PLUGIN_FLAGS = FlagNames("dialog")
 
 
 # ----------------------------------------------------------------------------------------

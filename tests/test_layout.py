@@ -44,6 +44,7 @@ PRODUCT_MODULES = (
     "nnabla_adapter/losses.py",
     "nnabla_adapter/model.py",
     "nnabla_adapter/training.py",
+    "option_parsers.py",
     "options.py",
     "output.py",
     "ownership.py",
