@@ -31,6 +31,7 @@ import numpy as np
 
 from . import core, influence, options, parallel
 from .errors import ComputationError, SettingsError
+from .resolved import ResolvedSettings
 from .settings import InfluenceSettings
 from .summary import ranking
 
@@ -78,7 +79,7 @@ class CheckResult:
     val_loss_full: float
     u_growth: float
     n_train: int
-    resolved: Optional[influence.ResolvedSettings] = None
+    resolved: Optional[ResolvedSettings] = None
     warnings: List[str] = field(default_factory=list)
 
 
