@@ -87,3 +87,53 @@ def test_evaluate_takes_the_datasets_the_definition_names(results, data28, tmp_p
     assert facts["val_csv"] == os.path.abspath(data28["val"])
     assert facts["settings"]["weight_decay"] == 0.001
     assert facts["settings"]["replay_step"] == "exact"
+
+
+def _with_solver_decay(folder, decay, dest):
+    """The result in ``folder`` as net.nntxt + parameters.h5 in ``dest``, its solver's
+    weight_decay set to ``decay`` (the weights unchanged)."""
+    import shutil
+
+    dest.mkdir()
+    text = open(os.path.join(folder, "net.nntxt")).read()
+    assert text.count("weight_decay: ") == 1
+    head, tail = text.split("weight_decay: ")
+    text = head + f"weight_decay: {decay}" + tail[tail.index("\n") :]
+    (dest / "net.nntxt").write_text(text)
+    shutil.copy(os.path.join(folder, "parameters.h5"), dest / "parameters.h5")
+    return {"config": str(dest / "net.nntxt"), "params": str(dest / "parameters.h5")}
+
+
+def test_the_rate_check_uses_the_given_weight_decay_not_the_solvers(results, data7, tmp_path):
+    """``--weight-decay 0`` replaces a solver's weight decay that no rate could replay
+    (lr 0.1 * 20 >= 1): evaluate runs, as ``run`` and ``check`` do (it used to check the rate
+    against the solver's value and refuse)."""
+    files = _with_solver_decay(results("logreg"), 20, tmp_path / "model")
+    rows = evaluate(
+        files, data7["train"], data7["val"], data7["val"], str(tmp_path / "eval"), [0], [0],
+        "last", InfluenceSettings(trials=1, lr=0.1, weight_decay=0.0, jobs=1),
+    )  # fmt: skip
+    assert [r["method"] for r in rows] == ["none"]
+    assert load_model(**files).info.solver.weight_decay == 20  # the solver's, not used
+
+
+def test_a_given_weight_decay_too_large_for_the_rate_is_refused_before_computing(
+    results, data7, tmp_path, monkeypatch
+):
+    """``--weight-decay 20`` at lr 0.1 (the solver's weight decay is 0.01): refused before
+    the influence is computed, naming the weight decay, and nothing is written."""
+    from sgd_influence_plugin import evaluate as evaluate_mod
+    from sgd_influence_plugin.errors import SettingsError
+
+    def computed(*a, **k):
+        raise AssertionError("the influence was computed before the refusal")
+
+    monkeypatch.setattr(evaluate_mod, "compute_influence", computed)
+    nnp = os.path.join(results("logreg"), "results.nnp")
+    out = tmp_path / "eval"
+    with pytest.raises(SettingsError, match=r"weight decay 20"):
+        evaluate(
+            {"model": nnp}, data7["train"], data7["val"], data7["val"], str(out), [0], [0],
+            "last", InfluenceSettings(trials=1, lr=0.1, weight_decay=20.0, jobs=1),
+        )  # fmt: skip
+    assert not out.exists()
