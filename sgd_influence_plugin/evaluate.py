@@ -264,11 +264,7 @@ def evaluate(
     test = load_dataset(test_csv, shapes)
     for d in (train, val, test):
         validation.check_label_values(d, model.info.label_classes)
-    solver = model.info.solver
-    validation.check_known_rate(
-        settings.lr, solver.weight_decay, train.size, settings.batch_size or solver.batch_size,
-        model.info,
-    )  # fmt: skip
+    validation.check_replay_rate(settings, model.info, train.size)
     n = train.size
     flipped = read_noise(noise_csv, n) if noise_csv else None
     counts = sorted({int(round(r * n)) for r in ratios})
