@@ -81,3 +81,16 @@ def train_on(folder, data, spec):
     nntxt = write_nntxt(spec, os.path.join(folder, "net.nntxt"))
     fix_random_seeds(nntxt, 313 + spec.seed)
     return train_nntxt(folder, nntxt)
+
+
+def load_trained(folder, data):
+    """(model, training arrays, validation arrays) of the result in ``folder`` and the dataset
+    ``data`` (``{"train", "val"}`` CSVs), loaded by the package as a run loads them.
+    """
+    from sgd_influence_plugin.dataset import load_dataset
+    from sgd_influence_plugin.nnabla_adapter import load_model
+
+    model = load_model(model=os.path.join(folder, "results.nnp"))
+    train = load_dataset(data["train"], model.info.input_shapes)
+    val = load_dataset(data["val"], model.info.input_shapes)
+    return model, train.arrays, val.arrays
