@@ -94,3 +94,13 @@ def load_trained(folder, data):
     train = load_dataset(data["train"], model.info.input_shapes)
     val = load_dataset(data["val"], model.info.input_shapes)
     return model, train.arrays, val.arrays
+
+
+def train_result(folder, data, spec):
+    """Write net.nntxt for ``data``, train it with ``nnabla_cli train`` into ``folder``.
+
+    The folder then looks like a console result: results.nnp, net.nntxt, parameters.h5
+    (extracted from the nnp), monitoring_report.yml. Random functions get fixed seeds (see
+    :func:`fix_random_seeds`), so the same data and spec give the same parameters, bit for bit.
+    """
+    return train_on(folder, {**data, "input_shape": (1, data["size"], data["size"])}, spec)
