@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -137,6 +138,40 @@ def trained(tmp_path_factory):
         return made[kind]
 
     return get
+
+
+@pytest.fixture
+def private_tmpdir(tmp_path, monkeypatch):
+    """The tool's temporary caches go to ``tmp_path/tmp``, a folder the test can check is left
+    empty."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+@pytest.fixture
+def world(tmp_path, data7, results, private_tmpdir):
+    """A private copy of the 7x7 dataset (``data/``) and of the logreg result (``result/``),
+    an empty TMPDIR for the tool's temporary cache, and the folder that holds all three (the
+    keys are described in ``support/user_files.py``).
+    """
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val"):
+        shutil.copytree(os.path.join(data7["folder"], name), data / name)
+        shutil.copy(data7[name], data / f"{name}.csv")
+    result = tmp_path / "result"
+    shutil.copytree(results("logreg"), result)
+    return {
+        "root": tmp_path,
+        "data": data,
+        "train": str(data / "train.csv"),
+        "val": str(data / "val.csv"),
+        "result": result,
+        "model": str(result / "results.nnp"),
+        "tmp": private_tmpdir,
+    }
 
 
 @pytest.fixture

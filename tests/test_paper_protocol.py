@@ -7,6 +7,7 @@ Fashion-MNIST images and check what it writes against what it was given.
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,9 +15,11 @@ import numpy as np
 import pytest
 
 from sgd_influence_plugin import evaluate as ev
+from sgd_influence_plugin import ownership
 from sgd_influence_plugin.dataset import read_csv_table
 from support import fashion_mnist
 from support.netdef import NetSpec, write_nntxt
+from support.user_files import tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "samples", "fashion_mnist"))
@@ -190,3 +193,60 @@ def test_initial_parameters_seeded_like_nnabla_and_used_by_nnabla_cli(tmp_path):
     trained = load_model(model=nnp).get_params()
     for k, v in trained.items():
         np.testing.assert_array_equal(v, pa[k])
+
+
+# ----------------------------------------------------------------------------------------
+# Its report folder follows the ownership rule (issue 18, case 1)
+# ----------------------------------------------------------------------------------------
+
+
+def _protocol_work(tmp_path):
+    """A work folder with one finished toy task's rows (no models: the report skips what it
+    cannot find)."""
+    protocol = paper_protocol
+    task = tmp_path / "work" / "task_0.1_0"
+    task.mkdir(parents=True)
+    rows = [
+        ("none", 0, 0, 0.80, 0.50, "nan"),
+        ("final", 0.1, 10, 0.82, 0.48, 0.6),
+        ("all", 0.1, 10, 0.81, 0.49, 0.5),
+        ("random", 0.1, 10, 0.79, 0.51, 0.1),
+    ]
+    protocol.save_rows(
+        str(task / "rows.csv"),
+        [
+            dict(zip(protocol.ROW_KEYS, (0.1, 0, m, r, n, acc, loss, p, 1.0)))
+            for m, r, n, acc, loss, p in rows
+        ],
+    )
+    return str(tmp_path / "work")
+
+
+def test_the_protocol_replaces_only_its_own_report(tmp_path, capfd):
+    protocol = paper_protocol
+    work = _protocol_work(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--work", work, "--out", str(out), "--report-only", "--ratios", "0.1"]
+    assert protocol.main(argv) == 0
+    assert sorted(os.listdir(out)) == sorted(
+        [ownership.LEDGER, "estimates", *protocol.REPORT_FILES]
+    )
+    assert (out / "estimates" / ownership.FOLDER_MARKER).is_file()
+    assert protocol.main(argv) == 0  # its own report is replaced
+    capfd.readouterr()
+    # The user's notes in the report folder, or a file as --out: refused, nothing changes,
+    # and a full run refuses before any task starts (no work folder is made).
+    (out / "summary.md").write_text("my notes\n")
+    for extra, pattern in (
+        (["--report-only"], r"summary\.md: already exists and was not written"),
+        ([], r"summary\.md: already exists and was not written"),
+        (["--report-only", "--out", work + "/task_0.1_0/rows.csv"], r"is a file, not a folder"),
+    ):
+        fresh = str(tmp_path / "never")
+        args = ["--work", work if extra else fresh, "--out", str(out), "--ratios", "0.1"] + extra
+        before = tree(tmp_path)
+        assert protocol.main(args) == 2
+        err = capfd.readouterr().err.strip()
+        assert err.startswith("paper_protocol: error: ") and "\n" not in err, err
+        assert re.search(pattern, err), err
+        assert tree(tmp_path) == before and not os.path.exists(fresh)

@@ -292,3 +292,37 @@ def test_replay_step_setting_reaches_the_replay(results, data7):
     assert not np.array_equal(fd.scores, exact.scores)
     err = np.max(np.abs(fd.scores - exact.scores)) / np.max(np.abs(exact.scores))
     assert err < 5e-3
+
+
+def test_scores_that_tell_no_sample_from_another_are_refused():
+    """The check after the computation: all-equal scores (e.g. all 0) are an error, not a
+    result (the rate checks above stop the known causes before computing)."""
+    import numpy as np
+
+    from sgd_influence_plugin import influence
+    from sgd_influence_plugin.errors import ComputationError
+
+    run = influence.ResolvedSettings(lr=1e-3, weight_decay=0.0, batch_size=16)
+    with pytest.raises(ComputationError, match=r"all 50 influence scores are 0: .*nothing was"):
+        influence.check_spread(np.zeros(50), run)
+    influence.check_spread(np.linspace(-1, 1, 50), run)
+
+
+def test_a_diverging_automatic_rate_does_not_advise_lr_auto(world):
+    from sgd_influence_plugin import influence
+    from sgd_influence_plugin.dataset import load_dataset
+    from sgd_influence_plugin.errors import UnstableReplayError
+    from sgd_influence_plugin.nnabla_adapter import load_model
+    from sgd_influence_plugin.settings import InfluenceSettings
+
+    model = load_model(world["model"])
+    train = load_dataset(world["train"], model.info.input_shapes).arrays
+    val = load_dataset(world["val"], model.info.input_shapes).arrays
+    settings = InfluenceSettings(trials=1, retries=0)
+    for source, advice in (("auto", r"--lr auto is already in use: give a smaller --lr number"),
+                           ("given", r"Give a smaller --lr \(or --lr auto\)")):  # fmt: skip
+        run = influence.ResolvedSettings(lr=1e6, weight_decay=0.0, batch_size=16, lr_source=source)
+        with pytest.raises(UnstableReplayError, match=advice):
+            influence.run_trial(
+                model, train, val, settings, run, str(world["tmp"] / "c"), 0, None, 2.3
+            )
