@@ -1,4 +1,4 @@
-"""The paper-protocol experiment (samples/fashion_mnist/paper_protocol.py), at toy size.
+"""The paper-protocol experiment (experiments/paper_protocol.py), at toy size.
 
 The protocol itself takes hours; these tests run its code path on a few hundred real
 Fashion-MNIST images and check what it writes against what it was given.
@@ -22,7 +22,7 @@ from support.netdef import NetSpec, write_nntxt
 from support.user_files import tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "samples", "fashion_mnist"))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 import paper_protocol  # noqa: E402
 
