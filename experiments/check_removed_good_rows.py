@@ -1,4 +1,4 @@
-"""What does the recommendation's check say of the good rows the recommendation removed?
+"""What the recommendation's check says of the good rows the recommendation removed.
 
 A diagnostic for ``recommendation_protocol.py``. Precision is counted against the flips the
 protocol made, so a removed row whose label the protocol did not flip counts as a mistake. For
@@ -14,7 +14,7 @@ set, same epoch, same seed) on four removals and prints, and writes to
 If ``good`` lowers the held-out loss while ``random_good`` does not, the rows the precision
 counts as mistakes are harmful ones by the same test the recommendation passed.
 
-    python check_removed_good_rows.py [--tasks uniform_0,confusable_0] [--variant v5]
+    python experiments/check_removed_good_rows.py [--tasks uniform_0,confusable_0] [--variant v5]
 """
 
 import argparse
@@ -39,7 +39,8 @@ OUTPUT = "removed_good_rows.csv"
 
 def removals(removed, flipped, seed):
     """The four removals (name -> int64 row indices, ascending) of one task, from the rows the
-    recommendation removed (bool (N,)) and the flipped labels (bool (N,))."""
+    recommendation removed (bool (N,)) and the flipped labels (bool (N,)).
+    """
     good = np.flatnonzero(removed & ~flipped)
     rng = np.random.RandomState(seed + 77)
     return {
@@ -51,6 +52,7 @@ def removals(removed, flipped, seed):
 
 
 def run_task(a, task):
+    """The four removals of one finished task, each through the held-out check: its rows."""
     seed, out, model, train_csv, label = rcand.load_task(a.work, task)
     flipped = rcand.flipped_rows(train_csv, os.path.join(a.work, "pool"))
     n = len(flipped)
@@ -80,6 +82,7 @@ def run_task(a, task):
 
 
 def main(argv=None):
+    """Check the tasks' removals; print and commit ``OUT/removed_good_rows.csv``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--work", default=os.path.join(HERE, "protocol_work"))
     p.add_argument("--out", default=os.path.join(HERE, "results", "recommendation_protocol"))

@@ -28,6 +28,7 @@ from sgd_influence_plugin.settings import InfluenceSettings, parse_lr  # noqa: E
 
 
 def parse_setting(text):
+    """``"lr=auto,trials=3"`` -> InfluenceSettings keywords."""
     out = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
@@ -36,11 +37,13 @@ def parse_setting(text):
 
 
 def precision_at_k(scores, flipped):
+    """The flipped share among the k most harmful, k = the number flipped."""
     k = int(flipped.sum())
     return float(flipped[np.argsort(scores, kind="stable")[:k]].mean())
 
 
 def main():
+    """One line per (setting, seed)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--workdir",

@@ -1,10 +1,10 @@
 """The data-cleansing experiment of Suzuki et al. (2021), Figure 2, from scratch on Fashion-MNIST.
 
-    python paper_protocol.py [--work protocol_work] [--out results/paper_protocol]
-                             [--seeds 0,1,2] [--noise 0,0.1] [--ratios 0.1,0.05,0.02,0.01]
-                             [--epochs 20] [--jobs 2]
-    python paper_protocol.py --report-only      # redo the tables and the plot
-    python paper_protocol.py --cluster tcp://HOST:8786 --jobs 6   # the work on a Dask cluster
+    python experiments/paper_protocol.py [--work protocol_work] [--out results/paper_protocol]
+                       [--seeds 0,1,2] [--noise 0,0.1] [--ratios 0.1,0.05,0.02,0.01]
+                       [--epochs 20] [--jobs 2]
+    python experiments/paper_protocol.py --report-only   # redo the tables and the plot
+    python experiments/paper_protocol.py --cluster tcp://HOST:8786 --jobs 6   # on a Dask cluster
 
 For every label-noise level and every seed (one task; ``--jobs`` tasks run at once):
 
@@ -25,9 +25,14 @@ For every label-noise level and every seed (one task; ``--jobs`` tasks run at on
 Each task writes its rows to ``WORK/task_<noise>_<seed>/rows.csv`` as it goes and skips rows
 that are already there, so a stopped run continues where it was, and more ratios can be
 added later. The report (``OUT/results.csv``, ``summary.md``, ``figure2.png``,
-``settings.yaml``, ``estimates/``) pairs each row with the same task's n = 0 model; it follows
-the ownership rule of ``sgd_influence_plugin.ownership``: only files the protocol wrote in
-``OUT`` are replaced (anything else is refused before the tasks start), all together.
+``settings.yaml``, ``estimates/``; written by ``paper_report.py``) pairs each row with the same
+task's n = 0 model; it follows the ownership rule of ``sgd_influence_plugin.ownership``: only
+files the protocol wrote in ``OUT`` are replaced (anything else is refused before the tasks
+start), all together.
+
+``recommendation_protocol.py`` runs the same tasks (this module's common options, pool, split,
+network and task processes) for another job: the decision the tool makes for a user instead
+of fixed shares removed by each estimate.
 
 With ``--cluster ADDRESS`` (docs/cluster.md) each task still runs here, and sends its
 trainings, influence trials and retrainings (all of a task's retrainings at once) to the
@@ -37,6 +42,7 @@ this machine writes in ``WORK`` and ``OUT``.
 """
 
 import argparse
+import contextlib
 import csv
 import os
 import subprocess
@@ -50,55 +56,40 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+from paper_report import (  # noqa: E402, F401 - the report's names, where the tests use them
+    ESTIMATORS,
+    METHODS,
+    REPORT_FILES,
+    ROW_KEYS,
+    check_report_place,
+    floats,
+    paired_table,
+    read_task_rows,
+    report,
+    save_rows,
+)
+
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
-from sgd_influence_plugin import ownership, places  # noqa: E402
 from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
 from sgd_influence_plugin.io_utils import atomic_write  # noqa: E402
-from sgd_influence_plugin.settings import InfluenceSettings, read_yaml, write_yaml  # noqa: E402
+from sgd_influence_plugin.nnabla_adapter.training import (  # noqa: E402
+    initial_parameters,
+    train_from_scratch,
+)
+from sgd_influence_plugin.settings import InfluenceSettings, write_yaml  # noqa: E402
 from support import fashion_mnist  # noqa: E402
 from support.netdef import NetSpec, write_nntxt  # noqa: E402
 
-#: Estimators compared, in the order they are run: name -> InfluenceSettings overrides.
-#: "final" is the plugin at its defaults; "all" is Hara et al.'s estimator as published: one
-#: recorded epoch replayed with its stored parameters, no averaging over trials.
-ESTIMATORS = {"final": {}, "all": {"cache": "all", "trials": 1}}
-METHODS = ("final", "all", "random")
-LABELS = {
-    "final": "final-parameter estimate (this plugin, defaults)",
-    "all": "all-parameters estimate (Hara et al.)",
-    "random": "random removal",
-}
-COLORS = {"final": "#cc3311", "all": "#009988", "random": "#0077bb"}
-#: What the report writes into --out, the main file last, and its folders.
-REPORT_FILES = ("settings.yaml", "figure2.png", "summary.md", "results.csv")
-REPORT_FOLDERS = ("estimates",)
-ROW_KEYS = (
-    "noise",
-    "seed",
-    "method",
-    "ratio",
-    "n_removed",
-    "test_accuracy",
-    "test_loss",
-    "precision_at_n",
-    "seconds",
-)
 
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_common_arguments(p, out):
+    """The options of both protocols (this one and ``recommendation_protocol.py``); ``out``:
+    the default results folder.
+    """
     p.add_argument("--work", default=os.path.join(HERE, "protocol_work"), help="working folder")
     p.add_argument(
-        "--out", default=os.path.join(HERE, "results", "paper_protocol"), help="report folder"
+        "--out", default=out, help=f"results folder (default: {os.path.relpath(out, ROOT)})"
     )
     p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default: 0,1,2)")
-    p.add_argument("--noise", default="0,0.1", help="label-noise shares (default: 0,0.1)")
-    p.add_argument(
-        "--ratios",
-        default="0.1,0.05,0.02,0.01",
-        help="shares of the training set to remove, run in this order (default: "
-        "0.1,0.05,0.02,0.01)",
-    )
     p.add_argument("--epochs", type=int, default=20, help="training epochs (default: 20)")
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default: 0.05)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
@@ -119,6 +110,22 @@ def parse_args(argv=None):
         "--source", default=fashion_mnist.DEFAULT_DIR, help="folder of the idx .gz files"
     )
     p.add_argument("--report-only", action="store_true", help="only redo the report")
+    p.add_argument("--task", help=argparse.SUPPRESS)  # one task, in its own process (internal)
+
+
+def parse_args(argv=None):
+    """The common options (:func:`add_common_arguments`), the noise levels, the shares
+    removed, the balanced diagnostic and the cluster.
+    """
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_common_arguments(p, os.path.join(HERE, "results", "paper_protocol"))
+    p.add_argument("--noise", default="0,0.1", help="label-noise shares (default: 0,0.1)")
+    p.add_argument(
+        "--ratios",
+        default="0.1,0.05,0.02,0.01",
+        help="shares of the training set to remove, run in this order (default: "
+        "0.1,0.05,0.02,0.01)",
+    )
     p.add_argument(
         "--balanced",
         metavar="NOISE,SEED",
@@ -132,15 +139,11 @@ def parse_args(argv=None):
         help="a Dask scheduler (tcp://HOST:PORT) whose workers run the trainings and influence "
         "trials; every worker must read WORK at the same path (default: none, run here)",
     )
-    p.add_argument("--task", help=argparse.SUPPRESS)  # "noise,seed": run one task (internal)
-    return p.parse_args(argv)
-
-
-def floats(text):
-    return [float(x) for x in text.split(",") if x.strip()]
+    return p.parse_args(argv)  # --task "noise,seed": one task
 
 
 def task_dir(a, noise, seed):
+    """The work folder of the task (noise, seed)."""
     return os.path.join(a.work, f"task_{noise:g}_{seed}")
 
 
@@ -165,17 +168,20 @@ def build_pool(a):
 
 
 def write_rows(path, header, rows):
+    """A CSV of ``header`` and ``rows``, written atomically."""
     with atomic_write(path, newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
         w.writerows(rows)
 
 
-def task_data(a, noise, seed, pool, out):
-    """The task's train/val/test CSVs (absolute image paths) and noise ground truth.
+def split_task(a, seed, pool, out, noisy_of):
+    """The task's train/val/val_cli/test CSVs in ``out`` (absolute image paths): ``--train``
+    training and ``--val`` validation images drawn from the pool by ``seed``, the first
+    ``--test`` test images; ``noisy_of``: the training labels (N,) -> the labels written.
 
     Returns:
-        (paths dict, flipped (N,) bool)
+        (paths dict, labels (N,) as in the pool, noisy (N,) as written)
 
     """
     _, train_rows = read_csv_table(os.path.join(pool, "train.csv"))
@@ -187,16 +193,12 @@ def task_data(a, noise, seed, pool, out):
     tr, va = perm[: a.train], perm[a.train : a.train + a.val]
     te = np.arange(a.test)
     labels = np.array([int(train_rows[i][1]) for i in tr])
-    noisy = (
-        fashion_mnist.flip_labels(labels, noise, len(fashion_mnist.CLASS_NAMES), seed)
-        if noise > 0
-        else labels
-    )
+    noisy = noisy_of(labels)
 
     def absolute(row):
         return os.path.join(pool, row[0])
 
-    names = ("train", "val", "val_cli", "test", "noise")
+    names = ("train", "val", "val_cli", "test")
     paths = {k: os.path.join(out, f"{k}.csv") for k in names}
     header = ["x:image", "y:label"]
     write_rows(paths["train"], header, [[absolute(train_rows[i]), y] for i, y in zip(tr, noisy)])
@@ -207,6 +209,25 @@ def task_data(a, noise, seed, pool, out):
         paths["val_cli"], header, [[absolute(train_rows[i]), train_rows[i][1]] for i in va[:64]]
     )
     write_rows(paths["test"], header, [[absolute(test_rows[i]), test_rows[i][1]] for i in te])
+    return paths, labels, noisy
+
+
+def task_data(a, noise, seed, pool, out):
+    """The task's CSVs (:func:`split_task`; that share of the training labels flipped to
+    another class, seeded with the task's seed) and the noise's ground truth, ``noise.csv``.
+
+    Returns:
+        (paths dict, flipped (N,) bool)
+
+    """
+
+    def noisy_of(labels):
+        if noise > 0:
+            return fashion_mnist.flip_labels(labels, noise, len(fashion_mnist.CLASS_NAMES), seed)
+        return labels
+
+    paths, labels, noisy = split_task(a, seed, pool, out, noisy_of)
+    paths["noise"] = os.path.join(out, "noise.csv")
     write_rows(
         paths["noise"],
         ["index", "clean_label", "noisy_label", "flipped"],
@@ -215,27 +236,37 @@ def task_data(a, noise, seed, pool, out):
     return paths, noisy != labels
 
 
+def write_network(a, seed, out, paths):
+    """``out/net.nntxt``, the sample CNN on the task's CSVs, and its initialisation drawn with
+    ``seed`` (``out/init.h5``); returns (the definition's text, the initialisation's path).
+    """
+    net = os.path.join(out, "net.nntxt")
+    write_nntxt(
+        NetSpec(
+            arch="cnn",
+            input_shape=(1, 28, 28),
+            n_classes=10,
+            train_csv=paths["train"],
+            val_csv=paths["val"],
+            batch_size=a.batch_size,
+            lr=a.lr,
+            solver="Sgd",
+            max_epoch=a.epochs,
+            iter_per_epoch=max(1, a.train // a.batch_size),
+        ),
+        net,
+    )
+    with open(net) as f:
+        config = f.read()
+    return config, initial_parameters(config, seed, os.path.join(out, "init.h5"))
+
+
 # ----------------------------------------------------------------------------- one task
-
-
-def save_rows(path, rows):
-    """Write result rows (dicts with :data:`ROW_KEYS`) to ``path`` atomically."""
-    with atomic_write(path, newline="") as f:
-        w = csv.DictWriter(f, fieldnames=ROW_KEYS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-
-
-def read_task_rows(path):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def run_task(a, noise, seed):
     """Everything for one (noise, seed); rows go to ``task_dir/rows.csv`` as they finish."""
-    from sgd_influence_plugin.cluster import open_cluster
+    from sgd_influence_plugin.cluster import connect
     from sgd_influence_plugin.dataset import load_dataset
     from sgd_influence_plugin.influence import compute_influence
     from sgd_influence_plugin.nnabla_adapter import load_model
@@ -268,34 +299,17 @@ def run_task(a, noise, seed):
 
     pool = os.path.join(a.work, "pool")
     paths, flipped = task_data(a, noise, seed, pool, out)
-    net = os.path.join(out, "net.nntxt")
-    write_nntxt(
-        NetSpec(
-            arch="cnn",
-            input_shape=(1, 28, 28),
-            n_classes=10,
-            train_csv=paths["train"],
-            val_csv=paths["val"],
-            batch_size=a.batch_size,
-            lr=a.lr,
-            solver="Sgd",
-            max_epoch=a.epochs,
-            iter_per_epoch=max(1, a.train // a.batch_size),
-        ),
-        net,
-    )
-    with open(net) as f:
-        config = f.read()
-    init = ev.initial_parameters(config, seed, os.path.join(out, "init.h5"))
+    config, init = write_network(a, seed, out, paths)
     header, train_rows = read_csv_table(paths["train"])
     n = len(train_rows)
-    cluster = open_cluster(a.cluster, log)
+    connection = contextlib.ExitStack()  # the cluster's, closed when the task ends
+    cluster = connection.enter_context(connect(a.cluster, log))
 
     def retrain(keep, name):
         t = time.perf_counter()
         if cluster is not None:
             return retrain_on(cluster, [(keep, name)], None)[0][:2]
-        nnp = ev.train_from_scratch(
+        nnp = train_from_scratch(
             config, paths["train"], paths["val_cli"], header, train_rows, keep, seed,
             os.path.join(out, name), init,
         )  # fmt: skip
@@ -407,14 +421,14 @@ def run_task(a, noise, seed):
         acc, loss = ev.accuracy_and_loss(load_model(model=nnp), test)
         precision = float(flipped[removed].mean()) if flipped.any() else float("nan")
         add(method, count, acc, loss, precision, seconds)
-    if cluster is not None:
-        cluster.close()
+    connection.close()
     log("done")
 
 
 def balanced_removal(scores, labels, count):
     """Indices of about ``count`` samples: in every class the same share of its samples,
-    most harmful (lowest score) first; the shares are rounded per class."""
+    most harmful (lowest score) first; the shares are rounded per class.
+    """
     share = count / len(scores)
     removed = []
     for k in np.unique(labels):
@@ -442,7 +456,7 @@ def run_balanced(a, noise, seed):
     removed = balanced_removal(np.load(os.path.join(out, "scores_final.npy")), labels, count)
     keep = np.setdiff1d(np.arange(len(labels)), removed)
     t = time.perf_counter()
-    nnp = ev.train_from_scratch(
+    nnp = train_from_scratch(
         config, paths["train"], paths["val_cli"], header, train_rows, keep, seed,
         os.path.join(out, f"final_balanced_{len(removed)}"), os.path.join(out, "init.h5"),
     )  # fmt: skip
@@ -463,299 +477,6 @@ def run_balanced(a, noise, seed):
     )
     save_rows(rows_path, rows)
     print(f"final_balanced n={len(removed)}: test accuracy {acc:.4f}, loss {loss:.4f}")
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def collect(a):
-    rows = []
-    for name in sorted(os.listdir(a.work)) if os.path.isdir(a.work) else []:
-        for r in read_task_rows(os.path.join(a.work, name, "rows.csv")):
-            r = dict(r)
-            for k in ("seed", "n_removed"):
-                r[k] = int(r[k])
-            for k in ("noise", "ratio", "test_accuracy", "test_loss", "precision_at_n", "seconds"):
-                r[k] = float(r[k])
-            rows.append(r)
-    return rows
-
-
-def check_report_place(a):
-    """Refuse an --out whose report files or estimates/ the protocol did not write."""
-    places.check_output_folder(a.out, "--out", REPORT_FILES, REPORT_FOLDERS)
-
-
-def report(a, wall_seconds=None):
-    """Write results.csv, summary.md, figure2.png, settings.yaml and estimates/ from the task
-    rows into --out: staged, then committed together; only files the protocol wrote there
-    are replaced."""
-    check_report_place(a)
-    with ownership.staging(a.out, "--out") as stage:
-        write_report(a, stage, wall_seconds)
-        names = REPORT_FOLDERS + REPORT_FILES
-        moves = [(os.path.join(stage, n), os.path.join(a.out, n)) for n in names]
-        ownership.commit_staged(a.out, moves, [], "--out")
-    print(f"report: {os.path.join(a.out, 'summary.md')}")
-
-
-def write_report(a, out, wall_seconds=None):
-    """The report's files, written into the folder ``out``."""
-    rows = collect(a)
-    if not rows:
-        raise SystemExit(f"no results under {a.work}")
-    save_rows(
-        os.path.join(out, "results.csv"),
-        sorted(rows, key=lambda r: (r["noise"], r["seed"], r["n_removed"])),
-    )
-    noises = sorted({r["noise"] for r in rows})
-    tables = {}
-    lines = [
-        "# Removal and retraining from scratch (Suzuki et al. 2021, Figure 2 protocol)",
-        "",
-        f"Fashion-MNIST, {a.train} training / {a.val} validation images split by the seed, "
-        f"{a.test} test images; the sample CNN; plain SGD lr {a.lr:g}, batch {a.batch_size}, "
-        f"{a.epochs} epochs, trained from scratch by nnabla_cli with a seeded initialisation.",
-        "",
-        "Δ = the same seed's value minus its no-removal value (same split, initialisation and "
-        "order); mean ± sample standard deviation over seeds. `wins` = seeds where Δ accuracy "
-        "> 0.",
-    ]
-    for noise in noises:
-        sub = [dict(r) for r in rows if r["noise"] == noise]
-        agg = paired_table(sub)
-        tables[noise] = agg
-        lines += ["", f"## {'clean labels' if noise == 0 else f'{noise:.0%} flipped labels'}", ""]
-        lines += [
-            "| removed | method | seeds | test accuracy | Δ accuracy | wins | Δ test loss |"
-            + (" precision@n |" if noise > 0 else ""),
-            "|---|---|---|---|---|---|---|" + ("---|" if noise > 0 else ""),
-        ]
-        for g in agg:
-            line = (
-                f"| {g['ratio']:.0%} ({g['n_removed']}) | {g['method']} | {g['seeds']} | "
-                f"{ev.mean_sd(g['acc_mean'], g['acc_std'])} | "
-                f"{ev.mean_sd(g['dacc_mean'], g['dacc_std'], '{:+.4f}')} | {g['wins']} | "
-                f"{ev.mean_sd(g['dloss_mean'], g['dloss_std'], '{:+.4f}')} |"
-            )
-            if noise > 0:
-                line += f" {g['precision_mean']:.3f} |" if g["n_removed"] else " - |"
-            lines.append(line)
-    facts_lines = ranking_lines(a)
-    if facts_lines:
-        lines += ["", "## The rankings", ""] + facts_lines
-    per_class = class_lines(a)
-    if per_class:
-        lines += ["", "## Per class", ""] + per_class
-    if wall_seconds is not None:
-        lines += [
-            "",
-            f"Wall time of this run: {wall_seconds / 60:.0f} min ({a.jobs} tasks at once).",
-        ]
-    with atomic_write(os.path.join(out, "summary.md")) as f:
-        f.write("\n".join(lines) + "\n")
-    plot(os.path.join(out, "figure2.png"), tables, a)
-    # Each estimate's settings, rates, u growth and time, beside the report.
-    estimates = os.path.join(out, "estimates")
-    os.makedirs(estimates, exist_ok=True)
-    ownership.mark_folder(estimates)
-    for name in sorted(os.listdir(a.work)):
-        for est in ESTIMATORS:
-            src = os.path.join(a.work, name, f"scores_{est}.yaml")
-            if os.path.exists(src):
-                write_yaml(os.path.join(estimates, f"{name}_{est}.yaml"), read_yaml(src))
-    facts = {
-        "protocol": {
-            "train": a.train,
-            "val": a.val,
-            "test": a.test,
-            "lr": a.lr,
-            "batch_size": a.batch_size,
-            "epochs": a.epochs,
-            "network": "sample CNN (make_net.py: two 3x3 conv + ReLU + max-pool, 32 hidden, 10)",
-            "trainer": "nnabla_cli train, seeded initialisation (initial_parameters)",
-            "ratios": floats(a.ratios),
-            "seeds": sorted({r["seed"] for r in rows}),
-            "noise": noises,
-        },
-        "estimators": {
-            name: InfluenceSettings(**overrides).to_dict() for name, overrides in ESTIMATORS.items()
-        },
-        "rows": len(rows),
-        "training_seconds_mean": round(
-            float(np.mean([r["seconds"] for r in rows if r["seconds"]])), 1
-        ),
-    }
-    if wall_seconds is not None:
-        facts["wall_seconds"] = round(wall_seconds, 1)
-    old = os.path.join(a.out, "settings.yaml")
-    if wall_seconds is None and os.path.exists(old):
-        prev = read_yaml(old)
-        if "wall_seconds" in prev:
-            facts["wall_seconds"] = prev["wall_seconds"]
-    write_yaml(os.path.join(out, "settings.yaml"), facts)
-
-
-def ranking_lines(a):
-    """Per task: how the two estimators agree, and what the removed samples are.
-
-    Spearman correlation of the final and all-parameters scores; the overlap of their top
-    ``max(--ratios)`` sets; the largest class share among the removed (by the final estimate)
-    against 10% overall; with noise, the flipped share among them (precision).
-    """
-    from sgd_influence_plugin.check import correlations
-
-    out = []
-    share = max(floats(a.ratios))
-    for name in sorted(os.listdir(a.work)) if os.path.isdir(a.work) else []:
-        task = os.path.join(a.work, name)
-        paths = [os.path.join(task, f"scores_{e}.npy") for e in ESTIMATORS]
-        if not all(os.path.exists(p) for p in paths):
-            continue
-        final, every = (np.load(p) for p in paths)
-        k = int(round(share * len(final)))
-        top_final = np.argsort(final, kind="stable")[:k]
-        top_all = np.argsort(every, kind="stable")[:k]
-        _, train_rows = read_csv_table(os.path.join(task, "train.csv"))
-        labels = np.array([int(r[1]) for r in train_rows])
-        counts = np.bincount(labels[top_final], minlength=10) / k
-        noise = read_task_rows(os.path.join(task, "noise.csv"))
-        flipped = np.array([r["flipped"] == "1" for r in noise])
-        line = (
-            f"- {name}: Spearman(final, all) {correlations(final, every)[1]:.2f}; top {share:.0%} "
-            f"overlap {len(np.intersect1d(top_final, top_all)) / k:.2f}; largest class among the "
-            f"removed: {fashion_mnist.CLASS_NAMES[int(counts.argmax())]} {counts.max():.0%}"
-        )
-        if flipped.any():
-            line += (
-                f"; flipped among them: final {flipped[top_final].mean():.2f}, all "
-                f"{flipped[top_all].mean():.2f}"
-            )
-        out.append(line)
-    return out
-
-
-def class_lines(a):
-    """Per task and method at the largest ratio: removed samples and the change of test
-    accuracy per class against the task's n = 0 model (markdown table rows)."""
-    from sgd_influence_plugin.dataset import load_dataset
-    from sgd_influence_plugin.nnabla_adapter import load_model
-
-    names = [c.split("/")[0] for c in fashion_mnist.CLASS_NAMES]
-    out = []
-    for name in sorted(os.listdir(a.work)) if os.path.isdir(a.work) else []:
-        task = os.path.join(a.work, name)
-        rows = [r for r in read_task_rows(os.path.join(task, "rows.csv")) if r["method"] != "none"]
-        if not rows or not os.path.exists(os.path.join(task, "base", "results.nnp")):
-            continue
-        count = max(int(r["n_removed"]) for r in rows)
-        _, train_rows = read_csv_table(os.path.join(task, "train.csv"))
-        labels = np.array([int(r[1]) for r in train_rows])
-        test = y = None
-        base_acc = None
-        table = [
-            f"{name}, {count} removed: removed per class / Δ test accuracy per class (points)",
-            "",
-            "| method | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
-        ]
-        for method in ("none",) + METHODS:
-            folder = "base" if method == "none" else f"{method}_{count}"
-            nnp = os.path.join(task, folder, "results.nnp")
-            if not os.path.exists(nnp):
-                continue
-            model = load_model(model=nnp)
-            if test is None:
-                test = load_dataset(os.path.join(task, "test.csv"), model.info.input_shapes)
-                y = test.arrays["y"].reshape(len(test.rows)).astype(int)
-            pred = model.predict(test.arrays).reshape(len(y), -1).argmax(axis=1)
-            acc = np.array([(pred[y == k] == k).mean() for k in range(len(names))])
-            if base_acc is None:
-                base_acc = acc
-                continue
-            if method == "random":
-                removed = np.random.RandomState(10_000 + int(rows[0]["seed"])).permutation(
-                    len(labels)
-                )[:count]
-            else:
-                removed = np.argsort(
-                    np.load(os.path.join(task, f"scores_{method}.npy")), kind="stable"
-                )[:count]
-            counts = np.bincount(labels[removed], minlength=len(names))
-            table.append(
-                f"| {method} | "
-                + " | ".join(f"{c} / {100 * d:+.1f}" for c, d in zip(counts, acc - base_acc))
-                + " |"
-            )
-        out += table + [""]
-    return out
-
-
-def paired_table(rows):
-    """:func:`evaluate.aggregate` (paired Δ against each seed's n = 0 row, wins, precision)
-    per (n, method), in the order n, then none / final / all / random / final_balanced."""
-    order = {m: i for i, m in enumerate(("none",) + METHODS + ("final_balanced",))}
-    return sorted(ev.aggregate(rows), key=lambda g: (g["n_removed"], order[g["method"]]))
-
-
-def plot(path, tables, a):
-    """Top row: test accuracy (mean ± sample SD over seeds); then the paired changes of test
-    accuracy and test loss against the same seed's no-removal model (mean ± SD), which removes the
-    seed-to-seed spread."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = len(tables)
-    fig, axes = plt.subplots(3, cols, figsize=(5.5 * cols, 11), squeeze=False, sharex=True)
-    for c, (noise, agg) in enumerate(sorted(tables.items())):
-        none = [g for g in agg if g["method"] == "none"]
-        for row, (key, ylabel, scale) in enumerate(
-            (
-                ("acc", "test accuracy", 1.0),
-                ("dacc", "Δ test accuracy vs same seed, n = 0 (points)", 100.0),
-                ("dloss", "Δ test loss vs same seed, n = 0", 1.0),
-            )
-        ):
-            ax = axes[row][c]
-            for method in METHODS:
-                pts = sorted(
-                    none + [g for g in agg if g["method"] == method], key=lambda g: g["ratio"]
-                )
-                x = [100 * g["ratio"] + (METHODS.index(method) - 1) * 0.1 for g in pts]
-                ax.errorbar(
-                    x,
-                    [scale * g[key + "_mean"] for g in pts],
-                    yerr=[scale * g[key + "_std"] for g in pts],
-                    fmt="o-",
-                    capsize=3,
-                    color=COLORS[method],
-                    label=LABELS[method],
-                )
-            if row:
-                ax.axhline(0, color="gray", lw=1, ls="--")
-            if row == 2:
-                ax.set_xlabel("removed training samples (% of the training set)")
-            if row == 0:
-                ax.set_title("clean labels" if noise == 0 else f"{noise:.0%} flipped labels")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-    axes[1][0].legend(fontsize=8, loc="lower left")
-    seeds = sorted(
-        {g["seeds"] for agg in tables.values() for g in agg if g["method"] in ("none",) + METHODS}
-    )
-    fig.suptitle(
-        f"Fashion-MNIST, retrained from scratch: {a.train} images, SGD lr {a.lr:g}, "
-        f"batch {a.batch_size}, {a.epochs} epochs, {min(seeds)}-{max(seeds)} seeds per point"
-        if min(seeds) != max(seeds)
-        else f"Fashion-MNIST, retrained from scratch: {a.train} images, SGD lr {a.lr:g}, "
-        f"batch {a.batch_size}, {a.epochs} epochs, {max(seeds)} seeds"
-    )
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- main
@@ -791,22 +512,16 @@ def _main(argv=None):
     os.makedirs(a.work, exist_ok=True)
     build_pool(a)
     check_cluster(a, os.path.join(a.work, "pool", "train.csv"))  # its workers read the pool
-    tasks = [(noise, seed) for seed in floats(a.seeds) for noise in floats(a.noise)]
-    argv = [x for x in (argv if argv is not None else sys.argv[1:])]
-    running = []
-    failed = []
-    for noise, seed in tasks:
-        while len(running) >= a.jobs:
-            failed += wait_one(running)
-        cmd = (
-            [sys.executable, os.path.abspath(__file__)]
-            + argv
-            + ["--task", f"{noise:g},{int(seed)}"]
-        )
-        log = open(os.path.join(a.work, f"task_{noise:g}_{int(seed)}.log"), "a")
-        running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, cmd))
-    while running:
-        failed += wait_one(running)
+    tasks = [(noise, int(seed)) for seed in floats(a.seeds) for noise in floats(a.noise)]
+    failed = run_tasks(
+        __file__,
+        argv if argv is not None else sys.argv[1:],
+        [
+            (f"{noise:g},{seed}", os.path.join(a.work, f"task_{noise:g}_{seed}.log"))
+            for noise, seed in tasks
+        ],
+        a.jobs,
+    )
     report(a, time.perf_counter() - t0)
     if failed:
         print(f"failed tasks (see their .log in {a.work}): {failed}", file=sys.stderr)
@@ -816,7 +531,8 @@ def _main(argv=None):
 
 def check_cluster(a, *paths):
     """With --cluster: the scheduler answers, has workers with this package, and they can
-    read ``paths``; otherwise ClusterError (one line, exit status 2)."""
+    read ``paths``; otherwise ClusterError (one line, exit status 2).
+    """
     from sgd_influence_plugin.cluster import connect
 
     if not a.cluster:
@@ -826,6 +542,23 @@ def check_cluster(a, *paths):
             _, rows = read_csv_table(paths[0])
             first = os.path.join(os.path.dirname(paths[0]), rows[0][0])
             cluster.check_paths(list(paths) + [first], "training with nnabla_cli")
+
+
+def run_tasks(script, argv, tasks, jobs):
+    """Run each task as ``python SCRIPT ARGV --task TASK`` in its own process, ``jobs`` at
+    once, its output to its log file; ``tasks``: (the ``--task`` value, the log's path) each.
+    Returns the ``--task`` values of the tasks that failed.
+    """
+    running, failed = [], []
+    for task, log_path in tasks:
+        while len(running) >= jobs:
+            failed += wait_one(running)
+        cmd = [sys.executable, os.path.abspath(script)] + list(argv) + ["--task", task]
+        log = open(log_path, "a")
+        running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, cmd))
+    while running:
+        failed += wait_one(running)
+    return failed
 
 
 def wait_one(running):

@@ -1,10 +1,10 @@
 """Does the recommendation make a model retrained from scratch better? The paper's protocol
 (Suzuki et al. 2021, Figure 2) with the run's own recommendation instead of a fixed share.
 
-    python recommendation_protocol.py [--labels clean,uniform,confusable] [--seeds 0,1,2]
-                                      [--jobs 2] [--work protocol_work] [--out results/...]
-                                      [--methods none,recommended,top10,random_matched]
-    python recommendation_protocol.py --report-only
+    python experiments/recommendation_protocol.py [--labels clean,uniform,confusable]
+                [--seeds 0,1,2] [--jobs 2] [--work protocol_work] [--out results/...]
+                [--methods none,recommended,top10,random_matched]
+    python experiments/recommendation_protocol.py --report-only
 
 For every label setting and seed (one task; ``--jobs`` tasks at once):
 
@@ -26,13 +26,19 @@ For every label setting and seed (one task; ``--jobs`` tasks at once):
 
 Each finished task's rows go to ``OUT/tasks/<label>_<seed>/`` at once (commit them): a later
 run skips finished tasks, and the report is rebuilt from those folders alone.
+
+It is a job of its own beside ``paper_protocol.py``, which measures the scores (fixed shares
+removed by each estimate, against random removal; resumable row by row in ``WORK``, on a Dask
+cluster if asked): this one measures the decision the tool makes for a user, with its own
+label settings, retrainings, detection table and diagnostics (``retrain_candidate.py``,
+``check_removed_good_rows.py``). The options they share, the split, the network and the
+task processes are ``paper_protocol.py``'s.
 """
 
 import argparse
 import csv
 import hashlib
 import os
-import subprocess
 import sys
 import time
 
@@ -49,9 +55,10 @@ from sgd_influence_plugin import evaluate as ev  # noqa: E402
 from sgd_influence_plugin import ownership, places  # noqa: E402
 from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
 from sgd_influence_plugin.errors import OutputError  # noqa: E402
+from sgd_influence_plugin.evaluate_report import mean_sd, sample_std  # noqa: E402
+from sgd_influence_plugin.nnabla_adapter.training import train_from_scratch  # noqa: E402
 from sgd_influence_plugin.settings import read_yaml, write_yaml  # noqa: E402
 from support import fashion_mnist  # noqa: E402
-from support.netdef import NetSpec, write_nntxt  # noqa: E402
 
 #: Added to the seed for the label noise: with the seed itself, RandomState(seed).choice picks
 #: the first rows of the plugin's first trial order, RandomState(seed).permutation.
@@ -72,26 +79,15 @@ REPORT_FILES = ("summary.md", "results.csv")
 
 
 def parse_args(argv=None):
+    """The protocol's options: those of :func:`paper_protocol.add_common_arguments` (its
+    results, committed, in ``results/recommendation_protocol``; those of earlier rules are in
+    git history, see docs/measurements.md), and the label settings, the noise rate, the
+    plugin's variant and the retrainings.
+    """
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--work", default=os.path.join(HERE, "protocol_work"), help="working folder")
-    p.add_argument(
-        "--out",
-        default=os.path.join(HERE, "results", "recommendation_protocol"),
-        help="results folder (committed; the results of earlier rules are in git history, see "
-        "docs/measurements.md)",
-    )
+    pp.add_common_arguments(p, os.path.join(HERE, "results", "recommendation_protocol"))
     p.add_argument("--labels", default=",".join(LABELS), help="label settings, comma-separated")
-    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated")
     p.add_argument("--rate", type=float, default=0.1, help="share of flipped labels (0.1)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--train", type=int, default=50000)
-    p.add_argument("--val", type=int, default=10000)
-    p.add_argument("--test", type=int, default=10000)
-    p.add_argument("--jobs", type=int, default=2, help="tasks at once (default: 2)")
-    p.add_argument("--pool-limit", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--source", default=fashion_mnist.DEFAULT_DIR)
     p.add_argument(
         "--variant",
         default="v5",
@@ -107,9 +103,7 @@ def parse_args(argv=None):
         "recommended (default: all of " + ", ".join(METHODS) + "); none,recommended halves a "
         "task's time for runs of many seeds. A finished task is not run again for the others",
     )
-    p.add_argument("--report-only", action="store_true")
-    p.add_argument("--task", help=argparse.SUPPRESS)  # "labels,seed"
-    a = p.parse_args(argv)
+    a = p.parse_args(argv)  # --task "labels,seed": one task
     a.methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
     unknown = [m for m in a.methods if m not in METHODS]
     if unknown or not {"none", "recommended"} <= set(a.methods):
@@ -121,10 +115,12 @@ def parse_args(argv=None):
 
 
 def task_name(labels, seed):
+    """The task's name: its folder under ``OUT/tasks`` (and ``WORK/rec_NAME``)."""
     return f"{labels}_{seed}"
 
 
 def noisy_labels(labels, setting, rate, seed):
+    """The training labels under a label setting, the noise seeded apart from the run's."""
     if setting == "uniform":
         return fashion_mnist.flip_labels(labels, rate, 10, NOISE_SEED_OFFSET + seed)
     if setting == "confusable":
@@ -133,25 +129,12 @@ def noisy_labels(labels, setting, rate, seed):
 
 
 def task_data(a, setting, seed, pool, out):
-    """Train/val/val_cli/test CSVs (absolute image paths); returns (paths, flipped (N,))."""
-    _, train_rows = read_csv_table(os.path.join(pool, "train.csv"))
-    _, test_rows = read_csv_table(os.path.join(pool, "test.csv"))
-    perm = np.random.RandomState(seed).permutation(len(train_rows))
-    tr, va = perm[: a.train], perm[a.train : a.train + a.val]
-    labels = np.array([int(train_rows[i][1]) for i in tr])
-    noisy = noisy_labels(labels, setting, a.rate, seed)
-
-    def absolute(row):
-        return os.path.join(pool, row[0])
-
-    paths = {k: os.path.join(out, f"{k}.csv") for k in ("train", "val", "val_cli", "test")}
-    header = ["x:image", "y:label"]
-    pp.write_rows(paths["train"], header, [[absolute(train_rows[i]), y] for i, y in zip(tr, noisy)])
-    pp.write_rows(paths["val"], header, [[absolute(train_rows[i]), train_rows[i][1]] for i in va])
-    pp.write_rows(
-        paths["val_cli"], header, [[absolute(train_rows[i]), train_rows[i][1]] for i in va[:64]]
+    """Train/val/val_cli/test CSVs (:func:`paper_protocol.split_task`); returns (paths,
+    flipped (N,), the true labels (N,)).
+    """
+    paths, labels, noisy = pp.split_task(
+        a, seed, pool, out, lambda labels: noisy_labels(labels, setting, a.rate, seed)
     )
-    pp.write_rows(paths["test"], header, [[absolute(r), r[1]] for r in test_rows[: a.test]])
     return paths, noisy != labels, labels
 
 
@@ -159,7 +142,8 @@ def confident_learning(prob, given):
     """Label issues by confident learning's off-diagonal confident joint (Northcutt et al.
     2021), on the given probabilities: class j's threshold is the mean probability of j over
     the rows labelled j; a row is counted for the most probable class whose probability
-    reaches its threshold, and is an issue when that class is not its label."""
+    reaches its threshold, and is an issue when that class is not its label.
+    """
     k = prob.shape[1]
     t = np.array([prob[given == j, j].mean() if np.any(given == j) else 1.0 for j in range(k)])
     above = prob >= t[None, :]
@@ -169,6 +153,7 @@ def confident_learning(prob, given):
 
 
 def prf(flag, flipped):
+    """(rows flagged, precision, recall, F1) of the flags ``flag`` against the true flips."""
     n = int(flag.sum())
     tp = int((flag & flipped).sum())
     p = tp / n if n else float("nan")
@@ -178,9 +163,12 @@ def prf(flag, flipped):
 
 
 def run_task(a, setting, seed):
+    """One task (label setting, seed): its rows, detection and the plugin's facts committed to
+    ``OUT/tasks/NAME/`` when it is finished.
+    """
     from sgd_influence_plugin.dataset import load_dataset
     from sgd_influence_plugin.nnabla_adapter import load_model
-    from sgd_influence_plugin.recommend import as_probabilities
+    from sgd_influence_plugin.probabilities import as_probabilities
     from sgd_influence_plugin.runner import RunRequest, run
     from sgd_influence_plugin.settings import InfluenceSettings
 
@@ -197,18 +185,7 @@ def run_task(a, setting, seed):
 
     pool = os.path.join(a.work, "pool")
     paths, flipped, clean_labels = task_data(a, setting, seed, pool, out)
-    net = os.path.join(out, "net.nntxt")
-    write_nntxt(
-        NetSpec(
-            arch="cnn", input_shape=(1, 28, 28), n_classes=10, train_csv=paths["train"],
-            val_csv=paths["val"], batch_size=a.batch_size, lr=a.lr, solver="Sgd",
-            max_epoch=a.epochs, iter_per_epoch=max(1, a.train // a.batch_size),
-        ),
-        net,
-    )  # fmt: skip
-    with open(net) as f:
-        config = f.read()
-    ev.initial_parameters(config, seed, os.path.join(out, "init.h5"))  # read by train_once
+    config, _ = pp.write_network(a, seed, out, paths)  # init.h5: read by train_once
     header, train_rows = read_csv_table(paths["train"])
     n = len(train_rows)
 
@@ -345,7 +322,7 @@ def train_once(out, folder, config, csv_path, keep, seed, log=print):
     if not os.path.exists(marker):
         log(f"training {folder} on {len(keep)} rows")
         h, rows = read_csv_table(csv_path)
-        ev.train_from_scratch(
+        train_from_scratch(
             config, csv_path, os.path.join(out, "val_cli.csv"), h, rows, keep, seed,
             os.path.join(out, folder), os.path.join(out, "init.h5"),
         )  # fmt: skip
@@ -376,13 +353,15 @@ def tasks_dir(a):
 def recommended_folder(action, prefix: str = "recommended") -> str:
     """The retraining folder of a recommendation, named after every row's whole action, so
     that one is reused only for the same changes (relabelling and removing the same rows are
-    different trainings)."""
+    different trainings).
+    """
     return f"{prefix}_" + hashlib.sha1(",".join(action).encode()).hexdigest()[:8]
 
 
 def removal_folder(prefix: str, removed) -> str:
     """The retraining folder of a removal (bool (N,)), named after the removed rows, so that
-    variants whose scores pick the same rows share one training and others do not."""
+    variants whose scores pick the same rows share one training and others do not.
+    """
     rows = np.flatnonzero(np.asarray(removed, dtype=bool)).astype(np.int64)
     return f"{prefix}_" + hashlib.sha1(rows.tobytes()).hexdigest()[:8]
 
@@ -424,7 +403,7 @@ def _ms(values, fmt="{:+.2f}", scale=1.0):
     v = np.array([x * scale for x in values if np.isfinite(x)])
     if not len(v):
         return "-"
-    return ev.mean_sd(v.mean(), ev.sample_std(v), fmt)
+    return mean_sd(v.mean(), sample_std(v), fmt)
 
 
 def _method_line(method, rs, base):
@@ -444,6 +423,9 @@ def _method_line(method, rs, base):
 
 
 def report(a):
+    """Write ``summary.md`` and ``results.csv`` into ``--out`` from the finished tasks (the
+    ownership rule: only files the protocol wrote there are replaced) and print the summary.
+    """
     rows = collect(a)
     if not rows:
         raise SystemExit(f"no finished tasks under {a.out}/tasks")
@@ -507,6 +489,7 @@ def report(a):
 
 
 def main(argv=None):
+    """Run the protocol's unfinished tasks, then the report (or only the report)."""
     a = parse_args(argv)
     if a.task:
         setting, seed = a.task.split(",")
@@ -519,18 +502,12 @@ def main(argv=None):
     os.makedirs(a.work, exist_ok=True)
     pp.build_pool(a)
     tasks = [(s, int(seed)) for seed in a.seeds.split(",") for s in a.labels.split(",")]
-    argv = list(argv if argv is not None else sys.argv[1:])
-    running, failed = [], []
-    for setting, seed in tasks:
-        if os.path.exists(os.path.join(a.out, "tasks", task_name(setting, seed), "rows.csv")):
-            continue
-        while len(running) >= a.jobs:
-            failed += pp.wait_one(running)
-        cmd = [sys.executable, os.path.abspath(__file__)] + argv + ["--task", f"{setting},{seed}"]
-        log = open(os.path.join(a.work, f"rec_{task_name(setting, seed)}.log"), "a")
-        running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, cmd))
-    while running:
-        failed += pp.wait_one(running)
+    todo = [
+        (f"{setting},{seed}", os.path.join(a.work, f"rec_{task_name(setting, seed)}.log"))
+        for setting, seed in tasks
+        if not os.path.exists(os.path.join(a.out, "tasks", task_name(setting, seed), "rows.csv"))
+    ]
+    failed = pp.run_tasks(__file__, argv if argv is not None else sys.argv[1:], todo, a.jobs)
     report(a)
     if failed:
         print(f"failed tasks (see their .log in {a.work}): {failed}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The experiments behind the recommendation rule (keep / relabel / remove), on small cases.
 
-    python recommendation_study.py collect --arch cnn --noise uniform --seed 0
-    python recommendation_study.py grid --arch cnn --noise uniform --seed 0
+    python experiments/recommendation_study.py collect --arch cnn --noise uniform --seed 0
+    python experiments/recommendation_study.py grid --arch cnn --noise uniform --seed 0
 
 ``collect`` builds one case: ``--train`` training and ``--val`` validation images split from
 Fashion-MNIST's training file by the seed, ``--test`` test images, label noise of kind
@@ -33,6 +33,10 @@ from paper_protocol import write_rows  # noqa: E402
 
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
 from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
+from sgd_influence_plugin.nnabla_adapter.training import (  # noqa: E402
+    initial_parameters,
+    train_from_scratch,
+)
 from support import fashion_mnist  # noqa: E402
 from support.netdef import NetSpec, write_nntxt  # noqa: E402
 
@@ -41,6 +45,7 @@ NOISE_SEED_OFFSET = 1000
 
 
 def parse_args(argv=None):
+    """The command (collect or grid) and the case's options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("command", choices=("collect", "grid"))
     p.add_argument("--work", default="/work/study", help="working folder")
@@ -58,10 +63,12 @@ def parse_args(argv=None):
 
 
 def case_dir(a):
+    """The case's work folder: architecture, noise and seed."""
     return os.path.join(a.work, f"{a.arch}_{a.noise}_{a.seed}")
 
 
 def collect(a):
+    """Build one case, train it, score it, and save every signal to ``signals.npz``."""
     from sgd_influence_plugin.dataset import load_dataset
     from sgd_influence_plugin.influence import compute_influence
     from sgd_influence_plugin.nnabla_adapter import load_model
@@ -111,10 +118,10 @@ def collect(a):
     )
     with open(net) as f:
         config = f.read()
-    init = ev.initial_parameters(config, a.seed, os.path.join(out, "init.h5"))
+    init = initial_parameters(config, a.seed, os.path.join(out, "init.h5"))
     header, rows = read_csv_table(paths["train"])
     t = time.perf_counter()
-    nnp = ev.train_from_scratch(
+    nnp = train_from_scratch(
         config, paths["train"], paths["val_cli"], header, rows, np.arange(len(rows)), a.seed,
         os.path.join(out, "base"), init,
     )  # fmt: skip

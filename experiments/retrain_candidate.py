@@ -6,7 +6,7 @@ plugin did (its influence CSV, the base model's probabilities), removes the cand
 order and level, trains the sample CNN from scratch with the task's seed and initialisation (as the
 protocol's ``recommended`` row), and prints the test accuracy and loss.
 
-    python retrain_candidate.py TASK ORDER LEVEL [--work protocol_work] [--variant v5]
+    python experiments/retrain_candidate.py TASK ORDER LEVEL [--work protocol_work] [--variant v5]
 
 e.g. ``python retrain_candidate.py uniform_0 given_label 0.2``. ORDER ``flips`` removes exactly
 the task's flipped labels and nothing else (LEVEL is ignored): the most any removal can do.
@@ -56,7 +56,8 @@ def load_task(work, task):
 
 def task_labels(train_csv, pool):
     """``(given, truth)``, int64 (N,) each, in the task CSV's order: the label each row carries
-    and its label in the pool (before the noise). One read of each CSV."""
+    and its label in the pool (before the noise). One read of each CSV.
+    """
     _, pool_rows = rp.read_csv_table(os.path.join(pool, "train.csv"))
     truth = {os.path.abspath(os.path.join(pool, r[0])): int(r[1]) for r in pool_rows}
     _, rows = rp.read_csv_table(train_csv)
@@ -65,7 +66,7 @@ def task_labels(train_csv, pool):
 
 
 def flipped_rows(train_csv, pool):
-    """bool (N,): the task's rows whose label differs from the pool's (the flipped labels)."""
+    """Bool (N,): the task's rows whose label differs from the pool's (the flipped labels)."""
     given, truth = task_labels(train_csv, pool)
     return given != truth
 
@@ -73,20 +74,22 @@ def flipped_rows(train_csv, pool):
 def fixed_labels(truth, flipped, among=None):
     """int64 (N,): the oracle relabelling of the ``fixed`` diagnostics, ``truth`` on the
     ``flipped`` rows (bool (N,)), only those also in ``among`` (bool (N,)) when given, and -1
-    (unchanged) elsewhere."""
+    (unchanged) elsewhere.
+    """
     pick = flipped if among is None else flipped & among
     return np.where(pick, truth, -1).astype(np.int64)
 
 
 def influence_rows(out, variant):
     """The rows (dicts) of the plugin run ``influence_VARIANT``'s influence CSV, in its order
-    (sorted by influence; ``datasource_index`` gives the training row)."""
+    (sorted by influence; ``datasource_index`` gives the training row).
+    """
     with open(os.path.join(out, f"influence_{variant}", "influence.csv"), newline="") as f:
         return list(csv.DictReader(f))
 
 
 def recommended_rows(out, variant, n):
-    """bool (N,): the rows the plugin run ``influence_VARIANT`` marked ``remove``."""
+    """Bool (N,): the rows the plugin run ``influence_VARIANT`` marked ``remove``."""
     removed = np.zeros(n, bool)
     for r in influence_rows(out, variant):
         removed[int(r["datasource_index"])] = r["action"] == "remove"
@@ -97,7 +100,8 @@ def relabel_sure(out, variant, n, level):
     """``(removed bool (N,), new_label int64 (N,))`` of the ``relabel_sure`` diagnostic: of the
     rows the plugin run ``influence_VARIANT`` marked ``remove``, those whose ``confidence`` (the
     model's probability of its ``suggested_label``) is at least ``level`` get that label
-    (``new_label``; -1 elsewhere), the others are removed."""
+    (``new_label``; -1 elsewhere), the others are removed.
+    """
     removed = np.zeros(n, bool)
     new_label = np.full(n, -1, dtype=np.int64)
     for r in influence_rows(out, variant):
@@ -113,7 +117,8 @@ def relabel_sure(out, variant, n, level):
 
 def write_relabelled(train_csv, label, new_label, path):
     """Write ``train_csv`` to ``path`` with the label column ``label`` (a variable name, e.g.
-    ``y``) set to ``new_label`` (int (N,), -1 = unchanged) row by row; images and order stay."""
+    ``y``) set to ``new_label`` (int (N,), -1 = unchanged) row by row; images and order stay.
+    """
     header, rows = rp.read_csv_table(train_csv)
     col = [h.split(":", 1)[0] for h in header].index(label)
     rows = [list(r) for r in rows]
@@ -123,7 +128,7 @@ def write_relabelled(train_csv, label, new_label, path):
 
 
 def candidate_rows(out, a, model, train, label):
-    """bool (N,): the rows of the candidate (a.order, a.level), rebuilt as the plugin did."""
+    """Bool (N,): the rows of the candidate (a.order, a.level), rebuilt as the plugin did."""
     n = len(train[label])
     scores = np.full(n, np.nan)
     for r in influence_rows(out, a.variant):
@@ -149,6 +154,7 @@ def candidate_rows(out, a, model, train, label):
 
 
 def main(argv=None):
+    """Retrain on the candidate; print and record its test accuracy and loss."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("task", help="a finished protocol task, e.g. uniform_0")
     p.add_argument(
@@ -228,7 +234,8 @@ def record(task_dir, method, changed, flipped, acc, loss, n_relabel=0):
     """Put this change's row into ``task_dir/diagnostics.csv`` (atomically; a row of the same
     method is replaced). ``changed``: bool (N,) the rows changed, of which ``n_relabel`` were
     relabelled and the rest removed. Nothing is written for a task the protocol has not
-    finished."""
+    finished.
+    """
     if not os.path.exists(os.path.join(task_dir, "rows.csv")):
         print(f"{task_dir}: not a finished protocol task; the result is not recorded")
         return

@@ -20,12 +20,11 @@ import numpy as np
 
 from . import interrupts, output, ownership, places, validation
 from .errors import OutputError, SettingsError
-from .fidelity import (  # noqa: F401 - correlations, verdict_line: imported from here too
+from .fidelity import (  # noqa: F401 - verdict_line: the CLI and the dialog import it here
     DEFAULT_SAMPLES,
     MIN_SAMPLES,
     CheckResult,
     check_fidelity,
-    correlations,
     verdict_line,
 )
 from .inputs import load_inputs

@@ -36,16 +36,10 @@ import numpy as np
 from . import core, parallel, places, validation
 from .dataset import Dataset, data_path, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
-from .evaluate_report import (  # noqa: F401 - for scripts
-    OUTPUT_FILES,
-    aggregate,
-    mean_sd,
-    sample_std,
-    write_outputs,
-)
+from .evaluate_report import OUTPUT_FILES, write_outputs
 from .influence import compute_influence, resolve
 from .nnabla_adapter import load_model
-from .nnabla_adapter.training import initial_parameters, train_from_scratch  # noqa: F401
+from .nnabla_adapter.training import initial_parameters, train_from_scratch
 from .options import HELP
 from .probabilities import as_probabilities
 from .settings import DEFAULT_TRIALS, MAX_SEED, REPLAY_STEPS, InfluenceSettings, is_number

@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import evaluate as ev
 from sgd_influence_plugin import ownership
 from sgd_influence_plugin.dataset import read_csv_table
+from sgd_influence_plugin.nnabla_adapter.training import initial_parameters, train_from_scratch
 from support import fashion_mnist
 from support.netdef import NetSpec, write_nntxt
 from support.user_files import tree
@@ -158,9 +158,9 @@ def test_initial_parameters_seeded_like_nnabla_and_used_by_nnabla_cli(tmp_path):
         str(tmp_path / "net.nntxt"),
     )
     config = open(nntxt).read()
-    a = ev.initial_parameters(config, 1, str(tmp_path / "a.h5"))
-    b = ev.initial_parameters(config, 1, str(tmp_path / "b.h5"))
-    c = ev.initial_parameters(config, 2, str(tmp_path / "c.h5"))
+    a = initial_parameters(config, 1, str(tmp_path / "a.h5"))
+    b = initial_parameters(config, 1, str(tmp_path / "b.h5"))
+    c = initial_parameters(config, 2, str(tmp_path / "c.h5"))
     import h5py
 
     def load(path):
@@ -185,7 +185,7 @@ def test_initial_parameters_seeded_like_nnabla_and_used_by_nnabla_cli(tmp_path):
             assert v.std() == pytest.approx(theirs[k], rel=0.25)
     # At lr 0, the model nnabla_cli trains is exactly the initialisation it was given.
     header, rows = read_csv_table(train)
-    nnp = ev.train_from_scratch(
+    nnp = train_from_scratch(
         config, train, train, header, rows, np.arange(64), 0, str(tmp_path / "w"), a
     )
     from sgd_influence_plugin.nnabla_adapter import load_model
