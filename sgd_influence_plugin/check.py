@@ -20,12 +20,11 @@ import numpy as np
 
 from . import interrupts, output, ownership, places, validation
 from .errors import OutputError, SettingsError
-from .fidelity import (  # noqa: F401 - correlations, verdict_line: imported from here too
+from .fidelity import (  # noqa: F401 - verdict_line: the CLI and the dialog import it here
     DEFAULT_SAMPLES,
     MIN_SAMPLES,
     CheckResult,
     check_fidelity,
-    correlations,
     verdict_line,
 )
 from .inputs import load_inputs
@@ -299,8 +298,6 @@ def _run_check(request: CheckRequest, log, progress, flags, cluster) -> tuple:
         info = model.info
         for d in (train, val):
             validation.check_label_values(d, getattr(info, "label_classes", {}))
-        wd = info.solver.weight_decay if settings.weight_decay is None else settings.weight_decay
-        validation.check_weight_decay(wd, info.source, flags)
         if train.size < MIN_SAMPLES:
             raise SettingsError(
                 f"{train.path} has only {train.size} row(s); the check re-runs at least "
@@ -313,7 +310,7 @@ def _run_check(request: CheckRequest, log, progress, flags, cluster) -> tuple:
             )
         batch = settings.batch_size or info.solver.batch_size
         check_training_size(train.path, train.size, batch, flags.batch_size)
-        validation.check_known_rate(settings.lr, wd, train.size, batch, info)
+        validation.check_replay_rate(settings, info, train.size, flags)
         need = validation.estimate_bytes(  # one trial; no thumbnails, only a small plot
             n_train=train.size,
             n_params=model.n_params,

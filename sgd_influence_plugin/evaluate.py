@@ -36,16 +36,10 @@ import numpy as np
 from . import core, option_parsers, options, parallel, places, validation
 from .dataset import Dataset, data_path, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
-from .evaluate_report import (  # noqa: F401 - for scripts
-    OUTPUT_FILES,
-    aggregate,
-    mean_sd,
-    sample_std,
-    write_outputs,
-)
+from .evaluate_report import OUTPUT_FILES, write_outputs
 from .influence import compute_influence, resolve
 from .nnabla_adapter import load_model
-from .nnabla_adapter.training import initial_parameters, train_from_scratch  # noqa: F401
+from .nnabla_adapter.training import initial_parameters, train_from_scratch
 from .probabilities import as_probabilities
 from .settings import MAX_SEED, InfluenceSettings, is_number
 
@@ -204,11 +198,7 @@ def evaluate(
     test = load_dataset(test_csv, shapes)
     for d in (train, val, test):
         validation.check_label_values(d, model.info.label_classes)
-    solver = model.info.solver
-    validation.check_known_rate(
-        settings.lr, solver.weight_decay, train.size, settings.batch_size or solver.batch_size,
-        model.info,
-    )  # fmt: skip
+    validation.check_replay_rate(settings, model.info, train.size)
     n = train.size
     flipped = read_noise(noise_csv, n) if noise_csv else None
     counts = sorted({int(round(r * n)) for r in ratios})

@@ -221,19 +221,15 @@ def _recommendation_cells(rec, n: int):
     )
 
 
-def rebase(cell: str, src_folder: str, out_folder: str) -> str:
-    """A file cell of a CSV in ``src_folder`` rewritten for a CSV in ``out_folder``.
+def _rebase(cell: str, src_folder: str, out_real: str, real_dirs: Dict[str, str]) -> str:
+    """A file cell of a CSV in ``src_folder`` rewritten for a CSV in ``out_folder`` (given as
+    ``out_real``, its real location; ``real_dirs`` caches the real locations of folders).
 
     Relative paths to existing files become relative to ``out_folder`` (absolute where no
     relative path exists, e.g. another drive on Windows), computed between real locations
     (symbolic links resolved), so they open from ``out_folder``; numbers, absolute paths and
     cells naming no existing file are returned unchanged.
     """
-    return _rebase(cell, src_folder, os.path.realpath(out_folder), {})
-
-
-def _rebase(cell: str, src_folder: str, out_real: str, real_dirs: Dict[str, str]) -> str:
-    """:func:`rebase` with ``out_folder`` already resolved and resolved folders cached."""
     text = cell_path(cell)
     if (
         os.path.splitext(text)[1]

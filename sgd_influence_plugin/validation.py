@@ -163,7 +163,7 @@ def rows_to_remove(
     return count
 
 
-def check_weight_decay(value: float, source: str, flags: FlagNames = CLI_FLAGS) -> None:
+def _check_weight_decay(value: float, source: str, flags: FlagNames) -> None:
     """The weight decay the replay will use (given, or the solver's) must be finite, >= 0."""
     if not (math.isfinite(value) and value >= 0):
         fix = f"; fix it there or pass {flags.weight_decay}" if flags.weight_decay else ""
@@ -215,17 +215,36 @@ def check_label_values(dataset: Dataset, label_classes: Mapping[str, int]) -> No
                 )
 
 
-def check_known_rate(lr, weight_decay: float, n: int, batch_size: int, info) -> None:
-    """A rate known before computing (a number, or ``solver``) and the weight decay must leave
-    a model to replay (:func:`~sgd_influence_plugin.influence.check_rates`); ``auto`` is checked
-    once the curvature has chosen it.
+def check_replay_rate(settings, info, n_train: int, flags: FlagNames = CLI_FLAGS) -> None:
+    """The replay's weight decay and rate, as far as they are known before computing: the one
+    check of them for ``run``, ``check`` and ``evaluate``.
+
+    The weight decay is ``settings.weight_decay``, else the solver's (as
+    :func:`~sgd_influence_plugin.influence.resolve` takes it): finite and >= 0. A rate known
+    now (a number, or ``solver``) must, with that weight decay, leave a model to replay
+    (:func:`~sgd_influence_plugin.influence.check_rates`); ``auto`` is checked once the
+    curvature has chosen it.
+
+    Args:
+        settings: the :class:`~sgd_influence_plugin.settings.InfluenceSettings`.
+        info: the model's :class:`~sgd_influence_plugin.nnabla_adapter.ModelInfo`.
+        n_train: training rows (the epoch's steps follow from them and the batch size).
+        flags: option names for messages.
+
+    Raises:
+        SettingsError: naming the weight decay or the rate and what to change.
+
     """
     from .core import n_steps
     from .influence import check_rates
 
-    rate = info.solver.lr if lr == "solver" else lr
+    solver = info.solver
+    wd = settings.weight_decay if settings.weight_decay is not None else solver.weight_decay
+    _check_weight_decay(wd, info.source, flags)
+    batch = settings.batch_size or solver.batch_size
+    rate = solver.lr if settings.lr == "solver" else settings.lr
     if is_number(rate) and math.isfinite(rate) and rate > 0:
-        check_rates(float(rate), float(weight_decay), n_steps(n, max(1, int(batch_size))))
+        check_rates(float(rate), float(wd), n_steps(n_train, max(1, int(batch))))
 
 
 def estimate_bytes(
@@ -296,13 +315,11 @@ def check_loaded(
     for d in (train, val):
         check_label_values(d, getattr(info, "label_classes", {}))
     s = request.settings
-    wd = s.weight_decay if s.weight_decay is not None else info.solver.weight_decay
-    check_weight_decay(wd, info.source, flags)
     if request.remove_ratio is not None:
         rows_to_remove(train.size, None, request.remove_ratio, flags, train.path)
     batch = s.batch_size or info.solver.batch_size
     check_training_size(train.path, train.size, batch, flags.batch_size)
-    check_known_rate(s.lr, wd, train.size, batch, info)
+    check_replay_rate(s, info, train.size, flags)
     channels = max((shape[0] for shape in info.input_shapes.values() if len(shape) == 3), default=1)
     need = estimate_bytes(
         train.size,

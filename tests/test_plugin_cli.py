@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from test_user_outputs import check_report, check_summary, ranked_from_csv, used
 
 from sgd_influence_plugin import cleanse, cli, output
 from sgd_influence_plugin.dataset import read_csv_table
 from sgd_influence_plugin.errors import OutputError
 from sgd_influence_plugin.settings import CACHE_MODES
+from support.output_checks import check_report, check_summary, ranked_from_csv, used
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(

@@ -10,7 +10,6 @@ import re
 import numpy as np
 import pytest
 import yaml
-from conftest import make_png_dataset, train_result
 
 from sgd_influence_plugin import cleanse, output
 from sgd_influence_plugin import recommend as rc
@@ -21,7 +20,9 @@ from sgd_influence_plugin.runner import RunRequest, run
 from sgd_influence_plugin.settings import InfluenceSettings
 from sgd_influence_plugin.table_columns import SCORE_COLUMNS
 from support import fashion_mnist
+from support.fashion_mnist import make_png_dataset
 from support.netdef import NetSpec
+from support.results import train_result
 
 # ---- the rule, against brute force ---------------------------------------------------------
 
