@@ -83,7 +83,7 @@ def check_check_outputs(
 def check_figure(result: CheckResult):
     """The check's plot: estimate against actual, one colour per group, the line
     estimate = actual; both axes in the same units, their power of ten in the axis labels
-    (:func:`.report.axis_scale`) rather than in offset text that would collide with them.
+    (:func:`.figures.axis_scale`) rather than in offset text that would collide with them.
     """
     import matplotlib
 
@@ -91,7 +91,7 @@ def check_figure(result: CheckResult):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from .report import MAX_X_TICKS, axis_scale
+    from .figures import MAX_X_TICKS, axis_scale
 
     factor, suffix = axis_scale(np.concatenate([result.estimate, result.actual]))
     estimate, actual = result.estimate / factor, result.actual / factor

@@ -31,6 +31,7 @@ PRODUCT_MODULES = (
     "evaluate_report.py",
     "file_cells.py",
     "fidelity.py",
+    "figures.py",
     "heldout_check.py",
     "influence_csv.py",
     "inputs.py",

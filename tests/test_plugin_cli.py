@@ -517,7 +517,9 @@ def test_thumbnails_keep_aspect_and_only_large_images_get_one(tmp_path, data28):
     from sgd_influence_plugin.dataset import load_dataset
 
     train = load_dataset(data28["train"], {"x": (1, 28, 28), "y": (1,)})
-    assert influence_csv.fits_box(train, "x:image", 28) and influence_csv.fits_box(train, "x:image", 64)
+    assert influence_csv.fits_box(train, "x:image", 28) and influence_csv.fits_box(
+        train, "x:image", 64
+    )
     assert not influence_csv.fits_box(train, "x:image", 27)
 
 

@@ -388,9 +388,7 @@ def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
 
 def test_remove_ratio_overrides_the_recommendation(known):
     train, scores, rec, relabel, remove, suggested, out = known
-    content = output.RunContent(
-        scores, train, ["x", "y"], {}, recommendation=rec, remove_ratio=0.1
-    )
+    content = output.RunContent(scores, train, ["x", "y"], {}, recommendation=rec, remove_ratio=0.1)
     paths = output.write_influence_output(str(out), content)
     cleansed = _rows(paths.cleansed)
     dropped = set(np.argsort(scores, kind="stable")[:5].tolist())
