@@ -28,6 +28,7 @@ from .fidelity import (  # noqa: F401 - correlations, verdict_line: imported fro
     correlations,
     verdict_line,
 )
+from .figures import MAX_X_TICKS, axis_scale
 from .inputs import load_inputs
 from .output_set import MAIN, OutputSet, companion_path, write
 from .runner import RunRequest
@@ -90,8 +91,6 @@ def check_figure(result: CheckResult):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-
-    from .figures import MAX_X_TICKS, axis_scale
 
     factor, suffix = axis_scale(np.concatenate([result.estimate, result.actual]))
     estimate, actual = result.estimate / factor, result.actual / factor
