@@ -335,9 +335,8 @@ def _same_file(cell, csv_path, train, j):
 
 def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
     train, scores, rec, relabel, remove, suggested, out = known
-    paths = output.write_influence_output(
-        str(out), scores, train, ["x", "y"], {}, report=True, recommendation=rec
-    )
+    content = output.RunContent(scores, train, ["x", "y"], {}, recommendation=rec)
+    paths = output.write_influence_output(str(out), content, report=True)
     rows = _rows(paths.csv)
     assert list(rows[0]) == ["x:image", "y:label"] + SCORE_COLUMNS + ["original"]
     for r in rows:  # every cell of a row belongs to the same training row
@@ -390,9 +389,8 @@ def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
 
 def test_remove_ratio_overrides_the_recommendation(known):
     train, scores, rec, relabel, remove, suggested, out = known
-    paths = output.write_influence_output(
-        str(out), scores, train, ["x", "y"], {}, remove_ratio=0.1, recommendation=rec
-    )
+    content = output.RunContent(scores, train, ["x", "y"], {}, recommendation=rec, remove_ratio=0.1)
+    paths = output.write_influence_output(str(out), content)
     cleansed = _rows(paths.cleansed)
     dropped = set(np.argsort(scores, kind="stable")[:5].tolist())
     kept = [j for j in range(train.size) if j not in dropped]
@@ -404,9 +402,8 @@ def test_remove_ratio_overrides_the_recommendation(known):
 
 def test_cleanse_command_applies_the_action_column_or_the_override(known, data7, tmp_path):
     train, scores, rec, relabel, remove, suggested, out = known
-    paths = output.write_influence_output(
-        str(out), scores, train, ["x", "y"], {}, recommendation=rec
-    )
+    content = output.RunContent(scores, train, ["x", "y"], {}, recommendation=rec)
+    paths = output.write_influence_output(str(out), content)
     target = tmp_path / "elsewhere" / "clean.csv"
     os.makedirs(target.parent)
     done = cleanse.cleanse(paths.csv, data7["train"], str(target))
@@ -434,9 +431,8 @@ def test_no_recommendation_means_keep_and_an_unchanged_cleansed_csv(data7, tmp_p
     scores = np.linspace(-1, 1, train.size)
     out = tmp_path / "influence.csv"
     rec = rc.unavailable(train.size, "no recommendation: made up")
-    paths = output.write_influence_output(
-        str(out), scores, train, ["x", "y"], {}, recommendation=rec
-    )
+    content = output.RunContent(scores, train, ["x", "y"], {}, recommendation=rec)
+    paths = output.write_influence_output(str(out), content)
     rows = _rows(paths.csv)
     assert {r["action"] for r in rows} == {"keep"} and {r["suggested_label"] for r in rows} == {""}
     cleansed = _rows(paths.cleansed)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgd_influence_plugin import cli, interrupts, output, validation
+from sgd_influence_plugin import cli, interrupts, output, ownership, validation
 from sgd_influence_plugin.errors import OutputError
 from sgd_influence_plugin.runner import RunRequest, run
 from sgd_influence_plugin.settings import InfluenceSettings
@@ -153,7 +153,7 @@ REFUSED = {
         r"influence_summary\.txt: already exists and was not written by sgd-influence",
     ),
     "damaged ledger in the output folder": (
-        _user_file(output.LEDGER, b"{oops"),
+        _user_file(ownership.LEDGER, b"{oops"),
         r"cannot tell which files here sgd-influence wrote",
     ),
     "user CSV at the output path": (
@@ -379,7 +379,7 @@ def finished(tmp_path_factory, data7, results):
 def test_outputs_are_named_after_the_csv_and_get_the_usual_modes(finished, data7):
     folder = finished["out"].parent
     assert sorted(os.listdir(folder)) == [
-        output.LEDGER,
+        ownership.LEDGER,
         "influence.csv",
         "influence_cleansed.csv",
         "influence_report.html",
@@ -414,17 +414,17 @@ def test_only_files_the_tool_wrote_and_nobody_changed_are_replaced(finished, tmp
     out = _copy_finished(finished, tmp_path)
     csv_path = str(out / "influence.csv")
     for kind in ("settings", "summary", "report", "cleansed"):
-        output.check_replaceable(output.companion_path(csv_path, kind))  # ours: no error
-    output.check_replaceable(csv_path)
+        ownership.check_replaceable(output.companion_path(csv_path, kind))  # ours: no error
+    ownership.check_replaceable(csv_path)
     # Edited by the user: no longer ours.
     with open(out / "influence_summary.txt", "a") as f:
         f.write("my notes\n")
     with pytest.raises(OutputError, match=r"influence_summary\.txt: already exists and was not"):
-        output.check_replaceable(str(out / "influence_summary.txt"))
+        ownership.check_replaceable(str(out / "influence_summary.txt"))
     # A damaged ledger: nothing here can be told to be ours.
-    (out / output.LEDGER).write_text("{not json")
+    (out / ownership.LEDGER).write_text("{not json")
     with pytest.raises(OutputError, match="cannot tell which files here sgd-influence wrote"):
-        output.check_replaceable(csv_path)
+        ownership.check_replaceable(csv_path)
 
 
 def test_images_in_a_thumbnails_folder_survive_a_run_beside_them(world):

@@ -35,9 +35,8 @@ def test_summary_and_report_on_known_scores(data7, tmp_path):
     )
     warning = "a <made-up> warning & its fix"
     out = tmp_path / "o" / "influence.csv"
-    paths = output.write_influence_output(
-        str(out), scores, train, ["x", "y"], {"lr": 0.5, "warnings": [warning]}, report=True
-    )
+    content = output.RunContent(scores, train, ["x", "y"], {"lr": 0.5, "warnings": [warning]})
+    paths = output.write_influence_output(str(out), content, report=True)
     counts = check_summary(open(paths.summary).read(), ranked)
     assert counts.group(4) == "3"
     assert f"warning: {warning}" in open(paths.summary).read().splitlines()
