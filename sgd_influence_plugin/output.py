@@ -51,7 +51,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import interrupts
-from .dataset import Dataset, cell_path, data_path
+from .cells import cell_path, data_path
+from .dataset import Dataset
 from .errors import DatasetError, SettingsError
 from .labels import canonical_label, class_pairs
 from .made_folders import write_marker

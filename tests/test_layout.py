@@ -17,6 +17,7 @@ PRODUCT_MODULES = (
     "__init__.py",
     "influence.py",
     "resolved.py",
+    "cells.py",
     "check.py",
     "cleanse.py",
     "cli.py",
