@@ -45,6 +45,8 @@ PRODUCT_MODULES = (
     "nnabla_adapter/files.py",
     "nnabla_adapter/losses.py",
     "nnabla_adapter/model.py",
+    "nnabla_adapter/replay_network.py",
+    "nnabla_adapter/solver.py",
     "nnabla_adapter/training.py",
     "option_parsers.py",
     "options.py",
