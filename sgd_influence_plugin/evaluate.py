@@ -34,7 +34,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import core, option_parsers, options, parallel, places, validation
-from .dataset import Dataset, data_path, load_dataset, read_csv_table
+from .cells import data_path
+from .dataset import Dataset, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
 from .evaluate_report import OUTPUT_FILES, write_outputs
 from .influence import compute_influence, resolve

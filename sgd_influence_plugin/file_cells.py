@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from typing import Dict, List
 
-from .dataset import Dataset, cell_path, data_path
+from .cells import cell_path, data_path
+from .dataset import Dataset
 
 
 def relative_from(full: str, out_real: str, real_dirs: Dict[str, str]) -> str:

@@ -39,7 +39,8 @@ from typing import List, Optional
 import numpy as np
 
 from . import interrupts
-from .dataset import Dataset, data_path
+from .cells import data_path
+from .dataset import Dataset
 from .errors import DatasetError
 from .file_cells import shown_where_they_are
 from .made_folders import write_marker

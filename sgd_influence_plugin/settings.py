@@ -6,7 +6,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import numpy as np
 import yaml
@@ -124,6 +124,13 @@ class InfluenceSettings(ScoreArguments):
         def name(field: str) -> str:
             return flags.get(field) or field
 
+        self._check_rate(name)
+        self._check_counts(name)
+        self._check_choices(name)
+        return self
+
+    def _check_rate(self, name: Callable[[str], str]) -> None:
+        """``lr`` (parsed in place) and ``weight_decay``; ``name`` spells an option."""
         if self.lr is None or isinstance(self.lr, bool):
             raise SettingsError(f"{name('lr')} {self.lr}: give auto, solver or a positive number")
         self.lr = parse_lr(self.lr)
@@ -136,6 +143,11 @@ class InfluenceSettings(ScoreArguments):
                 f"{name('weight_decay')} {self.weight_decay}: the weight decay must be a finite "
                 "number >= 0"
             )
+
+    def _check_counts(self, name: Callable[[str], str]) -> None:
+        """The whole-number settings: sizes, epochs, trials (at most :data:`MAX_TRIALS`),
+        retries, and the seed (its trials' seeds within numpy's range).
+        """
         for field, what, low in (
             ("batch_size", "the mini-batch size", 1),
             ("epochs", "the number of epochs", 1),
@@ -168,6 +180,9 @@ class InfluenceSettings(ScoreArguments):
                 f"{seed} {self.seed}: give a whole number in 0..{top}{why}; numpy's seeds lie in "
                 f"0..{MAX_SEED}"
             )
+
+    def _check_choices(self, name: Callable[[str], str]) -> None:
+        """The context (normalised in place), the cache mode, jobs, target and replay step."""
         self.context = check_context(self.context)
         if self.cache not in CACHE_MODES:
             raise SettingsError(
@@ -188,7 +203,6 @@ class InfluenceSettings(ScoreArguments):
                 f"{name('replay_step')} {self.replay_step!r}: choose one of "
                 f"{', '.join(REPLAY_STEPS)}"
             )
-        return self
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain dict (YAML-safe)."""

@@ -22,7 +22,8 @@ import tempfile
 from typing import Dict, Mapping, Optional
 
 from . import option_parsers, options
-from .dataset import Dataset, is_file_cell
+from .cells import is_file_cell
+from .dataset import Dataset
 from .errors import DatasetError, OutputError, SettingsError
 from .io_utils import nearest_existing
 from .settings import is_number

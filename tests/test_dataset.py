@@ -77,7 +77,7 @@ def test_png_decoding_is_nnabla_loaders_bit_for_bit(tmp_path, mode, normalize):
     from nnabla.utils.data_source_loader import load as nnabla_load
     from PIL import Image
 
-    from sgd_influence_plugin.dataset import _load_file
+    from sgd_influence_plugin.cells import load_file
 
     rng = np.random.RandomState(0)
     rgb = Image.fromarray(rng.randint(0, 256, (9, 7, 3)).astype(np.uint8))
@@ -91,7 +91,7 @@ def test_png_decoding_is_nnabla_loaders_bit_for_bit(tmp_path, mode, normalize):
     im.save(path)
     with open(path, "rb") as f:
         want = np.asarray(nnabla_load(".png")(f, normalize=normalize))
-    got = _load_file(path, normalize)
+    got = load_file(path, normalize)
     assert got.shape == want.shape and got.dtype == want.dtype
     np.testing.assert_array_equal(got, want)
 
@@ -139,12 +139,12 @@ def test_a_png_named_file_holding_another_format_still_decodes(tmp_path):
     happens) goes to nnabla's loader instead of failing."""
     from PIL import Image
 
-    from sgd_influence_plugin.dataset import _load_file
+    from sgd_influence_plugin.cells import load_file
 
     pixels = (np.random.RandomState(0).rand(28, 28) * 255).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png", format="JPEG")
     Image.fromarray(pixels).save(tmp_path / "b.png")
-    jpeg, png = _load_file(str(tmp_path / "a.png"), True), _load_file(str(tmp_path / "b.png"), True)
+    jpeg, png = load_file(str(tmp_path / "a.png"), True), load_file(str(tmp_path / "b.png"), True)
     assert jpeg.shape == png.shape == (1, 28, 28)
     np.testing.assert_allclose(png[0], pixels / 255.0, atol=1e-12)
     assert np.abs(jpeg[0] - pixels / 255.0).mean() < 0.1  # lossy, but the same picture
