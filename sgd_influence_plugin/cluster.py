@@ -332,13 +332,6 @@ def _unit(fn, index: int, item, run: str, report: bool, *shared):
         return fn(item, progress, *_opened(run, shared))
 
 
-def open_cluster(
-    address: Optional[str], log: Callable[[str], None] = lambda m: None
-) -> Optional[Cluster]:
-    """:func:`connect` without the ``with`` block: the caller closes the connection."""
-    return _connect(address, log) if address is not None else None
-
-
 def _connect(address: str, log: Callable[[str], None]) -> Cluster:
     import asyncio
     import logging

@@ -8,35 +8,22 @@ Format (as nnabla's ``CsvDataSource`` reads it):
   CSV's folder (image, ``.csv`` or ``.npy``), loaded with nnabla's own loader so shapes,
   channel order and the 1/255 normalization match what ``nnabla_cli train`` feeds the network.
 
-Each image is decoded once; :class:`Dataset` keeps the float32 arrays and the raw cells (the
-latter for writing the influence and cleansed CSVs).
+Each image is decoded once (what a cell holds: :mod:`.cells`), in worker processes for large
+files; :class:`Dataset` keeps the float32 arrays and the raw cells (the latter for writing the
+influence and cleansed CSVs).
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .cells import variable_value
 from .errors import DatasetError, InputError
-
-_FILE_EXTS = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".dcm",
-    ".csv",
-    ".npy",
-    ".wav",
-)
 
 
 def parse_header_cell(cell: str) -> Tuple[str, Optional[int], Optional[str]]:
@@ -140,60 +127,11 @@ class Dataset:
         """The raw cell of ``row`` (0-based data row) in the header cell named ``column``."""
         return self.rows[row][self.header.index(column)]
 
-    def subset(self, index: Sequence[int]) -> Dataset:
-        """The rows ``index`` (in that order) as a new Dataset over the same file."""
-        index = np.asarray(index, dtype=np.int64)
-        return Dataset(
-            path=self.path,
-            header=list(self.header),
-            rows=[self.rows[i] for i in index],
-            arrays={k: v[index] for k, v in self.arrays.items()},
-            columns=dict(self.columns),
-            numbers=[self.row_number(i) for i in index],
-        )
-
-
-def _load_file(full: str, normalize: bool) -> np.ndarray:
-    """Decode one data file as ``nnabla_cli train`` does.
-
-    8-bit grayscale and RGB PNGs (the console's usual images) are decoded here with Pillow,
-    exactly as nnabla's loader would (channels first, ``* (1 / 255)`` in float64 when
-    normalizing), at a fifth of its per-file cost; every other file goes through nnabla's
-    loader itself.
-    """
-    ext = os.path.splitext(full)[1].lower()
-    if ext == ".png":
-        value = _load_png(full, normalize)
-        if value is not None:
-            return value
-    from nnabla.utils.data_source_loader import load
-
-    with open(full, "rb") as f:
-        return np.asarray(load(ext)(f, normalize=normalize))
-
-
-def _load_png(full: str, normalize: bool) -> Optional[np.ndarray]:
-    """(C, H, W) of an 8-bit ``L`` or ``RGB`` PNG as nnabla's loader returns it; None for
-    any other kind of PNG (palette, alpha, 16-bit, ...), which nnabla's loader then handles.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    # formats=("PNG",): the extension says PNG, so Pillow need not try its other decoders
-    # first (a quarter of the per-file cost); a file that is no PNG goes to nnabla's loader.
-    try:
-        im = Image.open(full, formats=("PNG",))
-    except UnidentifiedImageError:
-        return None
-    with im:
-        if im.mode not in ("L", "RGB"):
-            return None
-        arr = np.asarray(im, dtype=np.uint8)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return arr * (1.0 / 255.0) if normalize else arr
-
 
 #: Rows below which reading stays in this process (forking costs more than it saves).
 PARALLEL_MIN_ROWS = 4000
+#: Decoded rows between two progress reports.
+_REPORT_EVERY = 500
 
 
 def load_dataset(
@@ -228,71 +166,21 @@ def load_dataset(
     header, rows, numbers = read_csv_rows(path)
     if not rows:
         raise DatasetError(f"{path}: the dataset has a header but no rows; add samples")
-    folder = os.path.dirname(os.path.abspath(path))
-    columns: Dict[str, List[Tuple[int, Optional[int]]]] = {}
-    for ci, cell in enumerate(header):
-        if cell.startswith("#"):
-            continue
-        name, idx, _ = parse_header_cell(cell)
-        columns.setdefault(name, []).append((ci, idx))
-    for name in needs:
-        if name not in columns:
-            have = ", ".join(repr(c) for c in header[:8])  # a short line, however wide
-            if len(header) > 8:
-                have += f" and {len(header) - 8} more ({len(header)} columns)"
-            raise DatasetError(
-                f"{path}: no column for variable '{name}' that the network needs; the header "
-                f"has {have}. Add a column named '{name}' (e.g. '{name}:label') or rename one"
-            )
-    plan = {
-        name: (
-            tuple(int(d) for d in shape),
-            [ci for ci, _ in sorted(columns[name], key=lambda t: (t[1] is None, t[1] or 0))],
-        )
-        for name, shape in needs.items()
-    }
-
-    def decode(lo: int, hi: int, report: Callable[[int, int], None]) -> Dict[str, np.ndarray]:
-        """Rows lo..hi-1 of every needed variable; ``report(rows done, rows)`` within the
-        block.
-        """
-        block = {
-            name: np.empty((hi - lo,) + shape, dtype=np.float32)
-            for name, (shape, _) in plan.items()
-        }
-        for ri in range(lo, hi):
-            for name, (shape, cols) in plan.items():
-                block[name][ri - lo] = _row_value(
-                    path, numbers[ri], header, rows[ri], cols, shape, name, folder, normalize
-                )
-            done = ri + 1 - lo
-            if done % 500 == 0 or done == hi - lo:
-                report(done, hi - lo)
-        return block
-
-    n = len(rows)
+    columns = _variable_columns(header)
+    _check_needs(path, header, columns, needs)
+    rows_read = _Decoding(
+        path=path,
+        header=header,
+        rows=rows,
+        numbers=numbers,
+        plan=_decoding_plan(columns, needs),
+        normalize=normalize,
+    )
     jobs = max(1, int(jobs))
-    if jobs == 1 or n < PARALLEL_MIN_ROWS:
-        arrays = decode(0, n, progress or (lambda done, total: None))
+    if jobs == 1 or len(rows) < PARALLEL_MIN_ROWS:
+        arrays = rows_read.block(0, len(rows), progress or (lambda done, total: None))
     else:
-        from . import parallel
-
-        bounds = np.linspace(0, n, 4 * jobs + 1).astype(int)
-        blocks = list(zip(bounds[:-1], bounds[1:]))
-        done_per_block = [0] * len(blocks)
-
-        def on_progress(b: int, stage: str, done: int, total: int) -> None:
-            done_per_block[b] = done
-            if progress is not None:
-                progress(sum(done_per_block), n)
-
-        parts = parallel.run_parallel(
-            lambda block, report: decode(block[0], block[1], lambda d, t: report("read", d, t)),
-            blocks,
-            jobs=jobs,
-            on_progress=on_progress,
-        )
-        arrays = {name: np.concatenate([part[name] for part in parts]) for name in plan}
+        arrays = _decode_in_workers(rows_read, jobs, progress)
     return Dataset(
         path=path,
         header=header,
@@ -303,139 +191,101 @@ def load_dataset(
     )
 
 
-def _row_value(path, number, header, row, cols, shape, name, folder, normalize) -> np.ndarray:
-    """The value of variable ``name`` in the row messages call ``number``, shaped ``shape``."""
-    values = [_cell_value(path, number, header[ci], row[ci], folder, normalize) for ci in cols]
-    value = values[0] if len(values) == 1 else np.concatenate([np.ravel(v) for v in values])
-    value = np.asarray(value, dtype=np.float32)
-    if value.shape != shape:
-        if (
-            value.size != int(np.prod(shape))
-            or value.ndim > 1
-            and len(cols) == 1
-            and is_file_cell(row[cols[0]])
-        ):
-            raise DatasetError(
-                _shape_message(path, number, header, cols, row, value.shape, shape, name)
-            )
-        value = value.reshape(shape)
-    return value
-
-
-def cell_path(cell: str) -> str:
-    r"""A file cell as a path of this system: the console on Windows writes relative paths
-    with backslashes (``.\0\12.csv``), which nnabla's own loader also accepts; where ``\``
-    is no separator they become ``/``.
+def _variable_columns(header: List[str]) -> Dict[str, List[Tuple[int, Optional[int]]]]:
+    """Variable name -> ``(column, element index or None)`` of each header cell that feeds
+    it, in the header's order; ``#`` columns feed nothing.
     """
-    text = cell.strip()
-    return text.replace("\\", "/") if os.sep == "/" and "\\" in text else text
+    columns: Dict[str, List[Tuple[int, Optional[int]]]] = {}
+    for ci, cell in enumerate(header):
+        if cell.startswith("#"):
+            continue
+        name, idx, _ = parse_header_cell(cell)
+        columns.setdefault(name, []).append((ci, idx))
+    return columns
 
 
-def data_path(folder: str, cell: str) -> str:
-    """The file a cell of a CSV in ``folder`` names (relative paths start at ``folder``)."""
-    text = cell_path(cell)
-    return text if os.path.isabs(text) else os.path.join(folder, text)
-
-
-def is_file_cell(cell: str) -> bool:
-    """True if a CSV cell names a file (by its extension) rather than holding a number."""
-    return os.path.splitext(cell.strip())[1].lower() in _FILE_EXTS
-
-
-def _shape_message(path, number, header, cols, row, got, want, name) -> str:
-    where = f"{path} row {number}"
-    if len(cols) == 1 and is_file_cell(row[cols[0]]):
-        got, want = tuple(got), tuple(want)
-        if len(got) == len(want) == 3 and got[1:] == want[1:] and got[0] != want[0]:
-            kinds = {1: "grayscale", 3: "color (RGB)", 4: "color with alpha (RGBA)"}
-            return (
-                f"{where}: '{row[cols[0]]}' has {got[0]} channel(s), "
-                f"{kinds.get(got[0], 'channels')}, but the network's input '{name}' takes "
-                f"{want[0]} ({kinds.get(want[0], 'channels')}); convert the images to "
-                f"{want[0]} channel(s), or change the network's input to {got[0]} channel(s)"
+def _check_needs(path: str, header: List[str], columns, needs: Mapping) -> None:
+    """Raise :class:`DatasetError` for the first variable in ``needs`` no column feeds."""
+    for name in needs:
+        if name not in columns:
+            have = ", ".join(repr(c) for c in header[:8])  # a short line, however wide
+            if len(header) > 8:
+                have += f" and {len(header) - 8} more ({len(header)} columns)"
+            raise DatasetError(
+                f"{path}: no column for variable '{name}' that the network needs; the header "
+                f"has {have}. Add a column named '{name}' (e.g. '{name}:label') or rename one"
             )
-        return (
-            f"{where}: '{row[cols[0]]}' loads with shape {got} but the network's input "
-            f"'{name}' takes {want} (channels, height, width); resize the images to "
-            "the network's input size or change the network's input shape"
+
+
+def _decoding_plan(columns, needs: Mapping) -> Dict[str, Tuple[Tuple[int, ...], List[int]]]:
+    """Variable name -> (its sample shape, its columns ordered by element index; a column
+    without an index last).
+    """
+    return {
+        name: (
+            tuple(int(d) for d in shape),
+            [ci for ci, _ in sorted(columns[name], key=lambda t: (t[1] is None, t[1] or 0))],
         )
-    return (
-        f"{where}: variable '{name}' has shape {tuple(got)} from columns "
-        f"{[header[c] for c in cols]} but the network takes {tuple(want)}"
+        for name, shape in needs.items()
+    }
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """The rows of one CSV and what to decode of them (:func:`_decoding_plan`)."""
+
+    path: str
+    header: List[str]
+    rows: List[List[str]]
+    numbers: List[int]
+    plan: Dict[str, Tuple[Tuple[int, ...], List[int]]]
+    normalize: bool
+
+    def block(self, lo: int, hi: int, report: Callable[[int, int], None]) -> Dict[str, np.ndarray]:
+        """Rows lo..hi-1 of every needed variable; ``report(rows done, rows)`` within the
+        block.
+        """
+        folder = os.path.dirname(os.path.abspath(self.path))
+        block = {
+            name: np.empty((hi - lo,) + shape, dtype=np.float32)
+            for name, (shape, _) in self.plan.items()
+        }
+        for ri in range(lo, hi):
+            row, number = self.rows[ri], self.numbers[ri]
+            for name, (shape, cols) in self.plan.items():
+                block[name][ri - lo] = variable_value(
+                    self.path, number, self.header, row, cols, shape, name, folder, self.normalize
+                )
+            done = ri + 1 - lo
+            if done % _REPORT_EVERY == 0 or done == hi - lo:
+                report(done, hi - lo)
+        return block
+
+
+def _decode_in_workers(
+    rows_read: _Decoding, jobs: int, progress: Optional[Callable[[int, int], None]]
+) -> Dict[str, np.ndarray]:
+    """Every row decoded by ``jobs`` worker processes (:mod:`.parallel`), in 4 blocks per
+    worker, joined in row order; ``progress(rows done, rows)`` sums the blocks' progress.
+    """
+    from . import parallel
+
+    n = len(rows_read.rows)
+    bounds = np.linspace(0, n, 4 * jobs + 1).astype(int)
+    blocks = list(zip(bounds[:-1], bounds[1:]))
+    done_per_block = [0] * len(blocks)
+
+    def on_progress(b: int, stage: str, done: int, total: int) -> None:
+        done_per_block[b] = done
+        if progress is not None:
+            progress(sum(done_per_block), n)
+
+    parts = parallel.run_parallel(
+        lambda block, report: rows_read.block(
+            block[0], block[1], lambda d, t: report("read", d, t)
+        ),
+        blocks,
+        jobs=jobs,
+        on_progress=on_progress,
     )
-
-
-#: A plain decimal number as a CSV cell may hold it (no '_' digit separators, no hex).
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity)$", re.IGNORECASE)
-#: Largest float32: a cell beyond it would become infinite in the network.
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _cell_value(path, number, column, cell, folder, normalize):
-    text = cell.strip()
-    where = f"{path} row {number}, column '{column}'"
-    if _NUMBER.match(text):
-        value = float(text)  # '1e400' parses to inf
-        if not np.isfinite(value):
-            raise DatasetError(
-                f"{where}: '{cell}' is not a finite number; give a number (labels are class "
-                "indices 0, 1, ...)"
-            )
-        if abs(value) > _FLOAT32_MAX:
-            raise DatasetError(
-                f"{where}: '{cell}' is beyond the range of the network's 32-bit numbers "
-                f"(about +-{_FLOAT32_MAX:.3g}); give a smaller number (labels are class indices "
-                "0, 1, ...)"
-            )
-        return np.float32(value)
-    if _NONFINITE.match(text):
-        raise DatasetError(
-            f"{where}: '{cell}' is not a finite number; give a number (labels are class "
-            "indices 0, 1, ...)"
-        )
-    if not is_file_cell(text):
-        raise DatasetError(
-            f"{where}: '{cell}' is neither a number nor a file path; labels must be numbers "
-            "written plainly (class indices 0, 1, ...; no '_' separators), and data cells "
-            f"paths to files ({', '.join(_FILE_EXTS)})"
-        )
-    full = data_path(folder, text)
-    if not os.path.isfile(full):
-        raise DatasetError(
-            f"{where}: file {_shown(text)} not found (paths are relative to the CSV's folder "
-            f"{folder})"
-        )
-    try:
-        value = _load_file(full, normalize)
-    except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
-        raise DatasetError(
-            f"{where}: cannot read '{text}' ({_why_unreadable(full, e)}); replace or remove "
-            "this file"
-        ) from e
-    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-        raise DatasetError(
-            f"{where}: '{text}' holds NaN or infinite values; replace them with numbers"
-        )
-    return value
-
-
-def _why_unreadable(full: str, error: Exception) -> str:
-    """A reason a user can act on: nnabla's loader only says "No backend available" when
-    every image decoder failed, so ask Pillow what is wrong with an image file.
-    """
-    ext = os.path.splitext(full)[1].lower()
-    if ext in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"):
-        try:
-            from PIL import Image
-
-            with Image.open(full) as im:
-                im.load()
-        except Exception as pil_error:  # noqa: BLE001 - we only want its message
-            return f"not a readable image: {pil_error}"
-    return f"{type(error).__name__}: {error}"
-
-
-def _shown(text: str) -> str:
-    """A cell in quotes for a one-line message (a line break in it shown escaped)."""
-    return repr(text) if any(c in text for c in "\r\n") else f"'{text}'"
+    return {name: np.concatenate([part[name] for part in parts]) for name in rows_read.plan}

@@ -29,15 +29,16 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import core, influence, parallel
+from . import core, influence, options, parallel
 from .errors import ComputationError, SettingsError
+from .resolved import ResolvedSettings
 from .settings import InfluenceSettings
 from .summary import ranking
 
 #: Samples checked by default: a third most harmful, a third most helpful, the rest random.
-DEFAULT_SAMPLES = 30
+DEFAULT_SAMPLES = options.default("samples")
 #: Fewest samples a correlation is reported for.
-MIN_SAMPLES = 3
+MIN_SAMPLES = options.MIN_SAMPLES
 #: ``(lowest Spearman rho, verdict)``, tried in order; below the last: ``poor``.
 VERDICTS = ((0.7, "good"), (0.3, "weak"))
 
@@ -78,7 +79,7 @@ class CheckResult:
     val_loss_full: float
     u_growth: float
     n_train: int
-    resolved: Optional[influence.ResolvedSettings] = None
+    resolved: Optional[ResolvedSettings] = None
     warnings: List[str] = field(default_factory=list)
 
 

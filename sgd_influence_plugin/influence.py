@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -29,11 +29,8 @@ from .phases import (  # noqa: F401 - the phases' names, where callers know them
     run_inference_phase,
     run_training_phase,
 )
-from .settings import (  # noqa: F401 - check_rates and its bound, where callers know them
-    MAX_DECAY_SHRINK,
-    InfluenceSettings,
-    check_rates,
-)
+from .resolved import ResolvedSettings
+from .settings import MIN_LR, InfluenceSettings
 
 #: Logger-like callback for user-facing messages (warnings, stages).
 Log = Callable[[str], None]
@@ -45,40 +42,57 @@ Log = Callable[[str], None]
 GROWTH_LIMIT = 10.0
 
 
-@dataclass
-class ResolvedSettings:
-    """Settings with the model's defaults filled in (what the replay actually used).
+#: Most the weight decay alone may shrink the weights within the replayed epoch (a factor):
+#: T steps multiply every weight by (1 - lr * lambda)^T. Below 1/10 the training phase ends
+#: at a collapsed model (the loss near chance) whose scores measure the collapse, not the
+#: data. Usual settings are far from it: lr 0.1, lambda 5e-4, T = 1875 shrink by 0.91.
+MAX_DECAY_SHRINK = 10.0
 
-    Attributes:
-        lr: learning rate of the training phase's epoch and of the replay.
-        weight_decay / batch_size: lambda and B of that epoch.
-        lr_source: ``auto``, ``solver`` or ``given`` (a number from the user).
-        solver_lr: the network definition's rate (``lr``/``alpha``; NaN if it has none).
-        curvature: the measured :class:`~.curvature.Curvature` (None before measuring).
-        lr_choice: the stable rate and the bound that set it (:class:`~.curvature.LrChoice`).
-        warnings: messages for the user.
+
+def check_rates(lr: float, weight_decay: float, steps: int, chosen: str = "") -> None:
+    """Refuse a learning rate and weight decay that leave nothing to replay.
+
+    - ``lr > MIN_LR`` (see :data:`~sgd_influence_plugin.settings.MIN_LR`);
+    - ``lr * weight_decay < 1``: otherwise each step multiplies every weight by
+      ``1 - lr * weight_decay <= 0``, zeroing or flipping it whatever the gradient;
+    - ``(1 - lr * weight_decay) ** steps >= 1 / MAX_DECAY_SHRINK`` (see
+      :data:`MAX_DECAY_SHRINK`).
+
+    Args:
+        lr: the replayed epoch's rate; ``chosen``: how it was chosen, for the message
+            (e.g. "--lr auto chose it: ..."), "" for a rate the user gave.
+        weight_decay: lambda of the replayed epoch.
+        steps: T, steps of one epoch.
+
+    Raises:
+        SettingsError: naming the rate, the weight decay and what to change.
 
     """
-
-    lr: float
-    weight_decay: float
-    batch_size: int
-    lr_source: str = "solver"
-    solver_lr: float = float("nan")
-    curvature: Optional[curvature_mod.Curvature] = None
-    lr_choice: Optional[curvature_mod.LrChoice] = None
-    warnings: List[str] = field(default_factory=list)
-
-    def lr_selection(self) -> Dict:
-        """What decided the learning rate, for ``settings.yaml``."""
-        out: Dict = {"source": self.lr_source, "solver_lr": self.solver_lr, "lr": self.lr}
-        if self.lr_choice is not None:
-            out["stable_lr"] = self.lr_choice.lr
-            out["stable_lr_reason"] = self.lr_choice.limit
-            out["bounds"] = dict(self.lr_choice.bounds)
-        if self.curvature is not None:
-            out["curvature"] = self.curvature.to_dict()
-        return out
+    how = f" ({chosen})" if chosen else ""
+    if not lr > MIN_LR:
+        fix = (
+            "give a smaller --weight-decay (the automatic rate keeps lr * weight decay below 1)"
+            if weight_decay > 0 and lr * weight_decay > 0.01
+            else "give an --lr above it"
+        )
+        raise SettingsError(
+            f"learning rate {lr:g}{how}: at most {MIN_LR:g}, too small to change float32 "
+            f"parameters, so every score would be near 0; {fix}"
+        )
+    shrink = lr * weight_decay
+    if shrink >= 1:
+        raise SettingsError(
+            f"learning rate {lr:g}{how} with weight decay {weight_decay:g}: each step would "
+            f"multiply every weight by 1 - {shrink:.3g} <= 0, destroying the model; give a "
+            "smaller --weight-decay (or --lr)"
+        )
+    factor = math.exp(steps * math.log1p(-shrink))
+    if factor < 1 / MAX_DECAY_SHRINK:
+        raise SettingsError(
+            f"learning rate {lr:g}{how} with weight decay {weight_decay:g}: the decay alone "
+            f"would shrink every weight to {factor:.3g} of its size in the {steps} steps of an "
+            f"epoch, collapsing the model; give a smaller --weight-decay (or --lr)"
+        )
 
 
 def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:

@@ -119,9 +119,21 @@ def load_inputs(
     files = [request.model, request.config, request.params, train_csv, val_csv, *extra_inputs]
     check_places([f for f in files if f], places.image_folders(train_csv, val_csv))
     interrupts.check()
-    normalize = info.train_dataset.normalize if info.train_dataset else True
     log(f"reading {train_csv} and {val_csv}")
     t_read = time.perf_counter()
+    train, val = _read_datasets(train_csv, val_csv, info, settings, progress)
+    t_read = time.perf_counter() - t_read
+    check_loaded(model, train, val)
+    interrupts.check()
+    losses, loss0 = _validation_losses(model, val, val_csv, settings.val_batch_size)
+    return Inputs(model, train_csv, val_csv, train, val, loss0, t_read, losses)
+
+
+def _read_datasets(train_csv: str, val_csv: str, info, settings, progress):
+    """Both CSVs decoded for the network ``info`` describes, in as many forked workers as
+    the trials may use; a stop request ends the reading.
+    """
+    normalize = info.train_dataset.normalize if info.train_dataset else True
     jobs = parallel.workers_for(settings.context, settings.jobs)
     train = load_dataset(
         train_csv,
@@ -137,14 +149,21 @@ def load_inputs(
         _reading_progress(progress, "reading validation CSV"),
         jobs,
     )
-    t_read = time.perf_counter() - t_read
-    check_loaded(model, train, val)
-    interrupts.check()
-    losses = per_sample_losses(model, val.arrays, settings.val_batch_size)
+    return train, val
+
+
+def _validation_losses(model, val: Dataset, val_csv: str, batch_size: int):
+    """``(each validation row's loss, their mean)`` at the trained parameters.
+
+    Raises:
+        ComputationError: the mean is not finite.
+
+    """
+    losses = per_sample_losses(model, val.arrays, batch_size)
     loss0 = float(np.mean(losses))
     if not math.isfinite(loss0):
         raise ComputationError(
-            f"{info.source}: the validation loss at the trained parameters is {loss0} on "
+            f"{model.info.source}: the validation loss at the trained parameters is {loss0} on "
             f"{val_csv}; check that the parameters belong to this network and the data to it"
         )
-    return Inputs(model, train_csv, val_csv, train, val, loss0, t_read, losses)
+    return losses, loss0

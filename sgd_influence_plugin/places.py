@@ -9,7 +9,8 @@ import os
 import tempfile
 from typing import Iterable, Optional, Sequence, Set
 
-from .dataset import data_path, is_file_cell, read_csv_table
+from .cells import data_path, is_file_cell
+from .dataset import read_csv_table
 from .errors import OutputError, SettingsError
 from .io_utils import locked_by_another, nearest_existing, what_is
 from .output import COMPANIONS, planned_paths

@@ -6,7 +6,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import numpy as np
 import yaml
@@ -14,9 +14,11 @@ import yaml
 from .core import REPLAY_STEPS
 from .errors import SettingsError
 from .io_utils import atomic_write
+from .options import ScoreArguments, choices, default
 from .target import TARGETS
 
-CACHE_MODES = ("final", "all")
+#: What ``cache`` accepts.
+CACHE_MODES = choices("cache")
 
 
 def is_number(x) -> bool:
@@ -34,7 +36,7 @@ MAX_SEED = 2**32 - 1
 #: tiny model take hours. A larger number is a typing error, not a request.
 MAX_TRIALS = 1000
 #: Default number of trials (independent sample orders) averaged; see docs/measurements.md.
-DEFAULT_TRIALS = 1
+DEFAULT_TRIALS = default("trials")
 #: Smallest learning rate accepted (exclusive). The parameters are float32, whose resolution
 #: is 2**-24 (6e-8) of a value: a step lr * g changes a weight of size w only if
 #: lr * |g| > 6e-8 * |w|, so at lr <= 1e-12 a gradient would need |g| > 6e4 |w| to move any
@@ -42,59 +44,6 @@ DEFAULT_TRIALS = 1
 #: replay's scores (proportional to lr) shrink towards 0 and, near 1e-45, underflow float32 to
 #: exactly 0: a ranking of zeros that looks like a result.
 MIN_LR = 1e-12
-#: Most the weight decay alone may shrink the weights within the replayed epoch (a factor):
-#: T steps multiply every weight by (1 - lr * lambda)^T. Below 1/10 the training phase ends
-#: at a collapsed model (the loss near chance) whose scores measure the collapse, not the
-#: data. Usual settings are far from it: lr 0.1, lambda 5e-4, T = 1875 shrink by 0.91.
-MAX_DECAY_SHRINK = 10.0
-
-
-def check_rates(lr: float, weight_decay: float, steps: int, chosen: str = "") -> None:
-    """Refuse a learning rate and weight decay that leave nothing to replay.
-
-    - ``lr > MIN_LR`` (see :data:`MIN_LR`);
-    - ``lr * weight_decay < 1``: otherwise each step multiplies every weight by
-      ``1 - lr * weight_decay <= 0``, zeroing or flipping it whatever the gradient;
-    - ``(1 - lr * weight_decay) ** steps >= 1 / MAX_DECAY_SHRINK`` (see
-      :data:`MAX_DECAY_SHRINK`).
-
-    Args:
-        lr: the replayed epoch's rate; ``chosen``: how it was chosen, for the message
-            (e.g. "--lr auto chose it: ..."), "" for a rate the user gave.
-        weight_decay: lambda of the replayed epoch.
-        steps: T, steps of one epoch.
-
-    Raises:
-        SettingsError: naming the rate, the weight decay and what to change.
-
-    """
-    how = f" ({chosen})" if chosen else ""
-    if not lr > MIN_LR:
-        fix = (
-            "give a smaller --weight-decay (the automatic rate keeps lr * weight decay below 1)"
-            if weight_decay > 0 and lr * weight_decay > 0.01
-            else "give an --lr above it"
-        )
-        raise SettingsError(
-            f"learning rate {lr:g}{how}: at most {MIN_LR:g}, too small to change float32 "
-            f"parameters, so every score would be near 0; {fix}"
-        )
-    shrink = lr * weight_decay
-    if shrink >= 1:
-        raise SettingsError(
-            f"learning rate {lr:g}{how} with weight decay {weight_decay:g}: each step would "
-            f"multiply every weight by 1 - {shrink:.3g} <= 0, destroying the model; give a "
-            "smaller --weight-decay (or --lr)"
-        )
-    factor = math.exp(steps * math.log1p(-shrink))
-    if factor < 1 / MAX_DECAY_SHRINK:
-        raise SettingsError(
-            f"learning rate {lr:g}{how} with weight decay {weight_decay:g}: the decay alone "
-            f"would shrink every weight to {factor:.3g} of its size in the {steps} steps of an "
-            f"epoch, collapsing the model; give a smaller --weight-decay (or --lr)"
-        )
-
-
 #: Compute contexts: ``cpu``, or ``cudnn``/``cuda`` with an optional device number. Nothing
 #: else (e.g. ``cpu:half``: half precision is not implemented, and was silently ignored).
 CONTEXT = re.compile(r"^(cpu|(cudnn|cuda)(:\d+)?)$")
@@ -152,57 +101,13 @@ def check_context(context) -> str:
 
 
 @dataclass
-class InfluenceSettings:
-    """Everything that decides the scores.
+class InfluenceSettings(ScoreArguments):
+    """Everything that decides the scores, checked (:meth:`validate`).
 
-    Attributes:
-        lr: learning rate eta of the training phase's epoch and its replay: ``"auto"`` (the
-            largest rate, at most the solver's, that keeps the final-parameters replay stable
-            for the measured curvature; see :mod:`.curvature`), ``"solver"`` (the network
-            definition's rate: ``lr``, or ``alpha`` for Adam-type solvers) or a number.
-        weight_decay: L2 coefficient lambda; None = the solver's ``weight_decay``.
-        batch_size: mini-batch size B of the replayed epoch; None = the training dataset's.
-        epochs: K, SGD epochs the training phase runs from the trained parameters; the last
-            one is replayed.
-        trials: M, independent training-plus-replay runs (order seeds ``seed``,
-            ``seed + 1``, ...) whose scores are combined (each scaled to a common size first,
-            so no single trial dominates).
-        retries: how many times a trial whose replay blows up (non-finite scores, or the
-            query vector growing more than ``influence.GROWTH_LIMIT`` times) is run again at a
-            quarter of its rate before the run stops with an error.
-        seed: seed of the first trial's sample order.
-        cache: ``final`` (Suzuki et al.: keep only the final parameters) or ``all`` (Hara et al.:
-            also keep the parameters before every step of the last epoch).
-        context: ``cpu`` or ``cudnn[:DEVICE]``.
-        val_batch_size: batch size for the validation gradient (no effect on the result).
-        replay_step: ``fd`` (the default: two first-order passes at theta +/- eps u, about 2x
-            a training step instead of 4-6x; a smoothed Hessian on ReLU networks, see
-            ``core.replay``) or ``exact`` (one double-backward pass per step). On the sample
-            and in the leave-one-out tests both give the same precision and fidelity to 0.01.
-        jobs: worker processes for the trials (a lone trial's replay uses two) and the
-            recommendation's check epochs; None = the usable cores
-            (no effect on the result; a GPU context runs them one after another).
-        target: what a score estimates (``target.TARGETS``): ``class-centred`` (the default:
-            the change of the mean validation loss if the row were left out of the replayed
-            epoch, minus the mean of that change over the rows of its class, so a score is
-            about the row, not its label) or ``plain`` (the change itself, Hara et al.). See
-            :mod:`.target`. Negative = harmful either way.
-
+    Its fields (their names, types, defaults and help) are declared once, in
+    :class:`.options.ScoreArguments`; a None means the network definition's or the data's
+    value, as the help says.
     """
-
-    lr: Union[str, float] = "auto"
-    weight_decay: Optional[float] = None
-    batch_size: Optional[int] = None
-    epochs: int = 1
-    trials: int = DEFAULT_TRIALS
-    retries: int = 2
-    seed: int = 0
-    cache: str = "final"
-    context: str = "cpu"
-    val_batch_size: int = 256
-    replay_step: str = "fd"
-    jobs: Optional[int] = None
-    target: str = "class-centred"
 
     def validate(self, flags: Optional[Mapping[str, Optional[str]]] = None) -> InfluenceSettings:
         """Raise :class:`SettingsError` for an out-of-range value; returns self (``lr`` parsed
@@ -219,6 +124,13 @@ class InfluenceSettings:
         def name(field: str) -> str:
             return flags.get(field) or field
 
+        self._check_rate(name)
+        self._check_counts(name)
+        self._check_choices(name)
+        return self
+
+    def _check_rate(self, name: Callable[[str], str]) -> None:
+        """``lr`` (parsed in place) and ``weight_decay``; ``name`` spells an option."""
         if self.lr is None or isinstance(self.lr, bool):
             raise SettingsError(f"{name('lr')} {self.lr}: give auto, solver or a positive number")
         self.lr = parse_lr(self.lr)
@@ -231,6 +143,11 @@ class InfluenceSettings:
                 f"{name('weight_decay')} {self.weight_decay}: the weight decay must be a finite "
                 "number >= 0"
             )
+
+    def _check_counts(self, name: Callable[[str], str]) -> None:
+        """The whole-number settings: sizes, epochs, trials (at most :data:`MAX_TRIALS`),
+        retries, and the seed (its trials' seeds within numpy's range).
+        """
         for field, what, low in (
             ("batch_size", "the mini-batch size", 1),
             ("epochs", "the number of epochs", 1),
@@ -263,6 +180,9 @@ class InfluenceSettings:
                 f"{seed} {self.seed}: give a whole number in 0..{top}{why}; numpy's seeds lie in "
                 f"0..{MAX_SEED}"
             )
+
+    def _check_choices(self, name: Callable[[str], str]) -> None:
+        """The context (normalised in place), the cache mode, jobs, target and replay step."""
         self.context = check_context(self.context)
         if self.cache not in CACHE_MODES:
             raise SettingsError(
@@ -283,7 +203,6 @@ class InfluenceSettings:
                 f"{name('replay_step')} {self.replay_step!r}: choose one of "
                 f"{', '.join(REPLAY_STEPS)}"
             )
-        return self
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain dict (YAML-safe)."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from .dataset import Dataset, is_file_cell, parse_header_cell
+from .cells import is_file_cell
+from .dataset import Dataset, parse_header_cell
 
 #: The run's columns, after the training CSV's own (see :func:`influence_header`).
 SCORE_COLUMNS = [

@@ -396,7 +396,7 @@ def test_evaluate_through_the_cluster_gives_the_local_rows(
 
 
 def _protocol():
-    folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "samples", "fashion_mnist")
+    folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
     if folder not in sys.path:
         sys.path.insert(0, folder)
     import paper_protocol

@@ -14,29 +14,24 @@ What the replay changes in the training network, in both phases alike (see ``not
   random masks inside a double-backward pass would need per-step seeds in both phases; turning
   them off in both keeps the two phases consistent.
 
-Its three parts, each usable on its own:
+Its parts, each usable on its own:
 
 - :mod:`.files`: reading ``.nnp`` / ``.nntxt`` / ``.h5`` (:func:`read_result`,
   :func:`read_params`);
-- :mod:`.definition`: understanding the definition (:class:`ModelInfo`, :class:`SolverConfig`,
-  :class:`DatasetRef`, :func:`describe`, which also prepares the replay network);
+- :mod:`.definition`: understanding the definition (:class:`ModelInfo`, :class:`DatasetRef`,
+  :func:`describe`, which also prepares the replay network), with :mod:`.losses` (the loss
+  kinds), :mod:`.solver` (:class:`SolverConfig`) and :mod:`.replay_network` (the changes
+  above);
 - :mod:`.model`: :class:`NnablaModel`, :class:`LossGraph`, :func:`make_context`,
   :func:`load_model`.
 
 ``sgd_influence_plugin.nnabla_adapter`` stays the import path for all of these names.
 """
 
-from .definition import _BATCH_NORMS as _BATCH_NORMS
-from .definition import _LR_FIELD as _LR_FIELD
-from .definition import _RANDOM_IDENTITY as _RANDOM_IDENTITY
-from .definition import _RANDOM_UNSUPPORTED as _RANDOM_UNSUPPORTED
-from .definition import DatasetRef, ModelInfo, SolverConfig, describe
-from .definition import _prepare_network as _prepare_network
-from .definition import _solver_config as _solver_config
-from .files import _check_file as _check_file
-from .files import _parse_nntxt as _parse_nntxt
+from .definition import DatasetRef, ModelInfo, describe
 from .files import read_params, read_result
 from .model import LossGraph, NnablaModel, load_model, make_context
+from .solver import SolverConfig
 
 __all__ = [
     "DatasetRef",

@@ -1,13 +1,10 @@
 """Understanding a network definition: which network is trained, on what, with which loss and
 solver, and the copy of it the replay runs (:func:`describe`).
 
-What the replay changes in the training network, in both phases alike (see ``notes``):
-
-- BatchNormalization runs in inference mode (running statistics, which are not trained), so
-  per-sample losses do not depend on the rest of the batch.
-- Dropout and shape-preserving random augmentation are replaced by identity. Replaying
-  random masks inside a double-backward pass would need per-step seeds in both phases; turning
-  them off in both keeps the two phases consistent.
+The pieces it reads: the optimizer and its training network; the data inputs and the trained
+parameters (checked against the parameters given); the loss (:mod:`.losses`); the solver
+(:mod:`.solver`); the training and validation datasets; the executor's network, for
+predictions. The replay's copy of the networks is changed as :mod:`.replay_network` says.
 """
 
 from __future__ import annotations
@@ -21,62 +18,8 @@ import numpy as np
 
 from ..errors import NetworkDefinitionError, ParameterError
 from . import losses as loss_kinds
-
-#: Functions that are random at training time and keep the input's shape: replaced by identity.
-_RANDOM_IDENTITY = {
-    "Dropout",
-    "ImageAugmentation",
-    "RandomFlip",
-    "RandomShift",
-    "RandomErase",
-    "RandomBrightness",
-    "RandomContrast",
-}
-#: Random functions that change the shape: the replay cannot model them.
-_RANDOM_UNSUPPORTED = {"RandomCrop", "RandomResizedCrop"}
-_BATCH_NORMS = {
-    "BatchNormalization": "batch_normalization_param",
-    "FusedBatchNormalization": "fused_batch_normalization_param",
-}
-#: Solver type -> (its parameter message field, the learning-rate field in it).
-_LR_FIELD = {
-    "Sgd": ("sgd_param", "lr"),
-    "SgdW": ("sgdw_param", "lr"),
-    "Momentum": ("momentum_param", "lr"),
-    "Nesterov": ("nesterov_param", "lr"),
-    "Lars": ("lars_param", "lr"),
-    "RMSprop": ("rmsprop_param", "lr"),
-    "RMSpropGraves": ("rmsprop_graves_param", "lr"),
-    "Adagrad": ("adagrad_param", "lr"),
-    "Adadelta": ("adadelta_param", "lr"),
-    "Adam": ("adam_param", "alpha"),
-    "AdamW": ("adamw_param", "alpha"),
-    "Adamax": ("adamax_param", "alpha"),
-    "AdaBelief": ("adabelief_param", "alpha"),
-    "AdaBound": ("adabound_param", "alpha"),
-    "AMSGrad": ("amsgrad_param", "alpha"),
-    "AMSBound": ("amsbound_param", "alpha"),
-    "Lamb": ("lamb_param", "eta"),
-    "Lion": ("lion_param", "lr"),
-}
-
-
-@dataclass(frozen=True)
-class SolverConfig:
-    """How the console trained the network (read from the optimizer's solver).
-
-    Attributes:
-        type: nnabla solver name, e.g. ``Sgd``, ``Momentum``, ``Adam``.
-        lr: its base learning rate (``lr``, or ``alpha`` for the Adam family).
-        weight_decay: L2 coefficient lambda; SGD adds lambda * theta to the gradient.
-        batch_size: the training dataset's mini-batch size.
-
-    """
-
-    type: str
-    lr: float
-    weight_decay: float
-    batch_size: int
+from .replay_network import prepare_network
+from .solver import SolverConfig, solver_config
 
 
 @dataclass(frozen=True)
@@ -141,90 +84,218 @@ class ModelInfo:
     target_column: Optional[str] = None
 
 
-def _solver_config(opt, proto) -> SolverConfig:
-    s = opt.solver
-    lr = float("nan")
-    if s.type in _LR_FIELD:
-        sub, lr_field = _LR_FIELD[s.type]
-        if s.HasField(sub):
-            # Protobuf stores float32: 0.1 reads back as 0.10000000149; keep what was typed.
-            lr = float(f"{getattr(getattr(s, sub), lr_field):.7g}")
-    batch_size = 0
-    for d in proto.dataset:
-        if d.name in opt.dataset_name:
-            batch_size = int(d.batch_size)
-    if not batch_size:
-        for n in proto.network:
-            if n.name == opt.network_name:
-                batch_size = int(n.batch_size)
-    return SolverConfig(
-        type=s.type or "Sgd",
-        lr=lr,
-        weight_decay=float(f"{s.weight_decay:.7g}"),
-        batch_size=batch_size or 1,
-    )
-
-
-#: Names in ``nnabla.function`` that are no layer type of a network definition.
-_NOT_LAYERS = {
-    "Dummy",
-    "Function",
-    "Info",
-    "ProtoFunction",
-    "ProtoVariable",
-    "PythonFunction",
-    "UnsafeVariable",
-}
-
-
-def _is_nnabla_function(kind: str) -> bool:
-    """True if nnabla has a function (layer) of type ``kind``, e.g. ``Affine``; the graph
-    loader builds exactly these (``nnabla.utils.load_function``).
-    """
-    import nnabla.function as F
-
-    return kind[:1].isupper() and kind not in _NOT_LAYERS and callable(getattr(F, kind, None))
-
-
-def _prepare_network(net, where: str) -> List[str]:
-    """Switch BatchNorm to inference mode and random functions to identity, in place.
+def describe(
+    proto, params: Dict[str, np.ndarray], source: str, optimizer_name: Optional[str] = None
+):
+    """Check the definition and build the :class:`ModelInfo` and the replay network proto.
 
     Raises:
-        NetworkDefinitionError: a function type nnabla does not have (checked here, before
-            anything is computed, instead of nnabla's ValueError when the graph is built).
+        NetworkDefinitionError: no optimizer, no loss, unknown variables.
+        ParameterError: a parameter the network uses is missing or has the wrong shape.
 
     """
-    import nnabla
+    from nnabla.utils import nnabla_pb2
 
-    notes = []
-    for f in net.function:
-        if not _is_nnabla_function(f.type):
+    opt = _optimizer(proto, source, optimizer_name)
+    nets = {n.name: n for n in proto.network}
+    net = _training_network(opt, nets, source)
+    var_shapes = {v.name: tuple(v.shape.dim) for v in net.variable}
+    losses = _loss_variables(opt, net, var_shapes, source)
+    inputs, shapes = _data_inputs(opt, net, var_shapes, source)
+    trainable = _trainable(opt, net, source)
+    _check_parameters(net, params, source)
+    task, target, label_classes = loss_kinds.understand(net, inputs, var_shapes)
+    notes = loss_kinds.stabilise(net, var_shapes) + prepare_network(net, source)
+    train_ref, val_ref, val_net = _datasets(proto, opt)
+    info = ModelInfo(
+        source=source,
+        network=net.name,
+        losses=losses,
+        inputs=dict(inputs),
+        input_shapes=dict(shapes),
+        trainable=trainable,
+        solver=solver_config(opt, proto),
+        train_dataset=train_ref,
+        val_dataset=val_ref,
+        validation_network=val_net,
+        notes=notes,
+        label_classes=label_classes,
+        task=task,
+        target_column=target,
+    )
+    replay = nnabla_pb2.NNablaProtoBuf()
+    replay.network.add().CopyFrom(net)
+    _add_runtime_network(proto, nets, replay, info)
+    return info, replay
+
+
+def _optimizer(proto, source: str, optimizer_name: Optional[str]):
+    """The optimizer named ``optimizer_name``, or the definition's first one."""
+    if not proto.optimizer:
+        raise NetworkDefinitionError(
+            f"{source}: the network definition has no optimizer; the console writes one in "
+            "the training result's net.nntxt (give that file, not a runtime-only export)"
+        )
+    opts = {o.name: o for o in proto.optimizer}
+    if optimizer_name is not None and optimizer_name not in opts:
+        raise NetworkDefinitionError(
+            f"{source}: no optimizer named '{optimizer_name}' (have {sorted(opts)})"
+        )
+    return opts[optimizer_name] if optimizer_name else proto.optimizer[0]
+
+
+def _training_network(opt, nets, source: str):
+    """A copy of the network ``opt`` trains (the replay changes it), if it has a loss."""
+    from nnabla.utils import nnabla_pb2
+
+    if opt.network_name not in nets:
+        raise NetworkDefinitionError(
+            f"{source}: optimizer '{opt.name}' trains network '{opt.network_name}', which is "
+            f"not defined (networks: {sorted(nets)})"
+        )
+    net = nnabla_pb2.Network()
+    net.CopyFrom(nets[opt.network_name])
+    if not opt.loss_variable:
+        raise NetworkDefinitionError(
+            f"{source}: optimizer '{opt.name}' names no loss variable; add a loss layer (e.g. "
+            "SoftmaxCrossEntropy) to the training network"
+        )
+    return net
+
+
+def _loss_variables(opt, net, var_shapes, source: str) -> List[str]:
+    """The names of ``opt``'s loss variables, each a variable of ``net``; an optimizer with
+    generator (random) inputs is refused.
+    """
+    losses = [lv.variable_name for lv in opt.loss_variable]
+    for name in losses:
+        if name not in var_shapes:
             raise NetworkDefinitionError(
-                f"{where}: function '{f.name}' of network '{net.name}' has type '{f.type}', "
-                f"which nnabla {nnabla.__version__} does not have; replace that layer, or "
-                "export the network from a console whose nnabla has it"
+                f"{source}: loss variable '{name}' is not in network '{net.name}'"
             )
-        if f.type in _BATCH_NORMS:
-            getattr(f, _BATCH_NORMS[f.type]).batch_stat = False
-            notes.append(f"{f.name}: BatchNormalization uses running statistics")
-        elif f.type == "SyncBatchNormalization":
+    if opt.generator_variable:
+        raise NetworkDefinitionError(
+            f"{source}: optimizer '{opt.name}' uses generator inputs "
+            f"({[g.variable_name for g in opt.generator_variable]}); they are random per step "
+            "and are not supported"
+        )
+    return losses
+
+
+def _data_inputs(
+    opt, net, var_shapes, source: str
+) -> Tuple[Dict[str, str], Dict[str, Tuple[int, ...]]]:
+    """``(network input -> dataset column, dataset column -> shape of one sample)``."""
+    inputs: Dict[str, str] = OrderedDict()
+    shapes: Dict[str, Tuple[int, ...]] = OrderedDict()
+    for dv in opt.data_variable:
+        if dv.variable_name not in var_shapes:
             raise NetworkDefinitionError(
-                f"{where}: function '{f.name}' is SyncBatchNormalization; replace it with "
-                "BatchNormalization (single-device training) to compute influence"
+                f"{source}: data variable '{dv.variable_name}' is not in network '{net.name}'"
             )
-        elif f.type in _RANDOM_IDENTITY:
-            for fd, _ in f.ListFields():
-                if fd.name.endswith("_param"):
-                    f.ClearField(fd.name)
-            notes.append(f"{f.name}: {f.type} disabled in both phases")
-            f.type = "Identity"
-        elif f.type in _RANDOM_UNSUPPORTED:
-            raise NetworkDefinitionError(
-                f"{where}: function '{f.name}' ({f.type}) is random and changes the shape; the "
-                "replay cannot reproduce it. Move it to the dataset (pre-cropped images) or "
-                "remove it from the training network"
+        inputs[dv.variable_name] = dv.data_name
+        shapes[dv.data_name] = tuple(int(d) for d in var_shapes[dv.variable_name][1:])
+    return inputs, shapes
+
+
+def _trainable(opt, net, source: str) -> List[str]:
+    """The parameters of ``net`` that ``opt`` trains (learning-rate multiplier > 0), sorted;
+    a parameter variable's name may hold ``{...}`` placeholders for repeat indices.
+    """
+    var_types = {v.name: v.type for v in net.variable}
+    lr_mult = {}
+    for pv in opt.parameter_variable:
+        pattern = re.compile(
+            "^"
+            + re.sub(
+                r"{[^}]*}",
+                r"\\[\\d+\\]",
+                re.escape(pv.variable_name).replace(r"\{", "{").replace(r"\}", "}"),
             )
-    return notes
+            + "$"
+        )
+        for name, t in var_types.items():
+            if t == "Parameter" and (name == pv.variable_name or pattern.match(name)):
+                lr_mult[name] = pv.learning_rate_multiplier
+    trainable = sorted(n for n, m in lr_mult.items() if m > 0)
+    if not trainable:
+        raise NetworkDefinitionError(
+            f"{source}: optimizer '{opt.name}' trains no parameter (every learning-rate "
+            "multiplier is 0)"
+        )
+    return trainable
+
+
+def _check_parameters(net, params: Dict[str, np.ndarray], source: str) -> None:
+    """Every parameter of ``net`` is in ``params``, with its shape and finite values.
+
+    Raises:
+        ParameterError: the first parameter that is not.
+
+    """
+    var_shapes = {v.name: tuple(v.shape.dim) for v in net.variable}
+    var_types = {v.name: v.type for v in net.variable}
+    for name, t in var_types.items():
+        if t != "Parameter":
+            continue
+        want = var_shapes[name]
+        if name not in params:
+            raise ParameterError(
+                f"{source}: parameter '{name}' of network '{net.name}' is missing from the "
+                "parameters file; give the parameters saved with this network definition"
+            )
+        if tuple(params[name].shape) != tuple(want):
+            raise ParameterError(
+                f"{source}: parameter '{name}' has shape {tuple(params[name].shape)} but "
+                f"network '{net.name}' needs {tuple(want)}; the parameters belong to a "
+                "different network definition"
+            )
+        bad = int(np.size(params[name]) - np.count_nonzero(np.isfinite(params[name])))
+        if bad:
+            raise ParameterError(
+                f"{source}: parameter '{name}' holds {bad} NaN or infinite value(s); the "
+                "training diverged or the file is damaged: give parameters from a good run"
+            )
+
+
+def _datasets(proto, opt) -> Tuple[Optional[DatasetRef], Optional[DatasetRef], Optional[str]]:
+    """``(training dataset, validation dataset, validation network)``: the optimizer's
+    dataset, and the first other dataset a monitor reads (``valid`` monitors first).
+    """
+
+    def dataset_ref(name):
+        for d in proto.dataset:
+            if d.name == name:
+                return DatasetRef(d.name, d.uri, not d.no_image_normalization)
+        return None
+
+    train_ref = dataset_ref(opt.dataset_name[0]) if opt.dataset_name else None
+    val_ref, val_net = None, None
+    monitors = sorted(proto.monitor, key=lambda m: ("valid" not in m.name.lower(), m.name))
+    for m in monitors:
+        for dn in m.dataset_name:
+            if train_ref is None or dn != train_ref.name:
+                val_ref, val_net = dataset_ref(dn), m.network_name
+                break
+        if val_ref:
+            break
+    return train_ref, val_ref, val_net
+
+
+def _add_runtime_network(proto, nets, replay, info: ModelInfo) -> None:
+    """Add the first executor's network (other than the training network) to ``replay``,
+    prepared like it, and name it and its inputs, output and features in ``info``.
+    """
+    for ex in proto.executor:
+        if ex.network_name in nets and ex.output_variable and ex.network_name != info.network:
+            runtime = replay.network.add()
+            runtime.CopyFrom(nets[ex.network_name])
+            prepare_network(runtime, info.source)
+            info.runtime_network = ex.network_name
+            info.runtime_inputs = {d.variable_name: d.data_name for d in ex.data_variable}
+            info.runtime_output = ex.output_variable[0].variable_name
+            info.runtime_features = _feature_variable(runtime, info.runtime_output)
+            return
 
 
 def _feature_variable(net, output: str) -> Optional[str]:
@@ -249,153 +320,3 @@ def _feature_variable(net, output: str) -> Optional[str]:
             return data[0]
         name = data[0]
     return None
-
-
-def describe(
-    proto, params: Dict[str, np.ndarray], source: str, optimizer_name: Optional[str] = None
-):
-    """Check the definition and build the :class:`ModelInfo` and the replay network proto.
-
-    Raises:
-        NetworkDefinitionError: no optimizer, no loss, unknown variables.
-        ParameterError: a parameter the network uses is missing or has the wrong shape.
-
-    """
-    from nnabla.utils import nnabla_pb2
-
-    if not proto.optimizer:
-        raise NetworkDefinitionError(
-            f"{source}: the network definition has no optimizer; the console writes one in "
-            "the training result's net.nntxt (give that file, not a runtime-only export)"
-        )
-    opts = {o.name: o for o in proto.optimizer}
-    if optimizer_name is not None and optimizer_name not in opts:
-        raise NetworkDefinitionError(
-            f"{source}: no optimizer named '{optimizer_name}' (have {sorted(opts)})"
-        )
-    opt = opts[optimizer_name] if optimizer_name else proto.optimizer[0]
-    nets = {n.name: n for n in proto.network}
-    if opt.network_name not in nets:
-        raise NetworkDefinitionError(
-            f"{source}: optimizer '{opt.name}' trains network '{opt.network_name}', which is "
-            f"not defined (networks: {sorted(nets)})"
-        )
-    net = nnabla_pb2.Network()
-    net.CopyFrom(nets[opt.network_name])
-    if not opt.loss_variable:
-        raise NetworkDefinitionError(
-            f"{source}: optimizer '{opt.name}' names no loss variable; add a loss layer (e.g. "
-            "SoftmaxCrossEntropy) to the training network"
-        )
-    var_shapes = {v.name: tuple(v.shape.dim) for v in net.variable}
-    var_types = {v.name: v.type for v in net.variable}
-    losses = [lv.variable_name for lv in opt.loss_variable]
-    for name in losses:
-        if name not in var_shapes:
-            raise NetworkDefinitionError(
-                f"{source}: loss variable '{name}' is not in network '{net.name}'"
-            )
-    if opt.generator_variable:
-        raise NetworkDefinitionError(
-            f"{source}: optimizer '{opt.name}' uses generator inputs "
-            f"({[g.variable_name for g in opt.generator_variable]}); they are random per step "
-            "and are not supported"
-        )
-    inputs: Dict[str, str] = OrderedDict()
-    shapes: Dict[str, Tuple[int, ...]] = OrderedDict()
-    for dv in opt.data_variable:
-        if dv.variable_name not in var_shapes:
-            raise NetworkDefinitionError(
-                f"{source}: data variable '{dv.variable_name}' is not in network '{net.name}'"
-            )
-        inputs[dv.variable_name] = dv.data_name
-        shapes[dv.data_name] = tuple(int(d) for d in var_shapes[dv.variable_name][1:])
-    lr_mult = {}
-    for pv in opt.parameter_variable:
-        pattern = re.compile(
-            "^"
-            + re.sub(
-                r"{[^}]*}",
-                r"\\[\\d+\\]",
-                re.escape(pv.variable_name).replace(r"\{", "{").replace(r"\}", "}"),
-            )
-            + "$"
-        )
-        for name, t in var_types.items():
-            if t == "Parameter" and (name == pv.variable_name or pattern.match(name)):
-                lr_mult[name] = pv.learning_rate_multiplier
-    trainable = sorted(n for n, m in lr_mult.items() if m > 0)
-    if not trainable:
-        raise NetworkDefinitionError(
-            f"{source}: optimizer '{opt.name}' trains no parameter (every learning-rate "
-            "multiplier is 0)"
-        )
-    for name, t in var_types.items():
-        if t != "Parameter":
-            continue
-        want = var_shapes[name]
-        if name not in params:
-            raise ParameterError(
-                f"{source}: parameter '{name}' of network '{net.name}' is missing from the "
-                "parameters file; give the parameters saved with this network definition"
-            )
-        if tuple(params[name].shape) != tuple(want):
-            raise ParameterError(
-                f"{source}: parameter '{name}' has shape {tuple(params[name].shape)} but "
-                f"network '{net.name}' needs {tuple(want)}; the parameters belong to a "
-                "different network definition"
-            )
-        bad = int(np.size(params[name]) - np.count_nonzero(np.isfinite(params[name])))
-        if bad:
-            raise ParameterError(
-                f"{source}: parameter '{name}' holds {bad} NaN or infinite value(s); the "
-                "training diverged or the file is damaged: give parameters from a good run"
-            )
-    task, target, label_classes = loss_kinds.understand(net, inputs, var_shapes)
-    notes = loss_kinds.stabilise(net, var_shapes) + _prepare_network(net, source)
-
-    def dataset_ref(name):
-        for d in proto.dataset:
-            if d.name == name:
-                return DatasetRef(d.name, d.uri, not d.no_image_normalization)
-        return None
-
-    train_ref = dataset_ref(opt.dataset_name[0]) if opt.dataset_name else None
-    val_ref, val_net = None, None
-    monitors = sorted(proto.monitor, key=lambda m: ("valid" not in m.name.lower(), m.name))
-    for m in monitors:
-        for dn in m.dataset_name:
-            if train_ref is None or dn != train_ref.name:
-                val_ref, val_net = dataset_ref(dn), m.network_name
-                break
-        if val_ref:
-            break
-    info = ModelInfo(
-        source=source,
-        network=net.name,
-        losses=losses,
-        inputs=dict(inputs),
-        input_shapes=dict(shapes),
-        trainable=trainable,
-        solver=_solver_config(opt, proto),
-        train_dataset=train_ref,
-        val_dataset=val_ref,
-        validation_network=val_net,
-        notes=notes,
-        label_classes=label_classes,
-        task=task,
-        target_column=target,
-    )
-    replay = nnabla_pb2.NNablaProtoBuf()
-    replay.network.add().CopyFrom(net)
-    for ex in proto.executor:
-        if ex.network_name in nets and ex.output_variable and ex.network_name != net.name:
-            runtime = replay.network.add()
-            runtime.CopyFrom(nets[ex.network_name])
-            _prepare_network(runtime, source)
-            info.runtime_network = ex.network_name
-            info.runtime_inputs = {d.variable_name: d.data_name for d in ex.data_variable}
-            info.runtime_output = ex.output_variable[0].variable_name
-            info.runtime_features = _feature_variable(runtime, info.runtime_output)
-            break
-    return info, replay

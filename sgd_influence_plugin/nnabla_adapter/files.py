@@ -183,26 +183,38 @@ def read_result(
         if given and given.lower().endswith(".sdcproj"):
             raise NetworkDefinitionError(_project_file_message(given))
     if model:
-        _check_file(model, NetworkDefinitionError, "give the results.nnp of a training result")
-        try:
-            zf = zipfile.ZipFile(model)
-        except zipfile.BadZipFile as e:
-            raise NetworkDefinitionError(
-                f"{model}: not a valid .nnp (zip) file; give the results.nnp the console saved"
-            ) from e
-        with zf:
-            names = zf.namelist()
-            defs = [n for n in names if n.endswith((".nntxt", ".prototxt"))]
-            if not defs:
-                raise NetworkDefinitionError(f"{model}: holds no .nntxt network definition")
-            proto = _parse_nntxt(zf.read(defs[0]).decode("utf-8"), f"{model}:{defs[0]}")
-        # nnabla reads every weight file inside (parameter.h5, parameter.protobuf of NNC 1.x
-        # and of the cloud, or values embedded in the definition).
-        return proto, _load_with_nnabla(model, model), model
+        return _read_nnp(model)
     if not config:
         raise NetworkDefinitionError(
             "no model given: pass a results.nnp, or a net.nntxt together with a parameters .h5"
         )
+    return _read_nntxt(config, params)
+
+
+def _read_nnp(model: str):
+    """:func:`read_result` of a ``.nnp``: its first definition, every weight file inside."""
+    _check_file(model, NetworkDefinitionError, "give the results.nnp of a training result")
+    try:
+        zf = zipfile.ZipFile(model)
+    except zipfile.BadZipFile as e:
+        raise NetworkDefinitionError(
+            f"{model}: not a valid .nnp (zip) file; give the results.nnp the console saved"
+        ) from e
+    with zf:
+        names = zf.namelist()
+        defs = [n for n in names if n.endswith((".nntxt", ".prototxt"))]
+        if not defs:
+            raise NetworkDefinitionError(f"{model}: holds no .nntxt network definition")
+        proto = _parse_nntxt(zf.read(defs[0]).decode("utf-8"), f"{model}:{defs[0]}")
+    # nnabla reads every weight file inside (parameter.h5, parameter.protobuf of NNC 1.x
+    # and of the cloud, or values embedded in the definition).
+    return proto, _load_with_nnabla(model, model), model
+
+
+def _read_nntxt(config: str, params: Optional[str]):
+    """:func:`read_result` of a ``.nntxt``: its embedded parameters, then those of
+    ``params`` (which win).
+    """
     _check_file(config, NetworkDefinitionError, "give the net.nntxt of a training result")
     try:
         with open(config, encoding="utf-8") as f:

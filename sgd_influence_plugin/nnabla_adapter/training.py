@@ -47,10 +47,23 @@ def train_from_scratch(
         SettingsError: ``nnabla_cli train`` failed (the tail of its log is in the message).
 
     """
-    from google.protobuf import text_format
-    from nnabla.utils import nnabla_pb2
-
     os.makedirs(work, exist_ok=True)
+    cleansed = _write_kept_rows(train_csv, rows_header, rows, keep, seed, work)
+    cfg = _write_definition(config_proto_text, cleansed, len(keep), val_csv, work)
+    cli = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
+    cmd = [cli, "train", "-c", cfg, "-o", work]
+    if init_params:
+        cmd += ["-p", os.path.abspath(init_params)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not os.path.exists(os.path.join(work, "results.nnp")):
+        raise SettingsError(f"nnabla_cli train failed in {work}:\n{proc.stderr[-1500:]}")
+    return os.path.join(work, "results.nnp")
+
+
+def _write_kept_rows(train_csv: str, rows_header, rows, keep: np.ndarray, seed: int, work: str):
+    """``work/train.csv``: the rows ``keep`` in an order shuffled by ``seed``, each cell that
+    names a file beside ``train_csv`` made absolute. Returns its path.
+    """
     src_folder = os.path.dirname(os.path.abspath(train_csv))
     rng = np.random.RandomState(seed)
     keep = keep[rng.permutation(len(keep))]
@@ -67,12 +80,24 @@ def train_from_scratch(
                     for c in rows[j]
                 ]
             )
+    return cleansed
+
+
+def _write_definition(
+    config_proto_text: str, cleansed: str, n_kept: int, val_csv: str, work: str
+) -> str:
+    """``work/net.nntxt``: the definition training on ``cleansed`` (``n_kept`` rows), its
+    other datasets on ``val_csv``, no "save best", no monitors. Returns its path.
+    """
+    from google.protobuf import text_format
+    from nnabla.utils import nnabla_pb2
+
     proto = nnabla_pb2.NNablaProtoBuf()
     text_format.Merge(config_proto_text, proto)
     opt = proto.optimizer[0]
     n_batches = max(
         1,
-        len(keep)
+        n_kept
         // max(1, next(d.batch_size for d in proto.dataset if d.name == opt.dataset_name[0])),
     )
     for d in proto.dataset:
@@ -83,14 +108,7 @@ def train_from_scratch(
     cfg = os.path.join(work, "net.nntxt")
     with open(cfg, "w") as f:
         f.write(text_format.MessageToString(proto))
-    cli = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
-    cmd = [cli, "train", "-c", cfg, "-o", work]
-    if init_params:
-        cmd += ["-p", os.path.abspath(init_params)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not os.path.exists(os.path.join(work, "results.nnp")):
-        raise SettingsError(f"nnabla_cli train failed in {work}:\n{proc.stderr[-1500:]}")
-    return os.path.join(work, "results.nnp")
+    return cfg
 
 
 def _glorot_affine(shape):

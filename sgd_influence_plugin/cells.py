@@ -1,0 +1,245 @@
+"""What one cell of a console dataset CSV holds: a number, or the path of a file (image,
+``.csv``, ``.npy``, ...) decoded as ``nnabla_cli train`` decodes it.
+
+A cell that parses as a plain decimal number is that number; otherwise it must name a file by
+one of :data:`FILE_EXTS`, relative to the CSV's folder. The file is read with nnabla's own
+loader (8-bit grayscale and RGB PNGs with Pillow, bit for bit the same), so shapes, channel
+order and the 1/255 normalization match what the console feeds the network. Every problem is
+a :class:`DatasetError` that names the file, the row and the column.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import DatasetError
+
+#: The file kinds a cell may name (by extension); nnabla's loader reads each of them.
+FILE_EXTS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".dcm",
+    ".csv",
+    ".npy",
+    ".wav",
+)
+#: The image kinds among them, which Pillow can say more about when nnabla cannot read one.
+_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+#: A plain decimal number as a CSV cell may hold it (no '_' digit separators, no hex).
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity)$", re.IGNORECASE)
+#: Largest float32: a cell beyond it would become infinite in the network.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def is_file_cell(cell: str) -> bool:
+    """True if a CSV cell names a file (by its extension) rather than holding a number."""
+    return os.path.splitext(cell.strip())[1].lower() in FILE_EXTS
+
+
+def cell_path(cell: str) -> str:
+    r"""A file cell as a path of this system: the console on Windows writes relative paths
+    with backslashes (``.\0\12.csv``), which nnabla's own loader also accepts; where ``\``
+    is no separator they become ``/``.
+    """
+    text = cell.strip()
+    return text.replace("\\", "/") if os.sep == "/" and "\\" in text else text
+
+
+def data_path(folder: str, cell: str) -> str:
+    """The file a cell of a CSV in ``folder`` names (relative paths start at ``folder``)."""
+    text = cell_path(cell)
+    return text if os.path.isabs(text) else os.path.join(folder, text)
+
+
+def variable_value(
+    path: str,
+    number: int,
+    header: List[str],
+    row: List[str],
+    cols: Sequence[int],
+    shape: Tuple[int, ...],
+    name: str,
+    folder: str,
+    normalize: bool,
+) -> np.ndarray:
+    """The float32 value of variable ``name``, shaped ``shape``, from the cells ``cols`` of
+    the row messages call ``number`` (one cell, or one per element of a vector variable).
+
+    Raises:
+        DatasetError: a cell is bad (see :func:`cell_value`), or the value has another size
+            (an image of another shape or channel count).
+
+    """
+    values = [cell_value(path, number, header[ci], row[ci], folder, normalize) for ci in cols]
+    value = values[0] if len(values) == 1 else np.concatenate([np.ravel(v) for v in values])
+    value = np.asarray(value, dtype=np.float32)
+    if value.shape != shape:
+        if (
+            value.size != int(np.prod(shape))
+            or value.ndim > 1
+            and len(cols) == 1
+            and is_file_cell(row[cols[0]])
+        ):
+            raise DatasetError(
+                _shape_message(path, number, header, cols, row, value.shape, shape, name)
+            )
+        value = value.reshape(shape)
+    return value
+
+
+def _shape_message(path, number, header, cols, row, got, want, name) -> str:
+    where = f"{path} row {number}"
+    if len(cols) == 1 and is_file_cell(row[cols[0]]):
+        got, want = tuple(got), tuple(want)
+        if len(got) == len(want) == 3 and got[1:] == want[1:] and got[0] != want[0]:
+            kinds = {1: "grayscale", 3: "color (RGB)", 4: "color with alpha (RGBA)"}
+            return (
+                f"{where}: '{row[cols[0]]}' has {got[0]} channel(s), "
+                f"{kinds.get(got[0], 'channels')}, but the network's input '{name}' takes "
+                f"{want[0]} ({kinds.get(want[0], 'channels')}); convert the images to "
+                f"{want[0]} channel(s), or change the network's input to {got[0]} channel(s)"
+            )
+        return (
+            f"{where}: '{row[cols[0]]}' loads with shape {got} but the network's input "
+            f"'{name}' takes {want} (channels, height, width); resize the images to "
+            "the network's input size or change the network's input shape"
+        )
+    return (
+        f"{where}: variable '{name}' has shape {tuple(got)} from columns "
+        f"{[header[c] for c in cols]} but the network takes {tuple(want)}"
+    )
+
+
+def cell_value(path: str, number: int, column: str, cell: str, folder: str, normalize: bool):
+    """The value of one cell: a float32 number, or the array its file decodes to.
+
+    Raises:
+        DatasetError: neither a finite float32 number nor an existing, readable file of
+            finite values; the message names ``path``, the row ``number`` and ``column``.
+
+    """
+    text = cell.strip()
+    where = f"{path} row {number}, column '{column}'"
+    if _NUMBER.match(text):
+        return _number(where, cell, text)
+    if _NONFINITE.match(text):
+        raise DatasetError(
+            f"{where}: '{cell}' is not a finite number; give a number (labels are class "
+            "indices 0, 1, ...)"
+        )
+    if not is_file_cell(text):
+        raise DatasetError(
+            f"{where}: '{cell}' is neither a number nor a file path; labels must be numbers "
+            "written plainly (class indices 0, 1, ...; no '_' separators), and data cells "
+            f"paths to files ({', '.join(FILE_EXTS)})"
+        )
+    return _file_value(where, text, folder, normalize)
+
+
+def _number(where: str, cell: str, text: str) -> np.float32:
+    """A number cell (``text`` is ``cell`` stripped) as float32, if it stays finite."""
+    value = float(text)  # '1e400' parses to inf
+    if not np.isfinite(value):
+        raise DatasetError(
+            f"{where}: '{cell}' is not a finite number; give a number (labels are class "
+            "indices 0, 1, ...)"
+        )
+    if abs(value) > _FLOAT32_MAX:
+        raise DatasetError(
+            f"{where}: '{cell}' is beyond the range of the network's 32-bit numbers "
+            f"(about +-{_FLOAT32_MAX:.3g}); give a smaller number (labels are class indices "
+            "0, 1, ...)"
+        )
+    return np.float32(value)
+
+
+def _file_value(where: str, text: str, folder: str, normalize: bool) -> np.ndarray:
+    """The array of the file a cell names (``text``, relative to ``folder``)."""
+    full = data_path(folder, text)
+    if not os.path.isfile(full):
+        raise DatasetError(
+            f"{where}: file {_shown(text)} not found (paths are relative to the CSV's folder "
+            f"{folder})"
+        )
+    try:
+        value = load_file(full, normalize)
+    except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
+        raise DatasetError(
+            f"{where}: cannot read '{text}' ({_why_unreadable(full, e)}); replace or remove "
+            "this file"
+        ) from e
+    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        raise DatasetError(
+            f"{where}: '{text}' holds NaN or infinite values; replace them with numbers"
+        )
+    return value
+
+
+def load_file(full: str, normalize: bool) -> np.ndarray:
+    """Decode one data file as ``nnabla_cli train`` does.
+
+    8-bit grayscale and RGB PNGs (the console's usual images) are decoded here with Pillow,
+    exactly as nnabla's loader would (channels first, ``* (1 / 255)`` in float64 when
+    normalizing), at a fifth of its per-file cost; every other file goes through nnabla's
+    loader itself.
+    """
+    ext = os.path.splitext(full)[1].lower()
+    if ext == ".png":
+        value = _load_png(full, normalize)
+        if value is not None:
+            return value
+    from nnabla.utils.data_source_loader import load
+
+    with open(full, "rb") as f:
+        return np.asarray(load(ext)(f, normalize=normalize))
+
+
+def _load_png(full: str, normalize: bool) -> Optional[np.ndarray]:
+    """(C, H, W) of an 8-bit ``L`` or ``RGB`` PNG as nnabla's loader returns it; None for
+    any other kind of PNG (palette, alpha, 16-bit, ...), which nnabla's loader then handles.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    # formats=("PNG",): the extension says PNG, so Pillow need not try its other decoders
+    # first (a quarter of the per-file cost); a file that is no PNG goes to nnabla's loader.
+    try:
+        im = Image.open(full, formats=("PNG",))
+    except UnidentifiedImageError:
+        return None
+    with im:
+        if im.mode not in ("L", "RGB"):
+            return None
+        arr = np.asarray(im, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return arr * (1.0 / 255.0) if normalize else arr
+
+
+def _why_unreadable(full: str, error: Exception) -> str:
+    """A reason a user can act on: nnabla's loader only says "No backend available" when
+    every image decoder failed, so ask Pillow what is wrong with an image file.
+    """
+    ext = os.path.splitext(full)[1].lower()
+    if ext in _IMAGE_EXTS:
+        try:
+            from PIL import Image
+
+            with Image.open(full) as im:
+                im.load()
+        except Exception as pil_error:  # noqa: BLE001 - we only want its message
+            return f"not a readable image: {pil_error}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _shown(text: str) -> str:
+    """A cell in quotes for a one-line message (a line break in it shown escaped)."""
+    return repr(text) if any(c in text for c in "\r\n") else f"'{text}'"

@@ -1,0 +1,99 @@
+"""The copy of a network the replay runs: what it changes, in both phases alike.
+
+:func:`prepare_network` makes the changes and lists them (``ModelInfo.notes``):
+
+- BatchNormalization runs in inference mode (running statistics, which are not trained), so
+  per-sample losses do not depend on the rest of the batch.
+- Dropout and shape-preserving random augmentation are replaced by identity. Replaying
+  random masks inside a double-backward pass would need per-step seeds in both phases; turning
+  them off in both keeps the two phases consistent.
+
+Layers nnabla does not have, and random layers that change the shape, are refused here, before
+anything is computed.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from ..errors import NetworkDefinitionError
+
+#: Functions that are random at training time and keep the input's shape: replaced by identity.
+_RANDOM_IDENTITY = {
+    "Dropout",
+    "ImageAugmentation",
+    "RandomFlip",
+    "RandomShift",
+    "RandomErase",
+    "RandomBrightness",
+    "RandomContrast",
+}
+#: Random functions that change the shape: the replay cannot model them.
+_RANDOM_UNSUPPORTED = {"RandomCrop", "RandomResizedCrop"}
+_BATCH_NORMS = {
+    "BatchNormalization": "batch_normalization_param",
+    "FusedBatchNormalization": "fused_batch_normalization_param",
+}
+#: Names in ``nnabla.function`` that are no layer type of a network definition.
+_NOT_LAYERS = {
+    "Dummy",
+    "Function",
+    "Info",
+    "ProtoFunction",
+    "ProtoVariable",
+    "PythonFunction",
+    "UnsafeVariable",
+}
+
+
+def _is_nnabla_function(kind: str) -> bool:
+    """True if nnabla has a function (layer) of type ``kind``, e.g. ``Affine``; the graph
+    loader builds exactly these (``nnabla.utils.load_function``).
+    """
+    import nnabla.function as F
+
+    return kind[:1].isupper() and kind not in _NOT_LAYERS and callable(getattr(F, kind, None))
+
+
+def prepare_network(net, where: str) -> List[str]:
+    """Switch BatchNorm to inference mode and random functions to identity, in place.
+
+    Returns:
+        A note per function changed, e.g. ``"Dropout: Dropout disabled in both phases"``.
+
+    Raises:
+        NetworkDefinitionError: a function type nnabla does not have (checked here, before
+            anything is computed, instead of nnabla's ValueError when the graph is built).
+
+    """
+    import nnabla
+
+    notes = []
+    for f in net.function:
+        if not _is_nnabla_function(f.type):
+            raise NetworkDefinitionError(
+                f"{where}: function '{f.name}' of network '{net.name}' has type '{f.type}', "
+                f"which nnabla {nnabla.__version__} does not have; replace that layer, or "
+                "export the network from a console whose nnabla has it"
+            )
+        if f.type in _BATCH_NORMS:
+            getattr(f, _BATCH_NORMS[f.type]).batch_stat = False
+            notes.append(f"{f.name}: BatchNormalization uses running statistics")
+        elif f.type == "SyncBatchNormalization":
+            raise NetworkDefinitionError(
+                f"{where}: function '{f.name}' is SyncBatchNormalization; replace it with "
+                "BatchNormalization (single-device training) to compute influence"
+            )
+        elif f.type in _RANDOM_IDENTITY:
+            for fd, _ in f.ListFields():
+                if fd.name.endswith("_param"):
+                    f.ClearField(fd.name)
+            notes.append(f"{f.name}: {f.type} disabled in both phases")
+            f.type = "Identity"
+        elif f.type in _RANDOM_UNSUPPORTED:
+            raise NetworkDefinitionError(
+                f"{where}: function '{f.name}' ({f.type}) is random and changes the shape; the "
+                "replay cannot reproduce it. Move it to the dataset (pre-cropped images) or "
+                "remove it from the training network"
+            )
+    return notes
