@@ -21,7 +21,7 @@ Its three parts, each usable on its own:
 - :mod:`.definition`: understanding the definition (:class:`ModelInfo`, :class:`SolverConfig`,
   :class:`DatasetRef`, :func:`describe`, which also prepares the replay network);
 - :mod:`.model`: :class:`NnablaModel`, :class:`LossGraph`, :func:`make_context`,
-  :func:`load_model`.
+  :func:`load_model`, :func:`prepare_process` (nnabla set up in a worker process).
 
 ``sgd_influence_plugin.nnabla_adapter`` stays the import path for all of these names.
 """
@@ -36,7 +36,7 @@ from .definition import _solver_config as _solver_config
 from .files import _check_file as _check_file
 from .files import _parse_nntxt as _parse_nntxt
 from .files import read_params, read_result
-from .model import LossGraph, NnablaModel, load_model, make_context
+from .model import LossGraph, NnablaModel, load_model, make_context, prepare_process
 
 __all__ = [
     "DatasetRef",
@@ -47,6 +47,7 @@ __all__ = [
     "describe",
     "load_model",
     "make_context",
+    "prepare_process",
     "read_params",
     "read_result",
 ]
