@@ -192,7 +192,7 @@ def _load_png(full: str, normalize: bool) -> Optional[np.ndarray]:
     return arr * (1.0 / 255.0) if normalize else arr
 
 
-#: Rows below which reading stays in this process (forking costs more than it saves).
+#: Rows below which reading stays in this process (starting workers costs more than it saves).
 PARALLEL_MIN_ROWS = 4000
 
 
@@ -252,28 +252,12 @@ def load_dataset(
         for name, shape in needs.items()
     }
 
-    def decode(lo: int, hi: int, report: Callable[[int, int], None]) -> Dict[str, np.ndarray]:
-        """Rows lo..hi-1 of every needed variable; ``report(rows done, rows)`` within the
-        block.
-        """
-        block = {
-            name: np.empty((hi - lo,) + shape, dtype=np.float32)
-            for name, (shape, _) in plan.items()
-        }
-        for ri in range(lo, hi):
-            for name, (shape, cols) in plan.items():
-                block[name][ri - lo] = _row_value(
-                    path, numbers[ri], header, rows[ri], cols, shape, name, folder, normalize
-                )
-            done = ri + 1 - lo
-            if done % 500 == 0 or done == hi - lo:
-                report(done, hi - lo)
-        return block
-
     n = len(rows)
     jobs = max(1, int(jobs))
+    shared = (path, numbers, header, rows, plan, folder, normalize)
     if jobs == 1 or n < PARALLEL_MIN_ROWS:
-        arrays = decode(0, n, progress or (lambda done, total: None))
+        report = progress or (lambda done, total: None)
+        arrays = _decode_unit((0, n), lambda stage, done, total: report(done, total), *shared)
     else:
         from . import parallel
 
@@ -287,10 +271,7 @@ def load_dataset(
                 progress(sum(done_per_block), n)
 
         parts = parallel.run_parallel(
-            lambda block, report: decode(block[0], block[1], lambda d, t: report("read", d, t)),
-            blocks,
-            jobs=jobs,
-            on_progress=on_progress,
+            _decode_unit, blocks, shared, jobs=jobs, on_progress=on_progress
         )
         arrays = {name: np.concatenate([part[name] for part in parts]) for name in plan}
     return Dataset(
@@ -301,6 +282,26 @@ def load_dataset(
         columns={n: [header[ci] for ci, _ in columns[n]] for n in needs},
         numbers=numbers,
     )
+
+
+def _decode_unit(block, progress, path, numbers, header, rows, plan, folder, normalize):
+    """Rows ``lo..hi-1`` (``block``) of every variable of ``plan`` (name -> (shape, column
+    indices)), as a unit of :func:`.parallel.run_parallel`; ``progress("read", rows done,
+    rows)`` within the block.
+    """
+    lo, hi = (int(b) for b in block)
+    out = {
+        name: np.empty((hi - lo,) + shape, dtype=np.float32) for name, (shape, _) in plan.items()
+    }
+    for ri in range(lo, hi):
+        for name, (shape, cols) in plan.items():
+            out[name][ri - lo] = _row_value(
+                path, numbers[ri], header, rows[ri], cols, shape, name, folder, normalize
+            )
+        done = ri + 1 - lo
+        if done % 500 == 0 or done == hi - lo:
+            progress("read", done, hi - lo)
+    return out
 
 
 def _row_value(path, number, header, row, cols, shape, name, folder, normalize) -> np.ndarray:

@@ -817,7 +817,7 @@ def test_case13_a_second_ctrl_c_while_workers_are_reaped_leaves_none(monkeypatch
     import signal
     import threading
 
-    monkeypatch.setattr(parallel, "_TERMINATE_GRACE", 2.0)
+    monkeypatch.setattr(parallel, "TERMINATE_GRACE", 2.0)
     me = os.getpid()
 
     def on_progress(i, stage, done, total):
