@@ -505,3 +505,29 @@ def test_a_helper_error_or_death_reaches_the_parent_and_no_process_is_left():
         with coworker.helper(fn) as h:
             raise ValueError("the caller's")
     assert _children() == []
+
+
+CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
+
+
+def test_the_command_with_spawned_workers_writes_what_forked_ones_write(results, data28, tmp_path):
+    """``sgd-influence run --jobs 2`` end to end with its workers spawned (as on Windows: each
+    imports the console script and the package afresh) and forked: the same files, and
+    nothing on stderr but the command's own lines."""
+    outs = {}
+    for start in ("spawn", "fork") if parallel.fork_available() else ("spawn",):
+        out = tmp_path / start / "influence.csv"
+        proc = subprocess.run(
+            [
+                CLI, "run", "--model", os.path.join(results("mlp"), "results.nnp"),
+                "--train", data28["train"], "--val", data28["val"], "--output", str(out),
+                "--trials", "3", "--jobs", "2", "--no-recommend", "--quiet",
+            ],
+            capture_output=True, text=True, timeout=300,
+            env=dict(os.environ, **{parallel.START_VARIABLE: start}),
+        )  # fmt: skip
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+        outs[start] = [
+            (out.parent / name).read_text() for name in ("influence.csv", "influence_trials.csv")
+        ]
+    assert len(set(map(tuple, outs.values()))) == 1
