@@ -19,8 +19,8 @@ HELP = {
     "epochs": "SGD epochs of the training phase; the last is replayed",
     "trials": "independent trials combined (sample orders from seeds seed, seed + 1, ...), each "
     "scaled to a common size",
-    "jobs": "worker processes for the trials (a lone trial's replay uses two) and the "
-    "recommendation's check epochs (no effect on the results)",
+    "jobs": "worker processes for the independent units: trials (a lone trial's replay uses "
+    "two), check epochs, retrainings (no effect on the results)",
     "replay_step": "fd = two first-order passes at theta +/- eps*u per replay step, about 2.5x "
     "faster than exact, a smoothed Hessian on ReLU networks; exact = one double-backward pass",
     "seed": "seed of the first trial's sample order",
