@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: env data test test-slow lint demo bench bench-full gpu-check lock clean
+.PHONY: env data test test-slow lint demo picture bench bench-full gpu-check lock clean
 
 env:  ## create .venv with nnabla 1.39.0 and the pinned packages (idempotent)
 	@bash scripts/bootstrap_env.sh
@@ -24,6 +24,9 @@ lint: env
 
 demo: data  ## build the Fashion-MNIST sample, train it with nnabla_cli, run the plugin
 	$(PY) samples/fashion_mnist/run_demo.py
+
+picture: demo  ## the README's picture (docs/images/demo.png) from the demo's output
+	$(PY) scripts/readme_picture.py
 
 bench: data  ## speed benchmark: sample CNN and LeNet, 3,000 images (a few minutes)
 	$(PY) benchmarks/replay_speed.py

@@ -418,10 +418,7 @@ def stages_in_process(result: str, csvs: dict, work: str, context: str) -> dict:
     out_dir = os.path.join(work, "write_probe")
     output.write_influence_output(
         os.path.join(out_dir, "influence.csv"),
-        scores,
-        train,
-        list(model.info.input_shapes),
-        {"probe": True},
+        output.RunContent(scores, train, list(model.info.input_shapes), {"probe": True}),
     )
     t3 = time.perf_counter()
     shutil.rmtree(out_dir, ignore_errors=True)

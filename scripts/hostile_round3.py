@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT]
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 COUNTS = defaultdict(lambda: [0, 0])
 FAILS = []
@@ -77,8 +77,9 @@ def record(group, name, kept, detail=""):
 
 
 def build(world):
-    from conftest import make_png_dataset, train_result
+    from support.fashion_mnist import make_png_dataset
     from support.netdef import NetSpec
+    from support.results import train_result
 
     if os.path.exists(world):
         shutil.rmtree(world)

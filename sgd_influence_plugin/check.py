@@ -4,8 +4,8 @@ The measurement itself (one influence trial against exact leave-one-out re-runs,
 correlations and the verdict) is :mod:`.fidelity`. This module reads and checks the inputs
 the way ``run`` does (:func:`.inputs.load_inputs`) and writes, named after the ``--output``
 CSV (``check.csv``): ``check.csv`` (one row per checked sample), ``check_plot.png`` (estimate
-vs actual) and ``check_settings.yaml`` (settings and figures), with the ownership rule and
-all-or-nothing commit of :mod:`.ownership`.
+vs actual) and ``check_settings.yaml`` (settings and figures): one output set, written all
+or nothing through :mod:`.output_set`.
 """
 
 from __future__ import annotations
@@ -19,16 +19,17 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 
 from . import interrupts, output, ownership, places, validation
-from .errors import OutputError, SettingsError
-from .fidelity import (  # noqa: F401 - correlations, verdict_line: imported from here too
+from .errors import SettingsError
+from .fidelity import (  # noqa: F401 - verdict_line: the CLI and the dialog import it here
     DEFAULT_SAMPLES,
     MIN_SAMPLES,
     CheckResult,
     check_fidelity,
-    correlations,
     verdict_line,
 )
+from .figures import MAX_X_TICKS, axis_scale
 from .inputs import load_inputs
+from .output_set import MAIN, OutputSet, companion_path, write
 from .runner import RunRequest
 from .settings import InfluenceSettings, write_yaml
 from .table_columns import find_columns
@@ -44,8 +45,7 @@ CHECK_COLUMNS = ["datasource_index", "group", "estimate", "actual", "original"]
 
 def companion(out_csv: str, kind: str) -> str:
     """Absolute path of companion ``kind`` (a key of :data:`CHECK_COMPANIONS`) of the CSV."""
-    folder, name = os.path.split(os.path.abspath(out_csv))
-    return os.path.join(folder, os.path.splitext(name)[0] + CHECK_COMPANIONS[kind])
+    return companion_path(out_csv, CHECK_COMPANIONS[kind])
 
 
 def check_check_outputs(
@@ -83,15 +83,13 @@ def check_check_outputs(
 def check_figure(result: CheckResult):
     """The check's plot: estimate against actual, one colour per group, the line
     estimate = actual; both axes in the same units, their power of ten in the axis labels
-    (:func:`.report.axis_scale`) rather than in offset text that would collide with them.
+    (:func:`.figures.axis_scale`) rather than in offset text that would collide with them.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-
-    from .report import MAX_X_TICKS, axis_scale
 
     factor, suffix = axis_scale(np.concatenate([result.estimate, result.actual]))
     estimate, actual = result.estimate / factor, result.actual / factor
@@ -116,21 +114,49 @@ def check_figure(result: CheckResult):
     return fig
 
 
-def _plot(path: str, result: CheckResult) -> bool:
-    """Write the plot; False (nothing written) without matplotlib, which the console's own
-    Python may lack.
-    """
+def _can_plot() -> bool:
+    """True if matplotlib is there to draw the plot; the console's own Python may lack it."""
     try:
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot  # noqa: F401
     except ImportError:
         return False
+    return True
+
+
+def _write_plot(path: str, result: CheckResult) -> None:
+    import matplotlib.pyplot as plt
 
     fig = check_figure(result)
     try:
         fig.savefig(path, dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
-    return True
+
+
+def _write_check_csv(path: str, result: CheckResult, originals: Sequence[str]) -> None:
+    """One row per checked sample, sorted by estimate ascending (most harmful first)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(CHECK_COLUMNS)
+        for i in np.argsort(result.estimate, kind="stable"):
+            j = int(result.index[i])
+            w.writerow(
+                [
+                    j,
+                    result.group[i],
+                    repr(float(result.estimate[i])),
+                    repr(float(result.actual[i])),
+                    originals[j],
+                ]
+            )
+
+
+def check_set(out_csv: str, flag: str = "--output", plot: bool = True) -> OutputSet:
+    """The output set ``check`` writes: the check CSV, its plot (with ``plot``) and its
+    settings YAML.
+    """
+    kinds = [k for k in CHECK_COMPANIONS if plot or k != "plot"]
+    return OutputSet(out_csv, "check", flag, companions={k: companion(out_csv, k) for k in kinds})
 
 
 def write_check_output(
@@ -158,45 +184,16 @@ def write_check_output(
         OutputError: a target holds something the tool did not write, or writing failed.
 
     """
-    paths = {"csv": os.path.abspath(out_csv)}
-    paths.update({kind: companion(out_csv, kind) for kind in CHECK_COMPANIONS})
-    folder = os.path.dirname(paths["csv"])
-    owner = ownership.set_name("check", out_csv)
-    for path in paths.values():
-        ownership.check_replaceable(path, flag, owner=owner)
-    with ownership.staging(folder, flag) as stage:
-
-        def staged(path: str) -> str:
-            return os.path.join(stage, os.path.basename(path))
-
-        with open(staged(paths["csv"]), "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(CHECK_COLUMNS)
-            for i in np.argsort(result.estimate, kind="stable"):
-                j = int(result.index[i])
-                w.writerow(
-                    [
-                        j,
-                        result.group[i],
-                        repr(float(result.estimate[i])),
-                        repr(float(result.actual[i])),
-                        originals[j],
-                    ]
-                )
-        if not _plot(staged(paths["plot"]), result):
-            facts = {**facts, "plot": "left out: matplotlib is not installed in this Python"}
-            del paths["plot"]
-        write_yaml(staged(paths["settings"]), facts)
-        moves = [(staged(paths[k]), paths[k]) for k in CHECK_COMPANIONS if k in paths]
-        try:
-            ownership.commit_staged(
-                folder, moves + [(staged(paths["csv"]), paths["csv"])], [], flag, owner=owner
-            )
-        except OSError as e:
-            raise OutputError(
-                f"{e.filename or folder}: cannot write ({e.strerror or e}); give another {flag}"
-            ) from e
-    return paths
+    plan = check_set(out_csv, flag, plot=_can_plot())
+    if "plot" not in plan.companions:
+        facts = {**facts, "plot": "left out: matplotlib is not installed in this Python"}
+    writers = {
+        MAIN: lambda path: _write_check_csv(path, result, originals),
+        "plot": lambda path: _write_plot(path, result),
+        "settings": lambda path: write_yaml(path, facts),
+    }
+    write(plan, {kind: w for kind, w in writers.items() if kind in plan.kinds})
+    return {kind: plan.path(kind) for kind in ("csv", *plan.companions)}
 
 
 def check_facts(result: CheckResult, settings: InfluenceSettings, extra: Dict) -> Dict:
@@ -260,7 +257,6 @@ def run_check(
     log: Callable[[str], None] = lambda m: None,
     progress=None,
     flags: validation.FlagNames = validation.CLI_FLAGS,
-    samples_flag: str = "--samples",
 ) -> tuple:
     """Load and check every input (:func:`.inputs.load_inputs`), run
     :func:`~.fidelity.check_fidelity` (one trial, whatever ``settings.trials`` says), write
@@ -278,10 +274,10 @@ def run_check(
 
     context, jobs = request.settings.context, request.settings.jobs
     with open_executor(request.cluster, context, jobs, log) as executor:
-        return _run_check(request, log, progress, flags, samples_flag, executor)
+        return _run_check(request, log, progress, flags, executor)
 
 
-def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, executor) -> tuple:
+def _run_check(request: CheckRequest, log, progress, flags, executor) -> tuple:
     settings = replace(request.settings, trials=1)  # the check runs and records one trial
     files = RunRequest(
         output=request.output,
@@ -293,7 +289,7 @@ def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, e
         settings=settings,
     )
     m = request.samples
-    _check_samples(m, samples_flag)
+    _check_samples(m, flags.samples)
 
     def check_places(input_files, image_dirs) -> None:
         check_check_outputs(request.output, flags.output, input_files, sorted(image_dirs))
@@ -302,8 +298,6 @@ def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, e
         info = model.info
         for d in (train, val):
             validation.check_label_values(d, getattr(info, "label_classes", {}))
-        wd = info.solver.weight_decay if settings.weight_decay is None else settings.weight_decay
-        validation.check_weight_decay(wd, info.source, flags)
         if train.size < MIN_SAMPLES:
             raise SettingsError(
                 f"{train.path} has only {train.size} row(s); the check re-runs at least "
@@ -311,12 +305,12 @@ def _run_check(request: CheckRequest, log, progress, flags, samples_flag: str, e
             )
         if m > train.size:
             raise SettingsError(
-                f"{samples_flag} {m}: {train.path} has only {train.size} rows; give at most "
+                f"{flags.samples} {m}: {train.path} has only {train.size} rows; give at most "
                 f"{train.size}"
             )
         batch = settings.batch_size or info.solver.batch_size
         check_training_size(train.path, train.size, batch, flags.batch_size)
-        validation.check_known_rate(settings.lr, wd, train.size, batch, info)
+        validation.check_replay_rate(settings, info, train.size, flags)
         need = validation.estimate_bytes(  # one trial; no thumbnails, only a small plot
             n_train=train.size,
             n_params=model.n_params,

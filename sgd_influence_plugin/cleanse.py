@@ -7,22 +7,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from . import places, validation
+from .cleansed_csv import recommended_changes, write_cleansed
 from .dataset import parse_header_cell, read_csv_rows, read_csv_table
 from .errors import InputError
-from .output import companion_path, recommended_changes, write_cleansed
-from .ownership import (
-    check_replaceable,
-    commit_staged,
-    output_set,
-    read_ledger,
-    set_name,
-    staging,
-)
+from .output import companion_path
+from .output_set import MAIN, OutputSet, write
+from .ownership import output_set, read_ledger, set_name
 from .relabels import check_relabels
 
 
@@ -120,13 +115,14 @@ def read_influence_csv(path: str) -> InfluenceTable:
     )
 
 
-def _check_influence_rows(
-    influence_csv, train_csv, header, rows, idx, orig, labels, numbers=None, label=None
-) -> None:
-    """The influence CSV must list every row of the training CSV once, with its image and
-    its label; raises :class:`InputError` naming the first row that does not (training rows
-    by their ``numbers``, blank lines counted, see :func:`.dataset.read_csv_rows`).
+def _check_influence_rows(files, header, rows, table: InfluenceTable, numbers=None) -> None:
+    """The influence CSV (``table``) must list every row of the training CSV once, with its
+    image and its label (``files``: the two CSVs' paths); raises :class:`InputError` naming
+    the first row that does not (training rows by their ``numbers``, blank lines counted,
+    see :func:`.dataset.read_csv_rows`).
     """
+    influence_csv, train_csv = files
+    idx, orig, labels, label = table.index, table.original, table.labels, table.label_header
     numbers = numbers or list(range(1, len(rows) + 1))
     n = len(rows)
     seen: Dict[int, int] = {}
@@ -206,6 +202,29 @@ def cleanse(
     flags = flags or validation.CLI_FLAGS
     validation.check_remove_choice(remove, remove_ratio, flags)
     header, rows, numbers = read_csv_rows(train_csv)
+    plan = _planned_set(influence_csv, train_csv, output, header, rows, flags)
+    table = read_influence_csv(influence_csv)
+    files = (influence_csv, train_csv)
+    _check_influence_rows(files, header, rows, table, numbers)
+    drop, relabel, label_col = _changes(table, files, header, rows, remove, remove_ratio, flags)
+    src_folder = os.path.dirname(os.path.abspath(train_csv))
+
+    def cleansed(path: str) -> None:
+        write_cleansed(header, rows, drop, src_folder, plan.folder, path, relabel, label_col)
+
+    write(plan, {MAIN: cleansed})
+    return {
+        "removed": sorted(drop),
+        "relabelled": dict(sorted(relabel.items())),
+        "kept": len(rows) - len(drop),
+        "output": plan.main,
+    }
+
+
+def _planned_set(influence_csv, train_csv, output, header, rows, flags) -> OutputSet:
+    """The set ``cleanse`` writes (the cleansed CSV alone), checked before anything is read
+    further: the output place's rules and the file's owner (see :func:`_output_set`).
+    """
     places.check_output_csv(
         output,
         flags.output,
@@ -214,52 +233,46 @@ def cleanse(
     )
     if os.path.isdir(os.path.dirname(os.path.abspath(output))):
         read_ledger(os.path.dirname(os.path.abspath(output)))
-    owner = _output_set(influence_csv, output)
-    check_replaceable(output, flags.output, owner=owner)
-    table = read_influence_csv(influence_csv)
-    idx, orig, labels = table.index, table.original, table.labels
-    _check_influence_rows(
-        influence_csv, train_csv, header, rows, idx, orig, labels, numbers, table.label_header
-    )
+    plan = OutputSet(output, "cleanse", flags.output, owner=_output_set(influence_csv, output))
+    plan.check()
+    return plan
+
+
+def _changes(
+    table: InfluenceTable, files, header, rows, remove, remove_ratio, flags
+) -> Tuple[set, Dict[int, str], Optional[int]]:
+    """``(rows to drop, {row: new label}, the label column to relabel in or None)``: the
+    ``remove`` most harmful rows (or that share), else the influence CSV's actions.
+
+    Raises:
+        InputError: no action column, every row marked remove, or no label column to
+            relabel in.
+
+    """
+    influence_csv, train_csv = files
     n = len(rows)
-    relabel: Dict[int, str] = {}
-    label_col = None
-    if remove is None and remove_ratio is None:
-        if table.actions is None:
-            raise InputError(
-                f"{influence_csv}: no 'action' column (written by an older version); give "
-                f"{flags.remove or 'a number of rows'} N or {flags.remove_ratio} R, or run "
-                "'sgd-influence run' again"
-            )
-        actions = [""] * n
-        suggested = [""] * n
-        for j, a, g in zip(idx.tolist(), table.actions, table.suggested):
-            actions[j], suggested[j] = a, g
-        check_relabels(influence_csv, table.actions, table.suggested, labels)
-        drop, relabel = recommended_changes(actions, suggested)
-        if len(drop) >= n:
-            raise InputError(f"{influence_csv}: every row is marked remove; nothing would be left")
-        if relabel:
-            label_col = _label_column(
-                header, rows, idx, labels, influence_csv, train_csv, flags, table.label_header
-            )
-    else:
+    if remove is not None or remove_ratio is not None:
         remove = validation.rows_to_remove(n, remove, remove_ratio, flags, train_csv)
-        order = idx[np.argsort(table.influence, kind="stable")]
-        drop = set(order[:remove].tolist())
-    out = os.path.abspath(output)
-    folder = os.path.dirname(out)
-    src_folder = os.path.dirname(os.path.abspath(train_csv))
-    with staging(folder, flags.output) as stage:
-        staged = os.path.join(stage, os.path.basename(out))
-        write_cleansed(header, rows, drop, src_folder, folder, staged, relabel, label_col)
-        commit_staged(folder, [(staged, out)], [], flags.output, owner=owner)
-    return {
-        "removed": sorted(drop),
-        "relabelled": dict(sorted(relabel.items())),
-        "kept": n - len(drop),
-        "output": out,
-    }
+        order = table.index[np.argsort(table.influence, kind="stable")]
+        return set(order[:remove].tolist()), {}, None
+    if table.actions is None:
+        raise InputError(
+            f"{influence_csv}: no 'action' column (written by an older version); give "
+            f"{flags.remove or 'a number of rows'} N or {flags.remove_ratio} R, or run "
+            "'sgd-influence run' again"
+        )
+    actions = [""] * n
+    suggested = [""] * n
+    for j, a, g in zip(table.index.tolist(), table.actions, table.suggested):
+        actions[j], suggested[j] = a, g
+    check_relabels(influence_csv, table.actions, table.suggested, table.labels)
+    drop, relabel = recommended_changes(actions, suggested)
+    if len(drop) >= n:
+        raise InputError(f"{influence_csv}: every row is marked remove; nothing would be left")
+    if not relabel:
+        return drop, relabel, None
+    idx, labels, label = table.index, table.labels, table.label_header
+    return drop, relabel, _label_column(header, rows, idx, labels, *files, flags, label)
 
 
 def _output_set(influence_csv: str, output: str) -> str:

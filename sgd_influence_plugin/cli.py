@@ -12,11 +12,9 @@ import shutil
 import sys
 from typing import List, Optional
 
-from . import interrupts
+from . import interrupts, option_parsers
 from .errors import OutputError, SGDInfluenceError
-from .options import HELP
-from .settings import CACHE_MODES, DEFAULT_TRIALS, REPLAY_STEPS, InfluenceSettings
-from .target import TARGETS
+from .settings import InfluenceSettings
 
 SIGN_NOTE = (
     "Influence = estimated change of the mean validation loss if the sample were "
@@ -26,261 +24,59 @@ SIGN_NOTE = (
 )
 
 
-#: Title of the argument group that holds the options a command cannot run without.
-REQUIRED = "required arguments"
-
-
-def _add_model_and_data(p) -> None:
-    """The model (``--model``, or ``--config`` with ``--params``) and dataset options that
-    ``run`` and ``check`` share.
-    """
-    src = p.add_argument_group("model (required: --model, or --config with --params)")
-    src.add_argument("--model", help=HELP["model"])
-    src.add_argument("--config", help=HELP["config"])
-    src.add_argument("--params", help=HELP["params"])
-    p.add_argument(
-        "--train",
-        help=HELP["train"] + " (default: the optimizer's dataset in the network definition)",
-    )
-    p.add_argument(
-        "--val",
-        help=HELP["val"] + " (default: the validation monitor's dataset in the network definition)",
-    )
-
-
-def _add_run(sub):
-    p = sub.add_parser(
-        "run",
-        help="compute SGD-influence and write the sorted influence CSV",
-        description="Compute the SGD-influence of every training sample (Hara et al. 2019) with "
-        "the storage-efficient replay of Suzuki et al. 2021, and write an influence "
-        "CSV with thumbnails. " + SIGN_NOTE,
-    )
-    req = p.add_argument_group(REQUIRED)
-    req.add_argument(
-        "--output",
-        required=True,
-        help="influence CSV to write (a new .csv file, or one sgd-influence wrote); beside it "
-        "go STEM_cleansed.csv, STEM_settings.yaml, STEM_summary.txt, STEM_trials.csv and, "
-        "for large images, STEM_thumbnails/ (STEM = the CSV's name without .csv)",
-    )
-    _add_model_and_data(p)
-    p.add_argument(
-        "--batch-size", type=int, help=HELP["batch_size"] + " (default: the training dataset's)"
-    )
-    p.add_argument("--lr", default="auto", help=HELP["lr"] + " (default: auto)")
-    p.add_argument(
-        "--weight-decay",
-        type=float,
-        help=HELP["weight_decay"] + " (default: the solver's weight_decay)",
-    )
-    p.add_argument("--epochs", type=int, default=1, help=HELP["epochs"] + " (default: %(default)s)")
-    p.add_argument(
-        "--trials",
-        type=int,
-        default=DEFAULT_TRIALS,
-        help=HELP["trials"] + f" (default: {DEFAULT_TRIALS})",
-    )
-    p.add_argument(
-        "--retries",
-        type=int,
-        default=2,
-        help="times an unstable trial is run again at a quarter of its rate before the run "
-        "stops with an error (default: 2)",
-    )
-    p.add_argument("--seed", type=int, default=0, help=HELP["seed"] + " (default: %(default)s)")
-    p.add_argument(
-        "--replay-step",
-        choices=REPLAY_STEPS,
-        default="fd",
-        help=HELP["replay_step"] + " (default: %(default)s)",
-    )
-    p.add_argument(
-        "--jobs",
-        type=int,
-        metavar="N",
-        help=HELP["jobs"] + " (default: the usable cores, at most the trials)",
-    )
-    p.add_argument(
-        "--cache",
-        choices=CACHE_MODES,
-        default="final",
-        help=HELP["cache"] + " (default: %(default)s)",
-    )
-    p.add_argument(
-        "--target",
-        choices=TARGETS,
-        default="class-centred",
-        help=HELP["target"] + " (default: %(default)s)",
-    )
-    p.add_argument(
-        "--cache-dir",
-        help="keep the cache in this folder, new or empty or one sgd-influence made (default: "
-        "a temporary folder, removed at the end)",
-    )
-    p.add_argument("--context", default="cpu", help=HELP["context"] + " (default: %(default)s)")
-    p.add_argument("--report", action="store_true", help=HELP["report"] + " (default: off)")
-    p.add_argument(
-        "--thumb-size",
-        type=int,
-        default=64,
-        metavar="PX",
-        help="images larger than a PX x PX box (16..512) are shown as reduced thumbnails "
-        "in STEM_thumbnails/; images that fit are shown as they are (default: %(default)s)",
-    )
-    p.add_argument(
-        "--label-names",
-        metavar="FILE",
-        help=HELP["label_names"] + " (default: the label numbers only)",
-    )
-    p.add_argument(
-        "--remove-ratio",
-        type=float,
-        metavar="R",
-        help=HELP["remove_ratio"] + ", 0 <= R < 1 (default: apply the recommendation)",
-    )
-    p.add_argument(
-        "--no-recommend",
-        action="store_true",
-        help=HELP["recommend"] + " (default: off)",
-    )
-    p.add_argument("--cluster", metavar="ADDRESS", help=HELP["cluster"] + " (default: none)")
-    p.add_argument("--quiet", action="store_true", help=HELP["quiet"] + " (default: off)")
-    p.set_defaults(func=cmd_run)
-
-
-def _add_cleanse(sub):
-    p = sub.add_parser(
-        "cleanse",
-        help="write the training CSV with the recommendation applied",
-        description="Write a console dataset CSV with the influence CSV's recommendation "
-        "applied (rows marked relabel get suggested_label, rows marked remove are dropped), "
-        "or, with --remove/--remove-ratio, without the top-N (or top share of) harmful rows "
-        "instead. Other columns are kept; file paths are rewritten relative to the new CSV's "
-        "folder. The training CSV is not modified.",
-    )
-    req = p.add_argument_group(REQUIRED)
-    req.add_argument("--influence", required=True, help="influence CSV from 'sgd-influence run'")
-    req.add_argument("--train", required=True, help="the training CSV it was computed for")
-    req.add_argument(
-        "--output",
-        required=True,
-        help="cleansed CSV to write (a new .csv file, or one sgd-influence wrote)",
-    )
-    g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--remove",
-        type=int,
-        metavar="N",
-        help="override the recommendation: remove the N most harmful rows, or R (default: "
-        "apply the influence CSV's action column)",
-    )
-    g.add_argument(
-        "--remove-ratio",
-        type=float,
-        metavar="R",
-        help=HELP["remove_ratio"] + ", 0 <= R < 1, rounded to whole rows, or N (default: "
-        "apply the influence CSV's action column)",
-    )
-    p.set_defaults(func=cmd_cleanse)
-
-
-def _add_install(sub):
-    p = sub.add_parser(
-        "install-plugin",
-        help="copy the console plugin into Neural Network Console",
-        description="Copy the console entry script(s) into NNC's plugins folder (e.g. "
-        "C:\\...\\neural_network_console\\libs\\plugins) and the package beside "
-        "each script, so the console's Python imports this package from there (it also needs "
-        "what the package imports: numpy, h5py, PyYAML, Pillow and tqdm, which nnabla itself "
-        "requires, and matplotlib for the check's plot and the report). Only what "
-        "install-plugin itself installed there earlier is replaced (the package as a whole); "
-        "any other file or folder of those names, in any case, is refused.",
-    )
-    p.add_argument(
-        "plugins_dir", metavar="NNC_PLUGINS_DIR", help="NNC's libs/plugins folder (required)"
-    )
-    p.set_defaults(func=cmd_install_plugin)
-
-
-def _add_evaluate(sub):
-    from .evaluate import add_arguments
-
-    p = sub.add_parser(
-        "evaluate",
-        help="the data-cleansing experiment (Hara et al. 2019, Figure 2)",
-        description="Remove the top-n harmful (or n random) training samples, retrain, and "
-        "measure test accuracy, for several n and seeds; writes a results CSV and "
-        "a plot.",
-    )
-    add_arguments(p)
-    p.set_defaults(func=cmd_evaluate)
-
-
-def _add_check(sub):
-    from .check import DEFAULT_SAMPLES, MIN_SAMPLES
-
-    p = sub.add_parser(
-        "check",
-        help="measure how well the scores match exact leave-one-out on your model",
-        description="Compute one trial of the influence, then re-run the replayed epoch "
-        "exactly without each of M samples (the most harmful, the most helpful and random "
-        "ones) and report the Pearson and Spearman correlation between the estimates and "
-        "the actual change of the mean validation loss, a scatter plot and a verdict (good: "
-        "Spearman >= 0.7, weak: >= 0.3, else poor). ReLU kinks lower the correlation of "
-        "exact leave-one-out differences, so a weak verdict on a ReLU network does not by "
-        "itself make the ranking useless.",
-    )
-    req = p.add_argument_group(REQUIRED)
-    req.add_argument(
-        "--output",
-        required=True,
-        help="check CSV to write (a new .csv file, or one sgd-influence wrote): one row per "
-        "checked sample; beside it go STEM_plot.png and STEM_settings.yaml, where STEM is its "
-        "name without .csv",
-    )
-    _add_model_and_data(p)
-    p.add_argument(
-        "--samples",
-        type=int,
-        default=DEFAULT_SAMPLES,
-        metavar="M",
-        help=HELP["check.samples"] + f"; at least {MIN_SAMPLES} (default: %(default)s)",
-    )
-    p.add_argument(
-        "--batch-size", type=int, help=HELP["batch_size"] + " (default: the training dataset's)"
-    )
-    p.add_argument("--lr", default="auto", help=HELP["lr"] + " (default: auto)")
-    p.add_argument(
-        "--weight-decay",
-        type=float,
-        help=HELP["weight_decay"] + " (default: the solver's weight_decay)",
-    )
-    p.add_argument("--epochs", type=int, default=1, help=HELP["epochs"] + " (default: %(default)s)")
-    p.add_argument(
-        "--seed", type=int, default=0, help=HELP["check.seed"] + " (default: %(default)s)"
-    )
-    p.add_argument(
-        "--cache",
-        choices=CACHE_MODES,
-        default="final",
-        help=HELP["cache"] + " (default: %(default)s)",
-    )
-    p.add_argument("--context", default="cpu", help=HELP["context"] + " (default: %(default)s)")
-    p.add_argument("--cluster", metavar="ADDRESS", help=HELP["cluster"] + " (default: none)")
-    p.add_argument("--quiet", action="store_true", help=HELP["check.quiet"] + " (default: off)")
-    p.set_defaults(func=cmd_check)
+#: What each subcommand does: ``(help, description)``; its options come from
+#: :data:`.option_parsers.COMMANDS`.
+SUBCOMMANDS = {
+    "run": (
+        "compute SGD-influence and write the sorted influence CSV",
+        "Compute the SGD-influence of every training sample (Hara et al. 2019) with the "
+        "storage-efficient replay of Suzuki et al. 2021, and write an influence CSV with "
+        "thumbnails. " + SIGN_NOTE,
+    ),
+    "cleanse": (
+        "write the training CSV with the recommendation applied",
+        "Write a console dataset CSV with the influence CSV's recommendation applied (rows "
+        "marked relabel get suggested_label, rows marked remove are dropped), or, with "
+        "--remove/--remove-ratio, without the top-N (or top share of) harmful rows instead. "
+        "Other columns are kept; file paths are rewritten relative to the new CSV's folder. "
+        "The training CSV is not modified.",
+    ),
+    "evaluate": (
+        "the data-cleansing experiment (Hara et al. 2019, Figure 2)",
+        "Remove the top-n harmful (or n random) training samples, retrain, and measure test "
+        "accuracy, for several n and seeds; writes a results CSV and a plot.",
+    ),
+    "check": (
+        "measure how well the scores match exact leave-one-out on your model",
+        "Compute one trial of the influence, then re-run the replayed epoch exactly without "
+        "each of M samples (the most harmful, the most helpful and random ones) and report "
+        "the Pearson and Spearman correlation between the estimates and the actual change of "
+        "the mean validation loss, a scatter plot and a verdict (good: Spearman >= 0.7, weak: "
+        ">= 0.3, else poor). ReLU kinks lower the correlation of exact leave-one-out "
+        "differences, so a weak verdict on a ReLU network does not by itself make the ranking "
+        "useless.",
+    ),
+    "install-plugin": (
+        "copy the console plugin into Neural Network Console",
+        "Copy the console entry script(s) into NNC's plugins folder (e.g. "
+        "C:\\...\\neural_network_console\\libs\\plugins) and the package beside each script, so "
+        "the console's Python imports this package from there (it also needs what the package "
+        "imports: numpy, h5py, PyYAML, Pillow and tqdm, which nnabla itself requires, and "
+        "matplotlib for the check's plot and the report). Only what install-plugin itself "
+        "installed there earlier is replaced (the package as a whole); any other file or "
+        "folder of those names, in any case, is refused.",
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sgd-influence`` argument parser."""
     parser = argparse.ArgumentParser(prog="sgd-influence", description=SIGN_NOTE)
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_run(sub)
-    _add_cleanse(sub)
-    _add_evaluate(sub)
-    _add_check(sub)
-    _add_install(sub)
+    for name, (summary, description) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=description)
+        option_parsers.add_command_options(p, name)
+        p.set_defaults(func=_COMMANDS[name])
     return parser
 
 
@@ -288,26 +84,9 @@ def _say(quiet: bool):
     return (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr))
 
 
-#: InfluenceSettings fields a subcommand may have as options of the same name.
-_SETTING_OPTIONS = (
-    "lr",
-    "weight_decay",
-    "batch_size",
-    "epochs",
-    "trials",
-    "retries",
-    "jobs",
-    "replay_step",
-    "seed",
-    "cache",
-    "context",
-    "target",
-)
-
-
 def _settings_from(args) -> InfluenceSettings:
     """The settings from a subcommand's options (those it has)."""
-    return InfluenceSettings(**{k: getattr(args, k) for k in _SETTING_OPTIONS if hasattr(args, k)})
+    return InfluenceSettings(**option_parsers.settings_given(args))
 
 
 def cmd_run(args) -> int:
@@ -521,6 +300,15 @@ def cmd_evaluate(args) -> int:
     from .evaluate import run_from_args
 
     return run_from_args(args)
+
+
+_COMMANDS = {
+    "run": cmd_run,
+    "cleanse": cmd_cleanse,
+    "evaluate": cmd_evaluate,
+    "check": cmd_check,
+    "install-plugin": cmd_install_plugin,
+}
 
 
 def report_errors(call, say_error, say_interrupt=None) -> int:

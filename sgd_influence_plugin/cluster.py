@@ -348,13 +348,6 @@ def _unit(fn, index: int, item, run: str, report: bool, *shared):
         return fn(item, progress, *_opened(run, shared))
 
 
-def open_cluster(
-    address: Optional[str], log: Callable[[str], None] = lambda m: None, context: str = "cpu"
-) -> Optional[DaskExecutor]:
-    """:func:`connect` without the ``with`` block: the caller closes the connection."""
-    return _connect(address, log, context) if address is not None else None
-
-
 def _connect(address: str, log: Callable[[str], None], context: str = "cpu") -> DaskExecutor:
     import asyncio
     import logging

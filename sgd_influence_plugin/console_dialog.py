@@ -1,16 +1,17 @@
 """The console's dialogs (``SGD_Influence_Cleansing.py`` for images,
-``SGD_Influence_Table.py`` for tables, ``SGD_Influence_Check.py``): their options, each
-defined once in :data:`OPTIONS`, as the console reads them from the script's argparse help,
-and the calls into the package. The entry scripts only find the package and call
-:func:`main`.
+``SGD_Influence_Table.py`` for tables, ``SGD_Influence_Check.py``): their texts, their
+options as the console reads them from the script's argparse help (generated from
+:mod:`.options` by :mod:`.option_parsers`), and the calls into the package. The entry
+scripts only find the package and call :func:`main`.
+
+Building a dialog imports nothing heavy (:mod:`.option_parsers`, :mod:`.options` and
+:mod:`.errors`, the standard library only); the run imports the rest.
 """
 
 import argparse
 
+from . import option_parsers
 from .errors import SettingsError
-from .fidelity import DEFAULT_SAMPLES, MIN_SAMPLES
-from .options import HELP
-from .settings import DEFAULT_TRIALS, InfluenceSettings
 
 _IMAGE = """SGD-influence: find the training samples that hurt your model.
 
@@ -64,66 +65,16 @@ DESCRIPTIONS = {
     "table": _TABLE.format(papers=_PAPERS),
     "check": _CHECK.format(papers=_PAPERS),
 }
-_EMPTY_DATASET = "; empty = the one in the network definition"
-#: Every dialog option once: name -> (flags, default, argparse type or "bool", the help's
-#: text, the console's type hint). A dialog lists the names it shows (:data:`DIALOGS`).
-OPTIONS = {
-    "model": (("-m", "--model"), "results.nnp", None,
-              HELP["model"] + "; ignored when --config is given", "model"),
-    "config": (("-c", "--config"), "", None, HELP["config"], "nntxt"),
-    "params": (("-p", "--params"), "", None, HELP["params"], "file"),
-    "train": (("-t", "--train"), "", None, HELP["train"] + _EMPTY_DATASET, "csv"),
-    "val": (("-v", "--val"), "", None, HELP["val"] + _EMPTY_DATASET, "csv"),
-    "output": (("-o", "--output"), "sgd_influence/influence.csv", None,
-               "influence CSV to write", "csv"),
-    "check_output": (("-o", "--output"), "sgd_influence/check.csv", None,
-                     "check CSV to write, one row per checked sample", "csv"),
-    "samples": (("-n", "--samples"), DEFAULT_SAMPLES, int,
-                HELP["check.samples"] + f"; at least {MIN_SAMPLES}", "int"),
-    "epochs": (("-e", "--epochs"), 1, int, HELP["epochs"], "int"),
-    "trials": (("-n", "--trials"), DEFAULT_TRIALS, int, HELP["trials"], "int"),
-    "jobs": (("-j", "--jobs"), 0, int, HELP["jobs"] + "; 0 = the usable cores", "int"),
-    "replay_step": (("--replay_step",), "fd", None, HELP["replay_step"], "option:fd,exact"),
-    "seed": (("-s", "--seed"), 0, int, HELP["seed"], "int"),
-    "check_seed": (("-s", "--seed"), 0, int, HELP["check.seed"], "int"),
-    "batch_size": (("-b", "--batch_size"), 0, int,
-                   HELP["batch_size"] + "; 0 = the training dataset's", "int"),
-    "lr": (("-l", "--lr"), "auto", None, HELP["lr"], "text"),
-    "cache": (("-a", "--cache"), "final", None, HELP["cache"], "option:final,all"),
-    "remove_ratio": (("-r", "--remove_ratio"), "", None,
-                     "empty = the cleansed CSV applies the recommendation; a share 0..1 = "
-                     + HELP["remove_ratio"], "text"),
-    "report": (("--report",), False, "bool", HELP["report"], "bool"),
-    "context": (("--context",), "cpu", None, HELP["context"], "option:cpu,cudnn"),
-    "label_names": (("--label_names",), "", None,
-                    HELP["label_names"] + "; empty = the label numbers", "file"),
-}  # fmt: skip
-_INPUTS = ("model", "config", "params", "train", "val")
-_RUN = _INPUTS + ("output", "epochs", "trials", "jobs", "replay_step", "seed", "batch_size",
-                  "lr", "cache", "remove_ratio", "report", "context", "label_names")  # fmt: skip
-#: Each entry script's dialog: the options it shows, in order.
-DIALOGS = {
-    "image": _RUN,
-    "table": _RUN,
-    "check": _INPUTS + ("check_output", "samples", "epochs", "check_seed", "batch_size", "lr",
-                        "cache", "context"),
-}  # fmt: skip
 
 
 def build_parser(kind: str = "image"):
-    """The dialog of entry script ``kind`` (a key of :data:`DIALOGS`): every help text carries
-    the console's type hint and the default, as the console reads them.
+    """The dialog of entry script ``kind`` (a key of :data:`.option_parsers.DIALOGS`): every help
+    text carries the console's type hint and the default, as the console reads them.
     """
     p = argparse.ArgumentParser(
         description=DESCRIPTIONS[kind], formatter_class=argparse.RawTextHelpFormatter
     )
-    for name in DIALOGS[kind]:
-        flags, default, kind_of, text, hint = OPTIONS[name]
-        help_text = f"{text} ({hint}) default={default}"
-        if kind_of == "bool":
-            p.add_argument(*flags, action="store_true", help=help_text)
-        else:
-            p.add_argument(*flags, default=default, type=kind_of, help=help_text)
+    option_parsers.add_dialog_options(p, kind)
     return p
 
 
@@ -131,7 +82,7 @@ def _model(args):
     """The ``--model`` to use: its default counts as given beside ``--config`` only when
     changed.
     """
-    default = OPTIONS["model"][1]
+    default = option_parsers.get("model").dialog_default
     return args.model if not args.config or args.model != default else None
 
 
@@ -167,15 +118,19 @@ def main(argv=None, kind: str = "image"):
         return report_errors(lambda: call(args, kind, say), logger.critical)
 
 
-def _inputs(args, kind: str) -> dict:
+def _inputs(args) -> dict:
     return dict(
         output=args.output,
         model=_model(args),
-        config=args.config or None,
-        params=args.params or None,
-        train=args.train or None,
-        val=args.val or None,
+        **option_parsers.from_dialog(args, ("config", "params", "train", "val")),
     )
+
+
+def _settings(args, kind: str):
+    """The settings the dialog shows; the others keep their defaults."""
+    from .settings import InfluenceSettings
+
+    return InfluenceSettings(**option_parsers.dialog_settings(args, kind))
 
 
 def _run(args, kind: str, say) -> int:
@@ -183,14 +138,10 @@ def _run(args, kind: str, say) -> int:
     from .runner import RunRequest, run
     from .validation import PLUGIN_FLAGS
 
-    settings = InfluenceSettings(
-        lr=args.lr, batch_size=args.batch_size or None, epochs=args.epochs, trials=args.trials,
-        jobs=args.jobs or None, replay_step=args.replay_step, seed=args.seed, cache=args.cache,
-        context=args.context,
-    )  # fmt: skip
     request = RunRequest(
-        **_inputs(args, kind), settings=settings, report=args.report,
-        remove_ratio=_ratio(args.remove_ratio), label_names=args.label_names or None,
+        **_inputs(args), settings=_settings(args, kind), report=args.report,
+        remove_ratio=_ratio(args.remove_ratio),
+        **option_parsers.from_dialog(args, ("label_names",)),
     )  # fmt: skip
     paths, _ = run(request, log=say, progress=LogProgress(say), flags=PLUGIN_FLAGS)
     say(f"influence CSV: {paths.csv}")
@@ -204,11 +155,7 @@ def _check(args, kind: str, say) -> int:
     from .progress import LogProgress
     from .validation import PLUGIN_FLAGS
 
-    settings = InfluenceSettings(
-        lr=args.lr, batch_size=args.batch_size or None, epochs=args.epochs, seed=args.seed,
-        cache=args.cache, context=args.context,
-    )  # fmt: skip
-    request = CheckRequest(**_inputs(args, kind), settings=settings, samples=args.samples)
+    request = CheckRequest(**_inputs(args), settings=_settings(args, kind), samples=args.samples)
     paths, result = run_check(request, log=say, progress=LogProgress(say), flags=PLUGIN_FLAGS)
     say(f"check CSV: {paths['csv']}; plot: {paths.get('plot', 'left out (no matplotlib)')}")
     say(verdict_line(result))

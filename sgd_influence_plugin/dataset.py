@@ -18,7 +18,7 @@ import csv
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -139,18 +139,6 @@ class Dataset:
     def cell(self, row: int, column: str) -> str:
         """The raw cell of ``row`` (0-based data row) in the header cell named ``column``."""
         return self.rows[row][self.header.index(column)]
-
-    def subset(self, index: Sequence[int]) -> Dataset:
-        """The rows ``index`` (in that order) as a new Dataset over the same file."""
-        index = np.asarray(index, dtype=np.int64)
-        return Dataset(
-            path=self.path,
-            header=list(self.header),
-            rows=[self.rows[i] for i in index],
-            arrays={k: v[index] for k, v in self.arrays.items()},
-            columns=dict(self.columns),
-            numbers=[self.row_number(i) for i in index],
-        )
 
 
 def _load_file(full: str, normalize: bool) -> np.ndarray:

@@ -31,84 +31,18 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import core, places, validation
+from . import core, option_parsers, options, places, validation
 from .dataset import Dataset, data_path, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
-from .evaluate_report import (  # noqa: F401 - for scripts
-    OUTPUT_FILES,
-    aggregate,
-    mean_sd,
-    sample_std,
-    write_outputs,
-)
+from .evaluate_report import OUTPUT_FILES, write_outputs
 from .executor import local_executor, open_executor, unit_graphs
 from .influence import compute_influence, resolve
 from .nnabla_adapter import load_model
-from .nnabla_adapter.training import initial_parameters, train_from_scratch  # noqa: F401
-from .options import HELP
+from .nnabla_adapter.training import initial_parameters, train_from_scratch
 from .probabilities import as_probabilities
-from .settings import DEFAULT_TRIALS, MAX_SEED, REPLAY_STEPS, InfluenceSettings, is_number
+from .settings import MAX_SEED, InfluenceSettings, is_number
 
-DEFAULT_RATIOS = "0,0.01,0.02,0.05,0.1,0.2"
-
-
-def add_arguments(p) -> None:
-    """Add the ``evaluate`` options to an argparse parser."""
-    req = p.add_argument_group("required arguments")
-    req.add_argument("--test", required=True, help="test CSV for the accuracy and loss")
-    req.add_argument(
-        "--output-dir", required=True, help="folder for results.csv, figure2.png, summary.md"
-    )
-    src = p.add_argument_group("model (required: --model, or --config with --params)")
-    src.add_argument("--model", help=HELP["model"])
-    src.add_argument("--config", help=HELP["config"])
-    src.add_argument("--params", help=HELP["params"])
-    p.add_argument(
-        "--train", help=HELP["train"] + " (default: the network definition's training dataset)"
-    )
-    p.add_argument(
-        "--val", help=HELP["val"] + " (default: the network definition's validation dataset)"
-    )
-    p.add_argument(
-        "--ratios",
-        default=DEFAULT_RATIOS,
-        help="shares of N to remove, comma-separated (default: %(default)s)",
-    )
-    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default: %(default)s)")
-    p.add_argument(
-        "--retrain",
-        choices=("last", "scratch"),
-        default="last",
-        help="last: retrain the last epoch only; scratch: nnabla_cli train the whole "
-        "definition (default: %(default)s)",
-    )
-    p.add_argument(
-        "--noise",
-        help="label-noise ground truth CSV (index,...,flipped) for precision@n and recall@n "
-        "(default: none)",
-    )
-    shown = " (default: %(default)s)"
-    p.add_argument("--epochs", type=int, default=1, help=HELP["epochs"] + shown)
-    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help=HELP["trials"] + shown)
-    p.add_argument("--lr", default="auto", help=HELP["lr"] + shown)
-    p.add_argument(
-        "--batch-size", type=int, help=HELP["batch_size"] + " (default: the training dataset's)"
-    )
-    p.add_argument(
-        "--weight-decay",
-        type=float,
-        help=HELP["weight_decay"] + " (default: the solver's weight_decay)",
-    )
-    p.add_argument(
-        "--replay-step", choices=REPLAY_STEPS, default="fd", help=HELP["replay_step"] + shown
-    )
-    p.add_argument(
-        "--jobs", type=int, metavar="N", help=HELP["jobs"] + " (default: the usable cores)"
-    )
-    p.add_argument("--cache", choices=("final", "all"), default="final", help=HELP["cache"] + shown)
-    p.add_argument("--context", default="cpu", help=HELP["context"] + shown)
-    p.add_argument("--cluster", metavar="ADDRESS", help=HELP["cluster"] + " (default: none)")
-    p.add_argument("--quiet", action="store_true", help=HELP["quiet"] + " (default: off)")
+DEFAULT_RATIOS = options.default("ratios")
 
 
 def _floats(text: str, what: str) -> List[float]:
@@ -264,11 +198,7 @@ def evaluate(
     test = load_dataset(test_csv, shapes)
     for d in (train, val, test):
         validation.check_label_values(d, model.info.label_classes)
-    solver = model.info.solver
-    validation.check_known_rate(
-        settings.lr, solver.weight_decay, train.size, settings.batch_size or solver.batch_size,
-        model.info,
-    )  # fmt: skip
+    validation.check_replay_rate(settings, model.info, train.size)
     n = train.size
     flipped = read_noise(noise_csv, n) if noise_csv else None
     counts = sorted({int(round(r * n)) for r in ratios})
@@ -454,20 +384,10 @@ def scratch_unit(item, progress, test: Optional[Dataset], header, rows):
 
 
 def run_from_args(args) -> int:
-    """``sgd-influence evaluate`` (see :func:`add_arguments`)."""
+    """``sgd-influence evaluate`` (its options: :data:`.option_parsers.COMMANDS`)."""
     if not args.model and not args.config:
         raise SettingsError("give --model results.nnp, or --config net.nntxt with --params")
-    settings = InfluenceSettings(
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        trials=args.trials,
-        cache=args.cache,
-        context=args.context,
-        replay_step=args.replay_step,
-        jobs=args.jobs,
-    )
+    settings = InfluenceSettings(**option_parsers.settings_given(args))
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     train_csv, val_csv = args.train, args.val
     if not (train_csv and val_csv):  # as run and check: the datasets the definition names

@@ -28,17 +28,17 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import core, influence
+from . import core, influence, options, parallel
 from .errors import ComputationError, SettingsError
 from .executor import local_executor, unit_graphs
-from .parallel import workers_for
+from .resolved import ResolvedSettings
 from .settings import InfluenceSettings
 from .summary import ranking
 
 #: Samples checked by default: a third most harmful, a third most helpful, the rest random.
-DEFAULT_SAMPLES = 30
+DEFAULT_SAMPLES = options.default("samples")
 #: Fewest samples a correlation is reported for.
-MIN_SAMPLES = 3
+MIN_SAMPLES = options.MIN_SAMPLES
 #: ``(lowest Spearman rho, verdict)``, tried in order; below the last: ``poor``.
 VERDICTS = ((0.7, "good"), (0.3, "weak"))
 
@@ -79,7 +79,7 @@ class CheckResult:
     val_loss_full: float
     u_growth: float
     n_train: int
-    resolved: Optional[influence.ResolvedSettings] = None
+    resolved: Optional[ResolvedSettings] = None
     warnings: List[str] = field(default_factory=list)
 
 
@@ -198,12 +198,13 @@ def check_fidelity(
     t0 = time.perf_counter()
     influence.choose_lr(model, train, settings, run, log)
     timings["curvature"] = time.perf_counter() - t0
+    here = parallel.workers_for(settings.context, settings.jobs)  # the trial runs here
     cache = tempfile.mkdtemp(prefix="sgd_influence_check_")
     try:
         t0 = time.perf_counter()
         outcome = influence.run_trial(
             model, train, val, settings, run, cache, settings.seed, progress, val_loss_start,
-            influence.replay_helper(settings, workers_for(settings.context, settings.jobs)),
+            influence.replay_helper(settings, here),
         )  # fmt: skip
         timings["influence"] = time.perf_counter() - t0
         order, lrs = influence.read_schedule(cache)

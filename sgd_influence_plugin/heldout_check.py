@@ -20,7 +20,7 @@ from .executor import LocalExecutor, unit_graphs
 from .probabilities import as_probabilities
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .recommend import Candidate
+    from .suspects import Candidate
 
 #: Added to the run's seed for the held-out split and for the check's sample order, so
 #: neither coincides with a trial's epoch order (``RandomState(seed).permutation``).

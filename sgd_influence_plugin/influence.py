@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -31,6 +31,7 @@ from .phases import (  # noqa: F401 - the phases' names, where callers know them
     run_inference_phase,
     run_training_phase,
 )
+from .resolved import ResolvedSettings
 from .settings import MIN_LR, InfluenceSettings
 
 #: Logger-like callback for user-facing messages (warnings, stages).
@@ -94,42 +95,6 @@ def check_rates(lr: float, weight_decay: float, steps: int, chosen: str = "") ->
             f"would shrink every weight to {factor:.3g} of its size in the {steps} steps of an "
             f"epoch, collapsing the model; give a smaller --weight-decay (or --lr)"
         )
-
-
-@dataclass
-class ResolvedSettings:
-    """Settings with the model's defaults filled in (what the replay actually used).
-
-    Attributes:
-        lr: learning rate of the training phase's epoch and of the replay.
-        weight_decay / batch_size: lambda and B of that epoch.
-        lr_source: ``auto``, ``solver`` or ``given`` (a number from the user).
-        solver_lr: the network definition's rate (``lr``/``alpha``; NaN if it has none).
-        curvature: the measured :class:`~.curvature.Curvature` (None before measuring).
-        lr_choice: the stable rate and the bound that set it (:class:`~.curvature.LrChoice`).
-        warnings: messages for the user.
-
-    """
-
-    lr: float
-    weight_decay: float
-    batch_size: int
-    lr_source: str = "solver"
-    solver_lr: float = float("nan")
-    curvature: Optional[curvature_mod.Curvature] = None
-    lr_choice: Optional[curvature_mod.LrChoice] = None
-    warnings: List[str] = field(default_factory=list)
-
-    def lr_selection(self) -> Dict:
-        """What decided the learning rate, for ``settings.yaml``."""
-        out: Dict = {"source": self.lr_source, "solver_lr": self.solver_lr, "lr": self.lr}
-        if self.lr_choice is not None:
-            out["stable_lr"] = self.lr_choice.lr
-            out["stable_lr_reason"] = self.lr_choice.limit
-            out["bounds"] = dict(self.lr_choice.bounds)
-        if self.curvature is not None:
-            out["curvature"] = self.curvature.to_dict()
-        return out
 
 
 def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:

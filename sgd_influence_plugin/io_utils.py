@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import tempfile
 from typing import Iterator
 
@@ -51,33 +50,6 @@ def atomic_write(path: str, mode: str = "w", **kwargs) -> Iterator:
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str) -> Iterator[str]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
-
-    An existing ``path`` is swapped out only after the new content is complete; on failure the
-    temporary folder is removed and ``path`` is untouched. The folder ends with
-    :func:`folder_mode`.
-    """
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path)[:64] + ".")
-    try:
-        yield tmp
-        os.chmod(tmp, folder_mode())
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path)[:64] + ".old.")
-            os.rmdir(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

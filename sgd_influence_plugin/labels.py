@@ -141,3 +141,40 @@ def display_label(cell: str, names: Optional[Sequence[str]]) -> str:
         return cell
     k = label_index(cell)
     return cell if k is None or k >= len(names) else f"{names[k]} ({k})"
+
+
+def class_pairs(
+    given: Sequence[str], model: Sequence[str], rows: Sequence[int], names=None, top: int = 5
+) -> List[str]:
+    """The class pairs a set of changed rows concentrates on, most rows first: each row counts
+    for the unordered pair {its given label, the model's class}, so ``Shirt <-> T-shirt`` sums
+    both directions (look-alike classes confused either way). Rows whose model class equals the
+    given label, or is unknown (``''``/-1), count as ``label <-> (same)``.
+
+    Args:
+        given: (N,) label cells as written; ``model``: (N,) the model's class per row.
+        rows: indices of the changed rows.
+        names: class names for :func:`display_label`, or None.
+        top: most pairs returned.
+
+    Returns:
+        Lines ``"Shirt (6) <-> T-shirt/top (0): 41 rows"``, at most ``top``, ties in label order.
+
+    """
+    counts = {}
+    for j in rows:
+        a, b = canonical_label(str(given[j])), canonical_label(str(model[j]))
+        b = "(same)" if b in ("", "-1", a) else b
+        key = (a, b) if b == "(same)" else tuple(sorted((a, b), key=_order))
+        counts[key] = counts.get(key, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], _order(kv[0][0]), _order(kv[0][1])))
+    return [
+        f"{display_label(a, names)} <-> "
+        f"{b if b == '(same)' else display_label(b, names)}: {k} row{'s' if k != 1 else ''}"
+        for (a, b), k in ranked[:top]
+    ]
+
+
+def _order(cell: str):
+    k = label_index(cell)
+    return (0, k, "") if k is not None else (1, 0, cell)

@@ -22,7 +22,7 @@ from .errors import SettingsError
 from .settings import InfluenceSettings, read_yaml, write_yaml
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .influence import ResolvedSettings
+    from .resolved import ResolvedSettings
 
 
 def _dir_bytes(path: str) -> int:

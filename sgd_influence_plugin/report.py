@@ -1,5 +1,6 @@
 """A single-file HTML report that works offline (plots and images inline as base64 PNG), and
-how the tool shows scores and scaled axes wherever it does.
+how the tool shows a score wherever it does (:func:`format_score`). The plots are
+:mod:`.figures`.
 """
 
 from __future__ import annotations
@@ -7,13 +8,13 @@ from __future__ import annotations
 import base64
 import functools
 import html
-import io
 import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .figures import report_plots
 from .io_utils import atomic_write
 from .labels import display_label
 
@@ -31,16 +32,8 @@ def _mime(path: str) -> str:
     )
 
 
-def _figure_b64(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 #: Thumbnails are shown at least this many CSS pixels wide or high, enlarged by a whole factor.
 MIN_TILE_PX = 96
-#: Most ticks on a plot's x axis, so that their labels never run into each other.
-MAX_X_TICKS = 7
 
 
 def format_score(x: float) -> str:
@@ -50,95 +43,12 @@ def format_score(x: float) -> str:
     return f"{float(x):.2e}"
 
 
-def axis_scale(values) -> Tuple[float, str]:
-    """``(factor, suffix)`` for plotting ``values`` in readable units: plot ``values / factor``
-    and append ``suffix`` (mathtext that reads "(×10⁻⁴)") to the axis label.
-
-    The power of ten goes into the label, not into matplotlib's offset text, which is drawn
-    below the tick labels at the right end of the axis and collides with a long axis label.
-    Values whose largest magnitude lies in [0.01, 1000) are left as they are.
-    """
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    top = float(np.max(np.abs(finite))) if finite.size else 0.0
-    if top == 0 or 1e-2 <= top < 1e3:
-        return 1.0, ""
-    e = int(math.floor(math.log10(top)))
-    return 10.0**e, rf" ($\times 10^{{{e}}}$)"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def histogram_figure(scores: np.ndarray):
-    """Histogram of the influence (log counts: the few extreme samples stay visible).
-
-    At most :data:`MAX_X_TICKS` ticks on the x axis; the power of ten is in the axis label
-    (:func:`axis_scale`).
-    """
-    from matplotlib.ticker import MaxNLocator
-
-    plt = _pyplot()
-    factor, suffix = axis_scale(scores)
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.hist(np.asarray(scores, dtype=np.float64) / factor, bins=60, color="#4477aa")
-    ax.set_yscale("log")
-    ax.axvline(0, color="k", lw=0.8)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=MAX_X_TICKS - 1))
-    ax.ticklabel_format(axis="x", style="plain", useOffset=False)
-    # Two short lines: matplotlib crops an axis label wider than its axes from saved figures.
-    ax.set_xlabel(f"influence{suffix}\nchange of the validation loss if removed; < 0 = harmful")
-    ax.set_ylabel("samples")
-    return fig
-
-
-def class_figure(scores: np.ndarray, labels: Sequence[str], names: Optional[Sequence[str]]):
-    """Samples per class (grey) and the harmful ones among them (red, influence < 0).
-
-    The legend sits to the right of the axes, so it covers no bar.
-    """
-    plt = _pyplot()
-    labels = np.asarray(labels)
-    classes = sorted(set(labels.tolist()), key=lambda x: (len(x), x))
-    harmful = [int(np.sum((scores < 0) & (labels == c))) for c in classes]
-    total = [int(np.sum(labels == c)) for c in classes]
-    fig, ax = plt.subplots(figsize=(7, 3))
-    ticks = [display_label(c, names) for c in classes]
-    ax.bar(ticks, total, color="#dddddd", label="all samples")
-    ax.bar(ticks, harmful, color="#cc3311", label="harmful (< 0)")
-    if names is not None:
-        ax.tick_params(axis="x", labelrotation=45)
-        for tick in ax.get_xticklabels():
-            tick.set_horizontalalignment("right")
-    ax.set_xlabel("label")
-    ax.set_ylabel("samples")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
-    return fig
-
-
-def _plots(
-    scores: np.ndarray, labels: Optional[Sequence[str]], names: Optional[Sequence[str]]
-) -> List[str]:
-    """Base64 PNGs of the report's plots; none without matplotlib (the console's own Python
-    may lack it: the report then says so instead).
-    """
-    try:
-        plt = _pyplot()
-    except ImportError:
-        return []
-    figures = [histogram_figure(scores)]
-    if labels is not None:
-        figures.append(class_figure(scores, labels, names))
-    out = [_figure_b64(fig) for fig in figures]
-    for fig in figures:
-        plt.close(fig)
-    return out
+def _plots_html(scores, labels, names) -> str:
+    """The report's plots as inline images, or a line saying why there are none."""
+    shown = "".join(
+        f'<img src="data:image/png;base64,{p}">' for p in report_plots(scores, labels, names)
+    )
+    return shown or "<p>Plots left out: matplotlib is not installed in this Python.</p>"
 
 
 def _shown_size(path: str) -> Tuple[int, int]:
@@ -249,6 +159,16 @@ def checked_table(rec: Dict) -> str:
     )
 
 
+def _pairs_html(pairs: Optional[Sequence[str]]) -> str:
+    """The class pairs the changes concentrate on (:func:`.labels.class_pairs`), or ''."""
+    if not pairs:
+        return ""
+    items = "".join(f"<li>{html.escape(p)}</li>" for p in pairs)
+    return (
+        f"<p>The changes concentrate on these class pairs (check them first):</p><ul>{items}</ul>"
+    )
+
+
 def run_rows(info: Dict) -> List[Tuple[str, str]]:
     """The Run table: ``(what, value)`` in words, for the facts of :data:`RUN_ROWS`, then how
     the learning rate was chosen, then any other plain fact with its key in words.
@@ -267,6 +187,64 @@ def run_rows(info: Dict) -> List[Tuple[str, str]]:
         if key not in known and not isinstance(value, (dict, list)) and value is not None:
             rows.append((str(key).replace("_", " "), str(value)))
     return rows
+
+
+#: The report's page; ``{{`` and ``}}`` are the style sheet's braces.
+_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>SGD-influence report</title>
+<style>body{{font-family:sans-serif;margin:2em}}
+.tile{{display:inline-block;vertical-align:top;margin:6px;text-align:center;font-size:13px}}
+.tile img{{image-rendering:pixelated;display:block;margin:0 auto 3px}} .lab{{font-weight:bold}}
+.meta{{color:#555;font-size:11px}} td{{padding:2px 8px}}
+.warn{{background:#fff3cd;padding:6px;border:1px solid #e0c060}}
+.feat{{font-family:monospace;font-size:11px;text-align:left;margin-bottom:3px}}
+.act{{background:#cc3311;color:#fff;padding:0 4px;border-radius:3px}}
+</style></head><body>
+<h1>SGD-influence report</h1>
+<p>Influence = estimated change of the mean validation loss if the sample were removed from
+training (by default minus the same for an average sample of its class: the settings'
+<code>target</code>). <b>Negative = harmful</b> (removing it would lower the validation
+loss).</p>
+<p>Each tile: the image (or the row's values), its label, its row in the training CSV
+(0-based, the influence CSV's <code>datasource_index</code>) and its influence.</p>
+{warnings}{recommendation}
+<h2>Most harmful</h2>{harmful}
+<h2>Most helpful</h2>{helpful}
+<h2>Distribution</h2>{plots}
+<h2>Run</h2><table>{facts}</table>
+</body></html>
+"""
+
+
+def recommendation_html(rec: Dict) -> str:
+    """The Recommendation section from ``settings.yaml``'s ``recommendation`` (counts,
+    reason, what to do next, the changes the check tried, the class pairs); '' without one.
+    """
+    if not rec:
+        return ""
+    counts = rec.get("counts", {})
+    changes = counts.get("relabel", 0) or counts.get("remove", 0)
+    return (
+        f"<h2>Recommendation</h2><p><b>keep {counts.get('keep', 0)}, relabel "
+        f"{counts.get('relabel', 0)}, remove {counts.get('remove', 0)}</b>. "
+        f"{html.escape(str(rec.get('reason', '')))}.</p>"
+        + (
+            "<p>Next: retrain on the cleansed CSV written beside the influence CSV; it applies "
+            "this recommendation.</p>"
+            if changes
+            else "<p>Next: nothing to change.</p>"
+        )
+        + checked_table(rec)
+        + _pairs_html(rec.get("class_pairs") if changes else None)
+    )
+
+
+def _facts_html(info: Dict) -> str:
+    """The Run table's rows (:func:`run_rows`)."""
+    return "".join(
+        f"<tr><td>{html.escape(what)}</td><td>{html.escape(value)}</td></tr>"
+        for what, value in run_rows(info)
+    )
 
 
 def write_report(
@@ -300,10 +278,6 @@ def write_report(
     """
     order = np.argsort(scores, kind="stable")
     by_class = labels if info.get("task") != "regression" else None
-    shown = _plots(scores, by_class, label_names)
-    plots = "".join(f'<img src="data:image/png;base64,{p}">' for p in shown) or (
-        "<p>Plots left out: matplotlib is not installed in this Python.</p>"
-    )
     tiles = functools.partial(
         _tiles,
         scores=scores,
@@ -314,55 +288,19 @@ def write_report(
         suggested=suggested,
         details=details,
     )
-    facts = "".join(
-        f"<tr><td>{html.escape(what)}</td><td>{html.escape(value)}</td></tr>"
-        for what, value in run_rows(info)
-    )
-    rec = info.get("recommendation") or {}
-    counts = rec.get("counts", {})
-    recommendation = (
-        f"<h2>Recommendation</h2><p><b>keep {counts.get('keep', 0)}, relabel "
-        f"{counts.get('relabel', 0)}, remove {counts.get('remove', 0)}</b>. "
-        f"{html.escape(str(rec.get('reason', '')))}.</p>"
-        + (
-            "<p>Next: retrain on the cleansed CSV written beside the influence CSV; it applies "
-            "this recommendation.</p>"
-            if counts.get("relabel", 0) or counts.get("remove", 0)
-            else "<p>Next: nothing to change.</p>"
-        )
-        + checked_table(rec)
-        if rec
-        else ""
-    )
+    recommendation = recommendation_html(info.get("recommendation") or {})
     changed = [i for i in order if actions is not None and actions[i] != "keep"]
     if changed:
         recommendation += "<h3>Rows to change (most harmful first)</h3>" + tiles(changed[:k])
-    warnings = "".join(
-        f'<p class="warn">Warning: {html.escape(str(w))}</p>' for w in info.get("warnings", [])
+    page = _PAGE.format(
+        warnings="".join(
+            f'<p class="warn">Warning: {html.escape(str(w))}</p>' for w in info.get("warnings", [])
+        ),
+        recommendation=recommendation,
+        harmful=tiles(order[:k]),
+        helpful=tiles(order[::-1][:k]),
+        plots=_plots_html(scores, by_class, label_names),
+        facts=_facts_html(info),
     )
-    page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>SGD-influence report</title>
-<style>body{{font-family:sans-serif;margin:2em}}
-.tile{{display:inline-block;vertical-align:top;margin:6px;text-align:center;font-size:13px}}
-.tile img{{image-rendering:pixelated;display:block;margin:0 auto 3px}} .lab{{font-weight:bold}}
-.meta{{color:#555;font-size:11px}} td{{padding:2px 8px}}
-.warn{{background:#fff3cd;padding:6px;border:1px solid #e0c060}}
-.feat{{font-family:monospace;font-size:11px;text-align:left;margin-bottom:3px}}
-.act{{background:#cc3311;color:#fff;padding:0 4px;border-radius:3px}}
-</style></head><body>
-<h1>SGD-influence report</h1>
-<p>Influence = estimated change of the mean validation loss if the sample were removed from
-training (by default minus the same for an average sample of its class: the settings'
-<code>target</code>). <b>Negative = harmful</b> (removing it would lower the validation
-loss).</p>
-<p>Each tile: the image (or the row's values), its label, its row in the training CSV
-(0-based, the influence CSV's <code>datasource_index</code>) and its influence.</p>
-{warnings}{recommendation}
-<h2>Most harmful</h2>{tiles(order[:k])}
-<h2>Most helpful</h2>{tiles(order[::-1][:k])}
-<h2>Distribution</h2>{plots}
-<h2>Run</h2><table>{facts}</table>
-</body></html>
-"""
     with atomic_write(path, encoding="utf-8") as f:
         f.write(page)

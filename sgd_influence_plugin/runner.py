@@ -18,7 +18,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from . import __version__, coworker, interrupts, places, validation
+from . import __version__, coworker, interrupts, options, places, validation
 from . import recommend as recommend_mod
 from .core import per_sample_losses
 from .errors import OutputError
@@ -27,7 +27,7 @@ from .influence import InfluenceResult, compute_influence, resolve
 from .inputs import load_inputs
 from .io_utils import makedirs_tracked, try_lock
 from .labels import check_label_names, read_label_names
-from .output import OutputPaths, write_influence_output
+from .output import OutputPaths, RunContent, write_influence_output
 from .probabilities import as_probabilities
 from .settings import InfluenceSettings
 from .table_columns import find_columns
@@ -72,7 +72,7 @@ class RunRequest:
     report: bool = False
     remove_ratio: Optional[float] = None
     recommend: bool = True
-    thumb_size: int = 64
+    thumb_size: int = options.default("thumb_size")
     label_names: Optional[str] = None
     cluster: Optional[str] = None
 
@@ -232,22 +232,25 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, executor):
         facts["timings_seconds"]["reading"] = round(loaded.read_seconds, 4)
         facts["timings_seconds"]["recommendation"] = round(t_rec, 4)
         facts["label_names"] = os.path.abspath(request.label_names) if request.label_names else None
-        paths = write_influence_output(
-            request.output,
+        content = RunContent(
             result.scores,
             train,
             list(info.input_shapes),
             facts,
-            request.thumb_size,
-            request.report,
-            remove_ratio=request.remove_ratio,
-            recommendation=rec,
-            flag=flags.output,
             losses=result.losses,
             trial_scores=result.trial_scores,
+            recommendation=rec,
             label_names=names,
-            progress=None if progress is None else interrupts.checked_progress(progress),
             target=info.target_column,
+            remove_ratio=request.remove_ratio,
+        )
+        paths = write_influence_output(
+            request.output,
+            content,
+            request.report,
+            request.thumb_size,
+            flag=flags.output,
+            progress=None if progress is None else interrupts.checked_progress(progress),
         )
     except BaseException as e:
         if lock is not None:

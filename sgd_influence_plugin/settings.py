@@ -14,9 +14,11 @@ import yaml
 from .core import REPLAY_STEPS
 from .errors import SettingsError
 from .io_utils import atomic_write
+from .options import ScoreArguments, choices, default
 from .target import TARGETS
 
-CACHE_MODES = ("final", "all")
+#: What ``cache`` accepts.
+CACHE_MODES = choices("cache")
 
 
 def is_number(x) -> bool:
@@ -34,7 +36,7 @@ MAX_SEED = 2**32 - 1
 #: tiny model take hours. A larger number is a typing error, not a request.
 MAX_TRIALS = 1000
 #: Default number of trials (independent sample orders) averaged; see docs/measurements.md.
-DEFAULT_TRIALS = 1
+DEFAULT_TRIALS = default("trials")
 #: Smallest learning rate accepted (exclusive). The parameters are float32, whose resolution
 #: is 2**-24 (6e-8) of a value: a step lr * g changes a weight of size w only if
 #: lr * |g| > 6e-8 * |w|, so at lr <= 1e-12 a gradient would need |g| > 6e4 |w| to move any
@@ -99,57 +101,13 @@ def check_context(context) -> str:
 
 
 @dataclass
-class InfluenceSettings:
-    """Everything that decides the scores.
+class InfluenceSettings(ScoreArguments):
+    """Everything that decides the scores, checked (:meth:`validate`).
 
-    Attributes:
-        lr: learning rate eta of the training phase's epoch and its replay: ``"auto"`` (the
-            largest rate, at most the solver's, that keeps the final-parameters replay stable
-            for the measured curvature; see :mod:`.curvature`), ``"solver"`` (the network
-            definition's rate: ``lr``, or ``alpha`` for Adam-type solvers) or a number.
-        weight_decay: L2 coefficient lambda; None = the solver's ``weight_decay``.
-        batch_size: mini-batch size B of the replayed epoch; None = the training dataset's.
-        epochs: K, SGD epochs the training phase runs from the trained parameters; the last
-            one is replayed.
-        trials: M, independent training-plus-replay runs (order seeds ``seed``,
-            ``seed + 1``, ...) whose scores are combined (each scaled to a common size first,
-            so no single trial dominates).
-        retries: how many times a trial whose replay blows up (non-finite scores, or the
-            query vector growing more than ``influence.GROWTH_LIMIT`` times) is run again at a
-            quarter of its rate before the run stops with an error.
-        seed: seed of the first trial's sample order.
-        cache: ``final`` (Suzuki et al.: keep only the final parameters) or ``all`` (Hara et al.:
-            also keep the parameters before every step of the last epoch).
-        context: ``cpu`` or ``cudnn[:DEVICE]``.
-        val_batch_size: batch size for the validation gradient (no effect on the result).
-        replay_step: ``fd`` (the default: two first-order passes at theta +/- eps u, about 2x
-            a training step instead of 4-6x; a smoothed Hessian on ReLU networks, see
-            ``core.replay``) or ``exact`` (one double-backward pass per step). On the sample
-            and in the leave-one-out tests both give the same precision and fidelity to 0.01.
-        jobs: worker processes for the trials (a lone trial's replay uses two) and the
-            recommendation's check epochs; None = the usable cores
-            (no effect on the result; a GPU context runs them one after another).
-        target: what a score estimates (``target.TARGETS``): ``class-centred`` (the default:
-            the change of the mean validation loss if the row were left out of the replayed
-            epoch, minus the mean of that change over the rows of its class, so a score is
-            about the row, not its label) or ``plain`` (the change itself, Hara et al.). See
-            :mod:`.target`. Negative = harmful either way.
-
+    Its fields (their names, types, defaults and help) are declared once, in
+    :class:`.options.ScoreArguments`; a None means the network definition's or the data's
+    value, as the help says.
     """
-
-    lr: Union[str, float] = "auto"
-    weight_decay: Optional[float] = None
-    batch_size: Optional[int] = None
-    epochs: int = 1
-    trials: int = DEFAULT_TRIALS
-    retries: int = 2
-    seed: int = 0
-    cache: str = "final"
-    context: str = "cpu"
-    val_batch_size: int = 256
-    replay_step: str = "fd"
-    jobs: Optional[int] = None
-    target: str = "class-centred"
 
     def validate(self, flags: Optional[Mapping[str, Optional[str]]] = None) -> InfluenceSettings:
         """Raise :class:`SettingsError` for an out-of-range value; returns self (``lr`` parsed

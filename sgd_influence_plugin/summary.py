@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .dataset import Dataset
-from .labels import canonical_label, display_label
+from .labels import canonical_label, class_pairs, display_label
 from .report import format_score
 
 
@@ -123,6 +123,8 @@ def recommendation_text(rec, actions, labels, suggested, names=None, cleansed=""
         )
         changed = [j for j, a in enumerate(actions) if a != "keep"]
         if labels is not None:
+            lines.append("class pairs the changes concentrate on (check these first):")
+            lines += [f"  {p}" for p in class_pairs(labels, suggested, changed, names)]
             lines.append("changes per given label (given -> action, the model's class: rows):")
             pairs: Dict[Tuple[str, str, str], int] = {}
             for j in changed:

@@ -19,9 +19,9 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
+from . import option_parsers, options
 from .dataset import Dataset, is_file_cell
 from .errors import DatasetError, OutputError, SettingsError
 from .io_utils import nearest_existing
@@ -32,57 +32,35 @@ from .tiny_inputs import check_training_size
 THUMB_SIZES = (16, 512)
 
 
-@dataclass(frozen=True)
 class FlagNames:
-    """How the calling interface spells each option, for messages (None: it has none)."""
+    """How the calling interface spells each option, for messages: an attribute per option of
+    :data:`.options.OPTIONS` (``flags.batch_size``), None where the interface has none.
+    """
 
-    model: str = "--model"
-    config: str = "--config"
-    params: str = "--params"
-    train: str = "--train"
-    val: str = "--val"
-    output: str = "--output"
-    cache_dir: Optional[str] = "--cache-dir"
-    lr: str = "--lr"
-    weight_decay: Optional[str] = "--weight-decay"
-    batch_size: str = "--batch-size"
-    epochs: str = "--epochs"
-    trials: str = "--trials"
-    seed: str = "--seed"
-    thumb_size: Optional[str] = "--thumb-size"
-    remove: Optional[str] = "--remove"
-    remove_ratio: str = "--remove-ratio"
-    jobs: Optional[str] = "--jobs"
-    context: Optional[str] = "--context"
-    cache: Optional[str] = "--cache"
-    replay_step: Optional[str] = "--replay-step"
-    retries: Optional[str] = "--retries"
-    val_batch_size: Optional[str] = None
-    target: Optional[str] = "--target"
+    def __init__(self, interface: str) -> None:
+        self.interface = interface
+        self._names = option_parsers.spellings(interface)
+
+    def __getattr__(self, name: str) -> Optional[str]:
+        try:
+            return self.__dict__["_names"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        return f"FlagNames({self.interface!r})"
 
     def for_settings(self) -> Dict[str, Optional[str]]:
         """Field of :class:`~.settings.InfluenceSettings` -> this spelling (for its
         :meth:`~.settings.InfluenceSettings.validate`).
         """
-        names = ("lr", "weight_decay", "batch_size", "epochs", "trials", "seed", "jobs")
-        names += ("context", "cache", "replay_step", "retries", "val_batch_size", "target")
-        return {k: getattr(self, k) for k in names}
+        return {k: self._names[k] for k in options.SETTINGS}
 
 
-#: The ``sgd-influence`` command line.
-CLI_FLAGS = FlagNames()
-#: The console plugin's dialog (``SGD_Influence_Cleansing.py``).
-PLUGIN_FLAGS = FlagNames(
-    cache_dir=None,
-    weight_decay=None,
-    batch_size="--batch_size",
-    thumb_size=None,
-    remove=None,
-    remove_ratio="--remove_ratio",
-    replay_step="--replay_step",
-    retries=None,
-    target=None,
-)
+#: The ``sgd-influence`` command line (``--batch-size``).
+CLI_FLAGS = FlagNames("cli")
+#: The console dialogs (``--batch_size``).
+PLUGIN_FLAGS = FlagNames("dialog")
 
 
 # ----------------------------------------------------------------------------------------
@@ -185,7 +163,7 @@ def rows_to_remove(
     return count
 
 
-def check_weight_decay(value: float, source: str, flags: FlagNames = CLI_FLAGS) -> None:
+def _check_weight_decay(value: float, source: str, flags: FlagNames) -> None:
     """The weight decay the replay will use (given, or the solver's) must be finite, >= 0."""
     if not (math.isfinite(value) and value >= 0):
         fix = f"; fix it there or pass {flags.weight_decay}" if flags.weight_decay else ""
@@ -237,17 +215,36 @@ def check_label_values(dataset: Dataset, label_classes: Mapping[str, int]) -> No
                 )
 
 
-def check_known_rate(lr, weight_decay: float, n: int, batch_size: int, info) -> None:
-    """A rate known before computing (a number, or ``solver``) and the weight decay must leave
-    a model to replay (:func:`~sgd_influence_plugin.influence.check_rates`); ``auto`` is checked
-    once the curvature has chosen it.
+def check_replay_rate(settings, info, n_train: int, flags: FlagNames = CLI_FLAGS) -> None:
+    """The replay's weight decay and rate, as far as they are known before computing: the one
+    check of them for ``run``, ``check`` and ``evaluate``.
+
+    The weight decay is ``settings.weight_decay``, else the solver's (as
+    :func:`~sgd_influence_plugin.influence.resolve` takes it): finite and >= 0. A rate known
+    now (a number, or ``solver``) must, with that weight decay, leave a model to replay
+    (:func:`~sgd_influence_plugin.influence.check_rates`); ``auto`` is checked once the
+    curvature has chosen it.
+
+    Args:
+        settings: the :class:`~sgd_influence_plugin.settings.InfluenceSettings`.
+        info: the model's :class:`~sgd_influence_plugin.nnabla_adapter.ModelInfo`.
+        n_train: training rows (the epoch's steps follow from them and the batch size).
+        flags: option names for messages.
+
+    Raises:
+        SettingsError: naming the weight decay or the rate and what to change.
+
     """
     from .core import n_steps
     from .influence import check_rates
 
-    rate = info.solver.lr if lr == "solver" else lr
+    solver = info.solver
+    wd = settings.weight_decay if settings.weight_decay is not None else solver.weight_decay
+    _check_weight_decay(wd, info.source, flags)
+    batch = settings.batch_size or solver.batch_size
+    rate = solver.lr if settings.lr == "solver" else settings.lr
     if is_number(rate) and math.isfinite(rate) and rate > 0:
-        check_rates(float(rate), float(weight_decay), n_steps(n, max(1, int(batch_size))))
+        check_rates(float(rate), float(wd), n_steps(n_train, max(1, int(batch))))
 
 
 def estimate_bytes(
@@ -318,13 +315,11 @@ def check_loaded(
     for d in (train, val):
         check_label_values(d, getattr(info, "label_classes", {}))
     s = request.settings
-    wd = s.weight_decay if s.weight_decay is not None else info.solver.weight_decay
-    check_weight_decay(wd, info.source, flags)
     if request.remove_ratio is not None:
         rows_to_remove(train.size, None, request.remove_ratio, flags, train.path)
     batch = s.batch_size or info.solver.batch_size
     check_training_size(train.path, train.size, batch, flags.batch_size)
-    check_known_rate(s.lr, wd, train.size, batch, info)
+    check_replay_rate(s, info, train.size, flags)
     channels = max((shape[0] for shape in info.input_shapes.values() if len(shape) == 3), default=1)
     need = estimate_bytes(
         train.size,

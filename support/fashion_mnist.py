@@ -5,7 +5,8 @@ Fashion-MNIST (Xiao et al. 2017): 60,000 training and 10,000 test images, 28x28 
 four ``.gz`` files in :data:`DEFAULT_DIR`. Nothing is downloaded at run time.
 
 The CSVs written here are what Neural Network Console expects: a header ``x:image,y:label``,
-one row per sample, image paths relative to the CSV's folder.
+one row per sample, image paths relative to the CSV's folder. :func:`make_png_dataset` makes
+the tests' small datasets (generated patterns where the package is not installed).
 """
 
 from __future__ import annotations
@@ -243,3 +244,41 @@ def flip_to_confusable(labels: np.ndarray, rate: float, seed: int) -> np.ndarray
     idx = rng.choice(len(labels), size=int(round(rate * len(labels))), replace=False)
     noisy[idx] = np.array([CONFUSABLE[int(k)] for k in labels[idx]], dtype=np.int64)
     return noisy
+
+
+def _source_images(n: int, seed: int):
+    """(images uint8 (n, 28, 28), labels int (n,)): Fashion-MNIST, or generated patterns."""
+    rng = np.random.RandomState(seed)
+    if available():
+        images, labels = load_split("train")
+        idx = rng.choice(len(images), n, replace=False)
+        return images[idx], labels[idx]
+    labels = rng.randint(0, 10, n)
+    yy, xx = np.mgrid[:28, :28]
+    images = np.empty((n, 28, 28), np.uint8)
+    for i, c in enumerate(labels):
+        base = 127 + 100 * np.sin((c + 1) * xx / 9.0 + c * yy / 7.0)
+        images[i] = np.clip(base + rng.randn(28, 28) * 40, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def make_png_dataset(folder, n_train, n_val, size=28, seed=0):
+    """Write train.csv / val.csv (x:image,y:label) with PNGs of ``size`` x ``size``: a random
+    sample of Fashion-MNIST's training images when the package is installed, otherwise
+    generated class-dependent patterns, so the tests run anywhere.
+
+    Returns:
+        ``{"folder", "train", "val", "size"}``: the folder, the two CSVs' paths, the size.
+
+    """
+    from PIL import Image
+
+    images, labels = _source_images(n_train + n_val, seed)
+    if size != 28:
+        images = np.stack(
+            [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images]
+        )
+    os.makedirs(folder, exist_ok=True)
+    train = write_png_dataset(images[:n_train], labels[:n_train], folder, "train.csv", "train")
+    val = write_png_dataset(images[n_train:], labels[n_train:], folder, "val.csv", "val")
+    return {"folder": str(folder), "train": train, "val": val, "size": size}

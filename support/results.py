@@ -81,3 +81,26 @@ def train_on(folder, data, spec):
     nntxt = write_nntxt(spec, os.path.join(folder, "net.nntxt"))
     fix_random_seeds(nntxt, 313 + spec.seed)
     return train_nntxt(folder, nntxt)
+
+
+def load_trained(folder, data):
+    """(model, training arrays, validation arrays) of the result in ``folder`` and the dataset
+    ``data`` (``{"train", "val"}`` CSVs), loaded by the package as a run loads them.
+    """
+    from sgd_influence_plugin.dataset import load_dataset
+    from sgd_influence_plugin.nnabla_adapter import load_model
+
+    model = load_model(model=os.path.join(folder, "results.nnp"))
+    train = load_dataset(data["train"], model.info.input_shapes)
+    val = load_dataset(data["val"], model.info.input_shapes)
+    return model, train.arrays, val.arrays
+
+
+def train_result(folder, data, spec):
+    """Write net.nntxt for ``data``, train it with ``nnabla_cli train`` into ``folder``.
+
+    The folder then looks like a console result: results.nnp, net.nntxt, parameters.h5
+    (extracted from the nnp), monitoring_report.yml. Random functions get fixed seeds (see
+    :func:`fix_random_seeds`), so the same data and spec give the same parameters, bit for bit.
+    """
+    return train_on(folder, {**data, "input_shape": (1, data["size"], data["size"])}, spec)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
-import numpy as np
 import pytest
 
 from support import console_kinds as kinds
-from support import fashion_mnist
+from support.fashion_mnist import make_png_dataset
 from support.netdef import NetSpec
-from support.results import IMAGE_SCRIPT, TABLE_SCRIPT, train_on
+from support.results import IMAGE_SCRIPT, TABLE_SCRIPT, train_on, train_result
 
 #: Context of the models the tests load: SGDI_TEST_CONTEXT=cudnn[:N] (scripts/gpu_check.sh);
 #: default cpu. CLI subprocesses keep their own --context (cpu).
@@ -46,51 +46,6 @@ def pytest_configure(config):
         defaults = list(fn.__defaults__)
         defaults[positional.index("context")] = TEST_CONTEXT
         fn.__defaults__ = tuple(defaults)
-
-
-def _source_images(n: int, seed: int):
-    """(images uint8 (n, 28, 28), labels int (n,)): Fashion-MNIST, or generated patterns."""
-    rng = np.random.RandomState(seed)
-    if fashion_mnist.available():
-        images, labels = fashion_mnist.load_split("train")
-        idx = rng.choice(len(images), n, replace=False)
-        return images[idx], labels[idx]
-    labels = rng.randint(0, 10, n)
-    yy, xx = np.mgrid[:28, :28]
-    images = np.empty((n, 28, 28), np.uint8)
-    for i, c in enumerate(labels):
-        base = 127 + 100 * np.sin((c + 1) * xx / 9.0 + c * yy / 7.0)
-        images[i] = np.clip(base + rng.randn(28, 28) * 40, 0, 255).astype(np.uint8)
-    return images, labels
-
-
-def make_png_dataset(folder, n_train, n_val, size=28, seed=0):
-    """Write train.csv / val.csv (x:image,y:label) with PNGs of ``size`` x ``size``."""
-    from PIL import Image
-
-    images, labels = _source_images(n_train + n_val, seed)
-    if size != 28:
-        images = np.stack(
-            [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images]
-        )
-    os.makedirs(folder, exist_ok=True)
-    train = fashion_mnist.write_png_dataset(
-        images[:n_train], labels[:n_train], folder, "train.csv", "train"
-    )
-    val = fashion_mnist.write_png_dataset(
-        images[n_train:], labels[n_train:], folder, "val.csv", "val"
-    )
-    return {"folder": str(folder), "train": train, "val": val, "size": size}
-
-
-def train_result(folder, data, spec: NetSpec):
-    """Write net.nntxt for ``data``, train it with ``nnabla_cli train`` into ``folder``.
-
-    The folder then looks like a console result: results.nnp, net.nntxt, parameters.h5
-    (extracted from the nnp), monitoring_report.yml. Random functions get fixed seeds (see
-    :func:`fix_random_seeds`), so the same data and spec give the same parameters, bit for bit.
-    """
-    return train_on(folder, {**data, "input_shape": (1, data["size"], data["size"])}, spec)
 
 
 @pytest.fixture(scope="session")
@@ -183,6 +138,40 @@ def trained(tmp_path_factory):
         return made[kind]
 
     return get
+
+
+@pytest.fixture
+def private_tmpdir(tmp_path, monkeypatch):
+    """The tool's temporary caches go to ``tmp_path/tmp``, a folder the test can check is left
+    empty."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+@pytest.fixture
+def world(tmp_path, data7, results, private_tmpdir):
+    """A private copy of the 7x7 dataset (``data/``) and of the logreg result (``result/``),
+    an empty TMPDIR for the tool's temporary cache, and the folder that holds all three (the
+    keys are described in ``support/user_files.py``).
+    """
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "val"):
+        shutil.copytree(os.path.join(data7["folder"], name), data / name)
+        shutil.copy(data7[name], data / f"{name}.csv")
+    result = tmp_path / "result"
+    shutil.copytree(results("logreg"), result)
+    return {
+        "root": tmp_path,
+        "data": data,
+        "train": str(data / "train.csv"),
+        "val": str(data / "val.csv"),
+        "result": result,
+        "model": str(result / "results.nnp"),
+        "tmp": private_tmpdir,
+    }
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""``sgd-influence check``: its correlations against an exact leave-one-out computed here."""
+"""``sgd-influence check``: its correlations against an exact leave-one-out computed here, its
+options and inputs refused with one line."""
 
 import csv
 import dataclasses
@@ -11,13 +12,14 @@ import pytest
 import yaml
 from scipy import stats
 
-from sgd_influence_plugin import core, influence
+from sgd_influence_plugin import cli, core, influence
 from sgd_influence_plugin.check import CheckRequest, run_check
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import SettingsError
 from sgd_influence_plugin.fidelity import check_fidelity, pick_samples, verdict_for
 from sgd_influence_plugin.nnabla_adapter import load_model
 from sgd_influence_plugin.settings import InfluenceSettings
+from support.user_files import one_line_error, tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Check.py")
@@ -208,3 +210,14 @@ def test_ctrl_c_exits_130_and_leaves_nothing(results, data28, tmp_path):
     assert proc.returncode == 130 and "interrupted" in err
     assert list(tmp.iterdir()) == []
     assert not (tmp_path / "o").exists()
+
+
+def test_check_on_two_rows_names_the_minimum(world, capsys):
+    two = world["data"] / "two.csv"
+    two.write_text("\n".join(open(world["train"]).read().splitlines()[:3]) + "\n")
+    argv = ["check", "--model", world["model"], "--train", str(two), "--val", world["val"]]
+    argv += ["--output", str(world["root"] / "out" / "check.csv"), "--quiet"]
+    before = tree(world["root"])
+    assert cli.main(argv) == 2
+    one_line_error(capsys, r"two\.csv has only 2 row\(s\); the check .* at least 3 rows")
+    assert tree(world["root"]) == before

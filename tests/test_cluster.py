@@ -412,7 +412,7 @@ def test_a_unit_must_be_a_module_level_function_on_the_cluster_too(scheduler):
 
 
 def _protocol():
-    folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "samples", "fashion_mnist")
+    folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
     if folder not in sys.path:
         sys.path.insert(0, folder)
     import paper_protocol

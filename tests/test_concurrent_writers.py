@@ -1,4 +1,5 @@
-"""Writers into one folder at the same time keep every ledger entry (issue 34, case 8).
+"""Writers into one folder at the same time keep every ledger entry (issue 34, case 8), and a
+cache folder another run holds is refused (issue 18, case 17).
 
 Each commit holds the folder's ledger lock (``ledger_lock``), so no writer drops another's
 entry and every file stays replaceable by the command that wrote it.
@@ -12,7 +13,8 @@ import subprocess
 import sys
 import threading
 
-from sgd_influence_plugin import ledger_lock, ownership
+from sgd_influence_plugin import cli, ledger_lock, ownership, places
+from support.user_files import one_line_error, run_argv, tree
 
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 
@@ -95,3 +97,18 @@ def test_concurrent_cleanse_processes_all_stay_replaceable(world_small):
     assert sorted(ledger["files"]) == [f"a{i}.csv" for i in range(6)]
     rerun = subprocess.run(argv + ["--output", str(out / "a3.csv")], timeout=120)
     assert rerun.returncode == 0
+
+
+def test_a_cache_dir_in_use_by_another_run_is_refused(world, capsys):
+    from sgd_influence_plugin import io_utils
+
+    out = world["root"] / "out" / "influence.csv"
+    cache = world["root"] / "cache"
+    assert cli.main(run_argv(world, out, "--cache-dir", str(cache))) == 0
+    with open(cache / places.CACHE_LOCK, "a+") as held:  # another run holds it
+        assert io_utils.try_lock(held)
+        before = tree(world["root"])
+        assert cli.main(run_argv(world, out, "--cache-dir", str(cache), "--seed", "1")) == 2
+        one_line_error(capsys, r"--cache-dir .*cache: is in use by another sgd-influence run")
+        assert tree(world["root"]) == before
+    assert cli.main(run_argv(world, out, "--cache-dir", str(cache), "--seed", "1")) == 0

@@ -1,6 +1,6 @@
 """The influence core against independent oracles: a float64 dense-Hessian brute force, float64
-SGD and closed-form gradients, nnabla's own SGD solver, and invariances. (The fused graph's
-own oracles are in test_fused_graph_oracles.py.)"""
+SGD and closed-form gradients (``support/oracles.py``), nnabla's own SGD solver, and
+invariances. (The fused graph's own oracles are in test_fused_graph_oracles.py.)"""
 
 import os
 
@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 
 from sgd_influence_plugin import core, influence
-from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.nnabla_adapter import load_model, read_params
 from sgd_influence_plugin.settings import InfluenceSettings
-
-
-def _load(results, name, data):
-    m = load_model(model=os.path.join(results(name), "results.nnp"))
-    tr = load_dataset(data["train"], m.info.input_shapes)
-    va = load_dataset(data["val"], m.info.input_shapes)
-    return m, tr.arrays, va.arrays
+from support.oracles import LogReg, brute_force_replay, sgd_float64, theta_of
+from support.results import load_trained
 
 
 def test_sgd_epoch_equals_nnabla_sgd_solver(results, data7):
@@ -25,7 +19,7 @@ def test_sgd_epoch_equals_nnabla_sgd_solver(results, data7):
     import nnabla.functions as F
     import nnabla.solvers as S
 
-    m, tr, _ = _load(results, "logreg", data7)
+    m, tr, _ = load_trained(results("logreg"), data7)
     theta0 = m.get_params()
     order = core.epoch_orders(50, 1, 3)[0]
     lr, wd, B = 0.2, 0.05, 16
@@ -50,86 +44,6 @@ def test_sgd_epoch_equals_nnabla_sgd_solver(results, data7):
     m.set_params(theta0)
 
 
-# ---- float64 brute force for softmax regression -----------------------------------------
-
-
-def _softmax(z):
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-class _LogReg:
-    """Softmax regression theta = [W (D, C) row-major, b (C,)] with closed forms in float64."""
-
-    def __init__(self, x, y, n_classes):
-        self.x = x.reshape(len(x), -1).astype(np.float64)
-        self.y = y.astype(np.int64).ravel()
-        self.C = n_classes
-        self.D = self.x.shape[1]
-
-    def unpack(self, theta):
-        W = theta[: self.D * self.C].reshape(self.D, self.C)
-        return W, theta[self.D * self.C :]
-
-    def losses(self, theta, idx):
-        W, b = self.unpack(theta)
-        p = _softmax(self.x[idx] @ W + b)
-        return -np.log(p[np.arange(len(idx)), self.y[idx]])
-
-    def grads(self, theta, idx):
-        """(|idx|, P) per-sample gradients."""
-        W, b = self.unpack(theta)
-        p = _softmax(self.x[idx] @ W + b)
-        r = p.copy()
-        r[np.arange(len(idx)), self.y[idx]] -= 1
-        gw = self.x[idx][:, :, None] * r[:, None, :]
-        return np.concatenate([gw.reshape(len(idx), -1), r], axis=1)
-
-    def hessian(self, theta, idx):
-        """Mean Hessian over idx, dense (P, P)."""
-        W, b = self.unpack(theta)
-        p = _softmax(self.x[idx] @ W + b)
-        P = self.D * self.C + self.C
-        H = np.zeros((P, P))
-        for i, j in enumerate(idx):
-            xt = np.concatenate([self.x[j], [1.0]])  # the bias is a weight on a constant 1
-            S = np.diag(p[i]) - np.outer(p[i], p[i])
-            Hi = np.kron(np.outer(xt, xt), S)  # ((D+1)C, (D+1)C), rows (d, c)
-            H += Hi
-        return H / len(idx)  # row index d*C + c matches [W.ravel(), b] with b as d = D
-
-
-def _brute_force_replay(train, theta_at, order, lrs, batch_size, u0, wd):
-    """Algorithm 2 in float64 with dense Hessians: infl (N,), for step t = T-1..0 at
-    parameters ``theta_at(t)`` and rate ``lrs[t]``."""
-    ref, u, B = np.zeros(len(order)), np.array(u0, dtype=np.float64), batch_size
-    for t in range(core.n_steps(len(order), B) - 1, -1, -1):
-        idx = order[t * B : (t + 1) * B]
-        theta = theta_at(t)
-        ref[idx] += lrs[t] / len(idx) * train.grads(theta, idx) @ u
-        u = u - lrs[t] * (train.hessian(theta, idx) @ u + wd * u)
-    return ref
-
-
-def _sgd_float64(train, theta, orders, lrs, batch_size, wd):
-    """Plain SGD in float64 over each order in turn (closed-form gradients); returns the
-    parameters after every step, (sum of T_k + 1, P), the start first."""
-    path = [np.array(theta, dtype=np.float64)]
-    for order in orders:
-        for t in range(core.n_steps(len(order), batch_size)):
-            idx = order[t * batch_size : (t + 1) * batch_size]
-            th = path[-1]
-            path.append(th - lrs[t] * (train.grads(th, idx).mean(axis=0) + wd * th))
-    return np.array(path)
-
-
-def _theta(params):
-    return np.concatenate([params["Affine/affine/W"].ravel(), params["Affine/affine/b"]]).astype(
-        np.float64
-    )
-
-
 def _centred_by_class(ref, labels):
     """The oracle of target class-centred: each value minus its class's mean, class by class;
     a class of one row keeps its value."""
@@ -148,7 +62,7 @@ def _centred_by_class(ref, labels):
 def test_replay_equals_float64_dense_hessian_brute_force(
     results, data7, tmp_path, cache, batch_size, target
 ):
-    m, tr, va = _load(results, "logreg", data7)
+    m, tr, va = load_trained(results("logreg"), data7)
     assert m.info.solver.weight_decay > 0 and m.info.solver.batch_size == 16
     # B=16: 50 samples make steps of 16, 16, 16 and a last one of 2. B=1: 50 single steps.
     settings = InfluenceSettings(
@@ -166,8 +80,8 @@ def test_replay_equals_float64_dense_hessian_brute_force(
     order = np.load(os.path.join(cache_dir, "order.npy"))
     lrs = np.load(os.path.join(cache_dir, "lr.npy")).astype(np.float64)
     names = ["Affine/affine/W", "Affine/affine/b"]
-    final = _theta(read_params(os.path.join(cache_dir, "parameters.h5"), names))
-    train, val = _LogReg(tr["x"], tr["y"], 10), _LogReg(va["x"], va["y"], 10)
+    final = theta_of(read_params(os.path.join(cache_dir, "parameters.h5"), names))
+    train, val = LogReg(tr["x"], tr["y"], 10), LogReg(va["x"], va["y"], 10)
     np.testing.assert_allclose(
         train.losses(final, np.arange(5)), _nnabla_losses(m, tr, final, names), rtol=1e-4
     )
@@ -176,16 +90,16 @@ def test_replay_equals_float64_dense_hessian_brute_force(
     def theta_at(t):
         if cache == "final":
             return final
-        return _theta(read_params(os.path.join(cache_dir, "steps", f"step_{t:05d}.h5"), names))
+        return theta_of(read_params(os.path.join(cache_dir, "steps", f"step_{t:05d}.h5"), names))
 
     labels = train.y
     finish = (lambda r: _centred_by_class(r, labels)) if target == "class-centred" else np.array
     ref = finish(
-        _brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, run.weight_decay)
+        brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, run.weight_decay)
     )
     assert np.max(np.abs(infl - ref)) <= 1e-4 * np.max(np.abs(ref))
     # Weight decay matters at this tolerance: the brute force without it disagrees.
-    ref0 = finish(_brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, 0.0))
+    ref0 = finish(brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, 0.0))
     assert np.max(np.abs(infl - ref0)) > 1e-4 * np.max(np.abs(ref0))
     if target == "class-centred":
         # every class sums to zero; a slipped centring (another target, labels one row off,
@@ -193,7 +107,7 @@ def test_replay_equals_float64_dense_hessian_brute_force(
         for c in np.unique(labels):
             if np.sum(labels == c) >= 2:
                 assert abs(infl[labels == c].sum()) <= 1e-9 + 1e-6 * np.abs(infl).sum()
-        raw = _brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, run.weight_decay)
+        raw = brute_force_replay(train, theta_at, order, lrs, run.batch_size, u0, run.weight_decay)
         slipped = [raw, _centred_by_class(raw, np.roll(labels, 1)), 2 * raw - ref]
         for wrong in slipped:
             assert np.max(np.abs(infl - wrong)) > 1e-2 * np.max(np.abs(ref))
@@ -218,9 +132,9 @@ _LOGREG_NAMES = ["Affine/affine/W", "Affine/affine/b"]
 def test_replay_with_a_rate_per_step_equals_brute_force(results, data7):
     """``lr.npy`` holds one rate per step: step t of the replay must use eta_t (the training
     phase writes equal rates, so only a direct call can tell which step's rate is used)."""
-    m, tr, va = _load(results, "logreg", data7)
-    theta = _theta(m.get_params())
-    train, val = _LogReg(tr["x"], tr["y"], 10), _LogReg(va["x"], va["y"], 10)
+    m, tr, va = load_trained(results("logreg"), data7)
+    theta = theta_of(m.get_params())
+    train, val = LogReg(tr["x"], tr["y"], 10), LogReg(va["x"], va["y"], 10)
     order = core.epoch_orders(50, 1, 11)[0]  # steps of 16, 16, 16, 2
     lrs = np.array([0.8, 0.05, 0.4, 0.15], np.float32)
     wd = 0.01
@@ -228,23 +142,23 @@ def test_replay_with_a_rate_per_step_equals_brute_force(results, data7):
     infl, stats = core.replay(m, tr, order, lrs, 16, u, weight_decay=wd)
     assert stats.steps == 4
     u0 = val.grads(theta, np.arange(30)).mean(axis=0)
-    ref = _brute_force_replay(train, lambda t: theta, order, lrs, 16, u0, wd)
+    ref = brute_force_replay(train, lambda t: theta, order, lrs, 16, u0, wd)
     assert np.max(np.abs(infl - ref)) <= 1e-4 * np.max(np.abs(ref))
     # The oracle tells the rates apart: each step at its successor's rate is far off.
     shifted = np.append(lrs[1:], lrs[-1])
-    wrong = _brute_force_replay(train, lambda t: theta, order, shifted, 16, u0, wd)
+    wrong = brute_force_replay(train, lambda t: theta, order, shifted, 16, u0, wd)
     assert np.max(np.abs(wrong - ref)) > 0.1 * np.max(np.abs(ref))
 
 
 def test_sgd_epoch_with_a_rate_per_step_equals_float64_sgd(results, data7):
-    m, tr, _ = _load(results, "logreg", data7)
+    m, tr, _ = load_trained(results("logreg"), data7)
     theta0 = m.get_params()
-    train = _LogReg(tr["x"], tr["y"], 10)
+    train = LogReg(tr["x"], tr["y"], 10)
     order = core.epoch_orders(50, 1, 2)[0]
     lrs = np.array([0.8, 0.05, 0.4, 0.15], np.float32)
     core.sgd_epoch(m, tr, order, lrs, 16, weight_decay=0.03)
-    path = _sgd_float64(train, _theta(theta0), [order], lrs.astype(np.float64), 16, 0.03)
-    ours = _theta(m.get_params())
+    path = sgd_float64(train, theta_of(theta0), [order], lrs.astype(np.float64), 16, 0.03)
+    ours = theta_of(m.get_params())
     m.set_params(theta0)
     assert np.max(np.abs(ours - path[-1])) <= 1e-5 * np.max(np.abs(path[-1]))
 
@@ -253,13 +167,13 @@ def test_sgd_epoch_with_a_rate_per_step_equals_float64_sgd(results, data7):
 def test_validation_gradient_and_loss_are_means_over_the_whole_set(results, data7, batch_size):
     """30 validation samples in chunks of 7 (7, 7, 7, 7, 2), one chunk of 30, or one of 256:
     always the mean over all 30, as the closed form gives it."""
-    m, _, va = _load(results, "logreg", data7)
-    theta = _theta(m.get_params())
-    val = _LogReg(va["x"], va["y"], 10)
+    m, _, va = load_trained(results("logreg"), data7)
+    theta = theta_of(m.get_params())
+    val = LogReg(va["x"], va["y"], 10)
     u = core.validation_gradient(m, va, batch_size)
     assert list(u) == _LOGREG_NAMES and u["Affine/affine/W"].shape == (49, 10)
     ref = val.grads(theta, np.arange(30)).mean(axis=0)
-    np.testing.assert_allclose(_theta(u), ref, rtol=1e-4, atol=1e-6 * np.max(np.abs(ref)))
+    np.testing.assert_allclose(theta_of(u), ref, rtol=1e-4, atol=1e-6 * np.max(np.abs(ref)))
     loss = core.mean_loss(m, va, batch_size)
     assert loss == pytest.approx(val.losses(theta, np.arange(30)).mean(), rel=1e-5)
 
@@ -267,7 +181,7 @@ def test_validation_gradient_and_loss_are_means_over_the_whole_set(results, data
 def test_two_epochs_cache_the_last_order_and_two_epochs_of_sgd(results, data7, tmp_path):
     """``epochs=2``: the cache holds the second epoch's order and the parameters before each of
     its steps, and the final parameters are two epochs of SGD from the trained ones."""
-    m, tr, _ = _load(results, "logreg", data7)
+    m, tr, _ = load_trained(results("logreg"), data7)
     theta0 = m.get_params()
     settings = InfluenceSettings(lr=0.1, epochs=2, seed=5, cache="all")
     run = influence.resolve(m, settings)
@@ -284,15 +198,15 @@ def test_two_epochs_cache_the_last_order_and_two_epochs_of_sgd(results, data7, t
     np.testing.assert_array_equal(
         np.load(os.path.join(cache_dir, "lr.npy")), np.full(4, 0.1, np.float32)
     )
-    train = _LogReg(tr["x"], tr["y"], 10)
-    path = _sgd_float64(train, _theta(theta0), orders, [0.1] * 4, 16, run.weight_decay)
+    train = LogReg(tr["x"], tr["y"], 10)
+    path = sgd_float64(train, theta_of(theta0), orders, [0.1] * 4, 16, run.weight_decay)
     assert len(path) == 9  # the start and 2 x 4 steps
-    final = _theta(read_params(os.path.join(cache_dir, "parameters.h5"), _LOGREG_NAMES))
+    final = theta_of(read_params(os.path.join(cache_dir, "parameters.h5"), _LOGREG_NAMES))
     assert np.max(np.abs(final - path[-1])) <= 1e-5 * np.max(np.abs(path[-1]))
     # The snapshots are the parameters before each step of the second epoch.
     for t in range(4):
         snap = read_params(os.path.join(cache_dir, "steps", f"step_{t:05d}.h5"), _LOGREG_NAMES)
-        assert np.max(np.abs(_theta(snap) - path[4 + t])) <= 1e-5 * np.max(np.abs(path[4 + t]))
+        assert np.max(np.abs(theta_of(snap) - path[4 + t])) <= 1e-5 * np.max(np.abs(path[4 + t]))
     assert sorted(os.listdir(os.path.join(cache_dir, "steps"))) == [
         f"step_{t:05d}.h5" for t in range(4)
     ]
@@ -300,7 +214,7 @@ def test_two_epochs_cache_the_last_order_and_two_epochs_of_sgd(results, data7, t
 
 def test_weight_decay_term_of_the_replay(results, data7):
     """u <- u - lr * (H u + lambda u): with H's effect isolated, lambda scales u exactly."""
-    m, tr, va = _load(results, "logreg", data7)
+    m, tr, va = load_trained(results("logreg"), data7)
     u = core.validation_gradient(m, va)
     order = np.arange(50, dtype=np.int32)
     lr = 1e-3
@@ -314,7 +228,7 @@ def test_weight_decay_term_of_the_replay(results, data7):
 
 
 def test_permuting_rows_permutes_scores(results, data28):
-    m, tr, va = _load(results, "mlp", data28)
+    m, tr, va = load_trained(results("mlp"), data28)
     u = core.validation_gradient(m, va)
     n = len(tr["y"])
     order = core.epoch_orders(n, 1, 0)[0]
@@ -328,7 +242,7 @@ def test_permuting_rows_permutes_scores(results, data28):
 
 
 def test_trials_average_and_cache_layout(results, data28, tmp_path):
-    m, tr, va = _load(results, "mlp", data28)
+    m, tr, va = load_trained(results("mlp"), data28)
     theta0 = m.get_params()
     res = influence.compute_influence(
         m, tr, va, InfluenceSettings(trials=2, seed=7), cache_dir=str(tmp_path / "c")
@@ -357,7 +271,7 @@ def test_trials_average_and_cache_layout(results, data28, tmp_path):
 
 
 def test_all_mode_keeps_one_snapshot_per_step(results, data28, tmp_path):
-    m, tr, va = _load(results, "mlp", data28)
+    m, tr, va = load_trained(results("mlp"), data28)
     theta0 = m.get_params()
     res = influence.compute_influence(
         m, tr, va, InfluenceSettings(cache="all", trials=1), cache_dir=str(tmp_path / "c")
@@ -374,7 +288,7 @@ def test_temporary_cache_is_removed(results, data28, monkeypatch, tmp_path):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    m, tr, va = _load(results, "mlp", data28)
+    m, tr, va = load_trained(results("mlp"), data28)
     influence.compute_influence(m, tr, va, InfluenceSettings())
     assert os.listdir(tmp_path) == []
     bad = dict(va)
@@ -385,7 +299,7 @@ def test_temporary_cache_is_removed(results, data28, monkeypatch, tmp_path):
 
 
 def test_non_sgd_solver_warns(results, data28):
-    m, tr, va = _load(results, "adam", data28)
+    m, tr, va = load_trained(results("adam"), data28)
     run = influence.resolve(m, InfluenceSettings())
     assert run.lr == pytest.approx(0.001)
     assert any("trained with Adam" in w and "plain SGD" in w for w in run.warnings)
@@ -393,7 +307,7 @@ def test_non_sgd_solver_warns(results, data28):
 
 def test_exploding_query_vector_is_measured(results, data28):
     """At fixed parameters, lr far above 2 / (top Hessian eigenvalue) makes (I - lr H) expand u."""
-    m, tr, va = _load(results, "mlp", data28)
+    m, tr, va = load_trained(results("mlp"), data28)
     u = core.validation_gradient(m, va)
     order = core.epoch_orders(256, 1, 0)[0]
     _, calm = core.replay(m, tr, order, np.full(8, 1e-3), 32, u)
@@ -404,7 +318,7 @@ def test_exploding_query_vector_is_measured(results, data28):
 
 
 def test_replay_builds_one_graph_per_batch_size(results, data28, monkeypatch):
-    m, tr, va = _load(results, "mlp", data28)
+    m, tr, va = load_trained(results("mlp"), data28)
     u = core.validation_gradient(m, va)
     built = []
     real = core._StepGraphs

@@ -15,6 +15,9 @@ import time
 
 import pytest
 
+from sgd_influence_plugin import interrupts
+from support.user_files import run_argv
+
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -64,3 +67,31 @@ def test_an_early_stop_of_an_entry_script_prints_one_line(world_small, delay):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err, err
     assert not out.exists()
+
+
+def test_cli_two_ctrl_c_from_the_terminal_one_line_and_fast(world):
+    """Ctrl-C twice, sent to the whole process group as a terminal does, while the trials run
+    in workers: exit 130, the one line, no traceback, within a few seconds."""
+    import signal
+
+    out = world["root"] / "out" / "influence.csv"
+    env = dict(os.environ, TMPDIR=str(world["tmp"]))
+    argv = run_argv(world, out, "--epochs", "5000", "--trials", "3", "--jobs", "2")
+    proc = subprocess.Popen(
+        [CLI] + argv, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.time() + 120
+    while not any(p.name.startswith("sgd_influence_cache_") for p in world["tmp"].iterdir()):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    time.sleep(0.3)  # the workers are training
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip() == "sgd-influence: " + interrupts.MESSAGE, err
+    assert time.monotonic() - t0 < 4.0
+    assert list(world["tmp"].iterdir()) == []
+    assert not (world["root"] / "out").exists()

@@ -1,4 +1,5 @@
-"""The dataset reader against nnabla's own CsvDataSource, on real PNG files."""
+"""The dataset reader against nnabla's own CsvDataSource, on real PNG files; the row numbers
+its messages give, as the user sees them."""
 
 import os
 
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sgd_influence_plugin import cli
 from sgd_influence_plugin.dataset import load_dataset, parse_header_cell, read_csv_table
+from support.user_files import argv_for, one_line_error, rewrite_cell, tree
 
 
 def _csv_data_source_rows(path, normalize):
@@ -145,3 +148,27 @@ def test_a_png_named_file_holding_another_format_still_decodes(tmp_path):
     assert jpeg.shape == png.shape == (1, 28, 28)
     np.testing.assert_allclose(png[0], pixels / 255.0, atol=1e-12)
     assert np.abs(jpeg[0] - pixels / 255.0).mean() < 0.1  # lossy, but the same picture
+
+
+# ----------------------------------------------------------------------------------------
+# Row numbers count blank lines, as the user sees them (issue 18, case 15)
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, pattern",
+    [
+        ("12", r"train\.csv row 23, column 'y:label': label 12 is out of range"),
+        ("abc", r"train\.csv row 23, column 'y:label': 'abc' is neither a number"),
+    ],
+)
+def test_blank_lines_keep_the_row_numbers(world, capsys, value, pattern):
+    rewrite_cell(world["train"], 20, 1, value)  # the 21st data row
+    lines = open(world["train"]).read().splitlines()
+    lines[10:10] = ["", ""]  # two blank lines before it: the user sees it on row 23
+    (world["data"] / "train.csv").write_text("\n".join(lines) + "\n")
+    assert lines[23].endswith("," + value)  # line 24 of the file, row 23 after the header
+    before = tree(world["root"])
+    assert cli.main(argv_for(world, lambda w: [])) == 2
+    one_line_error(capsys, pattern)
+    assert tree(world["root"]) == before

@@ -2,15 +2,18 @@
 
 import csv
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import core, influence
+from sgd_influence_plugin import cli, core, influence, ownership
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.evaluate import accuracy, evaluate
 from sgd_influence_plugin.nnabla_adapter import load_model
 from sgd_influence_plugin.settings import InfluenceSettings
+from support.output_checks import csv_rows
+from support.user_files import label_edit, one_line_error, rewrite_cell, tree
 
 
 def _noise_file(path, n, flipped):
@@ -87,3 +90,181 @@ def test_evaluate_takes_the_datasets_the_definition_names(results, data28, tmp_p
     assert facts["val_csv"] == os.path.abspath(data28["val"])
     assert facts["settings"]["weight_decay"] == 0.001
     assert facts["settings"]["replay_step"] == "exact"
+
+
+def _with_solver_decay(folder, decay, dest):
+    """The result in ``folder`` as net.nntxt + parameters.h5 in ``dest``, its solver's
+    weight_decay set to ``decay`` (the weights unchanged)."""
+    import shutil
+
+    dest.mkdir()
+    text = open(os.path.join(folder, "net.nntxt")).read()
+    assert text.count("weight_decay: ") == 1
+    head, tail = text.split("weight_decay: ")
+    text = head + f"weight_decay: {decay}" + tail[tail.index("\n") :]
+    (dest / "net.nntxt").write_text(text)
+    shutil.copy(os.path.join(folder, "parameters.h5"), dest / "parameters.h5")
+    return {"config": str(dest / "net.nntxt"), "params": str(dest / "parameters.h5")}
+
+
+def test_the_rate_check_uses_the_given_weight_decay_not_the_solvers(results, data7, tmp_path):
+    """``--weight-decay 0`` replaces a solver's weight decay that no rate could replay
+    (lr 0.1 * 20 >= 1): evaluate runs, as ``run`` and ``check`` do (it used to check the rate
+    against the solver's value and refuse)."""
+    files = _with_solver_decay(results("logreg"), 20, tmp_path / "model")
+    rows = evaluate(
+        files, data7["train"], data7["val"], data7["val"], str(tmp_path / "eval"), [0], [0],
+        "last", InfluenceSettings(trials=1, lr=0.1, weight_decay=0.0, jobs=1),
+    )  # fmt: skip
+    assert [r["method"] for r in rows] == ["none"]
+    assert load_model(**files).info.solver.weight_decay == 20  # the solver's, not used
+
+
+def test_a_given_weight_decay_too_large_for_the_rate_is_refused_before_computing(
+    results, data7, tmp_path, monkeypatch
+):
+    """``--weight-decay 20`` at lr 0.1 (the solver's weight decay is 0.01): refused before
+    the influence is computed, naming the weight decay, and nothing is written."""
+    from sgd_influence_plugin import evaluate as evaluate_mod
+    from sgd_influence_plugin.errors import SettingsError
+
+    def computed(*a, **k):
+        raise AssertionError("the influence was computed before the refusal")
+
+    monkeypatch.setattr(evaluate_mod, "compute_influence", computed)
+    nnp = os.path.join(results("logreg"), "results.nnp")
+    out = tmp_path / "eval"
+    with pytest.raises(SettingsError, match=r"weight decay 20"):
+        evaluate(
+            {"model": nnp}, data7["train"], data7["val"], data7["val"], str(out), [0], [0],
+            "last", InfluenceSettings(trials=1, lr=0.1, weight_decay=20.0, jobs=1),
+        )  # fmt: skip
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------
+# The ownership rule, and everything checked before computing (issue 18, cases 1, 7, 12)
+# ----------------------------------------------------------------------------------------
+
+
+def _eval_argv(w, out, *extra):
+    return [
+        "evaluate",
+        "--model",
+        w["model"],
+        "--train",
+        w["train"],
+        "--val",
+        w["val"],
+        "--test",
+        w["val"],
+        "--output-dir",
+        str(out),
+        "--ratios",
+        "0,0.1",
+        "--seeds",
+        "0",
+        "--trials",
+        "1",
+        "--quiet",
+        *extra,
+    ]
+
+
+def _copy_csv(w, name, row=None, label=None):
+    """A copy of the validation CSV in data/ named ``name``, with one label changed."""
+    path = w["data"] / name
+    shutil.copy(w["val"], path)
+    if row is not None:
+        rewrite_cell(path, row, 1, label)
+    return str(path)
+
+
+def _user_files(*names):
+    def make(w):
+        out = w["root"] / "eval"
+        out.mkdir()
+        for name in names:
+            (out / name).write_text("the user's\n")
+        return ["--output-dir", str(out)]
+
+    return make
+
+
+EVALUATE_REFUSED = {
+    # issue 18, case 1: the test CSV is results.csv in the output folder
+    "test CSV is the results file": (
+        lambda w: ["--test", _copy_csv(w, "results.csv"), "--output-dir", str(w["data"])],
+        r"results\.csv: refusing to overwrite the input .*results\.csv; choose another "
+        r"--output-dir",
+    ),
+    "user's results.csv": (
+        _user_files("results.csv"),
+        r"eval/results\.csv: already exists and was not written by sgd-influence",
+    ),
+    "user's settings.yaml": (
+        _user_files("settings.yaml"),
+        r"eval/settings\.yaml: already exists and was not written",
+    ),
+    "user's summary.md": (
+        _user_files("summary.md", "notes.txt"),
+        r"eval/summary\.md: already exists and was not written",
+    ),
+    "output into an image folder": (
+        lambda w: ["--output-dir", str(w["data"] / "train")],
+        r"--output-dir .*train: lies in .*train, a folder of the dataset's images",
+    ),
+    # issue 18, case 7: labels
+    "training label 10": (
+        lambda w: label_edit("10")(w),
+        r"train\.csv row 4, column 'y:label': label 10 is out of range .*\(0\.\.9\)",
+    ),
+    "training label 1e400": (
+        lambda w: label_edit("1e400")(w),
+        r"train\.csv row 4, column 'y:label': '1e400' is not a finite number",
+    ),
+    "test label 99": (
+        lambda w: ["--test", _copy_csv(w, "test.csv", 5, "99")],
+        r"test\.csv row 6, column 'y:label': label 99 is out of range",
+    ),
+    # issue 18, case 12: options that failed with a traceback, some after the whole computation
+    "ratios empty": (lambda w: ["--ratios", ""], r"--ratios is empty"),
+    "ratios nan": (lambda w: ["--ratios", "0,nan"], r"--ratios 0,nan: nan is not a share"),
+    "ratios 1": (lambda w: ["--ratios", "1"], r"--ratios 1: 1 is not a share in \[0, 1\)"),
+    "seeds -1": (lambda w: ["--seeds", "-1"], r"--seeds -1: -1 is not a whole number in 0\.\."),
+    "seeds 0.5": (lambda w: ["--seeds", "0.5"], r"--seeds '0\.5': 0\.5 is not a whole number"),
+    "seeds empty": (lambda w: ["--seeds", ","], r"--seeds is empty"),
+    "output-dir is a file": (
+        lambda w: ["--output-dir", w["train"]],
+        r"--output-dir .*train\.csv: is a file, not a folder",
+    ),
+    "output-dir empty": (lambda w: ["--output-dir", ""], r"--output-dir is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVALUATE_REFUSED))
+def test_evaluate_refuses_before_computing_and_changes_nothing(world, case, capsys):
+    edit, pattern = EVALUATE_REFUSED[case]
+    argv = _eval_argv(world, world["root"] / "eval") + edit(world)
+    before = tree(world["root"])
+    assert cli.main(argv) == 2
+    one_line_error(capsys, pattern)
+    assert tree(world["root"]) == before
+
+
+def test_evaluate_replaces_only_its_own_results(world, capsys):
+    out = world["root"] / "eval"
+    assert cli.main(_eval_argv(world, out)) == 0
+    names = sorted(os.listdir(out))
+    assert names == sorted([ownership.LEDGER, "figure2.png", "results.csv", "settings.yaml",
+                            "summary.md"])  # fmt: skip
+    first_rows = csv_rows(out / "results.csv")
+    # Its own files are replaced by the next run; a file the user edited is not.
+    assert cli.main(_eval_argv(world, out, "--seeds", "1")) == 0
+    assert csv_rows(out / "results.csv") != first_rows
+    with open(out / "summary.md", "a") as f:
+        f.write("my notes\n")
+    before = tree(world["root"])
+    assert cli.main(_eval_argv(world, out, "--seeds", "2")) == 2
+    one_line_error(capsys, r"summary\.md: already exists and was not written by sgd-influence")
+    assert tree(world["root"]) == before

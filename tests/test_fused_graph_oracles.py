@@ -23,20 +23,12 @@ import numpy as np
 import pytest
 
 from sgd_influence_plugin import core
-from sgd_influence_plugin.dataset import load_dataset
-from sgd_influence_plugin.nnabla_adapter import load_model
+from support.results import load_trained
 
 #: Smallest distance from a tie (absolute, in activation units of order 1) that a row chosen
 #: for the ReLU/max-pooling oracles may have: 100x the float32 rounding of the activations.
 TIE_MARGIN = 1e-5
 BN_EPS = 1e-5  # what nnabla's parametric BatchNormalization writes into the definition
-
-
-def _load(results, name, data):
-    m = load_model(model=os.path.join(results(name), "results.nnp"))
-    tr = load_dataset(data["train"], m.info.input_shapes)
-    va = load_dataset(data["val"], m.info.input_shapes)
-    return m, tr.arrays, va.arrays
 
 
 def _h5_values(path):
@@ -205,7 +197,7 @@ def _rel_l2(a, b):
 
 @pytest.fixture(scope="module")
 def cnn_bn(results, data28):
-    m, tr, va = _load(results, "cnn_bn", data28)
+    m, tr, va = load_trained(results("cnn_bn"), data28)
     values = _h5_values(os.path.join(results("cnn_bn"), "parameters.h5"))
     losses64, margins = cnn_bn_float64(values, tr["x"], tr["y"])
     # The float64 forward is the network the adapter builds (its own check).
@@ -250,7 +242,7 @@ def test_hvp_equals_float64_finite_differences_on_smooth_net(results, data28):
     """
     import nnabla.functions as F
 
-    m, tr, va = _load(results, "smooth", data28)
+    m, tr, va = load_trained(results("smooth"), data28)
     B = 32
     idx = np.arange(100, 100 + B)
     u = core.validation_gradient(m, va)
@@ -313,7 +305,7 @@ def test_exact_ties_first_maximum_and_zero_slope(results, data28, cnn_bn):
     are exact ties between positions with different neighbours (so the choice matters), and
     black pixels are ReLU inputs of exactly 0.
     """
-    m, _, va = _load(results, "cnn_bn", data28)
+    m, _, va = load_trained(results("cnn_bn"), data28)
     W = np.zeros((8, 1, 3, 3), np.float32)
     W[:, 0, 1, 1] = 1.0
     ident = {

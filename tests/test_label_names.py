@@ -9,7 +9,7 @@ import pytest
 
 from sgd_influence_plugin import cli
 from sgd_influence_plugin.errors import InputError
-from sgd_influence_plugin.labels import check_label_names, read_label_names
+from sgd_influence_plugin.labels import check_label_names, class_pairs, read_label_names
 from sgd_influence_plugin.runner import RunRequest, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,3 +153,19 @@ def test_plugin_passes_label_names_through(results, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{names}: 1 names but " in proc.stderr and "has label" in proc.stderr
     assert sorted(os.listdir(folder)) == before and not (tmp_path / "o").exists()
+
+
+def test_class_pairs_count_both_directions_and_rank_by_rows():
+    """T-shirt (0) given as Shirt (6) and Shirt given as T-shirt are one pair; a row the model
+    agrees with counts as (same); most rows first, then label order; only the changed rows."""
+    given = ["6", "0", "0", "5", "7", "3", "3.0", "9"]
+    model = ["0", "6", "6", "7", "5", "3", "", "1"]
+    names = [f"c{k}" for k in range(10)]
+    got = class_pairs(given, model, rows=[0, 1, 2, 3, 4, 5, 6], names=names)
+    assert got == [
+        "c0 (0) <-> c6 (6): 3 rows",
+        "c3 (3) <-> (same): 2 rows",
+        "c5 (5) <-> c7 (7): 2 rows",
+    ]
+    assert class_pairs(given, model, rows=[7], top=1) == ["1 <-> 9: 1 row"]
+    assert class_pairs(given, model, rows=[]) == []

@@ -113,9 +113,9 @@ def test_smooth_net_matches_exact_leave_one_out(results, data28, tmp_path):
 @pytest.mark.slow
 def test_smooth_net_leave_one_out_at_n1024(tmp_path):
     """The design notes' setting: N=1024, B=32, lr=0.05, smooth CNN (opt-in, about 4 min)."""
-    from conftest import make_png_dataset, train_result
-
+    from support.fashion_mnist import make_png_dataset
     from support.netdef import NetSpec
+    from support.results import train_result
 
     data = make_png_dataset(tmp_path / "data", 1024, 256, seed=7)
     folder = train_result(

@@ -12,12 +12,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_core_oracles import _brute_force_replay, _LogReg, _sgd_float64, _theta
 
 from sgd_influence_plugin import core, influence
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.nnabla_adapter import load_model, read_params
 from sgd_influence_plugin.settings import InfluenceSettings
+from support.oracles import LogReg, brute_force_replay, sgd_float64, theta_of
 from support.results import train_nntxt
 
 NAMES = ["Affine/affine/W", "Affine/affine/b"]
@@ -115,7 +115,7 @@ def test_regression_losses_replay_equals_brute_force(regression, data7, tmp_path
     g.inputs["x"].d, g.inputs["y"].d = tr["x"], tr["y"]
     g.loss.forward()
     np.testing.assert_allclose(
-        np.ravel(g.loss.d), train.losses(_theta(theta0), np.arange(50)), rtol=1e-5, atol=1e-6
+        np.ravel(g.loss.d), train.losses(theta_of(theta0), np.arange(50)), rtol=1e-5, atol=1e-6
     )
     settings = InfluenceSettings(lr=0.01, seed=2)
     run = influence.resolve(m, settings)
@@ -125,18 +125,18 @@ def test_regression_losses_replay_equals_brute_force(regression, data7, tmp_path
     infl, _, val_loss = influence.run_inference_phase(m, tr, va, cache_dir)
     m.set_params(theta0)
     order = np.load(os.path.join(cache_dir, "order.npy"))
-    path = _sgd_float64(train, _theta(theta0), [order], [0.01] * 4, 16, run.weight_decay)
-    final = _theta(read_params(os.path.join(cache_dir, "parameters.h5"), NAMES))
+    path = sgd_float64(train, theta_of(theta0), [order], [0.01] * 4, 16, run.weight_decay)
+    final = theta_of(read_params(os.path.join(cache_dir, "parameters.h5"), NAMES))
     assert np.max(np.abs(final - path[-1])) <= 1e-5 * np.max(np.abs(path[-1]))
     assert val_loss == pytest.approx(val.losses(final, np.arange(30)).mean(), rel=1e-5)
     u0 = val.grads(final, np.arange(30)).mean(axis=0)
-    ref = _brute_force_replay(train, lambda t: final, order, [0.01] * 4, 16, u0, 0.01)
+    ref = brute_force_replay(train, lambda t: final, order, [0.01] * 4, 16, u0, 0.01)
     assert np.max(np.abs(infl - ref)) <= 1e-4 * np.max(np.abs(ref))
     # Either loss alone is far from the sum.
     if two_losses:
         alone = _Squares(tr["x"], tr["y"], False)
         u1 = _Squares(va["x"], va["y"], False).grads(final, np.arange(30)).mean(axis=0)
-        other = _brute_force_replay(alone, lambda t: final, order, [0.01] * 4, 16, u1, 0.01)
+        other = brute_force_replay(alone, lambda t: final, order, [0.01] * 4, 16, u1, 0.01)
         assert np.max(np.abs(other - ref)) > 0.1 * np.max(np.abs(ref))
 
 
@@ -158,7 +158,7 @@ def test_momentum_solver_rate_is_replayed_with_plain_sgd(results, data7, tmp_pat
         np.load(os.path.join(cache_dir, "lr.npy")), np.full(4, 0.02, np.float32)
     )
     order = core.epoch_orders(50, 1, 3)[0]
-    train = _LogReg(tr["x"], tr["y"], 10)
-    path = _sgd_float64(train, _theta(theta0), [order], [0.02] * 4, 16, run.weight_decay)
-    final = _theta(read_params(os.path.join(cache_dir, "parameters.h5"), NAMES))
+    train = LogReg(tr["x"], tr["y"], 10)
+    path = sgd_float64(train, theta_of(theta0), [order], [0.02] * 4, 16, run.weight_decay)
+    final = theta_of(read_params(os.path.join(cache_dir, "parameters.h5"), NAMES))
     assert np.max(np.abs(final - path[-1])) <= 1e-5 * np.max(np.abs(path[-1]))

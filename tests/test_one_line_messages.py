@@ -3,7 +3,10 @@
 A file-size limit (``ulimit -f``) names the limit, not "permissions" or "another program";
 HDF5's multi-line text never splits the line; a dangling or looping symbolic link is called
 that, not "a file"; an immutable plugins folder is named, not an internal probe file; a CSV
-with hundreds of columns gets a short line.
+with hundreds of columns gets a short line. Bad options and inputs of ``run`` (absurd rates,
+contexts, labels, functions nnabla lacks, names too long, options that pointed the wrong way;
+issue 18) are refused with one line before computing, by the CLI and the console script
+alike, and nothing changes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import pytest
 
 from sgd_influence_plugin import cli, ownership
+from support.user_files import argv_for, label_edit, load_plugin, one_line_error, plugin_error, tree
 
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 
@@ -132,3 +136,133 @@ def test_a_cell_with_a_line_break_stays_on_one_line(world_small, capsys):
     capsys.readouterr()
     assert cli.main(argv + ["--output", str(w["root"] / "nl" / "i.csv")]) == 2
     _one_line(capsys.readouterr().err, r"nl\.csv row 1, column 'x:image': file 'train/00\\n")
+
+
+# ----------------------------------------------------------------------------------------
+# Run: refused with one line before computing, nothing changes (issue 18)
+# ----------------------------------------------------------------------------------------
+
+
+def _unknown_function(w):
+    text = (w["result"] / "net.nntxt").read_text()
+    assert 'type: "Affine"' in text
+    bad = w["root"] / "foo.nntxt"
+    bad.write_text(text.replace('type: "Affine"', 'type: "FooBarFunc"'))
+    params = str(w["result"] / "parameters.h5")
+    return ["--model", None, "--config", str(bad), "--params", params]
+
+
+def _long_name(w):
+    return ["--output", str(w["root"] / "out" / ("a" * 300 + ".csv"))]
+
+
+def _long_path(w):
+    deep = os.path.join(str(w["root"]), *(["d" * 200] * 21))
+    return ["--output", os.path.join(deep, "influence.csv")]
+
+
+RUN_REFUSED = {
+    # issue 18, case 6: absurd rates, refused before computing (auto: once the curvature has
+    # chosen it)
+    "lr 1e-46": (
+        lambda w: ["--lr", "1e-46"],
+        r"learning rate 1e-46: too small to change float32 parameters",
+    ),
+    "weight decay 1e300 at lr 0.1": (
+        lambda w: ["--lr", "0.1", "--weight-decay", "1e300"],
+        r"learning rate 0\.1 with weight decay 1e\+300: each step would multiply every weight",
+    ),
+    "weight decay 1e300 at lr auto": (
+        lambda w: ["--weight-decay", "1e300"],
+        r"learning rate [\d.e+-]+ \(--lr auto chose it: .*\): at most 1e-12, too small .*"
+        r"give a smaller --weight-decay",
+    ),
+    "weight decay 1e30 at lr auto": (
+        lambda w: ["--weight-decay", "1e30"],
+        r"\(--lr auto chose it: .*\): at most 1e-12, .*give a smaller --weight-decay",
+    ),
+    "weight decay that collapses the model in an epoch": (
+        lambda w: ["--lr", "0.1", "--weight-decay", "6"],
+        r"weight decay 6: the decay alone would shrink every weight to 0\.0256 of its size in "
+        r"the 4 steps",
+    ),
+    # issue 18, case 8: half precision was recorded and ignored
+    "context cpu:half": (
+        lambda w: ["--context", "cpu:half"],
+        r"--context cpu:half: use cpu, or cudnn\[:DEVICE\] .*half precision is not supported",
+    ),
+    "context cudnn:gpu": (lambda w: ["--context", "cudnn:gpu"], r"--context cudnn:gpu: "),
+    # issue 18, case 10: OverflowError in validation.py
+    "label 1e400": (
+        label_edit("1e400"),
+        r"train\.csv row 4, column 'y:label': '1e400' is not a finite number",
+    ),
+    "label 1e39": (
+        label_edit("1e39"),
+        r"row 4, column 'y:label': '1e39' is beyond the range of the network's 32-bit numbers",
+    ),
+    # issue 18, case 11: ValueError: Function "FooBarFunc" is not supported
+    "unknown function type": (
+        _unknown_function,
+        r"foo\.nntxt \+ .*: function '.*Affine' of network '\w+' has type 'FooBarFunc', "
+        r"which nnabla "
+        r"1\.39\.0 does not have",
+    ),
+    # issue 18, case 14: refused only after computing, blaming the staging folder and free space
+    "a file name of 304 bytes": (
+        _long_name,
+        r"--output a{28}\.\.\.a{24}\.csv: a name of 304 bytes, but this file system takes at "
+        r"most 255; give a shorter --output",
+    ),
+    "a 4 KB path": (
+        _long_path,
+        r"--output: the path is \d+ bytes long, .*at most 4096; give a shorter --output",
+    ),
+    # issue 18, case 16: --trials blamed --seed, or free space
+    "trials 1e12": (
+        lambda w: ["--trials", "1000000000000"],
+        r"^sgd-influence: error: --trials 1000000000000: give at most 1000 trials",
+    ),
+    "trials 1e6": (
+        lambda w: ["--trials", "1000000"],
+        r"--trials 1000000: give at most 1000 trials",
+    ),
+    # issue 18, case 17: messages that pointed the wrong way
+    "label names /dev/null": (
+        lambda w: ["--label-names", "/dev/null"],
+        r"/dev/null: is not a regular file",
+    ),
+    "params without config": (
+        lambda w: ["--model", None, "--params", str(w["result"] / "parameters.h5")],
+        r"--params .*parameters\.h5 needs --config",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_REFUSED))
+def test_run_refuses_with_one_line_and_changes_nothing(world, case, capsys):
+    edit, pattern = RUN_REFUSED[case]
+    argv = argv_for(world, edit)
+    before = tree(world["root"])
+    assert cli.main(argv) == 2
+    one_line_error(capsys, pattern)
+    assert tree(world["root"]) == before
+    assert os.listdir(world["tmp"]) == []  # no cache left behind
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["-p", "x.h5"], r"^--params x\.h5 needs --config"),  # said "both --model and"
+        (["-l", "1e-46"], r"learning rate 1e-46: too small"),  # said "completed successfully"
+        (["--context", "cpu:half"], r"--context cpu:half: "),  # was recorded and ignored
+    ],
+)
+def test_the_plugin_refuses_with_one_line_too(world, monkeypatch, caplog, argv, pattern):
+    monkeypatch.chdir(world["result"])
+    before = tree(world["root"])
+    extra = ["-t", world["train"], "-v", world["val"]]
+    assert load_plugin().main(argv + extra) == 2
+    said = plugin_error(caplog, pattern)
+    assert not any("completed successfully" in m or "both" in m for m in said)
+    assert tree(world["root"]) == before

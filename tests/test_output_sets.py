@@ -1,5 +1,5 @@
-"""Every output file belongs to one output set, and no command replaces a file of another
-set (issue 34, cases 2 and 4).
+"""Every output file belongs to one output set, no command replaces a file of another set
+(issue 34, cases 2 and 4), and a set is committed all or nothing (issue 18, case 3).
 
 A run's influence CSV, summary, settings, trials, report, thumbnails and cleansed CSV form one
 set; ``cleanse --output X.csv`` makes a set of its own (or rewrites the cleansed CSV of the
@@ -10,12 +10,15 @@ changes.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import subprocess
 
 import pytest
 
 from sgd_influence_plugin import cli, ownership, runner
+from support.user_files import one_line_error, run_argv, tree
 
 
 def _tree(root) -> dict:
@@ -120,3 +123,62 @@ def test_a_user_file_at_the_cleansed_name_is_refused_before_computing(
     _one_line(capsys, r"influence_cleansed\.csv: already exists and was not written")
     assert (out.parent / "influence_cleansed.csv").read_text() == "mine\n"
     assert sorted(os.listdir(out.parent)) == ["influence_cleansed.csv"]
+
+
+# ----------------------------------------------------------------------------------------
+# A set is committed all or nothing: one file that cannot be replaced changes nothing
+# ----------------------------------------------------------------------------------------
+
+
+def _chattr(flag, path) -> bool:
+    try:
+        proc = subprocess.run(["chattr", flag, str(path)], capture_output=True)
+    except OSError:
+        return False
+    return proc.returncode == 0
+
+
+@pytest.mark.parametrize("how", ["immutable", "cannot move aside", "cannot move in", "companion"])
+def test_an_output_that_cannot_be_replaced_changes_nothing(world, capsys, monkeypatch, how):
+    """A set is committed all or nothing (issue 18, case 3). The CSV cannot be replaced at
+    commit time (a file open in Excel on Windows; here an
+    immutable file, or os.replace failing for it, or for a companion): exit 2, and neither the
+    CSV nor any companion changes."""
+    out = world["root"] / "out" / "influence.csv"
+    assert cli.main(run_argv(world, out)) == 0
+    capsys.readouterr()
+    failing = str(out if how != "companion" else out.parent / "influence_summary.txt")
+    if how == "immutable":
+        if not _chattr("+i", out):
+            pytest.skip("chattr +i is not available here")
+    else:
+        real = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            src, dst = str(src), str(dst)
+            blocked = {
+                "cannot move aside": src == failing,
+                "cannot move in": dst == failing and ".sgd_influence_staging_" in src,
+                "companion": dst == failing and ".sgd_influence_staging_" in src,
+            }[how]
+            if blocked:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), failing)
+            return real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(ownership.os, "replace", replace)
+    before = tree(world["root"])
+    try:
+        # Another seed: every file of the new set differs from the old one.
+        assert cli.main(run_argv(world, out, "--seed", "1", "--report")) == 2
+    finally:
+        if how == "immutable":
+            _chattr("-i", out)
+        monkeypatch.undo()
+    one_line_error(
+        capsys, rf"{os.path.basename(failing)}: cannot be replaced .*Nothing was changed"
+    )
+    assert tree(world["root"]) == before
+    # Once the file can be replaced, the same run goes through.
+    assert cli.main(run_argv(world, out, "--seed", "1", "--report")) == 0
+    assert (out.parent / "influence_report.html").is_file()
+    assert not [p for p in os.listdir(out.parent) if p.startswith(".") and "old" in p]

@@ -1,4 +1,4 @@
-"""The paper-protocol experiment (samples/fashion_mnist/paper_protocol.py), at toy size.
+"""The paper-protocol experiment (experiments/paper_protocol.py), at toy size.
 
 The protocol itself takes hours; these tests run its code path on a few hundred real
 Fashion-MNIST images and check what it writes against what it was given.
@@ -7,19 +7,22 @@ Fashion-MNIST images and check what it writes against what it was given.
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import evaluate as ev
+from sgd_influence_plugin import ownership
 from sgd_influence_plugin.dataset import read_csv_table
+from sgd_influence_plugin.nnabla_adapter.training import initial_parameters, train_from_scratch
 from support import fashion_mnist
 from support.netdef import NetSpec, write_nntxt
+from support.user_files import tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "samples", "fashion_mnist"))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 import paper_protocol  # noqa: E402
 
@@ -155,9 +158,9 @@ def test_initial_parameters_seeded_like_nnabla_and_used_by_nnabla_cli(tmp_path):
         str(tmp_path / "net.nntxt"),
     )
     config = open(nntxt).read()
-    a = ev.initial_parameters(config, 1, str(tmp_path / "a.h5"))
-    b = ev.initial_parameters(config, 1, str(tmp_path / "b.h5"))
-    c = ev.initial_parameters(config, 2, str(tmp_path / "c.h5"))
+    a = initial_parameters(config, 1, str(tmp_path / "a.h5"))
+    b = initial_parameters(config, 1, str(tmp_path / "b.h5"))
+    c = initial_parameters(config, 2, str(tmp_path / "c.h5"))
     import h5py
 
     def load(path):
@@ -182,7 +185,7 @@ def test_initial_parameters_seeded_like_nnabla_and_used_by_nnabla_cli(tmp_path):
             assert v.std() == pytest.approx(theirs[k], rel=0.25)
     # At lr 0, the model nnabla_cli trains is exactly the initialisation it was given.
     header, rows = read_csv_table(train)
-    nnp = ev.train_from_scratch(
+    nnp = train_from_scratch(
         config, train, train, header, rows, np.arange(64), 0, str(tmp_path / "w"), a
     )
     from sgd_influence_plugin.nnabla_adapter import load_model
@@ -190,3 +193,60 @@ def test_initial_parameters_seeded_like_nnabla_and_used_by_nnabla_cli(tmp_path):
     trained = load_model(model=nnp).get_params()
     for k, v in trained.items():
         np.testing.assert_array_equal(v, pa[k])
+
+
+# ----------------------------------------------------------------------------------------
+# Its report folder follows the ownership rule (issue 18, case 1)
+# ----------------------------------------------------------------------------------------
+
+
+def _protocol_work(tmp_path):
+    """A work folder with one finished toy task's rows (no models: the report skips what it
+    cannot find)."""
+    protocol = paper_protocol
+    task = tmp_path / "work" / "task_0.1_0"
+    task.mkdir(parents=True)
+    rows = [
+        ("none", 0, 0, 0.80, 0.50, "nan"),
+        ("final", 0.1, 10, 0.82, 0.48, 0.6),
+        ("all", 0.1, 10, 0.81, 0.49, 0.5),
+        ("random", 0.1, 10, 0.79, 0.51, 0.1),
+    ]
+    protocol.save_rows(
+        str(task / "rows.csv"),
+        [
+            dict(zip(protocol.ROW_KEYS, (0.1, 0, m, r, n, acc, loss, p, 1.0)))
+            for m, r, n, acc, loss, p in rows
+        ],
+    )
+    return str(tmp_path / "work")
+
+
+def test_the_protocol_replaces_only_its_own_report(tmp_path, capfd):
+    protocol = paper_protocol
+    work = _protocol_work(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--work", work, "--out", str(out), "--report-only", "--ratios", "0.1"]
+    assert protocol.main(argv) == 0
+    assert sorted(os.listdir(out)) == sorted(
+        [ownership.LEDGER, "estimates", *protocol.REPORT_FILES]
+    )
+    assert (out / "estimates" / ownership.FOLDER_MARKER).is_file()
+    assert protocol.main(argv) == 0  # its own report is replaced
+    capfd.readouterr()
+    # The user's notes in the report folder, or a file as --out: refused, nothing changes,
+    # and a full run refuses before any task starts (no work folder is made).
+    (out / "summary.md").write_text("my notes\n")
+    for extra, pattern in (
+        (["--report-only"], r"summary\.md: already exists and was not written"),
+        ([], r"summary\.md: already exists and was not written"),
+        (["--report-only", "--out", work + "/task_0.1_0/rows.csv"], r"is a file, not a folder"),
+    ):
+        fresh = str(tmp_path / "never")
+        args = ["--work", work if extra else fresh, "--out", str(out), "--ratios", "0.1"] + extra
+        before = tree(tmp_path)
+        assert protocol.main(args) == 2
+        err = capfd.readouterr().err.strip()
+        assert err.startswith("paper_protocol: error: ") and "\n" not in err, err
+        assert re.search(pattern, err), err
+        assert tree(tmp_path) == before and not os.path.exists(fresh)

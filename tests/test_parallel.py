@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import core, coworker, parallel
+from sgd_influence_plugin import core, coworker, interrupts, parallel
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import SettingsError
 from sgd_influence_plugin.executor import LocalExecutor
@@ -531,3 +531,114 @@ def test_the_command_with_spawned_workers_writes_what_forked_ones_write(results,
             (out.parent / name).read_text() for name in ("influence.csv", "influence_trials.csv")
         ]
     assert len(set(map(tuple, outs.values()))) == 1
+
+
+# ----------------------------------------------------------------------------------------
+# Ctrl-C around forked workers (issue 18, case 13)
+# ----------------------------------------------------------------------------------------
+
+#: What the fork hooks below record while armed: ("child", blocked signals) per child,
+#: ("fork",) per fork in the parent. os.register_at_fork hooks cannot be removed, so they are
+#: registered once and record only while a test arms them.
+_FORKS = {"armed": None}
+
+
+def _after_in_child():
+    if _FORKS["armed"] is not None:
+        import signal
+
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        with open(os.path.join(_FORKS["armed"], f"child_{os.getpid()}"), "w") as f:
+            f.write(" ".join(str(int(s)) for s in sorted(blocked)))
+
+
+def _after_in_parent():
+    if _FORKS["armed"] is not None:
+        open(os.path.join(_FORKS["armed"], f"fork_{time.monotonic_ns()}"), "w").close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_in_child, after_in_parent=_after_in_parent)
+
+
+@pytest.fixture
+def forks(tmp_path):
+    folder = tmp_path / "forks"
+    folder.mkdir()
+    _FORKS["armed"] = str(folder)
+    yield folder
+    _FORKS["armed"] = None
+
+
+needs_fork_hooks = pytest.mark.skipif(
+    not hasattr(os, "register_at_fork") or not parallel.fork_available(), reason="no fork here"
+)
+
+
+@needs_fork_hooks
+def test_workers_start_with_ctrl_c_held(forks):
+    """A Ctrl-C that arrives while a worker is forked must not run the parent's handler in the
+    child (it printed "Exception ignored in _after_fork ... KeyboardInterrupt"): the child
+    starts with SIGINT and SIGTERM blocked, and ignores SIGINT before it unblocks."""
+    import signal
+
+    pids = parallel.run_parallel(_pid, range(2), jobs=2)
+    seen = sorted(p.name for p in forks.iterdir() if p.name.startswith("child_"))
+    assert seen == sorted(f"child_{p}" for p in pids)
+    for name in seen:
+        blocked = {int(x) for x in (forks / name).read_text().split()}
+        assert {int(signal.SIGINT), int(signal.SIGTERM)} <= blocked, name
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()  # the parent's is restored
+
+
+@needs_fork_hooks
+def test_no_worker_starts_after_a_stop_request(forks):
+    """Ctrl-C while the curvature is measured (no step looks at it there): the trials that
+    follow must not fork workers that then have to be terminated (5 s each, at worst)."""
+    import signal
+
+    with interrupts.stop_requests():
+        os.kill(os.getpid(), signal.SIGINT)  # recorded, not raised
+        assert interrupts.requested()
+        with pytest.raises(KeyboardInterrupt):
+            parallel.run_parallel(_pid, range(3), jobs=2)
+    assert not [p for p in forks.iterdir() if p.name.startswith("fork_")]
+
+
+def _stubborn(item, progress):
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL ends it
+    progress("started", 0, 1)
+    time.sleep(20)
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_a_second_ctrl_c_while_workers_are_reaped_leaves_none(monkeypatch, start):
+    """The first Ctrl-C stops the run; a second one arrives while a worker is still being
+    reaped (it ignores SIGTERM, so it is killed after the grace time). Before, the second
+    Ctrl-C broke off the reaping and left the worker running (and an atexit traceback)."""
+    import multiprocessing
+    import signal
+    import threading
+
+    monkeypatch.setattr(parallel, "TERMINATE_GRACE", 2.0)
+    me = os.getpid()
+
+    def on_progress(i, stage, done, total):
+        os.kill(me, signal.SIGINT)  # the first Ctrl-C: a stop request
+        threading.Timer(0.8, os.kill, (me, signal.SIGINT)).start()  # during the reaping
+
+    try:
+        with interrupts.stop_requests():
+            t0 = time.monotonic()
+            with pytest.raises(KeyboardInterrupt):
+                parallel.run_parallel(
+                    _stubborn, range(2), jobs=2, on_progress=on_progress, start=start
+                )
+            assert time.monotonic() - t0 >= 2.0  # the grace time passed: the second was held
+        assert multiprocessing.active_children() == []
+    finally:  # whatever happened, no stubborn worker may outlive the test
+        for child in multiprocessing.active_children():
+            child.kill()
+            child.join()

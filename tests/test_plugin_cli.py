@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from test_user_outputs import check_report, check_summary, ranked_from_csv, used
 
-from sgd_influence_plugin import cleanse, cli, output
+from sgd_influence_plugin import cleanse, cli, influence_csv, ownership
 from sgd_influence_plugin.dataset import read_csv_table
 from sgd_influence_plugin.errors import OutputError
 from sgd_influence_plugin.settings import CACHE_MODES
+from support.output_checks import check_report, check_summary, ranked_from_csv, used
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(
@@ -437,7 +437,7 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
     thumbs = tmp_path / "influence_thumbnails"
     with Image.open(thumbs / "000000.png") as im:
         assert im.size == (16, 16)
-    output.check_replaceable(str(thumbs), folder=True)  # ours (holds the marker)
+    ownership.check_replaceable(str(thumbs), folder=True)  # ours (holds the marker)
     (thumbs / "stray.png").write_bytes(b"x")
     first = out.read_text()
     with pytest.raises(OutputError, match="stray.png"):  # not the tool's: refused (issue 34)
@@ -447,7 +447,7 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
     assert out.read_text() == first  # deterministic for a fixed seed
 
     calls = {"n": 0}
-    real = output.make_thumbnail
+    real = influence_csv.make_thumbnail
 
     def interrupted(*a, **k):
         calls["n"] += 1
@@ -455,7 +455,7 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(output, "make_thumbnail", interrupted)
+    monkeypatch.setattr(influence_csv, "make_thumbnail", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(req)
     assert out.read_text() == first
@@ -470,13 +470,13 @@ def test_existing_output_is_replaced_whole_and_interrupts_leave_it(
     ]
     assert len(os.listdir(thumbs)) == 257  # 256 PNGs + marker
     # A thumbnails folder without its marker is not ours.
-    marker = (thumbs / output.THUMBNAILS_MARKER).read_bytes()
-    os.remove(thumbs / output.THUMBNAILS_MARKER)
+    marker = (thumbs / ownership.THUMBNAILS_MARKER).read_bytes()
+    os.remove(thumbs / ownership.THUMBNAILS_MARKER)
     with pytest.raises(OutputError, match="has no .sgd_influence_thumbnails marker"):
-        output.check_replaceable(str(thumbs), folder=True)
+        ownership.check_replaceable(str(thumbs), folder=True)
     # With its marker, a run at the default 64 px box (the images fit: no thumbnails)
     # removes the old folder rather than leave thumbnails the new CSV does not name.
-    (thumbs / output.THUMBNAILS_MARKER).write_bytes(marker)
+    (thumbs / ownership.THUMBNAILS_MARKER).write_bytes(marker)
     monkeypatch.undo()
     run(RunRequest(output=str(out), model=req.model, train=req.train, val=req.val))
     assert not thumbs.exists()
@@ -511,14 +511,16 @@ def test_every_subcommand_has_complete_help(sub, capsys):
 
 def test_thumbnails_keep_aspect_and_only_large_images_get_one(tmp_path, data28):
     Image.fromarray(np.zeros((100, 200, 3), np.uint8)).save(tmp_path / "big.png")
-    output.make_thumbnail(str(tmp_path / "big.png"), str(tmp_path / "b.png"))
+    influence_csv.make_thumbnail(str(tmp_path / "big.png"), str(tmp_path / "b.png"))
     with Image.open(tmp_path / "b.png") as im:
         assert im.size == (64, 32)
     from sgd_influence_plugin.dataset import load_dataset
 
     train = load_dataset(data28["train"], {"x": (1, 28, 28), "y": (1,)})
-    assert output.fits_box(train, "x:image", 28) and output.fits_box(train, "x:image", 64)
-    assert not output.fits_box(train, "x:image", 27)
+    assert influence_csv.fits_box(train, "x:image", 28) and influence_csv.fits_box(
+        train, "x:image", 64
+    )
+    assert not influence_csv.fits_box(train, "x:image", 27)
 
 
 def test_sigterm_leaves_no_cache_and_no_output(results, data28, tmp_path):

@@ -10,7 +10,6 @@ import re
 import numpy as np
 import pytest
 import yaml
-from conftest import make_png_dataset, train_result
 
 from sgd_influence_plugin import cleanse, output
 from sgd_influence_plugin import recommend as rc
@@ -22,7 +21,9 @@ from sgd_influence_plugin.runner import RunRequest, run
 from sgd_influence_plugin.settings import InfluenceSettings
 from sgd_influence_plugin.table_columns import SCORE_COLUMNS
 from support import fashion_mnist
+from support.fashion_mnist import make_png_dataset
 from support.netdef import NetSpec
+from support.results import train_result
 
 # ---- the rule, against brute force ---------------------------------------------------------
 
@@ -335,9 +336,8 @@ def _same_file(cell, csv_path, train, j):
 
 def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
     train, scores, rec, relabel, remove, suggested, out = known
-    paths = output.write_influence_output(
-        str(out), scores, train, ["x", "y"], {}, report=True, recommendation=rec
-    )
+    content = output.RunContent(scores, train, ["x", "y"], {}, recommendation=rec)
+    paths = output.write_influence_output(str(out), content, report=True)
     rows = _rows(paths.csv)
     assert list(rows[0]) == ["x:image", "y:label"] + SCORE_COLUMNS + ["original"]
     for r in rows:  # every cell of a row belongs to the same training row
@@ -362,7 +362,16 @@ def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
         given = train.cell(j, "y:label")
         assert re.search(rf"  {given} -> {act}, model: {suggested[j]}: \d+", summary), summary
     assert "next: retrain on influence_cleansed.csv (beside this file)" in summary
+    # The class pairs, counted by hand from the changed rows (given label, model's class).
+    pairs = {}
+    for j in relabel + remove:
+        key = tuple(sorted((int(train.cell(j, "y:label")), int(suggested[j]))))
+        pairs[key] = pairs.get(key, 0) + 1
+    for (a, b), k in pairs.items():
+        line = f"  {a} <-> {b}: {k} row{'s' if k > 1 else ''}"
+        assert line in summary.split("concentrate on")[1], summary
     page = open(paths.report, encoding="utf-8").read()
+    assert "concentrate on these class pairs" in page
     assert "<h2>Recommendation</h2>" in page and "keep 45, relabel 3, remove 2" in page
     # Every change the check tried, with its result, the recommended one marked.
     tried = page.split("Changes the check tried")[1].split("</table>")[0]
@@ -381,9 +390,8 @@ def test_influence_csv_and_cleansed_csv_apply_the_recommendation(known):
 
 def test_remove_ratio_overrides_the_recommendation(known):
     train, scores, rec, relabel, remove, suggested, out = known
-    paths = output.write_influence_output(
-        str(out), scores, train, ["x", "y"], {}, remove_ratio=0.1, recommendation=rec
-    )
+    content = output.RunContent(scores, train, ["x", "y"], {}, recommendation=rec, remove_ratio=0.1)
+    paths = output.write_influence_output(str(out), content)
     cleansed = _rows(paths.cleansed)
     dropped = set(np.argsort(scores, kind="stable")[:5].tolist())
     kept = [j for j in range(train.size) if j not in dropped]
@@ -395,9 +403,8 @@ def test_remove_ratio_overrides_the_recommendation(known):
 
 def test_cleanse_command_applies_the_action_column_or_the_override(known, data7, tmp_path):
     train, scores, rec, relabel, remove, suggested, out = known
-    paths = output.write_influence_output(
-        str(out), scores, train, ["x", "y"], {}, recommendation=rec
-    )
+    content = output.RunContent(scores, train, ["x", "y"], {}, recommendation=rec)
+    paths = output.write_influence_output(str(out), content)
     target = tmp_path / "elsewhere" / "clean.csv"
     os.makedirs(target.parent)
     done = cleanse.cleanse(paths.csv, data7["train"], str(target))
@@ -425,9 +432,8 @@ def test_no_recommendation_means_keep_and_an_unchanged_cleansed_csv(data7, tmp_p
     scores = np.linspace(-1, 1, train.size)
     out = tmp_path / "influence.csv"
     rec = rc.unavailable(train.size, "no recommendation: made up")
-    paths = output.write_influence_output(
-        str(out), scores, train, ["x", "y"], {}, recommendation=rec
-    )
+    content = output.RunContent(scores, train, ["x", "y"], {}, recommendation=rec)
+    paths = output.write_influence_output(str(out), content)
     rows = _rows(paths.csv)
     assert {r["action"] for r in rows} == {"keep"} and {r["suggested_label"] for r in rows} == {""}
     cleansed = _rows(paths.cleansed)

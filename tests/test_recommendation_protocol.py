@@ -1,4 +1,4 @@
-"""The recommendation protocol's report (samples/fashion_mnist/recommendation_protocol.py):
+"""The recommendation protocol's report (experiments/recommendation_protocol.py):
 paired differences against hand-computed values, confident learning against a brute-force
 loop, the noise seed kept apart from the run's, and the ownership rule of its --out."""
 
@@ -12,7 +12,7 @@ from sgd_influence_plugin import ownership
 from sgd_influence_plugin.errors import OutputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "samples", "fashion_mnist"))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 import paper_protocol as pp  # noqa: E402
 import recommendation_protocol as rp  # noqa: E402

@@ -11,9 +11,10 @@ a valid oracle; their whole-replay fidelity is measured by the benchmark, not as
 
 import numpy as np
 import pytest
-from test_core_oracles import _load, _LogReg, _theta
 
 from sgd_influence_plugin import core
+from support.oracles import LogReg, theta_of
+from support.results import load_trained
 
 
 def _flat(h):
@@ -25,10 +26,10 @@ def _rel(a, b):
 
 
 def test_fd_step_matches_float64_closed_forms_on_softmax_regression(results, data7):
-    m, tr, va = _load(results, "logreg", data7)
+    m, tr, va = load_trained(results("logreg"), data7)
     before = m.get_params()
-    theta = _theta(before)
-    train, val = _LogReg(tr["x"], tr["y"], 10), _LogReg(va["x"], va["y"], 10)
+    theta = theta_of(before)
+    train, val = LogReg(tr["x"], tr["y"], 10), LogReg(va["x"], va["y"], 10)
     u64 = val.grads(theta, np.arange(len(val.y))).mean(axis=0)
     u = [u64[:490].reshape(49, 10).astype(np.float32), u64[490:].astype(np.float32)]
     idx = np.arange(3, 19)
@@ -55,7 +56,7 @@ def test_fd_step_matches_float64_closed_forms_on_softmax_regression(results, dat
 
 
 def test_fd_step_against_the_exact_step_on_a_smooth_cnn(results, data28):
-    m, tr, va = _load(results, "smooth", data28)
+    m, tr, va = load_trained(results("smooth"), data28)
     u = core.validation_gradient(m, va)
     u_list = [u[k] for k in m.graph(32).params]
     exact = core.ExactStep(m)
@@ -76,7 +77,7 @@ def test_fd_step_against_the_exact_step_on_a_smooth_cnn(results, data28):
 
 
 def test_fd_replay_follows_the_exact_replay_on_a_smooth_cnn(results, data28):
-    m, tr, va = _load(results, "smooth", data28)
+    m, tr, va = load_trained(results("smooth"), data28)
     theta0 = m.get_params()
     u = core.validation_gradient(m, va)
     order = core.epoch_orders(256, 1, 4)[0]
@@ -93,7 +94,7 @@ def test_fd_replay_follows_the_exact_replay_on_a_smooth_cnn(results, data28):
 
 
 def test_replay_step_choices_are_checked(results, data7):
-    m, tr, va = _load(results, "logreg", data7)
+    m, tr, va = load_trained(results("logreg"), data7)
     u = core.validation_gradient(m, va)
     with pytest.raises(ValueError, match="unknown replay step 'fast'"):
         core.replay(m, tr, np.arange(50), [0.1] * 4, 16, u, step="fast")

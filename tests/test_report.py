@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgd_influence_plugin import report
+from sgd_influence_plugin import figures, report
 
 
 def _thumb(tmp_path, name, w, h):
@@ -50,7 +50,7 @@ def test_class_chart_legend_covers_no_bar():
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"] + [
         f"class {i}" for i in "abcde"
     ]
-    fig = report.class_figure(scores, labels, names)
+    fig = figures.class_figure(scores, labels, names)
     try:
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
@@ -82,7 +82,7 @@ def _assert_readable(fig, ax, scale_text):
         if lo <= loc <= hi and t.get_text()
     ]
     ticks = sorted((t.get_window_extent(renderer) for t in shown), key=lambda b: b.x0)
-    assert 3 <= len(ticks) <= report.MAX_X_TICKS
+    assert 3 <= len(ticks) <= figures.MAX_X_TICKS
     for left, right in zip(ticks, ticks[1:]):
         assert left.x1 < right.x0, [t.get_text() for t in shown]
     assert ax.xaxis.get_offset_text().get_text() == ""
@@ -105,7 +105,7 @@ def test_histogram_and_check_plot_are_legible_at_any_scale(scale, shown):
 
     rng = np.random.RandomState(1)
     scores = rng.permutation(np.linspace(-7.25, 3.3, 2000)) * scale  # like the sample's
-    fig = report.histogram_figure(scores)
+    fig = figures.histogram_figure(scores)
     try:
         _assert_readable(fig, fig.axes[0], shown)
     finally:

@@ -13,12 +13,10 @@ from __future__ import annotations
 import csv
 import errno
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 
@@ -27,117 +25,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgd_influence_plugin import cli, interrupts, output, validation
+from sgd_influence_plugin import cli, interrupts, output, ownership, validation
 from sgd_influence_plugin.errors import OutputError
 from sgd_influence_plugin.runner import RunRequest, run
 from sgd_influence_plugin.settings import InfluenceSettings
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(
-    ROOT, "plugins", "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py"
+from support.user_files import (
+    CLI,
+    argv_for,
+    label_edit,
+    load_plugin,
+    one_line_error,
+    plugin_error,
+    run_argv,
+    tree,
 )
-CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
+
+#: The tool's temporary caches go to the world's ``tmp`` folder, which must be left empty.
+pytestmark = pytest.mark.usefixtures("private_tmpdir")
+
 N_CLASSES = 10  # the logreg fixture's Affine layer has 10 outputs (conftest / netdef)
-
-
-# ----------------------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------------------
-
-
-def _tree(root) -> dict:
-    """Every folder and file under ``root``: relative path -> 'dir' or (bytes, mode)."""
-    out = {}
-    for folder, _, files in os.walk(root):
-        out[os.path.relpath(folder, root)] = "dir"
-        for f in files:
-            p = os.path.join(folder, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = (fh.read(), os.stat(p).st_mode)
-    return out
-
-
-@pytest.fixture
-def world(tmp_path, data7, results):
-    """A private copy of the 7x7 dataset (``data/``) and of the logreg result (``result/``),
-    an empty TMPDIR for the tool's temporary cache, and the folder that holds all three.
-    """
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("train", "val"):
-        shutil.copytree(os.path.join(data7["folder"], name), data / name)
-        shutil.copy(data7[name], data / f"{name}.csv")
-    result = tmp_path / "result"
-    shutil.copytree(results("logreg"), result)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir(exist_ok=True)
-    return {
-        "root": tmp_path,
-        "data": data,
-        "train": str(data / "train.csv"),
-        "val": str(data / "val.csv"),
-        "result": result,
-        "model": str(result / "results.nnp"),
-        "tmp": tmp,
-    }
-
-
-@pytest.fixture(autouse=True)
-def _private_tmpdir(tmp_path, monkeypatch):
-    """The tool's temporary caches go to a folder the test can check is left empty."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir(exist_ok=True)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-
-
-def _run_argv(w, out, *extra):
-    return [
-        "run",
-        "--model",
-        w["model"],
-        "--train",
-        w["train"],
-        "--val",
-        w["val"],
-        "--output",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
-
-
-def _one_line_error(capsys_or_capfd, pattern: str) -> str:
-    err = capsys_or_capfd.readouterr().err.strip()
-    assert "Traceback" not in err, err
-    assert err.count("\n") == 0, err
-    assert re.search(pattern, err), err
-    return err
-
-
-def _plugin_error(caplog, pattern: str) -> list:
-    """The plugin reports through nnabla's logger: exactly one CRITICAL line, matching."""
-    critical = [r.getMessage() for r in caplog.records if r.levelname == "CRITICAL"]
-    assert len(critical) == 1 and "\n" not in critical[0], critical
-    assert re.search(pattern, critical[0]), critical
-    return [r.getMessage() for r in caplog.records]
-
-
-def _rewrite_cell(csv_path, row, col, value):
-    """Set data row ``row`` (0-based), column ``col`` of a CSV to ``value``."""
-    with open(csv_path, newline="") as f:
-        rows = list(csv.reader(f))
-    rows[row + 1][col] = value
-    with open(csv_path, "w", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows(rows)
-
-
-def _load_plugin():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sgd_influence_console_safety", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # ----------------------------------------------------------------------------------------
@@ -183,14 +89,6 @@ def _string_h5(w):
         del f["Affine/affine/b"]
         f.create_dataset("Affine/affine/b", data=np.array([b"abc"] * 10)).attrs.update(attrs)
     return ["--model", None, "--config", str(w["result"] / "net.nntxt"), "--params", str(params)]
-
-
-def _label(value, which="train", row=3):
-    def edit(w):
-        _rewrite_cell(w[which], row, 1, value)
-        return []
-
-    return edit
 
 
 def _truncated_png(w):
@@ -255,7 +153,7 @@ REFUSED = {
         r"influence_summary\.txt: already exists and was not written by sgd-influence",
     ),
     "damaged ledger in the output folder": (
-        _user_file(output.LEDGER, b"{oops"),
+        _user_file(ownership.LEDGER, b"{oops"),
         r"cannot tell which files here sgd-influence wrote",
     ),
     "user CSV at the output path": (
@@ -301,16 +199,19 @@ REFUSED = {
     "cache dir holds the user's files": (_user_cache, r"is not empty and is not a cache folder"),
     # item 5: labels (the network has 10 classes)
     "label 12": (
-        _label("12"),
+        label_edit("12"),
         rf"row 4, column 'y:label': label 12 is out of range .*{N_CLASSES} cl",
     ),
-    "label 1e9": (_label("1e9"), r"row 4, .*label 1e9 is out of range .*\(0\.\.9\)"),
-    "label -1": (_label("-1"), r"row 4, .*label -1 is out of range"),
-    "label 2.5": (_label("2.5"), r"row 4, .*label '2\.5' is not a whole number"),
-    "label nan": (_label("nan"), r"row 4, .*'nan' is not a finite number"),
-    "label inf": (_label("inf"), r"row 4, .*'inf' is not a finite number"),
-    "label 1_0": (_label("1_0"), r"row 4, .*'1_0' is neither a number nor a file path"),
-    "validation label 10": (_label("10", "val", 0), r"val\.csv row 1, .*label 10 is out of range"),
+    "label 1e9": (label_edit("1e9"), r"row 4, .*label 1e9 is out of range .*\(0\.\.9\)"),
+    "label -1": (label_edit("-1"), r"row 4, .*label -1 is out of range"),
+    "label 2.5": (label_edit("2.5"), r"row 4, .*label '2\.5' is not a whole number"),
+    "label nan": (label_edit("nan"), r"row 4, .*'nan' is not a finite number"),
+    "label inf": (label_edit("inf"), r"row 4, .*'inf' is not a finite number"),
+    "label 1_0": (label_edit("1_0"), r"row 4, .*'1_0' is neither a number nor a file path"),
+    "validation label 10": (
+        label_edit("10", "val", 0),
+        r"val\.csv row 1, .*label 10 is out of range",
+    ),
     # item 6: weights and weight decay
     "NaN weight in the h5": (_nan_weight_h5, r"'Affine/affine/W' holds 1 NaN or infinite"),
     "inf weight in the nnp": (_inf_weight_nnp, r"'Affine/affine/b' holds 1 NaN or infinite"),
@@ -353,38 +254,22 @@ REFUSED = {
 }
 
 
-def _argv_for(w, edit):
-    """The run argv with the case's changes: ('--flag', None) removes a flag and its value."""
-    argv = _run_argv(w, w["root"] / "out" / "influence.csv")
-    extra = edit(w)
-    i = 0
-    while i < len(extra):
-        flag, value = extra[i], extra[i + 1]
-        if flag in argv:
-            k = argv.index(flag)
-            del argv[k : k + 2]
-        if value is not None:
-            argv += [flag, value]
-        i += 2
-    return argv
-
-
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_refused_with_one_line_before_computing_and_nothing_changes(world, case, capsys):
     edit, pattern = REFUSED[case]
-    argv = _argv_for(world, edit)
-    before = _tree(world["root"])
+    argv = argv_for(world, edit)
+    before = tree(world["root"])
     assert cli.main(argv) == 2
-    _one_line_error(capsys, pattern)
-    assert _tree(world["root"]) == before  # byte for byte, modes included; nothing new
+    one_line_error(capsys, pattern)
+    assert tree(world["root"]) == before  # byte for byte, modes included; nothing new
 
 
 def test_plugin_output_dot_in_the_result_folder_keeps_the_result(world, monkeypatch, caplog):
     monkeypatch.chdir(world["result"])
-    before = _tree(world["root"])
-    assert _load_plugin().main(["-o", "."]) == 2
-    _plugin_error(caplog, r"^--output \.: names a folder")
-    assert _tree(world["root"]) == before
+    before = tree(world["root"])
+    assert load_plugin().main(["-o", "."]) == 2
+    plugin_error(caplog, r"^--output \.: names a folder")
+    assert tree(world["root"]) == before
 
 
 def test_plugin_remove_ratio_that_empties_the_set_is_refused_before_computing(
@@ -394,12 +279,12 @@ def test_plugin_remove_ratio_that_empties_the_set_is_refused_before_computing(
     lines = open(world["train"]).read().splitlines()
     ten.write_text("\n".join(lines[:11]) + "\n")
     monkeypatch.chdir(world["result"])
-    before = _tree(world["root"])
-    plugin = _load_plugin()
+    before = tree(world["root"])
+    plugin = load_plugin()
     assert plugin.main(["-t", str(ten), "-v", world["val"], "-r", "0.96"]) == 2
-    said = _plugin_error(caplog, r"^--remove_ratio 0\.96: would remove 10 of the 10 rows")
+    said = plugin_error(caplog, r"^--remove_ratio 0\.96: would remove 10 of the 10 rows")
     assert not any("--remove " in m or m.startswith("train:") for m in said)  # no training
-    assert _tree(world["root"]) == before
+    assert tree(world["root"]) == before
 
 
 def test_unwritable_output_place_is_refused_before_computing(world, capsys):
@@ -409,8 +294,8 @@ def test_unwritable_output_place_is_refused_before_computing(world, capsys):
         pytest.skip("/sys is writable here")
     except OSError:
         pass
-    assert cli.main(_run_argv(world, "/sys/influence.csv")) == 2
-    _one_line_error(capsys, r"/sys/influence\.csv: cannot write in /sys")
+    assert cli.main(run_argv(world, "/sys/influence.csv")) == 2
+    one_line_error(capsys, r"/sys/influence\.csv: cannot write in /sys")
 
 
 def test_full_disk_is_refused_before_computing(world, capsys, monkeypatch):
@@ -421,10 +306,10 @@ def test_full_disk_is_refused_before_computing(world, capsys, monkeypatch):
         return type(u)(u.total, u.total - 1000, 1000)
 
     monkeypatch.setattr(validation.shutil, "disk_usage", nearly_full)
-    before = _tree(world["root"])
-    assert cli.main(_run_argv(world, world["root"] / "out" / "influence.csv")) == 2
-    _one_line_error(capsys, r"MB are needed but only 0\.0 MB are free")
-    assert _tree(world["root"]) == before
+    before = tree(world["root"])
+    assert cli.main(run_argv(world, world["root"] / "out" / "influence.csv")) == 2
+    one_line_error(capsys, r"MB are needed but only 0\.0 MB are free")
+    assert tree(world["root"]) == before
 
 
 def test_disk_full_while_writing_leaves_nothing(world, capsys, monkeypatch):
@@ -436,20 +321,20 @@ def test_disk_full_while_writing_leaves_nothing(world, capsys, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
     monkeypatch.setattr(report, "write_report", fills_up)
-    before = _tree(world["root"])
+    before = tree(world["root"])
     out = world["root"] / "new" / "deep" / "influence.csv"
-    assert cli.main(_run_argv(world, out, "--report")) == 2
-    _one_line_error(capsys, r"cannot write \(No space left on device\); nothing was written")
-    assert _tree(world["root"]) == before  # no staging, no folders made for it, no cache
+    assert cli.main(run_argv(world, out, "--report")) == 2
+    one_line_error(capsys, r"cannot write \(No space left on device\); nothing was written")
+    assert tree(world["root"]) == before  # no staging, no folders made for it, no cache
 
 
 def test_lr_that_diverges_writes_nothing(world, capsys):
-    before = _tree(world["root"])
+    before = tree(world["root"])
     # Without weight decay: lr 1e6 with the solver's 0.01 is refused before computing
-    # (every step would flip the weights; tests/test_second_probe.py, case 6).
+    # (every step would flip the weights; test_one_line_messages.py, "weight decay ...").
     out = world["root"] / "out" / "influence.csv"
-    assert cli.main(_run_argv(world, out, "--lr", "1e6", "--weight-decay", "0")) == 2
-    err = _one_line_error(
+    assert cli.main(run_argv(world, out, "--lr", "1e6", "--weight-decay", "0")) == 2
+    err = one_line_error(
         capsys, r"unstable at lr=62500 \(the training phase diverged .* nothing was written"
     )
     # The loss it names at the trained parameters is the one the network gives, unchanged.
@@ -461,7 +346,7 @@ def test_lr_that_diverges_writes_nothing(world, capsys):
     val = load_dataset(world["val"], model.info.input_shapes)
     loss0 = mean_loss(model, val.arrays)
     assert f"(validation loss {loss0:.4g} -> " in err
-    assert _tree(world["root"]) == before
+    assert tree(world["root"]) == before
 
 
 # ----------------------------------------------------------------------------------------
@@ -494,7 +379,7 @@ def finished(tmp_path_factory, data7, results):
 def test_outputs_are_named_after_the_csv_and_get_the_usual_modes(finished, data7):
     folder = finished["out"].parent
     assert sorted(os.listdir(folder)) == [
-        output.LEDGER,
+        ownership.LEDGER,
         "influence.csv",
         "influence_cleansed.csv",
         "influence_report.html",
@@ -529,17 +414,17 @@ def test_only_files_the_tool_wrote_and_nobody_changed_are_replaced(finished, tmp
     out = _copy_finished(finished, tmp_path)
     csv_path = str(out / "influence.csv")
     for kind in ("settings", "summary", "report", "cleansed"):
-        output.check_replaceable(output.companion_path(csv_path, kind))  # ours: no error
-    output.check_replaceable(csv_path)
+        ownership.check_replaceable(output.companion_path(csv_path, kind))  # ours: no error
+    ownership.check_replaceable(csv_path)
     # Edited by the user: no longer ours.
     with open(out / "influence_summary.txt", "a") as f:
         f.write("my notes\n")
     with pytest.raises(OutputError, match=r"influence_summary\.txt: already exists and was not"):
-        output.check_replaceable(str(out / "influence_summary.txt"))
+        ownership.check_replaceable(str(out / "influence_summary.txt"))
     # A damaged ledger: nothing here can be told to be ours.
-    (out / output.LEDGER).write_text("{not json")
+    (out / ownership.LEDGER).write_text("{not json")
     with pytest.raises(OutputError, match="cannot tell which files here sgd-influence wrote"):
-        output.check_replaceable(csv_path)
+        ownership.check_replaceable(csv_path)
 
 
 def test_images_in_a_thumbnails_folder_survive_a_run_beside_them(world):
@@ -547,9 +432,9 @@ def test_images_in_a_thumbnails_folder_survive_a_run_beside_them(world):
     os.replace(world["data"] / "train", world["data"] / "thumbnails")
     text = open(world["train"]).read().replace("train/", "thumbnails/")
     open(world["train"], "w").write(text)
-    before = _tree(world["data"] / "thumbnails")
-    assert cli.main(_run_argv(world, world["data"] / "influence.csv", "--report")) == 0
-    assert _tree(world["data"] / "thumbnails") == before
+    before = tree(world["data"] / "thumbnails")
+    assert cli.main(run_argv(world, world["data"] / "influence.csv", "--report")) == 0
+    assert tree(world["data"] / "thumbnails") == before
     # The images fit the box: the CSV shows the user's own files, nothing is copied.
     with open(world["data"] / "influence.csv", newline="") as f:
         shown = {r["x:image"] for r in csv.DictReader(f)}
@@ -559,10 +444,10 @@ def test_images_in_a_thumbnails_folder_survive_a_run_beside_them(world):
     # A second run replaces its own output (the ledger and the marker say it is ours) and
     # removes the report it no longer writes, so no stale view is left beside the new CSV.
     first = (world["data"] / "influence.csv").read_bytes()
-    assert cli.main(_run_argv(world, world["data"] / "influence.csv")) == 0
+    assert cli.main(run_argv(world, world["data"] / "influence.csv")) == 0
     assert (world["data"] / "influence.csv").read_bytes() == first
     assert not (world["data"] / "influence_report.html").exists()
-    assert _tree(world["data"] / "thumbnails") == before
+    assert tree(world["data"] / "thumbnails") == before
 
 
 def _cleanse(finished, train, out, *extra):
@@ -629,10 +514,10 @@ def test_cleanse_refuses_what_does_not_belong_and_writes_nothing(finished, data7
         (_cleanse(finished, train, finished["out"]), r"refusing to overwrite the input"),
     ]
     for argv, pattern in cases:
-        before = _tree(tmp_path)
+        before = tree(tmp_path)
         assert cli.main(argv) == 2, argv
-        _one_line_error(capsys, pattern)
-        assert _tree(tmp_path) == before
+        one_line_error(capsys, pattern)
+        assert tree(tmp_path) == before
     # A cleansed CSV it wrote itself is replaced on the next call; once edited, it is not.
     assert cli.main(_cleanse(finished, train, tmp_path / "c.csv")) == 0
     assert cli.main(_cleanse(finished, train, tmp_path / "c.csv", "--remove", "4")) == 0
@@ -647,17 +532,17 @@ def test_install_plugin_refuses_a_file_an_unwritable_place_and_a_foreign_package
     afile = tmp_path / "plugins.txt"
     afile.write_text("x")
     assert cli.main(["install-plugin", str(afile)]) == 2
-    _one_line_error(capsys, r"plugins\.txt: is a file, not a folder")
+    one_line_error(capsys, r"plugins\.txt: is a file, not a folder")
     if os.path.isdir("/sys"):
         assert cli.main(["install-plugin", "/sys/nnc_plugins"]) == 2
-        _one_line_error(capsys, r"cannot install there")
+        one_line_error(capsys, r"cannot install there")
     foreign = tmp_path / "nnc" / "_Post_Process" / "_XAI" / "_Image" / "sgd_influence_plugin"
     foreign.mkdir(parents=True)
     (foreign / "notes.txt").write_text("the user's")
-    before = _tree(tmp_path)
+    before = tree(tmp_path)
     assert cli.main(["install-plugin", str(tmp_path / "nnc")]) == 2
-    _one_line_error(capsys, r"sgd_influence_plugin: already exists and was not installed by")
-    assert _tree(tmp_path) == before
+    one_line_error(capsys, r"sgd_influence_plugin: already exists and was not installed by")
+    assert tree(tmp_path) == before
     old = os.umask(0o022)
     try:
         assert cli.main(["install-plugin", str(tmp_path / "fresh")]) == 0
@@ -738,7 +623,7 @@ def test_a_signal_inside_nnabla_callbacks_is_handled():
 
 def test_stop_request_during_a_run_leaves_nothing(world):
     out = world["root"] / "out" / "influence.csv"
-    before = _tree(world["root"])
+    before = tree(world["root"])
     steps = []
 
     def progress(stage, done, total):
@@ -758,7 +643,7 @@ def test_stop_request_during_a_run_leaves_nothing(world):
     with interrupts.stop_requests(), pytest.raises(KeyboardInterrupt):
         run(request, progress=progress)
     assert steps == ["train", "train"]  # stopped at the very next step
-    assert _tree(world["root"]) == before
+    assert tree(world["root"]) == before
 
 
 def test_cli_ctrl_c_while_computing_exits_130_with_one_line(world):
@@ -766,7 +651,7 @@ def test_cli_ctrl_c_while_computing_exits_130_with_one_line(world):
     out = world["root"] / "out" / "influence.csv"
     env = dict(os.environ, TMPDIR=str(world["tmp"]))
     proc = subprocess.Popen(
-        [CLI] + _run_argv(world, out, "--epochs", "5000", "--cache", "all"),
+        [CLI] + run_argv(world, out, "--epochs", "5000", "--cache", "all"),
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -790,7 +675,7 @@ def test_stop_request_while_trials_run_in_workers_leaves_nothing(world):
     import multiprocessing
 
     out = world["root"] / "out" / "influence.csv"
-    before = _tree(world["root"])
+    before = tree(world["root"])
     seen = []
 
     def progress(stage, done, total):
@@ -809,4 +694,4 @@ def test_stop_request_while_trials_run_in_workers_leaves_nothing(world):
     with interrupts.stop_requests(), pytest.raises(KeyboardInterrupt):
         run(request, progress=progress)
     assert multiprocessing.active_children() == []
-    assert _tree(world["root"]) == before
+    assert tree(world["root"]) == before

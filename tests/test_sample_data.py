@@ -139,3 +139,19 @@ def test_full_split_takes_every_training_image_and_the_test_set_as_validation(
     assert [int(t["clean_label"]) for t in truth] == labels["train"].tolist()
     assert sum(t["flipped"] == "1" for t in truth) == 20
     assert _definition(paths["net"]).training_config.iter_per_epoch == 200 // 64 == 3
+
+
+def test_the_sample_folder_holds_the_demo_only():
+    """samples/ is for users (issue 33): the demo, what it needs and its README; research
+    scripts and their results belong in experiments/. What the demo writes (data/, result/,
+    demo_output/) is ignored by git."""
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples")
+    assert sorted(os.listdir(root)) == ["fashion_mnist"]
+    written = {"data", "result", "demo_output", "__pycache__"}
+    assert sorted(set(os.listdir(os.path.join(root, "fashion_mnist"))) - written) == [
+        "README.md",
+        "build_dataset.py",
+        "label_names.txt",
+        "make_net.py",
+        "run_demo.py",
+    ]

@@ -9,11 +9,12 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from test_core_oracles import _load, _LogReg, _theta
 
 from sgd_influence_plugin import core, curvature, influence
 from sgd_influence_plugin.errors import UnstableReplayError
 from sgd_influence_plugin.settings import InfluenceSettings
+from support.oracles import LogReg, theta_of
+from support.results import load_trained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,9 +34,9 @@ def test_lanczos_extremes_against_numpy_eigvalsh():
 def test_batch_hessian_extremes_against_dense_float64_hessian(results, data7):
     """Softmax regression: the fused-graph HVP and its Lanczos extremes against the closed-form
     dense Hessian of the same mini-batch, in float64."""
-    m, tr, _ = _load(results, "logreg", data7)
-    theta = _theta(m.get_params())
-    dense = _LogReg(tr["x"], tr["y"], 10)
+    m, tr, _ = load_trained(results("logreg"), data7)
+    theta = theta_of(m.get_params())
+    dense = LogReg(tr["x"], tr["y"], 10)
     idx = np.array([3, 8, 11, 19, 20, 27, 31, 33, 40, 41, 42, 44, 45, 47, 48, 49])
     H = dense.hessian(theta, idx)
     matvec, dim = curvature.batch_hvp(core.GraphCache(m, fused=True), tr, idx)
@@ -159,9 +160,9 @@ def test_loss_column_equals_closed_form_losses(results, data7, tmp_path):
     from sgd_influence_plugin.runner import RunRequest, run
 
     folder = results("logreg")
-    m, tr, _ = _load(results, "logreg", data7)
-    theta0 = _theta(m.get_params())
-    ref = _LogReg(tr["x"], tr["y"], 10).losses(theta0, np.arange(50))
+    m, tr, _ = load_trained(results("logreg"), data7)
+    theta0 = theta_of(m.get_params())
+    ref = LogReg(tr["x"], tr["y"], 10).losses(theta0, np.arange(50))
     paths, res = run(
         RunRequest(
             output=str(tmp_path / "o" / "influence.csv"),
@@ -180,7 +181,7 @@ def test_loss_column_equals_closed_form_losses(results, data7, tmp_path):
 
 
 def test_user_lr_above_the_stable_rate_is_warned_before_the_run(results, data28):
-    m, tr, va = _load(results, "mlp", data28)
+    m, tr, va = load_trained(results("mlp"), data28)
     said = []
     res = influence.compute_influence(
         m, tr, va, InfluenceSettings(lr=1.0, trials=1, retries=4), log=said.append
@@ -195,7 +196,7 @@ def test_user_lr_above_the_stable_rate_is_warned_before_the_run(results, data28)
 
 def test_unstable_trials_are_retried_at_a_quarter_rate(results, data28):
     """lr=1000 makes every trial blow up; each trial is checked and retried until stable."""
-    m, tr, va = _load(results, "mlp", data28)
+    m, tr, va = load_trained(results("mlp"), data28)
     theta0 = m.get_params()
     res = influence.compute_influence(m, tr, va, InfluenceSettings(lr=1000.0, trials=2, retries=8))
     assert np.all(np.isfinite(res.scores)) and np.all(np.isfinite(res.trial_scores))
@@ -210,7 +211,7 @@ def test_unstable_trials_are_retried_at_a_quarter_rate(results, data28):
 
 
 def test_unstable_run_is_refused_and_nothing_is_written(results, data28, tmp_path):
-    m, tr, va = _load(results, "mlp", data28)
+    m, tr, va = load_trained(results("mlp"), data28)
     with pytest.raises(UnstableReplayError, match="unstable at lr=1000"):
         influence.compute_influence(m, tr, va, InfluenceSettings(lr=1000.0, trials=1, retries=0))
     out = tmp_path / "out"
@@ -250,7 +251,7 @@ def test_unstable_run_is_refused_and_nothing_is_written(results, data28, tmp_pat
 def test_trials_in_worker_processes_equal_trials_one_after_another(results, data28):
     """--jobs 2 forks two workers (the data and the model shared copy-on-write): the scores,
     each trial's raw scores and orders are those of the same trials run in this process."""
-    m, tr, va = _load(results, "mlp", data28)
+    m, tr, va = load_trained(results("mlp"), data28)
     theta0 = m.get_params()
     serial = influence.compute_influence(m, tr, va, InfluenceSettings(trials=3, seed=2, jobs=1))
     forked = influence.compute_influence(m, tr, va, InfluenceSettings(trials=3, seed=2, jobs=2))
@@ -267,7 +268,7 @@ def test_trials_in_worker_processes_equal_trials_one_after_another(results, data
 def test_a_lone_trial_replays_in_two_processes_with_the_same_scores(results, data28):
     """One trial with two cores: the fd step's two passes run in two processes (settings.yaml
     says so), and the scores are those of the replay in one process, bit for bit."""
-    m, tr, va = _load(results, "mlp", data28)
+    m, tr, va = load_trained(results("mlp"), data28)
     one = influence.compute_influence(m, tr, va, InfluenceSettings(trials=1, seed=2, jobs=1))
     two = influence.compute_influence(m, tr, va, InfluenceSettings(trials=1, seed=2, jobs=2))
     assert one.timings["replay_processes"] == 1 and two.timings["replay_processes"] == 2
@@ -283,7 +284,7 @@ def test_replay_step_setting_reaches_the_replay(results, data7):
     """The default replay step is 'fd' (finite differences): on softmax regression (smooth) its
     scores agree with the exact step's to well under 1%, and differ from them at all (so the
     setting reached the replay)."""
-    m, tr, va = _load(results, "logreg", data7)
+    m, tr, va = load_trained(results("logreg"), data7)
     common = dict(trials=1, seed=1, lr=0.5)
     exact = influence.compute_influence(m, tr, va, InfluenceSettings(replay_step="exact", **common))
     fd = influence.compute_influence(m, tr, va, InfluenceSettings(**common))
@@ -291,3 +292,37 @@ def test_replay_step_setting_reaches_the_replay(results, data7):
     assert not np.array_equal(fd.scores, exact.scores)
     err = np.max(np.abs(fd.scores - exact.scores)) / np.max(np.abs(exact.scores))
     assert err < 5e-3
+
+
+def test_scores_that_tell_no_sample_from_another_are_refused():
+    """The check after the computation: all-equal scores (e.g. all 0) are an error, not a
+    result (the rate checks above stop the known causes before computing)."""
+    import numpy as np
+
+    from sgd_influence_plugin import influence
+    from sgd_influence_plugin.errors import ComputationError
+
+    run = influence.ResolvedSettings(lr=1e-3, weight_decay=0.0, batch_size=16)
+    with pytest.raises(ComputationError, match=r"all 50 influence scores are 0: .*nothing was"):
+        influence.check_spread(np.zeros(50), run)
+    influence.check_spread(np.linspace(-1, 1, 50), run)
+
+
+def test_a_diverging_automatic_rate_does_not_advise_lr_auto(world):
+    from sgd_influence_plugin import influence
+    from sgd_influence_plugin.dataset import load_dataset
+    from sgd_influence_plugin.errors import UnstableReplayError
+    from sgd_influence_plugin.nnabla_adapter import load_model
+    from sgd_influence_plugin.settings import InfluenceSettings
+
+    model = load_model(world["model"])
+    train = load_dataset(world["train"], model.info.input_shapes).arrays
+    val = load_dataset(world["val"], model.info.input_shapes).arrays
+    settings = InfluenceSettings(trials=1, retries=0)
+    for source, advice in (("auto", r"--lr auto is already in use: give a smaller --lr number"),
+                           ("given", r"Give a smaller --lr \(or --lr auto\)")):  # fmt: skip
+        run = influence.ResolvedSettings(lr=1e6, weight_decay=0.0, batch_size=16, lr_source=source)
+        with pytest.raises(UnstableReplayError, match=advice):
+            influence.run_trial(
+                model, train, val, settings, run, str(world["tmp"] / "c"), 0, None, 2.3
+            )

@@ -2,7 +2,6 @@
 values the test computes itself; the CLI's options reaching the computation; warnings
 reaching the files; networks the replay cannot model refused before anything is written."""
 
-import base64
 import csv
 import html
 import os
@@ -17,102 +16,8 @@ from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.nnabla_adapter import load_model, read_params
 from sgd_influence_plugin.runner import RunRequest, run
 from sgd_influence_plugin.settings import InfluenceSettings
-
-
-def used(facts, key):
-    """A value the run actually used, from the settings.yaml beside the output (top level,
-    or under ``used:``)."""
-    return facts.get("used", facts)[key]
-
-
-def _csv_rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def ranked_from_csv(rows):
-    """(datasource_index, label, influence, original) of an influence CSV's rows, in order."""
-    return [
-        (int(r["datasource_index"]), r["y:label"], float(r["influence"]), r["original"])
-        for r in rows
-    ]
-
-
-# ---- checkers: the files against a ranking the caller supplies -----------------------------
-
-
-def check_summary(text, ranked):
-    """``ranked``: (datasource_index, label, influence, original) of every training sample,
-    most harmful first, as the caller computed it."""
-    scores = np.array([r[2] for r in ranked])
-    counts = re.search(
-        r"training samples: (\d+)\s+harmful \(influence < 0\): (\d+)\s+"
-        r"helpful \(> 0\): (\d+)\s+zero: (\d+)",
-        text,
-    )
-    assert counts, text
-    assert [int(c) for c in counts.groups()] == [
-        len(ranked),
-        int(np.sum(scores < 0)),
-        int(np.sum(scores > 0)),
-        int(np.sum(scores == 0)),
-    ]
-    # Harmful share per class.
-    per_class = {}
-    for _, label, score, _ in ranked:
-        h, n = per_class.get(label, (0, 0))
-        per_class[label] = (h + (score < 0), n + 1)
-    block = text.split("harmful share per class", 1)[1].split("\n\n", 1)[0]
-    shown = {
-        lab: (int(h), int(n), float(pct))
-        for lab, h, n, pct in re.findall(r"^\s+(\S+): (\d+) / (\d+) \(([\d.]+)%\)$", block, re.M)
-    }
-    assert {k: v[:2] for k, v in shown.items()} == per_class
-    for h, n, pct in shown.values():
-        assert pct == pytest.approx(100 * h / n, abs=0.05)
-    # The ten most harmful, in order.
-    top = text.split("top 10 harmful", 1)[1].splitlines()[1:11]
-    assert len(top) == 10
-    for line, (index, label, score, original) in zip(top, ranked[:10]):
-        cells = [c.strip() for c in line.split(",")]
-        assert (int(cells[0]), cells[1], cells[3]) == (index, label, original), line
-        assert float(cells[2]) == pytest.approx(score, rel=5e-3)  # shown to 3 digits
-    return counts
-
-
-def _tiles(section):
-    """(index, label, score, image bytes) of each tile in a report section."""
-    out = []
-    for tile in section.split('class="tile"')[1:]:
-        img = re.search(r"base64,([A-Za-z0-9+/=]+)", tile)
-        lab = re.search(r'class="lab">([^<]*)(?:<br>|</div>)', tile)  # label, then model's class
-        m = re.search(r"row (\d+) &middot; ([-+0-9.e]+)", tile)
-        assert img and lab and m, tile[:200]
-        out.append((int(m.group(1)), lab.group(1), float(m.group(2)), base64.b64decode(img[1])))
-    return out
-
-
-def check_report(page, ranked, folder):
-    """The report's two galleries: the most harmful (lowest first) and the most helpful
-    (highest first), each tile with the sample's own label, score and thumbnail."""
-    assert "Most harmful" in page and "Most helpful" in page
-    harmful_part, rest = page.split("Most harmful", 1)[1].split("Most helpful", 1)
-    harmful, helpful = _tiles(harmful_part), _tiles(rest)
-    k = len(harmful)
-    assert 10 <= k == len(helpful) <= len(ranked) // 2
-    images = {
-        int(r["datasource_index"]): r["x:image"]
-        for r in _csv_rows(os.path.join(folder, "influence.csv"))
-    }
-    for tiles, expected in ((harmful, ranked[:k]), (helpful, ranked[::-1][:k])):
-        assert [t[0] for t in tiles] == [r[0] for r in expected]
-        for (index, label, score, png), (_, want_label, want_score, _) in zip(tiles, expected):
-            assert label == want_label
-            assert score == pytest.approx(want_score, rel=5e-3)
-            # the very image the CSV's x:image names for that row
-            with open(os.path.join(folder, images[index]), "rb") as f:
-                assert png == f.read()
-
+from support.output_checks import check_report, check_summary, csv_rows, ranked_from_csv, used
+from support.user_files import rewrite_cell, run_argv
 
 # ---- the writers on scores made up here -------------------------------------------------
 
@@ -130,9 +35,8 @@ def test_summary_and_report_on_known_scores(data7, tmp_path):
     )
     warning = "a <made-up> warning & its fix"
     out = tmp_path / "o" / "influence.csv"
-    paths = output.write_influence_output(
-        str(out), scores, train, ["x", "y"], {"lr": 0.5, "warnings": [warning]}, report=True
-    )
+    content = output.RunContent(scores, train, ["x", "y"], {"lr": 0.5, "warnings": [warning]})
+    paths = output.write_influence_output(str(out), content, report=True)
     counts = check_summary(open(paths.summary).read(), ranked)
     assert counts.group(4) == "3"
     assert f"warning: {warning}" in open(paths.summary).read().splitlines()
@@ -140,7 +44,7 @@ def test_summary_and_report_on_known_scores(data7, tmp_path):
     check_report(page, ranked, str(tmp_path / "o"))
     assert html.escape(warning) in page and warning not in page
     # The CSV agrees with the same ranking.
-    rows = _csv_rows(out)
+    rows = csv_rows(out)
     assert [(int(r["datasource_index"]), r["y:label"], r["original"]) for r in rows] == [
         (i, lab, orig) for i, lab, _, orig in ranked
     ]
@@ -229,7 +133,7 @@ def test_cli_options_reach_the_replay_and_the_files(results, data28, tmp_path):
     assert used(facts, "batch_size") == 20
     assert facts["timings_seconds"]["replay_steps"] == 13
     # summary.txt and report.html against the CSV.
-    ranked = ranked_from_csv(_csv_rows(out))
+    ranked = ranked_from_csv(csv_rows(out))
     assert [r[2] for r in ranked] == sorted(r[2] for r in ranked)
     check_summary(open(tmp_path / "o" / "influence_summary.txt").read(), ranked)
     check_report(
@@ -312,3 +216,152 @@ def test_random_crops_are_refused_before_anything_is_written(results, data28, tm
     assert err.startswith("sgd-influence: error: ") and str(nntxt) in err
     assert f"'{func.name}' (RandomCrop)" in err and "pre-cropped" in err
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------------------
+# Every row of the outputs belongs to its training row (issue 18, cases 4, 5, 9)
+# ----------------------------------------------------------------------------------------
+
+
+def check_rows_belong(out_csv, train_csv, thumb_size=None):
+    """Every promise of an influence CSV, opened the way the console opens it (paths relative
+    to the CSV's folder as the user names it): each row's image is its training row's file (or
+    that file's thumbnail), and its label, original cell and score belong to the same row;
+    rows sorted most harmful first; every training row once.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from sgd_influence_plugin import core
+    from sgd_influence_plugin.dataset import read_csv_table
+
+    folder = os.path.dirname(str(out_csv))
+    header, train_rows = read_csv_table(str(train_csv))
+    data_folder = os.path.dirname(os.path.abspath(str(train_csv)))
+    rows = csv_rows(out_csv)
+    trials = csv_rows(os.path.join(folder, "influence_trials.csv"))
+    raw = np.array([[float(t[k]) for k in t if k.startswith("trial_")] for t in trials])
+    combined, _ = core.combine_trials(raw.T)
+    assert sorted(int(r["datasource_index"]) for r in rows) == list(range(len(train_rows)))
+    scores = [float(r["influence"]) for r in rows]
+    assert scores == sorted(scores)
+    for r in rows:
+        j = int(r["datasource_index"])
+        image, label = train_rows[j][0], train_rows[j][1]
+        assert r["original"] == image and r["y:label"] == label.strip()
+        assert float(r["influence"]) == pytest.approx(combined[j], rel=1e-12, abs=0)
+        source = os.path.join(data_folder, image)
+        shown = os.path.join(folder, r["x:image"])
+        assert os.path.isfile(shown), (r, shown)
+        if r["x:image"].startswith("influence_thumbnails/"):
+            with Image.open(source) as im:
+                want = im.copy()
+            want.thumbnail((thumb_size, thumb_size), Image.LANCZOS)
+            with Image.open(shown) as got:
+                assert np.array_equal(np.asarray(got), np.asarray(want)), r
+        else:
+            assert open(shown, "rb").read() == open(source, "rb").read(), r
+    return rows
+
+
+def _linked_output(root):
+    """``root/out`` is a symbolic link to ``root/deep/a/b/real_out``: ``../data`` from the
+    link's own path is not ``../data`` from where the files really are."""
+    real = root / "deep" / "a" / "b" / "real_out"
+    real.mkdir(parents=True)
+    os.symlink(real, root / "out")
+    return root / "out"
+
+
+def test_paths_open_from_a_linked_output_folder_in_place_and_cleansed(world, capsys):
+    out = _linked_output(world["root"])
+    assert cli.main(run_argv(world, out / "influence.csv")) == 0
+    check_rows_belong(out / "influence.csv", world["train"])
+    # cleanse into the linked folder: a CSV that retrains, holding the kept rows' own files.
+    from sgd_influence_plugin.dataset import load_dataset, read_csv_table
+
+    cleansed = out / "cleansed.csv"
+    argv = ["cleanse", "--influence", str(out / "influence.csv"), "--train", world["train"]]
+    assert cli.main(argv + ["--remove", "5", "--output", str(cleansed)]) == 0
+    _, train_rows = read_csv_table(world["train"])
+    removed = {int(r["datasource_index"]) for r in csv_rows(out / "influence.csv")[:5]}
+    kept = [train_rows[j] for j in range(len(train_rows)) if j not in removed]
+    _, rows = read_csv_table(str(cleansed))
+    assert len(rows) == len(kept)
+    for (image, label), (want_image, want_label) in zip(rows, kept):
+        assert label == want_label
+        got = open(os.path.join(out, image), "rb").read()
+        assert got == open(os.path.join(world["data"], want_image), "rb").read()
+    load_dataset(str(cleansed), {"x": (1, 7, 7), "y": (1,)})
+
+
+@pytest.mark.usefixtures("private_tmpdir")
+def test_thumbnails_and_images_in_place_under_a_linked_output_folder(results, data28, tmp_path):
+    out = _linked_output(tmp_path)
+    model = os.path.join(results("mlp"), "results.nnp")
+    base = ["run", "--model", model, "--train", data28["train"], "--val", data28["val"]]
+    for size, thumbs in (("16", True), ("64", False)):
+        argv = base + ["--output", str(out / "influence.csv"), "--trials", "1", "--quiet"]
+        assert cli.main(argv + ["--thumb-size", size]) == 0
+        rows = check_rows_belong(out / "influence.csv", data28["train"], int(size))
+        assert all(r["x:image"].startswith("influence_thumbnails/") == thumbs for r in rows)
+
+
+def _npy_dataset(w, mixed):
+    """The training set as .npy arrays (each image / 255, as the loader reads the PNG), or
+    only its first row (``mixed``)."""
+    import numpy as np
+    from PIL import Image
+
+    from sgd_influence_plugin.dataset import read_csv_table
+
+    header, rows = read_csv_table(w["train"])
+    (w["data"] / "npy").mkdir()
+    out = []
+    for i, (image, label) in enumerate(rows):
+        if mixed and i:
+            out.append([image, label])
+            continue
+        with Image.open(w["data"] / image) as im:
+            np.save(w["data"] / "npy" / f"{i:06d}.npy", np.asarray(im, np.float32)[None] / 255)
+        out.append([f"npy/{i:06d}.npy", label])
+    path = w["data"] / ("mixed.csv" if mixed else "npy.csv")
+    with open(path, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([header] + out)
+    return str(path)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["npy", "first row npy"])
+def test_npy_data_gets_the_right_columns(world, capsys, mixed):
+    train = _npy_dataset(world, mixed)
+    out = world["root"] / "out" / "influence.csv"
+    argv = run_argv(world, out, "--train", train)
+    argv[argv.index("--train") + 1] = train
+    assert cli.main(argv) == 0
+    check_rows_belong(out, train)
+    summary = (out.parent / "influence_summary.txt").read_text()
+    classes = summary.split("harmful share per class", 1)[1].split("\n\n", 1)[0]
+    assert len(classes.splitlines()) - 1 == len({r["y:label"] for r in csv_rows(out)}) <= 10
+    assert "npy/" not in classes
+    # cleanse accepts the tool's own CSV.
+    argv = ["cleanse", "--influence", str(out), "--train", train, "--remove", "3"]
+    assert cli.main(argv + ["--output", str(out.parent / "c.csv")]) == 0
+
+
+def test_one_summary_line_per_label_value_however_written(world):
+    from sgd_influence_plugin.dataset import read_csv_table
+
+    _, rows = read_csv_table(world["train"])
+    label = max({r[1] for r in rows}, key=lambda x: sum(r[1] == x for r in rows))
+    where = [i for i, r in enumerate(rows) if r[1] == label]
+    assert len(where) >= 3
+    for i, spelling in zip(where, (f"{label}.0", f"+{label}", f" {label}")):
+        rewrite_cell(world["train"], i, 1, spelling)
+    out = world["root"] / "out" / "influence.csv"
+    assert cli.main(run_argv(world, out, "--report")) == 0
+    summary = (out.parent / "influence_summary.txt").read_text()
+    block = summary.split("harmful share per class", 1)[1].split("\n\n", 1)[0]
+    lines = [line.strip() for line in block.splitlines()[1:]]
+    assert [line.split(":")[0] for line in lines].count(label) == 1, block
+    assert not any(line.startswith((f"{label}.0:", f"+{label}:")) for line in lines), block
+    assert re.search(rf"^{label}: \d+ / {len(where)} ", "\n".join(lines), re.M), block

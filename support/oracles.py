@@ -1,0 +1,94 @@
+"""Float64 oracles for softmax regression, for the tests: closed-form losses, gradients and a
+dense Hessian (:class:`LogReg`), plain SGD (:func:`sgd_float64`) and the replay of Algorithm 2
+with dense Hessians (:func:`brute_force_replay`), written without nnabla or the package's
+graphs so that the influence core can be checked against them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sgd_influence_plugin import core
+
+
+def softmax(z):
+    """Row-wise softmax in float64 (the largest logit subtracted first)."""
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class LogReg:
+    """Softmax regression theta = [W (D, C) row-major, b (C,)] with closed forms in float64."""
+
+    def __init__(self, x, y, n_classes):
+        self.x = x.reshape(len(x), -1).astype(np.float64)
+        self.y = y.astype(np.int64).ravel()
+        self.C = n_classes
+        self.D = self.x.shape[1]
+
+    def unpack(self, theta):
+        """(W (D, C), b (C,)) views of ``theta``."""
+        W = theta[: self.D * self.C].reshape(self.D, self.C)
+        return W, theta[self.D * self.C :]
+
+    def losses(self, theta, idx):
+        """(|idx|,) per-sample cross-entropy losses."""
+        W, b = self.unpack(theta)
+        p = softmax(self.x[idx] @ W + b)
+        return -np.log(p[np.arange(len(idx)), self.y[idx]])
+
+    def grads(self, theta, idx):
+        """(|idx|, P) per-sample gradients."""
+        W, b = self.unpack(theta)
+        p = softmax(self.x[idx] @ W + b)
+        r = p.copy()
+        r[np.arange(len(idx)), self.y[idx]] -= 1
+        gw = self.x[idx][:, :, None] * r[:, None, :]
+        return np.concatenate([gw.reshape(len(idx), -1), r], axis=1)
+
+    def hessian(self, theta, idx):
+        """Mean Hessian over idx, dense (P, P)."""
+        W, b = self.unpack(theta)
+        p = softmax(self.x[idx] @ W + b)
+        P = self.D * self.C + self.C
+        H = np.zeros((P, P))
+        for i, j in enumerate(idx):
+            xt = np.concatenate([self.x[j], [1.0]])  # the bias is a weight on a constant 1
+            S = np.diag(p[i]) - np.outer(p[i], p[i])
+            Hi = np.kron(np.outer(xt, xt), S)  # ((D+1)C, (D+1)C), rows (d, c)
+            H += Hi
+        return H / len(idx)  # row index d*C + c matches [W.ravel(), b] with b as d = D
+
+
+def brute_force_replay(train, theta_at, order, lrs, batch_size, u0, wd):
+    """Algorithm 2 in float64 with dense Hessians: infl (N,), for step t = T-1..0 at
+    parameters ``theta_at(t)`` and rate ``lrs[t]``.
+    """
+    ref, u, B = np.zeros(len(order)), np.array(u0, dtype=np.float64), batch_size
+    for t in range(core.n_steps(len(order), B) - 1, -1, -1):
+        idx = order[t * B : (t + 1) * B]
+        theta = theta_at(t)
+        ref[idx] += lrs[t] / len(idx) * train.grads(theta, idx) @ u
+        u = u - lrs[t] * (train.hessian(theta, idx) @ u + wd * u)
+    return ref
+
+
+def sgd_float64(train, theta, orders, lrs, batch_size, wd):
+    """Plain SGD in float64 over each order in turn (closed-form gradients); returns the
+    parameters after every step, (sum of T_k + 1, P), the start first.
+    """
+    path = [np.array(theta, dtype=np.float64)]
+    for order in orders:
+        for t in range(core.n_steps(len(order), batch_size)):
+            idx = order[t * batch_size : (t + 1) * batch_size]
+            th = path[-1]
+            path.append(th - lrs[t] * (train.grads(th, idx).mean(axis=0) + wd * th))
+    return np.array(path)
+
+
+def theta_of(params):
+    """Softmax regression's parameters as one float64 vector [W.ravel(), b]."""
+    return np.concatenate([params["Affine/affine/W"].ravel(), params["Affine/affine/b"]]).astype(
+        np.float64
+    )
