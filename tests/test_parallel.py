@@ -534,7 +534,7 @@ def test_the_command_with_spawned_workers_writes_what_forked_ones_write(results,
 
 
 # ----------------------------------------------------------------------------------------
-# Ctrl-C around forked workers (issue 18, case 13)
+# Ctrl-C around started workers (issue 18, case 13)
 # ----------------------------------------------------------------------------------------
 
 #: What the fork hooks below record while armed: ("child", blocked signals) per child,
@@ -582,7 +582,7 @@ def test_workers_start_with_ctrl_c_held(forks):
     starts with SIGINT and SIGTERM blocked, and ignores SIGINT before it unblocks."""
     import signal
 
-    pids = parallel.run_parallel(_pid, range(2), jobs=2)
+    pids = parallel.run_parallel(_pid, range(2), jobs=2, start="fork")
     seen = sorted(p.name for p in forks.iterdir() if p.name.startswith("child_"))
     assert seen == sorted(f"child_{p}" for p in pids)
     for name in seen:
@@ -601,7 +601,7 @@ def test_no_worker_starts_after_a_stop_request(forks):
         os.kill(os.getpid(), signal.SIGINT)  # recorded, not raised
         assert interrupts.requested()
         with pytest.raises(KeyboardInterrupt):
-            parallel.run_parallel(_pid, range(3), jobs=2)
+            parallel.run_parallel(_pid, range(3), jobs=2, start="fork")
     assert not [p for p in forks.iterdir() if p.name.startswith("fork_")]
 
 
