@@ -447,9 +447,11 @@ def run_parallel(
         workers = _start_workers(ctx, jobs, (code, handle, start))
         return _collect(workers, items, on_result, on_progress)
     finally:
-        stop_processes(workers)
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            stop_processes(workers)  # may raise a Ctrl-C it held while reaping
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _collect(workers, items, on_result, on_progress) -> List[Any]:

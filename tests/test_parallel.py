@@ -614,7 +614,7 @@ def _stubborn(item, progress):
 
 
 @pytest.mark.parametrize("start", STARTS)
-def test_a_second_ctrl_c_while_workers_are_reaped_leaves_none(monkeypatch, start):
+def test_a_second_ctrl_c_while_workers_are_reaped_leaves_none(monkeypatch, start, tmp_path):
     """The first Ctrl-C stops the run; a second one arrives while a worker is still being
     reaped (it ignores SIGTERM, so it is killed after the grace time). Before, the second
     Ctrl-C broke off the reaping and left the worker running (and an atexit traceback)."""
@@ -623,6 +623,7 @@ def test_a_second_ctrl_c_while_workers_are_reaped_leaves_none(monkeypatch, start
     import threading
 
     monkeypatch.setattr(parallel, "TERMINATE_GRACE", 2.0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where spawn writes the inputs
     me = os.getpid()
 
     def on_progress(i, stage, done, total):
@@ -638,6 +639,7 @@ def test_a_second_ctrl_c_while_workers_are_reaped_leaves_none(monkeypatch, start
                 )
             assert time.monotonic() - t0 >= 2.0  # the grace time passed: the second was held
         assert multiprocessing.active_children() == []
+        assert os.listdir(tmp_path) == []  # the second Ctrl-C did not skip the clean-up
     finally:  # whatever happened, no stubborn worker may outlive the test
         for child in multiprocessing.active_children():
             child.kill()
