@@ -32,6 +32,7 @@ import retrain_candidate as rcand  # noqa: E402
 from sgd_influence_plugin import ownership, places  # noqa: E402
 from sgd_influence_plugin import recommend as rc  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
+from sgd_influence_plugin.executor import LocalExecutor  # noqa: E402
 
 KEYS = ("task", "removal", "n", "loss_change", "standard_error", "z")
 OUTPUT = "removed_good_rows.csv"
@@ -71,7 +72,7 @@ def run_task(a, task):
     sol = model.info.solver
     rc.check_candidates(
         model, train, heldout, label, cands, sol.lr, sol.batch_size, seed=seed + rc.SEED_OFFSET,
-        rows=rc.CHECK_ROWS, jobs=a.jobs,
+        rows=rc.CHECK_ROWS, executor=LocalExecutor(a.jobs),
     )  # fmt: skip
     rows = []
     for name, c in zip(sets, cands):

@@ -362,7 +362,7 @@ def run_task(a, noise, seed):
             settings = InfluenceSettings(seed=seed, jobs=1, **overrides)
             t = time.perf_counter()
             res = compute_influence(
-                model, train.arrays, val.arrays, settings, log=log, cluster=cluster
+                model, train.arrays, val.arrays, settings, log=log, executor=cluster
             )
             seconds = time.perf_counter() - t
             write_yaml(

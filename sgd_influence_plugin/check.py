@@ -230,7 +230,8 @@ def check_facts(result: CheckResult, settings: InfluenceSettings, extra: Dict) -
 class CheckRequest:
     """Files and options of one check (see :class:`~sgd_influence_plugin.runner.RunRequest`
     for the model and dataset fields); ``samples``: M rows to re-run; ``cluster``: a Dask
-    scheduler's address to run the re-runs on (see :mod:`.cluster`), None = here.
+    scheduler's address to run the re-runs on (see :mod:`.cluster`), None = worker processes
+    here (:mod:`.executor`).
     """
 
     output: str
@@ -269,13 +270,14 @@ def run_check(
             cannot be trusted (nothing written).
 
     """
-    from .cluster import connect
+    from .executor import open_executor
 
-    with connect(request.cluster, log) as cluster:
-        return _run_check(request, log, progress, flags, cluster)
+    context, jobs = request.settings.context, request.settings.jobs
+    with open_executor(request.cluster, context, jobs, log) as executor:
+        return _run_check(request, log, progress, flags, executor)
 
 
-def _run_check(request: CheckRequest, log, progress, flags, cluster) -> tuple:
+def _run_check(request: CheckRequest, log, progress, flags, executor) -> tuple:
     settings = replace(request.settings, trials=1)  # the check runs and records one trial
     files = RunRequest(
         output=request.output,
@@ -331,7 +333,7 @@ def _run_check(request: CheckRequest, log, progress, flags, cluster) -> tuple:
         int(m),
         progress=interrupts.checked_progress(progress),
         log=log,
-        cluster=cluster,
+        executor=executor,
     )
     image_col = find_columns(train, list(model.info.input_shapes)).file
     originals = [train.cell(i, image_col) if image_col else "" for i in range(train.size)]

@@ -1,35 +1,34 @@
-"""Independent units of work on an existing Dask distributed cluster (``--cluster ADDRESS``).
+"""The Dask executor: independent units of work on an existing Dask distributed cluster
+(``--cluster ADDRESS``).
 
-:mod:`.parallel` forks workers on this machine; this module hands the same kind of work to the
-scheduler of a `Dask distributed <https://distributed.dask.org>`_ cluster instead: the trials
-of :func:`.influence.compute_influence`, the retrainings of :mod:`.evaluate` and of the sample's
-paper protocol. Dask is an optional dependency (``pip install sgd-influence-plugin[cluster]``);
-nothing here is imported without ``--cluster``. docs/cluster.md says how to start a cluster.
+:class:`DaskExecutor` implements :class:`.executor.Executor` (the interface, and what a unit
+is, are described there) on the workers of a `Dask distributed
+<https://distributed.dask.org>`_ scheduler: the same units as :class:`.executor.LocalExecutor`
+(trials, check epochs, re-runs, retrainings, the paper protocol's trainings), with the same
+results. Dask is an optional dependency (``pip install sgd-influence-plugin[cluster]``);
+nothing of it is imported without ``--cluster``. docs/cluster.md says how to start a cluster.
 
-A unit is a module-level function called on a worker as ``fn(item, progress, *shared)``:
+How :meth:`DaskExecutor.map` runs ``unit(item, progress, *shared)`` there:
 
-- ``item`` is small (an index, a seed, a list of removed rows) and pickled per unit;
-- ``shared`` are the big inputs every unit reads (the model, the decoded arrays): they are
-  sent once per :meth:`Cluster.map`, pickled, as a task whose result they are
-  (:func:`_share`), and each worker process unpickles its own copy once. The model travels
-  as its definition and parameter values and is rebuilt by the adapter
-  (``NnablaModel.__reduce__``), so nnabla's state stays in :mod:`.nnabla_adapter` on the
-  worker too. Datasets are sent as arrays: the workers need no access to the submitter's
-  files, except where a unit runs ``nnabla_cli`` on CSV files (retraining from scratch),
-  which :meth:`Cluster.check_paths` checks first;
+- ``item`` is pickled per unit;
+- ``shared`` is sent once per map, pickled, as a task whose result it is (:func:`_share`),
+  and each worker process unpickles its own copy once, after the adapter has set nnabla up
+  there (:func:`.nnabla_adapter.prepare_process`). The model travels as its definition and
+  parameter values and is rebuilt by the adapter (``NnablaModel.__reduce__``). Datasets are
+  sent as arrays: the workers need no access to the submitter's files, except where a unit
+  runs ``nnabla_cli`` on CSV files (retraining from scratch), which
+  :meth:`DaskExecutor.check_paths` checks first;
 - ``progress(stage, done, total)`` reaches the submitter's ``on_progress`` (at most twice a
-  second per unit) and ends the unit at its next step once the submitter stops the run.
+  second per unit) and ends the unit at its next step once the submitter stops the run;
+- with a GPU context every unit asks for a worker resource ``GPU=1``.
 
-Guarantees of :meth:`Cluster.map`, as those of :func:`.parallel.run_parallel`: the results are
-``[fn(item, progress, *shared) for item in items]`` in item order; units change nothing on
-the submitter's side, which alone writes the outputs. A worker lost while it runs a unit (it
+Beyond :class:`.executor.Executor`'s guarantees: a worker lost while it runs a unit (it
 crashed, was killed, its machine went away) has the unit run again elsewhere by Dask (up to
 ``distributed.scheduler.allowed-failures`` times, 3 by default); past that, or when the
 scheduler goes away or no worker is left for :data:`NO_WORKERS_GRACE` seconds, the map stops
-with :class:`~.errors.ClusterError`. An exception in a unit arrives with its type and message
-and stops the map. Ctrl-C or SIGTERM (via :mod:`.interrupts`) cancels every unit still
-queued and stops the running ones at their next step. One unit runs at a time in a worker
-process (units share that process's copy of the model), so start workers with
+with :class:`~.errors.ClusterError`. Ctrl-C or SIGTERM (via :mod:`.interrupts`) cancels every
+unit still queued and stops the running ones at their next step. One unit runs at a time in a
+worker process (units share that process's copy of the model), so start workers with
 ``--nthreads 1``, one per core.
 """
 
@@ -48,6 +47,8 @@ from . import interrupts
 from .cluster_address import START as _START
 from .cluster_address import probe
 from .errors import ClusterError
+from .nnabla_adapter import prepare_process
+from .parallel import check_unit
 
 #: Seconds Dask's client may take to connect once the scheduler has answered
 #: (:mod:`.cluster_address`), and to wait for a first worker.
@@ -86,19 +87,34 @@ def _missing(paths: Sequence[str]) -> List[str]:
     return [p for p in paths if not os.access(p, os.R_OK)]
 
 
-class Cluster:
-    """A connection to a Dask scheduler that runs :meth:`map` s of units (see the module
-    docstring). Made by :func:`connect`.
+def resources_for(context: str) -> Optional[Dict[str, float]]:
+    """The Dask worker resources a unit computing in nnabla ``context`` needs: one GPU
+    (``{"GPU": 1}``) unless the context is a CPU one.
+    """
+    return None if context.startswith("cpu") else {"GPU": 1}
+
+
+class DaskExecutor:
+    """A connection to a Dask scheduler whose workers run the units of :meth:`map` (see the
+    module docstring and :class:`.executor.Executor`). Made by :func:`connect`.
     """
 
-    def __init__(self, client, address: str):
+    where = "cluster"
+    same_machine = False
+
+    def __init__(self, client, address: str, context: str = "cpu"):
         self.client = client
         self.address = address
+        self.resources = resources_for(context)
 
     @property
     def slots(self) -> int:
         """Units that can run at once: the worker processes (one unit each at a time)."""
         return max(1, len(self.client.scheduler_info().get("workers", {})))
+
+    def cores_per_unit(self, n_units: int) -> int:
+        """One: a worker process runs one unit on its one thread (no co-worker)."""
+        return 1
 
     def check_paths(self, paths: Sequence[str], why: str) -> None:
         """Raise :class:`ClusterError` unless every worker can read every path of ``paths``.
@@ -127,7 +143,6 @@ class Cluster:
         on_result: Optional[Callable[[int, Any], None]] = None,
         on_progress: Optional[Callable[[int, str, int, int], None]] = None,
         name: str = "unit",
-        resources: Optional[Dict[str, float]] = None,
     ) -> List[Any]:
         """``[fn(item, progress, *shared) for item in items]``, each call a unit on a worker.
 
@@ -138,7 +153,6 @@ class Cluster:
             on_result: called here as ``on_result(index, result)`` as units finish.
             on_progress: called here as ``on_progress(index, stage, done, total)``.
             name: names the units in Dask's dashboard (``name-INDEX-RUN``).
-            resources: Dask worker resources each unit needs (e.g. ``{"GPU": 1}``).
 
         Returns:
             The results, in the order of ``items``.
@@ -152,6 +166,7 @@ class Cluster:
         """
         from distributed import Event, Queue
 
+        check_unit(fn)
         items = list(items)
         client = self.client
         run = f"sgdi-{name}-{uuid.uuid4().hex[:12]}"
@@ -169,7 +184,7 @@ class Cluster:
                 *handles,
                 key=f"{name}-{i}-{run}",
                 pure=False,
-                resources=resources,
+                resources=self.resources,
             )
             for i, item in enumerate(items)
         ]
@@ -299,6 +314,7 @@ def _opened(run: str, blobs: Sequence[bytes]) -> List[Any]:
     """The shared inputs of ``run`` as this process's own objects, unpickled once per run."""
     if run not in _OPENED:
         _OPENED.clear()
+        prepare_process()
         _OPENED[run] = [pickle.loads(b) for b in blobs]
     return _OPENED[run]
 
@@ -332,7 +348,7 @@ def _unit(fn, index: int, item, run: str, report: bool, *shared):
         return fn(item, progress, *_opened(run, shared))
 
 
-def _connect(address: str, log: Callable[[str], None]) -> Cluster:
+def _connect(address: str, log: Callable[[str], None], context: str = "cpu") -> DaskExecutor:
     import asyncio
     import logging
 
@@ -350,7 +366,7 @@ def _connect(address: str, log: Callable[[str], None]) -> Cluster:
         client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, asyncio.TimeoutError) as e:
         raise ClusterError(f"--cluster {address}: cannot connect ({e}); {_START}") from e
-    cluster = Cluster(client, address)
+    cluster = DaskExecutor(client, address, context)
     try:
         _check_ready(cluster, log)
     except BaseException as e:
@@ -365,7 +381,7 @@ def _connect(address: str, log: Callable[[str], None]) -> Cluster:
     return cluster
 
 
-def _wait_for_a_worker(cluster: Cluster) -> None:
+def _wait_for_a_worker(cluster: DaskExecutor) -> None:
     """Wait up to CONNECT_TIMEOUT for a first worker, looking at a stop request meanwhile."""
     deadline = time.monotonic() + CONNECT_TIMEOUT
     while not cluster.client.scheduler_info().get("workers"):
@@ -379,7 +395,7 @@ def _wait_for_a_worker(cluster: Cluster) -> None:
         time.sleep(0.2)
 
 
-def _check_ready(cluster: Cluster, log: Callable[[str], None]) -> None:
+def _check_ready(cluster: DaskExecutor, log: Callable[[str], None]) -> None:
     """At least one worker, every worker with this machine's versions; a note when workers
     run several threads (units take turns in a process).
     """
@@ -423,14 +439,15 @@ def _check_ready(cluster: Cluster, log: Callable[[str], None]) -> None:
 
 @contextlib.contextmanager
 def connect(
-    address: Optional[str], log: Callable[[str], None] = lambda m: None
-) -> Iterator[Optional[Cluster]]:
-    """Connect to the scheduler at ``address`` for the duration of a ``with`` block.
+    address: Optional[str], log: Callable[[str], None] = lambda m: None, context: str = "cpu"
+) -> Iterator[Optional[DaskExecutor]]:
+    """A :class:`DaskExecutor` on the scheduler at ``address`` for the duration of a ``with``
+    block; its units compute in nnabla ``context`` (:func:`resources_for`).
 
-    ``None`` (no ``--cluster``) yields None: the callers then run everything here. The
-    connection is checked before anything is computed: the scheduler answers, it has at least
-    one worker, and every worker has this machine's versions of this package, nnabla, numpy
-    and Python (the scores depend on them).
+    ``None`` (no ``--cluster``) yields None (:func:`.executor.open_executor` gives a local
+    executor instead). The connection is checked before anything is computed: the scheduler
+    answers, it has at least one worker, and every worker has this machine's versions of this
+    package, nnabla, numpy and Python (the scores depend on them).
 
     Raises:
         ClusterError: Dask is not installed, the address is malformed or nothing answers
@@ -440,7 +457,7 @@ def connect(
     if address is None:  # "" is an address given empty: refused by the check
         yield None
         return
-    cluster = _connect(address, log)
+    cluster = _connect(address, log, context)
     try:
         yield cluster
     finally:

@@ -462,7 +462,7 @@ def replay(
             two first-order passes (:class:`FiniteDifferenceStep`), cheaper, approximate.
         fd_rel_step: the relative step of ``"fd"``.
         helper: optional ``helper(fn)`` context manager yielding an executor of ``fn`` in
-            another process (``submit(*args)``, ``result()``; e.g. :func:`.parallel.helper`),
+            another process (``submit(*args)``, ``result()``; e.g. :func:`.coworker.helper`),
             or None. With ``"fd"`` and no ``params_at``, the minus pass of every step then
             runs there while this process runs the plus pass: the same numbers, in about half
             the wall time on two free cores.

@@ -25,7 +25,7 @@ the exact step, the forward pass and first-order gradient graph of each step
 (:class:`ExactSteps`: one forward, one double-backward per vector: 1.5x one vector's step
 instead of 2x). The fd step's points ``theta +/- eps u`` differ per vector, so its passes
 cannot be shared: two vectors cost two steps. With a helper process
-(:func:`.parallel.helper`, a second core) the vectors after the first are replayed there,
+(:func:`.coworker.helper`, a second core) the vectors after the first are replayed there,
 whole, while this process replays the first: no per-step traffic, and the first vector's
 numbers are those of a replay alone. On two cores the replay then takes about 2 E of wall
 time (E = one training epoch) where one vector's fd replay, split over two processes, took 1 E.
@@ -162,7 +162,7 @@ def replay_vectors(
     """:func:`.core.replay` of every query vector in ``us`` through the same epoch.
 
     Arguments as :func:`.core.replay`, but ``us`` (K vectors) and ``helper``: with one (e.g.
-    :func:`.parallel.helper`) and K >= 2, a forked process replays ``us[1:]`` while this one
+    :func:`.coworker.helper`) and K >= 2, a forked process replays ``us[1:]`` while this one
     replays ``us[0]`` (any step, any cache); the same numbers as in one process.
 
     Returns:

@@ -128,7 +128,7 @@ class Dataset:
         return self.rows[row][self.header.index(column)]
 
 
-#: Rows below which reading stays in this process (forking costs more than it saves).
+#: Rows below which reading stays in this process (starting workers costs more than it saves).
 PARALLEL_MIN_ROWS = 4000
 #: Decoded rows between two progress reports.
 _REPORT_EVERY = 500
@@ -281,11 +281,14 @@ def _decode_in_workers(
             progress(sum(done_per_block), n)
 
     parts = parallel.run_parallel(
-        lambda block, report: rows_read.block(
-            block[0], block[1], lambda d, t: report("read", d, t)
-        ),
-        blocks,
-        jobs=jobs,
-        on_progress=on_progress,
+        _decode_unit, blocks, (rows_read,), jobs=jobs, on_progress=on_progress
     )
     return {name: np.concatenate([part[name] for part in parts]) for name in rows_read.plan}
+
+
+def _decode_unit(block, progress, rows_read: _Decoding) -> Dict[str, np.ndarray]:
+    """Rows ``block = (lo, hi)`` decoded, as a unit of :func:`.parallel.run_parallel` (a
+    module-level function, so spawned workers run it too); ``progress("read", done, rows)``.
+    """
+    lo, hi = (int(b) for b in block)
+    return rows_read.block(lo, hi, lambda done, total: progress("read", done, total))

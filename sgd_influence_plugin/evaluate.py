@@ -22,22 +22,21 @@ Every option, input and output place is checked before anything is computed
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import time
-import weakref
 import zipfile
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import core, option_parsers, options, parallel, places, validation
+from . import core, option_parsers, options, places, validation
 from .cells import data_path
 from .dataset import Dataset, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
 from .evaluate_report import OUTPUT_FILES, write_outputs
+from .executor import local_executor, open_executor, unit_graphs
 from .influence import compute_influence, resolve
 from .nnabla_adapter import load_model
 from .nnabla_adapter.training import initial_parameters, train_from_scratch
@@ -162,7 +161,7 @@ def evaluate(
     settings: InfluenceSettings,
     noise_csv: Optional[str] = None,
     log=lambda m: None,
-    cluster=None,
+    executor=None,
 ) -> List[Dict]:
     """Run the experiment; write ``results.csv``, ``figure2.png``, ``summary.md`` and
     ``settings.yaml`` into ``out_dir``.
@@ -170,8 +169,9 @@ def evaluate(
     Everything is checked before anything is computed (:func:`check_evaluate`, then every
     label of the three datasets against the network's classes).
 
-    With ``cluster`` (a :class:`~.cluster.Cluster`) the influence trials and each seed's
-    retrainings run on its workers (:func:`retrain_unit`); the rows are the same.
+    The influence trials and each seed's retrainings (:func:`retrain_unit`) are units of
+    ``executor`` (:mod:`.executor`; None = ``settings.jobs`` worker processes here); the rows
+    are the same wherever they run.
 
     Returns:
         One dict per (seed, n, method): seed, ratio, n_removed, method ('none', 'harmful',
@@ -207,19 +207,17 @@ def evaluate(
         raise SettingsError(f"--ratios {list(ratios)}: shares must be in [0, 1)")
     run = resolve(model, settings)
     theta0 = model.get_params()
-    graphs = core.GraphCache(model, fused=False)  # built once, reused by every retrain
+    executor = executor or local_executor(settings.context, settings.jobs)
     config_text = None
     if retrain == "scratch":
         config_text = _definition_text(model_files)
-    if cluster is not None and retrain == "scratch":
-        cluster.check_paths(_scratch_inputs(train, val_csv), "retraining with nnabla_cli")
+        executor.check_paths(_scratch_inputs(train, val_csv), "retraining with nnabla_cli")
     rows: List[Dict] = []
-    work_root = tempfile.mkdtemp(prefix="sgd_influence_eval_")
     try:
         for seed in seeds:
             t0 = time.perf_counter()
             res = compute_influence(
-                model, train.arrays, val.arrays, replace(settings, seed=seed), cluster=cluster
+                model, train.arrays, val.arrays, replace(settings, seed=seed), executor=executor
             )
             # Retraining the last epoch repeats the first trial's epoch: its order, its rate.
             run = replace(res.resolved, lr=res.trials[0].lr)
@@ -227,53 +225,17 @@ def evaluate(
             harmful_rank = np.argsort(res.scores, kind="stable")
             random_rank = np.random.RandomState(10_000 + seed).permutation(n)
             orders = core.epoch_orders(n, settings.epochs, seed)
-            if retrain == "scratch":  # every retraining of this seed starts from these
-                init = initial_parameters(
-                    config_text, seed, os.path.join(work_root, f"init_{seed}.h5")
-                )
             jobs = [
                 ("none" if count == 0 else method, count, rank[:count])
                 for count in counts
                 for method, rank in (("harmful", harmful_rank), ("random", random_rank))
                 if count or method == "harmful"
             ]
-            remote = {}  # (label, count) -> (accuracy, loss, seconds) from the workers
-            if cluster is not None:
-                items = [(retrain, removed, seed, orders, run, config_text) for *_, removed in jobs]
-                outs = cluster.map(
-                    retrain_unit,
-                    items,
-                    shared=(model, train, test, theta0, val_csv),
-                    name="retrain",
-                    resources=parallel.cluster_resources(settings.context),
-                )
-                remote = {(label, count): out for (label, count, _), out in zip(jobs, outs)}
-            for label, count, removed in jobs:
-                t1 = time.perf_counter()
-                if remote:
-                    acc, loss, seconds = remote[(label, count)]
-                elif retrain == "last":
-                    acc, loss = _retrain_last(
-                        model, train, test, theta0, orders, run, removed, graphs
-                    )
-                else:
-                    keep = np.setdiff1d(np.arange(n), removed)
-                    nnp = train_from_scratch(
-                        config_text,
-                        train_csv,
-                        val_csv,
-                        train.header,
-                        train.rows,
-                        keep,
-                        seed,
-                        os.path.join(work_root, f"s{seed}_{label}_{count}"),
-                        init,
-                    )
-                    acc, loss = accuracy_and_loss(
-                        load_model(model=nnp, context=settings.context), test
-                    )
-                if not remote:
-                    seconds = time.perf_counter() - t1
+            items = [(retrain, removed, seed, orders, run, config_text) for *_, removed in jobs]
+            outs = executor.map(
+                retrain_unit, items, shared=(model, train, test, theta0, val_csv), name="retrain"
+            )
+            for (label, count, removed), (acc, loss, seconds) in zip(jobs, outs):
                 row = {
                     "seed": seed,
                     "ratio": count / n,
@@ -292,7 +254,6 @@ def evaluate(
                     f"seed {seed} {label:7s} n={count:5d}: test accuracy {acc:.4f}, loss {loss:.4f}"
                 )
     finally:
-        shutil.rmtree(work_root, ignore_errors=True)
         model.set_params(theta0)
     total = time.perf_counter() - start_all
     write_outputs(
@@ -366,19 +327,15 @@ def _scratch_inputs(train: Dataset, val_csv: str) -> List[str]:
     return [val_csv] + [c for c in cells if os.path.splitext(c)[1] and os.path.isfile(c)]
 
 
-#: model -> its step graphs for :func:`_retrain_last`, built once per process.
-_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def retrain_unit(item, progress, model, train: Dataset, test: Dataset, theta0, val_csv: str):
-    """One retraining of :func:`evaluate` as a unit on a cluster's worker (:mod:`.cluster`).
+    """One retraining of :func:`evaluate` as a unit of an executor (:mod:`.executor`).
 
     Args:
         item: ``(retrain, removed, seed, orders, run, config_text)``: ``last`` repeats the
             last of ``orders`` at ``run``'s rate without ``removed``; ``scratch`` trains the
             definition ``config_text`` with ``nnabla_cli`` from the seed's initialisation, in
-            a temporary folder on the worker (the CSVs' files must be readable there).
-        model / train / test / theta0 / val_csv: shared by the units (sent once).
+            a temporary folder of the worker (the CSVs' files must be readable there).
+        model / train / test / theta0 / val_csv: shared by the units.
 
     Returns:
         ``(test accuracy, test loss, seconds)``.
@@ -387,9 +344,9 @@ def retrain_unit(item, progress, model, train: Dataset, test: Dataset, theta0, v
     retrain, removed, seed, orders, run, config_text = item
     t0 = time.perf_counter()
     if retrain == "last":
-        if model not in _GRAPHS:
-            _GRAPHS[model] = core.GraphCache(model, fused=False)
-        acc, loss = _retrain_last(model, train, test, theta0, orders, run, removed, _GRAPHS[model])
+        acc, loss = _retrain_last(
+            model, train, test, theta0, orders, run, removed, unit_graphs(model)
+        )
     else:
         keep = np.setdiff1d(np.arange(train.size), removed)
         item = (config_text, train.path, val_csv, keep, seed, model.context_name)
@@ -398,8 +355,8 @@ def retrain_unit(item, progress, model, train: Dataset, test: Dataset, theta0, v
 
 
 def scratch_unit(item, progress, test: Optional[Dataset], header, rows):
-    """:func:`train_from_scratch` as a unit on a cluster's worker (:mod:`.cluster`), in a
-    temporary folder there, from the seed's :func:`initial_parameters`.
+    """:func:`train_from_scratch` as a unit of an executor (:mod:`.executor`), in a temporary
+    folder of the worker, from the seed's :func:`initial_parameters`.
 
     Args:
         item: ``(config_text, train_csv, val_csv, keep, seed, context)``; the files the CSVs
@@ -442,9 +399,7 @@ def run_from_args(args) -> int:
         info, _ = describe(proto, values, source)
         train_csv = dataset_path(train_csv, info.train_dataset, "training", "--train")
         val_csv = dataset_path(val_csv, info.val_dataset, "validation", "--val")
-    from .cluster import connect
-
-    with connect(args.cluster, say) as cluster:
+    with open_executor(args.cluster, settings.context, settings.jobs, say) as executor:
         evaluate(
             {"model": args.model, "config": args.config, "params": args.params},
             train_csv,
@@ -457,7 +412,7 @@ def run_from_args(args) -> int:
             settings,
             args.noise,
             log=say,
-            cluster=cluster,
+            executor=executor,
         )
     say(f"results: {os.path.join(args.output_dir, 'summary.md')}")
     return 0

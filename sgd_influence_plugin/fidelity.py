@@ -23,7 +23,6 @@ import math
 import shutil
 import tempfile
 import time
-import weakref
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from . import core, influence, options, parallel
 from .errors import ComputationError, SettingsError
+from .executor import local_executor, unit_graphs
 from .resolved import ResolvedSettings
 from .settings import InfluenceSettings
 from .summary import ranking
@@ -150,7 +150,7 @@ def check_fidelity(
     samples: int = DEFAULT_SAMPLES,
     progress: Optional[core.Progress] = None,
     log: Optional[Callable[[str], None]] = None,
-    cluster=None,
+    executor=None,
 ) -> CheckResult:
     """One influence trial, then exact leave-one-out re-runs of its replayed epoch.
 
@@ -169,8 +169,9 @@ def check_fidelity(
         samples: M rows to re-run (see :func:`pick_samples`), at least :data:`MIN_SAMPLES`.
         progress: optional ``(stage, done, total)`` callback.
         log: optional callback for user-facing messages.
-        cluster: None = here; a connected :class:`~.cluster.Cluster` = the M re-runs as units
-            on its workers (:func:`rerun_unit`), with the same results.
+        executor: where the M re-runs run, each a unit (:func:`rerun_unit`, the same results
+            anywhere; :mod:`.executor`); None = ``settings.jobs`` worker processes here. The
+            trial runs in this process.
 
     Raises:
         UnstableReplayError: the trial stayed unstable after its retries.
@@ -179,6 +180,7 @@ def check_fidelity(
 
     """
     log = log or (lambda msg: None)
+    executor = executor or local_executor(settings.context, settings.jobs)
     # A copy: validate() settles lr in place. The check compares the replay's own estimate with
     # the exact re-runs, so it uses target "plain": a class-centred score subtracts its class's
     # mean of those same estimates, which would need every row of the class re-run to compare.
@@ -196,12 +198,13 @@ def check_fidelity(
     t0 = time.perf_counter()
     influence.choose_lr(model, train, settings, run, log)
     timings["curvature"] = time.perf_counter() - t0
+    here = parallel.workers_for(settings.context, settings.jobs)  # the trial runs here
     cache = tempfile.mkdtemp(prefix="sgd_influence_check_")
     try:
         t0 = time.perf_counter()
         outcome = influence.run_trial(
             model, train, val, settings, run, cache, settings.seed, progress, val_loss_start,
-            influence.replay_helper(settings),
+            influence.replay_helper(settings, here),
         )  # fmt: skip
         timings["influence"] = time.perf_counter() - t0
         order, lrs = influence.read_schedule(cache)
@@ -212,7 +215,7 @@ def check_fidelity(
         log("warning: " + w)
     estimate_all = outcome.scores
     idx, groups = pick_samples(estimate_all, samples, settings.seed)
-    graphs = core.GraphCache(model, fused=False)
+    graphs = unit_graphs(model)
     t0 = time.perf_counter()
     try:
         model.set_params(theta0)
@@ -223,23 +226,9 @@ def check_fidelity(
             core.sgd_epoch(
                 model, train, orders[k], lrs, run.batch_size, run.weight_decay, graphs=graphs
             )
-        theta_start = model.get_params()
-
-        def val_loss_after(weight: np.ndarray) -> float:
-            model.set_params(theta_start)
-            core.sgd_epoch(
-                model,
-                train,
-                order,
-                lrs,
-                run.batch_size,
-                run.weight_decay,
-                sample_weight=weight,
-                graphs=graphs,
-            )
-            return core.mean_loss(model, val, settings.val_batch_size)
-
-        full = val_loss_after(np.ones(n, np.float32))
+        epoch = (order, lrs, run.batch_size, run.weight_decay, settings.val_batch_size)
+        shared = (model, train, val, model.get_params(), epoch)
+        full = rerun_unit(None, None, *shared)  # the epoch with every row, here
         if not math.isfinite(full):
             raise ComputationError(
                 f"the validation loss after the re-run epoch is {full} at lr={outcome.lr:g}; "
@@ -253,7 +242,6 @@ def check_fidelity(
             )
             warnings.append(msg)
             log("warning: " + msg)
-        actual = np.empty(len(idx))
         finished = []
 
         def done(i: int, _=None) -> None:
@@ -261,23 +249,10 @@ def check_fidelity(
             if progress is not None:
                 progress("leave-one-out", len(finished), len(idx))
 
-        if cluster is None:
-            for i, j in enumerate(idx):
-                w = np.ones(n, np.float32)
-                w[j] = 0
-                actual[i] = val_loss_after(w) - full
-                done(i)
-        else:  # the same re-runs, each a unit on the cluster's workers
-            epoch = (order, lrs, run.batch_size, run.weight_decay, settings.val_batch_size)
-            losses = cluster.map(
-                rerun_unit,
-                [int(j) for j in idx],
-                shared=(model, train, val, theta_start, epoch),
-                on_result=done,
-                name="rerun",
-                resources=parallel.cluster_resources(settings.context),
-            )
-            actual[:] = np.asarray(losses) - full
+        losses = executor.map(
+            rerun_unit, [int(j) for j in idx], shared=shared, on_result=done, name="rerun"
+        )
+        actual = np.asarray(losses, dtype=np.float64) - full
     finally:
         model.set_params(theta0)
     timings["leave_one_out"] = time.perf_counter() - t0
@@ -318,29 +293,25 @@ def check_fidelity(
     )
 
 
-#: model -> its step graphs for :func:`rerun_unit`, built once per worker process.
-_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def rerun_unit(j: int, progress, model, train, val, theta_start, epoch) -> float:
-    """The replayed epoch without sample ``j``, as a unit on a cluster's worker
-    (:mod:`.cluster`): the validation loss after it, as :func:`check_fidelity` computes here.
+def rerun_unit(j: Optional[int], progress, model, train, val, theta_start, epoch) -> float:
+    """The replayed epoch without sample ``j`` (None: with every sample) from ``theta_start``,
+    as a unit of an executor (:mod:`.executor`): the validation loss after it.
 
     Args:
-        j: the training row left out (weight 0).
-        model / train / val / theta_start: shared by the units (sent once).
+        j: the training row left out (weight 0), or None.
+        progress: not used (one epoch is quick; the caller counts finished re-runs).
+        model / train / val / theta_start: shared by the units.
         epoch: ``(order, lrs, batch_size, weight_decay, val_batch_size)`` of the replayed epoch.
 
     """
     order, lrs, batch_size, weight_decay, val_batch_size = epoch
-    if model not in _GRAPHS:
-        _GRAPHS[model] = core.GraphCache(model, fused=False)
     weight = np.ones(len(order), np.float32)
-    weight[j] = 0
+    if j is not None:
+        weight[j] = 0
     model.set_params(theta_start)
     core.sgd_epoch(
         model, train, order, lrs, batch_size, weight_decay, sample_weight=weight,
-        graphs=_GRAPHS[model],
+        graphs=unit_graphs(model),
     )  # fmt: skip
     return core.mean_loss(model, val, val_batch_size)
 

@@ -4,7 +4,7 @@ candidates were not chosen with (half B), compared row by row (see :mod:`.recomm
 decides from it).
 
 Everything here but the epochs (:func:`settle_epoch`, :func:`check_candidates` and its
-cluster unit :func:`cluster_check_epoch`) is numpy only; a candidate is any object with
+unit :func:`check_epoch_unit`) is numpy only; a candidate is any object with
 ``action`` (``relabel`` or ``remove``), ``rows``, ``new_labels`` and the result fields
 :class:`.recommend.Candidate` has.
 """
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from . import core
+from .executor import LocalExecutor, unit_graphs
 from .probabilities import as_probabilities
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,14 +121,15 @@ def _check_epoch(
     return loss, correct
 
 
-def cluster_check_epoch(item, progress, model, train, heldout):
-    """One check epoch as a unit of :meth:`.cluster.Cluster.map`: :func:`_check_epoch` on a
-    worker, from the trained parameters the shared model arrived with (restored after).
+def check_epoch_unit(item, progress, model, train, heldout):
+    """One check epoch as a unit of an executor (:mod:`.executor`): :func:`_check_epoch` from
+    the parameters the shared model has (restored after).
 
     Args:
         item: ``(candidate or None, order, lr, batch_size, weight_decay, label_column,
-            val_batch_size, with_accuracy)``.
-        model / train / heldout: shared by every epoch of the check (sent once).
+            val_batch_size, with_accuracy)``; ``with_accuracy``: also the held-out rows'
+            correctness, by the model's own ``predict``.
+        model / train / heldout: shared by every epoch of the check.
 
     Returns:
         ``(held-out losses, held-out correct or None)``, as :func:`_check_epoch`.
@@ -139,8 +141,8 @@ def cluster_check_epoch(item, progress, model, train, heldout):
     try:
         return _check_epoch(
             model, train, heldout, held_labels, label_column, c, order, lr, batch_size,
-            weight_decay, core.GraphCache(model, fused=False),
-            model.predict if with_accuracy else None, val_batch_size, progress,
+            weight_decay, unit_graphs(model), model.predict if with_accuracy else None,
+            val_batch_size, progress,
         )  # fmt: skip
     finally:
         model.set_params(theta0)
@@ -160,16 +162,14 @@ def check_candidates(
     progress: Optional[core.Progress] = None,
     val_batch_size: int = 256,
     rows: Optional[int] = None,
-    jobs: int = 1,
+    executor=None,
     base: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None,
-    cluster=None,
-    cluster_resources: Optional[dict] = None,
 ) -> List[Candidate]:
     """Fill each candidate's held-out result (in place; returns ``cands``).
 
     The model's trainable parameters are restored at the end. The epochs (one on the data as
-    given, one per candidate) are independent and run in up to ``jobs`` forked worker
-    processes (:mod:`.parallel`); the results are the same as one after another.
+    given, one per candidate) are independent units of ``executor``
+    (:func:`check_epoch_unit`); the results are the same as one after another.
 
     Args:
         model: the model object :mod:`.core` describes, at the trained parameters.
@@ -178,56 +178,40 @@ def check_candidates(
         label_column: the column a relabel changes.
         lr / batch_size / weight_decay: the check's epoch (see :func:`settle_epoch`).
         seed: seed of its sample order (the same order for every candidate).
-        predict: optional ``arrays -> (N, C)`` class scores, for the accuracy change.
+        predict: None, or ``model.predict`` for the accuracy change (the epochs may run in
+            other processes, each with its own copy of the model, whose predict they use).
         rows: the epoch visits this many training rows, a seeded uniform sample
             (:func:`check_order`; None = all N). A candidate's changes apply to the rows it
             shares with the sample, so the share of changed rows is kept.
-        jobs: worker processes for the epochs (1 = in this process).
+        executor: where the epochs run (:mod:`.executor`); None = in this process.
         base: the epoch on the data as given, ``(held-out losses, held-out correct or None)``,
             if already computed with these arguments (:func:`early_work`); None = here.
-        cluster: a connected :class:`~.cluster.Cluster`: the epochs run on its workers
-            (:func:`cluster_check_epoch`, with ``predict`` = the model's own), with the same
-            results; None = ``jobs`` worker processes here.
-        cluster_resources: the Dask resources each epoch needs there
-            (:func:`.parallel.cluster_resources` of the model's context).
+
+    Raises:
+        ValueError: ``predict`` is another callable than the model's own.
 
     """
-    from . import parallel
-
+    if predict is not None and predict != model.predict:
+        raise ValueError("predict: give model.predict or None; the epochs use the model's own")
+    executor = executor or LocalExecutor(1)
     theta0 = model.get_params()
     n = len(train[label_column])
     order = check_order(n, seed, rows)
-    graphs = core.GraphCache(model, fused=False)
-    held_labels = np.asarray(heldout[label_column]).reshape(-1).astype(np.int64)
     items: List[Optional[Candidate]] = ([] if base is not None else [None]) + list(cands)
     steps = core.n_steps(len(order), batch_size)
     done = [0] * len(items)
-
-    def measure(c: Optional[Candidate], item_progress):
-        model.set_params(theta0)
-        return _check_epoch(
-            model, train, heldout, held_labels, label_column, c, order, lr, batch_size,
-            weight_decay, graphs, predict, val_batch_size, item_progress,
-        )  # fmt: skip
 
     def on_progress(k: int, _stage: str, d: int, _total: int) -> None:
         if progress is not None:  # one stage for all the check's epochs, in steps
             done[k] = d
             progress("checking the recommendation", sum(done), len(items) * steps)
 
+    spec = (order, lr, batch_size, weight_decay, label_column, val_batch_size)
     try:
-        if cluster is not None:
-            spec = (order, lr, batch_size, weight_decay, label_column, val_batch_size)
-            results = cluster.map(
-                cluster_check_epoch,
-                [(c, *spec, predict is not None) for c in items],
-                shared=(model, train, heldout),
-                on_progress=on_progress,
-                name="check",
-                resources=cluster_resources,
-            )
-        else:
-            results = parallel.run_parallel(measure, items, jobs=jobs, on_progress=on_progress)
+        results = executor.map(
+            check_epoch_unit, [(c, *spec, predict is not None) for c in items],
+            shared=(model, train, heldout), on_progress=on_progress, name="check",
+        )  # fmt: skip
     finally:
         model.set_params(theta0)
     if base is None:

@@ -9,6 +9,7 @@ its cache folder) and is checked before its scores are used.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -19,9 +20,10 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import core, interrupts, parallel
+from . import core, interrupts
 from . import curvature as curvature_mod
 from .errors import ComputationError, SettingsError, UnstableReplayError
+from .executor import local_executor
 from .phases import (  # noqa: F401 - the phases' names, where callers know them
     _dir_bytes,
     read_schedule,
@@ -336,28 +338,35 @@ def run_trial(
     )
 
 
-def cluster_trial(item, progress, model, train, val):
-    """One trial as a unit of :meth:`.cluster.Cluster.map`: :func:`run_trial` on a worker,
-    in a temporary cache folder there.
+def trial_unit(item, progress, model, train, val):
+    """One trial as a unit of an executor (:mod:`.executor`): :func:`run_trial` from the
+    parameters the shared model has (restored after), the same wherever it runs.
 
     Args:
-        item: ``(m, settings, run, val_loss_start, keep_cache, candidate_rows)`` for trial m
-            (seed ``settings.seed + m``).
-        model / train / val: the model and arrays every trial shares (sent once).
+        item: ``(m, settings, run, val_loss_start, folder, send_back, helper,
+            candidate_rows)`` for trial m (seed ``settings.seed + m``): ``folder`` is where
+            its cache goes (a folder this process can write, when the units run on this
+            machine) or None for a temporary folder, removed after; ``send_back``: return the
+            cache's files (a cluster's worker: the submitter writes them); ``helper``: the
+            replay's co-worker (:func:`.phases.replay_helper`) or None; ``candidate_rows``:
+            see :func:`run_trial`.
+        model / train / val: the model and arrays every trial shares.
 
     Returns:
         ``(TrialOutcome, files)``: files = the cache folder's files (relative path -> bytes)
-        when ``keep_cache``, else None.
+        with ``send_back``, else None.
 
     """
-    m, settings, run, val_loss_start, keep_cache, candidate_rows = item
-    with tempfile.TemporaryDirectory(prefix="sgd_influence_trial_") as folder:
+    m, settings, run, val_loss_start, folder, send_back, helper, candidate_rows = item
+    with contextlib.ExitStack() as stack:
+        if folder is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="sgd_influence_"))
         outcome = run_trial(
             model, train, val, settings, run, folder, settings.seed + m, progress,
-            val_loss_start, candidate_rows=candidate_rows,
+            val_loss_start, helper, candidate_rows,
         )  # fmt: skip
         files = None
-        if keep_cache:
+        if send_back:
             files = {}
             for parent, _, names in os.walk(folder):
                 for name in names:
@@ -423,32 +432,30 @@ def compute_influence(
     progress: Optional[core.Progress] = None,
     log: Optional[Log] = None,
     val_loss_start: Optional[float] = None,
-    cluster=None,
+    executor=None,
     losses: Optional[Callable[[], np.ndarray]] = None,
     candidate_rows: Optional[np.ndarray] = None,
 ) -> InfluenceResult:
     """Curvature and learning rate, then training phase + inference phase, M times, combined.
 
-    The trials run in ``settings.jobs`` forked worker processes (default: the usable cores, at
-    most M; see :mod:`.parallel`), each from the same starting parameters; the result is the
-    same as running them one after another. Warnings of the trials are logged when all are done.
-    With ``cluster`` (a :class:`~.cluster.Cluster`) the trials run on its workers instead
-    (:func:`cluster_trial`), with the same seeds and the same results.
+    The trials are units of ``executor`` (:func:`trial_unit`), each from the same starting
+    parameters; the result is the same as running them one after another, wherever they run.
+    Warnings of the trials are logged when all are done.
 
     Args:
         model: an :class:`~sgd_influence_plugin.nnabla_adapter.NnablaModel` (its trainable
             parameters are restored to their starting values at the end).
         train / val: column -> (N, ...) float32 arrays, e.g. ``Dataset.arrays``.
         settings: see :class:`~sgd_influence_plugin.settings.InfluenceSettings`.
-        cache_dir: where the cache goes and stays; None = a temporary folder, removed at the
+        cache_dir: where the cache goes and stays; None = temporary folders, removed at the
             end (on success and on error). With M > 1, trial m uses ``cache_dir/trial_mm``.
         progress: optional ``(stage, done, total)`` callback.
         log: optional callback for user-facing messages.
         val_loss_start: the mean validation loss at the model's parameters, if the caller
             has it already (the divergence check of every trial compares with it).
-        cluster: None = forked workers here; a connected :class:`~.cluster.Cluster` = units
-            on its workers (the model and arrays sent once; the cache comes back only for a
-            ``cache_dir``, and this process writes it).
+        executor: where the trials run (:mod:`.executor`); None = ``settings.jobs`` worker
+            processes here (:func:`.executor.local_executor`). Units on another machine send
+            their cache back for a ``cache_dir``, and this process writes it.
         losses: a callable that returns each training row's loss at the model's parameters
             (float64 (N,)), called after the trials, e.g. an answer of another process that
             computed them meanwhile; None = computed here first.
@@ -461,6 +468,7 @@ def compute_influence(
 
     """
     log = log or (lambda msg: None)
+    executor = executor or local_executor(settings.context, settings.jobs)
     run = resolve(model, settings)
     for w in run.warnings:
         log("warning: " + w)
@@ -476,37 +484,27 @@ def compute_influence(
     t0 = time.perf_counter()
     choose_lr(model, train, settings, run, log)
     timings["curvature"] = time.perf_counter() - t0
-    own_tmp = cache_dir is None
-    root = tempfile.mkdtemp(prefix="sgd_influence_cache_") if own_tmp else cache_dir
-    if cluster is None:
-        jobs = parallel.workers_for(settings.context, settings.jobs, settings.trials)
-    else:
-        jobs = cluster.slots
-    timings["jobs"] = min(jobs, settings.trials)
-
-    def trial_dir(m: int) -> str:
-        return root if settings.trials == 1 else os.path.join(root, f"trial_{m:02d}")
-
+    timings["jobs"] = min(executor.slots, settings.trials)
     vectors = 1 if candidate_rows is None else 2
-    helper = None
-    if cluster is None:
-        helper = replay_helper(settings, min(jobs, settings.trials), vectors)
+    helper = replay_helper(settings, executor.cores_per_unit(settings.trials), vectors)
     timings["replay_processes"] = 2 if helper is not None else 1
 
-    def one_trial(m: int, trial_progress) -> TrialOutcome:
-        return run_trial(
-            model,
-            train,
-            val,
-            settings,
-            run,
-            trial_dir(m),
-            settings.seed + m,
-            trial_progress,
-            val_loss_start,
-            helper,
-            candidate_rows,
-        )
+    # Units here write the cache where it goes, or into a temporary folder this process
+    # removes (also after a worker was ended); units elsewhere send a cache_dir's files back.
+    here = executor.same_machine
+    own_tmp = cache_dir is None and here
+    root = tempfile.mkdtemp(prefix="sgd_influence_cache_") if own_tmp else cache_dir
+
+    def trial_dir(m: int) -> Optional[str]:
+        if root is None:
+            return None
+        return root if settings.trials == 1 else os.path.join(root, f"trial_{m:02d}")
+
+    items = [
+        (m, settings, run, val_loss_start, trial_dir(m) if here else None,
+         cache_dir is not None and not here, helper, candidate_rows)
+        for m in range(settings.trials)
+    ]  # fmt: skip
 
     def on_progress(m: int, stage: str, done: int, total: int) -> None:
         interrupts.check()
@@ -514,48 +512,28 @@ def compute_influence(
             name = stage if settings.trials == 1 else f"{stage} (trial {m + 1})"
             progress(name, done, total)
 
-    def on_result(m: int, outcome: TrialOutcome) -> None:
+    def on_result(m: int, outcome_files) -> None:
+        outcome, files = outcome_files
+        for rel, data in (files or {}).items():  # the cache of a trial run elsewhere
+            path = os.path.join(trial_dir(m), rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
         log(
             f"trial {m + 1}/{settings.trials} done (lr {outcome.lr:g}, validation loss "
             f"{outcome.val_loss:.4f}, u grew {outcome.u_growth:.3g}x)"
         )
 
-    def on_cluster_result(m: int, outcome_files) -> None:
-        outcome, files = outcome_files
-        for rel, data in (files or {}).items():  # the trial's cache, written here
-            path = os.path.join(trial_dir(m), rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(data)
-        on_result(m, outcome)
-
     t0 = time.perf_counter()
     try:
-        if cluster is None:
-            outcomes: List[TrialOutcome] = parallel.run_parallel(
-                one_trial,
-                range(settings.trials),
-                jobs=jobs,
-                on_result=on_result,
-                on_progress=on_progress,
-            )
-        else:
-            pairs = cluster.map(
-                cluster_trial,
-                [
-                    (m, settings, run, val_loss_start, not own_tmp, candidate_rows)
-                    for m in range(settings.trials)
-                ],
-                shared=(model, train, val),
-                on_result=on_cluster_result,
-                on_progress=on_progress,
-                name="trial",
-                resources=parallel.cluster_resources(settings.context),
-            )
-            outcomes = [outcome for outcome, _ in pairs]
+        pairs = executor.map(
+            trial_unit, items, shared=(model, train, val), on_result=on_result,
+            on_progress=on_progress, name="trial",
+        )  # fmt: skip
     finally:
         if own_tmp:
             shutil.rmtree(root, ignore_errors=True)
+    outcomes: List[TrialOutcome] = [outcome for outcome, _ in pairs]
     timings["trials_wall"] = time.perf_counter() - t0
     for outcome in outcomes:
         for w in outcome.warnings:

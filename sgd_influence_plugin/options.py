@@ -198,10 +198,10 @@ class ScoreArguments:
         choices=("exact", "fd"),
         dialog=Dialog(),
     )
-    # A GPU context runs the trials one after another.
+    # A GPU context runs the units one after another, in the command's process.
     jobs: Optional[int] = option(
-        help="worker processes for the trials (a lone trial's replay uses two) and the "
-        "recommendation's check epochs (no effect on the results)",
+        help="worker processes for the independent units: trials (a lone trial's replay uses "
+        "two), check epochs, retrainings (no effect on the results)",
         metavar="N",
         absent="the usable cores, at most the trials",
         dialog=Dialog("-j", default=0, text="{help}; 0 = the usable cores"),

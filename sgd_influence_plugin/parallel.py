@@ -1,18 +1,31 @@
-"""Run independent items (e.g. trials) in forked worker processes, results in item order.
+"""Units of work in worker processes on this machine, results in item order: the process pool
+behind :class:`.executor.LocalExecutor` (and the process plumbing :mod:`.coworker` shares).
 
-Why fork: the workers start as copies of the parent, so the decoded datasets (numpy arrays)
-and the loaded model are shared copy-on-write and never pickled or copied per item; only the
-item's index goes to a worker and only its result comes back. nnabla's CPU kernels are
-single-threaded and keep no thread pool, so a forked child can build and run graphs after the
-parent already has (checked by ``tests/test_parallel.py`` on a real model). CUDA does not
-survive a fork: :func:`workers_for` gives one worker to any context but a CPU one.
+A unit is a module-level function called as ``unit(item, progress, *shared)`` (see
+:mod:`.executor`): ``item`` is small and goes to the worker that runs it; ``shared`` are the
+big inputs every unit reads (the model, the decoded arrays), sent to each worker once.
+
+How the workers start, and how ``shared`` reaches them:
+
+- ``spawn`` (everywhere; the only way on Windows and macOS, where the console and laptops
+  run): each worker is a fresh Python that imports this package. ``shared`` is pickled once
+  per :func:`run_parallel` into a temporary folder, its large arrays as ``.npy`` files that
+  every worker maps copy-on-write (:func:`_write_shared`), so the decoded datasets are on disk
+  once, not once per worker. The model is pickled as its definition and parameter values and
+  rebuilt by the adapter (``NnablaModel.__reduce__``) after the adapter has set up nnabla in
+  that process (:func:`.nnabla_adapter.prepare_process`, the ``initializer``).
+- ``fork`` (Linux only, the default there): the workers start as copies of this process and
+  inherit ``shared`` as it is, copy-on-write, without pickling. The same worker body runs the
+  same units on the same items, so the results are those of ``spawn`` (both are tested on
+  Linux); only the start is faster. CUDA does not survive a fork: :func:`workers_for` gives
+  one worker (this process) to any context but a CPU one.
 
 Guarantees of :func:`run_parallel`:
 
-- the results are ``[fn(item, progress) for item in items]``, in item order, whatever order the
-  workers finish in; with ``jobs == 1``, one item, or no ``fork`` start method (Windows, where
-  the console runs), the same loop runs in this process;
-- an exception in ``fn`` ends every worker and is re-raised in the parent with its type and
+- the results are ``[unit(item, progress, *shared) for item in items]``, in item order,
+  whatever order the workers finish in; with ``jobs == 1`` or one item the same loop runs in
+  this process, on the caller's own objects (a unit restores what it changes);
+- an exception in a unit ends every worker and is re-raised in the parent with its type and
   message (the project's :class:`~sgd_influence_plugin.errors.SGDInfluenceError` types keep
   both); the worker's traceback is attached as the ``__cause__``;
 - Ctrl-C (SIGINT) or SIGTERM turned into ``KeyboardInterrupt`` in the parent (directly, or as
@@ -21,10 +34,11 @@ Guarantees of :func:`run_parallel`:
   the exception leaves, so no process is left behind. Workers ignore SIGINT (the parent
   decides), die on SIGTERM, and on Linux also when the parent dies;
 - no worker is started once a stop was requested, and Ctrl-C and SIGTERM are held (blocked)
-  while workers are forked and while they are reaped: a child starts with both blocked and
-  first ignores SIGINT and takes SIGTERM's default action, so no handler of the parent ever
-  runs in a child (e.g. inside threading's ``_after_fork``), and a second Ctrl-C cannot cut
-  the reaping short; the parent sees a held signal as soon as the block ends.
+  while workers are started and while they are reaped: a child (forked, or spawned: the
+  mask survives ``exec``) starts with both blocked and first ignores SIGINT and takes
+  SIGTERM's default action, so no handler of the parent ever runs in a child (e.g. inside
+  threading's ``_after_fork``), and a second Ctrl-C cannot cut the reaping short; the parent
+  sees a held signal as soon as the block ends.
 """
 
 from __future__ import annotations
@@ -32,21 +46,25 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from . import interrupts
 from .errors import SGDInfluenceError
 
-#: Progress callback handed to ``fn``: (stage name, steps done, steps in total).
+#: Progress callback handed to a unit: (stage name, steps done, steps in total).
 ItemProgress = Callable[[str, int, int], None]
 
 #: Seconds to wait for a terminated worker before killing it.
-_TERMINATE_GRACE = 5.0
+TERMINATE_GRACE = 5.0
 #: The signals that stop a run (see :mod:`.interrupts`).
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Arrays of ``shared`` at least this large go to spawned workers as mapped ``.npy`` files.
+_MAPPED_BYTES = 1 << 16
 
 
 @contextlib.contextmanager
@@ -54,7 +72,7 @@ def signals_held():
     """Hold Ctrl-C (SIGINT) and SIGTERM while inside; one that arrives meanwhile is delivered
     (raised again) when the block ends.
 
-    Two layers: the signals are blocked in this thread (so a process forked inside starts
+    Two layers: the signals are blocked in this thread (so a process started inside starts
     with both blocked), and, in the main thread, Python's handlers for them are replaced by
     one that only records them (a signal another thread receives still runs Python's handler
     in the main thread).
@@ -83,10 +101,26 @@ def signals_held():
 
 
 def fork_available() -> bool:
-    """True where worker processes can be forked (Linux, macOS); False on Windows."""
+    """True where a process can be forked (Linux, macOS); False on Windows."""
     import multiprocessing
 
     return "fork" in multiprocessing.get_all_start_methods()
+
+
+#: The environment variable that chooses how workers start: ``spawn``, or ``fork`` where
+#: there is one; anything else (or nothing) = :func:`default_start`'s choice.
+START_VARIABLE = "SGD_INFLUENCE_START"
+
+
+def default_start() -> str:
+    """How :func:`run_parallel` starts workers by default: ``fork`` on Linux (the fast path),
+    ``spawn`` elsewhere (Windows has no fork; on macOS system libraries do not survive one),
+    unless :data:`START_VARIABLE` says otherwise.
+    """
+    asked = os.environ.get(START_VARIABLE, "").strip().lower()
+    if asked == "spawn" or not fork_available():
+        return "spawn"
+    return "fork" if asked == "fork" or sys.platform.startswith("linux") else "spawn"
 
 
 def usable_cores() -> int:
@@ -106,20 +140,13 @@ def default_jobs(n_items: int) -> int:
     return max(1, min(usable_cores(), int(n_items)))
 
 
-def cluster_resources(context: str) -> Optional[Dict[str, float]]:
-    """The Dask worker resources a unit computing in nnabla ``context`` needs on a cluster
-    (:meth:`.cluster.Cluster.map`): one GPU (``{"GPU": 1}``) unless the context is a CPU one.
-    """
-    return None if context.startswith("cpu") else {"GPU": 1}
-
-
 def workers_for(
     context: str, requested: Optional[int] = None, n_items: Optional[int] = None
 ) -> int:
-    """Worker processes to fork for work in ``context``.
+    """Worker processes for work in ``context``.
 
-    One with any context but a CPU one: CUDA does not survive ``fork()``. Otherwise
-    ``requested``, or by default the usable cores (at most ``n_items`` when given).
+    One with any context but a CPU one (one device, and CUDA does not survive ``fork()``).
+    Otherwise ``requested``, or by default the usable cores (at most ``n_items`` when given).
     """
     if not context.startswith("cpu"):
         return 1
@@ -143,11 +170,30 @@ class RemoteTraceback(Exception):
         return self.text
 
 
-def _serial(fn, items, on_result, on_progress) -> List[Any]:
+def check_unit(unit: Callable) -> None:
+    """Refuse a unit a spawned worker (or a cluster's worker) could not import by name: a
+    lambda, a nested function, a bound method. Checked on every platform, so that what runs
+    here with ``fork`` runs on Windows too.
+
+    Raises:
+        TypeError: ``unit`` is not a module-level function.
+
+    """
+    try:
+        same = pickle.loads(pickle.dumps(unit)) is unit
+    except Exception:  # noqa: BLE001 - whatever stops pickling it
+        same = False
+    if not same:
+        raise TypeError(
+            f"{unit!r} is not a module-level function; a unit must be one, so that a worker "
+            "process can import it"
+        )
+
+
+def _serial(unit, items, shared, on_result, on_progress) -> List[Any]:
     results = []
     for i, item in enumerate(items):
-        progress = _item_progress(on_progress, i)
-        results.append(fn(item, progress))
+        results.append(unit(item, _item_progress(on_progress, i), *shared))
         if on_result is not None:
             on_result(i, results[-1])
     return results
@@ -157,6 +203,52 @@ def _item_progress(on_progress, index: int) -> ItemProgress:
     if on_progress is None:
         return lambda stage, done, total: None
     return lambda stage, done, total: on_progress(index, stage, done, total)
+
+
+# ----------------------------------------------------------------------------- shared inputs
+
+
+class _ArrayFiles(pickle.Pickler):
+    """Pickles an object with its large plain arrays written beside it as ``.npy`` files."""
+
+    def __init__(self, file, folder: str):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.folder, self.count = folder, 0
+
+    def persistent_id(self, obj):
+        import numpy as np
+
+        if type(obj) is not np.ndarray or obj.dtype.hasobject or obj.nbytes < _MAPPED_BYTES:
+            return None
+        name = f"a{self.count}.npy"
+        self.count += 1
+        np.save(os.path.join(self.folder, name), obj, allow_pickle=False)
+        return name
+
+
+class _MappedArrays(pickle.Unpickler):
+    def __init__(self, file, folder: str):
+        super().__init__(file)
+        self.folder = folder
+
+    def persistent_load(self, name):
+        import numpy as np
+
+        # Copy-on-write: a unit may change its copy (as a forked worker may), never the file.
+        return np.load(os.path.join(self.folder, name), mmap_mode="c").view(np.ndarray)
+
+
+def _write_shared(shared: Sequence[Any], folder: str) -> None:
+    with open(os.path.join(folder, "shared.pkl"), "wb") as f:
+        _ArrayFiles(f, folder).dump(tuple(shared))
+
+
+def _read_shared(folder: str) -> tuple:
+    with open(os.path.join(folder, "shared.pkl"), "rb") as f:
+        return _MappedArrays(f, folder).load()
+
+
+# ----------------------------------------------------------------------------- workers
 
 
 def _die_with_parent() -> None:
@@ -172,7 +264,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _exception_payload(exc: BaseException) -> bytes:
+def exception_payload(exc: BaseException) -> bytes:
     """The exception pickled with its traceback text; a stand-in if it does not pickle."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
@@ -183,9 +275,9 @@ def _exception_payload(exc: BaseException) -> bytes:
     return pickle.dumps((blob, text))
 
 
-def _child_setup(parent_pid: int) -> None:
-    """First thing in a forked child: its own signal handling, then die with the parent."""
-    # Forked with both signals blocked (see signals_held): first the worker's own handling,
+def child_setup(parent_pid: int) -> None:
+    """First thing in a child: its own signal handling, then die with the parent."""
+    # Started with both signals blocked (see signals_held): first the worker's own handling,
     # then unblock (a pending Ctrl-C is dropped, a pending SIGTERM ends the worker).
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for everyone
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # terminate() ends a worker at once
@@ -196,28 +288,42 @@ def _child_setup(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _worker(fn, items, tasks, results, parent_pid: int) -> None:
-    """Body of a worker: take item indices from ``tasks`` until None, send back
+def _worker(code: bytes, shared, start: str, tasks, results, parent_pid: int) -> None:
+    """Body of a worker: take ``(index, item)`` from ``tasks`` until None, send back
     ``("ok", i, result)``, ``("progress", i, (stage, done, total))`` or ``("error", i, payload)``.
+
+    ``code`` is ``(initializer, unit)`` pickled, loaded only after the initializer's module
+    (the adapter) could set up the process; ``shared`` the objects (``fork``) or the folder
+    they were written to (``spawn``), opened with the first item.
     """
-    _child_setup(parent_pid)
+    child_setup(parent_pid)
+    opened = None
     while True:
-        i = tasks.recv()
-        if i is None:
+        task = tasks.recv()
+        if task is None:
             return
+        i, item = task
 
         def progress(stage, done, total, _i=i):
             results.send(("progress", _i, (stage, done, total)))
 
         try:
-            out = fn(items[i], progress)
+            if opened is None:
+                initializer, unit = pickle.loads(code)
+                if initializer is not None:
+                    initializer()
+                opened = shared if start == "fork" else _read_shared(shared)
+            out = unit(item, progress, *opened)
         except Exception as exc:  # noqa: BLE001 - every error goes to the parent
-            results.send(("error", i, _exception_payload(exc)))
+            results.send(("error", i, exception_payload(exc)))
             return
         results.send(("ok", i, out))
 
 
-def _raise_from_payload(payload: bytes, index: int):
+def raise_from_payload(payload: bytes, index: int):
+    """Raise the exception of :func:`exception_payload` (item ``index``), its traceback text
+    as the ``__cause__``.
+    """
     blob, text = pickle.loads(payload)
     try:
         exc = pickle.loads(blob)
@@ -226,7 +332,7 @@ def _raise_from_payload(payload: bytes, index: int):
     raise exc from RemoteTraceback(text)
 
 
-def _raise_for_dead(proc) -> None:
+def raise_for_dead(proc) -> None:
     """Raise the error that fits a worker that ended before returning its result."""
     proc.join()
     code = proc.exitcode
@@ -238,7 +344,7 @@ def _raise_for_dead(proc) -> None:
     )
 
 
-def _stop(workers) -> None:
+def stop_processes(workers) -> None:
     """Terminate every live worker, wait for it, kill it if it lingers, and reap it; with
     Ctrl-C and SIGTERM held, so a second Ctrl-C cannot leave a worker behind.
     """
@@ -247,7 +353,7 @@ def _stop(workers) -> None:
             if proc.is_alive():
                 proc.terminate()
         for proc, tasks, results in workers:
-            proc.join(_TERMINATE_GRACE)
+            proc.join(TERMINATE_GRACE)
             if proc.is_alive():
                 proc.kill()
                 proc.join()
@@ -255,209 +361,142 @@ def _stop(workers) -> None:
             results.close()
 
 
+def _start_workers(ctx, jobs: int, args: tuple) -> list:
+    """``jobs`` started workers as ``(process, task sender, result receiver)``."""
+    workers = []
+    with signals_held():
+        for _ in range(jobs):
+            task_recv, task_send = ctx.Pipe(duplex=False)
+            result_recv, result_send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_worker, args=(*args, task_recv, result_send, os.getpid()), daemon=True
+            )
+            proc.start()
+            task_recv.close()  # the child's ends: close the parent's copies
+            result_send.close()
+            workers.append((proc, task_send, result_recv))
+    return workers
+
+
 def run_parallel(
-    fn: Callable[[Any, ItemProgress], Any],
+    unit: Callable[..., Any],
     items: Sequence[Any],
+    shared: Sequence[Any] = (),
     jobs: Optional[int] = None,
     on_result: Optional[Callable[[int, Any], None]] = None,
     on_progress: Optional[Callable[[int, str, int, int], None]] = None,
+    start: Optional[str] = None,
+    initializer: Optional[Callable[[], None]] = None,
 ) -> List[Any]:
-    """``[fn(item, progress) for item in items]``, computed by up to ``jobs`` forked workers.
+    """``[unit(item, progress, *shared) for item in items]``, computed by up to ``jobs``
+    worker processes.
 
     Args:
-        fn: called as ``fn(item, progress)`` in a worker; ``progress(stage, done, total)``
-            forwards to ``on_progress`` in the parent (pass it to the core as its progress
-            callback). Its return value must pickle (arrays, numbers, dataclasses of them).
-            Changes ``fn`` makes to objects it inherited (e.g. the model's parameters) stay in
-            the worker: each item must set up the state it needs.
-        items: the work, inherited by the workers (never pickled); only indices and results
-            cross process boundaries.
-        jobs: number of worker processes; None = :func:`default_jobs`; 1 (or a single item,
-            or no ``fork`` on this platform) runs everything in this process.
+        unit: a module-level function (:func:`check_unit`), called in a worker;
+            ``progress(stage, done, total)`` forwards to ``on_progress`` in the parent (pass
+            it to the core as its progress callback). Its return value must pickle (arrays,
+            numbers, dataclasses of them). Changes it makes to ``shared`` (e.g. the model's
+            parameters) stay in the worker: each item must set up the state it needs.
+        items: the work, one pickled item per unit.
+        shared: objects every unit gets, sent to each worker once (see the module docstring).
+        jobs: number of worker processes; None = :func:`default_jobs`; 1 (or a single item)
+            runs everything in this process.
         on_result: called in the parent as ``on_result(index, result)`` when an item is done
             (in completion order).
         on_progress: called in the parent as ``on_progress(index, stage, done, total)``.
+        start: ``fork`` or ``spawn``; None = :func:`default_start`.
+        initializer: a module-level function each worker calls before it opens ``shared``
+            (e.g. :func:`.nnabla_adapter.prepare_process`).
 
     Returns:
         The results, in the order of ``items``.
 
     Raises:
-        Exception: the first exception of any ``fn`` call, same type and message.
+        Exception: the first exception of any unit, same type and message.
+        TypeError: ``unit`` is not a module-level function.
         WorkerError: a worker died without a result (e.g. killed by the out-of-memory killer).
         KeyboardInterrupt: Ctrl-C or SIGTERM (as the CLI maps it), or a worker ended by
             SIGINT/SIGTERM. In every case the workers are ended and reaped first.
 
     """
+    check_unit(unit)
     items = list(items)
     n = len(items)
     jobs = default_jobs(n) if jobs is None else int(jobs)
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     jobs = min(jobs, n)
-    if jobs <= 1 or not fork_available():
-        return _serial(fn, items, on_result, on_progress)
-
+    if jobs <= 1:
+        return _serial(unit, items, tuple(shared), on_result, on_progress)
     import multiprocessing
-    from multiprocessing.connection import wait
 
-    ctx = multiprocessing.get_context("fork")
+    start = start or default_start()
+    ctx = multiprocessing.get_context(start)
     sys.stdout.flush()
     sys.stderr.flush()
     interrupts.check()  # a stop requested before (e.g. while the curvature was measured)
-    workers = []  # (process, parent's task sender, parent's result receiver)
+    folder = None
+    workers: list = []
+    try:
+        if start == "fork":
+            handle = tuple(shared)
+        else:
+            handle = folder = tempfile.mkdtemp(prefix="sgd_influence_shared_")
+            _write_shared(shared, folder)
+        code = pickle.dumps((initializer, unit))
+        workers = _start_workers(ctx, jobs, (code, handle, start))
+        return _collect(workers, items, on_result, on_progress)
+    finally:
+        try:
+            stop_processes(workers)  # may raise a Ctrl-C it held while reaping
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _collect(workers, items, on_result, on_progress) -> List[Any]:
+    """Hand ``items`` to the started workers one at a time; their results in item order."""
+    from multiprocessing.connection import wait
+
+    n = len(items)
     results: List[Any] = [None] * n
     done = [False] * n
     next_item = 0
-    try:
-        with signals_held():
-            for _ in range(jobs):
-                task_recv, task_send = ctx.Pipe(duplex=False)
-                result_recv, result_send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(
-                    target=_worker,
-                    args=(fn, items, task_recv, result_send, os.getpid()),
-                    daemon=True,
-                )
-                proc.start()
-                task_recv.close()  # the child's ends: close the parent's copies
-                result_send.close()
-                workers.append((proc, task_send, result_recv))
-                task_send.send(next_item)
-                next_item += 1
-        busy = {id(r): (proc, tasks, r) for proc, tasks, r in workers}
-        while not all(done):
-            conns = [r for _, _, r in busy.values()]
-            # A stop requested by Ctrl-C or SIGTERM (see interrupts) only sets a flag: look at
-            # it a few times a second even while no worker says anything.
-            interrupts.check()
-            ready = wait(conns + [p.sentinel for p, _, _ in busy.values()], timeout=0.2)
-            for r in ready:
-                if isinstance(r, int) or id(r) not in busy:
-                    continue  # a sentinel: the worker's pipe is at EOF too and says more
-                proc, tasks, _ = busy[id(r)]
-                try:
-                    kind, i, value = r.recv()
-                except EOFError:  # the worker ended while it had an item
-                    _raise_for_dead(proc)
-                if kind == "progress":
-                    if on_progress is not None:
-                        on_progress(i, *value)
-                    continue
-                if kind == "error":
-                    _raise_from_payload(value, i)
-                results[i], done[i] = value, True
-                if on_result is not None:
-                    on_result(i, value)
-                try:
-                    tasks.send(next_item if next_item < n else None)
-                except OSError:  # BrokenPipeError: the worker died after its result
-                    _raise_for_dead(proc)
-                if next_item < n:
-                    next_item += 1
-                else:
-                    del busy[id(r)]
-        for proc, _, _ in workers:
-            proc.join()
-        return results
-    finally:
-        _stop(workers)
-
-
-# ----------------------------------------------------------------------------- one helper
-
-
-def _helper_loop(fn, tasks, results, parent_pid: int) -> None:
-    """Body of a helper: ``fn(*args)`` for each ``args`` tuple from ``tasks`` until None; sends
-    ``("ok", result)`` or ``("error", payload)`` (and ends after an error).
-    """
-    _child_setup(parent_pid)
-    while True:
-        args = tasks.recv()
-        if args is None:
-            return
-        try:
-            out = fn(*args)
-        except Exception as exc:  # noqa: BLE001 - every error goes to the parent
-            results.send(("error", _exception_payload(exc)))
-            return
-        results.send(("ok", out))
-
-
-class Helper:
-    """A forked process that computes ``fn(*args)`` while the parent does something else.
-
-    :meth:`submit` hands it the arguments (pickled: keep them small, e.g. indices and one
-    vector); :meth:`result` waits for the answer. One call at a time. Made by :func:`helper`.
-    """
-
-    def __init__(self, proc, tasks, results):
-        self._proc, self._tasks, self._results = proc, tasks, results
-
-    def submit(self, *args) -> None:
-        """Start ``fn(*args)`` in the helper."""
-        try:
-            self._tasks.send(args)
-        except OSError:  # BrokenPipeError: the helper died
-            _raise_for_dead(self._proc)
-
-    def result(self) -> Any:
-        """The result of the last :meth:`submit`, same guarantees as :func:`run_parallel`.
-
-        Raises:
-            Exception: the helper's exception, same type and message.
-            WorkerError: the helper died without an answer.
-            KeyboardInterrupt: a stop was requested (see :mod:`.interrupts`).
-
-        """
-        from multiprocessing.connection import wait
-
-        while True:
-            interrupts.check()
-            ready = wait([self._results, self._proc.sentinel], timeout=0.2)
-            if not ready:
+    for _, tasks, _ in workers:
+        tasks.send((next_item, items[next_item]))
+        next_item += 1
+    busy = {id(r): (proc, tasks, r) for proc, tasks, r in workers}
+    while not all(done):
+        conns = [r for _, _, r in busy.values()]
+        # A stop requested by Ctrl-C or SIGTERM (see interrupts) only sets a flag: look at
+        # it a few times a second even while no worker says anything.
+        interrupts.check()
+        ready = wait(conns + [p.sentinel for p, _, _ in busy.values()], timeout=0.2)
+        for r in ready:
+            if isinstance(r, int) or id(r) not in busy:
+                continue  # a sentinel: the worker's pipe is at EOF too and says more
+            proc, tasks, _ = busy[id(r)]
+            try:
+                kind, i, value = r.recv()
+            except EOFError:  # the worker ended while it had an item
+                raise_for_dead(proc)
+            if kind == "progress":
+                if on_progress is not None:
+                    on_progress(i, *value)
                 continue
-            if self._results in ready or self._results.poll():
-                try:
-                    kind, value = self._results.recv()
-                except EOFError:
-                    _raise_for_dead(self._proc)
-                if kind == "error":
-                    _raise_from_payload(value, 0)
-                return value
-            _raise_for_dead(self._proc)
-
-
-@contextlib.contextmanager
-def helper(fn: Callable[..., Any]):
-    """A :class:`Helper` running ``fn`` in one forked process, ended and reaped on leaving
-    (also on an exception or Ctrl-C). The child is a copy of this process at the moment of
-    entering: what ``fn`` uses (a model, arrays) is inherited, not sent. Yields None where
-    there is no ``fork`` (the caller then computes ``fn`` itself).
-    """
-    if not fork_available():
-        yield None
-        return
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    interrupts.check()
-    entry = []
-    try:
-        with signals_held():
-            task_recv, task_send = ctx.Pipe(duplex=False)
-            result_recv, result_send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=_helper_loop, args=(fn, task_recv, result_send, os.getpid()), daemon=True
-            )
-            proc.start()
-            task_recv.close()
-            result_send.close()
-            entry.append((proc, task_send, result_recv))
-        yield Helper(proc, task_send, result_recv)
-        with contextlib.suppress(OSError):
-            task_send.send(None)  # done: the helper returns (then _stop only reaps it)
-        proc.join(_TERMINATE_GRACE)
-    finally:
-        _stop(entry)
+            if kind == "error":
+                raise_from_payload(value, i)
+            results[i], done[i] = value, True
+            if on_result is not None:
+                on_result(i, value)
+            try:
+                tasks.send((next_item, items[next_item]) if next_item < n else None)
+            except OSError:  # BrokenPipeError: the worker died after its result
+                raise_for_dead(proc)
+            if next_item < n:
+                next_item += 1
+            else:
+                del busy[id(r)]
+    for proc, _, _ in workers:
+        proc.join()
+    return results

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import numpy as np
 
-from . import core, crossfit, parallel
+from . import core, coworker, crossfit, parallel
 from . import target as target_mod
 from .errors import SettingsError
 from .settings import InfluenceSettings, read_yaml, write_yaml
@@ -173,14 +173,13 @@ def run_inference_phase(
     return infl, stats, val_loss
 
 
-def replay_helper(settings: InfluenceSettings, parallel_trials: int = 1, vectors: int = 1):
-    """:func:`.parallel.helper` when the cores left over by ``parallel_trials`` trials give each
-    a second process, else None. With one query vector, only the fd step's minus pass with a
-    final-parameters cache can go there (see :func:`.core.replay`: the same scores in about
-    half the replay's wall time); with ``vectors`` >= 2 any replay can, the second vector's
-    (:func:`.crossfit.replay_vectors`).
+def replay_helper(settings: InfluenceSettings, cores: int, vectors: int = 1):
+    """:func:`.coworker.helper` when a trial has ``cores`` cores (at least 2) to give its
+    replay a second process and this platform can fork one; else None. With one query vector
+    only the fd step's minus pass with a final-parameters cache can go there (see
+    :func:`.core.replay`: the same scores in about half the replay's wall time); with
+    ``vectors`` >= 2 any replay can, the second vector's (:func:`.crossfit.replay_vectors`).
     """
     if vectors < 2 and (settings.replay_step != "fd" or settings.cache != "final"):
         return None
-    cores = parallel.workers_for(settings.context, settings.jobs)
-    return parallel.helper if cores // max(1, parallel_trials) >= 2 else None
+    return coworker.helper if cores >= 2 and parallel.fork_available() else None

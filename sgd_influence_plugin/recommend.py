@@ -41,6 +41,7 @@ import numpy as np
 
 from . import core
 from . import neighbours as neighbours_mod
+from .executor import LocalExecutor
 from .heldout_check import (  # noqa: F401 - part of this module's interface
     CHECK_ROWS,
     SEED_OFFSET,
@@ -346,11 +347,9 @@ def recommend(
     seed: int,
     progress: Optional[core.Progress] = None,
     log: Optional[Callable[[str], None]] = None,
-    jobs: int = 1,
+    executor=None,
     check_rows: Optional[int] = CHECK_ROWS,
     early: Optional[Dict] = None,
-    cluster=None,
-    cluster_resources: Optional[Dict] = None,
     reference: Optional[Mapping[str, np.ndarray]] = None,
 ) -> Recommendation:
     """The whole rule for one run (see the module docstring).
@@ -367,15 +366,13 @@ def recommend(
         batch_size / weight_decay: the check epoch's (the replayed epoch's).
         lambda_max: the measured top curvature (for adaptive solvers' check rate).
         seed: the run's seed.
-        jobs: worker processes for the check's epochs.
+        executor: where the check's epochs run (:mod:`.executor`, the same results
+            anywhere); None = in this process.
         check_rows: training rows each check epoch visits (see :data:`CHECK_ROWS`; None =
             all).
         early: :func:`early_work`'s result for these arguments, or None; the same result
             either way (it is used only when it was computed with this rate, batch size,
             weight decay, seed and sample).
-        cluster: a connected :class:`~.cluster.Cluster` for the check's epochs (the same
-            results), or None for ``jobs`` worker processes here; ``cluster_resources``: the
-            Dask resources each epoch needs there.
         reference: column -> (V', ...) the validation rows ``trial_scores`` came from (half
             A; trusted labels), for the neighbours' agreement
             (:func:`.neighbours.model_agreement`); None: the ranks use the margin and the
@@ -383,6 +380,7 @@ def recommend(
 
     """
     log = log or (lambda msg: None)
+    executor = executor or LocalExecutor(1)
     n = len(train[label_column])
     n_held = len(heldout[label_column])
     if n_held < MIN_HELDOUT:
@@ -415,10 +413,8 @@ def recommend(
         "order_seed": seed + SEED_OFFSET,
         "rows_per_epoch": len(check_order(n, 0, check_rows)),
         "epochs_run": len(cands) + 1 if cands else 0,
-        "jobs": (cluster.slots if cluster is not None else max(1, min(int(jobs), len(cands) + 1)))
-        if cands
-        else 0,
-        "where": "cluster" if cluster is not None else "this machine",
+        "jobs": min(executor.slots, len(cands) + 1) if cands else 0,
+        "where": executor.where,
         # the epoch on the data as given: run beside the influence (early_work), or here
         "base_epoch": "beside the influence" if early else "after the influence",
     }
@@ -430,8 +426,7 @@ def recommend(
         check_candidates(
             model, train, heldout, label_column, cands, lr, batch_size, weight_decay,
             seed=seed + SEED_OFFSET, predict=model.predict, progress=progress,
-            rows=check_rows, jobs=jobs, base=early["base"] if early else None, cluster=cluster,
-            cluster_resources=cluster_resources,
+            rows=check_rows, executor=executor, base=early["base"] if early else None,
         )  # fmt: skip
     rec = build(suspects, cands, n_held, check)
     log("recommendation: " + rec.reason)

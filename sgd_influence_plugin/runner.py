@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
-from . import __version__, interrupts, options, parallel, places, validation
+from . import __version__, coworker, interrupts, options, places, validation
 from . import recommend as recommend_mod
 from .core import per_sample_losses
 from .errors import OutputError
+from .executor import open_executor
 from .influence import InfluenceResult, compute_influence, resolve
 from .inputs import load_inputs
 from .io_utils import makedirs_tracked, try_lock
@@ -53,8 +54,9 @@ class RunRequest:
         thumb_size: thumbnail box in pixels (16..512).
         label_names: text file with one class name per line, line 1 for label 0 (see
             :mod:`.labels`); the summary and the report show the names. None = numbers only.
-        cluster: address of a Dask scheduler (``tcp://HOST:PORT``) to run the trials on
-            (see :mod:`.cluster`); None = worker processes on this machine.
+        cluster: address of a Dask scheduler (``tcp://HOST:PORT``) to run the trials and the
+            check epochs on (see :mod:`.cluster`); None = ``settings.jobs`` worker processes on
+            this machine (:mod:`.executor`).
 
     """
 
@@ -130,13 +132,12 @@ def run(
         ClusterError: ``request.cluster`` cannot be used (checked first) or lost the work.
 
     """
-    from .cluster import connect
+    settings = request.settings
+    with open_executor(request.cluster, settings.context, settings.jobs, log) as executor:
+        return _run(request, log, progress, flags, executor)
 
-    with connect(request.cluster, log) as cluster:
-        return _run(request, log, progress, flags, cluster)
 
-
-def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
+def _run(request: RunRequest, log, progress, flags: FlagNames, executor):
     settings = request.settings
     names: Optional[List[str]] = None
 
@@ -177,7 +178,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
         target = info.target_column or next(iter(info.label_classes), None)
         label = target if heldout is not None else None
         with _early_helper(
-            model, train.arrays, heldout, candidates_val, label, settings, cluster
+            model, train.arrays, heldout, candidates_val, label, settings, executor
         ) as early:
             result = compute_influence(
                 model,
@@ -188,7 +189,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
                 progress=interrupts.checked_progress(progress),
                 log=log,
                 val_loss_start=loaded.val_loss,
-                cluster=cluster,
+                executor=executor,
                 losses=(lambda: early()[0]) if early else None,
                 candidate_rows=first,
             )
@@ -212,10 +213,8 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, cluster):
                 settings.seed,
                 progress=interrupts.checked_progress(progress),
                 log=log,
-                jobs=parallel.workers_for(settings.context, settings.jobs),
+                executor=executor,
                 early=early_rec,
-                cluster=cluster,
-                cluster_resources=parallel.cluster_resources(settings.context),
                 reference=candidates_val,
             )
         t_rec = time.perf_counter() - t_rec
@@ -290,14 +289,16 @@ def _cache_failed(e: OSError, cache_dir: Optional[str], where: str) -> OutputErr
 
 
 @contextlib.contextmanager
-def _early_helper(model, train, heldout, reference, label, settings, cluster):
-    """With a second core: a forked helper that computes, while the influence runs, what
-    does not depend on it (each training row's loss; the recommendation's probabilities and
-    its check epoch on the data as given, :func:`.recommend.early_work`). Yields a callable
-    returning ``(losses, early work or None)`` (waiting for the helper), or None: then the
-    influence and the recommendation compute them themselves, with the same results.
+def _early_helper(model, train, heldout, reference, label, settings, executor):
+    """With a second core for a unit (:meth:`.executor.Executor.cores_per_unit`: a local
+    executor with two jobs or more; not a cluster's): a forked helper that computes, while
+    the influence runs, what does not depend on it (each training row's loss; the
+    recommendation's probabilities and its check epoch on the data as given,
+    :func:`.recommend.early_work`). Yields a callable returning ``(losses, early work or
+    None)`` (waiting for the helper), or None (also where nothing can fork: Windows): then
+    the influence and the recommendation compute them themselves, with the same results.
     """
-    if cluster is not None or parallel.workers_for(settings.context, settings.jobs) < 2:
+    if executor.cores_per_unit(1) < 2:
         yield None
         return
     resolved = resolve(model, settings)  # the replayed epoch's batch size and weight decay
@@ -312,7 +313,7 @@ def _early_helper(model, train, heldout, reference, label, settings, cluster):
         )  # fmt: skip
         return losses, early
 
-    with parallel.helper(work) as helper:
+    with coworker.helper(work) as helper:
         if helper is None:
             yield None
             return

@@ -1,4 +1,6 @@
-"""--cluster: trials and retrainings on a real Dask scheduler with two local worker processes.
+"""--cluster: the Dask executor runs the package's units (trials, check epochs, re-runs,
+retrainings) on a real Dask scheduler with two local worker processes, with the results of a
+loop in one process.
 
 The scheduler listens on the loopback address only; the fixture starts it with its workers
 and stops them. Nothing of nnabla or Dask is mocked.
@@ -98,11 +100,13 @@ def test_trials_on_the_cluster_equal_a_local_run_and_the_cache_comes_back(schedu
             settings,
             cache_dir=str(tmp_path / "there"),
             progress=lambda s, d, t: stages.add((s, t)),
+            executor=c,
         )
     np.testing.assert_array_equal(here.trial_scores, there.trial_scores)
     np.testing.assert_array_equal(here.scores, there.scores)
     assert [o.seed for o in there.trials] == [0, 1, 2]
     assert [o.val_loss for o in there.trials] == [o.val_loss for o in here.trials]
+    assert there.timings["jobs"] == 2 and there.timings["replay_processes"] == 1
     assert ("train (trial 3)", 3) in stages and ("replay (trial 1)", 3) in stages
     # The cache the workers made is written here, file for file.
     for m in range(3):
@@ -216,7 +220,7 @@ def test_a_killed_worker_has_its_trial_run_again_with_the_same_result(scheduler,
     here = influence.compute_influence(model, train, val, settings)
     with cluster.connect(scheduler) as c:
         result = _in_thread(
-            lambda: influence.compute_influence(model, train, val, settings, cluster=c)
+            lambda: influence.compute_influence(model, train, val, settings, executor=c)
         )
         assert _kill_the_worker_that_runs(c.client, "trial-")
         there = result()
@@ -270,7 +274,7 @@ def test_check_re_runs_on_the_cluster_equal_the_local_ones(scheduler, mlp):
     steps = []
     with cluster.connect(scheduler) as c:
         there = check_fidelity(
-            model, train, val, settings, samples=6, cluster=c,
+            model, train, val, settings, samples=6, executor=c,
             progress=lambda s, d, t: steps.append((s, d, t)),
         )  # fmt: skip
     np.testing.assert_array_equal(here.index, there.index)
@@ -299,7 +303,7 @@ def test_the_recommendations_check_on_the_cluster_equals_the_local_one(scheduler
     steps = []
     with cluster.connect(scheduler) as c:
         there = rc.check_candidates(
-            *args, candidates(), 0.05, 32, seed=3, predict=model.predict, cluster=c,
+            *args, candidates(), 0.05, 32, seed=3, predict=model.predict, executor=c,
             progress=lambda s, d, t: steps.append((s, d, t)),
         )  # fmt: skip
     for a, b in zip(here, there):
@@ -314,7 +318,7 @@ def test_the_recommendations_check_on_the_cluster_equals_the_local_one(scheduler
     rule = (model, train, heldout, label, -np.ones((1, n)), 32, 0.0, float("nan"), 1)
     local = rc.recommend(*rule)
     with cluster.connect(scheduler) as c:
-        remote = rc.recommend(*rule, cluster=c)
+        remote = rc.recommend(*rule, executor=c)
     assert local.checked and local.check["where"] == "this machine"
     assert remote.check["where"] == "cluster" and remote.check["jobs"] == 2
     assert [x.z for x in remote.checked] == [x.z for x in local.checked]
@@ -381,7 +385,7 @@ def test_evaluate_through_the_cluster_gives_the_local_rows(
     with cluster.connect(scheduler) as c:
         there = evaluate(
             {"model": nnp}, *args, str(tmp_path / "there"), ratios, seeds, retrain, settings,
-            cluster=c,
+            executor=c,
         )  # fmt: skip
     assert [(r["method"], r["n_removed"]) for r in there] == [
         ("none", 0),
@@ -393,6 +397,18 @@ def test_evaluate_through_the_cluster_gives_the_local_rows(
             k: v for k, v in b.items() if k != "seconds"
         }
     assert (tmp_path / "there" / "summary.md").exists()
+
+
+def test_units_ask_for_a_gpu_only_outside_a_cpu_context():
+    assert cluster.resources_for("cpu") is None
+    assert cluster.resources_for("cpu:float") is None
+    assert cluster.resources_for("cudnn") == {"GPU": 1}
+
+
+def test_a_unit_must_be_a_module_level_function_on_the_cluster_too(scheduler):
+    with cluster.connect(scheduler) as c:
+        with pytest.raises(TypeError, match="not a module-level function"):
+            c.map(lambda item, progress: item, range(2))
 
 
 def _protocol():

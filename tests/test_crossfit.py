@@ -112,7 +112,7 @@ def test_the_defaults_influence_is_every_validation_rows_and_the_candidates_half
 def test_several_vectors_in_one_replay_are_each_vectors_replay(results, data28, step):
     """replay_vectors against core.replay of each vector alone: one process, a helper
     process, and the parameters of each step from a function (all-parameters mode)."""
-    from sgd_influence_plugin import parallel
+    from sgd_influence_plugin import coworker
 
     m = load_model(model=os.path.join(results("smooth"), "results.nnp"))
     train = load_dataset(data28["train"], m.info.input_shapes).arrays
@@ -129,7 +129,7 @@ def test_several_vectors_in_one_replay_are_each_vectors_replay(results, data28, 
         for vec in (u, u_a):
             m.set_params(theta)
             want.append(core.replay(m, train, order, lrs, 32, vec, 1e-3, params_at, step=step))
-        for helper in (None, parallel.helper):
+        for helper in (None, coworker.helper):
             m.set_params(theta)
             infl, stats = crossfit.replay_vectors(
                 m, train, order, lrs, 32, [u, u_a], 1e-3, params_at, step=step, helper=helper

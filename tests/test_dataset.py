@@ -96,14 +96,16 @@ def test_png_decoding_is_nnabla_loaders_bit_for_bit(tmp_path, mode, normalize):
     np.testing.assert_array_equal(got, want)
 
 
-def test_reading_in_worker_processes_gives_the_same_dataset(tmp_path, monkeypatch):
-    """Blocks of rows decoded by forked workers: the same arrays, in row order, the same
-    progress total, and a bad row's error with its file and row."""
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_reading_in_worker_processes_gives_the_same_dataset(tmp_path, monkeypatch, start):
+    """Blocks of rows decoded by forked or spawned (Windows) workers: the same arrays, in row
+    order, the same progress total, and a bad row's error with its file and row."""
     from sgd_influence_plugin import dataset, parallel
     from sgd_influence_plugin.errors import DatasetError
 
-    if not parallel.fork_available():
+    if start == "fork" and not parallel.fork_available():
         pytest.skip("no fork on this platform")
+    monkeypatch.setenv("SGD_INFLUENCE_START", start)
     monkeypatch.setattr(dataset, "PARALLEL_MIN_ROWS", 10)
     rng = np.random.RandomState(0)
     (tmp_path / "img").mkdir()

@@ -15,6 +15,7 @@ from sgd_influence_plugin import cleanse, output
 from sgd_influence_plugin import recommend as rc
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import InputError, SettingsError
+from sgd_influence_plugin.executor import LocalExecutor
 from sgd_influence_plugin.nnabla_adapter import load_model
 from sgd_influence_plugin.runner import RunRequest, run
 from sgd_influence_plugin.settings import InfluenceSettings
@@ -587,9 +588,10 @@ def test_check_epochs_match_a_plain_loop_in_workers_and_on_a_row_sample(flipped_
 
     theta0 = model.get_params()
     kw = dict(lr=0.05, batch_size=32, seed=7, predict=model.predict)
-    serial = rc.check_candidates(model, train, held, label, cands(), jobs=1, rows=300, **kw)
-    forked = rc.check_candidates(model, train, held, label, cands(), jobs=2, rows=300, **kw)
-    whole = rc.check_candidates(model, train, held, label, cands(), jobs=1, **kw)
+    serial = rc.check_candidates(model, train, held, label, cands(), rows=300, **kw)
+    two = LocalExecutor(2)
+    forked = rc.check_candidates(model, train, held, label, cands(), executor=two, rows=300, **kw)
+    whole = rc.check_candidates(model, train, held, label, cands(), **kw)
     for a, b in zip(serial, forked):
         np.testing.assert_array_equal(a.heldout_loss, b.heldout_loss)
     assert all(np.array_equal(v, theta0[k]) for k, v in model.get_params().items())

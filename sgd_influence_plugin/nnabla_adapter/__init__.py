@@ -23,14 +23,14 @@ Its parts, each usable on its own:
   kinds), :mod:`.solver` (:class:`SolverConfig`) and :mod:`.replay_network` (the changes
   above);
 - :mod:`.model`: :class:`NnablaModel`, :class:`LossGraph`, :func:`make_context`,
-  :func:`load_model`.
+  :func:`load_model`, :func:`prepare_process` (nnabla set up in a worker process).
 
 ``sgd_influence_plugin.nnabla_adapter`` stays the import path for all of these names.
 """
 
 from .definition import DatasetRef, ModelInfo, describe
 from .files import read_params, read_result
-from .model import LossGraph, NnablaModel, load_model, make_context
+from .model import LossGraph, NnablaModel, load_model, make_context, prepare_process
 from .solver import SolverConfig
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "describe",
     "load_model",
     "make_context",
+    "prepare_process",
     "read_params",
     "read_result",
 ]

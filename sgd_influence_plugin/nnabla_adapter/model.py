@@ -61,6 +61,25 @@ def make_context(context: str = "cpu"):
     raise ContextError(f"unknown context '{context}'; use 'cpu' or 'cudnn[:DEVICE]'")
 
 
+def prepare_process() -> None:
+    """Set up nnabla in a worker process before anything there uses it (idempotent): a
+    process of :mod:`..parallel` (spawned or forked) or of a Dask cluster calls it before it
+    rebuilds a model.
+
+    nnabla keeps process-wide state: its logging (it configures Python's root logger on import
+    and says "Initializing CPU extension..." there), the default context and the global
+    parameter scope. Models use neither of the last two (each has its own scope and context,
+    :class:`NnablaModel`), so what a worker needs is nnabla imported with its import-time
+    lines quiet, as the command does before it imports nnabla: a worker reports through its
+    results, never on the terminal.
+    """
+    import logging
+
+    if not logging.root.handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    import nnabla  # noqa: F401 - loads the CPU extension now, quietly
+
+
 class NnablaModel:
     """A console network ready for the training phase and the replay.
 
