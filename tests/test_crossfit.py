@@ -149,10 +149,10 @@ def test_the_defaults_influence_matches_leave_one_out_as_every_validation_rows_d
     with its recommendation (half A chooses, half B checks) against exact leave-one-out
     re-runs of its replayed epoch, judged on every validation row; printed beside the scores
     of half A alone (what the influence column held before cross-fitting). About 1 min."""
-    from conftest import make_png_dataset, train_result
-    from test_loo_fidelity import centred_by_class, exact_leave_one_out
-
+    from support.fashion_mnist import make_png_dataset
     from support.netdef import NetSpec
+    from support.oracles import centred_by_class, exact_leave_one_out
+    from support.results import train_result
 
     data = make_png_dataset(tmp_path / "data", 512, 256, size=14, seed=7)
     folder = train_result(
