@@ -21,12 +21,13 @@ from . import recommend as recommend_mod
 from .core import per_sample_losses
 from .errors import OutputError
 from .executor import open_executor
-from .influence import InfluenceResult, compute_influence, resolve
+from .influence import InfluenceResult, compute_influence
 from .inputs import load_inputs
 from .io_utils import makedirs_tracked, try_lock
 from .labels import check_label_names, read_label_names
 from .output import OutputPaths, RunContent, write_influence_output
 from .probabilities import as_probabilities
+from .resolved import resolve
 from .settings import InfluenceSettings
 from .table_columns import find_columns
 from .tiny_inputs import too_few_to_recommend

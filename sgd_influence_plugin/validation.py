@@ -221,9 +221,9 @@ def check_replay_rate(settings, info, n_train: int, flags: FlagNames = CLI_FLAGS
     check of them for ``run``, ``check`` and ``evaluate``.
 
     The weight decay is ``settings.weight_decay``, else the solver's (as
-    :func:`~sgd_influence_plugin.influence.resolve` takes it): finite and >= 0. A rate known
+    :func:`~sgd_influence_plugin.resolved.resolve` takes it): finite and >= 0. A rate known
     now (a number, or ``solver``) must, with that weight decay, leave a model to replay
-    (:func:`~sgd_influence_plugin.influence.check_rates`); ``auto`` is checked once the
+    (:func:`~sgd_influence_plugin.resolved.check_rates`); ``auto`` is checked once the
     curvature has chosen it.
 
     Args:
@@ -237,7 +237,7 @@ def check_replay_rate(settings, info, n_train: int, flags: FlagNames = CLI_FLAGS
 
     """
     from .core import n_steps
-    from .influence import check_rates
+    from .resolved import check_rates
 
     solver = info.solver
     wd = settings.weight_decay if settings.weight_decay is not None else solver.weight_decay
