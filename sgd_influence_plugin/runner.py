@@ -27,6 +27,7 @@ from .io_utils import makedirs_tracked, try_lock
 from .labels import check_label_names, read_label_names
 from .output import OutputPaths, RunContent, write_influence_output
 from .probabilities import as_probabilities
+from .recommendation import unavailable
 from .resolved import resolve
 from .settings import InfluenceSettings
 from .table_columns import find_columns
@@ -200,7 +201,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, executor):
         if heldout is None:
             classifier = len(info.label_classes) == 1 and info.runtime_network
             prob = as_probabilities(model.predict(train.arrays)) if classifier else None
-            rec = recommend_mod.unavailable(train.size, why_not, prob)
+            rec = unavailable(train.size, why_not, prob)
         else:
             rec = recommend_mod.recommend(
                 model,

@@ -65,6 +65,7 @@ PRODUCT_MODULES = (
     "places.py",
     "progress.py",
     "recommend.py",
+    "recommendation.py",
     "probabilities.py",
     "relabels.py",
     "replay.py",
