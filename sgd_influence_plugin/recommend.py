@@ -29,12 +29,14 @@ from one seeded half of the validation rows; the check measures on the other hal
 The suspects and candidates are :mod:`.suspects` and the check :mod:`.heldout_check` (their
 names are importable from here too); the record and the rule that decides from the checked
 candidates, numpy only, are :mod:`.recommendation`. This module runs them for one run:
-:func:`recommend`, and :func:`early_work` (what can be computed beside the influence).
+:func:`split_for_check` (whether it can recommend, and which validation rows choose and which
+check), :func:`recommend`, and :func:`early_work` (what can be computed beside the influence).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -65,6 +67,7 @@ from .suspects import (  # noqa: F401 - part of this module's interface
     combined_order,
     find_suspects,
 )
+from .tiny_inputs import too_few_to_recommend
 
 #: Fewer held-out rows than this cannot back a recommendation (the standard error of the
 #: mean loss difference is then too rough): the recommendation is to change nothing.
@@ -72,6 +75,73 @@ MIN_HELDOUT = 100
 
 
 # ----------------------------------------------------------------------------- one run
+
+
+@dataclass
+class CheckSplit:
+    """The validation rows' roles in a run (:func:`split_for_check`). The influence itself
+    uses every validation row either way.
+
+    Attributes:
+        candidates_val: the arrays the candidates are chosen with (half A), or every row.
+        heldout: the arrays the check measures on (half B), or None: no recommendation.
+        why_not: why there is no recommendation ("" when there is one).
+        first: half A's row indices (the candidates' replay), or None.
+        label: the class label column the recommendation reads, or None.
+
+    """
+
+    candidates_val: Dict[str, np.ndarray]
+    heldout: Optional[Dict[str, np.ndarray]] = None
+    why_not: str = ""
+    first: Optional[np.ndarray] = None
+    label: Optional[str] = None
+
+
+def is_classifier(info) -> bool:
+    """One class label column and an executor network that outputs class scores."""
+    return bool(len(info.label_classes) == 1 and info.runtime_network)
+
+
+def split_for_check(wanted: bool, info, train, val, seed: int) -> CheckSplit:
+    """Half A of the validation rows (seeded, :func:`.heldout_check.split_validation`) to
+    choose the candidates, half B held out to check them; or every row and why there is no
+    recommendation (``wanted`` False: turned off). The recommendation needs a classifier
+    (:func:`is_classifier`) and enough validation rows for two halves. A regression gets
+    none: removing its worst-fitted rows passed the check's settling epoch on a real console
+    result and then made the retrained model worse (docs/recommendation.md).
+
+    Args:
+        info: the model's :class:`~sgd_influence_plugin.nnabla_adapter.ModelInfo`.
+        train / val: the decoded :class:`~sgd_influence_plugin.dataset.Dataset` s.
+        seed: the run's seed.
+
+    """
+    need = 2 * MIN_HELDOUT
+    if not wanted:
+        why = "no recommendation: turned off"
+    elif not is_classifier(info):
+        why = (
+            "no recommendation: it needs a classifier (one class label and an executor "
+            "network that outputs class scores); remove_ratio leaves out a share of the most "
+            "harmful rows instead"
+        )
+    elif too_few_to_recommend(train.size):
+        why = too_few_to_recommend(train.size)
+    elif val.size < need:
+        why = (
+            f"no recommendation: {val.size} validation rows; at least {need} are needed (half "
+            "to choose the changes, half held out to check them). Add "
+            f"{need - val.size} labelled rows to the validation CSV (for example from the "
+            "training CSV), or look at the most harmful rows and cleanse a share of them with "
+            "remove_ratio"
+        )
+    else:
+        first, held = split_validation(val.size, seed)
+        pick = lambda idx: {k: v[idx] for k, v in val.arrays.items()}  # noqa: E731
+        label = info.target_column or next(iter(info.label_classes), None)
+        return CheckSplit(pick(first), pick(held), "", first, label)
+    return CheckSplit(val.arrays, None, why, None, None)
 
 
 def _check_key(lr, batch_size, weight_decay, seed, check_rows, n, reference, label) -> Tuple:

@@ -16,6 +16,7 @@ TABLE_DIR = os.path.join("_Post_Process", "_XAI", "_Table")
 PRODUCT_MODULES = (
     "__init__.py",
     "influence.py",
+    "cache_folder.py",
     "resolved.py",
     "cells.py",
     "check.py",
@@ -71,6 +72,7 @@ PRODUCT_MODULES = (
     "replay.py",
     "replay_steps.py",
     "report.py",
+    "run_facts.py",
     "runner.py",
     "settings.py",
     "summary.py",
