@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -112,6 +112,17 @@ def check_rates(lr: float, weight_decay: float, steps: int, chosen: str = "") ->
         )
 
 
+def replay_epoch(settings: InfluenceSettings, solver) -> Tuple[float, int]:
+    """The replayed epoch's ``(weight decay, batch size)``: the settings' where given, else the
+    solver's (:class:`~sgd_influence_plugin.nnabla_adapter.SolverConfig`), as given (not yet
+    converted or checked). The one rule for :func:`resolve` and for the checks before it
+    (:func:`.validation.check_loaded`).
+    """
+    wd = settings.weight_decay if settings.weight_decay is not None else solver.weight_decay
+    bs = settings.batch_size if settings.batch_size is not None else solver.batch_size
+    return wd, bs
+
+
 def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
     """Fill weight decay, batch size and (for ``lr: solver`` or a number) the rate.
 
@@ -142,8 +153,7 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
             f"the console trained with {solver.type} (lr {solver_lr:g}); the training phase and "
             "the replay model plain SGD (see lr_selection in the settings for the rate)"
         )
-    wd = settings.weight_decay if settings.weight_decay is not None else solver.weight_decay
-    bs = settings.batch_size if settings.batch_size is not None else solver.batch_size
+    wd, bs = replay_epoch(settings, solver)
     return ResolvedSettings(
         lr=float(lr),
         weight_decay=float(wd),
