@@ -227,9 +227,9 @@ def test_modules_stay_small_and_import_without_cycles():
         visit(m, [])
 
 
-#: Modules held to issue 33's sizes (the output side so far): at most 400 lines, and no
-#: function over 60 lines (docstring included) unless a comment on the line above its
-#: ``def`` says why (``# longer than 60 lines: ...``).
+#: Modules held to issue 33's sizes (the output side, the run's pipeline and the scores so
+#: far): at most 400 lines, and no function over 60 lines (docstring included) unless a comment
+#: on the line above its ``def`` says why (``# longer than 60 lines: ...``).
 SIZED_MODULES = (
     "output.py",
     "output_set.py",
@@ -242,10 +242,27 @@ SIZED_MODULES = (
     "summary.py",
     "cleanse.py",
     "table_columns.py",
+    # the run's pipeline: request -> inputs -> scores -> recommendation -> output set
+    "runner.py",
+    "inputs.py",
+    "validation.py",
+    "cache_folder.py",
+    "run_facts.py",
+    "influence.py",
+    "resolved.py",
+    "trials.py",
+    "phases.py",
+    "target.py",
+    "crossfit.py",
+    "core.py",
+    "replay_steps.py",
+    "replay.py",
+    "recommend.py",
+    "recommendation.py",
 )
 
 
-def test_output_modules_and_their_functions_stay_small():
+def test_sized_modules_and_their_functions_stay_small():
     import ast
 
     modules = dict(_package_modules())
