@@ -70,6 +70,7 @@ from paper_report import (  # noqa: E402, F401 - the report's names, where the t
 )
 
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
+from sgd_influence_plugin import option_parsers  # noqa: E402
 from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
 from sgd_influence_plugin.io_utils import atomic_write  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter.training import (  # noqa: E402
@@ -90,7 +91,7 @@ def add_common_arguments(p, out):
     p.add_argument(
         "--out", default=out, help=f"results folder (default: {os.path.relpath(out, ROOT)})"
     )
-    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default: 0,1,2)")
+    option_parsers.add_arguments(p, ["seeds"])  # as sgd-influence evaluate's --seeds
     p.add_argument("--epochs", type=int, default=20, help="training epochs (default: 20)")
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default: 0.05)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
@@ -121,11 +122,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_common_arguments(p, os.path.join(HERE, "results", "paper_protocol"))
     p.add_argument("--noise", default="0,0.1", help="label-noise shares (default: 0,0.1)")
-    p.add_argument(
-        "--ratios",
-        default="0.1,0.05,0.02,0.01",
-        help="shares of the training set to remove, run in this order (default: "
-        "0.1,0.05,0.02,0.01)",
+    option_parsers.add_arguments(  # as sgd-influence evaluate's --ratios, its own default
+        p, ["ratios"], ratios=dict(default="0.1,0.05,0.02,0.01", detail=", run in this order")
     )
     p.add_argument(
         "--balanced",
@@ -134,11 +132,8 @@ def parse_args(argv=None):
         "class (the same share of every class, most harmful first by the final estimate) and "
         "retrain; the row's method is final_balanced",
     )
-    p.add_argument(
-        "--cluster",
-        metavar="ADDRESS",
-        help="a Dask scheduler (tcp://HOST:PORT) whose workers run the trainings and influence "
-        "trials; every worker must read WORK at the same path (default: none, run here)",
+    option_parsers.add_arguments(  # as the tool's --cluster
+        p, ["cluster"], cluster=dict(detail="; every worker must read WORK at the same path")
     )
     return p.parse_args(argv)  # --task "noise,seed": one task
 
