@@ -25,6 +25,8 @@ PRODUCT_MODULES = (
     "cli.py",
     "cluster.py",
     "cluster_address.py",
+    "cluster_executor.py",
+    "cluster_worker.py",
     "console_dialog.py",
     "core.py",
     "coworker.py",
