@@ -34,6 +34,7 @@ PRODUCT_MODULES = (
     "dataset.py",
     "errors.py",
     "evaluate.py",
+    "evaluate_inputs.py",
     "evaluate_report.py",
     "executor.py",
     "file_cells.py",
