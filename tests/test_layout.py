@@ -74,6 +74,7 @@ PRODUCT_MODULES = (
     "runner.py",
     "settings.py",
     "shared_inputs.py",
+    "staged_commit.py",
     "summary.py",
     "tiny_inputs.py",
     "trials_csv.py",
