@@ -151,15 +151,21 @@ class DaskExecutor:
                 ) from e
             raise
         finally:
-            with contextlib.suppress(Exception):
-                client.cancel(handles)
-                client.run(cluster_worker.forget, run)
-            futures.clear()  # this map's references, wherever a traceback keeps its lists
-            handles.clear()
-            with contextlib.suppress(Exception):
-                stop.clear()
-                if queue is not None:
-                    queue.close()
+            self._end_run(run, futures, handles, stop, queue)
+
+    def _end_run(self, run: str, futures: list, handles: list, stop, queue) -> None:
+        """A map's clean-up: its shared inputs cancelled and dropped by the workers, its
+        futures let go of, its stop event and progress queue closed.
+        """
+        with contextlib.suppress(Exception):
+            self.client.cancel(handles)
+            self.client.run(cluster_worker.forget, run)
+        futures.clear()  # this map's references, wherever a traceback keeps its lists
+        handles.clear()
+        with contextlib.suppress(Exception):
+            stop.clear()
+            if queue is not None:
+                queue.close()
 
     def _submit(self, fn, items: list, run: str, handles: list, report: bool, name: str) -> list:
         """One future per item: ``fn`` on it in a worker (:func:`.cluster_worker.run_unit`)."""
