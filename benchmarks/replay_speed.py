@@ -15,7 +15,8 @@ and for each network (default: the sample CNN ``cnn`` and the LeNet-style ``lene
   ``settings.yaml`` timings are printed stage by stage in training epochs, next to each
   stage's floor (the training phase is one epoch; a replay step is two forward-backward
   passes, so a replay is at least two epochs of work, one epoch of wall time in two
-  processes; the check runs one epoch of its sample per candidate plus one).
+  processes, per query vector: a run that recommends replays two; the check runs one epoch
+  of its sample per candidate plus one).
 - **baseline**: the published NNC plugin's method, the only code re-implemented here: per trial
   one SGD epoch (:func:`core.sgd_epoch`) and the validation gradient, then a backward replay
   whose every step computes the per-sample gradients by a batch-size-1 forward/backward loop,
@@ -24,10 +25,12 @@ and for each network (default: the sample CNN ``cnn`` and the LeNet-style ``lene
   graphs are built once and reused, so it is as fast as that method can be made here; the time
   excludes reading and writing (which favours the baseline).
 - **steps**: seconds per replay step of :class:`core.ExactStep` (one fused double-backward
-  pass), :class:`core.FiniteDifferenceStep` (two first-order passes) and the baseline's loop
-  step, against one training step (:func:`core.sgd_epoch` on one batch), interleaved step by
-  step on full batches at fixed parameters; medians of wall time (the targets) and of this
-  process's CPU time (the same ratios, less disturbed when other processes share the CPU).
+  pass), :class:`core.FiniteDifferenceStep` (two first-order passes), the same two for two
+  query vectors at once (:mod:`crossfit`, what a run that recommends replays) and the
+  baseline's loop step, against one training step (:func:`core.sgd_epoch` on one batch),
+  interleaved step by step on full batches at fixed parameters; medians of wall time (the
+  targets) and of this process's CPU time (the same ratios, less disturbed when other
+  processes share the CPU).
 - **checks**: the exact step against the baseline's loop (dot products and H u of a few
   batches; they must agree within ``--tolerance`` or the script exits 1, because the timings
   would not compare the same computation), and a whole replay with the fd step against the
@@ -64,7 +67,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from sgd_influence_plugin import core, influence, output, parallel  # noqa: E402
+from sgd_influence_plugin import core, crossfit, influence, output, parallel  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.errors import SGDInfluenceError  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter import load_model, make_context  # noqa: E402
@@ -258,7 +261,8 @@ def epoch_seconds(model, train, args, repeats: int = 3) -> float:
 
 
 def measure_steps(model, train, u_list, args) -> dict:
-    """Interleaved per-step timing of the exact, fd and loop steps and a training step."""
+    """Interleaved per-step timing of the exact, fd and loop steps, of the exact and fd steps
+    for two query vectors (a run that recommends, :mod:`crossfit`), and a training step."""
     n = len(next(iter(train.values())))
     B = args.batch_size
     order = core.epoch_orders(n, 1, args.seed)[0]
@@ -266,13 +270,16 @@ def measure_steps(model, train, u_list, args) -> dict:
     lrs = np.full(T, args.lr, np.float32)
     theta = model.get_params()
     exact, fd, loop = core.ExactStep(model), core.FiniteDifferenceStep(model), LoopMethod(model)
+    # two query vectors in one step, as a run that recommends replays them (crossfit.py)
+    exact2, fd2 = crossfit.ExactSteps(model), crossfit.FiniteDifferenceSteps(model)
+    pair = [u_list, [np.float32(0.5) * x for x in u_list]]
     train_graphs = core.GraphCache(model, fused=False)
 
     def train_step(idx, t):
         core.sgd_epoch(model, train, idx, lrs[t : t + 1], B, graphs=train_graphs)
 
     full = [t for t in range(T) if len(core.step_indices(order, t, B)) == B]
-    keys = ("exact", "fd", "loop", "train")
+    keys = ("exact", "fd", "exact2", "fd2", "loop", "train")
     times = {k: [] for k in keys}
     cpu = {k: [] for k in keys}
 
@@ -288,6 +295,10 @@ def measure_steps(model, train, u_list, args) -> dict:
             exact(train, idx, u_list)
             stamps.append(stamp())
             fd(train, idx, u_list)
+            stamps.append(stamp())
+            exact2(train, idx, pair)
+            stamps.append(stamp())
+            fd2(train, idx, pair)
             stamps.append(stamp())
             loop(train, idx, u_list)
             stamps.append(stamp())
@@ -607,15 +618,17 @@ def stage_epochs(facts: dict, epoch: float) -> list:
     trials = facts.get("used", {}).get("trials", 1)
     procs = t.get("replay_processes", 1)
     n = facts.get("n_train") or 1
+    # a run that recommends replays two query vectors (crossfit.py): twice the passes
+    vectors = 2 if (facts.get("validation_rows") or {}).get("candidates") else 1
     out = [("reading both CSVs", t.get("reading", 0.0) / epoch, None)]
     out.append(("per-sample losses (0: beside the trial)", t.get("losses", 0.0) / epoch, None))
     out.append(("curvature (the automatic rate)", t.get("curvature", 0.0) / epoch, None))
     out.append((f"training phase, {trials} trial(s)", t.get("training", 0.0) / epoch, trials))
     out.append(
         (
-            f"replay, {trials} trial(s), {procs} process(es) each",
+            f"replay, {trials} trial(s) x {vectors} vector(s), {procs} process(es) each",
             t.get("replay", 0.0) / epoch,
-            2.0 * trials / procs,
+            2.0 * trials * vectors / procs,
         )
     )
     if check.get("epochs_run"):
@@ -680,6 +693,8 @@ def report(infos: list, args, setup: dict) -> list:
             ("fd", "fd replay step (core.FiniteDifferenceStep)"),
             ("loop", "baseline loop step (B x batch-1 + HVP)"),
             ("train", "training step (core.sgd_epoch, one batch)"),
+            ("exact2", "two vectors, exact (crossfit.ExactSteps)"),
+            ("fd2", "two vectors, fd (crossfit.FiniteDifferenceSteps)"),
         ):
             ratio = ""
             if key != "train":

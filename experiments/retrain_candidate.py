@@ -38,6 +38,7 @@ sys.path.insert(0, HERE)
 
 import recommendation_protocol as rp  # noqa: E402
 
+from sgd_influence_plugin import core  # noqa: E402
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
 from sgd_influence_plugin import recommend as rc  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
@@ -133,13 +134,26 @@ def candidate_rows(out, a, model, train, label):
     scores = np.full(n, np.nan)
     for r in influence_rows(out, a.variant):
         scores[int(r["datasource_index"])] = float(r["influence"])
+    # Since cross-fitting (issue 37) the influence column uses every validation row and the
+    # candidates were ordered by half A's scores, the trials CSV's candidate_order_m columns;
+    # runs before it have none, and their influence column was half A's.
+    trials = os.path.join(out, f"influence_{a.variant}", "influence_trials.csv")
+    if os.path.exists(trials):
+        with open(trials, newline="") as f:
+            rows = list(csv.DictReader(f))
+        names = [k for k in rows[0] if k.startswith("candidate_order_")] if rows else []
+        if names:
+            per_trial = np.array([[float(r[k]) for r in rows] for k in names])
+            combined = core.combine_trials(per_trial)[0]
+            scores = np.full(n, np.nan)
+            scores[[int(r["datasource_index"]) for r in rows]] = combined
     if not np.all(np.isfinite(scores)):
         raise SystemExit(f"{out}: the influence CSV does not cover every training row")
     labels = np.asarray(train[label]).reshape(n, -1)[:, 0]
     facts = read_yaml(os.path.join(out, f"influence_{a.variant}", "influence_settings.yaml"))
     reference = None
     if (facts["recommendation"].get("check") or {}).get("neighbours", {}).get("used"):
-        # the run's third rank: its validation half for the influence, as the runner split it
+        # the run's third rank: half A of its validation rows, as the runner split it
         val = load_dataset(os.path.join(out, "val.csv"), model.info.input_shapes).arrays
         first, _ = rc.split_validation(len(val[label]), facts["requested"]["seed"])
         reference = {k: v[first] for k, v in val.items()}

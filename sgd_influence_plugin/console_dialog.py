@@ -36,8 +36,8 @@ last epoch of plain SGD again and replays it backwards to estimate, for every tr
 how the validation loss would change if the row were removed. Negative influence = harmful.
 The output CSV keeps the dataset's own columns (label and features under their own names)
 and is sorted so the most harmful rows come first. For a classifier the run shows the
-model's class and recommends keep or remove for every row, checked on validation rows the
-influence did not see, and writes a cleansed training CSV that applies it; a remove ratio
+model's class and recommends keep or remove for every row, checked on validation rows its
+candidates were not chosen with, and writes a cleansed training CSV that applies it; a remove ratio
 (any result, a regression too) leaves out the most harmful share instead. Files the plugin
 did not write are never replaced.
 {papers}"""

@@ -1,6 +1,7 @@
 """The check of a recommendation: from the trained parameters, one settling epoch on the data
-as given and on each candidate change, then the loss of held-out validation rows the scores
-did not use, compared row by row (see :mod:`.recommend`, which decides from it).
+as given and on each candidate change, then the loss of held-out validation rows the
+candidates were not chosen with (half B), compared row by row (see :mod:`.recommend`, which
+decides from it).
 
 Everything here but the epochs (:func:`settle_epoch`, :func:`check_candidates` and its
 unit :func:`check_epoch_unit`) is numpy only; a candidate is any object with
@@ -37,8 +38,9 @@ SGD_SOLVERS = ("Sgd", "SgdW", "Momentum", "Nesterov")
 
 
 def split_validation(n: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Seeded halves of the validation rows: ``(for the influence, held out for the check)``,
-    each int64 ascending; the held-out half is the smaller one when ``n`` is odd.
+    """Seeded halves of the validation rows: ``(A, B)``: A chooses and orders the candidates
+    (:mod:`.crossfit`), B is held out for the check; each int64 ascending; the held-out half
+    is the smaller one when ``n`` is odd.
     """
     perm = np.random.RandomState(seed + SEED_OFFSET).permutation(n)
     held = n // 2

@@ -235,11 +235,13 @@ class TrialOutcome:
 
     Attributes:
         scores: float64 (N,) the trial's scores (units: change of the mean validation loss;
-            the settings' target applied, see :mod:`.target`).
+            the settings' target applied, see :mod:`.target`); with candidate rows (2, N):
+            then the candidates' order from half A (:mod:`.crossfit`).
         order: int32 (N,) its epoch's order; ``seed``: that order's seed.
         lr: the rate it ran at (lower than the run's if it was retried).
         attempts: 1 + the number of retries.
-        u_growth: ||u after|| / ||u before|| of the replay that was kept.
+        u_growth: ||u after|| / ||u before|| of the replay that was kept (the larger of the
+            two vectors' with candidate rows).
         val_loss: mean validation loss at its final parameters.
         seconds: ``training``, ``inference``, ``replay`` and ``replay_steps``.
         cache_bytes: size of its cache folder.
@@ -270,6 +272,7 @@ def run_trial(
     progress: Optional[core.Progress] = None,
     val_loss_start: float = math.inf,
     helper=None,
+    candidate_rows: Optional[np.ndarray] = None,
 ) -> TrialOutcome:
     """Training phase + inference phase from the model's current parameters, checked.
 
@@ -278,7 +281,8 @@ def run_trial(
     ``val_loss_start``, the validation loss at the trained parameters) is run again (same
     order) at a quarter of the rate, up to ``settings.retries`` times. The model's
     parameters are restored before each attempt and at the end. ``helper``: see
-    :func:`.core.replay` (None = the whole replay in this process).
+    :func:`.core.replay` (None = the whole replay in this process). ``candidate_rows``: see
+    :func:`.phases.run_inference_phase` (a retry is for either vector's problem).
 
     Raises:
         UnstableReplayError: still unstable after every retry.
@@ -295,8 +299,9 @@ def run_trial(
             run_training_phase(model, train, settings, attempt_run, trial_dir, seed, progress)
             t1 = time.perf_counter()
             infl, stats, val_loss = run_inference_phase(
-                model, train, val, trial_dir, settings.val_batch_size, progress, helper
-            )
+                model, train, val, trial_dir, settings.val_batch_size, progress, helper,
+                candidate_rows,
+            )  # fmt: skip
             seconds["training"] += t1 - t0
             seconds["inference"] += time.perf_counter() - t1
             seconds["replay"] += stats.seconds
@@ -338,12 +343,13 @@ def trial_unit(item, progress, model, train, val):
     parameters the shared model has (restored after), the same wherever it runs.
 
     Args:
-        item: ``(m, settings, run, val_loss_start, folder, send_back, helper)`` for trial m
-            (seed ``settings.seed + m``): ``folder`` is where its cache goes (a folder this
-            process can write, when the units run on this machine) or None for a temporary
-            folder, removed after; ``send_back``: return the cache's files (a cluster's
-            worker: the submitter writes them); ``helper``: the replay's co-worker
-            (:func:`.phases.replay_helper`) or None.
+        item: ``(m, settings, run, val_loss_start, folder, send_back, helper,
+            candidate_rows)`` for trial m (seed ``settings.seed + m``): ``folder`` is where
+            its cache goes (a folder this process can write, when the units run on this
+            machine) or None for a temporary folder, removed after; ``send_back``: return the
+            cache's files (a cluster's worker: the submitter writes them); ``helper``: the
+            replay's co-worker (:func:`.phases.replay_helper`) or None; ``candidate_rows``:
+            see :func:`run_trial`.
         model / train / val: the model and arrays every trial shares.
 
     Returns:
@@ -351,13 +357,13 @@ def trial_unit(item, progress, model, train, val):
         with ``send_back``, else None.
 
     """
-    m, settings, run, val_loss_start, folder, send_back, helper = item
+    m, settings, run, val_loss_start, folder, send_back, helper, candidate_rows = item
     with contextlib.ExitStack() as stack:
         if folder is None:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="sgd_influence_"))
         outcome = run_trial(
             model, train, val, settings, run, folder, settings.seed + m, progress,
-            val_loss_start, helper,
+            val_loss_start, helper, candidate_rows,
         )  # fmt: skip
         files = None
         if send_back:
@@ -383,6 +389,9 @@ class InfluenceResult:
             Negative = harmful (removing it helps more than a typical row), positive = helpful.
         trial_scores: float64 (M, N), each trial's raw scores.
         trial_scales: float64 (M,), each trial's RMS (what combining divided by).
+        candidate_scores: float64 (M, N), each trial's scores from the ``candidate_rows`` of
+            the validation set alone, which order the recommendation's candidates and nothing
+            else (:mod:`.crossfit`); None without candidate rows.
         losses: float64 (N,), each training sample's loss at the trained parameters (before
             the training phase), in the loss's units.
         trials: the :class:`TrialOutcome` of each trial (rate, retries, u growth, ...).
@@ -411,6 +420,7 @@ class InfluenceResult:
     settings: InfluenceSettings
     resolved: ResolvedSettings
     warnings: List[str]
+    candidate_scores: Optional[np.ndarray] = None
 
 
 def compute_influence(
@@ -424,6 +434,7 @@ def compute_influence(
     val_loss_start: Optional[float] = None,
     executor=None,
     losses: Optional[Callable[[], np.ndarray]] = None,
+    candidate_rows: Optional[np.ndarray] = None,
 ) -> InfluenceResult:
     """Curvature and learning rate, then training phase + inference phase, M times, combined.
 
@@ -448,6 +459,9 @@ def compute_influence(
         losses: a callable that returns each training row's loss at the model's parameters
             (float64 (N,)), called after the trials, e.g. an answer of another process that
             computed them meanwhile; None = computed here first.
+        candidate_rows: indices into ``val`` (half A of a run that recommends): each trial
+            also replays their gradient, in the same pass, for ``candidate_scores``; the
+            scores stay those of every ``val`` row (:mod:`.crossfit`). None = not.
 
     Raises:
         UnstableReplayError: a trial stayed unstable after its retries (nothing is returned).
@@ -471,7 +485,8 @@ def compute_influence(
     choose_lr(model, train, settings, run, log)
     timings["curvature"] = time.perf_counter() - t0
     timings["jobs"] = min(executor.slots, settings.trials)
-    helper = replay_helper(settings, executor.cores_per_unit(settings.trials))
+    vectors = 1 if candidate_rows is None else 2
+    helper = replay_helper(settings, executor.cores_per_unit(settings.trials), vectors)
     timings["replay_processes"] = 2 if helper is not None else 1
 
     # Units here write the cache where it goes, or into a temporary folder this process
@@ -487,7 +502,7 @@ def compute_influence(
 
     items = [
         (m, settings, run, val_loss_start, trial_dir(m) if here else None,
-         cache_dir is not None and not here, helper)
+         cache_dir is not None and not here, helper, candidate_rows)
         for m in range(settings.trials)
     ]  # fmt: skip
 
@@ -530,7 +545,8 @@ def compute_influence(
     timings["u_growth"] = max(o.u_growth for o in outcomes)
     if losses is None:
         losses = np.asarray(get_losses(), dtype=np.float64)
-    trial_scores = np.stack([o.scores for o in outcomes])
+    stacked = np.stack([o.scores for o in outcomes])  # (M, N), or (M, 2, N): crossfit
+    trial_scores, candidates = (stacked[:, 0], stacked[:, 1]) if vectors > 1 else (stacked, None)
     scores, scales = core.combine_trials(trial_scores)  # finite: every trial was checked
     check_spread(scores, run)
     return InfluenceResult(
@@ -546,4 +562,5 @@ def compute_influence(
         settings=replace(settings),
         resolved=run,
         warnings=run.warnings,
+        candidate_scores=candidates,
     )

@@ -292,8 +292,9 @@ class Arguments(ScoreArguments):
     )
     no_recommend: bool = option(
         False,
-        help="do not decide keep/remove per row; the influence then uses every validation row "
-        "instead of half",
+        help="do not decide keep/remove per row: the same influence (every validation row "
+        "either way), without the second replay (half of the validation rows, which orders "
+        "the candidates) and the check",
     )
     cluster: Optional[str] = option(
         help="address of a Dask scheduler (tcp://HOST:PORT) whose workers run the independent "

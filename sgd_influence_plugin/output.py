@@ -105,6 +105,9 @@ class RunContent:
         remove_ratio: ``<stem>_cleansed.csv`` is the training CSV without the
             ``round(remove_ratio * N)`` most harmful rows, overriding the recommendation
             (None = apply the recommendation).
+        candidate_scores: float64 (M, N) each trial's scores from the candidates' half of the
+            validation rows (:mod:`.crossfit`), written to the trials CSV after
+            ``trial_scores`` (None: none).
 
     """
 
@@ -118,6 +121,7 @@ class RunContent:
     label_names: Optional[Sequence[str]] = None
     target: Optional[str] = None
     remove_ratio: Optional[float] = None
+    candidate_scores: Optional[np.ndarray] = None
 
 
 def write_influence_output(
@@ -247,7 +251,7 @@ class _RunView:
         )
 
     def write_trials(self, path: str) -> None:
-        write_trials(path, self.content.trial_scores)
+        write_trials(path, self.content.trial_scores, self.content.candidate_scores)
 
     def write_settings(self, path: str) -> None:
         timings = self.content.info.setdefault("timings_seconds", {})

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import numpy as np
 
-from . import core, coworker, parallel
+from . import core, coworker, crossfit, parallel
 from . import target as target_mod
 from .errors import SettingsError
 from .settings import InfluenceSettings, read_yaml, write_yaml
@@ -118,18 +118,22 @@ def run_inference_phase(
     val_batch_size: int = 256,
     progress: Optional[core.Progress] = None,
     helper=None,
+    candidate_rows: Optional[np.ndarray] = None,
 ):
     """Algorithm 2 from a cache written by :func:`run_training_phase`, then the settings'
     target (:mod:`.target`); ``helper``: see :func:`.core.replay` (a second process for the fd
-    step's minus pass, or None).
+    step's minus pass, or None). With ``candidate_rows`` (indices into ``val``: half A of a
+    run that recommends) the gradient over those rows is replayed too, in the same pass
+    (:func:`.crossfit.replay_with_candidates`; ``helper`` then replays it beside).
 
     Returns:
         ``(infl, stats, val_loss)``: infl float64 (N,) in training-row order: the replay's
         estimate of the change of the mean validation loss if the row were left out of the
         epoch, with target ``class-centred`` minus the mean of that estimate over the rows of
-        the row's class (negative = harmful); the replay's
-        :class:`~sgd_influence_plugin.core.ReplayStats`; and the mean validation loss at the
-        final parameters.
+        the row's class (negative = harmful); with ``candidate_rows`` (2, N): that, then the
+        same from the candidate rows alone (each row centred on its own); the replay's
+        :class:`~sgd_influence_plugin.core.ReplayStats`; and the mean validation loss (over
+        every row of ``val``) at the final parameters.
 
     """
     meta = read_yaml(os.path.join(cache_dir, META_FILE))
@@ -149,29 +153,33 @@ def run_inference_phase(
 
             return read_params(_step_path(cache_dir, t), model.info.trainable)
 
-    infl, stats = core.replay(
-        model,
-        train,
-        order,
-        lrs,
-        int(meta["resolved_batch_size"]),
-        u,
+    batch_size = int(meta["resolved_batch_size"])
+    replay_args = dict(
         weight_decay=float(meta["resolved_weight_decay"]),
         params_at=params_at,
         progress=progress,
         step=meta.get("replay_step", "exact"),
         helper=helper,
     )
+    if candidate_rows is None:
+        infl, stats = core.replay(model, train, order, lrs, batch_size, u, **replay_args)
+    else:
+        infl, stats = crossfit.replay_with_candidates(
+            model, train, val, candidate_rows, u, order, lrs, batch_size, val_batch_size,
+            **replay_args,
+        )  # fmt: skip
     # a cache written before targets existed meant the replay's estimate as it is
     infl = target_mod.apply_target(infl, meta.get("target", "plain"), model.info, train)
     return infl, stats, val_loss
 
 
-def replay_helper(settings: InfluenceSettings, cores: int):
-    """:func:`.coworker.helper` when a trial has ``cores`` cores (at least 2) to give the fd
-    step's minus pass a second process (see :func:`.core.replay`: the same scores in about
-    half the replay's wall time) and this platform can fork one; else None.
+def replay_helper(settings: InfluenceSettings, cores: int, vectors: int = 1):
+    """:func:`.coworker.helper` when a trial has ``cores`` cores (at least 2) to give its
+    replay a second process and this platform can fork one; else None. With one query vector
+    only the fd step's minus pass with a final-parameters cache can go there (see
+    :func:`.core.replay`: the same scores in about half the replay's wall time); with
+    ``vectors`` >= 2 any replay can, the second vector's (:func:`.crossfit.replay_vectors`).
     """
-    if settings.replay_step != "fd" or settings.cache != "final":
+    if vectors < 2 and (settings.replay_step != "fd" or settings.cache != "final"):
         return None
     return coworker.helper if cores >= 2 and parallel.fork_available() else None

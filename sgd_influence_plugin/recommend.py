@@ -1,6 +1,8 @@
 """What to do with each training row (keep or remove; the model's class is shown as the label to
-check), decided by the run and checked on validation rows the influence did not see. Why not
-a fixed share, and the measurements behind each step, are in ``docs/recommendation.md``.
+check), decided by the run and checked on validation rows the candidates were not chosen with.
+Why not a fixed share, and the measurements behind each step, are in
+``docs/recommendation.md``. The scores here are half A's (:mod:`.crossfit`): the influence
+from one seeded half of the validation rows; the check measures on the other half, B.
 
 1. **Suspects**: rows harmful in every trial (influence < 0: removing the row lowers the
    validation loss) *and* whose given label the model does not predict. Their suggested
@@ -10,9 +12,9 @@ a fixed share, and the measurements behind each step, are in ``docs/recommendati
    second order, by the sum of their ranks among the suspects (:func:`combined_order`): the
    margin ``p(suggested) - p(given)``, the influence and, when the network has a feature
    layer, how few of the row's nearest validation rows share its label (:mod:`.neighbours`;
-   the influence's half of the validation rows, whose labels are trusted and were not
-   fitted). A label moved to an unrelated class comes first in the first order, one moved to
-   a look-alike class in the second; the check picks. Sets are removed, never relabelled to
+   half A of the validation rows, whose labels are trusted and were not fitted). A label
+   moved to an unrelated class comes first in the first order, one moved to a look-alike
+   class in the second; the check picks. Sets are removed, never relabelled to
    the model's class, which writes the model's own confusions into the labels (models
    retrained on such labels lost 1-1.3 points); a person may set ``relabel`` (:mod:`.cleanse`).
 3. **The check** (:mod:`.heldout_check`): from the trained parameters, one epoch of SGD at the
@@ -115,7 +117,8 @@ class Recommendation:
             rows); ``confidence``: float64 (N,) its probability.
         chosen: the candidate recommended, or None (change nothing).
         checked: every candidate tried, with its held-out result.
-        n_heldout: validation rows the check measured on (not used by the influence).
+        n_heldout: validation rows the check measured on (half B: not used to choose the
+            candidates).
         n_suspects: rows harmful in every trial whose label the model does not predict.
         reason: one sentence for the summary.
         check: what the check ran (rate, epochs, seed).
@@ -355,9 +358,11 @@ def recommend(
         model: the model object :mod:`.core` describes, at the trained parameters (restored
             at the end); its ``predict`` gives class probabilities (or logits).
         train: column -> (N, ...) float32, the training rows the scores belong to.
-        heldout: column -> (V, ...) float32, validation rows the influence did not use.
+        heldout: column -> (V, ...) float32, validation rows the candidates were not chosen
+            with (half B).
         label_column: the dataset column of the class label (0..C-1).
-        trial_scores: float64 (M, N) each trial's influence (negative = harmful).
+        trial_scores: float64 (M, N) each trial's influence from the ``reference`` rows
+            alone (half A; negative = harmful), which choose and order the candidates.
         batch_size / weight_decay: the check epoch's (the replayed epoch's).
         lambda_max: the measured top curvature (for adaptive solvers' check rate).
         seed: the run's seed.
@@ -368,9 +373,10 @@ def recommend(
         early: :func:`early_work`'s result for these arguments, or None; the same result
             either way (it is used only when it was computed with this rate, batch size,
             weight decay, seed and sample).
-        reference: column -> (V', ...) the validation rows the influence used (trusted
-            labels), for the neighbours' agreement (:func:`.neighbours.model_agreement`); None:
-            the ranks use the margin and the influence only.
+        reference: column -> (V', ...) the validation rows ``trial_scores`` came from (half
+            A; trusted labels), for the neighbours' agreement
+            (:func:`.neighbours.model_agreement`); None: the ranks use the margin and the
+            influence only.
 
     """
     log = log or (lambda msg: None)

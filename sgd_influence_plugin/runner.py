@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
-import numpy as np
-
 from . import __version__, coworker, interrupts, options, places, validation
 from . import recommend as recommend_mod
 from .core import per_sample_losses
@@ -50,8 +48,9 @@ class RunRequest:
         remove_ratio: override the recommendation: ``<stem>_cleansed.csv`` is the training
             CSV without this share of the most harmful rows (None = apply the recommendation).
         recommend: decide keep / relabel / remove for every row (see :mod:`.recommend`): the
-            influence then uses a seeded half of the validation rows and the check the other
-            half. False = use every validation row for the influence, recommend nothing.
+            candidates are then chosen by the influence from a seeded half of the validation
+            rows and checked on the other half (:mod:`.crossfit`); the influence written uses
+            every validation row either way. False = recommend nothing (one replay, cheaper).
         thumb_size: thumbnail box in pixels (16..512).
         label_names: text file with one class name per line, line 1 for label 0 (see
             :mod:`.labels`); the summary and the report show the names. None = numbers only.
@@ -166,14 +165,10 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, executor):
         f"{train.size} training and {val.size} validation samples; "
         f"{model.n_params} trained parameters"
     )
-    val_for_influence, heldout, why_not, first = _split_for_check(
-        request, info, train, val, settings
-    )
+    # the influence uses every validation row; half A orders the candidates, half B checks
+    candidates_val, heldout, why_not, first = _split_for_check(request, info, train, val, settings)
     if why_not and request.recommend:
         log(why_not)
-    loss0 = loaded.val_loss
-    if first is not None:  # the influence's half of the rows already scored by load_inputs
-        loss0 = float(np.mean(loaded.val_losses[first]))
     made_cache: Optional[str] = None
     lock = None
     try:
@@ -183,19 +178,20 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, executor):
         target = info.target_column or next(iter(info.label_classes), None)
         label = target if heldout is not None else None
         with _early_helper(
-            model, train.arrays, heldout, val_for_influence, label, settings, executor
+            model, train.arrays, heldout, candidates_val, label, settings, executor
         ) as early:
             result = compute_influence(
                 model,
                 train.arrays,
-                val_for_influence,
+                val.arrays,
                 settings,
                 request.cache_dir,
                 progress=interrupts.checked_progress(progress),
                 log=log,
-                val_loss_start=loss0,
+                val_loss_start=loaded.val_loss,
                 executor=executor,
                 losses=(lambda: early()[0]) if early else None,
+                candidate_rows=first,
             )
             early_rec = early()[1] if early else None
         t_rec = time.perf_counter()
@@ -210,7 +206,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, executor):
                 train.arrays,
                 heldout,
                 target,
-                result.trial_scores,
+                result.candidate_scores,  # from half A only: the check's half B is unseen
                 result.resolved.batch_size,
                 result.resolved.weight_decay,
                 curv.lambda_max if curv is not None else math.nan,
@@ -219,16 +215,23 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, executor):
                 log=log,
                 executor=executor,
                 early=early_rec,
-                reference=val_for_influence,
+                reference=candidates_val,
             )
         t_rec = time.perf_counter() - t_rec
         facts = run_facts(result, settings, info, model.n_params, loaded.train_csv, loaded.val_csv)
         facts["n_train"], facts["n_val"] = train.size, val.size
         facts["task"] = info.task
         facts["validation_rows"] = {
-            "influence": len(next(iter(val_for_influence.values()))),
+            "influence": val.size,
+            "candidates": 0 if first is None else len(first),
             "heldout_for_check": rec.n_heldout,
         }
+        if first is not None:  # what ordered the candidates (crossfit.py)
+            facts["influence"] += (
+                "; from every validation row. The candidates were ordered by a second replay "
+                "from the validation_rows.candidates rows alone (the trials CSV's "
+                "candidate_order_m columns), then checked on the heldout_for_check rows"
+            )
         facts["timings_seconds"]["reading"] = round(loaded.read_seconds, 4)
         facts["timings_seconds"]["recommendation"] = round(t_rec, 4)
         facts["label_names"] = os.path.abspath(request.label_names) if request.label_names else None
@@ -239,6 +242,7 @@ def _run(request: RunRequest, log, progress, flags: FlagNames, executor):
             facts,
             losses=result.losses,
             trial_scores=result.trial_scores,
+            candidate_scores=result.candidate_scores,
             recommendation=rec,
             label_names=names,
             target=info.target_column,
@@ -325,8 +329,9 @@ def _early_helper(model, train, heldout, reference, label, settings, executor):
 
 
 def _split_for_check(request: RunRequest, info, train, val, settings):
-    """``(validation arrays for the influence, held-out arrays for the check or None, why
-    not, the influence's validation rows or None)``: the recommendation needs a classifier
+    """``(validation arrays the candidates are chosen with (half A) or every row, held-out
+    arrays for the check (half B) or None, why not, half A's rows or None)``: the influence
+    itself uses every validation row either way. The recommendation needs a classifier
     (one class label column and an executor network) and enough validation rows for two
     halves. A regression gets none: removing its worst-fitted rows passed the check's
     settling epoch on a real console result and then made the retrained model worse
@@ -347,7 +352,7 @@ def _split_for_check(request: RunRequest, info, train, val, settings):
     elif val.size < need:
         why = (
             f"no recommendation: {val.size} validation rows; at least {need} are needed (half "
-            "for the influence, half held out to check the recommendation). Add "
+            "to choose the changes, half held out to check them). Add "
             f"{need - val.size} labelled rows to the validation CSV (for example from the "
             "training CSV), or look at the most harmful rows and cleanse a share of them with "
             "remove_ratio"

@@ -87,7 +87,8 @@ def apply_target(
 
     Args:
         scores: float (N,) the replay's ``infl`` (change of the mean validation loss if the
-            row were left out; negative = harmful).
+            row were left out; negative = harmful); or (K, N), one row per query vector
+            (:mod:`.crossfit`), each row on its own.
         target: ``plain`` returns them as float64; ``class-centred`` applies
             :func:`centre_by_class` with :func:`class_labels` (unchanged without classes).
         info / arrays: the model's ``ModelInfo`` and the training arrays (for the labels).
@@ -99,6 +100,9 @@ def apply_target(
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
     labels = class_labels(info, arrays) if target == "class-centred" else None
+    scores = np.asarray(scores, dtype=np.float64)
     if labels is None:
-        return np.asarray(scores, dtype=np.float64)
+        return scores
+    if scores.ndim == 2:
+        return np.stack([centre_by_class(row, labels) for row in scores])
     return centre_by_class(scores, labels)

@@ -5,20 +5,32 @@ For example::
     datasource_index,trial_0,trial_1
     0,-0.0012,-0.0009
 
-Scores keep every digit (``repr`` of the float64).
+A run that recommends adds ``candidate_order_0,...``: each trial's scores from half A of the
+validation rows, which ordered the candidates (:mod:`.crossfit`). Scores keep every digit
+(``repr`` of the float64).
 """
 
 from __future__ import annotations
 
 import csv
+from typing import Optional
 
 import numpy as np
 
 
-def write_trials(path: str, trial_scores: np.ndarray) -> None:
-    """Write ``trial_scores`` (float64 (M, N): M trials, N training rows) to ``path``."""
+def write_trials(
+    path: str, trial_scores: np.ndarray, candidate_scores: Optional[np.ndarray] = None
+) -> None:
+    """Write ``trial_scores`` (float64 (M, N): M trials, N training rows) to ``path``, then
+    ``candidate_scores`` (the same shape) when given.
+    """
+    heads = [f"trial_{m}" for m in range(len(trial_scores))]
+    every = list(trial_scores)
+    if candidate_scores is not None:
+        heads += [f"candidate_order_{m}" for m in range(len(candidate_scores))]
+        every += list(candidate_scores)
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["datasource_index"] + [f"trial_{m}" for m in range(len(trial_scores))])
+        w.writerow(["datasource_index"] + heads)
         for i in range(np.shape(trial_scores)[1]):
-            w.writerow([i] + [repr(float(t[i])) for t in trial_scores])
+            w.writerow([i] + [repr(float(t[i])) for t in every])

@@ -1,7 +1,8 @@
 """Float64 oracles for softmax regression, for the tests: closed-form losses, gradients and a
 dense Hessian (:class:`LogReg`), plain SGD (:func:`sgd_float64`) and the replay of Algorithm 2
 with dense Hessians (:func:`brute_force_replay`), written without nnabla or the package's
-graphs so that the influence core can be checked against them.
+graphs so that the influence core can be checked against them; and the exact leave-one-out
+re-runs of a replayed epoch (:func:`exact_leave_one_out`) that the scores estimate.
 """
 
 from __future__ import annotations
@@ -92,3 +93,35 @@ def theta_of(params):
     return np.concatenate([params["Affine/affine/W"].ravel(), params["Affine/affine/b"]]).astype(
         np.float64
     )
+
+
+def exact_leave_one_out(model, train, val, theta_start, order, lrs, batch_size, wd):
+    """L_val(epoch without j) - L_val(epoch with all), for every j: N+1 re-runs of the epoch
+    from the same start parameters and order, sample j's weight set to 0.
+    """
+    n = len(order)
+    graphs = core.GraphCache(model, fused=False)
+
+    def val_loss_after(weight):
+        model.set_params(theta_start)
+        core.sgd_epoch(
+            model, train, order, lrs, batch_size, wd, sample_weight=weight, graphs=graphs
+        )
+        return core.mean_loss(model, val, 256)
+
+    full = val_loss_after(np.ones(n, np.float32))
+    out = np.empty(n)
+    for j in range(n):
+        w = np.ones(n, np.float32)
+        w[j] = 0
+        out[j] = val_loss_after(w) - full
+    model.set_params(theta_start)
+    return out
+
+
+def centred_by_class(values, labels):
+    """Target class-centred from per-row values: each minus the mean of its label's rows."""
+    out = np.array(values, dtype=np.float64)
+    for c in np.unique(labels):
+        out[labels == c] -= np.mean(values[labels == c])
+    return out

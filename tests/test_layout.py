@@ -30,6 +30,7 @@ PRODUCT_MODULES = (
     "console_dialog.py",
     "core.py",
     "coworker.py",
+    "crossfit.py",
     "curvature.py",
     "dataset.py",
     "errors.py",

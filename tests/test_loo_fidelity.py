@@ -10,41 +10,11 @@ from sgd_influence_plugin import core, influence
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.nnabla_adapter import load_model, read_params
 from sgd_influence_plugin.settings import InfluenceSettings
-
-
-def exact_leave_one_out(model, train, val, theta_start, order, lrs, batch_size, wd):
-    """L_val(epoch without j) - L_val(epoch with all), for every j: N+1 re-runs of the epoch
-    from the same start parameters and order, sample j's weight set to 0."""
-    n = len(order)
-    graphs = core.GraphCache(model, fused=False)
-
-    def val_loss_after(weight):
-        model.set_params(theta_start)
-        core.sgd_epoch(
-            model, train, order, lrs, batch_size, wd, sample_weight=weight, graphs=graphs
-        )
-        return core.mean_loss(model, val, 256)
-
-    full = val_loss_after(np.ones(n, np.float32))
-    out = np.empty(n)
-    for j in range(n):
-        w = np.ones(n, np.float32)
-        w[j] = 0
-        out[j] = val_loss_after(w) - full
-    model.set_params(theta_start)
-    return out
+from support.oracles import centred_by_class, exact_leave_one_out
 
 
 def _pearson(a, b):
     return float(np.corrcoef(a, b)[0, 1])
-
-
-def centred_by_class(values, labels):
-    """Target class-centred from per-row values: each minus the mean of its label's rows."""
-    out = np.array(values, dtype=np.float64)
-    for c in np.unique(labels):
-        out[labels == c] -= np.mean(values[labels == c])
-    return out
 
 
 def _fd_pearsons(model, train, val, caches, order, lrs, loo):

@@ -507,14 +507,19 @@ def test_on_known_flips_the_changed_rows_are_the_flips(flipped_world, tmp_path):
     assert rec["z_required"] == pytest.approx(rc.z_required(len(rec["checked"])), abs=1e-3)
     marked = [c for c in rec["checked"] if c["recommended"]]  # exactly the chosen one
     assert len(marked) == 1 and {k: marked[0][k] for k in rec["chosen"]} == rec["chosen"]
-    assert facts["validation_rows"] == {"influence": 200, "heldout_for_check": 200}
+    # the influence from all 400 rows; the candidates from half A, the check on half B
+    assert facts["validation_rows"] == {
+        "influence": 400,
+        "candidates": 200,
+        "heldout_for_check": 200,
+    }
     # The third rank: the influence's 200 validation rows, in the MLP's 64 hidden units.
     assert rec["check"]["neighbours"] == {
         "used": True, "feature": rec["check"]["neighbours"]["feature"], "width": 64,
         "reference_rows": 200, "k": 14,
     }  # fmt: skip
     assert {c["order"] for c in rec["checked"]} == {"given_label", "margin_influence_neighbours"}
-    # Each row's neighbour_agreement: its 14 nearest rows of the influence's validation half
+    # Each row's neighbour_agreement: its 14 nearest rows of the candidates' validation half
     # (not the held-out half), by a plain loop over the MLP's features.
     model = load_model(model=os.path.join(folder, "results.nnp"))
     shapes = model.info.input_shapes
@@ -556,7 +561,7 @@ def test_no_recommend_gives_the_scores_every_validation_row(flipped_world, tmp_p
     )
     paths, result = run(req)
     facts = yaml.safe_load(open(paths.settings))
-    assert facts["validation_rows"] == {"influence": 400, "heldout_for_check": 0}
+    assert facts["validation_rows"] == {"influence": 400, "candidates": 0, "heldout_for_check": 0}
     assert facts["recommendation"]["reason"] == "no recommendation: turned off"
     assert {r["action"] for r in _rows(paths.csv)} == {"keep"}
     assert len(_rows(paths.cleansed)) == 1200
