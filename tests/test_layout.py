@@ -19,11 +19,14 @@ PRODUCT_MODULES = (
     "resolved.py",
     "cells.py",
     "check.py",
+    "child_processes.py",
     "cleanse.py",
     "cleansed_csv.py",
     "cli.py",
     "cluster.py",
     "cluster_address.py",
+    "cluster_executor.py",
+    "cluster_worker.py",
     "console_dialog.py",
     "core.py",
     "coworker.py",
@@ -32,6 +35,7 @@ PRODUCT_MODULES = (
     "dataset.py",
     "errors.py",
     "evaluate.py",
+    "evaluate_inputs.py",
     "evaluate_report.py",
     "executor.py",
     "file_cells.py",
@@ -70,6 +74,8 @@ PRODUCT_MODULES = (
     "report.py",
     "runner.py",
     "settings.py",
+    "shared_inputs.py",
+    "staged_commit.py",
     "summary.py",
     "tiny_inputs.py",
     "trials_csv.py",
@@ -214,9 +220,9 @@ def test_modules_stay_small_and_import_without_cycles():
         visit(m, [])
 
 
-#: Modules held to issue 33's sizes (the output side so far): at most 400 lines, and no
-#: function over 60 lines (docstring included) unless a comment on the line above its
-#: ``def`` says why (``# longer than 60 lines: ...``).
+#: Modules held to issue 33's sizes (so far the output side, the executors, the checks and
+#: the experiment): at most 400 lines, and no function over 60 lines (docstring included)
+#: unless a comment on the line above its ``def`` says why (``# longer than 60 lines: ...``).
 SIZED_MODULES = (
     "output.py",
     "output_set.py",
@@ -229,6 +235,26 @@ SIZED_MODULES = (
     "summary.py",
     "cleanse.py",
     "table_columns.py",
+    # the executors: local processes, their plumbing, the co-worker, the Dask cluster
+    "executor.py",
+    "parallel.py",
+    "shared_inputs.py",
+    "child_processes.py",
+    "coworker.py",
+    "cluster.py",
+    "cluster_address.py",
+    "cluster_executor.py",
+    "cluster_worker.py",
+    # the checks, the experiment, and where and how writers write
+    "check.py",
+    "fidelity.py",
+    "heldout_check.py",
+    "evaluate.py",
+    "evaluate_inputs.py",
+    "evaluate_report.py",
+    "ownership.py",
+    "staged_commit.py",
+    "places.py",
 )
 
 
