@@ -180,7 +180,10 @@ def _package_imports(path, module):
     """
     import ast
 
-    package = module.rsplit(".", 1)[0] if "." in module else ""
+    if os.path.basename(path) == "__init__.py":  # a package's own module: "." is itself
+        package = module
+    else:
+        package = module.rsplit(".", 1)[0] if "." in module else ""
     out = set()
     for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.ImportFrom) and node.level:
