@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 import recommendation_protocol as rp  # noqa: E402
 import retrain_candidate as rcand  # noqa: E402
 
-from sgd_influence_plugin import ownership, places  # noqa: E402
+from sgd_influence_plugin import places, staged_commit  # noqa: E402
 from sgd_influence_plugin import recommend as rc  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.executor import LocalExecutor  # noqa: E402
@@ -98,10 +98,10 @@ def main(argv=None):
     )  # fmt: skip
     places.check_output_folder(a.out, "--out", (OUTPUT,))  # before the epochs
     rows = [r for t in tasks for r in run_task(a, t)]
-    with ownership.staging(a.out, "--out") as stage:
+    with staged_commit.staging(a.out, "--out") as stage:
         rp.pp.write_rows(os.path.join(stage, OUTPUT), KEYS, rows)
         moves = [(os.path.join(stage, OUTPUT), os.path.join(a.out, OUTPUT))]
-        ownership.commit_staged(a.out, moves, [], "--out")
+        staged_commit.commit_staged(a.out, moves, [], "--out")
 
 
 if __name__ == "__main__":

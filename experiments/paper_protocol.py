@@ -70,11 +70,13 @@ from paper_report import (  # noqa: E402, F401 - the report's names, where the t
 )
 
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
+from sgd_influence_plugin import option_parsers  # noqa: E402
 from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
 from sgd_influence_plugin.io_utils import atomic_write  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter.training import (  # noqa: E402
     initial_parameters,
     train_from_scratch,
+    write_kept_rows,
 )
 from sgd_influence_plugin.settings import InfluenceSettings, write_yaml  # noqa: E402
 from support import fashion_mnist  # noqa: E402
@@ -89,7 +91,7 @@ def add_common_arguments(p, out):
     p.add_argument(
         "--out", default=out, help=f"results folder (default: {os.path.relpath(out, ROOT)})"
     )
-    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default: 0,1,2)")
+    option_parsers.add_arguments(p, ["seeds"])  # as sgd-influence evaluate's --seeds
     p.add_argument("--epochs", type=int, default=20, help="training epochs (default: 20)")
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default: 0.05)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
@@ -120,11 +122,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_common_arguments(p, os.path.join(HERE, "results", "paper_protocol"))
     p.add_argument("--noise", default="0,0.1", help="label-noise shares (default: 0,0.1)")
-    p.add_argument(
-        "--ratios",
-        default="0.1,0.05,0.02,0.01",
-        help="shares of the training set to remove, run in this order (default: "
-        "0.1,0.05,0.02,0.01)",
+    option_parsers.add_arguments(  # as sgd-influence evaluate's --ratios, its own default
+        p, ["ratios"], ratios=dict(default="0.1,0.05,0.02,0.01", detail=", run in this order")
     )
     p.add_argument(
         "--balanced",
@@ -133,11 +132,8 @@ def parse_args(argv=None):
         "class (the same share of every class, most harmful first by the final estimate) and "
         "retrain; the row's method is final_balanced",
     )
-    p.add_argument(
-        "--cluster",
-        metavar="ADDRESS",
-        help="a Dask scheduler (tcp://HOST:PORT) whose workers run the trainings and influence "
-        "trials; every worker must read WORK at the same path (default: none, run here)",
+    option_parsers.add_arguments(  # as the tool's --cluster
+        p, ["cluster"], cluster=dict(detail="; every worker must read WORK at the same path")
     )
     return p.parse_args(argv)  # --task "noise,seed": one task
 
@@ -266,8 +262,8 @@ def write_network(a, seed, out, paths):
 
 def run_task(a, noise, seed):
     """Everything for one (noise, seed); rows go to ``task_dir/rows.csv`` as they finish."""
-    from sgd_influence_plugin.cluster import connect
     from sgd_influence_plugin.dataset import load_dataset
+    from sgd_influence_plugin.executor import open_executor
     from sgd_influence_plugin.influence import compute_influence
     from sgd_influence_plugin.nnabla_adapter import load_model
 
@@ -299,25 +295,17 @@ def run_task(a, noise, seed):
 
     pool = os.path.join(a.work, "pool")
     paths, flipped = task_data(a, noise, seed, pool, out)
-    config, init = write_network(a, seed, out, paths)
+    config, _ = write_network(a, seed, out, paths)  # out/init.h5 for the balanced diagnostic
     header, train_rows = read_csv_table(paths["train"])
     n = len(train_rows)
-    connection = contextlib.ExitStack()  # the cluster's, closed when the task ends
-    cluster = connection.enter_context(connect(a.cluster, log))
+    connection = contextlib.ExitStack()  # the executor's, closed when the task ends
+    # Here (one unit at a time: --jobs runs tasks side by side) or the cluster's workers.
+    executor = connection.enter_context(open_executor(a.cluster, "cpu", 1, log))
 
-    def retrain(keep, name):
-        t = time.perf_counter()
-        if cluster is not None:
-            return retrain_on(cluster, [(keep, name)], None)[0][:2]
-        nnp = train_from_scratch(
-            config, paths["train"], paths["val_cli"], header, train_rows, keep, seed,
-            os.path.join(out, name), init,
-        )  # fmt: skip
-        return nnp, time.perf_counter() - t
-
-    def retrain_on(cluster, jobs, test, on_result=None):
-        """[(keep, name)] trained at once on the workers (:func:`evaluate.scratch_unit`); each
-        results.nnp written here to ``out/name``: [(nnp path, seconds, accuracy, loss)].
+    def retrain_on(jobs, test, on_result=None):
+        """[(keep, name)] trained from scratch by the executor (:func:`evaluate.scratch_unit`,
+        the seed's initialisation); each results.nnp written to ``out/name`` as it arrives:
+        [(nnp path, seconds, accuracy, loss)] (accuracy and loss NaN without ``test``).
         """
         items = [(config, paths["train"], paths["val_cli"], k, seed, "cpu") for k, _ in jobs]
 
@@ -325,12 +313,14 @@ def run_task(a, noise, seed):
             data, acc, loss, seconds = outcome
             folder = os.path.join(out, jobs[i][1])
             os.makedirs(folder, exist_ok=True)
+            # The training CSV the unit trained on (the same rows, in the same seeded order).
+            write_kept_rows(paths["train"], header, train_rows, jobs[i][0], seed, folder)
             with atomic_write(os.path.join(folder, "results.nnp"), "wb") as f:
                 f.write(data)
             if on_result is not None:
                 on_result(i, (os.path.join(folder, "results.nnp"), seconds, acc, loss))
 
-        outs = cluster.map(
+        outs = executor.map(
             ev.scratch_unit, items, (test, header, train_rows), on_result=write, name="train"
         )
         return [
@@ -343,7 +333,7 @@ def run_task(a, noise, seed):
     base_done = os.path.join(out, "base", "finished")
     if not os.path.exists(base_done):
         log(f"training from scratch on {n} images, {a.epochs} epochs")
-        base_nnp, _ = retrain(np.arange(n), "base")
+        base_nnp = retrain_on([(np.arange(n), "base")], None)[0][0]
         open(base_done, "w").close()
     model = load_model(model=base_nnp)
     test = load_dataset(paths["test"], model.info.input_shapes)
@@ -362,7 +352,7 @@ def run_task(a, noise, seed):
             settings = InfluenceSettings(seed=seed, jobs=1, **overrides)
             t = time.perf_counter()
             res = compute_influence(
-                model, train.arrays, val.arrays, settings, log=log, executor=cluster
+                model, train.arrays, val.arrays, settings, log=log, executor=executor
             )
             seconds = time.perf_counter() - t
             write_yaml(
@@ -399,7 +389,7 @@ def run_task(a, noise, seed):
                 continue
             removed = ranks[method][:count]
             todo.append((method, count, removed))
-    if cluster is not None and todo:  # all at once on the workers; rows added in this order
+    if todo:  # all at once (on a cluster's workers side by side); rows added in this order
         finished = {}
 
         def on_result(i, outcome):
@@ -413,14 +403,7 @@ def run_task(a, noise, seed):
 
         added = [0]
         jobs = [(np.setdiff1d(np.arange(n), r), f"{m}_{c}") for m, c, r in todo]
-        retrain_on(cluster, jobs, test, on_result)
-        todo = []
-    for method, count, removed in todo:
-        keep = np.setdiff1d(np.arange(n), removed)
-        nnp, seconds = retrain(keep, f"{method}_{count}")
-        acc, loss = ev.accuracy_and_loss(load_model(model=nnp), test)
-        precision = float(flipped[removed].mean()) if flipped.any() else float("nan")
-        add(method, count, acc, loss, precision, seconds)
+        retrain_on(jobs, test, on_result)
     connection.close()
     log("done")
 

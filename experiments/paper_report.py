@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from sgd_influence_plugin import ownership, places
+from sgd_influence_plugin import ownership, places, staged_commit
 from sgd_influence_plugin.dataset import read_csv_table
 from sgd_influence_plugin.evaluate_report import aggregate, mean_sd
 from sgd_influence_plugin.io_utils import atomic_write
@@ -91,11 +91,11 @@ def report(a, wall_seconds=None):
     are replaced.
     """
     check_report_place(a)
-    with ownership.staging(a.out, "--out") as stage:
+    with staged_commit.staging(a.out, "--out") as stage:
         write_report(a, stage, wall_seconds)
         names = REPORT_FOLDERS + REPORT_FILES
         moves = [(os.path.join(stage, n), os.path.join(a.out, n)) for n in names]
-        ownership.commit_staged(a.out, moves, [], "--out")
+        staged_commit.commit_staged(a.out, moves, [], "--out")
     print(f"report: {os.path.join(a.out, 'summary.md')}")
 
 

@@ -52,7 +52,7 @@ sys.path.insert(0, HERE)
 import paper_protocol as pp  # noqa: E402
 
 from sgd_influence_plugin import evaluate as ev  # noqa: E402
-from sgd_influence_plugin import ownership, places  # noqa: E402
+from sgd_influence_plugin import ownership, places, staged_commit  # noqa: E402
 from sgd_influence_plugin.dataset import read_csv_table  # noqa: E402
 from sgd_influence_plugin.errors import OutputError  # noqa: E402
 from sgd_influence_plugin.evaluate_report import mean_sd, sample_std  # noqa: E402
@@ -477,14 +477,14 @@ def report(a):
                     f"{_ms([_f(d['f1']) for d in m], '{:.3f}')} |"
                 )
     check_out(a)
-    with ownership.staging(a.out, "--out") as stage:
+    with staged_commit.staging(a.out, "--out") as stage:
         with open(os.path.join(stage, "summary.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
         pp.write_rows(
             os.path.join(stage, "results.csv"), ROW_KEYS, [[r[k] for k in ROW_KEYS] for r in rows]
         )
         moves = [(os.path.join(stage, n), os.path.join(a.out, n)) for n in REPORT_FILES]
-        ownership.commit_staged(a.out, moves, [], "--out")
+        staged_commit.commit_staged(a.out, moves, [], "--out")
     print("\n".join(lines))
 
 

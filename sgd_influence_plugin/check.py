@@ -295,32 +295,7 @@ def _run_check(request: CheckRequest, log, progress, flags, executor) -> tuple:
         check_check_outputs(request.output, flags.output, input_files, sorted(image_dirs))
 
     def check_loaded(model, train, val) -> None:
-        info = model.info
-        for d in (train, val):
-            validation.check_label_values(d, getattr(info, "label_classes", {}))
-        if train.size < MIN_SAMPLES:
-            raise SettingsError(
-                f"{train.path} has only {train.size} row(s); the check re-runs at least "
-                f"{MIN_SAMPLES} samples, so it needs a training CSV of at least {MIN_SAMPLES} rows"
-            )
-        if m > train.size:
-            raise SettingsError(
-                f"{flags.samples} {m}: {train.path} has only {train.size} rows; give at most "
-                f"{train.size}"
-            )
-        batch = settings.batch_size or info.solver.batch_size
-        check_training_size(train.path, train.size, batch, flags.batch_size)
-        validation.check_replay_rate(settings, info, train.size, flags)
-        need = validation.estimate_bytes(  # one trial; no thumbnails, only a small plot
-            n_train=train.size,
-            n_params=model.n_params,
-            batch_size=batch,
-            trials=1,
-            cache_all=settings.cache == "all",
-            thumb_size=16,
-            channels=1,
-        )
-        validation.check_free_space(request.output, tempfile.gettempdir(), need, flags)
+        _check_loaded(model, train, val, settings, m, request.output, flags)
 
     loaded = load_inputs(files, flags, check_places, check_loaded, log=log, progress=progress)
     model, train = loaded.model, loaded.train
@@ -335,6 +310,46 @@ def _run_check(request: CheckRequest, log, progress, flags, executor) -> tuple:
         log=log,
         executor=executor,
     )
+    return _write_check(request.output, loaded, result, settings, flags), result
+
+
+def _check_loaded(model, train, val, settings, m: int, out_csv: str, flags) -> None:
+    """Every check of the loaded data before anything is computed: the labels, enough rows
+    for ``m`` samples and for the batch, the replay's rate, the free space one trial needs.
+    """
+    info = model.info
+    for d in (train, val):
+        validation.check_label_values(d, getattr(info, "label_classes", {}))
+    if train.size < MIN_SAMPLES:
+        raise SettingsError(
+            f"{train.path} has only {train.size} row(s); the check re-runs at least "
+            f"{MIN_SAMPLES} samples, so it needs a training CSV of at least {MIN_SAMPLES} rows"
+        )
+    if m > train.size:
+        raise SettingsError(
+            f"{flags.samples} {m}: {train.path} has only {train.size} rows; give at most "
+            f"{train.size}"
+        )
+    batch = settings.batch_size or info.solver.batch_size
+    check_training_size(train.path, train.size, batch, flags.batch_size)
+    validation.check_replay_rate(settings, info, train.size, flags)
+    need = validation.estimate_bytes(  # one trial; no thumbnails, only a small plot
+        n_train=train.size,
+        n_params=model.n_params,
+        batch_size=batch,
+        trials=1,
+        cache_all=settings.cache == "all",
+        thumb_size=16,
+        channels=1,
+    )
+    validation.check_free_space(out_csv, tempfile.gettempdir(), need, flags)
+
+
+def _write_check(out_csv: str, loaded, result: CheckResult, settings, flags) -> Dict[str, str]:
+    """The check's output set (:func:`write_check_output`), each checked row with its
+    training row's image cell, the settings with the inputs' places.
+    """
+    model, train = loaded.model, loaded.train
     image_col = find_columns(train, list(model.info.input_shapes)).file
     originals = [train.cell(i, image_col) if image_col else "" for i in range(train.size)]
     extra = {
@@ -342,7 +357,6 @@ def _run_check(request: CheckRequest, log, progress, flags, executor) -> tuple:
         "train_csv": os.path.abspath(loaded.train_csv),
         "val_csv": os.path.abspath(loaded.val_csv),
     }
-    paths = write_check_output(
-        request.output, result, originals, check_facts(result, settings, extra), flags.output
+    return write_check_output(
+        out_csv, result, originals, check_facts(result, settings, extra), flags.output
     )
-    return paths, result

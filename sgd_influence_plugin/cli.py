@@ -243,7 +243,7 @@ def cmd_install_plugin(args) -> int:
     replaced; anything else of those names, in any case, is refused before anything is
     written. Each folder's files are staged and committed together.
     """
-    from . import ownership
+    from . import ownership, staged_commit
     from .errors import SettingsError
     from .io_utils import folder_mode, what_is
 
@@ -273,7 +273,7 @@ def cmd_install_plugin(args) -> int:
     for dest_dir, group in plan.items():
         _check_install_place(dest_dir, [os.path.basename(s) for s in group], package)
     for dest_dir, group in plan.items():
-        with ownership.staging(dest_dir, _INSTALL_FLAG) as stage:
+        with staged_commit.staging(dest_dir, _INSTALL_FLAG) as stage:
             moves = []
             for script in group:
                 staged = os.path.join(stage, os.path.basename(script))
@@ -289,7 +289,7 @@ def cmd_install_plugin(args) -> int:
                 listing=True,
             )
             moves.insert(0, (staged_pkg, os.path.join(dest_dir, package)))
-            ownership.commit_staged(dest_dir, moves, [], _INSTALL_FLAG)
+            staged_commit.commit_staged(dest_dir, moves, [], _INSTALL_FLAG)
         for script in group:
             print(f"installed {os.path.join(dest_dir, os.path.basename(script))}", file=sys.stderr)
     return 0

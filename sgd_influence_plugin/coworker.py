@@ -6,7 +6,8 @@ moment it starts (the model half-way through a replay, a closure over it), so it
 only ``fork`` can hand that over without sending it. Where there is no ``fork`` (Windows)
 :func:`helper` yields None and the caller computes the same thing itself, with the same
 results. A forked co-worker works inside a spawned worker of :mod:`.parallel` too (Linux), and
-has the same guarantees on errors, deaths and Ctrl-C as the workers there.
+has the same guarantees on errors, deaths and Ctrl-C as the workers there
+(:mod:`.child_processes`).
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import os
 import sys
 from typing import Any, Callable
 
-from . import interrupts, parallel
+from . import child_processes, interrupts, parallel
 
 
 def _helper_loop(fn, tasks, results, parent_pid: int) -> None:
     """Body of a helper: ``fn(*args)`` for each ``args`` tuple from ``tasks`` until None; sends
     ``("ok", result)`` or ``("error", payload)`` (and ends after an error).
     """
-    parallel.child_setup(parent_pid)
+    child_processes.child_setup(parent_pid)
     while True:
         args = tasks.recv()
         if args is None:
@@ -31,7 +32,7 @@ def _helper_loop(fn, tasks, results, parent_pid: int) -> None:
         try:
             out = fn(*args)
         except Exception as exc:  # noqa: BLE001 - every error goes to the parent
-            results.send(("error", parallel.exception_payload(exc)))
+            results.send(("error", child_processes.exception_payload(exc)))
             return
         results.send(("ok", out))
 
@@ -51,7 +52,7 @@ class Helper:
         try:
             self._tasks.send(args)
         except OSError:  # BrokenPipeError: the helper died
-            parallel.raise_for_dead(self._proc)
+            child_processes.raise_for_dead(self._proc)
 
     def result(self) -> Any:
         """The result of the last :meth:`submit`, with the guarantees of
@@ -74,11 +75,11 @@ class Helper:
                 try:
                     kind, value = self._results.recv()
                 except EOFError:
-                    parallel.raise_for_dead(self._proc)
+                    child_processes.raise_for_dead(self._proc)
                 if kind == "error":
-                    parallel.raise_from_payload(value, 0)
+                    child_processes.raise_from_payload(value, 0)
                 return value
-            parallel.raise_for_dead(self._proc)
+            child_processes.raise_for_dead(self._proc)
 
 
 @contextlib.contextmanager
@@ -101,7 +102,7 @@ def helper(fn: Callable[..., Any]):
     interrupts.check()
     entry = []
     try:
-        with parallel.signals_held():
+        with child_processes.signals_held():
             task_recv, task_send = ctx.Pipe(duplex=False)
             result_recv, result_send = ctx.Pipe(duplex=False)
             proc = ctx.Process(
@@ -114,6 +115,6 @@ def helper(fn: Callable[..., Any]):
         yield Helper(proc, task_send, result_recv)
         with contextlib.suppress(OSError):
             task_send.send(None)  # done: the helper returns (then _stop only reaps it)
-        proc.join(parallel.TERMINATE_GRACE)
+        proc.join(child_processes.TERMINATE_GRACE)
     finally:
-        parallel.stop_processes(entry)
+        child_processes.stop_processes(entry)

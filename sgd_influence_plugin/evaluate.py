@@ -15,8 +15,9 @@ With a label-noise ground truth (``train_noise.csv`` from the sample project) it
 precision@n and recall@n of the flipped labels among the removed samples.
 
 Every option, input and output place is checked before anything is computed
-(:func:`check_evaluate`); the four result files follow the ownership rule of
-:mod:`.ownership` (only files the tool wrote are replaced) and are committed together.
+(:mod:`.evaluate_inputs`); the four result files follow the ownership rule of
+:mod:`.ownership` (only files the tool wrote are replaced) and are committed together
+(:mod:`.evaluate_report`).
 """
 
 from __future__ import annotations
@@ -31,114 +32,18 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import core, option_parsers, options, places, validation
+from . import core, option_parsers
 from .cells import data_path
-from .dataset import Dataset, load_dataset, read_csv_table
-from .errors import InputError, SettingsError
-from .evaluate_report import OUTPUT_FILES, write_outputs
+from .dataset import Dataset
+from .errors import SettingsError
+from .evaluate_inputs import check_evaluate, load_inputs, parse_floats, parse_seeds
+from .evaluate_report import write_outputs
 from .executor import local_executor, open_executor, unit_graphs
 from .influence import compute_influence, resolve
 from .nnabla_adapter import load_model
 from .nnabla_adapter.training import initial_parameters, train_from_scratch
 from .probabilities import as_probabilities
-from .settings import MAX_SEED, InfluenceSettings, is_number
-
-DEFAULT_RATIOS = options.default("ratios")
-
-
-def _floats(text: str, what: str) -> List[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as e:
-        raise SettingsError(f"--{what} '{text}': give comma-separated numbers") from e
-
-
-def _seeds(text: str) -> List[int]:
-    """``--seeds``: comma-separated whole numbers (their range is checked by
-    :func:`check_evaluate`).
-    """
-    values = _floats(text, "seeds")
-    for v in values:
-        if not (np.isfinite(v) and v == int(v)):
-            raise SettingsError(f"--seeds '{text}': {v:g} is not a whole number; give e.g. 0,1,2")
-    return [int(v) for v in values]
-
-
-def check_evaluate(
-    model_files: Dict[str, Optional[str]],
-    train_csv: str,
-    val_csv: str,
-    test_csv: str,
-    out_dir: str,
-    ratios: Sequence[float],
-    seeds: Sequence[int],
-    retrain: str,
-    settings: InfluenceSettings,
-    noise_csv: Optional[str] = None,
-) -> None:
-    """Every check that needs no decoded data, before anything is loaded or computed.
-
-    The model files and the settings as for ``run`` (:func:`.validation.check_options`),
-    at least one share in ``ratios``, each in [0, 1), at least one seed, each a whole number
-    whose trials' seeds stay in numpy's range, and ``out_dir`` with
-    :func:`.places.check_output_folder`: not a file, not in an image folder, no result
-    file that is an input or a file the tool did not write.
-
-    Raises:
-        SettingsError, OutputError: naming the option and the fix.
-
-    """
-    from .runner import RunRequest
-
-    validation.check_options(
-        RunRequest(
-            output="results.csv",
-            model=model_files.get("model"),
-            config=model_files.get("config"),
-            params=model_files.get("params"),
-            settings=settings,
-        )
-    )  # validates the settings too (InfluenceSettings.validate)
-    if retrain not in ("last", "scratch"):
-        raise SettingsError(f"--retrain {retrain}: choose last or scratch")
-    if not len(ratios):
-        raise SettingsError(
-            "--ratios is empty: give the shares of the training rows to remove, e.g. "
-            f"{DEFAULT_RATIOS}"
-        )
-    for r in ratios:
-        if not (is_number(r) and np.isfinite(r) and 0 <= r < 1):
-            raise SettingsError(
-                f"--ratios {','.join(f'{x:g}' for x in ratios)}: {r:g} is not a share in "
-                "[0, 1); give e.g. 0,0.05,0.1"
-            )
-    if not len(seeds):
-        raise SettingsError("--seeds is empty: give at least one seed, e.g. 0,1,2")
-    top = MAX_SEED - (settings.trials - 1)
-    for seed in seeds:
-        if not (is_number(seed) and int(seed) == seed and 0 <= seed <= top):
-            raise SettingsError(
-                f"--seeds {','.join(str(x) for x in seeds)}: {seed} is not a whole number in "
-                f"0..{top} (each seed's {settings.trials} trials use seeds up to seed + "
-                f"{settings.trials - 1}; numpy's seeds lie in 0..{MAX_SEED})"
-            )
-    csvs = [train_csv, val_csv, test_csv]
-    inputs = [*model_files.values(), *csvs, noise_csv]
-    places.check_output_folder(
-        out_dir, "--output-dir", OUTPUT_FILES, (), inputs, places.image_folders(*csvs)
-    )
-
-
-def read_noise(path: str, n: int) -> np.ndarray:
-    """Boolean (N,) mask of flipped labels from a ground-truth CSV with a ``flipped`` column."""
-    header, rows = read_csv_table(path)
-    if "flipped" not in header:
-        raise InputError(f"{path}: no 'flipped' column")
-    col = header.index("flipped")
-    flags = np.array([row[col].strip() in ("1", "True", "true") for row in rows])
-    if len(flags) != n:
-        raise InputError(f"{path}: {len(flags)} rows but the training CSV has {n}")
-    return flags
+from .settings import InfluenceSettings
 
 
 def accuracy(model, data: Dataset) -> float:
@@ -166,8 +71,8 @@ def evaluate(
     """Run the experiment; write ``results.csv``, ``figure2.png``, ``summary.md`` and
     ``settings.yaml`` into ``out_dir``.
 
-    Everything is checked before anything is computed (:func:`check_evaluate`, then every
-    label of the three datasets against the network's classes).
+    Everything is checked before anything is computed (:func:`.evaluate_inputs.check_evaluate`,
+    then every label of the three datasets against the network's classes).
 
     The influence trials and each seed's retrainings (:func:`retrain_unit`) are units of
     ``executor`` (:mod:`.executor`; None = ``settings.jobs`` worker processes here); the rows
@@ -187,99 +92,112 @@ def evaluate(
         model_files, train_csv, val_csv, test_csv, out_dir, ratios, seeds, retrain, settings,
         noise_csv,
     )  # fmt: skip
-    model = load_model(
-        model_files.get("model"),
-        model_files.get("config"),
-        model_files.get("params"),
-        settings.context,
-    )
-    shapes = model.info.input_shapes
-    train = load_dataset(train_csv, shapes)
-    val = load_dataset(val_csv, shapes)
-    test = load_dataset(test_csv, shapes)
-    for d in (train, val, test):
-        validation.check_label_values(d, model.info.label_classes)
-    validation.check_replay_rate(settings, model.info, train.size)
-    n = train.size
-    flipped = read_noise(noise_csv, n) if noise_csv else None
-    counts = sorted({int(round(r * n)) for r in ratios})
-    if any(c < 0 or c >= n for c in counts):
-        raise SettingsError(f"--ratios {list(ratios)}: shares must be in [0, 1)")
+    data = load_inputs(model_files, (train_csv, val_csv, test_csv), ratios, settings, noise_csv)
+    model, train = data.model, data.train
     run = resolve(model, settings)
     theta0 = model.get_params()
     executor = executor or local_executor(settings.context, settings.jobs)
-    config_text = None
-    if retrain == "scratch":
-        config_text = _definition_text(model_files)
-        executor.check_paths(_scratch_inputs(train, val_csv), "retraining with nnabla_cli")
+    config_text = _scratch_definition(retrain, model_files, train, val_csv, executor)
+    shared = (model, train, data.test, theta0, val_csv)
     rows: List[Dict] = []
     try:
         for seed in seeds:
-            t0 = time.perf_counter()
-            res = compute_influence(
-                model, train.arrays, val.arrays, replace(settings, seed=seed), executor=executor
+            seed_rows, run = _one_seed(
+                data, seed, retrain, config_text, settings, executor, shared, log
             )
-            # Retraining the last epoch repeats the first trial's epoch: its order, its rate.
-            run = replace(res.resolved, lr=res.trials[0].lr)
-            log(f"seed {seed}: influence in {time.perf_counter() - t0:.1f}s")
-            harmful_rank = np.argsort(res.scores, kind="stable")
-            random_rank = np.random.RandomState(10_000 + seed).permutation(n)
-            orders = core.epoch_orders(n, settings.epochs, seed)
-            jobs = [
-                ("none" if count == 0 else method, count, rank[:count])
-                for count in counts
-                for method, rank in (("harmful", harmful_rank), ("random", random_rank))
-                if count or method == "harmful"
-            ]
-            items = [(retrain, removed, seed, orders, run, config_text) for *_, removed in jobs]
-            outs = executor.map(
-                retrain_unit, items, shared=(model, train, test, theta0, val_csv), name="retrain"
-            )
-            for (label, count, removed), (acc, loss, seconds) in zip(jobs, outs):
-                row = {
-                    "seed": seed,
-                    "ratio": count / n,
-                    "n_removed": count,
-                    "method": label,
-                    "test_accuracy": acc,
-                    "test_loss": loss,
-                    "seconds": round(seconds, 2),
-                }
-                if flipped is not None:
-                    hits = int(flipped[removed].sum()) if count else 0
-                    row["precision_at_n"] = hits / count if count else float("nan")
-                    row["recall_at_n"] = hits / max(1, int(flipped.sum()))
-                rows.append(row)
-                log(
-                    f"seed {seed} {label:7s} n={count:5d}: test accuracy {acc:.4f}, loss {loss:.4f}"
-                )
+            rows.extend(seed_rows)
     finally:
         model.set_params(theta0)
-    total = time.perf_counter() - start_all
-    write_outputs(
-        out_dir,
-        rows,
-        n,
-        flipped,
-        {
-            "retrain": retrain,
-            "seeds": list(seeds),
-            "ratios": list(ratios),
-            "settings": settings.to_dict(),
-            "lr": run.lr,
-            "batch_size": run.batch_size,
-            "weight_decay": run.weight_decay,
-            "n_train": n,
-            "n_val": val.size,
-            "n_test": test.size,
-            "model": model.info.source,
-            "train_csv": os.path.abspath(train_csv),
-            "val_csv": os.path.abspath(val_csv),
-            "noise": os.path.abspath(noise_csv) if noise_csv else None,
-            "total_seconds": round(total, 1),
-        },
-    )
+    facts = _facts(data, run, retrain, seeds, ratios, settings, (train_csv, val_csv, noise_csv))
+    facts["total_seconds"] = round(time.perf_counter() - start_all, 1)
+    write_outputs(out_dir, rows, train.size, data.flipped, facts)
     return rows
+
+
+def _facts(data, run, retrain, seeds, ratios, settings, csvs) -> Dict:
+    """What ``settings.yaml`` records of an experiment: its options, the replay's rate, batch
+    size and weight decay, the datasets' sizes and where the inputs are.
+    """
+    train_csv, val_csv, noise_csv = csvs
+    return {
+        "retrain": retrain,
+        "seeds": list(seeds),
+        "ratios": list(ratios),
+        "settings": settings.to_dict(),
+        "lr": run.lr,
+        "batch_size": run.batch_size,
+        "weight_decay": run.weight_decay,
+        "n_train": data.train.size,
+        "n_val": data.val.size,
+        "n_test": data.test.size,
+        "model": data.model.info.source,
+        "train_csv": os.path.abspath(train_csv),
+        "val_csv": os.path.abspath(val_csv),
+        "noise": os.path.abspath(noise_csv) if noise_csv else None,
+    }
+
+
+def _one_seed(data, seed: int, retrain: str, config_text, settings, executor, shared, log):
+    """One seed of the experiment: the influence with the seed's order, then every removal
+    count's retrainings (the most harmful rows, and as many random ones) as units of
+    ``executor``; ``(its rows, the replay's run)``.
+    """
+    n = data.train.size
+    t0 = time.perf_counter()
+    res = compute_influence(
+        data.model, data.train.arrays, data.val.arrays, replace(settings, seed=seed),
+        executor=executor,
+    )  # fmt: skip
+    # Retraining the last epoch repeats the first trial's epoch: its order, its rate.
+    run = replace(res.resolved, lr=res.trials[0].lr)
+    log(f"seed {seed}: influence in {time.perf_counter() - t0:.1f}s")
+    harmful_rank = np.argsort(res.scores, kind="stable")
+    random_rank = np.random.RandomState(10_000 + seed).permutation(n)
+    orders = core.epoch_orders(n, settings.epochs, seed)
+    jobs = [
+        ("none" if count == 0 else method, count, rank[:count])
+        for count in data.counts
+        for method, rank in (("harmful", harmful_rank), ("random", random_rank))
+        if count or method == "harmful"
+    ]
+    items = [(retrain, removed, seed, orders, run, config_text) for *_, removed in jobs]
+    outs = executor.map(retrain_unit, items, shared=shared, name="retrain")
+    rows = []
+    for (label, count, removed), (acc, loss, seconds) in zip(jobs, outs):
+        rows.append(_row(seed, label, count, removed, n, data.flipped, acc, loss, seconds))
+        log(f"seed {seed} {label:7s} n={count:5d}: test accuracy {acc:.4f}, loss {loss:.4f}")
+    return rows, run
+
+
+def _row(seed, label, count, removed, n, flipped, acc, loss, seconds) -> Dict:
+    """One row of ``results.csv``: a retraining's test accuracy and loss, and with a
+    ground truth the precision and recall of the flipped labels among the removed rows.
+    """
+    row = {
+        "seed": seed,
+        "ratio": count / n,
+        "n_removed": count,
+        "method": label,
+        "test_accuracy": acc,
+        "test_loss": loss,
+        "seconds": round(seconds, 2),
+    }
+    if flipped is not None:
+        hits = int(flipped[removed].sum()) if count else 0
+        row["precision_at_n"] = hits / count if count else float("nan")
+        row["recall_at_n"] = hits / max(1, int(flipped.sum()))
+    return row
+
+
+def _scratch_definition(retrain: str, model_files, train: Dataset, val_csv: str, executor):
+    """The network definition ``scratch`` retrains (None for ``last``), once the executor's
+    workers were found to read what ``nnabla_cli`` opens there.
+    """
+    if retrain != "scratch":
+        return None
+    config_text = _definition_text(model_files)
+    executor.check_paths(_scratch_inputs(train, val_csv), "retraining with nnabla_cli")
+    return config_text
 
 
 def _definition_text(model_files) -> str:
@@ -406,8 +324,8 @@ def run_from_args(args) -> int:
             val_csv,
             args.test,
             args.output_dir,
-            _floats(args.ratios, "ratios"),
-            _seeds(args.seeds),
+            parse_floats(args.ratios, "ratios"),
+            parse_seeds(args.seeds),
             args.retrain,
             settings,
             args.noise,

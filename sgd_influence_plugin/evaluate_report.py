@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from . import ownership
+from . import staged_commit
 from .io_utils import atomic_write
 from .settings import write_yaml
 
@@ -82,12 +82,12 @@ def aggregate(rows: List[Dict]) -> List[Dict]:
 
 def write_outputs(out_dir: str, rows: List[Dict], n: int, flipped, facts: Dict) -> None:
     """Stage the four result files in ``out_dir`` and commit them together (see
-    :func:`.ownership.commit_staged`); only files the tool wrote there are replaced.
+    :func:`.staged_commit.commit_staged`); only files the tool wrote there are replaced.
     """
-    with ownership.staging(out_dir, "--output-dir") as stage:
+    with staged_commit.staging(out_dir, "--output-dir") as stage:
         _write_result_files(stage, rows, n, flipped, facts)
         moves = [(os.path.join(stage, f), os.path.join(out_dir, f)) for f in OUTPUT_FILES]
-        ownership.commit_staged(out_dir, moves, [], "--output-dir")
+        staged_commit.commit_staged(out_dir, moves, [], "--output-dir")
 
 
 def _write_result_files(out_dir: str, rows: List[Dict], n: int, flipped, facts: Dict) -> None:

@@ -1,6 +1,6 @@
 """One interface for the independent units of a long job, wherever they run: worker processes
 on this machine (:class:`LocalExecutor`) or the workers of a Dask cluster
-(:class:`.cluster.DaskExecutor`, ``--cluster ADDRESS``). Callers get an executor from
+(:class:`.cluster_executor.DaskExecutor`, ``--cluster ADDRESS``). Callers get an executor from
 :func:`open_executor` (or :func:`local_executor`) and call :meth:`Executor.map`; they never
 ask where the units run.
 
@@ -39,7 +39,7 @@ from .nnabla_adapter import prepare_process
 
 class Executor(Protocol):
     """What every executor offers (a structural interface: :class:`LocalExecutor` and
-    :class:`.cluster.DaskExecutor` implement it without inheriting).
+    :class:`.cluster_executor.DaskExecutor` implement it without inheriting).
 
     Attributes:
         where: where the units run, for the record (``this machine`` or ``cluster``).

@@ -181,16 +181,44 @@ def check_fidelity(
     """
     log = log or (lambda msg: None)
     executor = executor or local_executor(settings.context, settings.jobs)
+    settings = _checked_settings(settings, samples)
+    t_start = time.perf_counter()
+    timings: Dict[str, float] = {}
+    theta0 = model.get_params()
+    run, outcome, schedule, warnings = _trial(model, train, val, settings, progress, log, timings)
+    idx, groups = pick_samples(outcome.scores, samples, settings.seed)
+    t0 = time.perf_counter()
+    try:
+        model.set_params(theta0)
+        shared = _replayed_epoch(model, train, val, settings, run, schedule)
+        full = _full_epoch(shared, outcome, warnings, log)
+        actual = _leave_one_out(idx, shared, executor, progress) - full
+    finally:
+        model.set_params(theta0)
+    timings["leave_one_out"] = time.perf_counter() - t0
+    n = len(next(iter(train.values())))
+    return _result(idx, groups, actual, full, run, outcome, n, timings, warnings, t_start)
+
+
+def _checked_settings(settings: InfluenceSettings, samples: int) -> InfluenceSettings:
+    """The check's settings: ``settings`` validated, with target ``plain``; ``samples``
+    refused below :data:`MIN_SAMPLES`.
+    """
     # A copy: validate() settles lr in place. The check compares the replay's own estimate with
     # the exact re-runs, so it uses target "plain": a class-centred score subtracts its class's
     # mean of those same estimates, which would need every row of the class re-run to compare.
     settings = replace(settings, target="plain").validate()
     if not (isinstance(samples, int) and samples >= MIN_SAMPLES):
         raise SettingsError(f"samples={samples}: check at least {MIN_SAMPLES} samples")
-    t_start = time.perf_counter()
-    timings: Dict[str, float] = {}
-    n = len(next(iter(train.values())))
-    theta0 = model.get_params()
+    return settings
+
+
+def _trial(model, train, val, settings, progress, log, timings: Dict[str, float]):
+    """The check's one trial, in this process and a temporary cache, at the rate
+    :func:`influence.resolve` and :func:`influence.choose_lr` settle: ``(the resolved run,
+    its outcome, (its last epoch's order, its per-step rates), the warnings so far)``, each
+    warning logged; ``timings`` gets the curvature's and the trial's seconds.
+    """
     run = influence.resolve(model, settings)
     for w in run.warnings:
         log("warning: " + w)
@@ -207,71 +235,21 @@ def check_fidelity(
             influence.replay_helper(settings, here),
         )  # fmt: skip
         timings["influence"] = time.perf_counter() - t0
-        order, lrs = influence.read_schedule(cache)
+        schedule = influence.read_schedule(cache)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    warnings = list(run.warnings) + list(outcome.warnings)
     for w in outcome.warnings:
         log("warning: " + w)
-    estimate_all = outcome.scores
-    idx, groups = pick_samples(estimate_all, samples, settings.seed)
-    graphs = unit_graphs(model)
-    t0 = time.perf_counter()
-    try:
-        model.set_params(theta0)
-        orders = core.epoch_orders(n, settings.epochs, settings.seed)
-        if not np.array_equal(orders[-1], order):
-            raise ComputationError("the cached sample order is not the seed's; run again")
-        for k in range(settings.epochs - 1):  # the epochs before the replayed one
-            core.sgd_epoch(
-                model, train, orders[k], lrs, run.batch_size, run.weight_decay, graphs=graphs
-            )
-        epoch = (order, lrs, run.batch_size, run.weight_decay, settings.val_batch_size)
-        shared = (model, train, val, model.get_params(), epoch)
-        full = rerun_unit(None, None, *shared)  # the epoch with every row, here
-        if not math.isfinite(full):
-            raise ComputationError(
-                f"the validation loss after the re-run epoch is {full} at lr={outcome.lr:g}; "
-                "the epoch diverged: pass a smaller --lr"
-            )
-        if abs(full - outcome.val_loss) > 1e-3 * max(1.0, abs(full)):
-            msg = (
-                f"the re-run epoch ends at validation loss {full:.6g}, the trial's at "
-                f"{outcome.val_loss:.6g}; the training is not reproducible here (e.g. dropout "
-                "or a GPU's non-deterministic kernels), which adds noise to the actual changes"
-            )
-            warnings.append(msg)
-            log("warning: " + msg)
-        finished = []
+    return run, outcome, schedule, list(run.warnings) + list(outcome.warnings)
 
-        def done(i: int, _=None) -> None:
-            finished.append(i)
-            if progress is not None:
-                progress("leave-one-out", len(finished), len(idx))
 
-        losses = executor.map(
-            rerun_unit, [int(j) for j in idx], shared=shared, on_result=done, name="rerun"
-        )
-        actual = np.asarray(losses, dtype=np.float64) - full
-    finally:
-        model.set_params(theta0)
-    timings["leave_one_out"] = time.perf_counter() - t0
-    estimate = np.asarray(estimate_all[idx], np.float64)
-    if not np.all(np.isfinite(actual)):
-        raise ComputationError(
-            f"{int(np.sum(~np.isfinite(actual)))} leave-one-out re-runs ended at a non-finite "
-            f"validation loss at lr={outcome.lr:g}; pass a smaller --lr"
-        )
-    if np.ptp(actual) == 0 or np.ptp(estimate) == 0:
-        which = "actual changes" if np.ptp(actual) == 0 else "estimates"
-        raise ComputationError(
-            f"all {len(idx)} {which} of the checked samples are equal, so no correlation "
-            "exists; check more samples (--samples) or a model whose loss depends on its data"
-        )
-    pearson, spearman = correlations(estimate, actual)
-    if not (math.isfinite(pearson) and math.isfinite(spearman)):
-        raise ComputationError("the correlations are not finite; nothing was written")
-    pearson, spearman = (float(np.clip(r, -1.0, 1.0)) for r in (pearson, spearman))
+def _result(idx, groups, actual, full, run, outcome, n, timings, warnings, t_start) -> CheckResult:
+    """The picked rows' estimates against their actual changes (the correlations checked,
+    the verdict) with what was measured on the way: the full epoch's validation loss, the
+    resolved run, the trial's outcome, N, the timings and warnings, the check's start time.
+    """
+    estimate = np.asarray(outcome.scores[idx], np.float64)
+    pearson, spearman = _checked_correlations(estimate, actual, outcome.lr)
     return CheckResult(
         index=idx,
         group=groups,
@@ -291,6 +269,84 @@ def check_fidelity(
         resolved=run,
         warnings=warnings,
     )
+
+
+def _replayed_epoch(model, train, val, settings, run, schedule) -> tuple:
+    """What every exact re-run shares (:func:`rerun_unit`): the model at the start of the
+    replayed epoch (the epochs before it run again here from the model's parameters), the
+    data, and the epoch's order and per-step rates of the trial (``schedule``).
+    """
+    order, lrs = schedule
+    n = len(next(iter(train.values())))
+    graphs = unit_graphs(model)
+    orders = core.epoch_orders(n, settings.epochs, settings.seed)
+    if not np.array_equal(orders[-1], order):
+        raise ComputationError("the cached sample order is not the seed's; run again")
+    for k in range(settings.epochs - 1):  # the epochs before the replayed one
+        core.sgd_epoch(
+            model, train, orders[k], lrs, run.batch_size, run.weight_decay, graphs=graphs
+        )
+    epoch = (order, lrs, run.batch_size, run.weight_decay, settings.val_batch_size)
+    return (model, train, val, model.get_params(), epoch)
+
+
+def _full_epoch(shared: tuple, outcome, warnings: List[str], log) -> float:
+    """The validation loss after the replayed epoch with every row, run here; refused when
+    not finite, a warning (added to ``warnings``) when it is not the trial's.
+    """
+    full = rerun_unit(None, None, *shared)
+    if not math.isfinite(full):
+        raise ComputationError(
+            f"the validation loss after the re-run epoch is {full} at lr={outcome.lr:g}; "
+            "the epoch diverged: pass a smaller --lr"
+        )
+    if abs(full - outcome.val_loss) > 1e-3 * max(1.0, abs(full)):
+        msg = (
+            f"the re-run epoch ends at validation loss {full:.6g}, the trial's at "
+            f"{outcome.val_loss:.6g}; the training is not reproducible here (e.g. dropout "
+            "or a GPU's non-deterministic kernels), which adds noise to the actual changes"
+        )
+        warnings.append(msg)
+        log("warning: " + msg)
+    return full
+
+
+def _leave_one_out(idx: np.ndarray, shared: tuple, executor, progress) -> np.ndarray:
+    """The validation loss after the replayed epoch without each row of ``idx``, each a unit
+    of ``executor`` (:func:`rerun_unit`); ``progress`` counts the finished ones.
+    """
+    finished = []
+
+    def done(i: int, _=None) -> None:
+        finished.append(i)
+        if progress is not None:
+            progress("leave-one-out", len(finished), len(idx))
+
+    losses = executor.map(
+        rerun_unit, [int(j) for j in idx], shared=shared, on_result=done, name="rerun"
+    )
+    return np.asarray(losses, dtype=np.float64)
+
+
+def _checked_correlations(estimate: np.ndarray, actual: np.ndarray, lr: float) -> tuple:
+    """``(pearson, spearman)`` of the estimates and the actual changes, in [-1, 1]; refused
+    when a change is not finite or either side is constant (no correlation exists).
+    """
+    if not np.all(np.isfinite(actual)):
+        raise ComputationError(
+            f"{int(np.sum(~np.isfinite(actual)))} leave-one-out re-runs ended at a non-finite "
+            f"validation loss at lr={lr:g}; pass a smaller --lr"
+        )
+    if np.ptp(actual) == 0 or np.ptp(estimate) == 0:
+        which = "actual changes" if np.ptp(actual) == 0 else "estimates"
+        raise ComputationError(
+            f"all {len(estimate)} {which} of the checked samples are equal, so no correlation "
+            "exists; check more samples (--samples) or a model whose loss depends on its data"
+        )
+    pearson, spearman = correlations(estimate, actual)
+    if not (math.isfinite(pearson) and math.isfinite(spearman)):
+        raise ComputationError("the correlations are not finite; nothing was written")
+    return tuple(float(np.clip(r, -1.0, 1.0)) for r in (pearson, spearman))
 
 
 def rerun_unit(j: Optional[int], progress, model, train, val, theta_start, epoch) -> float:

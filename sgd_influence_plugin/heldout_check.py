@@ -194,26 +194,10 @@ def check_candidates(
     if predict is not None and predict != model.predict:
         raise ValueError("predict: give model.predict or None; the epochs use the model's own")
     executor = executor or LocalExecutor(1)
-    theta0 = model.get_params()
-    n = len(train[label_column])
-    order = check_order(n, seed, rows)
+    order = check_order(len(train[label_column]), seed, rows)
     items: List[Optional[Candidate]] = ([] if base is not None else [None]) + list(cands)
-    steps = core.n_steps(len(order), batch_size)
-    done = [0] * len(items)
-
-    def on_progress(k: int, _stage: str, d: int, _total: int) -> None:
-        if progress is not None:  # one stage for all the check's epochs, in steps
-            done[k] = d
-            progress("checking the recommendation", sum(done), len(items) * steps)
-
     spec = (order, lr, batch_size, weight_decay, label_column, val_batch_size)
-    try:
-        results = executor.map(
-            check_epoch_unit, [(c, *spec, predict is not None) for c in items],
-            shared=(model, train, heldout), on_progress=on_progress, name="check",
-        )  # fmt: skip
-    finally:
-        model.set_params(theta0)
+    results = _run_epochs(model, (train, heldout), items, spec, predict, executor, progress)
     if base is None:
         base, results = results[0], results[1:]
     base_loss, base_correct = base
@@ -223,3 +207,27 @@ def check_candidates(
         if correct is not None:
             c.accuracy_change = float(np.mean(correct - base_correct))
     return cands
+
+
+def _run_epochs(model, data: tuple, items: list, spec: tuple, predict, executor, progress):
+    """One check epoch per item (a candidate, or None for the data as given) as units of
+    ``executor`` (:func:`check_epoch_unit`, ``spec`` the rest of their items), the model's
+    parameters restored after; ``progress`` sees them as one stage, in steps.
+    """
+    theta0 = model.get_params()
+    units = [(c, *spec, predict is not None) for c in items]
+    order, _, batch_size = spec[:3]
+    steps = core.n_steps(len(order), batch_size)
+    done = [0] * len(units)
+
+    def on_progress(k: int, _stage: str, d: int, _total: int) -> None:
+        if progress is not None:  # one stage for all the check's epochs, in steps
+            done[k] = d
+            progress("checking the recommendation", sum(done), len(units) * steps)
+
+    try:
+        return executor.map(
+            check_epoch_unit, units, shared=(model, *data), on_progress=on_progress, name="check"
+        )
+    finally:
+        model.set_params(theta0)

@@ -6,8 +6,8 @@ in the order they are moved in), which of them are folders the tool makes, the o
 new set removes, and the output set the ledger records the files under
 (:func:`.ownership.set_name`). :func:`write` checks that every member may be replaced
 (:func:`.ownership.check_replaceable`), has each member's writer write it into a staging
-folder (:func:`.ownership.staging`), makes sure every planned member and nothing else was
-written, and commits them through :func:`.ownership.commit_staged`: companions first, the
+folder (:func:`.staged_commit.staging`), makes sure every planned member and nothing else was
+written, and commits them through :func:`.staged_commit.commit_staged`: companions first, the
 main file last, so a reader of the main file never sees half a set; if anything fails,
 nothing changes.
 
@@ -21,7 +21,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from .ownership import check_replaceable, commit_staged, set_name, staging
+from .ownership import check_replaceable, set_name
+from .staged_commit import commit_staged, staging
 
 #: The kind of a set's main file.
 MAIN = "csv"

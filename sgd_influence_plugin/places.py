@@ -222,20 +222,7 @@ def check_output_folder(
 
     """
     image_folders = list(image_folders)
-    if not isinstance(folder, str) or not folder.strip():
-        raise SettingsError(f"{flag} is empty; give a folder for the results, e.g. evaluation")
-    if os.path.lexists(folder) and not os.path.isdir(folder):
-        raise OutputError(
-            f"{flag} {folder}: is {what_is(folder)}, not a folder; give a folder for the "
-            "results (a new one, or one sgd-influence wrote into)"
-        )
-    check_path_fits(os.path.join(folder, "x"), flag, [*files, *folders])
-    for images in image_folders:
-        if _inside(folder, images):
-            raise OutputError(
-                f"{flag} {folder}: lies in {images}, a folder of the dataset's images; write "
-                "the results elsewhere"
-            )
+    _check_the_folder(folder, flag, [*files, *folders], image_folders)
     inputs = [p for p in input_files if p]
     if os.path.isdir(folder):
         read_ledger(folder)
@@ -252,6 +239,26 @@ def check_output_folder(
         _check_replaced_folder(target, f"'{name}' folder", flag, inputs, image_folders)
         check_replaceable(target, flag, folder=True, marker=FOLDER_MARKER)
     _check_writable(os.path.join(folder, files[0] if files else "probe"), flag)
+
+
+def _check_the_folder(folder, flag: str, names: Sequence[str], image_folders) -> None:
+    """The output folder itself (:func:`check_output_folder`): given, not a file, room for
+    each of ``names`` in it, not in a folder of the dataset's images.
+    """
+    if not isinstance(folder, str) or not folder.strip():
+        raise SettingsError(f"{flag} is empty; give a folder for the results, e.g. evaluation")
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise OutputError(
+            f"{flag} {folder}: is {what_is(folder)}, not a folder; give a folder for the "
+            "results (a new one, or one sgd-influence wrote into)"
+        )
+    check_path_fits(os.path.join(folder, "x"), flag, names)
+    for images in image_folders:
+        if _inside(folder, images):
+            raise OutputError(
+                f"{flag} {folder}: lies in {images}, a folder of the dataset's images; write "
+                "the results elsewhere"
+            )
 
 
 def _check_replaced_folder(

@@ -19,7 +19,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from sgd_influence_plugin import cluster, influence, interrupts  # noqa: E402
+from sgd_influence_plugin import cluster, cluster_executor, influence, interrupts  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.errors import ClusterError  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
@@ -400,9 +400,9 @@ def test_evaluate_through_the_cluster_gives_the_local_rows(
 
 
 def test_units_ask_for_a_gpu_only_outside_a_cpu_context():
-    assert cluster.resources_for("cpu") is None
-    assert cluster.resources_for("cpu:float") is None
-    assert cluster.resources_for("cudnn") == {"GPU": 1}
+    assert cluster_executor.resources_for("cpu") is None
+    assert cluster_executor.resources_for("cpu:float") is None
+    assert cluster_executor.resources_for("cudnn") == {"GPU": 1}
 
 
 def test_a_unit_must_be_a_module_level_function_on_the_cluster_too(scheduler):

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 
-from sgd_influence_plugin import cli, ledger_lock, ownership, places
+from sgd_influence_plugin import cli, ledger_lock, ownership, places, staged_commit
 from support.user_files import one_line_error, run_argv, tree
 
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
@@ -21,12 +21,14 @@ CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 
 def _commit(folder: str, name: str, barrier: threading.Barrier, errors: list) -> None:
     try:
-        with ownership.staging(folder, "--output") as stage:
+        with staged_commit.staging(folder, "--output") as stage:
             staged = os.path.join(stage, name)
             with open(staged, "w") as f:
                 f.write(name)
             barrier.wait(timeout=30)
-            ownership.commit_staged(folder, [(staged, os.path.join(folder, name))], [], "--output")
+            staged_commit.commit_staged(
+                folder, [(staged, os.path.join(folder, name))], [], "--output"
+            )
     except BaseException as e:  # noqa: BLE001 - reported by the test
         errors.append(e)
 

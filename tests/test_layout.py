@@ -20,11 +20,14 @@ PRODUCT_MODULES = (
     "resolved.py",
     "cells.py",
     "check.py",
+    "child_processes.py",
     "cleanse.py",
     "cleansed_csv.py",
     "cli.py",
     "cluster.py",
     "cluster_address.py",
+    "cluster_executor.py",
+    "cluster_worker.py",
     "console_dialog.py",
     "core.py",
     "coworker.py",
@@ -33,6 +36,7 @@ PRODUCT_MODULES = (
     "dataset.py",
     "errors.py",
     "evaluate.py",
+    "evaluate_inputs.py",
     "evaluate_report.py",
     "executor.py",
     "file_cells.py",
@@ -75,6 +79,8 @@ PRODUCT_MODULES = (
     "run_facts.py",
     "runner.py",
     "settings.py",
+    "shared_inputs.py",
+    "staged_commit.py",
     "summary.py",
     "tiny_inputs.py",
     "trials.py",
@@ -180,7 +186,10 @@ def _package_imports(path, module):
     """
     import ast
 
-    package = module.rsplit(".", 1)[0] if "." in module else ""
+    if os.path.basename(path) == "__init__.py":  # a package's own module: "." is itself
+        package = module
+    else:
+        package = module.rsplit(".", 1)[0] if "." in module else ""
     out = set()
     for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.ImportFrom) and node.level:
@@ -227,9 +236,10 @@ def test_modules_stay_small_and_import_without_cycles():
         visit(m, [])
 
 
-#: Modules held to issue 33's sizes (the output side, the run's pipeline and the scores so
-#: far): at most 400 lines, and no function over 60 lines (docstring included) unless a comment
-#: on the line above its ``def`` says why (``# longer than 60 lines: ...``).
+#: Modules held to issue 33's sizes (so far the output side, the run's pipeline and the
+#: scores, the executors, the checks and the experiment): at most 400 lines, and no function
+#: over 60 lines (docstring included) unless a comment on the line above its ``def`` says why
+#: (``# longer than 60 lines: ...``).
 SIZED_MODULES = (
     "output.py",
     "output_set.py",
@@ -259,6 +269,26 @@ SIZED_MODULES = (
     "replay.py",
     "recommend.py",
     "recommendation.py",
+    # the executors: local processes, their plumbing, the co-worker, the Dask cluster
+    "executor.py",
+    "parallel.py",
+    "shared_inputs.py",
+    "child_processes.py",
+    "coworker.py",
+    "cluster.py",
+    "cluster_address.py",
+    "cluster_executor.py",
+    "cluster_worker.py",
+    # the checks, the experiment, and where and how writers write
+    "check.py",
+    "fidelity.py",
+    "heldout_check.py",
+    "evaluate.py",
+    "evaluate_inputs.py",
+    "evaluate_report.py",
+    "ownership.py",
+    "staged_commit.py",
+    "places.py",
 )
 
 

@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from sgd_influence_plugin import cli, ownership
+from sgd_influence_plugin import cli, staged_commit
 from support.user_files import argv_for, label_edit, load_plugin, one_line_error, plugin_error, tree
 
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
@@ -56,7 +56,7 @@ def test_a_file_size_limit_is_named_in_one_line(world_small, results, data28, tm
 
 def test_a_write_past_the_size_limit_does_not_blame_permissions():
     e = OSError(errno.EFBIG, "File too large\nsecond line of a library's text", "out/c.csv")
-    message = str(ownership.write_failed(e, "out", "--output"))
+    message = str(staged_commit.write_failed(e, "out", "--output"))
     _one_line(message, r"out/c\.csv: cannot write .*ulimit -f")
     assert "permission" not in message
 

@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from sgd_influence_plugin import cli, ownership, runner
+from sgd_influence_plugin import cli, ownership, runner, staged_commit
 from support.user_files import one_line_error, run_argv, tree
 
 
@@ -165,7 +165,7 @@ def test_an_output_that_cannot_be_replaced_changes_nothing(world, capsys, monkey
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), failing)
             return real(src, dst, *args, **kwargs)
 
-        monkeypatch.setattr(ownership.os, "replace", replace)
+        monkeypatch.setattr(staged_commit.os, "replace", replace)
     before = tree(world["root"])
     try:
         # Another seed: every file of the new set differs from the old one.

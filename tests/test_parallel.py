@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import core, coworker, interrupts, parallel, replay
+from sgd_influence_plugin import child_processes, core, coworker, interrupts, parallel, replay
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import SettingsError
 from sgd_influence_plugin.executor import LocalExecutor
@@ -294,7 +294,7 @@ def test_every_unit_of_the_package_gives_the_serial_results(results, data28, sta
 def test_an_error_in_a_worker_keeps_its_type_and_message_and_ends_the_others(tmp_path, start):
     with pytest.raises(SettingsError, match=r"^item 2: bad value; pass a good one$") as info:
         LocalExecutor(2, start).map(_fails_on_two, [0, 1, 2, 3], shared=(str(tmp_path),))
-    assert isinstance(info.value.__cause__, parallel.RemoteTraceback)
+    assert isinstance(info.value.__cause__, child_processes.RemoteTraceback)
     assert "in _fails_on_two" in str(info.value.__cause__)  # the worker's traceback
     assert _children() == []
     assert not [int(p) for p in os.listdir(tmp_path) if _alive(int(p))]
@@ -309,7 +309,7 @@ def test_an_exception_that_does_not_pickle_arrives_as_its_name_and_message(start
 
 @pytest.mark.parametrize("start", STARTS)
 def test_a_worker_that_dies_is_reported_and_the_rest_are_ended(start):
-    with pytest.raises(parallel.WorkerError, match="exit code 3"):
+    with pytest.raises(child_processes.WorkerError, match="exit code 3"):
         LocalExecutor(2, start).map(_dies_on_one, [0, 1])
     assert _children() == []
 
@@ -496,7 +496,7 @@ def test_a_helper_error_or_death_reaches_the_parent_and_no_process_is_left():
         with pytest.raises(SettingsError, match="^bad: give a good one$"):
             h.result()
     assert _children() == []
-    with pytest.raises(parallel.WorkerError, match="exit code 4"):
+    with pytest.raises(child_processes.WorkerError, match="exit code 4"):
         with coworker.helper(fn) as h:
             h.submit("die")
             h.result()
@@ -622,7 +622,7 @@ def test_a_second_ctrl_c_while_workers_are_reaped_leaves_none(monkeypatch, start
     import signal
     import threading
 
-    monkeypatch.setattr(parallel, "TERMINATE_GRACE", 2.0)
+    monkeypatch.setattr(child_processes, "TERMINATE_GRACE", 2.0)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where spawn writes the inputs
     me = os.getpid()
 

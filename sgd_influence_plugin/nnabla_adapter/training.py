@@ -48,7 +48,7 @@ def train_from_scratch(
 
     """
     os.makedirs(work, exist_ok=True)
-    cleansed = _write_kept_rows(train_csv, rows_header, rows, keep, seed, work)
+    cleansed = write_kept_rows(train_csv, rows_header, rows, keep, seed, work)
     cfg = _write_definition(config_proto_text, cleansed, len(keep), val_csv, work)
     cli = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
     cmd = [cli, "train", "-c", cfg, "-o", work]
@@ -60,7 +60,7 @@ def train_from_scratch(
     return os.path.join(work, "results.nnp")
 
 
-def _write_kept_rows(train_csv: str, rows_header, rows, keep: np.ndarray, seed: int, work: str):
+def write_kept_rows(train_csv: str, rows_header, rows, keep: np.ndarray, seed: int, work: str):
     """``work/train.csv``: the rows ``keep`` in an order shuffled by ``seed``, each cell that
     names a file beside ``train_csv`` made absolute. Returns its path.
     """
