@@ -24,8 +24,8 @@ and for each network (default: the sample CNN ``cnn`` and the LeNet-style ``lene
   ``--baseline-trials`` (default 6) trials one after another, as that plugin runs them. Its
   graphs are built once and reused, so it is as fast as that method can be made here; the time
   excludes reading and writing (which favours the baseline).
-- **steps**: seconds per replay step of :class:`core.ExactStep` (one fused double-backward
-  pass), :class:`core.FiniteDifferenceStep` (two first-order passes), the same two for two
+- **steps**: seconds per replay step of :class:`replay_steps.ExactStep` (one fused double-backward
+  pass), :class:`replay_steps.FiniteDifferenceStep` (two first-order passes), the same two for two
   query vectors at once (:mod:`crossfit`, what a run that recommends replays) and the
   baseline's loop step, against one training step (:func:`core.sgd_epoch` on one batch),
   interleaved step by step on full batches at fixed parameters; medians of wall time (the
@@ -67,7 +67,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from sgd_influence_plugin import core, crossfit, influence, output, parallel  # noqa: E402
+from sgd_influence_plugin import core, crossfit, influence, output, parallel, replay, replay_steps  # noqa: E402
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.errors import SGDInfluenceError  # noqa: E402
 from sgd_influence_plugin.nnabla_adapter import load_model, make_context  # noqa: E402
@@ -204,7 +204,7 @@ class LoopMethod:
 
 
 def baseline_replay(loop: LoopMethod, arrays, order, lrs, batch_size, u_list, wd=0.0):
-    """The loop method over one epoch, backwards like core.replay: influence (N,)."""
+    """The loop method over one epoch, backwards like replay.replay: influence (N,)."""
     n = len(next(iter(arrays.values())))
     u_cur = [x.copy() for x in u_list]
     infl = np.zeros(n)
@@ -212,7 +212,7 @@ def baseline_replay(loop: LoopMethod, arrays, order, lrs, batch_size, u_list, wd
         idx = core.step_indices(order, t, batch_size)
         dots, hu = loop(arrays, idx, u_cur)
         infl[idx] += float(lrs[t]) / len(idx) * dots
-        u_cur = core.update_query(u_cur, hu, float(lrs[t]), wd)
+        u_cur = replay_steps.update_query(u_cur, hu, float(lrs[t]), wd)
     return infl
 
 
@@ -269,7 +269,11 @@ def measure_steps(model, train, u_list, args) -> dict:
     T = core.n_steps(n, B)
     lrs = np.full(T, args.lr, np.float32)
     theta = model.get_params()
-    exact, fd, loop = core.ExactStep(model), core.FiniteDifferenceStep(model), LoopMethod(model)
+    exact, fd, loop = (
+        replay_steps.ExactStep(model),
+        replay_steps.FiniteDifferenceStep(model),
+        LoopMethod(model),
+    )
     # two query vectors in one step, as a run that recommends replays them (crossfit.py)
     exact2, fd2 = crossfit.ExactSteps(model), crossfit.FiniteDifferenceSteps(model)
     pair = [u_list, [np.float32(0.5) * x for x in u_list]]
@@ -327,7 +331,7 @@ def check_steps(model, train, u_list, args) -> dict:
     n = len(next(iter(train.values())))
     B = args.batch_size
     order = core.epoch_orders(n, 1, args.seed + 100)[0]
-    exact, loop = core.ExactStep(model), LoopMethod(model)
+    exact, loop = replay_steps.ExactStep(model), LoopMethod(model)
     dots_diff, hvp_diff = [], []
     for t in range(3):
         idx = core.step_indices(order, t, B)
@@ -342,8 +346,8 @@ def check_steps(model, train, u_list, args) -> dict:
     lrs = np.full(core.n_steps(n, B), args.replay_lr, np.float32)
     names = list(model.graph(B).params)
     u = dict(zip(names, u_list))
-    infl_exact, st_exact = core.replay(model, train, order, lrs, B, u)
-    infl_fd, st_fd = core.replay(model, train, order, lrs, B, u, step="fd")
+    infl_exact, st_exact = replay.replay(model, train, order, lrs, B, u)
+    infl_fd, st_fd = replay.replay(model, train, order, lrs, B, u, step="fd")
     return {
         "exact_vs_loop_dots": max(dots_diff),
         "exact_vs_loop_hvp": max(hvp_diff),
@@ -460,8 +464,8 @@ def dir_files(path: str) -> dict:
 # ------------------------------------------------------------------------------------------
 
 MEMORY_PHASES = {
-    "exact": "core.replay, exact step",
-    "fd": "core.replay, fd step",
+    "exact": "replay.replay, exact step",
+    "fd": "replay.replay, fd step",
     "loop": "baseline replay (batch-1 loop + HVP)",
     "train": "core.sgd_epoch",
 }
@@ -492,7 +496,7 @@ def memory_probe(args) -> dict:
     names = list(model.graph(args.batch_size).params)
     u = dict(zip(names, u_list))
     if args.memory_phase in ("exact", "fd"):
-        core.replay(model, train, order, lrs, args.batch_size, u, step=args.memory_phase)
+        replay.replay(model, train, order, lrs, args.batch_size, u, step=args.memory_phase)
     elif args.memory_phase == "loop":
         baseline_replay(LoopMethod(model), train, order, lrs, args.batch_size, u_list)
     else:
@@ -689,8 +693,8 @@ def report(infos: list, args, setup: dict) -> list:
             log(f"    {label:<44} {value:8.2f} E  {bound}")
         log(f"  seconds per step (median of {st['n']}, interleaved)")
         for key, label in (
-            ("exact", "exact replay step (core.ExactStep)"),
-            ("fd", "fd replay step (core.FiniteDifferenceStep)"),
+            ("exact", "exact replay step (replay_steps.ExactStep)"),
+            ("fd", "fd replay step (replay_steps.FiniteDifferenceStep)"),
             ("loop", "baseline loop step (B x batch-1 + HVP)"),
             ("train", "training step (core.sgd_epoch, one batch)"),
             ("exact2", "two vectors, exact (crossfit.ExactSteps)"),

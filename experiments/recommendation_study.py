@@ -168,6 +168,7 @@ def collect(a):
 def grid(a):
     """Run the recommendation's check on a collected case; print every candidate."""
     from sgd_influence_plugin import recommend as rc
+    from sgd_influence_plugin import recommendation as rn
     from sgd_influence_plugin.dataset import load_dataset
     from sgd_influence_plugin.nnabla_adapter import load_model
 
@@ -187,12 +188,12 @@ def grid(a):
         predict=model.predict,
     )  # fmt: skip
     flipped = s["labels"] != s["true_labels"]
-    rec = rc.build(sus, cands, len(half["x"]), {})
+    rec = rn.build(sus, cands, len(half["x"]), {})
     chosen = rec.chosen
     summary = {
         "case": os.path.basename(out),
         "reason": rec.reason,
-        "z_required": rc.z_required(len(cands)),
+        "z_required": rn.z_required(len(cands)),
         "chosen": None
         if chosen is None
         else {
@@ -205,7 +206,7 @@ def grid(a):
         },
         "candidates": [
             {
-                **c.to_dict(rc.z_required(len(cands))),
+                **c.to_dict(rn.z_required(len(cands))),
                 "precision": float(flipped[c.rows].mean()),
                 "recall": float(flipped[c.rows].sum() / max(1, flipped.sum())),
             }
@@ -215,7 +216,7 @@ def grid(a):
     with open(os.path.join(out, "grid.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(f"{out}: {len(cands) + 1} epochs in {time.perf_counter() - t:.0f} s; {rec.reason}")
-    bar = rc.z_required(len(cands))
+    bar = rn.z_required(len(cands))
     for c in cands:
         prec = flipped[c.rows].mean()
         rec_ = flipped[c.rows].sum() / max(1, flipped.sum())

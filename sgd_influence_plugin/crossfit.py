@@ -39,7 +39,7 @@ from typing import Callable, ContextManager, Dict, List, Mapping, Optional, Sequ
 
 import numpy as np
 
-from . import core
+from . import core, replay, replay_steps
 
 
 class _SinkGraphs(core._StepGraphs):
@@ -60,9 +60,9 @@ class _SinkGraphs(core._StepGraphs):
 
 
 class ExactSteps:
-    """:class:`.core.ExactStep` for several query vectors: ``steps(arrays, idx, us)`` returns
-    ``[(dots, hu), ...]``, one pair per vector, each the same numbers as ``ExactStep`` gives
-    for it, from one forward pass and one double-backward pass per vector.
+    """:class:`.replay_steps.ExactStep` for several query vectors: ``steps(arrays, idx, us)``
+    returns ``[(dots, hu), ...]``, one pair per vector, each the same numbers as ``ExactStep``
+    gives for it, from one forward pass and one double-backward pass per vector.
     """
 
     name = "exact"
@@ -91,41 +91,41 @@ class ExactSteps:
 
 
 class FiniteDifferenceSteps:
-    """:class:`.core.FiniteDifferenceStep` for several query vectors, the same numbers for
+    """:class:`.replay_steps.FiniteDifferenceStep` for several query vectors, the same numbers for
     each: two first-order passes per vector (points ``theta +/- eps u`` differ per vector, so
     nothing but the graphs can be shared).
     """
 
     name = "fd"
 
-    def __init__(self, model, rel_step: float = core.FD_REL_STEP):
-        self.one = core.FiniteDifferenceStep(model, rel_step)
+    def __init__(self, model, rel_step: float = replay_steps.FD_REL_STEP):
+        self.one = replay_steps.FiniteDifferenceStep(model, rel_step)
 
     def __call__(self, arrays: Mapping[str, np.ndarray], idx: np.ndarray, us: Sequence):
         """``[(dots, hu), ...]`` of the samples ``idx``, one pair per vector of ``us``."""
         return [self.one(arrays, idx, u) for u in us]
 
 
-def make_steps(model, step: str = "exact", fd_rel_step: float = core.FD_REL_STEP):
-    """The several-vector replay step ``step`` (one of :data:`.core.REPLAY_STEPS`)."""
+def make_steps(model, step: str = "exact", fd_rel_step: float = replay_steps.FD_REL_STEP):
+    """The several-vector replay step ``step`` (one of :data:`.replay_steps.REPLAY_STEPS`)."""
     if step == "exact":
         return ExactSteps(model)
     if step == "fd":
         return FiniteDifferenceSteps(model, fd_rel_step)
-    raise ValueError(f"unknown replay step {step!r}; choose one of {core.REPLAY_STEPS}")
+    raise ValueError(f"unknown replay step {step!r}; choose one of {replay_steps.REPLAY_STEPS}")
 
 
 def _replay_loop(
     model, arrays, order, lrs, batch_size, us, weight_decay, params_at, progress, step, rel
-) -> Tuple[np.ndarray, List[core.ReplayStats]]:
-    """:func:`.core.replay`'s loop (Algorithm 2) for every vector of ``us`` at each step."""
+) -> Tuple[np.ndarray, List[replay.ReplayStats]]:
+    """:func:`.replay.replay`'s loop (Algorithm 2) for every vector of ``us`` at each step."""
     n = len(order)
     T = core.n_steps(n, batch_size)
     steps = make_steps(model, step, rel)
     names = list(model.graph(min(batch_size, n)).params.keys())
     cur = [[np.array(u[k], dtype=np.float32, copy=True) for k in names] for u in us]
     infl = np.zeros((len(us), len(next(iter(arrays.values())))), dtype=np.float64)
-    norm0 = [core._norm(u) for u in cur]
+    norm0 = [replay_steps.norm(u) for u in cur]
     start = time.perf_counter()
     for done, t in enumerate(range(T - 1, -1, -1)):
         if params_at is not None:
@@ -134,12 +134,12 @@ def _replay_loop(
         lr = float(lrs[t])
         for k, (dots, hu) in enumerate(steps(arrays, idx, cur)):
             infl[k, idx] += lr / len(idx) * dots  # the step's weight on sample i is 1/|S|
-            cur[k] = core.update_query(cur[k], hu, lr, weight_decay)
+            cur[k] = replay_steps.update_query(cur[k], hu, lr, weight_decay)
         if progress is not None:
             progress("replay", done + 1, T)
     seconds = time.perf_counter() - start
     stats = [
-        core.ReplayStats(T, seconds, core._norm(u) / n0 if n0 else 1.0, step)
+        replay.ReplayStats(T, seconds, replay_steps.norm(u) / n0 if n0 else 1.0, step)
         for u, n0 in zip(cur, norm0)
     ]
     return infl, stats
@@ -156,18 +156,18 @@ def replay_vectors(
     params_at: Optional[Callable[[int], Dict[str, np.ndarray]]] = None,
     progress: Optional[core.Progress] = None,
     step: str = "exact",
-    fd_rel_step: float = core.FD_REL_STEP,
+    fd_rel_step: float = replay_steps.FD_REL_STEP,
     helper: Optional[Callable[[Callable], ContextManager]] = None,
-) -> Tuple[np.ndarray, List[core.ReplayStats]]:
-    """:func:`.core.replay` of every query vector in ``us`` through the same epoch.
+) -> Tuple[np.ndarray, List[replay.ReplayStats]]:
+    """:func:`.replay.replay` of every query vector in ``us`` through the same epoch.
 
-    Arguments as :func:`.core.replay`, but ``us`` (K vectors) and ``helper``: with one (e.g.
+    Arguments as :func:`.replay.replay`, but ``us`` (K vectors) and ``helper``: with one (e.g.
     :func:`.coworker.helper`) and K >= 2, a forked process replays ``us[1:]`` while this one
     replays ``us[0]`` (any step, any cache); the same numbers as in one process.
 
     Returns:
         ``(infl, stats)``: float64 (K, N), row k the scores of ``us[k]`` (the same as
-        ``core.replay`` gives for it alone), and one :class:`.core.ReplayStats` per vector.
+        ``replay.replay`` gives for it alone), and one :class:`.replay.ReplayStats` per vector.
 
     """
     loop = lambda vectors, prog: _replay_loop(  # noqa: E731
@@ -195,14 +195,14 @@ def replay_with_candidates(
     batch_size: int,
     val_batch_size: int = 256,
     **replay_args,
-) -> Tuple[np.ndarray, core.ReplayStats]:
+) -> Tuple[np.ndarray, replay.ReplayStats]:
     """The replay of ``u`` (every validation row's gradient) and of ``u_A``, the gradient of
     the mean loss over the validation rows ``candidate_rows`` (half A), at the model's
     current parameters, through one epoch (:func:`replay_vectors`; ``replay_args`` as there).
 
     Returns:
         ``(infl, stats)``: float64 (2, N), row 0 the influence (every validation row), row 1
-        the candidates' order (half A); one :class:`.core.ReplayStats` for both: the wall
+        the candidates' order (half A); one :class:`.replay.ReplayStats` for both: the wall
         time, and the larger growth of the two vectors (a trial is as unstable as its worse
         replay).
 
@@ -212,5 +212,5 @@ def replay_with_candidates(
     start = time.perf_counter()
     infl, stats = replay_vectors(model, train, order, lrs, batch_size, [u, u_a], **replay_args)
     growth = float(np.max([s.u_growth for s in stats]))  # NaN stays NaN
-    joint = core.ReplayStats(stats[0].steps, time.perf_counter() - start, growth, stats[0].step)
+    joint = replay.ReplayStats(stats[0].steps, time.perf_counter() - start, growth, stats[0].step)
     return infl, joint

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from . import core
+from . import core, replay_steps
 
 #: ``eta * lambda_max`` allowed for the sampled mini-batch Hessians. 2 is the edge of
 #: stability for one step; the sampled batches and a few Lanczos steps under-estimate the
@@ -117,9 +117,9 @@ def batch_hvp(graphs, arrays: Mapping[str, np.ndarray], index: np.ndarray):
     H is the Hessian of ``1/|S| sum_{i in S} l_i`` at the model's current parameters, computed
     by the replay's fused graph (one forward + one backward per product) when ``graphs`` is a
     fused :class:`core.GraphCache`, or by central differences of two gradients when it is a
-    :class:`core.FiniteDifferenceStep` (first derivatives only, see :func:`measure`).
+    :class:`replay_steps.FiniteDifferenceStep` (first derivatives only, see :func:`measure`).
     """
-    if isinstance(graphs, core.FiniteDifferenceStep):
+    if isinstance(graphs, replay_steps.FiniteDifferenceStep):
         return _fd_hvp(graphs, arrays, index)
     sg = graphs(len(index))
     sg.feed(arrays, index, np.full(len(index), 1.0 / len(index), dtype=np.float32))
@@ -159,7 +159,7 @@ def measure(
         iterations: Lanczos iterations per batch; the cost is ``batches * iterations`` fused
             steps.
         graphs: a fused :class:`core.GraphCache` to reuse, or a
-            :class:`core.FiniteDifferenceStep` (default: :func:`hvp_operator`'s choice).
+            :class:`replay_steps.FiniteDifferenceStep` (default: :func:`hvp_operator`'s choice).
 
     Returns:
         A :class:`Curvature`; the Hessian excludes weight decay (add lambda to both extremes).
@@ -218,7 +218,7 @@ def hvp_operator(model, batch_size: int):
     try:
         graphs(batch_size)
     except NotImplementedError as e:
-        return core.FiniteDifferenceStep(model), "fd", str(e).strip().splitlines()[0]
+        return replay_steps.FiniteDifferenceStep(model), "fd", str(e).strip().splitlines()[0]
     return graphs, "exact", ""
 
 

@@ -18,7 +18,7 @@ A **unit** is a module-level function, written once, called as
   ends the unit at its next step once the caller stopped the map;
 - it returns something that pickles (arrays, numbers, dataclasses of them).
 
-The units: :func:`.influence.trial_unit` (one trial), :func:`.heldout_check.check_epoch_unit`
+The units: :func:`.trials.trial_unit` (one trial), :func:`.heldout_check.check_epoch_unit`
 (one epoch of the recommendation's check), :func:`.fidelity.rerun_unit` (one leave-one-out
 re-run of ``check``), :func:`.evaluate.retrain_unit` and :func:`.evaluate.scratch_unit` (one
 retraining). Decoding a dataset's rows (:mod:`.dataset`) uses the local process pool

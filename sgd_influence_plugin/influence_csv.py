@@ -126,7 +126,7 @@ class RowCells:
 
 def row_cells(train: Dataset, columns: TableColumns, scores: np.ndarray, rec) -> RowCells:
     """The :class:`RowCells` of ``train`` for ``scores`` (float64 (N,)) and the run's
-    :class:`~.recommend.Recommendation` ``rec`` (None: every row ``keep``, no class).
+    :class:`~.recommendation.Recommendation` ``rec`` (None: every row ``keep``, no class).
     """
     n = train.size
     if rec is None:

@@ -166,7 +166,7 @@ class ScoreArguments:
         dialog=Dialog("-n"),
     )
     # An unstable trial: non-finite scores, or the query vector growing more than
-    # influence.GROWTH_LIMIT times.
+    # trials.GROWTH_LIMIT times.
     retries: int = option(
         2,
         help="times an unstable trial is run again at a quarter of its rate before the run "
@@ -188,7 +188,7 @@ class ScoreArguments:
     val_batch_size: int = option(
         256, help="batch size of the validation gradient (no effect on the result)", flag=None
     )
-    # fd costs about 2x a training step per replay step instead of 4-6x (core.replay); on the
+    # fd costs about 2x a training step per replay step instead of 4-6x (replay.replay); on the
     # sample and in the leave-one-out tests both give the same precision and fidelity to 0.01.
     replay_step: str = option(
         "fd",

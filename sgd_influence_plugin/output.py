@@ -96,7 +96,7 @@ class RunContent:
         losses: float64 (N,) per-row training losses for the ``loss`` column (empty if None).
         trial_scores: float64 (M, N) each trial's raw scores, for ``<stem>_trials.csv``
             (None: no trials CSV).
-        recommendation: the run's :class:`~.recommend.Recommendation` (None: every row
+        recommendation: the run's :class:`~.recommendation.Recommendation` (None: every row
             ``keep``, no suggested label).
         label_names: class names, ``label_names[k]`` for label k (checked by the caller);
             the summary and the report show them beside the numbers, the CSV keeps numbers.

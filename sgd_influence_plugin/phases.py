@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import numpy as np
 
-from . import core, coworker, crossfit, parallel
+from . import core, coworker, crossfit, parallel, replay
 from . import target as target_mod
 from .errors import SettingsError
 from .settings import InfluenceSettings, read_yaml, write_yaml
@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .resolved import ResolvedSettings
 
 
-def _dir_bytes(path: str) -> int:
+def dir_bytes(path: str) -> int:
+    """Bytes of the files under ``path`` (a trial's cache folder)."""
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
@@ -121,7 +122,7 @@ def run_inference_phase(
     candidate_rows: Optional[np.ndarray] = None,
 ):
     """Algorithm 2 from a cache written by :func:`run_training_phase`, then the settings'
-    target (:mod:`.target`); ``helper``: see :func:`.core.replay` (a second process for the fd
+    target (:mod:`.target`); ``helper``: see :func:`.replay.replay` (a second process for the fd
     step's minus pass, or None). With ``candidate_rows`` (indices into ``val``: half A of a
     run that recommends) the gradient over those rows is replayed too, in the same pass
     (:func:`.crossfit.replay_with_candidates`; ``helper`` then replays it beside).
@@ -132,7 +133,7 @@ def run_inference_phase(
         epoch, with target ``class-centred`` minus the mean of that estimate over the rows of
         the row's class (negative = harmful); with ``candidate_rows`` (2, N): that, then the
         same from the candidate rows alone (each row centred on its own); the replay's
-        :class:`~sgd_influence_plugin.core.ReplayStats`; and the mean validation loss (over
+        :class:`~sgd_influence_plugin.replay.ReplayStats`; and the mean validation loss (over
         every row of ``val``) at the final parameters.
 
     """
@@ -145,24 +146,16 @@ def run_inference_phase(
         )
     model.load_params(os.path.join(cache_dir, PARAMS_FILE))
     u, val_loss = core.validation_gradient_and_loss(model, val, val_batch_size)
-    params_at = None
-    if meta.get("cache") == "all":
-
-        def params_at(t):
-            from .nnabla_adapter import read_params
-
-            return read_params(_step_path(cache_dir, t), model.info.trainable)
-
     batch_size = int(meta["resolved_batch_size"])
     replay_args = dict(
         weight_decay=float(meta["resolved_weight_decay"]),
-        params_at=params_at,
+        params_at=_params_at(model, cache_dir) if meta.get("cache") == "all" else None,
         progress=progress,
         step=meta.get("replay_step", "exact"),
         helper=helper,
     )
     if candidate_rows is None:
-        infl, stats = core.replay(model, train, order, lrs, batch_size, u, **replay_args)
+        infl, stats = replay.replay(model, train, order, lrs, batch_size, u, **replay_args)
     else:
         infl, stats = crossfit.replay_with_candidates(
             model, train, val, candidate_rows, u, order, lrs, batch_size, val_batch_size,
@@ -173,11 +166,22 @@ def run_inference_phase(
     return infl, stats, val_loss
 
 
+def _params_at(model, cache_dir: str):
+    """``t -> the parameters before step t`` of an all-parameters cache (``cache="all"``)."""
+
+    def params_at(t):
+        from .nnabla_adapter import read_params
+
+        return read_params(_step_path(cache_dir, t), model.info.trainable)
+
+    return params_at
+
+
 def replay_helper(settings: InfluenceSettings, cores: int, vectors: int = 1):
     """:func:`.coworker.helper` when a trial has ``cores`` cores (at least 2) to give its
     replay a second process and this platform can fork one; else None. With one query vector
     only the fd step's minus pass with a final-parameters cache can go there (see
-    :func:`.core.replay`: the same scores in about half the replay's wall time); with
+    :func:`.replay.replay`: the same scores in about half the replay's wall time); with
     ``vectors`` >= 2 any replay can, the second vector's (:func:`.crossfit.replay_vectors`).
     """
     if vectors < 2 and (settings.replay_step != "fd" or settings.cache != "final"):

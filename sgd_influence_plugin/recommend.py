@@ -26,16 +26,18 @@ from one seeded half of the validation rows; the check measures on the other hal
    within one standard error of the best (the one-standard-error rule); if none counts,
    change nothing.
 
-The suspects and candidates are :mod:`.suspects` (their names are importable from here too).
-The rule is numpy only, but for :func:`recommend` and :func:`early_work`, which run it.
+The suspects and candidates are :mod:`.suspects` and the check :mod:`.heldout_check` (their
+names are importable from here too); the record and the rule that decides from the checked
+candidates, numpy only, are :mod:`.recommendation`. This module runs them for one run:
+:func:`split_for_check` (whether it can recommend, and which validation rows choose and which
+check), :func:`recommend`, and :func:`early_work` (what can be computed beside the influence).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from statistics import NormalDist
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -55,6 +57,7 @@ from .heldout_check import (  # noqa: F401 - part of this module's interface
     split_validation,
 )
 from .probabilities import as_probabilities
+from .recommendation import Recommendation, build, unavailable
 from .suspects import (  # noqa: F401 - part of this module's interface
     GIVEN_LABEL_LEVELS,
     ORDERS,
@@ -64,196 +67,81 @@ from .suspects import (  # noqa: F401 - part of this module's interface
     combined_order,
     find_suspects,
 )
+from .tiny_inputs import too_few_to_recommend
 
-#: The chance, at most, that noise alone makes a run recommend a change (one-sided, over all
-#: the candidates it tries; see :func:`z_required`). On clean labels a LeNet-style case had a
-#: 213-row candidate at z = -2.7 among 8: a 2-standard-error bar would have removed them.
-FAMILY_ALPHA = 0.01
 #: Fewer held-out rows than this cannot back a recommendation (the standard error of the
 #: mean loss difference is then too rough): the recommendation is to change nothing.
 MIN_HELDOUT = 100
-ACTIONS = ("keep", "relabel", "remove")
-
-
-def z_required(n_candidates: int, alpha: float = FAMILY_ALPHA) -> float:
-    """Standard errors a candidate must lower the held-out loss by: the one-sided normal
-    quantile at ``alpha / n_candidates`` (Bonferroni), e.g. 3.02 for 8 candidates.
-    """
-    return NormalDist().inv_cdf(1.0 - alpha / max(1, n_candidates))
-
-
-def choose(checked: Sequence[Candidate]) -> Optional[Candidate]:
-    """The recommended candidate, or None (change nothing).
-
-    A candidate passes if it lowers the held-out loss by :func:`z_required` standard errors
-    for ``len(checked)`` candidates. Among those, the best is the one with the lowest held-out
-    loss; the choice is the one with the fewest changed rows, then the lower held-out loss
-    (so of two sets of one size, the check's better one), whose held-out loss
-    is within one paired standard error of the best's.
-    """
-    z_bar = z_required(len(checked))
-    passing = [c for c in checked if c.passes(z_bar)]
-    if not passing:
-        return None
-    best = min(passing, key=lambda c: c.loss_change)
-    for c in sorted(passing, key=lambda c: (len(c.rows), c.loss_change)):
-        if c is best:
-            return c
-        if c.heldout_loss is None or best.heldout_loss is None:
-            continue
-        gap, se = paired_change(c.heldout_loss, best.heldout_loss)
-        if gap <= se:
-            return c
-    return best
-
-
-@dataclass
-class Recommendation:
-    """The run's advice for every training row, and the evidence.
-
-    Attributes:
-        action: (N,) str, ``keep``, ``relabel`` or ``remove``.
-        suggested: int64 (N,) the model's class for every row (the new label of ``relabel``
-            rows); ``confidence``: float64 (N,) its probability.
-        chosen: the candidate recommended, or None (change nothing).
-        checked: every candidate tried, with its held-out result.
-        n_heldout: validation rows the check measured on (half B: not used to choose the
-            candidates).
-        n_suspects: rows harmful in every trial whose label the model does not predict.
-        reason: one sentence for the summary.
-        check: what the check ran (rate, epochs, seed).
-        available: False when the run cannot recommend (not a classifier, too few held-out
-            rows); ``reason`` says why and every action is ``keep``.
-        agreement: float64 (N,) each row's share of nearest validation rows with its label
-            (:attr:`Suspects.agreement`), or None when not measured.
-
-    """
-
-    action: np.ndarray
-    suggested: np.ndarray
-    confidence: np.ndarray
-    chosen: Optional[Candidate]
-    checked: List[Candidate]
-    n_heldout: int
-    n_suspects: int
-    reason: str
-    check: Dict = field(default_factory=dict)
-    available: bool = True
-    agreement: Optional[np.ndarray] = None
-
-    def counts(self) -> Dict[str, int]:
-        """Rows per action."""
-        return {a: int(np.sum(self.action == a)) for a in ACTIONS}
-
-    def to_dict(self) -> Dict:
-        """For ``settings.yaml``."""
-        z_bar = z_required(len(self.checked))
-        return {
-            "available": self.available,
-            "reason": self.reason,
-            "counts": self.counts(),
-            "suspects": self.n_suspects,
-            "heldout_rows": self.n_heldout,
-            "z_required": round(z_bar, 3) if self.checked else None,
-            "chosen": self.chosen.to_dict(z_bar) if self.chosen else None,
-            "checked": [
-                {**c.to_dict(z_bar), "recommended": c is self.chosen} for c in self.checked
-            ],
-            "check": dict(self.check),
-            "rule": (
-                "suspects = influence < 0 in every trial and the model predicts another class; "
-                "candidates = suspects whose given label has probability below each level, "
-                "and as many suspects with the smallest sum of ranks (margin of the "
-                "model's class over the given label, largest first; influence, most harmful "
-                "first; where the network has a feature layer, the share of the row's nearest "
-                "validation rows with its label, smallest first), removed; a candidate passes "
-                "if one settling epoch on the changed "
-                "data lowers the held-out validation loss by >= z_required standard errors "
-                f"(Bonferroni: noise alone passes one with chance <= {FAMILY_ALPHA:g}); "
-                "recommended = the passing candidate with the fewest rows within one standard "
-                "error of the best; none passes = change nothing"
-            ),
-        }
-
-
-def unavailable(n: int, reason: str, prob: Optional[np.ndarray] = None) -> Recommendation:
-    """A recommendation that changes nothing, for runs that cannot decide; ``prob``: the
-    classifier's probabilities (N, C), when there is one, so every row still shows the
-    model's class (``suggested``, -1 without) and its probability.
-    """
-    return Recommendation(
-        action=np.full(n, "keep", dtype=object),
-        suggested=np.full(n, -1, dtype=np.int64) if prob is None else prob.argmax(axis=1),
-        confidence=np.full(n, np.nan) if prob is None else prob.max(axis=1),
-        chosen=None,
-        checked=[],
-        n_heldout=0,
-        n_suspects=0,
-        reason=reason,
-        available=False,
-    )
-
-
-def build(suspects: Suspects, checked: List[Candidate], n_heldout: int, check: Dict):
-    """The :class:`Recommendation` from checked candidates (pure)."""
-    n = len(suspects.given)
-    action = np.full(n, "keep", dtype=object)
-    chosen = choose(checked)
-    n_suspects = int(suspects.mask.sum())
-    if chosen is not None:
-        action[chosen.rows] = chosen.action
-        as_many = f"(as many as give the given label under {chosen.level:g})"
-        which = {
-            "margin_and_influence": f"they are the {len(chosen.rows)} where it is surest of "
-            f"its class and the influence is most harmful, the two ranks together {as_many}",
-            "margin_influence_neighbours": f"they are the {len(chosen.rows)} where it is "
-            "surest of its class, the influence is most harmful and the fewest of the nearest "
-            f"validation rows share the label, the three ranks together {as_many}",
-        }.get(chosen.order, f"the given label has probability under {chosen.level:g}")
-        reason = (
-            f"{chosen.action} {len(chosen.rows)} rows: harmful in every trial, the model "
-            f"predicts another class, and {which}; one settling epoch on the changed data "
-            f"lowered the held-out validation loss by {-chosen.loss_change:.3g} "
-            f"({-chosen.z:.1f} standard errors)"
-        )
-    elif n_suspects == 0:
-        reason = (
-            "change nothing: no row is harmful in every trial with a label the model does not "
-            "predict"
-        )
-    elif checked and not any(math.isfinite(c.loss_change) for c in checked):
-        reason = (
-            f"change nothing: {n_suspects} suspect rows, but the check's epochs gave no finite "
-            f"held-out loss (one epoch at lr {check.get('lr', math.nan):g} from the trained "
-            "model diverged), so no change could be checked; the scores are not affected"
-        )
-    else:
-        finite = [c for c in checked if math.isfinite(c.loss_change)]
-        best = min(finite, key=lambda c: c.loss_change) if finite else None
-        reason = (
-            f"change nothing: {n_suspects} suspect rows, but no change of them lowered the "
-            f"held-out validation loss by {z_required(len(checked)):.2f} standard errors"
-            + (
-                f" (best: {best.action} {len(best.rows)}, {best.loss_change:+.3g}, z {best.z:+.1f})"
-                if best is not None
-                else ""
-            )
-        )
-    return Recommendation(
-        action=action,
-        suggested=suspects.suggested,
-        confidence=suspects.confidence,
-        chosen=chosen,
-        checked=checked,
-        n_heldout=n_heldout,
-        n_suspects=n_suspects,
-        reason=reason,
-        check=check,
-        agreement=suspects.agreement,
-    )
 
 
 # ----------------------------------------------------------------------------- one run
+
+
+@dataclass
+class CheckSplit:
+    """The validation rows' roles in a run (:func:`split_for_check`). The influence itself
+    uses every validation row either way.
+
+    Attributes:
+        candidates_val: the arrays the candidates are chosen with (half A), or every row.
+        heldout: the arrays the check measures on (half B), or None: no recommendation.
+        why_not: why there is no recommendation ("" when there is one).
+        first: half A's row indices (the candidates' replay), or None.
+        label: the class label column the recommendation reads, or None.
+
+    """
+
+    candidates_val: Dict[str, np.ndarray]
+    heldout: Optional[Dict[str, np.ndarray]] = None
+    why_not: str = ""
+    first: Optional[np.ndarray] = None
+    label: Optional[str] = None
+
+
+def is_classifier(info) -> bool:
+    """One class label column and an executor network that outputs class scores."""
+    return bool(len(info.label_classes) == 1 and info.runtime_network)
+
+
+def split_for_check(wanted: bool, info, train, val, seed: int) -> CheckSplit:
+    """Half A of the validation rows (seeded, :func:`.heldout_check.split_validation`) to
+    choose the candidates, half B held out to check them; or every row and why there is no
+    recommendation (``wanted`` False: turned off). The recommendation needs a classifier
+    (:func:`is_classifier`) and enough validation rows for two halves. A regression gets
+    none: removing its worst-fitted rows passed the check's settling epoch on a real console
+    result and then made the retrained model worse (docs/recommendation.md).
+
+    Args:
+        info: the model's :class:`~sgd_influence_plugin.nnabla_adapter.ModelInfo`.
+        train / val: the decoded :class:`~sgd_influence_plugin.dataset.Dataset` s.
+        seed: the run's seed.
+
+    """
+    need = 2 * MIN_HELDOUT
+    if not wanted:
+        why = "no recommendation: turned off"
+    elif not is_classifier(info):
+        why = (
+            "no recommendation: it needs a classifier (one class label and an executor "
+            "network that outputs class scores); remove_ratio leaves out a share of the most "
+            "harmful rows instead"
+        )
+    elif too_few_to_recommend(train.size):
+        why = too_few_to_recommend(train.size)
+    elif val.size < need:
+        why = (
+            f"no recommendation: {val.size} validation rows; at least {need} are needed (half "
+            "to choose the changes, half held out to check them). Add "
+            f"{need - val.size} labelled rows to the validation CSV (for example from the "
+            "training CSV), or look at the most harmful rows and cleanse a share of them with "
+            "remove_ratio"
+        )
+    else:
+        first, held = split_validation(val.size, seed)
+        pick = lambda idx: {k: v[idx] for k, v in val.arrays.items()}  # noqa: E731
+        label = info.target_column or next(iter(info.label_classes), None)
+        return CheckSplit(pick(first), pick(held), "", first, label)
+    return CheckSplit(val.arrays, None, why, None, None)
 
 
 def _check_key(lr, batch_size, weight_decay, seed, check_rows, n, reference, label) -> Tuple:
@@ -366,44 +254,100 @@ def recommend(
         batch_size / weight_decay: the check epoch's (the replayed epoch's).
         lambda_max: the measured top curvature (for adaptive solvers' check rate).
         seed: the run's seed.
-        executor: where the check's epochs run (:mod:`.executor`, the same results
-            anywhere); None = in this process.
-        check_rows: training rows each check epoch visits (see :data:`CHECK_ROWS`; None =
-            all).
-        early: :func:`early_work`'s result for these arguments, or None; the same result
-            either way (it is used only when it was computed with this rate, batch size,
-            weight decay, seed and sample).
+        executor: where the check's epochs run (:mod:`.executor`); None = in this process.
+        check_rows: training rows each check epoch visits (:data:`CHECK_ROWS`; None = all).
+        early: :func:`early_work`'s result, or None: the same result either way (it is used
+            only if computed with this rate, batch size, weight decay, seed and sample).
         reference: column -> (V', ...) the validation rows ``trial_scores`` came from (half
-            A; trusted labels), for the neighbours' agreement
-            (:func:`.neighbours.model_agreement`); None: the ranks use the margin and the
-            influence only.
+            A; trusted labels), for the neighbours' agreement (:mod:`.neighbours`); None: the
+            ranks use the margin and the influence only.
 
     """
     log = log or (lambda msg: None)
     executor = executor or LocalExecutor(1)
+    n, n_held = len(train[label_column]), len(heldout[label_column])
+    lr, rate_source, why_not = _check_rate_or_why_not(model, n_held, lambda_max)
+    if why_not:
+        return unavailable(n, why_not)
+    key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n, reference, label_column)
+    early = early if early is not None and early.get("key") == key else None
+    suspects, neighbours = _suspects(model, train, label_column, trial_scores, reference, early)
+    cands = candidates(suspects)
+    check = _check(
+        model, train, heldout, label_column, suspects, cands, (lr, rate_source), batch_size,
+        weight_decay, seed, progress, check_rows, executor, early, neighbours, log,
+    )  # fmt: skip
+    rec = build(suspects, cands, n_held, check)
+    log("recommendation: " + rec.reason)
+    return rec
+
+
+def _check(
+    model, train, heldout, label_column, suspects, cands, rate, batch_size, weight_decay, seed,
+    progress, check_rows, executor, early, neighbours, log,
+) -> Dict:  # fmt: skip
+    """The candidates checked, if any (:func:`.heldout_check.check_candidates`: their results
+    set on each; the epoch on the data as given taken from ``early`` when there), at ``rate``
+    = ``(lr, where it comes from)``; returns what the check ran (:func:`_check_facts`).
+    """
+    lr, rate_source = rate
     n = len(train[label_column])
-    n_held = len(heldout[label_column])
+    facts = _check_facts(
+        neighbours, lr, rate_source, batch_size, weight_decay, seed, n, check_rows, cands,
+        executor, early,
+    )  # fmt: skip
+    if cands:
+        log(
+            f"checking {len(cands)} candidate changes of {int(suspects.mask.sum())} suspect "
+            f"rows on {len(heldout[label_column])} held-out validation rows"
+        )
+        check_candidates(
+            model, train, heldout, label_column, cands, lr, batch_size, weight_decay,
+            seed=seed + SEED_OFFSET, predict=model.predict, progress=progress,
+            rows=check_rows, executor=executor, base=early["base"] if early else None,
+        )  # fmt: skip
+    return facts
+
+
+def _check_rate_or_why_not(model, n_held: int, lambda_max: float) -> Tuple[float, str, str]:
+    """``(the check's rate, where it comes from, "")``, or a sentence saying why the run
+    cannot recommend (too few held-out rows, no rate for the check) as the third item.
+    """
     if n_held < MIN_HELDOUT:
-        return unavailable(
-            n,
-            f"no recommendation: {n_held} held-out validation rows, at least {MIN_HELDOUT} "
-            "are needed to check one (give a larger validation set)",
+        return (
+            math.nan,
+            "",
+            (
+                f"no recommendation: {n_held} held-out validation rows, at least {MIN_HELDOUT} "
+                "are needed to check one (give a larger validation set)"
+            ),
         )
     solver = model.info.solver
     lr, rate_source = check_rate(solver.type, solver.lr, lambda_max)
     if not math.isfinite(lr):
-        return unavailable(n, f"no recommendation: {rate_source}")
-    key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n, reference, label_column)
-    if early is not None and early.get("key") != key:
-        early = None
+        return lr, rate_source, f"no recommendation: {rate_source}"
+    return lr, rate_source, ""
+
+
+def _suspects(model, train, label_column: str, trial_scores, reference, early):
+    """``(Suspects, the neighbours' facts)``: from :func:`early_work`'s signals when given,
+    else from :func:`training_signals` now.
+    """
     if early:
         prob, agreement, neighbours = early["prob"], early["agreement"], early["neighbours"]
     else:
         prob, agreement, neighbours = training_signals(model, train, reference, label_column)
+    n = len(train[label_column])
     labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
-    suspects = find_suspects(labels, prob, trial_scores, agreement)
-    cands = candidates(suspects)
-    check = {
+    return find_suspects(labels, prob, trial_scores, agreement), neighbours
+
+
+def _check_facts(
+    neighbours, lr, rate_source, batch_size, weight_decay, seed, n, check_rows, cands,
+    executor, early,
+) -> Dict:  # fmt: skip
+    """What the check ran, for ``settings.yaml`` (:attr:`.recommendation.Recommendation.check`)."""
+    return {
         "neighbours": neighbours,
         "lr": lr,
         "lr_source": rate_source,
@@ -418,16 +362,3 @@ def recommend(
         # the epoch on the data as given: run beside the influence (early_work), or here
         "base_epoch": "beside the influence" if early else "after the influence",
     }
-    if cands:
-        log(
-            f"checking {len(cands)} candidate changes of {int(suspects.mask.sum())} suspect "
-            f"rows on {n_held} held-out validation rows"
-        )
-        check_candidates(
-            model, train, heldout, label_column, cands, lr, batch_size, weight_decay,
-            seed=seed + SEED_OFFSET, predict=model.predict, progress=progress,
-            rows=check_rows, executor=executor, base=early["base"] if early else None,
-        )  # fmt: skip
-    rec = build(suspects, cands, n_held, check)
-    log("recommendation: " + rec.reason)
-    return rec

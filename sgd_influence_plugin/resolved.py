@@ -1,14 +1,26 @@
-"""What the replay actually used: the settings with the model's defaults filled in and the
-measured curvature (:func:`.influence.resolve` fills it; :mod:`.phases` and
-:mod:`.influence` read it).
+"""The run's settings resolved against the model: what the replay will use and, once the
+curvature is measured, at which rate.
+
+:func:`resolve` fills in the solver's weight decay, batch size and rate (:class:`ResolvedSettings`);
+:func:`choose_lr` measures the curvature and settles the rate (``auto``: the stable rate;
+a rate given: kept, with a warning when it breaks the bounds); :func:`check_rates` refuses a
+rate and weight decay that leave nothing to replay (:func:`.validation.check_replay_rate`
+runs it before anything is computed, :func:`choose_lr` again on the rate it chose).
+:mod:`.influence`, :mod:`.trials` and :mod:`.phases` read the result.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
+
+from . import core
 from . import curvature as curvature_mod
+from .errors import SettingsError
+from .settings import MIN_LR, InfluenceSettings
 
 
 @dataclass
@@ -45,3 +57,154 @@ class ResolvedSettings:
         if self.curvature is not None:
             out["curvature"] = self.curvature.to_dict()
         return out
+
+
+#: Most the weight decay alone may shrink the weights within the replayed epoch (a factor):
+#: T steps multiply every weight by (1 - lr * lambda)^T. Below 1/10 the training phase ends
+#: at a collapsed model (the loss near chance) whose scores measure the collapse, not the
+#: data. Usual settings are far from it: lr 0.1, lambda 5e-4, T = 1875 shrink by 0.91.
+MAX_DECAY_SHRINK = 10.0
+
+
+def check_rates(lr: float, weight_decay: float, steps: int, chosen: str = "") -> None:
+    """Refuse a learning rate and weight decay that leave nothing to replay.
+
+    - ``lr > MIN_LR`` (see :data:`~sgd_influence_plugin.settings.MIN_LR`);
+    - ``lr * weight_decay < 1``: otherwise each step multiplies every weight by
+      ``1 - lr * weight_decay <= 0``, zeroing or flipping it whatever the gradient;
+    - ``(1 - lr * weight_decay) ** steps >= 1 / MAX_DECAY_SHRINK`` (see
+      :data:`MAX_DECAY_SHRINK`).
+
+    Args:
+        lr: the replayed epoch's rate; ``chosen``: how it was chosen, for the message
+            (e.g. "--lr auto chose it: ..."), "" for a rate the user gave.
+        weight_decay: lambda of the replayed epoch.
+        steps: T, steps of one epoch.
+
+    Raises:
+        SettingsError: naming the rate, the weight decay and what to change.
+
+    """
+    how = f" ({chosen})" if chosen else ""
+    if not lr > MIN_LR:
+        fix = (
+            "give a smaller --weight-decay (the automatic rate keeps lr * weight decay below 1)"
+            if weight_decay > 0 and lr * weight_decay > 0.01
+            else "give an --lr above it"
+        )
+        raise SettingsError(
+            f"learning rate {lr:g}{how}: at most {MIN_LR:g}, too small to change float32 "
+            f"parameters, so every score would be near 0; {fix}"
+        )
+    shrink = lr * weight_decay
+    if shrink >= 1:
+        raise SettingsError(
+            f"learning rate {lr:g}{how} with weight decay {weight_decay:g}: each step would "
+            f"multiply every weight by 1 - {shrink:.3g} <= 0, destroying the model; give a "
+            "smaller --weight-decay (or --lr)"
+        )
+    factor = math.exp(steps * math.log1p(-shrink))
+    if factor < 1 / MAX_DECAY_SHRINK:
+        raise SettingsError(
+            f"learning rate {lr:g}{how} with weight decay {weight_decay:g}: the decay alone "
+            f"would shrink every weight to {factor:.3g} of its size in the {steps} steps of an "
+            f"epoch, collapsing the model; give a smaller --weight-decay (or --lr)"
+        )
+
+
+def replay_epoch(settings: InfluenceSettings, solver) -> Tuple[float, int]:
+    """The replayed epoch's ``(weight decay, batch size)``: the settings' where given, else the
+    solver's (:class:`~sgd_influence_plugin.nnabla_adapter.SolverConfig`), as given (not yet
+    converted or checked). The one rule for :func:`resolve` and for the checks before it
+    (:func:`.validation.check_loaded`).
+    """
+    wd = settings.weight_decay if settings.weight_decay is not None else solver.weight_decay
+    bs = settings.batch_size if settings.batch_size is not None else solver.batch_size
+    return wd, bs
+
+
+def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
+    """Fill weight decay, batch size and (for ``lr: solver`` or a number) the rate.
+
+    With ``lr: auto`` the rate is provisional (the solver's) until :func:`choose_lr` has
+    measured the curvature.
+
+    Raises:
+        SettingsError: the definition has no learning rate where one is needed.
+
+    """
+    settings.validate()
+    solver = model.info.solver
+    warnings = []
+    solver_lr = float(solver.lr)
+    if settings.lr in ("auto", "solver"):
+        source, lr = settings.lr, solver_lr
+        if not (np.isfinite(lr) and lr > 0):
+            if settings.lr == "solver":
+                raise SettingsError(
+                    f"{model.info.source}: solver '{solver.type}' has no usable learning rate; "
+                    "pass one with --lr, or use --lr auto"
+                )
+            lr = math.inf  # auto: the curvature alone decides
+    else:
+        source, lr = "given", float(settings.lr)
+    if solver.type not in ("Sgd", "SgdW"):
+        warnings.append(
+            f"the console trained with {solver.type} (lr {solver_lr:g}); the training phase and "
+            "the replay model plain SGD (see lr_selection in the settings for the rate)"
+        )
+    wd, bs = replay_epoch(settings, solver)
+    return ResolvedSettings(
+        lr=float(lr),
+        weight_decay=float(wd),
+        batch_size=int(bs),
+        lr_source=source,
+        solver_lr=solver_lr,
+        warnings=warnings,
+    )
+
+
+def choose_lr(
+    model,
+    train: Dict[str, np.ndarray],
+    settings: InfluenceSettings,
+    run: ResolvedSettings,
+    log: Optional[Callable[[str], None]] = None,
+) -> ResolvedSettings:
+    """Measure the curvature at the model's parameters and settle ``run.lr`` (in place).
+
+    ``auto``: the stable rate of :func:`.curvature.stable_lr`, at most the solver's. A rate
+    the user gave (or ``solver``) is kept, with a warning before the run when it breaks the
+    stability bounds, naming the stable value.
+    """
+    log = log or (lambda msg: None)
+    n = len(next(iter(train.values())))
+    steps = core.n_steps(n, run.batch_size)
+    operator, kind, why = curvature_mod.hvp_operator(model, min(run.batch_size, n))
+    if kind == "fd" and settings.replay_step == "exact":  # no second derivative: one line
+        msg = "needs second derivatives: use --replay_step fd (the default, first derivatives)"
+        raise SettingsError(f"{model.info.source}: {why}; the exact replay step {msg}")
+    curv = curvature_mod.measure(model, train, run.batch_size, settings.seed, graphs=operator)
+    cap = run.lr if run.lr_source == "auto" else math.inf
+    choice = curvature_mod.stable_lr(curv, steps, cap=cap, weight_decay=run.weight_decay)
+    run.curvature, run.lr_choice = curv, choice
+    if run.lr_source == "auto":
+        if not math.isfinite(choice.lr) or choice.lr <= 0:
+            raise SettingsError(
+                f"{model.info.source}: no learning rate in the definition and the curvature "
+                "sets no bound; pass one with --lr"
+            )
+        run.lr = choice.lr
+        check_rates(run.lr, run.weight_decay, steps, f"--lr auto chose it: {choice.limit}")
+        log(f"replay learning rate {run.lr:g} (auto: {choice.limit})")
+        return run
+    check_rates(run.lr, run.weight_decay, steps)
+    if curvature_mod.breaks_rule(run.lr, curv, steps, run.weight_decay):
+        msg = (
+            f"lr={run.lr:g} is above the stable rate {choice.lr:g} measured for this model "
+            f"({choice.limit}); the final-parameters replay may blow up (unstable trials are "
+            "retried at a quarter of the rate). --lr auto picks the stable rate"
+        )
+        run.warnings.append(msg)
+        log("warning: " + msg)
+    return run

@@ -1,35 +1,47 @@
-"""One run from files to files; the console plugin, the CLI and the tests call :func:`run`.
+"""``sgd-influence run``: one run from files to files; the console plugin, the CLI and the
+tests call :func:`run`.
 
-The inputs are read and checked by :func:`.inputs.load_inputs` (shared with ``check``), the
-scores computed by :func:`.influence.compute_influence`, the files written by :mod:`.output`.
+The run is issue 33's pipeline, one stage a function, each handing the next a small record:
+
+1. :func:`load`: the request's inputs read and checked before anything is computed
+   (:func:`.inputs.load_inputs`, shared with ``check``: options and settings, model files,
+   datasets, output places, decoded data, validation loss) -> :class:`Loaded`;
+2. :func:`split_for_check`: which validation rows order the recommendation's candidates and
+   which check them (the influence uses every row) -> :class:`CheckSplit`;
+3. :func:`score`: the settings resolved and the influence computed, trials on the executor
+   (:func:`.influence.compute_influence`; :mod:`.phases`) -> :class:`Scored`;
+4. :func:`decide`: keep / remove per row (:mod:`.recommend`) -> :class:`Decided`;
+5. :func:`record`: what ``STEM_settings.yaml`` records (:mod:`.run_facts`);
+6. :func:`write`: the output set, all or nothing (:mod:`.output`).
+
+Stages 3 to 6 hold the cache folder (:func:`.cache_folder.cache_folder`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
-import platform
-import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
-from . import __version__, coworker, interrupts, options, places, validation
+from . import coworker, interrupts, options, places, validation
 from . import recommend as recommend_mod
+from .cache_folder import cache_folder
 from .core import per_sample_losses
-from .errors import OutputError
 from .executor import open_executor
-from .influence import InfluenceResult, compute_influence, resolve
-from .inputs import load_inputs
-from .io_utils import makedirs_tracked, try_lock
+from .influence import InfluenceResult, compute_influence
+from .inputs import Inputs, load_inputs
 from .labels import check_label_names, read_label_names
 from .output import OutputPaths, RunContent, write_influence_output
 from .probabilities import as_probabilities
+from .recommend import CheckSplit, is_classifier
+from .recommendation import Recommendation, unavailable
+from .resolved import resolve
+from .run_facts import run_facts
 from .settings import InfluenceSettings
 from .table_columns import find_columns
-from .tiny_inputs import too_few_to_recommend
 from .validation import CLI_FLAGS, FlagNames
 
 
@@ -76,33 +88,43 @@ class RunRequest:
     cluster: Optional[str] = None
 
 
-def _lock_cache_dir(path: str, flag: str):
-    """Lock the cache folder for this run (an open file; closing it releases the lock).
+@dataclass
+class Loaded:
+    """Stage 1's record (:func:`load`).
 
-    Two runs writing one cache folder overwrite each other's parameters (and HDF5 refuses a
-    file another process has open), so a second run is refused.
-
-    Raises:
-        OutputError: another run holds the lock.
+    Attributes:
+        inputs: what :func:`.inputs.load_inputs` read and checked (model, dataset CSVs,
+            decoded datasets, validation loss at the trained parameters, reading time).
+        label_names: the class names of ``request.label_names``, checked against the
+            training labels; None without.
 
     """
-    f = open(os.path.join(path, places.CACHE_LOCK), "a+")
-    if not try_lock(f):
-        f.close()
-        raise OutputError(places.cache_in_use(path, flag))
-    return f
+
+    inputs: Inputs
+    label_names: Optional[List[str]] = None
 
 
-def _prepare_cache_dir(path: str) -> Optional[str]:
-    """Create the cache folder (if new) with its marker; the shallowest folder this call
-    created (to remove on failure), or None.
+@dataclass
+class Scored:
+    """Stage 3's record (:func:`score`).
+
+    Attributes:
+        result: the influence and what it took (:class:`.influence.InfluenceResult`).
+        early: :func:`.recommend.early_work`'s result, computed beside the influence by a
+            helper process, or None (stage 4 then computes it).
+
     """
-    created = makedirs_tracked(path)
-    marker = os.path.join(path, places.CACHE_MARKER)
-    if not os.path.exists(marker):
-        with open(marker, "w") as f:
-            f.write("Cache of sgd-influence; the tool may write and replace files here.\n")
-    return created[0] if created else None
+
+    result: InfluenceResult
+    early: Optional[Dict] = None
+
+
+@dataclass
+class Decided:
+    """Stage 4's record (:func:`decide`): the recommendation and its wall time in seconds."""
+
+    recommendation: Recommendation
+    seconds: float
 
 
 def run(
@@ -138,153 +160,196 @@ def run(
 
 
 def _run(request: RunRequest, log, progress, flags: FlagNames, executor):
-    settings = request.settings
-    names: Optional[List[str]] = None
+    """The pipeline (see the module docstring): ``(paths written, the influence)``."""
+    loaded = load(request, flags, log, progress)
+    split = split_for_check(request, loaded)
+    if split.why_not and request.recommend:
+        log(split.why_not)
+    with cache_folder(request.cache_dir, flags.cache_dir or "cache folder"):
+        scored = score(request, loaded, split, executor, log, progress)
+        decided = decide(loaded, split, scored, request.settings, executor, log, progress)
+        facts = record(request, loaded, split, scored, decided)
+        paths = write(request, loaded, scored, decided, facts, flags, progress)
+    return paths, scored.result
+
+
+def load(request: RunRequest, flags: FlagNames, log, progress) -> Loaded:
+    """Stage 1: every input read and checked before anything is computed
+    (:func:`.inputs.load_inputs`; the loaded data by :func:`.validation.check_loaded`), the
+    output places (:func:`.places.check_output_places`) and the class names.
+
+    Raises:
+        SGDInfluenceError: the first problem found, naming the interface's option.
+
+    """
+    names: List[Optional[List[str]]] = [None]
 
     def check_places(files, image_dirs) -> None:
         places.check_output_places(request, flags, files, image_dirs)
 
     def check_loaded(model, train, val) -> None:
-        nonlocal names
         validation.check_loaded(request, model.info, train, val, model.n_params, flags)
         if request.label_names:
-            names = read_label_names(request.label_names)
-            label_col = find_columns(
-                train, list(model.info.input_shapes), model.info.target_column
-            ).label
-            labels = [train.cell(i, label_col) for i in range(train.size)] if label_col else None
-            check_label_names(names, labels, request.label_names, train.path, train.numbers)
+            names[0] = _label_names(request.label_names, model.info, train)
 
-    loaded = load_inputs(
+    inputs = load_inputs(
         request, flags, check_places, check_loaded, [request.label_names], log, progress
     )
-    model, info, train, val = loaded.model, loaded.model.info, loaded.train, loaded.val
-    for note in info.notes:
+    for note in inputs.model.info.notes:
         log("replay network: " + note)
     log(
-        f"{train.size} training and {val.size} validation samples; "
-        f"{model.n_params} trained parameters"
+        f"{inputs.train.size} training and {inputs.val.size} validation samples; "
+        f"{inputs.model.n_params} trained parameters"
     )
-    # the influence uses every validation row; half A orders the candidates, half B checks
-    candidates_val, heldout, why_not, first = _split_for_check(request, info, train, val, settings)
-    if why_not and request.recommend:
-        log(why_not)
-    made_cache: Optional[str] = None
-    lock = None
-    try:
-        if request.cache_dir is not None:
-            made_cache = _prepare_cache_dir(request.cache_dir)
-            lock = _lock_cache_dir(request.cache_dir, flags.cache_dir or "cache folder")
-        target = info.target_column or next(iter(info.label_classes), None)
-        label = target if heldout is not None else None
-        with _early_helper(
-            model, train.arrays, heldout, candidates_val, label, settings, executor
-        ) as early:
-            result = compute_influence(
-                model,
-                train.arrays,
-                val.arrays,
-                settings,
-                request.cache_dir,
-                progress=interrupts.checked_progress(progress),
-                log=log,
-                val_loss_start=loaded.val_loss,
-                executor=executor,
-                losses=(lambda: early()[0]) if early else None,
-                candidate_rows=first,
-            )
-            early_rec = early()[1] if early else None
-        t_rec = time.perf_counter()
-        curv = result.resolved.curvature
-        if heldout is None:
-            classifier = len(info.label_classes) == 1 and info.runtime_network
-            prob = as_probabilities(model.predict(train.arrays)) if classifier else None
-            rec = recommend_mod.unavailable(train.size, why_not, prob)
-        else:
-            rec = recommend_mod.recommend(
-                model,
-                train.arrays,
-                heldout,
-                target,
-                result.candidate_scores,  # from half A only: the check's half B is unseen
-                result.resolved.batch_size,
-                result.resolved.weight_decay,
-                curv.lambda_max if curv is not None else math.nan,
-                settings.seed,
-                progress=interrupts.checked_progress(progress),
-                log=log,
-                executor=executor,
-                early=early_rec,
-                reference=candidates_val,
-            )
-        t_rec = time.perf_counter() - t_rec
-        facts = run_facts(result, settings, info, model.n_params, loaded.train_csv, loaded.val_csv)
-        facts["n_train"], facts["n_val"] = train.size, val.size
-        facts["task"] = info.task
-        facts["validation_rows"] = {
-            "influence": val.size,
-            "candidates": 0 if first is None else len(first),
-            "heldout_for_check": rec.n_heldout,
-        }
-        if first is not None:  # what ordered the candidates (crossfit.py)
-            facts["influence"] += (
-                "; from every validation row. The candidates were ordered by a second replay "
-                "from the validation_rows.candidates rows alone (the trials CSV's "
-                "candidate_order_m columns), then checked on the heldout_for_check rows"
-            )
-        facts["timings_seconds"]["reading"] = round(loaded.read_seconds, 4)
-        facts["timings_seconds"]["recommendation"] = round(t_rec, 4)
-        facts["label_names"] = os.path.abspath(request.label_names) if request.label_names else None
-        content = RunContent(
-            result.scores,
+    return Loaded(inputs, names[0])
+
+
+def _label_names(path: str, info, train) -> List[str]:
+    """The class names of ``path`` (:func:`.labels.read_label_names`), each training label
+    named (:func:`.labels.check_label_names`).
+    """
+    names = read_label_names(path)
+    label_col = find_columns(train, list(info.input_shapes), info.target_column).label
+    labels = [train.cell(i, label_col) for i in range(train.size)] if label_col else None
+    check_label_names(names, labels, path, train.path, train.numbers)
+    return names
+
+
+def split_for_check(request: RunRequest, loaded: Loaded) -> CheckSplit:
+    """Stage 2: which validation rows choose the recommendation's candidates and which check
+    them, or why there is no recommendation (:func:`.recommend.split_for_check`).
+    """
+    inputs = loaded.inputs
+    return recommend_mod.split_for_check(
+        request.recommend, inputs.model.info, inputs.train, inputs.val, request.settings.seed
+    )
+
+
+def score(
+    request: RunRequest, loaded: Loaded, split: CheckSplit, executor, log, progress
+) -> Scored:
+    """Stage 3: the influence (:func:`.influence.compute_influence`: the settings resolved,
+    the rate settled, the trials' phases on ``executor``, combined and checked), with what
+    the recommendation needs computed beside it where a second core allows
+    (:func:`_early_helper`).
+    """
+    inputs = loaded.inputs
+    model, train = inputs.model, inputs.train.arrays
+    with _early_helper(
+        model, train, split.heldout, split.candidates_val, split.label, request.settings,
+        executor,
+    ) as early:  # fmt: skip
+        result = compute_influence(
+            model,
             train,
-            list(info.input_shapes),
-            facts,
-            losses=result.losses,
-            trial_scores=result.trial_scores,
-            candidate_scores=result.candidate_scores,
-            recommendation=rec,
-            label_names=names,
-            target=info.target_column,
-            remove_ratio=request.remove_ratio,
+            inputs.val.arrays,
+            request.settings,
+            request.cache_dir,
+            progress=interrupts.checked_progress(progress),
+            log=log,
+            val_loss_start=inputs.val_loss,
+            executor=executor,
+            losses=(lambda: early()[0]) if early else None,
+            candidate_rows=split.first,
         )
-        paths = write_influence_output(
-            request.output,
-            content,
-            request.report,
-            request.thumb_size,
-            flag=flags.output,
-            progress=None if progress is None else interrupts.checked_progress(progress),
-        )
-    except BaseException as e:
-        if lock is not None:
-            lock.close()
-            lock = None
-        if made_cache:
-            shutil.rmtree(made_cache, ignore_errors=True)
-        if isinstance(e, OSError):
-            # Writing the cache failed (the outputs convert their own errors): a full disk,
-            # a file-size limit, or a folder made read-only while running.
-            raise _cache_failed(e, request.cache_dir, flags.cache_dir or "cache folder") from e
-        raise
-    finally:
-        if lock is not None:
-            lock.close()
-    return paths, result
+        return Scored(result, early()[1] if early else None)
 
 
-def _cache_failed(e: OSError, cache_dir: Optional[str], where: str) -> OutputError:
-    """One line for an OSError while writing the cache (HDF5's text may span lines)."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = f"free some space or choose another {where}"
-    elif e.errno == errno.EFBIG:
-        fix = f"a file passed this system's size limit (ulimit -f); raise it, or another {where}"
+def decide(
+    loaded: Loaded, split: CheckSplit, scored: Scored, settings: InfluenceSettings, executor,
+    log, progress,
+) -> Decided:  # fmt: skip
+    """Stage 4: keep / remove per row (:func:`.recommend.recommend`: suspects, candidates
+    from half A's scores, checked on half B), or a recommendation that changes nothing and
+    says why (:func:`.recommendation.unavailable`).
+    """
+    t_rec = time.perf_counter()
+    model, train = loaded.inputs.model, loaded.inputs.train
+    result = scored.result
+    if split.heldout is None:
+        classifier = is_classifier(model.info)
+        prob = as_probabilities(model.predict(train.arrays)) if classifier else None
+        rec = unavailable(train.size, split.why_not, prob)
     else:
-        fix = f"check that folder's permissions, or choose another {where}"
-    why = os.strerror(e.errno) if e.errno else " ".join(str(e.strerror or e).split())
-    return OutputError(
-        f"{e.filename or cache_dir or 'the temporary folder'}: cannot write the cache ({why}); "
-        f"nothing was written. {fix[0].upper() + fix[1:]}"
+        curv = result.resolved.curvature
+        rec = recommend_mod.recommend(
+            model,
+            train.arrays,
+            split.heldout,
+            split.label,
+            result.candidate_scores,  # from half A only: the check's half B is unseen
+            result.resolved.batch_size,
+            result.resolved.weight_decay,
+            curv.lambda_max if curv is not None else math.nan,
+            settings.seed,
+            progress=interrupts.checked_progress(progress),
+            log=log,
+            executor=executor,
+            early=scored.early,
+            reference=split.candidates_val,
+        )
+    return Decided(rec, time.perf_counter() - t_rec)
+
+
+def record(
+    request: RunRequest, loaded: Loaded, split: CheckSplit, scored: Scored, decided: Decided
+) -> dict:
+    """Stage 5: what ``STEM_settings.yaml`` records (:func:`.run_facts.run_facts`), with the
+    data's sizes, the validation rows' roles, the reading and recommendation times and the
+    class names file.
+    """
+    inputs, result = loaded.inputs, scored.result
+    info, train, val = inputs.model.info, inputs.train, inputs.val
+    facts = run_facts(
+        result, request.settings, info, inputs.model.n_params, inputs.train_csv, inputs.val_csv
+    )
+    facts["n_train"], facts["n_val"] = train.size, val.size
+    facts["task"] = info.task
+    facts["validation_rows"] = {
+        "influence": val.size,
+        "candidates": 0 if split.first is None else len(split.first),
+        "heldout_for_check": decided.recommendation.n_heldout,
+    }
+    if split.first is not None:  # what ordered the candidates (crossfit.py)
+        facts["influence"] += (
+            "; from every validation row. The candidates were ordered by a second replay "
+            "from the validation_rows.candidates rows alone (the trials CSV's "
+            "candidate_order_m columns), then checked on the heldout_for_check rows"
+        )
+    facts["timings_seconds"]["reading"] = round(inputs.read_seconds, 4)
+    facts["timings_seconds"]["recommendation"] = round(decided.seconds, 4)
+    facts["label_names"] = os.path.abspath(request.label_names) if request.label_names else None
+    return facts
+
+
+def write(
+    request: RunRequest, loaded: Loaded, scored: Scored, decided: Decided, facts: dict,
+    flags: FlagNames, progress,
+) -> OutputPaths:  # fmt: skip
+    """Stage 6: the output set (:func:`.output.write_influence_output`: the influence CSV and
+    its companions, all or nothing).
+    """
+    info, result = loaded.inputs.model.info, scored.result
+    content = RunContent(
+        result.scores,
+        loaded.inputs.train,
+        list(info.input_shapes),
+        facts,
+        losses=result.losses,
+        trial_scores=result.trial_scores,
+        candidate_scores=result.candidate_scores,
+        recommendation=decided.recommendation,
+        label_names=loaded.label_names,
+        target=info.target_column,
+        remove_ratio=request.remove_ratio,
+    )
+    return write_influence_output(
+        request.output,
+        content,
+        request.report,
+        request.thumb_size,
+        flag=flags.output,
+        progress=None if progress is None else interrupts.checked_progress(progress),
     )
 
 
@@ -326,101 +391,3 @@ def _early_helper(model, train, heldout, reference, label, settings, executor):
             return answer[0]
 
         yield get
-
-
-def _split_for_check(request: RunRequest, info, train, val, settings):
-    """``(validation arrays the candidates are chosen with (half A) or every row, held-out
-    arrays for the check (half B) or None, why not, half A's rows or None)``: the influence
-    itself uses every validation row either way. The recommendation needs a classifier
-    (one class label column and an executor network) and enough validation rows for two
-    halves. A regression gets none: removing its worst-fitted rows passed the check's
-    settling epoch on a real console result and then made the retrained model worse
-    (docs/recommendation.md).
-    """
-    need = 2 * recommend_mod.MIN_HELDOUT
-    classifier = len(info.label_classes) == 1 and info.runtime_network
-    if not request.recommend:
-        why = "no recommendation: turned off"
-    elif not classifier:
-        why = (
-            "no recommendation: it needs a classifier (one class label and an executor "
-            "network that outputs class scores); remove_ratio leaves out a share of the most "
-            "harmful rows instead"
-        )
-    elif too_few_to_recommend(train.size):
-        why = too_few_to_recommend(train.size)
-    elif val.size < need:
-        why = (
-            f"no recommendation: {val.size} validation rows; at least {need} are needed (half "
-            "to choose the changes, half held out to check them). Add "
-            f"{need - val.size} labelled rows to the validation CSV (for example from the "
-            "training CSV), or look at the most harmful rows and cleanse a share of them with "
-            "remove_ratio"
-        )
-    else:
-        first, held = recommend_mod.split_validation(val.size, settings.seed)
-        pick = lambda idx: {k: v[idx] for k, v in val.arrays.items()}  # noqa: E731
-        return pick(first), pick(held), "", first
-    return val.arrays, None, why, None
-
-
-def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_csv) -> dict:
-    """What ``settings.yaml`` records: what was asked (``requested``), what was used
-    (``used``), how the learning rate was chosen, each trial, timings and versions.
-    """
-    rates = sorted({o.lr for o in result.trials})
-    # The rate the trials ran at: a retried trial runs at a quarter of the chosen rate, and
-    # the summary and settings say so (issue 34, case 12); a list when the trials differ.
-    used_lr = rates[0] if len(rates) == 1 else [o.lr for o in result.trials]
-    chosen = {} if rates == [result.resolved.lr] else {"lr_chosen": result.resolved.lr}
-    return {
-        "requested": settings.to_dict(),
-        "used": {
-            "lr": used_lr,
-            **chosen,
-            "weight_decay": result.resolved.weight_decay,
-            "batch_size": result.resolved.batch_size,
-            "epochs": settings.epochs,
-            "trials": settings.trials,
-            "cache": settings.cache,
-            "context": settings.context,
-            "seeds": [o.seed for o in result.trials],
-        },
-        "lr_selection": result.resolved.lr_selection(),
-        "trials": [
-            {
-                "seed": o.seed,
-                "lr": o.lr,
-                "attempts": o.attempts,
-                "u_growth": float(f"{o.u_growth:.4g}"),
-                "scale_rms": float(f"{s:.6g}"),
-                "validation_loss": round(o.val_loss, 6),
-            }
-            for o, s in zip(result.trials, result.trial_scales)
-        ],
-        "model": info.source,
-        "label_classes": {str(k): int(v) for k, v in info.label_classes.items()},
-        "train_csv": os.path.abspath(train_csv),
-        "val_csv": os.path.abspath(val_csv),
-        "n_params": n_params,
-        "validation_loss": round(result.val_loss, 6),
-        "cache_bytes": result.cache_bytes,
-        "timings_seconds": {k: round(float(v), 4) for k, v in result.timings.items()},
-        "network_changes": list(info.notes),
-        "warnings": list(result.warnings),
-        "versions": {
-            "sgd_influence_plugin": __version__,
-            "nnabla": _nnabla_version(),
-            "python": platform.python_version(),
-        },
-        "sign": "influence < 0: removing the sample lowers the validation loss (harmful); "
-        "with target class-centred, more than removing an average sample of its class",
-        "influence": "trials combined: each trial divided by its RMS, averaged, times the "
-        "median RMS; units of the mean validation loss",
-    }
-
-
-def _nnabla_version() -> str:
-    import nnabla
-
-    return nnabla.__version__

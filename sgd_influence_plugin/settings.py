@@ -11,10 +11,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 import numpy as np
 import yaml
 
-from .core import REPLAY_STEPS
 from .errors import SettingsError
 from .io_utils import atomic_write
 from .options import ScoreArguments, choices, default
+from .replay_steps import REPLAY_STEPS
 from .target import TARGETS
 
 #: What ``cache`` accepts.

@@ -1,7 +1,7 @@
 """What a score estimates: the replay's raw leave-one-out estimate, or that estimate relative to
 the sample's class (the default).
 
-The replay (:func:`.core.replay`) gives, for each training row j, ``infl[j]``: the first-order
+The replay (:func:`.replay.replay`) gives, for each training row j, ``infl[j]``: the first-order
 change of the mean validation loss if row j were left out of the replayed epoch (target
 ``plain``, Hara et al.). On a classifier that change holds a part shared by every row of a
 class: leaving out any row of class c shifts the model's prior for c (its output bias and

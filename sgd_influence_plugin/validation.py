@@ -9,6 +9,10 @@
 3. :func:`check_loaded`: labels, weight decay, the share to remove and free space, once the
    datasets are decoded.
 
+Of these, what any command that replays needs of the decoded data is :func:`check_labels`
+and :func:`check_replay_data` (enough rows; the weight decay and rate, with the one rule of
+:func:`.resolved.replay_epoch` for which weight decay and batch size the replay uses).
+
 Messages use the option names of the interface that called (:class:`FlagNames`), e.g. the
 console plugin's ``--remove_ratio`` or the CLI's ``--remove-ratio``.
 """
@@ -19,7 +23,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
 from . import option_parsers, options
 from .cells import is_file_cell
@@ -216,14 +220,43 @@ def check_label_values(dataset: Dataset, label_classes: Mapping[str, int]) -> No
                 )
 
 
+def check_labels(info, datasets: Sequence[Dataset]) -> None:
+    """:func:`check_label_values` of each dataset for the model ``info`` describes.
+
+    Raises:
+        DatasetError: the first label out of place.
+
+    """
+    for d in datasets:
+        check_label_values(d, getattr(info, "label_classes", {}))
+
+
+def check_replay_data(settings, info, train: Dataset, flags: FlagNames = CLI_FLAGS) -> int:
+    """The training set against the replay: enough rows to rank
+    (:func:`.tiny_inputs.check_training_size`), then the weight decay and a rate known now
+    (:func:`check_replay_rate`). Returns the replayed epoch's batch size.
+
+    Raises:
+        DatasetError, SettingsError: naming the option to change.
+
+    """
+    from .resolved import replay_epoch
+
+    batch = replay_epoch(settings, info.solver)[1]
+    check_training_size(train.path, train.size, batch, flags.batch_size)
+    check_replay_rate(settings, info, train.size, flags)
+    return batch
+
+
 def check_replay_rate(settings, info, n_train: int, flags: FlagNames = CLI_FLAGS) -> None:
     """The replay's weight decay and rate, as far as they are known before computing: the one
     check of them for ``run``, ``check`` and ``evaluate``.
 
-    The weight decay is ``settings.weight_decay``, else the solver's (as
-    :func:`~sgd_influence_plugin.influence.resolve` takes it): finite and >= 0. A rate known
+    The weight decay is ``settings.weight_decay``, else the solver's
+    (:func:`~sgd_influence_plugin.resolved.replay_epoch`, as the replay takes it): finite and
+    >= 0. A rate known
     now (a number, or ``solver``) must, with that weight decay, leave a model to replay
-    (:func:`~sgd_influence_plugin.influence.check_rates`); ``auto`` is checked once the
+    (:func:`~sgd_influence_plugin.resolved.check_rates`); ``auto`` is checked once the
     curvature has chosen it.
 
     Args:
@@ -237,12 +270,11 @@ def check_replay_rate(settings, info, n_train: int, flags: FlagNames = CLI_FLAGS
 
     """
     from .core import n_steps
-    from .influence import check_rates
+    from .resolved import check_rates, replay_epoch
 
     solver = info.solver
-    wd = settings.weight_decay if settings.weight_decay is not None else solver.weight_decay
+    wd, batch = replay_epoch(settings, solver)
     _check_weight_decay(wd, info.source, flags)
-    batch = settings.batch_size or solver.batch_size
     rate = solver.lr if settings.lr == "solver" else settings.lr
     if is_number(rate) and math.isfinite(rate) and rate > 0:
         check_rates(float(rate), float(wd), n_steps(n_train, max(1, int(batch))))
@@ -313,14 +345,11 @@ def check_loaded(
         DatasetError, SettingsError, OutputError: see the individual checks.
 
     """
-    for d in (train, val):
-        check_label_values(d, getattr(info, "label_classes", {}))
+    check_labels(info, (train, val))
     s = request.settings
     if request.remove_ratio is not None:
         rows_to_remove(train.size, None, request.remove_ratio, flags, train.path)
-    batch = s.batch_size or info.solver.batch_size
-    check_training_size(train.path, train.size, batch, flags.batch_size)
-    check_replay_rate(s, info, train.size, flags)
+    batch = check_replay_data(s, info, train, flags)
     channels = max((shape[0] for shape in info.input_shapes.values() if len(shape) == 3), default=1)
     need = estimate_bytes(
         train.size,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from sgd_influence_plugin import cli, core, influence
+from sgd_influence_plugin import cli, core, resolved, trials
 from sgd_influence_plugin.check import CheckRequest, run_check
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import SettingsError
@@ -45,10 +45,10 @@ def test_check_matches_an_independent_leave_one_out(results, data28, tmp_path):
     # The same trial through the API, into a cache the test keeps; the check compares the
     # replay's own estimate (target plain), not the default class-centred scores.
     settings = dataclasses.replace(settings, target="plain")
-    run = influence.resolve(model, settings)
-    influence.choose_lr(model, train, settings, run)
+    run = resolved.resolve(model, settings)
+    resolved.choose_lr(model, train, settings, run)
     cache = str(tmp_path / "cache")
-    trial = influence.run_trial(model, train, val, settings, run, cache, 3)
+    trial = trials.run_trial(model, train, val, settings, run, cache, 3)
     order, lrs = np.load(os.path.join(cache, "order.npy")), np.load(os.path.join(cache, "lr.npy"))
     assert res.lr == pytest.approx(0.05) and np.allclose(lrs, 0.05)
     np.testing.assert_allclose(res.estimate, trial.scores[res.index], rtol=1e-5, atol=1e-9)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import core, influence
+from sgd_influence_plugin import core, influence, phases, replay, resolved, trials
 from sgd_influence_plugin.nnabla_adapter import load_model, read_params
 from sgd_influence_plugin.settings import InfluenceSettings
 from support.oracles import LogReg, brute_force_replay, sgd_float64, theta_of
@@ -68,12 +68,12 @@ def test_replay_equals_float64_dense_hessian_brute_force(
     settings = InfluenceSettings(
         cache=cache, seed=5, batch_size=batch_size, replay_step="exact", target=target
     )
-    run = influence.resolve(m, settings)
+    run = resolved.resolve(m, settings)
     T = -(-50 // batch_size)
     theta0 = m.get_params()
     cache_dir = str(tmp_path / "cache")
-    influence.run_training_phase(m, tr, settings, run, cache_dir, seed=5)
-    infl, stats, _ = influence.run_inference_phase(m, tr, va, cache_dir)
+    phases.run_training_phase(m, tr, settings, run, cache_dir, seed=5)
+    infl, stats, _ = phases.run_inference_phase(m, tr, va, cache_dir)
     m.set_params(theta0)
     assert stats.steps == T
 
@@ -139,7 +139,7 @@ def test_replay_with_a_rate_per_step_equals_brute_force(results, data7):
     lrs = np.array([0.8, 0.05, 0.4, 0.15], np.float32)
     wd = 0.01
     u = core.validation_gradient(m, va)
-    infl, stats = core.replay(m, tr, order, lrs, 16, u, weight_decay=wd)
+    infl, stats = replay.replay(m, tr, order, lrs, 16, u, weight_decay=wd)
     assert stats.steps == 4
     u0 = val.grads(theta, np.arange(30)).mean(axis=0)
     ref = brute_force_replay(train, lambda t: theta, order, lrs, 16, u0, wd)
@@ -184,10 +184,10 @@ def test_two_epochs_cache_the_last_order_and_two_epochs_of_sgd(results, data7, t
     m, tr, _ = load_trained(results("logreg"), data7)
     theta0 = m.get_params()
     settings = InfluenceSettings(lr=0.1, epochs=2, seed=5, cache="all")
-    run = influence.resolve(m, settings)
+    run = resolved.resolve(m, settings)
     assert run.batch_size == 16 and run.weight_decay == pytest.approx(0.01)
     cache_dir = str(tmp_path / "cache")
-    influence.run_training_phase(m, tr, settings, run, cache_dir, seed=5)
+    phases.run_training_phase(m, tr, settings, run, cache_dir, seed=5)
     m.set_params(theta0)
     orders = core.epoch_orders(50, 2, 5)
     rng = np.random.RandomState(5)  # the documented draw: one RandomState, one per epoch
@@ -218,8 +218,8 @@ def test_weight_decay_term_of_the_replay(results, data7):
     u = core.validation_gradient(m, va)
     order = np.arange(50, dtype=np.int32)
     lr = 1e-3
-    base, _ = core.replay(m, tr, order, [lr] * 4, 16, u, weight_decay=0.0)
-    with_wd, _ = core.replay(m, tr, order, [lr] * 4, 16, u, weight_decay=50.0)
+    base, _ = replay.replay(m, tr, order, [lr] * 4, 16, u, weight_decay=0.0)
+    with_wd, _ = replay.replay(m, tr, order, [lr] * 4, 16, u, weight_decay=50.0)
     # The last step (t=3, samples 48, 49) sees u before any decay: identical.
     np.testing.assert_allclose(with_wd[48:], base[48:], rtol=1e-6)
     # Step 2 sees u scaled by (1 - lr * 50) on top of the Hessian term (which is tiny at lr).
@@ -232,12 +232,12 @@ def test_permuting_rows_permutes_scores(results, data28):
     u = core.validation_gradient(m, va)
     n = len(tr["y"])
     order = core.epoch_orders(n, 1, 0)[0]
-    infl, _ = core.replay(m, tr, order, np.full(8, 0.1), 32, u)
+    infl, _ = replay.replay(m, tr, order, np.full(8, 0.1), 32, u)
     perm = np.random.RandomState(1).permutation(n)
     tr_p = {k: v[perm] for k, v in tr.items()}
     inv = np.argsort(perm)
     order_p = inv[order].astype(np.int32)  # same samples in the same steps
-    infl_p, _ = core.replay(m, tr_p, order_p, np.full(8, 0.1), 32, u)
+    infl_p, _ = replay.replay(m, tr_p, order_p, np.full(8, 0.1), 32, u)
     np.testing.assert_allclose(infl_p, infl[perm], rtol=1e-5, atol=1e-9)
 
 
@@ -300,7 +300,7 @@ def test_temporary_cache_is_removed(results, data28, monkeypatch, tmp_path):
 
 def test_non_sgd_solver_warns(results, data28):
     m, tr, va = load_trained(results("adam"), data28)
-    run = influence.resolve(m, InfluenceSettings())
+    run = resolved.resolve(m, InfluenceSettings())
     assert run.lr == pytest.approx(0.001)
     assert any("trained with Adam" in w and "plain SGD" in w for w in run.warnings)
 
@@ -310,11 +310,11 @@ def test_exploding_query_vector_is_measured(results, data28):
     m, tr, va = load_trained(results("mlp"), data28)
     u = core.validation_gradient(m, va)
     order = core.epoch_orders(256, 1, 0)[0]
-    _, calm = core.replay(m, tr, order, np.full(8, 1e-3), 32, u)
-    _, wild = core.replay(m, tr, order, np.full(8, 1e3), 32, u)
+    _, calm = replay.replay(m, tr, order, np.full(8, 1e-3), 32, u)
+    _, wild = replay.replay(m, tr, order, np.full(8, 1e3), 32, u)
     assert calm.u_growth < 1.5 and wild.u_growth > 100
-    assert influence.trial_problem(np.zeros(3), calm.u_growth) is None
-    assert "grew" in influence.trial_problem(np.zeros(3), wild.u_growth)
+    assert trials.trial_problem(np.zeros(3), calm.u_growth) is None
+    assert "grew" in trials.trial_problem(np.zeros(3), wild.u_growth)
 
 
 def test_replay_builds_one_graph_per_batch_size(results, data28, monkeypatch):
@@ -330,5 +330,5 @@ def test_replay_builds_one_graph_per_batch_size(results, data28, monkeypatch):
     monkeypatch.setattr(core, "_StepGraphs", counting)
     order = core.epoch_orders(250, 1, 0)[0]  # 7 steps of 32 and a last one of 26
     arrays = {k: v[:250] for k, v in tr.items()}
-    core.replay(m, arrays, order, np.full(8, 0.01), 32, u)
+    replay.replay(m, arrays, order, np.full(8, 0.01), 32, u)
     assert sorted(built) == [(26, True), (32, True)]

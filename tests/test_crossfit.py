@@ -5,7 +5,7 @@ The oracles are other runs, not this code's output: ``--no-recommend`` on the sa
 influence of every validation row, one replay, the code path that existed before), and
 ``--no-recommend`` with a validation CSV holding half A's rows alone (what the candidates must
 be ordered by). Several query vectors in one replay (:mod:`.crossfit`) are checked against
-one :func:`.core.replay` per vector.
+one :func:`.replay.replay` per vector.
 """
 
 import csv
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sgd_influence_plugin import cli, core, crossfit
+from sgd_influence_plugin import cli, core, crossfit, replay
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.heldout_check import split_validation
 from sgd_influence_plugin.nnabla_adapter import load_model
@@ -110,7 +110,7 @@ def test_the_defaults_influence_is_every_validation_rows_and_the_candidates_half
 
 @pytest.mark.parametrize("step", ["exact", "fd"])
 def test_several_vectors_in_one_replay_are_each_vectors_replay(results, data28, step):
-    """replay_vectors against core.replay of each vector alone: one process, a helper
+    """replay_vectors against replay.replay of each vector alone: one process, a helper
     process, and the parameters of each step from a function (all-parameters mode)."""
     from sgd_influence_plugin import coworker
 
@@ -128,7 +128,7 @@ def test_several_vectors_in_one_replay_are_each_vectors_replay(results, data28, 
         want = []
         for vec in (u, u_a):
             m.set_params(theta)
-            want.append(core.replay(m, train, order, lrs, 32, vec, 1e-3, params_at, step=step))
+            want.append(replay.replay(m, train, order, lrs, 32, vec, 1e-3, params_at, step=step))
         for helper in (None, coworker.helper):
             m.set_params(theta)
             infl, stats = crossfit.replay_vectors(

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import core, influence
+from sgd_influence_plugin import core, influence, replay
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.nnabla_adapter import load_model, read_params
 from sgd_influence_plugin.settings import InfluenceSettings
@@ -18,7 +18,7 @@ def _pearson(a, b):
 
 
 def _fd_pearsons(model, train, val, caches, order, lrs, loo):
-    """Pearson of the fd replay (core.replay(step="fd"), centred by class as the default
+    """Pearson of the fd replay (replay.replay(step="fd"), centred by class as the default
     target is) with ``loo``, from the caches that compute_influence wrote under
     ``caches/all`` and ``caches/final``."""
     out = {}
@@ -30,7 +30,7 @@ def _fd_pearsons(model, train, val, caches, order, lrs, loo):
         def params_at(t, folder=folder):
             return read_params(str(folder / "steps" / f"step_{t:05d}.h5"), model.info.trainable)
 
-        fd, _ = core.replay(
+        fd, _ = replay.replay(
             model,
             train,
             order,

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import core, influence
+from sgd_influence_plugin import core, phases, resolved
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.nnabla_adapter import load_model, read_params
 from sgd_influence_plugin.settings import InfluenceSettings
@@ -118,11 +118,11 @@ def test_regression_losses_replay_equals_brute_force(regression, data7, tmp_path
         np.ravel(g.loss.d), train.losses(theta_of(theta0), np.arange(50)), rtol=1e-5, atol=1e-6
     )
     settings = InfluenceSettings(lr=0.01, seed=2)
-    run = influence.resolve(m, settings)
+    run = resolved.resolve(m, settings)
     assert run.weight_decay == pytest.approx(0.01) and run.batch_size == 16
     cache_dir = str(tmp_path / "cache")
-    influence.run_training_phase(m, tr, settings, run, cache_dir, seed=2)
-    infl, _, val_loss = influence.run_inference_phase(m, tr, va, cache_dir)
+    phases.run_training_phase(m, tr, settings, run, cache_dir, seed=2)
+    infl, _, val_loss = phases.run_inference_phase(m, tr, va, cache_dir)
     m.set_params(theta0)
     order = np.load(os.path.join(cache_dir, "order.npy"))
     path = sgd_float64(train, theta_of(theta0), [order], [0.01] * 4, 16, run.weight_decay)
@@ -146,13 +146,13 @@ def test_momentum_solver_rate_is_replayed_with_plain_sgd(results, data7, tmp_pat
     m = load_model(model=os.path.join(results("momentum"), "results.nnp"))
     assert m.info.solver.type == "Momentum" and m.info.solver.lr == 0.02
     settings = InfluenceSettings(lr="solver", seed=3)
-    run = influence.resolve(m, settings)
+    run = resolved.resolve(m, settings)
     assert run.lr == 0.02 and run.lr_source == "solver"
     assert any("trained with Momentum (lr 0.02)" in w and "plain SGD" in w for w in run.warnings)
     tr = load_dataset(data7["train"], m.info.input_shapes).arrays
     theta0 = m.get_params()
     cache_dir = str(tmp_path / "cache")
-    influence.run_training_phase(m, tr, settings, run, cache_dir, seed=3)
+    phases.run_training_phase(m, tr, settings, run, cache_dir, seed=3)
     m.set_params(theta0)
     np.testing.assert_array_equal(
         np.load(os.path.join(cache_dir, "lr.npy")), np.full(4, 0.02, np.float32)

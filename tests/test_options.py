@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from sgd_influence_plugin import cli, console_dialog, core, option_parsers, options, target
+from sgd_influence_plugin import cli, console_dialog, option_parsers, options, replay_steps, target
 from sgd_influence_plugin.runner import RunRequest
 from sgd_influence_plugin.settings import InfluenceSettings
 from sgd_influence_plugin.validation import CLI_FLAGS, PLUGIN_FLAGS
@@ -139,7 +139,7 @@ def test_the_settings_are_the_score_options():
 
 
 def test_the_tables_choices_are_the_ones_implemented():
-    assert options.choices("replay_step") == core.REPLAY_STEPS
+    assert options.choices("replay_step") == replay_steps.REPLAY_STEPS
     assert options.choices("target") == target.TARGETS
 
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import child_processes, core, coworker, interrupts, parallel
+from sgd_influence_plugin import child_processes, core, coworker, interrupts, parallel, replay
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import SettingsError
 from sgd_influence_plugin.executor import LocalExecutor
@@ -194,7 +194,7 @@ def _trial_loop(seed, progress, model, train, val, theta0):
         order = core.epoch_orders(n, 1, seed)[0]
         core.sgd_epoch(model, train, order, lrs, 32, progress=progress)
         u = core.validation_gradient(model, val)
-        infl, stats = core.replay(model, train, order, lrs, 32, u, progress=progress)
+        infl, stats = replay.replay(model, train, order, lrs, 32, u, progress=progress)
         return infl, stats.u_growth
     finally:
         model.set_params(theta0)
@@ -436,28 +436,28 @@ def test_sigterm_or_ctrl_c_ends_every_worker(tmp_path, how, kind):
 
 @needs_fork
 def test_a_replay_with_a_helper_process_equals_the_replay_alone(cnn):
-    """The fd step's minus pass in a forked co-worker (core.replay's ``helper``) gives the same
+    """The fd step's minus pass in a forked co-worker (replay.replay's ``helper``) gives the same
     scores and u, bit for bit, as both passes here; the co-worker is gone afterwards. Without
     the fd step, or with the parameters of every step, none is started."""
     model, train, val = cnn
     u = core.validation_gradient(model, val)
     order = core.epoch_orders(96, 1, 3)[0]
     lrs = np.full(core.n_steps(96, 32), 0.02, np.float32)
-    alone, s1 = core.replay(model, train, order, lrs, 32, u, step="fd")
+    alone, s1 = replay.replay(model, train, order, lrs, 32, u, step="fd")
     started = []
 
     def counting_helper(fn):
         started.append(fn)
         return coworker.helper(fn)
 
-    paired, s2 = core.replay(model, train, order, lrs, 32, u, step="fd", helper=counting_helper)
+    paired, s2 = replay.replay(model, train, order, lrs, 32, u, step="fd", helper=counting_helper)
     assert len(started) == 1 and np.std(alone) > 0
     np.testing.assert_array_equal(alone, paired)
     assert s1.u_growth == s2.u_growth
     assert _children() == []
-    core.replay(model, train, order, lrs, 32, u, step="exact", helper=counting_helper)
+    replay.replay(model, train, order, lrs, 32, u, step="exact", helper=counting_helper)
     theta = model.get_params()
-    core.replay(
+    replay.replay(
         model, train, order, lrs, 32, u, step="fd", helper=counting_helper,
         params_at=lambda t: theta,
     )  # fmt: skip

@@ -13,6 +13,7 @@ import yaml
 
 from sgd_influence_plugin import cleanse, output
 from sgd_influence_plugin import recommend as rc
+from sgd_influence_plugin import recommendation as rn
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import InputError, SettingsError
 from sgd_influence_plugin.executor import LocalExecutor
@@ -142,16 +143,16 @@ def _checked(n_rows, shift, base, rng, noise=0.01, action="remove"):
 
 
 def test_the_bar_is_bonferroni_over_the_candidates():
-    assert rc.z_required(1) == pytest.approx(2.326, abs=1e-3)  # one-sided 1%
-    assert rc.z_required(8) == pytest.approx(3.023, abs=1e-3)  # 1% / 8
+    assert rn.z_required(1) == pytest.approx(2.326, abs=1e-3)  # one-sided 1%
+    assert rn.z_required(8) == pytest.approx(3.023, abs=1e-3)  # 1% / 8
     rng = np.random.RandomState(9)
     base = rng.rand(2000)
     c = _checked(10, 0.0, base, rng, noise=0.0)
     c.loss_change, c.standard_error = -2.5, 1.0  # z = -2.5
-    assert c.passes(rc.z_required(1)) and not c.passes(rc.z_required(8))
-    assert rc.choose([c]) is c
+    assert c.passes(rn.z_required(1)) and not c.passes(rn.z_required(8))
+    assert rn.choose([c]) is c
     others = [_checked(10 + k, +0.01, base, rng) for k in range(7)]
-    assert rc.choose([c] + others) is None  # the same evidence among 8 tries is not enough
+    assert rn.choose([c] + others) is None  # the same evidence among 8 tries is not enough
 
 
 def test_choose_takes_the_fewest_rows_within_one_standard_error_of_the_best():
@@ -163,9 +164,9 @@ def test_choose_takes_the_fewest_rows_within_one_standard_error_of_the_best():
         _checked(30, -0.08, base, rng),
         _checked(5, +0.02, base, rng),
     )
-    bar = rc.z_required(4)
+    bar = rn.z_required(4)
     assert [c.passes(bar) for c in (small, mid, best, worse)] == [True, True, True, False]
-    assert rc.choose([small, mid, best, worse]) is best  # 0.03 apart: far beyond 1 SE
+    assert rn.choose([small, mid, best, worse]) is best  # 0.03 apart: far beyond 1 SE
     # Fewer rows and worse than the best by a third of a paired standard error: chosen.
     close = _checked(8, 0.0, base, rng)
     wiggle = rng.randn(len(base)) * 0.01
@@ -174,12 +175,12 @@ def test_choose_takes_the_fewest_rows_within_one_standard_error_of_the_best():
     close.heldout_loss = best.heldout_loss + wiggle + gap_se / 3
     close.loss_change, close.standard_error = rc.paired_change(close.heldout_loss, base)
     assert close.loss_change > best.loss_change
-    assert rc.choose([small, mid, best, worse, close]) is close
+    assert rn.choose([small, mid, best, worse, close]) is close
     # Worse by two paired standard errors: the best stays.
     close.heldout_loss = best.heldout_loss + wiggle + 2 * gap_se
     close.loss_change, close.standard_error = rc.paired_change(close.heldout_loss, base)
-    assert rc.choose([small, mid, best, worse, close]) is best
-    assert rc.choose([worse]) is None
+    assert rn.choose([small, mid, best, worse, close]) is best
+    assert rn.choose([worse]) is None
     # The same rows relabelled or removed, within a standard error of each other: the check's
     # better one, whichever action it is (no prior preference for either).
     remove = _checked(12, -0.06, base, rng)
@@ -187,18 +188,18 @@ def test_choose_takes_the_fewest_rows_within_one_standard_error_of_the_best():
     relabel.heldout_loss = remove.heldout_loss + wiggle + gap_se / 3
     relabel.loss_change, relabel.standard_error = rc.paired_change(relabel.heldout_loss, base)
     assert relabel.loss_change > remove.loss_change
-    assert rc.choose([relabel, remove]) is remove
+    assert rn.choose([relabel, remove]) is remove
     relabel.heldout_loss = remove.heldout_loss - wiggle - gap_se / 3
     relabel.loss_change, relabel.standard_error = rc.paired_change(relabel.heldout_loss, base)
     assert relabel.loss_change < remove.loss_change
-    assert rc.choose([remove, relabel]) is relabel
+    assert rn.choose([remove, relabel]) is relabel
     # Fewer rows within a standard error still win over the better action on more rows.
     fewer = _checked(11, 0.0, base, rng, action="relabel")
     fewer.heldout_loss = relabel.heldout_loss + wiggle + gap_se / 3
     fewer.loss_change, fewer.standard_error = rc.paired_change(fewer.heldout_loss, base)
-    assert rc.choose([remove, relabel, fewer]) is fewer
+    assert rn.choose([remove, relabel, fewer]) is fewer
     insignificant = _checked(10, -0.0001, base, rng, noise=0.05)
-    assert not insignificant.passes(rc.z_required(1)) and rc.choose([insignificant]) is None
+    assert not insignificant.passes(rn.z_required(1)) and rn.choose([insignificant]) is None
 
 
 def test_build_changes_nothing_when_no_candidate_passes():
@@ -210,12 +211,12 @@ def test_build_changes_nothing_when_no_candidate_passes():
     for c in cands:
         c.heldout_loss = base + 0.01
         c.loss_change, c.standard_error = rc.paired_change(c.heldout_loss, base)
-    rec = rc.build(s, cands, 300, {})
+    rec = rn.build(s, cands, 300, {})
     assert rec.chosen is None and set(rec.action) == {"keep"}
     assert rec.reason.startswith("change nothing") and f"{int(s.mask.sum())} suspect" in rec.reason
     cands[1].heldout_loss = base - 0.05
     cands[1].loss_change, cands[1].standard_error = rc.paired_change(cands[1].heldout_loss, base)
-    rec = rc.build(s, cands, 300, {})
+    rec = rn.build(s, cands, 300, {})
     assert rec.chosen is cands[1] and rec.counts()["remove"] == len(cands[1].rows)
     assert sorted(np.flatnonzero(rec.action == "remove")) == cands[1].rows.tolist()
     # The reason and the settings name the order the chosen rows were taken in.
@@ -227,7 +228,7 @@ def test_build_changes_nothing_when_no_candidate_passes():
         for other in cands:
             other.heldout_loss = base + (-0.05 if other is c else 0.01)
             other.loss_change, other.standard_error = rc.paired_change(other.heldout_loss, base)
-        rec = rc.build(s, cands, 300, {})
+        rec = rn.build(s, cands, 300, {})
         assert rec.chosen is c and words in rec.reason
         assert rec.to_dict()["chosen"]["order"] == order
     # With the neighbours' agreement, the ranked order is the three-rank one, and says so.
@@ -235,7 +236,7 @@ def test_build_changes_nothing_when_no_candidate_passes():
     c3 = next(c for c in rc.candidates(s3) if c.order == "margin_influence_neighbours")
     c3.heldout_loss = base - 0.05
     c3.loss_change, c3.standard_error = rc.paired_change(c3.heldout_loss, base)
-    rec = rc.build(s3, [c3], 300, {})
+    rec = rn.build(s3, [c3], 300, {})
     assert rec.chosen is c3 and "fewest of the nearest validation rows share" in rec.reason
     assert rec.to_dict()["chosen"]["order"] == "margin_influence_neighbours"
     assert rec.agreement is s3.agreement  # what the influence CSV writes per row
@@ -253,15 +254,15 @@ def test_a_check_whose_epochs_diverged_says_so_and_changes_nothing():
 
     for c in cands:
         result(c, np.full(300, np.nan))
-    rec = rc.build(s, cands, 300, {"lr": 0.5})
+    rec = rn.build(s, cands, 300, {"lr": 0.5})
     assert rec.chosen is None and set(rec.action) == {"keep"}
     assert "no finite held-out loss" in rec.reason and "lr 0.5" in rec.reason
     # One diverged and one clearly better: the better one; a diverged one is never chosen.
     result(cands[0], base - 0.05)
-    assert rc.build(s, cands, 300, {}).chosen is cands[0]
+    assert rn.build(s, cands, 300, {}).chosen is cands[0]
     # None passes: the best named in the reason is a finite one.
     result(cands[0], base + 0.01)
-    rec = rc.build(s, cands, 300, {})
+    rec = rn.build(s, cands, 300, {})
     assert rec.chosen is None and "no change of them lowered" in rec.reason
     assert "nan" not in rec.reason and "+0.01" in rec.reason
 
@@ -300,7 +301,7 @@ def _recommendation(n, relabel, remove, suggested):
     chosen.loss_change, chosen.standard_error = -0.5, 0.1
     other = rc.Candidate(0.2, "remove", np.array(remove), suggested[remove], "margin_and_influence")
     other.loss_change, other.standard_error = 0.03, 0.01
-    return rc.Recommendation(
+    return rn.Recommendation(
         action=action,
         suggested=suggested,
         confidence=np.linspace(0.5, 0.99, n),
@@ -431,7 +432,7 @@ def test_no_recommendation_means_keep_and_an_unchanged_cleansed_csv(data7, tmp_p
     train = load_dataset(data7["train"], {"x": (1, 7, 7), "y": (1,)})
     scores = np.linspace(-1, 1, train.size)
     out = tmp_path / "influence.csv"
-    rec = rc.unavailable(train.size, "no recommendation: made up")
+    rec = rn.unavailable(train.size, "no recommendation: made up")
     content = output.RunContent(scores, train, ["x", "y"], {}, recommendation=rec)
     paths = output.write_influence_output(str(out), content)
     rows = _rows(paths.csv)
@@ -504,7 +505,7 @@ def test_on_known_flips_the_changed_rows_are_the_flips(flipped_world, tmp_path):
     rec = facts["recommendation"]
     assert rec["counts"]["relabel"] + rec["counts"]["remove"] == changed.sum()
     assert rec["chosen"]["passes"] and rec["chosen"]["z"] <= -rec["z_required"]
-    assert rec["z_required"] == pytest.approx(rc.z_required(len(rec["checked"])), abs=1e-3)
+    assert rec["z_required"] == pytest.approx(rn.z_required(len(rec["checked"])), abs=1e-3)
     marked = [c for c in rec["checked"] if c["recommended"]]  # exactly the chosen one
     assert len(marked) == 1 and {k: marked[0][k] for k in rec["chosen"]} == rec["chosen"]
     # the influence from all 400 rows; the candidates from half A, the check on half B

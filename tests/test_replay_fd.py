@@ -1,4 +1,4 @@
-"""The finite-difference replay step (``core.replay(step="fd")``) against independent oracles:
+"""The finite-difference replay step (``replay.replay(step="fd")``) against independent oracles:
 float64 closed forms on softmax regression and the exact step (itself checked against a
 batch-size-1 loop and a dense Hessian in test_core_oracles) on a smooth CNN.
 
@@ -12,7 +12,7 @@ a valid oracle; their whole-replay fidelity is measured by the benchmark, not as
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import core
+from sgd_influence_plugin import core, replay, replay_steps
 from support.oracles import LogReg, theta_of
 from support.results import load_trained
 
@@ -38,7 +38,7 @@ def test_fd_step_matches_float64_closed_forms_on_softmax_regression(results, dat
 
     errors = {}
     for rel in (1e-2, 3e-2):
-        dots, hu = core.FiniteDifferenceStep(m, rel)(tr, idx, u)
+        dots, hu = replay_steps.FiniteDifferenceStep(m, rel)(tr, idx, u)
         assert dots.shape == (16,) and dots.dtype == np.float64
         assert [h.shape for h in hu] == [(49, 10), (10,)]
         errors[rel] = (
@@ -48,7 +48,7 @@ def test_fd_step_matches_float64_closed_forms_on_softmax_regression(results, dat
         for k, v in m.get_params().items():  # theta is restored exactly
             np.testing.assert_array_equal(v, before[k])
     # Measured at the default step: dots 1e-4, H u 4e-4 of the reference.
-    assert core.FD_REL_STEP == 1e-2
+    assert replay_steps.FD_REL_STEP == 1e-2
     assert errors[1e-2][0] <= 1e-3 and errors[1e-2][1] <= 2e-3
     # Truncation error O(eps^2): 3x the step, about 9x the error (measured 9.1x and 9.0x).
     for k in (0, 1):
@@ -59,9 +59,9 @@ def test_fd_step_against_the_exact_step_on_a_smooth_cnn(results, data28):
     m, tr, va = load_trained(results("smooth"), data28)
     u = core.validation_gradient(m, va)
     u_list = [u[k] for k in m.graph(32).params]
-    exact = core.ExactStep(m)
-    fd = core.FiniteDifferenceStep(m)
-    fine = core.FiniteDifferenceStep(m, 1e-3)
+    exact = replay_steps.ExactStep(m)
+    fd = replay_steps.FiniteDifferenceStep(m)
+    fine = replay_steps.FiniteDifferenceStep(m, 1e-3)
     worst = np.zeros((2, 2))
     for t in range(4):
         idx = np.arange(32 * t, 32 * t + 32)
@@ -82,8 +82,8 @@ def test_fd_replay_follows_the_exact_replay_on_a_smooth_cnn(results, data28):
     u = core.validation_gradient(m, va)
     order = core.epoch_orders(256, 1, 4)[0]
     lrs = np.full(8, 0.05, np.float32)
-    exact, st_exact = core.replay(m, tr, order, lrs, 32, u)
-    fd, st_fd = core.replay(m, tr, order, lrs, 32, u, step="fd")
+    exact, st_exact = replay.replay(m, tr, order, lrs, 32, u)
+    fd, st_fd = replay.replay(m, tr, order, lrs, 32, u, step="fd")
     assert st_exact.step == "exact" and st_fd.step == "fd" and st_fd.steps == 8
     assert np.all(np.isfinite(fd))
     assert np.corrcoef(fd, exact)[0, 1] >= 0.999
@@ -97,10 +97,10 @@ def test_replay_step_choices_are_checked(results, data7):
     m, tr, va = load_trained(results("logreg"), data7)
     u = core.validation_gradient(m, va)
     with pytest.raises(ValueError, match="unknown replay step 'fast'"):
-        core.replay(m, tr, np.arange(50), [0.1] * 4, 16, u, step="fast")
+        replay.replay(m, tr, np.arange(50), [0.1] * 4, 16, u, step="fast")
     for bad in (0.0, -1e-3, float("nan")):
         with pytest.raises(ValueError, match="rel_step must be a positive number"):
-            core.FiniteDifferenceStep(m, bad)
+            replay_steps.FiniteDifferenceStep(m, bad)
     zero = [np.zeros_like(u[k]) for k in m.graph(16).params]
-    dots, hu = core.FiniteDifferenceStep(m)(tr, np.arange(16), zero)
+    dots, hu = replay_steps.FiniteDifferenceStep(m)(tr, np.arange(16), zero)
     assert not np.any(dots) and not any(np.any(h) for h in hu)

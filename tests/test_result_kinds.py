@@ -106,7 +106,7 @@ def test_regression_runs_and_summarises_residuals(trained):
     assert header[:2] == ["y", "x"]  # the target first, under its bare name
     assert all(r["suggested_label"] == "" and r["confidence"] == "" for r in rows)
     assert {r["action"] for r in rows} == {"keep"}  # 200 validation rows, still no advice:
-    summary = open(os.path.join(out, "influence_summary.txt")).read()  # (see runner.py)
+    summary = open(os.path.join(out, "influence_summary.txt")).read()  # (recommend.py)
     assert "residual" in summary and "per class" not in summary
     assert "no recommendation: it needs a classifier" in summary
 

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import yaml
 
-from sgd_influence_plugin import cli, influence
+from sgd_influence_plugin import cli, trials
 
 
 def test_a_retried_trial_makes_used_lr_its_rate(world_small, monkeypatch):
     w = world_small
-    real = influence.trial_problem
+    real = trials.trial_problem
     calls = {"n": 0}
 
     def first_attempt_unstable(*a, **k):
         calls["n"] += 1
         return "made unstable by the test" if calls["n"] == 1 else real(*a, **k)
 
-    monkeypatch.setattr(influence, "trial_problem", first_attempt_unstable)
+    monkeypatch.setattr(trials, "trial_problem", first_attempt_unstable)
     out = w["root"] / "retry" / "influence.csv"
     assert cli.main(w["run"] + ["--output", str(out), "--lr", "0.01"]) == 0
     facts = yaml.safe_load((out.parent / "influence_settings.yaml").read_text())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sgd_influence_plugin import core, curvature, influence
+from sgd_influence_plugin import core, curvature, influence, resolved, trials
 from sgd_influence_plugin.errors import UnstableReplayError
 from sgd_influence_plugin.settings import InfluenceSettings
 from support.oracles import LogReg, theta_of
@@ -98,14 +98,14 @@ def test_combine_trials_no_trial_dominates():
 
 def test_trial_problem():
     ok = np.ones(5)
-    assert influence.trial_problem(ok, 1.2) is None
-    assert "not finite" in influence.trial_problem(np.array([1.0, np.nan, np.inf]), 1.0)
-    assert "overflowed" in influence.trial_problem(ok, float("inf"))
-    assert "grew" in influence.trial_problem(ok, influence.GROWTH_LIMIT * 1.5)
+    assert trials.trial_problem(ok, 1.2) is None
+    assert "not finite" in trials.trial_problem(np.array([1.0, np.nan, np.inf]), 1.0)
+    assert "overflowed" in trials.trial_problem(ok, float("inf"))
+    assert "grew" in trials.trial_problem(ok, trials.GROWTH_LIMIT * 1.5)
     # The training phase's epoch must not wreck the model (validation loss 0.5 -> 3).
-    assert influence.trial_problem(ok, 1.0, 0.9, 0.5) is None
-    assert "diverged" in influence.trial_problem(ok, 1.0, 3.0, 0.5)
-    assert "diverged" in influence.trial_problem(ok, 1.0, float("nan"), 0.5)
+    assert trials.trial_problem(ok, 1.0, 0.9, 0.5) is None
+    assert "diverged" in trials.trial_problem(ok, 1.0, 3.0, 0.5)
+    assert "diverged" in trials.trial_problem(ok, 1.0, float("nan"), 0.5)
 
 
 def test_auto_lr_is_used_and_recorded(results, data28, tmp_path):
@@ -139,7 +139,7 @@ def test_auto_lr_is_used_and_recorded(results, data28, tmp_path):
     lambda_max = res.resolved.curvature.lambda_max
     assert sel["curvature"]["lambda_max"] == pytest.approx(lambda_max, rel=1e-3)
     assert [t["lr"] for t in facts["trials"]] == [expected, expected]
-    assert res.timings["u_growth"] < influence.GROWTH_LIMIT and not res.warnings
+    assert res.timings["u_growth"] < trials.GROWTH_LIMIT and not res.warnings
     # The CSV holds the combined scores, and the trials file each trial's raw scores.
     with open(paths.csv) as f:
         rows = list(csv.DictReader(f))
@@ -202,7 +202,7 @@ def test_unstable_trials_are_retried_at_a_quarter_rate(results, data28):
     assert np.all(np.isfinite(res.scores)) and np.all(np.isfinite(res.trial_scores))
     for t in res.trials:
         assert t.attempts >= 2 and t.lr == pytest.approx(1000.0 / 4 ** (t.attempts - 1))
-        assert t.u_growth <= influence.GROWTH_LIMIT
+        assert t.u_growth <= trials.GROWTH_LIMIT
     assert sum("retried at lr=" in w for w in res.warnings) == sum(
         t.attempts - 1 for t in res.trials
     )
@@ -302,14 +302,13 @@ def test_scores_that_tell_no_sample_from_another_are_refused():
     from sgd_influence_plugin import influence
     from sgd_influence_plugin.errors import ComputationError
 
-    run = influence.ResolvedSettings(lr=1e-3, weight_decay=0.0, batch_size=16)
+    run = resolved.ResolvedSettings(lr=1e-3, weight_decay=0.0, batch_size=16)
     with pytest.raises(ComputationError, match=r"all 50 influence scores are 0: .*nothing was"):
         influence.check_spread(np.zeros(50), run)
     influence.check_spread(np.linspace(-1, 1, 50), run)
 
 
 def test_a_diverging_automatic_rate_does_not_advise_lr_auto(world):
-    from sgd_influence_plugin import influence
     from sgd_influence_plugin.dataset import load_dataset
     from sgd_influence_plugin.errors import UnstableReplayError
     from sgd_influence_plugin.nnabla_adapter import load_model
@@ -321,8 +320,8 @@ def test_a_diverging_automatic_rate_does_not_advise_lr_auto(world):
     settings = InfluenceSettings(trials=1, retries=0)
     for source, advice in (("auto", r"--lr auto is already in use: give a smaller --lr number"),
                            ("given", r"Give a smaller --lr \(or --lr auto\)")):  # fmt: skip
-        run = influence.ResolvedSettings(lr=1e6, weight_decay=0.0, batch_size=16, lr_source=source)
+        run = resolved.ResolvedSettings(lr=1e6, weight_decay=0.0, batch_size=16, lr_source=source)
         with pytest.raises(UnstableReplayError, match=advice):
-            influence.run_trial(
+            trials.run_trial(
                 model, train, val, settings, run, str(world["tmp"] / "c"), 0, None, 2.3
             )
