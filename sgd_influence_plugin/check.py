@@ -33,7 +33,6 @@ from .output_set import MAIN, OutputSet, companion_path, write
 from .runner import RunRequest
 from .settings import InfluenceSettings, write_yaml
 from .table_columns import find_columns
-from .tiny_inputs import check_training_size
 
 #: Companion files of the check CSV: kind -> suffix of its stem.
 CHECK_COMPANIONS: Dict[str, str] = {
@@ -318,8 +317,7 @@ def _check_loaded(model, train, val, settings, m: int, out_csv: str, flags) -> N
     for ``m`` samples and for the batch, the replay's rate, the free space one trial needs.
     """
     info = model.info
-    for d in (train, val):
-        validation.check_label_values(d, getattr(info, "label_classes", {}))
+    validation.check_labels(info, (train, val))
     if train.size < MIN_SAMPLES:
         raise SettingsError(
             f"{train.path} has only {train.size} row(s); the check re-runs at least "
@@ -330,9 +328,7 @@ def _check_loaded(model, train, val, settings, m: int, out_csv: str, flags) -> N
             f"{flags.samples} {m}: {train.path} has only {train.size} rows; give at most "
             f"{train.size}"
         )
-    batch = settings.batch_size or info.solver.batch_size
-    check_training_size(train.path, train.size, batch, flags.batch_size)
-    validation.check_replay_rate(settings, info, train.size, flags)
+    batch = validation.check_replay_data(settings, info, train, flags)  # as run checks it
     need = validation.estimate_bytes(  # one trial; no thumbnails, only a small plot
         n_train=train.size,
         n_params=model.n_params,

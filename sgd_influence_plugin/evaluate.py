@@ -39,10 +39,11 @@ from .errors import SettingsError
 from .evaluate_inputs import check_evaluate, load_inputs, parse_floats, parse_seeds
 from .evaluate_report import write_outputs
 from .executor import local_executor, open_executor, unit_graphs
-from .influence import compute_influence, resolve
+from .influence import compute_influence
 from .nnabla_adapter import load_model
 from .nnabla_adapter.training import initial_parameters, train_from_scratch
 from .probabilities import as_probabilities
+from .resolved import resolve
 from .settings import InfluenceSettings
 
 

@@ -28,12 +28,14 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import core, influence, options, parallel
+from . import core, options, parallel
 from .errors import ComputationError, SettingsError
 from .executor import local_executor, unit_graphs
-from .resolved import ResolvedSettings
+from .phases import read_schedule, replay_helper
+from .resolved import ResolvedSettings, choose_lr, resolve
 from .settings import InfluenceSettings
 from .summary import ranking
+from .trials import run_trial
 
 #: Samples checked by default: a third most harmful, a third most helpful, the rest random.
 DEFAULT_SAMPLES = options.default("samples")
@@ -59,7 +61,7 @@ class CheckResult:
         seconds: wall time of the whole check; ``timings``: seconds per stage.
         lr / weight_decay / batch_size: the replayed epoch's settings (rate after retries).
         val_loss_full: mean validation loss after the full re-run epoch.
-        u_growth: how much the replay's query vector grew (see ``core.ReplayStats``).
+        u_growth: how much the replay's query vector grew (see ``replay.ReplayStats``).
         n_train: N; ``warnings``: messages for the user.
 
     """
@@ -154,11 +156,11 @@ def check_fidelity(
 ) -> CheckResult:
     """One influence trial, then exact leave-one-out re-runs of its replayed epoch.
 
-    The trial is ``influence.run_trial`` (training phase + replay into a temporary cache,
+    The trial is ``trials.run_trial`` (training phase + replay into a temporary cache,
     retried at a lower rate when unstable; target ``plain`` whatever ``settings.target`` says,
-    see :mod:`.target`) at the rate :func:`influence.resolve` and
-    :func:`influence.choose_lr` settle (``settings.trials`` is not used: one trial). The exact
-    re-runs use that trial's order and per-step rates (:func:`influence.read_schedule`), start
+    see :mod:`.target`) at the rate :func:`.resolved.resolve` and
+    :func:`.resolved.choose_lr` settle (``settings.trials`` is not used: one trial). The exact
+    re-runs use that trial's order and per-step rates (:func:`.phases.read_schedule`), start
     from the parameters before the replayed (last) epoch, and give the picked sample weight 0
     (:func:`core.sgd_epoch`).
 
@@ -215,27 +217,27 @@ def _checked_settings(settings: InfluenceSettings, samples: int) -> InfluenceSet
 
 def _trial(model, train, val, settings, progress, log, timings: Dict[str, float]):
     """The check's one trial, in this process and a temporary cache, at the rate
-    :func:`influence.resolve` and :func:`influence.choose_lr` settle: ``(the resolved run,
+    :func:`.resolved.resolve` and :func:`.resolved.choose_lr` settle: ``(the resolved run,
     its outcome, (its last epoch's order, its per-step rates), the warnings so far)``, each
     warning logged; ``timings`` gets the curvature's and the trial's seconds.
     """
-    run = influence.resolve(model, settings)
+    run = resolve(model, settings)
     for w in run.warnings:
         log("warning: " + w)
     val_loss_start = core.mean_loss(model, val, settings.val_batch_size)
     t0 = time.perf_counter()
-    influence.choose_lr(model, train, settings, run, log)
+    choose_lr(model, train, settings, run, log)
     timings["curvature"] = time.perf_counter() - t0
     here = parallel.workers_for(settings.context, settings.jobs)  # the trial runs here
     cache = tempfile.mkdtemp(prefix="sgd_influence_check_")
     try:
         t0 = time.perf_counter()
-        outcome = influence.run_trial(
+        outcome = run_trial(
             model, train, val, settings, run, cache, settings.seed, progress, val_loss_start,
-            influence.replay_helper(settings, here),
+            replay_helper(settings, here),
         )  # fmt: skip
         timings["influence"] = time.perf_counter() - t0
-        schedule = influence.read_schedule(cache)
+        schedule = read_schedule(cache)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     for w in outcome.warnings:

@@ -21,10 +21,10 @@ import numpy as np
 from . import core, interrupts
 from .errors import ComputationError
 from .executor import local_executor
-from .phases import read_schedule, replay_helper  # noqa: F401 - read_schedule: fidelity's name
+from .phases import replay_helper
 from .resolved import ResolvedSettings, choose_lr, resolve
 from .settings import InfluenceSettings
-from .trials import TrialOutcome, run_trial, trial_unit  # noqa: F401 - run_trial: fidelity's
+from .trials import TrialOutcome, trial_unit
 
 #: Logger-like callback for user-facing messages (warnings, stages).
 Log = Callable[[str], None]
