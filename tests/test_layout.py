@@ -249,3 +249,33 @@ def test_modules_and_their_functions_stay_small():
             length = node.end_lineno - node.lineno + 1
             why = lines[first - 2].strip().startswith("# longer than 60 lines:")
             assert length <= 60 or why, f"{name}: {node.name} is {length} lines"
+
+
+def _floors():
+    """docs/layout.md's floors: module -> floor number (1 = the bottom)."""
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "docs", "layout.md"), encoding="utf-8").read()
+    section = text.split("## Floors", 1)[1].split("\n## ", 1)[0]
+    floors = {}
+    for line in section.splitlines():
+        m = re.match(r"(\d+)\. \*\*", line)
+        if m:
+            for name in re.findall(r"`([\w.]+)`", line):
+                floors[name] = int(m.group(1))
+    return floors
+
+
+def test_every_module_sits_on_a_floor_and_imports_only_downwards():
+    """docs/layout.md's floors are true: every module of the package is on one, and no
+    import (lazy ones included) reaches a floor above its own."""
+    modules = dict(_package_modules())
+    floors = _floors()
+    modules.pop("", None)  # the package's __init__
+    assert sorted(set(modules) - set(floors)) == [], "modules missing from docs/layout.md"
+    assert sorted(set(floors) - set(modules)) == [], "docs/layout.md names no such module"
+    for m, path in modules.items():
+        for d in _package_imports(path, m):
+            if d in floors:
+                assert floors[d] <= floors[m], f"{m} (floor {floors[m]}) imports {d} ({floors[d]})"
