@@ -158,8 +158,9 @@ def load_inputs(
     noise_csv: Optional[str] = None,
 ) -> EvaluateInputs:
     """The model and the datasets ``csvs`` (training, validation, test) loaded, every label
-    checked against the network's classes, the replay's rate against the training set, the
-    ground truth read; after :func:`check_evaluate`, before anything is computed.
+    checked against the network's classes, the training set's size and the replay's rate
+    (:func:`.validation.check_replay_data`, as for run and check), the ground truth read;
+    after :func:`check_evaluate`, before anything is computed.
 
     Raises:
         SGDInfluenceError: a bad input or setting, naming it and the fix.
@@ -173,9 +174,8 @@ def load_inputs(
     )
     shapes = model.info.input_shapes
     train, val, test = (load_dataset(path, shapes) for path in csvs)
-    for d in (train, val, test):
-        validation.check_label_values(d, model.info.label_classes)
-    validation.check_replay_rate(settings, model.info, train.size)
+    validation.check_labels(model.info, (train, val, test))
+    validation.check_replay_data(settings, model.info, train)  # as run and check make them
     n = train.size
     flipped = read_noise(noise_csv, n) if noise_csv else None
     counts = sorted({int(round(r * n)) for r in ratios})

@@ -142,6 +142,29 @@ def test_a_given_weight_decay_too_large_for_the_rate_is_refused_before_computing
     assert not out.exists()
 
 
+def test_a_training_set_smaller_than_the_batch_is_refused_before_computing(
+    results, data7, tmp_path, monkeypatch
+):
+    """The training-size check run and check make (one step needs a whole batch): evaluate
+    makes it too, before the influence is computed, naming the file and --batch-size."""
+    from sgd_influence_plugin import evaluate as evaluate_mod
+    from sgd_influence_plugin.errors import DatasetError
+
+    def computed(*a, **k):
+        raise AssertionError("the influence was computed before the refusal")
+
+    monkeypatch.setattr(evaluate_mod, "compute_influence", computed)
+    nnp = os.path.join(results("logreg"), "results.nnp")
+    n = sum(1 for _ in open(data7["train"])) - 1
+    out = tmp_path / "eval"
+    with pytest.raises(DatasetError, match=rf"{n} training rows.*--batch-size"):
+        evaluate(
+            {"model": nnp}, data7["train"], data7["val"], data7["val"], str(out), [0], [0],
+            "last", InfluenceSettings(trials=1, lr=0.1, batch_size=n + 1, jobs=1),
+        )  # fmt: skip
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------------------
 # The ownership rule, and everything checked before computing (issue 18, cases 1, 7, 12)
 # ----------------------------------------------------------------------------------------
