@@ -150,28 +150,33 @@ def private_tmpdir(tmp_path, monkeypatch):
     return tmp
 
 
+def _private_copy(root, data7, results):
+    """A private copy of the 7x7 dataset (``root/data``) and of the logreg result
+    (``root/result``): the keys every world has."""
+    data = root / "data"
+    data.mkdir()
+    for name in ("train", "val"):
+        shutil.copytree(os.path.join(data7["folder"], name), data / name)
+        shutil.copy(data7[name], data / f"{name}.csv")
+    result = root / "result"
+    shutil.copytree(results("logreg"), result)
+    return {
+        "root": root,
+        "data": data,
+        "train": str(data / "train.csv"),
+        "val": str(data / "val.csv"),
+        "result": result,
+        "model": str(result / "results.nnp"),
+    }
+
+
 @pytest.fixture
 def world(tmp_path, data7, results, private_tmpdir):
     """A private copy of the 7x7 dataset (``data/``) and of the logreg result (``result/``),
     an empty TMPDIR for the tool's temporary cache, and the folder that holds all three (the
     keys are described in ``support/user_files.py``).
     """
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("train", "val"):
-        shutil.copytree(os.path.join(data7["folder"], name), data / name)
-        shutil.copy(data7[name], data / f"{name}.csv")
-    result = tmp_path / "result"
-    shutil.copytree(results("logreg"), result)
-    return {
-        "root": tmp_path,
-        "data": data,
-        "train": str(data / "train.csv"),
-        "val": str(data / "val.csv"),
-        "result": result,
-        "model": str(result / "results.nnp"),
-        "tmp": private_tmpdir,
-    }
+    return {**_private_copy(tmp_path, data7, results), "tmp": private_tmpdir}
 
 
 @pytest.fixture
@@ -181,18 +186,8 @@ def world_small(tmp_path, data7, results):
     """
     from sgd_influence_plugin import cli
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("train", "val"):
-        shutil.copytree(os.path.join(data7["folder"], name), data / name)
-        shutil.copy(data7[name], data / f"{name}.csv")
-    result = tmp_path / "result"
-    shutil.copytree(results("logreg"), result)
     w = {
-        "root": tmp_path,
-        "train": str(data / "train.csv"),
-        "val": str(data / "val.csv"),
-        "model": str(result / "results.nnp"),
+        **_private_copy(tmp_path, data7, results),
         "influence": tmp_path / "base" / "influence.csv",
     }
     argv = ["run", "--model", w["model"], "--train", w["train"], "--val", w["val"], "--quiet"]
