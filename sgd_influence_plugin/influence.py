@@ -22,7 +22,7 @@ from . import core, interrupts
 from .errors import ComputationError
 from .executor import local_executor
 from .phases import replay_helper
-from .resolved import ResolvedSettings, choose_lr, resolve
+from .resolved import ResolvedSettings, choose_lr, feature_spread_warning, resolve
 from .settings import InfluenceSettings
 from .trials import TrialOutcome, trial_unit
 
@@ -179,6 +179,9 @@ def _before_trials(model, train, val, settings, log: Log, val_loss_start, get_lo
     caller did not give, and the rate settled by the curvature (:func:`.resolved.choose_lr`).
     """
     run = resolve(model, settings)
+    spread = feature_spread_warning(model.info.input_shapes, train)
+    if spread:
+        run.warnings.append(spread)
     for w in run.warnings:
         log("warning: " + w)
     timings: Dict[str, float] = {}

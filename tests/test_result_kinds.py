@@ -78,6 +78,8 @@ def test_table_keeps_its_own_header_and_every_feature(trained):
     assert "Pclass=" in report and "Fare=" in report  # a row's values where there is no image
     summary = open(os.path.join(out, "influence_summary.txt")).read()
     assert "harmful share per class" in summary
+    # raw features (Fare in pounds beside Sex in 0/1): the user is told the scores follow Fare
+    assert "the features of x differ" in summary and "(x__3: standard deviation" in summary
     top = summary.split("top 10 harmful (datasource_index, label, influence, values):")[1]
     first = top.strip().splitlines()[0]  # the most harmful row, read without the training CSV
     row = rows[0]

@@ -14,6 +14,7 @@ from sgd_influence_plugin import influence
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.errors import SettingsError
 from sgd_influence_plugin.nnabla_adapter import load_model
+from sgd_influence_plugin.resolved import MAX_FEATURE_SPREAD, feature_spread_warning
 from sgd_influence_plugin.settings import InfluenceSettings
 from sgd_influence_plugin.target import apply_target, centre_by_class, class_labels
 
@@ -78,3 +79,28 @@ def test_a_class_of_one_row_keeps_its_score():
     one_alone = {"y": np.array([[0], [0], [1], [2]], np.float32)}
     np.testing.assert_allclose(apply_target(scores, "class-centred", info, one_alone),
                                [0.25, -0.25, 0.5, 0.1])  # fmt: skip
+
+
+def _table(spreads, n=400, seed=0):
+    rng = np.random.RandomState(seed)
+    return (rng.randn(n, len(spreads)) * np.asarray(spreads) + 3.0).astype(np.float32)
+
+
+def test_unscaled_table_features_are_named_in_a_warning():
+    x = _table([0.8, 0.5, 14.0, 50.0, 1.1])
+    msg = feature_spread_warning({"x": (5,), "y": (1,)}, {"x": x, "y": np.zeros((400, 1))})
+    assert msg is not None and msg.startswith("the features of x differ")
+    assert "(x__3: standard deviation" in msg and "x__1: " in msg  # the widest and narrowest
+
+
+def test_scaled_features_images_and_constant_columns_get_no_warning():
+    shapes = {"x": (4,)}
+    assert feature_spread_warning(shapes, {"x": _table([1.0, 0.5, 2.0, 1.5])}) is None
+    x = _table([1.0, 2.0, 1.5, 0.0])  # a constant feature has no spread to compare
+    assert feature_spread_warning(shapes, {"x": x}) is None
+    just_over = _table([1.0, MAX_FEATURE_SPREAD * 1.3], n=4000)
+    assert feature_spread_warning({"x": (2,)}, {"x": just_over}) is not None
+    pixels = np.zeros((50, 1, 4, 4), np.float32)
+    pixels[:, 0, 0, 0] = np.linspace(0, 100, 50)
+    pixels[:, 0, 1, 1] = np.linspace(0, 0.01, 50)
+    assert feature_spread_warning({"x": (1, 4, 4)}, {"x": pixels}) is None  # images: not a table
