@@ -19,7 +19,11 @@ For every label setting and seed (one task; ``--jobs`` tasks at once):
    writes the influence CSV and ``influence_cleansed.csv`` with its recommendation applied.
 4. Retrain from scratch as in 2 on: the cleansed CSV (``recommended``); the training CSV
    without the top 10% by influence (``top10``); without as many random rows as the
-   recommendation changes (``random_matched``; the same as ``none`` when it changes nothing).
+   recommendation changes (``random_matched``; the same as ``none`` when it changes nothing);
+   the oracles (noisy settings): without exactly the flipped rows (``oracle_remove``) and with
+   every flipped row given its true label (``oracle_correct``). The report gives the
+   recommendation's gain over ``none`` as a share of each oracle's, in test accuracy and in
+   test loss, and on how many seeds its test loss is below ``none``'s.
 5. Detection against the true flips: the recommended rows; the same number of rows sorted by
    training loss; confident learning on the model's in-sample probabilities (per-class
    thresholds, off-diagonal of the confident joint; numpy, no cleanlab); the top 10%.
@@ -64,7 +68,10 @@ from support import fashion_mnist  # noqa: E402
 #: the first rows of the plugin's first trial order, RandomState(seed).permutation.
 NOISE_SEED_OFFSET = 1000
 LABELS = ("clean", "uniform", "confusable")
-METHODS = ("none", "recommended", "top10", "random_matched")
+METHODS = ("none", "recommended", "top10", "random_matched", "oracle_remove", "oracle_correct")
+#: The oracles (issue 35): every flipped row removed and nothing else; every flipped row given
+#: its true label. The recommendation's gain is reported as a share of theirs.
+ORACLES = ("oracle_remove", "oracle_correct")
 ROW_KEYS = (
     "labels", "seed", "method", "n_changed", "n_relabel", "n_remove", "test_accuracy",
     "test_loss", "precision", "recall", "seconds",
@@ -269,6 +276,9 @@ def run_task(a, setting, seed):
             acc, lss, seconds = none_acc, none_loss, 0.0
         add("random_matched", 0, int(rnd.sum()), rnd, acc, lss, seconds)
 
+    if flipped.any():
+        _oracles(a, out, paths["train"], flipped, clean_labels, retrain, measure, add)
+
     # Detection against the truth.
     detection = []
     if flipped.any():
@@ -311,6 +321,24 @@ def run_task(a, setting, seed):
         os.path.join(done_dir, "rows.csv"), ROW_KEYS, [[r[k] for k in ROW_KEYS] for r in rows]
     )
     log("done")
+
+
+def _oracles(a, out, train_csv, flipped, clean_labels, retrain, measure, add):
+    """The task's :data:`ORACLES` among ``a.methods``, retrained and added as rows."""
+    import retrain_candidate as rc  # it imports this module: imported here, when needed
+
+    n = len(flipped)
+    if "oracle_remove" in a.methods:
+        nnp, seconds = retrain(
+            train_csv, np.flatnonzero(~flipped), removal_folder("flips", flipped)
+        )
+        add("oracle_remove", 0, int(flipped.sum()), flipped, *measure(nnp), seconds)
+    if "oracle_correct" in a.methods:
+        fixed = rc.fixed_labels(clean_labels, flipped)
+        path = os.path.join(out, "train_oracle_correct.csv")
+        rc.write_relabelled(train_csv, "y", fixed, path)
+        nnp, seconds = retrain(path, np.arange(n), removal_folder("fixed", flipped))
+        add("oracle_correct", int(flipped.sum()), 0, flipped, *measure(nnp), seconds)
 
 
 def train_once(out, folder, config, csv_path, keep, seed, log=print):
@@ -422,6 +450,32 @@ def _method_line(method, rs, base):
     )
 
 
+def _oracle_shares(sub, base):
+    """Lines: the recommendation's mean gain over ``none`` as a share of each oracle's, in test
+    accuracy and in test loss, on the seeds that have both; and on how many seeds the
+    recommendation's test loss is below ``none``'s.
+    """
+    rec = {r["seed"]: r for r in sub if r["method"] == "recommended" and r["seed"] in base}
+    if not rec:
+        return []
+    lower = sum(_f(r["test_loss"]) < _f(base[s]["test_loss"]) for s, r in rec.items())
+    out = ["", f"Test loss below `none`'s: {lower}/{len(rec)} seeds."]
+    for oracle in ORACLES:
+        orc = {r["seed"]: r for r in sub if r["method"] == oracle and r["seed"] in rec}
+        if not orc:
+            continue
+        gain = {}
+        for key in ("test_accuracy", "test_loss"):
+            mine = np.mean([_f(rec[s][key]) - _f(base[s][key]) for s in orc])
+            best = np.mean([_f(orc[s][key]) - _f(base[s][key]) for s in orc])
+            gain[key] = f"{mine / best:.2f}" if best else "-"
+        out.append(
+            f"Share of `{oracle}`'s gain ({len(orc)} seeds): test accuracy {gain['test_accuracy']}"
+            f", test loss {gain['test_loss']}."
+        )
+    return out
+
+
 def report(a):
     """Write ``summary.md`` and ``results.csv`` into ``--out`` from the finished tasks (the
     ownership rule: only files the protocol wrote there are replaced) and print the summary.
@@ -455,6 +509,7 @@ def report(a):
             rs = [r for r in sub if r["method"] == method and r["seed"] in base]
             if rs:
                 lines.append(_method_line(method, rs, base))
+        lines += _oracle_shares(sub, base)
         diag = [r for r in diagnostics if r["labels"] == setting and r["seed"] in base]
         for method in dict.fromkeys(r["method"] for r in diag):
             rs = [r for r in diag if r["method"] == method]

@@ -43,6 +43,31 @@ def test_report_pairs_each_seed_with_its_own_none(tmp_path):
     rp.report(a)  # its own files are replaced
 
 
+def test_report_gives_the_recommendations_gain_as_a_share_of_each_oracles(tmp_path):
+    a = rp.parse_args(["--out", str(tmp_path / "out")])
+    _task(
+        a,
+        "uniform",
+        0,
+        [
+            ("none", 0, 0.90, 0.40),
+            ("recommended", 10, 0.91, 0.38),
+            ("oracle_remove", 50, 0.93, 0.36),
+            ("oracle_correct", 50, 0.94, 0.30),
+        ],
+    )
+    _task(a, "uniform", 1, [("none", 0, 0.80, 0.50), ("recommended", 20, 0.80, 0.52),
+                            ("oracle_remove", 50, 0.81, 0.44)])  # fmt: skip
+    rp.report(a)
+    text = open(tmp_path / "out" / "summary.md").read()
+    # remove, seeds 0 and 1: accuracy (+1 + 0) / (+3 + 1) = 0.25, loss (-0.02 + 0.02) / -0.1 = 0
+    assert "Share of `oracle_remove`'s gain (2 seeds): test accuracy 0.25, test loss -0.00." in text
+    # correct, seed 0 only: accuracy +1 / +4 = 0.25, loss -0.02 / -0.10 = 0.20
+    assert "Share of `oracle_correct`'s gain (1 seeds): test accuracy 0.25, test loss 0.20." in text
+    assert "Test loss below `none`'s: 1/2 seeds." in text
+    assert any(x.startswith("| oracle_remove | 50/50 ") for x in text.splitlines())
+
+
 def test_report_lists_the_seeds_in_numeric_order(tmp_path):
     a = rp.parse_args(["--out", str(tmp_path / "out")])
     for seed, n in ((10, 30), (2, 20), (1, 10)):
