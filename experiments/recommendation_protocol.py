@@ -468,7 +468,8 @@ def _oracle_shares(sub, base):
         for key in ("test_accuracy", "test_loss"):
             mine = np.mean([_f(rec[s][key]) - _f(base[s][key]) for s in orc])
             best = np.mean([_f(orc[s][key]) - _f(base[s][key]) for s in orc])
-            gain[key] = f"{mine / best:.2f}" if best else "-"
+            better = best > 0 if key == "test_accuracy" else best < 0
+            gain[key] = f"{mine / best:.2f}" if better else "- (the oracle did not gain)"
         out.append(
             f"Share of `{oracle}`'s gain ({len(orc)} seeds): test accuracy {gain['test_accuracy']}"
             f", test loss {gain['test_loss']}."

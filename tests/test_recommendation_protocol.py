@@ -65,6 +65,13 @@ def test_report_gives_the_recommendations_gain_as_a_share_of_each_oracles(tmp_pa
     # correct, seed 0 only: accuracy +1 / +4 = 0.25, loss -0.02 / -0.10 = 0.20
     assert "Share of `oracle_correct`'s gain (1 seeds): test accuracy 0.25, test loss 0.20." in text
     assert "Test loss below `none`'s: 1/2 seeds." in text
+    _task(a, "confusable", 0, [("none", 0, 0.90, 0.40), ("recommended", 10, 0.91, 0.38),
+                               ("oracle_remove", 50, 0.89, 0.41)])  # fmt: skip
+    rp.report(a)
+    text = open(tmp_path / "out" / "summary.md").read()
+    assert (
+        "test accuracy - (the oracle did not gain), test loss - (the oracle did not gain)" in text
+    )
     assert any(x.startswith("| oracle_remove | 50/50 ") for x in text.splitlines())
 
 
