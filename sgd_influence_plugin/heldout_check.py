@@ -164,6 +164,7 @@ def check_candidates(
     rows: Optional[int] = None,
     executor=None,
     base: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None,
+    base_out: Optional[list] = None,
 ) -> List[Candidate]:
     """Fill each candidate's held-out result (in place; returns ``cands``).
 
@@ -186,6 +187,8 @@ def check_candidates(
         executor: where the epochs run (:mod:`.executor`); None = in this process.
         base: the epoch on the data as given, ``(held-out losses, held-out correct or None)``,
             if already computed with these arguments (:func:`early_work`); None = here.
+        base_out: a list the epoch on the data as given is appended to (given or computed
+            here), for a caller that pools the rows itself (:mod:`.pooled_check`).
 
     Raises:
         ValueError: ``predict`` is another callable than the model's own.
@@ -200,6 +203,8 @@ def check_candidates(
     results = _run_epochs(model, (train, heldout), items, spec, predict, executor, progress)
     if base is None:
         base, results = results[0], results[1:]
+    if base_out is not None:
+        base_out.append(base)
     base_loss, base_correct = base
     for c, (loss, correct) in zip(cands, results):
         c.loss_change, c.standard_error = paired_change(loss, base_loss)
