@@ -122,8 +122,7 @@ def recommend_two_way(
         val: column -> (V, ...) every validation row; ``halves``: ``(A, B)`` row indices.
         scores: ``(every row's, half A's, half B's)`` trial scores, float64 (M, N) each.
         early: :func:`.recommend.early_work`'s result with ``reference`` half A and
-            ``more_references`` (half B, every row), or None: the same result either way.
-        The others as :func:`.recommend.recommend`.
+            ``more_references`` (half B, every row), or None. The others as ``recommend``.
 
     """
     log = log or (lambda msg: None)
@@ -135,15 +134,7 @@ def recommend_two_way(
     refs = [{k: a[h] for k, a in val.items()} for h in halves] + [val]
     key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n, refs, label_column)
     early = early if early is not None and early.get("key") == key else None
-    if early:
-        prob = early["prob"]
-        pairs = [(early["agreement"], early["neighbours"])] + list(early["more"])
-    else:
-        signals = training_signals(model, train, refs[0], label_column, *refs[1:])
-        prob, pairs = signals[0], [signals[k : k + 2] for k in range(1, len(signals), 2)]
-    labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
-    order = (scores[1], scores[2], scores[0])  # half A's, half B's, every row's
-    sus_a, sus_b, sus_all = (find_suspects(labels, prob, s, p[0]) for s, p in zip(order, pairs))
+    sus_a, sus_b, sus_all, pairs = _suspects(model, train, label_column, refs, scores, early)
     cands = pooled_candidates(sus_a, sus_b, sus_all)
     epochs = _distinct_sets(cands)
     facts = _check_facts(
@@ -152,10 +143,7 @@ def recommend_two_way(
     )  # fmt: skip
     facts["design"] = design(len(halves[0]), len(halves[1]))
     if cands:
-        log(
-            f"checking {len(cands)} candidate changes two ways ({len(epochs)} epochs), pooled "
-            f"over {v} validation rows"
-        )
+        log(f"checking {len(cands)} candidate changes two ways, pooled over {v} validation rows")
         base: list = []
         check_candidates(
             model, train, val, label_column, epochs, lr, batch_size, weight_decay,
@@ -169,6 +157,23 @@ def recommend_two_way(
         rec.reason += f"; checked two ways, pooled over all {v} validation rows"
     log("recommendation: " + rec.reason)
     return rec
+
+
+def _suspects(model, train, label_column: str, refs, scores, early):
+    """``(half A's, half B's and every row's Suspects, [(agreement, neighbours' facts)] per
+    reference)``, from :func:`.recommend.early_work`'s signals when given.
+    """
+    if early:
+        prob = early["prob"]
+        pairs = [(early["agreement"], early["neighbours"])] + list(early["more"])
+    else:
+        signals = training_signals(model, train, refs[0], label_column, *refs[1:])
+        prob, pairs = signals[0], [signals[k : k + 2] for k in range(1, len(signals), 2)]
+    n = len(train[label_column])
+    labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
+    order = (scores[1], scores[2], scores[0])  # half A's, half B's, every row's
+    sus = [find_suspects(labels, prob, s, p[0]) for s, p in zip(order, pairs)]
+    return (*sus, pairs)
 
 
 def design(n_a: int, n_b: int) -> str:

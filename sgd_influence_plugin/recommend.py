@@ -56,6 +56,7 @@ from .heldout_check import (  # noqa: F401 - part of this module's interface
     split_validation,
 )
 from .neighbours import training_signals  # noqa: F401 - part of this module's interface
+from .probabilities import as_probabilities  # noqa: F401 - part of this module's interface
 from .recommendation import Recommendation, build, unavailable
 from .suspects import (  # noqa: F401 - part of this module's interface
     GIVEN_LABEL_LEVELS,
