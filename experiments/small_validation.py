@@ -45,9 +45,9 @@ FIELDS = ("dataset", "labels", "seed", "size", "n_train", "flips", "val_rows", "
           "s_a_and_s_b", "precision_and", "recall_and", "reason")  # fmt: skip
 
 
-def build_patterns(work: str, seed: int, rate: float) -> dict:
+def build_patterns(work: str, seed: int, rate: float, n_val: int = 200) -> dict:
     """The test suite's generated 14x14 patterns (or Fashion-MNIST with ``make data``): 600
-    training rows (``rate`` of them flipped, from ``1000 + seed``) and 200 validation rows,
+    training rows (``rate`` of them flipped, from ``1000 + seed``) and ``n_val`` validation rows,
     the MLP trained 15 epochs by ``nnabla_cli train``. Unlike the tables, its model
     disagrees with some clean rows, so the check runs on clean labels too.
     """
@@ -55,8 +55,9 @@ def build_patterns(work: str, seed: int, rate: float) -> dict:
     from support.netdef import NetSpec
     from support.results import train_result
 
-    folder = os.path.join(work, f"patterns_s{seed}_r{rate:g}")
-    data = make_png_dataset(os.path.join(folder, "data"), 600, 200, size=14, seed=seed)
+    more = "" if n_val == 200 else f"_v{n_val}"
+    folder = os.path.join(work, f"patterns_s{seed}_r{rate:g}{more}")
+    data = make_png_dataset(os.path.join(folder, "data"), 600, n_val, size=14, seed=seed)
     noisy_csv, flipped = write_noisy_train(data, rate, 1000 + seed)
     data = dict(data, train=noisy_csv)
     spec = NetSpec(arch="mlp", batch_size=32, lr=0.1, max_epoch=15, seed=3)
