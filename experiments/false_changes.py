@@ -118,6 +118,48 @@ def one_run(state, case, name, seed, size, null) -> list:
     return lines
 
 
+def _bars(rr: list):
+    """(passes the pooled bar alone, passes it in each direction too) for one run's records."""
+    from statistics import NormalDist
+
+    zb = NormalDist().inv_cdf(1.0 - 0.01 / len(rr))
+    f = [{k: float(r[k]) if r.get(k, "") != "" else math.nan for k in ("z", "z_ab", "z_ba")}
+         for r in rr]  # fmt: skip
+    pooled = any(x["z"] <= -zb for x in f)
+    if rr[0]["check"] != "two-way":
+        return pooled, pooled
+    each = any(x["z"] <= -zb and x["z_ab"] <= -zb and x["z_ba"] <= -zb for x in f)
+    return pooled, each
+
+
+def summarize(paths: list) -> str:
+    """Markdown: per dataset, labels, validation rows and check, the runs passing each bar
+    with a 95% Clopper-Pearson interval (exact, as the runs are deterministic given a seed)."""
+    from collections import defaultdict
+
+    from scipy.stats import beta
+
+    def ci(k, n):
+        lo = beta.ppf(0.025, k, n - k + 1) if k else 0.0
+        return f"{k}/{n} = {k / n:.3f} [{lo:.3f}, {beta.ppf(0.975, k + 1, n - k) if k < n else 1:.3f}]"
+
+    runs = defaultdict(list)
+    for path in paths:
+        name = os.path.basename(path)
+        for r in csv.DictReader(open(path, newline="")):
+            runs[(r["dataset"], name, int(r["val_rows"]), r["check"], r["seed"])].append(r)
+    groups = defaultdict(list)
+    for (ds, name, v, check, _), rr in runs.items():
+        groups[(ds, name, v, check)].append([x for x in rr if x["z"] != ""])
+    out = ["| dataset | runs file | validation rows | check | pooled bar alone | each "
+           "direction too (this rule) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for (ds, name, v, check), g in sorted(groups.items()):
+        bars = [_bars(rr) if rr else (False, False) for rr in g]
+        old, new = sum(b[0] for b in bars), sum(b[1] for b in bars)
+        out.append(f"| {ds} | {name} | {v} | {check} | {ci(old, len(g))} | {ci(new, len(g))} |")
+    return "\n".join(out) + "\n"
+
+
 def _seeds(text: str):
     if "-" in text:
         lo, hi = text.split("-")
@@ -136,7 +178,11 @@ def main(argv=None) -> int:
     ap.add_argument("--null", default="rule", choices=("rule", "random"))
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "small_validation"))
+    ap.add_argument("--summarize", default=None, help="only print the table of these CSVs")
     args = ap.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize.split(",")))
+        return 0
     state: dict = {}
     install_spies(state, args.null)
     work = args.work or tempfile.mkdtemp(prefix="false_changes_")
