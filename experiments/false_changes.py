@@ -134,14 +134,16 @@ def _bars(rr: list):
 
 def summarize(paths: list) -> str:
     """Markdown: per dataset, labels, validation rows and check, the runs passing each bar
-    with a 95% Clopper-Pearson interval (exact, as the runs are deterministic given a seed)."""
+    with a 95% Clopper-Pearson interval (exact, as the runs are deterministic given a seed).
+    """
     from collections import defaultdict
 
     from scipy.stats import beta
 
     def ci(k, n):
         lo = beta.ppf(0.025, k, n - k + 1) if k else 0.0
-        return f"{k}/{n} = {k / n:.3f} [{lo:.3f}, {beta.ppf(0.975, k + 1, n - k) if k < n else 1:.3f}]"
+        hi = beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
+        return f"{k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]"
 
     runs = defaultdict(list)
     for path in paths:
