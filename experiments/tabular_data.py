@@ -163,15 +163,20 @@ def train_case(folder: str, name: str, table: Table, csvs: dict, titanic: Option
     return _train(folder, nntxt)
 
 
-def build_case(work: str, name: str, scaling: str, seed: int, rate: float, titanic=None) -> dict:
+def build_case(
+    work: str, name: str, scaling: str, seed: int, rate: float, titanic=None, noise_seed=None
+) -> dict:
     """Write and train one case; returns ``model`` (results.nnp), ``train``/``val`` (CSVs),
-    ``flipped`` (bool (N,)) and ``true`` (int (N,), the clean training labels).
+    ``flipped`` (bool (N,)) and ``true`` (int (N,), the clean training labels). The flips are
+    drawn with ``noise_seed`` (default ``seed``; keep it apart from the run's seed, see
+    docs/recommendation.md, "A trap in synthetic label noise").
     """
     table = load_table(name, titanic, seed)
     if scaling == "std":
         table = standardize(table)
-    noisy = flip_labels(table.y_train, rate, table.n_classes, seed)
-    folder = os.path.join(work, f"{name}_{scaling}_s{seed}")
+    noise_seed = seed if noise_seed is None else noise_seed
+    noisy = flip_labels(table.y_train, rate, table.n_classes, noise_seed)
+    folder = os.path.join(work, f"{name}_{scaling}_s{seed}_r{rate:g}")
     os.makedirs(folder, exist_ok=True)
     csvs = {
         "train": write_csv(os.path.join(folder, "train.csv"), table.header, table.x_train, noisy),

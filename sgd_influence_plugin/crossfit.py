@@ -184,11 +184,21 @@ def replay_vectors(
     return loop(us, progress)
 
 
+def halves_of(candidate_rows) -> List[np.ndarray]:
+    """The validation halves whose gradients are replayed beside ``u``: ``candidate_rows`` is
+    one index array (half A, the one-way check) or a sequence of them (halves A and B, the
+    two-way check of small validation sets, :mod:`.pooled_check`).
+    """
+    if isinstance(candidate_rows, np.ndarray):
+        return [candidate_rows]
+    return [np.asarray(rows) for rows in candidate_rows]
+
+
 def replay_with_candidates(
     model,
     train: Mapping[str, np.ndarray],
     val: Mapping[str, np.ndarray],
-    candidate_rows: np.ndarray,
+    candidate_rows,
     u: Mapping[str, np.ndarray],
     order: np.ndarray,
     lrs: Sequence[float],
@@ -199,18 +209,21 @@ def replay_with_candidates(
     """The replay of ``u`` (every validation row's gradient) and of ``u_A``, the gradient of
     the mean loss over the validation rows ``candidate_rows`` (half A), at the model's
     current parameters, through one epoch (:func:`replay_vectors`; ``replay_args`` as there).
+    With two halves (:func:`halves_of`) ``u_B`` is replayed too, the same way.
 
     Returns:
-        ``(infl, stats)``: float64 (2, N), row 0 the influence (every validation row), row 1
-        the candidates' order (half A); one :class:`.replay.ReplayStats` for both: the wall
-        time, and the larger growth of the two vectors (a trial is as unstable as its worse
-        replay).
+        ``(infl, stats)``: float64 (1 + K, N), row 0 the influence (every validation row),
+        row 1 the candidates' order (half A), row 2 half B's (K = 2); one
+        :class:`.replay.ReplayStats` for all: the wall time, and the largest growth of the
+        vectors (a trial is as unstable as its worst replay).
 
     """
-    half = {k: v[candidate_rows] for k, v in val.items()}
-    u_a = core.validation_gradient(model, half, val_batch_size)
+    us = [u]
+    for rows in halves_of(candidate_rows):
+        half = {k: v[rows] for k, v in val.items()}
+        us.append(core.validation_gradient(model, half, val_batch_size))
     start = time.perf_counter()
-    infl, stats = replay_vectors(model, train, order, lrs, batch_size, [u, u_a], **replay_args)
+    infl, stats = replay_vectors(model, train, order, lrs, batch_size, us, **replay_args)
     growth = float(np.max([s.u_growth for s in stats]))  # NaN stays NaN
     joint = replay.ReplayStats(stats[0].steps, time.perf_counter() - start, growth, stats[0].step)
     return infl, joint

@@ -164,28 +164,27 @@ def check_candidates(
     rows: Optional[int] = None,
     executor=None,
     base: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None,
+    base_out: Optional[list] = None,
 ) -> List[Candidate]:
     """Fill each candidate's held-out result (in place; returns ``cands``).
 
-    The model's trainable parameters are restored at the end. The epochs (one on the data as
-    given, one per candidate) are independent units of ``executor``
-    (:func:`check_epoch_unit`); the results are the same as one after another.
+    The model's parameters are restored at the end. The epochs (one on the data as given, one
+    per candidate) are units of ``executor`` (:func:`check_epoch_unit`), as one after another.
 
     Args:
         model: the model object :mod:`.core` describes, at the trained parameters.
-        train / heldout: column -> (N, ...) float32 arrays; ``heldout`` rows were not used by
-            the influence.
+        train / heldout: column -> (N, ...) float32; ``heldout``: rows that chose no candidate.
         label_column: the column a relabel changes.
         lr / batch_size / weight_decay: the check's epoch (see :func:`settle_epoch`).
         seed: seed of its sample order (the same order for every candidate).
         predict: None, or ``model.predict`` for the accuracy change (the epochs may run in
             other processes, each with its own copy of the model, whose predict they use).
-        rows: the epoch visits this many training rows, a seeded uniform sample
-            (:func:`check_order`; None = all N). A candidate's changes apply to the rows it
-            shares with the sample, so the share of changed rows is kept.
+        rows: the epoch visits this many training rows, a seeded uniform sample (None = all;
+            :func:`check_order`), so a candidate's share of changed rows is kept.
         executor: where the epochs run (:mod:`.executor`); None = in this process.
         base: the epoch on the data as given, ``(held-out losses, held-out correct or None)``,
             if already computed with these arguments (:func:`early_work`); None = here.
+        base_out: a list ``base`` is appended to (given or computed; :mod:`.pooled_check`).
 
     Raises:
         ValueError: ``predict`` is another callable than the model's own.
@@ -200,6 +199,8 @@ def check_candidates(
     results = _run_epochs(model, (train, heldout), items, spec, predict, executor, progress)
     if base is None:
         base, results = results[0], results[1:]
+    if base_out is not None:
+        base_out.append(base)
     base_loss, base_correct = base
     for c, (loss, correct) in zip(cands, results):
         c.loss_change, c.standard_error = paired_change(loss, base_loss)

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import core, interrupts
+from . import core, crossfit, interrupts
 from .errors import ComputationError
 from .executor import local_executor
 from .phases import replay_helper
@@ -63,6 +63,8 @@ class InfluenceResult:
         candidate_scores: float64 (M, N), each trial's scores from the ``candidate_rows`` of
             the validation set alone, which order the recommendation's candidates and nothing
             else (:mod:`.crossfit`); None without candidate rows.
+        half_b_scores: float64 (M, N), the same from half B's rows (the second of two
+            ``candidate_rows`` halves: the two-way check, :mod:`.pooled_check`), or None.
         losses: float64 (N,), each training sample's loss at the trained parameters (before
             the training phase), in the loss's units.
         trials: the :class:`.trials.TrialOutcome` of each trial (rate, retries, u growth, ...).
@@ -92,6 +94,7 @@ class InfluenceResult:
     resolved: ResolvedSettings
     warnings: List[str]
     candidate_scores: Optional[np.ndarray] = None
+    half_b_scores: Optional[np.ndarray] = None
 
 
 def compute_influence(
@@ -132,7 +135,8 @@ def compute_influence(
             computed them meanwhile; None = computed here first.
         candidate_rows: indices into ``val`` (half A of a run that recommends): each trial
             also replays their gradient, in the same pass, for ``candidate_scores``; the
-            scores stay those of every ``val`` row (:mod:`.crossfit`). None = not.
+            scores stay those of every ``val`` row (:mod:`.crossfit`). A pair of index arrays
+            (halves A and B) adds ``half_b_scores``. None = not.
 
     Raises:
         UnstableReplayError: a trial stayed unstable after its retries (nothing is returned).
@@ -142,7 +146,7 @@ def compute_influence(
     executor = executor or local_executor(settings.context, settings.jobs)
     ready = _before_trials(model, train, val, settings, log, val_loss_start, losses)
     ready.timings["jobs"] = min(executor.slots, settings.trials)
-    vectors = 1 if candidate_rows is None else 2
+    vectors = 1 if candidate_rows is None else 1 + len(crossfit.halves_of(candidate_rows))
     helper = replay_helper(settings, executor.cores_per_unit(settings.trials), vectors)
     ready.timings["replay_processes"] = 2 if helper is not None else 1
     t0 = time.perf_counter()
@@ -285,8 +289,9 @@ def _combine(
     losses = ready.losses
     if losses is None:
         losses = np.asarray(ready.get_losses(), dtype=np.float64)
-    stacked = np.stack([o.scores for o in outcomes])  # (M, N), or (M, 2, N): crossfit
+    stacked = np.stack([o.scores for o in outcomes])  # (M, N), or (M, 1 + K, N): crossfit
     trial_scores, candidates = (stacked[:, 0], stacked[:, 1]) if vectors > 1 else (stacked, None)
+    half_b = stacked[:, 2] if vectors > 2 else None
     scores, scales = core.combine_trials(trial_scores)  # finite: every trial was checked
     check_spread(scores, run)
     return InfluenceResult(
@@ -303,4 +308,5 @@ def _combine(
         resolved=run,
         warnings=run.warnings,
         candidate_scores=candidates,
+        half_b_scores=half_b,
     )

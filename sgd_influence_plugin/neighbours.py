@@ -22,6 +22,8 @@ from typing import Optional
 
 import numpy as np
 
+from .probabilities import as_probabilities
+
 #: Training rows compared with the reference rows at once (bounds the memory to
 #: CHUNK x V float32 distances).
 CHUNK = 1024
@@ -126,3 +128,30 @@ def model_agreement(model, features, labels, reference, label_column: str):
         "reference_rows": int(len(ref_feats)),
         "k": neighbour_count(len(ref_feats)),
     }
+
+
+def training_signals(model, train, reference, label_column: str, *more):
+    """``(prob float64 (N, C), agreement float64 (N,) or None, neighbours: dict)``: the
+    model's class probabilities on the training rows and their validation neighbours'
+    agreement with the ``reference`` rows (this module; the dict says what was
+    measured, or why not), from one pass of the executor over the training rows. Each
+    reference of ``more`` (the two-way check's, :mod:`.pooled_check`) adds two items: the
+    same with it.
+    """
+    n = len(train[label_column])
+    refs = [reference, *more]
+    whys = [why_not(model, n, r, label_column) for r in refs]
+    if all(why is not None for why in whys):
+        prob = as_probabilities(model.predict(train))
+        out, feats = None, None
+    else:
+        out, feats = model.predict_with_features(train)
+        prob = as_probabilities(out)
+    labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
+    signals = [prob]
+    for ref, why in zip(refs, whys):
+        if why is not None:
+            signals += [None, {"used": False, "why": why}]
+        else:
+            signals += list(model_agreement(model, feats, labels, ref, label_column))
+    return tuple(signals)

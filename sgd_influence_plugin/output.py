@@ -107,7 +107,8 @@ class RunContent:
             (None = apply the recommendation).
         candidate_scores: float64 (M, N) each trial's scores from the candidates' half of the
             validation rows (:mod:`.crossfit`), written to the trials CSV after
-            ``trial_scores`` (None: none).
+            ``trial_scores`` (None: none); ``half_b_scores`` the same from half B (the
+            two-way check, :mod:`.pooled_check`), after them.
 
     """
 
@@ -122,6 +123,7 @@ class RunContent:
     target: Optional[str] = None
     remove_ratio: Optional[float] = None
     candidate_scores: Optional[np.ndarray] = None
+    half_b_scores: Optional[np.ndarray] = None
 
 
 def write_influence_output(
@@ -251,7 +253,8 @@ class _RunView:
         )
 
     def write_trials(self, path: str) -> None:
-        write_trials(path, self.content.trial_scores, self.content.candidate_scores)
+        c = self.content
+        write_trials(path, c.trial_scores, c.candidate_scores, c.half_b_scores)
 
     def write_settings(self, path: str) -> None:
         timings = self.content.info.setdefault("timings_seconds", {})

@@ -37,12 +37,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import core
-from . import neighbours as neighbours_mod
 from .executor import LocalExecutor
 from .heldout_check import (  # noqa: F401 - part of this module's interface
     CHECK_ROWS,
@@ -56,7 +55,8 @@ from .heldout_check import (  # noqa: F401 - part of this module's interface
     settle_epoch,
     split_validation,
 )
-from .probabilities import as_probabilities
+from .neighbours import training_signals  # noqa: F401 - part of this module's interface
+from .probabilities import as_probabilities  # noqa: F401 - part of this module's interface
 from .recommendation import Recommendation, build, unavailable
 from .suspects import (  # noqa: F401 - part of this module's interface
     GIVEN_LABEL_LEVELS,
@@ -72,6 +72,12 @@ from .tiny_inputs import too_few_to_recommend
 #: Fewer held-out rows than this cannot back a recommendation (the standard error of the
 #: mean loss difference is then too rough): the recommendation is to change nothing.
 MIN_HELDOUT = 100
+#: Below ``2 * MIN_HELDOUT`` validation rows the check is two-way (:mod:`.pooled_check`):
+#: each half chooses candidates the other half checks, and the paired differences of both
+#: are pooled over every row. Fewer validation rows than this back no change at all: the
+#: false-change rate and the power measured on clean and noisy tables (docs/recommendation.md,
+#: "Small validation sets").
+MIN_TWO_WAY = 40
 
 
 # ----------------------------------------------------------------------------- one run
@@ -88,6 +94,10 @@ class CheckSplit:
         why_not: why there is no recommendation ("" when there is one).
         first: half A's row indices (the candidates' replay), or None.
         label: the class label column the recommendation reads, or None.
+        second: half B's row indices when the check is two-way (fewer than
+            ``2 * MIN_HELDOUT`` rows, :mod:`.pooled_check`: ``heldout`` is then every row,
+            each measured for the candidates the other half chose), else None.
+        second_val: half B's arrays (two-way: its candidates' neighbours), else None.
 
     """
 
@@ -96,6 +106,15 @@ class CheckSplit:
     why_not: str = ""
     first: Optional[np.ndarray] = None
     label: Optional[str] = None
+    second: Optional[np.ndarray] = None
+    second_val: Optional[Dict[str, np.ndarray]] = None
+
+    @property
+    def replayed(self):
+        """The halves whose gradients each trial replays beside ``u`` (``candidate_rows`` of
+        :func:`.influence.compute_influence`): half A, both halves (two-way), or None.
+        """
+        return self.first if self.second is None else (self.first, self.second)
 
 
 def is_classifier(info) -> bool:
@@ -105,11 +124,13 @@ def is_classifier(info) -> bool:
 
 def split_for_check(wanted: bool, info, train, val, seed: int) -> CheckSplit:
     """Half A of the validation rows (seeded, :func:`.heldout_check.split_validation`) to
-    choose the candidates, half B held out to check them; or every row and why there is no
-    recommendation (``wanted`` False: turned off). The recommendation needs a classifier
-    (:func:`is_classifier`) and enough validation rows for two halves. A regression gets
-    none: removing its worst-fitted rows passed the check's settling epoch on a real console
-    result and then made the retrained model worse (docs/recommendation.md).
+    choose the candidates, half B held out to check them; below ``2 * MIN_HELDOUT`` rows
+    (down to :data:`MIN_TWO_WAY`) each half also checks what the other chose (two-way,
+    :mod:`.pooled_check`); or every row and why there is no recommendation (``wanted``
+    False: turned off). The recommendation needs a classifier (:func:`is_classifier`) and
+    enough validation rows. A regression gets none: removing its worst-fitted rows passed
+    the check's settling epoch on a real console result and then made the retrained model
+    worse (docs/recommendation.md).
 
     Args:
         info: the model's :class:`~sgd_influence_plugin.nnabla_adapter.ModelInfo`.
@@ -117,7 +138,6 @@ def split_for_check(wanted: bool, info, train, val, seed: int) -> CheckSplit:
         seed: the run's seed.
 
     """
-    need = 2 * MIN_HELDOUT
     if not wanted:
         why = "no recommendation: turned off"
     elif not is_classifier(info):
@@ -128,28 +148,30 @@ def split_for_check(wanted: bool, info, train, val, seed: int) -> CheckSplit:
         )
     elif too_few_to_recommend(train.size):
         why = too_few_to_recommend(train.size)
-    elif val.size < need:
+    elif val.size < MIN_TWO_WAY:
         why = (
-            f"no recommendation: {val.size} validation rows; at least {need} are needed (half "
-            "to choose the changes, half held out to check them). Add "
-            f"{need - val.size} labelled rows to the validation CSV (for example from the "
-            "training CSV), or look at the most harmful rows and cleanse a share of them with "
-            "remove_ratio"
+            f"no recommendation: {val.size} validation rows; at least {MIN_TWO_WAY} are "
+            "needed to check a change (two halves that choose and check each other). Add "
+            f"{MIN_TWO_WAY - val.size} labelled rows to the validation CSV (for example from "
+            "the training CSV), or look at the most harmful rows and cleanse a share of them "
+            "with remove_ratio"
         )
     else:
         first, held = split_validation(val.size, seed)
         pick = lambda idx: {k: v[idx] for k, v in val.arrays.items()}  # noqa: E731
         label = info.target_column or next(iter(info.label_classes), None)
-        return CheckSplit(pick(first), pick(held), "", first, label)
+        if val.size >= 2 * MIN_HELDOUT:
+            return CheckSplit(pick(first), pick(held), "", first, label)
+        return CheckSplit(pick(first), dict(val.arrays), "", first, label, held, pick(held))
     return CheckSplit(val.arrays, None, why, None, None)
 
 
-def _check_key(lr, batch_size, weight_decay, seed, check_rows, n, reference, label) -> Tuple:
+def _check_key(lr, batch_size, weight_decay, seed, check_rows, n, references, label) -> Tuple:
     """What the check's epoch on the data as given and the neighbours' agreement depend on:
     :func:`early_work`'s result is used by :func:`recommend` only when both computed the same
     key.
     """
-    n_ref = None if reference is None else len(reference[label])
+    n_ref = tuple(None if r is None else len(r[label]) for r in references)
     return (
         float(lr),
         int(batch_size),
@@ -159,22 +181,6 @@ def _check_key(lr, batch_size, weight_decay, seed, check_rows, n, reference, lab
         n,
         n_ref,
     )
-
-
-def training_signals(model, train, reference, label_column: str):
-    """``(prob float64 (N, C), agreement float64 (N,) or None, neighbours: dict)``: the
-    model's class probabilities on the training rows and their validation neighbours'
-    agreement with the ``reference`` rows (:mod:`.neighbours`; the dict says what was
-    measured, or why not), from one pass of the executor over the training rows.
-    """
-    n = len(train[label_column])
-    why = neighbours_mod.why_not(model, n, reference, label_column)
-    if why is not None:
-        return as_probabilities(model.predict(train)), None, {"used": False, "why": why}
-    out, feats = model.predict_with_features(train)
-    labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
-    agreement, facts = neighbours_mod.model_agreement(model, feats, labels, reference, label_column)
-    return as_probabilities(out), agreement, facts
 
 
 def early_work(
@@ -187,25 +193,29 @@ def early_work(
     seed: int,
     check_rows: Optional[int] = CHECK_ROWS,
     reference: Optional[Mapping[str, np.ndarray]] = None,
+    more_references: Sequence[Mapping[str, np.ndarray]] = (),
 ) -> Optional[Dict]:
     """What :func:`recommend` needs that the influence does not change, computed before it
     (e.g. in another process while the influence runs): the model's class probabilities on
     the training rows, their neighbours' agreement with the ``reference`` rows
     (:func:`.neighbours.model_agreement`) and the check's epoch on the data as given. None when the
     check's rate needs the measured curvature (an adaptive solver); :func:`recommend` then
-    does it all.
+    does it all. With ``more_references`` (a two-way check's, :mod:`.pooled_check`) also the
+    agreement with each (``more``: a list of ``(agreement, neighbours)``).
 
     The model's trainable parameters are restored at the end.
     """
     solver = model.info.solver
     lr, _ = check_rate(solver.type, solver.lr, math.nan)
-    if not math.isfinite(lr) or len(heldout[label_column]) < MIN_HELDOUT:
+    if not math.isfinite(lr) or len(heldout[label_column]) < MIN_TWO_WAY:
         return None
     theta0 = model.get_params()
     n = len(train[label_column])
-    key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n, reference, label_column)
+    refs = [reference, *more_references]
+    key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n, refs, label_column)
     try:
-        prob, agreement, neighbours = training_signals(model, train, reference, label_column)
+        signals = training_signals(model, train, reference, label_column, *more_references)
+        prob, agreement, neighbours = signals[:3]
         held_labels = np.asarray(heldout[label_column]).reshape(-1).astype(np.int64)
         base = _check_epoch(
             model, train, heldout, held_labels, label_column, None,
@@ -220,6 +230,7 @@ def early_work(
         "base": base,
         "agreement": agreement,
         "neighbours": neighbours,
+        "more": [signals[k : k + 2] for k in range(3, len(signals), 2)],
     }
 
 
@@ -269,13 +280,13 @@ def recommend(
     lr, rate_source, why_not = _check_rate_or_why_not(model, n_held, lambda_max)
     if why_not:
         return unavailable(n, why_not)
-    key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n, reference, label_column)
+    key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n, [reference], label_column)
     early = early if early is not None and early.get("key") == key else None
     suspects, neighbours = _suspects(model, train, label_column, trial_scores, reference, early)
     cands = candidates(suspects)
     check = _check(
         model, train, heldout, label_column, suspects, cands, (lr, rate_source), batch_size,
-        weight_decay, seed, progress, check_rows, executor, early, neighbours, log,
+        weight_decay, seed, progress, check_rows, executor, early, neighbours, log, reference,
     )  # fmt: skip
     rec = build(suspects, cands, n_held, check)
     log("recommendation: " + rec.reason)
@@ -284,18 +295,22 @@ def recommend(
 
 def _check(
     model, train, heldout, label_column, suspects, cands, rate, batch_size, weight_decay, seed,
-    progress, check_rows, executor, early, neighbours, log,
+    progress, check_rows, executor, early, neighbours, log, reference=None,
 ) -> Dict:  # fmt: skip
     """The candidates checked, if any (:func:`.heldout_check.check_candidates`: their results
     set on each; the epoch on the data as given taken from ``early`` when there), at ``rate``
     = ``(lr, where it comes from)``; returns what the check ran (:func:`_check_facts`).
     """
     lr, rate_source = rate
-    n = len(train[label_column])
+    n, n_held = len(train[label_column]), len(heldout[label_column])
     facts = _check_facts(
         neighbours, lr, rate_source, batch_size, weight_decay, seed, n, check_rows, cands,
         executor, early,
     )  # fmt: skip
+    chose = "" if reference is None else f" ({len(reference[label_column])} rows)"
+    facts["design"] = (
+        f"one-way: changes chosen with half A{chose}, checked on half B ({n_held} held-out rows)"
+    )
     if cands:
         log(
             f"checking {len(cands)} candidate changes of {int(suspects.mask.sum())} suspect "
@@ -309,16 +324,19 @@ def _check(
     return facts
 
 
-def _check_rate_or_why_not(model, n_held: int, lambda_max: float) -> Tuple[float, str, str]:
+def _check_rate_or_why_not(
+    model, n_held: int, lambda_max: float, least: int = MIN_HELDOUT
+) -> Tuple[float, str, str]:
     """``(the check's rate, where it comes from, "")``, or a sentence saying why the run
-    cannot recommend (too few held-out rows, no rate for the check) as the third item.
+    cannot recommend (fewer held-out rows than ``least``, no rate for the check) as the
+    third item.
     """
-    if n_held < MIN_HELDOUT:
+    if n_held < least:
         return (
             math.nan,
             "",
             (
-                f"no recommendation: {n_held} held-out validation rows, at least {MIN_HELDOUT} "
+                f"no recommendation: {n_held} held-out validation rows, at least {least} "
                 "are needed to check one (give a larger validation set)"
             ),
         )

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from . import coworker, interrupts, options, places, validation
+from . import coworker, interrupts, options, places, pooled_check, validation
 from . import recommend as recommend_mod
 from .cache_folder import cache_folder
 from .core import per_sample_losses
@@ -235,10 +235,7 @@ def score(
     """
     inputs = loaded.inputs
     model, train = inputs.model, inputs.train.arrays
-    with _early_helper(
-        model, train, split.heldout, split.candidates_val, split.label, request.settings,
-        executor,
-    ) as early:  # fmt: skip
+    with _early_helper(model, train, split, request.settings, executor) as early:
         result = compute_influence(
             model,
             train,
@@ -250,7 +247,7 @@ def score(
             val_loss_start=inputs.val_loss,
             executor=executor,
             losses=(lambda: early()[0]) if early else None,
-            candidate_rows=split.first,
+            candidate_rows=split.replayed,
         )
         return Scored(result, early()[1] if early else None)
 
@@ -260,7 +257,8 @@ def decide(
     log, progress,
 ) -> Decided:  # fmt: skip
     """Stage 4: keep / remove per row (:func:`.recommend.recommend`: suspects, candidates
-    from half A's scores, checked on half B), or a recommendation that changes nothing and
+    from half A's scores, checked on half B; below 200 validation rows checked two ways,
+    :func:`.pooled_check.recommend_two_way`), or a recommendation that changes nothing and
     says why (:func:`.recommendation.unavailable`).
     """
     t_rec = time.perf_counter()
@@ -272,22 +270,21 @@ def decide(
         rec = unavailable(train.size, split.why_not, prob)
     else:
         curv = result.resolved.curvature
-        rec = recommend_mod.recommend(
-            model,
-            train.arrays,
-            split.heldout,
-            split.label,
-            result.candidate_scores,  # from half A only: the check's half B is unseen
-            result.resolved.batch_size,
-            result.resolved.weight_decay,
-            curv.lambda_max if curv is not None else math.nan,
-            settings.seed,
-            progress=interrupts.checked_progress(progress),
-            log=log,
-            executor=executor,
-            early=scored.early,
-            reference=split.candidates_val,
-        )
+        lam = curv.lambda_max if curv is not None else math.nan
+        given = (result.resolved.batch_size, result.resolved.weight_decay, lam, settings.seed)
+        checked = interrupts.checked_progress(progress)
+        if split.second is not None:  # a small validation set: checked two ways
+            rec = pooled_check.recommend_two_way(
+                model, train.arrays, split.heldout, (split.first, split.second), split.label,
+                (result.trial_scores, result.candidate_scores, result.half_b_scores), *given,
+                checked, log, executor, early=scored.early,
+            )  # fmt: skip
+        else:  # the candidates from half A's scores only: the check's half B is unseen
+            rec = recommend_mod.recommend(
+                model, train.arrays, split.heldout, split.label, result.candidate_scores,
+                *given, checked, log, executor, early=scored.early,
+                reference=split.candidates_val,
+            )  # fmt: skip
     return Decided(rec, time.perf_counter() - t_rec)
 
 
@@ -310,7 +307,14 @@ def record(
         "candidates": 0 if split.first is None else len(split.first),
         "heldout_for_check": decided.recommendation.n_heldout,
     }
-    if split.first is not None:  # what ordered the candidates (crossfit.py)
+    if split.second is not None:  # two-way: each half chose, and checked the other's
+        facts["validation_rows"]["candidates"] += len(split.second)
+        facts["influence"] += (
+            "; from every validation row. Two more replays, from each half of the validation "
+            "rows alone (the trials CSV's candidate_order_m and candidate_order_b_m), chose "
+            "candidates each checked on the other half, pooled over heldout_for_check rows"
+        )
+    elif split.first is not None:  # what ordered the candidates (crossfit.py)
         facts["influence"] += (
             "; from every validation row. The candidates were ordered by a second replay "
             "from the validation_rows.candidates rows alone (the trials CSV's "
@@ -338,6 +342,7 @@ def write(
         losses=result.losses,
         trial_scores=result.trial_scores,
         candidate_scores=result.candidate_scores,
+        half_b_scores=result.half_b_scores,
         recommendation=decided.recommendation,
         label_names=loaded.label_names,
         target=info.target_column,
@@ -354,7 +359,7 @@ def write(
 
 
 @contextlib.contextmanager
-def _early_helper(model, train, heldout, reference, label, settings, executor):
+def _early_helper(model, train, split: CheckSplit, settings, executor):
     """With a second core for a unit (:meth:`.executor.Executor.cores_per_unit`: a local
     executor with two jobs or more; not a cluster's): a forked helper that computes, while
     the influence runs, what does not depend on it (each training row's loss; the
@@ -367,14 +372,16 @@ def _early_helper(model, train, heldout, reference, label, settings, executor):
         yield None
         return
     resolved = resolve(model, settings)  # the replayed epoch's batch size and weight decay
+    more = () if split.second is None else (split.second_val, split.heldout)  # pooled_check
 
     def work():
         losses = per_sample_losses(model, train, settings.val_batch_size)
-        if heldout is None:
+        if split.heldout is None:
             return losses, None
         early = recommend_mod.early_work(
-            model, train, heldout, label, resolved.batch_size, resolved.weight_decay,
-            settings.seed, reference=reference,
+            model, train, split.heldout, split.label, resolved.batch_size,
+            resolved.weight_decay, settings.seed, reference=split.candidates_val,
+            more_references=more,
         )  # fmt: skip
         return losses, early
 

@@ -107,6 +107,8 @@ def recommendation_text(rec, actions, labels, suggested, names=None, cleansed=""
         f"of {len(actions)} rows"
     )
     lines.append(f"why: {rec.reason}")
+    if rec.check.get("design"):
+        lines.append(f"check: {rec.check['design']}")
     for c in rec.checked:
         lines.append(
             f"  checked: {c.action} {len(c.rows)} rows ({c.describe()}): "

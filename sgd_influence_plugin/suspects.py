@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -193,32 +193,41 @@ def _smaller(values: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.sort(values), values, side="left")
 
 
-def candidates(suspects: Suspects, levels: Sequence[float] = GIVEN_LABEL_LEVELS) -> List[Candidate]:
-    """The candidate sets, removal of each distinct non-empty set, level by level.
+def candidate_sets(
+    suspects: Suspects, levels: Sequence[float] = GIVEN_LABEL_LEVELS
+) -> List[Tuple[float, str, np.ndarray]]:
+    """Every ``(level, order, rows)`` the rule builds, empty and repeated sets included.
 
-    At each level (ascending):
+    They come in the order :func:`candidates` tries them, so two halves' sets pair up by
+    position (the two-way check of :mod:`.pooled_check` pairs them). At each level
+    (ascending):
 
     - order ``given_label``: the suspects whose given label has probability below the level;
     - order ``margin_and_influence`` (``margin_influence_neighbours`` when the suspects
       carry the neighbours' agreement): as many suspects, the first of
       :func:`combined_order`.
+    """
+    out: List[Tuple[float, str, np.ndarray]] = []
+    combined = combined_order(suspects)
+    ranked = "margin_and_influence" if suspects.agreement is None else ORDERS[2]
+    for level in sorted(levels):
+        rows = np.flatnonzero(suspects.mask & (suspects.p_given < level))
+        out += [(level, "given_label", rows), (level, ranked, np.sort(combined[: len(rows)]))]
+    return out
+
+
+def candidates(suspects: Suspects, levels: Sequence[float] = GIVEN_LABEL_LEVELS) -> List[Candidate]:
+    """The candidate sets, removal of each distinct non-empty set of :func:`candidate_sets`.
 
     Both families are nested. A set equal to one already listed is tried once (at the
     largest level both orders hold every suspect whose given label is below it).
     """
     out: List[Candidate] = []
     seen = set()
-    combined = combined_order(suspects)
-    ranked = "margin_and_influence" if suspects.agreement is None else ORDERS[2]
-    for level in sorted(levels):
-        rows = np.flatnonzero(suspects.mask & (suspects.p_given < level))
-        for order, chosen in (
-            ("given_label", rows),
-            (ranked, np.sort(combined[: len(rows)])),
-        ):
-            key = chosen.tobytes()
-            if len(chosen) == 0 or key in seen:
-                continue
-            seen.add(key)
-            out.append(Candidate(level, "remove", chosen, suspects.suggested[chosen], order))
+    for level, order, chosen in candidate_sets(suspects, levels):
+        key = chosen.tobytes()
+        if len(chosen) == 0 or key in seen:
+            continue
+        seen.add(key)
+        out.append(Candidate(level, "remove", chosen, suspects.suggested[chosen], order))
     return out

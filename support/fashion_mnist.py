@@ -137,6 +137,23 @@ def flip_labels(labels: np.ndarray, rate: float, n_classes: int, seed: int) -> n
     return noisy
 
 
+def write_noisy_train(data: Dict, rate: float, seed: int, name: str = "train_noisy.csv"):
+    """A copy of ``data``'s training CSV (``x:image,y:label``, as :func:`make_png_dataset`
+    writes it) beside it with a ``rate`` share of its labels flipped (:func:`flip_labels`,
+    10 classes, ``seed``): ``(its path, bool (N,) the flipped rows)``.
+    """
+    with open(data["train"], newline="") as f:
+        table = list(csv.reader(f))
+    labels = np.array([int(r[1]) for r in table[1:]])
+    noisy = flip_labels(labels, rate, 10, seed)
+    path = os.path.join(data["folder"], name)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(table[0])
+        w.writerows([r[0], int(y)] for r, y in zip(table[1:], noisy))
+    return path, noisy != labels
+
+
 @dataclass
 class SplitSizes:
     """Numbers of images in each split; train and validation come from Fashion-MNIST's

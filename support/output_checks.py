@@ -27,6 +27,29 @@ def csv_rows(path):
         return list(csv.DictReader(f))
 
 
+def column(path, name):
+    """float64 (N,) column ``name`` of a CSV with ``datasource_index``, in training-row order."""
+    rows = csv_rows(path)
+    out = np.full(len(rows), np.nan)
+    for r in rows:
+        out[int(r["datasource_index"])] = float(r[name])
+    return out
+
+
+def rows_csv(val_csv, rows, name):
+    """The CSV ``val_csv``'s rows ``rows`` alone (e.g. half A of the validation rows), as a CSV
+    ``name`` beside it (so its relative file paths hold); its path.
+    """
+    path = os.path.join(os.path.dirname(val_csv), name)
+    with open(val_csv, newline="") as f:
+        table = list(csv.reader(f))
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(table[0])
+        w.writerows(table[1 + i] for i in rows)
+    return str(path)
+
+
 def ranked_from_csv(rows):
     """(datasource_index, label, influence, original) of an influence CSV's rows, in order."""
     return [

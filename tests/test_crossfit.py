@@ -8,7 +8,6 @@ be ordered by). Several query vectors in one replay (:mod:`.crossfit`) are check
 one :func:`.replay.replay` per vector.
 """
 
-import csv
 import os
 
 import numpy as np
@@ -19,16 +18,7 @@ from sgd_influence_plugin import cli, core, crossfit, replay
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.heldout_check import split_validation
 from sgd_influence_plugin.nnabla_adapter import load_model
-
-
-def _column(path, name):
-    """float64 (N,) column ``name`` of a CSV with ``datasource_index``, in training-row order."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = np.full(len(rows), np.nan)
-    for r in rows:
-        out[int(r["datasource_index"])] = float(r[name])
-    return out
+from support.output_checks import column, rows_csv
 
 
 def _run(data, folder, out, *extra, val=None):
@@ -37,19 +27,6 @@ def _run(data, folder, out, *extra, val=None):
     argv += ["--val", val or data["val"], "--output", str(out), "--quiet", *extra]
     assert cli.main(argv) == 0
     return str(out)
-
-
-def _half_a_csv(val_csv, rows, name):
-    """The validation CSV's rows ``rows`` alone (half A), as a CSV ``name`` beside it (so its
-    relative file paths hold)."""
-    path = os.path.join(os.path.dirname(val_csv), name)
-    with open(val_csv, newline="") as f:
-        table = list(csv.reader(f))
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(table[0])
-        w.writerows(table[1 + i] for i in rows)
-    return str(path)
 
 
 # (options of both runs) x the ways the two vectors are replayed: one process (jobs 1, two
@@ -80,32 +57,32 @@ def test_the_defaults_influence_is_every_validation_rows_and_the_candidates_half
     assert facts["recommendation"]["available"], facts["recommendation"]["reason"]
 
     # THE influence: every validation row, the same as --no-recommend on the same seed
-    want = _column(off, "influence")
-    got = _column(rec, "influence")
+    want = column(off, "influence")
+    got = column(rec, "influence")
     scale = np.max(np.abs(want))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * scale)
     trials = str(tmp_path / "rec" / "influence_trials.csv")
     n_trials = 2 if "--trials" in opts else 1
     for m in range(n_trials):
         np.testing.assert_allclose(
-            _column(trials, f"trial_{m}"),
-            _column(str(tmp_path / "off" / "influence_trials.csv"), f"trial_{m}"),
+            column(trials, f"trial_{m}"),
+            column(str(tmp_path / "off" / "influence_trials.csv"), f"trial_{m}"),
             rtol=0, atol=1e-6 * scale,
         )  # fmt: skip
 
     # The candidates' order: half A's rows alone, as a --no-recommend run on them gives it
     first, held = split_validation(200, 0)
     assert len(first) == len(held) == 100 and not set(first) & set(held)
-    half_a = _half_a_csv(data["val"], first, f"half_a_{way}.csv")
+    half_a = rows_csv(data["val"], first, f"half_a_{way}.csv")
     _run(data, folder, tmp_path / "a" / "influence.csv", *opts, "--no-recommend", val=half_a)
     a_trials = str(tmp_path / "a" / "influence_trials.csv")
     for m in range(n_trials):
-        order = _column(trials, f"candidate_order_{m}")
+        order = column(trials, f"candidate_order_{m}")
         np.testing.assert_allclose(
-            order, _column(a_trials, f"trial_{m}"), rtol=0, atol=1e-6 * np.max(np.abs(order))
+            order, column(a_trials, f"trial_{m}"), rtol=0, atol=1e-6 * np.max(np.abs(order))
         )
         # and it is not the influence: the check's half B is in that one
-        assert np.max(np.abs(order - _column(trials, f"trial_{m}"))) > 0.01 * scale
+        assert np.max(np.abs(order - column(trials, f"trial_{m}"))) > 0.01 * scale
 
 
 @pytest.mark.parametrize("step", ["exact", "fd"])
@@ -159,14 +136,14 @@ def test_the_defaults_influence_matches_leave_one_out_as_every_validation_rows_d
         tmp_path / "result", data, NetSpec(arch="smooth_cnn", batch_size=32, lr=0.05, max_epoch=3)
     )
     first, _ = split_validation(256, 0)
-    half_a = _half_a_csv(data["val"], first, "half_a.csv")
+    half_a = rows_csv(data["val"], first, "half_a.csv")
     got = {}
     for cache in ("all", "final"):
         for name, extra in (("defaults", []), ("half_a", ["--no-recommend"])):
             out = tmp_path / f"{name}_{cache}" / "influence.csv"
             args = ["--cache", cache, "--cache-dir", str(tmp_path / f"c_{name}_{cache}")]
             _run(data, folder, out, *args, *extra, val=half_a if name == "half_a" else None)
-            got[name, cache] = _column(str(out), "influence")
+            got[name, cache] = column(str(out), "influence")
     facts = yaml.safe_load(open(tmp_path / "defaults_all" / "influence_settings.yaml"))
     assert facts["validation_rows"]["heldout_for_check"] == 128  # it did recommend
     model = load_model(model=os.path.join(folder, "results.nnp"))

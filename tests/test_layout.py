@@ -67,6 +67,7 @@ PRODUCT_MODULES = (
     "ownership.py",
     "parallel.py",
     "phases.py",
+    "pooled_check.py",
     "places.py",
     "progress.py",
     "recommend.py",

@@ -451,21 +451,13 @@ def flipped_world(tmp_path_factory):
     validation rows, an MLP trained on them by nnabla_cli; and the same with clean labels."""
     root = tmp_path_factory.mktemp("flips")
     data = make_png_dataset(root / "data", 1200, 400, size=14, seed=5)
-    with open(data["train"], newline="") as f:
-        table = list(csv.reader(f))
-    labels = np.array([int(r[1]) for r in table[1:]])
-    noisy = fashion_mnist.flip_labels(labels, 0.1, 10, 1234)
-    noisy_csv = os.path.join(data["folder"], "train_noisy.csv")
-    with open(noisy_csv, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(table[0])
-        w.writerows([r[0], int(y)] for r, y in zip(table[1:], noisy))
+    noisy_csv, flipped = fashion_mnist.write_noisy_train(data, 0.1, 1234)
     out = {}
     for name, train_csv in (("clean", data["train"]), ("noisy", noisy_csv)):
         d = dict(data, train=train_csv)
         spec = NetSpec(arch="mlp", batch_size=32, lr=0.1, max_epoch=15, seed=3)
         out[name] = (train_result(root / name, d, spec), d)
-    return out, noisy != labels
+    return out, flipped
 
 
 def _run(folder, data, out):
@@ -520,6 +512,10 @@ def test_on_known_flips_the_changed_rows_are_the_flips(flipped_world, tmp_path):
         "reference_rows": 200, "k": 14,
     }  # fmt: skip
     assert {c["order"] for c in rec["checked"]} == {"given_label", "margin_influence_neighbours"}
+    assert rec["check"]["design"] == (
+        "one-way: changes chosen with half A (200 rows), checked on half B (200 held-out rows)"
+    )
+    assert "check: one-way" in open(paths.summary).read()
     # Each row's neighbour_agreement: its 14 nearest rows of the candidates' validation half
     # (not the held-out half), by a plain loop over the MLP's features.
     model = load_model(model=os.path.join(folder, "results.nnp"))

@@ -147,7 +147,9 @@ def test_auto_lr_is_used_and_recorded(results, data28, tmp_path):
     np.testing.assert_allclose([got[i] for i in range(256)], res.scores, rtol=1e-12)
     with open(paths.trials) as f:
         trows = list(csv.DictReader(f))
-    assert list(trows[0]) == ["datasource_index", "trial_0", "trial_1"]
+    # (64 validation rows: the two-way check's orders, from each half, follow the trials)
+    orders = [f"candidate_order_{h}{m}" for h in ("", "b_") for m in (0, 1)]
+    assert list(trows[0]) == ["datasource_index", "trial_0", "trial_1", *orders]
     raw = np.array([[float(r["trial_0"]), float(r["trial_1"])] for r in trows]).T
     np.testing.assert_allclose(raw, res.trial_scores, rtol=1e-12)
     combined, _ = core.combine_trials(raw)
