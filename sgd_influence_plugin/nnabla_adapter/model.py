@@ -150,7 +150,7 @@ class NnablaModel:
     def _build(self, batch_size: int) -> LossGraph:
         import nnabla as nn
         import nnabla.functions as F
-        from nnabla.utils.load import IdentityRemover
+        from nnabla.core.graph_optimizer import IdentityRemover
 
         renamed: Dict[str, str] = {}
         with nn.context_scope(self._ctx):
@@ -251,7 +251,7 @@ class NnablaModel:
         together in one forward pass per batch.
         """
         import nnabla as nn
-        from nnabla.utils.load import IdentityRemover
+        from nnabla.core.graph_optimizer import IdentityRemover
 
         info = self.info
         if not info.runtime_network:
