@@ -47,7 +47,9 @@ def make_context(context: str = "cpu"):
 
     kind, _, device = context.partition(":")
     if kind == "cpu":
-        return get_extension_context("cpu")
+        ctx = get_extension_context("cpu")
+        _alias_extensions()
+        return ctx
     if kind in ("cudnn", "cuda"):
         try:
             import nnabla_ext.cudnn  # noqa: F401
@@ -57,8 +59,40 @@ def make_context(context: str = "cpu"):
                 f"loaded ({type(e).__name__}: {e}); install e.g. 'pip install "
                 "nnabla-ext-cuda120==1.39.0' matching your CUDA, or use --context cpu"
             ) from e
-        return get_extension_context("cudnn", device_id=device or "0")
+        ctx = get_extension_context("cudnn", device_id=device or "0")
+        _alias_extensions()
+        return ctx
     raise ContextError(f"unknown context '{context}'; use 'cpu' or 'cudnn[:DEVICE]'")
+
+
+def _alias_extensions() -> None:
+    """Make nnabla's implicit relative import of ``nnabla_ext.*`` find the loaded extensions.
+
+    nnabla 1.39's compiled modules run ``import nnabla_ext.cpu`` on every read or write of a
+    Variable's ``d`` or ``g``, as a Python-2 style import that first looks for
+    ``nnabla.nnabla_ext``, which does not exist: Python searches every folder on ``sys.path``
+    for it, each time (5-7% of a training epoch's CPU time, measured on the benchmark's CNNs),
+    then imports ``nnabla_ext.cpu`` absolutely. An empty package of that name (no
+    ``__path__`` to search) whose submodules are the already loaded ``nnabla_ext.*`` modules
+    ends the search at once; the absolute import still serves anything not loaded yet. The
+    same module objects, so the same numbers.
+    """
+    import sys
+    import types
+
+    import nnabla_ext
+
+    pkg = sys.modules.get("nnabla.nnabla_ext")
+    if pkg is None:
+        pkg = types.ModuleType("nnabla.nnabla_ext")
+        pkg.__path__ = []  # a package with nowhere to look: unknown submodules fail at once
+        sys.modules["nnabla.nnabla_ext"] = pkg
+    for name, module in list(sys.modules.items()):
+        if name.startswith("nnabla_ext."):
+            sys.modules.setdefault("nnabla." + name, module)
+            if name.count(".") == 1:
+                setattr(pkg, name.split(".", 1)[1], module)
+    pkg.__dict__.setdefault("__getattr__", lambda attr: getattr(nnabla_ext, attr))
 
 
 def prepare_process() -> None:
