@@ -655,3 +655,39 @@ def test_work_done_early_in_a_helper_gives_the_same_run(flipped_world, tmp_path,
     assert outs[1][1] == outs[2][1]  # every candidate's held-out result
     assert outs[1][2]["replay_processes"] == 1 and outs[2][2]["replay_processes"] == 2
     assert given_base == [False, True]  # one process computed it; two took it from the helper
+
+
+def test_without_a_recommendation_the_helper_computes_the_models_classes(
+    flipped_world, tmp_path, monkeypatch
+):
+    """``--no-recommend`` with two cores: the model's class probabilities (the suggested
+    label and confidence columns) come from the helper that computes the losses beside the
+    influence, not from this process after it; the CSV is that of one process."""
+    import sgd_influence_plugin.runner as runner_mod
+
+    worlds, _ = flipped_world
+    folder, data = worlds["noisy"]
+    here, csvs = [], {}
+    real = runner_mod.model_probabilities
+
+    def spy(model, train):
+        here.append(os.getpid())  # a forked helper appends to its own copy
+        return real(model, train)
+
+    monkeypatch.setattr(runner_mod, "model_probabilities", spy)
+    for jobs in (1, 2):
+        del here[:]
+        req = RunRequest(
+            output=str(tmp_path / f"j{jobs}" / "influence.csv"),
+            model=os.path.join(folder, "results.nnp"),
+            train=data["train"],
+            val=data["val"],
+            settings=InfluenceSettings(jobs=jobs),
+            recommend=False,
+        )
+        paths, _ = run(req)
+        csvs[jobs] = open(paths.csv).read()
+        assert here == ([os.getpid()] if jobs == 1 else [])
+    assert csvs[1] == csvs[2]
+    rows = _rows(str(tmp_path / "j2" / "influence.csv"))
+    assert all(r["suggested_label"] != "" for r in rows)
