@@ -621,12 +621,26 @@ def test_check_epochs_match_a_plain_loop_in_workers_and_on_a_row_sample(flipped_
     assert not np.allclose(whole[0].heldout_loss, serial[0].heldout_loss)
 
 
+def _noisy_run(worlds, tmp_path, jobs: int, **request):
+    """The run on the noisy world with ``jobs`` processes, written to ``tmp_path/j<jobs>``:
+    its output paths."""
+    folder, data = worlds["noisy"]
+    req = RunRequest(
+        output=str(tmp_path / f"j{jobs}" / "influence.csv"),
+        model=os.path.join(folder, "results.nnp"),
+        train=data["train"],
+        val=data["val"],
+        settings=InfluenceSettings(jobs=jobs),
+        **request,
+    )
+    return run(req)[0]
+
+
 def test_work_done_early_in_a_helper_gives_the_same_run(flipped_world, tmp_path, monkeypatch):
     """With two cores the run computes the training losses, the probabilities and the check's
     epoch on the data as given in a helper process while the influence runs: the CSV and the
     recommendation are those of a run that does it all in one process."""
     worlds, _ = flipped_world
-    folder, data = worlds["noisy"]
     outs, given_base = {}, []
     real = rc.check_candidates
 
@@ -636,14 +650,7 @@ def test_work_done_early_in_a_helper_gives_the_same_run(flipped_world, tmp_path,
 
     monkeypatch.setattr(rc, "check_candidates", spy)
     for jobs in (1, 2):
-        req = RunRequest(
-            output=str(tmp_path / f"j{jobs}" / "influence.csv"),
-            model=os.path.join(folder, "results.nnp"),
-            train=data["train"],
-            val=data["val"],
-            settings=InfluenceSettings(jobs=jobs),
-        )
-        paths, _ = run(req)
+        paths = _noisy_run(worlds, tmp_path, jobs)
         facts = yaml.safe_load(open(paths.settings))
         outs[jobs] = (open(paths.csv).read(), facts["recommendation"], facts["timings_seconds"])
     assert outs[1][0] == outs[2][0]  # every score, loss, suggestion and action
@@ -666,7 +673,6 @@ def test_without_a_recommendation_the_helper_computes_the_models_classes(
     import sgd_influence_plugin.runner as runner_mod
 
     worlds, _ = flipped_world
-    folder, data = worlds["noisy"]
     here, csvs = [], {}
     real = runner_mod.model_probabilities
 
@@ -677,16 +683,7 @@ def test_without_a_recommendation_the_helper_computes_the_models_classes(
     monkeypatch.setattr(runner_mod, "model_probabilities", spy)
     for jobs in (1, 2):
         del here[:]
-        req = RunRequest(
-            output=str(tmp_path / f"j{jobs}" / "influence.csv"),
-            model=os.path.join(folder, "results.nnp"),
-            train=data["train"],
-            val=data["val"],
-            settings=InfluenceSettings(jobs=jobs),
-            recommend=False,
-        )
-        paths, _ = run(req)
-        csvs[jobs] = open(paths.csv).read()
+        csvs[jobs] = open(_noisy_run(worlds, tmp_path, jobs, recommend=False).csv).read()
         assert here == ([os.getpid()] if jobs == 1 else [])
     assert csvs[1] == csvs[2]
     rows = _rows(str(tmp_path / "j2" / "influence.csv"))
