@@ -66,33 +66,33 @@ def make_context(context: str = "cpu"):
 
 
 def _alias_extensions() -> None:
-    """Make nnabla's implicit relative import of ``nnabla_ext.*`` find the loaded extensions.
+    """Make nnabla's implicit relative import of ``nnabla_ext.cpu`` find the loaded module.
 
-    nnabla 1.39's compiled modules run ``import nnabla_ext.cpu`` on every read or write of a
+    nnabla 1.39's ``_nd_array`` runs ``import nnabla_ext.cpu`` on every read or write of a
     Variable's ``d`` or ``g``, as a Python-2 style import that first looks for
     ``nnabla.nnabla_ext``, which does not exist: Python searches every folder on ``sys.path``
     for it, each time (5-7% of a training epoch's CPU time, measured on the benchmark's CNNs),
-    then imports ``nnabla_ext.cpu`` absolutely. An empty package of that name (no
-    ``__path__`` to search) whose submodules are the already loaded ``nnabla_ext.*`` modules
-    ends the search at once; the absolute import still serves anything not loaded yet. The
-    same module objects, so the same numbers.
+    then imports ``nnabla_ext.cpu`` absolutely. Empty packages of those two names (nowhere to
+    look below them, so any other relative import of ``nnabla_ext`` still fails at once and
+    falls back to the absolute one) that hand out the loaded modules end the search at once.
+    The same module objects, so the same numbers.
     """
     import sys
     import types
 
-    import nnabla_ext
+    import nnabla_ext.cpu
 
-    pkg = sys.modules.get("nnabla.nnabla_ext")
-    if pkg is None:
-        pkg = types.ModuleType("nnabla.nnabla_ext")
-        pkg.__path__ = []  # a package with nowhere to look: unknown submodules fail at once
-        sys.modules["nnabla.nnabla_ext"] = pkg
-    for name, module in list(sys.modules.items()):
-        if name.startswith("nnabla_ext."):
-            sys.modules.setdefault("nnabla." + name, module)
-            if name.count(".") == 1:
-                setattr(pkg, name.split(".", 1)[1], module)
-    pkg.__dict__.setdefault("__getattr__", lambda attr: getattr(nnabla_ext, attr))
+    if "nnabla.nnabla_ext" in sys.modules:
+        return
+    for name, real in (
+        ("nnabla.nnabla_ext.cpu", nnabla_ext.cpu),
+        ("nnabla.nnabla_ext", nnabla_ext),
+    ):
+        alias = types.ModuleType(name)
+        alias.__path__ = []  # a package with nowhere to look: unknown submodules fail at once
+        alias.__getattr__ = lambda attr, real=real: getattr(real, attr)  # noqa: B023
+        sys.modules[name] = alias
+    sys.modules["nnabla.nnabla_ext"].cpu = nnabla_ext.cpu
 
 
 def prepare_process() -> None:
