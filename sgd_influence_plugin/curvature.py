@@ -17,10 +17,11 @@ model object is the one :mod:`.core` describes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, ContextManager, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -78,7 +79,8 @@ def lanczos_extremes(
         matvec: ``v -> A v`` for float64 vectors of length ``dim``.
         dim: the operator's size.
         iterations: k, the Krylov dimension (k matrix-vector products).
-        rng: ``numpy.random.RandomState`` for the start vector.
+        rng: ``numpy.random.RandomState`` for the start vector (one draw of ``dim`` standard
+            normals), or that start vector itself, float64 (dim,).
 
     Returns:
         ``(largest, smallest)`` Ritz values: inner estimates, ``smallest >= lambda_min(A)`` and
@@ -88,7 +90,7 @@ def lanczos_extremes(
     k = max(1, min(iterations, dim))
     basis = np.zeros((k, dim), dtype=np.float64)
     alpha, beta = np.zeros(k), np.zeros(k)
-    q = rng.standard_normal(dim)
+    q = np.array(rng, dtype=np.float64) if isinstance(rng, np.ndarray) else rng.standard_normal(dim)
     q /= np.linalg.norm(q)
     used = k
     for j in range(k):
@@ -146,6 +148,7 @@ def measure(
     batches: int = N_BATCHES,
     iterations: int = N_ITERATIONS,
     graphs: Optional[core.GraphCache] = None,
+    helper: Optional[Callable[[Callable], ContextManager]] = None,
 ) -> Curvature:
     """Estimate the extreme eigenvalues of mini-batch Hessians at the model's parameters.
 
@@ -160,6 +163,9 @@ def measure(
             steps.
         graphs: a fused :class:`core.GraphCache` to reuse, or a
             :class:`replay_steps.FiniteDifferenceStep` (default: :func:`hvp_operator`'s choice).
+        helper: optional ``helper(fn)`` context yielding an executor of ``fn`` in another
+            process (:func:`.coworker.helper`): it measures the last ``batches // 2`` batches
+            meanwhile, from batches and start vectors drawn here: the same result.
 
     Returns:
         A :class:`Curvature`; the Hessian excludes weight decay (add lambda to both extremes).
@@ -172,13 +178,18 @@ def measure(
     rng = np.random.RandomState(seed)
     perm = rng.permutation(n)
     count = max(1, min(batches, n // b))
-    highs, lows = [], []
-    for k in range(count):
-        idx = perm[k * b : (k + 1) * b]
-        matvec, dim = batch_hvp(graphs, arrays, idx)
-        hi, lo = lanczos_extremes(matvec, dim, iterations, rng)
-        highs.append(hi)
-        lows.append(lo)
+    dim = int(sum(v.size for v in model.get_params().values()))
+    starts = [rng.standard_normal(dim) for _ in range(count)]  # lanczos_extremes' draws
+
+    def extremes(ks):
+        out = []
+        for k in ks:
+            matvec, size = batch_hvp(graphs, arrays, perm[k * b : (k + 1) * b])
+            out.append(lanczos_extremes(matvec, size, iterations, starts[k]))
+        return out
+
+    pairs = _split(extremes, count, helper)
+    highs, lows = [hi for hi, _ in pairs], [lo for _, lo in pairs]
     return Curvature(
         lambda_max=max(highs),
         lambda_min=min(lows),
@@ -189,6 +200,18 @@ def measure(
         batch_size=b,
         seconds=time.perf_counter() - start,
     )
+
+
+def _split(extremes: Callable[[List[int]], List], count: int, helper) -> List:
+    """``extremes(range(count))``, its last ``count // 2`` batches in ``helper``'s process
+    when there is one (see :func:`measure`).
+    """
+    there = list(range(count - count // 2, count)) if helper is not None else []
+    here = [k for k in range(count) if k not in there]
+    with helper(extremes) if there else contextlib.nullcontext() as other:
+        if other is not None:
+            other.submit(there)
+        return extremes(here) + (other.result() if other is not None else [])
 
 
 def _fd_hvp(step, arrays: Mapping[str, np.ndarray], index: np.ndarray):

@@ -21,7 +21,7 @@ import numpy as np
 from . import core, crossfit, interrupts
 from .errors import ComputationError
 from .executor import local_executor
-from .phases import replay_helper
+from .phases import replay_helper, second_process
 from .resolved import ResolvedSettings, choose_lr, feature_spread_warning, resolve
 from .settings import InfluenceSettings
 from .trials import TrialOutcome, trial_unit
@@ -144,7 +144,7 @@ def compute_influence(
     """
     log = log or (lambda msg: None)
     executor = executor or local_executor(settings.context, settings.jobs)
-    ready = _before_trials(model, train, val, settings, log, val_loss_start, losses)
+    ready = _before_trials(model, train, val, settings, log, val_loss_start, losses, executor)
     ready.timings["jobs"] = min(executor.slots, settings.trials)
     vectors = 1 if candidate_rows is None else 1 + len(crossfit.halves_of(candidate_rows))
     helper = replay_helper(settings, executor.cores_per_unit(settings.trials), vectors)
@@ -178,9 +178,12 @@ class _Ready:
     timings: Dict[str, float]
 
 
-def _before_trials(model, train, val, settings, log: Log, val_loss_start, get_losses) -> _Ready:
+def _before_trials(
+    model, train, val, settings, log: Log, val_loss_start, get_losses, executor
+) -> _Ready:
     """The settings resolved (warnings logged), the losses at the trained parameters the
-    caller did not give, and the rate settled by the curvature (:func:`.resolved.choose_lr`).
+    caller did not give, and the rate settled by the curvature (:func:`.resolved.choose_lr`;
+    part of it in a second process when ``executor`` gives a unit two cores).
     """
     run = resolve(model, settings)
     spread = feature_spread_warning(model.info.input_shapes, train)
@@ -197,7 +200,7 @@ def _before_trials(model, train, val, settings, log: Log, val_loss_start, get_lo
         val_loss_start = core.mean_loss(model, val, settings.val_batch_size)
     timings["losses"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    choose_lr(model, train, settings, run, log)
+    choose_lr(model, train, settings, run, log, second_process(executor.cores_per_unit(1)))
     timings["curvature"] = time.perf_counter() - t0
     return _Ready(run, losses, get_losses, val_loss_start, timings)
 

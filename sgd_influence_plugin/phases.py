@@ -186,4 +186,11 @@ def replay_helper(settings: InfluenceSettings, cores: int, vectors: int = 1):
     """
     if vectors < 2 and (settings.replay_step != "fd" or settings.cache != "final"):
         return None
+    return second_process(cores)
+
+
+def second_process(cores: int):
+    """:func:`.coworker.helper` when there are ``cores`` cores (at least 2) for a piece of
+    work and this platform can fork a process; else None.
+    """
     return coworker.helper if cores >= 2 and parallel.fork_available() else None

@@ -122,6 +122,14 @@ def is_classifier(info) -> bool:
     return bool(len(info.label_classes) == 1 and info.runtime_network)
 
 
+def model_probabilities(model, train: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
+    """A classifier's class probabilities float64 (N, C) on the training rows, which a run
+    that does not recommend still shows (:func:`.recommendation.unavailable`); None for a
+    network that is no classifier (:func:`is_classifier`).
+    """
+    return as_probabilities(model.predict(train)) if is_classifier(model.info) else None
+
+
 def split_for_check(wanted: bool, info, train, val, seed: int) -> CheckSplit:
     """Half A of the validation rows (seeded, :func:`.heldout_check.split_validation`) to
     choose the candidates, half B held out to check them; below ``2 * MIN_HELDOUT`` rows

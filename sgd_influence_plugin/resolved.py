@@ -212,12 +212,14 @@ def choose_lr(
     settings: InfluenceSettings,
     run: ResolvedSettings,
     log: Optional[Callable[[str], None]] = None,
+    helper=None,
 ) -> ResolvedSettings:
     """Measure the curvature at the model's parameters and settle ``run.lr`` (in place).
 
     ``auto``: the stable rate of :func:`.curvature.stable_lr`, at most the solver's. A rate
     the user gave (or ``solver``) is kept, with a warning before the run when it breaks the
-    stability bounds, naming the stable value.
+    stability bounds, naming the stable value. ``helper``: a second process for part of the
+    measurement (see :func:`.curvature.measure`), or None.
     """
     log = log or (lambda msg: None)
     n = len(next(iter(train.values())))
@@ -226,7 +228,9 @@ def choose_lr(
     if kind == "fd" and settings.replay_step == "exact":  # no second derivative: one line
         msg = "needs second derivatives: use --replay_step fd (the default, first derivatives)"
         raise SettingsError(f"{model.info.source}: {why}; the exact replay step {msg}")
-    curv = curvature_mod.measure(model, train, run.batch_size, settings.seed, graphs=operator)
+    curv = curvature_mod.measure(
+        model, train, run.batch_size, settings.seed, graphs=operator, helper=helper
+    )
     cap = run.lr if run.lr_source == "auto" else math.inf
     choice = curvature_mod.stable_lr(curv, steps, cap=cap, weight_decay=run.weight_decay)
     run.curvature, run.lr_choice = curv, choice

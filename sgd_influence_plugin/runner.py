@@ -12,9 +12,8 @@ The run is issue 33's pipeline, one stage a function, each handing the next a sm
    (:func:`.influence.compute_influence`; :mod:`.phases`) -> :class:`Scored`;
 4. :func:`decide`: keep / remove per row (:mod:`.recommend`) -> :class:`Decided`;
 5. :func:`record`: what ``STEM_settings.yaml`` records (:mod:`.run_facts`);
-6. :func:`write`: the output set, all or nothing (:mod:`.output`).
-
-Stages 3 to 6 hold the cache folder (:func:`.cache_folder.cache_folder`).
+6. :func:`write`: the output set, all or nothing (:mod:`.output`). Stages 3 to 6 hold the
+   cache folder (:func:`.cache_folder.cache_folder`).
 """
 
 from __future__ import annotations
@@ -35,8 +34,7 @@ from .influence import InfluenceResult, compute_influence
 from .inputs import Inputs, load_inputs
 from .labels import check_label_names, read_label_names
 from .output import OutputPaths, RunContent, write_influence_output
-from .probabilities import as_probabilities
-from .recommend import CheckSplit, is_classifier
+from .recommend import CheckSplit, model_probabilities
 from .recommendation import Recommendation, unavailable
 from .resolved import resolve
 from .run_facts import run_facts
@@ -110,8 +108,9 @@ class Scored:
 
     Attributes:
         result: the influence and what it took (:class:`.influence.InfluenceResult`).
-        early: :func:`.recommend.early_work`'s result, computed beside the influence by a
-            helper process, or None (stage 4 then computes it).
+        early: :func:`.recommend.early_work`'s result (without a recommendation: ``{"prob":
+            the model's class probabilities}``), computed beside the influence by a helper
+            process, or None (stage 4 then computes it).
 
     """
 
@@ -264,9 +263,9 @@ def decide(
     t_rec = time.perf_counter()
     model, train = loaded.inputs.model, loaded.inputs.train
     result = scored.result
-    if split.heldout is None:
-        classifier = is_classifier(model.info)
-        prob = as_probabilities(model.predict(train.arrays)) if classifier else None
+    if split.heldout is None:  # the model's class still shown, computed beside if it was
+        early = scored.early or {}
+        prob = early["prob"] if "prob" in early else model_probabilities(model, train.arrays)
         rec = unavailable(train.size, split.why_not, prob)
     else:
         curv = result.resolved.curvature
@@ -364,9 +363,10 @@ def _early_helper(model, train, split: CheckSplit, settings, executor):
     executor with two jobs or more; not a cluster's): a forked helper that computes, while
     the influence runs, what does not depend on it (each training row's loss; the
     recommendation's probabilities and its check epoch on the data as given,
-    :func:`.recommend.early_work`). Yields a callable returning ``(losses, early work or
-    None)`` (waiting for the helper), or None (also where nothing can fork: Windows): then
-    the influence and the recommendation compute them themselves, with the same results.
+    :func:`.recommend.early_work`, or without a recommendation ``{"prob": the model's class
+    probabilities}``). Yields a callable returning ``(losses, early work)`` (waiting for the
+    helper), or None (also where nothing can fork: Windows): then the influence and the
+    recommendation compute them themselves, with the same results.
     """
     if executor.cores_per_unit(1) < 2:
         yield None
@@ -377,7 +377,7 @@ def _early_helper(model, train, split: CheckSplit, settings, executor):
     def work():
         losses = per_sample_losses(model, train, settings.val_batch_size)
         if split.heldout is None:
-            return losses, None
+            return losses, {"prob": model_probabilities(model, train)}
         early = recommend_mod.early_work(
             model, train, split.heldout, split.label, resolved.batch_size,
             resolved.weight_decay, settings.seed, reference=split.candidates_val,

@@ -102,3 +102,35 @@ def test_save_and_load_params_roundtrip(results, tmp_path):
     m.load_params(str(tmp_path / "p.h5"))
     for k, v in m.get_params().items():
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_reading_a_variable_searches_no_folder_for_nnabla_nnabla_ext():
+    """nnabla 1.39 imports ``nnabla_ext.cpu`` on every ``Variable.d`` / ``.g``, first as
+    ``nnabla.nnabla_ext.cpu``; once a context is made (``make_context``), that name is found
+    in ``sys.modules`` instead of by a search of every folder on ``sys.path``, each time."""
+    import sys
+
+    import nnabla as nn
+
+    from sgd_influence_plugin.nnabla_adapter import make_context
+
+    class Recorder:  # first on sys.meta_path: sees every name a search starts for
+        def __init__(self):
+            self.names = []
+
+        def find_spec(self, name, path=None, target=None):
+            self.names.append(name)
+            return None
+
+    make_context("cpu")
+    v = nn.Variable((2, 3), need_grad=True)
+    recorder = Recorder()
+    sys.meta_path.insert(0, recorder)
+    try:
+        for _ in range(3):
+            v.d = np.ones((2, 3), dtype=np.float32)
+            np.asarray(v.d) + np.asarray(v.g)
+    finally:
+        sys.meta_path.remove(recorder)
+    assert not [n for n in recorder.names if n.startswith("nnabla.nnabla_ext")]
+    assert np.array_equal(v.d, np.ones((2, 3), dtype=np.float32))

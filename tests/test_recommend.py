@@ -617,12 +617,26 @@ def test_check_epochs_match_a_plain_loop_in_workers_and_on_a_row_sample(flipped_
     assert not np.allclose(whole[0].heldout_loss, serial[0].heldout_loss)
 
 
+def _noisy_run(worlds, tmp_path, jobs: int, **request):
+    """The run on the noisy world with ``jobs`` processes, written to ``tmp_path/j<jobs>``:
+    its output paths."""
+    folder, data = worlds["noisy"]
+    req = RunRequest(
+        output=str(tmp_path / f"j{jobs}" / "influence.csv"),
+        model=os.path.join(folder, "results.nnp"),
+        train=data["train"],
+        val=data["val"],
+        settings=InfluenceSettings(jobs=jobs),
+        **request,
+    )
+    return run(req)[0]
+
+
 def test_work_done_early_in_a_helper_gives_the_same_run(flipped_world, tmp_path, monkeypatch):
     """With two cores the run computes the training losses, the probabilities and the check's
     epoch on the data as given in a helper process while the influence runs: the CSV and the
     recommendation are those of a run that does it all in one process."""
     worlds, _ = flipped_world
-    folder, data = worlds["noisy"]
     outs, given_base = {}, []
     real = rc.check_candidates
 
@@ -632,14 +646,7 @@ def test_work_done_early_in_a_helper_gives_the_same_run(flipped_world, tmp_path,
 
     monkeypatch.setattr(rc, "check_candidates", spy)
     for jobs in (1, 2):
-        req = RunRequest(
-            output=str(tmp_path / f"j{jobs}" / "influence.csv"),
-            model=os.path.join(folder, "results.nnp"),
-            train=data["train"],
-            val=data["val"],
-            settings=InfluenceSettings(jobs=jobs),
-        )
-        paths, _ = run(req)
+        paths = _noisy_run(worlds, tmp_path, jobs)
         facts = yaml.safe_load(open(paths.settings))
         outs[jobs] = (open(paths.csv).read(), facts["recommendation"], facts["timings_seconds"])
     assert outs[1][0] == outs[2][0]  # every score, loss, suggestion and action
@@ -651,3 +658,29 @@ def test_work_done_early_in_a_helper_gives_the_same_run(flipped_world, tmp_path,
     assert outs[1][1] == outs[2][1]  # every candidate's held-out result
     assert outs[1][2]["replay_processes"] == 1 and outs[2][2]["replay_processes"] == 2
     assert given_base == [False, True]  # one process computed it; two took it from the helper
+
+
+def test_without_a_recommendation_the_helper_computes_the_models_classes(
+    flipped_world, tmp_path, monkeypatch
+):
+    """``--no-recommend`` with two cores: the model's class probabilities (the suggested
+    label and confidence columns) come from the helper that computes the losses beside the
+    influence, not from this process after it; the CSV is that of one process."""
+    import sgd_influence_plugin.runner as runner_mod
+
+    worlds, _ = flipped_world
+    here, csvs = [], {}
+    real = runner_mod.model_probabilities
+
+    def spy(model, train):
+        here.append(os.getpid())  # a forked helper appends to its own copy
+        return real(model, train)
+
+    monkeypatch.setattr(runner_mod, "model_probabilities", spy)
+    for jobs in (1, 2):
+        del here[:]
+        csvs[jobs] = open(_noisy_run(worlds, tmp_path, jobs, recommend=False).csv).read()
+        assert here == ([os.getpid()] if jobs == 1 else [])
+    assert csvs[1] == csvs[2]
+    rows = _rows(str(tmp_path / "j2" / "influence.csv"))
+    assert all(r["suggested_label"] != "" for r in rows)

@@ -58,6 +58,25 @@ def test_batch_hessian_extremes_against_dense_float64_hessian(results, data7):
     assert curv.lambda_max == pytest.approx(max(tops), rel=1e-3)
 
 
+def test_curvature_measured_in_two_processes_is_the_same_to_the_bit(results, data28):
+    """With a second process (``helper``) the last batch's Lanczos runs there: the batches,
+    the start vectors and every eigenvalue are those of one process."""
+    from sgd_influence_plugin import coworker
+
+    m, tr, _ = load_trained(results("mlp"), data28)
+    used = []
+
+    def helper(fn):
+        used.append(fn)
+        return coworker.helper(fn)
+
+    one = curvature.measure(m, tr, 8, seed=4)
+    two = curvature.measure(m, tr, 8, seed=4, helper=helper)
+    assert len(used) == 1 and one.batches == two.batches == 3
+    one.seconds = two.seconds = 0.0
+    assert one == two
+
+
 def _curv(hi, lo):
     return curvature.Curvature(hi, lo, [hi], [lo], 1, 6, 32, 0.0)
 
