@@ -35,7 +35,7 @@ if ROOT not in sys.path:
 from support.netdef import NetSpec, write_nntxt  # noqa: E402
 
 NNABLA_CLI = os.path.join(os.path.dirname(sys.executable), "nnabla_cli")
-DATASETS = ("titanic", "breast_cancer", "wine")
+DATASETS = ("titanic", "breast_cancer", "wine", "synth")
 
 
 @dataclass
@@ -67,6 +67,8 @@ def load_table(name: str, titanic: Optional[str], seed: int = 0) -> Table:
         return Table(xt, yt, xv, yv, header, 2)
     from sklearn import datasets  # experiment dependency only
 
+    if name == "synth":
+        return synthetic_table(seed)
     data = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine}[name]()
     x, y = np.asarray(data.data, np.float64), np.asarray(data.target, np.int64)
     perm = np.random.RandomState(1000 + seed).permutation(len(y))
@@ -75,6 +77,21 @@ def load_table(name: str, titanic: Optional[str], seed: int = 0) -> Table:
     header = [f"x__{i}:{n}" for i, n in enumerate(names)] + ["y:label"]
     tr, va = perm[:cut], perm[cut:]
     return Table(x[tr], y[tr], x[va], y[va], header, int(y.max()) + 1)
+
+
+def synthetic_table(seed: int) -> Table:
+    """scikit-learn's ``make_classification``: 2,000 rows of 10 features (5 informative),
+    3 overlapping classes (``class_sep`` 1), no label noise; 1,400 training rows, 600
+    validation rows (a table large enough for the one-way check).
+    """
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=2000, n_features=10, n_informative=5, n_redundant=2, n_classes=3,
+        n_clusters_per_class=1, class_sep=1.0, flip_y=0.0, random_state=seed,
+    )  # fmt: skip
+    header = [f"x__{i}:f{i}" for i in range(10)] + ["y:label"]
+    return Table(x[:1400], y[:1400], x[1400:], y[1400:], header, 3)
 
 
 def standardize(table: Table) -> Table:
