@@ -17,12 +17,10 @@ Run: ``.venv/bin/python experiments/epoch_noise.py --datasets patterns --seeds 0
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -90,26 +88,15 @@ def one_run(state, case, name, seed, size, null) -> list:
 
 def main(argv=None) -> int:
     """Run every dataset, seed and size; write the CSV as it goes."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--datasets", default="patterns")
-    ap.add_argument("--seeds", default="0-29")
-    ap.add_argument("--sizes", default="300")
-    ap.add_argument("--n-val", type=int, default=300, help="the patterns' validation rows")
-    ap.add_argument("--rate", type=float, default=0.0)
+    ap = fc.run_arguments(__doc__, "0-29", "300", 300)
     ap.add_argument("--null", default="rule", help="rule, random or both (rule,random)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--shares", action="store_true", help="random sets of 5-20%% always")
-    ap.add_argument("--work", default=None)
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "epoch_noise"))
-    ap.add_argument("--summarize", default=None, help="only print the table of these CSVs")
-    args = ap.parse_args(argv)
-    if args.summarize:
-        print(summarize(args.summarize.split(",")))
+    args, work = fc.parse(ap, argv, summarize, os.path.join(HERE, "results", "epoch_noise"))
+    if args is None:
         return 0
     state: dict = {"shares": args.shares}
     install(state)
-    work = args.work or tempfile.mkdtemp(prefix="epoch_noise_")
-    os.makedirs(args.out, exist_ok=True)
     kinds = args.datasets.replace(",", "_") + args.tag
     name = f"epoch_noise_{args.null.replace(',', '_')}_r{args.rate:g}_{kinds}.csv"
     path = os.path.join(args.out, name)

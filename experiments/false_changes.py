@@ -169,26 +169,41 @@ def _seeds(text: str):
     return [int(s) for s in text.split(",")]
 
 
-def main(argv=None) -> int:
-    """Run every dataset, seed and size; write the CSV as it goes."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run_arguments(doc: str, seeds: str, sizes: str, n_val: int) -> argparse.ArgumentParser:
+    """The options every clean-run experiment shares (datasets, seeds, sizes, rows, rate)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--datasets", default="patterns")
-    ap.add_argument("--seeds", default="0-119")
-    ap.add_argument("--sizes", default="40,100,150,200")
-    ap.add_argument("--n-val", type=int, default=200, help="the patterns' validation rows")
+    ap.add_argument("--seeds", default=seeds)
+    ap.add_argument("--sizes", default=sizes)
+    ap.add_argument("--n-val", type=int, default=n_val, help="the patterns' validation rows")
     ap.add_argument("--rate", type=float, default=0.0, help="flipped labels (noisy power)")
-    ap.add_argument("--null", default="rule", choices=("rule", "random"))
     ap.add_argument("--work", default=None)
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "small_validation"))
     ap.add_argument("--summarize", default=None, help="only print the table of these CSVs")
+    return ap
+
+
+def parse(ap: argparse.ArgumentParser, argv, summary, out: str):
+    """``(arguments, work folder)``; ``(None, None)`` after printing ``summary`` of the CSVs
+    ``--summarize`` names.
+    """
+    ap.add_argument("--out", default=out)
     args = ap.parse_args(argv)
     if args.summarize:
-        print(summarize(args.summarize.split(",")))
+        print(summary(args.summarize.split(",")))
+        return None, None
+    os.makedirs(args.out, exist_ok=True)
+    return args, args.work or tempfile.mkdtemp(prefix="clean_runs_")
+
+
+def main(argv=None) -> int:
+    """Run every dataset, seed and size; write the CSV as it goes."""
+    ap = run_arguments(__doc__, "0-119", "40,100,150,200", 200)
+    ap.add_argument("--null", default="rule", choices=("rule", "random"))
+    args, work = parse(ap, argv, summarize, os.path.join(HERE, "results", "small_validation"))
+    if args is None:
         return 0
     state: dict = {}
     install_spies(state, args.null)
-    work = args.work or tempfile.mkdtemp(prefix="false_changes_")
-    os.makedirs(args.out, exist_ok=True)
     kinds = args.datasets.replace(",", "_")
     path = os.path.join(args.out, f"false_changes_{args.null}_r{args.rate:g}_{kinds}.csv")
     with open(path, "w", newline="") as f:
