@@ -10,7 +10,7 @@ own noise, which the row standard error does not count, shows as sd above 1 and 
 :mod:`epoch_noise`). Prints one line per seed and a JSON summary.
 
 Run: ``.venv/bin/python experiments/check_null.py RESULT.nnp TRAIN.csv VAL.csv
-[--seeds 25] [--sizes 100,250,500]``.
+[--seeds 25] [--sizes 100,250,500] [--lr RATE]``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("val")
     p.add_argument("--seeds", type=int, default=25)
     p.add_argument("--sizes", default="100,250,500")
+    p.add_argument("--lr", type=float, help="the check epoch's rate (default: the check's own)")
     a = p.parse_args(argv)
     model = load_model(model=a.model)
     train = load_dataset(a.train, model.info.input_shapes).arrays
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
     label = next(iter(model.info.label_classes))
     n, sizes = len(train[label]), [int(s) for s in a.sizes.split(",")]
     lr, _ = check_rate(model.info.solver.type, model.info.solver.lr, math.nan)
+    lr = a.lr or lr
     zs, held = [], 0
     for seed in range(a.seeds):
         _, b = split_validation(len(val[label]), seed)
