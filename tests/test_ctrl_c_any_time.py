@@ -27,13 +27,16 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_an_early_stop_prints_one_line(world_small, delay, signum):
     w = world_small
     out = w["root"] / "early" / "influence.csv"
+    # --epochs 5000: the run outlasts the longest delay, so the signal lands on every case
+    # (a run of the defaults on this small world ended within 0.8 s, and the case was skipped)
     proc = subprocess.Popen(
-        [CLI, *w["run"], "--output", str(out)], stderr=subprocess.PIPE, text=True
-    )
+        [CLI, *w["run"], "--epochs", "5000", "--output", str(out)], stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
     time.sleep(delay)
     if proc.poll() is not None:
-        proc.communicate(timeout=60)
-        pytest.skip("the run ended before the signal")
+        _, err = proc.communicate(timeout=60)
+        pytest.skip("the run ended before the signal: " + err[-300:])
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     if proc.returncode == 0:
