@@ -38,7 +38,7 @@ import numpy as np
 from .executor import LocalExecutor
 from .heldout_check import CHECK_ROWS, SEED_OFFSET, check_candidates, paired_change
 from .neighbours import training_signals
-from .recommend import MIN_TWO_WAY, _check_facts, _check_key, _check_rate_or_why_not
+from .recommend import MIN_TWO_WAY, check_facts, check_key, check_rate_or_why_not
 from .recommendation import Recommendation, build, unavailable, z_required
 from .suspects import Candidate, candidate_sets, find_suspects
 
@@ -152,16 +152,16 @@ def recommend_two_way(
     log = log or (lambda msg: None)
     executor = executor or LocalExecutor(1)
     n, v = len(train[label_column]), len(val[label_column])
-    lr, rate_source, why_not = _check_rate_or_why_not(model, v, lambda_max, MIN_TWO_WAY)
+    lr, rate_source, why_not = check_rate_or_why_not(model, v, lambda_max, MIN_TWO_WAY)
     if why_not:
         return unavailable(n, why_not)
     refs = [{k: a[h] for k, a in val.items()} for h in halves] + [val]
-    key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n, refs, label_column)
+    key = check_key(lr, batch_size, weight_decay, seed, check_rows, n, refs, label_column)
     early = early if early is not None and early.get("key") == key else None
     sus_a, sus_b, sus_all, pairs = _suspects(model, train, label_column, refs, scores, early)
     cands = pooled_candidates(sus_a, sus_b, sus_all)
     epochs = _distinct_sets(cands)
-    facts = _check_facts(
+    facts = check_facts(
         pairs[2][1], lr, rate_source, batch_size, weight_decay, seed, n, check_rows, epochs,
         executor, early,
     )  # fmt: skip

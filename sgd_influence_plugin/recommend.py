@@ -174,7 +174,7 @@ def split_for_check(wanted: bool, info, train, val, seed: int) -> CheckSplit:
     return CheckSplit(val.arrays, None, why, None, None)
 
 
-def _check_key(lr, batch_size, weight_decay, seed, check_rows, n, references, label) -> Tuple:
+def check_key(lr, batch_size, weight_decay, seed, check_rows, n, references, label) -> Tuple:
     """What the check's epoch on the data as given and the neighbours' agreement depend on:
     :func:`early_work`'s result is used by :func:`recommend` only when both computed the same
     key.
@@ -220,7 +220,7 @@ def early_work(
     theta0 = model.get_params()
     n = len(train[label_column])
     refs = [reference, *more_references]
-    key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n, refs, label_column)
+    key = check_key(lr, batch_size, weight_decay, seed, check_rows, n, refs, label_column)
     try:
         signals = training_signals(model, train, reference, label_column, *more_references)
         prob, agreement, neighbours = signals[:3]
@@ -285,10 +285,10 @@ def recommend(
     log = log or (lambda msg: None)
     executor = executor or LocalExecutor(1)
     n, n_held = len(train[label_column]), len(heldout[label_column])
-    lr, rate_source, why_not = _check_rate_or_why_not(model, n_held, lambda_max)
+    lr, rate_source, why_not = check_rate_or_why_not(model, n_held, lambda_max)
     if why_not:
         return unavailable(n, why_not)
-    key = _check_key(lr, batch_size, weight_decay, seed, check_rows, n, [reference], label_column)
+    key = check_key(lr, batch_size, weight_decay, seed, check_rows, n, [reference], label_column)
     early = early if early is not None and early.get("key") == key else None
     suspects, neighbours = _suspects(model, train, label_column, trial_scores, reference, early)
     cands = candidates(suspects)
@@ -307,11 +307,11 @@ def _check(
 ) -> Dict:  # fmt: skip
     """The candidates checked, if any (:func:`.heldout_check.check_candidates`: their results
     set on each; the epoch on the data as given taken from ``early`` when there), at ``rate``
-    = ``(lr, where it comes from)``; returns what the check ran (:func:`_check_facts`).
+    = ``(lr, where it comes from)``; returns what the check ran (:func:`check_facts`).
     """
     lr, rate_source = rate
     n, n_held = len(train[label_column]), len(heldout[label_column])
-    facts = _check_facts(
+    facts = check_facts(
         neighbours, lr, rate_source, batch_size, weight_decay, seed, n, check_rows, cands,
         executor, early,
     )  # fmt: skip
@@ -332,7 +332,7 @@ def _check(
     return facts
 
 
-def _check_rate_or_why_not(
+def check_rate_or_why_not(
     model, n_held: int, lambda_max: float, least: int = MIN_HELDOUT
 ) -> Tuple[float, str, str]:
     """``(the check's rate, where it comes from, "")``, or a sentence saying why the run
@@ -368,7 +368,7 @@ def _suspects(model, train, label_column: str, trial_scores, reference, early):
     return find_suspects(labels, prob, trial_scores, agreement), neighbours
 
 
-def _check_facts(
+def check_facts(
     neighbours, lr, rate_source, batch_size, weight_decay, seed, n, check_rows, cands,
     executor, early,
 ) -> Dict:  # fmt: skip
