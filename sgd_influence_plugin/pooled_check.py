@@ -36,9 +36,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .executor import LocalExecutor
-from .heldout_check import CHECK_ROWS, SEED_OFFSET, check_candidates, paired_change
+from .heldout_check import CHECK_ROWS, SEED_OFFSET, check_candidates, check_facts, paired_change
 from .neighbours import training_signals
-from .recommend import MIN_TWO_WAY, check_facts, check_key, check_rate_or_why_not
+from .recommend import MIN_TWO_WAY, check_key, check_rate_or_why_not
 from .recommendation import Recommendation, build, unavailable, z_required
 from .suspects import Candidate, candidate_sets, find_suspects
 

@@ -21,16 +21,14 @@ from one seeded half of the validation rows; the check measures on the other hal
    console's rate, decaying linearly to 0, on the data as given and on each candidate (same
    sample order), then each held-out validation row's loss. A candidate counts only if it
    lowers the mean held-out loss by :func:`z_required` paired standard errors, a Bonferroni
-   bound: noise alone makes a run change anything with probability at most
-   :data:`FAMILY_ALPHA`. The recommendation is the counting candidate with the fewest rows
-   within one standard error of the best (the one-standard-error rule); if none counts,
-   change nothing.
+   bound over the candidates. The recommendation is the counting candidate with the fewest
+   rows within one standard error of the best (the one-standard-error rule), provided it
+   passes the same bar again in a second sample order (:func:`.heldout_check.check_again`:
+   the row standard error does not count the epoch's own noise); otherwise change nothing.
 
-The suspects and candidates are :mod:`.suspects` and the check :mod:`.heldout_check` (their
-names are importable from here too); the record and the rule that decides from the checked
-candidates, numpy only, are :mod:`.recommendation`. This module runs them for one run:
-:func:`split_for_check` (whether it can recommend, and which validation rows choose and which
-check), :func:`recommend`, and :func:`early_work` (what can be computed beside the influence).
+Suspects and candidates: :mod:`.suspects`; the check: :mod:`.heldout_check`; the record and
+the rule deciding from the checked candidates (numpy only): :mod:`.recommendation`. Here, for
+one run: :func:`split_for_check`, :func:`recommend` and :func:`early_work`.
 """
 
 from __future__ import annotations
@@ -48,7 +46,9 @@ from .heldout_check import (  # noqa: F401 - part of this module's interface
     SEED_OFFSET,
     SGD_SOLVERS,
     _check_epoch,
+    check_again,
     check_candidates,
+    check_facts,
     check_order,
     check_rate,
     paired_change,
@@ -57,7 +57,7 @@ from .heldout_check import (  # noqa: F401 - part of this module's interface
 )
 from .neighbours import training_signals  # noqa: F401 - part of this module's interface
 from .probabilities import as_probabilities  # noqa: F401 - part of this module's interface
-from .recommendation import Recommendation, build, unavailable
+from .recommendation import Recommendation, build, choose, unavailable
 from .suspects import (  # noqa: F401 - part of this module's interface
     GIVEN_LABEL_LEVELS,
     ORDERS,
@@ -296,7 +296,7 @@ def recommend(
         model, train, heldout, label_column, suspects, cands, (lr, rate_source), batch_size,
         weight_decay, seed, progress, check_rows, executor, early, neighbours, log, reference,
     )  # fmt: skip
-    rec = build(suspects, cands, n_held, check)
+    rec = build(suspects, cands, n_held, *check)
     log("recommendation: " + rec.reason)
     return rec
 
@@ -304,10 +304,11 @@ def recommend(
 def _check(
     model, train, heldout, label_column, suspects, cands, rate, batch_size, weight_decay, seed,
     progress, check_rows, executor, early, neighbours, log, reference=None,
-) -> Dict:  # fmt: skip
+) -> Tuple[Dict, Optional[Candidate]]:  # fmt: skip
     """The candidates checked, if any (:func:`.heldout_check.check_candidates`: their results
     set on each; the epoch on the data as given taken from ``early`` when there), at ``rate``
-    = ``(lr, where it comes from)``; returns what the check ran (:func:`check_facts`).
+    = ``(lr, where it comes from)``, and the choice checked again (:func:`_again`); returns
+    ``(what the check ran (:func:`check_facts`), the choice in the second order or None)``.
     """
     lr, rate_source = rate
     n, n_held = len(train[label_column]), len(heldout[label_column])
@@ -329,7 +330,29 @@ def _check(
             seed=seed + SEED_OFFSET, predict=model.predict, progress=progress,
             rows=check_rows, executor=executor, base=early["base"] if early else None,
         )  # fmt: skip
-    return facts
+    again = _again(
+        model, train, heldout, label_column, choose(cands), lr, batch_size, weight_decay,
+        seed, progress, check_rows, executor, facts, log,
+    )  # fmt: skip
+    return facts, again
+
+
+def _again(
+    model, train, heldout, label_column, chosen, lr, batch_size, weight_decay, seed, progress,
+    check_rows, executor, facts, log,
+):  # fmt: skip
+    """The chosen candidate checked again in a second sample order (the check's seed + 1;
+    :func:`.heldout_check.check_again`), ``facts`` updated; None when nothing was chosen.
+    """
+    if chosen is None:
+        return None
+    log(f"checking the chosen change ({len(chosen.rows)} rows) again in a second order")
+    facts.update(epochs_run=facts["epochs_run"] + 2, second_order_seed=seed + SEED_OFFSET + 1)
+    return check_again(
+        model, train, heldout, label_column, chosen, lr, batch_size, weight_decay,
+        seed=seed + SEED_OFFSET, predict=model.predict, progress=progress, rows=check_rows,
+        executor=executor,
+    )  # fmt: skip
 
 
 def check_rate_or_why_not(
@@ -366,25 +389,3 @@ def _suspects(model, train, label_column: str, trial_scores, reference, early):
     n = len(train[label_column])
     labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
     return find_suspects(labels, prob, trial_scores, agreement), neighbours
-
-
-def check_facts(
-    neighbours, lr, rate_source, batch_size, weight_decay, seed, n, check_rows, cands,
-    executor, early,
-) -> Dict:  # fmt: skip
-    """What the check ran, for ``settings.yaml`` (:attr:`.recommendation.Recommendation.check`)."""
-    return {
-        "neighbours": neighbours,
-        "lr": lr,
-        "lr_source": rate_source,
-        "schedule": "one epoch, rate decaying linearly to 0",
-        "batch_size": int(batch_size),
-        "weight_decay": float(weight_decay),
-        "order_seed": seed + SEED_OFFSET,
-        "rows_per_epoch": len(check_order(n, 0, check_rows)),
-        "epochs_run": len(cands) + 1 if cands else 0,
-        "jobs": min(executor.slots, len(cands) + 1) if cands else 0,
-        "where": executor.where,
-        # the epoch on the data as given: run beside the influence (early_work), or here
-        "base_epoch": "beside the influence" if early else "after the influence",
-    }

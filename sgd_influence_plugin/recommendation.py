@@ -120,7 +120,8 @@ class Recommendation:
                 "data lowers the held-out validation loss by >= z_required standard errors "
                 f"(Bonferroni: noise alone passes one with chance <= {FAMILY_ALPHA:g}); "
                 "recommended = the passing candidate with the fewest rows within one standard "
-                "error of the best; none passes = change nothing"
+                "error of the best, if it passes again in a second sample order (one-way "
+                "check); none passes = change nothing"
             ),
         }
 
@@ -143,51 +144,40 @@ def unavailable(n: int, reason: str, prob: Optional[np.ndarray] = None) -> Recom
     )
 
 
-def build(suspects: Suspects, checked: List[Candidate], n_heldout: int, check: Dict):
-    """The :class:`Recommendation` from checked candidates (pure)."""
+def build(
+    suspects: Suspects,
+    checked: List[Candidate],
+    n_heldout: int,
+    check: Dict,
+    again: Optional[Candidate] = None,
+):
+    """The :class:`Recommendation` from checked candidates (pure).
+
+    ``again``: the chosen candidate checked once more in a second sample order
+    (:func:`.heldout_check.check_again`), or None where the design needs no second order
+    (the two-way check, whose directions are separate epochs). A choice that does not pass
+    the same bar again is not recommended.
+    """
     n = len(suspects.given)
     action = np.full(n, "keep", dtype=object)
     chosen = choose(checked)
     n_suspects = int(suspects.mask.sum())
-    if chosen is not None:
+    z_bar = z_required(len(checked))
+    if again is not None:
+        check = dict(check, second_order=again.to_dict(z_bar))
+    if chosen is not None and again is not None and not again.passes(z_bar):
+        reason = (
+            f"change nothing: the best change ({chosen.action} {len(chosen.rows)} of "
+            f"{n_suspects} suspect rows, z {chosen.z:+.1f}) did not lower the held-out "
+            f"validation loss by {z_bar:.2f} standard errors again in a second sample order "
+            f"(z {again.z:+.1f}), so its gain was the path of one epoch, not the rows"
+        )
+        chosen = None
+    elif chosen is not None:
         action[chosen.rows] = chosen.action
-        as_many = f"(as many as give the given label under {chosen.level:g})"
-        which = {
-            "margin_and_influence": f"they are the {len(chosen.rows)} where it is surest of "
-            f"its class and the influence is most harmful, the two ranks together {as_many}",
-            "margin_influence_neighbours": f"they are the {len(chosen.rows)} where it is "
-            "surest of its class, the influence is most harmful and the fewest of the nearest "
-            f"validation rows share the label, the three ranks together {as_many}",
-        }.get(chosen.order, f"the given label has probability under {chosen.level:g}")
-        reason = (
-            f"{chosen.action} {len(chosen.rows)} rows: harmful in every trial, the model "
-            f"predicts another class, and {which}; one settling epoch on the changed data "
-            f"lowered the held-out validation loss by {-chosen.loss_change:.3g} "
-            f"({-chosen.z:.1f} standard errors)"
-        )
-    elif n_suspects == 0:
-        reason = (
-            "change nothing: no row is harmful in every trial with a label the model does not "
-            "predict"
-        )
-    elif checked and not any(math.isfinite(c.loss_change) for c in checked):
-        reason = (
-            f"change nothing: {n_suspects} suspect rows, but the check's epochs gave no finite "
-            f"held-out loss (one epoch at lr {check.get('lr', math.nan):g} from the trained "
-            "model diverged), so no change could be checked; the scores are not affected"
-        )
+        reason = _chosen_reason(chosen, again)
     else:
-        finite = [c for c in checked if math.isfinite(c.loss_change)]
-        best = min(finite, key=lambda c: c.loss_change) if finite else None
-        reason = (
-            f"change nothing: {n_suspects} suspect rows, but no change of them lowered the "
-            f"held-out validation loss by {z_required(len(checked)):.2f} standard errors"
-            + (
-                f" (best: {best.action} {len(best.rows)}, {best.loss_change:+.3g}, z {best.z:+.1f})"
-                if best is not None
-                else ""
-            )
-        )
+        reason = _nothing_reason(checked, n_suspects, check)
     return Recommendation(
         action=action,
         suggested=suspects.suggested,
@@ -199,4 +189,49 @@ def build(suspects: Suspects, checked: List[Candidate], n_heldout: int, check: D
         reason=reason,
         check=check,
         agreement=suspects.agreement,
+    )
+
+
+def _chosen_reason(chosen: Candidate, again: Optional[Candidate]) -> str:
+    """The summary's sentence for a recommended change."""
+    as_many = f"(as many as give the given label under {chosen.level:g})"
+    which = {
+        "margin_and_influence": f"they are the {len(chosen.rows)} where it is surest of "
+        f"its class and the influence is most harmful, the two ranks together {as_many}",
+        "margin_influence_neighbours": f"they are the {len(chosen.rows)} where it is "
+        "surest of its class, the influence is most harmful and the fewest of the nearest "
+        f"validation rows share the label, the three ranks together {as_many}",
+    }.get(chosen.order, f"the given label has probability under {chosen.level:g}")
+    return (
+        f"{chosen.action} {len(chosen.rows)} rows: harmful in every trial, the model "
+        f"predicts another class, and {which}; one settling epoch on the changed data "
+        f"lowered the held-out validation loss by {-chosen.loss_change:.3g} "
+        f"({-chosen.z:.1f} standard errors)"
+        + (f", and by {-again.z:.1f} in a second sample order" if again is not None else "")
+    )
+
+
+def _nothing_reason(checked: List[Candidate], n_suspects: int, check: Dict) -> str:
+    """The summary's sentence when no candidate passed (or none was tried)."""
+    if n_suspects == 0:
+        return (
+            "change nothing: no row is harmful in every trial with a label the model does not "
+            "predict"
+        )
+    if checked and not any(math.isfinite(c.loss_change) for c in checked):
+        return (
+            f"change nothing: {n_suspects} suspect rows, but the check's epochs gave no finite "
+            f"held-out loss (one epoch at lr {check.get('lr', math.nan):g} from the trained "
+            "model diverged), so no change could be checked; the scores are not affected"
+        )
+    finite = [c for c in checked if math.isfinite(c.loss_change)]
+    best = min(finite, key=lambda c: c.loss_change) if finite else None
+    return (
+        f"change nothing: {n_suspects} suspect rows, but no change of them lowered the "
+        f"held-out validation loss by {z_required(len(checked)):.2f} standard errors"
+        + (
+            f" (best: {best.action} {len(best.rows)}, {best.loss_change:+.3g}, z {best.z:+.1f})"
+            if best is not None
+            else ""
+        )
     )

@@ -242,6 +242,39 @@ def test_build_changes_nothing_when_no_candidate_passes():
     assert rec.agreement is s3.agreement  # what the influence CSV writes per row
 
 
+def test_a_choice_that_does_not_pass_again_in_a_second_order_changes_nothing():
+    labels, prob, trials = _random_case(seed=4)
+    s = rc.find_suspects(labels, prob, trials)
+    cands = rc.candidates(s)
+    base = np.random.RandomState(0).rand(300)
+    noise = np.random.RandomState(1).randn(300) * 0.01
+
+    def result(c, shift):
+        c.heldout_loss = base + shift + noise
+        c.loss_change, c.standard_error = rc.paired_change(c.heldout_loss, base)
+        return c
+
+    for k, c in enumerate(cands):
+        result(c, -0.005 if k == 1 else 0.01)
+    bar = rn.z_required(len(cands))
+    assert rn.choose(cands) is cands[1] and cands[1].z < -bar
+    for shift, held in ((-0.005, True), (-0.0015, False), (0.003, False)):
+        again = result(rc.Candidate(**{**vars(cands[1]), "heldout_loss": None}), shift)
+        rec = rn.build(s, cands, 300, {"lr": 0.1}, again)
+        assert (rec.chosen is cands[1]) == held, (shift, again.z, rec.reason)
+        assert rec.to_dict()["check"]["second_order"]["z"] == pytest.approx(again.z, rel=5e-3)
+        assert rec.to_dict()["check"]["second_order"]["passes"] == held
+        if held:
+            assert rec.counts()["remove"] == len(cands[1].rows)
+            assert f"by {-again.z:.1f} in a second sample order" in rec.reason
+        else:
+            assert set(rec.action) == {"keep"} and rec.reason.startswith("change nothing")
+            assert "again in a second sample order" in rec.reason
+            assert f"z {cands[1].z:+.1f}" in rec.reason and f"z {again.z:+.1f}" in rec.reason
+    # Without a second order (the two-way check's design), the first check decides.
+    assert rn.build(s, cands, 300, {}).chosen is cands[1]
+
+
 def test_a_check_whose_epochs_diverged_says_so_and_changes_nothing():
     labels, prob, trials = _random_case(seed=4)
     s = rc.find_suspects(labels, prob, trials)
@@ -497,6 +530,12 @@ def test_on_known_flips_the_changed_rows_are_the_flips(flipped_world, tmp_path):
     rec = facts["recommendation"]
     assert rec["counts"]["relabel"] + rec["counts"]["remove"] == changed.sum()
     assert rec["chosen"]["passes"] and rec["chosen"]["z"] <= -rec["z_required"]
+    # ... and passed again in a second sample order, two more epochs
+    again = rec["check"]["second_order"]
+    assert again["passes"] and again["z"] <= -rec["z_required"] and again["z"] != rec["chosen"]["z"]
+    assert again["rows"] == rec["chosen"]["rows"] == changed.sum()
+    assert rec["check"]["epochs_run"] == len(rec["checked"]) + 3
+    assert "in a second sample order" in rec["reason"]
     assert rec["z_required"] == pytest.approx(rn.z_required(len(rec["checked"])), abs=1e-3)
     marked = [c for c in rec["checked"] if c["recommended"]]  # exactly the chosen one
     assert len(marked) == 1 and {k: marked[0][k] for k in rec["chosen"]} == rec["chosen"]
@@ -597,7 +636,7 @@ def test_check_epochs_match_a_plain_loop_in_workers_and_on_a_row_sample(flipped_
     np.testing.assert_array_equal(rc.check_order(1200, 7, 300), order)
     assert len(rc.check_order(1200, 7, 5000)) == 1200
 
-    def loop(arrays, weight=None):  # the oracle: the epoch written out
+    def loop(arrays, weight=None, order=order):  # the oracle: the epoch written out
         model.set_params(theta0)
         lrs = 0.05 * (1.0 - np.arange(10) / 10)  # 300 rows / 32 = 10 steps, decaying to 0
         core.sgd_epoch(model, arrays, order, lrs, 32, sample_weight=weight)
@@ -615,6 +654,17 @@ def test_check_epochs_match_a_plain_loop_in_workers_and_on_a_row_sample(flipped_
         assert c.loss_change == pytest.approx(np.mean(want - base), abs=1e-6)
     # A sample of 300 rows is not the whole epoch: the sample size must reach the epoch.
     assert not np.allclose(whole[0].heldout_loss, serial[0].heldout_loss)
+    # The chosen change checked again: the same change in the order of seed + 1, against
+    # the data as given in that order; the first result is left as it was.
+    first = serial[1].heldout_loss.copy()
+    again = rc.check_again(model, train, held, label, serial[1], rows=300, executor=two, **kw)
+    order2 = np.random.RandomState(8).permutation(1200)[:300]
+    want = loop(train, weight, order2)
+    np.testing.assert_allclose(again.heldout_loss, want, rtol=1e-5, atol=1e-6)
+    assert again.loss_change == pytest.approx(np.mean(want - loop(train, None, order2)), abs=1e-6)
+    assert again is not serial[1] and np.array_equal(serial[1].heldout_loss, first)
+    assert again.rows is serial[1].rows and again.action == "remove"
+    assert all(np.array_equal(v, theta0[k]) for k, v in model.get_params().items())
 
 
 def _noisy_run(worlds, tmp_path, jobs: int, **request):
