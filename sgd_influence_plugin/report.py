@@ -148,12 +148,22 @@ def checked_table(rec: Dict) -> str:
         f"<td>{'<b>recommended</b>' if c.get('recommended') else ''}</td></tr>"
         for c in checked
     )
+    again = (rec.get("check") or {}).get("second_order")
+    if again:
+        body += (
+            f"<tr><td>{html.escape(str(again.get('action')))} {int(again.get('rows', 0))}</td>"
+            "<td>the chosen change again, in a second sample order</td>"
+            f"<td>{num(again.get('heldout_loss_change'), '+.4g')}</td>"
+            f"<td>{num(again.get('z'), '+.1f')}</td>"
+            f"<td>{'yes' if again.get('passes') else 'no'}</td><td></td></tr>"
+        )
     bar = rec.get("z_required")
     return (
         "<h3>Changes the check tried</h3><p>One settling epoch from the trained model on the "
         "data with each change, then the loss on held-out validation rows against the data as "
         f"given. A change passes at z {num(-bar if bar is not None else math.nan, '+.2f')} or "
-        "below; the smallest within one standard error of the best is recommended.</p><table>"
+        "below; the smallest within one standard error of the best is recommended if it "
+        "passes again in a second sample order.</p><table>"
         "<tr><th>change</th><th>which rows</th><th>held-out loss change</th><th>z</th>"
         f"<th>passes</th><th></th></tr>{body}</table>"
     )

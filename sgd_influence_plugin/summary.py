@@ -116,6 +116,13 @@ def recommendation_text(rec, actions, labels, suggested, names=None, cleansed=""
             + (f", accuracy {c.accuracy_change:+.2%}" if np.isfinite(c.accuracy_change) else "")
             + ("  <- recommended" if c is rec.chosen else "")
         )
+    again = rec.check.get("second_order")
+    if again:
+        lines.append(
+            f"  checked again in a second sample order: {again['action']} {again['rows']} "
+            f"rows: held-out loss {again['heldout_loss_change']:+.4g} (z {again['z']:+.1f}), "
+            + ("passes" if again["passes"] else "does not pass")
+        )
     if counts["relabel"] or counts["remove"]:
         lines.append(
             f"next: retrain on {cleansed or 'the cleansed CSV'} (beside this file), which "

@@ -536,6 +536,15 @@ def test_on_known_flips_the_changed_rows_are_the_flips(flipped_world, tmp_path):
     assert again["rows"] == rec["chosen"]["rows"] == changed.sum()
     assert rec["check"]["epochs_run"] == len(rec["checked"]) + 3
     assert "in a second sample order" in rec["reason"]
+    assert (
+        f"checked again in a second sample order: remove {again['rows']} rows: held-out loss "
+        f"{again['heldout_loss_change']:+.4g} (z {again['z']:+.1f}), passes"
+    ) in open(paths.summary).read()
+    from sgd_influence_plugin.report import checked_table
+
+    table = checked_table(rec)
+    assert "the chosen change again, in a second sample order" in table
+    assert table.count("<tr>") == len(rec["checked"]) + 2  # the header, each, the second order
     assert rec["z_required"] == pytest.approx(rn.z_required(len(rec["checked"])), abs=1e-3)
     marked = [c for c in rec["checked"] if c["recommended"]]  # exactly the chosen one
     assert len(marked) == 1 and {k: marked[0][k] for k in rec["chosen"]} == rec["chosen"]
