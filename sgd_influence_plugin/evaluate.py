@@ -28,7 +28,7 @@ import tempfile
 import time
 import zipfile
 from dataclasses import replace
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -36,7 +36,13 @@ from . import core, option_parsers
 from .cells import data_path
 from .dataset import Dataset
 from .errors import SettingsError
-from .evaluate_inputs import check_evaluate, load_inputs, parse_floats, parse_seeds
+from .evaluate_inputs import (
+    EvaluateRequest,
+    check_evaluate,
+    load_inputs,
+    parse_floats,
+    parse_seeds,
+)
 from .evaluate_report import write_outputs
 from .executor import local_executor, open_executor, unit_graphs
 from .influence import compute_influence
@@ -55,22 +61,9 @@ def accuracy(model, data: Dataset) -> float:
     return float(np.mean(as_probabilities(prob).argmax(axis=1) == labels.astype(int)))
 
 
-def evaluate(
-    model_files: Dict[str, Optional[str]],
-    train_csv: str,
-    val_csv: str,
-    test_csv: str,
-    out_dir: str,
-    ratios: Sequence[float],
-    seeds: Sequence[int],
-    retrain: str,
-    settings: InfluenceSettings,
-    noise_csv: Optional[str] = None,
-    log=lambda m: None,
-    executor=None,
-) -> List[Dict]:
-    """Run the experiment; write ``results.csv``, ``figure2.png``, ``summary.md`` and
-    ``settings.yaml`` into ``out_dir``.
+def evaluate(req: EvaluateRequest, log=lambda m: None, executor=None) -> List[Dict]:
+    """Run the experiment ``req`` describes; write ``results.csv``, ``figure2.png``,
+    ``summary.md`` and ``settings.yaml`` into ``req.out_dir``.
 
     Everything is checked before anything is computed (:func:`.evaluate_inputs.check_evaluate`,
     then every label of the three datasets against the network's classes).
@@ -89,29 +82,28 @@ def evaluate(
 
     """
     start_all = time.perf_counter()
-    check_evaluate(
-        model_files, train_csv, val_csv, test_csv, out_dir, ratios, seeds, retrain, settings,
-        noise_csv,
-    )  # fmt: skip
-    data = load_inputs(model_files, (train_csv, val_csv, test_csv), ratios, settings, noise_csv)
+    check_evaluate(req)
+    settings = req.settings
+    data = load_inputs(req.model_files, req.csvs, req.ratios, settings, req.noise_csv)
     model, train = data.model, data.train
     run = resolve(model, settings)
     theta0 = model.get_params()
     executor = executor or local_executor(settings.context, settings.jobs)
-    config_text = _scratch_definition(retrain, model_files, train, val_csv, executor)
-    shared = (model, train, data.test, theta0, val_csv)
+    config_text = _scratch_definition(req.retrain, req.model_files, train, req.val_csv, executor)
+    shared = (model, train, data.test, theta0, req.val_csv)
     rows: List[Dict] = []
     try:
-        for seed in seeds:
+        for seed in req.seeds:
             seed_rows, run = _one_seed(
-                data, seed, retrain, config_text, settings, executor, shared, log
+                data, seed, req.retrain, config_text, settings, executor, shared, log
             )
             rows.extend(seed_rows)
     finally:
         model.set_params(theta0)
-    facts = _facts(data, run, retrain, seeds, ratios, settings, (train_csv, val_csv, noise_csv))
+    csvs = (req.train_csv, req.val_csv, req.noise_csv)
+    facts = _facts(data, run, req.retrain, req.seeds, req.ratios, settings, csvs)
     facts["total_seconds"] = round(time.perf_counter() - start_all, 1)
-    write_outputs(out_dir, rows, train.size, data.flipped, facts)
+    write_outputs(req.out_dir, rows, train.size, data.flipped, facts)
     return rows
 
 
@@ -319,7 +311,7 @@ def run_from_args(args) -> int:
         train_csv = dataset_path(train_csv, info.train_dataset, "training", "--train")
         val_csv = dataset_path(val_csv, info.val_dataset, "validation", "--val")
     with open_executor(args.cluster, settings.context, settings.jobs, say) as executor:
-        evaluate(
+        req = EvaluateRequest(
             {"model": args.model, "config": args.config, "params": args.params},
             train_csv,
             val_csv,
@@ -330,8 +322,7 @@ def run_from_args(args) -> int:
             args.retrain,
             settings,
             args.noise,
-            log=say,
-            executor=executor,
         )
+        evaluate(req, log=say, executor=executor)
     say(f"results: {os.path.join(args.output_dir, 'summary.md')}")
     return 0

@@ -41,18 +41,43 @@ def parse_seeds(text: str) -> List[int]:
     return [int(v) for v in values]
 
 
-def check_evaluate(
-    model_files: Dict[str, Optional[str]],
-    train_csv: str,
-    val_csv: str,
-    test_csv: str,
-    out_dir: str,
-    ratios: Sequence[float],
-    seeds: Sequence[int],
-    retrain: str,
-    settings: InfluenceSettings,
-    noise_csv: Optional[str] = None,
-) -> None:
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """Files and options of one experiment (``sgd-influence evaluate``,
+    :func:`.evaluate.evaluate`).
+
+    Attributes:
+        model_files: ``{"model": results.nnp}``, or ``{"config": net.nntxt, "params": .h5 or
+            .protobuf}`` (as :class:`.runner.RunRequest`).
+        train_csv / val_csv / test_csv: the dataset CSVs; the test set measures accuracy.
+        out_dir: the folder of ``results.csv``, ``figure2.png``, ``summary.md`` and
+            ``settings.yaml``.
+        ratios: shares of the training rows to remove, each in [0, 1).
+        seeds: one experiment per seed (its trials use seed, seed + 1, ...).
+        retrain: ``last`` (the last epoch again, removed rows weighted 0) or ``scratch``.
+        settings: the influence settings.
+        noise_csv: the label-noise ground truth (``train_noise.csv``), or None.
+
+    """
+
+    model_files: Dict[str, Optional[str]]
+    train_csv: str
+    val_csv: str
+    test_csv: str
+    out_dir: str
+    ratios: Sequence[float]
+    seeds: Sequence[int]
+    retrain: str
+    settings: InfluenceSettings
+    noise_csv: Optional[str] = None
+
+    @property
+    def csvs(self) -> List[str]:
+        """The three dataset CSVs: training, validation, test."""
+        return [self.train_csv, self.val_csv, self.test_csv]
+
+
+def check_evaluate(req: EvaluateRequest) -> None:
     """Every check that needs no decoded data, before anything is loaded or computed.
 
     The model files and the settings as for ``run`` (:func:`.validation.check_options`),
@@ -67,23 +92,23 @@ def check_evaluate(
     """
     from .runner import RunRequest
 
+    files = req.model_files
     validation.check_options(
         RunRequest(
             output="results.csv",
-            model=model_files.get("model"),
-            config=model_files.get("config"),
-            params=model_files.get("params"),
-            settings=settings,
+            model=files.get("model"),
+            config=files.get("config"),
+            params=files.get("params"),
+            settings=req.settings,
         )
     )  # validates the settings too (InfluenceSettings.validate)
-    if retrain not in ("last", "scratch"):
-        raise SettingsError(f"--retrain {retrain}: choose last or scratch")
-    _check_ratios(ratios)
-    _check_seeds(seeds, settings.trials)
-    csvs = [train_csv, val_csv, test_csv]
-    inputs = [*model_files.values(), *csvs, noise_csv]
+    if req.retrain not in ("last", "scratch"):
+        raise SettingsError(f"--retrain {req.retrain}: choose last or scratch")
+    _check_ratios(req.ratios)
+    _check_seeds(req.seeds, req.settings.trials)
+    inputs = [*files.values(), *req.csvs, req.noise_csv]
     places.check_output_folder(
-        out_dir, "--output-dir", OUTPUT_FILES, (), inputs, places.image_folders(*csvs)
+        req.out_dir, "--output-dir", OUTPUT_FILES, (), inputs, places.image_folders(*req.csvs)
     )
 
 

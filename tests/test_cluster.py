@@ -375,18 +375,19 @@ def test_ctrl_c_cancels_the_units_and_stops_the_running_ones(scheduler):
 def test_evaluate_through_the_cluster_gives_the_local_rows(
     scheduler, mlp, data28, tmp_path, retrain
 ):
-    from sgd_influence_plugin.evaluate import evaluate
+    from sgd_influence_plugin.evaluate import EvaluateRequest, evaluate
 
     nnp = os.path.join(mlp[0], "results.nnp")
     args = (data28["train"], data28["val"], data28["val"])
     settings = InfluenceSettings(trials=1, jobs=1)
     ratios, seeds = [0, 0.1], [4]
-    here = evaluate({"model": nnp}, *args, str(tmp_path / "here"), ratios, seeds, retrain, settings)
+
+    def request(out):
+        return EvaluateRequest({"model": nnp}, *args, out, ratios, seeds, retrain, settings)
+
+    here = evaluate(request(str(tmp_path / "here")))
     with cluster.connect(scheduler) as c:
-        there = evaluate(
-            {"model": nnp}, *args, str(tmp_path / "there"), ratios, seeds, retrain, settings,
-            executor=c,
-        )  # fmt: skip
+        there = evaluate(request(str(tmp_path / "there")), executor=c)
     assert [(r["method"], r["n_removed"]) for r in there] == [
         ("none", 0),
         ("harmful", 26),

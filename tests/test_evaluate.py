@@ -9,7 +9,7 @@ import pytest
 
 from sgd_influence_plugin import cli, core, influence, ownership
 from sgd_influence_plugin.dataset import load_dataset
-from sgd_influence_plugin.evaluate import accuracy, evaluate
+from sgd_influence_plugin.evaluate import EvaluateRequest, accuracy, evaluate
 from sgd_influence_plugin.nnabla_adapter import load_model
 from sgd_influence_plugin.settings import InfluenceSettings
 from support.output_checks import csv_rows
@@ -32,16 +32,18 @@ def test_evaluate_rows_precision_and_retrain_last_oracle(results, data28, tmp_pa
     out = tmp_path / "eval"
     settings = InfluenceSettings(trials=1)
     rows = evaluate(
-        {"model": nnp},
-        data28["train"],
-        data28["val"],
-        data28["val"],
-        str(out),
-        [0, 0.1],
-        [4],
-        retrain,
-        settings,
-        noise,
+        EvaluateRequest(
+            {"model": nnp},
+            data28["train"],
+            data28["val"],
+            data28["val"],
+            str(out),
+            [0, 0.1],
+            [4],
+            retrain,
+            settings,
+            noise,
+        )
     )
     assert [(r["method"], r["n_removed"]) for r in rows] == [
         ("none", 0),
@@ -112,10 +114,10 @@ def test_the_rate_check_uses_the_given_weight_decay_not_the_solvers(results, dat
     (lr 0.1 * 20 >= 1): evaluate runs, as ``run`` and ``check`` do (it used to check the rate
     against the solver's value and refuse)."""
     files = _with_solver_decay(results("logreg"), 20, tmp_path / "model")
-    rows = evaluate(
+    rows = evaluate(EvaluateRequest(
         files, data7["train"], data7["val"], data7["val"], str(tmp_path / "eval"), [0], [0],
         "last", InfluenceSettings(trials=1, lr=0.1, weight_decay=0.0, jobs=1),
-    )  # fmt: skip
+    ))  # fmt: skip
     assert [r["method"] for r in rows] == ["none"]
     assert load_model(**files).info.solver.weight_decay == 20  # the solver's, not used
 
@@ -135,10 +137,10 @@ def test_a_given_weight_decay_too_large_for_the_rate_is_refused_before_computing
     nnp = os.path.join(results("logreg"), "results.nnp")
     out = tmp_path / "eval"
     with pytest.raises(SettingsError, match=r"weight decay 20"):
-        evaluate(
+        evaluate(EvaluateRequest(
             {"model": nnp}, data7["train"], data7["val"], data7["val"], str(out), [0], [0],
             "last", InfluenceSettings(trials=1, lr=0.1, weight_decay=20.0, jobs=1),
-        )  # fmt: skip
+        ))  # fmt: skip
     assert not out.exists()
 
 
@@ -158,10 +160,10 @@ def test_a_training_set_smaller_than_the_batch_is_refused_before_computing(
     n = sum(1 for _ in open(data7["train"])) - 1
     out = tmp_path / "eval"
     with pytest.raises(DatasetError, match=rf"{n} training rows.*--batch-size"):
-        evaluate(
+        evaluate(EvaluateRequest(
             {"model": nnp}, data7["train"], data7["val"], data7["val"], str(out), [0], [0],
             "last", InfluenceSettings(trials=1, lr=0.1, batch_size=n + 1, jobs=1),
-        )  # fmt: skip
+        ))  # fmt: skip
     assert not out.exists()
 
 

@@ -240,7 +240,7 @@ def test_every_unit_of_the_package_gives_the_serial_results(results, data28, sta
     retrainings, each written once as a unit: the same numbers in one process and in two
     workers started either way."""
     from sgd_influence_plugin import recommend as rc
-    from sgd_influence_plugin.evaluate import evaluate
+    from sgd_influence_plugin.evaluate import EvaluateRequest, evaluate
     from sgd_influence_plugin.fidelity import check_fidelity
     from sgd_influence_plugin.influence import compute_influence
     from sgd_influence_plugin.settings import InfluenceSettings
@@ -266,11 +266,11 @@ def test_every_unit_of_the_package_gives_the_serial_results(results, data28, sta
             executor=executor,
         )  # fmt: skip
         check = check_fidelity(model, train, val, settings, samples=6, executor=executor)
-        rows_ = evaluate(
+        req = EvaluateRequest(
             {"model": nnp}, data28["train"], data28["val"], data28["val"],
             str(tmp_path / f"eval_{name}"), [0, 0.1], [4], "last", InfluenceSettings(trials=1),
-            executor=executor,
         )  # fmt: skip
+        rows_ = evaluate(req, executor=executor)
         return trials, cands, check, rows_
 
     here = all_units(LocalExecutor(1), "here")
