@@ -86,9 +86,13 @@ def class_figure(scores: np.ndarray, labels: Sequence[str], names: Optional[Sequ
     harmful = [int(np.sum((scores < 0) & (labels == c))) for c in classes]
     total = [int(np.sum(labels == c)) for c in classes]
     fig, ax = plt.subplots(figsize=(7, 3))
-    ticks = [display_label(c, names) for c in classes]
-    ax.bar(ticks, total, color="#dddddd", label="all samples")
-    ax.bar(ticks, harmful, color="#cc3311", label="harmful (< 0)")
+    # bars at positions 0..C-1 with the labels as tick text: labels given as strings of
+    # numbers would otherwise make matplotlib log a note about categorical units on each run
+    at = np.arange(len(classes))
+    ax.bar(at, total, color="#dddddd", label="all samples")
+    ax.bar(at, harmful, color="#cc3311", label="harmful (< 0)")
+    ax.set_xticks(at)
+    ax.set_xticklabels([display_label(c, names) for c in classes])
     if names is not None:
         ax.tick_params(axis="x", labelrotation=45)
         for tick in ax.get_xticklabels():

@@ -70,6 +70,29 @@ def test_class_chart_legend_covers_no_bar():
         plt.close(fig)
 
 
+def test_class_chart_bars_are_the_counts_and_log_nothing(caplog):
+    """Labels that are strings of numbers (every console CSV's) give one bar per class with
+    its count and harmful count, and no matplotlib note about categorical units in the
+    user's log."""
+    import logging
+
+    labels = ["10", "2", "2", "0", "10", "10"]
+    scores = np.array([-1.0, 1.0, -1.0, 1.0, -1.0, 1.0])
+    with caplog.at_level(logging.INFO):
+        fig = figures.class_figure(scores, labels, None)
+    try:
+        assert not [r for r in caplog.records if r.name.startswith("matplotlib")]
+        (ax,) = fig.axes
+        fig.canvas.draw()
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "2", "10"]
+        heights = [round(b.get_height()) for b in ax.patches]
+        assert heights == [1, 2, 3, 0, 1, 2]  # all samples, then harmful, per class
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
 def _assert_readable(fig, ax, scale_text):
     """Tick labels apart, no offset text (the power of ten is in the label), and every axis
     label narrower than its axes (savefig's tight box crops a wider one)."""
