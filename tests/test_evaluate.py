@@ -293,3 +293,37 @@ def test_evaluate_replaces_only_its_own_results(world, capsys):
     assert cli.main(_eval_argv(world, out, "--seeds", "2")) == 2
     one_line_error(capsys, r"summary\.md: already exists and was not written by sgd-influence")
     assert tree(world["root"]) == before
+
+
+def test_the_retraining_csv_holds_exactly_the_kept_rows_given_as_indices_or_a_mask(tmp_path):
+    """``evaluate --retrain scratch`` retrains on ``write_kept_rows``'s CSV: each kept row once
+    (file cells made absolute), shuffled by the seed; a bool mask names the same rows as
+    their indices (iterating a mask used to write rows[True] / rows[False] over and over)."""
+    from sgd_influence_plugin.nnabla_adapter.training import write_kept_rows
+
+    src = tmp_path / "data"
+    (src / "img").mkdir(parents=True)
+    rows = []
+    for j in range(6):
+        (src / "img" / f"{j}.png").write_bytes(b"x")
+        rows.append([f"img/{j}.png", str(j % 3)])
+    header = ["x:image", "y:label"]
+    keep = np.array([0, 2, 3, 5])
+    mask = np.isin(np.arange(6), keep)
+    out = []
+    for k, given in enumerate((keep, mask)):
+        work = tmp_path / f"w{k}"
+        work.mkdir()
+        path = write_kept_rows(str(src / "train.csv"), header, rows, given, 7, str(work))
+        with open(path, newline="") as f:
+            out.append(list(csv.reader(f)))
+    assert out[0] == out[1] and out[0][0] == header
+    written = out[0][1:]
+    want = [[str(src / "img" / f"{j}.png"), str(j % 3)] for j in keep]
+    assert sorted(written) == sorted(want)  # each kept row once, no other
+    shuffled = keep[np.random.RandomState(7).permutation(4)]
+    assert written == [[str(src / "img" / f"{j}.png"), str(j % 3)] for j in shuffled]
+    with pytest.raises(ValueError, match="mask of 5 for 6 rows"):
+        write_kept_rows(str(src / "train.csv"), header, rows, mask[:5], 7, str(tmp_path))
+    with pytest.raises(ValueError, match="0..5"):
+        write_kept_rows(str(src / "train.csv"), header, rows, np.array([6]), 7, str(tmp_path))

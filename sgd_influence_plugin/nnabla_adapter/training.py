@@ -29,7 +29,8 @@ def train_from_scratch(
     work: str,
     init_params: Optional[str] = None,
 ) -> str:
-    """Train the definition from scratch with ``nnabla_cli train`` on the kept rows.
+    """Train the definition from scratch with ``nnabla_cli train`` on the kept rows (``keep``:
+    their indices, or a bool mask over ``rows``; :func:`write_kept_rows`).
 
     Writes ``work/train.csv`` (the kept rows of the training CSV in an order shuffled by
     ``seed``, file cells made absolute) and ``work/net.nntxt`` (the definition with its
@@ -63,8 +64,22 @@ def train_from_scratch(
 def write_kept_rows(train_csv: str, rows_header, rows, keep: np.ndarray, seed: int, work: str):
     """``work/train.csv``: the rows ``keep`` in an order shuffled by ``seed``, each cell that
     names a file beside ``train_csv`` made absolute. Returns its path.
+
+    ``keep``: the kept rows' indices (int), or a bool mask over ``rows`` (True = kept).
+
+    Raises:
+        ValueError: a mask whose length is not the number of rows, or an index outside them.
+
     """
     src_folder = os.path.dirname(os.path.abspath(train_csv))
+    keep = np.asarray(keep)
+    if keep.dtype == bool:  # iterating a mask would give rows[True] / rows[False]
+        if len(keep) != len(rows):
+            raise ValueError(f"keep: a mask of {len(keep)} for {len(rows)} rows")
+        keep = np.flatnonzero(keep)
+    keep = keep.astype(np.int64)
+    if len(keep) and not (0 <= keep.min() and keep.max() < len(rows)):
+        raise ValueError(f"keep: row indices must lie in 0..{len(rows) - 1}")
     rng = np.random.RandomState(seed)
     keep = keep[rng.permutation(len(keep))]
     cleansed = os.path.join(work, "train.csv")
