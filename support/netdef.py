@@ -53,7 +53,11 @@ class NetSpec:
         dropout: Dropout probability after the hidden layer of ``mlp``/``cnn``/``cnn_bn``/``lenet``
             (0 = none).
         save_best: the console's "save best" switch.
-        seed: seed of the initial weights.
+        seed: seeds the definition's random functions (Dropout; ``313 + seed``,
+            :func:`support.results.fix_random_seeds`). It does not change the initial
+            weights ``nnabla_cli train`` starts from, which come from nnabla's own fixed
+            random state; draw others with
+            :func:`sgd_influence_plugin.nnabla_adapter.training.initial_parameters`.
         head: the loss layer, a key of :data:`HEADS`; binary and regression heads have one
             output per sample (the runtime network outputs the sigmoid's probability, or the
             regression's value).
