@@ -262,6 +262,7 @@ EVALUATE_REFUSED = {
         r"--output-dir .*train\.csv: is a file, not a folder",
     ),
     "output-dir empty": (lambda w: ["--output-dir", ""], r"--output-dir is empty"),
+    "jobs -1": (lambda w: ["--jobs", "-1"], r"error: --jobs -1: must be >= 1"),  # was a traceback
 }
 
 

@@ -232,6 +232,8 @@ RUN_REFUSED = {
         lambda w: ["--label-names", "/dev/null"],
         r"/dev/null: is not a regular file",
     ),
+    # fuzz: a ValueError from the executor, before the settings were checked
+    "jobs -1": (lambda w: ["--jobs", "-1"], r"error: --jobs -1: must be >= 1"),
     "params without config": (
         lambda w: ["--model", None, "--params", str(w["result"] / "parameters.h5")],
         r"--params .*parameters\.h5 needs --config",
@@ -256,6 +258,7 @@ def test_run_refuses_with_one_line_and_changes_nothing(world, case, capsys):
         (["-p", "x.h5"], r"^--params x\.h5 needs --config"),  # said "both --model and"
         (["-l", "1e-46"], r"learning rate 1e-46: too small"),  # said "completed successfully"
         (["--context", "cpu:half"], r"--context cpu:half: "),  # was recorded and ignored
+        (["-j", "-1"], r"--jobs -1: must be >= 1"),  # was a ValueError's traceback
     ],
 )
 def test_the_plugin_refuses_with_one_line_too(world, monkeypatch, caplog, argv, pattern):
