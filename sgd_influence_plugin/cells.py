@@ -178,6 +178,11 @@ def _file_value(where: str, text: str, folder: str, normalize: bool) -> np.ndarr
             f"{where}: cannot read '{text}' ({_why_unreadable(full, e)}); replace or remove "
             "this file"
         ) from e
+    if value.dtype.kind not in "biuf":  # a .npy of strings or objects: a traceback later
+        raise DatasetError(
+            f"{where}: '{text}' holds {value.dtype} values, not numbers; save it as an array "
+            "of numbers"
+        )
     if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
         raise DatasetError(
             f"{where}: '{text}' holds NaN or infinite values; replace them with numbers"

@@ -69,6 +69,19 @@ def test_unreadable_image(data28, tmp_path):
         load_dataset(str(path), NEEDS)
 
 
+@pytest.mark.parametrize("array", [np.full((1, 28, 28), "a"), np.array([{"a": 1}], dtype=object)])
+def test_a_npy_of_text_or_objects_is_named(data28, tmp_path, array):
+    """A data file of strings or Python objects used to raise numpy's TypeError/ValueError."""
+    folder, path, lines = _copy_dataset(data28, tmp_path)
+    np.save(folder / "odd.npy", array)
+    lines[2] = "odd.npy," + lines[2].split(",")[1]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        DatasetError, match=r"row 2, column 'x:image': 'odd\.npy' holds \S+ values, not numbers"
+    ):
+        load_dataset(str(path), NEEDS)
+
+
 def test_image_size_mismatch(data28, tmp_path):
     folder, path, _ = _copy_dataset(data28, tmp_path)
     Image.fromarray(np.zeros((14, 14), np.uint8)).save(folder / "train" / "000004.png")
