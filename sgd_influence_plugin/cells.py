@@ -203,10 +203,15 @@ def load_file(full: str, normalize: bool) -> np.ndarray:
         value = _load_png(full, normalize)
         if value is not None:
             return value
+    from nnabla import logger
     from nnabla.utils.data_source_loader import load
 
-    with open(full, "rb") as f:
-        return np.asarray(load(ext)(f, normalize=normalize))
+    quiet, logger.disabled = logger.disabled, True  # its own line before raising; ours names
+    try:  # the row
+        with open(full, "rb") as f:
+            return np.asarray(load(ext)(f, normalize=normalize))
+    finally:
+        logger.disabled = quiet
 
 
 def _load_png(full: str, normalize: bool) -> Optional[np.ndarray]:

@@ -22,7 +22,15 @@ import sys
 import pytest
 
 from sgd_influence_plugin import cli, staged_commit
-from support.user_files import argv_for, label_edit, load_plugin, one_line_error, plugin_error, tree
+from support.user_files import (
+    argv_for,
+    label_edit,
+    load_plugin,
+    one_line_error,
+    plugin_error,
+    rewrite_cell,
+    tree,
+)
 
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 
@@ -136,6 +144,21 @@ def test_a_cell_with_a_line_break_stays_on_one_line(world_small, capsys):
     capsys.readouterr()
     assert cli.main(argv + ["--output", str(w["root"] / "nl" / "i.csv")]) == 2
     _one_line(capsys.readouterr().err, r"nl\.csv row 1, column 'x:image': file 'train/00\\n")
+
+
+def test_a_data_file_nnabla_cannot_read_gets_our_line_only(world_small):
+    """A ragged per-sample CSV: nnabla's loader logs a line of its own before it raises; the
+    user sees only the one that names the row and the fix (a subprocess: pytest catches
+    what the logger writes)."""
+    w = world_small
+    data = os.path.dirname(w["train"])
+    with open(os.path.join(data, "ragged.csv"), "w") as f:
+        f.write("1,2\n3\n")
+    rewrite_cell(w["train"], 0, 0, "ragged.csv")
+    argv = [CLI, *w["run"], "--output", str(w["root"] / "rg" / "i.csv")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    _one_line(proc.stderr, r"train\.csv row 1, column 'x:image': cannot read 'ragged\.csv'")
 
 
 # ----------------------------------------------------------------------------------------
