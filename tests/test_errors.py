@@ -104,6 +104,19 @@ def test_empty_dataset(tmp_path):
         load_dataset(str(path), NEEDS)
 
 
+def test_vector_columns_out_of_order(tmp_path):
+    """nnabla feeds ``x__1,x__0`` left to right, this tool fed them by index: a silent swap of
+    the features; refused."""
+    path = tmp_path / "swapped.csv"
+    path.write_text("y:label,x__1:b,x__0:a\n0,1,2\n1,3,4\n")
+    with pytest.raises(
+        DatasetError, match=r"swapped\.csv: column 'x__0:a' comes after 'x__1:b'.*order x__0, "
+    ):
+        load_dataset(str(path), {"x": (2,), "y": (1,)})
+    path.write_text("y:label,x__0:a,x__1:b\n0,1,2\n1,3,4\n")
+    assert load_dataset(str(path), {"x": (2,), "y": (1,)}).arrays["x"].tolist() == [[1, 2], [3, 4]]
+
+
 def test_non_numeric_label(data28, tmp_path):
     folder, path, lines = _copy_dataset(data28, tmp_path)
     lines[3] = lines[3].split(",")[0] + ",shirt"
