@@ -256,6 +256,11 @@ RUN_REFUSED = {
         r"/dev/null: is not a regular file",
     ),
     # fuzz: a ValueError from the executor, before the settings were checked
+    # fuzz: one file as both datasets ran, the held-out check not held out
+    "val is the training CSV": (
+        lambda w: ["--val", w["train"]],
+        r"train\.csv: --val is the same file as --train; .*give --val a CSV of other rows",
+    ),
     "jobs -1": (lambda w: ["--jobs", "-1"], r"error: --jobs -1: must be >= 1"),
     "params without config": (
         lambda w: ["--model", None, "--params", str(w["result"] / "parameters.h5")],
