@@ -109,10 +109,14 @@ def _shape_message(path, number, header, cols, row, got, want, name) -> str:
                 f"{want[0]} ({kinds.get(want[0], 'channels')}); convert the images to "
                 f"{want[0]} channel(s), or change the network's input to {got[0]} channel(s)"
             )
+        image = os.path.splitext(row[cols[0]].strip())[1].lower() in _IMAGE_EXTS
+        if image and len(want) == 3:
+            takes = f"{want} (channels, height, width); resize the images to the network's size"
+        else:  # a per-sample CSV or .npy, or an image for a network that takes no image
+            takes = f"{want}; give files that load with shape {want}"
         return (
             f"{where}: '{row[cols[0]]}' loads with shape {got} but the network's input "
-            f"'{name}' takes {want} (channels, height, width); resize the images to "
-            "the network's input size or change the network's input shape"
+            f"'{name}' takes {takes}, or change the network's input shape"
         )
     return (
         f"{where}: variable '{name}' has shape {tuple(got)} from columns "

@@ -59,9 +59,8 @@ def read_csv_rows(path: str) -> Tuple[List[str], List[List[str]], List[int]]:
     message points at the line the user sees even when blank lines come before it.
     """
     if not os.path.isfile(path):
-        raise InputError(
-            f"{path}: file not found (check the path; relative paths start at {os.getcwd()})"
-        )
+        what = "is a folder, not a CSV file" if os.path.isdir(path) else "file not found"
+        raise InputError(f"{path}: {what} (check the path; relative paths start at {os.getcwd()})")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)

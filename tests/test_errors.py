@@ -94,6 +94,22 @@ def test_image_size_mismatch(data28, tmp_path):
         load_dataset(str(path), NEEDS)
 
 
+def test_a_data_csv_of_another_shape_is_not_called_an_image(data28, tmp_path):
+    folder, path, lines = _copy_dataset(data28, tmp_path)
+    (folder / "wave.csv").write_text("0.5\n" * 28)
+    lines[1] = "wave.csv," + lines[1].split(",")[1]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as e:
+        load_dataset(str(path), NEEDS)
+    assert "give files that load with shape (1, 28, 28)" in str(e.value)
+    assert "resize the images" not in str(e.value)
+
+
+def test_a_folder_given_as_a_csv_is_called_a_folder(tmp_path):
+    with pytest.raises(InputError, match=r": is a folder, not a CSV file"):
+        load_dataset(str(tmp_path), NEEDS)
+
+
 def test_empty_dataset(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("x:image,y:label\n")
@@ -155,6 +171,15 @@ def test_garbled_nntxt(tmp_path):
         r"definition",
     ):
         load_model(config=str(tmp_path / "net.nntxt"))
+
+
+def test_unreadable_definition_and_parameters_name_the_fix(results, tmp_path):
+    params = os.path.join(results("mlp"), "parameters.h5")
+    with pytest.raises(NetworkDefinitionError, match=r"cannot read .*; give the net\.nntxt"):
+        load_model(config=params, params=params)  # the .h5 given as the definition
+    (tmp_path / "p.h5").write_bytes(open(params, "rb").read()[:3000])
+    with pytest.raises(ParameterError, match=r"not a readable .*; give the parameters\.h5"):
+        load_model(config=os.path.join(results("mlp"), "net.nntxt"), params=str(tmp_path / "p.h5"))
 
 
 def _edited_nntxt(results, tmp_path, edit):

@@ -53,7 +53,10 @@ def _read_h5(fileobj, where: str) -> OrderedDict[str, np.ndarray]:
                         "the parameters file the console saved with this network"
                     )
     except OSError as e:
-        raise ParameterError(f"{where}: not a readable parameters .h5 file ({e})") from e
+        raise ParameterError(
+            f"{where}: not a readable parameters .h5 file ({e}); give the parameters.h5 the "
+            "console saved with this network"
+        ) from e
     return params
 
 
@@ -92,7 +95,10 @@ def _check_h5_numbers(path: str, where: str) -> None:
                 )
             )
     except OSError as e:
-        raise ParameterError(f"{where}: not a readable parameters .h5 file ({e})") from None
+        raise ParameterError(
+            f"{where}: not a readable parameters .h5 file ({e}); give the parameters.h5 the "
+            "console saved with this network"
+        ) from None
     if bad:
         raise ParameterError(
             f"{where}: '{bad[0][0]}' holds {bad[0][1]} data, not numbers; give the parameters "
@@ -220,7 +226,9 @@ def _read_nntxt(config: str, params: Optional[str]):
         with open(config, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise NetworkDefinitionError(f"{config}: cannot read ({e})") from e
+        raise NetworkDefinitionError(
+            f"{config}: cannot read ({e}); give the net.nntxt (UTF-8 text) of a training result"
+        ) from e
     proto = _parse_nntxt(text, config)
     values = _load_with_nnabla(config, config) if proto.parameter else OrderedDict()
     source = config
