@@ -186,6 +186,13 @@ def _validation_losses(model, val: Dataset, val_csv: str, batch_size: int):
     """
     losses = per_sample_losses(model, val.arrays, batch_size)
     loss0 = float(np.mean(losses))
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if 0 < bad.size < losses.size:  # some rows only: their numbers, not the parameters
+        raise ComputationError(
+            f"{val_csv} row {val.row_number(int(bad[0]))}: the loss at the trained parameters "
+            f"is {losses[bad[0]]} ({bad.size} of {losses.size} rows); check the row's numbers "
+            "against those the network was trained on"
+        )
     if not math.isfinite(loss0):
         raise ComputationError(
             f"{model.info.source}: the validation loss at the trained parameters is {loss0} on "
