@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import zipfile
 
 import h5py
 import numpy as np
@@ -159,6 +160,10 @@ def test_missing_model_files(tmp_path):
     (tmp_path / "bad.nnp").write_bytes(b"xx")
     with pytest.raises(NetworkDefinitionError, match=r"bad\.nnp: not a valid \.nnp"):
         load_model(model=str(tmp_path / "bad.nnp"))
+    with zipfile.ZipFile(tmp_path / "empty.nnp", "w") as z:
+        z.writestr("nnp_version.txt", "0.1")
+    with pytest.raises(NetworkDefinitionError, match=r"holds no \.nntxt .*; give the results"):
+        load_model(model=str(tmp_path / "empty.nnp"))
     with pytest.raises(NetworkDefinitionError, match="no model given"):
         load_model()
 

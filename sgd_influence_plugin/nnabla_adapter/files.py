@@ -210,7 +210,10 @@ def _read_nnp(model: str):
         names = zf.namelist()
         defs = [n for n in names if n.endswith((".nntxt", ".prototxt"))]
         if not defs:
-            raise NetworkDefinitionError(f"{model}: holds no .nntxt network definition")
+            raise NetworkDefinitionError(
+                f"{model}: holds no .nntxt network definition; give the results.nnp the "
+                "console saved, or --config net.nntxt with --params"
+            )
         proto = _parse_nntxt(zf.read(defs[0]).decode("utf-8"), f"{model}:{defs[0]}")
     # nnabla reads every weight file inside (parameter.h5, parameter.protobuf of NNC 1.x
     # and of the cloud, or values embedded in the definition).
