@@ -37,7 +37,7 @@ MAX_SEED = 2**32 - 1
 MAX_TRIALS = 1000
 #: Most epochs of the training phase: each is a whole epoch before the replayed one, and their
 #: sample orders are drawn up front (1e9 epochs asked for 24 GB and the kernel killed the run).
-MAX_EPOCHS = 1000
+MAX_EPOCHS = 10000
 #: Default number of trials (independent sample orders) averaged; see docs/measurements.md.
 DEFAULT_TRIALS = default("trials")
 #: Smallest learning rate accepted (exclusive). The parameters are float32, whose resolution
