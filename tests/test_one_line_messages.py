@@ -118,6 +118,28 @@ def test_an_unwritable_plugins_folder_is_named_not_a_probe_file(tmp_path, capsys
     assert ".sgd_influence_probe_" not in err
 
 
+def test_an_unwritable_cache_folder_is_named_not_a_probe_file(world_small, capsys):
+    """``--cache-dir`` an immutable (or read-only) folder: the message named '.../probe'."""
+    w = world_small
+    folder = w["root"] / "cache"
+    folder.mkdir()
+    immutable = _chattr("+i", folder)
+    if not immutable:
+        os.chmod(folder, 0o500)
+    try:
+        if os.access(folder, os.W_OK) and not immutable:
+            pytest.skip("neither chattr +i nor a read-only folder stops this user")
+        capsys.readouterr()
+        argv = w["run"] + ["--output", str(w["root"] / "c" / "i.csv"), "--cache-dir", str(folder)]
+        assert cli.main(argv) == 2
+    finally:
+        if immutable:
+            _chattr("-i", folder)
+        os.chmod(folder, 0o700)
+    err = _one_line(capsys.readouterr().err, r"--cache-dir .*cache: cannot write in .*cache")
+    assert "probe" not in err
+
+
 def test_a_csv_with_hundreds_of_columns_gets_a_short_line(world_small, capsys):
     w = world_small
     wide = w["root"] / "wide.csv"
