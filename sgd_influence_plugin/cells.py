@@ -109,10 +109,14 @@ def _shape_message(path, number, header, cols, row, got, want, name) -> str:
                 f"{want[0]} ({kinds.get(want[0], 'channels')}); convert the images to "
                 f"{want[0]} channel(s), or change the network's input to {got[0]} channel(s)"
             )
+        image = os.path.splitext(row[cols[0]].strip())[1].lower() in _IMAGE_EXTS
+        if image and len(want) == 3:
+            takes = f"{want} (channels, height, width); resize the images to the network's size"
+        else:  # a per-sample CSV or .npy, or an image for a network that takes no image
+            takes = f"{want}; give files that load with shape {want}"
         return (
             f"{where}: '{row[cols[0]]}' loads with shape {got} but the network's input "
-            f"'{name}' takes {want} (channels, height, width); resize the images to "
-            "the network's input size or change the network's input shape"
+            f"'{name}' takes {takes}, or change the network's input shape"
         )
     return (
         f"{where}: variable '{name}' has shape {tuple(got)} from columns "
@@ -178,6 +182,11 @@ def _file_value(where: str, text: str, folder: str, normalize: bool) -> np.ndarr
             f"{where}: cannot read '{text}' ({_why_unreadable(full, e)}); replace or remove "
             "this file"
         ) from e
+    if value.dtype.kind not in "biuf":  # a .npy of strings or objects: a traceback later
+        raise DatasetError(
+            f"{where}: '{text}' holds {value.dtype} values, not numbers; save it as an array "
+            "of numbers"
+        )
     if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
         raise DatasetError(
             f"{where}: '{text}' holds NaN or infinite values; replace them with numbers"
@@ -198,10 +207,15 @@ def load_file(full: str, normalize: bool) -> np.ndarray:
         value = _load_png(full, normalize)
         if value is not None:
             return value
+    from nnabla import logger
     from nnabla.utils.data_source_loader import load
 
-    with open(full, "rb") as f:
-        return np.asarray(load(ext)(f, normalize=normalize))
+    quiet, logger.disabled = logger.disabled, True  # its own line before raising; ours names
+    try:  # the row
+        with open(full, "rb") as f:
+            return np.asarray(load(ext)(f, normalize=normalize))
+    finally:
+        logger.disabled = quiet
 
 
 def _load_png(full: str, normalize: bool) -> Optional[np.ndarray]:

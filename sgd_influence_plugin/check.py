@@ -271,6 +271,7 @@ def run_check(
     """
     from .executor import open_executor
 
+    request.settings.validate(flags.for_settings())  # --jobs before the workers start
     context, jobs = request.settings.context, request.settings.jobs
     with open_executor(request.cluster, context, jobs, log) as executor:
         return _run_check(request, log, progress, flags, executor)

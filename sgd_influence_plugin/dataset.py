@@ -59,9 +59,8 @@ def read_csv_rows(path: str) -> Tuple[List[str], List[List[str]], List[int]]:
     message points at the line the user sees even when blank lines come before it.
     """
     if not os.path.isfile(path):
-        raise InputError(
-            f"{path}: file not found (check the path; relative paths start at {os.getcwd()})"
-        )
+        what = "is a folder, not a CSV file" if os.path.isdir(path) else "file not found"
+        raise InputError(f"{path}: {what} (check the path; relative paths start at {os.getcwd()})")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -205,8 +204,20 @@ def _variable_columns(header: List[str]) -> Dict[str, List[Tuple[int, Optional[i
 
 
 def _check_needs(path: str, header: List[str], columns, needs: Mapping) -> None:
-    """Raise :class:`DatasetError` for the first variable in ``needs`` no column feeds."""
+    """Raise :class:`DatasetError` for the first variable in ``needs`` no column feeds, or
+    whose ``NAME__INDEX`` columns are out of order (nnabla reads them left to right, this
+    tool by index: the model may have seen either order).
+    """
     for name in needs:
+        indexed = [(ci, idx) for ci, idx in columns.get(name, []) if idx is not None]
+        for (ca, a), (cb, b) in zip(indexed, indexed[1:]):
+            if b < a:
+                raise DatasetError(
+                    f"{path}: column '{header[cb]}' comes after '{header[ca]}'; nnabla reads "
+                    f"the columns of '{name}' left to right whatever their numbers, so the "
+                    f"network may have seen another order: put them in the order {name}__0, "
+                    f"{name}__1, ... (and train on that file)"
+                )
         if name not in columns:
             have = ", ".join(repr(c) for c in header[:8])  # a short line, however wide
             if len(header) > 8:

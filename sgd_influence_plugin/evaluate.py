@@ -51,6 +51,7 @@ from .nnabla_adapter.training import initial_parameters, train_from_scratch
 from .probabilities import as_probabilities
 from .resolved import resolve
 from .settings import InfluenceSettings
+from .validation import CLI_FLAGS
 
 
 def accuracy(model, data: Dataset) -> float:
@@ -300,6 +301,7 @@ def run_from_args(args) -> int:
     if not args.model and not args.config:
         raise SettingsError("give --model results.nnp, or --config net.nntxt with --params")
     settings = InfluenceSettings(**option_parsers.settings_given(args))
+    settings.validate(CLI_FLAGS.for_settings())  # --jobs -1 before the workers start
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     train_csv, val_csv = args.train, args.val
     if not (train_csv and val_csv):  # as run and check: the datasets the definition names

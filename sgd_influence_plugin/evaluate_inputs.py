@@ -16,6 +16,7 @@ from . import options, places, validation
 from .dataset import Dataset, load_dataset, read_csv_table
 from .errors import InputError, SettingsError
 from .evaluate_report import OUTPUT_FILES
+from .inputs import check_separate
 from .nnabla_adapter import load_model
 from .settings import MAX_SEED, InfluenceSettings, is_number
 
@@ -191,6 +192,9 @@ def load_inputs(
         SGDInfluenceError: a bad input or setting, naming it and the fix.
 
     """
+    train_csv, val_csv, test_csv = csvs  # a test on the validation rows: allowed, biased
+    check_separate([("--train", train_csv), ("--val", val_csv)])
+    check_separate([("--train", train_csv), ("--test", test_csv)])
     model = load_model(
         model_files.get("model"),
         model_files.get("config"),

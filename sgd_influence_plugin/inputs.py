@@ -9,9 +9,10 @@ is wrong is reported before the first SGD step, with the calling interface's opt
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -59,6 +60,29 @@ def dataset_path(given, ref, what, flag):
     if ref is None or not ref.uri:
         raise SettingsError(f"the network definition names no {what} dataset; pass {flag}")
     return ref.uri
+
+
+def check_separate(datasets: Sequence[Tuple[str, str]]) -> None:
+    """Refuse one file given as two of the ``(option, path)`` datasets: a validation loss
+    that counts each training row itself, a recommendation's held-out check (or a test)
+    that is not held out.
+
+    Raises:
+        SettingsError: the later option's file is the earlier one's.
+
+    """
+    for i, (flag_a, a) in enumerate(datasets):
+        for flag_b, b in datasets[i + 1 :]:
+            try:
+                same = os.path.samefile(a, b)
+            except OSError:  # a missing file is named when it is read
+                continue
+            if same:
+                raise SettingsError(
+                    f"{b}: {flag_b} is the same file as {flag_a}; the influence is measured "
+                    f"on rows kept out of training (a test too): give "
+                    f"{flag_b} a CSV of other rows"
+                )
 
 
 def _reading_progress(progress, stage: str):
@@ -116,6 +140,7 @@ def load_inputs(
     info = model.info
     train_csv = dataset_path(request.train, info.train_dataset, "training", flags.train)
     val_csv = dataset_path(request.val, info.val_dataset, "validation", flags.val)
+    check_separate([(flags.train, train_csv), (flags.val, val_csv)])
     files = [request.model, request.config, request.params, train_csv, val_csv, *extra_inputs]
     check_places([f for f in files if f], places.image_folders(train_csv, val_csv))
     interrupts.check()
@@ -161,6 +186,13 @@ def _validation_losses(model, val: Dataset, val_csv: str, batch_size: int):
     """
     losses = per_sample_losses(model, val.arrays, batch_size)
     loss0 = float(np.mean(losses))
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if 0 < bad.size < losses.size:  # some rows only: their numbers, not the parameters
+        raise ComputationError(
+            f"{val_csv} row {val.row_number(int(bad[0]))}: the loss at the trained parameters "
+            f"is {losses[bad[0]]} ({bad.size} of {losses.size} rows); check the row's numbers "
+            "against those the network was trained on"
+        )
     if not math.isfinite(loss0):
         raise ComputationError(
             f"{model.info.source}: the validation loss at the trained parameters is {loss0} on "

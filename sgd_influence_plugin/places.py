@@ -66,15 +66,16 @@ def image_folders(*csv_paths: str) -> Set[str]:
     return out
 
 
-def _check_writable(path: str, flag: str) -> None:
+def _check_writable(path: str, flag: str, shown: str = "") -> None:
     """``path`` (a file or folder to be made) can be created: its nearest existing ancestor
-    is a folder this process can write in.
+    is a folder this process can write in; messages name ``shown`` (default ``path``).
     """
+    shown = shown or path
     parent = nearest_existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(parent):
         raise OutputError(
-            f"{path}: cannot be created because {parent} is {what_is(parent)}, not a folder; give "
-            f"another {flag}"
+            f"{shown}: cannot be created because {parent} is {what_is(parent)}, not a folder; "
+            f"give another {flag}"
         )
     try:
         fd, probe = tempfile.mkstemp(dir=parent, prefix=".sgd_influence_probe_")
@@ -82,7 +83,7 @@ def _check_writable(path: str, flag: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise OutputError(
-            f"{path}: cannot write in {parent} ({e.strerror or e}); give another {flag} or "
+            f"{shown}: cannot write in {parent} ({e.strerror or e}); give another {flag} or "
             "fix the folder's permissions"
         ) from e
 
@@ -238,7 +239,9 @@ def check_output_folder(
         target = os.path.join(folder, name)
         _check_replaced_folder(target, f"'{name}' folder", flag, inputs, image_folders)
         check_replaceable(target, flag, folder=True, marker=FOLDER_MARKER)
-    _check_writable(os.path.join(folder, files[0] if files else "probe"), flag)
+    _check_writable(
+        os.path.join(folder, files[0] if files else "probe"), flag, "" if files else folder
+    )
 
 
 def _check_the_folder(folder, flag: str, names: Sequence[str], image_folders) -> None:
@@ -322,7 +325,7 @@ def check_cache_dir(
         probe_in = os.path.join(cache_dir, "probe")
     else:
         probe_in = cache_dir
-    _check_writable(probe_in, flag)
+    _check_writable(probe_in, flag, f"{flag} {cache_dir}")  # not the probe's made-up name
 
 
 def cache_in_use(cache_dir: str, flag: str) -> str:

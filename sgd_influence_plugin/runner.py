@@ -153,7 +153,7 @@ def run(
         ClusterError: ``request.cluster`` cannot be used (checked first) or lost the work.
 
     """
-    settings = request.settings
+    settings = request.settings.validate(flags.for_settings())  # --jobs before workers
     with open_executor(request.cluster, settings.context, settings.jobs, log) as executor:
         return _run(request, log, progress, flags, executor)
 

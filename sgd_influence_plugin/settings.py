@@ -35,6 +35,9 @@ MAX_SEED = 2**32 - 1
 #: 1/sqrt(M) only, so past a few dozen nothing changes the ranking, and 1000 trials of even a
 #: tiny model take hours. A larger number is a typing error, not a request.
 MAX_TRIALS = 1000
+#: Most epochs of the training phase: each is a whole epoch before the replayed one, and their
+#: sample orders are drawn up front (1e9 epochs asked for 24 GB and the kernel killed the run).
+MAX_EPOCHS = 10000
 #: Default number of trials (independent sample orders) averaged; see docs/measurements.md.
 DEFAULT_TRIALS = default("trials")
 #: Smallest learning rate accepted (exclusive). The parameters are float32, whose resolution
@@ -145,8 +148,9 @@ class InfluenceSettings(ScoreArguments):
             )
 
     def _check_counts(self, name: Callable[[str], str]) -> None:
-        """The whole-number settings: sizes, epochs, trials (at most :data:`MAX_TRIALS`),
-        retries, and the seed (its trials' seeds within numpy's range).
+        """The whole-number settings: sizes, epochs (at most :data:`MAX_EPOCHS`), trials (at
+        most :data:`MAX_TRIALS`), retries, and the seed (its trials' seeds within numpy's
+        range).
         """
         for field, what, low in (
             ("batch_size", "the mini-batch size", 1),
@@ -162,6 +166,11 @@ class InfluenceSettings(ScoreArguments):
                 raise SettingsError(
                     f"{name(field)} {value}: {what} must be a whole number >= {low}"
                 )
+        if self.epochs > MAX_EPOCHS:
+            raise SettingsError(
+                f"{name('epochs')} {self.epochs}: give at most {MAX_EPOCHS} epochs; each is a "
+                "whole training epoch before the replayed one (default 1)"
+            )
         if self.trials > MAX_TRIALS:
             raise SettingsError(
                 f"{name('trials')} {self.trials}: give at most {MAX_TRIALS} trials; each is a "

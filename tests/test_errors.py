@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import zipfile
 
 import h5py
 import numpy as np
@@ -69,6 +70,19 @@ def test_unreadable_image(data28, tmp_path):
         load_dataset(str(path), NEEDS)
 
 
+@pytest.mark.parametrize("array", [np.full((1, 28, 28), "a"), np.array([{"a": 1}], dtype=object)])
+def test_a_npy_of_text_or_objects_is_named(data28, tmp_path, array):
+    """A data file of strings or Python objects used to raise numpy's TypeError/ValueError."""
+    folder, path, lines = _copy_dataset(data28, tmp_path)
+    np.save(folder / "odd.npy", array)
+    lines[2] = "odd.npy," + lines[2].split(",")[1]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        DatasetError, match=r"row 2, column 'x:image': 'odd\.npy' holds \S+ values, not numbers"
+    ):
+        load_dataset(str(path), NEEDS)
+
+
 def test_image_size_mismatch(data28, tmp_path):
     folder, path, _ = _copy_dataset(data28, tmp_path)
     Image.fromarray(np.zeros((14, 14), np.uint8)).save(folder / "train" / "000004.png")
@@ -81,6 +95,22 @@ def test_image_size_mismatch(data28, tmp_path):
         load_dataset(str(path), NEEDS)
 
 
+def test_a_data_csv_of_another_shape_is_not_called_an_image(data28, tmp_path):
+    folder, path, lines = _copy_dataset(data28, tmp_path)
+    (folder / "wave.csv").write_text("0.5\n" * 28)
+    lines[1] = "wave.csv," + lines[1].split(",")[1]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as e:
+        load_dataset(str(path), NEEDS)
+    assert "give files that load with shape (1, 28, 28)" in str(e.value)
+    assert "resize the images" not in str(e.value)
+
+
+def test_a_folder_given_as_a_csv_is_called_a_folder(tmp_path):
+    with pytest.raises(InputError, match=r": is a folder, not a CSV file"):
+        load_dataset(str(tmp_path), NEEDS)
+
+
 def test_empty_dataset(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("x:image,y:label\n")
@@ -89,6 +119,19 @@ def test_empty_dataset(tmp_path):
     path.write_text("")
     with pytest.raises(DatasetError, match=r"empty\.csv: the file is empty"):
         load_dataset(str(path), NEEDS)
+
+
+def test_vector_columns_out_of_order(tmp_path):
+    """nnabla feeds ``x__1,x__0`` left to right, this tool fed them by index: a silent swap of
+    the features; refused."""
+    path = tmp_path / "swapped.csv"
+    path.write_text("y:label,x__1:b,x__0:a\n0,1,2\n1,3,4\n")
+    with pytest.raises(
+        DatasetError, match=r"swapped\.csv: column 'x__0:a' comes after 'x__1:b'.*order x__0, "
+    ):
+        load_dataset(str(path), {"x": (2,), "y": (1,)})
+    path.write_text("y:label,x__0:a,x__1:b\n0,1,2\n1,3,4\n")
+    assert load_dataset(str(path), {"x": (2,), "y": (1,)}).arrays["x"].tolist() == [[1, 2], [3, 4]]
 
 
 def test_non_numeric_label(data28, tmp_path):
@@ -117,6 +160,10 @@ def test_missing_model_files(tmp_path):
     (tmp_path / "bad.nnp").write_bytes(b"xx")
     with pytest.raises(NetworkDefinitionError, match=r"bad\.nnp: not a valid \.nnp"):
         load_model(model=str(tmp_path / "bad.nnp"))
+    with zipfile.ZipFile(tmp_path / "empty.nnp", "w") as z:
+        z.writestr("nnp_version.txt", "0.1")
+    with pytest.raises(NetworkDefinitionError, match=r"holds no \.nntxt .*; give the results"):
+        load_model(model=str(tmp_path / "empty.nnp"))
     with pytest.raises(NetworkDefinitionError, match="no model given"):
         load_model()
 
@@ -129,6 +176,15 @@ def test_garbled_nntxt(tmp_path):
         r"definition",
     ):
         load_model(config=str(tmp_path / "net.nntxt"))
+
+
+def test_unreadable_definition_and_parameters_name_the_fix(results, tmp_path):
+    params = os.path.join(results("mlp"), "parameters.h5")
+    with pytest.raises(NetworkDefinitionError, match=r"cannot read .*; give the net\.nntxt"):
+        load_model(config=params, params=params)  # the .h5 given as the definition
+    (tmp_path / "p.h5").write_bytes(open(params, "rb").read()[:3000])
+    with pytest.raises(ParameterError, match=r"not a readable .*; give the parameters\.h5"):
+        load_model(config=os.path.join(results("mlp"), "net.nntxt"), params=str(tmp_path / "p.h5"))
 
 
 def _edited_nntxt(results, tmp_path, edit):
@@ -213,6 +269,7 @@ def test_cudnn_without_extension_is_clear():
         {"trials": 10**6},
         {"batch_size": 0},
         {"epochs": 1.5},
+        {"epochs": 10**9},  # fuzz: its sample orders drawn up front took 24 GB, OOM-killed
         {"seed": -1},
         {"weight_decay": -0.1},
         {"jobs": 0},

@@ -264,6 +264,11 @@ EVALUATE_REFUSED = {
         r"--output-dir .*train\.csv: is a file, not a folder",
     ),
     "output-dir empty": (lambda w: ["--output-dir", ""], r"--output-dir is empty"),
+    "test is the training CSV": (  # fuzz: measured test accuracy on the training rows
+        lambda w: ["--test", w["train"]],
+        r"train\.csv: --test is the same file as --train",
+    ),
+    "jobs -1": (lambda w: ["--jobs", "-1"], r"error: --jobs -1: must be >= 1"),  # was a traceback
 }
 
 

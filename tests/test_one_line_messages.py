@@ -22,7 +22,15 @@ import sys
 import pytest
 
 from sgd_influence_plugin import cli, staged_commit
-from support.user_files import argv_for, label_edit, load_plugin, one_line_error, plugin_error, tree
+from support.user_files import (
+    argv_for,
+    label_edit,
+    load_plugin,
+    one_line_error,
+    plugin_error,
+    rewrite_cell,
+    tree,
+)
 
 CLI = os.path.join(os.path.dirname(sys.executable), "sgd-influence")
 
@@ -110,6 +118,28 @@ def test_an_unwritable_plugins_folder_is_named_not_a_probe_file(tmp_path, capsys
     assert ".sgd_influence_probe_" not in err
 
 
+def test_an_unwritable_cache_folder_is_named_not_a_probe_file(world_small, capsys):
+    """``--cache-dir`` an immutable (or read-only) folder: the message named '.../probe'."""
+    w = world_small
+    folder = w["root"] / "cache"
+    folder.mkdir()
+    immutable = _chattr("+i", folder)
+    if not immutable:
+        os.chmod(folder, 0o500)
+    try:
+        if os.access(folder, os.W_OK) and not immutable:
+            pytest.skip("neither chattr +i nor a read-only folder stops this user")
+        capsys.readouterr()
+        argv = w["run"] + ["--output", str(w["root"] / "c" / "i.csv"), "--cache-dir", str(folder)]
+        assert cli.main(argv) == 2
+    finally:
+        if immutable:
+            _chattr("-i", folder)
+        os.chmod(folder, 0o700)
+    err = _one_line(capsys.readouterr().err, r"--cache-dir .*cache: cannot write in .*cache")
+    assert "probe" not in err
+
+
 def test_a_csv_with_hundreds_of_columns_gets_a_short_line(world_small, capsys):
     w = world_small
     wide = w["root"] / "wide.csv"
@@ -136,6 +166,21 @@ def test_a_cell_with_a_line_break_stays_on_one_line(world_small, capsys):
     capsys.readouterr()
     assert cli.main(argv + ["--output", str(w["root"] / "nl" / "i.csv")]) == 2
     _one_line(capsys.readouterr().err, r"nl\.csv row 1, column 'x:image': file 'train/00\\n")
+
+
+def test_a_data_file_nnabla_cannot_read_gets_our_line_only(world_small):
+    """A ragged per-sample CSV: nnabla's loader logs a line of its own before it raises; the
+    user sees only the one that names the row and the fix (a subprocess: pytest catches
+    what the logger writes)."""
+    w = world_small
+    data = os.path.dirname(w["train"])
+    with open(os.path.join(data, "ragged.csv"), "w") as f:
+        f.write("1,2\n3\n")
+    rewrite_cell(w["train"], 0, 0, "ragged.csv")
+    argv = [CLI, *w["run"], "--output", str(w["root"] / "rg" / "i.csv")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    _one_line(proc.stderr, r"train\.csv row 1, column 'x:image': cannot read 'ragged\.csv'")
 
 
 # ----------------------------------------------------------------------------------------
@@ -232,6 +277,13 @@ RUN_REFUSED = {
         lambda w: ["--label-names", "/dev/null"],
         r"/dev/null: is not a regular file",
     ),
+    # fuzz: a ValueError from the executor, before the settings were checked
+    # fuzz: one file as both datasets ran, the held-out check not held out
+    "val is the training CSV": (
+        lambda w: ["--val", w["train"]],
+        r"train\.csv: --val is the same file as --train; .*give --val a CSV of other rows",
+    ),
+    "jobs -1": (lambda w: ["--jobs", "-1"], r"error: --jobs -1: must be >= 1"),
     "params without config": (
         lambda w: ["--model", None, "--params", str(w["result"] / "parameters.h5")],
         r"--params .*parameters\.h5 needs --config",
@@ -256,6 +308,7 @@ def test_run_refuses_with_one_line_and_changes_nothing(world, case, capsys):
         (["-p", "x.h5"], r"^--params x\.h5 needs --config"),  # said "both --model and"
         (["-l", "1e-46"], r"learning rate 1e-46: too small"),  # said "completed successfully"
         (["--context", "cpu:half"], r"--context cpu:half: "),  # was recorded and ignored
+        (["-j", "-1"], r"--jobs -1: must be >= 1"),  # was a ValueError's traceback
     ],
 )
 def test_the_plugin_refuses_with_one_line_too(world, monkeypatch, caplog, argv, pattern):

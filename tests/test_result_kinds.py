@@ -113,6 +113,23 @@ def test_regression_runs_and_summarises_residuals(trained):
     assert "no recommendation: it needs a classifier" in summary
 
 
+def test_a_validation_target_beyond_the_loss_range_is_named_by_row(trained, tmp_path, capsys):
+    """y = 1e30 squares past float32: the refusal named the parameters, not the row."""
+    from sgd_influence_plugin import cli
+
+    data, result = trained("regression")
+    lines = open(data["val"]).read().splitlines()
+    lines[3] = lines[3].split(",")[0] + ",1e30"
+    val = tmp_path / "val.csv"
+    val.write_text("\n".join(lines) + "\n")
+    argv = ["run", "--model", os.path.join(result, "results.nnp"), "--train", data["train"]]
+    argv += ["--val", str(val), "--output", str(tmp_path / "o" / "i.csv"), "--quiet"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "val.csv row 3: the loss at the trained parameters is inf" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_per_sample_csv_inputs_with_backslash_paths(trained):
     data, result = trained("series")
     assert "\\" in open(data["train"]).read()  # the console's Windows paths

@@ -53,7 +53,10 @@ def _read_h5(fileobj, where: str) -> OrderedDict[str, np.ndarray]:
                         "the parameters file the console saved with this network"
                     )
     except OSError as e:
-        raise ParameterError(f"{where}: not a readable parameters .h5 file ({e})") from e
+        raise ParameterError(
+            f"{where}: not a readable parameters .h5 file ({e}); give the parameters.h5 the "
+            "console saved with this network"
+        ) from e
     return params
 
 
@@ -92,7 +95,10 @@ def _check_h5_numbers(path: str, where: str) -> None:
                 )
             )
     except OSError as e:
-        raise ParameterError(f"{where}: not a readable parameters .h5 file ({e})") from None
+        raise ParameterError(
+            f"{where}: not a readable parameters .h5 file ({e}); give the parameters.h5 the "
+            "console saved with this network"
+        ) from None
     if bad:
         raise ParameterError(
             f"{where}: '{bad[0][0]}' holds {bad[0][1]} data, not numbers; give the parameters "
@@ -204,7 +210,10 @@ def _read_nnp(model: str):
         names = zf.namelist()
         defs = [n for n in names if n.endswith((".nntxt", ".prototxt"))]
         if not defs:
-            raise NetworkDefinitionError(f"{model}: holds no .nntxt network definition")
+            raise NetworkDefinitionError(
+                f"{model}: holds no .nntxt network definition; give the results.nnp the "
+                "console saved, or --config net.nntxt with --params"
+            )
         proto = _parse_nntxt(zf.read(defs[0]).decode("utf-8"), f"{model}:{defs[0]}")
     # nnabla reads every weight file inside (parameter.h5, parameter.protobuf of NNC 1.x
     # and of the cloud, or values embedded in the definition).
@@ -220,7 +229,9 @@ def _read_nntxt(config: str, params: Optional[str]):
         with open(config, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise NetworkDefinitionError(f"{config}: cannot read ({e})") from e
+        raise NetworkDefinitionError(
+            f"{config}: cannot read ({e}); give the net.nntxt (UTF-8 text) of a training result"
+        ) from e
     proto = _parse_nntxt(text, config)
     values = _load_with_nnabla(config, config) if proto.parameter else OrderedDict()
     source = config
