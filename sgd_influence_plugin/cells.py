@@ -167,6 +167,29 @@ def _number(where: str, cell: str, text: str) -> np.float32:
     return np.float32(value)
 
 
+def _refuse_pickled(where: str, text: str, full: str) -> None:
+    """Refuse a ``.npy`` of Python objects from its header, before nnabla's loader, which
+    unpickles them (``allow_pickle=True``: a crafted file would run code).
+    """
+    if not full.lower().endswith(".npy"):
+        return
+    try:
+        with open(full, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            header = (
+                np.lib.format.read_array_header_1_0(f)
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0(f)
+            )
+    except Exception:  # noqa: BLE001 - not a .npy at all: the loader says why
+        return
+    if header[2].hasobject:
+        raise DatasetError(
+            f"{where}: '{text}' holds Python objects, not numbers (it is not loaded: loading "
+            "it would run code it carries); save it as an array of numbers"
+        )
+
+
 def _file_value(where: str, text: str, folder: str, normalize: bool) -> np.ndarray:
     """The array of the file a cell names (``text``, relative to ``folder``)."""
     full = data_path(folder, text)
@@ -175,6 +198,7 @@ def _file_value(where: str, text: str, folder: str, normalize: bool) -> np.ndarr
             f"{where}: file {_shown(text)} not found (paths are relative to the CSV's folder "
             f"{folder})"
         )
+    _refuse_pickled(where, text, full)
     try:
         value = load_file(full, normalize)
     except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault

@@ -78,9 +78,32 @@ def test_a_npy_of_text_or_objects_is_named(data28, tmp_path, array):
     lines[2] = "odd.npy," + lines[2].split(",")[1]
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(
-        DatasetError, match=r"row 2, column 'x:image': 'odd\.npy' holds \S+ values, not numbers"
+        DatasetError, match=r"row 2, column 'x:image': 'odd\.npy' holds .*, not numbers"
     ):
         load_dataset(str(path), NEEDS)
+
+
+class _MakesAFolder:
+    """Unpickling it calls ``os.mkdir(path)``: a stand-in for a crafted file's code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_a_npy_of_python_objects_is_refused_before_it_is_unpickled(data28, tmp_path):
+    """nnabla's loader reads .npy files with allow_pickle=True; a file of objects is refused
+    from its header, so what it carries never runs."""
+    folder, path, lines = _copy_dataset(data28, tmp_path)
+    ran = tmp_path / "the file's code ran"
+    np.save(folder / "odd.npy", np.array([_MakesAFolder(str(ran))], dtype=object))
+    lines[2] = "odd.npy," + lines[2].split(",")[1]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"row 2, column 'x:image': 'odd\.npy' holds Python "):
+        load_dataset(str(path), NEEDS)
+    assert not ran.exists()
 
 
 def test_image_size_mismatch(data28, tmp_path):
