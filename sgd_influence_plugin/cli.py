@@ -71,7 +71,7 @@ SUBCOMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sgd-influence`` argument parser."""
-    parser = argparse.ArgumentParser(prog="sgd-influence", description=SIGN_NOTE)
+    parser = option_parsers.OneLineParser(prog="sgd-influence", description=SIGN_NOTE)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (summary, description) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=summary, description=description)

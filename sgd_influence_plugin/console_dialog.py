@@ -71,7 +71,7 @@ def build_parser(kind: str = "image"):
     """The dialog of entry script ``kind`` (a key of :data:`.option_parsers.DIALOGS`): every help
     text carries the console's type hint and the default, as the console reads them.
     """
-    p = argparse.ArgumentParser(
+    p = option_parsers.OneLineParser(
         description=DESCRIPTIONS[kind], formatter_class=argparse.RawTextHelpFormatter
     )
     option_parsers.add_dialog_options(p, kind)

@@ -16,6 +16,19 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 from .options import OPTIONS, SETTINGS, Dialog, Option
 
 _O = OPTIONS
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``PROG: error: MESSAGE (see PROG
+    --help)``) and exit 2, without the usage block argparse prints before them: every
+    refusal of this tool is one line. Subparsers are of this class too.
+    """
+
+    def error(self, message: str):
+        """Print the one line to stderr and exit 2 (argparse's own exit code)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 #: ``command.name`` -> the option ``name`` as that command has it (only what differs).
 VARIANTS: Dict[str, Option] = {
     "check.output": _O["output"].vary(

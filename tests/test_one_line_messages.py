@@ -319,3 +319,25 @@ def test_the_plugin_refuses_with_one_line_too(world, monkeypatch, caplog, argv, 
     said = plugin_error(caplog, pattern)
     assert not any("completed successfully" in m or "both" in m for m in said)
     assert tree(world["root"]) == before
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        ([CLI, "run", "-m", "r.nnp", "-o", "o.csv", "--epochs", "1e9"],
+         r"^sgd-influence run: error: argument --epochs: invalid int value: '1e9' "
+         r"\(see sgd-influence run --help\)$"),
+        ([CLI, "check", "--samples", "many"], r"^sgd-influence check: error: .*--samples"),
+        ([CLI, "nonsense"], r"^sgd-influence: error: argument command: invalid choice"),
+        ([sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), "plugins",
+          "_Post_Process", "_XAI", "_Image", "SGD_Influence_Cleansing.py"), "--trials", "nan"],
+         r"^SGD_Influence_Cleansing\.py: error: argument -n/--trials: invalid int value"),
+    ],
+)  # fmt: skip
+def test_an_option_argparse_cannot_read_is_one_line_without_the_usage_block(argv, pattern):
+    """argparse prints its usage block before the error; here the error alone, one line,
+    exit 2, pointing to --help, from the CLI and the console script alike."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    _one_line(proc.stderr, pattern)
+    assert "usage:" not in proc.stderr and proc.stdout == ""
