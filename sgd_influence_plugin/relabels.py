@@ -16,16 +16,34 @@ from .errors import InputError
 
 
 def recorded_classes(influence_csv: str) -> Optional[int]:
-    """The number of classes the run that wrote ``influence_csv`` recorded, or None."""
-    stem = os.path.splitext(os.path.abspath(influence_csv))[0]
-    try:
-        import yaml
+    """The number of classes the run that wrote ``influence_csv`` recorded, or None (no
+    ``STEM_settings.yaml``, or one without ``label_classes``: an older version's run).
 
-        with open(stem + "_settings.yaml", encoding="utf-8") as f:
+    Raises:
+        InputError: the file is there but is no YAML mapping (damaged or replaced): falling
+            back silently would check the labels against other classes than the run's.
+
+    """
+    import yaml
+
+    path = os.path.splitext(os.path.abspath(influence_csv))[0] + "_settings.yaml"
+    try:
+        with open(path, encoding="utf-8") as f:
             facts = yaml.safe_load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        facts = e
+    if not isinstance(facts, dict):
+        why = type(facts).__name__ if not isinstance(facts, Exception) else "unreadable"
+        raise InputError(
+            f"{path}: the run's settings are damaged ({why}, not the YAML the run wrote); "
+            "restore it, or move it away to check new labels against the training labels"
+        )
+    try:
         classes = list(facts["label_classes"].values())
         return int(classes[0]) if len(classes) == 1 and int(classes[0]) > 0 else None
-    except Exception:  # noqa: BLE001 - missing or damaged: fall back to the training labels
+    except (KeyError, AttributeError, TypeError, ValueError):  # an older run: no classes
         return None
 
 

@@ -55,3 +55,21 @@ def test_a_good_relabel_is_written(world_small, capsys):
     with open(out, newline="") as f:
         written = list(csv.DictReader(f))[int(row["datasource_index"])]
     assert written["y:label"] == "7"
+
+
+@pytest.mark.parametrize("text", ["label_classes: [unclosed", "just a string", "\xff\xfe"])
+def test_a_damaged_settings_file_is_named_not_ignored(world_small, capsys, text):
+    """A damaged STEM_settings.yaml beside the edited CSV is refused in one line naming it:
+    falling back to the training labels without a word would check against other classes."""
+    w = world_small
+    edited = w["influence"].parent / "edited_bad.csv"
+    _edit(w["influence"], edited, "7")
+    (edited.parent / "edited_bad_settings.yaml").write_bytes(text.encode("latin-1"))
+    out = w["root"] / "cleansed_bad" / "c.csv"
+    capsys.readouterr()
+    argv = ["cleanse", "--influence", str(edited), "--train", w["train"], "--output", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert re.search(r"edited_bad_settings\.yaml: the run's settings are damaged", err), err
+    assert "move it away" in err and not out.parent.exists()
