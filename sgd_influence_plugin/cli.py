@@ -265,6 +265,11 @@ def cmd_install_plugin(args) -> int:
             f"{target}: is {what_is(target)}, not a folder; give the console's plugins folder "
             "(...\\neural_network_console\\libs\\plugins)"
         )
+    if not os.path.lexists(target):  # a mistyped path would "succeed" in a new folder
+        raise OutputError(
+            f"{target}: no such folder; give the console's plugins folder, which its "
+            "installation has (...\\neural_network_console\\libs\\plugins)"
+        )
     package = "sgd_influence_plugin"
     plan: dict = {}  # destination folder -> the scripts that go there
     for script in scripts:

@@ -114,6 +114,7 @@ def _tree(folder):
 
 def test_install_plugin_copies_only_the_product(tmp_path):
     target = tmp_path / "plugins"
+    target.mkdir()
     assert cli.main(["install-plugin", str(target)]) == 0
     installed = _tree(str(target))
     assert installed == ALLOWED, (
@@ -126,6 +127,7 @@ def test_install_plugin_copies_only_the_product(tmp_path):
 def test_the_installed_copy_imports_on_its_own(tmp_path):
     """Every shipped module imports from the copy beside the script, none from the checkout."""
     target = tmp_path / "plugins"
+    target.mkdir()
     assert cli.main(["install-plugin", str(target)]) == 0
     beside = str(target / PLUGIN_DIR)
     names = [

@@ -270,6 +270,7 @@ def _check_manifest_entry(entry):
 
 def test_install_plugin_and_run_help_from_there(tmp_path):
     target = tmp_path / "nnc" / "libs" / "plugins"
+    target.mkdir(parents=True)
     assert cli.main(["install-plugin", str(target)]) == 0
     script = target / "_Post_Process" / "_XAI" / "_Image" / "SGD_Influence_Cleansing.py"
     assert script.exists()

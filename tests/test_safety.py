@@ -534,8 +534,13 @@ def test_install_plugin_refuses_a_file_an_unwritable_place_and_a_foreign_package
     assert cli.main(["install-plugin", str(afile)]) == 2
     one_line_error(capsys, r"plugins\.txt: is a file, not a folder")
     if os.path.isdir("/sys"):
-        assert cli.main(["install-plugin", "/sys/nnc_plugins"]) == 2
+        assert cli.main(["install-plugin", "/sys"]) == 2
         one_line_error(capsys, r"cannot install there")
+    # A mistyped path is no new plugins folder: refused, nothing made.
+    before = tree(tmp_path)
+    assert cli.main(["install-plugin", str(tmp_path / "nnc" / "libs" / "plugnis")]) == 2
+    one_line_error(capsys, r"plugnis: no such folder; give the console's plugins folder")
+    assert tree(tmp_path) == before
     foreign = tmp_path / "nnc" / "_Post_Process" / "_XAI" / "_Image" / "sgd_influence_plugin"
     foreign.mkdir(parents=True)
     (foreign / "notes.txt").write_text("the user's")
@@ -543,6 +548,7 @@ def test_install_plugin_refuses_a_file_an_unwritable_place_and_a_foreign_package
     assert cli.main(["install-plugin", str(tmp_path / "nnc")]) == 2
     one_line_error(capsys, r"sgd_influence_plugin: already exists and was not installed by")
     assert tree(tmp_path) == before
+    (tmp_path / "fresh").mkdir()
     old = os.umask(0o022)
     try:
         assert cli.main(["install-plugin", str(tmp_path / "fresh")]) == 0
