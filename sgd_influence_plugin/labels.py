@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import List, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 from .errors import InputError
 
@@ -73,8 +73,10 @@ def check_label_names(
     names_path: str,
     csv_path: str,
     numbers: Optional[Sequence[int]] = None,
+    classes: Optional[Mapping[str, int]] = None,
 ) -> None:
-    """Check that every label of the training CSV has a name.
+    """Check that every label of the training CSV has a name, and that the file has no more
+    names than the network has classes (more is another problem's file, or a shifted one).
 
     Args:
         names: from :func:`read_label_names`.
@@ -83,12 +85,21 @@ def check_label_names(
         csv_path: the training CSV, for messages.
         numbers: each label's row number in messages (default: i + 1; see
             :func:`~sgd_influence_plugin.dataset.read_csv_rows`).
+        classes: the network's label column -> number of classes
+            (:attr:`.nnabla_adapter.definition.ModelInfo.label_classes`), or None.
 
     Raises:
-        InputError: there is no label column, a label is not a whole number >= 0, or a label
-            has no name (the file lists fewer names than the classes seen).
+        InputError: there is no label column, a label is not a whole number >= 0, a label
+            has no name (the file lists fewer names than the classes seen), or the file has
+            more names than the network's classes.
 
     """
+    count = list((classes or {}).values())
+    if len(count) == 1 and len(names) > count[0]:
+        raise InputError(
+            f"{names_path}: {len(names)} names but the network has {count[0]} classes; give "
+            f"one name per class ({_FIX}): is it another problem's file?"
+        )
     if labels is None:
         raise InputError(
             f"{csv_path}: no label column the network reads, so the names in {names_path} "

@@ -210,7 +210,7 @@ def _label_names(path: str, info, train) -> List[str]:
     names = read_label_names(path)
     label_col = find_columns(train, list(info.input_shapes), info.target_column).label
     labels = [train.cell(i, label_col) for i in range(train.size)] if label_col else None
-    check_label_names(names, labels, path, train.path, train.numbers)
+    check_label_names(names, labels, path, train.path, train.numbers, info.label_classes)
     return names
 
 

@@ -79,6 +79,11 @@ def test_every_label_needs_a_name():
         check_label_names(["a", "b"], ["-1"], "n.txt", "t.csv")
     with pytest.raises(InputError, match=r"t\.csv: no label column .* leave out the label names"):
         check_label_names(["a"], None, "n.txt", "t.csv")
+    # As many names as the network's classes, even when a class has no training row; more is
+    # another problem's file (its names would go to the wrong labels).
+    check_label_names(["a", "b", "c"], ["0", "1"], "n.txt", "t.csv", classes={"y": 3})
+    with pytest.raises(InputError, match=r"n\.txt: 4 names but the network has 3 classes"):
+        check_label_names(list("abcd"), ["0", "1"], "n.txt", "t.csv", classes={"y": 3})
 
 
 def _label_counts(influence_csv):
@@ -119,8 +124,9 @@ def test_summary_and_report_show_the_names(results, data28, tmp_path):
     assert all(label.isdigit() for label in counts)
 
 
-def test_cli_rejects_too_few_names_before_any_work(results, data28, tmp_path):
-    names = _names(tmp_path, "one\ntwo\n")
+@pytest.mark.parametrize("count", [2, 11])
+def test_cli_rejects_too_few_or_too_many_names_before_any_work(results, data28, tmp_path, count):
+    names = _names(tmp_path, "".join(f"class {k}\n" for k in range(count)))
     out = tmp_path / "out" / "influence.csv"
     argv = [
         "run",
