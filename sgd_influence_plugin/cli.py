@@ -235,6 +235,26 @@ def _check_install_place(folder: str, names: List[str], package: str) -> None:
             )
 
 
+def _check_plugins_folder(target: str) -> None:
+    """The console's plugins folder: given, an existing folder (a mistyped path would
+    "succeed" in a new folder the console never reads).
+
+    Raises:
+        SettingsError: empty; OutputError: a file, or no such folder.
+
+    """
+    from .errors import SettingsError
+    from .io_utils import what_is
+
+    where = "the console's plugins folder (...\\neural_network_console\\libs\\plugins)"
+    if not target or not target.strip():
+        raise SettingsError(f"{_INSTALL_FLAG} is empty; give {where}")
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise OutputError(f"{target}: is {what_is(target)}, not a folder; give {where}")
+    if not os.path.lexists(target):
+        raise OutputError(f"{target}: no such folder; give {where}, which its installation has")
+
+
 def cmd_install_plugin(args) -> int:
     """``sgd-influence install-plugin``: script(s) plus a copy of the package beside each.
 
@@ -244,8 +264,7 @@ def cmd_install_plugin(args) -> int:
     written. Each folder's files are staged and committed together.
     """
     from . import ownership, staged_commit
-    from .errors import SettingsError
-    from .io_utils import folder_mode, what_is
+    from .io_utils import folder_mode
 
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.join(os.path.dirname(here), "plugins")
@@ -255,21 +274,7 @@ def cmd_install_plugin(args) -> int:
             f"no plugin scripts found under {root}; install from a checkout of the repository"
         )
     target = args.plugins_dir
-    if not target or not target.strip():
-        raise SettingsError(
-            f"{_INSTALL_FLAG} is empty; give the console's plugins folder "
-            "(...\\neural_network_console\\libs\\plugins)"
-        )
-    if os.path.lexists(target) and not os.path.isdir(target):
-        raise OutputError(
-            f"{target}: is {what_is(target)}, not a folder; give the console's plugins folder "
-            "(...\\neural_network_console\\libs\\plugins)"
-        )
-    if not os.path.lexists(target):  # a mistyped path would "succeed" in a new folder
-        raise OutputError(
-            f"{target}: no such folder; give the console's plugins folder, which its "
-            "installation has (...\\neural_network_console\\libs\\plugins)"
-        )
+    _check_plugins_folder(target)
     package = "sgd_influence_plugin"
     plan: dict = {}  # destination folder -> the scripts that go there
     for script in scripts:

@@ -78,6 +78,7 @@ def test_install_plugin_keeps_the_users_files_in_the_installed_package(tmp_path,
     """A user's ``my_notes.txt`` in the installed package, or an edited ``cli.py``: the
     reinstall is refused, naming the file, and both stay as the user left them."""
     target = tmp_path / "plugins"
+    target.mkdir()
     assert cli.main(["install-plugin", str(target)]) == 0
     pkg = _package(target)
     (pkg / "__pycache__").mkdir(exist_ok=True)
@@ -94,6 +95,7 @@ def test_install_plugin_keeps_the_users_files_in_the_installed_package(tmp_path,
 
 def test_install_plugin_replaces_its_own_package_and_pythons_cache(tmp_path):
     target = tmp_path / "plugins"
+    target.mkdir()
     assert cli.main(["install-plugin", str(target)]) == 0
     pkg = _package(target)
     (pkg / "__pycache__").mkdir(exist_ok=True)
@@ -106,6 +108,7 @@ def test_a_damaged_marker_makes_nothing_in_the_folder_the_tools(tmp_path, capsys
     """A marker whose list cannot be read no longer falls back to "replace anything": the
     reinstall is refused, naming the marker."""
     target = tmp_path / "plugins"
+    target.mkdir()
     assert cli.main(["install-plugin", str(target)]) == 0
     marker = _package(target) / ".sgd_influence_folder"
     with open(marker, "a") as f:
