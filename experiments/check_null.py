@@ -7,10 +7,13 @@ one settling epoch each, paired per-row loss differences). Random sets carry no 
 their z (mean difference over its row standard error) should have sd 1; the settling epoch's
 own noise, which the row standard error does not count, shows as sd above 1 and as
 ``rho = (var z - 1) / n`` on n held-out rows (the form of the widened bar measured with
-:mod:`epoch_noise`). Prints one line per seed and a JSON summary.
+:mod:`epoch_noise`). Also the z over a class-clustered standard error (each held-out class
+one cluster: a shift shared by a class's rows counts once), and with ``--second-order`` each
+set checked again in the order of seed + 1 (:func:`.heldout_check.check_again`) and the
+correlation of the two orders' z. Prints one line per seed and a JSON summary.
 
 Run: ``.venv/bin/python experiments/check_null.py RESULT.nnp TRAIN.csv VAL.csv
-[--seeds 25] [--sizes 100,250,500] [--lr RATE]``.
+[--seeds 25] [--sizes 100,250,500] [--lr RATE] [--second-order]``.
 """
 
 from __future__ import annotations
@@ -27,12 +30,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sgd_influence_plugin.dataset import load_dataset  # noqa: E402
 from sgd_influence_plugin.heldout_check import (  # noqa: E402
+    check_again,
     check_candidates,
     check_rate,
     split_validation,  # noqa: E402
 )
 from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
 from sgd_influence_plugin.suspects import Candidate  # noqa: E402
+
+
+def _cluster_z(d: np.ndarray, classes: np.ndarray) -> float:
+    """The mean of ``d`` over its class-clustered standard error (CR1: each held-out class a
+    cluster, so a shift common to a class's rows counts as one draw, not many).
+    """
+    m, n = float(d.mean()), len(d)
+    groups = np.unique(classes)
+    sums = np.array([np.sum(d[classes == c] - m) for c in groups])
+    g = len(groups)
+    return m / math.sqrt(g / (g - 1) * float(np.sum(sums**2)) / n**2)
 
 
 def main(argv=None) -> int:
@@ -44,6 +59,11 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=25)
     p.add_argument("--sizes", default="100,250,500")
     p.add_argument("--lr", type=float, help="the check epoch's rate (default: the check's own)")
+    p.add_argument(
+        "--second-order",
+        action="store_true",
+        help="check each set again in a second sample order (correlation of the z)",
+    )
     a = p.parse_args(argv)
     model = load_model(model=a.model)
     train = load_dataset(a.train, model.info.input_shapes).arrays
@@ -52,7 +72,7 @@ def main(argv=None) -> int:
     n, sizes = len(train[label]), [int(s) for s in a.sizes.split(",")]
     lr, _ = check_rate(model.info.solver.type, model.info.solver.lr, math.nan)
     lr = a.lr or lr
-    zs, held = [], 0
+    zs, z2, zc, held = [], [], [], 0
     for seed in range(a.seeds):
         _, b = split_validation(len(val[label]), seed)
         held = len(b)
@@ -62,16 +82,30 @@ def main(argv=None) -> int:
                       np.zeros(s, np.int64), order="random")
             for s in sizes
         ]  # fmt: skip
-        check_candidates(model, train, {k: v[b] for k, v in val.items()}, label, cands, lr,
-                         32, 0.0, seed=seed + 10_007)  # fmt: skip
+        heldout = {k: v[b] for k, v in val.items()}
+        base: list = []
+        check_candidates(model, train, heldout, label, cands, lr, 32, 0.0, seed=seed + 10_007,
+                         base_out=base)  # fmt: skip
         zs += [c.z for c in cands]
-        print(seed, [round(c.z, 2) for c in cands], flush=True)
+        classes = np.asarray(heldout[label]).reshape(-1).astype(np.int64)
+        zc += [_cluster_z(c.heldout_loss - base[0][0], classes) for c in cands]
+        if a.second_order:  # each set again in the order of seed + 1, as check_again does
+            again = [check_again(model, train, heldout, label, c, lr, 32, 0.0,
+                                 seed=seed + 10_007) for c in cands]  # fmt: skip
+            z2 += [c.z for c in again]
+        print(seed, [round(c.z, 2) for c in cands], [round(z, 2) for z in z2[-len(cands):]],
+              flush=True)  # fmt: skip
     z = np.array(zs)
-    print(json.dumps({
+    facts = {
         "model": a.model, "heldout_rows": held, "seeds": a.seeds, "z_values": len(z),
         "mean_z": round(float(z.mean()), 3), "sd_z": round(float(z.std(ddof=1)), 3),
         "rho": round(float((z.var(ddof=1) - 1) / held), 5), "lr": lr,
-    }))  # fmt: skip
+    }  # fmt: skip
+    facts["sd_z_class_clustered"] = round(float(np.std(zc, ddof=1)), 3)
+    if z2:
+        facts["corr_z_second_order"] = round(float(np.corrcoef(z, z2)[0, 1]), 3)
+        facts["sd_z_second_order"] = round(float(np.std(z2, ddof=1)), 3)
+    print(json.dumps(facts))
     return 0
 
 
