@@ -11,6 +11,7 @@ alike, and nothing changes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import os
@@ -98,10 +99,10 @@ def _chattr(flag: str, path) -> bool:
         return False
 
 
-def test_an_unwritable_plugins_folder_is_named_not_a_probe_file(tmp_path, capsys):
-    """An immutable (or, for a normal user, read-only) plugins folder: the message names the
-    folder, not the internal probe file the check tried to make."""
-    folder = tmp_path / "plugins"
+@contextlib.contextmanager
+def _unwritable(folder):
+    """``folder``, made, immutable (``chattr +i``) or else read-only while the block runs;
+    the test is skipped where neither stops this user."""
     folder.mkdir()
     immutable = _chattr("+i", folder)
     if not immutable:
@@ -109,11 +110,19 @@ def test_an_unwritable_plugins_folder_is_named_not_a_probe_file(tmp_path, capsys
     try:
         if os.access(folder, os.W_OK) and not immutable:
             pytest.skip("neither chattr +i nor a read-only folder stops this user")
-        assert cli.main(["install-plugin", str(folder)]) == 2
+        yield folder
     finally:
         if immutable:
             _chattr("-i", folder)
         os.chmod(folder, 0o700)
+
+
+def test_an_unwritable_plugins_folder_is_named_not_a_probe_file(tmp_path, capsys):
+    """An immutable (or, for a normal user, read-only) plugins folder: the message names the
+    folder, not the internal probe file the check tried to make."""
+    folder = tmp_path / "plugins"
+    with _unwritable(folder):
+        assert cli.main(["install-plugin", str(folder)]) == 2
     err = _one_line(capsys.readouterr().err, r"plugins: cannot install there")
     assert ".sgd_influence_probe_" not in err
 
@@ -122,20 +131,10 @@ def test_an_unwritable_cache_folder_is_named_not_a_probe_file(world_small, capsy
     """``--cache-dir`` an immutable (or read-only) folder: the message named '.../probe'."""
     w = world_small
     folder = w["root"] / "cache"
-    folder.mkdir()
-    immutable = _chattr("+i", folder)
-    if not immutable:
-        os.chmod(folder, 0o500)
-    try:
-        if os.access(folder, os.W_OK) and not immutable:
-            pytest.skip("neither chattr +i nor a read-only folder stops this user")
+    with _unwritable(folder):
         capsys.readouterr()
         argv = w["run"] + ["--output", str(w["root"] / "c" / "i.csv"), "--cache-dir", str(folder)]
         assert cli.main(argv) == 2
-    finally:
-        if immutable:
-            _chattr("-i", folder)
-        os.chmod(folder, 0o700)
     err = _one_line(capsys.readouterr().err, r"--cache-dir .*cache: cannot write in .*cache")
     assert "probe" not in err
 
