@@ -13,7 +13,8 @@ set checked again in the order of seed + 1 (:func:`.heldout_check.check_again`) 
 correlation of the two orders' z. Prints one line per seed and a JSON summary.
 
 Run: ``.venv/bin/python experiments/check_null.py RESULT.nnp TRAIN.csv VAL.csv
-[--seeds 25] [--sizes 100,250,500] [--lr RATE] [--second-order]``.
+[--seeds 25] [--sizes 100,250,500] [--lr RATE] [--second-order] [--stratified]``
+(``--stratified``: random sets that keep the training set's class balance).
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
 from sgd_influence_plugin.suspects import Candidate  # noqa: E402
 
 
+def _stratified(rng, k: int, labels: np.ndarray) -> np.ndarray:
+    """``k`` random rows drawn class by class in the training set's proportions (the class
+    balance kept), the remainder of the rounding from the largest classes.
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    take = np.floor(k * counts / counts.sum()).astype(int)
+    for j in np.argsort(-counts)[: k - take.sum()]:
+        take[j] += 1
+    return np.concatenate([rng.choice(np.flatnonzero(labels == c), t, replace=False)
+                           for c, t in zip(classes, take)])  # fmt: skip
+
+
 def _cluster_z(d: np.ndarray, classes: np.ndarray) -> float:
     """The mean of ``d`` over its class-clustered standard error (CR1: each held-out class a
     cluster, so a shift common to a class's rows counts as one draw, not many).
@@ -60,6 +73,11 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="100,250,500")
     p.add_argument("--lr", type=float, help="the check epoch's rate (default: the check's own)")
     p.add_argument(
+        "--stratified",
+        action="store_true",
+        help="random sets that keep the training set's class balance",
+    )
+    p.add_argument(
         "--second-order",
         action="store_true",
         help="check each set again in a second sample order (correlation of the z)",
@@ -73,12 +91,14 @@ def main(argv=None) -> int:
     lr, _ = check_rate(model.info.solver.type, model.info.solver.lr, math.nan)
     lr = a.lr or lr
     zs, z2, zc, held = [], [], [], 0
+    labels = np.asarray(train[label]).reshape(-1).astype(np.int64)
     for seed in range(a.seeds):
         _, b = split_validation(len(val[label]), seed)
         held = len(b)
         rng = np.random.RandomState(500 + seed)
+        draw = _stratified if a.stratified else (lambda r, k, _: r.choice(n, k, replace=False))
         cands = [
-            Candidate(s, "remove", np.sort(rng.choice(n, s, replace=False)).astype(np.int64),
+            Candidate(s, "remove", np.sort(draw(rng, s, labels)).astype(np.int64),
                       np.zeros(s, np.int64), order="random")
             for s in sizes
         ]  # fmt: skip
