@@ -7,6 +7,7 @@ ground truth (:func:`read_noise`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -144,16 +145,41 @@ def _check_seeds(seeds: Sequence[int], trials: int) -> None:
             )
 
 
+#: ``flipped`` cells of a label-noise ground truth, and what each means.
+NOISE_FLAGS = {"1": True, "true": True, "0": False, "false": False}
+_NOISE_FIX = (
+    "give the sample project's train_noise.csv: one row per training row, in the same order, "
+    "with a 'flipped' column of 1 (the label was flipped) or 0"
+)
+
+
 def read_noise(path: str, n: int) -> np.ndarray:
-    """Boolean (N,) mask of flipped labels from a ground-truth CSV with a ``flipped`` column."""
-    header, rows = read_csv_table(path)
+    """Boolean (N,) mask of flipped labels from a ground-truth CSV with a ``flipped`` column
+    (cells ``1``/``0`` or ``True``/``False``, any case).
+
+    Raises:
+        InputError: no such column, a cell that is neither, or not one row per training row:
+            a guess would give wrong precision figures.
+
+    """
+    try:
+        header, rows = read_csv_table(path)
+    except InputError as e:  # an empty file asks for a dataset's header: say what this is
+        if not os.path.isfile(path):
+            raise
+        raise InputError(f"{path}: not a label-noise file ({e}); {_NOISE_FIX}") from None
     if "flipped" not in header:
-        raise InputError(f"{path}: no 'flipped' column")
+        raise InputError(f"{path}: no 'flipped' column; {_NOISE_FIX}")
     col = header.index("flipped")
-    flags = np.array([row[col].strip() in ("1", "True", "true") for row in rows])
+    flags = []
+    for i, row in enumerate(rows):
+        cell = row[col].strip() if col < len(row) else ""
+        if cell.lower() not in NOISE_FLAGS:
+            raise InputError(f"{path} row {i + 1}: flipped '{cell}' is not 1 or 0; {_NOISE_FIX}")
+        flags.append(NOISE_FLAGS[cell.lower()])
     if len(flags) != n:
-        raise InputError(f"{path}: {len(flags)} rows but the training CSV has {n}")
-    return flags
+        raise InputError(f"{path}: {len(flags)} rows but the training CSV has {n}; {_NOISE_FIX}")
+    return np.array(flags, dtype=bool)
 
 
 @dataclass

@@ -332,3 +332,25 @@ def test_the_retraining_csv_holds_exactly_the_kept_rows_given_as_indices_or_a_ma
         write_kept_rows(str(src / "train.csv"), header, rows, mask[:5], 7, str(tmp_path))
     with pytest.raises(ValueError, match="0..5"):
         write_kept_rows(str(src / "train.csv"), header, rows, np.array([6]), 7, str(tmp_path))
+
+
+def test_the_label_noise_file_is_read_exactly_or_refused(tmp_path):
+    """``--noise``: 1/0 or True/False per training row; anything else is refused naming the row
+    (it used to count as 'not flipped' and give wrong precision figures), and an empty file
+    is called a label-noise file, not a dataset without its header."""
+    from sgd_influence_plugin.errors import InputError
+    from sgd_influence_plugin.evaluate_inputs import read_noise
+
+    path = tmp_path / "noise.csv"
+    path.write_text("index,flipped\n0,1\n1,0\n2,True\n3,false\n")
+    assert read_noise(str(path), 4).tolist() == [True, False, True, False]
+    for text, pattern in (
+        ("index,flipped\n0,1\n1,yes\n", r"noise\.csv row 2: flipped 'yes' is not 1 or 0"),
+        ("index,flipped\n0,1\n1,0.9\n", r"row 2: flipped '0\.9' is not 1 or 0"),
+        ("index,flipped\n0,1\n", r"1 rows but the training CSV has 2; give the sample"),
+        ("index,label\n0,1\n1,0\n", r"no 'flipped' column; give the sample project's"),
+        ("", r"noise\.csv: not a label-noise file .*'flipped' column of 1"),
+    ):
+        path.write_text(text)
+        with pytest.raises(InputError, match=pattern):
+            read_noise(str(path), 2)
