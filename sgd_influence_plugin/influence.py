@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from . import core, crossfit, interrupts
-from .errors import ComputationError
+from .errors import ComputationError, UnstableReplayError
 from .executor import local_executor
 from .phases import replay_helper, second_process
 from .resolved import ResolvedSettings, choose_lr, feature_spread_warning, resolve
@@ -150,10 +150,16 @@ def compute_influence(
     helper = replay_helper(settings, executor.cores_per_unit(settings.trials), vectors)
     ready.timings["replay_processes"] = 2 if helper is not None else 1
     t0 = time.perf_counter()
-    outcomes = _run_trials(
-        model, train, val, settings, ready, cache_dir, executor, helper, candidate_rows,
-        progress, log,
-    )  # fmt: skip
+    try:
+        outcomes = _run_trials(
+            model, train, val, settings, ready, cache_dir, executor, helper, candidate_rows,
+            progress, log,
+        )  # fmt: skip
+    except UnstableReplayError as e:  # unscaled features: a smaller rate is not the fix
+        spread = feature_spread_warning(model.info.input_shapes, train)
+        if spread is None:
+            raise
+        raise UnstableReplayError(f"{e}. More likely: {spread}") from None
     ready.timings["trials_wall"] = time.perf_counter() - t0
     return _combine(outcomes, settings, ready, vectors, log)
 

@@ -208,3 +208,27 @@ def test_exact_replay_without_second_derivatives_is_refused_in_one_line(trained)
     last = proc.stderr.strip().splitlines()[-1]
     assert "depthwise_convolution" in last and "--replay_step fd" in last
     assert not os.path.exists(os.path.join(result, "sgd_influence", "exact.csv"))
+
+
+def test_a_huge_training_feature_is_blamed_not_the_rate(trained, tmp_path, capsys):
+    """A training row with Fare = 1e30: the replay cannot be stable at any rate, and the
+    refusal used to ask for a smaller --lr; it now names the feature whose spread is the
+    cause, in the same one line."""
+    from sgd_influence_plugin import cli
+
+    data, result = trained("table")
+    lines = open(data["train"]).read().splitlines()
+    header = lines[0].split(",")
+    cells = lines[5].split(",")
+    cells[header.index("x__3:Fare")] = "1e30"
+    lines[5] = ",".join(cells)
+    train = str(tmp_path / "train_huge.csv")  # a table: no file cells to resolve
+    with open(train, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    argv = ["run", "--model", os.path.join(result, "results.nnp"), "--train", train]
+    argv += ["--val", data["val"], "--output", str(tmp_path / "o" / "i.csv"), "--quiet"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is unstable at lr=" in err, err
+    assert "More likely: the features of x differ" in err and "(x__3: standard deviation" in err
+    assert not (tmp_path / "o").exists()
