@@ -9,12 +9,13 @@ its cache folder) and is checked before its scores are used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -150,18 +151,28 @@ def compute_influence(
     helper = replay_helper(settings, executor.cores_per_unit(settings.trials), vectors)
     ready.timings["replay_processes"] = 2 if helper is not None else 1
     t0 = time.perf_counter()
-    try:
+    with _blame_unscaled_features(model, train):
         outcomes = _run_trials(
             model, train, val, settings, ready, cache_dir, executor, helper, candidate_rows,
             progress, log,
         )  # fmt: skip
-    except UnstableReplayError as e:  # unscaled features: a smaller rate is not the fix
+    ready.timings["trials_wall"] = time.perf_counter() - t0
+    return _combine(outcomes, settings, ready, vectors, log)
+
+
+@contextlib.contextmanager
+def _blame_unscaled_features(model, train: Mapping[str, np.ndarray]):
+    """An unstable replay on a table whose features differ widely in spread
+    (:func:`.resolved.feature_spread_warning`) names them as the likely cause: a smaller rate,
+    which the error suggests, is not the fix for a feature of 1e30.
+    """
+    try:
+        yield
+    except UnstableReplayError as e:
         spread = feature_spread_warning(model.info.input_shapes, train)
         if spread is None:
             raise
         raise UnstableReplayError(f"{e}. More likely: {spread}") from None
-    ready.timings["trials_wall"] = time.perf_counter() - t0
-    return _combine(outcomes, settings, ready, vectors, log)
 
 
 @dataclass
