@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -110,6 +110,7 @@ def compute_influence(
     executor=None,
     losses: Optional[Callable[[], np.ndarray]] = None,
     candidate_rows: Optional[np.ndarray] = None,
+    warnings: Sequence[str] = (),
 ) -> InfluenceResult:
     """Curvature and learning rate, then training phase + inference phase, M times, combined.
 
@@ -138,6 +139,8 @@ def compute_influence(
             also replays their gradient, in the same pass, for ``candidate_scores``; the
             scores stay those of every ``val`` row (:mod:`.crossfit`). A pair of index arrays
             (halves A and B) adds ``half_b_scores``. None = not.
+        warnings: sentences about the inputs found while loading them
+            (:attr:`.inputs.Inputs.warnings`), recorded and logged with the run's own.
 
     Raises:
         UnstableReplayError: a trial stayed unstable after its retries (nothing is returned).
@@ -145,7 +148,9 @@ def compute_influence(
     """
     log = log or (lambda msg: None)
     executor = executor or local_executor(settings.context, settings.jobs)
-    ready = _before_trials(model, train, val, settings, log, val_loss_start, losses, executor)
+    ready = _before_trials(
+        model, train, val, settings, log, val_loss_start, losses, executor, warnings
+    )
     ready.timings["jobs"] = min(executor.slots, settings.trials)
     vectors = 1 if candidate_rows is None else 1 + len(crossfit.halves_of(candidate_rows))
     helper = replay_helper(settings, executor.cores_per_unit(settings.trials), vectors)
@@ -196,13 +201,15 @@ class _Ready:
 
 
 def _before_trials(
-    model, train, val, settings, log: Log, val_loss_start, get_losses, executor
+    model, train, val, settings, log: Log, val_loss_start, get_losses, executor, warnings=()
 ) -> _Ready:
-    """The settings resolved (warnings logged), the losses at the trained parameters the
+    """The settings resolved (warnings, the inputs' ``warnings`` among them, logged and
+    recorded with them), the losses at the trained parameters the
     caller did not give, and the rate settled by the curvature (:func:`.resolved.choose_lr`;
     part of it in a second process when ``executor`` gives a unit two cores).
     """
     run = resolve(model, settings)
+    run.warnings.extend(warnings)
     spread = feature_spread_warning(model.info.input_shapes, train)
     if spread:
         run.warnings.append(spread)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,6 +21,7 @@ from .core import per_sample_losses
 from .dataset import Dataset, load_dataset
 from .errors import ComputationError, SettingsError
 from .nnabla_adapter import load_model
+from .resolved import dominant_row_warning
 from .validation import FlagNames
 
 
@@ -35,6 +36,8 @@ class Inputs:
         val_loss: mean validation loss at the trained parameters (finite).
         read_seconds: wall time of decoding both CSVs.
         val_losses: float64 (V,) each validation row's loss there (their mean is ``val_loss``).
+        warnings: sentences about the inputs that do not stop the run (one validation row
+            carrying most of the loss: :func:`.resolved.dominant_row_warning`).
 
     """
 
@@ -46,6 +49,7 @@ class Inputs:
     val_loss: float
     read_seconds: float
     val_losses: Optional[np.ndarray] = None
+    warnings: List[str] = field(default_factory=list)
 
 
 def dataset_path(given, ref, what, flag):
@@ -151,7 +155,9 @@ def load_inputs(
     check_loaded(model, train, val)
     interrupts.check()
     losses, loss0 = _validation_losses(model, val, val_csv, settings.val_batch_size)
-    return Inputs(model, train_csv, val_csv, train, val, loss0, t_read, losses)
+    dominant = dominant_row_warning(losses, val_csv, val.row_number)
+    warnings = [dominant] if dominant else []
+    return Inputs(model, train_csv, val_csv, train, val, loss0, t_read, losses, warnings)
 
 
 def _read_datasets(train_csv: str, val_csv: str, info, settings, progress):

@@ -172,6 +172,31 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
 MAX_FEATURE_SPREAD = 10.0
 
 
+def dominant_row_warning(losses: np.ndarray, where: str, row: Callable[[int], int]):
+    """A warning when one validation row carries more than half of the validation loss (the
+    scores then mostly measure the influence on that row), else None.
+
+    Args:
+        losses: (V,) each validation row's loss at the trained parameters (finite).
+        where: the validation CSV, for the message.
+        row: index -> the row's number in the CSV, for the message.
+
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    total = float(np.sum(losses))
+    if len(losses) < 2 or not total > 0:
+        return None
+    k = int(np.argmax(losses))
+    share = float(losses[k]) / total
+    if share <= 0.5:
+        return None
+    return (
+        f"{where} row {row(k)} carries {share:.0%} of the validation loss (its loss "
+        f"{losses[k]:.3g}, the median {np.median(losses):.3g}), so the scores mostly measure "
+        "the influence on that row: check its numbers, or leave it out of the validation CSV"
+    )
+
+
 def feature_spread_warning(input_shapes: Dict[str, tuple], arrays: Dict[str, np.ndarray]):
     """A warning when a table's feature columns differ widely in scale, else None.
 

@@ -11,9 +11,8 @@ The run is issue 33's pipeline, one stage a function, each handing the next a sm
 3. :func:`score`: the settings resolved and the influence computed, trials on the executor
    (:func:`.influence.compute_influence`; :mod:`.phases`) -> :class:`Scored`;
 4. :func:`decide`: keep / remove per row (:mod:`.recommend`) -> :class:`Decided`;
-5. :func:`record`: what ``STEM_settings.yaml`` records (:mod:`.run_facts`);
-6. :func:`write`: the output set, all or nothing (:mod:`.output`). Stages 3 to 6 hold the
-   cache folder (:func:`.cache_folder.cache_folder`).
+5. :func:`record`: what ``STEM_settings.yaml`` records (:mod:`.run_facts`); 6. :func:`write`:
+   the output set, all or nothing (:mod:`.output`). Stages 3-6 hold the cache folder.
 """
 
 from __future__ import annotations
@@ -247,6 +246,7 @@ def score(
             executor=executor,
             losses=(lambda: early()[0]) if early else None,
             candidate_rows=split.replayed,
+            warnings=inputs.warnings,
         )
         return Scored(result, early()[1] if early else None)
 

@@ -232,3 +232,34 @@ def test_a_huge_training_feature_is_blamed_not_the_rate(trained, tmp_path, capsy
     assert "\n" not in err and "is unstable at lr=" in err, err
     assert "More likely: the features of x differ" in err and "(x__3: standard deviation" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_one_validation_row_carrying_most_of_the_loss_is_named(trained, tmp_path):
+    """A regression validation row far off (y = 1000 where the others are near 0): its
+    squared error is most of the validation loss, so the scores measure the influence on it.
+    The run goes on, and the log, the summary and settings.yaml name the row."""
+    import yaml
+
+    from sgd_influence_plugin.runner import RunRequest, run
+
+    data, result = trained("regression")
+    lines = open(data["val"]).read().splitlines()
+    lines[3] = lines[3].split(",")[0] + ",1000"
+    val = tmp_path / "val.csv"
+    val.write_text("\n".join(lines) + "\n")
+    said = []
+    req = RunRequest(output=str(tmp_path / "o" / "i.csv"),
+                     model=os.path.join(result, "results.nnp"), train=data["train"],
+                     val=str(val))  # fmt: skip
+    paths, _ = run(req, log=said.append)
+    want = f"{val} row 3 carries"
+    assert any(want in m and m.startswith("warning: ") for m in said), said
+    assert want in open(paths.summary).read()
+    warnings = yaml.safe_load(open(paths.settings))["warnings"]
+    assert any(w.startswith(want) and "leave it out" in w for w in warnings), warnings
+    # the validation CSV as given: no row carries half of the loss, no such warning
+    said.clear()
+    run(RunRequest(output=str(tmp_path / "p" / "i.csv"),
+                   model=os.path.join(result, "results.nnp"), train=data["train"],
+                   val=data["val"]), log=said.append)  # fmt: skip
+    assert not any("of the validation loss" in m for m in said)

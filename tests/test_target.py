@@ -104,3 +104,16 @@ def test_scaled_features_images_and_constant_columns_get_no_warning():
     pixels[:, 0, 0, 0] = np.linspace(0, 100, 50)
     pixels[:, 0, 1, 1] = np.linspace(0, 0.01, 50)
     assert feature_spread_warning({"x": (1, 4, 4)}, {"x": pixels}) is None  # images: not a table
+
+
+def test_a_validation_row_is_dominant_only_past_half_of_the_loss():
+    from sgd_influence_plugin.resolved import dominant_row_warning
+
+    def row(k):
+        return k + 2
+
+    assert dominant_row_warning(np.array([1.0, 1.0]), "v.csv", row) is None  # half: not more
+    assert dominant_row_warning(np.zeros(5), "v.csv", row) is None  # a perfect fit
+    assert dominant_row_warning(np.array([3.0]), "v.csv", row) is None  # one row: nothing to say
+    msg = dominant_row_warning(np.array([0.1, 0.2, 0.31, 0.0]), "v.csv", row)
+    assert msg.startswith("v.csv row 4 carries 51% of the validation loss (its loss 0.31,")
