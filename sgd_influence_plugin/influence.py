@@ -115,8 +115,7 @@ def compute_influence(
     """Curvature and learning rate, then training phase + inference phase, M times, combined.
 
     The trials are units of ``executor`` (:func:`.trials.trial_unit`), each from the same
-    starting parameters; the result is the same as running them one after another, wherever
-    they run. Warnings of the trials are logged when all are done.
+    starting parameters: the same result wherever they run. Their warnings are logged at the end.
 
     Args:
         model: an :class:`~sgd_influence_plugin.nnabla_adapter.NnablaModel` (its trainable
@@ -139,8 +138,7 @@ def compute_influence(
             also replays their gradient, in the same pass, for ``candidate_scores``; the
             scores stay those of every ``val`` row (:mod:`.crossfit`). A pair of index arrays
             (halves A and B) adds ``half_b_scores``. None = not.
-        warnings: sentences about the inputs found while loading them
-            (:attr:`.inputs.Inputs.warnings`), recorded and logged with the run's own.
+        warnings: the inputs' (:attr:`.inputs.Inputs.warnings`), kept with the run's own.
 
     Raises:
         UnstableReplayError: a trial stayed unstable after its retries (nothing is returned).
@@ -148,19 +146,16 @@ def compute_influence(
     """
     log = log or (lambda msg: None)
     executor = executor or local_executor(settings.context, settings.jobs)
-    ready = _before_trials(
-        model, train, val, settings, log, val_loss_start, losses, executor, warnings
-    )
+    ready = _before_trials(model, train, val, settings, log, val_loss_start, losses, executor,
+                           warnings)  # fmt: skip
     ready.timings["jobs"] = min(executor.slots, settings.trials)
     vectors = 1 if candidate_rows is None else 1 + len(crossfit.halves_of(candidate_rows))
     helper = replay_helper(settings, executor.cores_per_unit(settings.trials), vectors)
     ready.timings["replay_processes"] = 2 if helper is not None else 1
     t0 = time.perf_counter()
     with _blame_unscaled_features(model, train):
-        outcomes = _run_trials(
-            model, train, val, settings, ready, cache_dir, executor, helper, candidate_rows,
-            progress, log,
-        )  # fmt: skip
+        outcomes = _run_trials(model, train, val, settings, ready, cache_dir, executor, helper,
+                               candidate_rows, progress, log)  # fmt: skip
     ready.timings["trials_wall"] = time.perf_counter() - t0
     return _combine(outcomes, settings, ready, vectors, log)
 
