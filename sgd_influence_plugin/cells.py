@@ -168,25 +168,32 @@ def _number(where: str, cell: str, text: str) -> np.float32:
 
 
 def _refuse_pickled(where: str, text: str, full: str) -> None:
-    """Refuse a ``.npy`` of Python objects from its header, before nnabla's loader, which
-    unpickles them (``allow_pickle=True``: a crafted file would run code).
+    """Refuse a ``.npy`` file whose header does not describe an array of plain values, before
+    nnabla's loader reads it with ``allow_pickle=True``: an array of Python objects, and a
+    file that is no ``.npy`` array at all, are unpickled there (a crafted file runs code).
     """
     if not full.lower().endswith(".npy"):
         return
+    fix = "save it with numpy.save as an array of numbers"
     try:
         with open(full, "rb") as f:
             version = np.lib.format.read_magic(f)
-            header = (
-                np.lib.format.read_array_header_1_0(f)
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0(f)
-            )
-    except Exception:  # noqa: BLE001 - not a .npy at all: the loader says why
-        return
+            read = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
+            header = read(f) if read else None
+    except Exception as e:  # noqa: BLE001 - no .npy header: it would be read as a pickle
+        raise DatasetError(
+            f"{where}: '{text}' is not a .npy array file ({e}; it is not loaded: it would be "
+            f"read as a pickle, which can run code); {fix}"
+        ) from None
+    if header is None:
+        raise DatasetError(f"{where}: '{text}' is a .npy file of format {version}; {fix}")
     if header[2].hasobject:
         raise DatasetError(
             f"{where}: '{text}' holds Python objects, not numbers (it is not loaded: loading "
-            "it would run code it carries); save it as an array of numbers"
+            f"it would run code it carries); {fix}"
         )
 
 

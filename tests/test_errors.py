@@ -93,15 +93,24 @@ class _MakesAFolder:
         return (os.mkdir, (self.path,))
 
 
-def test_a_npy_of_python_objects_is_refused_before_it_is_unpickled(data28, tmp_path):
-    """nnabla's loader reads .npy files with allow_pickle=True; a file of objects is refused
-    from its header, so what it carries never runs."""
+@pytest.mark.parametrize("kind", ["objects", "a bare pickle"])
+def test_a_npy_of_python_objects_is_refused_before_it_is_unpickled(data28, tmp_path, kind):
+    """nnabla's loader reads .npy files with allow_pickle=True; a file of objects, or a pickle
+    named .npy (which np.load reads as a pickle), is refused from its header, so what it
+    carries never runs."""
+    import pickle
+
     folder, path, lines = _copy_dataset(data28, tmp_path)
     ran = tmp_path / "the file's code ran"
-    np.save(folder / "odd.npy", np.array([_MakesAFolder(str(ran))], dtype=object))
+    if kind == "objects":
+        np.save(folder / "odd.npy", np.array([_MakesAFolder(str(ran))], dtype=object))
+        pattern = r"holds Python objects"
+    else:
+        (folder / "odd.npy").write_bytes(pickle.dumps(_MakesAFolder(str(ran))))
+        pattern = r"is not a \.npy array file .*can run code"
     lines[2] = "odd.npy," + lines[2].split(",")[1]
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DatasetError, match=r"row 2, column 'x:image': 'odd\.npy' holds Python "):
+    with pytest.raises(DatasetError, match=r"row 2, column 'x:image': 'odd\.npy' " + pattern):
         load_dataset(str(path), NEEDS)
     assert not ran.exists()
 
