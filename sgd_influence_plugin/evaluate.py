@@ -101,23 +101,21 @@ def evaluate(req: EvaluateRequest, log=lambda m: None, executor=None) -> List[Di
             rows.extend(seed_rows)
     finally:
         model.set_params(theta0)
-    csvs = (req.train_csv, req.val_csv, req.noise_csv)
-    facts = _facts(data, run, req.retrain, req.seeds, req.ratios, settings, csvs)
+    facts = _facts(data, run, req)
     facts["total_seconds"] = round(time.perf_counter() - start_all, 1)
     write_outputs(req.out_dir, rows, train.size, data.flipped, facts)
     return rows
 
 
-def _facts(data, run, retrain, seeds, ratios, settings, csvs) -> Dict:
+def _facts(data, run, req: EvaluateRequest) -> Dict:
     """What ``settings.yaml`` records of an experiment: its options, the replay's rate, batch
     size and weight decay, the datasets' sizes and where the inputs are.
     """
-    train_csv, val_csv, noise_csv = csvs
     return {
-        "retrain": retrain,
-        "seeds": list(seeds),
-        "ratios": list(ratios),
-        "settings": settings.to_dict(),
+        "retrain": req.retrain,
+        "seeds": list(req.seeds),
+        "ratios": list(req.ratios),
+        "settings": req.settings.to_dict(),
         "lr": run.lr,
         "batch_size": run.batch_size,
         "weight_decay": run.weight_decay,
@@ -125,9 +123,9 @@ def _facts(data, run, retrain, seeds, ratios, settings, csvs) -> Dict:
         "n_val": data.val.size,
         "n_test": data.test.size,
         "model": data.model.info.source,
-        "train_csv": os.path.abspath(train_csv),
-        "val_csv": os.path.abspath(val_csv),
-        "noise": os.path.abspath(noise_csv) if noise_csv else None,
+        "train_csv": os.path.abspath(req.train_csv),
+        "val_csv": os.path.abspath(req.val_csv),
+        "noise": os.path.abspath(req.noise_csv) if req.noise_csv else None,
     }
 
 
