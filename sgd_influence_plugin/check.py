@@ -70,9 +70,7 @@ def check_check_outputs(
     for kind in CHECK_COMPANIONS:
         target = companion(out_csv, kind)
         for src in inputs:
-            if os.path.abspath(src) == target or (
-                os.path.exists(src) and os.path.exists(target) and os.path.samefile(src, target)
-            ):
+            if places.same_file(src, target):
                 raise SettingsError(
                     f"{target}: refusing to overwrite the input {src}; choose another {flag} name"
                 )

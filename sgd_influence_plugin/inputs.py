@@ -77,11 +77,7 @@ def check_separate(datasets: Sequence[Tuple[str, str]]) -> None:
     """
     for i, (flag_a, a) in enumerate(datasets):
         for flag_b, b in datasets[i + 1 :]:
-            try:
-                same = os.path.samefile(a, b)
-            except OSError:  # a missing file is named when it is read
-                continue
-            if same:
+            if os.path.exists(a) and places.same_file(a, b):  # a missing one: named when read
                 raise SettingsError(
                     f"{b}: {flag_b} is the same file as {flag_a}; the influence is measured "
                     f"on rows kept out of training (a test too): give "

@@ -33,7 +33,10 @@ def _inside(path: str, folder: str) -> bool:
     return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
 
 
-def _same(a: str, b: str) -> bool:
+def same_file(a: str, b: str) -> bool:
+    """``a`` and ``b`` name one file (the same path once links are resolved, or the same
+    file on disk); False when either is missing or unreadable.
+    """
     if _real(a) == _real(b):
         return True
     try:
@@ -179,7 +182,7 @@ def check_output_csv(
     stem = os.path.splitext(name)[0]
     check_path_fits(path, flag, [stem + suffix for suffix in (".csv", *COMPANIONS.values())])
     for src in input_files:
-        if src and _same(path, src):
+        if src and same_file(path, src):
             raise SettingsError(
                 f"{path}: refusing to overwrite the input {src}; choose another {flag}"
             )
@@ -230,7 +233,7 @@ def check_output_folder(
     for name in files:
         target = os.path.join(folder, name)
         for src in inputs:
-            if _same(target, src):
+            if same_file(target, src):
                 raise SettingsError(
                     f"{target}: refusing to overwrite the input {src}; choose another {flag}"
                 )
@@ -308,7 +311,7 @@ def check_cache_dir(
     _check_replaced_folder(cache_dir, "cache folder", flag, inputs, image_folders)
     if output_csv:
         plan = planned_paths(output_csv)
-        if _same(cache_dir, os.path.dirname(plan.csv)) or _inside(cache_dir, plan.thumbnails):
+        if same_file(cache_dir, os.path.dirname(plan.csv)) or _inside(cache_dir, plan.thumbnails):
             raise OutputError(
                 f"{flag} {cache_dir}: is where the outputs go; keep the cache in a folder "
                 f"of its own, e.g. {os.path.join(os.path.dirname(plan.csv), 'cache')}"
@@ -364,7 +367,7 @@ def check_output_places(
     for kind in COMPANIONS:
         target = getattr(plan, kind)
         for src in inputs:
-            if _same(target, src):
+            if same_file(target, src):
                 raise SettingsError(
                     f"{target}: refusing to overwrite the input {src}; choose another "
                     f"{flags.output} name"
