@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -153,7 +153,7 @@ def compute_influence(
     helper = replay_helper(settings, executor.cores_per_unit(settings.trials), vectors)
     ready.timings["replay_processes"] = 2 if helper is not None else 1
     t0 = time.perf_counter()
-    with _blame_unscaled_features(model, train):
+    with _blame_unscaled_features(ready.spread):
         outcomes = _run_trials(model, train, val, settings, ready, cache_dir, executor, helper,
                                candidate_rows, progress, log)  # fmt: skip
     ready.timings["trials_wall"] = time.perf_counter() - t0
@@ -161,15 +161,14 @@ def compute_influence(
 
 
 @contextlib.contextmanager
-def _blame_unscaled_features(model, train: Mapping[str, np.ndarray]):
-    """An unstable replay on a table whose features differ widely in spread
-    (:func:`.resolved.feature_spread_warning`) names them as the likely cause: a smaller rate,
-    which the error suggests, is not the fix for a feature of 1e30.
+def _blame_unscaled_features(spread: Optional[str]):
+    """An unstable replay on a table whose features differ widely in spread (``spread``,
+    :func:`.resolved.feature_spread_warning`, or None) names them as the likely cause: a
+    smaller rate, which the error suggests, is not the fix for a feature of 1e30.
     """
     try:
         yield
     except UnstableReplayError as e:
-        spread = feature_spread_warning(model.info.input_shapes, train)
         if spread is None:
             raise
         raise UnstableReplayError(f"{e}. More likely: {spread}") from None
@@ -185,6 +184,7 @@ class _Ready:
         get_losses: the caller's callable for them (called after the trials), or None.
         val_loss_start: the mean validation loss at the trained parameters.
         timings: seconds so far (``losses``, ``curvature``); the trials add theirs.
+        spread: the table's feature-spread warning (also among ``run.warnings``), or None.
 
     """
 
@@ -193,6 +193,7 @@ class _Ready:
     get_losses: Optional[Callable[[], np.ndarray]]
     val_loss_start: float
     timings: Dict[str, float]
+    spread: Optional[str] = None
 
 
 def _before_trials(
@@ -221,7 +222,7 @@ def _before_trials(
     t0 = time.perf_counter()
     choose_lr(model, train, settings, run, log, second_process(executor.cores_per_unit(1)))
     timings["curvature"] = time.perf_counter() - t0
-    return _Ready(run, losses, get_losses, val_loss_start, timings)
+    return _Ready(run, losses, get_losses, val_loss_start, timings, spread)
 
 
 def _run_trials(
