@@ -47,7 +47,7 @@ CUDA120_LIBS="nvidia-cuda-runtime-cu12==12.1.105 nvidia-cublas-cu12==12.1.3.1
   nvidia-cufft-cu12==11.0.2.54 nvidia-cudnn-cu12==8.9.2.26"
 
 fingerprint() {
-  { cat "$ROOT/constraints.txt" "$ROOT/setup.cfg"; echo "cuda=$CUDA libs=$CUDA_LIBS"; } \
+  { cat "$ROOT/constraints.txt" "$ROOT/setup.cfg"; echo "cuda=$CUDA libs=$CUDA_LIBS bytecode=1"; } \
     | sha256sum | cut -d' ' -f1
 }
 
@@ -158,7 +158,10 @@ if [ ! -x "$VENV/bin/python" ] || ! works "$VENV/bin/python"; then
 fi
 say "installing pinned packages (constraints.txt)"
 # [cluster]: Dask distributed for --cluster, so its tests run too (docs/cluster.md).
-"$TOOLS/bin/uv" pip install -q -p "$VENV/bin/python" -c "$ROOT/constraints.txt" -e "$ROOT[test,cluster]"
+# --compile-bytecode: uv writes no .pyc by default and the Makefile (like many shells) sets
+# PYTHONDONTWRITEBYTECODE, so without it every start compiled nnabla, numpy and the rest again:
+# 0.3 s of each command's start-up (docs/measurements.md). uv compiles the whole venv.
+"$TOOLS/bin/uv" pip install -q --compile-bytecode -p "$VENV/bin/python" -c "$ROOT/constraints.txt" -e "$ROOT[test,cluster]"
 "$VENV/bin/python" -c "import nnabla, numpy; print('[env] nnabla', nnabla.__version__, 'numpy', numpy.__version__)" >&2 \
   || die "nnabla does not import in $VENV"
 if [ -n "$CUDA" ]; then
@@ -166,7 +169,7 @@ if [ -n "$CUDA" ]; then
   if [ "$CUDA" = 120 ] && [ "$CUDA_LIBS" = pip ]; then gpu_pkgs="$gpu_pkgs $CUDA120_LIBS"; fi
   say "installing the GPU extension: $(echo $gpu_pkgs | tr '\n' ' ')"
   # shellcheck disable=SC2086 # one package per word
-  "$TOOLS/bin/uv" pip install -q -p "$VENV/bin/python" -c "$ROOT/constraints.txt" $gpu_pkgs
+  "$TOOLS/bin/uv" pip install -q --compile-bytecode -p "$VENV/bin/python" -c "$ROOT/constraints.txt" $gpu_pkgs
   say "GPU extension installed; 'make gpu-check' tests it (needs an NVIDIA GPU and driver)"
 fi
 fingerprint > "$STAMP"
