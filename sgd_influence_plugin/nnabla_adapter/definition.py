@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import NetworkDefinitionError, ParameterError
 from . import losses as loss_kinds
 from .recurrent import expand_loops, generated_inputs
-from .replay_network import prepare_network
+from .replay_network import prepare_network, share_parameters
 from .solver import SolverConfig, solver_config
 
 
@@ -117,6 +117,7 @@ def describe(
     task, target, label_classes = loss_kinds.understand(net, inputs, var_shapes)
     notes = [unrolled[net.name]] if net.name in unrolled else []
     notes += loss_kinds.stabilise(net, var_shapes) + prepare_network(net, source)
+    notes += share_parameters(net)
     train_ref, val_ref, val_net = _datasets(proto, opt)
     info = ModelInfo(
         source=source,
