@@ -70,15 +70,19 @@ def train_nntxt(folder, nntxt):
 def train_on(folder, data, spec):
     """Write ``spec`` for the dataset ``data`` (``{"train", "val", "input_shape"}``, as
     :mod:`support.console_kinds` returns) and train it into ``folder``; returns the folder.
+    ``spec`` is a :class:`support.netdef.NetSpec`, or a
+    :class:`support.loops_netdef.LoopSpec` for a network with a loop.
     """
+    from support.loops_netdef import LoopSpec, write_loop_nntxt
     from support.netdef import write_nntxt
 
+    write = write_loop_nntxt if isinstance(spec, LoopSpec) else write_nntxt
     os.makedirs(folder, exist_ok=True)
     n_train = sum(1 for _ in open(data["train"])) - 1
     spec.train_csv, spec.val_csv = data["train"], data["val"]
     spec.input_shape = tuple(data["input_shape"])
     spec.iter_per_epoch = max(1, n_train // spec.batch_size)
-    nntxt = write_nntxt(spec, os.path.join(folder, "net.nntxt"))
+    nntxt = write(spec, os.path.join(folder, "net.nntxt"))
     fix_random_seeds(nntxt, 313 + spec.seed)
     return train_nntxt(folder, nntxt)
 

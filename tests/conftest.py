@@ -15,6 +15,7 @@ import pytest
 
 from support import console_kinds as kinds
 from support.fashion_mnist import make_png_dataset
+from support.loops_netdef import LoopSpec
 from support.netdef import NetSpec
 from support.results import IMAGE_SCRIPT, TABLE_SCRIPT, train_on, train_result
 
@@ -120,6 +121,17 @@ KINDS = {
         NetSpec(arch="dwcnn", n_classes=2, head="softmax_cce", solver="Adam", lr=0.01,
                 batch_size=16, max_epoch=3),
         IMAGE_SCRIPT,
+    ),
+    # Elman RNNs (RecurrentInput, Delay, RecurrentOutput) over 12-step per-sample CSVs
+    "rnn": (
+        lambda d: kinds.write_series(d, 120, 40, length=12, seed=4),
+        LoopSpec(head="softmax_ce", lr=0.1, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "rnn_binary": (
+        lambda d: kinds.write_series(d, 120, 40, length=12, seed=6),
+        LoopSpec(head="sigmoid_bce", solver="Adam", lr=0.02, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
     ),
 }  # fmt: skip
 

@@ -57,6 +57,7 @@ PRODUCT_MODULES = (
     "nnabla_adapter/files.py",
     "nnabla_adapter/losses.py",
     "nnabla_adapter/model.py",
+    "nnabla_adapter/recurrent.py",
     "nnabla_adapter/replay_network.py",
     "nnabla_adapter/solver.py",
     "nnabla_adapter/training.py",

@@ -5,6 +5,7 @@ definition (``support/netdef.py``, data from ``support/console_kinds.py``): a ta
 features and the label column first, a binary classifier (Sigmoid + BinaryCrossEntropy), a
 regression (SquaredError, bare ``x,y`` header), per-sample CSV inputs named with Windows
 backslash paths, colour images through a DepthwiseConvolution (no double backward in nnabla),
+an Elman RNN (the console's RecurrentInput, Delay and RecurrentOutput layers),
 and weights saved by nnabla as ``.protobuf`` or in the oldest nnp layout
 (``network.prototxt`` + ``parameter.protobuf``). Each runs with ``--report`` through an entry
 script; the outputs are checked against the training CSV itself and, for the model's class,
@@ -148,6 +149,24 @@ def test_colour_images_through_a_depthwise_convolution(trained):
     settings = open(os.path.join(out, "influence_settings.yaml")).read()
     assert "DepthwiseConvolution" in open(os.path.join(result, "net.nntxt")).read()
     assert "lambda_max" in settings  # the curvature was measured, with first derivatives
+
+
+def test_a_recurrent_network_through_the_table_script(trained, tmp_path):
+    """An Elman RNN (RecurrentInput, Delay, RecurrentOutput; Sigmoid + BinaryCrossEntropy) over
+    per-sample CSVs: it used to be refused ("generator inputs ... random per step"); the
+    model's class now comes from the unrolled network, as nnabla_cli forward computes it."""
+    data, result = trained("rnn_binary")
+    assert "RecurrentInput" in open(os.path.join(result, "net.nntxt")).read()
+    out = _plugin(TABLE_SCRIPT, result, "-t", data["train"], "-v", data["val"])
+    _, rows, _ = _check_influence_csv(out, data["train"])
+    p1 = _model_outputs(result, data["train"], str(tmp_path))[:, 0]
+    for r in rows:
+        j = int(r["datasource_index"])
+        if abs(p1[j] - 0.5) > 1e-3:
+            assert int(r["suggested_label"]) == int(p1[j] > 0.5), (j, p1[j], r)
+    settings = open(os.path.join(out, "influence_settings.yaml")).read()
+    assert "Main: loops unrolled by nnabla (RecurrentInput x 12)" in settings
+    assert "Affine/affine/W: taken by 12 functions" in settings
 
 
 def _save_protobuf(result, path):

@@ -20,8 +20,9 @@ Its parts, each usable on its own:
   :func:`read_params`);
 - :mod:`.definition`: understanding the definition (:class:`ModelInfo`, :class:`DatasetRef`,
   :func:`describe`, which also prepares the replay network), with :mod:`.losses` (the loss
-  kinds), :mod:`.solver` (:class:`SolverConfig`) and :mod:`.replay_network` (the changes
-  above);
+  kinds), :mod:`.solver` (:class:`SolverConfig`), :mod:`.replay_network` (the changes
+  above) and :mod:`.recurrent` (recurrent and repeated networks unrolled, a Delay's initial
+  state);
 - :mod:`.model`: :class:`NnablaModel`, :class:`LossGraph`, :func:`make_context`,
   :func:`load_model`, :func:`prepare_process` (nnabla set up in a worker process).
 

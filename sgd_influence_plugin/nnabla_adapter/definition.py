@@ -4,7 +4,9 @@ solver, and the copy of it the replay runs (:func:`describe`).
 The pieces it reads: the optimizer and its training network; the data inputs and the trained
 parameters (checked against the parameters given); the loss (:mod:`.losses`); the solver
 (:mod:`.solver`); the training and validation datasets; the executor's network, for
-predictions. The replay's copy of the networks is changed as :mod:`.replay_network` says.
+predictions. A recurrent (or repeated) network is unrolled first, by nnabla's own expansion,
+and its generated inputs (a Delay's initial state) are read (:mod:`.recurrent`). The replay's
+copy of the networks is changed as :mod:`.replay_network` says.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 
 from ..errors import NetworkDefinitionError, ParameterError
 from . import losses as loss_kinds
-from .replay_network import prepare_network
+from .recurrent import expand_loops, generated_inputs
+from .replay_network import prepare_network, share_parameters
 from .solver import SolverConfig, solver_config
 
 
@@ -61,6 +64,10 @@ class ModelInfo:
         task: ``classification``, ``regression`` or ``other`` (see :func:`.losses.understand`).
         target_column: the dataset column the loss compares the output with (the label, or
             the regression target), e.g. ``y``; None when the task is ``other``.
+        generated: inputs of the training network that a fixed generator fills instead of
+            a dataset column: variable -> (generator type, multiplier), e.g. a recurrent
+            network's ``{"Delay_Initial": ("Constant", 0.0)}`` (:mod:`.recurrent`).
+        runtime_generated: the same for the executor's network.
 
     """
 
@@ -82,6 +89,8 @@ class ModelInfo:
     label_classes: Dict[str, int] = field(default_factory=dict)
     task: str = loss_kinds.OTHER
     target_column: Optional[str] = None
+    generated: Dict[str, Tuple[str, float]] = field(default_factory=dict)
+    runtime_generated: Dict[str, Tuple[str, float]] = field(default_factory=dict)
 
 
 def describe(
@@ -96,6 +105,7 @@ def describe(
     """
     from nnabla.utils import nnabla_pb2
 
+    unrolled = expand_loops(proto, source)
     opt = _optimizer(proto, source, optimizer_name)
     nets = {n.name: n for n in proto.network}
     net = _training_network(opt, nets, source)
@@ -105,7 +115,9 @@ def describe(
     trainable = _trainable(opt, net, source)
     _check_parameters(net, params, source)
     task, target, label_classes = loss_kinds.understand(net, inputs, var_shapes)
-    notes = loss_kinds.stabilise(net, var_shapes) + prepare_network(net, source)
+    notes = [unrolled[net.name]] if net.name in unrolled else []
+    notes += loss_kinds.stabilise(net, var_shapes) + prepare_network(net, source)
+    notes += share_parameters(net)
     train_ref, val_ref, val_net = _datasets(proto, opt)
     info = ModelInfo(
         source=source,
@@ -122,6 +134,7 @@ def describe(
         label_classes=label_classes,
         task=task,
         target_column=target,
+        generated=generated_inputs(opt, "optimizer", net, source),
     )
     replay = nnabla_pb2.NNablaProtoBuf()
     replay.network.add().CopyFrom(net)
@@ -164,21 +177,13 @@ def _training_network(opt, nets, source: str):
 
 
 def _loss_variables(opt, net, var_shapes, source: str) -> List[str]:
-    """The names of ``opt``'s loss variables, each a variable of ``net``; an optimizer with
-    generator (random) inputs is refused.
-    """
+    """The names of ``opt``'s loss variables, each a variable of ``net``."""
     losses = [lv.variable_name for lv in opt.loss_variable]
     for name in losses:
         if name not in var_shapes:
             raise NetworkDefinitionError(
                 f"{source}: loss variable '{name}' is not in network '{net.name}'"
             )
-    if opt.generator_variable:
-        raise NetworkDefinitionError(
-            f"{source}: optimizer '{opt.name}' uses generator inputs "
-            f"({[g.variable_name for g in opt.generator_variable]}); they are random per step "
-            "and are not supported"
-        )
     return losses
 
 
@@ -295,6 +300,7 @@ def _add_runtime_network(proto, nets, replay, info: ModelInfo) -> None:
             info.runtime_inputs = {d.variable_name: d.data_name for d in ex.data_variable}
             info.runtime_output = ex.output_variable[0].variable_name
             info.runtime_features = _feature_variable(runtime, info.runtime_output)
+            info.runtime_generated = generated_inputs(ex, "executor", runtime, info.source)
             return
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import ContextError, NetworkDefinitionError, ParameterError
 from .definition import ModelInfo, describe
 from .files import read_params, read_result
+from .recurrent import fill_generated
 
 
 @dataclass
@@ -195,6 +196,7 @@ class NnablaModel:
             net.execute_on_proto(IdentityRemover(renamed, is_required=lambda pf: False))
             net(ctx=self._ctx, batch_size=batch_size)
             variables = net.variables
+            fill_generated(variables, renamed, self.info.generated)
             inputs = OrderedDict()
             for var_name, column in self.info.inputs.items():
                 v = variables[renamed.get(var_name, var_name)].variable_instance
@@ -306,6 +308,7 @@ class NnablaModel:
                     net = g.networks[info.runtime_network]
                     net.execute_on_proto(IdentityRemover(renamed, is_required=lambda pf: False))
                     net(ctx=self._ctx, batch_size=b)
+                    fill_generated(net.variables, renamed, info.runtime_generated)
                     ins = {
                         col: net.variables[renamed.get(v, v)].variable_instance
                         for v, col in info.runtime_inputs.items()
