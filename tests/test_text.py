@@ -1,0 +1,114 @@
+"""Text classifiers: word indices (columns ``x__0..x__11``, or a per-sample CSV of them) through
+an ``Embed`` layer, then a mean or an LSTM built in a ``RecurrentInput`` loop.
+
+The results are trained here by ``nnabla_cli train`` from definitions written the way the
+console saves them (``support/text_netdef.py``) on datasets in the layout of the console's text
+plugin (``support/console_kinds.write_text``). The losses are checked against a float64 forward
+written without nnabla and against nnabla's own loader; the replay steps (Embed's gradient is
+non-zero only in the rows of the batch's words) against float64 differences; the scores
+against exact leave-one-out re-runs of the replayed epoch.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from sgd_influence_plugin import core, influence
+from sgd_influence_plugin.replay_steps import ExactStep, FiniteDifferenceStep
+from sgd_influence_plugin.settings import InfluenceSettings
+from support.oracles import centred_by_class, exact_leave_one_out
+from support.results import load_trained
+from support.text_netdef import text_float64
+
+HEADS = {"text": "mean", "text_lstm": "lstm"}
+
+
+def _nnabla_own_losses(nnp, x, y):
+    """MainValidation's per-sample losses from nnabla's own loader (as nnabla_cli), the Delays'
+    first states at the Constant 0 their generators give."""
+    import nnabla as nn
+    from nnabla.utils.load import load
+
+    nn.clear_parameters()
+    info = load([nnp], prepare_data_iterator=False, batch_size=len(x))
+    net = info.networks["MainValidation"]
+    net.variables["Input"].variable_instance.d = x
+    net.variables["SoftmaxCrossEntropy_T"].variable_instance.d = y
+    for name in ("Delay_Initial", "Delay_2_Initial"):
+        if name in net.variables:
+            net.variables[name].variable_instance.d = 0
+    out = net.variables["SoftmaxCrossEntropy"].variable_instance
+    out.forward()
+    nn.clear_parameters()
+    return np.array(out.d).ravel()
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_word_indices_reach_embed_as_nnabla_gives_them(trained, kind):
+    data, result = trained(kind)
+    model, train, val = load_trained(result, data)
+    assert model.info.input_shapes == {"x": (12,), "y": (1,)}  # x__0..x__11; '# x:text' unread
+    assert np.array_equal(train["x"][0], [21, 21, 5, 4, 36] + [0] * 7)  # the CSV's first row
+    values = {k: np.array(v.d) for k, v in model._params.items()}
+    want = text_float64(values, train["x"], train["y"], HEADS[kind])[0]
+    np.testing.assert_allclose(core.per_sample_losses(model, train), want, rtol=1e-5, atol=1e-6)
+    own = _nnabla_own_losses(os.path.join(result, "results.nnp"), val["x"], val["y"])
+    np.testing.assert_allclose(core.per_sample_losses(model, val), own, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_replay_steps_through_embed_match_float64_differences(trained, kind):
+    """<u, grad l_i> and v' H u of both replay steps against float64 central differences,
+    for a batch and for one sample; Embed's rows of words outside the batch get exactly 0."""
+    data, result = trained(kind)
+    model, train, _ = load_trained(result, data)
+    theta = model.get_params()
+    names = list(model.graph(16).params)
+    rng = np.random.RandomState(0)
+    u, v = ([rng.randn(*theta[k].shape).astype(np.float32) for k in names] for _ in "uv")
+    for idx in (np.arange(16), np.arange(3, 4)):
+
+        def losses(du, dv, idx=idx):  # float64 per-sample losses at theta + du u + dv v
+            at = {k: np.float64(theta[k]) + du * np.float64(a) + dv * np.float64(b)
+                  for k, a, b in zip(names, u, v)}  # fmt: skip
+            return text_float64(at, train["x"][idx], train["y"][idx], HEADS[kind])[0]
+
+        e = 1e-4
+        dots_want = (losses(e, 0) - losses(-e, 0)) / (2 * e)
+        vhu_want = np.mean(losses(e, e) - losses(e, -e) - losses(-e, e) + losses(-e, -e))
+        vhu_want /= 4 * e * e
+        for step, tol in ((ExactStep(model), 1e-4), (FiniteDifferenceStep(model), 0.05)):
+            dots, hu = step(train, idx, u)
+            vhu = sum(float(np.sum(a.astype(np.float64) * b)) for a, b in zip(v, hu))
+            assert np.max(np.abs(dots - dots_want)) <= tol * np.max(np.abs(dots_want)), step.name
+            assert abs(vhu - vhu_want) <= tol * abs(vhu_want), step.name
+        dots, hu = ExactStep(model)(train, idx, u)
+        rows = hu[names.index("Embed/embed/W")]
+        unused = np.setdiff1d(np.arange(len(rows)), train["x"][idx].astype(int))
+        assert np.all(rows[unused] == 0) and np.any(rows != 0)
+
+
+@pytest.mark.parametrize("kind, lr", [("text", 0.1), ("text_lstm", 0.02)])
+def test_text_scores_match_exact_leave_one_out(trained, tmp_path, kind, lr):
+    """Measured: mean head at 0.1, Pearson 0.999 (all, exact) / 0.995 (final); the LSTM at
+    0.02, 0.9999 / 0.979 (fd 0.966 / 0.959)."""
+    data, result = trained(kind)
+    model, train, val = load_trained(result, data)
+    theta0 = model.get_params()
+    scores = {}
+    for cache, step in (("all", "exact"), ("final", "exact"), ("final", "fd")):
+        settings = InfluenceSettings(cache=cache, seed=3, lr=lr, trials=1, replay_step=step)
+        res = influence.compute_influence(
+            model, train, val, settings, cache_dir=str(tmp_path / f"{cache}_{step}")
+        )
+        scores[cache, step] = res.scores
+    order = np.load(tmp_path / "all_exact" / "order.npy")
+    lrs = np.load(tmp_path / "all_exact" / "lr.npy")
+    plain = exact_leave_one_out(model, train, val, theta0, order, lrs, 16, 0.0)
+    loo = centred_by_class(plain, train["y"].ravel())
+    r = {key: float(np.corrcoef(s, loo)[0, 1]) for key, s in scores.items()}
+    print(f"{kind} LOO: Pearson {r}")
+    assert np.std(loo) > 0
+    assert r["all", "exact"] >= 0.98 and r["final", "exact"] >= 0.95 and r["final", "fd"] >= 0.94
+    model.set_params(theta0)
