@@ -6,20 +6,26 @@ console saves them (``support/text_netdef.py``) on datasets in the layout of the
 plugin (``support/console_kinds.write_text``). The losses are checked against a float64 forward
 written without nnabla and against nnabla's own loader; the replay steps (Embed's gradient is
 non-zero only in the rows of the batch's words) against float64 differences; the scores
-against exact leave-one-out re-runs of the replayed epoch.
+against exact leave-one-out re-runs of the replayed epoch. nnabla's Embed reads any index
+without a bounds check (a wrong loss, or a crash): word indices outside the dictionary are
+refused in one line.
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from sgd_influence_plugin import core, influence
+from sgd_influence_plugin import cli, core, influence
 from sgd_influence_plugin.replay_steps import ExactStep, FiniteDifferenceStep
 from sgd_influence_plugin.settings import InfluenceSettings
+from support import console_kinds as kinds
 from support.oracles import centred_by_class, exact_leave_one_out
-from support.results import load_trained
-from support.text_netdef import text_float64
+from support.results import TABLE_SCRIPT, load_trained, train_on
+from support.text_netdef import TextSpec, text_float64
+from support.user_files import one_line_error, rewrite_cell
 
 HEADS = {"text": "mean", "text_lstm": "lstm"}
 
@@ -112,3 +118,61 @@ def test_text_scores_match_exact_leave_one_out(trained, tmp_path, kind, lr):
     assert np.std(loo) > 0
     assert r["all", "exact"] >= 0.98 and r["final", "exact"] >= 0.95 and r["final", "fd"] >= 0.94
     model.set_params(theta0)
+
+
+def _run(data, result, train, tmp_path):
+    argv = ["run", "--model", os.path.join(result, "results.nnp"), "--train", train]
+    argv += ["--val", data["val"], "--output", str(tmp_path / "o" / "i.csv"), "--quiet"]
+    return cli.main(argv)
+
+
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        ("50", r"50 is not a word index of Embed layer 'Embed' \(0\.\.49"),
+        ("-1", r"-1 is not a word index of Embed layer 'Embed' \(0\.\.49"),
+        ("2.5", r"2\.5 is not a whole number, but Embed layer 'Embed' reads it as a word index"),
+    ],
+)
+def test_a_word_index_outside_the_dictionary_is_refused(trained, tmp_path, capsys, value, why):
+    """nnabla's Embed reads index 50 of a 50-word dictionary (or -1) from memory beyond its
+    weights and truncates 2.5 to 2: the run used to end with exit 0 and a score computed
+    from whatever was there."""
+    data, result = trained("text_lstm")
+    train = str(tmp_path / "train.csv")
+    with open(data["train"]) as src, open(train, "w") as dst:
+        dst.write(src.read())
+    header = open(train).readline().strip().split(",")
+    rewrite_cell(train, 4, header.index("x__2"), value)
+    assert _run(data, result, train, tmp_path) == 2
+    one_line_error(capsys, rf"train\.csv row 5, column 'x__2': {why}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_huge_word_index_is_refused_not_a_crash(trained, tmp_path):
+    """Index 1e8 made nnabla's Embed read far outside its weights: a segmentation fault, which
+    killed ``sgd-influence run`` (exit 139, no message) and, in the console's script, a worker
+    ("ended with exit code -11 ... out of memory? try fewer jobs")."""
+    data, result = trained("text")
+    train = str(tmp_path / "train.csv")
+    with open(data["train"]) as src, open(train, "w") as dst:
+        dst.write(src.read())
+    rewrite_cell(train, 7, 3 + 11, "100000000")  # x__11 of row 8
+    proc = subprocess.run(
+        [sys.executable, TABLE_SCRIPT, "-t", train, "-v", data["val"], "-o",
+         str(tmp_path / "o" / "i.csv")], cwd=result, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.returncode
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "train.csv row 8, column 'x__11': 100000000 is not a word index" in last
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_word_index_in_a_per_sample_csv_is_named_by_its_file(tmp_path, capsys):
+    data = kinds.write_text(str(tmp_path / "data"), 64, 40, seed=3, files=True)
+    result = train_on(str(tmp_path / "result"), data, TextSpec(head="mean", max_epoch=1))
+    with open(os.path.join(data["folder"], "text", "9.csv"), "w") as f:
+        f.write("\n".join(["3"] * 6 + ["64"] + ["0"] * 5) + "\n")
+    assert _run(data, result, data["train"], tmp_path) == 2
+    one_line_error(capsys, r"train\.csv row 10, column 'x:image' \(text/9\.csv, value 7 of "
+                   r"12\): 64 is not a word index of Embed layer 'Embed' \(0\.\.49")  # fmt: skip
