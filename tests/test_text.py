@@ -176,3 +176,21 @@ def test_a_word_index_in_a_per_sample_csv_is_named_by_its_file(tmp_path, capsys)
     assert _run(data, result, data["train"], tmp_path) == 2
     one_line_error(capsys, r"train\.csv row 10, column 'x:image' \(text/9\.csv, value 7 of "
                    r"12\): 64 is not a word index of Embed layer 'Embed' \(0\.\.49")  # fmt: skip
+
+
+def test_word_indices_are_no_features_to_standardize(trained, tmp_path):
+    """One long text puts word 2 in the last place, where every other text has ended (0): its
+    spread is 90x below the first place's. That is how texts are, not unscaled features, and
+    the run used to ask to standardize them (which would break the Embed)."""
+    import yaml
+
+    data, result = trained("text")
+    train = str(tmp_path / "train.csv")
+    lines = open(data["train"]).read().splitlines()
+    rows = [line.rsplit(",", 1)[0] + ",0" for line in lines[1:]]
+    rows[0] = rows[0][: -len(",0")] + ",2"
+    with open(train, "w") as f:
+        f.write("\n".join([lines[0]] + rows) + "\n")
+    assert _run(data, result, train, tmp_path) == 0
+    settings = yaml.safe_load(open(tmp_path / "o" / "i_settings.yaml"))
+    assert not any("differ" in w for w in settings["warnings"]), settings["warnings"]
