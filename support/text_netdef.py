@@ -12,7 +12,8 @@ dictionary) turns each index into its row. The networks, for L indices x per sam
 - ``head="lstm"``: an LSTM over the L rows, ``scores = Affine(h_L)``, built from the console's
   basic layers inside a ``RecurrentInput`` loop (the loop's layers carry ``repeat_id``, two
   ``Delay`` layers keep the state h and the cell c, each first filled by a Constant generator),
-  saved unexpanded as the console saves loops; with i, f, o, g the four gates' Affines over
+  saved unexpanded as the console saves loops (``embed_in_loop``: the Embed a layer of the
+  loop, one word per step); with i, f, o, g the four gates' Affines over
   ``[W[x_t], h_{t-1}]``::
 
       c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g);  h_t = sigmoid(o) * tanh(c_t)
@@ -50,6 +51,9 @@ class TextSpec:
         embed: E, the values per word.
         hidden: H, the LSTM's state width.
         n_classes: C; the label column holds 0..C-1.
+        embed_in_loop: ``lstm`` only: the RecurrentInput splits the (L,) indices and the Embed
+            is a layer of the loop (its weight taken once per step), instead of an Embed of
+            the whole text before the loop.
         train_csv / val_csv, batch_size, lr, solver (``Sgd`` or ``Adam``), max_epoch,
             iter_per_epoch, seed: as in :class:`support.loops_netdef.LoopSpec`.
 
@@ -61,6 +65,7 @@ class TextSpec:
     embed: int = 8
     hidden: int = 6
     n_classes: int = 3
+    embed_in_loop: bool = False
     train_csv: str = "train.csv"
     val_csv: str = "val.csv"
     batch_size: int = 16
@@ -78,21 +83,27 @@ def text_parameters(spec: TextSpec) -> List[str]:
 
 
 def _lstm_body(net, spec: TextSpec, rows: str) -> str:
-    """RecurrentInput over the (B, L, E) rows -> the LSTM step -> the last step's (B, 1, H)
-    state; returns that variable's name.
+    """RecurrentInput over the (B, L, E) rows (or, ``embed_in_loop``, over the (B, L) indices,
+    each step's (B,) through the Embed) -> the LSTM step -> the last step's (B, 1, H) state;
+    returns that variable's name.
     """
     (length,), e, h, loop = spec.input_shape, spec.embed, spec.hidden, "RecurrentInput"
-    _variable(net, loop, [-1, e], repeat=loop)
+    _variable(net, loop, [-1] if spec.embed_in_loop else [-1, e], repeat=loop)
     for name in ("Delay_Initial", "Delay_2_Initial"):
         _variable(net, name, [-1, h])
     f = _function(net, loop, "RecurrentInput", [rows], loop)
     f.recurrent_param.axis, f.recurrent_param.repeat_id = 1, loop
+    step = loop
+    if spec.embed_in_loop:
+        _variable(net, "Embed", [-1, e], repeat=loop)
+        _function(net, "Embed", "Embed", [loop, "Embed/embed/W"], loop)
+        step = "Embed"
     for name, state, initial in (("Delay", "Mul2_3", "Delay_Initial"),
                                  ("Delay_2", "Add2", "Delay_2_Initial")):  # fmt: skip
         _variable(net, name, [-1, h], repeat=loop)
         _function(net, name, "Delay", [state, initial], loop).recurrent_param.repeat_id = loop
     _variable(net, "Concatenate", [-1, e + h], repeat=loop)
-    _function(net, "Concatenate", "Concatenate", [loop, "Delay"], loop).concatenate_param.axis = 1
+    _function(net, "Concatenate", "Concatenate", [step, "Delay"], loop).concatenate_param.axis = 1
     for affine, act, kind in _GATES:
         _affine(net, affine, "Concatenate", [e + h, h], [h], loop)
         _variable(net, affine, [-1, h], repeat=loop)
@@ -124,6 +135,9 @@ def _head_input(net, spec: TextSpec) -> Tuple[str, int, str]:
     shape, e = list(spec.input_shape), int(spec.embed)
     _variable(net, "Input", [-1] + shape)
     _variable(net, "Embed/embed/W", [spec.vocab, e], "Parameter", init=("Normal", 1.0))
+    if spec.head == "lstm" and spec.embed_in_loop:
+        net.repeat_info.add().CopyFrom(_loop(shape[0]))
+        return _lstm_body(net, spec, "Input"), int(spec.hidden), "Affine_5"
     _variable(net, "Embed", [-1] + shape + [e])
     _function(net, "Embed", "Embed", ["Input", "Embed/embed/W"])
     if spec.head == "affine":  # Affine takes the (L, E) rows side by side
@@ -134,9 +148,15 @@ def _head_input(net, spec: TextSpec) -> Tuple[str, int, str]:
         f.mean_param.axes.append(1)
         f.mean_param.keep_dims = False
         return "Mean", e * int(np.prod(shape[1:])), "Affine"
-    info = net.repeat_info.add()
-    info.id, info.times = "RecurrentInput", shape[0]
+    net.repeat_info.add().CopyFrom(_loop(shape[0]))
     return _lstm_body(net, spec, "Embed"), int(spec.hidden), "Affine_5"
+
+
+def _loop(times: int):
+    """The ``RecurrentInput`` loop's ``repeat_info``: ``times`` steps."""
+    from nnabla.utils import nnabla_pb2
+
+    return nnabla_pb2.RepeatInfo(id="RecurrentInput", times=times)
 
 
 def _network(proto, name: str, spec: TextSpec, runtime: bool) -> str:

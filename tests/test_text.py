@@ -63,12 +63,10 @@ def test_word_indices_reach_embed_as_nnabla_gives_them(trained, kind):
     np.testing.assert_allclose(core.per_sample_losses(model, val), own, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("kind", sorted(HEADS))
-def test_replay_steps_through_embed_match_float64_differences(trained, kind):
-    """<u, grad l_i> and v' H u of both replay steps against float64 central differences,
-    for a batch and for one sample; Embed's rows of words outside the batch get exactly 0."""
-    data, result = trained(kind)
-    model, train, _ = load_trained(result, data)
+def _check_steps(model, train, head):
+    """<u, grad l_i> and v' H u of both replay steps against float64 central differences of
+    :func:`text_float64`, for a batch and for one sample; the exact H u's Embed rows of words
+    outside the batch are exactly 0."""
     theta = model.get_params()
     names = list(model.graph(16).params)
     rng = np.random.RandomState(0)
@@ -78,7 +76,7 @@ def test_replay_steps_through_embed_match_float64_differences(trained, kind):
         def losses(du, dv, idx=idx):  # float64 per-sample losses at theta + du u + dv v
             at = {k: np.float64(theta[k]) + du * np.float64(a) + dv * np.float64(b)
                   for k, a, b in zip(names, u, v)}  # fmt: skip
-            return text_float64(at, train["x"][idx], train["y"][idx], HEADS[kind])[0]
+            return text_float64(at, train["x"][idx], train["y"][idx], head)[0]
 
         e = 1e-4
         dots_want = (losses(e, 0) - losses(-e, 0)) / (2 * e)
@@ -93,6 +91,27 @@ def test_replay_steps_through_embed_match_float64_differences(trained, kind):
         rows = hu[names.index("Embed/embed/W")]
         unused = np.setdiff1d(np.arange(len(rows)), train["x"][idx].astype(int))
         assert np.all(rows[unused] == 0) and np.any(rows != 0)
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_replay_steps_through_embed_match_float64_differences(trained, kind):
+    data, result = trained(kind)
+    model, train, _ = load_trained(result, data)
+    _check_steps(model, train, HEADS[kind])
+
+
+def test_an_embed_inside_the_loop_gets_every_steps_gradient(tmp_path):
+    """One word per step through an Embed inside the RecurrentInput loop: its weight is taken
+    by the 12 copies of the layer, fed to them through one Identity, and its indices are
+    followed back through the loop to the column x."""
+    data = kinds.write_text(str(tmp_path / "data"), 64, 40, seed=3)
+    spec = TextSpec(head="lstm", embed_in_loop=True, solver="Adam", lr=0.02, max_epoch=2)
+    model, train, _ = load_trained(train_on(str(tmp_path / "result"), data, spec), data)
+    assert model.info.word_indices == {"x": ("Embed", 50)}
+    assert "Embed/embed/W: taken by 12 functions, fed to them through one Identity" in (
+        model.info.notes
+    )
+    _check_steps(model, train, "lstm")
 
 
 @pytest.mark.parametrize("kind, lr", [("text", 0.1), ("text_lstm", 0.02)])
