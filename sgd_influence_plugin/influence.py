@@ -206,7 +206,9 @@ def _before_trials(
     """
     run = resolve(model, settings)
     run.warnings.extend(warnings)
-    spread = feature_spread_warning(model.info.input_shapes, train)
+    spread = feature_spread_warning(
+        model.info.input_shapes, train, getattr(model.info, "word_indices", {})
+    )
     if spread:
         run.warnings.append(spread)
     for w in run.warnings:

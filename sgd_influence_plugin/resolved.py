@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -197,7 +197,9 @@ def dominant_row_warning(losses: np.ndarray, where: str, row: Callable[[int], in
     )
 
 
-def feature_spread_warning(input_shapes: Dict[str, tuple], arrays: Dict[str, np.ndarray]):
+def feature_spread_warning(
+    input_shapes: Dict[str, tuple], arrays: Dict[str, np.ndarray], skip: Collection[str] = ()
+):
     """A warning when a table's feature columns differ widely in scale, else None.
 
     Args:
@@ -205,6 +207,9 @@ def feature_spread_warning(input_shapes: Dict[str, tuple], arrays: Dict[str, np.
             one-dimensional shape of two or more values (a table's ``x__0`` ... ``x__D-1``)
             are checked, images and per-sample CSVs are not.
         arrays: column -> (N, ...) float32 training arrays.
+        skip: columns that are no features, e.g. the word indices an Embed reads
+            (``ModelInfo.word_indices``): a text's last places hold 0 (the text has ended) in
+            most rows, so their spread is small, and standardizing indices breaks the Embed.
 
     Returns:
         One sentence naming the column, its largest and smallest spread (standard deviation
@@ -212,7 +217,7 @@ def feature_spread_warning(input_shapes: Dict[str, tuple], arrays: Dict[str, np.
 
     """
     for col, shape in input_shapes.items():
-        if len(shape) != 1 or shape[0] < 2 or col not in arrays:
+        if len(shape) != 1 or shape[0] < 2 or col not in arrays or col in skip:
             continue
         spread = np.asarray(arrays[col], dtype=np.float64).reshape(len(arrays[col]), -1).std(0)
         live = np.flatnonzero(spread > 0)

@@ -47,6 +47,10 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
         ],
         "model": info.source,
         "label_classes": {str(k): int(v) for k, v in info.label_classes.items()},
+        "word_indices": {  # column -> the Embed that reads it, and its dictionary's size
+            str(k): {"layer": str(layer), "words": int(n)}
+            for k, (layer, n) in getattr(info, "word_indices", {}).items()
+        },
         "train_csv": os.path.abspath(train_csv),
         "val_csv": os.path.abspath(val_csv),
         "n_params": n_params,

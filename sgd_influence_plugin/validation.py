@@ -6,8 +6,8 @@
 2. :func:`.places.check_output_places`: the output CSV and its companions, the cache folder,
    against the input files and the folders of the images the CSVs name (after the model is
    read, which names the default datasets);
-3. :func:`check_loaded`: labels, weight decay, the share to remove and free space, once the
-   datasets are decoded.
+3. :func:`check_loaded`: labels (and an Embed layer's word indices), weight decay, the share
+   to remove and free space, once the datasets are decoded.
 
 Of these, what any command that replays needs of the decoded data is :func:`check_labels`
 and :func:`check_replay_data` (enough rows; the weight decay and rate, with the one rule of
@@ -32,6 +32,7 @@ from .errors import DatasetError, OutputError, SettingsError
 from .io_utils import nearest_existing
 from .settings import is_number
 from .tiny_inputs import check_training_size
+from .word_indices import check_word_indices
 
 #: Thumbnail sizes accepted, in pixels (a thumbnail is at most this wide and high).
 THUMB_SIZES = (16, 512)
@@ -221,14 +222,16 @@ def check_label_values(dataset: Dataset, label_classes: Mapping[str, int]) -> No
 
 
 def check_labels(info, datasets: Sequence[Dataset]) -> None:
-    """:func:`check_label_values` of each dataset for the model ``info`` describes.
+    """:func:`check_label_values` of each dataset for the model ``info`` describes, and the
+    word indices its Embed layers read (:func:`.word_indices.check_word_indices`).
 
     Raises:
-        DatasetError: the first label out of place.
+        DatasetError: the first label or word index out of place.
 
     """
     for d in datasets:
         check_label_values(d, getattr(info, "label_classes", {}))
+        check_word_indices(d, getattr(info, "word_indices", {}))
 
 
 def check_replay_data(settings, info, train: Dataset, flags: FlagNames = CLI_FLAGS) -> int:

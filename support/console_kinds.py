@@ -7,6 +7,9 @@ r"""Small console datasets of every kind the console trains, in its CSV format.
 - :func:`write_series`: per-sample CSV inputs (one number per line, as the console's audio
   samples), named in the index CSV with Windows backslash paths ``.\\00\\12.csv``.
 - :func:`write_colour`: 3-channel PNGs (a red or a green disc on noise).
+- :func:`write_text`: word-index sequences as the console's Simple Text Classification plugin
+  writes them (the text in a ``#`` column, the label, the length ``l``, the indices
+  ``x__0..``), or as per-sample CSVs of indices.
 
 Each returns ``{"train": path, "val": path, "input_shape": shape, "folder": folder}``. Data
 are seeded: the same call writes the same bytes.
@@ -118,6 +121,52 @@ def write_colour(folder: str, n_train: int, n_val: int, size: int = 12, seed: in
         "train": _write_csv(os.path.join(folder, "train.csv"), header, rows[:n_train]),
         "val": _write_csv(os.path.join(folder, "val.csv"), header, rows[n_train:]),
         "input_shape": (3, size, size),
+        "folder": folder,
+    }
+
+
+def _sentences(n: int, length: int, vocab: int, n_classes: int, rng):
+    """(labels, word indices (n, length)): each class has 4 keywords among 2..; a text's
+    words are its keywords (35%), any other word, or 1 (a word outside the dictionary),
+    then 0 to the end (the text ends).
+    """
+    keywords = 2 + np.arange(4 * n_classes).reshape(n_classes, 4)
+    labels = rng.randint(0, n_classes, n)
+    x = np.zeros((n, length), dtype=int)
+    for i, label in enumerate(labels):
+        words = int(rng.randint(4, length + 1))
+        own = rng.uniform(size=words) < 0.35
+        other = rng.randint(2 + 4 * n_classes, vocab + 1, words)
+        other[other == vocab] = 1  # "(others)"
+        x[i, :words] = np.where(own, rng.choice(keywords[label], words), other)
+    return labels, x
+
+
+def write_text(folder: str, n_train: int, n_val: int, length: int = 12, vocab: int = 50,
+               n_classes: int = 3, seed: int = 0, files: bool = False):  # fmt: skip
+    """Word-index texts of ``n_classes`` topics (see :func:`_sentences`). Columns as the
+    console's text plugin writes them: ``# x:text`` (the words, commas and all), ``y:label``,
+    ``l`` (the length) and ``x__0..x__{length-1}``; or, with ``files``, ``x:image`` naming a
+    per-sample CSV of ``length`` lines, one index each.
+    """
+    os.makedirs(folder, exist_ok=True)
+    labels, x = _sentences(n_train + n_val, length, vocab, n_classes, np.random.RandomState(seed))
+    rows: List[list] = []
+    for i, (label, words) in enumerate(zip(labels, x)):
+        n = int(np.count_nonzero(words))
+        text = ", ".join(f"w{w}" for w in words[:n])
+        if files:
+            os.makedirs(os.path.join(folder, "text"), exist_ok=True)
+            np.savetxt(os.path.join(folder, "text", f"{i}.csv"), words, fmt="%d")
+            rows.append([text, f"text/{i}.csv", int(label)])
+        else:
+            rows.append([text, int(label), n] + [int(w) for w in words])
+    header = ["# x:text"] + (["x:image", "y:label"] if files else
+                             ["y:label", "l"] + [f"x__{k}" for k in range(length)])  # fmt: skip
+    return {
+        "train": _write_csv(os.path.join(folder, "train.csv"), header, rows[:n_train]),
+        "val": _write_csv(os.path.join(folder, "val.csv"), header, rows[n_train:]),
+        "input_shape": (length, 1) if files else (length,),
         "folder": folder,
     }
 

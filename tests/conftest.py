@@ -18,6 +18,7 @@ from support.fashion_mnist import make_png_dataset
 from support.loops_netdef import LoopSpec
 from support.netdef import NetSpec
 from support.results import IMAGE_SCRIPT, TABLE_SCRIPT, train_on, train_result
+from support.text_netdef import TextSpec
 
 #: Context of the models the tests load: SGDI_TEST_CONTEXT=cudnn[:N] (scripts/gpu_check.sh);
 #: default cpu. CLI subprocesses keep their own --context (cpu).
@@ -131,6 +132,17 @@ KINDS = {
     "rnn_binary": (
         lambda d: kinds.write_series(d, 120, 40, length=12, seed=6),
         LoopSpec(head="sigmoid_bce", solver="Adam", lr=0.02, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    # text: 12 word indices (x__0..x__11) through Embed, then a mean or an LSTM
+    "text": (
+        lambda d: kinds.write_text(d, 240, 90, seed=7),
+        TextSpec(head="mean", lr=0.1, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "text_lstm": (
+        lambda d: kinds.write_text(d, 240, 90, seed=7),
+        TextSpec(head="lstm", solver="Adam", lr=0.02, batch_size=16, max_epoch=4),
         TABLE_SCRIPT,
     ),
 }  # fmt: skip

@@ -55,6 +55,7 @@ PRODUCT_MODULES = (
     "nnabla_adapter/__init__.py",
     "nnabla_adapter/definition.py",
     "nnabla_adapter/files.py",
+    "nnabla_adapter/indices.py",
     "nnabla_adapter/losses.py",
     "nnabla_adapter/model.py",
     "nnabla_adapter/recurrent.py",
@@ -91,6 +92,7 @@ PRODUCT_MODULES = (
     "table_columns.py",
     "target.py",
     "validation.py",
+    "word_indices.py",
 )
 ALLOWED = {
     os.path.join(PLUGIN_DIR, "SGD_Influence_Cleansing.py"),

@@ -5,7 +5,8 @@ definition (``support/netdef.py``, data from ``support/console_kinds.py``): a ta
 features and the label column first, a binary classifier (Sigmoid + BinaryCrossEntropy), a
 regression (SquaredError, bare ``x,y`` header), per-sample CSV inputs named with Windows
 backslash paths, colour images through a DepthwiseConvolution (no double backward in nnabla),
-an Elman RNN (the console's RecurrentInput, Delay and RecurrentOutput layers),
+an Elman RNN (the console's RecurrentInput, Delay and RecurrentOutput layers), a text
+classifier (word indices through Embed and an LSTM),
 and weights saved by nnabla as ``.protobuf`` or in the oldest nnp layout
 (``network.prototxt`` + ``parameter.protobuf``). Each runs with ``--report`` through an entry
 script; the outputs are checked against the training CSV itself and, for the model's class,
@@ -167,6 +168,30 @@ def test_a_recurrent_network_through_the_table_script(trained, tmp_path):
     settings = open(os.path.join(out, "influence_settings.yaml")).read()
     assert "Main: loops unrolled by nnabla (RecurrentInput x 12)" in settings
     assert "Affine/affine/W: taken by 12 functions" in settings
+
+
+def test_a_text_classifier_through_the_table_script(trained, tmp_path):
+    """Word indices (``x__0..x__11``; the text itself in a ``# x:text`` column) through an Embed
+    layer and an LSTM built in a RecurrentInput loop: the rows repeat their indices, the
+    model's class is the unrolled network's, as nnabla_cli forward computes it, and the
+    indices are checked against the Embed's dictionary and never called unscaled features."""
+    import yaml
+
+    data, result = trained("text_lstm")
+    out = _plugin(TABLE_SCRIPT, result, "-t", data["train"], "-v", data["val"])
+    _, rows, kept = _check_influence_csv(out, data["train"])
+    assert kept == ["y:label"] + [f"x__{k}" for k in range(12)]
+    probs = _model_outputs(result, data["train"], str(tmp_path))
+    for r in rows:
+        p = np.sort(probs[int(r["datasource_index"])])
+        if p[-1] - p[-2] > 1e-3:
+            assert int(r["suggested_label"]) == int(np.argmax(probs[int(r["datasource_index"])]))
+    settings = yaml.safe_load(open(os.path.join(out, "influence_settings.yaml")))
+    assert settings["word_indices"] == {"x": {"layer": "Embed", "words": 50}}
+    assert "Main: loops unrolled by nnabla (RecurrentInput x 12)" in settings["network_changes"]
+    assert not any("differ" in w for w in settings["warnings"])
+    summary = open(os.path.join(out, "influence_summary.txt")).read()
+    assert "harmful share per class" in summary and "x__0=" in summary
 
 
 def _save_protobuf(result, path):

@@ -21,8 +21,8 @@ Its parts, each usable on its own:
 - :mod:`.definition`: understanding the definition (:class:`ModelInfo`, :class:`DatasetRef`,
   :func:`describe`, which also prepares the replay network), with :mod:`.losses` (the loss
   kinds), :mod:`.solver` (:class:`SolverConfig`), :mod:`.replay_network` (the changes
-  above) and :mod:`.recurrent` (recurrent and repeated networks unrolled, a Delay's initial
-  state);
+  above), :mod:`.recurrent` (recurrent and repeated networks unrolled, a Delay's initial
+  state) and :mod:`.indices` (the columns an Embed reads as word indices);
 - :mod:`.model`: :class:`NnablaModel`, :class:`LossGraph`, :func:`make_context`,
   :func:`load_model`, :func:`prepare_process` (nnabla set up in a worker process).
 

@@ -5,7 +5,8 @@ The pieces it reads: the optimizer and its training network; the data inputs and
 parameters (checked against the parameters given); the loss (:mod:`.losses`); the solver
 (:mod:`.solver`); the training and validation datasets; the executor's network, for
 predictions. A recurrent (or repeated) network is unrolled first, by nnabla's own expansion,
-and its generated inputs (a Delay's initial state) are read (:mod:`.recurrent`). The replay's
+and its generated inputs (a Delay's initial state) are read (:mod:`.recurrent`); before that,
+the columns an Embed layer reads as word indices are found (:mod:`.indices`). The replay's
 copy of the networks is changed as :mod:`.replay_network` says.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..errors import NetworkDefinitionError, ParameterError
 from . import losses as loss_kinds
+from .indices import word_indices
 from .recurrent import expand_loops, generated_inputs
 from .replay_network import prepare_network, share_parameters
 from .solver import SolverConfig, solver_config
@@ -68,6 +70,9 @@ class ModelInfo:
             a dataset column: variable -> (generator type, multiplier), e.g. a recurrent
             network's ``{"Delay_Initial": ("Constant", 0.0)}`` (:mod:`.recurrent`).
         runtime_generated: the same for the executor's network.
+        word_indices: dataset column -> (Embed layer, V) for each column an Embed reads as
+            word indices, e.g. ``{"x": ("Embed", 50)}``: its values must be whole numbers in
+            0..V-1 (:mod:`.indices`).
 
     """
 
@@ -91,6 +96,7 @@ class ModelInfo:
     target_column: Optional[str] = None
     generated: Dict[str, Tuple[str, float]] = field(default_factory=dict)
     runtime_generated: Dict[str, Tuple[str, float]] = field(default_factory=dict)
+    word_indices: Dict[str, Tuple[str, int]] = field(default_factory=dict)
 
 
 def describe(
@@ -105,8 +111,9 @@ def describe(
     """
     from nnabla.utils import nnabla_pb2
 
-    unrolled = expand_loops(proto, source)
     opt = _optimizer(proto, source, optimizer_name)
+    indices = word_indices(proto, opt)  # before the loops are unrolled: the console's names
+    unrolled = expand_loops(proto, source)
     nets = {n.name: n for n in proto.network}
     net = _training_network(opt, nets, source)
     var_shapes = {v.name: tuple(v.shape.dim) for v in net.variable}
@@ -135,6 +142,7 @@ def describe(
         task=task,
         target_column=target,
         generated=generated_inputs(opt, "optimizer", net, source),
+        word_indices=indices,
     )
     replay = nnabla_pb2.NNablaProtoBuf()
     replay.network.add().CopyFrom(net)
