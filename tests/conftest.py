@@ -16,6 +16,7 @@ import pytest
 from support import console_kinds as kinds
 from support.fashion_mnist import make_png_dataset
 from support.loops_netdef import LoopSpec
+from support.multi_netdef import MultiSpec, write_multi
 from support.netdef import NetSpec
 from support.results import IMAGE_SCRIPT, TABLE_SCRIPT, train_on, train_result
 from support.text_netdef import TextSpec
@@ -143,6 +144,34 @@ KINDS = {
     "text_lstm": (
         lambda d: kinds.write_text(d, 240, 90, seed=7),
         TextSpec(head="lstm", solver="Adam", lr=0.02, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    # vector targets y__0..y__2, two inputs, two losses (support/multi_netdef.py)
+    "onehot": (
+        lambda d: write_multi(d, 160, 80, "onehot", seed=3),
+        MultiSpec(head="kl", solver="Adam", lr=0.02, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "multilabel": (
+        lambda d: write_multi(d, 160, 80, "multilabel", seed=3),
+        MultiSpec(head="bce", solver="Adam", lr=0.02, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "vector": (
+        lambda d: write_multi(d, 160, 80, "vector", seed=3),
+        MultiSpec(head="squared", solver="Adam", lr=0.02, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "two_inputs": (
+        lambda d: write_multi(d, 160, 80, "two_inputs", seed=3, label="t"),
+        MultiSpec(head="ce", label="t", two_inputs=True, solver="Adam", lr=0.02,
+                  batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "two_losses": (  # the executor lists the regression head's y2' before the class's y'
+        lambda d: write_multi(d, 160, 80, "two_losses", seed=3),
+        MultiSpec(head="ce_squared", regression_first=True, solver="Adam", lr=0.02,
+                  batch_size=16, max_epoch=4),
         TABLE_SCRIPT,
     ),
 }  # fmt: skip

@@ -122,6 +122,8 @@ def describe(
     trainable = _trainable(opt, net, source)
     _check_parameters(net, params, source)
     task, target, label_classes = loss_kinds.understand(net, inputs, var_shapes)
+    scores = loss_kinds.class_scores(net, inputs, var_shapes)
+    heads = {_last_learned(net, v) for v in scores} - {None}
     notes = [unrolled[net.name]] if net.name in unrolled else []
     notes += loss_kinds.stabilise(net, var_shapes) + prepare_network(net, source)
     notes += share_parameters(net)
@@ -146,7 +148,7 @@ def describe(
     )
     replay = nnabla_pb2.NNablaProtoBuf()
     replay.network.add().CopyFrom(net)
-    _add_runtime_network(proto, nets, replay, info)
+    _add_runtime_network(proto, nets, replay, info, heads)
     return info, replay
 
 
@@ -295,9 +297,14 @@ def _datasets(proto, opt) -> Tuple[Optional[DatasetRef], Optional[DatasetRef], O
     return train_ref, val_ref, val_net
 
 
-def _add_runtime_network(proto, nets, replay, info: ModelInfo) -> None:
+def _add_runtime_network(proto, nets, replay, info: ModelInfo, heads=frozenset()) -> None:
     """Add the first executor's network (other than the training network) to ``replay``,
     prepared like it, and name it and its inputs, output and features in ``info``.
+
+    The output is the executor's first output computed by the same last learned layer as a
+    classification loss's scores (``heads``: sets of parameter names, see
+    :func:`_last_learned`), e.g. ``y'`` = Softmax(Affine_2) beside a regression head's ``y2'``
+    listed first; with none such, its first output.
     """
     for ex in proto.executor:
         if ex.network_name in nets and ex.output_variable and ex.network_name != info.network:
@@ -306,10 +313,33 @@ def _add_runtime_network(proto, nets, replay, info: ModelInfo) -> None:
             prepare_network(runtime, info.source)
             info.runtime_network = ex.network_name
             info.runtime_inputs = {d.variable_name: d.data_name for d in ex.data_variable}
-            info.runtime_output = ex.output_variable[0].variable_name
+            outputs = [o.variable_name for o in ex.output_variable]
+            own = [o for o in outputs if _last_learned(runtime, o) in heads]
+            info.runtime_output = (own or outputs)[0]
             info.runtime_features = _feature_variable(runtime, info.runtime_output)
             info.runtime_generated = generated_inputs(ex, "executor", runtime, info.source)
             return
+
+
+def _last_learned(net, output: str) -> Optional[frozenset]:
+    """The parameter names of the last function with parameters on the way back from
+    ``output`` (e.g. ``{"Affine_2/affine/W", "Affine_2/affine/b"}``), walking as
+    :func:`_feature_variable`; None when there is none.
+    """
+    kinds = {v.name: v.type for v in net.variable}
+    producer = {o: f for f in net.function for o in f.output}
+    name = output
+    for _ in range(len(net.function)):
+        f = producer.get(name)
+        if f is None:
+            return None
+        data = [i for i in f.input if kinds.get(i) != "Parameter"]
+        if len(data) < len(f.input):
+            return frozenset(i for i in f.input if kinds.get(i) == "Parameter")
+        if not data:
+            return None
+        name = data[0]
+    return None
 
 
 def _feature_variable(net, output: str) -> Optional[str]:

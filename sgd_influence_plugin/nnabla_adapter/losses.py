@@ -85,6 +85,16 @@ def understand(net, inputs: Dict[str, str], var_shapes) -> Tuple[str, Optional[s
     return OTHER, None, classes
 
 
+def class_scores(net, inputs: Dict[str, str], var_shapes) -> List[str]:
+    """The scores variables (first inputs, e.g. the Softmax's output ``(B, C)``) of the
+    classification losses of ``net`` whose target is a dataset column, in network order:
+    what the executor's output must be computed from to give the model's class.
+    """
+    return [f.input[0] for f in net.function
+            if (f.type in CATEGORICAL or f.type in BINARY) and _target(f, inputs) is not None
+            and _classes(f, var_shapes.get(f.input[0], ()))]  # fmt: skip
+
+
 def _axis(f, param: str, default: int) -> int:
     return getattr(f, param).axis if f.HasField(param) else default
 

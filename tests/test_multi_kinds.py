@@ -1,0 +1,115 @@
+"""Vector targets (``y__0..y__2``: one-hot or multi-label through KLMultinomial or
+BinaryCrossEntropy, a SquaredError on a vector), two inputs concatenated in the network, and
+two loss variables on different target columns, each trained by ``nnabla_cli train``
+(``support/multi_netdef.py``).
+
+Oracles: each step's gradient is the console trainer's own (nnabla's loader, backward with the
+gradients ``nnabla_cli train`` gives its loss variables); the model's class is the one
+``nnabla_cli forward`` gives, even where the executor lists a regression head's output first
+(the class used to come from a softmax of the regression head's values, with exit 0).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sgd_influence_plugin import core
+from support import console_kinds as kinds
+from support.results import NNABLA_CLI, TABLE_SCRIPT, load_trained
+
+
+def _console_gradient(nnp, arrays, idx):
+    """The gradient ``nnabla_cli train`` takes on rows ``idx``: its optimizer's target
+    forward, then backward with ``grad=1/size(first loss)`` (one loss) or the gradient
+    1/size(loss) nnabla's loader puts on each loss variable (several losses, through Sink);
+    parameter name -> float64 array.
+    """
+    import nnabla as nn
+    from nnabla.utils.load import load
+
+    nn.clear_parameters()
+    info = load([nnp], prepare_data_iterator=False, batch_size=len(idx))
+    opt = info.optimizers["Optimizer"]
+    for v, column in opt.dataset_assign.items():
+        v.variable_instance.d = arrays[column][idx].reshape(v.variable_instance.shape)
+    size = opt.loss_variables[0].variable_instance.size
+    opt.target.forward(clear_no_need_grad=True)
+    opt.solver.zero_grad()
+    opt.target.backward(grad=1.0 / size, clear_buffer=True)
+    out = {k: np.array(v.g, dtype=np.float64) for k, v in nn.get_parameters().items()}
+    nn.clear_parameters()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["onehot", "multilabel", "vector", "two_inputs", "two_losses"])
+def test_each_step_takes_the_console_trainers_gradient(trained, kind):
+    data, result = trained(kind)
+    model, train, _ = load_trained(result, data)
+    idx = np.arange(3, 19)
+    want = _console_gradient(os.path.join(result, "results.nnp"), train, idx)
+    got = core.validation_gradient(model, {k: v[idx] for k, v in train.items()}, len(idx))
+    assert set(got) == set(want)
+    for name, g in got.items():
+        np.testing.assert_allclose(g, want[name], rtol=1e-4, atol=1e-6 * np.abs(want[name]).max())
+
+
+def _plugin(cwd, data):
+    proc = subprocess.run(
+        [sys.executable, TABLE_SCRIPT, "-t", data["train"], "-v", data["val"], "--report"],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    out = os.path.join(cwd, "sgd_influence")
+    rows = kinds.read_rows(os.path.join(out, "influence.csv"))
+    summary = open(os.path.join(out, "influence_summary.txt")).read()
+    return [dict(zip(rows["header"], r)) for r in rows["rows"]], summary
+
+
+def _console_classes(result, csv_path, tmp):
+    """``nnabla_cli forward``'s ``y'`` columns (not ``y2'``): float (N, C)."""
+    out = os.path.join(tmp, "forward")
+    os.makedirs(out, exist_ok=True)
+    proc = subprocess.run(
+        [NNABLA_CLI, "forward", "-c", os.path.join(result, "results.nnp"), "-d", csv_path,
+         "-o", out], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = kinds.read_rows(os.path.join(out, "output_result.csv"))
+    cols = [c for c, h in enumerate(table["header"]) if h.startswith("y'__")]
+    return np.array([[float(r[c]) for c in cols] for r in table["rows"]])
+
+
+@pytest.mark.parametrize("kind", ["two_losses", "two_inputs"])
+def test_the_models_class_is_the_classifiers_output(trained, tmp_path, kind):
+    """two_losses: the executor outputs y2' (regression, 3 values) before y' (softmax, 3
+    classes); two_inputs: x and x2 concatenated, the label column named ``t``."""
+    data, result = trained(kind)
+    rows, summary = _plugin(result, data)
+    probs = _console_classes(result, data["train"], str(tmp_path))
+    for r in rows:
+        p = probs[int(r["datasource_index"])]
+        assert int(r["suggested_label"]) == int(np.argmax(p)), (r, p)
+        assert float(r["confidence"]) == pytest.approx(float(np.max(p)), abs=2e-3)
+    assert "harmful share per class" in summary
+    header = kinds.read_rows(data["train"])["header"]
+    assert list(rows[0])[: len(header)] == header  # the rows' own cells, under their names
+
+
+@pytest.mark.parametrize("kind", ["onehot", "multilabel", "vector"])
+def test_a_vector_target_gets_scores_and_no_class(trained, kind):
+    """Not a class index: y__0 is never read as the label; scores only, and the summary says
+    why there is no recommendation."""
+    data, result = trained(kind)
+    model, _, _ = load_trained(result, data)
+    assert model.info.label_classes == {} and model.info.input_shapes["y"] == (3,)
+    rows, summary = _plugin(result, data)
+    assert all(r["suggested_label"] == "" and r["confidence"] == "" for r in rows)
+    assert {r["action"] for r in rows} == {"keep"}
+    assert np.all(np.isfinite([float(r["influence"]) for r in rows]))
+    assert "no recommendation: it needs a classifier" in summary
+    assert "per class" not in summary
