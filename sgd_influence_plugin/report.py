@@ -17,6 +17,7 @@ import numpy as np
 from .figures import report_plots
 from .io_utils import atomic_write
 from .labels import display_label
+from .target import centring_words
 
 
 def _png_b64(path: str) -> str:
@@ -212,8 +213,7 @@ _PAGE = """<!DOCTYPE html>
 </style></head><body>
 <h1>SGD-influence report</h1>
 <p>Influence = estimated change of the mean validation loss if the sample were removed from
-training (by default minus the same for an average sample of its class: the settings'
-<code>target</code>). <b>Negative = harmful</b> (removing it would lower the validation
+training ({centring}). <b>Negative = harmful</b> (removing it would lower the validation
 loss).</p>
 <p>Each tile: the image (or the row's values), its label, its row in the training CSV
 (0-based, the influence CSV's <code>datasource_index</code>) and its influence.</p>
@@ -307,6 +307,7 @@ def write_report(
             f'<p class="warn">Warning: {html.escape(str(w))}</p>' for w in info.get("warnings", [])
         ),
         recommendation=recommendation,
+        centring=html.escape(centring_words(info.get("used", {}).get("target"))),
         harmful=tiles(order[:k]),
         helpful=tiles(order[::-1][:k]),
         plots=_plots_html(scores, by_class, label_names),

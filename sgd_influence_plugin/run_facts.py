@@ -9,6 +9,7 @@ import platform
 
 from . import __version__
 from .influence import InfluenceResult
+from .target import CENTRING_SENTENCE, applied
 
 
 def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_csv) -> dict:
@@ -25,6 +26,7 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
         "used": {
             "lr": used_lr,
             **chosen,
+            "target": applied(settings.target, info),
             "weight_decay": result.resolved.weight_decay,
             "batch_size": result.resolved.batch_size,
             "epochs": settings.epochs,
@@ -64,8 +66,8 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
             "nnabla": _nnabla_version(),
             "python": platform.python_version(),
         },
-        "sign": "influence < 0: removing the sample lowers the validation loss (harmful); "
-        "with target class-centred, more than removing an average sample of its class",
+        "sign": "influence < 0: removing the sample lowers the validation loss (harmful)"
+        + ("; " + CENTRING_SENTENCE if applied(settings.target, info) == "class-centred" else ""),
         "influence": "trials combined: each trial divided by its RMS, averaged, times the "
         "median RMS; units of the mean validation loss",
     }

@@ -12,6 +12,7 @@ import numpy as np
 from .dataset import Dataset
 from .labels import canonical_label, class_pairs, display_label
 from .report import format_score
+from .target import centring_words
 
 
 def ranking(scores: np.ndarray) -> np.ndarray:
@@ -34,7 +35,7 @@ def summary_text(
         f"training samples: {n}   harmful (influence < 0): {int(harmful.sum())}   "
         f"helpful (> 0): {int((scores > 0).sum())}   zero: {int((scores == 0).sum())}",
         "influence = estimated change of the mean validation loss if the sample were removed,",
-        "by default minus the same for an average sample of its class (settings: target);",
+        centring_words(info.get("used", {}).get("target")) + ";",
         "negative = removing it would lower the validation loss (harmful).",
         "",
     ]

@@ -30,6 +30,17 @@ import numpy as np
 #: What the scores estimate: ``class-centred`` (the default: the replay's estimate minus the
 #: mean of its class's estimates) or ``plain`` (the replay's estimate as it is).
 TARGETS = ("class-centred", "plain")
+#: The sign convention's second half, where the scores are class-centred.
+CENTRING_SENTENCE = "with target class-centred, more than removing an average sample of its class"
+
+
+def centring_words(target_applied) -> str:
+    """What the summary and the report say the scores are besides the change of the mean
+    validation loss, for the target :func:`applied` gave (None: a record without it).
+    """
+    if target_applied == "plain":
+        return "not centred by class (settings: target)"
+    return "minus the same for an average sample of its class (settings: target)"
 
 
 def class_labels(info, arrays: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
@@ -78,6 +89,17 @@ def centre_by_class(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     counts = np.bincount(group)
     means = np.where(counts >= 2, sums / counts, 0.0)
     return scores - means[group]
+
+
+def applied(target: str, info) -> str:
+    """The target the scores are given: ``target``, except ``plain`` where ``class-centred``
+    has no class to centre by (a regression, a vector target: ``info.label_classes`` does
+    not name exactly one label column), as :func:`apply_target` does; what the settings,
+    the summary and the report say the scores are.
+    """
+    if target == "class-centred" and len(dict(getattr(info, "label_classes", {}) or {})) != 1:
+        return "plain"
+    return target
 
 
 def apply_target(

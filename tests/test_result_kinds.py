@@ -22,6 +22,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import yaml
 
 from support import console_kinds as kinds
 from support.results import IMAGE_SCRIPT, NNABLA_CLI, TABLE_SCRIPT
@@ -114,6 +115,13 @@ def test_regression_runs_and_summarises_residuals(trained):
     summary = open(os.path.join(out, "influence_summary.txt")).read()  # (recommend.py)
     assert "residual" in summary and "per class" not in summary
     assert "no recommendation: it needs a classifier" in summary
+    # A regression has no class to centre by: the scores are plain, and every record says so
+    # (they said "minus the same for an average sample of its class", the default's words).
+    assert "average sample of its class" not in summary and "not centred by class" in summary
+    report = open(os.path.join(out, "influence_report.html"), encoding="utf-8").read()
+    assert "average sample of its class" not in report and "not centred by class" in report
+    facts = yaml.safe_load(open(os.path.join(out, "influence_settings.yaml")))
+    assert facts["used"]["target"] == "plain" and "average sample" not in facts["sign"]
 
 
 def test_a_validation_target_beyond_the_loss_range_is_named_by_row(trained, tmp_path, capsys):
