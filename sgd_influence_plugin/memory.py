@@ -9,6 +9,9 @@ any image is opened, :func:`check_memory` compares :func:`estimate_memory` (byte
 ``sysctl``, Windows ``GlobalMemoryStatusEx``) and refuses in one line when the need is
 larger. What cannot be read is not guessed: the check is then skipped.
 
+A MemoryError that still happens later (the estimate is an estimate) becomes one line
+naming the stage (:func:`memory_error_line`, used by :func:`.cli.report_errors`).
+
 Standard library only (no psutil: the console's bundled Python does not have it).
 """
 
@@ -311,3 +314,51 @@ def macos_available(run: Optional[Callable[[Sequence[str]], str]] = None) -> Opt
         return None
     page, *counts = (int(v) for v in values)
     return page * sum(counts) or None
+
+
+# ----------------------------------------------------------------------------------------
+# A MemoryError after the check
+# ----------------------------------------------------------------------------------------
+
+#: Module of the package -> the stage a MemoryError there is reported in (the innermost
+#: module of the traceback that is listed names it).
+STAGES = {
+    "inputs": "reading the inputs",
+    "evaluate_inputs": "reading the inputs",
+    "dataset": "decoding the dataset CSVs",
+    "cells": "decoding the dataset CSVs",
+    "influence": "computing the influence",
+    "trials": "computing the influence",
+    "phases": "computing the influence",
+    "recommend": "checking the recommendation",
+    "heldout_check": "checking the recommendation",
+    "pooled_check": "checking the recommendation",
+    "neighbours": "checking the recommendation",
+    "fidelity": "re-running the epoch without each checked sample",
+    "evaluate": "running the experiment",
+    "output": "writing the outputs",
+    "output_set": "writing the outputs",
+    "check": "running the check",
+}
+
+
+def memory_error_line(error: BaseException) -> str:
+    """One line for a MemoryError: the stage it happened in (:data:`STAGES`, from its
+    traceback), numpy's own words (the array it could not allocate) and what to do.
+    """
+    stage = None
+    tb = error.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        prefix, _, name = module.rpartition(".")
+        if prefix.split(".")[0] == __name__.split(".")[0] and name in STAGES:
+            stage = STAGES[name]
+        tb = tb.tb_next
+    words = " ".join(str(error).split())
+    return (
+        f"out of memory while {stage or 'running'}"
+        + (f" ({words})" if words else "")
+        + "; the data and the work on it do not fit this machine's memory: use a subset "
+        "of the training CSV, smaller images, fewer worker processes, or a machine with "
+        "more memory"
+    )
