@@ -262,8 +262,8 @@ def windows_available(fill: Optional[Callable] = None) -> Optional[int]:
 
     class MemoryStatusEx(ctypes.Structure):
         _fields_ = [
-            ("dwLength", ctypes.c_ulong),
-            ("dwMemoryLoad", ctypes.c_ulong),
+            ("dwLength", ctypes.c_uint32),  # DWORD: 32 bits on every OS
+            ("dwMemoryLoad", ctypes.c_uint32),
             ("ullTotalPhys", ctypes.c_ulonglong),
             ("ullAvailPhys", ctypes.c_ulonglong),
             ("ullTotalPageFile", ctypes.c_ulonglong),
