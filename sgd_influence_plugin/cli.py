@@ -330,14 +330,20 @@ def report_errors(call, say_error, say_interrupt=None) -> int:
         say_interrupt: prints the interrupt's line (default: ``say_error``).
 
     Returns:
-        ``call()``'s status; 2 after an :class:`SGDInfluenceError`; 130 after Ctrl-C or
-        SIGTERM (also when nnabla's C++ code wrapped the interrupt in another error).
+        ``call()``'s status; 2 after an :class:`SGDInfluenceError` or a MemoryError (one line
+        naming the stage, :func:`.memory.memory_error_line`); 130 after Ctrl-C or SIGTERM
+        (also when nnabla's C++ code wrapped the interrupt in another error).
 
     """
     try:
         return call()
     except SGDInfluenceError as e:
         say_error(str(e))
+        return 2
+    except MemoryError as e:
+        from .memory import memory_error_line
+
+        say_error(memory_error_line(e))
         return 2
     except BaseException as e:  # noqa: BLE001 - only interrupts are handled here
         if interrupts.is_interrupt(e):

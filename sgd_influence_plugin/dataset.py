@@ -140,7 +140,8 @@ def load_dataset(
     progress: Optional[Callable[[int, int], None]] = None,
     jobs: int = 1,
 ) -> Dataset:
-    """Read a console dataset CSV and decode the variables a network needs.
+    """Read a console dataset CSV and decode the variables a network needs:
+    :func:`read_rows` then :func:`decode`.
 
     Args:
         path: the CSV.
@@ -149,9 +150,7 @@ def load_dataset(
         normalize: divide 8-bit image values by 255 (the console's default; the dataset's
             ``no_image_normalization`` turns it off).
         progress: optional callback ``(done, total)``, in rows decoded.
-        jobs: worker processes that decode blocks of rows at once (see :mod:`.parallel`;
-            the result is the same as with 1). Files of under :data:`PARALLEL_MIN_ROWS` rows
-            are read in this process.
+        jobs: worker processes that decode blocks of rows at once (see :func:`decode`).
 
     Returns:
         The decoded :class:`Dataset`; ``arrays[name]`` has shape (N, *needs[name]).
@@ -162,32 +161,70 @@ def load_dataset(
             the row named is a bad row, not necessarily the first one.
 
     """
+    return decode(read_rows(path, needs, normalize), progress, jobs)
+
+
+def read_rows(path: str, needs: Mapping[str, Tuple[int, ...]], normalize: bool = True) -> CsvRows:
+    """A dataset CSV's text read and its columns checked against ``needs`` (as in
+    :func:`load_dataset`), nothing decoded yet: no image or data file is opened, so the
+    memory the arrays will take (:attr:`CsvRows.values_per_row` float32 values, 4 bytes
+    each, a row) can be checked first.
+
+    Raises:
+        InputError, DatasetError: the file cannot be read, has no rows, or lacks a column.
+
+    """
     header, rows, numbers = read_csv_rows(path)
     if not rows:
         raise DatasetError(f"{path}: the dataset has a header but no rows; add samples")
     columns = _variable_columns(header)
     _check_needs(path, header, columns, needs)
-    rows_read = _Decoding(
+    return CsvRows(
         path=path,
         header=header,
         rows=rows,
         numbers=numbers,
         plan=_decoding_plan(columns, needs),
         normalize=normalize,
+        columns={n: [header[ci] for ci, _ in columns[n]] for n in needs},
     )
+
+
+def decode(
+    rows_read: CsvRows,
+    progress: Optional[Callable[[int, int], None]] = None,
+    jobs: int = 1,
+) -> Dataset:
+    """Every needed variable of the rows :func:`read_rows` read, decoded into float32
+    arrays, in ``jobs`` worker processes (see :mod:`.parallel`; the result is the same as
+    with 1). Files of under :data:`PARALLEL_MIN_ROWS` rows are decoded in this process.
+
+    Raises:
+        DatasetError: a cell is neither a number nor an existing file, or a file has the
+            wrong size.
+
+    """
     jobs = max(1, int(jobs))
-    if jobs == 1 or len(rows) < PARALLEL_MIN_ROWS:
-        arrays = rows_read.block(0, len(rows), progress or (lambda done, total: None))
+    n = len(rows_read.rows)
+    if not in_workers(n, jobs):
+        arrays = rows_read.block(0, n, progress or (lambda done, total: None))
     else:
         arrays = _decode_in_workers(rows_read, jobs, progress)
     return Dataset(
-        path=path,
-        header=header,
-        rows=rows,
+        path=rows_read.path,
+        header=rows_read.header,
+        rows=rows_read.rows,
         arrays=arrays,
-        columns={n: [header[ci] for ci, _ in columns[n]] for n in needs},
-        numbers=numbers,
+        columns=rows_read.columns,
+        numbers=rows_read.numbers,
     )
+
+
+def in_workers(rows: int, jobs: int) -> bool:
+    """Whether :func:`decode` decodes ``rows`` rows in ``jobs`` worker processes (and joins
+    their parts into new arrays) rather than in this process.
+    """
+    return int(jobs) > 1 and rows >= PARALLEL_MIN_ROWS
 
 
 def _variable_columns(header: List[str]) -> Dict[str, List[Tuple[int, Optional[int]]]]:
@@ -242,8 +279,10 @@ def _decoding_plan(columns, needs: Mapping) -> Dict[str, Tuple[Tuple[int, ...], 
 
 
 @dataclass(frozen=True)
-class _Decoding:
-    """The rows of one CSV and what to decode of them (:func:`_decoding_plan`)."""
+class CsvRows:
+    """The rows of one CSV and what to decode of them (:func:`_decoding_plan`), as
+    :func:`read_rows` returns them; ``columns`` as :attr:`Dataset.columns`.
+    """
 
     path: str
     header: List[str]
@@ -251,6 +290,14 @@ class _Decoding:
     numbers: List[int]
     plan: Dict[str, Tuple[Tuple[int, ...], List[int]]]
     normalize: bool
+    columns: Dict[str, List[str]] = field(default_factory=dict)
+
+    @property
+    def values_per_row(self) -> int:
+        """Decoded values of one row, every needed variable together (e.g. 3 * 128 * 128 +
+        1 for a colour image and its label).
+        """
+        return sum(int(np.prod(shape)) for shape, _ in self.plan.values())
 
     def block(self, lo: int, hi: int, report: Callable[[int, int], None]) -> Dict[str, np.ndarray]:
         """Rows lo..hi-1 of every needed variable; ``report(rows done, rows)`` within the
@@ -274,7 +321,7 @@ class _Decoding:
 
 
 def _decode_in_workers(
-    rows_read: _Decoding, jobs: int, progress: Optional[Callable[[int, int], None]]
+    rows_read: CsvRows, jobs: int, progress: Optional[Callable[[int, int], None]]
 ) -> Dict[str, np.ndarray]:
     """Every row decoded by ``jobs`` worker processes (:mod:`.parallel`), in 4 blocks per
     worker, joined in row order; ``progress(rows done, rows)`` sums the blocks' progress.
@@ -297,7 +344,7 @@ def _decode_in_workers(
     return {name: np.concatenate([part[name] for part in parts]) for name in rows_read.plan}
 
 
-def _decode_unit(block, progress, rows_read: _Decoding) -> Dict[str, np.ndarray]:
+def _decode_unit(block, progress, rows_read: CsvRows) -> Dict[str, np.ndarray]:
     """Rows ``block = (lo, hi)`` decoded, as a unit of :func:`.parallel.run_parallel` (a
     module-level function, so spawned workers run it too); ``progress("read", done, rows)``.
     """

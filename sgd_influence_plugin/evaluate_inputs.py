@@ -14,10 +14,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from . import options, places, validation
-from .dataset import Dataset, load_dataset, read_csv_table
+from .dataset import Dataset, read_csv_table
 from .errors import InputError, SettingsError
 from .evaluate_report import OUTPUT_FILES
-from .inputs import check_separate
+from .inputs import check_separate, read_datasets
 from .nnabla_adapter import load_model
 from .settings import MAX_SEED, InfluenceSettings, is_number
 
@@ -227,8 +227,7 @@ def load_inputs(
         model_files.get("params"),
         settings.context,
     )
-    shapes = model.info.input_shapes
-    train, val, test = (load_dataset(path, shapes) for path in csvs)
+    train, val, test = read_datasets([(path, None) for path in csvs], model, settings)
     validation.check_labels(model.info, (train, val, test))
     validation.check_replay_data(settings, model.info, train)  # as run and check make them
     n = train.size

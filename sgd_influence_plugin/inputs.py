@@ -16,9 +16,9 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import interrupts, parallel, places, validation
+from . import interrupts, memory, parallel, places, validation
 from .core import per_sample_losses
-from .dataset import Dataset, load_dataset
+from .dataset import Dataset, decode, in_workers, read_rows
 from .errors import ComputationError, SettingsError
 from .nnabla_adapter import load_model
 from .resolved import dominant_row_warning
@@ -146,7 +146,7 @@ def load_inputs(
     interrupts.check()
     log(f"reading {train_csv} and {val_csv}")
     t_read = time.perf_counter()
-    train, val = _read_datasets(train_csv, val_csv, info, settings, progress)
+    train, val = _read_datasets(train_csv, val_csv, model, settings, progress)
     t_read = time.perf_counter() - t_read
     check_loaded(model, train, val)
     interrupts.check()
@@ -156,27 +156,54 @@ def load_inputs(
     return Inputs(model, train_csv, val_csv, train, val, loss0, t_read, losses, warnings)
 
 
-def _read_datasets(train_csv: str, val_csv: str, info, settings, progress):
-    """Both CSVs decoded for the network ``info`` describes, in as many forked workers as
-    the trials may use; a stop request ends the reading.
+def _read_datasets(train_csv: str, val_csv: str, model, settings, progress):
+    """Both CSVs decoded for the network ``model`` describes (:func:`read_datasets`), in as
+    many forked workers as the trials may use; a stop request ends the reading.
     """
+    info = model.info
     normalize = info.train_dataset.normalize if info.train_dataset else True
-    jobs = parallel.workers_for(settings.context, settings.jobs)
-    train = load_dataset(
-        train_csv,
-        info.input_shapes,
-        normalize,
-        _reading_progress(progress, "reading training CSV"),
-        jobs,
-    )
-    val = load_dataset(
-        val_csv,
-        info.input_shapes,
-        normalize,
-        _reading_progress(progress, "reading validation CSV"),
-        jobs,
-    )
-    return train, val
+    stages = [
+        (train_csv, _reading_progress(progress, "reading training CSV")),
+        (val_csv, _reading_progress(progress, "reading validation CSV")),
+    ]
+    return read_datasets(stages, model, settings, normalize, jobs=None)
+
+
+def read_datasets(
+    csvs: Sequence[Tuple[str, Optional[Callable[[int, int], None]]]],
+    model,
+    settings,
+    normalize: bool = True,
+    jobs: Optional[int] = 1,
+) -> List[Dataset]:
+    """The dataset CSVs a command reads (training first), each decoded for ``model``'s
+    inputs; the one place every command (``run``, ``check``, ``evaluate``) decodes them.
+
+    Every CSV's text is read and its columns checked first; then the memory the decoded
+    arrays and the work on them need is checked against what this machine has
+    (:func:`.memory.check_memory`, with the workers ``settings.context`` and
+    ``settings.jobs`` give, :func:`parallel.workers_for`); only then is any file a cell
+    names opened.
+
+    Args:
+        csvs: ``(path, progress)`` of each CSV; ``progress(done, total)`` in rows, or None.
+        model: the loaded model (its inputs' shapes, its trainable scalars).
+        settings: the :class:`~.settings.InfluenceSettings` (context, jobs, trials).
+        normalize: as :func:`.dataset.load_dataset`.
+        jobs: decoding workers (None: as many as the trials may use).
+
+    Raises:
+        InputError, DatasetError: a CSV cannot be read or decoded, or the data would not fit
+            the memory (one line naming the CSVs and both sizes).
+
+    """
+    shapes = model.info.input_shapes
+    rows = [read_rows(path, shapes, normalize) for path, _ in csvs]
+    workers = parallel.workers_for(settings.context, settings.jobs)
+    jobs = workers if jobs is None else jobs
+    sizes = [(r.path, len(r.rows), r.values_per_row, in_workers(len(r.rows), jobs)) for r in rows]
+    memory.check_memory(sizes, model.n_params, workers + 1, settings.trials)
+    return [decode(r, report, jobs) for r, (_, report) in zip(rows, csvs)]
 
 
 def _validation_losses(model, val: Dataset, val_csv: str, batch_size: int):

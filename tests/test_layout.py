@@ -51,6 +51,7 @@ PRODUCT_MODULES = (
     "launch.py",
     "ledger_lock.py",
     "made_folders.py",
+    "memory.py",
     "neighbours.py",
     "nnabla_adapter/__init__.py",
     "nnabla_adapter/definition.py",
