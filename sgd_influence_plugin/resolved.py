@@ -284,10 +284,10 @@ def choose_lr(
 ) -> ResolvedSettings:
     """Measure the curvature at the model's parameters and settle ``run.lr`` (in place).
 
-    ``auto``: the stable rate of :func:`.curvature.stable_lr`, at most the solver's. A rate
-    the user gave (or ``solver``) is kept, with a warning before the run when it breaks the
-    stability bounds, naming the stable value. ``helper``: a second process for part of the
-    measurement (see :func:`.curvature.measure`), or None.
+    ``auto``: the stable rate of :func:`.curvature.stable_lr`, at most the console's final
+    rate (``run.solver_lr``). A rate the user gave (or ``solver``) is kept, with a warning
+    before the run when it breaks the stability bounds, naming the stable value. ``helper``:
+    a second process for part of the measurement (see :func:`.curvature.measure`), or None.
     """
     log = log or (lambda msg: None)
     n = len(next(iter(train.values())))
