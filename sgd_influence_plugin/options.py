@@ -144,7 +144,7 @@ class ScoreArguments:
     lr: Union[str, float] = option(
         "auto",
         help="learning rate of the replayed epoch: auto = the largest stable rate for the "
-        "measured curvature (at most the console's final rate), solver = the console's final "
+        "measured curvature (at most the console's base rate), solver = the console's final "
         "rate (its lr/alpha where it has no schedule), or a number",
         dialog=Dialog("-l"),
     )

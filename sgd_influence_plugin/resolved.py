@@ -149,7 +149,10 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
     warnings = []
     solver_lr = float(solver.lr)
     if settings.lr in ("auto", "solver"):
-        source, lr = settings.lr, solver_lr
+        # auto: at most the largest rate the console used (its base rate: the curvature
+        # decides, as without a schedule); solver: the rate where its training ended.
+        peak = float(getattr(solver, "peak_lr", solver_lr))
+        source, lr = settings.lr, (peak if settings.lr == "auto" else solver_lr)
         if not (np.isfinite(lr) and lr > 0):
             if settings.lr == "solver":
                 raise SettingsError(
@@ -181,6 +184,16 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
     )
 
 
+def _cap_words(solver) -> str:
+    """What the cap of ``--lr auto`` is, in the reason when it sets the rate: ``the
+    console's own rate``, or e.g. ``the console's base rate (Cosine from 0.1)``.
+    """
+    sched = getattr(solver, "schedule", None)
+    if sched is not None and not sched.constant:
+        return f"the console's base rate ({sched.describe()})"
+    return "the console's own rate"
+
+
 def schedule_warnings(solver) -> List[str]:
     """What the user is told about the console's schedule and ``update_interval`` (a
     :class:`~sgd_influence_plugin.nnabla_adapter.SolverConfig`): [] for neither.
@@ -189,8 +202,9 @@ def schedule_warnings(solver) -> List[str]:
     if sched is not None and not sched.constant:
         out.append(
             f"the console's learning rate followed a schedule ({sched.describe()}) and ended at "
-            f"{sched.final_lr:g}: the check's epoch and the cap of --lr auto start from that "
-            "final rate, where the console's training ended (docs/method.md)"
+            f"{sched.final_lr:g}: the check's epoch (and --lr solver) start from that final "
+            "rate, where the console's training ended; --lr auto stays at most the base rate "
+            "(docs/method.md)"
         )
     if solver.update_interval > 1:
         out.append(
@@ -284,9 +298,10 @@ def choose_lr(
 ) -> ResolvedSettings:
     """Measure the curvature at the model's parameters and settle ``run.lr`` (in place).
 
-    ``auto``: the stable rate of :func:`.curvature.stable_lr`, at most the console's final
-    rate (``run.solver_lr``). A rate the user gave (or ``solver``) is kept, with a warning
-    before the run when it breaks the stability bounds, naming the stable value. ``helper``:
+    ``auto``: the stable rate of :func:`.curvature.stable_lr`, at most the largest rate the
+    console used (``SolverConfig.peak_lr``, its base rate). A rate the user gave (or
+    ``solver``) is kept, with a warning before the run when it breaks the stability bounds,
+    naming the stable value. ``helper``:
     a second process for part of the measurement (see :func:`.curvature.measure`), or None.
     """
     log = log or (lambda msg: None)
@@ -302,7 +317,7 @@ def choose_lr(
     cap = run.lr if run.lr_source == "auto" else math.inf
     choice = curvature_mod.stable_lr(
         curv, steps, cap=cap, weight_decay=run.weight_decay,
-        cap_words=run.solver_rate.replace("the console's rate", "the console's own rate", 1),
+        cap_words=_cap_words(model.info.solver),
     )  # fmt: skip
     run.curvature, run.lr_choice = curv, choice
     if run.lr_source == "auto":

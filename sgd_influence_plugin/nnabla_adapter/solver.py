@@ -56,6 +56,9 @@ class SolverConfig:
         schedule: the console's learning-rate schedule (:class:`.schedule.Schedule`); None
             where none was read (a config built by hand).
         update_interval: k, mini-batches per update.
+        base_lr: the schedule's base rate on the same footing as ``lr`` (the largest rate
+            the console used: the typed rate, times k for a linear solver); NaN: none read,
+            :attr:`peak_lr` then falls back to ``lr``.
 
     """
 
@@ -65,6 +68,14 @@ class SolverConfig:
     batch_size: int
     schedule: Optional[Schedule] = None
     update_interval: int = 1
+    base_lr: float = float("nan")
+
+    @property
+    def peak_lr(self) -> float:
+        """The largest rate the console used, per step on a mean gradient: ``base_lr``, or
+        ``lr`` where no schedule was read. The cap of ``--lr auto``.
+        """
+        return self.base_lr if self.base_lr == self.base_lr else self.lr
 
     def describe_rate(self) -> str:
         """Which console rate ``lr`` is, for messages and the summary: ``the console's rate``,
@@ -104,9 +115,11 @@ def solver_config(opt, proto) -> SolverConfig:
             if n.name == opt.network_name:
                 batch_size = int(n.batch_size)
     kind = s.type or "Sgd"
+    per_update = k if kind in LINEAR_SOLVERS else 1
     return SolverConfig(
         type=kind,
-        lr=schedule.final_lr * (k if kind in LINEAR_SOLVERS else 1),
+        lr=schedule.final_lr * per_update,
+        base_lr=schedule.base_lr * per_update,
         weight_decay=float(f"{s.weight_decay:.7g}") / k,
         batch_size=(batch_size or 1) * k,
         schedule=schedule,
