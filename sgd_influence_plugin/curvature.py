@@ -268,7 +268,13 @@ def _round_down(x: float) -> float:
     return math.floor(x / 10**e) * 10**e
 
 
-def stable_lr(curvature: Curvature, steps: int, cap: float, weight_decay: float = 0.0) -> LrChoice:
+def stable_lr(
+    curvature: Curvature,
+    steps: int,
+    cap: float,
+    weight_decay: float = 0.0,
+    cap_words: str = "the console's own rate",
+) -> LrChoice:
     """The replay rate: the largest eta that satisfies the bounds below.
 
     For the sampled batches:
@@ -276,13 +282,16 @@ def stable_lr(curvature: Curvature, steps: int, cap: float, weight_decay: float 
     - ``eta * (lambda_max + lambda) <= MAX_STEP_CURVATURE`` (well below the edge at 2), and
     - ``steps * eta * |lambda_min + lambda| <= MAX_NEGATIVE_DRIFT`` when that is negative,
 
-    and never above ``cap`` (the console's own rate: the replay has no reason to go faster).
+    and never above ``cap`` (the console's own rate where its training ended, the rate of its
+    last update: the replay has no reason to go faster from there).
 
     Args:
         curvature: from :func:`measure`.
         steps: T, replay steps in the epoch.
         cap: upper bound (e.g. the solver's rate), > 0.
         weight_decay: lambda of the replayed epoch (shifts every eigenvalue by lambda).
+        cap_words: what ``cap`` is, for the reason when it sets the rate (e.g. ``the
+            console's final rate (Cosine from 0.1)``).
 
     """
     top = curvature.lambda_max + weight_decay
@@ -294,7 +303,7 @@ def stable_lr(curvature: Curvature, steps: int, cap: float, weight_decay: float 
         bounds["negative curvature"] = MAX_NEGATIVE_DRIFT / (steps * -bottom)
     name = min(bounds, key=bounds.get)
     why = {
-        "solver rate": "the console's own rate already satisfies both curvature bounds",
+        "solver rate": f"{cap_words} already satisfies both curvature bounds",
         "step curvature": f"lr * lambda_max <= {MAX_STEP_CURVATURE} for the sampled batches "
         f"(lambda_max = {top:.4g})",
         "negative curvature": f"T * lr * |lambda_min| <= {MAX_NEGATIVE_DRIFT} over T = {steps} "

@@ -48,15 +48,19 @@ def split_validation(n: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[held:]).astype(np.int64), np.sort(perm[:held]).astype(np.int64)
 
 
-def check_rate(solver_type: str, solver_lr: float, lambda_max: float) -> Tuple[float, str]:
-    """The check epoch's starting rate, and where it came from.
+def check_rate(
+    solver_type: str, solver_lr: float, lambda_max: float, words: str = "the console's rate"
+) -> Tuple[float, str]:
+    """The check epoch's starting rate (per step on a mean gradient), and where it came from.
 
     The console's own rate for SGD-type solvers (the check imitates more training as the
-    console would do it); for adaptive solvers (Adam, ...) whose rate is no SGD step size,
+    console would do it: from where its training ended, so at the rate of its last update,
+    ``SolverConfig.lr``, which ``words`` names, e.g. ``the console's final rate (Cosine from
+    0.1)``); for adaptive solvers (Adam, ...) whose rate is no SGD step size,
     ``1 / lambda_max`` of the measured mini-batch Hessians (half the edge of stability).
     """
     if solver_type in SGD_SOLVERS and math.isfinite(solver_lr) and solver_lr > 0:
-        return float(solver_lr), f"the console's rate ({solver_type})"
+        return float(solver_lr), f"{words} ({solver_type})"
     if math.isfinite(lambda_max) and lambda_max > 0:
         return 1.0 / float(lambda_max), f"1 / lambda_max ({solver_type} has no SGD rate)"
     return math.nan, f"no rate: {solver_type} has no SGD rate and no curvature was measured"

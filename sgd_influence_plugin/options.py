@@ -144,8 +144,8 @@ class ScoreArguments:
     lr: Union[str, float] = option(
         "auto",
         help="learning rate of the replayed epoch: auto = the largest stable rate for the "
-        "measured curvature (at most the solver's), solver = the network definition's lr/alpha, "
-        "or a number",
+        "measured curvature (at most the console's base rate), solver = the console's final "
+        "rate (its lr/alpha where it has no schedule), or a number",
         dialog=Dialog("-l"),
     )
     weight_decay: Optional[float] = option(

@@ -18,7 +18,7 @@ from one seeded half of the validation rows; the check measures on the other hal
    the model's class, which writes the model's own confusions into the labels (models
    retrained on such labels lost 1-1.3 points); a person may set ``relabel`` (:mod:`.cleanse`).
 3. **The check** (:mod:`.heldout_check`): from the trained parameters, one epoch of SGD at the
-   console's rate, decaying linearly to 0, on the data as given and on each candidate (same
+   console's final rate, decaying linearly to 0, on the data as given and on each candidate (same
    sample order), then each held-out validation row's loss. A candidate counts only if it
    lowers the mean held-out loss by :func:`z_required` paired standard errors, a Bonferroni
    bound over the candidates. The recommendation is the counting candidate with the fewest
@@ -214,7 +214,7 @@ def early_work(
     The model's trainable parameters are restored at the end.
     """
     solver = model.info.solver
-    lr, _ = check_rate(solver.type, solver.lr, math.nan)
+    lr, _ = check_rate(solver.type, solver.lr, math.nan, solver.describe_rate())
     if not math.isfinite(lr) or len(heldout[label_column]) < MIN_TWO_WAY:
         return None
     theta0 = model.get_params()
@@ -372,7 +372,7 @@ def check_rate_or_why_not(
             ),
         )
     solver = model.info.solver
-    lr, rate_source = check_rate(solver.type, solver.lr, lambda_max)
+    lr, rate_source = check_rate(solver.type, solver.lr, lambda_max, solver.describe_rate())
     if not math.isfinite(lr):
         return lr, rate_source, f"no recommendation: {rate_source}"
     return lr, rate_source, ""

@@ -31,7 +31,13 @@ class ResolvedSettings:
         lr: learning rate of the training phase's epoch and of the replay.
         weight_decay / batch_size: lambda and B of that epoch.
         lr_source: ``auto``, ``solver`` or ``given`` (a number from the user).
-        solver_lr: the network definition's rate (``lr``/``alpha``; NaN if it has none).
+        solver_lr: the console's rate, per step on a mean gradient: the rate of its last
+            update (``SolverConfig.lr``: a schedule's final rate, the definition's
+            ``lr``/``alpha`` without one; NaN if it has none).
+        solver_rate: which console rate ``solver_lr`` is, in words (e.g. ``the console's
+            final rate (Cosine from 0.1)``; :meth:`SolverConfig.describe_rate`).
+        console_schedule: the schedule read (:meth:`.Schedule.to_dict`, with
+            ``update_interval``), or None.
         curvature: the measured :class:`~.curvature.Curvature` (None before measuring).
         lr_choice: the stable rate and the bound that set it (:class:`~.curvature.LrChoice`).
         warnings: messages for the user.
@@ -43,6 +49,8 @@ class ResolvedSettings:
     batch_size: int
     lr_source: str = "solver"
     solver_lr: float = float("nan")
+    solver_rate: str = "the console's rate"
+    console_schedule: Optional[Dict] = None
     curvature: Optional[curvature_mod.Curvature] = None
     lr_choice: Optional[curvature_mod.LrChoice] = None
     warnings: List[str] = field(default_factory=list)
@@ -50,6 +58,9 @@ class ResolvedSettings:
     def lr_selection(self) -> Dict:
         """What decided the learning rate, for ``settings.yaml``."""
         out: Dict = {"source": self.lr_source, "solver_lr": self.solver_lr, "lr": self.lr}
+        out["solver_rate"] = self.solver_rate
+        if self.console_schedule is not None:
+            out["console_schedule"] = dict(self.console_schedule)
         if self.lr_choice is not None:
             out["stable_lr"] = self.lr_choice.lr
             out["stable_lr_reason"] = self.lr_choice.limit
@@ -138,7 +149,10 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
     warnings = []
     solver_lr = float(solver.lr)
     if settings.lr in ("auto", "solver"):
-        source, lr = settings.lr, solver_lr
+        # auto: at most the largest rate the console used (its base rate: the curvature
+        # decides, as without a schedule); solver: the rate where its training ended.
+        peak = float(getattr(solver, "peak_lr", solver_lr))
+        source, lr = settings.lr, (peak if settings.lr == "auto" else solver_lr)
         if not (np.isfinite(lr) and lr > 0):
             if settings.lr == "solver":
                 raise SettingsError(
@@ -153,6 +167,8 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
             f"the console trained with {solver.type} (lr {solver_lr:g}); the training phase and "
             "the replay model plain SGD (see lr_selection in the settings for the rate)"
         )
+    schedule = getattr(solver, "schedule", None)
+    warnings += schedule_warnings(solver)
     wd, bs = replay_epoch(settings, solver)
     return ResolvedSettings(
         lr=float(lr),
@@ -160,8 +176,44 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
         batch_size=int(bs),
         lr_source=source,
         solver_lr=solver_lr,
+        solver_rate=solver.describe_rate(),
+        console_schedule=None
+        if schedule is None
+        else {**schedule.to_dict(), "update_interval": solver.update_interval},
         warnings=warnings,
     )
+
+
+def _cap_words(solver) -> str:
+    """What the cap of ``--lr auto`` is, in the reason when it sets the rate: ``the
+    console's own rate``, or e.g. ``the console's base rate (Cosine from 0.1)``.
+    """
+    sched = getattr(solver, "schedule", None)
+    if sched is not None and not sched.constant:
+        return f"the console's base rate ({sched.describe()})"
+    return "the console's own rate"
+
+
+def schedule_warnings(solver) -> List[str]:
+    """What the user is told about the console's schedule and ``update_interval`` (a
+    :class:`~sgd_influence_plugin.nnabla_adapter.SolverConfig`): [] for neither.
+    """
+    out, sched = [], solver.schedule
+    if sched is not None and not sched.constant:
+        out.append(
+            f"the console's learning rate followed a schedule ({sched.describe()}) and ended at "
+            f"{sched.final_lr:g}: the check's epoch (and --lr solver) start from that final "
+            "rate, where the console's training ended; --lr auto stays at most the base rate "
+            "(docs/method.md)"
+        )
+    if solver.update_interval > 1:
+        out.append(
+            f"the console summed the gradients of {solver.update_interval} mini-batches per "
+            f"update (update_interval): the tool's epochs take {solver.batch_size} rows per step "
+            f"at rate {solver.lr:g} and weight decay {solver.weight_decay:g} on their mean, "
+            "the same update (docs/method.md)"
+        )
+    return out
 
 
 #: Feature columns whose spreads differ by more than this factor get a warning
@@ -246,10 +298,11 @@ def choose_lr(
 ) -> ResolvedSettings:
     """Measure the curvature at the model's parameters and settle ``run.lr`` (in place).
 
-    ``auto``: the stable rate of :func:`.curvature.stable_lr`, at most the solver's. A rate
-    the user gave (or ``solver``) is kept, with a warning before the run when it breaks the
-    stability bounds, naming the stable value. ``helper``: a second process for part of the
-    measurement (see :func:`.curvature.measure`), or None.
+    ``auto``: the stable rate of :func:`.curvature.stable_lr`, at most the largest rate the
+    console used (``SolverConfig.peak_lr``, its base rate). A rate the user gave (or
+    ``solver``) is kept, with a warning before the run when it breaks the stability bounds,
+    naming the stable value. ``helper``:
+    a second process for part of the measurement (see :func:`.curvature.measure`), or None.
     """
     log = log or (lambda msg: None)
     n = len(next(iter(train.values())))
@@ -262,7 +315,10 @@ def choose_lr(
         model, train, run.batch_size, settings.seed, graphs=operator, helper=helper
     )
     cap = run.lr if run.lr_source == "auto" else math.inf
-    choice = curvature_mod.stable_lr(curv, steps, cap=cap, weight_decay=run.weight_decay)
+    choice = curvature_mod.stable_lr(
+        curv, steps, cap=cap, weight_decay=run.weight_decay,
+        cap_words=_cap_words(model.info.solver),
+    )  # fmt: skip
     run.curvature, run.lr_choice = curv, choice
     if run.lr_source == "auto":
         if not math.isfinite(choice.lr) or choice.lr <= 0:

@@ -20,6 +20,19 @@ def ranking(scores: np.ndarray) -> np.ndarray:
     return np.argsort(scores, kind="stable")
 
 
+def _rate_lines(sel: dict) -> list:
+    """The summary's line on how the rate was chosen (``lr_selection``), if any: the bound
+    that set an automatic rate, or which console rate ``--lr solver`` took when it is not the
+    base rate (e.g. ``the console's final rate (Cosine from 0.1)``).
+    """
+    if sel.get("stable_lr_reason") and sel.get("source") == "auto":
+        return [f"lr chosen automatically: {sel['stable_lr_reason']}"]
+    words = sel.get("solver_rate", "the console's rate")
+    return (
+        [f"lr: {words}"] if sel.get("source") == "solver" and words != "the console's rate" else []
+    )
+
+
 def summary_text(
     scores, labels, train: Dataset, image_col, info: Dict, names=None, losses=None, details=None
 ) -> str:
@@ -54,9 +67,7 @@ def summary_text(
     ):
         if k in facts:
             lines.append(f"{k}: {facts[k]}")
-    reason = info.get("lr_selection", {}).get("stable_lr_reason")
-    if reason and info.get("lr_selection", {}).get("source") == "auto":
-        lines.append(f"lr chosen automatically: {reason}")
+    lines += _rate_lines(info.get("lr_selection", {}))
     if info.get("task") == "regression":
         lines += _residual_lines(scores, losses)
     elif labels is not None:

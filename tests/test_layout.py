@@ -61,6 +61,7 @@ PRODUCT_MODULES = (
     "nnabla_adapter/model.py",
     "nnabla_adapter/recurrent.py",
     "nnabla_adapter/replay_network.py",
+    "nnabla_adapter/schedule.py",
     "nnabla_adapter/solver.py",
     "nnabla_adapter/training.py",
     "option_parsers.py",

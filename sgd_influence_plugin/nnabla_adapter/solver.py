@@ -1,10 +1,14 @@
-"""How the console trained a network: the optimizer's solver, its learning rate and weight
-decay, and the training dataset's batch size (:class:`SolverConfig`).
+"""How the console trained a network: the optimizer's solver, its learning rate and its
+schedule (:mod:`.schedule`), weight decay, the training dataset's batch size and the
+optimizer's ``update_interval`` (:class:`SolverConfig`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
+from .schedule import Schedule, read_schedule
 
 #: Solver type -> (its parameter message field, the learning-rate field in it).
 _LR_FIELD = {
@@ -27,17 +31,34 @@ _LR_FIELD = {
     "Lamb": ("lamb_param", "eta"),
     "Lion": ("lion_param", "lr"),
 }
+#: Solvers whose step is linear in the gradient: ``update_interval`` k sums k mini-batch
+#: gradients into one step, which is a step k times the rate on their mean.
+LINEAR_SOLVERS = ("Sgd", "SgdW", "Momentum", "Nesterov")
 
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """How the console trained the network (read from the optimizer's solver).
+    """How the console trained the network (read from the optimizer's solver), as one plain
+    SGD step on a mean gradient: what "the console's rate" means everywhere in the tool.
+
+    With ``update_interval`` k > 1 ``nnabla_cli train`` sums the gradients of k mini-batches
+    of B and steps once, adding lambda * theta once: a step on the mean gradient of k * B
+    rows at k times the rate (for :data:`LINEAR_SOLVERS`) with weight decay lambda / k, which
+    is what ``lr``, ``weight_decay`` and ``batch_size`` hold; k = 1 leaves them as typed.
 
     Attributes:
         type: nnabla solver name, e.g. ``Sgd``, ``Momentum``, ``Adam``.
-        lr: its base learning rate (``lr``, or ``alpha`` for the Adam family).
-        weight_decay: L2 coefficient lambda; SGD adds lambda * theta to the gradient.
-        batch_size: the training dataset's mini-batch size.
+        lr: the rate of the console's last update, on the mean gradient (the schedule's
+            ``final_lr``, times k for a linear solver); the base rate without a schedule
+            (``lr``, or ``alpha`` for the Adam family). NaN: none.
+        weight_decay: L2 coefficient lambda on the mean gradient (the definition's / k).
+        batch_size: rows per update: the training dataset's mini-batch size times k.
+        schedule: the console's learning-rate schedule (:class:`.schedule.Schedule`); None
+            where none was read (a config built by hand).
+        update_interval: k, mini-batches per update.
+        base_lr: the schedule's base rate on the same footing as ``lr`` (the largest rate
+            the console used: the typed rate, times k for a linear solver); NaN: none read,
+            :attr:`peak_lr` then falls back to ``lr``.
 
     """
 
@@ -45,20 +66,46 @@ class SolverConfig:
     lr: float
     weight_decay: float
     batch_size: int
+    schedule: Optional[Schedule] = None
+    update_interval: int = 1
+    base_lr: float = float("nan")
+
+    @property
+    def peak_lr(self) -> float:
+        """The largest rate the console used, per step on a mean gradient: ``base_lr``, or
+        ``lr`` where no schedule was read. The cap of ``--lr auto``.
+        """
+        return self.base_lr if self.base_lr == self.base_lr else self.lr
+
+    def describe_rate(self) -> str:
+        """Which console rate ``lr`` is, for messages and the summary: ``the console's rate``,
+        or e.g. ``the console's final rate (Cosine from 0.1)``, ``... x 4 (update_interval)``.
+        """
+        words = "the console's rate"
+        if self.schedule is not None and not self.schedule.constant:
+            words = f"the console's final rate ({self.schedule.describe()})"
+        if self.update_interval > 1:
+            times = f"x {self.update_interval} " if self.type in LINEAR_SOLVERS else ""
+            words += f" {times}(update_interval {self.update_interval})"
+        return words
 
 
 def solver_config(opt, proto) -> SolverConfig:
     """The :class:`SolverConfig` of optimizer ``opt`` of the definition ``proto``: lr NaN for
-    a solver type without a known rate field; the batch size of its dataset, else of its
-    network, else 1.
+    a solver type without a known rate field, else the schedule's final rate
+    (:func:`.schedule.read_schedule`); the batch size of its dataset, else of its network,
+    else 1; all three per update (``update_interval``).
     """
     s = opt.solver
-    lr = float("nan")
+    lr, stored = float("nan"), float("nan")
     if s.type in _LR_FIELD:
         sub, lr_field = _LR_FIELD[s.type]
         if s.HasField(sub):
             # Protobuf stores float32: 0.1 reads back as 0.10000000149; keep what was typed.
-            lr = float(f"{getattr(getattr(s, sub), lr_field):.7g}")
+            stored = getattr(getattr(s, sub), lr_field)
+            lr = float(f"{stored:.7g}")
+    schedule = read_schedule(opt, proto, lr, stored)
+    k = max(1, int(opt.update_interval))
     batch_size = 0
     for d in proto.dataset:
         if d.name in opt.dataset_name:
@@ -67,9 +114,14 @@ def solver_config(opt, proto) -> SolverConfig:
         for n in proto.network:
             if n.name == opt.network_name:
                 batch_size = int(n.batch_size)
+    kind = s.type or "Sgd"
+    per_update = k if kind in LINEAR_SOLVERS else 1
     return SolverConfig(
-        type=s.type or "Sgd",
-        lr=lr,
-        weight_decay=float(f"{s.weight_decay:.7g}"),
-        batch_size=batch_size or 1,
+        type=kind,
+        lr=schedule.final_lr * per_update,
+        base_lr=schedule.base_lr * per_update,
+        weight_decay=float(f"{s.weight_decay:.7g}") / k,
+        batch_size=(batch_size or 1) * k,
+        schedule=schedule,
+        update_interval=k,
     )
