@@ -49,16 +49,23 @@ from .influence import compute_influence
 from .nnabla_adapter import load_model
 from .nnabla_adapter.training import initial_parameters, train_from_scratch
 from .probabilities import as_probabilities
+from .recommend import is_classifier
 from .resolved import resolve
 from .settings import InfluenceSettings
 from .validation import CLI_FLAGS
 
 
 def accuracy(model, data: Dataset) -> float:
-    """Share of rows whose arg-max prediction equals the label column (classification)."""
+    """Share of rows whose arg-max prediction equals the class label column (the one column
+    of ``info.label_classes``); NaN for a model without classes (a regression, probability
+    or multi-label vector targets), where no arg-max is a class to compare (the first
+    target value used to be read as a class: 0.075 for one-hot targets of three classes).
+    """
+    if not is_classifier(model.info):
+        return float("nan")
     prob = model.predict(data.arrays)
-    label_cols = [c for c in data.arrays if c not in model.info.runtime_inputs.values()]
-    labels = data.arrays[label_cols[0]].reshape(len(prob), -1)[:, 0]
+    column = next(iter(model.info.label_classes))
+    labels = np.rint(data.arrays[column].reshape(len(prob), -1)[:, 0])
     return float(np.mean(as_probabilities(prob).argmax(axis=1) == labels.astype(int)))
 
 

@@ -120,6 +120,8 @@ def _write_result_files(out_dir: str, rows: List[Dict], n: int, flipped, facts: 
                 else " - | - |"
             )
         lines.append(line)
+    if rows and all(np.isnan(r["test_accuracy"]) for r in rows):
+        lines += ["", "Test accuracy: nan, the network has no class labels; compare the test loss."]
     if flipped is not None:
         lines += [
             "",

@@ -254,3 +254,37 @@ def test_fixed_generators_give_what_nnabla_cli_train_gives():
     for kind, m in (("Constant", 0.0), ("Constant", 0.5), ("Range", 2.0)):
         g = GeneratorVariable(variable_name="v", type=kind, multiplier=m)
         np.testing.assert_array_equal(generated_value(kind, m, (3, 4)), _get_generator(g)((3, 4)))
+
+
+def test_a_fresh_initialisation_draws_every_repeat_of_a_repeated_layer(tmp_path):
+    """evaluate --retrain scratch: the seed's initialisation has the names nnabla_cli train
+    loads (``Affine_1[0]/...``, one per repeat, not the definition's ``{RepeatStart}`` ones,
+    which nnabla ignored: the repeats started from its own fixed draw at every seed), each
+    repeat drawn apart, as nnabla draws them."""
+    import h5py
+
+    from sgd_influence_plugin.evaluate import _definition_text
+    from sgd_influence_plugin.nnabla_adapter.training import initial_parameters
+
+    data = kinds.write_table(str(tmp_path / "data"), 48, 20, seed=1)
+    spec = LoopSpec(loop="repeat", n_classes=3, solver="Adam", lr=0.01, max_epoch=1)
+    result = train_on(str(tmp_path / "result"), data, spec)
+    text = _definition_text({"model": os.path.join(result, "results.nnp")})
+    drawn = []
+    for seed in (0, 1):
+        path = initial_parameters(text, seed, str(tmp_path / f"init{seed}.h5"))
+        with h5py.File(path, "r") as h:
+            found = {}
+            h.visititems(
+                lambda n, o, f=found: (
+                    f.update({n: o[()]}) if "/" in n and isinstance(o, h5py.Dataset) else None
+                )
+            )
+            drawn.append(found)
+    saved = load_model(model=os.path.join(result, "results.nnp")).get_params()
+    assert set(drawn[0]) == set(saved)
+    w0, w1 = "Affine_1[0]/affine/W", "Affine_1[1]/affine/W"
+    assert drawn[0][w0].shape == (6, 6) and not np.allclose(drawn[0][w0], drawn[0][w1])
+    assert not np.allclose(drawn[0][w0], drawn[1][w0])
+    # Glorot normal: sqrt(2 / (fan in + fan out))
+    np.testing.assert_allclose(drawn[0][w0].std(), np.sqrt(2 / 12), rtol=0.5)

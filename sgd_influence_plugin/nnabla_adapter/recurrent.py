@@ -77,15 +77,34 @@ def expand_loops(proto, source: str) -> Dict[str, str]:
         batch_size = net.batch_size
         net.CopyFrom(flat)
         net.batch_size = batch_size
-        before = {v.name: v for v in alone.network[0].variable}
+        before = _repeat_copies(alone.network[0])
         for v in net.variable:  # nnabla's copies say "function" for an initializer
             del v.repeat_id[:]
             if v.name in before and before[v.name].HasField("initializer"):
                 v.initializer.CopyFrom(before[v.name].initializer)
-            else:  # a copy per repeat, or a buffer: the replay initialises nothing
+            else:  # a buffer: the replay initialises nothing
                 v.ClearField("initializer")
         notes[net.name] = f"{net.name}: loops unrolled by nnabla ({loops})"
     return notes
+
+
+def _repeat_copies(net) -> Dict[str, object]:
+    """The unexpanded ``net``'s variables by name, and each variable with ``{id}`` in its name
+    also under the names nnabla gives its copies: ``Affine_1{RepeatStart}/affine/W`` with
+    ``RepeatStart`` x 2 as ``Affine_1[0]/affine/W`` and ``Affine_1[1]/affine/W`` (the copies
+    keep the definition's initializer, as nnabla_cli train initialises them).
+    """
+    times = {r.id: int(r.times) for r in net.repeat_info}
+    out: Dict[str, object] = {}
+    for v in net.variable:
+        names = [v.name]
+        for rid, n in times.items():
+            token = "{" + rid + "}"
+            if token in v.name:
+                names = [m.replace(token, f"[{i}]") for m in names for i in range(n)]
+        for name in names:
+            out[name] = v
+    return out
 
 
 def _check_loops(net, source: str) -> None:

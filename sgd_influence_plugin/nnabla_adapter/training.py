@@ -87,15 +87,22 @@ def write_kept_rows(train_csv: str, rows_header, rows, keep: np.ndarray, seed: i
         w = csv.writer(f, lineterminator="\n")
         w.writerow(rows_header)
         for j in keep:
-            w.writerow(
-                [
-                    os.path.join(src_folder, c)
-                    if os.path.splitext(c)[1] and os.path.exists(os.path.join(src_folder, c))
-                    else c
-                    for c in rows[j]
-                ]
-            )
+            w.writerow([_absolute_cell(c, src_folder) for c in rows[j]])
     return cleansed
+
+
+def _absolute_cell(cell: str, src_folder: str) -> str:
+    r"""``cell`` made absolute where it names a file beside ``src_folder``, else unchanged.
+
+    The console on Windows writes ``.\0\12.csv``, which ``nnabla_cli`` reads on any system;
+    where ``\`` is no separator it becomes ``/`` (as ``cells.cell_path`` reads it), or the
+    cell would stay relative and name no file beside the cleansed CSV.
+    """
+    text = cell.strip()
+    if os.sep == "/" and "\\" in text:
+        text = text.replace("\\", "/")
+    full = os.path.normpath(os.path.join(src_folder, text))
+    return full if os.path.splitext(text)[1] and os.path.exists(full) else cell
 
 
 def _write_definition(
@@ -154,7 +161,9 @@ def initial_parameters(config_proto_text: str, seed: int, path: str) -> str:
     same weights; the paper's protocol changes the initialisation with the seed. This draws
     each parameter as nnabla's loader would (the definition's initializer type and multiplier;
     Glorot normal for ``Normal*Glorot``, the constant for ``Constant``) from
-    ``numpy.random.RandomState(seed)``. Give the file to :func:`train_from_scratch`.
+    ``numpy.random.RandomState(seed)``, under the names of the definition with its loops
+    expanded (a layer repeated with weights of its own as ``Affine_1[0]/...``, ``[1]``, ...,
+    the names ``nnabla_cli train`` loads). Give the file to :func:`train_from_scratch`.
 
     Raises:
         SettingsError: an initializer type other than Normal, Normal*Glorot or Constant.
@@ -163,8 +172,11 @@ def initial_parameters(config_proto_text: str, seed: int, path: str) -> str:
     from google.protobuf import text_format
     from nnabla.utils import nnabla_pb2
 
+    from .recurrent import expand_loops
+
     proto = nnabla_pb2.NNablaProtoBuf()
     text_format.Merge(config_proto_text, proto)
+    expand_loops(proto, "the network definition")  # the names nnabla_cli train loads
     rng = np.random.RandomState(seed)
     seen = set()
     params = {}
