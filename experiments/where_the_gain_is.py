@@ -6,7 +6,7 @@
 On a case of :mod:`lookalike_study` (run it first with the same ``--work``: 3,000
 Fashion-MNIST images, 10% flipped labels, the sample CNN trained 30 epochs by ``nnabla_cli``,
 the plugin at its defaults), the network is trained again from scratch by ``nnabla_cli``
-(:func:`.nnabla_adapter.training.train_from_scratch`, as ``evaluate --retrain scratch``), once
+(:func:`check_vs_retraining.retrained`, as ``evaluate --retrain scratch``), once
 per initialisation in ``--inits``, on the training CSV without each of these sets of rows:
 
 - ``none``: nothing removed;
@@ -38,33 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+from check_vs_retraining import retrained  # noqa: E402
 from lookalike_study import build  # noqa: E402
-
-from sgd_influence_plugin.dataset import load_dataset, read_csv_table  # noqa: E402
-from sgd_influence_plugin.evaluate import accuracy_and_loss  # noqa: E402
-from sgd_influence_plugin.nnabla_adapter import load_model  # noqa: E402
-from sgd_influence_plugin.nnabla_adapter.training import (  # noqa: E402
-    initial_parameters,
-    train_from_scratch,
-)
-
-
-def retrained(folder, config, data, drop, init, test_csv):
-    """(test accuracy, test loss) trained from scratch without the rows ``drop``; cached."""
-    done = os.path.join(folder, "measured.txt")
-    if not os.path.exists(done):
-        os.makedirs(folder, exist_ok=True)
-        header, rows = read_csv_table(data["train"])
-        keep = np.ones(len(rows), bool)
-        keep[np.asarray(drop, np.int64)] = False
-        init_h5 = initial_parameters(config, init, os.path.join(folder, "init.h5"))
-        nnp = train_from_scratch(config, data["train"], data["val"], header, rows, keep, init,
-                                 os.path.join(folder, "train"), init_h5)  # fmt: skip
-        model = load_model(model=nnp)
-        acc, loss = accuracy_and_loss(model, load_dataset(test_csv, model.info.input_shapes))
-        with open(done, "w") as f:
-            f.write(f"{acc!r} {loss!r}\n")
-    return tuple(float(x) for x in open(done).read().split())
 
 
 def removal_sets(run_csv: str, flipped: np.ndarray, threshold: float, seed: int) -> dict:
@@ -102,7 +77,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     data = build(a.work, a.noise, a.seed)
     case = os.path.join(a.work, f"{a.noise}_cnn_{a.seed}")
-    config = open(os.path.join(case, "net.nntxt")).read()
+    trained = {"model": os.path.join(case, "results.nnp"), "train": data["train"],
+               "val": data["val"]}  # fmt: skip
     test_csv = os.path.join(a.work, f"data_{a.seed}", "test.csv")
     sets = removal_sets(os.path.join(case, "run", "influence.csv"), data["flipped"],
                         a.threshold, a.seed)  # fmt: skip
@@ -113,7 +89,7 @@ def main(argv=None) -> int:
         slug = name.replace(", ", "_").replace(" ", "_")
         for init in inits:
             folder = os.path.join(a.work, "gain", a.noise, slug, f"init{init}")
-            res.append(retrained(folder, config, data, drop, init, test_csv))
+            res.append(retrained(folder, trained, drop, init, test_csv))
         out["sets"][name] = {
             "rows": int(len(drop)),
             "flips": int(data["flipped"][drop].sum()),
