@@ -113,3 +113,24 @@ def train_result(folder, data, spec):
     :func:`fix_random_seeds`), so the same data and spec give the same parameters, bit for bit.
     """
     return train_on(folder, {**data, "input_shape": (1, data["size"], data["size"])}, spec)
+
+
+def console_outputs(result, csv_path, out_dir, prefix="y'"):
+    """The oracle of a model's outputs: ``nnabla_cli forward`` of ``result``'s
+    ``results.nnp`` over ``csv_path`` into ``out_dir``; float (N, K), the columns of
+    ``output_result.csv`` whose header starts with ``prefix`` (``y'__`` for one output of
+    several, e.g. not ``y2'``).
+    """
+    import numpy as np
+
+    from support.console_kinds import read_rows
+
+    os.makedirs(out_dir, exist_ok=True)
+    proc = subprocess.run(
+        [NNABLA_CLI, "forward", "-c", os.path.join(result, "results.nnp"), "-d", csv_path,
+         "-o", out_dir], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = read_rows(os.path.join(out_dir, "output_result.csv"))
+    cols = [c for c, h in enumerate(table["header"]) if h.startswith(prefix)]
+    return np.array([[float(r[c]) for c in cols] for r in table["rows"]])

@@ -20,7 +20,7 @@ import pytest
 
 from sgd_influence_plugin import core
 from support import console_kinds as kinds
-from support.results import NNABLA_CLI, TABLE_SCRIPT, load_trained
+from support.results import TABLE_SCRIPT, console_outputs, load_trained
 
 
 def _console_gradient(nnp, arrays, idx):
@@ -72,16 +72,7 @@ def _plugin(cwd, data):
 
 def _console_classes(result, csv_path, tmp):
     """``nnabla_cli forward``'s ``y'`` columns (not ``y2'``): float (N, C)."""
-    out = os.path.join(tmp, "forward")
-    os.makedirs(out, exist_ok=True)
-    proc = subprocess.run(
-        [NNABLA_CLI, "forward", "-c", os.path.join(result, "results.nnp"), "-d", csv_path,
-         "-o", out], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    table = kinds.read_rows(os.path.join(out, "output_result.csv"))
-    cols = [c for c, h in enumerate(table["header"]) if h.startswith("y'__")]
-    return np.array([[float(r[c]) for c in cols] for r in table["rows"]])
+    return console_outputs(result, csv_path, os.path.join(tmp, "forward"), prefix="y'__")
 
 
 @pytest.mark.parametrize("kind", ["two_losses", "two_inputs"])

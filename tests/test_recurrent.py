@@ -23,7 +23,7 @@ from sgd_influence_plugin.settings import InfluenceSettings
 from support import console_kinds as kinds
 from support.loops_netdef import LoopSpec, loop_proto, rnn_float64
 from support.oracles import centred_by_class, exact_leave_one_out
-from support.results import NNABLA_CLI, load_trained, train_on
+from support.results import console_outputs, load_trained, train_on
 from support.user_files import one_line_error
 
 
@@ -50,14 +50,7 @@ def test_unrolled_rnn_gives_float64_losses_and_nnabla_cli_outputs(trained, tmp_p
             g.loss.forward()
             got.append(np.array(g.loss.d).ravel())
         np.testing.assert_allclose(np.concatenate(got), want, rtol=1e-5, atol=1e-6)
-    proc = subprocess.run(
-        [NNABLA_CLI, "forward", "-c", os.path.join(result, "results.nnp"), "-d", data["train"],
-         "-o", str(tmp_path)], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    table = kinds.read_rows(os.path.join(tmp_path, "output_result.csv"))
-    cols = [c for c, h in enumerate(table["header"]) if h.startswith("y'")]
-    console = np.array([[float(r[c]) for c in cols] for r in table["rows"]])
+    console = console_outputs(result, data["train"], str(tmp_path))
     np.testing.assert_allclose(model.predict(train), console, atol=1e-6)
     probs = np.exp(scores - scores.max(axis=1, keepdims=True))
     np.testing.assert_allclose(model.predict(train), probs / probs.sum(1, keepdims=True), atol=1e-6)

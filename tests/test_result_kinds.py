@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from support import console_kinds as kinds
-from support.results import IMAGE_SCRIPT, NNABLA_CLI, TABLE_SCRIPT
+from support.results import IMAGE_SCRIPT, TABLE_SCRIPT, console_outputs
 from support.user_files import one_line_error
 
 
@@ -41,16 +41,7 @@ def _plugin(script, cwd, *args):
 
 def _model_outputs(result, csv_path, tmp):
     """``nnabla_cli forward`` over ``csv_path``: the model's outputs, float (N, K)."""
-    out = os.path.join(tmp, "forward")
-    os.makedirs(out, exist_ok=True)
-    proc = subprocess.run(
-        [NNABLA_CLI, "forward", "-c", os.path.join(result, "results.nnp"), "-d", csv_path,
-         "-o", out], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    table = kinds.read_rows(os.path.join(out, "output_result.csv"))
-    cols = [c for c, h in enumerate(table["header"]) if h.startswith("y'")]
-    return np.array([[float(r[c]) for c in cols] for r in table["rows"]])
+    return console_outputs(result, csv_path, os.path.join(tmp, "forward"))
 
 
 def _check_influence_csv(out, train_csv):
