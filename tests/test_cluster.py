@@ -216,7 +216,10 @@ def _in_thread(fn):
 
 def test_a_killed_worker_has_its_trial_run_again_with_the_same_result(scheduler, mlp):
     _, model, train, val = mlp
-    settings = InfluenceSettings(trials=2, jobs=1, lr=0.05)
+    # epochs=40: each trial lasts long enough for the poll to see it running (a one-epoch
+    # trial can start and end between two polls; the test failed once, on a loaded machine,
+    # with "no unit started")
+    settings = InfluenceSettings(trials=2, jobs=1, lr=0.05, epochs=40)
     here = influence.compute_influence(model, train, val, settings)
     with cluster.connect(scheduler) as c:
         result = _in_thread(
