@@ -206,17 +206,26 @@ def _data(owner, loss: str) -> None:
         dv.variable_name, dv.data_name = var, column
 
 
-def _optimizer(proto, spec: LoopSpec, loss: str) -> None:
+def add_optimizer(proto, solver: str, lr: float):
+    """The console's optimizer message ``Optimizer`` of network ``Main`` on dataset
+    ``Training``, added to ``proto``: ``Sgd`` at ``lr`` or ``Adam`` at alpha ``lr``, no
+    schedule, no weight decay; returns it (its inputs, generators and loss are the caller's).
+    """
     opt = proto.optimizer.add()
     opt.name, opt.network_name, opt.update_interval = "Optimizer", "Main", 1
     opt.dataset_name.append("Training")
-    opt.solver.type = spec.solver
+    opt.solver.type = solver
     opt.solver.weight_decay, opt.solver.lr_decay, opt.solver.lr_decay_interval = 0.0, 1.0, 1
-    if spec.solver == "Sgd":
-        opt.solver.sgd_param.lr = spec.lr
+    if solver == "Sgd":
+        opt.solver.sgd_param.lr = lr
     else:
         p = opt.solver.adam_param
-        p.alpha, p.beta1, p.beta2, p.eps = spec.lr, 0.9, 0.999, 1e-8
+        p.alpha, p.beta1, p.beta2, p.eps = lr, 0.9, 0.999, 1e-8
+    return opt
+
+
+def _optimizer(proto, spec: LoopSpec, loss: str) -> None:
+    opt = add_optimizer(proto, spec.solver, spec.lr)
     _data(opt, loss)
     _generator(opt, spec)
     opt.loss_variable.add().variable_name = loss

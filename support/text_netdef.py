@@ -30,7 +30,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from support.loops_netdef import _affine, _function, _variable
+from support.loops_netdef import _affine, _function, _variable, add_optimizer
 
 #: The heads this writer knows.
 TEXT_HEADS = ("mean", "affine", "lstm")
@@ -194,16 +194,7 @@ def _owner_inputs(owner, spec: TextSpec, label: bool = True) -> None:
 
 
 def _optimizer_and_monitors(proto, spec: TextSpec) -> None:
-    opt = proto.optimizer.add()
-    opt.name, opt.network_name, opt.update_interval = "Optimizer", "Main", 1
-    opt.dataset_name.append("Training")
-    opt.solver.type = spec.solver
-    opt.solver.weight_decay, opt.solver.lr_decay, opt.solver.lr_decay_interval = 0.0, 1.0, 1
-    if spec.solver == "Sgd":
-        opt.solver.sgd_param.lr = spec.lr
-    else:
-        p = opt.solver.adam_param
-        p.alpha, p.beta1, p.beta2, p.eps = spec.lr, 0.9, 0.999, 1e-8
+    opt = add_optimizer(proto, spec.solver, spec.lr)
     _owner_inputs(opt, spec)
     opt.loss_variable.add().variable_name = "SoftmaxCrossEntropy"
     for name in text_parameters(spec):
