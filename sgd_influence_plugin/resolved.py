@@ -146,7 +146,7 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
     """
     settings.validate()
     solver = model.info.solver
-    warnings = []
+    warnings = list(getattr(model.info, "warnings", ()))  # the definition's optimizers
     solver_lr = float(solver.lr)
     if settings.lr in ("auto", "solver"):
         # auto: at most the largest rate the console used (its base rate: the curvature

@@ -59,6 +59,7 @@ PRODUCT_MODULES = (
     "nnabla_adapter/indices.py",
     "nnabla_adapter/losses.py",
     "nnabla_adapter/model.py",
+    "nnabla_adapter/optimizers.py",
     "nnabla_adapter/recurrent.py",
     "nnabla_adapter/replay_network.py",
     "nnabla_adapter/schedule.py",

@@ -12,7 +12,6 @@ copy of the networks is changed as :mod:`.replay_network` says.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -22,6 +21,7 @@ import numpy as np
 from ..errors import NetworkDefinitionError, ParameterError
 from . import losses as loss_kinds
 from .indices import word_indices
+from .optimizers import multipliers, optimizer_warnings
 from .recurrent import expand_loops, generated_inputs
 from .replay_network import prepare_network, share_parameters
 from .solver import SolverConfig, solver_config
@@ -73,6 +73,8 @@ class ModelInfo:
         word_indices: dataset column -> (Embed layer, V) for each column an Embed reads as
             word indices, e.g. ``{"x": ("Embed", 50)}``: its values must be whole numbers in
             0..V-1 (:mod:`.indices`).
+        warnings: sentences about the definition's optimizers that do not stop the run
+            (:func:`.optimizers.optimizer_warnings`), for the run's warnings.
 
     """
 
@@ -97,6 +99,7 @@ class ModelInfo:
     generated: Dict[str, Tuple[str, float]] = field(default_factory=dict)
     runtime_generated: Dict[str, Tuple[str, float]] = field(default_factory=dict)
     word_indices: Dict[str, Tuple[str, int]] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
 
 
 def describe(
@@ -145,6 +148,7 @@ def describe(
         target_column=target,
         generated=generated_inputs(opt, "optimizer", net, source),
         word_indices=indices,
+        warnings=optimizer_warnings(proto, opt, net, source),
     )
     replay = nnabla_pb2.NNablaProtoBuf()
     replay.network.add().CopyFrom(net)
@@ -214,25 +218,8 @@ def _data_inputs(
 
 
 def _trainable(opt, net, source: str) -> List[str]:
-    """The parameters of ``net`` that ``opt`` trains (learning-rate multiplier > 0), sorted;
-    a parameter variable's name may hold ``{...}`` placeholders for repeat indices.
-    """
-    var_types = {v.name: v.type for v in net.variable}
-    lr_mult = {}
-    for pv in opt.parameter_variable:
-        pattern = re.compile(
-            "^"
-            + re.sub(
-                r"{[^}]*}",
-                r"\\[\\d+\\]",
-                re.escape(pv.variable_name).replace(r"\{", "{").replace(r"\}", "}"),
-            )
-            + "$"
-        )
-        for name, t in var_types.items():
-            if t == "Parameter" and (name == pv.variable_name or pattern.match(name)):
-                lr_mult[name] = pv.learning_rate_multiplier
-    trainable = sorted(n for n, m in lr_mult.items() if m > 0)
+    """The parameters of ``net`` that ``opt`` trains (learning-rate multiplier > 0), sorted."""
+    trainable = sorted(n for n, m in multipliers(opt, net).items() if m > 0)
     if not trainable:
         raise NetworkDefinitionError(
             f"{source}: optimizer '{opt.name}' trains no parameter (every learning-rate "
