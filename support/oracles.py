@@ -125,3 +125,33 @@ def centred_by_class(values, labels):
     for c in np.unique(labels):
         out[labels == c] -= np.mean(values[labels == c])
     return out
+
+
+def pearson_with_leave_one_out(model, train, val, work, runs, lr, batch_size, seed=3):
+    """The tool's scores of one trial for each ``(cache, replay_step)`` in ``runs``, against
+    the exact leave-one-out re-runs of that trial's epoch (same order and rates, read from
+    the ``("all", "exact")`` run's cache, which ``runs`` must hold), centred by class as the
+    default target is: Pearson per run, ``{(cache, step): r}``. The model's parameters are
+    restored.
+    """
+    import os
+
+    from sgd_influence_plugin import influence
+    from sgd_influence_plugin.settings import InfluenceSettings
+
+    theta0 = model.get_params()
+    scores = {}
+    for cache, step in runs:
+        settings = InfluenceSettings(cache=cache, seed=seed, lr=lr, trials=1, replay_step=step)
+        out = os.path.join(str(work), f"{cache}_{step}")
+        scores[cache, step] = influence.compute_influence(
+            model, train, val, settings, cache_dir=out
+        ).scores
+        model.set_params(theta0)
+    order = np.load(os.path.join(str(work), "all_exact", "order.npy"))
+    lrs = np.load(os.path.join(str(work), "all_exact", "lr.npy"))
+    plain = exact_leave_one_out(model, train, val, theta0, order, lrs, batch_size, 0.0)
+    model.set_params(theta0)
+    loo = centred_by_class(plain, train["y"].ravel())
+    assert np.std(loo) > 0
+    return {key: float(np.corrcoef(s, loo)[0, 1]) for key, s in scores.items()}
