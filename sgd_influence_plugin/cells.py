@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import DatasetError
+from .io_utils import data_path
 
 #: The file kinds a cell may name (by extension); nnabla's loader reads each of them.
 FILE_EXTS = (
@@ -44,21 +45,6 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 def is_file_cell(cell: str) -> bool:
     """True if a CSV cell names a file (by its extension) rather than holding a number."""
     return os.path.splitext(cell.strip())[1].lower() in FILE_EXTS
-
-
-def cell_path(cell: str) -> str:
-    r"""A file cell as a path of this system: the console on Windows writes relative paths
-    with backslashes (``.\0\12.csv``), which nnabla's own loader also accepts; where ``\``
-    is no separator they become ``/``.
-    """
-    text = cell.strip()
-    return text.replace("\\", "/") if os.sep == "/" and "\\" in text else text
-
-
-def data_path(folder: str, cell: str) -> str:
-    """The file a cell of a CSV in ``folder`` names (relative paths start at ``folder``)."""
-    text = cell_path(cell)
-    return text if os.path.isabs(text) else os.path.join(folder, text)
 
 
 def variable_value(

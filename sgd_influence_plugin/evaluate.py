@@ -52,6 +52,7 @@ from .probabilities import as_probabilities
 from .recommend import is_classifier
 from .resolved import resolve
 from .settings import InfluenceSettings
+from .target import class_labels
 from .validation import CLI_FLAGS
 
 
@@ -61,12 +62,11 @@ def accuracy(model, data: Dataset) -> float:
     or multi-label vector targets), where no arg-max is a class to compare (the first
     target value used to be read as a class: 0.075 for one-hot targets of three classes).
     """
-    if not is_classifier(model.info):
+    labels = class_labels(model.info, data.arrays) if is_classifier(model.info) else None
+    if labels is None:
         return float("nan")
-    prob = model.predict(data.arrays)
-    column = next(iter(model.info.label_classes))
-    labels = np.rint(data.arrays[column].reshape(len(prob), -1)[:, 0])
-    return float(np.mean(as_probabilities(prob).argmax(axis=1) == labels.astype(int)))
+    prob = as_probabilities(model.predict(data.arrays))
+    return float(np.mean(prob.argmax(axis=1) == labels))
 
 
 def evaluate(req: EvaluateRequest, log=lambda m: None, executor=None) -> List[Dict]:

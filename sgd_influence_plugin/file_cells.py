@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from typing import Dict, List
 
-from .cells import cell_path, data_path
 from .dataset import Dataset
+from .io_utils import cell_path, data_path
 
 
 def relative_from(full: str, out_real: str, real_dirs: Dict[str, str]) -> str:

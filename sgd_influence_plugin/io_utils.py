@@ -151,3 +151,18 @@ def what_is(path: str) -> str:
             return f"a symbolic link to {os.readlink(path)}, which does not exist"
         return f"a symbolic link to {os.readlink(path)}, which is a file"
     return "a file"
+
+
+def cell_path(cell: str) -> str:
+    r"""A file cell as a path of this system: the console on Windows writes relative paths
+    with backslashes (``.\0\12.csv``), which nnabla's own loader also accepts; where ``\``
+    is no separator they become ``/``.
+    """
+    text = cell.strip()
+    return text.replace("\\", "/") if os.sep == "/" and "\\" in text else text
+
+
+def data_path(folder: str, cell: str) -> str:
+    """The file a cell of a CSV in ``folder`` names (relative paths start at ``folder``)."""
+    text = cell_path(cell)
+    return text if os.path.isabs(text) else os.path.join(folder, text)

@@ -184,16 +184,6 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
     )
 
 
-def _cap_words(solver) -> str:
-    """What the cap of ``--lr auto`` is, in the reason when it sets the rate: ``the
-    console's own rate``, or e.g. ``the console's base rate (Cosine from 0.1)``.
-    """
-    sched = getattr(solver, "schedule", None)
-    if sched is not None and not sched.constant:
-        return f"the console's base rate ({sched.describe()})"
-    return "the console's own rate"
-
-
 def schedule_warnings(solver) -> List[str]:
     """What the user is told about the console's schedule and ``update_interval`` (a
     :class:`~sgd_influence_plugin.nnabla_adapter.SolverConfig`): [] for neither.
@@ -317,7 +307,7 @@ def choose_lr(
     cap = run.lr if run.lr_source == "auto" else math.inf
     choice = curvature_mod.stable_lr(
         curv, steps, cap=cap, weight_decay=run.weight_decay,
-        cap_words=_cap_words(model.info.solver),
+        cap_words=model.info.solver.describe_rate(base=True),
     )  # fmt: skip
     run.curvature, run.lr_choice = curv, choice
     if run.lr_source == "auto":

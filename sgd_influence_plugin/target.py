@@ -43,6 +43,12 @@ def centring_words(target_applied) -> str:
     return "minus the same for an average sample of its class (settings: target)"
 
 
+def _label_column(info) -> Optional[str]:
+    """The model's one categorical label column (``info.label_classes``), or None."""
+    classes = dict(getattr(info, "label_classes", {}) or {})
+    return next(iter(classes)) if len(classes) == 1 else None
+
+
 def class_labels(info, arrays: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
     """The given class of every training row, or None for a model without classes.
 
@@ -56,11 +62,8 @@ def class_labels(info, arrays: Mapping[str, np.ndarray]) -> Optional[np.ndarray]
         its column.
 
     """
-    classes = dict(getattr(info, "label_classes", {}) or {})
-    if len(classes) != 1:
-        return None
-    column = next(iter(classes))
-    if column not in arrays:
+    column = _label_column(info)
+    if column is None or column not in arrays:
         return None
     values = np.asarray(arrays[column])
     return np.rint(values.reshape(len(values), -1)[:, 0]).astype(np.int64)
@@ -97,7 +100,7 @@ def applied(target: str, info) -> str:
     not name exactly one label column), as :func:`apply_target` does; what the settings,
     the summary and the report say the scores are.
     """
-    if target == "class-centred" and len(dict(getattr(info, "label_classes", {}) or {})) != 1:
+    if target == "class-centred" and _label_column(info) is None:
         return "plain"
     return target
 

@@ -5,6 +5,7 @@ optimizer's ``update_interval`` (:class:`SolverConfig`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -75,15 +76,18 @@ class SolverConfig:
         """The largest rate the console used, per step on a mean gradient: ``base_lr``, or
         ``lr`` where no schedule was read. The cap of ``--lr auto``.
         """
-        return self.base_lr if self.base_lr == self.base_lr else self.lr
+        return self.lr if math.isnan(self.base_lr) else self.base_lr
 
-    def describe_rate(self) -> str:
-        """Which console rate ``lr`` is, for messages and the summary: ``the console's rate``,
-        or e.g. ``the console's final rate (Cosine from 0.1)``, ``... x 4 (update_interval)``.
+    def describe_rate(self, base: bool = False) -> str:
+        """Which console rate ``lr`` (``base``: :attr:`peak_lr`) is, for messages and the
+        summary: ``the console's rate`` (``the console's own rate``), or e.g. ``the console's
+        final rate (Cosine from 0.1)`` (``the console's base rate (...)``), ``... x 4
+        (update_interval 4)``.
         """
-        words = "the console's rate"
+        words = "the console's own rate" if base else "the console's rate"
         if self.schedule is not None and not self.schedule.constant:
-            words = f"the console's final rate ({self.schedule.describe()})"
+            which = "base" if base else "final"
+            words = f"the console's {which} rate ({self.schedule.describe()})"
         if self.update_interval > 1:
             times = f"x {self.update_interval} " if self.type in LINEAR_SOLVERS else ""
             words += f" {times}(update_interval {self.update_interval})"

@@ -15,7 +15,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from ..errors import SettingsError
-from ..io_utils import atomic_write
+from ..io_utils import atomic_write, data_path
 
 
 def train_from_scratch(
@@ -92,17 +92,11 @@ def write_kept_rows(train_csv: str, rows_header, rows, keep: np.ndarray, seed: i
 
 
 def _absolute_cell(cell: str, src_folder: str) -> str:
-    r"""``cell`` made absolute where it names a file beside ``src_folder``, else unchanged.
-
-    The console on Windows writes ``.\0\12.csv``, which ``nnabla_cli`` reads on any system;
-    where ``\`` is no separator it becomes ``/`` (as ``cells.cell_path`` reads it), or the
-    cell would stay relative and name no file beside the cleansed CSV.
+    r"""``cell`` made absolute where it names a file beside ``src_folder`` (read as
+    :func:`.io_utils.data_path` reads it, so ``.\0\12.csv`` too), else unchanged.
     """
-    text = cell.strip()
-    if os.sep == "/" and "\\" in text:
-        text = text.replace("\\", "/")
-    full = os.path.normpath(os.path.join(src_folder, text))
-    return full if os.path.splitext(text)[1] and os.path.exists(full) else cell
+    full = os.path.normpath(data_path(src_folder, cell))
+    return full if os.path.splitext(cell.strip())[1] and os.path.exists(full) else cell
 
 
 def _write_definition(
