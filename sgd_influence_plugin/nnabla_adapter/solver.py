@@ -5,7 +5,6 @@ optimizer's ``update_interval`` (:class:`SolverConfig`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -57,9 +56,6 @@ class SolverConfig:
         schedule: the console's learning-rate schedule (:class:`.schedule.Schedule`); None
             where none was read (a config built by hand).
         update_interval: k, mini-batches per update.
-        base_lr: the schedule's base rate on the same footing as ``lr`` (the largest rate
-            the console used: the typed rate, times k for a linear solver); NaN: none read,
-            :attr:`peak_lr` then falls back to ``lr``.
 
     """
 
@@ -69,14 +65,17 @@ class SolverConfig:
     batch_size: int
     schedule: Optional[Schedule] = None
     update_interval: int = 1
-    base_lr: float = float("nan")
 
     @property
     def peak_lr(self) -> float:
-        """The largest rate the console used, per step on a mean gradient: ``base_lr``, or
-        ``lr`` where no schedule was read. The cap of ``--lr auto``.
+        """The largest rate the console used, per step on a mean gradient: the schedule's
+        base rate (times k for a linear solver, as ``lr``), or ``lr`` where no schedule was
+        read. The cap of ``--lr auto``.
         """
-        return self.lr if math.isnan(self.base_lr) else self.base_lr
+        if self.schedule is None or self.schedule.constant:
+            return self.lr
+        k = self.update_interval if self.type in LINEAR_SOLVERS else 1
+        return self.schedule.base_lr * k
 
     def describe_rate(self, base: bool = False) -> str:
         """Which console rate ``lr`` (``base``: :attr:`peak_lr`) is, for messages and the
@@ -123,7 +122,6 @@ def solver_config(opt, proto) -> SolverConfig:
     return SolverConfig(
         type=kind,
         lr=schedule.final_lr * per_update,
-        base_lr=schedule.base_lr * per_update,
         weight_decay=float(f"{s.weight_decay:.7g}") / k,
         batch_size=(batch_size or 1) * k,
         schedule=schedule,
