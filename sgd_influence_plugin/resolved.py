@@ -208,6 +208,8 @@ def straight_through_warnings(model, step: str) -> List[str]:
             f"(--replay_step exact) instead; {rough} (docs/method.md)"
         ]
     once = [_layer(n, kind) for n, kind in layers if not replay_steps.STRAIGHT_THROUGH[kind]]
+    if once and step != "fd":
+        return []  # the exact step is refused in one line (choose_lr)
     if not once:
         return [f"{net}: {shown} trains by a straight-through gradient; {rough} (docs/method.md)"]
     return [

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from sgd_influence_plugin import core, curvature, fidelity, replay, replay_steps, resolved
+from sgd_influence_plugin.errors import SettingsError
 from sgd_influence_plugin.runner import RunRequest, run
 from sgd_influence_plugin.settings import InfluenceSettings
 from support.netdef import NetSpec
@@ -161,6 +162,10 @@ def test_each_straight_through_network_is_named_in_one_warning(quant):
         assert f"differentiate the straight-through gradient of {layer} twice" in w
         assert "BinaryTanh twice" not in w and "sgd-influence check" in w
         assert resolved.resolve(m, InfluenceSettings()).replay_step == "fd"
+        assert _warnings(m, "exact") == []  # refused in one line instead:
+        with pytest.raises(SettingsError, match="exact replay step needs second derivatives"):
+            settings = InfluenceSettings(replay_step="exact")
+            resolved.choose_lr(m, quant(arch)[1], settings, resolved.resolve(m, settings))
     m, _, _ = quant("hardtanh_mlp")
     assert _warnings(m, "fd") == []
 
