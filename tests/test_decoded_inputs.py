@@ -256,3 +256,19 @@ def test_a_run_reads_each_dataset_with_its_own_options(results, tmp_path):
         want = var.data.cast(np.float32)
         np.testing.assert_array_equal(ds.arrays["x"].view(np.uint32), want.view(np.uint32))
     assert got[1].arrays["x"].max() > 1  # validation images not divided by 255
+
+
+def test_a_parent_step_after_a_linked_folder_is_taken_as_nnabla_takes_it(tmp_path):
+    """'../imgs/a.png' in a CSV reached through a link: nnabla's loader takes the '..' in the
+    text (the folder beside the link); the file system would take it beside the link's
+    target, another image the tool used to read."""
+    for folder, value in (("real/imgs", 10), ("imgs", 200)):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.fromarray(np.full((4, 5), value, np.uint8)).save(tmp_path / folder / "a.png")
+    (tmp_path / "real" / "csv").mkdir()
+    os.symlink(tmp_path / "real" / "csv", tmp_path / "link")
+    csv_path = _index(str(tmp_path / "link"), ["../imgs/a.png"])
+    want = _console_feeds(csv_path, (1, 4, 5), 1, False)
+    got = load_dataset(csv_path, {"x": (1, 4, 5), "y": (1,)}).arrays["x"]
+    assert want.max() * 255 == pytest.approx(200)
+    np.testing.assert_array_equal(got, want)
