@@ -272,3 +272,21 @@ def test_a_parent_step_after_a_linked_folder_is_taken_as_nnabla_takes_it(tmp_pat
     got = load_dataset(csv_path, {"x": (1, 4, 5), "y": (1,)}).arrays["x"]
     assert want.max() * 255 == pytest.approx(200)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "csv"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_npy_and_per_sample_csv_files_are_fed_as_nnabla_feeds_them(tmp_path, dtype, cached):
+    """Integer .npy arrays are divided by 255 (or 65535) through the cache only, as its reader
+    divides every 8- or 16-bit array; per-sample CSVs of several columns as they are."""
+    rng = np.random.RandomState(2)
+    names = []
+    for i in range(3):
+        np.save(tmp_path / f"{i}.npy", rng.randint(0, 256, (2, 3, 4)).astype(dtype))
+        np.savetxt(tmp_path / f"{i}.csv", rng.uniform(-1, 1, (3, 4)), delimiter=",")
+        names.append(f"{i}")
+    for ext, shape in ((".npy", (2, 3, 4)), (".csv", (3, 4))):
+        csv_path = _index(str(tmp_path), [n + ext for n in names])
+        want = _console_feeds(csv_path, shape, 3, cached)
+        got = load_dataset(csv_path, {"x": shape, "y": (1,)}, CACHED if cached else True)
+        np.testing.assert_array_equal(got.arrays["x"].view(np.uint32), want.view(np.uint32))
