@@ -110,6 +110,23 @@ def variable_value(
     return value, False
 
 
+def one_kind_per_variable(path, rows, numbers, plan, firsts) -> None:
+    """Refuse a variable fed both grayscale images (widened, :func:`variable_value`) and
+    images of the network's channels: ``nnabla_cli train`` cannot stack them in one batch or
+    cache file. ``firsts``: ``(name, widened)`` -> the first such row (0-based) of ``rows``;
+    ``plan``: name -> (shape, columns).
+    """
+    for name, (shape, cols) in plan.items():
+        if (name, True) in firsts and (name, False) in firsts:
+            gray, other = firsts[(name, True)], firsts[(name, False)]
+            raise DatasetError(
+                f"{path} row {numbers[gray]}: '{rows[gray][cols[0]]}' is grayscale but row "
+                f"{numbers[other]}'s image has the {shape[0]} channels of the network's input "
+                f"'{name}', and nnabla_cli train cannot put both kinds in one batch; convert "
+                f"the grayscale images to {shape[0]} channels"
+            )
+
+
 def _one_channel_of(got: Tuple[int, ...], want: Tuple[int, ...]) -> bool:
     """Whether an image of shape ``got`` is the grayscale form of ``want`` (C, H, W)."""
     return len(got) == len(want) == 3 and got[0] == 1 < want[0] and got[1:] == want[1:]

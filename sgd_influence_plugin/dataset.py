@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .cells import variable_value
+from .cells import one_kind_per_variable, variable_value
 from .errors import DatasetError, InputError
 
 
@@ -197,6 +197,11 @@ def read_rows(
     header, rows, numbers = read_csv_rows(path, blank_lines=False)
     if not rows:
         raise DatasetError(f"{path}: the dataset has a header but no rows; add samples")
+    if "" in header:
+        raise DatasetError(
+            f"{path}: column {header.index('') + 1} of the header is empty (a comma too many "
+            "at the end of the line?), which nnabla_cli train cannot read; delete the column"
+        )
     columns = _variable_columns(header)
     _check_needs(path, header, columns, needs)
     return CsvRows(
@@ -230,7 +235,8 @@ def decode(
         arrays, firsts = rows_read.block(0, n, progress or (lambda done, total: None))
     else:
         arrays, firsts = _decode_in_workers(rows_read, jobs, progress)
-    rows_read.check_one_kind(firsts)
+    r = rows_read
+    one_kind_per_variable(r.path, r.rows, r.numbers, r.plan, firsts)
     return Dataset(
         path=rows_read.path,
         header=rows_read.header,
@@ -342,21 +348,6 @@ class CsvRows:
             if done % _REPORT_EVERY == 0 or done == hi - lo:
                 report(done, hi - lo)
         return block, firsts
-
-    def check_one_kind(self, firsts: Dict[Tuple[str, bool], int]) -> None:
-        """Refuse a variable fed both grayscale images (widened) and images of the network's
-        channels: ``nnabla_cli train`` cannot stack them in one batch or cache file.
-        """
-        for name, (shape, cols) in self.plan.items():
-            if (name, True) in firsts and (name, False) in firsts:
-                gray, other = firsts[(name, True)], firsts[(name, False)]
-                cell = self.rows[gray][cols[0]]
-                raise DatasetError(
-                    f"{self.path} row {self.numbers[gray]}: '{cell}' is grayscale but row "
-                    f"{self.numbers[other]}'s image has the {shape[0]} channels of the "
-                    f"network's input '{name}', and nnabla_cli train cannot put both kinds in "
-                    f"one batch; convert the grayscale images to {shape[0]} channels"
-                )
 
 
 def _decode_in_workers(

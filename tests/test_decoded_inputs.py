@@ -290,3 +290,13 @@ def test_npy_and_per_sample_csv_files_are_fed_as_nnabla_feeds_them(tmp_path, dty
         want = _console_feeds(csv_path, shape, 3, cached)
         got = load_dataset(csv_path, {"x": shape, "y": (1,)}, CACHED if cached else True)
         np.testing.assert_array_equal(got.arrays["x"].view(np.uint32), want.view(np.uint32))
+
+
+def test_an_empty_header_cell_is_refused(tmp_path):
+    """A comma too many at the end of the header (Excel keeps a column once used): nnabla's
+    CSV reader fails on the empty name; the tool used to read the file."""
+    _write_images(str(tmp_path), ["a.png"], "L", "PNG")
+    csv_path = _index(str(tmp_path), None, ["x:image,y:label,", "a.png,1,"])
+    with pytest.raises(IndexError):
+        _console_feeds(csv_path, (1, 16, 16), 1, True)
+    assert "column 3 of the header is empty" in _refusal(csv_path, (1, 16, 16))
