@@ -260,9 +260,11 @@ def _file_value(where: str, text: str, folder: str, normalize) -> np.ndarray:
             ".convert('L') or .convert('RGB')) and train again on the converted images"
         ) from None
     except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
+        fix = "replace or remove this file"
+        if full.lower().endswith(".csv"):  # nnabla's reader: float() of every cell
+            fix = "a per-sample CSV holds numbers only (no header, no comma at a line's end)"
         raise DatasetError(
-            f"{where}: cannot read '{text}' ({_why_unreadable(full, e)}); replace or remove "
-            "this file"
+            f"{where}: cannot read '{text}' ({_why_unreadable(full, e)}); {fix}"
         ) from e
     if value.dtype.kind not in "biuf":  # a .npy of strings or objects: a traceback later
         raise DatasetError(

@@ -300,3 +300,18 @@ def test_an_empty_header_cell_is_refused(tmp_path):
     with pytest.raises(IndexError):
         _console_feeds(csv_path, (1, 16, 16), 1, True)
     assert "column 3 of the header is empty" in _refusal(csv_path, (1, 16, 16))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a,b\n1,2\n3,4\n", "1,2,\n3,4,\n", "\ufeff1,2\r\n3,4\r\n"],
+    ids=["header", "comma", "bom"],
+)
+def test_per_sample_csvs_nnabla_cannot_read_say_what_it_reads(tmp_path, text):
+    """A header, a comma at a line's end, a BOM (Excel): nnabla's reader fails on each."""
+    (tmp_path / "s.csv").write_bytes(text.encode())
+    csv_path = _index(str(tmp_path), ["s.csv"])
+    with pytest.raises(ValueError):
+        _console_feeds(csv_path, (2, 2), 1, False)
+    message = _refusal(csv_path, (2, 2))
+    assert "cannot read 's.csv'" in message and "holds numbers only (no header" in message
