@@ -341,7 +341,9 @@ def _load_plain_image(full: str, ext: str) -> Optional[np.ndarray]:
     # first (a quarter of the per-file cost); a file that is no PNG goes to nnabla's loader.
     try:
         im = Image.open(full, formats=("PNG",) if ext == ".png" else None)
-    except (UnidentifiedImageError, OSError):
+    except UnidentifiedImageError:  # another format under a .png name: its mode checked
+        return _load_plain_image(full, "") if ext == ".png" else None
+    except OSError:
         return None
     with im:
         if im.mode not in _PLAIN_MODES:

@@ -315,3 +315,12 @@ def test_per_sample_csvs_nnabla_cannot_read_say_what_it_reads(tmp_path, text):
         _console_feeds(csv_path, (2, 2), 1, False)
     message = _refusal(csv_path, (2, 2))
     assert "cannot read 's.csv'" in message and "holds numbers only (no header" in message
+
+
+def test_an_odd_image_under_a_png_name_is_refused_too(tmp_path):
+    """A CMYK JPEG saved as 'a.png' (it happens): nnabla's loader opens it by its content."""
+    _odd_image(str(tmp_path / "a.jpg"), "CMYK")
+    os.rename(tmp_path / "a.jpg", tmp_path / "a.png")
+    csv_path = _index(str(tmp_path), ["a.png"])
+    assert _console_feeds(csv_path, (4, 16, 16), 1, False).shape == (1, 4, 16, 16)
+    assert "'a.png' is a CMYK image" in _refusal(csv_path, (4, 16, 16))
