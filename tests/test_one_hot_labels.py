@@ -8,7 +8,8 @@ CategoricalCrossEntropy, and a definition that gives them one used to end in a t
 
 Oracles: the model's class and its probability are ``nnabla_cli forward``'s; the KL loss of a
 one-hot row is -log of its class's probability in that forward; the class-centred scores are
-the plain scores of the same trial centred by the class of the one-hot cells, counted here.
+the plain scores of the same trial centred by the class of the one-hot cells, counted here,
+and follow exact leave-one-out re-runs of the epoch centred the same way.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.nnabla_adapter import load_model
 from sgd_influence_plugin.settings import InfluenceSettings
 from support import console_kinds as kinds
-from support.oracles import centred_by_class
-from support.results import IMAGE_SCRIPT, TABLE_SCRIPT, console_outputs
+from support.oracles import centred_by_class, pearson_with_leave_one_out
+from support.results import IMAGE_SCRIPT, TABLE_SCRIPT, console_outputs, load_trained
 
 
 def _one_hot(path):
@@ -114,6 +115,17 @@ def test_class_centred_scores_centre_the_plain_ones_by_the_one_hot_class(trained
     probs = console_outputs(result, data["val"], str(tmp_path / "forward"), prefix="y'__")
     right = probs.argmax(axis=1) == _one_hot(data["val"])[1]
     assert evaluate.accuracy(model, val) == pytest.approx(float(np.mean(right)))
+
+
+def test_one_hot_class_centred_scores_follow_exact_leave_one_out(trained, tmp_path):
+    """Against N + 1 exact re-runs of the trial's epoch, centred by the one-hot class."""
+    data, result = trained("onehot")
+    model, train, val = load_trained(result, data)
+    datasets = [load_dataset(data[k], model.info.input_shapes) for k in ("train", "val")]
+    validation.check_labels(model.info, datasets)
+    runs = [("all", "exact"), ("final", "fd")]
+    r = pearson_with_leave_one_out(model, train, val, tmp_path, runs, lr=0.02, batch_size=16)
+    assert min(r.values()) > 0.99, r
 
 
 def _copy_data(data, tmp_path):
