@@ -64,10 +64,17 @@ def one_hot_header(header: List[str], rows: List[List[str]]) -> Tuple[str, ...]:
         return ()
     cols = [header.index(cells[k]) for k in range(len(cells))]
     for row in rows:
-        values = [row[c].strip() for c in cols]
-        if sorted(values) != ["0"] * (len(cols) - 1) + ["1"]:
+        values = [_number(row[c]) for c in cols]  # "1", "1.0", " 1" as the loader reads them
+        if None in values or sorted(values) != [0.0] * (len(cols) - 1) + [1.0]:
             return ()
     return tuple(cells[k] for k in range(len(cells)))
+
+
+def _number(cell: str) -> Optional[float]:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
 
 
 def read_influence_csv(path: str) -> InfluenceTable:
@@ -142,7 +149,7 @@ def _label_cells(header: List[str], rows: List[List[str]]):
 
 def _class_of(row: List[str], cols: List[int]) -> Optional[str]:
     """The class of a row's one-hot cells at ``cols`` (the place of its 1), or None."""
-    return next((str(k) for k, c in enumerate(cols) if row[c].strip() == "1"), None)
+    return next((str(k) for k, c in enumerate(cols) if _number(row[c]) == 1.0), None)
 
 
 def _check_influence_rows(files, header, rows, table: InfluenceTable, numbers=None) -> None:

@@ -171,12 +171,17 @@ def test_a_row_that_is_not_one_hot_leaves_the_model_without_classes(
     assert where in capsys.readouterr().err
 
 
-def test_cleanse_writes_a_relabel_back_one_hot(trained, tmp_path, capsys):
+@pytest.mark.parametrize("written", ["{}", "{}.0 "])
+def test_cleanse_writes_a_relabel_back_one_hot(trained, tmp_path, capsys, written):
     """A row set to relabel gets the one-hot vector of its suggested label in y__0..y__2,
     every other cell and row as it was; a training CSV whose one-hot label changed since the
-    run is refused."""
+    run is refused. Cells written ``1.0 `` are one-hot as nnabla's loader reads them (cleanse
+    used to find no label column in them)."""
     data, result = trained("onehot")
     data = _copy_data(data, tmp_path)
+    for j in range(len(kinds.read_rows(data["train"])["rows"])):
+        cells = _one_hot(data["train"])[0][j]
+        _set_cells(data["train"], j, [written.format(int(v)) for v in cells])
     out = tmp_path / "run" / "influence.csv"
     argv = ["run", "--model", os.path.join(result, "results.nnp"), "--train", data["train"],
             "--val", data["val"], "--no-recommend", "--output", str(out), "--quiet"]  # fmt: skip
