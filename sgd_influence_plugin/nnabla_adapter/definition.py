@@ -65,8 +65,8 @@ class ModelInfo:
             be whole numbers in 0..C-1. Regression losses add nothing here. A column of
             ``one_hot`` joins it when the datasets are one-hot (``validation.settle_one_hot``).
         one_hot: dataset column -> C for a vector label ``(C,)`` that a loss compares with a
-            Softmax over C classes (:func:`.losses.one_hot_targets`), when the network has
-            no other class label; whether it holds classes depends on the data.
+            Softmax over C classes (:func:`.losses.one_hot_targets`), when that is the
+            network's one loss; whether it holds classes depends on the data.
         class_note: why a model with ``one_hot`` has no classes (the first row that is not
             one-hot), for the summary; empty otherwise.
         task: ``classification``, ``regression`` or ``other`` (see :func:`.losses.understand`).
@@ -134,7 +134,8 @@ def describe(
     _check_parameters(net, params, source)
     loss_kinds.check_class_targets(net, inputs, var_shapes, source)
     task, target, label_classes = loss_kinds.understand(net, inputs, var_shapes)
-    one_hot = {} if label_classes else loss_kinds.one_hot_targets(net, inputs, var_shapes)
+    alone = not label_classes and len(losses) == 1 and task == loss_kinds.OTHER
+    one_hot = loss_kinds.one_hot_targets(net, inputs, var_shapes) if alone else {}
     scores = loss_kinds.class_scores(net, inputs, var_shapes)
     heads = {_last_learned(net, v) for v in scores} - {None}
     notes = [unrolled[net.name]] if net.name in unrolled else []
