@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -41,6 +41,7 @@ class InfluenceTable:
     actions: Optional[List[str]] = None
     suggested: Optional[List[str]] = None
     label_header: Optional[str] = None
+    one_hot: Tuple[str, ...] = ()
 
 
 def label_header(header: List[str]) -> Optional[str]:
@@ -52,6 +53,28 @@ def label_header(header: List[str]) -> Optional[str]:
         return "y:label"
     named_y = [c for c in header if parse_header_cell(c)[:2] == ("y", None)]
     return named_y[0] if len(named_y) == 1 else None
+
+
+def one_hot_header(header: List[str], rows: List[List[str]]) -> Tuple[str, ...]:
+    """The cells ``y__0..y__{C-1}`` (C > 1) of a class label written one-hot, class k's at
+    place k, when the header has them and every row is one-hot; else ().
+    """
+    cells = {parse_header_cell(c)[1]: c for c in header if parse_header_cell(c)[0] == "y"}
+    if len(cells) < 2 or None in cells or sorted(cells) != list(range(len(cells))):
+        return ()
+    cols = [header.index(cells[k]) for k in range(len(cells))]
+    for row in rows:
+        values = [_number(row[c]) for c in cols]  # "1", "1.0", " 1" as the loader reads them
+        if None in values or sorted(values) != [0.0] * (len(cols) - 1) + [1.0]:
+            return ()
+    return tuple(cells[k] for k in range(len(cells)))
+
+
+def _number(cell: str) -> Optional[float]:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
 
 
 def read_influence_csv(path: str) -> InfluenceTable:
@@ -70,8 +93,7 @@ def read_influence_csv(path: str) -> InfluenceTable:
             )
     ci, cs = header.index("datasource_index"), header.index("influence")
     co = header.index("original") if "original" in header else None
-    label = label_header(header)
-    cl = header.index(label) if label else None
+    label, one_hot, cl = _label_cells(header, rows)
     ca = header.index("action") if "action" in header else None
     cg = header.index("suggested_label") if "suggested_label" in header else None
     idx, infl, orig, labels, actions, suggested = [], [], [], [], [], []
@@ -90,7 +112,7 @@ def read_influence_csv(path: str) -> InfluenceTable:
                 "influence CSV is damaged: compute it again with 'sgd-influence run'"
             )
         orig.append(row[co] if co is not None else None)
-        labels.append(row[cl] if cl is not None else None)
+        labels.append(row[cl] if isinstance(cl, int) else _class_of(row, cl))
         if ca is not None:
             act = row[ca].strip()
             if act not in ("keep", "relabel", "remove"):
@@ -112,7 +134,22 @@ def read_influence_csv(path: str) -> InfluenceTable:
         actions if ca is not None else None,
         suggested if ca is not None else None,
         label,
+        one_hot,
     )
+
+
+def _label_cells(header: List[str], rows: List[List[str]]):
+    """``(label column or None, one-hot cells, where a row's label is)``: the label column's
+    index, or the one-hot cells' indices (:func:`one_hot_header`; [] without either).
+    """
+    label = label_header(header)
+    one_hot = () if label else one_hot_header(header, rows)
+    return label, one_hot, header.index(label) if label else [header.index(c) for c in one_hot]
+
+
+def _class_of(row: List[str], cols: List[int]) -> Optional[str]:
+    """The class of a row's one-hot cells at ``cols`` (the place of its 1), or None."""
+    return next((str(k) for k, c in enumerate(cols) if _number(row[c]) == 1.0), None)
 
 
 def _check_influence_rows(files, header, rows, table: InfluenceTable, numbers=None) -> None:
@@ -145,6 +182,9 @@ def _check_influence_rows(files, header, rows, table: InfluenceTable, numbers=No
         )
     label = label if label in header else "y:label"
     label_col = header.index(label) if label in header else None
+    if table.one_hot and all(c in header for c in table.one_hot):  # compared as classes
+        rows = [r + [_class_of(r, [header.index(c) for c in table.one_hot]) or ""] for r in rows]
+        label_col = len(header)
     for r, (j, o, lab) in enumerate(zip(idx, orig, labels)):
         if o and o not in rows[j]:
             raise InputError(
@@ -240,8 +280,9 @@ def _planned_set(influence_csv, train_csv, output, header, rows, flags) -> Outpu
 
 def _changes(
     table: InfluenceTable, files, header, rows, remove, remove_ratio, flags
-) -> Tuple[set, Dict[int, str], Optional[int]]:
-    """``(rows to drop, {row: new label}, the label column to relabel in or None)``: the
+) -> Tuple[set, Dict[int, str], Optional[Union[int, List[int]]]]:
+    """``(rows to drop, {row: new label}, the label column (or one-hot columns) to relabel
+    in, or None)``: the
     ``remove`` most harmful rows (or that share), else the influence CSV's actions.
 
     Raises:
@@ -272,7 +313,8 @@ def _changes(
     if not relabel:
         return drop, relabel, None
     idx, labels, label = table.index, table.labels, table.label_header
-    return drop, relabel, _label_column(header, rows, idx, labels, *files, flags, label)
+    where = _label_column(header, rows, idx, labels, *files, flags, label, table.one_hot)
+    return drop, relabel, where
 
 
 def _output_set(influence_csv: str, output: str) -> str:
@@ -285,10 +327,13 @@ def _output_set(influence_csv: str, output: str) -> str:
     return set_name("cleanse", output)
 
 
-def _label_column(header, rows, idx, labels, influence_csv, train_csv, flags, label=None) -> int:
+def _label_column(
+    header, rows, idx, labels, influence_csv, train_csv, flags, label=None, one_hot=()
+) -> Union[int, List[int]]:
     """The training CSV's label column: the influence CSV's label column (``label``) when the
-    training CSV has it, ``y:label``, else the one column that holds every row's label as the
-    influence CSV gives it.
+    training CSV has it, ``y:label``, the cells of a one-hot label (``one_hot``, C of them:
+    their indices), else the one column that holds every row's label as the influence CSV
+    gives it.
 
     Raises:
         InputError: no such column or several (the message says how to cleanse instead).
@@ -297,6 +342,8 @@ def _label_column(header, rows, idx, labels, influence_csv, train_csv, flags, la
     for name in (label, "y:label"):
         if name and name in header:
             return header.index(name)
+    if one_hot and all(c in header for c in one_hot):
+        return [header.index(c) for c in one_hot]
     fits = [
         c
         for c in range(len(header))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -47,6 +47,24 @@ def run_changes(
     return drop, relabel
 
 
+def label_place(header: Sequence[str], label: Union[str, Sequence[str]]) -> Union[int, List[int]]:
+    """Where :func:`write_cleansed` writes a new label: the index of the label cell ``label``
+    in ``header``, or for a one-hot label (its cells, class k's at place k) their indices.
+    """
+    if isinstance(label, str):
+        return header.index(label)
+    return [header.index(c) for c in label]
+
+
+def _set_label(out: List[str], label_col: Union[int, List[int]], new: str) -> None:
+    """``new`` (a class) into row ``out``: the label cell, or the class's one-hot cells."""
+    if isinstance(label_col, int):
+        out[label_col] = new
+        return
+    for k, c in enumerate(label_col):
+        out[c] = "1" if k == int(new) else "0"
+
+
 def write_cleansed(
     header: Sequence[str],
     rows: Sequence[Sequence[str]],
@@ -55,11 +73,12 @@ def write_cleansed(
     out_folder: str,
     path: str,
     relabel: Optional[Dict[int, str]] = None,
-    label_col: Optional[int] = None,
+    label_col: Optional[Union[int, List[int]]] = None,
 ) -> None:
     """Write ``rows`` without the indices in ``drop`` and with ``relabel[j]`` in column
-    ``label_col`` of row j; file cells are rewritten relative to ``out_folder`` (where the
-    CSV will live), so the console finds the images from there.
+    ``label_col`` of row j (or, a list of C columns, as a one-hot vector); file cells are
+    rewritten relative to ``out_folder`` (where the CSV will live), so the console finds the
+    images from there.
     """
     data_cols = [c for c, cell in enumerate(header) if not cell.startswith("#")]
     out_abs = os.path.abspath(out_folder)
@@ -76,5 +95,5 @@ def write_cleansed(
                 for k, c in enumerate(row)
             ]
             if j in relabel:
-                out[label_col] = relabel[j]
+                _set_label(out, label_col, relabel[j])
             w.writerow(out)

@@ -20,6 +20,7 @@ import numpy as np
 from . import core
 from .executor import LocalExecutor, unit_graphs
 from .probabilities import as_probabilities
+from .target import given_classes, with_classes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .suspects import Candidate
@@ -111,9 +112,7 @@ def _check_epoch(
     n = len(train[label_column])
     arrays, weight = dict(train), None
     if c is not None and c.action == "relabel":
-        lab = np.array(train[label_column], copy=True)
-        lab.reshape(n, -1)[c.rows, 0] = c.new_labels
-        arrays[label_column] = lab
+        arrays[label_column] = with_classes(train[label_column], c.rows, c.new_labels)
     elif c is not None:
         weight = np.ones(n, dtype=np.float32)
         weight[c.rows] = 0.0
@@ -142,7 +141,7 @@ def check_epoch_unit(item, progress, model, train, heldout):
     """
     c, order, lr, batch_size, weight_decay, label_column, val_batch_size, with_accuracy = item
     theta0 = model.get_params()
-    held_labels = np.asarray(heldout[label_column]).reshape(-1).astype(np.int64)
+    held_labels = given_classes(heldout[label_column])
     try:
         return _check_epoch(
             model, train, heldout, held_labels, label_column, c, order, lr, batch_size,

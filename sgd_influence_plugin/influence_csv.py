@@ -107,7 +107,8 @@ class RowCells:
 
     Attributes:
         order: row indices sorted by score ascending (most harmful first, ties in row order).
-        labels: each row's label cell, stripped; None without a label column.
+        labels: each row's label cell, stripped, or its one-hot cells' class
+            (:meth:`.table_columns.TableColumns.label_cells`); None without a label.
         actions / suggested / confidence / agreement: the influence CSV's ``action``,
             ``suggested_label``, ``confidence`` and ``neighbour_agreement`` cells.
         images: per row, whether its data-file cell names an image ([] without a file
@@ -138,10 +139,10 @@ def row_cells(train: Dataset, columns: TableColumns, scores: np.ndarray, rec) ->
             [f"{c:.4f}" if np.isfinite(c) else "" for c in rec.confidence],
             [""] * n if rec.agreement is None else [f"{a:.3f}" for a in rec.agreement],
         )
-    label, file = columns.label, columns.file
+    file = columns.file
     return RowCells(
         np.argsort(scores, kind="stable"),
-        [train.cell(i, label).strip() for i in range(n)] if label else None,
+        columns.label_cells(train),
         *cells,
         [is_image(train.cell(i, file)) for i in range(n)] if file else [],
     )
@@ -208,7 +209,7 @@ def write_influence_csv(
         for i in cells.order:
             w.writerow(
                 ([files[i]] if columns.file else [])
-                + ([cells.labels[i]] if cells.labels else [])
+                + ([cells.labels[i]] if columns.label else [])
                 + [train.cell(int(i), c) for c in columns.notes + columns.features]
                 + [
                     repr(float(scores[i])),

@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from .probabilities import as_probabilities
+from .target import given_classes
 
 #: Training rows compared with the reference rows at once (bounds the memory to
 #: CHUNK x V float32 distances).
@@ -116,7 +117,7 @@ def model_agreement(model, features, labels, reference, label_column: str):
     why, when the features are not finite.
     """
     ref_feats = model.features(reference)
-    ref_labels = np.asarray(reference[label_column]).reshape(len(ref_feats), -1)[:, 0]
+    ref_labels = given_classes(reference[label_column])
     try:
         agreement = label_agreement(features, labels, ref_feats, ref_labels)
     except ValueError as e:
@@ -147,7 +148,7 @@ def training_signals(model, train, reference, label_column: str, *more):
     else:
         out, feats = model.predict_with_features(train)
         prob = as_probabilities(out)
-    labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
+    labels = given_classes(train[label_column])
     signals = [prob]
     for ref, why in zip(refs, whys):
         if why is not None:

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import influence_csv
 from . import report as html_report
-from .cleansed_csv import run_changes, write_cleansed
+from .cleansed_csv import label_place, run_changes, write_cleansed
 from .dataset import Dataset
 from .errors import SettingsError
 from .influence_csv import RowCells, image_cells, row_cells
@@ -158,7 +158,8 @@ def write_influence_output(
         raise SettingsError(f"{len(scores)} scores for {train.size} training rows")
     if not np.all(np.isfinite(scores)):
         raise SettingsError("refusing to write non-finite influence scores")
-    columns = find_columns(train, content.used_columns, content.target)
+    one_hot = bool(content.info.get("label_one_hot"))  # a relabel writes its one-hot vector
+    columns = find_columns(train, content.used_columns, content.target, one_hot)
     cells = row_cells(train, columns, scores, content.recommendation)
     _record_recommendation(content, cells)
     thumbs = any(cells.images) and not influence_csv.fits_box(train, columns.file, thumb_size)
@@ -303,7 +304,8 @@ class _RunView:
         )
 
     def write_cleansed(self, path: str) -> None:
-        train, label, cells = self.content.train, self.columns.label, self.cells
+        train, cells = self.content.train, self.cells
+        label = self.columns.label or list(self.columns.one_hot)
         drop, relabel = run_changes(
             cells.order, cells.actions, cells.suggested, self.content.remove_ratio, bool(label)
         )
@@ -315,5 +317,5 @@ class _RunView:
             self.plan.folder,
             path,
             relabel,
-            train.header.index(label) if label else None,
+            label_place(train.header, label) if label else None,
         )

@@ -41,6 +41,7 @@ from .neighbours import training_signals
 from .recommend import MIN_TWO_WAY, check_key, check_rate_or_why_not
 from .recommendation import Recommendation, build, unavailable, z_required
 from .suspects import Candidate, candidate_sets, find_suspects
+from .target import given_classes
 
 
 @dataclass
@@ -204,8 +205,7 @@ def _suspects(model, train, label_column: str, refs, scores, early):
     else:
         signals = training_signals(model, train, refs[0], label_column, *refs[1:])
         prob, pairs = signals[0], [signals[k : k + 2] for k in range(1, len(signals), 2)]
-    n = len(train[label_column])
-    labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
+    labels = given_classes(train[label_column])
     order = (scores[1], scores[2], scores[0])  # half A's, half B's, every row's
     sus = [find_suspects(labels, prob, s, p[0]) for s, p in zip(order, pairs)]
     return (*sus, pairs)

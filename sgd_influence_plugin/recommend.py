@@ -67,6 +67,7 @@ from .suspects import (  # noqa: F401 - part of this module's interface
     combined_order,
     find_suspects,
 )
+from .target import given_classes
 from .tiny_inputs import too_few_to_recommend
 
 #: Fewer held-out rows than this cannot back a recommendation (the standard error of the
@@ -151,8 +152,9 @@ def split_for_check(wanted: bool, info, train, val, seed: int) -> CheckSplit:
     elif not is_classifier(info):
         why = (
             "no recommendation: it needs a classifier (one class label and an executor "
-            "network that outputs class scores); remove_ratio leaves out a share of the most "
-            "harmful rows instead"
+            "network that outputs class scores"
+            + (f"; the labels are not classes: {info.class_note}" if info.class_note else "")
+            + "); remove_ratio leaves out a share of the most harmful rows instead"
         )
     elif too_few_to_recommend(train.size):
         why = too_few_to_recommend(train.size)
@@ -224,7 +226,7 @@ def early_work(
     try:
         signals = training_signals(model, train, reference, label_column, *more_references)
         prob, agreement, neighbours = signals[:3]
-        held_labels = np.asarray(heldout[label_column]).reshape(-1).astype(np.int64)
+        held_labels = given_classes(heldout[label_column])
         base = _check_epoch(
             model, train, heldout, held_labels, label_column, None,
             check_order(n, seed + SEED_OFFSET, check_rows), lr, batch_size, weight_decay,
@@ -386,6 +388,5 @@ def _suspects(model, train, label_column: str, trial_scores, reference, early):
         prob, agreement, neighbours = early["prob"], early["agreement"], early["neighbours"]
     else:
         prob, agreement, neighbours = training_signals(model, train, reference, label_column)
-    n = len(train[label_column])
-    labels = np.asarray(train[label_column]).reshape(n, -1)[:, 0]
+    labels = given_classes(train[label_column])
     return find_suspects(labels, prob, trial_scores, agreement), neighbours

@@ -9,7 +9,7 @@ import platform
 
 from . import __version__
 from .influence import InfluenceResult
-from .target import CENTRING_SENTENCE, applied
+from .target import CENTRING_SENTENCE, applied, one_hot_label
 
 
 def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_csv) -> dict:
@@ -50,6 +50,7 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
         ],
         "model": info.source,
         "label_classes": {str(k): int(v) for k, v in info.label_classes.items()},
+        "label_one_hot": one_hot_label(info),  # the label column is y__0..y__{C-1}, one-hot
         "word_indices": {  # column -> the Embed that reads it, and its dictionary's size
             str(k): {"layer": str(layer), "words": int(n)}
             for k, (layer, n) in getattr(info, "word_indices", {}).items()

@@ -38,7 +38,7 @@ from .recommendation import Recommendation, unavailable
 from .resolved import resolve
 from .run_facts import run_facts
 from .settings import InfluenceSettings
-from .table_columns import find_columns
+from .table_columns import model_label_cells
 from .validation import CLI_FLAGS, FlagNames
 
 
@@ -207,8 +207,7 @@ def _label_names(path: str, info, train) -> List[str]:
     named (:func:`.labels.check_label_names`).
     """
     names = read_label_names(path)
-    label_col = find_columns(train, list(info.input_shapes), info.target_column).label
-    labels = [train.cell(i, label_col) for i in range(train.size)] if label_col else None
+    labels = model_label_cells(train, info)
     check_label_names(names, labels, path, train.path, train.numbers, info.label_classes)
     return names
 

@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from .cells import is_file_cell
 from .dataset import Dataset, parse_header_cell
+from .target import one_hot_label
 
 #: The run's columns, after the training CSV's own (see :func:`influence_header`).
 SCORE_COLUMNS = [
@@ -40,6 +41,9 @@ class TableColumns:
             ``x__0:Pclass`` ... ``x__6:Embarked``, so a row reads without the training CSV.
         notes: the comment columns (header cell starting with ``#``, e.g. ``# x:text``, the
             words of a text classifier's row), in the CSV's order.
+        one_hot: a class label written one-hot, ``y__0`` ... ``y__{C-1}`` (class k's cell
+            at place k; ``label`` is then None): they stay among ``features`` as written,
+            and each row's class is the place of its 1.
 
     """
 
@@ -47,14 +51,34 @@ class TableColumns:
     label: Optional[str]
     features: Tuple[str, ...] = ()
     notes: Tuple[str, ...] = ()
+    one_hot: Tuple[str, ...] = ()
+
+    def label_cells(self, train: Dataset) -> Optional[List[str]]:
+        """Each row's label as text: its label cell, stripped, or the class of its one-hot
+        cells (``"2"`` for ``0,0,1``); None without a label column.
+        """
+        if self.label:
+            return [train.cell(i, self.label).strip() for i in range(train.size)]
+        if self.one_hot:
+            return [
+                str(
+                    max(
+                        range(len(self.one_hot)),
+                        key=lambda k: float(train.cell(i, self.one_hot[k])),
+                    )
+                )
+                for i in range(train.size)
+            ]
+        return None
 
 
 def find_columns(
-    train: Dataset, used_columns: Sequence[str], target: Optional[str] = None
+    train: Dataset, used_columns: Sequence[str], target: Optional[str] = None, one_hot=False
 ) -> TableColumns:
     """The :class:`TableColumns` of ``train`` for a network that reads ``used_columns``
     (dataset variables) and whose loss compares with variable ``target`` (None: the first
-    single-cell number column is taken for the label).
+    single-cell number column is taken for the label); ``one_hot``: ``target`` is a class
+    label written one-hot (``ModelInfo.one_hot`` settled into its classes).
     """
     file_col = label_col = None
     numbers: List[str] = []
@@ -70,8 +94,19 @@ def find_columns(
     if target is not None and len(train.columns.get(target, [])) == 1:
         label_col = train.columns[target][0]
     features = tuple(c for c in train.header if c in numbers and c != label_col)
+    cells = train.columns.get(target, []) if one_hot and target is not None else []
+    by_class = tuple(sorted(cells, key=lambda c: parse_header_cell(c)[1] or 0))
     notes = tuple(c for c in train.header if c.startswith("#"))
-    return TableColumns(file_col, label_col, features, notes)
+    one_hot_cells = by_class if len(cells) > 1 else ()
+    return TableColumns(file_col, label_col, features, notes=notes, one_hot=one_hot_cells)
+
+
+def model_label_cells(train: Dataset, info) -> Optional[List[str]]:
+    """Each training row's label as the model ``info`` reads it
+    (:meth:`TableColumns.label_cells` of its label column, one-hot or not), or None.
+    """
+    columns = find_columns(train, list(info.input_shapes), info.target_column, one_hot_label(info))
+    return columns.label_cells(train)
 
 
 def influence_header(columns: TableColumns) -> List[str]:

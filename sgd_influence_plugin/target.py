@@ -49,6 +49,14 @@ def _label_column(info) -> Optional[str]:
     return next(iter(classes)) if len(classes) == 1 else None
 
 
+def one_hot_label(info) -> bool:
+    """Whether the model's one class label is written one-hot (``info.one_hot``, settled
+    into ``info.label_classes`` by the datasets).
+    """
+    column = _label_column(info)
+    return column is not None and column in (getattr(info, "one_hot", {}) or {})
+
+
 def class_labels(info, arrays: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
     """The given class of every training row, or None for a model without classes.
 
@@ -65,8 +73,34 @@ def class_labels(info, arrays: Mapping[str, np.ndarray]) -> Optional[np.ndarray]
     column = _label_column(info)
     if column is None or column not in arrays:
         return None
-    values = np.asarray(arrays[column])
-    return np.rint(values.reshape(len(values), -1)[:, 0]).astype(np.int64)
+    return given_classes(arrays[column])
+
+
+def given_classes(values: np.ndarray) -> np.ndarray:
+    """The class of every row of a label column's array: a class index (N, 1) as it is, a
+    one-hot vector (N, C > 1) by the place of its 1 (the model's ``one_hot`` labels, checked
+    one-hot by ``validation.check_label_values``); int64 (N,).
+    """
+    values = np.asarray(values)
+    flat = values.reshape(len(values), -1)
+    if flat.shape[1] > 1:
+        return np.argmax(flat, axis=1).astype(np.int64)
+    return np.rint(flat[:, 0]).astype(np.int64)
+
+
+def with_classes(values: np.ndarray, rows, classes) -> np.ndarray:
+    """A copy of a label column's array (as :func:`given_classes` reads it) with ``rows``
+    given ``classes``: the index written, or the one-hot vector of the class.
+    """
+    out = np.array(values, copy=True)
+    flat = out.reshape(len(out), -1)
+    rows = np.asarray(rows, dtype=np.int64)
+    if flat.shape[1] > 1:
+        flat[rows] = 0
+        flat[rows, np.asarray(classes, dtype=np.int64)] = 1
+    else:
+        flat[rows, 0] = classes
+    return out
 
 
 def centre_by_class(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from .cells import is_file_cell
 from .dataset import Dataset
 from .errors import DatasetError, OutputError, SettingsError
 from .io_utils import nearest_existing
+from .one_hot import not_one_hot, settle_one_hot
 from .settings import is_number
 from .tiny_inputs import check_training_size
 from .word_indices import check_word_indices
@@ -197,6 +198,11 @@ def check_label_values(dataset: Dataset, label_classes: Mapping[str, int]) -> No
     for column, classes in label_classes.items():
         if column not in dataset.arrays:
             continue
+        if dataset.arrays[column].reshape(dataset.size, -1).shape[1] > 1:
+            why = not_one_hot(dataset, column)
+            if why:
+                raise DatasetError(f"{why}; each row needs one 1 and {classes - 1} zeros")
+            continue
         cells = dataset.columns.get(column, [])
         header_cell = cells[0] if len(cells) == 1 else None
         ci = dataset.header.index(header_cell) if header_cell else None
@@ -222,13 +228,15 @@ def check_label_values(dataset: Dataset, label_classes: Mapping[str, int]) -> No
 
 
 def check_labels(info, datasets: Sequence[Dataset]) -> None:
-    """:func:`check_label_values` of each dataset for the model ``info`` describes, and the
-    word indices its Embed layers read (:func:`.word_indices.check_word_indices`).
+    """:func:`check_label_values` of each dataset for the model ``info`` describes (its
+    one-hot labels settled first, :func:`settle_one_hot`), and the word indices its Embed
+    layers read (:func:`.word_indices.check_word_indices`).
 
     Raises:
         DatasetError: the first label or word index out of place.
 
     """
+    settle_one_hot(info, datasets)
     for d in datasets:
         check_label_values(d, getattr(info, "label_classes", {}))
         check_word_indices(d, getattr(info, "word_indices", {}))

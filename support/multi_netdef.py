@@ -20,11 +20,15 @@ Networks (:class:`MultiSpec`, :func:`write_multi_nntxt`): ``x`` (and ``x2``, con
 - ``kl``: ``KLMultinomial(t, Softmax(z))`` (B, 1), the console's loss for a probability
   target (one-hot or soft): the cross-entropy minus the target's entropy;
 - ``bce``: ``BinaryCrossEntropy(Sigmoid(z), t)`` (B, K): K separate binary labels;
+- ``sigmoid_ce``: ``SigmoidCrossEntropy(z, t)`` (B, K): the same on the logits;
+- ``softmax_bce``: ``BinaryCrossEntropy(Softmax(z), t)`` (B, K): a one-hot target compared
+  value by value with the class probabilities;
 - ``squared``: ``SquaredError(z, t)`` (B, K);
 - ``ce``: ``SoftmaxCrossEntropy(z, y)`` (B, 1) on a class index;
 - ``ce_squared``: ``ce`` plus ``SquaredError(Affine_3(h), y2)`` (B, 3), two loss variables.
 
-The runtime network outputs ``y'``: Softmax(z), Sigmoid(z) or z; for ``ce_squared`` also
+The runtime network outputs ``y'``: Softmax(z) (``kl``, ``softmax_bce``, ``ce``), Sigmoid(z)
+(``bce``, ``sigmoid_ce``) or z (``squared``); for ``ce_squared`` also
 ``y2'`` = Affine_3(h), after ``y'`` or (``regression_first``) before it.
 """
 
@@ -142,7 +146,8 @@ def _net(spec: MultiSpec, b: int, runtime: bool):
     h = F.relu(PF.affine(h, 16, name="Affine"))
     z = PF.affine(h, 3, name="Affine_2")
     if runtime:
-        out = {"kl": F.softmax, "bce": F.sigmoid, "squared": lambda v: v}.get(spec.head, F.softmax)
+        out = {"bce": F.sigmoid, "sigmoid_ce": F.sigmoid, "squared": lambda v: v}
+        out = out.get(spec.head, F.softmax)
         outputs = {"y'": out(z)}
         if spec.head == "ce_squared":
             reg = {"y2'": PF.affine(h, 3, name="Affine_3")}
@@ -154,6 +159,10 @@ def _net(spec: MultiSpec, b: int, runtime: bool):
         return inputs, {"loss": F.kl_multinomial(t, F.softmax(z))}
     if spec.head == "bce":
         return inputs, {"loss": F.binary_cross_entropy(F.sigmoid(z), t)}
+    if spec.head == "sigmoid_ce":
+        return inputs, {"loss": F.sigmoid_cross_entropy(z, t)}
+    if spec.head == "softmax_bce":
+        return inputs, {"loss": F.binary_cross_entropy(F.softmax(z), t)}
     if spec.head == "squared":
         return inputs, {"loss": F.squared_error(z, t)}
     outputs = {"loss": F.softmax_cross_entropy(z, t)}

@@ -152,6 +152,7 @@ def pearson_with_leave_one_out(model, train, val, work, runs, lr, batch_size, se
     lrs = np.load(os.path.join(str(work), "all_exact", "lr.npy"))
     plain = exact_leave_one_out(model, train, val, theta0, order, lrs, batch_size, 0.0)
     model.set_params(theta0)
-    loo = centred_by_class(plain, train["y"].ravel())
+    labels = train["y"].reshape(len(plain), -1)
+    loo = centred_by_class(plain, labels.argmax(1) if labels.shape[1] > 1 else labels[:, 0])
     assert np.std(loo) > 0
     return {key: float(np.corrcoef(s, loo)[0, 1]) for key, s in scores.items()}

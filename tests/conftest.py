@@ -152,6 +152,21 @@ KINDS = {
         MultiSpec(head="kl", solver="Adam", lr=0.02, batch_size=16, max_epoch=4),
         TABLE_SCRIPT,
     ),
+    "onehot_softmax_bce": (  # the one-hot vector against the softmax, value by value
+        lambda d: write_multi(d, 160, 80, "onehot", seed=3),
+        MultiSpec(head="softmax_bce", solver="Adam", lr=0.02, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "soft": (  # probability targets (label smoothing): no classes
+        lambda d: write_multi(d, 160, 80, "soft", seed=3),
+        MultiSpec(head="kl", solver="Adam", lr=0.02, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
+    "multilabel_sigmoid_ce": (
+        lambda d: write_multi(d, 160, 80, "multilabel", seed=3),
+        MultiSpec(head="sigmoid_ce", solver="Adam", lr=0.02, batch_size=16, max_epoch=4),
+        TABLE_SCRIPT,
+    ),
     "multilabel": (
         lambda d: write_multi(d, 160, 80, "multilabel", seed=3),
         MultiSpec(head="bce", solver="Adam", lr=0.02, batch_size=16, max_epoch=4),

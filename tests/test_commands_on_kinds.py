@@ -53,10 +53,11 @@ def test_the_retraining_csv_makes_backslash_cells_absolute(tmp_path):
     assert sorted(written) == sorted([["4", "1"], [str(tmp_path / "data" / "00" / "3.csv"), "0"]])
 
 
-@pytest.mark.parametrize("kind", ["onehot", "vector"])
+@pytest.mark.parametrize("kind", ["soft", "vector"])
 def test_accuracy_is_nan_without_class_labels(trained, tmp_path, kind):
-    """Probability (KL) or regression vector targets have no class label: the first target
-    value used to be compared with the arg-max (0.075 for one-hot targets of 3 classes)."""
+    """Probability (KL, soft rows) or regression vector targets have no class label: the first
+    target value used to be compared with the arg-max (0.075 for one-hot targets of 3
+    classes, which now have classes: test_one_hot_labels.py)."""
     data, result = trained(kind)
     rows = _evaluate(data, result, tmp_path / "eval", "last")
     assert all(np.isnan(float(r["test_accuracy"])) for r in rows)

@@ -53,6 +53,7 @@ PRODUCT_MODULES = (
     "made_folders.py",
     "memory.py",
     "neighbours.py",
+    "one_hot.py",
     "nnabla_adapter/__init__.py",
     "nnabla_adapter/definition.py",
     "nnabla_adapter/files.py",

@@ -1,7 +1,7 @@
-"""Vector targets (``y__0..y__2``: one-hot or multi-label through KLMultinomial or
-BinaryCrossEntropy, a SquaredError on a vector), two inputs concatenated in the network, and
-two loss variables on different target columns, each trained by ``nnabla_cli train``
-(``support/multi_netdef.py``).
+"""Vector targets (``y__0..y__2``: one-hot, soft or multi-label through KLMultinomial,
+BinaryCrossEntropy or SigmoidCrossEntropy, a SquaredError on a vector), two inputs
+concatenated in the network, and two loss variables on different target columns, each trained
+by ``nnabla_cli train`` (``support/multi_netdef.py``).
 
 Oracles: each step's gradient is the console trainer's own (nnabla's loader, backward with the
 gradients ``nnabla_cli train`` gives its loss variables); the model's class is the one
@@ -91,10 +91,11 @@ def test_the_models_class_is_the_classifiers_output(trained, tmp_path, kind):
     assert list(rows[0])[: len(header)] == header  # the rows' own cells, under their names
 
 
-@pytest.mark.parametrize("kind", ["onehot", "multilabel", "vector"])
+@pytest.mark.parametrize("kind", ["soft", "multilabel", "multilabel_sigmoid_ce", "vector"])
 def test_a_vector_target_gets_scores_and_no_class(trained, kind):
-    """Not a class index: y__0 is never read as the label; scores only, and the summary says
-    why there is no recommendation."""
+    """Probability targets (label smoothing), several independent labels, a regression on a
+    vector: no class; y__0 is never read as the label; scores only, and the summary says why
+    there is no recommendation (one-hot classes: test_one_hot_labels.py)."""
     data, result = trained(kind)
     model, _, _ = load_trained(result, data)
     assert model.info.label_classes == {} and model.info.input_shapes["y"] == (3,)
@@ -103,4 +104,6 @@ def test_a_vector_target_gets_scores_and_no_class(trained, kind):
     assert {r["action"] for r in rows} == {"keep"}
     assert np.all(np.isfinite([float(r["influence"]) for r in rows]))
     assert "no recommendation: it needs a classifier" in summary
-    assert "per class" not in summary
+    assert "per class" not in summary and "not centred by class" in summary
+    if kind == "soft":  # the first row decided it
+        assert f"{data['train']} row 1: y__0..y__2 = " in summary and "is not one-hot" in summary

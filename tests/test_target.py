@@ -16,7 +16,13 @@ from sgd_influence_plugin.errors import SettingsError
 from sgd_influence_plugin.nnabla_adapter import load_model
 from sgd_influence_plugin.resolved import MAX_FEATURE_SPREAD, feature_spread_warning
 from sgd_influence_plugin.settings import InfluenceSettings
-from sgd_influence_plugin.target import apply_target, centre_by_class, class_labels
+from sgd_influence_plugin.target import (
+    apply_target,
+    centre_by_class,
+    class_labels,
+    given_classes,
+    with_classes,
+)
 
 
 def test_centre_by_class_subtracts_each_class_mean():
@@ -44,6 +50,22 @@ def test_labels_only_for_one_categorical_label():
         apply_target(scores, "centred", one, arrays)
     with pytest.raises(SettingsError, match="--target 'x': choose one of class-centred, plain"):
         InfluenceSettings(target="x").validate({"target": "--target"})
+
+
+def test_classes_read_and_written_as_an_index_or_one_hot():
+    """A label column is a class index (N, 1) or one-hot (N, C): the one-hot row's class is
+    the place of its 1 (its first value used to be read as the class), and a relabel writes
+    the new class's vector (the check's relabel candidates)."""
+    index = np.array([[2.0], [0.0], [1.0]], np.float32)
+    onehot = np.eye(3, dtype=np.float32)[[2, 0, 1]]
+    np.testing.assert_array_equal(given_classes(index), [2, 0, 1])
+    np.testing.assert_array_equal(given_classes(onehot), [2, 0, 1])
+    info = SimpleNamespace(label_classes={"y": 3})
+    np.testing.assert_array_equal(class_labels(info, {"y": onehot}), [2, 0, 1])
+    np.testing.assert_array_equal(with_classes(index, [0, 2], [1, 0]), [[1.0], [0.0], [0.0]])
+    got = with_classes(onehot, [0, 2], [1, 0])
+    np.testing.assert_array_equal(got, np.eye(3)[[1, 0, 0]])
+    assert got.dtype == np.float32 and onehot[0, 2] == 1  # a copy, the input unchanged
 
 
 def test_run_scores_are_the_plain_trial_centred_by_class(results, data28):

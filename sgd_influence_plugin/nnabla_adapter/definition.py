@@ -67,7 +67,13 @@ class ModelInfo:
         label_classes: dataset column -> number of classes C, for each column that feeds the
             label input of a classification loss (C from the scores' shape, e.g. logits
             (B, C); 2 for a binary loss such as Sigmoid + BinaryCrossEntropy); its labels must
-            be whole numbers in 0..C-1. Regression losses add nothing here.
+            be whole numbers in 0..C-1. Regression losses add nothing here. A column of
+            ``one_hot`` joins it when the datasets are one-hot (``validation.settle_one_hot``).
+        one_hot: dataset column -> C for a vector label ``(C,)`` that a loss compares with a
+            Softmax over C classes (:func:`.losses.one_hot_targets`), when that is the
+            network's one loss; whether it holds classes depends on the data.
+        class_note: why a model with ``one_hot`` has no classes (the first row that is not
+            one-hot), for the summary; empty otherwise.
         task: ``classification``, ``regression`` or ``other`` (see :func:`.losses.understand`).
         target_column: the dataset column the loss compares the output with (the label, or
             the regression target), e.g. ``y``; None when the task is ``other``.
@@ -99,6 +105,8 @@ class ModelInfo:
     runtime_output: Optional[str] = None
     runtime_features: Optional[str] = None
     label_classes: Dict[str, int] = field(default_factory=dict)
+    one_hot: Dict[str, int] = field(default_factory=dict)
+    class_note: str = ""
     task: str = loss_kinds.OTHER
     target_column: Optional[str] = None
     generated: Dict[str, Tuple[str, float]] = field(default_factory=dict)
@@ -129,7 +137,10 @@ def describe(
     inputs, shapes = _data_inputs(opt, net, var_shapes, source)
     trainable = _trainable(opt, net, source)
     _check_parameters(net, params, source)
+    loss_kinds.check_class_targets(net, inputs, var_shapes, source)
     task, target, label_classes = loss_kinds.understand(net, inputs, var_shapes)
+    alone = not label_classes and len(losses) == 1 and task == loss_kinds.OTHER
+    one_hot = loss_kinds.one_hot_targets(net, inputs, var_shapes) if alone else {}
     scores = loss_kinds.class_scores(net, inputs, var_shapes)
     heads = {_last_learned(net, v) for v in scores} - {None}
     notes = [unrolled[net.name]] if net.name in unrolled else []
@@ -149,6 +160,7 @@ def describe(
         validation_network=val_net,
         notes=notes,
         label_classes=label_classes,
+        one_hot=one_hot if len(one_hot) == 1 else {},
         task=task,
         target_column=target,
         generated=generated_inputs(opt, "optimizer", net, source),

@@ -8,7 +8,12 @@ target that comes from a dataset column:
 - binary classification: ``Sigmoid`` + ``BinaryCrossEntropy``, ``SigmoidCrossEntropy``
   (scores (B, 1), target 0 or 1): two classes;
 - regression: ``SquaredError``, ``HuberLoss``, ``AbsoluteError``, ``EpsilonInsensitiveLoss``
-  (target a number, or a vector of them).
+  (target a number, or a vector of them);
+- a vector target ``y__0..y__{C-1}`` compared with a ``Softmax`` over C classes:
+  ``KLMultinomial(target, Softmax(z))`` or ``BinaryCrossEntropy(Softmax(z), target)``
+  (:func:`one_hot_targets`). nnabla refuses such a vector for ``SoftmaxCrossEntropy`` and
+  ``CategoricalCrossEntropy``. The model has C classes only when every row of the data is
+  exactly one-hot, which the datasets decide (``validation.settle_one_hot``).
 
 :func:`stabilise` rewrites ``Sigmoid`` + ``BinaryCrossEntropy`` into ``SigmoidCrossEntropy`` and
 ``Softmax`` + ``CategoricalCrossEntropy`` into ``SoftmaxCrossEntropy`` on the same scores: the
@@ -21,6 +26,8 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Tuple
 
+from ..errors import NetworkDefinitionError
+
 #: Categorical losses: function type -> its parameter message (holding ``axis``).
 CATEGORICAL = {
     "SoftmaxCrossEntropy": "softmax_cross_entropy_param",
@@ -30,6 +37,9 @@ CATEGORICAL = {
 BINARY = ("BinaryCrossEntropy", "SigmoidCrossEntropy")
 #: Regression losses: the target is a number (or a vector of numbers) per sample.
 REGRESSION = ("SquaredError", "HuberLoss", "AbsoluteError", "EpsilonInsensitiveLoss")
+
+#: Losses that compare a vector target with probabilities (:func:`one_hot_targets`).
+PROBABILITY = ("KLMultinomial", "BinaryCrossEntropy")
 
 #: ``ModelInfo.task`` values.
 CLASSIFICATION, REGRESSION_TASK, OTHER = "classification", "regression", "other"
@@ -87,12 +97,68 @@ def understand(net, inputs: Dict[str, str], var_shapes) -> Tuple[str, Optional[s
 
 def class_scores(net, inputs: Dict[str, str], var_shapes) -> List[str]:
     """The scores variables (first inputs, e.g. the Softmax's output ``(B, C)``) of the
-    classification losses of ``net`` whose target is a dataset column, in network order:
-    what the executor's output must be computed from to give the model's class.
+    classification losses of ``net`` whose target is a dataset column, then the Softmax
+    outputs of :func:`one_hot_targets`, in network order: what the executor's output must be
+    computed from to give the model's class.
     """
-    return [f.input[0] for f in net.function
-            if (f.type in CATEGORICAL or f.type in BINARY) and _target(f, inputs) is not None
-            and _classes(f, var_shapes.get(f.input[0], ()))]  # fmt: skip
+    scores = [f.input[0] for f in net.function
+              if (f.type in CATEGORICAL or f.type in BINARY) and _target(f, inputs) is not None
+              and _classes(f, var_shapes.get(f.input[0], ()))]  # fmt: skip
+    return scores + [v for v, _, _ in _one_hot_losses(net, inputs, var_shapes)]
+
+
+def _one_hot_losses(net, inputs: Dict[str, str], var_shapes) -> List[Tuple[str, str, int]]:
+    """``(Softmax output, target column, C)`` of each loss of :func:`one_hot_targets`."""
+    producer = {o: f for f in net.function for o in f.output}
+    found = []
+    for f in net.function:
+        if f.type not in PROBABILITY or len(f.input) < 2:
+            continue
+        target, probs = (f.input[0], f.input[1]) if f.type == "KLMultinomial" else f.input[1::-1]
+        src, shape = producer.get(probs), var_shapes.get(probs, ())
+        column, t_shape = inputs.get(target), var_shapes.get(target, ())
+        if src is None or src.type != "Softmax" or column is None or len(shape) != 2:
+            continue
+        axis = _axis(src, "softmax_param", len(shape) - 1)
+        if axis == 1 and shape[1] > 1 and tuple(t_shape) == tuple(shape):
+            found.append((probs, column, int(shape[1])))
+    return found
+
+
+def check_class_targets(net, inputs: Dict[str, str], var_shapes, source: str) -> None:
+    """A categorical loss takes a class index: one value per sample on its class axis.
+
+    nnabla stops on any other target with an error the first time the network is built
+    (``label_shape[axis] == 1``), so a definition that gives one a vector (``y__0..y__2``,
+    one-hot) is refused here, before anything is read.
+
+    Raises:
+        NetworkDefinitionError: the first such loss, naming it, its target and the fix.
+
+    """
+    for f in net.function:
+        if f.type not in CATEGORICAL or len(f.input) < 2:
+            continue
+        shape, target = var_shapes.get(f.input[0], ()), var_shapes.get(f.input[1], ())
+        axis = _axis(f, CATEGORICAL[f.type], len(shape) - 1)
+        if 0 <= axis < len(target) and target[axis] != 1:
+            column = inputs.get(f.input[1], f.input[1])
+            raise NetworkDefinitionError(
+                f"{source}: {f.type} '{f.name}' takes a class index (one value per sample) "
+                f"but its target '{column}' has {target[axis]} values; write the label as one "
+                f"column of class indices 0..{max(int(shape[axis]) - 1, 0)}, or for one-hot "
+                f"columns {column}__0.. use KLMultinomial on the Softmax's output"
+            )
+
+
+def one_hot_targets(net, inputs: Dict[str, str], var_shapes) -> Dict[str, int]:
+    """``{column: C}`` for each dataset column whose vector ``(B, C)`` a loss compares with
+    the probabilities of a ``Softmax`` over C > 1 classes (its last axis):
+    ``KLMultinomial(column, Softmax(z))`` or ``BinaryCrossEntropy(Softmax(z), column)``.
+    Such a column holds class labels one-hot when every row is (0/1 with one 1); soft or
+    several-label rows make it a probability target without classes.
+    """
+    return {column: c for _, column, c in _one_hot_losses(net, inputs, var_shapes)}
 
 
 def _axis(f, param: str, default: int) -> int:
