@@ -37,17 +37,7 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
             "seeds": [o.seed for o in result.trials],
         },
         "lr_selection": result.resolved.lr_selection(),
-        "trials": [
-            {
-                "seed": o.seed,
-                "lr": o.lr,
-                "attempts": o.attempts,
-                "u_growth": float(f"{o.u_growth:.4g}"),
-                "scale_rms": float(f"{s:.6g}"),
-                "validation_loss": round(o.val_loss, 6),
-            }
-            for o, s in zip(result.trials, result.trial_scales)
-        ],
+        "trials": [_trial(o, s) for o, s in zip(result.trials, result.trial_scales)],
         "model": info.source,
         "label_classes": {str(k): int(v) for k, v in info.label_classes.items()},
         "label_one_hot": one_hot_label(info),  # the label column is y__0..y__{C-1}, one-hot
@@ -72,6 +62,18 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
         + ("; " + CENTRING_SENTENCE if applied(settings.target, info) == "class-centred" else ""),
         "influence": "trials combined: each trial divided by its RMS, averaged, times the "
         "median RMS; units of the mean validation loss",
+    }
+
+
+def _trial(outcome, scale: float) -> dict:
+    """One trial's record: its seed, rate, attempts, growth of u, RMS and validation loss."""
+    return {
+        "seed": outcome.seed,
+        "lr": outcome.lr,
+        "attempts": outcome.attempts,
+        "u_growth": float(f"{outcome.u_growth:.4g}"),
+        "scale_rms": float(f"{scale:.6g}"),
+        "validation_loss": round(outcome.val_loss, 6),
     }
 
 
