@@ -23,7 +23,7 @@ from . import losses as loss_kinds
 from .indices import word_indices
 from .optimizers import multipliers, optimizer_warnings
 from .recurrent import expand_loops, generated_inputs
-from .replay_network import prepare_network, share_parameters
+from .replay_network import one_variable_per_column, prepare_network, share_parameters
 from .solver import SolverConfig, solver_config
 
 
@@ -63,9 +63,14 @@ class ModelInfo:
             label input of a classification loss (C from the scores' shape, e.g. logits
             (B, C); 2 for a binary loss such as Sigmoid + BinaryCrossEntropy); its labels must
             be whole numbers in 0..C-1. Regression losses add nothing here.
+        label_maps: dataset column -> C for each column that feeds a classification loss
+            more than one label per sample (a segmentation's label map): every value must be
+            a whole number in 0..C-1, but a sample has no one class (no class-centred target,
+            no model class).
         task: ``classification``, ``regression`` or ``other`` (see :func:`.losses.understand`).
-        target_column: the dataset column the loss compares the output with (the label, or
-            the regression target), e.g. ``y``; None when the task is ``other``.
+        target_column: the dataset column every loss compares the output with (the label,
+            the regression target, a label map), e.g. ``y``; None when there is no one
+            such column.
         generated: inputs of the training network that a fixed generator fills instead of
             a dataset column: variable -> (generator type, multiplier), e.g. a recurrent
             network's ``{"Delay_Initial": ("Constant", 0.0)}`` (:mod:`.recurrent`).
@@ -94,6 +99,7 @@ class ModelInfo:
     runtime_output: Optional[str] = None
     runtime_features: Optional[str] = None
     label_classes: Dict[str, int] = field(default_factory=dict)
+    label_maps: Dict[str, int] = field(default_factory=dict)
     task: str = loss_kinds.OTHER
     target_column: Optional[str] = None
     generated: Dict[str, Tuple[str, float]] = field(default_factory=dict)
@@ -122,12 +128,14 @@ def describe(
     var_shapes = {v.name: tuple(v.shape.dim) for v in net.variable}
     losses = _loss_variables(opt, net, var_shapes, source)
     inputs, shapes = _data_inputs(opt, net, var_shapes, source)
+    inputs, merged = one_variable_per_column(net, inputs, source)
     trainable = _trainable(opt, net, source)
     _check_parameters(net, params, source)
     task, target, label_classes = loss_kinds.understand(net, inputs, var_shapes)
+    maps = loss_kinds.label_maps(net, inputs, var_shapes)
     scores = loss_kinds.class_scores(net, inputs, var_shapes)
     heads = {_last_learned(net, v) for v in scores} - {None}
-    notes = [unrolled[net.name]] if net.name in unrolled else []
+    notes = ([unrolled[net.name]] if net.name in unrolled else []) + merged
     notes += loss_kinds.stabilise(net, var_shapes) + prepare_network(net, source)
     notes += share_parameters(net)
     train_ref, val_ref, val_net = _datasets(proto, opt)
@@ -144,6 +152,7 @@ def describe(
         validation_network=val_net,
         notes=notes,
         label_classes=label_classes,
+        label_maps=maps,
         task=task,
         target_column=target,
         generated=generated_inputs(opt, "optimizer", net, source),
@@ -299,7 +308,8 @@ def _add_runtime_network(proto, nets, replay, info: ModelInfo, heads=frozenset()
             runtime.CopyFrom(nets[ex.network_name])
             prepare_network(runtime, info.source)
             info.runtime_network = ex.network_name
-            info.runtime_inputs = {d.variable_name: d.data_name for d in ex.data_variable}
+            data = {d.variable_name: d.data_name for d in ex.data_variable}
+            info.runtime_inputs = one_variable_per_column(runtime, data, info.source)[0]
             outputs = [o.variable_name for o in ex.output_variable]
             own = [o for o in outputs if _last_learned(runtime, o) in heads]
             info.runtime_output = (own or outputs)[0]
