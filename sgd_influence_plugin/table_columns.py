@@ -37,12 +37,15 @@ class TableColumns:
             regression target), e.g. ``y:label``, ``y:Survived`` or ``y``; None if unknown.
         features: every other number column the network reads, in the CSV's order, e.g.
             ``x__0:Pclass`` ... ``x__6:Embarked``, so a row reads without the training CSV.
+        label_files: the label column names data files (an image-to-image target
+            ``y:image``, a label map): no classes, and its cells are paths to rebase.
 
     """
 
     file: Optional[str]
     label: Optional[str]
     features: Tuple[str, ...] = ()
+    label_files: bool = False
 
 
 def find_columns(
@@ -51,22 +54,30 @@ def find_columns(
     """The :class:`TableColumns` of ``train`` for a network that reads ``used_columns``
     (dataset variables) and whose loss compares with variable ``target`` (None: the first
     single-cell number column is taken for the label).
+
+    The file column is the first file column other than the target's (an image target's
+    ``y:image`` is the label); an autoencoder's target is its input ``x``: its file column,
+    and no label.
     """
-    file_col = label_col = None
+    files: List[Tuple[str, str]] = []  # (variable, header cell) of each file column
+    label_col = None
     numbers: List[str] = []
     for var in used_columns:
         cells = train.columns.get(var, [])
         ci = [train.header.index(c) for c in cells]
         if len(cells) == 1 and any(is_file_cell(row[ci[0]]) for row in train.rows):
-            file_col = file_col or cells[0]
+            files.append((var, cells[0]))
         elif len(cells) == 1 and target is None and label_col is None:
             label_col = cells[0]
         else:
             numbers.extend(cells)
+    others = [c for var, c in files if var != target] or [c for _, c in files]
+    file_col = others[0] if others else None
     if target is not None and len(train.columns.get(target, [])) == 1:
         label_col = train.columns[target][0]
+        label_col = None if label_col == file_col else label_col
     features = tuple(c for c in train.header if c in numbers and c != label_col)
-    return TableColumns(file_col, label_col, features)
+    return TableColumns(file_col, label_col, features, label_col in (c for _, c in files))
 
 
 def influence_header(columns: TableColumns) -> List[str]:
