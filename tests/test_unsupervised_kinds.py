@@ -8,11 +8,12 @@ CSV) and a per-pixel segmentation (a label map), each trained by ``nnabla_cli tr
 Oracles: each row's loss and each step's gradient are the console trainer's own (nnabla's
 loader fills every variable a column feeds); the scores follow exact leave-one-out re-runs
 of the replayed epoch; the influence CSV keeps the dataset's own header and its target
-files open from the output folder.
+files open from the output folder, and ``cleanse`` reads it back.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 
 import numpy as np
@@ -150,6 +151,19 @@ def test_an_image_target_is_shown_and_opens(trained, tmp_path, kind):
     summary = (out / "influence_summary.txt").read_text()
     assert "per class" not in summary
     assert "per class" not in (out / "influence_report.html").read_text()
+    cleansed = tmp_path / "c" / "cleansed.csv"
+    argv = ["cleanse", "--influence", str(out / "influence.csv"), "--train", data["train"]]
+    assert cli.main(argv + ["--output", str(cleansed), "--remove", "3"]) == 0  # was refused
+    kept = kinds.read_rows(str(cleansed))["rows"]
+    assert len(kept) == len(train) - 3
+    assert all(os.path.isfile(os.path.join(cleansed.parent, r[1])) for r in kept)
+    changed = os.path.join(os.path.dirname(data["train"]), f"changed_{kind}.csv")
+    rows = [list(r) for r in train]
+    rows[0][1] = rows[1][1]  # another row's target file
+    with open(changed, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([["x:image", "y:image"], *rows])
+    argv = ["cleanse", "--influence", str(out / "influence.csv"), "--train", changed]
+    assert cli.main(argv + ["--output", str(tmp_path / "d" / "c.csv"), "--remove", "3"]) == 2
 
 
 def test_a_label_map_has_no_class(trained, tmp_path):
