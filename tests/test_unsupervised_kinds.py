@@ -253,3 +253,30 @@ def test_a_vaes_noise_generator_is_refused_and_a_constant_one_runs(trained, tmp_
     header, rows = _rows(out)
     assert header[0] == "x:image" and "y:image" not in header
     assert np.all(np.isfinite([float(r["influence"]) for r in rows]))
+
+
+def test_a_cropping_augmentation_is_refused_in_one_line(trained, tmp_path, capsys):
+    """ImageAugmentation with a smaller ``shape`` crops at random: it became the identity,
+    and the replay stopped on a traceback (Affine: size of input 64 != 36) or, where the
+    next layer takes any size (a convolution), read other pixels than the console trained on.
+    """
+    data, result = trained("conv_ae")
+
+    def crop(proto):
+        net = next(n for n in proto.network if n.name == "Main")
+        v = net.variable.add()
+        v.name, v.type = "Cropped", "Buffer"
+        v.shape.dim.extend([-1, 1, 6, 6])
+        f = net.function.add()
+        f.name, f.type = "ImageAugmentation", "ImageAugmentation"
+        f.input.append("Input")
+        f.output.append("Cropped")
+        f.image_augmentation_param.shape.dim.extend([1, 6, 6])
+        conv = next(g for g in net.function if g.type == "Convolution")
+        conv.input[0] = "Cropped"
+
+    status, out = _run(tmp_path, data, *_rewritten(result, tmp_path, crop))
+    assert status == 2 and not out.exists()
+    one_line_error(capsys, r"function 'ImageAugmentation' \(ImageAugmentation\) of network "
+                   r"'Main' is random and changes the shape \(-1, 1, 8, 8\) to "
+                   r"\(-1, 1, 6, 6\) \(a crop\)")  # fmt: skip

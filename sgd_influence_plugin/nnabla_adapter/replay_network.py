@@ -73,6 +73,13 @@ def _is_nnabla_function(kind: str) -> bool:
     return kind[:1].isupper() and kind not in _NOT_LAYERS and callable(getattr(F, kind, None))
 
 
+def _changes_shape(f, shapes) -> bool:
+    """True if function ``f``'s output has another shape than its input (an
+    ImageAugmentation's ``shape`` crops), by the definition's variable shapes.
+    """
+    return bool(f.input and f.output) and shapes.get(f.input[0]) != shapes.get(f.output[0])
+
+
 def prepare_network(net, where: str) -> List[str]:
     """Switch BatchNorm to inference mode and random functions to identity, in place.
 
@@ -86,6 +93,7 @@ def prepare_network(net, where: str) -> List[str]:
     """
     import nnabla
 
+    shapes = {v.name: tuple(v.shape.dim) for v in net.variable}
     notes = []
     for f in net.function:
         if not _is_nnabla_function(f.type):
@@ -101,6 +109,13 @@ def prepare_network(net, where: str) -> List[str]:
             raise NetworkDefinitionError(
                 f"{where}: function '{f.name}' is SyncBatchNormalization; replace it with "
                 "BatchNormalization (single-device training) to compute influence"
+            )
+        elif f.type in _RANDOM_IDENTITY and _changes_shape(f, shapes):
+            raise NetworkDefinitionError(
+                f"{where}: function '{f.name}' ({f.type}) of network '{net.name}' is random "
+                f"and changes the shape {shapes.get(f.input[0])} to {shapes.get(f.output[0])} "
+                "(a crop); the replay cannot reproduce it. Crop the images in the dataset "
+                "instead, or give the layer the input's shape, and train again"
             )
         elif f.type in _RANDOM_IDENTITY:
             for fd, _ in f.ListFields():
