@@ -309,6 +309,7 @@ def _add_runtime_network(proto, nets, replay, info: ModelInfo, heads=frozenset()
             prepare_network(runtime, info.source)
             info.runtime_network = ex.network_name
             data = {d.variable_name: d.data_name for d in ex.data_variable}
+            _check_executor_columns(ex, data, info)
             info.runtime_inputs = one_variable_per_column(runtime, data, info.source)[0]
             outputs = [o.variable_name for o in ex.output_variable]
             own = [o for o in outputs if _last_learned(runtime, o) in heads]
@@ -316,6 +317,24 @@ def _add_runtime_network(proto, nets, replay, info: ModelInfo, heads=frozenset()
             info.runtime_features = _feature_variable(runtime, info.runtime_output)
             info.runtime_generated = generated_inputs(ex, "executor", runtime, info.source)
             return
+
+
+def _check_executor_columns(ex, data: Dict[str, str], info: ModelInfo) -> None:
+    """Every dataset column the executor ``ex`` reads (``data``: variable -> column) is one the
+    training network reads, so the datasets the run decodes hold it.
+
+    Raises:
+        NetworkDefinitionError: naming the first column that is not.
+
+    """
+    for var, column in data.items():
+        if column not in info.input_shapes:
+            raise NetworkDefinitionError(
+                f"{info.source}: executor '{ex.name}' fills '{var}' from dataset column "
+                f"'{column}', which the training network does not read (it reads "
+                f"{sorted(info.input_shapes)}); name the column the training network's input "
+                "reads (the console writes x for Input) in the executor's data_variable"
+            )
 
 
 def _last_learned_function(net, output: str):
