@@ -283,7 +283,7 @@ def _write_in_this_process(spec: UnsupSpec, path: str) -> None:
             {
                 "name": "Executor",
                 "network": "MainRuntime",
-                "data": list(runtime_in),
+                "data": [v for v in runtime_in if v not in generators],
                 "remp": _data_variables(runtime_in, generators),  # nnabla's spelling
                 "generator_variables": [g for g in generators if g in runtime_in],
                 "output": list(nets["runtime"][1]),

@@ -327,8 +327,9 @@ def _check_executor_columns(ex, data: Dict[str, str], info: ModelInfo) -> None:
         NetworkDefinitionError: naming the first column that is not.
 
     """
+    generated = {g.variable_name for g in ex.generator_variable}
     for var, column in data.items():
-        if column not in info.input_shapes:
+        if column not in info.input_shapes and var not in generated:
             raise NetworkDefinitionError(
                 f"{info.source}: executor '{ex.name}' fills '{var}' from dataset column "
                 f"'{column}', which the training network does not read (it reads "
