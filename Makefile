@@ -19,8 +19,8 @@ test-slow: data  ## every test, including the slow oracle and end-to-end ones
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: env
-	.venv/bin/ruff check sgd_influence_plugin support plugins tests benchmarks samples experiments
-	.venv/bin/ruff format --check sgd_influence_plugin support plugins tests benchmarks samples experiments
+	.venv/bin/ruff check sgd_influence_plugin support plugins tests benchmarks samples experiments scripts
+	.venv/bin/ruff format --check sgd_influence_plugin support plugins tests benchmarks samples experiments scripts
 
 demo: data  ## build the Fashion-MNIST sample, train it with nnabla_cli, run the plugin
 	$(PY) samples/fashion_mnist/run_demo.py

@@ -44,6 +44,7 @@ def digest_tree(*folders):
 
 
 def one_line(err: str) -> bool:
+    """True when a refusal's stderr is one line and no traceback."""
     lines = [x for x in err.strip().splitlines() if x.strip()]
     lines = [x for x in lines if not x.startswith(("usage:", " "))]  # argparse's usage
     return len(lines) <= 1 and "Traceback" not in err
@@ -51,12 +52,11 @@ def one_line(err: str) -> bool:
 
 def case(group, name, argv, ok=(0, 2), guard=(), env=None, timeout=300, check=None, **kw):
     """Run ``argv``; kept when the status is in ``ok``, a refusal is one line, the files
-    under ``guard`` are unchanged (refusals) and ``check(proc)`` (if given) holds."""
+    under ``guard`` are unchanged (refusals) and ``check(proc)`` (if given) holds.
+    """
     before = digest_tree(*guard)
     try:
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, env=env, **kw
-        )
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, **kw)
         rc, err = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired:
         rc, err, proc = "timeout", "", None
@@ -70,6 +70,7 @@ def case(group, name, argv, ok=(0, 2), guard=(), env=None, timeout=300, check=No
 
 
 def record(group, name, kept, detail=""):
+    """Count one case of ``group``; keep its detail when the promise broke."""
     COUNTS[group][0] += 1
     COUNTS[group][1] += int(kept)
     if not kept:
@@ -77,6 +78,7 @@ def record(group, name, kept, detail=""):
 
 
 def build(world):
+    """Write the small world (data, trained model, an output set) under ``world``."""
     from support.fashion_mnist import make_png_dataset
     from support.netdef import NetSpec
     from support.results import train_result
@@ -121,6 +123,7 @@ def edited(w, name, changes):
 
 
 def group_cleanse(w):
+    """Cleanse with odd labels and actions written into the influence CSV."""
     g = "cleanse and actions"
     guard = (w["data"], w["base"], os.path.join(w["root"], "r1000"))
     base_csv = os.path.join(w["base"], "influence.csv")
@@ -197,6 +200,8 @@ def group_cleanse(w):
 
 
 class Peer:
+    """A loopback TCP peer that accepts and then misbehaves, for the cluster cases."""
+
     def __init__(self, greeting=b""):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -207,6 +212,7 @@ class Peer:
         threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self):
+        """Accept connections until closed."""
         while not self.done.is_set():
             try:
                 c, _ = self.sock.accept()
@@ -217,17 +223,20 @@ class Peer:
                 c.sendall(self.greeting)
 
     def close(self):
+        """Stop serving and close the socket."""
         self.done.set()
         self.sock.close()
 
 
 def free_port():
+    """A free TCP port on the loopback interface."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def start_dask(workers):
+    """Start a loopback Dask scheduler and ``workers`` workers; return the processes."""
     dask = os.path.join(os.path.dirname(sys.executable), "dask")
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -248,6 +257,7 @@ def start_dask(workers):
 
 
 def stop(procs):
+    """Terminate ``procs`` and wait for them."""
     for p in reversed(procs):
         if p.poll() is None:
             p.terminate()
@@ -258,6 +268,7 @@ def stop(procs):
 
 
 def group_cluster(w):
+    """Cluster addresses that are silent, or speak SSH, HTTP or junk, and real Dask ones."""
     g = "cluster"
     guard = (w["data"], w["base"])
     out = os.path.join(w["root"], "clu", "influence.csv")
@@ -319,13 +330,14 @@ def group_cluster(w):
 
 
 def group_concurrency(w):
+    """Many cleanses at once beside one influence CSV."""
     g = "concurrency"
     base_csv = os.path.join(w["base"], "influence.csv")
     for rnd in range(3):
         folder = os.path.join(w["root"], f"lg{rnd}")
         procs = [subprocess.Popen([CLI, "cleanse", "--influence", base_csv, "--train", w["train"],
                                    "--output", os.path.join(folder, f"a{i}.csv")],
-                                  stderr=subprocess.PIPE, text=True) for i in range(10)]  # fmt: skip
+                                  stderr=subprocess.PIPE, text=True) for i in range(10)]  # fmt: skip  # noqa: E501
         for i, p in enumerate(procs):
             _, err = p.communicate(timeout=300)
             record(g, f"round {rnd} cleanse {i}", p.returncode == 0 and one_line(err), err)
@@ -353,6 +365,7 @@ def group_concurrency(w):
 
 
 def group_inputs(w):
+    """Malformed and borderline inputs, batch sizes and row counts."""
     g = "inputs"
     guard = (w["data"], w["base"])
     lines = open(w["train"]).read().splitlines(keepends=True)
@@ -370,11 +383,11 @@ def group_inputs(w):
                          (16, [], 0), (17, [], 0), (50, [], 0), (99, [], 0), (100, [], 0),
                          (2, ["--batch-size", "2"], 0), (1, ["--batch-size", "1"], 2),
                          (10, ["--batch-size", "10"], 0), (10, ["--batch-size", "11"], 2),
-                         (10, ["--batch-size", "0"], 2), (10, ["--batch-size", "-3"], 2)]:  # fmt: skip
+                         (10, ["--batch-size", "0"], 2), (10, ["--batch-size", "-3"], 2)]:  # fmt: skip  # noqa: E501
         t = make(f"t{k}.csv", head + "".join(rows[:n]))
         argv = [CLI, "run", "--model", w["model"], "--train", t, "--val", w["val"], "--quiet"]
 
-        def no_rec(p, o=out(k), n=n):
+        def no_rec(p, o=out(k), n=n):  # noqa: B008 (bound per case on purpose)
             if p.returncode != 0 or n >= 100:
                 return True
             return "remove 0 of" in open(o[:-4] + "_summary.txt").read()
@@ -427,6 +440,7 @@ def group_inputs(w):
 
 
 def group_signals(w):
+    """SIGINT and SIGTERM at many moments of a run; nothing half-written may remain."""
     g = "resources and signals"
     out = os.path.join(w["root"], "sig", "influence.csv")
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -446,6 +460,7 @@ def group_signals(w):
     import resource
 
     for kb in (8, 20, 50):
+
         def limit(kb=kb):
             resource.setrlimit(resource.RLIMIT_FSIZE, (kb * 1024, kb * 1024))
 
@@ -487,6 +502,7 @@ def group_signals(w):
 
 
 def group_install(w):
+    """Installing the console plugin into odd folders."""
     g = "install-plugin"
     target = os.path.join(w["root"], "plugins")
     pkg = os.path.join(target, "_Post_Process", "_XAI", "_Image", "sgd_influence_plugin")
@@ -543,6 +559,7 @@ def group_install(w):
 
 
 def group_messages(w):
+    """Every refusal is one line naming the file and the fix."""
     g = "messages"
     guard = (w["data"], w["base"])
     out = os.path.join(w["root"], "msg", "influence.csv")
@@ -568,6 +585,7 @@ def group_messages(w):
 
 
 def main():
+    """Build the world, run every group and print the counts."""
     world = sys.argv[1] if len(sys.argv) > 1 else "/tmp/hostile3"
     w = build(world)
     for fn in (group_cleanse, group_cluster, group_concurrency, group_inputs, group_signals,

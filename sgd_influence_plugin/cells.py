@@ -4,8 +4,10 @@
 A cell that parses as a plain decimal number is that number; otherwise it must name a file by
 one of :data:`FILE_EXTS`, relative to the CSV's folder. The file is read with nnabla's own
 loader (8-bit grayscale and RGB PNGs with Pillow, bit for bit the same), so shapes, channel
-order and the 1/255 normalization match what the console feeds the network. Every problem is
-a :class:`DatasetError` that names the file, the row and the column.
+order and the 1/255 normalization match what the console feeds the network: in float32 when
+the console reads the images through its cache (:data:`CACHED`), in float64 otherwise. Images
+nnabla's loader would feed oddly (1-bit, 16-bit, CMYK, ...) are refused. Every problem is a
+:class:`DatasetError` that names the file, the row and the column.
 """
 
 from __future__ import annotations
@@ -37,9 +39,28 @@ FILE_EXTS = (
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 #: A plain decimal number as a CSV cell may hold it (no '_' digit separators, no hex).
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+#: A Windows absolute path (``C:\\Users\\...``, ``\\\\server\\share``): on another system,
+#: nnabla's loader (and so the tool) takes it as relative to the CSV's folder.
+_WINDOWS_ABSOLUTE = re.compile(r"^([A-Za-z]:[\\/]|\\\\)")
 _NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity)$", re.IGNORECASE)
 #: Largest float32: a cell beyond it would become infinite in the network.
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: ``normalize`` for a dataset the console reads through its cache (``cache_dir`` with
+#: ``create_cache_explicitly``, as it writes every dataset): nnabla stores the images as 8-bit
+#: integers and divides them by 255 in float32 when it reads a batch, not in float64 as its CSV
+#: reader does; the two differ in the last bit for 126 of the 256 values.
+CACHED = "cached"
+#: Pillow modes nnabla's loader feeds as they are: gray, gray+alpha, RGB, RGBA, palette (as
+#: RGB or RGBA). Any other is fed oddly (what it becomes) or not at all.
+_PLAIN_MODES = ("L", "LA", "RGB", "RGBA", "P")
+_ODD_MODES = {
+    "1": "a 1-bit black-and-white image, which nnabla's loader feeds as 0 and 1, not 0 and 255",
+    "I;16": "a 16-bit image, which nnabla's loader feeds as each value's low byte (mod 256)",
+    "I": "a 32-bit integer image, which nnabla's loader cannot read",
+    "F": "a floating-point image, which nnabla's loader cuts to whole numbers mod 256",
+    "CMYK": "a CMYK image, which nnabla's loader feeds as 4 ink channels, not RGB",
+    "PA": "a palette image with alpha, which nnabla's loader feeds as palette indices",
+}
 
 
 def is_file_cell(cell: str) -> bool:
@@ -56,10 +77,14 @@ def variable_value(
     shape: Tuple[int, ...],
     name: str,
     folder: str,
-    normalize: bool,
-) -> np.ndarray:
-    """The float32 value of variable ``name``, shaped ``shape``, from the cells ``cols`` of
-    the row messages call ``number`` (one cell, or one per element of a vector variable).
+    normalize,
+) -> Tuple[np.ndarray, bool]:
+    """``(value, widened)``: the float32 value of variable ``name``, shaped ``shape``, from
+    the cells ``cols`` of the row messages call ``number`` (one cell, or one per element of a
+    vector variable). ``widened``: a grayscale image repeated in each of the ``shape[0]``
+    channels, as ``nnabla_cli train`` puts a batch of them into a colour network's input
+    (numpy broadcasting); it cannot mix them with colour images in one batch (the caller
+    checks).
 
     Raises:
         DatasetError: a cell is bad (see :func:`cell_value`), or the value has another size
@@ -69,6 +94,8 @@ def variable_value(
     values = [cell_value(path, number, header[ci], row[ci], folder, normalize) for ci in cols]
     value = values[0] if len(values) == 1 else np.concatenate([np.ravel(v) for v in values])
     value = np.asarray(value, dtype=np.float32)
+    if _one_channel_of(value.shape, shape) and len(cols) == 1 and is_file_cell(row[cols[0]]):
+        return np.broadcast_to(value, shape), True
     if value.shape != shape:
         if (
             value.size != int(np.prod(shape))
@@ -80,7 +107,29 @@ def variable_value(
                 _shape_message(path, number, header, cols, row, value.shape, shape, name)
             )
         value = value.reshape(shape)
-    return value
+    return value, False
+
+
+def one_kind_per_variable(path, rows, numbers, plan, firsts) -> None:
+    """Refuse a variable fed both grayscale images (widened, :func:`variable_value`) and
+    images of the network's channels: ``nnabla_cli train`` cannot stack them in one batch or
+    cache file. ``firsts``: ``(name, widened)`` -> the first such row (0-based) of ``rows``;
+    ``plan``: name -> (shape, columns).
+    """
+    for name, (shape, cols) in plan.items():
+        if (name, True) in firsts and (name, False) in firsts:
+            gray, other = firsts[(name, True)], firsts[(name, False)]
+            raise DatasetError(
+                f"{path} row {numbers[gray]}: '{rows[gray][cols[0]]}' is grayscale but row "
+                f"{numbers[other]}'s image has the {shape[0]} channels of the network's input "
+                f"'{name}', and nnabla_cli train cannot put both kinds in one batch; convert "
+                f"the grayscale images to {shape[0]} channels"
+            )
+
+
+def _one_channel_of(got: Tuple[int, ...], want: Tuple[int, ...]) -> bool:
+    """Whether an image of shape ``got`` is the grayscale form of ``want`` (C, H, W)."""
+    return len(got) == len(want) == 3 and got[0] == 1 < want[0] and got[1:] == want[1:]
 
 
 def _shape_message(path, number, header, cols, row, got, want, name) -> str:
@@ -110,7 +159,7 @@ def _shape_message(path, number, header, cols, row, got, want, name) -> str:
     )
 
 
-def cell_value(path: str, number: int, column: str, cell: str, folder: str, normalize: bool):
+def cell_value(path: str, number: int, column: str, cell: str, folder: str, normalize):
     """The value of one cell: a float32 number, or the array its file decodes to.
 
     Raises:
@@ -132,6 +181,11 @@ def cell_value(path: str, number: int, column: str, cell: str, folder: str, norm
             f"{where}: '{cell}' is neither a number nor a file path; labels must be numbers "
             "written plainly (class indices 0, 1, ...; no '_' separators), and data cells "
             f"paths to files ({', '.join(FILE_EXTS)})"
+        )
+    if text != cell:
+        raise DatasetError(
+            f"{where}: {cell!r} has spaces around the file name, which nnabla_cli train keeps "
+            f"(it opens {cell!r}, not '{text}'); remove them from the cell"
         )
     return _file_value(where, text, folder, normalize)
 
@@ -183,10 +237,16 @@ def _refuse_pickled(where: str, text: str, full: str) -> None:
         )
 
 
-def _file_value(where: str, text: str, folder: str, normalize: bool) -> np.ndarray:
+def _file_value(where: str, text: str, folder: str, normalize) -> np.ndarray:
     """The array of the file a cell names (``text``, relative to ``folder``)."""
     full = data_path(folder, text)
     if not os.path.isfile(full):
+        if os.sep == "/" and _WINDOWS_ABSOLUTE.match(text):
+            raise DatasetError(
+                f"{where}: file {_shown(text)} not found: a Windows absolute path, of the "
+                "machine that wrote the CSV; copy the files here and write their paths "
+                f"relative to the CSV's folder {folder}"
+            )
         raise DatasetError(
             f"{where}: file {_shown(text)} not found (paths are relative to the CSV's folder "
             f"{folder})"
@@ -194,10 +254,17 @@ def _file_value(where: str, text: str, folder: str, normalize: bool) -> np.ndarr
     _refuse_pickled(where, text, full)
     try:
         value = load_file(full, normalize)
-    except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
+    except OddImage as e:
         raise DatasetError(
-            f"{where}: cannot read '{text}' ({_why_unreadable(full, e)}); replace or remove "
-            "this file"
+            f"{where}: '{text}' is {e}; convert it to 8-bit grayscale or RGB (Pillow: "
+            ".convert('L') or .convert('RGB')) and train again on the converted images"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
+        fix = "replace or remove this file"
+        if full.lower().endswith(".csv"):  # nnabla's reader: float() of every cell
+            fix = "a per-sample CSV holds numbers only (no header, no comma at a line's end)"
+        raise DatasetError(
+            f"{where}: cannot read '{text}' ({_why_unreadable(full, e)}); {fix}"
         ) from e
     if value.dtype.kind not in "biuf":  # a .npy of strings or objects: a traceback later
         raise DatasetError(
@@ -211,48 +278,83 @@ def _file_value(where: str, text: str, folder: str, normalize: bool) -> np.ndarr
     return value
 
 
-def load_file(full: str, normalize: bool) -> np.ndarray:
-    """Decode one data file as ``nnabla_cli train`` does.
+class OddImage(ValueError):
+    """An image nnabla's loader would feed oddly (:data:`_ODD_MODES`); the text says how."""
 
-    8-bit grayscale and RGB PNGs (the console's usual images) are decoded here with Pillow,
-    exactly as nnabla's loader would (channels first, ``* (1 / 255)`` in float64 when
-    normalizing), at a fifth of its per-file cost; every other file goes through nnabla's
-    loader itself.
+
+def load_file(full: str, normalize) -> np.ndarray:
+    """Decode one data file as ``nnabla_cli train`` feeds it to the network.
+
+    ``normalize``: False (``no_image_normalization``), True (8-bit values times 1/255 in
+    float64, as nnabla's CSV reader does) or :data:`CACHED` (times 1/255 in float32, as its
+    cache reader does). 8-bit grayscale and RGB PNGs (the console's usual images) are decoded
+    here with Pillow, exactly as nnabla's loader would, at a fifth of its per-file cost; every
+    other file goes through nnabla's loader itself.
+
+    Raises:
+        OddImage: an image of a kind nnabla's loader feeds oddly (1-bit, 16-bit, CMYK, ...).
+
     """
     ext = os.path.splitext(full)[1].lower()
-    if ext == ".png":
-        value = _load_png(full, normalize)
+    cached = isinstance(normalize, str) and normalize == CACHED
+    if ext in _IMAGE_EXTS:
+        value = _load_plain_image(full, ext)
         if value is not None:
-            return value
+            return _scaled(value, normalize)
     from nnabla import logger
     from nnabla.utils.data_source_loader import load
 
     quiet, logger.disabled = logger.disabled, True  # its own line before raising; ours names
     try:  # the row
         with open(full, "rb") as f:
-            return np.asarray(load(ext)(f, normalize=normalize))
+            value = np.asarray(load(ext)(f, normalize=bool(normalize) and not cached))
     finally:
         logger.disabled = quiet
+    return _scaled(value, normalize) if cached else value
 
 
-def _load_png(full: str, normalize: bool) -> Optional[np.ndarray]:
-    """(C, H, W) of an 8-bit ``L`` or ``RGB`` PNG as nnabla's loader returns it; None for
-    any other kind of PNG (palette, alpha, 16-bit, ...), which nnabla's loader then handles.
+def _scaled(value: np.ndarray, normalize) -> np.ndarray:
+    """Integer image values as nnabla scales them: by 1/255 (1/65535 for 16-bit) in float64
+    (``normalize`` True, its CSV reader), in float32 (:data:`CACHED`, its cache reader,
+    ``CacheDataSource``), or not at all (False).
+    """
+    if not normalize or value.dtype not in (np.uint8, np.uint16):
+        return value
+    top = 255.0 if value.dtype == np.uint8 else 65535.0
+    if isinstance(normalize, str) and normalize == CACHED:
+        return value.astype(np.float32) * (1.0 / top)
+    return value * (1.0 / top)
+
+
+def _load_plain_image(full: str, ext: str) -> Optional[np.ndarray]:
+    """(C, H, W) uint8 of an 8-bit ``L`` or ``RGB`` PNG as nnabla's loader reads it; None for
+    any other image nnabla's loader feeds as it is (palette, alpha, other formats), and for a
+    file Pillow cannot open (nnabla's loader then says why, or reads a JPEG named ``.png``).
+
+    Raises:
+        OddImage: a mode nnabla's loader feeds oddly or not at all.
+
     """
     from PIL import Image, UnidentifiedImageError
 
     # formats=("PNG",): the extension says PNG, so Pillow need not try its other decoders
     # first (a quarter of the per-file cost); a file that is no PNG goes to nnabla's loader.
     try:
-        im = Image.open(full, formats=("PNG",))
-    except UnidentifiedImageError:
+        im = Image.open(full, formats=("PNG",) if ext == ".png" else None)
+    except UnidentifiedImageError:  # another format under a .png name: its mode checked
+        return _load_plain_image(full, "") if ext == ".png" else None
+    except OSError:
         return None
     with im:
-        if im.mode not in ("L", "RGB"):
+        if im.mode not in _PLAIN_MODES:
+            mode = "I;16" if im.mode.startswith("I;16") else im.mode
+            raise OddImage(
+                _ODD_MODES.get(mode, f"a {mode} image, which nnabla's loader feeds as raw {mode}")
+            )
+        if ext != ".png" or im.mode not in ("L", "RGB"):
             return None
         arr = np.asarray(im, dtype=np.uint8)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return arr * (1.0 / 255.0) if normalize else arr
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def _why_unreadable(full: str, error: Exception) -> str:

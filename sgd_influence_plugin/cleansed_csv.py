@@ -62,7 +62,7 @@ def write_cleansed(
     CSV will live), so the console finds the images from there.
     """
     data_cols = [c for c, cell in enumerate(header) if not cell.startswith("#")]
-    out_real = os.path.realpath(out_folder)
+    out_abs = os.path.abspath(out_folder)
     real_dirs: Dict[str, str] = {}
     relabel = relabel or {}
     with open(path, "w", newline="") as f:
@@ -72,7 +72,7 @@ def write_cleansed(
             if j in drop:
                 continue
             out = [
-                rebased(c, src_folder, out_real, real_dirs) if k in data_cols else c
+                rebased(c, src_folder, out_abs, real_dirs) if k in data_cols else c
                 for k, c in enumerate(row)
             ]
             if j in relabel:

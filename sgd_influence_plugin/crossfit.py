@@ -107,7 +107,10 @@ class FiniteDifferenceSteps:
 
 
 def make_steps(model, step: str = "exact", fd_rel_step: float = replay_steps.FD_REL_STEP):
-    """The several-vector replay step ``step`` (one of :data:`.replay_steps.REPLAY_STEPS`)."""
+    """The several-vector replay step ``step`` (one of :data:`.replay_steps.REPLAY_STEPS`;
+    :func:`.replay_steps.step_for` decides).
+    """
+    step = replay_steps.step_for(model, step)
     if step == "exact":
         return ExactSteps(model)
     if step == "fd":
@@ -121,6 +124,7 @@ def _replay_loop(
     """:func:`.replay.replay`'s loop (Algorithm 2) for every vector of ``us`` at each step."""
     n = len(order)
     T = core.n_steps(n, batch_size)
+    step = replay_steps.step_for(model, step)
     steps = make_steps(model, step, rel)
     names = list(model.graph(min(batch_size, n)).params.keys())
     cur = [[np.array(u[k], dtype=np.float32, copy=True) for k in names] for u in us]

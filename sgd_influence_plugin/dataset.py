@@ -18,11 +18,11 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .cells import variable_value
+from .cells import one_kind_per_variable, variable_value
 from .errors import DatasetError, InputError
 
 
@@ -53,10 +53,14 @@ def read_csv_table(path: str) -> Tuple[List[str], List[List[str]]]:
     return header, rows
 
 
-def read_csv_rows(path: str) -> Tuple[List[str], List[List[str]], List[int]]:
+def read_csv_rows(
+    path: str, blank_lines: bool = True
+) -> Tuple[List[str], List[List[str]], List[int]]:
     """:func:`read_csv_table` and each row's number as messages name it: its place among the
     records after the header, blank lines counted (1 = the first line after the header), so a
     message points at the line the user sees even when blank lines come before it.
+    ``blank_lines=False`` refuses them instead, as ``nnabla_cli train`` fails on one (its
+    CSV reader takes it for a sample with no values).
     """
     if not os.path.isfile(path):
         what = "is a folder, not a CSV file" if os.path.isdir(path) else "file not found"
@@ -67,7 +71,11 @@ def read_csv_rows(path: str) -> Tuple[List[str], List[List[str]], List[int]]:
             header = next(reader, None)
             rows = [r for r in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise InputError(f"{path}: cannot read this CSV ({e}); save it as UTF-8 text") from e
+        raise InputError(
+            f"{path}: cannot read this CSV ({e}); save it as UTF-8 text, as nnabla_cli train "
+            "reads it (in Excel: 'CSV UTF-8 (Comma delimited)', not 'CSV', which is Shift-JIS "
+            "on Japanese Windows)"
+        ) from e
     if not header:
         raise DatasetError(
             f"{path}: the file is empty; a dataset CSV needs a header such as "
@@ -75,8 +83,13 @@ def read_csv_rows(path: str) -> Tuple[List[str], List[List[str]], List[int]]:
         )
     out, numbers = [], []
     for i, r in enumerate(rows):
+        if not r and blank_lines:
+            continue
         if not r:
-            continue  # blank line
+            raise DatasetError(
+                f"{path} row {i + 1}: a blank line, which nnabla_cli train cannot read (it "
+                "stops with 'tuple index out of range'); delete it"
+            )
         if len(r) != len(header):
             raise DatasetError(
                 f"{path} row {i + 1}: {len(r)} cells but the header has {len(header)}; "
@@ -127,6 +140,10 @@ class Dataset:
         return self.rows[row][self.header.index(column)]
 
 
+#: How 8-bit images are scaled: True (by 1/255), False (not), or :data:`.cells.CACHED`.
+Normalize = Union[bool, str]
+#: Decoded arrays by variable name, and the first row of each kind (:meth:`CsvRows.block`).
+Block = Tuple[Dict[str, np.ndarray], Dict[Tuple[str, bool], int]]
 #: Rows below which reading stays in this process (starting workers costs more than it saves).
 PARALLEL_MIN_ROWS = 4000
 #: Decoded rows between two progress reports.
@@ -136,7 +153,7 @@ _REPORT_EVERY = 500
 def load_dataset(
     path: str,
     needs: Mapping[str, Tuple[int, ...]],
-    normalize: bool = True,
+    normalize: Normalize = True,
     progress: Optional[Callable[[int, int], None]] = None,
     jobs: int = 1,
 ) -> Dataset:
@@ -148,7 +165,8 @@ def load_dataset(
         needs: variable name -> shape of one sample as the network expects it, e.g.
             ``{"x": (1, 28, 28), "y": (1,)}``.
         normalize: divide 8-bit image values by 255 (the console's default; the dataset's
-            ``no_image_normalization`` turns it off).
+            ``no_image_normalization`` turns it off), in float64 (True) or, as the console's
+            cache does, in float32 (:data:`.cells.CACHED`).
         progress: optional callback ``(done, total)``, in rows decoded.
         jobs: worker processes that decode blocks of rows at once (see :func:`decode`).
 
@@ -164,7 +182,9 @@ def load_dataset(
     return decode(read_rows(path, needs, normalize), progress, jobs)
 
 
-def read_rows(path: str, needs: Mapping[str, Tuple[int, ...]], normalize: bool = True) -> CsvRows:
+def read_rows(
+    path: str, needs: Mapping[str, Tuple[int, ...]], normalize: Normalize = True
+) -> CsvRows:
     """A dataset CSV's text read and its columns checked against ``needs`` (as in
     :func:`load_dataset`), nothing decoded yet: no image or data file is opened, so the
     memory the arrays will take (:attr:`CsvRows.values_per_row` float32 values, 4 bytes
@@ -174,9 +194,14 @@ def read_rows(path: str, needs: Mapping[str, Tuple[int, ...]], normalize: bool =
         InputError, DatasetError: the file cannot be read, has no rows, or lacks a column.
 
     """
-    header, rows, numbers = read_csv_rows(path)
+    header, rows, numbers = read_csv_rows(path, blank_lines=False)
     if not rows:
         raise DatasetError(f"{path}: the dataset has a header but no rows; add samples")
+    if "" in header:
+        raise DatasetError(
+            f"{path}: column {header.index('') + 1} of the header is empty (a comma too many "
+            "at the end of the line?), which nnabla_cli train cannot read; delete the column"
+        )
     columns = _variable_columns(header)
     _check_needs(path, header, columns, needs)
     return CsvRows(
@@ -207,9 +232,11 @@ def decode(
     jobs = max(1, int(jobs))
     n = len(rows_read.rows)
     if not in_workers(n, jobs):
-        arrays = rows_read.block(0, n, progress or (lambda done, total: None))
+        arrays, firsts = rows_read.block(0, n, progress or (lambda done, total: None))
     else:
-        arrays = _decode_in_workers(rows_read, jobs, progress)
+        arrays, firsts = _decode_in_workers(rows_read, jobs, progress)
+    r = rows_read
+    one_kind_per_variable(r.path, r.rows, r.numbers, r.plan, firsts)
     return Dataset(
         path=rows_read.path,
         header=rows_read.header,
@@ -289,7 +316,7 @@ class CsvRows:
     rows: List[List[str]]
     numbers: List[int]
     plan: Dict[str, Tuple[Tuple[int, ...], List[int]]]
-    normalize: bool
+    normalize: Normalize
     columns: Dict[str, List[str]] = field(default_factory=dict)
 
     @property
@@ -299,32 +326,36 @@ class CsvRows:
         """
         return sum(int(np.prod(shape)) for shape, _ in self.plan.values())
 
-    def block(self, lo: int, hi: int, report: Callable[[int, int], None]) -> Dict[str, np.ndarray]:
-        """Rows lo..hi-1 of every needed variable; ``report(rows done, rows)`` within the
-        block.
+    def block(self, lo: int, hi: int, report: Callable[[int, int], None]) -> Block:
+        """Rows lo..hi-1 of every needed variable and, per variable, the first row whose
+        grayscale image was widened to the network's channels and the first that was not
+        (:func:`.cells.variable_value`); ``report(rows done, rows)`` within the block.
         """
         folder = os.path.dirname(os.path.abspath(self.path))
         block = {
             name: np.empty((hi - lo,) + shape, dtype=np.float32)
             for name, (shape, _) in self.plan.items()
         }
+        firsts: Dict[Tuple[str, bool], int] = {}
         for ri in range(lo, hi):
             row, number = self.rows[ri], self.numbers[ri]
             for name, (shape, cols) in self.plan.items():
-                block[name][ri - lo] = variable_value(
+                block[name][ri - lo], widened = variable_value(
                     self.path, number, self.header, row, cols, shape, name, folder, self.normalize
                 )
+                firsts.setdefault((name, widened), ri)
             done = ri + 1 - lo
             if done % _REPORT_EVERY == 0 or done == hi - lo:
                 report(done, hi - lo)
-        return block
+        return block, firsts
 
 
 def _decode_in_workers(
     rows_read: CsvRows, jobs: int, progress: Optional[Callable[[int, int], None]]
-) -> Dict[str, np.ndarray]:
+) -> Block:
     """Every row decoded by ``jobs`` worker processes (:mod:`.parallel`), in 4 blocks per
-    worker, joined in row order; ``progress(rows done, rows)`` sums the blocks' progress.
+    worker, joined in row order (as :meth:`CsvRows.block`); ``progress(rows done, rows)``
+    sums the blocks' progress.
     """
     from . import parallel
 
@@ -341,10 +372,15 @@ def _decode_in_workers(
     parts = parallel.run_parallel(
         _decode_unit, blocks, (rows_read,), jobs=jobs, on_progress=on_progress
     )
-    return {name: np.concatenate([part[name] for part in parts]) for name in rows_read.plan}
+    firsts: Dict[Tuple[str, bool], int] = {}
+    for _, part_firsts in parts:  # blocks in row order: the first row of each kind stays
+        for key, ri in part_firsts.items():
+            firsts.setdefault(key, ri)
+    arrays = {name: np.concatenate([part[name] for part, _ in parts]) for name in rows_read.plan}
+    return arrays, firsts
 
 
-def _decode_unit(block, progress, rows_read: CsvRows) -> Dict[str, np.ndarray]:
+def _decode_unit(block, progress, rows_read: CsvRows) -> Block:
     """Rows ``block = (lo, hi)`` decoded, as a unit of :func:`.parallel.run_parallel` (a
     module-level function, so spawned workers run it too); ``progress("read", done, rows)``.
     """

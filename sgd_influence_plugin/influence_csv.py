@@ -209,7 +209,7 @@ def write_influence_csv(
             w.writerow(
                 ([files[i]] if columns.file else [])
                 + ([cells.labels[i]] if cells.labels else [])
-                + [train.cell(int(i), c) for c in columns.features]
+                + [train.cell(int(i), c) for c in columns.notes + columns.features]
                 + [
                     repr(float(scores[i])),
                     repr(float(losses[i])) if losses is not None else "",

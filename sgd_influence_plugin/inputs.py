@@ -17,8 +17,9 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import interrupts, memory, parallel, places, validation
+from .cells import CACHED
 from .core import per_sample_losses
-from .dataset import Dataset, decode, in_workers, read_rows
+from .dataset import Dataset, Normalize, decode, in_workers, read_rows
 from .errors import ComputationError, SettingsError
 from .nnabla_adapter import load_model
 from .resolved import dominant_row_warning
@@ -160,24 +161,34 @@ def _read_datasets(train_csv: str, val_csv: str, model, settings, progress):
     """Both CSVs decoded for the network ``model`` describes (:func:`read_datasets`), in as
     many forked workers as the trials may use; a stop request ends the reading.
     """
-    info = model.info
-    normalize = info.train_dataset.normalize if info.train_dataset else True
     stages = [
         (train_csv, _reading_progress(progress, "reading training CSV")),
         (val_csv, _reading_progress(progress, "reading validation CSV")),
     ]
-    return read_datasets(stages, model, settings, normalize, jobs=None)
+    return read_datasets(stages, model, settings, jobs=None)
+
+
+def image_scaling(ref) -> Normalize:
+    """How ``nnabla_cli train`` scales the 8-bit images of the dataset ``ref`` (a
+    :class:`~.nnabla_adapter.definition.DatasetRef`) names: as the console writes it, through
+    its cache (:data:`.cells.CACHED`); without a cache, by 1/255 in float64 (True, also where
+    the definition names no dataset); or not at all (``no_image_normalization``).
+    """
+    if ref is None:
+        return True
+    return CACHED if ref.normalize and ref.cached else ref.normalize
 
 
 def read_datasets(
     csvs: Sequence[Tuple[str, Optional[Callable[[int, int], None]]]],
     model,
     settings,
-    normalize: bool = True,
     jobs: Optional[int] = 1,
 ) -> List[Dataset]:
     """The dataset CSVs a command reads (training first), each decoded for ``model``'s
     inputs; the one place every command (``run``, ``check``, ``evaluate``) decodes them.
+    Images are scaled as ``nnabla_cli train`` scales them (:func:`image_scaling`): the first
+    CSV as the definition's training dataset, the others as its validation dataset.
 
     Every CSV's text is read and its columns checked first; then the memory the decoded
     arrays and the work on them need is checked against what this machine has
@@ -189,7 +200,6 @@ def read_datasets(
         csvs: ``(path, progress)`` of each CSV; ``progress(done, total)`` in rows, or None.
         model: the loaded model (its inputs' shapes, its trainable scalars).
         settings: the :class:`~.settings.InfluenceSettings` (context, jobs, trials).
-        normalize: as :func:`.dataset.load_dataset`.
         jobs: decoding workers (None: as many as the trials may use).
 
     Raises:
@@ -197,8 +207,11 @@ def read_datasets(
             the memory (one line naming the CSVs and both sizes).
 
     """
-    shapes = model.info.input_shapes
-    rows = [read_rows(path, shapes, normalize) for path, _ in csvs]
+    info = model.info
+    train_scaling = image_scaling(info.train_dataset)  # every later CSV as the validation set
+    val_scaling = image_scaling(info.val_dataset) if info.val_dataset else train_scaling
+    scalings = [train_scaling] + [val_scaling] * (len(csvs) - 1)
+    rows = [read_rows(p, info.input_shapes, k) for (p, _), k in zip(csvs, scalings)]
     workers = parallel.workers_for(settings.context, settings.jobs)
     jobs = workers if jobs is None else jobs
     sizes = [(r.path, len(r.rows), r.values_per_row, in_workers(len(r.rows), jobs)) for r in rows]

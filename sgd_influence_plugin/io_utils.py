@@ -163,6 +163,8 @@ def cell_path(cell: str) -> str:
 
 
 def data_path(folder: str, cell: str) -> str:
-    """The file a cell of a CSV in ``folder`` names (relative paths start at ``folder``)."""
-    text = cell_path(cell)
-    return text if os.path.isabs(text) else os.path.join(folder, text)
+    """The file a cell of a CSV in ``folder`` names, as nnabla's loader opens it: relative
+    paths start at ``folder``, and ``..`` steps are taken in the text (``os.path.abspath``),
+    so ``link/../a.png`` is ``a.png`` beside the link, not beside the linked folder.
+    """
+    return os.path.abspath(os.path.join(folder, cell_path(cell)))

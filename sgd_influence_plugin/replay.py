@@ -104,7 +104,8 @@ def replay(
             model, step_fn, arrays, order, lrs, batch_size, u_cur, weight_decay, params_at,
             progress,
         )  # fmt: skip
-    return infl, ReplayStats(n_steps(n, batch_size), time.perf_counter() - start, growth, step)
+    used = step_fn.name  # the step run (replay_steps.step_for)
+    return infl, ReplayStats(n_steps(n, batch_size), time.perf_counter() - start, growth, used)
 
 
 def _minus_pass(helper, step_fn, arrays, params_at) -> ContextManager:

@@ -24,6 +24,25 @@ REPLAY_STEPS = ("exact", "fd")
 #: docs/method.md ("Choosing the finite-difference step").
 FD_REL_STEP = 1e-2
 
+#: The console's layers whose forward is a step (binarized or quantized) and whose gradient
+#: nnabla passes straight through (``d sign(x) / dx := 1``, masked), as nnabla_cli train
+#: trains them: function type -> whether nnabla 1.39 differentiates that gradient again
+#: (a fused, exact replay step exists). The fd step differences the step function itself, not
+#: the gradient the training used (docs/method.md, "Straight-through layers").
+STRAIGHT_THROUGH = {
+    "BinarySigmoid": True,
+    "BinaryTanh": True,
+    "Sign": True,
+    "Round": True,
+    "BinaryConnectAffine": False,
+    "BinaryConnectConvolution": False,
+    "BinaryWeightAffine": False,
+    "BinaryWeightConvolution": False,
+    "FixedPointQuantize": False,
+    "Pow2Quantize": False,
+    "MinMaxQuantize": False,
+}
+
 
 def norm(arrays: Sequence[np.ndarray]) -> float:
     """Euclidean norm of a list of arrays taken as one vector (float64 accumulation)."""
@@ -145,13 +164,45 @@ class FiniteDifferenceStep:
         return dots, hu
 
 
+def straight_through_layers(model) -> List[tuple]:
+    """``[(layer name, function type), ...]`` of the :data:`STRAIGHT_THROUGH` layers on the
+    way to ``model``'s loss, in graph order (each once).
+    """
+    found: List[tuple] = []
+
+    def visit(f):
+        kind = f.info.type_name
+        if kind in STRAIGHT_THROUGH and (f.name, kind) not in found:
+            found.append((f.name, kind))
+
+    model.graph(2).loss.visit(visit)
+    return found
+
+
+def step_for(model, step: str) -> str:
+    """The step a replay of ``model`` runs when ``step`` is asked: ``exact`` instead of ``fd``
+    on a network with a straight-through layer nnabla differentiates twice (BinaryTanh, ...:
+    only the exact step's products are those of the gradient the training used) whose every
+    layer nnabla differentiates twice; else ``step``.
+    """
+    if step != "fd" or not any(STRAIGHT_THROUGH[k] for _, k in straight_through_layers(model)):
+        return step
+    try:  # a layer nnabla cannot differentiate twice (BinaryConnectAffine, ...) keeps fd
+        GraphCache(model, fused=True)(2)
+    except NotImplementedError:
+        return step
+    return "exact"
+
+
 def make_replay_step(model, step: str = "exact", fd_rel_step: float = FD_REL_STEP):
-    """The replay step ``step`` (one of :data:`REPLAY_STEPS`) for ``model``.
+    """The replay step ``step`` (one of :data:`REPLAY_STEPS`; :func:`step_for` decides) for
+    ``model``.
 
     Raises:
         ValueError: unknown ``step``.
 
     """
+    step = step_for(model, step)
     if step == "exact":
         return ExactStep(model)
     if step == "fd":

@@ -17,7 +17,7 @@ from typing import Callable, Collection, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import core
+from . import core, replay_steps
 from . import curvature as curvature_mod
 from .errors import SettingsError
 from .settings import MIN_LR, InfluenceSettings
@@ -41,6 +41,7 @@ class ResolvedSettings:
         curvature: the measured :class:`~.curvature.Curvature` (None before measuring).
         lr_choice: the stable rate and the bound that set it (:class:`~.curvature.LrChoice`).
         warnings: messages for the user.
+        replay_step: the replay step run (:func:`.replay_steps.step_for` of the one asked).
 
     """
 
@@ -54,6 +55,7 @@ class ResolvedSettings:
     curvature: Optional[curvature_mod.Curvature] = None
     lr_choice: Optional[curvature_mod.LrChoice] = None
     warnings: List[str] = field(default_factory=list)
+    replay_step: str = "fd"
 
     def lr_selection(self) -> Dict:
         """What decided the learning rate, for ``settings.yaml``."""
@@ -169,6 +171,7 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
         )
     schedule = getattr(solver, "schedule", None)
     warnings += schedule_warnings(solver)
+    warnings += straight_through_warnings(model, settings.replay_step)
     wd, bs = replay_epoch(settings, solver)
     return ResolvedSettings(
         lr=float(lr),
@@ -181,7 +184,44 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
         if schedule is None
         else {**schedule.to_dict(), "update_interval": solver.update_interval},
         warnings=warnings,
+        replay_step=replay_steps.step_for(model, settings.replay_step),
     )
+
+
+def straight_through_warnings(model, step: str) -> List[str]:
+    """What the user is told about the network's straight-through layers
+    (:data:`.replay_steps.STRAIGHT_THROUGH`) when the replay step ``step`` is asked: [] for none.
+    """
+    layers = replay_steps.straight_through_layers(model)
+    if not layers:
+        return []
+    net = f"{model.info.source}: {model.info.network}"
+    shown = ", ".join(_layer(name, kind) for name, kind in layers[:3])
+    rough = (
+        "the loss itself jumps where a binarization flips, which no gradient sees, so the "
+        "scores are rough: measure them with sgd-influence check before removing rows"
+    )
+    if step == "fd" and replay_steps.step_for(model, step) == "exact":
+        return [
+            f"{net}: {shown} trains by a straight-through gradient, which the fd replay step "
+            "does not see (it differences the step itself): the replay runs the exact step "
+            f"(--replay_step exact) instead; {rough} (docs/method.md)"
+        ]
+    once = [_layer(n, kind) for n, kind in layers if not replay_steps.STRAIGHT_THROUGH[kind]]
+    if once and step != "fd":
+        return []  # the exact step is refused in one line (choose_lr)
+    if not once:
+        return [f"{net}: {shown} trains by a straight-through gradient; {rough} (docs/method.md)"]
+    return [
+        f"{net}: nnabla cannot differentiate the straight-through gradient of "
+        f"{', '.join(once[:3])} twice, so the fd replay step differences its quantized "
+        "forward instead of the "
+        f"gradient the training used; {rough} (docs/method.md)"
+    ]
+
+
+def _layer(name: str, kind: str) -> str:
+    return kind if name == kind else f"{name} ({kind})"
 
 
 def schedule_warnings(solver) -> List[str]:

@@ -32,6 +32,7 @@ def run_facts(result: InfluenceResult, settings, info, n_params, train_csv, val_
             "epochs": settings.epochs,
             "trials": settings.trials,
             "cache": settings.cache,
+            "replay_step": result.resolved.replay_step,
             "context": settings.context,
             "seeds": [o.seed for o in result.trials],
         },

@@ -1,9 +1,10 @@
 """Which of the training CSV's columns the influence CSV repeats, and under which names.
 
 The influence CSV keeps the dataset's own header: its data-file column (``x:image``, shown as
-a thumbnail or a path), its label column (``y:label``, ``y:Survived``, a bare ``y``) and every
-number column the network reads (``x__0:Pclass`` ... ``x__6:Embarked``), then the run's own
-columns (:data:`SCORE_COLUMNS`).
+a thumbnail or a path), its label column (``y:label``, ``y:Survived``, a bare ``y``), its
+comment columns (``# x:text``: the console feeds them to no variable, but the text classifier's
+words are there), and every number column the network reads (``x__0:Pclass`` ...
+``x__6:Embarked``), then the run's own columns (:data:`SCORE_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class TableColumns:
             regression target), e.g. ``y:label``, ``y:Survived`` or ``y``; None if unknown.
         features: every other number column the network reads, in the CSV's order, e.g.
             ``x__0:Pclass`` ... ``x__6:Embarked``, so a row reads without the training CSV.
+        notes: the comment columns (header cell starting with ``#``, e.g. ``# x:text``, the
+            words of a text classifier's row), in the CSV's order.
         label_files: the label column names data files (an image-to-image target
             ``y:image``, a label map): no classes, and its cells are paths to rebase.
 
@@ -45,6 +48,7 @@ class TableColumns:
     file: Optional[str]
     label: Optional[str]
     features: Tuple[str, ...] = ()
+    notes: Tuple[str, ...] = ()
     label_files: bool = False
 
 
@@ -77,21 +81,23 @@ def find_columns(
         label_col = train.columns[target][0]
         label_col = None if label_col == file_col else label_col
     features = tuple(c for c in train.header if c in numbers and c != label_col)
-    return TableColumns(file_col, label_col, features, label_col in (c for _, c in files))
+    notes = tuple(c for c in train.header if c.startswith("#"))
+    return TableColumns(file_col, label_col, features, notes, label_col in (c for _, c in files))
 
 
 def influence_header(columns: TableColumns) -> List[str]:
-    """The influence CSV's header: the training CSV's file, label and feature columns under
-    their own names, the run's :data:`SCORE_COLUMNS`, then ``original`` (the file cell as
+    """The influence CSV's header: the training CSV's file, label, comment and feature columns
+    under their own names, the run's :data:`SCORE_COLUMNS`, then ``original`` (the file cell as
     written in the training CSV) when there is a file column.
     """
-    own = [c for c in (columns.file, columns.label) if c] + list(columns.features)
+    own = [c for c in (columns.file, columns.label) if c] + list(columns.notes + columns.features)
     return own + SCORE_COLUMNS + (["original"] if columns.file else [])
 
 
 def row_details(train: Dataset, columns: TableColumns, images: Sequence[bool]) -> List[str]:
-    """What the report shows for a row with no image: its feature values (``Pclass=3,
-    Age=22``, names from the header's label part), or the data file it names.
+    """What the report shows for a row with no image: its comment cells (a text
+    classifier's words), then its feature values (``Pclass=3, Age=22``, names from the
+    header's label part), or the data file it names.
     """
     names = [parse_header_cell(c)[2] or c for c in columns.features]
     out = []
@@ -102,5 +108,6 @@ def row_details(train: Dataset, columns: TableColumns, images: Sequence[bool]) -
         parts = [f"{n}={train.cell(i, c).strip()}" for n, c in zip(names, columns.features)]
         if columns.file:
             parts.insert(0, train.cell(i, columns.file).strip())
+        parts[:0] = [train.cell(i, c).strip() for c in columns.notes]
         out.append(", ".join(parts))
     return out

@@ -19,7 +19,11 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Tuple
 
-ARCHITECTURES = ("logreg", "mlp", "cnn", "cnn_bn", "smooth_cnn", "lenet", "dwcnn")
+from support.quant_netdef import QUANT_ARCHS, quant_logits
+
+ARCHITECTURES = ("logreg", "mlp", "cnn", "cnn_bn", "smooth_cnn", "lenet", "dwcnn") + tuple(
+    QUANT_ARCHS
+)
 #: The loss layers the console offers, as it writes them (``Softmax`` + ``CategoricalCrossEntropy``
 #: is what its editor puts after a classifier; ``SoftmaxCrossEntropy`` is one layer):
 #: head -> outputs per sample (None = ``n_classes``).
@@ -122,6 +126,8 @@ def _logits(spec: NetSpec, x, train: bool):
         return F.dropout(h, spec.dropout) if (train and spec.dropout > 0) else h
 
     k = _outputs(spec)
+    if spec.arch in QUANT_ARCHS:
+        return quant_logits(spec.arch, x, k, train)
     if spec.arch == "logreg":
         return PF.affine(x, k, name="Affine")
     if spec.arch == "mlp":
@@ -270,6 +276,10 @@ def _write_in_this_process(spec: NetSpec, path: str) -> None:
 _INITIALIZERS = (
     ("/affine/W", ("NormalAffineGlorot", 1.0)),
     ("/conv/W", ("NormalConvolutionGlorot", 1.0)),
+    ("/bicon_affine/W", ("NormalAffineGlorot", 1.0)),
+    ("/bicon_conv/W", ("NormalConvolutionGlorot", 1.0)),
+    ("/bwn_affine/W", ("NormalAffineGlorot", 1.0)),
+    ("/bwn_conv/W", ("NormalConvolutionGlorot", 1.0)),
     ("/gamma", ("Constant", 1.0)),
     ("/var", ("Constant", 1.0)),
     ("", ("Constant", 0.0)),  # biases, beta, running mean

@@ -8,8 +8,13 @@ import pytest
 from PIL import Image
 
 from sgd_influence_plugin import cli
-from sgd_influence_plugin.dataset import load_dataset, parse_header_cell, read_csv_table
-from support.user_files import argv_for, one_line_error, rewrite_cell, tree
+from sgd_influence_plugin.dataset import (
+    load_dataset,
+    parse_header_cell,
+    read_csv_rows,
+    read_csv_table,
+)
+from support.user_files import argv_for, one_line_error, tree
 
 
 def _csv_data_source_rows(path, normalize):
@@ -70,10 +75,11 @@ def test_paths_are_relative_to_the_csv_folder(data28, tmp_path, monkeypatch):
     assert header == ["x:image", "y:label"] and len(rows) == 256
 
 
-@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "I;16", "1"])
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P"])
 @pytest.mark.parametrize("normalize", [True, False])
 def test_png_decoding_is_nnabla_loaders_bit_for_bit(tmp_path, mode, normalize):
-    """The fast PNG path (L and RGB) and the fallback give exactly what nnabla_cli reads."""
+    """The fast PNG path (L and RGB) and the fallback give exactly what nnabla_cli reads
+    (16-bit and 1-bit PNGs, which it reads oddly, are refused: test_decoded_inputs.py)."""
     from nnabla.utils.data_source_loader import load as nnabla_load
     from PIL import Image
 
@@ -81,9 +87,7 @@ def test_png_decoding_is_nnabla_loaders_bit_for_bit(tmp_path, mode, normalize):
 
     rng = np.random.RandomState(0)
     rgb = Image.fromarray(rng.randint(0, 256, (9, 7, 3)).astype(np.uint8))
-    if mode == "I;16":
-        im = Image.fromarray(rng.randint(0, 65536, (9, 7)).astype(np.uint16))
-    elif mode == "P":
+    if mode == "P":
         im = rgb.quantize(16)
     else:
         im = rgb.convert(mode)
@@ -153,24 +157,18 @@ def test_a_png_named_file_holding_another_format_still_decodes(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
-# Row numbers count blank lines, as the user sees them (issue 18, case 15)
+# Row numbers count blank lines, as the user sees them (issue 18, case 15); a dataset CSV's
+# blank line is refused (nnabla_cli train fails on it), other CSVs skip them
 # ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "value, pattern",
-    [
-        ("12", r"train\.csv row 23, column 'y:label': label 12 is out of range"),
-        ("abc", r"train\.csv row 23, column 'y:label': 'abc' is neither a number"),
-    ],
-)
-def test_blank_lines_keep_the_row_numbers(world, capsys, value, pattern):
-    rewrite_cell(world["train"], 20, 1, value)  # the 21st data row
+def test_blank_lines_keep_the_row_numbers(world, capsys):
     lines = open(world["train"]).read().splitlines()
-    lines[10:10] = ["", ""]  # two blank lines before it: the user sees it on row 23
+    lines[10:10] = ["", ""]  # two blank lines: the user sees the first on row 10
     (world["data"] / "train.csv").write_text("\n".join(lines) + "\n")
-    assert lines[23].endswith("," + value)  # line 24 of the file, row 23 after the header
     before = tree(world["root"])
     assert cli.main(argv_for(world, lambda w: [])) == 2
-    one_line_error(capsys, pattern)
+    one_line_error(capsys, r"train\.csv row 10: a blank line, which nnabla_cli train cannot read")
     assert tree(world["root"]) == before
+    header, rows, numbers = read_csv_rows(world["train"])  # the influence CSV's reader
+    assert len(rows) == len(lines) - 3 and numbers[8:10] == [9, 12]

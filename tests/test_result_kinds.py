@@ -173,13 +173,14 @@ def test_a_text_classifier_through_the_table_script(trained, tmp_path):
     """Word indices (``x__0..x__11``; the text itself in a ``# x:text`` column) through an Embed
     layer and an LSTM built in a RecurrentInput loop: the rows repeat their indices, the
     model's class is the unrolled network's, as nnabla_cli forward computes it, and the
-    indices are checked against the Embed's dictionary and never called unscaled features."""
+    indices are checked against the Embed's dictionary and never called unscaled features.
+    The text column, which feeds no variable, is repeated so a row reads as words."""
     import yaml
 
     data, result = trained("text_lstm")
     out = _plugin(TABLE_SCRIPT, result, "-t", data["train"], "-v", data["val"])
     _, rows, kept = _check_influence_csv(out, data["train"])
-    assert kept == ["y:label"] + [f"x__{k}" for k in range(12)]
+    assert kept == ["# x:text", "y:label"] + [f"x__{k}" for k in range(12)]
     probs = _model_outputs(result, data["train"], str(tmp_path))
     for r in rows:
         p = np.sort(probs[int(r["datasource_index"])])
@@ -191,6 +192,8 @@ def test_a_text_classifier_through_the_table_script(trained, tmp_path):
     assert not any("differ" in w for w in settings["warnings"])
     summary = open(os.path.join(out, "influence_summary.txt")).read()
     assert "harmful share per class" in summary and "x__0=" in summary
+    words = rows[0]["# x:text"]
+    assert words.startswith("w") and words in summary  # the most harmful row, as words
 
 
 def _save_protobuf(result, path):

@@ -293,6 +293,12 @@ def test_paths_open_from_a_linked_output_folder_in_place_and_cleansed(world, cap
         got = open(os.path.join(out, image), "rb").read()
         assert got == open(os.path.join(world["data"], want_image), "rb").read()
     load_dataset(str(cleansed), {"x": (1, 7, 7), "y": (1,)})
+    # nnabla_cli train retrains on it: its loader takes '..' in the text, not through links
+    # (a path relative to the real folder named no file for it)
+    from nnabla.utils.data_source_implements import CsvDataSource
+
+    source = CsvDataSource(str(cleansed), shuffle=False, normalize=True)
+    assert [source._get_data(i)[0].shape for i in range(source.size)] == [(1, 7, 7)] * len(kept)
 
 
 @pytest.mark.usefixtures("private_tmpdir")

@@ -29,11 +29,16 @@ from .solver import SolverConfig, solver_config
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """A dataset named in the network definition."""
+    """A dataset named in the network definition: its CSV and how ``nnabla_cli train``
+    scales its 8-bit images (``normalize``: divided by 255, unless ``no_image_normalization``;
+    ``cached``: read through the cache it makes first, ``cache_dir`` with
+    ``create_cache_explicitly``, as the console writes every dataset).
+    """
 
     name: str
     uri: str
     normalize: bool
+    cached: bool = False
 
 
 @dataclass
@@ -277,7 +282,8 @@ def _datasets(proto, opt) -> Tuple[Optional[DatasetRef], Optional[DatasetRef], O
     def dataset_ref(name):
         for d in proto.dataset:
             if d.name == name:
-                return DatasetRef(d.name, d.uri, not d.no_image_normalization)
+                cached = bool(d.cache_dir) and d.create_cache_explicitly
+                return DatasetRef(d.name, d.uri, not d.no_image_normalization, cached)
         return None
 
     train_ref = dataset_ref(opt.dataset_name[0]) if opt.dataset_name else None
