@@ -12,9 +12,11 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from . import places, validation
+from .cells import is_file_cell
 from .cleansed_csv import recommended_changes, write_cleansed
 from .dataset import parse_header_cell, read_csv_rows, read_csv_table
 from .errors import InputError
+from .io_utils import data_path
 from .output import companion_path
 from .output_set import MAIN, OutputSet, write
 from .ownership import output_set, read_ledger, set_name
@@ -152,6 +154,17 @@ def _class_of(row: List[str], cols: List[int]) -> Optional[str]:
     return next((str(k) for k, c in enumerate(cols) if _number(row[c]) == 1.0), None)
 
 
+def _same_file(lab: str, have: str, files) -> bool:
+    """True if the label cells name one file (an image target ``y:image``): the influence
+    CSV's names it from its own folder, the training CSV's from its (``files``: the paths).
+    """
+    if not (is_file_cell(lab) and is_file_cell(have)):
+        return False
+    named = [os.path.realpath(data_path(os.path.dirname(os.path.abspath(f)), c))
+             for f, c in zip(files, (lab, have))]  # fmt: skip
+    return named[0] == named[1]
+
+
 def _check_influence_rows(files, header, rows, table: InfluenceTable, numbers=None) -> None:
     """The influence CSV (``table``) must list every row of the training CSV once, with its
     image and its label (``files``: the two CSVs' paths); raises :class:`InputError` naming
@@ -195,6 +208,8 @@ def _check_influence_rows(files, header, rows, table: InfluenceTable, numbers=No
             continue
         have = rows[j][label_col].strip() if label_col is not None else None
         cells = [c.strip() for c in rows[j]]
+        if have is not None and _same_file(lab, have, files):
+            continue
         if (have != lab.strip()) if have is not None else (lab.strip() not in cells):
             shown = f"'{have}'" if have is not None else str(rows[j])
             raise InputError(

@@ -34,6 +34,7 @@ from . import report as html_report
 from .cleansed_csv import label_place, run_changes, write_cleansed
 from .dataset import Dataset
 from .errors import SettingsError
+from .file_cells import shown_where_they_are
 from .influence_csv import RowCells, image_cells, row_cells
 from .labels import canonical_label, class_pairs
 from .output_set import OutputSet, Writer, write
@@ -218,6 +219,10 @@ class _RunView:
             os.path.basename(thumbs) if thumbs else "",
         )
         self.details = row_details(content.train, columns, cells.images)
+        #: the labels by class (summary, report): none where the label is a data file
+        self.classes = None if columns.label_files else cells.labels
+        if columns.label_files:  # the CSV's target files open from its folder
+            cells.labels = shown_where_they_are(content.train, columns.label, plan.folder)
         self.spent = {"thumbnails": 0.0, "write_csvs": 0.0}  # seconds, for the settings
 
     def writers(self) -> Dict[str, Writer]:
@@ -266,7 +271,7 @@ class _RunView:
         c, cells = self.content, self.cells
         text = summary_text(
             c.scores,
-            cells.labels,
+            self.classes,
             c.train,
             self.columns.file,
             c.info,
@@ -276,7 +281,7 @@ class _RunView:
         ) + recommendation_text(
             c.recommendation,
             cells.actions,
-            cells.labels,
+            self.classes,
             cells.suggested,
             c.label_names,
             os.path.basename(self.plan.path("cleansed")),
@@ -294,7 +299,7 @@ class _RunView:
         html_report.write_report(
             path,
             c.scores,
-            [canonical_label(x) for x in cells.labels] if cells.labels else None,
+            [canonical_label(x) for x in self.classes] if self.classes else None,
             thumbs if cells.images else [""] * c.train.size,
             c.info,
             label_names=c.label_names,

@@ -44,6 +44,8 @@ class TableColumns:
         one_hot: a class label written one-hot, ``y__0`` ... ``y__{C-1}`` (class k's cell
             at place k; ``label`` is then None): they stay among ``features`` as written,
             and each row's class is the place of its 1.
+        label_files: the label column names data files (an image-to-image target
+            ``y:image``, a label map): no classes, and its cells are paths to rebase.
 
     """
 
@@ -52,6 +54,7 @@ class TableColumns:
     features: Tuple[str, ...] = ()
     notes: Tuple[str, ...] = ()
     one_hot: Tuple[str, ...] = ()
+    label_files: bool = False
 
     def label_cells(self, train: Dataset) -> Optional[List[str]]:
         """Each row's label as text: its label cell, stripped, or the class of its one-hot
@@ -79,26 +82,37 @@ def find_columns(
     (dataset variables) and whose loss compares with variable ``target`` (None: the first
     single-cell number column is taken for the label); ``one_hot``: ``target`` is a class
     label written one-hot (``ModelInfo.one_hot`` settled into its classes).
+
+    The file column is the first file column other than the target's (an image target's
+    ``y:image`` is the label); an autoencoder's target is its input ``x``: its file column,
+    and no label.
     """
-    file_col = label_col = None
+    files: List[Tuple[str, str]] = []  # (variable, header cell) of each file column
+    label_col = None
     numbers: List[str] = []
     for var in used_columns:
         cells = train.columns.get(var, [])
         ci = [train.header.index(c) for c in cells]
         if len(cells) == 1 and any(is_file_cell(row[ci[0]]) for row in train.rows):
-            file_col = file_col or cells[0]
+            files.append((var, cells[0]))
         elif len(cells) == 1 and target is None and label_col is None:
             label_col = cells[0]
         else:
             numbers.extend(cells)
+    others = [c for var, c in files if var != target] or [c for _, c in files]
+    file_col = others[0] if others else None
     if target is not None and len(train.columns.get(target, [])) == 1:
         label_col = train.columns[target][0]
+        label_col = None if label_col == file_col else label_col
     features = tuple(c for c in train.header if c in numbers and c != label_col)
     cells = train.columns.get(target, []) if one_hot and target is not None else []
     by_class = tuple(sorted(cells, key=lambda c: parse_header_cell(c)[1] or 0))
     notes = tuple(c for c in train.header if c.startswith("#"))
     one_hot_cells = by_class if len(cells) > 1 else ()
-    return TableColumns(file_col, label_col, features, notes=notes, one_hot=one_hot_cells)
+    label_files = label_col in (c for _, c in files)
+    return TableColumns(
+        file_col, label_col, features, notes=notes, one_hot=one_hot_cells, label_files=label_files
+    )
 
 
 def model_label_cells(train: Dataset, info) -> Optional[List[str]]:

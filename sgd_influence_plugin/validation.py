@@ -25,6 +25,8 @@ import shutil
 import tempfile
 from typing import Dict, Mapping, Optional, Sequence
 
+import numpy as np
+
 from . import option_parsers, options
 from .cells import is_file_cell
 from .dataset import Dataset
@@ -227,6 +229,32 @@ def check_label_values(dataset: Dataset, label_classes: Mapping[str, int]) -> No
                 )
 
 
+def check_label_maps(dataset: Dataset, label_maps: Mapping[str, int]) -> None:
+    """Every value of a label map (``ModelInfo.label_maps``: column -> C) is a whole number in
+    0..C-1, as :func:`check_label_values` checks one label.
+
+    Raises:
+        DatasetError: the first row holding another value, naming the file, row and column.
+
+    """
+    for column, classes in label_maps.items():
+        if column not in dataset.arrays:
+            continue
+        values = dataset.arrays[column].reshape(dataset.size, -1).astype(np.float64)
+        bad = (values != np.round(values)) | (values < 0) | (values >= classes)
+        if not bad.any():
+            continue
+        r = int(np.argmax(bad.any(axis=1)))
+        v = float(values[r][np.argmax(bad[r])])
+        cells = dataset.columns.get(column, [column])
+        where = f"{dataset.path} row {dataset.row_number(r)}, column '{cells[0]}'"
+        raise DatasetError(
+            f"{where}: the label map holds {v:g}, not a class index 0..{classes - 1}; a label "
+            "map image must be read without the dataset's image normalization (it divides by "
+            "255), and hold no class beyond the network's output"
+        )
+
+
 def check_labels(info, datasets: Sequence[Dataset]) -> None:
     """:func:`check_label_values` of each dataset for the model ``info`` describes (its
     one-hot labels settled first, :func:`settle_one_hot`), and the word indices its Embed
@@ -239,6 +267,7 @@ def check_labels(info, datasets: Sequence[Dataset]) -> None:
     settle_one_hot(info, datasets)
     for d in datasets:
         check_label_values(d, getattr(info, "label_classes", {}))
+        check_label_maps(d, getattr(info, "label_maps", {}))
         check_word_indices(d, getattr(info, "word_indices", {}))
 
 

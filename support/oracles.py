@@ -2,7 +2,9 @@
 dense Hessian (:class:`LogReg`), plain SGD (:func:`sgd_float64`) and the replay of Algorithm 2
 with dense Hessians (:func:`brute_force_replay`), written without nnabla or the package's
 graphs so that the influence core can be checked against them; and the exact leave-one-out
-re-runs of a replayed epoch (:func:`exact_leave_one_out`) that the scores estimate.
+re-runs of a replayed epoch (:func:`exact_leave_one_out`) that the scores estimate; and the
+console trainer's own gradient and per-row losses (:func:`console_gradient`,
+:func:`console_losses`), from nnabla's loader.
 """
 
 from __future__ import annotations
@@ -156,3 +158,53 @@ def pearson_with_leave_one_out(model, train, val, work, runs, lr, batch_size, se
     loo = centred_by_class(plain, labels.argmax(1) if labels.shape[1] > 1 else labels[:, 0])
     assert np.std(loo) > 0
     return {key: float(np.corrcoef(s, loo)[0, 1]) for key, s in scores.items()}
+
+
+def _console_optimizer(nnp, arrays, idx):
+    """Nnabla's own loader of ``nnp`` at batch size ``len(idx)``, its optimizer's data
+    variables filled with rows ``idx`` of ``arrays`` as ``nnabla_cli train`` fills them (every
+    variable a column feeds, e.g. an autoencoder's ``Input`` and ``SquaredError_T``).
+    """
+    import nnabla as nn
+    from nnabla.utils.load import load
+
+    nn.clear_parameters()
+    info = load([nnp], prepare_data_iterator=False, batch_size=len(idx))
+    opt = info.optimizers["Optimizer"]
+    for v, column in opt.dataset_assign.items():
+        v.variable_instance.d = arrays[column][idx].reshape(v.variable_instance.shape)
+    return opt
+
+
+def console_gradient(nnp, arrays, idx):
+    """The gradient ``nnabla_cli train`` takes on rows ``idx``: its optimizer's target
+    forward, then backward with ``grad=1/size(first loss)`` (one loss) or the gradient
+    1/size(loss) nnabla's loader puts on each loss variable (several losses, through Sink);
+    parameter name -> float64 array.
+    """
+    import nnabla as nn
+
+    opt = _console_optimizer(nnp, arrays, idx)
+    size = opt.loss_variables[0].variable_instance.size
+    opt.target.forward(clear_no_need_grad=True)
+    opt.solver.zero_grad()
+    opt.target.backward(grad=1.0 / size, clear_buffer=True)
+    out = {k: np.array(v.g, dtype=np.float64) for k, v in nn.get_parameters().items()}
+    nn.clear_parameters()
+    return out
+
+
+def console_losses(nnp, arrays, idx):
+    """Each row's loss as the console's training network computes it on rows ``idx``: the
+    sum over the optimizer's loss variables of each one's mean over the row's elements (its
+    share of the trainer's objective, the mean over every element); float64 (len(idx),).
+    """
+    import nnabla as nn
+
+    opt = _console_optimizer(nnp, arrays, idx)
+    out = np.zeros(len(idx))
+    for lv in opt.loss_variables:
+        lv.variable_instance.forward()
+        out += np.asarray(lv.variable_instance.d, np.float64).reshape(len(idx), -1).mean(1)
+    nn.clear_parameters()
+    return out

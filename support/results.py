@@ -73,14 +73,17 @@ def train_on(folder, data, spec):
     ``spec`` is a :class:`support.netdef.NetSpec`, or a
     :class:`support.loops_netdef.LoopSpec` for a network with a loop, or a
     :class:`support.text_netdef.TextSpec` for a text classifier, or a
-    :class:`support.multi_netdef.MultiSpec` for vector targets, two inputs or two losses.
+    :class:`support.multi_netdef.MultiSpec` for vector targets, two inputs or two losses, or a
+    :class:`support.unsup_netdef.UnsupSpec` for an autoencoder, a VAE or an image target.
     """
     from support.loops_netdef import LoopSpec, write_loop_nntxt
     from support.multi_netdef import MultiSpec, write_multi_nntxt
     from support.netdef import write_nntxt
     from support.text_netdef import TextSpec, write_text_nntxt
+    from support.unsup_netdef import UnsupSpec, write_unsup_nntxt
 
-    writers = {LoopSpec: write_loop_nntxt, TextSpec: write_text_nntxt, MultiSpec: write_multi_nntxt}
+    writers = {LoopSpec: write_loop_nntxt, TextSpec: write_text_nntxt, MultiSpec: write_multi_nntxt,
+               UnsupSpec: write_unsup_nntxt}  # fmt: skip
     write = writers.get(type(spec), write_nntxt)
     os.makedirs(folder, exist_ok=True)
     n_train = sum(1 for _ in open(data["train"])) - 1

@@ -134,3 +134,25 @@ def test_reading_a_variable_searches_no_folder_for_nnabla_nnabla_ext():
         sys.meta_path.remove(recorder)
     assert not [n for n in recorder.names if n.startswith("nnabla.nnabla_ext")]
     assert np.array_equal(v.d, np.ones((2, 3), dtype=np.float32))
+
+
+def test_an_executor_reading_a_column_the_training_does_not_is_refused(results, tmp_path):
+    """Its predictions would stop on a KeyError (a traceback) once a run needs the model's
+    class; now the definition is refused when it is read."""
+    from google.protobuf import text_format
+    from nnabla.utils import nnabla_pb2
+
+    from sgd_influence_plugin.errors import NetworkDefinitionError
+
+    folder = results("mlp")
+    proto = nnabla_pb2.NNablaProtoBuf()
+    text_format.Merge(open(os.path.join(folder, "net.nntxt")).read(), proto)
+    proto.executor[0].data_variable[0].data_name = "Input"
+    path = tmp_path / "net.nntxt"
+    path.write_text(text_format.MessageToString(proto))
+    with pytest.raises(
+        NetworkDefinitionError,
+        match=r"executor 'Executor' fills 'x' from "
+        r"dataset column 'Input', which the training network does not read",
+    ):
+        load_model(config=str(path), params=os.path.join(folder, "parameters.h5"))

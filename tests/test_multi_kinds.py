@@ -20,30 +20,8 @@ import pytest
 
 from sgd_influence_plugin import core
 from support import console_kinds as kinds
+from support.oracles import console_gradient
 from support.results import TABLE_SCRIPT, console_outputs, load_trained
-
-
-def _console_gradient(nnp, arrays, idx):
-    """The gradient ``nnabla_cli train`` takes on rows ``idx``: its optimizer's target
-    forward, then backward with ``grad=1/size(first loss)`` (one loss) or the gradient
-    1/size(loss) nnabla's loader puts on each loss variable (several losses, through Sink);
-    parameter name -> float64 array.
-    """
-    import nnabla as nn
-    from nnabla.utils.load import load
-
-    nn.clear_parameters()
-    info = load([nnp], prepare_data_iterator=False, batch_size=len(idx))
-    opt = info.optimizers["Optimizer"]
-    for v, column in opt.dataset_assign.items():
-        v.variable_instance.d = arrays[column][idx].reshape(v.variable_instance.shape)
-    size = opt.loss_variables[0].variable_instance.size
-    opt.target.forward(clear_no_need_grad=True)
-    opt.solver.zero_grad()
-    opt.target.backward(grad=1.0 / size, clear_buffer=True)
-    out = {k: np.array(v.g, dtype=np.float64) for k, v in nn.get_parameters().items()}
-    nn.clear_parameters()
-    return out
 
 
 @pytest.mark.parametrize("kind", ["onehot", "multilabel", "vector", "two_inputs", "two_losses"])
@@ -51,7 +29,7 @@ def test_each_step_takes_the_console_trainers_gradient(trained, kind):
     data, result = trained(kind)
     model, train, _ = load_trained(result, data)
     idx = np.arange(3, 19)
-    want = _console_gradient(os.path.join(result, "results.nnp"), train, idx)
+    want = console_gradient(os.path.join(result, "results.nnp"), train, idx)
     got = core.validation_gradient(model, {k: v[idx] for k, v in train.items()}, len(idx))
     assert set(got) == set(want)
     for name, g in got.items():

@@ -23,7 +23,7 @@ from . import losses as loss_kinds
 from .indices import word_indices
 from .optimizers import multipliers, optimizer_warnings
 from .recurrent import expand_loops, generated_inputs
-from .replay_network import prepare_network, share_parameters
+from .replay_network import one_variable_per_column, prepare_network, share_parameters
 from .solver import SolverConfig, solver_config
 
 
@@ -74,9 +74,14 @@ class ModelInfo:
             network's one loss; whether it holds classes depends on the data.
         class_note: why a model with ``one_hot`` has no classes (the first row that is not
             one-hot), for the summary; empty otherwise.
+        label_maps: dataset column -> C for each column that feeds a classification loss
+            more than one label per sample (a segmentation's label map): every value must be
+            a whole number in 0..C-1, but a sample has no one class (no class-centred target,
+            no model class).
         task: ``classification``, ``regression`` or ``other`` (see :func:`.losses.understand`).
-        target_column: the dataset column the loss compares the output with (the label, or
-            the regression target), e.g. ``y``; None when the task is ``other``.
+        target_column: the dataset column every loss compares the output with (the label,
+            the regression target, a label map), e.g. ``y``; None when there is no one
+            such column.
         generated: inputs of the training network that a fixed generator fills instead of
             a dataset column: variable -> (generator type, multiplier), e.g. a recurrent
             network's ``{"Delay_Initial": ("Constant", 0.0)}`` (:mod:`.recurrent`).
@@ -107,6 +112,7 @@ class ModelInfo:
     label_classes: Dict[str, int] = field(default_factory=dict)
     one_hot: Dict[str, int] = field(default_factory=dict)
     class_note: str = ""
+    label_maps: Dict[str, int] = field(default_factory=dict)
     task: str = loss_kinds.OTHER
     target_column: Optional[str] = None
     generated: Dict[str, Tuple[str, float]] = field(default_factory=dict)
@@ -135,15 +141,17 @@ def describe(
     var_shapes = {v.name: tuple(v.shape.dim) for v in net.variable}
     losses = _loss_variables(opt, net, var_shapes, source)
     inputs, shapes = _data_inputs(opt, net, var_shapes, source)
+    inputs, merged = one_variable_per_column(net, inputs, source)
     trainable = _trainable(opt, net, source)
     _check_parameters(net, params, source)
     loss_kinds.check_class_targets(net, inputs, var_shapes, source)
     task, target, label_classes = loss_kinds.understand(net, inputs, var_shapes)
     alone = not label_classes and len(losses) == 1 and task == loss_kinds.OTHER
     one_hot = loss_kinds.one_hot_targets(net, inputs, var_shapes) if alone else {}
+    maps = loss_kinds.label_maps(net, inputs, var_shapes)
     scores = loss_kinds.class_scores(net, inputs, var_shapes)
     heads = {_last_learned(net, v) for v in scores} - {None}
-    notes = [unrolled[net.name]] if net.name in unrolled else []
+    notes = ([unrolled[net.name]] if net.name in unrolled else []) + merged
     notes += loss_kinds.stabilise(net, var_shapes) + prepare_network(net, source)
     notes += share_parameters(net)
     train_ref, val_ref, val_net = _datasets(proto, opt)
@@ -161,6 +169,7 @@ def describe(
         notes=notes,
         label_classes=label_classes,
         one_hot=one_hot if len(one_hot) == 1 else {},
+        label_maps=maps,
         task=task,
         target_column=target,
         generated=generated_inputs(opt, "optimizer", net, source),
@@ -317,13 +326,34 @@ def _add_runtime_network(proto, nets, replay, info: ModelInfo, heads=frozenset()
             runtime.CopyFrom(nets[ex.network_name])
             prepare_network(runtime, info.source)
             info.runtime_network = ex.network_name
-            info.runtime_inputs = {d.variable_name: d.data_name for d in ex.data_variable}
+            data = {d.variable_name: d.data_name for d in ex.data_variable}
+            _check_executor_columns(ex, data, info)
+            info.runtime_inputs = one_variable_per_column(runtime, data, info.source)[0]
             outputs = [o.variable_name for o in ex.output_variable]
             own = [o for o in outputs if _last_learned(runtime, o) in heads]
             info.runtime_output = (own or outputs)[0]
             info.runtime_features = _feature_variable(runtime, info.runtime_output)
             info.runtime_generated = generated_inputs(ex, "executor", runtime, info.source)
             return
+
+
+def _check_executor_columns(ex, data: Dict[str, str], info: ModelInfo) -> None:
+    """Every dataset column the executor ``ex`` reads (``data``: variable -> column) is one the
+    training network reads, so the datasets the run decodes hold it.
+
+    Raises:
+        NetworkDefinitionError: naming the first column that is not.
+
+    """
+    generated = {g.variable_name for g in ex.generator_variable}
+    for var, column in data.items():
+        if column not in info.input_shapes and var not in generated:
+            raise NetworkDefinitionError(
+                f"{info.source}: executor '{ex.name}' fills '{var}' from dataset column "
+                f"'{column}', which the training network does not read (it reads "
+                f"{sorted(info.input_shapes)}); name the column the training network's input "
+                "reads (the console writes x for Input) in the executor's data_variable"
+            )
 
 
 def _last_learned_function(net, output: str):

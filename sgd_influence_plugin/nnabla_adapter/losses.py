@@ -15,6 +15,11 @@ target that comes from a dataset column:
   ``CategoricalCrossEntropy``. The model has C classes only when every row of the data is
   exactly one-hot, which the datasets decide (``validation.settle_one_hot``).
 
+The target may be read through a Reshape (a per-sample CSV's (H, W) as (1, H, W)), and may be
+the network's own input (an autoencoder's ``x``). A categorical loss with more than one label
+per sample (a segmentation's label map) classifies pixels, not the sample: its labels are
+checked (:func:`label_maps`), but the sample has no class.
+
 :func:`stabilise` rewrites ``Sigmoid`` + ``BinaryCrossEntropy`` into ``SigmoidCrossEntropy`` and
 ``Softmax`` + ``CategoricalCrossEntropy`` into ``SoftmaxCrossEntropy`` on the same scores: the
 same loss, but computed from the logits, so a saturated output (probability 0 or 1 in float32)
@@ -41,13 +46,45 @@ REGRESSION = ("SquaredError", "HuberLoss", "AbsoluteError", "EpsilonInsensitiveL
 #: Losses that compare a vector target with probabilities (:func:`one_hot_targets`).
 PROBABILITY = ("KLMultinomial", "BinaryCrossEntropy")
 
+#: Functions that pass their one input on in another shape: a target read through them (a
+#: per-sample CSV's (H, W) reshaped to (1, H, W)) is still that dataset column.
+_SHAPE_ONLY = ("Reshape", "Identity")
+
 #: ``ModelInfo.task`` values.
 CLASSIFICATION, REGRESSION_TASK, OTHER = "classification", "regression", "other"
 
 
-def _target(f, inputs: Dict[str, str]) -> Optional[str]:
-    """The dataset column that feeds loss function ``f``'s target (its second input), or None."""
-    return inputs.get(f.input[1]) if len(f.input) >= 2 else None
+def _target(f, inputs: Dict[str, str], producer: Dict) -> Optional[str]:
+    """The dataset column that feeds loss function ``f``'s target (its second input, directly
+    or through :data:`_SHAPE_ONLY` functions), or None.
+    """
+    name = f.input[1] if len(f.input) >= 2 else None
+    for _ in range(len(producer) + 1):
+        if name is None or name in inputs:
+            break
+        src = producer.get(name)
+        name = src.input[0] if src is not None and src.type in _SHAPE_ONLY else None
+    return inputs.get(name) if name is not None else None
+
+
+def _per_sample(shape: Tuple[int, ...]) -> int:
+    """Values per sample of a variable of ``shape`` (B, ...)."""
+    return math.prod(shape[1:]) if shape else 0
+
+
+def label_maps(net, inputs: Dict[str, str], var_shapes) -> Dict[str, int]:
+    """``{column: C}`` for every column that feeds a categorical loss more than one label
+    per sample (a segmentation's label map (B, 1, H, W) for scores (B, C, H, W) on axis 1):
+    every value must be a class index 0..C-1, but a sample has no one class.
+    """
+    producer = {o: g for g in net.function for o in g.output}
+    maps: Dict[str, int] = {}
+    for f in (g for g in net.function if g.type in CATEGORICAL):
+        column = _target(f, inputs, producer)
+        c = _classes(f, var_shapes.get(f.input[0], ()))
+        if column is not None and c and _per_sample(var_shapes.get(f.input[1], ())) > 1:
+            maps[column] = min(c, maps.get(column, c))
+    return maps
 
 
 def _classes(f, shape: Tuple[int, ...]) -> int:
@@ -70,29 +107,35 @@ def understand(net, inputs: Dict[str, str], var_shapes) -> Tuple[str, Optional[s
 
     Returns:
         ``task``: :data:`CLASSIFICATION` when every loss is a classification loss on one
-        target column, :data:`REGRESSION_TASK` when every loss is a regression loss on one
-        target column, else :data:`OTHER`; the target column (None for ``OTHER``); and
-        ``{column: C}`` for every column that feeds a classification loss (C = 2 for a binary
-        loss), whose labels must be whole numbers 0..C-1.
+        target column with one class per sample, :data:`REGRESSION_TASK` when every loss is a
+        regression loss on one target column, else :data:`OTHER`; the one column every loss
+        compares with (an ``OTHER`` one's too, e.g. a label map), or None; and ``{column: C}``
+        for every column that feeds a classification loss one label per sample (C = 2 for a
+        binary loss), whose labels must be whole numbers 0..C-1 (a label map's are in
+        :func:`label_maps`).
 
     """
+    producer = {o: g for g in net.function for o in g.output}
     classes: Dict[str, int] = {}
     kinds: List[str] = []
     targets: List[Optional[str]] = []
+    maps = label_maps(net, inputs, var_shapes)
     for f in net.function:
         if f.type in CATEGORICAL or f.type in BINARY:
-            column = _target(f, inputs)
+            column = _target(f, inputs, producer)
             c = _classes(f, var_shapes.get(f.input[0], ()))
-            if column is not None and c:
+            one = column is not None and c and column not in maps
+            if one:
                 classes[column] = min(c, classes.get(column, c))
-            kinds.append(CLASSIFICATION if column is not None and c else OTHER)
+            kinds.append(CLASSIFICATION if one else OTHER)
             targets.append(column)
         elif f.type in REGRESSION:
             kinds.append(REGRESSION_TASK)
-            targets.append(_target(f, inputs))
-    if kinds and len(set(kinds)) == 1 and len(set(targets)) == 1 and targets[0] is not None:
-        return kinds[0], targets[0], classes
-    return OTHER, None, classes
+            targets.append(_target(f, inputs, producer))
+    target = targets[0] if targets and len(set(targets)) == 1 else None
+    if len(set(kinds)) == 1 and target is not None:
+        return kinds[0], target, classes
+    return OTHER, target, classes
 
 
 def class_scores(net, inputs: Dict[str, str], var_shapes) -> List[str]:
@@ -101,8 +144,11 @@ def class_scores(net, inputs: Dict[str, str], var_shapes) -> List[str]:
     outputs of :func:`one_hot_targets`, in network order: what the executor's output must be
     computed from to give the model's class.
     """
+    producer = {o: g for g in net.function for o in g.output}
+    maps = label_maps(net, inputs, var_shapes)
     scores = [f.input[0] for f in net.function
-              if (f.type in CATEGORICAL or f.type in BINARY) and _target(f, inputs) is not None
+              if (f.type in CATEGORICAL or f.type in BINARY)
+              and _target(f, inputs, producer) not in (None, *maps)
               and _classes(f, var_shapes.get(f.input[0], ()))]  # fmt: skip
     return scores + [v for v, _, _ in _one_hot_losses(net, inputs, var_shapes)]
 

@@ -158,8 +158,9 @@ def generated_inputs(owner, kind: str, net, source: str) -> Dict[str, Tuple[str,
             raise NetworkDefinitionError(
                 f"{source}: {kind} '{owner.name}' fills '{g.variable_name}' from a "
                 f"'{g.type}' generator, new random values at every step, which the replay "
-                "cannot reproduce; give it a Constant generator (e.g. a Delay layer's "
-                "initial state of 0) and train again"
+                "cannot reproduce; give it a Constant generator (a Delay layer's initial "
+                "state of 0; a VAE's noise of 0 feeds the mean to the decoder) in the "
+                "definition and give it with --config and these parameters"
             )
         out[g.variable_name] = (g.type, float(g.multiplier))
     return out

@@ -8,16 +8,19 @@
   random masks inside a double-backward pass would need per-step seeds in both phases; turning
   them off in both keeps the two phases consistent.
 
-Layers nnabla does not have, and random layers that change the shape, are refused here, before
-anything is computed. A parameter that several functions take (a recurrent layer's weights)
-is fed to them through one Identity (:func:`share_parameters`), so that the exact replay
-step's double backward sums its gradient over every use.
+Layers nnabla does not have, random layers that change the shape and random generators (a
+``Randn`` layer's new sample at every step) are refused here, before anything is computed.
+Variables fed by the same dataset column (an autoencoder's ``Input`` and its loss's target
+``SquaredError_T``, both reading ``x``) become one (:func:`one_variable_per_column`). A
+parameter that several functions take (a recurrent layer's weights) is fed to them through
+one Identity (:func:`share_parameters`), so that the exact replay step's double backward
+sums its gradient over every use.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import List
+from collections import Counter, OrderedDict
+from typing import Dict, List, Tuple
 
 from ..errors import NetworkDefinitionError
 
@@ -33,6 +36,18 @@ _RANDOM_IDENTITY = {
 }
 #: Random functions that change the shape: the replay cannot model them.
 _RANDOM_UNSUPPORTED = {"RandomCrop", "RandomResizedCrop"}
+#: Functions that draw new random values at every step from no input (a VAE's ``Randn``
+#: sample) or pick among their inputs at random: the replay would differentiate other draws
+#: than the training phase took, at every pass (its scores would be noise).
+_RANDOM_DRAWS = {
+    "Rand",
+    "Randint",
+    "Randn",
+    "RandBinomial",
+    "RandBeta",
+    "RandGamma",
+    "RandomChoice",
+}
 _BATCH_NORMS = {
     "BatchNormalization": "batch_normalization_param",
     "FusedBatchNormalization": "fused_batch_normalization_param",
@@ -58,6 +73,13 @@ def _is_nnabla_function(kind: str) -> bool:
     return kind[:1].isupper() and kind not in _NOT_LAYERS and callable(getattr(F, kind, None))
 
 
+def _changes_shape(f, shapes) -> bool:
+    """True if function ``f``'s output has another shape than its input (an
+    ImageAugmentation's ``shape`` crops), by the definition's variable shapes.
+    """
+    return bool(f.input and f.output) and shapes.get(f.input[0]) != shapes.get(f.output[0])
+
+
 def prepare_network(net, where: str) -> List[str]:
     """Switch BatchNorm to inference mode and random functions to identity, in place.
 
@@ -71,6 +93,7 @@ def prepare_network(net, where: str) -> List[str]:
     """
     import nnabla
 
+    shapes = {v.name: tuple(v.shape.dim) for v in net.variable}
     notes = []
     for f in net.function:
         if not _is_nnabla_function(f.type):
@@ -87,12 +110,26 @@ def prepare_network(net, where: str) -> List[str]:
                 f"{where}: function '{f.name}' is SyncBatchNormalization; replace it with "
                 "BatchNormalization (single-device training) to compute influence"
             )
+        elif f.type in _RANDOM_IDENTITY and _changes_shape(f, shapes):
+            raise NetworkDefinitionError(
+                f"{where}: function '{f.name}' ({f.type}) of network '{net.name}' is random "
+                f"and changes the shape {shapes.get(f.input[0])} to {shapes.get(f.output[0])} "
+                "(a crop); the replay cannot reproduce it. Crop the images in the dataset "
+                "instead, or give the layer the input's shape, and train again"
+            )
         elif f.type in _RANDOM_IDENTITY:
             for fd, _ in f.ListFields():
                 if fd.name.endswith("_param"):
                     f.ClearField(fd.name)
             notes.append(f"{f.name}: {f.type} disabled in both phases")
             f.type = "Identity"
+        elif f.type in _RANDOM_DRAWS:
+            raise NetworkDefinitionError(
+                f"{where}: function '{f.name}' ({f.type}) of network '{net.name}' draws new "
+                "random values at every step, which the replay cannot reproduce (its scores "
+                "would be noise); remove it from the training network (a VAE: feed the mean "
+                "to the decoder) and give that definition with --config and these parameters"
+            )
         elif f.type in _RANDOM_UNSUPPORTED:
             raise NetworkDefinitionError(
                 f"{where}: function '{f.name}' ({f.type}) is random and changes the shape; the "
@@ -145,3 +182,51 @@ def share_parameters(net) -> List[str]:
         f.output.append(shared)
         notes.append(f"{name}: taken by {n} functions, fed to them through one Identity")
     return notes
+
+
+def one_variable_per_column(net, inputs: Dict[str, str], where: str) -> Tuple[Dict, List[str]]:
+    """Make every dataset column feed one variable of ``net``, in place.
+
+    The console gives a loss's target a variable of its own (``SquaredError_T``), fed from a
+    dataset column like any input; an autoencoder's target is ``x``, the column ``Input``
+    reads too. ``nnabla_cli train`` fills both with the same values. The replay fills one
+    variable per column, so every function that reads a second variable of a column reads
+    the first one instead (the same values), and the second is removed.
+
+    Args:
+        inputs: variable -> dataset column (the optimizer's or the executor's data variables).
+
+    Returns:
+        ``(variable -> column`` with one variable per column, ``notes)``.
+
+    Raises:
+        NetworkDefinitionError: two variables of one column with different shapes (nnabla
+            cannot fill both from one column either).
+
+    """
+    shapes = {v.name: tuple(v.shape.dim) for v in net.variable}
+    first: Dict[str, str] = {}
+    kept: Dict[str, str] = OrderedDict()
+    notes = []
+    for var, column in inputs.items():
+        keep = first.setdefault(column, var)
+        if keep == var:
+            kept[var] = column
+            continue
+        if shapes.get(var) != shapes.get(keep):
+            raise NetworkDefinitionError(
+                f"{where}: variables '{keep}' {shapes.get(keep)} and '{var}' {shapes.get(var)} "
+                f"of network '{net.name}' both read dataset column '{column}' but have "
+                "different shapes; give them the same shape (a Reshape layer after one) and "
+                "train again"
+            )
+        for f in net.function:
+            for k, i in enumerate(f.input):
+                if i == var:
+                    f.input[k] = keep
+        for k, v in enumerate(net.variable):
+            if v.name == var:
+                del net.variable[k]
+                break
+        notes.append(f"{var}: reads column '{column}' as '{keep}' does; fed through '{keep}'")
+    return kept, notes
