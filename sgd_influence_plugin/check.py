@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from . import interrupts, output, ownership, places, validation
+from . import interrupts, label_values, output, ownership, places, validation
 from .errors import SettingsError
 from .fidelity import (  # noqa: F401 - verdict_line: the CLI and the dialog import it here
     DEFAULT_SAMPLES,
@@ -316,7 +316,7 @@ def _check_loaded(model, train, val, settings, m: int, out_csv: str, flags) -> N
     for ``m`` samples and for the batch, the replay's rate, the free space one trial needs.
     """
     info = model.info
-    validation.check_labels(info, (train, val))
+    label_values.check_labels(info, (train, val))
     if train.size < MIN_SAMPLES:
         raise SettingsError(
             f"{train.path} has only {train.size} row(s); the check re-runs at least "

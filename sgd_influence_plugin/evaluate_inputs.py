@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import options, places, validation
+from . import label_values, options, places, validation
 from .dataset import Dataset, read_csv_table
 from .errors import InputError, SettingsError
 from .evaluate_report import OUTPUT_FILES
@@ -228,7 +228,7 @@ def load_inputs(
         settings.context,
     )
     train, val, test = read_datasets([(path, None) for path in csvs], model, settings)
-    validation.check_labels(model.info, (train, val, test))
+    label_values.check_labels(model.info, (train, val, test))
     validation.check_replay_data(settings, model.info, train)  # as run and check make them
     n = train.size
     flipped = read_noise(noise_csv, n) if noise_csv else None

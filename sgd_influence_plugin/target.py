@@ -79,7 +79,7 @@ def class_labels(info, arrays: Mapping[str, np.ndarray]) -> Optional[np.ndarray]
 def given_classes(values: np.ndarray) -> np.ndarray:
     """The class of every row of a label column's array: a class index (N, 1) as it is, a
     one-hot vector (N, C > 1) by the place of its 1 (the model's ``one_hot`` labels, checked
-    one-hot by ``validation.check_label_values``); int64 (N,).
+    one-hot by ``label_values.check_label_values``); int64 (N,).
     """
     values = np.asarray(values)
     flat = values.reshape(len(values), -1)

@@ -9,9 +9,10 @@
 3. :func:`check_loaded`: labels (and an Embed layer's word indices), weight decay, the share
    to remove and free space, once the datasets are decoded.
 
-Of these, what any command that replays needs of the decoded data is :func:`check_labels`
-and :func:`check_replay_data` (enough rows; the weight decay and rate, with the one rule of
-:func:`.resolved.replay_epoch` for which weight decay and batch size the replay uses).
+Of these, what any command that replays needs of the decoded data is
+:func:`.label_values.check_labels` and :func:`check_replay_data` (enough rows; the weight
+decay and rate, with the one rule of :func:`.resolved.replay_epoch` for which weight decay
+and batch size the replay uses).
 
 Messages use the option names of the interface that called (:class:`FlagNames`), e.g. the
 console plugin's ``--remove_ratio`` or the CLI's ``--remove-ratio``.
@@ -23,19 +24,15 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Dict, Mapping, Optional, Sequence
-
-import numpy as np
+from typing import Dict, Mapping, Optional
 
 from . import option_parsers, options
-from .cells import is_file_cell
 from .dataset import Dataset
-from .errors import DatasetError, OutputError, SettingsError
+from .errors import OutputError, SettingsError
 from .io_utils import nearest_existing
-from .one_hot import not_one_hot, settle_one_hot
+from .label_values import check_labels
 from .settings import is_number
 from .tiny_inputs import check_training_size
-from .word_indices import check_word_indices
 
 #: Thumbnail sizes accepted, in pixels (a thumbnail is at most this wide and high).
 THUMB_SIZES = (16, 512)
@@ -184,91 +181,6 @@ def _check_weight_decay(value: float, source: str, flags: FlagNames) -> None:
 # ----------------------------------------------------------------------------------------
 # Loaded data
 # ----------------------------------------------------------------------------------------
-
-
-def check_label_values(dataset: Dataset, label_classes: Mapping[str, int]) -> None:
-    """Every label that feeds a categorical loss is a whole number in 0..C-1.
-
-    Args:
-        dataset: a decoded dataset.
-        label_classes: dataset column -> number of classes C (``ModelInfo.label_classes``).
-
-    Raises:
-        DatasetError: the first row whose label is not, naming the file, row and column.
-
-    """
-    for column, classes in label_classes.items():
-        if column not in dataset.arrays:
-            continue
-        if dataset.arrays[column].reshape(dataset.size, -1).shape[1] > 1:
-            why = not_one_hot(dataset, column)
-            if why:
-                raise DatasetError(f"{why}; each row needs one 1 and {classes - 1} zeros")
-            continue
-        cells = dataset.columns.get(column, [])
-        header_cell = cells[0] if len(cells) == 1 else None
-        ci = dataset.header.index(header_cell) if header_cell else None
-        values = dataset.arrays[column].reshape(len(dataset.rows), -1)
-        for r in range(dataset.size):
-            text = dataset.rows[r][ci].strip() if ci is not None else ""
-            if ci is not None and not is_file_cell(text):
-                v = float(text)  # the loader accepted it as a number: exact, in float64
-            else:
-                v = float(values[r][0])
-                text = f"{v:g}"
-            where = f"{dataset.path} row {dataset.row_number(r)}, column '{header_cell or column}'"
-            if v != int(v):
-                raise DatasetError(
-                    f"{where}: label '{text}' is not a whole number; labels are class indices "
-                    f"0..{classes - 1}"
-                )
-            if not 0 <= v < classes:
-                raise DatasetError(
-                    f"{where}: label {text} is out of range for the network's {classes} classes "
-                    f"(0..{classes - 1}); fix the label, or the size of the network's output"
-                )
-
-
-def check_label_maps(dataset: Dataset, label_maps: Mapping[str, int]) -> None:
-    """Every value of a label map (``ModelInfo.label_maps``: column -> C) is a whole number in
-    0..C-1, as :func:`check_label_values` checks one label.
-
-    Raises:
-        DatasetError: the first row holding another value, naming the file, row and column.
-
-    """
-    for column, classes in label_maps.items():
-        if column not in dataset.arrays:
-            continue
-        values = dataset.arrays[column].reshape(dataset.size, -1).astype(np.float64)
-        bad = (values != np.round(values)) | (values < 0) | (values >= classes)
-        if not bad.any():
-            continue
-        r = int(np.argmax(bad.any(axis=1)))
-        v = float(values[r][np.argmax(bad[r])])
-        cells = dataset.columns.get(column, [column])
-        where = f"{dataset.path} row {dataset.row_number(r)}, column '{cells[0]}'"
-        raise DatasetError(
-            f"{where}: the label map holds {v:g}, not a class index 0..{classes - 1}; a label "
-            "map image must be read without the dataset's image normalization (it divides by "
-            "255), and hold no class beyond the network's output"
-        )
-
-
-def check_labels(info, datasets: Sequence[Dataset]) -> None:
-    """:func:`check_label_values` of each dataset for the model ``info`` describes (its
-    one-hot labels settled first, :func:`settle_one_hot`), and the word indices its Embed
-    layers read (:func:`.word_indices.check_word_indices`).
-
-    Raises:
-        DatasetError: the first label or word index out of place.
-
-    """
-    settle_one_hot(info, datasets)
-    for d in datasets:
-        check_label_values(d, getattr(info, "label_classes", {}))
-        check_label_maps(d, getattr(info, "label_maps", {}))
-        check_word_indices(d, getattr(info, "word_indices", {}))
 
 
 def check_replay_data(settings, info, train: Dataset, flags: FlagNames = CLI_FLAGS) -> int:

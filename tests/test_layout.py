@@ -16,6 +16,7 @@ TABLE_DIR = os.path.join("_Post_Process", "_XAI", "_Table")
 PRODUCT_MODULES = (
     "__init__.py",
     "influence.py",
+    "label_values.py",
     "cache_folder.py",
     "resolved.py",
     "cells.py",
@@ -57,6 +58,7 @@ PRODUCT_MODULES = (
     "nnabla_adapter/__init__.py",
     "nnabla_adapter/definition.py",
     "nnabla_adapter/files.py",
+    "nnabla_adapter/heads.py",
     "nnabla_adapter/indices.py",
     "nnabla_adapter/losses.py",
     "nnabla_adapter/model.py",

@@ -130,7 +130,7 @@ def test_three_ranks_decide_where_two_tie():
 def test_no_feature_layer_without_a_learned_layer_on_the_way_back():
     from nnabla.utils import nnabla_pb2
 
-    from sgd_influence_plugin.nnabla_adapter.definition import _feature_variable
+    from sgd_influence_plugin.nnabla_adapter.heads import feature_variable
 
     net = nnabla_pb2.Network()
     for name, kind in (("x", "Buffer"), ("W", "Parameter"), ("h", "Buffer"), ("y", "Buffer")):
@@ -141,9 +141,9 @@ def test_no_feature_layer_without_a_learned_layer_on_the_way_back():
     f.input[:] = ["x", "W"]
     g = net.function.add()
     g.name, g.type, g.input[:], g.output[:] = "Softmax", "Softmax", ["h"], ["y"]
-    assert _feature_variable(net, "y") == "x"  # the Affine's data input
+    assert feature_variable(net, "y") == "x"  # the Affine's data input
     del net.function[0]  # now nothing learned produces h
-    assert _feature_variable(net, "y") is None
+    assert feature_variable(net, "y") is None
 
 
 def test_training_signals_in_one_pass_and_what_they_skip(results, data28, monkeypatch):

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from google.protobuf import text_format
 
-from sgd_influence_plugin import cli, evaluate, influence, validation
+from sgd_influence_plugin import cli, evaluate, influence, label_values
 from sgd_influence_plugin.dataset import load_dataset
 from sgd_influence_plugin.nnabla_adapter import load_model
 from sgd_influence_plugin.settings import InfluenceSettings
@@ -99,7 +99,7 @@ def test_class_centred_scores_centre_the_plain_ones_by_the_one_hot_class(trained
     assert model.info.label_classes == {} and model.info.one_hot == {"y": 3}
     train = load_dataset(data["train"], model.info.input_shapes)
     val = load_dataset(data["val"], model.info.input_shapes)
-    validation.check_labels(model.info, (train, val))
+    label_values.check_labels(model.info, (train, val))
     assert model.info.label_classes == {"y": 3} and model.info.task == "classification"
     scores = {}
     for target in ("plain", "class-centred"):
@@ -122,7 +122,7 @@ def test_one_hot_class_centred_scores_follow_exact_leave_one_out(trained, tmp_pa
     data, result = trained("onehot")
     model, train, val = load_trained(result, data)
     datasets = [load_dataset(data[k], model.info.input_shapes) for k in ("train", "val")]
-    validation.check_labels(model.info, datasets)
+    label_values.check_labels(model.info, datasets)
     runs = [("all", "exact"), ("final", "fd")]
     r = pearson_with_leave_one_out(model, train, val, tmp_path, runs, lr=0.02, batch_size=16)
     assert min(r.values()) > 0.99, r

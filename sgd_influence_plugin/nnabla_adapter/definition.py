@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import NetworkDefinitionError, ParameterError
 from . import losses as loss_kinds
+from .heads import feature_variable, last_learned
 from .indices import word_indices
 from .optimizers import multipliers, optimizer_warnings
 from .recurrent import expand_loops, generated_inputs
@@ -63,7 +64,7 @@ class ModelInfo:
         runtime_features: the variable that feeds the last learned layer on the way to
             ``runtime_output`` (e.g. the hidden units before the last Affine), the network's
             own representation of a sample; None when there is none (see
-            :func:`_feature_variable`).
+            :func:`.heads.feature_variable`).
         label_classes: dataset column -> number of classes C, for each column that feeds the
             label input of a classification loss (C from the scores' shape, e.g. logits
             (B, C); 2 for a binary loss such as Sigmoid + BinaryCrossEntropy); its labels must
@@ -150,7 +151,7 @@ def describe(
     one_hot = loss_kinds.one_hot_targets(net, inputs, var_shapes) if alone else {}
     maps = loss_kinds.label_maps(net, inputs, var_shapes)
     scores = loss_kinds.class_scores(net, inputs, var_shapes)
-    heads = {_last_learned(net, v) for v in scores} - {None}
+    heads = {last_learned(net, v) for v in scores} - {None}
     notes = ([unrolled[net.name]] if net.name in unrolled else []) + merged
     notes += loss_kinds.stabilise(net, var_shapes) + prepare_network(net, source)
     notes += share_parameters(net)
@@ -317,8 +318,8 @@ def _add_runtime_network(proto, nets, replay, info: ModelInfo, heads=frozenset()
 
     The output is the executor's first output computed by the same last learned layer as a
     classification loss's scores (``heads``: sets of parameter names, see
-    :func:`_last_learned`), e.g. ``y'`` = Softmax(Affine_2) beside a regression head's ``y2'``
-    listed first; with none such, its first output.
+    :func:`.heads.last_learned`), e.g. ``y'`` = Softmax(Affine_2) beside a regression head's
+    ``y2'`` listed first; with none such, its first output.
     """
     for ex in proto.executor:
         if ex.network_name in nets and ex.output_variable and ex.network_name != info.network:
@@ -330,9 +331,9 @@ def _add_runtime_network(proto, nets, replay, info: ModelInfo, heads=frozenset()
             _check_executor_columns(ex, data, info)
             info.runtime_inputs = one_variable_per_column(runtime, data, info.source)[0]
             outputs = [o.variable_name for o in ex.output_variable]
-            own = [o for o in outputs if _last_learned(runtime, o) in heads]
+            own = [o for o in outputs if last_learned(runtime, o) in heads]
             info.runtime_output = (own or outputs)[0]
-            info.runtime_features = _feature_variable(runtime, info.runtime_output)
+            info.runtime_features = feature_variable(runtime, info.runtime_output)
             info.runtime_generated = generated_inputs(ex, "executor", runtime, info.source)
             return
 
@@ -354,51 +355,3 @@ def _check_executor_columns(ex, data: Dict[str, str], info: ModelInfo) -> None:
                 f"{sorted(info.input_shapes)}); name the column the training network's input "
                 "reads (the console writes x for Input) in the executor's data_variable"
             )
-
-
-def _last_learned_function(net, output: str):
-    """The last function with parameters on the way back from ``output`` (e.g. the last
-    Affine before a Softmax), or None: no such function, or a function on the way with no
-    data input.
-
-    Walking back, each function is followed through its first input that is not a parameter;
-    the first function that takes a parameter (Affine, Convolution, ...) ends the walk.
-    """
-    kinds = {v.name: v.type for v in net.variable}
-    producer = {o: f for f in net.function for o in f.output}
-    name = output
-    for _ in range(len(net.function)):
-        f = producer.get(name)
-        if f is None:
-            return None
-        if any(kinds.get(i) == "Parameter" for i in f.input):
-            return f
-        data = [i for i in f.input if kinds.get(i) != "Parameter"]
-        if not data:
-            return None
-        name = data[0]
-    return None
-
-
-def _last_learned(net, output: str) -> Optional[frozenset]:
-    """The parameter names of :func:`_last_learned_function` of ``output`` (e.g.
-    ``{"Affine_2/affine/W", "Affine_2/affine/b"}``), or None.
-    """
-    f = _last_learned_function(net, output)
-    if f is None:
-        return None
-    kinds = {v.name: v.type for v in net.variable}
-    return frozenset(i for i in f.input if kinds.get(i) == "Parameter")
-
-
-def _feature_variable(net, output: str) -> Optional[str]:
-    """The data input of :func:`_last_learned_function` of ``output`` (e.g.
-    ``@MainRuntime/ReLU_out_2`` before the last Affine), or None: no such function, or it
-    has no data input.
-    """
-    f = _last_learned_function(net, output)
-    if f is None:
-        return None
-    kinds = {v.name: v.type for v in net.variable}
-    data = [i for i in f.input if kinds.get(i) != "Parameter"]
-    return data[0] if data else None
