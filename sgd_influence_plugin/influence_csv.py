@@ -34,7 +34,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Mapping, Optional
 
 import numpy as np
 
@@ -194,12 +194,15 @@ def write_influence_csv(
     files: List[str],
     scores: np.ndarray,
     losses: Optional[np.ndarray],
+    other_files: Optional[Mapping[str, List[str]]] = None,
 ) -> None:
     """Write the influence CSV (see the module docstring) to ``path``.
 
     Args:
         cells: what the CSV shows of each row; ``files``: each row's ``x:image`` cell
-            (:func:`image_cells`).
+            (:func:`image_cells`); ``other_files``: each of ``columns.other_files`` -> its
+            rows' cells as they open from the CSV's folder
+            (:func:`.file_cells.shown_where_they_are`).
         scores / losses: float64 (N,) in training-row order; no losses: ``loss`` is empty.
 
     """
@@ -210,6 +213,7 @@ def write_influence_csv(
             w.writerow(
                 ([files[i]] if columns.file else [])
                 + ([cells.labels[i]] if columns.label else [])
+                + [other_files[c][i] for c in columns.other_files]
                 + [train.cell(int(i), c) for c in columns.notes + columns.features]
                 + [
                     repr(float(scores[i])),

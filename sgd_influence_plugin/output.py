@@ -223,6 +223,9 @@ class _RunView:
         self.classes = None if columns.label_files else cells.labels
         if columns.label_files:  # the CSV's target files open from its folder
             cells.labels = shown_where_they_are(content.train, columns.label, plan.folder)
+        self.other_files = {
+            c: shown_where_they_are(content.train, c, plan.folder) for c in columns.other_files
+        }
         self.spent = {"thumbnails": 0.0, "write_csvs": 0.0}  # seconds, for the settings
 
     def writers(self) -> Dict[str, Writer]:
@@ -255,7 +258,14 @@ class _RunView:
     def write_csv(self, path: str) -> None:
         c = self.content
         influence_csv.write_influence_csv(
-            path, c.train, self.columns, self.cells, self.files, c.scores, c.losses
+            path,
+            c.train,
+            self.columns,
+            self.cells,
+            self.files,
+            c.scores,
+            c.losses,
+            self.other_files,
         )
 
     def write_trials(self, path: str) -> None:

@@ -1,8 +1,9 @@
 """Which of the training CSV's columns the influence CSV repeats, and under which names.
 
 The influence CSV keeps the dataset's own header: its data-file column (``x:image``, shown as
-a thumbnail or a path), its label column (``y:label``, ``y:Survived``, a bare ``y``), its
-comment columns (``# x:text``: the console feeds them to no variable, but the text classifier's
+a thumbnail or a path), its label column (``y:label``, ``y:Survived``, a bare ``y``), any
+other data-file column the network reads (a second image input, as a path), its comment
+columns (``# x:text``: the console feeds them to no variable, but the text classifier's
 words are there), and every number column the network reads (``x__0:Pclass`` ...
 ``x__6:Embarked``), then the run's own columns (:data:`SCORE_COLUMNS`).
 """
@@ -46,6 +47,8 @@ class TableColumns:
             and each row's class is the place of its 1.
         label_files: the label column names data files (an image-to-image target
             ``y:image``, a label map): no classes, and its cells are paths to rebase.
+        other_files: the network's other data-file columns (a second image input), in the
+            order it reads them; their cells are paths to rebase.
 
     """
 
@@ -55,6 +58,7 @@ class TableColumns:
     notes: Tuple[str, ...] = ()
     one_hot: Tuple[str, ...] = ()
     label_files: bool = False
+    other_files: Tuple[str, ...] = ()
 
     def label_cells(self, train: Dataset) -> Optional[List[str]]:
         """Each row's label as text: its label cell, stripped, or the class of its one-hot
@@ -110,9 +114,11 @@ def find_columns(
     notes = tuple(c for c in train.header if c.startswith("#"))
     one_hot_cells = by_class if len(cells) > 1 else ()
     label_files = label_col in (c for _, c in files)
+    more = tuple(c for _, c in files if c not in (file_col, label_col))
     return TableColumns(
-        file_col, label_col, features, notes=notes, one_hot=one_hot_cells, label_files=label_files
-    )
+        file_col, label_col, features, notes=notes, one_hot=one_hot_cells,
+        label_files=label_files, other_files=more,
+    )  # fmt: skip
 
 
 def model_label_cells(train: Dataset, info) -> Optional[List[str]]:
@@ -124,11 +130,13 @@ def model_label_cells(train: Dataset, info) -> Optional[List[str]]:
 
 
 def influence_header(columns: TableColumns) -> List[str]:
-    """The influence CSV's header: the training CSV's file, label, comment and feature columns
-    under their own names, the run's :data:`SCORE_COLUMNS`, then ``original`` (the file cell as
-    written in the training CSV) when there is a file column.
+    """The influence CSV's header: the training CSV's file, label, other file, comment and
+    feature columns under their own names, the run's :data:`SCORE_COLUMNS`, then
+    ``original`` (the file cell as written in the training CSV) when there is a file column.
     """
-    own = [c for c in (columns.file, columns.label) if c] + list(columns.notes + columns.features)
+    own = [c for c in (columns.file, columns.label) if c] + list(
+        columns.other_files + columns.notes + columns.features
+    )
     return own + SCORE_COLUMNS + (["original"] if columns.file else [])
 
 

@@ -51,6 +51,31 @@ def test_summary_and_report_on_known_scores(data7, tmp_path):
     np.testing.assert_array_equal([float(r["influence"]) for r in rows], [r[2] for r in ranked])
 
 
+def test_a_second_image_input_is_shown_and_opens_from_the_output_folder(data7, tmp_path):
+    """A network that reads two data-file columns (x:image and x2:image): the influence CSV
+    repeats both under their own names, each cell naming, from the output folder, the file
+    the training CSV's cell names (the second column used to be left out)."""
+    with open(data7["train"], newline="") as f:
+        header, *rows = list(csv.reader(f))
+    two = os.path.join(data7["folder"], "two_images.csv")
+    with open(two, "w", newline="") as f:  # x2: the image of the next row
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["x:image", "x2:image", "y:label"])
+        w.writerows([r[0], rows[(k + 1) % len(rows)][0], r[1]] for k, r in enumerate(rows))
+    train = load_dataset(two, {"x": (1, 7, 7), "x2": (1, 7, 7), "y": (1,)})
+    scores = np.random.RandomState(2).randn(train.size)
+    out = tmp_path / "elsewhere" / "o" / "influence.csv"
+    content = output.RunContent(scores, train, ["x", "x2", "y"], {"lr": 0.5, "warnings": []})
+    output.write_influence_output(str(out), content, report=False)
+    got = csv_rows(out)
+    assert list(got[0])[:3] == ["x:image", "y:label", "x2:image"]
+    for r in got:
+        i = int(r["datasource_index"])
+        for col, cell in (("x:image", rows[i][0]), ("x2:image", rows[(i + 1) % len(rows)][0])):
+            here = os.path.realpath(os.path.join(str(out.parent), r[col]))
+            assert here == os.path.realpath(os.path.join(data7["folder"], cell))
+
+
 # ---- the CLI end to end -----------------------------------------------------------------
 
 
