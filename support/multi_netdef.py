@@ -35,14 +35,13 @@ The runtime network outputs ``y'``: Softmax(z) (``kl``, ``softmax_bce``, ``ce``)
 from __future__ import annotations
 
 import csv
-import json
 import os
-import subprocess
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
+
+from support.netdef import write_in_child
 
 #: dataset kind -> the head trained on it by default
 KIND_HEADS = {"onehot": "kl", "soft": "kl", "multilabel": "bce", "vector": "squared",
@@ -245,19 +244,7 @@ def _write_in_this_process(spec: MultiSpec, path: str) -> None:
 
 
 def write_multi_nntxt(spec: MultiSpec, path: str) -> str:
-    """Write ``spec`` as a console-style ``.nntxt`` at ``path`` (in a child process, as
-    :func:`support.netdef.write_nntxt`); returns ``path``.
+    """Write ``spec`` as a console-style ``.nntxt`` at ``path`` (in a child process,
+    :func:`support.netdef.write_in_child`); returns ``path``.
     """
-    code = (
-        "import json,sys; from support.multi_netdef import MultiSpec, _write_in_this_process;"
-        "d=json.loads(sys.argv[1]); d['input_shape']=tuple(d['input_shape']);"
-        "_write_in_this_process(MultiSpec(**d), sys.argv[2])"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(spec)), path],
-                          capture_output=True, text=True, env=env)  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"writing {path} failed:\n{proc.stderr[-3000:]}")
-    return path
+    return write_in_child(spec, path)

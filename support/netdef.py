@@ -312,19 +312,26 @@ def write_nntxt(spec: NetSpec, path: str) -> str:
         ``path``.
 
     """
+    return write_in_child(spec, path)
+
+
+def write_in_child(spec, path: str) -> str:
+    """Run ``_write_in_this_process(spec, path)`` of the module that defines ``spec``'s class
+    (a dataclass with an ``input_shape`` tuple) in a child process: nnabla's graph building
+    and saving fill global scopes this process must not keep. Returns ``path``.
+    """
     code = (
-        "import json,sys; from support.netdef import NetSpec, _write_in_this_process;"
-        "d=json.loads(sys.argv[1]); d['input_shape']=tuple(d['input_shape']);"
-        "_write_in_this_process(NetSpec(**d), sys.argv[2])"
+        "import importlib,json,sys; m=importlib.import_module(sys.argv[1]);"
+        "d=json.loads(sys.argv[3]); d['input_shape']=tuple(d['input_shape']);"
+        "m._write_in_this_process(getattr(m, sys.argv[2])(**d), sys.argv[4])"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    kind = type(spec)
+    argv = [kind.__module__, kind.__name__, json.dumps(asdict(spec)), path]
     proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(asdict(spec)), path],
-        capture_output=True,
-        text=True,
-        env=env,
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env
     )
     if proc.returncode != 0:
         raise RuntimeError(f"writing {path} failed:\n{proc.stderr[-3000:]}")

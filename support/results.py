@@ -137,3 +137,19 @@ def console_outputs(result, csv_path, out_dir, prefix="y'"):
     table = read_rows(os.path.join(out_dir, "output_result.csv"))
     cols = [c for c, h in enumerate(table["header"]) if h.startswith(prefix)]
     return np.array([[float(r[c]) for c in cols] for r in table["rows"]])
+
+
+def rewritten_definition(result, folder, edit):
+    """The result's definition with ``edit(proto)`` applied, written in ``folder``: the
+    ``--config`` and ``--params`` arguments that run it with the result's weights.
+    """
+    from google.protobuf import text_format
+    from nnabla.utils import nnabla_pb2
+
+    proto = nnabla_pb2.NNablaProtoBuf()
+    text_format.Merge(open(os.path.join(result, "net.nntxt")).read(), proto)
+    edit(proto)
+    path = os.path.join(str(folder), "net.nntxt")
+    with open(path, "w") as f:
+        f.write(text_format.MessageToString(proto))
+    return ["--config", path, "--params", os.path.join(result, "parameters.h5")]

@@ -37,14 +37,13 @@ A per-sample CSV target (``target_shape`` (size, size)) is reshaped to (B, 1, si
 from __future__ import annotations
 
 import csv
-import json
 import os
-import subprocess
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
+
+from support.netdef import write_in_child
 
 ARCHS = ("ae", "conv_ae", "denoise", "vae", "img2img", "segment")
 
@@ -313,19 +312,7 @@ def _normal_generators(path: str) -> None:
 
 
 def write_unsup_nntxt(spec: UnsupSpec, path: str) -> str:
-    """Write ``spec`` as a console-style ``.nntxt`` at ``path`` (in a child process, as
-    :func:`support.netdef.write_nntxt`); returns ``path``.
+    """Write ``spec`` as a console-style ``.nntxt`` at ``path`` (in a child process,
+    :func:`support.netdef.write_in_child`); returns ``path``.
     """
-    code = (
-        "import json,sys; from support.unsup_netdef import UnsupSpec, _write_in_this_process;"
-        "d=json.loads(sys.argv[1]); d['input_shape']=tuple(d['input_shape']);"
-        "_write_in_this_process(UnsupSpec(**d), sys.argv[2])"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(spec)), path],
-                          capture_output=True, text=True, env=env)  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"writing {path} failed:\n{proc.stderr[-3000:]}")
-    return path
+    return write_in_child(spec, path)

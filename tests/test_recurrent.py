@@ -22,7 +22,7 @@ from sgd_influence_plugin.replay_steps import ExactStep
 from support import console_kinds as kinds
 from support.loops_netdef import LoopSpec, loop_proto, rnn_float64
 from support.oracles import pearson_with_leave_one_out
-from support.results import console_outputs, load_trained, train_on
+from support.results import console_outputs, load_trained, rewritten_definition, train_on
 from support.user_files import one_line_error
 
 
@@ -93,19 +93,6 @@ def test_rnn_scores_match_exact_leave_one_out(trained, tmp_path):
     assert r["all", "fd"] >= r["all", "exact"] - 0.01
 
 
-def _rewritten(result, tmp_path, edit):
-    """The result's definition with ``edit(proto)`` applied, as ``--config`` + ``--params``."""
-    from google.protobuf import text_format
-    from nnabla.utils import nnabla_pb2
-
-    proto = nnabla_pb2.NNablaProtoBuf()
-    text_format.Merge(open(os.path.join(result, "net.nntxt")).read(), proto)
-    edit(proto)
-    path = tmp_path / "net.nntxt"
-    path.write_text(text_format.MessageToString(proto))
-    return ["--config", str(path), "--params", os.path.join(result, "parameters.h5")]
-
-
 def _run(data, model_args, tmp_path):
     argv = ["run", *model_args, "--train", data["train"], "--val", data["val"], "--quiet"]
     return cli.main(argv + ["--output", str(tmp_path / "o" / "i.csv")])
@@ -119,7 +106,7 @@ def test_a_random_initial_state_is_refused_in_one_line(trained, tmp_path, capsys
             for g in owner.generator_variable:
                 g.type = "Normal"
 
-    assert _run(data, _rewritten(result, tmp_path, normal), tmp_path) == 2
+    assert _run(data, rewritten_definition(result, tmp_path, normal), tmp_path) == 2
     one_line_error(capsys, r"net\.nntxt \+ .*parameters\.h5: optimizer 'Optimizer' fills "
                    r"'Delay_Initial' from a 'Normal' generator, .* give it a Constant "
                    r"generator")  # fmt: skip
@@ -134,7 +121,7 @@ def test_a_loop_layer_outside_any_defined_loop_is_refused_in_one_line(trained, t
         for net in proto.network:
             del net.repeat_info[:]
 
-    assert _run(data, _rewritten(result, tmp_path, no_loops), tmp_path) == 2
+    assert _run(data, rewritten_definition(result, tmp_path, no_loops), tmp_path) == 2
     one_line_error(capsys, r"net\.nntxt \+ .*parameters\.h5: layer 'RecurrentInput' "
                    r"\(RecurrentInput\) of network 'Main' belongs to a loop 'RecurrentInput' "
                    r"that the network does not define")  # fmt: skip
@@ -211,7 +198,7 @@ def test_no_traceback_from_the_console_script_on_a_random_state(trained, tmp_pat
             for g in owner.generator_variable:
                 g.type = "Uniform"
 
-    args = _rewritten(result, tmp_path, uniform)
+    args = rewritten_definition(result, tmp_path, uniform)
     proc = subprocess.run(
         [sys.executable, TABLE_SCRIPT, "-c", args[1], "-p", args[3], "-t", data["train"], "-v",
          data["val"]], cwd=str(tmp_path), capture_output=True, text=True, timeout=300,

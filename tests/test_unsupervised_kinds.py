@@ -24,7 +24,7 @@ from sgd_influence_plugin import cli, core, influence
 from sgd_influence_plugin.settings import InfluenceSettings
 from support import console_kinds as kinds
 from support.oracles import console_gradient, console_losses, exact_leave_one_out
-from support.results import load_trained, train_on
+from support.results import load_trained, rewritten_definition, train_on
 from support.unsup_netdef import UnsupSpec, write_images
 from support.user_files import one_line_error
 
@@ -212,19 +212,6 @@ def test_a_normalized_label_map_is_refused(tmp_path, capsys):
                    r"0\.00[0-9]+, not a class index 0\.\.2; .*image normalization")  # fmt: skip
 
 
-def _rewritten(result, tmp_path, edit):
-    """The result's definition with ``edit(proto)`` applied, as ``--config`` + ``--params``."""
-    from google.protobuf import text_format
-    from nnabla.utils import nnabla_pb2
-
-    proto = nnabla_pb2.NNablaProtoBuf()
-    text_format.Merge(open(os.path.join(result, "net.nntxt")).read(), proto)
-    edit(proto)
-    path = tmp_path / "net.nntxt"
-    path.write_text(text_format.MessageToString(proto))
-    return ["--config", str(path), "--params", os.path.join(result, "parameters.h5")]
-
-
 def test_a_vaes_random_sample_is_refused_in_one_line(trained, tmp_path, capsys):
     """A Randn layer draws a new sample at every pass: left live, the replay differentiated
     other draws than the training phase took (here it stopped on a traceback: its shape is
@@ -248,7 +235,7 @@ def test_a_vaes_noise_generator_is_refused_and_a_constant_one_runs(trained, tmp_
             for g in owner.generator_variable:
                 g.type, g.multiplier = "Constant", 0.0
 
-    status, out = _run(tmp_path, data, *_rewritten(result, tmp_path, constant))
+    status, out = _run(tmp_path, data, *rewritten_definition(result, tmp_path, constant))
     assert status == 0
     header, rows = _rows(out)
     assert header[0] == "x:image" and "y:image" not in header
@@ -275,7 +262,7 @@ def test_a_cropping_augmentation_is_refused_in_one_line(trained, tmp_path, capsy
         conv = next(g for g in net.function if g.type == "Convolution")
         conv.input[0] = "Cropped"
 
-    status, out = _run(tmp_path, data, *_rewritten(result, tmp_path, crop))
+    status, out = _run(tmp_path, data, *rewritten_definition(result, tmp_path, crop))
     assert status == 2 and not out.exists()
     one_line_error(capsys, r"function 'ImageAugmentation' \(ImageAugmentation\) of network "
                    r"'Main' is random and changes the shape \(-1, 1, 8, 8\) to "
