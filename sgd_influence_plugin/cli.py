@@ -364,9 +364,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     with interrupts.stop_requests():
         return report_errors(
             lambda: args.func(args),
-            lambda m: print(f"sgd-influence: error: {m}", file=sys.stderr),
-            lambda m: print(f"sgd-influence: {m}", file=sys.stderr),
+            lambda m: _stderr(f"error: {option_parsers.respelled(m, 'cli')}"),
+            _stderr,
         )
+
+
+def _stderr(line: str) -> None:
+    print(f"sgd-influence: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

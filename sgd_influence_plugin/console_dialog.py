@@ -115,7 +115,10 @@ def main(argv=None, kind: str = "image"):
 
     call = _check if kind == "check" else _run
     with interrupts.stop_requests():  # Ctrl-C / SIGTERM stop cleanly at the next step
-        return report_errors(lambda: call(args, kind, say), logger.critical)
+        return report_errors(
+            lambda: call(args, kind, say),
+            lambda m: logger.critical(option_parsers.respelled(m, "dialog")),
+        )
 
 
 def _inputs(args) -> dict:

@@ -11,6 +11,7 @@ before anything heavy is imported: it imports the standard library only.
 """
 
 import argparse
+import re
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from .options import OPTIONS, SETTINGS, Dialog, Option
@@ -234,3 +235,20 @@ def spellings(interface: str) -> Dict[str, Optional[str]]:
         shown = {get(k).name for keys in DIALOGS.values() for k in keys}
         return {n: o.dialog_flag if n in shown else None for n, o in OPTIONS.items()}
     raise ValueError(f"unknown interface {interface!r}")
+
+
+#: An option as a message may name it: ``--`` and a name of letters, digits, '-' or '_'.
+_NAMED_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
+
+
+def respelled(message: str, interface: str) -> str:
+    """``message`` with every option it names spelled as ``interface`` spells it
+    (:func:`spellings`: ``--replay_step`` becomes ``--replay-step`` for ``"cli"`` and back for
+    ``"dialog"``); flags of no option, or of one the interface lacks, stay as written.
+    """
+    names = spellings(interface)
+
+    def spell(match) -> str:
+        return names.get(match.group(0)[2:].replace("-", "_")) or match.group(0)
+
+    return _NAMED_FLAG.sub(spell, message)

@@ -256,6 +256,20 @@ def test_exact_replay_without_second_derivatives_is_refused_in_one_line(trained)
     assert not os.path.exists(os.path.join(result, "sgd_influence", "exact.csv"))
 
 
+def test_the_same_refusal_names_the_command_lines_spelling(trained, tmp_path, capsys):
+    """The message names the option as the interface that called spells it: the console's
+    dialog ``--replay_step`` (above), the command line ``--replay-step``."""
+    from sgd_influence_plugin import cli
+
+    data, result = trained("colour")
+    out = str(tmp_path / "o" / "exact.csv")
+    argv = ["run", "--model", os.path.join(result, "results.nnp"), "--train", data["train"],
+            "--val", data["val"], "--replay-step", "exact", "--output", out, "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 2
+    line = one_line_error(capsys, r"depthwise_convolution")
+    assert "--replay-step fd" in line and "--replay_step" not in line
+
+
 def test_a_huge_training_feature_is_blamed_not_the_rate(trained, tmp_path, capsys):
     """A training row with Fare = 1e30: the replay cannot be stable at any rate, and the
     refusal used to ask for a smaller --lr; it now names the feature whose spread is the
