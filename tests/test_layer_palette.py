@@ -157,3 +157,13 @@ def test_a_layer_over_the_batch_axis_is_refused_naming_it(palette, data7, kind, 
             r"mixes the rows of a batch .*\(an axis other than the batch axis 0\) and train again$",
         )  # fmt: skip
         assert not out.exists()
+
+
+def test_the_probe_compares_values_as_float32_gives_them():
+    from sgd_influence_plugin.nnabla_adapter.rows import _same
+
+    x = np.array([np.nan, np.inf, 3.0, 1e-9])
+    assert _same(x, x.copy())  # a NaN or inf of the row itself is no mixing
+    assert _same(x, x + np.array([0, 0, 1e-6, 1e-9]))  # float32 rounding
+    assert not _same(x, x + np.array([0, 0, 1e-2, 0]))
+    assert not _same(x, np.array([1.0, np.inf, 3.0, 1e-9]))

@@ -47,6 +47,13 @@ def _outputs_of_row0(graph, arrays, rows) -> List[Tuple[object, List[np.ndarray]
     return found
 
 
+def _same(x: np.ndarray, y: np.ndarray) -> bool:
+    """Equal up to float32 rounding (NaN equal to NaN: a value no probe row decides)."""
+    finite = np.abs(x[np.isfinite(x)])
+    scale = float(finite.max()) if finite.size else 0.0
+    return bool(np.allclose(x, y, rtol=1e-4, atol=1e-6 * (scale + 1), equal_nan=True))
+
+
 def mixing_layer(model, arrays: Mapping[str, np.ndarray]) -> Optional[Tuple[str, str]]:
     """``(layer name, function type)`` of the first layer on the way to ``model``'s loss
     whose output for a row changes when another row of its batch changes; None when there
@@ -60,8 +67,7 @@ def mixing_layer(model, arrays: Mapping[str, np.ndarray]) -> Optional[Tuple[str,
     second = _outputs_of_row0(graph, arrays, (0, others[1]))
     for (f, a), (_, b) in zip(first, second):
         for x, y in zip(a, b):
-            scale = float(np.max(np.abs(x))) if x.size else 0.0
-            if x.shape != y.shape or not np.allclose(x, y, rtol=1e-4, atol=1e-6 * (scale + 1)):
+            if x.shape != y.shape or not _same(x, y):
                 return f.name, f.info.type_name
     return None
 
