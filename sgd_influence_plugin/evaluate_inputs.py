@@ -19,6 +19,7 @@ from .errors import InputError, SettingsError
 from .evaluate_report import OUTPUT_FILES
 from .inputs import check_separate, read_datasets
 from .nnabla_adapter import load_model
+from .nnabla_adapter.rows import check_rows_independent
 from .settings import MAX_SEED, InfluenceSettings, is_number
 
 DEFAULT_RATIOS = options.default("ratios")
@@ -229,6 +230,7 @@ def load_inputs(
     )
     train, val, test = read_datasets([(path, None) for path in csvs], model, settings)
     label_values.check_labels(model.info, (train, val, test))
+    check_rows_independent(model, train.arrays, model.info.source)
     validation.check_replay_data(settings, model.info, train)  # as run and check make them
     n = train.size
     flipped = read_noise(noise_csv, n) if noise_csv else None

@@ -22,6 +22,7 @@ from .core import per_sample_losses
 from .dataset import Dataset, Normalize, decode, in_workers, read_rows
 from .errors import ComputationError, SettingsError
 from .nnabla_adapter import load_model
+from .nnabla_adapter.rows import check_rows_independent
 from .resolved import dominant_row_warning
 from .validation import FlagNames
 
@@ -112,7 +113,8 @@ def load_inputs(
 
     In this order: :func:`validation.check_options`; the model; the dataset CSVs;
     ``check_places``; decoding both CSVs (in as many forked workers as the trials may use,
-    :func:`parallel.workers_for`); ``check_loaded``; the validation loss at the trained
+    :func:`parallel.workers_for`); ``check_loaded``; every row's loss its own
+    (:func:`.nnabla_adapter.rows.check_rows_independent`); the validation loss at the trained
     parameters. A stop request (Ctrl-C, SIGTERM) is honoured between the steps and while
     decoding.
 
@@ -150,6 +152,7 @@ def load_inputs(
     train, val = _read_datasets(train_csv, val_csv, model, settings, progress)
     t_read = time.perf_counter() - t_read
     check_loaded(model, train, val)
+    check_rows_independent(model, train.arrays, model.info.source)
     interrupts.check()
     losses, loss0 = _validation_losses(model, val, val_csv, settings.val_batch_size)
     dominant = dominant_row_warning(losses, val_csv, val.row_number)

@@ -19,10 +19,13 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Tuple
 
+from support.palette_netdef import PALETTE_ARCHS, PALETTE_INITIALIZERS, palette_logits
 from support.quant_netdef import QUANT_ARCHS, quant_logits
 
-ARCHITECTURES = ("logreg", "mlp", "cnn", "cnn_bn", "smooth_cnn", "lenet", "dwcnn") + tuple(
-    QUANT_ARCHS
+ARCHITECTURES = (
+    ("logreg", "mlp", "cnn", "cnn_bn", "smooth_cnn", "lenet", "dwcnn")
+    + tuple(QUANT_ARCHS)
+    + PALETTE_ARCHS
 )
 #: The loss layers the console offers, as it writes them (``Softmax`` + ``CategoricalCrossEntropy``
 #: is what its editor puts after a classifier; ``SoftmaxCrossEntropy`` is one layer):
@@ -128,6 +131,8 @@ def _logits(spec: NetSpec, x, train: bool):
     k = _outputs(spec)
     if spec.arch in QUANT_ARCHS:
         return quant_logits(spec.arch, x, k, train)
+    if spec.arch in PALETTE_ARCHS:
+        return palette_logits(spec.arch, x, k)
     if spec.arch == "logreg":
         return PF.affine(x, k, name="Affine")
     if spec.arch == "mlp":
@@ -268,7 +273,7 @@ def _write_in_this_process(spec: NetSpec, path: str) -> None:
     }
     tmp = path + ".tmp.nntxt"
     save.save(tmp, contents)
-    _add_initializers(tmp)
+    _add_initializers(tmp, PALETTE_INITIALIZERS if spec.arch in PALETTE_ARCHS else ())
     os.replace(tmp, path)
 
 
@@ -286,8 +291,10 @@ _INITIALIZERS = (
 )
 
 
-def _add_initializers(path: str) -> None:
-    """Nnabla's saver writes no initializers; ``nnabla_cli train`` would start from zeros."""
+def _add_initializers(path: str, first=()) -> None:
+    """Nnabla's saver writes no initializers; ``nnabla_cli train`` would start from zeros.
+    ``first``: (suffix, initializer) pairs tried before :data:`_INITIALIZERS`.
+    """
     from google.protobuf import text_format
     from nnabla.utils import nnabla_pb2
 
@@ -298,7 +305,8 @@ def _add_initializers(path: str) -> None:
         for v in net.variable:
             if v.type != "Parameter":
                 continue
-            kind, mult = next(init for suffix, init in _INITIALIZERS if v.name.endswith(suffix))
+            table = tuple(first) + _INITIALIZERS
+            kind, mult = next(init for suffix, init in table if v.name.endswith(suffix))
             v.initializer.type = kind
             v.initializer.multiplier = mult
     with open(path, "w") as f:

@@ -4,7 +4,8 @@ with dense Hessians (:func:`brute_force_replay`), written without nnabla or the 
 graphs so that the influence core can be checked against them; and the exact leave-one-out
 re-runs of a replayed epoch (:func:`exact_leave_one_out`) that the scores estimate; and the
 console trainer's own gradient and per-row losses (:func:`console_gradient`,
-:func:`console_losses`), from nnabla's loader.
+:func:`console_losses`), from nnabla's loader; the products ``<u, grad l_i>`` of a
+batch-size-1 loop of nnabla's backward (:func:`per_sample_dots`).
 """
 
 from __future__ import annotations
@@ -158,6 +159,24 @@ def pearson_with_leave_one_out(model, train, val, work, runs, lr, batch_size, se
     loo = centred_by_class(plain, labels.argmax(1) if labels.shape[1] > 1 else labels[:, 0])
     assert np.std(loo) > 0
     return {key: float(np.corrcoef(s, loo)[0, 1]) for key, s in scores.items()}
+
+
+def per_sample_dots(model, arrays, idx, u):
+    """``<u, grad l_i>`` for each row i of ``idx`` from nnabla's own backward of the model's
+    loss graph at batch size 1, one row at a time (float64 (|idx|,)); ``u`` a list of arrays
+    in ``model.graph(B).params`` order.
+    """
+    graphs, flat_u = core.GraphCache(model, fused=False), np.concatenate([x.ravel() for x in u])
+    out = []
+    for i in idx:
+        sg = graphs(1)
+        sg.feed(arrays, np.array([i]), np.ones(1, np.float32))
+        sg.objective.forward()
+        sg.zero_grads()
+        sg.objective.backward()
+        g = np.concatenate([np.asarray(p.g, np.float64).ravel() for p in sg.params])
+        out.append(g @ flat_u)
+    return np.array(out)
 
 
 def _console_optimizer(nnp, arrays, idx):

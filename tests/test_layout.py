@@ -68,6 +68,7 @@ PRODUCT_MODULES = (
     "nnabla_adapter/schedule.py",
     "nnabla_adapter/solver.py",
     "nnabla_adapter/training.py",
+    "nnabla_adapter/rows.py",
     "option_parsers.py",
     "options.py",
     "output.py",

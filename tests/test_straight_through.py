@@ -18,7 +18,7 @@ from sgd_influence_plugin.errors import SettingsError
 from sgd_influence_plugin.runner import RunRequest, run
 from sgd_influence_plugin.settings import InfluenceSettings
 from support.netdef import NetSpec
-from support.oracles import exact_leave_one_out
+from support.oracles import exact_leave_one_out, per_sample_dots
 from support.results import load_trained, train_result
 
 #: arch -> the straight-through layer kinds nnabla_cli train's graph holds
@@ -56,21 +56,6 @@ def quant(tmp_path_factory, data7):
     return get
 
 
-def _per_sample_dots(m, tr, idx, u):
-    """<u, grad l_i> from nnabla's own backward, one sample at a time (float64)."""
-    graphs, flat_u = core.GraphCache(m, fused=False), np.concatenate([x.ravel() for x in u])
-    out = []
-    for i in idx:
-        sg = graphs(1)
-        sg.feed(tr, np.array([i]), np.ones(1, np.float32))
-        sg.objective.forward()
-        sg.zero_grads()
-        sg.objective.backward()
-        g = np.concatenate([np.asarray(p.g, np.float64).ravel() for p in sg.params])
-        out.append(g @ flat_u)
-    return np.array(out)
-
-
 @pytest.mark.parametrize("arch", sorted(EXPECTED))
 def test_straight_through_layers_are_found_and_their_flag_is_nnabla_s(quant, arch):
     m, _, _ = quant(arch)
@@ -105,7 +90,7 @@ def test_fd_asked_runs_the_exact_step_whose_products_are_the_training_gradient(q
     u = core.validation_gradient(m, va)
     ul = [u[k] for k in m.graph(16).params]
     idx = np.arange(16)
-    ref = _per_sample_dots(m, tr, idx, ul)
+    ref = per_sample_dots(m, tr, idx, ul)
     scale = np.max(np.abs(ref))
     exact_dots, _ = replay_steps.ExactStep(m)(tr, idx, ul)
     assert np.max(np.abs(exact_dots - ref)) <= 1e-5 * scale
