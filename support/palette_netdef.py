@@ -131,6 +131,9 @@ LAYERS = {
     "Identity": ("affine", lambda h, t, x: _F().identity(h)),
     "Dropout": ("affine", lambda h, t, x: _F().dropout(h, 0.3) if t else h),
     "RandomFlip": ("conv", lambda h, t, x: _F().random_flip(h, axes=[3]) if t else h),
+    "RandomShift": ("conv", lambda h, t, x: _F().random_shift(h, (1, 1)) if t else h),
+    "ImageAugmentation": ("conv", lambda h, t, x: _F().image_augmentation(
+        h, flip_lr=True, brightness=0.1) if t else h),
     "ResNetBlock": ("conv", lambda h, t, x: _resnet(h, t)),
 }  # fmt: skip
 

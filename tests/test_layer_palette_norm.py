@@ -70,19 +70,37 @@ def _loaded(palette, name):
     return palette["loaded"][name]
 
 
-def _inference_network(nnp, batch_size):
+def _inference_network(folder, batch_size):
+    """The console's inference network of the result in ``folder`` (``MainValidation``
+    alone: nnabla's loader builds every network at the batch size it is given, and a
+    training network's ImageAugmentation holds the console's) by nnabla's loader, and every
+    parameter.
+    """
     import nnabla as nn
+    from google.protobuf import text_format
+    from nnabla.utils import nnabla_pb2
     from nnabla.utils.load import load
 
+    proto = nnabla_pb2.NNablaProtoBuf()
+    with open(os.path.join(folder, "net.nntxt")) as f:
+        text_format.Merge(f.read(), proto)
+    kept = [n for n in proto.network if n.name == "MainValidation"]
+    for field in ("network", "optimizer", "monitor", "executor"):
+        proto.ClearField(field)
+    proto.network.extend(kept)
+    path = os.path.join(folder, "inference.nntxt")
+    with open(path, "w") as f:
+        f.write(text_format.MessageToString(proto))
     nn.clear_parameters()
-    net = load([nnp], prepare_data_iterator=False, batch_size=batch_size).networks
-    return net["MainValidation"], nn.get_parameters(grad_only=False)
+    loaded = load([path, os.path.join(folder, "parameters.h5")], prepare_data_iterator=False,
+                  batch_size=batch_size)  # fmt: skip
+    return loaded.networks["MainValidation"], nn.get_parameters(grad_only=False)
 
 
-def _oracle_losses(nnp, arrays):
+def _oracle_losses(folder, arrays):
     """Each row's loss by the console's inference network at its batch size (as the
     console's validation monitor computes it)."""
-    net, _ = _inference_network(nnp, BATCH)
+    net, _ = _inference_network(folder, BATCH)
     n = len(arrays["x"])
     out = np.empty(n)
     for s in range(0, n, BATCH):
@@ -94,9 +112,9 @@ def _oracle_losses(nnp, arrays):
     return out
 
 
-def _oracle_dots(nnp, arrays, idx, u):
+def _oracle_dots(folder, arrays, idx, u):
     """``<u, grad l_i>`` for each row i of ``idx``: nnabla's backward, one row at a time."""
-    net, params = _inference_network(nnp, 1)
+    net, params = _inference_network(folder, 1)
     loss = net.variables["loss"].variable_instance
     out = []
     for i in idx:
@@ -124,7 +142,7 @@ def test_each_sample_loss_is_its_own_and_the_consoles(palette, name):
     scale = 1e-5 * (1 + np.abs(at[BATCH]))
     assert np.all(np.abs(at[1] - at[BATCH]) <= scale), "a sample's loss depends on its batch"
     assert np.all(np.abs(at[256] - at[BATCH]) <= scale)
-    oracle = _oracle_losses(os.path.join(d, "results.nnp"), train)
+    oracle = _oracle_losses(d, train)
     assert np.all(np.abs(at[BATCH] - oracle) <= scale), "not the console's inference network"
 
 
@@ -133,7 +151,7 @@ def test_replay_products_match_a_batch_of_one_loop(palette, name):
     d, model, train, val = _loaded(palette, name)
     u = core.validation_gradient(model, val)
     idx = np.arange(3, 3 + BATCH)
-    oracle = _oracle_dots(os.path.join(d, "results.nnp"), train, idx, u)
+    oracle = _oracle_dots(d, train, idx, u)
     scale = np.max(np.abs(oracle))
     # a small step: the products of the graph, not the default step's smoothing of kinks
     fd, _ = FiniteDifferenceStep(model, rel_step=1e-3)(train, idx, list(u.values()))
