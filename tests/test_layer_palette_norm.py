@@ -231,6 +231,7 @@ def test_the_replay_network_computes_what_nnabla_cli_forward_does(palette, name,
     labels = train["y"].astype(int).ravel()
     console_loss = -np.log(prob[np.arange(len(labels)), labels])
     np.testing.assert_allclose(core.per_sample_losses(model, train), console_loss, atol=2e-5)
+    np.testing.assert_allclose(model.predict(train), prob, atol=2e-6)  # the model's class
 
 
 def test_the_exact_step_through_a_tile_is_refused_in_one_line(palette, tmp_path, capsys):
