@@ -50,12 +50,11 @@ class _SinkGraphs(core._StepGraphs):
     """
 
     def __init__(self, model, batch_size: int):
-        import nnabla as nn
         import nnabla.functions as F
 
         super().__init__(model, batch_size, fused=False)
         with model.context_scope():
-            self.grads = nn.grad([self.objective], self.params)
+            self.grads = core.gradient_graph(self.objective, self.params)
             self.sink = F.sink(*self.grads, one_input_grad=False)
 
 

@@ -65,6 +65,7 @@ PRODUCT_MODULES = (
     "nnabla_adapter/optimizers.py",
     "nnabla_adapter/recurrent.py",
     "nnabla_adapter/replay_network.py",
+    "nnabla_adapter/batch_axis.py",
     "nnabla_adapter/schedule.py",
     "nnabla_adapter/solver.py",
     "nnabla_adapter/training.py",

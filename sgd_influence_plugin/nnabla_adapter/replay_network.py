@@ -3,12 +3,15 @@
 :func:`prepare_network` makes the changes and lists them (``ModelInfo.notes``):
 
 - BatchNormalization runs in inference mode (running statistics, which are not trained), so
-  per-sample losses do not depend on the rest of the batch.
+  per-sample losses do not depend on the rest of the batch; so do MeanSubtraction (its trained
+  running mean, which its training mode would move at every forward pass and subtract from the
+  batch): the network the replay differentiates is the inference one.
 - Dropout and shape-preserving random augmentation are replaced by identity. Replaying
   random masks inside a double-backward pass would need per-step seeds in both phases; turning
   them off in both keeps the two phases consistent.
 
-Layers nnabla does not have, random layers that change the shape and random generators (a
+Layers that work across the samples of a mini-batch are refused (:mod:`.batch_axis`). Layers
+nnabla does not have, random layers that change the shape and random generators (a
 ``Randn`` layer's new sample at every step) are refused here, before anything is computed.
 Variables fed by the same dataset column (an autoencoder's ``Input`` and its loss's target
 ``SquaredError_T``, both reading ``x``) become one (:func:`one_variable_per_column`). A
@@ -23,6 +26,7 @@ from collections import Counter, OrderedDict
 from typing import Dict, List, Tuple
 
 from ..errors import NetworkDefinitionError
+from .batch_axis import check_batch_axis
 
 #: Functions that are random at training time and keep the input's shape: replaced by identity.
 _RANDOM_IDENTITY = {
@@ -34,8 +38,6 @@ _RANDOM_IDENTITY = {
     "RandomBrightness",
     "RandomContrast",
 }
-#: Random functions that change the shape: the replay cannot model them.
-_RANDOM_UNSUPPORTED = {"RandomCrop", "RandomResizedCrop"}
 #: Functions that draw new random values at every step from no input (a VAE's ``Randn``
 #: sample) or pick among their inputs at random: the replay would differentiate other draws
 #: than the training phase took, at every pass (its scores would be noise).
@@ -48,10 +50,57 @@ _RANDOM_DRAWS = {
     "RandGamma",
     "RandomChoice",
 }
-_BATCH_NORMS = {
-    "BatchNormalization": "batch_normalization_param",
-    "FusedBatchNormalization": "fused_batch_normalization_param",
+#: Layers with a state that training updates, switched to inference mode (the trained state,
+#: never updated by the tool's passes): type -> (parameter message, field, value, note).
+_INFERENCE_MODE = {
+    "BatchNormalization": (
+        "batch_normalization_param", "batch_stat", False,
+        "BatchNormalization uses running statistics"),
+    "FusedBatchNormalization": (
+        "fused_batch_normalization_param", "batch_stat", False,
+        "BatchNormalization uses running statistics"),
+    "MeanSubtraction": (
+        "mean_subtraction_param", "update_running_mean", False,
+        "MeanSubtraction subtracts its trained running mean (not updated)"),
+}  # fmt: skip
+_CROP = (
+    "is random and changes the shape; the replay cannot reproduce it. Move it to the dataset "
+    "(pre-cropped images) or remove it from the training network"
+)
+#: Layers the replay cannot differentiate as trained: type -> why, and what to do instead.
+_UNREPLAYABLE = {
+    "SpectralNorm": (
+        "cannot be replayed: in training mode its power iteration moves its vector u at "
+        "every forward pass (the replay's passes would each differentiate another function), "
+        "and nnabla differentiates its inference mode to NaN; train without it (e.g. "
+        "WeightNormalization) to compute influence"
+    ),
+    "RandomCrop": _CROP,
+    "RandomResizedCrop": _CROP,
+    "SyncBatchNormalization": (
+        "cannot be replayed on one device; replace it with BatchNormalization (single-device "
+        "training) to compute influence"
+    ),
+    "Sort": (
+        "cannot be replayed: nnabla 1.39's backward of Sort sends each gradient to another "
+        "element than the one sorted there (it is no derivative of the loss, so neither the "
+        "training nor the replay follows the loss); remove it and train again"
+    ),
+    "TopKData": (
+        "(reduce false) cannot be replayed: nnabla 1.39's backward passes the gradient of "
+        "every element, not only of the k kept, which is no derivative of the loss; use "
+        "reduce true or remove it, and train again"
+    ),
 }
+
+
+def _unreplayable(f) -> str:
+    """Why the replay cannot differentiate function ``f`` as trained, or ''."""
+    if f.type == "TopKData" and f.top_k_data_param.reduce:
+        return ""  # its backward is the derivative (the exact step has none: core)
+    return _UNREPLAYABLE.get(f.type, "")
+
+
 #: Names in ``nnabla.function`` that are no layer type of a network definition.
 _NOT_LAYERS = {
     "Dummy",
@@ -102,13 +151,14 @@ def prepare_network(net, where: str) -> List[str]:
                 f"which nnabla {nnabla.__version__} does not have; replace that layer, or "
                 "export the network from a console whose nnabla has it"
             )
-        if f.type in _BATCH_NORMS:
-            getattr(f, _BATCH_NORMS[f.type]).batch_stat = False
-            notes.append(f"{f.name}: BatchNormalization uses running statistics")
-        elif f.type == "SyncBatchNormalization":
+        if f.type in _INFERENCE_MODE:
+            message, field, value, note = _INFERENCE_MODE[f.type]
+            setattr(getattr(f, message), field, value)
+            notes.append(f"{f.name}: {note}")
+        elif _unreplayable(f):
             raise NetworkDefinitionError(
-                f"{where}: function '{f.name}' is SyncBatchNormalization; replace it with "
-                "BatchNormalization (single-device training) to compute influence"
+                f"{where}: function '{f.name}' ({f.type}) of network '{net.name}' "
+                + _unreplayable(f)
             )
         elif f.type in _RANDOM_IDENTITY and _changes_shape(f, shapes):
             raise NetworkDefinitionError(
@@ -130,12 +180,7 @@ def prepare_network(net, where: str) -> List[str]:
                 "would be noise); remove it from the training network (a VAE: feed the mean "
                 "to the decoder) and give that definition with --config and these parameters"
             )
-        elif f.type in _RANDOM_UNSUPPORTED:
-            raise NetworkDefinitionError(
-                f"{where}: function '{f.name}' ({f.type}) is random and changes the shape; the "
-                "replay cannot reproduce it. Move it to the dataset (pre-cropped images) or "
-                "remove it from the training network"
-            )
+    check_batch_axis(net, where)
     return notes
 
 
