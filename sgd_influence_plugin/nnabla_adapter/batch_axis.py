@@ -7,7 +7,8 @@ the replay's products 140% off, exit status 0) makes every score wrong, so such 
 refused here, before anything is computed. A Slice over the whole batch (``start 0, stop B``
 on axis 0, as nnabla's saver writes it with the console's batch size B) keeps each sample; its
 stop is widened so that the graphs the tool builds at other batch sizes keep every row too
-(at B=24 the loss had 8 rows: nnabla's error, a traceback).
+(at B=24 the loss had 8 rows: nnabla's error, a traceback). What no parameter says is
+caught later, once the rows are read, by :mod:`.rows` (a probe of two batches).
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ inference mode (:mod:`.replay_network`), so it passes.
 
 :func:`check_rows_independent` finds such a layer by running the loss graph on two batches
 of two rows that share their first row: every function's output for that row must be the
-same in both.
+same in both. It is the second of two guards: :mod:`.batch_axis` refuses, from the
+definition alone and before any row is read, the layers whose parameters name the batch
+axis; this probe, once the rows are read, catches what no parameter says (a layer whose
+behaviour, not its axis, mixes the rows).
 """
 
 from __future__ import annotations
