@@ -137,26 +137,39 @@ def test_the_model_s_outputs_are_nnabla_cli_forward_s(palette, data7, kind, tmp_
 
 
 @pytest.mark.parametrize("kind", sorted(MIXING))
-def test_a_layer_over_the_batch_axis_is_refused_naming_it(palette, data7, kind, tmp_path, capsys):
+def test_a_layer_over_the_batch_axis_is_refused_naming_it(
+    palette, data7, kind, tmp_path, capsys, monkeypatch
+):
+    """Two guards, each tested alone: the definition's axis (nnabla_adapter.batch_axis,
+    before any row is read) and, with that guard switched off, the two-batch probe of the
+    rows (nnabla_adapter.rows)."""
+    from sgd_influence_plugin.nnabla_adapter import replay_network
+
+    layer = MIXING[kind]
+    monkeypatch.setattr(replay_network, "check_batch_axis", lambda net, where: None)
     folder, m, tr, _ = palette(kind)
     # What the replay would otherwise differentiate: losses that are not the rows' own.
     batched, alone = core.per_sample_losses(m, tr, 16), core.per_sample_losses(m, tr, 1)
     assert np.max(np.abs(batched - alone)) > 0.1
-    assert mixing_layer(m, tr) == (MIXING[kind], MIXING[kind])
+    assert mixing_layer(m, tr) == (layer, layer)
+    probe = (rf"results\.nnp: layer '{layer}' \({layer}\) of network 'Main' mixes the rows "
+             r"of a batch .*\(an axis other than the batch axis 0\) and train again$")  # fmt: skip
+    axis = (
+        rf"results\.nnp: function '@Main/{layer}' \({layer}\) of network 'Main' works across axis 0"
+    )
     out = tmp_path / "out"
     given = ["--model", folder + "/results.nnp", "--train", data7["train"], "--val", data7["val"],
              "--quiet"]  # fmt: skip
-    for argv in (
-        ["run", "--output", str(out / "influence.csv")],
-        ["check", "--output", str(out / "check.csv")],
-        ["evaluate", "--test", data7["val"], "--output-dir", str(out)],
-    ):
-        assert cli.main(argv + given) == 2
-        one_line_error(
-            capsys, rf"results\.nnp: layer '{MIXING[kind]}' \({MIXING[kind]}\) of network 'Main' "
-            r"mixes the rows of a batch .*\(an axis other than the batch axis 0\) and train again$",
-        )  # fmt: skip
-        assert not out.exists()
+    for pattern in (probe, axis):
+        for argv in (
+            ["run", "--output", str(out / "influence.csv")],
+            ["check", "--output", str(out / "check.csv")],
+            ["evaluate", "--test", data7["val"], "--output-dir", str(out)],
+        ):
+            assert cli.main(argv + given) == 2
+            one_line_error(capsys, pattern)
+            assert not out.exists()
+        monkeypatch.undo()  # the first guard back: it refuses before the rows are read
 
 
 def test_the_probe_compares_values_as_float32_gives_them():
