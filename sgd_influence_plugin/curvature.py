@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, ContextManager, Dict, List, Mapping, Optional
@@ -241,8 +242,31 @@ def hvp_operator(model, batch_size: int):
     try:
         graphs(batch_size)
     except NotImplementedError as e:
-        return replay_steps.FiniteDifferenceStep(model), "fd", str(e).strip().splitlines()[0]
+        why = _once_only(model, str(e).strip().splitlines()[0])
+        return replay_steps.FiniteDifferenceStep(model), "fd", why
     return graphs, "exact", ""
+
+
+def _once_only(model, message: str) -> str:
+    """The message nnabla gave (``mish_backward is not implemented.``) with the layers of
+    ``model`` it is about named first: ``layer 'Mish_2' (Mish) has no second derivative in
+    nnabla (mish_backward is not implemented)``; the message alone when none is found.
+    """
+    found = re.match(r"(\w+?)_backward\b", message)
+    if not found:
+        return message
+    layers: List[str] = []
+
+    def visit(f):
+        kind = f.info.type_name
+        if re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower() == found.group(1) and f.name not in layers:
+            layers.append(f"'{f.name}' ({kind})")
+
+    model.graph(2).loss.visit(visit)
+    if not layers:
+        return message
+    named = ", ".join(layers[:3]) + (" and more" if len(layers) > 3 else "")
+    return f"layer {named} has no second derivative in nnabla ({message.rstrip('.')})"
 
 
 @dataclass

@@ -16,6 +16,7 @@ against ``nnabla_cli forward`` (the console's own evaluation).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -253,6 +254,7 @@ def test_exact_replay_without_second_derivatives_is_refused_in_one_line(trained)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert "depthwise_convolution" in last and "--replay_step fd" in last
+    assert re.search(r"layer '[^']+' \(DepthwiseConvolution\) has no second derivative", last)
     assert not os.path.exists(os.path.join(result, "sgd_influence", "exact.csv"))
 
 
