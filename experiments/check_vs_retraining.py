@@ -187,17 +187,12 @@ def main(argv=None) -> int:
         else [(s, int(v)) for s in fc._seeds(args.seeds) for v in args.sizes.split(",")]
     )
     path = os.path.join(args.out, f"check_vs_retraining_r{args.rate:g}.csv")
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, FIELDS, lineterminator="\n")
-        if new:
-            w.writeheader()
+    with fc.appending_rows(path, FIELDS) as add:
         for seed, size in pairs:
             case = fc.build(work, "patterns", seed, args.n_val, args.rate)
             line = one_run(state, case, seed, size, args.rate, inits, test_csv, work)
             if line:
-                w.writerow(line)
-                f.flush()
+                add(line)
                 print(seed, size, line["rows"], line["flips"], f"{line['z']:.2f}",
                       f"{line['z_rep']:.2f}", f"{line['d_acc']:+.2f}", flush=True)  # fmt: skip
             else:

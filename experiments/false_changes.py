@@ -19,6 +19,7 @@ Run: ``.venv/bin/python experiments/false_changes.py --datasets patterns --seeds
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -167,6 +168,24 @@ def _seeds(text: str):
         lo, hi = text.split("-")
         return range(int(lo), int(hi) + 1)
     return [int(s) for s in text.split(",")]
+
+
+@contextlib.contextmanager
+def appending_rows(path: str, fields):
+    """A function that appends one dict row to the CSV ``path`` (its header ``fields`` written
+    first when the file is new) and flushes it, so an interrupted experiment keeps its rows.
+    """
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fields, lineterminator="\n")
+        if new:
+            w.writeheader()
+
+        def add(row: dict) -> None:
+            w.writerow(row)
+            f.flush()
+
+        yield add
 
 
 def run_arguments(doc: str, seeds: str, sizes: str, n_val: int) -> argparse.ArgumentParser:

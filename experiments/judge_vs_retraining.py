@@ -139,16 +139,11 @@ def main(argv=None) -> int:
     test_csv = test_set(work, args.test)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"judge_r{args.rate:g}.csv")
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, FIELDS, lineterminator="\n")
-        if new:
-            w.writeheader()
+    with fc.appending_rows(path, FIELDS) as add:
         for seed in fc._seeds(args.seeds):
             case = fc.build(work, "patterns", seed, args.n_val, args.rate)
             for line in one_case(state, case, seed, args.rate, inits, test_csv, args.n_val):
-                w.writerow(line)
-                f.flush()
+                add(line)
                 print(seed, line["cand"], line["rows"], line["flips"], f"{line['z']:.2f}",
                       f"{line['check_acc']:+.3f}", f"{line['d_acc']:+.2f}", flush=True)  # fmt: skip
     return 0

@@ -158,16 +158,11 @@ def main(argv=None) -> int:
     inits = [int(s) for s in args.inits.split(",")]
     test_csv = cvr.test_set(work, 2000)
     path = os.path.join(args.out, f"schedule_check_r{args.rate:g}.csv")
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, FIELDS, lineterminator="\n")
-        if new:
-            w.writeheader()
+    with fc.appending_rows(path, FIELDS) as add:
         for seed in fc._seeds(args.seeds):
             case = build(work, seed, args.rate)
             for rule in RULES:
-                w.writerow(one_case(case, seed, args.rate, rule, inits, test_csv, work))
-                f.flush()
+                add(one_case(case, seed, args.rate, rule, inits, test_csv, work))
     print(summarize([path]))
     return 0
 
