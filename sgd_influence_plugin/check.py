@@ -211,6 +211,8 @@ def check_facts(result: CheckResult, settings: InfluenceSettings, extra: Dict) -
             "epochs": settings.epochs,
             "cache": settings.cache,
             "seed": settings.seed,
+            # the step the replay ran (a straight-through layer's exact step for fd)
+            "replay_step": (result.resolved or settings).replay_step,
         },
         "lr_selection": result.resolved.lr_selection() if result.resolved is not None else {},
         "validation_loss_after_epoch": round(result.val_loss_full, 6),

@@ -20,7 +20,7 @@ from .io_utils import data_path
 from .output import companion_path
 from .output_set import MAIN, OutputSet, write
 from .ownership import output_set, read_ledger, set_name
-from .relabels import check_relabels
+from .relabels import check_relabels, relabel_without_class
 
 
 @dataclass
@@ -122,10 +122,8 @@ def read_influence_csv(path: str) -> InfluenceTable:
                     f"{path} row {r + 1}: action '{row[ca]}' must be keep, relabel or remove"
                 )
             if act == "relabel" and (cg is None or not row[cg].strip()):
-                raise InputError(
-                    f"{path} row {r + 1}: action relabel without a suggested_label; this "
-                    "influence CSV is damaged: compute it again with 'sgd-influence run'"
-                )
+                raise InputError(relabel_without_class(path, r, cg is not None and not any(
+                    x[cg].strip() for x in rows)))  # fmt: skip
             actions.append(act)
             suggested.append(row[cg].strip() if cg is not None else "")
     return InfluenceTable(
@@ -329,7 +327,25 @@ def _changes(
         return drop, relabel, None
     idx, labels, label = table.index, table.labels, table.label_header
     where = _label_column(header, rows, idx, labels, *files, flags, label, table.one_hot)
+    _check_label_cells(files, header, rows, where, table.index, relabel)
     return drop, relabel, where
+
+
+def _check_label_cells(files, header, rows, where, index, relabel) -> None:
+    """A relabel writes a class into the label cell ``where``: refused where that cell names
+    a file (an image target or a label map, ``y:image``), which a class would replace.
+    """
+    if not isinstance(where, int):
+        return
+    for j in sorted(relabel):
+        cell = rows[j][where]
+        if is_file_cell(cell):
+            r = int(np.flatnonzero(index == j)[0]) + 1
+            raise InputError(
+                f"{files[0]} row {r}: action relabel, but {files[1]}'s {header[where]} of "
+                f"datasource_index {j} is the file '{cell}' (an image target or a label map), "
+                "not a class; set the row's action to keep or remove"
+            )
 
 
 def _output_set(influence_csv: str, output: str) -> str:
@@ -359,6 +375,11 @@ def _label_column(
             return header.index(name)
     if one_hot and all(c in header for c in one_hot):
         return [header.index(c) for c in one_hot]
+    if all(lab is None for lab in labels):
+        raise InputError(
+            f"{influence_csv}: action relabel, but it has no label column (the "
+            "network reads none: an autoencoder); set the action to keep or remove"
+        )
     fits = [
         c
         for c in range(len(header))

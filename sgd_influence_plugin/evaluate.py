@@ -48,6 +48,7 @@ from .executor import local_executor, open_executor, unit_graphs
 from .influence import compute_influence
 from .nnabla_adapter import load_model
 from .nnabla_adapter.training import initial_parameters, train_from_scratch
+from .one_hot import settled_as
 from .probabilities import as_probabilities
 from .recommend import is_classifier
 from .resolved import resolve
@@ -267,11 +268,11 @@ def retrain_unit(item, progress, model, train: Dataset, test: Dataset, theta0, v
     else:
         keep = np.setdiff1d(np.arange(train.size), removed)
         item = (config_text, train.path, val_csv, keep, seed, model.context_name)
-        _, acc, loss, _ = scratch_unit(item, progress, test, train.header, train.rows)
+        _, acc, loss, _ = scratch_unit(item, progress, test, train.header, train.rows, model.info)
     return acc, loss, time.perf_counter() - t0
 
 
-def scratch_unit(item, progress, test: Optional[Dataset], header, rows):
+def scratch_unit(item, progress, test: Optional[Dataset], header, rows, like=None):
     """:func:`train_from_scratch` as a unit of an executor (:mod:`.executor`), in a temporary
     folder of the worker, from the seed's :func:`initial_parameters`.
 
@@ -280,6 +281,8 @@ def scratch_unit(item, progress, test: Optional[Dataset], header, rows):
             name must be readable on the worker at the same paths.
         test: measure the trained network on it (None: no measurement).
         header / rows: the training CSV's header and rows (shared by the units).
+        like: the ``ModelInfo`` of the network trained again, whose one-hot labels the
+            datasets settled (:func:`.one_hot.settled_as`): the retrained network's classes.
 
     Returns:
         ``(results.nnp as bytes, test accuracy, test loss, seconds)`` (NaN without ``test``).
@@ -295,7 +298,10 @@ def scratch_unit(item, progress, test: Optional[Dataset], header, rows):
             init,
         )  # fmt: skip
         if test is not None:
-            acc, loss = accuracy_and_loss(load_model(model=nnp, context=context), test)
+            retrained = load_model(model=nnp, context=context)
+            if like is not None:  # one-hot labels are classes when the datasets say so
+                settled_as(retrained.info, like)
+            acc, loss = accuracy_and_loss(retrained, test)
         with open(nnp, "rb") as f:
             data = f.read()
     return data, acc, loss, time.perf_counter() - t0

@@ -47,3 +47,15 @@ def settle_one_hot(info, datasets: Sequence[Dataset]) -> None:
             continue
         info.label_classes[column] = int(classes)
         info.task, info.target_column, info.class_note = "classification", column, ""
+
+
+def settled_as(info, like) -> None:
+    """``info``'s one-hot labels settled as ``like``'s were (:func:`settle_one_hot`): the
+    same definition trained again (``evaluate --retrain scratch``), whose datasets decided
+    them once. Changes ``info`` in place.
+    """
+    for column in dict(getattr(info, "one_hot", {}) or {}):
+        if column in like.label_classes and column not in info.label_classes:
+            info.label_classes[column] = like.label_classes[column]
+            info.task, info.target_column = like.task, like.target_column
+            info.class_note = like.class_note

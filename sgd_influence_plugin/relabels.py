@@ -15,9 +15,9 @@ from typing import Optional, Sequence
 from .errors import InputError
 
 
-def recorded_classes(influence_csv: str) -> Optional[int]:
-    """The number of classes the run that wrote ``influence_csv`` recorded, or None (no
-    ``STEM_settings.yaml``, or one without ``label_classes``: an older version's run).
+def recorded_facts(influence_csv: str) -> Optional[dict]:
+    """What the run that wrote ``influence_csv`` recorded (``STEM_settings.yaml``), or None
+    when the file is not there (moved, or an older version's run).
 
     Raises:
         InputError: the file is there but is no YAML mapping (damaged or replaced): falling
@@ -40,11 +40,32 @@ def recorded_classes(influence_csv: str) -> Optional[int]:
             f"{path}: the run's settings are damaged ({why}, not the YAML the run wrote); "
             "restore it, or move it away to check new labels against the training labels"
         )
+    return facts
+
+
+def _classes(facts: Optional[dict]) -> Optional[int]:
     try:
         classes = list(facts["label_classes"].values())
         return int(classes[0]) if len(classes) == 1 and int(classes[0]) > 0 else None
     except (KeyError, AttributeError, TypeError, ValueError):  # an older run: no classes
         return None
+
+
+def relabel_without_class(path: str, r: int, no_classes: bool) -> str:
+    """Why row ``r`` (0-based) of the influence CSV ``path`` cannot be relabelled: every
+    row's suggested_label is empty (``no_classes``: the network has no class to give), or
+    this one's alone (the file is damaged).
+    """
+    if no_classes:
+        return (
+            f"{path} row {r + 1}: action relabel, but suggested_label is empty in every row: "
+            "the network that scored them has no classes (a regression, an autoencoder, an "
+            "image target or a label map); set the row's action to keep or remove"
+        )
+    return (
+        f"{path} row {r + 1}: action relabel without a suggested_label; this influence CSV "
+        "is damaged: compute it again with 'sgd-influence run'"
+    )
 
 
 def _number(text: str) -> Optional[float]:
@@ -73,7 +94,16 @@ def check_relabels(
             the row and the fix.
 
     """
-    classes = recorded_classes(influence_csv)
+    facts = recorded_facts(influence_csv)
+    classes = _classes(facts)
+    task = (facts or {}).get("task")
+    if classes is None and task not in (None, "classification") and "relabel" in actions:
+        raise InputError(
+            f"{influence_csv} row {list(actions).index('relabel') + 1}: action relabel, but "
+            f"the network that scored these rows has no classes (task '{task}': a "
+            "regression, an autoencoder, an image target or a label map), so no class to "
+            "give the row; set its action to keep or remove"
+        )
     source = f"the network's {classes} classes"
     if classes is None:
         given = [_number(x) for x in labels if x is not None]

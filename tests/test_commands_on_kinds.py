@@ -98,3 +98,30 @@ def test_check_and_cleanse_run_on_the_kind(trained, tmp_path, kind):
     folder = os.path.dirname(str(out))
     for cell in (c for row in kept for c in row if c.endswith(".csv")):
         assert os.path.exists(os.path.join(folder, cell))
+
+
+@pytest.mark.parametrize("kind", ["onehot", "onehot_softmax_bce"])
+def test_scratch_accuracy_reads_one_hot_classes(trained, tmp_path, kind):
+    """One-hot class labels (y__0..y__2) are classes once the datasets are found one-hot;
+    the network ``--retrain scratch`` trains again was loaded afresh, without them, and every
+    accuracy was NaN ("the network has no class labels", exit 0). The oracle: the arg-max of
+    the retrained network's outputs against the place of each row's 1, counted by hand."""
+    from sgd_influence_plugin.evaluate import _definition_text, scratch_unit
+    from sgd_influence_plugin.label_values import check_labels
+
+    data, result = trained(kind)
+    rows = _evaluate(data, result, tmp_path / "eval", "scratch")
+    assert all(np.isfinite(float(r["test_accuracy"])) for r in rows)
+    assert "no class labels" not in (tmp_path / "eval" / "summary.md").read_text()
+    nnp = os.path.join(result, "results.nnp")
+    m = load_model(model=nnp)
+    train = load_dataset(data["train"], m.info.input_shapes)
+    val = load_dataset(data["val"], m.info.input_shapes)
+    check_labels(m.info, (train, val))
+    item = (_definition_text({"model": nnp}), data["train"], data["val"],
+            np.arange(0, train.size, 2), 1, "cpu")  # fmt: skip
+    made, acc, _, _ = scratch_unit(item, None, val, train.header, train.rows, m.info)
+    (tmp_path / "retrained.nnp").write_bytes(made)
+    retrained = load_model(model=str(tmp_path / "retrained.nnp"))
+    want = np.mean(retrained.predict(val.arrays).argmax(1) == val.arrays["y"].argmax(1))
+    assert acc == pytest.approx(want) and want > 0.5

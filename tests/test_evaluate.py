@@ -354,3 +354,53 @@ def test_the_label_noise_file_is_read_exactly_or_refused(tmp_path):
         path.write_text(text)
         with pytest.raises(InputError, match=pattern):
             read_noise(str(path), 2)
+
+
+def _console_cache(w):
+    """The definition of ``w``'s result reading its datasets through caches beside the data
+    (``cache_dir``, ``create_cache_explicitly``, ``overwrite_cache`` off), and the training
+    cache made as ``nnabla_cli train`` makes it: every training row."""
+    from nnabla.utils.create_cache import CreateCache
+
+    from support.results import rewritten_definition
+
+    def edit(proto):
+        for d in proto.dataset:
+            d.cache_dir = os.path.join(str(w["data"]), d.name + ".cache")
+            d.create_cache_explicitly, d.overwrite_cache = True, False
+
+    (w["root"] / "cached").mkdir()
+    given = rewritten_definition(str(w["result"]), w["root"] / "cached", edit)
+    cache = str(w["data"] / "Training.cache")
+    os.makedirs(cache)
+    made = CreateCache(w["train"], shuffle=True, rng=np.random.RandomState(0))
+    made.create(cache, normalize=False)
+    return given
+
+
+def test_scratch_retraining_makes_its_own_cache_and_leaves_the_users(world):
+    """A console definition reads each dataset through a cache beside the data. The
+    retraining kept that cache: with ``overwrite_cache`` off nnabla_cli trained every removal
+    on the cached rows, all of them (the harmful and random removals gave the same figures,
+    exit 0), and with it on it would rewrite the user's cache with the kept rows. Now each
+    retraining caches its own CSV in its work folder, and the user's data is as it was."""
+    from sgd_influence_plugin.evaluate import _definition_text
+    from sgd_influence_plugin.nnabla_adapter.training import train_from_scratch
+
+    given = _console_cache(world)
+    before = tree(world["data"])
+    argv = _eval_argv(world, world["root"] / "eval", "--retrain", "scratch", "--ratios", "0,0.5")
+    argv[1:3] = given
+    assert cli.main(argv) == 0
+    rows = csv_rows(world["root"] / "eval" / "results.csv")
+    assert [r["method"] for r in rows] == ["none", "harmful", "random"]
+    assert rows[1]["test_loss"] != rows[2]["test_loss"]
+    # What nnabla_cli read: the cache it made holds the kept rows, and only them.
+    header, *train_rows = list(csv.reader(open(world["train"])))
+    keep = np.arange(0, 50, 3)
+    work = world["root"] / "work"
+    text = _definition_text({"config": given[1]})
+    train_from_scratch(text, world["train"], world["val"], header, train_rows, keep, 0, str(work))
+    cached = [np.load(str(f)) for f in sorted((work / "cache_0").glob("cache_*.npy"))]
+    assert sum(len(c) for c in cached) == len(keep)
+    assert tree(world["data"]) == before

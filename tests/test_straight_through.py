@@ -183,3 +183,19 @@ def test_a_run_records_the_step_it_ran_and_says_why(quant, data7, tmp_path):
     assert facts["requested"]["replay_step"] == "fd" and facts["used"]["replay_step"] == "exact"
     assert any("BinaryTanh" in w and "exact step" in w for w in facts["warnings"])
     assert np.all(np.isfinite(result.scores))
+
+
+def test_a_check_records_the_step_it_ran(quant, data7, tmp_path):
+    """``check`` runs the replay step ``run`` runs (the exact step where fd is asked on a
+    BinaryTanh), but its settings recorded only the step asked (fd): the record of the
+    check named a step it did not run."""
+    from sgd_influence_plugin import cli
+
+    quant("btanh_mlp")
+    out = tmp_path / "check.csv"
+    argv = ["check", "--model", os.path.join(quant.folders["btanh_mlp"], "results.nnp"),
+            "--train", data7["train"], "--val", data7["val"], "--samples", "4", "--quiet",
+            "--output", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    facts = yaml.safe_load(open(str(out).replace(".csv", "_settings.yaml")))
+    assert facts["requested"]["replay_step"] == "fd" and facts["used"]["replay_step"] == "exact"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 
 import numpy as np
 import pytest
@@ -164,6 +165,55 @@ def test_an_image_target_is_shown_and_opens(trained, tmp_path, kind):
         csv.writer(f, lineterminator="\n").writerows([["x:image", "y:image"], *rows])
     argv = ["cleanse", "--influence", str(out / "influence.csv"), "--train", changed]
     assert cli.main(argv + ["--output", str(tmp_path / "d" / "c.csv"), "--remove", "3"]) == 2
+
+
+def _edited(influence, dest, action, suggested=None):
+    """A copy of the influence CSV at ``dest`` with its first row's action (and
+    suggested_label) set, and its settings beside it when the original has them."""
+    table = kinds.read_rows(str(influence))
+    header, rows = table["header"], [list(r) for r in table["rows"]]
+    rows[0][header.index("action")] = action
+    if suggested is not None:
+        rows[0][header.index("suggested_label")] = suggested
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([header, *rows])
+    return str(dest)
+
+
+@pytest.mark.parametrize("kind", ["ae", "img2img", "segment", "segment_csv"])
+@pytest.mark.parametrize("beside", [True, False], ids=["settings", "moved"])
+def test_a_relabel_without_classes_is_refused_for_its_reason(trained, tmp_path, capsys, kind,
+                                                             beside):  # fmt: skip
+    """``relabel`` on an autoencoder's, an image target's or a label map's row: with a
+    typed suggested_label, cleanse wrote it over the target file's name in ``y:image``
+    (``img/7.png,2``: a dataset nnabla cannot read, exit 0); without one, it called the
+    influence CSV damaged. The network has no class to give: one line says so, whether the
+    run's settings are beside the CSV or not, and nothing is written."""
+    data, result = trained(kind)
+    status, out = _run(tmp_path, data, "--model", os.path.join(result, "results.nnp"))
+    assert status == 0
+    where = out if beside else tmp_path / "moved"
+    typed = "the network that scored these rows has no classes" if beside else (
+        "is the file '" if kind != "ae" else "no label column")  # fmt: skip
+    for suggested, why in (("2", typed), (None, "suggested_label is empty in every row")):
+        influence = _edited(out / "influence.csv", where / f"edited_{suggested}.csv", "relabel",
+                            suggested)  # fmt: skip
+        if beside:
+            facts = (out / "influence_settings.yaml").read_text()
+            (where / f"edited_{suggested}_settings.yaml").write_text(facts)
+        cleansed = tmp_path / "c" / "cleansed.csv"
+        argv = ["cleanse", "--influence", influence, "--train", data["train"], "--output",
+                str(cleansed)]  # fmt: skip
+        assert cli.main(argv) == 2
+        pattern = rf"^sgd-influence: error: {re.escape(influence)}( row 1)?: action relabel, "
+        one_line_error(capsys, pattern + rf"but .*{re.escape(why)}.*; set .*keep or remove$")
+        assert not cleansed.parent.exists()
+    remove = _edited(out / "influence.csv", where / "removed.csv", "remove")
+    argv = ["cleanse", "--influence", remove, "--train", data["train"], "--output",
+            str(tmp_path / "c" / "cleansed.csv")]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert len(kinds.read_rows(str(tmp_path / "c" / "cleansed.csv"))["rows"]) == 47
 
 
 def test_a_label_map_has_no_class(trained, tmp_path):

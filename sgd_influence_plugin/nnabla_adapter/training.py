@@ -104,6 +104,11 @@ def _write_definition(
 ) -> str:
     """``work/net.nntxt``: the definition training on ``cleansed`` (``n_kept`` rows), its
     other datasets on ``val_csv``, no "save best", no monitors. Returns its path.
+
+    A dataset the console reads through a cache (``cache_dir``) gets a new one in ``work``,
+    made from its new CSV: the definition's own is the user's (beside their data), and
+    ``nnabla_cli`` would either write the kept rows into it or, with ``overwrite_cache``
+    off, train on the rows cached there, every row, whatever was removed.
     """
     from google.protobuf import text_format
     from nnabla.utils import nnabla_pb2
@@ -116,8 +121,11 @@ def _write_definition(
         n_kept
         // max(1, next(d.batch_size for d in proto.dataset if d.name == opt.dataset_name[0])),
     )
-    for d in proto.dataset:
+    for i, d in enumerate(proto.dataset):
         d.uri = cleansed if d.name in opt.dataset_name else os.path.abspath(val_csv)
+        if d.cache_dir:  # the console's cache, made again in work from the new uri
+            d.cache_dir = os.path.join(work, f"cache_{i}")
+            d.overwrite_cache = True
     proto.training_config.iter_per_epoch = n_batches
     proto.training_config.save_best = False
     del proto.monitor[:]
