@@ -81,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _say(quiet: bool):
-    return (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr))
+    """The run's messages on stderr (nothing when ``quiet``), options spelled as here."""
+    if quiet:
+        return lambda m: None
+    return lambda m: print(option_parsers.respelled(m, "cli"), file=sys.stderr)
 
 
 def _settings_from(args) -> InfluenceSettings:

@@ -111,7 +111,7 @@ def main(argv=None, kind: str = "image"):
     from .cli import report_errors
 
     def say(message):
-        logger.log(99, message)
+        logger.log(99, option_parsers.respelled(message, "dialog"))
 
     call = _check if kind == "check" else _run
     with interrupts.stop_requests():  # Ctrl-C / SIGTERM stop cleanly at the next step

@@ -199,3 +199,17 @@ def test_a_check_records_the_step_it_ran(quant, data7, tmp_path):
     assert cli.main(argv) == 0
     facts = yaml.safe_load(open(str(out).replace(".csv", "_settings.yaml")))
     assert facts["requested"]["replay_step"] == "fd" and facts["used"]["replay_step"] == "exact"
+
+
+def test_the_warning_spells_the_option_as_the_command_line_does(quant, data7, tmp_path, capsys):
+    """The warning is written once with the console dialog's ``--replay_step``; on the
+    command line's stderr it reads ``--replay-step``, the spelling argparse takes."""
+    from sgd_influence_plugin import cli
+
+    quant("btanh_mlp")
+    argv = ["run", "--model", os.path.join(quant.folders["btanh_mlp"], "results.nnp"),
+            "--train", data7["train"], "--val", data7["val"], "--trials", "1",
+            "--output", str(tmp_path / "o" / "influence.csv")]  # fmt: skip
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "(--replay-step exact)" in err and "--replay_step" not in err
