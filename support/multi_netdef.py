@@ -41,7 +41,7 @@ from typing import Tuple
 
 import numpy as np
 
-from support.netdef import write_in_child
+from support.netdef import console_contents, write_in_child
 
 #: dataset kind -> the head trained on it by default
 KIND_HEADS = {"onehot": "kl", "soft": "kl", "multilabel": "bce", "vector": "squared",
@@ -186,57 +186,13 @@ def _write_in_this_process(spec: MultiSpec, path: str) -> None:
     names_r, outputs_r = _net(spec, b, runtime=True)
     solver = S.Adam(spec.lr) if spec.solver == "Adam" else S.Sgd(spec.lr)
     solver.set_parameters(nn.get_parameters())
-    data_vars = {k: k for k in names}
-    losses = list(outputs)
-
-    def dataset(name, uri, shuffle):
-        return {"name": name, "uri": uri, "cache_dir": None, "variables": tuple(names),
-                "shuffle": shuffle, "batch_size": b, "no_image_normalization": True}  # fmt: skip
-
-    def monitor(name, ds):
-        return {"name": name, "network": "MainValidation", "dataset": ds,
-                "data_variables": data_vars, "monitor_variables": losses}  # fmt: skip
-
-    contents = {
-        "global_config": {"default_context": nn.Context(["cpu:float"], "CpuCachedArray", "0")},
-        "training_config": {
-            "max_epoch": spec.max_epoch,
-            "iter_per_epoch": spec.iter_per_epoch,
-            "save_best": False,
-        },  # fmt: skip
-        "networks": [
-            {"name": "Main", "batch_size": b, "outputs": outputs, "names": names},
-            {"name": "MainValidation", "batch_size": b, "outputs": outputs_v, "names": names_v},
-            {"name": "MainRuntime", "batch_size": b, "outputs": outputs_r, "names": names_r},
-        ],
-        "datasets": [
-            dataset("Training", spec.train_csv, True),
-            dataset("Validation", spec.val_csv, False),
-        ],  # fmt: skip
-        "optimizers": [
-            {
-                "name": "Optimizer",
-                "solver": solver,
-                "network": "Main",
-                "dataset": "Training",
-                "weight_decay": 0.0,
-                "lr_decay": 1.0,
-                "lr_decay_interval": 1,
-                "update_interval": 1,
-                "data_variables": data_vars,
-                "loss_variables": losses,
-            },
-        ],  # fmt: skip
-        "monitors": [monitor("train_error", "Training"), monitor("valid_error", "Validation")],
-        "executors": [
-            {
-                "name": "Executor",
-                "network": "MainRuntime",
-                "data": list(names_r),
-                "output": list(outputs_r),
-            }
-        ],  # fmt: skip
-    }
+    executor = {"name": "Executor", "network": "MainRuntime", "data": list(names_r),
+                "output": list(outputs_r)}  # fmt: skip
+    nets = {"Main": (names, outputs), "MainValidation": (names_v, outputs_v),
+            "MainRuntime": (names_r, outputs_r)}  # fmt: skip
+    contents = console_contents(
+        spec, solver, nets, {k: k for k in names}, list(names), executor, normalize=False
+    )
     tmp = path + ".tmp.nntxt"
     save.save(tmp, contents)
     _add_initializers(tmp)

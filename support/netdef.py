@@ -313,6 +313,73 @@ def _add_initializers(path: str, first=()) -> None:
         f.write(text_format.MessageToString(proto))
 
 
+def console_contents(spec, solver, nets, data_vars, columns, executor, normalize=True,
+                     generators=None):  # fmt: skip
+    """Nnabla's ``save`` contents of a console-style result with one optimizer.
+
+    Args:
+        spec: ``max_epoch``, ``iter_per_epoch``, ``batch_size``, ``train_csv``, ``val_csv``.
+        solver: the nnabla solver, its parameters set.
+        nets: ``{"Main" | "MainValidation" | "MainRuntime": (inputs, outputs)}``, dicts of
+            name -> Variable; Main's outputs are the losses.
+        data_vars: network variable -> dataset column, for the optimizer and the monitors.
+        columns: the datasets' variables (columns), in order.
+        executor: the executor's dict (``name``, ``network``, ``data``, ``output``, ...).
+        normalize: the datasets' image normalization.
+        generators: variable -> generator for the optimizer and the monitors (None: no key).
+
+    """
+    import nnabla as nn
+
+    b = spec.batch_size
+    losses = list(nets["Main"][1])
+    feeds = {"data_variables": data_vars}
+    if generators is not None:
+        feeds["generator_variables"] = generators
+
+    def dataset(name, uri, shuffle):
+        return {"name": name, "uri": uri, "cache_dir": None, "variables": tuple(columns),
+                "shuffle": shuffle, "batch_size": b,
+                "no_image_normalization": not normalize}  # fmt: skip
+
+    def monitor(name, ds):
+        return {"name": name, "network": "MainValidation", "dataset": ds, **feeds,
+                "monitor_variables": losses}  # fmt: skip
+
+    return {
+        "global_config": {"default_context": nn.Context(["cpu:float"], "CpuCachedArray", "0")},
+        "training_config": {
+            "max_epoch": spec.max_epoch,
+            "iter_per_epoch": spec.iter_per_epoch,
+            "save_best": False,
+        },  # fmt: skip
+        "networks": [
+            {"name": n, "batch_size": b, "outputs": out, "names": names}
+            for n, (names, out) in nets.items()
+        ],  # fmt: skip
+        "datasets": [
+            dataset("Training", spec.train_csv, True),
+            dataset("Validation", spec.val_csv, False),
+        ],  # fmt: skip
+        "optimizers": [
+            {
+                "name": "Optimizer",
+                "solver": solver,
+                "network": "Main",
+                "dataset": "Training",
+                "weight_decay": 0.0,
+                "lr_decay": 1.0,
+                "lr_decay_interval": 1,
+                "update_interval": 1,
+                **feeds,
+                "loss_variables": losses,
+            }
+        ],  # fmt: skip
+        "monitors": [monitor("train_error", "Training"), monitor("valid_error", "Validation")],
+        "executors": [executor],
+    }
+
+
 def write_nntxt(spec: NetSpec, path: str) -> str:
     """Write ``spec`` as a console-style ``.nntxt`` at ``path`` (in a child process).
 

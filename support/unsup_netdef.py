@@ -43,7 +43,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from support.netdef import write_in_child
+from support.netdef import console_contents, write_in_child
 
 ARCHS = ("ae", "conv_ae", "denoise", "vae", "img2img", "segment")
 
@@ -233,62 +233,20 @@ def _write_in_this_process(spec: UnsupSpec, path: str) -> None:
     solver.set_parameters(nn.get_parameters())
     names, outputs, generators = nets["train"]
     data_vars = _data_variables(names, generators)
-    columns = tuple(sorted(set(data_vars.values())))
-    losses = list(outputs)
-
-    def dataset(name, uri, shuffle):
-        return {"name": name, "uri": uri, "cache_dir": None, "variables": columns,
-                "shuffle": shuffle, "batch_size": b,
-                "no_image_normalization": not spec.normalize}  # fmt: skip
-
-    def monitor(name, ds):
-        return {"name": name, "network": "MainValidation", "dataset": ds,
-                "data_variables": data_vars, "generator_variables": generators,
-                "monitor_variables": losses}  # fmt: skip
-
     runtime_in = nets["runtime"][0]
-    contents = {
-        "global_config": {"default_context": nn.Context(["cpu:float"], "CpuCachedArray", "0")},
-        "training_config": {
-            "max_epoch": spec.max_epoch,
-            "iter_per_epoch": spec.iter_per_epoch,
-            "save_best": False,
-        },  # fmt: skip
-        "networks": [
-            {"name": n, "batch_size": b, "outputs": nets[m][1], "names": nets[m][0]}
-            for n, m in (("Main", "train"), ("MainValidation", "valid"), ("MainRuntime", "runtime"))
-        ],
-        "datasets": [
-            dataset("Training", spec.train_csv, True),
-            dataset("Validation", spec.val_csv, False),
-        ],  # fmt: skip
-        "optimizers": [
-            {
-                "name": "Optimizer",
-                "solver": solver,
-                "network": "Main",
-                "dataset": "Training",
-                "weight_decay": 0.0,
-                "lr_decay": 1.0,
-                "lr_decay_interval": 1,
-                "update_interval": 1,
-                "data_variables": data_vars,
-                "generator_variables": generators,
-                "loss_variables": losses,
-            },
-        ],  # fmt: skip
-        "monitors": [monitor("train_error", "Training"), monitor("valid_error", "Validation")],
-        "executors": [
-            {
-                "name": "Executor",
-                "network": "MainRuntime",
-                "data": [v for v in runtime_in if v not in generators],
-                "remp": _data_variables(runtime_in, generators),  # nnabla's spelling
-                "generator_variables": [g for g in generators if g in runtime_in],
-                "output": list(nets["runtime"][1]),
-            },
-        ],  # fmt: skip
+    executor = {
+        "name": "Executor",
+        "network": "MainRuntime",
+        "data": [v for v in runtime_in if v not in generators],
+        "remp": _data_variables(runtime_in, generators),  # nnabla's spelling
+        "generator_variables": [g for g in generators if g in runtime_in],
+        "output": list(nets["runtime"][1]),
     }
+    roles = {"Main": "train", "MainValidation": "valid", "MainRuntime": "runtime"}
+    contents = console_contents(
+        spec, solver, {n: nets[m][:2] for n, m in roles.items()}, data_vars,
+        sorted(set(data_vars.values())), executor, spec.normalize, generators,
+    )  # fmt: skip
     tmp = path + ".tmp.nntxt"
     save.save(tmp, contents)
     _add_initializers(tmp)
