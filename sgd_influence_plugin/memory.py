@@ -40,7 +40,6 @@ PROCESS_BYTES = 128 * 2**20
 #: about 150 in the command's own process and 90 in each worker; 16 before, which let a
 #: network of 3 million parameters take 1.6 times the estimate.
 PARAM_BYTES = 160
-
 #: A cgroup limit at least this large means "no limit" (cgroup v1 writes 2**63 - 4096).
 _NO_LIMIT = 2**60
 #: Bytes in a GB, as messages count them.
