@@ -16,7 +16,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import interrupts, memory, parallel, places, validation
+from . import interrupts, memory, neighbours, parallel, places, validation
 from .cells import CACHED
 from .core import per_sample_losses
 from .dataset import Dataset, Normalize, decode, in_workers, read_rows
@@ -194,10 +194,10 @@ def read_datasets(
     CSV as the definition's training dataset, the others as its validation dataset.
 
     Every CSV's text is read and its columns checked first; then the memory the decoded
-    arrays and the work on them need is checked against what this machine has
-    (:func:`.memory.check_memory`, with the workers ``settings.context`` and
-    ``settings.jobs`` give, :func:`parallel.workers_for`); only then is any file a cell
-    names opened.
+    arrays and the work on them (the network's parameters and features) need is checked
+    against what this machine has (:func:`.memory.check_memory`, with the workers
+    ``settings.context`` and ``settings.jobs`` give, :func:`parallel.workers_for`, and how
+    they start); only then is any file a cell names opened.
 
     Args:
         csvs: ``(path, progress)`` of each CSV; ``progress(done, total)`` in rows, or None.
@@ -218,7 +218,10 @@ def read_datasets(
     workers = parallel.workers_for(settings.context, settings.jobs)
     jobs = workers if jobs is None else jobs
     sizes = [(r.path, len(r.rows), r.values_per_row, in_workers(len(r.rows), jobs)) for r in rows]
-    memory.check_memory(sizes, model.n_params, workers + 1, settings.trials)
+    n_val = len(rows[1].rows) if len(rows) > 1 else 0
+    features = neighbours.memory_need(model.feature_width, len(rows[0].rows), n_val)
+    spawned = workers > 1 and parallel.default_start() == "spawn"
+    memory.check_memory(sizes, model.n_params, workers + 1, settings.trials, features, spawned)
     return [decode(r, report, jobs) for r, (_, report) in zip(rows, csvs)]
 
 

@@ -34,9 +34,12 @@ ROW_BYTES = 1024
 #: Bytes each process (the command's own and each worker) is allowed for Python, nnabla
 #: and one batch's graph buffers.
 PROCESS_BYTES = 128 * 2**20
-#: Bytes per trainable parameter in each process: the parameters, their gradients, the
-#: solver's state and a saved copy, float32.
-PARAM_BYTES = 16
+#: Bytes per trainable parameter in each process: the parameters, their gradients and the
+#: replay's graph buffers (float32), the query vectors and the curvature's Lanczos basis
+#: (float64, six vectors). Measured (docs/measurements.md, "The memory check's estimate"):
+#: about 150 in the command's own process and 90 in each worker; 16 before, which let a
+#: network of 3 million parameters take 1.6 times the estimate.
+PARAM_BYTES = 160
 #: A cgroup limit at least this large means "no limit" (cgroup v1 writes 2**63 - 4096).
 _NO_LIMIT = 2**60
 #: Bytes in a GB, as messages count them.
@@ -51,11 +54,14 @@ class MemoryNeed:
         arrays: bytes of the decoded float32 arrays of every CSV.
         copies: bytes of the largest copy of a CSV's arrays: a CSV decoded in worker
             processes is joined from their parts into new arrays (both are held at the
-            end), and a recommending run copies the validation rows into two halves.
+            end), and a recommending run copies the validation rows into two halves; with
+            spawned workers, also the arrays' files they map (:mod:`.shared_inputs`).
         rows: bytes of the per-row arrays (:data:`ROW_BYTES` a row, 8 a training row and
             trial for the trials' scores).
         processes: bytes of the processes (:data:`PROCESS_BYTES` and :data:`PARAM_BYTES`
             per parameter each).
+        features: bytes of the network's features of every row and their distances, for
+            the recommendation's neighbour signal (:func:`.neighbours.memory_need`).
 
     """
 
@@ -63,15 +69,21 @@ class MemoryNeed:
     copies: int
     rows: int
     processes: int
+    features: int = 0
 
     @property
     def total(self) -> int:
         """Bytes in all."""
-        return self.arrays + self.copies + self.rows + self.processes
+        return self.arrays + self.copies + self.rows + self.processes + self.features
 
 
 def estimate_memory(
-    sets: Sequence[Tuple[int, int, bool]], n_params: int, processes: int, trials: int = 1
+    sets: Sequence[Tuple[int, int, bool]],
+    n_params: int,
+    processes: int,
+    trials: int = 1,
+    features: int = 0,
+    spawned: bool = False,
 ) -> MemoryNeed:
     """The memory a command needs for its decoded datasets, in bytes.
 
@@ -81,6 +93,10 @@ def estimate_memory(
         n_params: the model's trainable scalars.
         processes: processes that hold a model (the command's own and its workers).
         trials: the influence's trials (each keeps a float64 score per training row).
+        features: bytes of the network's features the recommendation compares
+            (:func:`.neighbours.memory_need`; 0: none are computed).
+        spawned: the workers are spawned (Windows, macOS), not forked: the arrays they
+            read are written to files they map, one more copy in the page cache.
 
     """
     sizes = [int(rows) * int(values) * VALUE_BYTES for rows, values, _ in sets]
@@ -89,14 +105,20 @@ def estimate_memory(
     n_train = int(sets[0][0]) if sets else 0
     return MemoryNeed(
         arrays=sum(sizes),
-        copies=max(joined + sizes[1:2], default=0),
+        copies=max(joined + sizes[1:2], default=0) + (sum(sizes) if spawned else 0),
         rows=ROW_BYTES * n_rows + 8 * n_train * max(1, int(trials)),
         processes=max(1, int(processes)) * (PROCESS_BYTES + PARAM_BYTES * int(n_params)),
+        features=int(features),
     )
 
 
 def check_memory(
-    csvs: Sequence[Tuple[str, int, int, bool]], n_params: int, processes: int, trials: int = 1
+    csvs: Sequence[Tuple[str, int, int, bool]],
+    n_params: int,
+    processes: int,
+    trials: int = 1,
+    features: int = 0,
+    spawned: bool = False,
 ) -> MemoryNeed:
     """Refuse, before any row is decoded, datasets whose arrays would not fit this
     machine's memory (:func:`estimate_memory` against :func:`available_memory`); nothing
@@ -105,7 +127,7 @@ def check_memory(
     Args:
         csvs: ``(path, rows, values per row, decoded in workers)`` of each CSV, the training
             CSV first and the validation CSV second.
-        n_params / processes / trials: as :func:`estimate_memory`.
+        n_params / processes / trials / features / spawned: as :func:`estimate_memory`.
 
     Returns:
         The estimate.
@@ -115,15 +137,16 @@ def check_memory(
             both sizes in GB and what to do.
 
     """
-    need = estimate_memory([c[1:] for c in csvs], n_params, processes, trials)
+    sets = [c[1:] for c in csvs]
+    need = estimate_memory(sets, n_params, processes, trials, features, spawned)
     free = available_memory()
     if free is None or need.total <= free:
         return need
     named = " and ".join(f"{path} ({rows:,} rows)" for path, rows, _, _ in csvs)
     raise DatasetError(
         f"{named}: decoding them needs about {need.total / GB:.1f} GB of memory "
-        f"({need.arrays / GB:.1f} GB of float32 arrays, the rest for copies, per-row scores "
-        f"and {processes} process(es)) but only {free / GB:.1f} GB are available; use a "
+        f"({need.arrays / GB:.1f} GB of float32 arrays, the rest for copies, per-row scores, "
+        f"features and {processes} process(es)) but only {free / GB:.1f} GB are available; use a "
         "subset of the training CSV, smaller images, or a machine with more memory"
     )
 

@@ -91,6 +91,34 @@ def label_agreement(
     return out
 
 
+#: Float32 copies of the features held at once: gathered batch by batch and joined, then
+#: scaled to unit length (:func:`_unit`).
+FEATURE_COPIES = 2
+#: Bytes per entry of a chunk's distances: the float32 similarities, their negation and
+#: the int64 selection of the nearest.
+DISTANCE_BYTES = 16
+
+
+def computed_width(width: Optional[int], n: int) -> int:
+    """Values per row of the features computed for ``n`` training rows of a network whose
+    features are ``width`` wide (None: it has none): 0 when none are, as for a network
+    without them or features over :data:`MAX_FEATURE_BYTES`.
+    """
+    return int(width) if width and n * int(width) * 4 <= MAX_FEATURE_BYTES else 0
+
+
+def memory_need(width: Optional[int], n: int, n_reference: int) -> int:
+    """Bytes the agreement of ``n`` training rows with ``n_reference`` rows takes at most
+    (the memory check's estimate, :mod:`.memory`): :data:`FEATURE_COPIES` of both rows'
+    features and one chunk's distances; 0 when no features are computed.
+    """
+    width = computed_width(width, n)
+    if not width:
+        return 0
+    copies = FEATURE_COPIES * 4 * width * (n + n_reference)
+    return copies + DISTANCE_BYTES * min(n, CHUNK) * n_reference
+
+
 def why_not(model, n: int, reference, label_column: str) -> Optional[str]:
     """Why the agreement cannot be measured for ``n`` training rows with ``model`` and the
     ``reference`` rows, or None when it can: no reference rows, no feature layer
@@ -101,7 +129,7 @@ def why_not(model, n: int, reference, label_column: str) -> Optional[str]:
     width = model.feature_width
     if width is None:
         return "the executor network has no layer with parameters"
-    if n * width * 4 > MAX_FEATURE_BYTES:
+    if not computed_width(width, n):
         return (
             f"{width} features per row would take more than {MAX_FEATURE_BYTES >> 20} MiB for "
             f"{n} training rows"
