@@ -143,11 +143,15 @@ def check_memory(
     if free is None or need.total <= free:
         return need
     named = " and ".join(f"{path} ({rows:,} rows)" for path, rows, _, _ in csvs)
+    fewer = ""
+    if processes > 2:  # every worker holds the network: one worker may fit where many do not
+        one = estimate_memory(sets, n_params, 2, trials, features, spawned).total
+        fewer = f", one worker process (--jobs 1: about {one / GB:.1f} GB)" if one <= free else ""
     raise DatasetError(
         f"{named}: decoding them needs about {need.total / GB:.1f} GB of memory "
         f"({need.arrays / GB:.1f} GB of float32 arrays, the rest for copies, per-row scores, "
         f"features and {processes} process(es)) but only {free / GB:.1f} GB are available; use a "
-        "subset of the training CSV, smaller images, or a machine with more memory"
+        f"subset of the training CSV, smaller images{fewer}, or a machine with more memory"
     )
 
 

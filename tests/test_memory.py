@@ -96,6 +96,20 @@ def test_unknown_available_memory_refuses_nothing(monkeypatch):
         memory.check_memory(huge, n_params=10**8, processes=16)
 
 
+def test_a_refusal_with_many_workers_names_what_one_would_need(monkeypatch):
+    """Every worker holds the network: with a large one on many cores, ``--jobs 1`` may fit
+    where the default does not, and the refusal says how much it would need."""
+    small = [("train.csv", 1000, 10, True), ("val.csv", 100, 10, False)]
+    one = memory.estimate_memory([c[1:] for c in small], 10**8, 2).total
+    many = memory.estimate_memory([c[1:] for c in small], 10**8, 16).total
+    monkeypatch.setattr(memory, "available_memory", lambda: (one + many) // 2)
+    with pytest.raises(DatasetError, match=rf"--jobs 1: about {one / memory.GB:.1f} GB"):
+        memory.check_memory(small, n_params=10**8, processes=16)
+    with pytest.raises(DatasetError) as e:  # one worker already: nothing fewer to suggest
+        memory.check_memory(small, n_params=10**8 * 20, processes=2)
+    assert "--jobs" not in str(e.value)
+
+
 def test_this_machine_reports_a_number_or_nothing():
     free = memory.available_memory()
     assert free is None or (isinstance(free, int) and free > 0)
