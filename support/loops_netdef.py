@@ -32,12 +32,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from support.netdef import TrainingSpec
+
 #: The loss heads this writer knows: head -> (loss layer, its output of the runtime network).
 HEADS = {"softmax_ce": ("SoftmaxCrossEntropy", "Softmax"), "sigmoid_bce": (None, "Sigmoid")}
 
 
 @dataclass
-class LoopSpec:
+class LoopSpec(TrainingSpec):
     """What to write.
 
     Attributes:
@@ -66,15 +68,7 @@ class LoopSpec:
     hidden: int = 6
     n_classes: int = 2
     head: str = "softmax_ce"
-    train_csv: str = "train.csv"
-    val_csv: str = "val.csv"
-    batch_size: int = 16
-    lr: float = 0.1
-    solver: str = "Sgd"
-    max_epoch: int = 3
-    iter_per_epoch: int = 1
     generator: str = "Constant"
-    seed: int = 0
 
 
 def _variable(net, name, shape, kind="Buffer", repeat: Optional[str] = None, init=None):

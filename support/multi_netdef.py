@@ -41,7 +41,7 @@ from typing import Tuple
 
 import numpy as np
 
-from support.netdef import console_contents, write_in_child
+from support.netdef import TrainingSpec, console_contents, write_in_child
 
 #: dataset kind -> the head trained on it by default
 KIND_HEADS = {"onehot": "kl", "soft": "kl", "multilabel": "bce", "vector": "squared",
@@ -107,7 +107,7 @@ def _cell(v: float) -> str:
 
 
 @dataclass
-class MultiSpec:
+class MultiSpec(TrainingSpec):
     """What to write: ``head`` (module docstring), ``label`` (the target column's name),
     ``two_inputs`` (``x2`` of 3 values beside ``x``), ``regression_first`` (the executor's
     first output is the regression head's ``y2'``), and as :class:`support.netdef.NetSpec`:
@@ -120,14 +120,6 @@ class MultiSpec:
     two_inputs: bool = False
     regression_first: bool = False
     input_shape: Tuple[int, ...] = (4,)
-    train_csv: str = "train.csv"
-    val_csv: str = "val.csv"
-    batch_size: int = 16
-    lr: float = 0.1
-    solver: str = "Sgd"
-    max_epoch: int = 3
-    iter_per_epoch: int = 1
-    seed: int = 0
 
 
 def _net(spec: MultiSpec, b: int, runtime: bool):

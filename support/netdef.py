@@ -41,6 +41,23 @@ HEADS = {
 
 
 @dataclass
+class TrainingSpec:
+    """What every fixture definition beside :class:`NetSpec` shares: its dataset CSVs, the
+    batch size, the solver (``Sgd`` or ``Adam``) and its rate, the epochs and iterations per
+    epoch, and the seed. Each builder (text, loops, multi, unsup) adds its own fields.
+    """
+
+    train_csv: str = "train.csv"
+    val_csv: str = "val.csv"
+    batch_size: int = 16
+    lr: float = 0.1
+    solver: str = "Sgd"
+    max_epoch: int = 3
+    iter_per_epoch: int = 1
+    seed: int = 0
+
+
+@dataclass
 class NetSpec:
     """What to write.
 

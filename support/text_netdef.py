@@ -31,6 +31,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from support.loops_netdef import _affine, _function, _variable, add_optimizer
+from support.netdef import TrainingSpec
 
 #: The heads this writer knows.
 TEXT_HEADS = ("mean", "affine", "lstm")
@@ -40,7 +41,7 @@ _GATES = (("Affine", "Sigmoid", "Sigmoid"), ("Affine_2", "Sigmoid_2", "Sigmoid")
 
 
 @dataclass
-class TextSpec:
+class TextSpec(TrainingSpec):
     """What to write.
 
     Attributes:
@@ -66,14 +67,6 @@ class TextSpec:
     hidden: int = 6
     n_classes: int = 3
     embed_in_loop: bool = False
-    train_csv: str = "train.csv"
-    val_csv: str = "val.csv"
-    batch_size: int = 16
-    lr: float = 0.1
-    solver: str = "Sgd"
-    max_epoch: int = 3
-    iter_per_epoch: int = 1
-    seed: int = 0
 
 
 def text_parameters(spec: TextSpec) -> List[str]:

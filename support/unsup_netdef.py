@@ -43,7 +43,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from support.netdef import console_contents, write_in_child
+from support.netdef import TrainingSpec, console_contents, write_in_child
 
 ARCHS = ("ae", "conv_ae", "denoise", "vae", "img2img", "segment")
 
@@ -110,7 +110,7 @@ def write_images(folder: str, n_train: int, n_val: int, size: int = 8, seed: int
 
 
 @dataclass
-class UnsupSpec:
+class UnsupSpec(TrainingSpec):
     """What to write: ``arch`` (module docstring), ``same_variable`` (the reconstruction loss
     reads the input variable itself), ``noise`` (the VAE's sample: ``randn`` or
     ``generator``), ``target_shape`` (``y``'s shape when it is not the input's: a per-sample
@@ -126,14 +126,8 @@ class UnsupSpec:
     target_shape: Tuple[int, ...] = ()
     normalize: bool = True
     input_shape: Tuple[int, ...] = (1, 8, 8)
-    train_csv: str = "train.csv"
-    val_csv: str = "val.csv"
     batch_size: int = 8
     lr: float = 0.5
-    solver: str = "Sgd"
-    max_epoch: int = 3
-    iter_per_epoch: int = 1
-    seed: int = 0
 
 
 def _decoder_logits(spec: UnsupSpec, h, size: int, name: str = "Affine_2"):
