@@ -123,7 +123,6 @@ def _replay_loop(
     """:func:`.replay.replay`'s loop (Algorithm 2) for every vector of ``us`` at each step."""
     n = len(order)
     T = core.n_steps(n, batch_size)
-    step = replay_steps.step_for(model, step)
     steps = make_steps(model, step, rel)
     names = list(model.graph(min(batch_size, n)).params.keys())
     cur = [[np.array(u[k], dtype=np.float32, copy=True) for k in names] for u in us]
@@ -142,7 +141,7 @@ def _replay_loop(
             progress("replay", done + 1, T)
     seconds = time.perf_counter() - start
     stats = [
-        replay.ReplayStats(T, seconds, replay_steps.norm(u) / n0 if n0 else 1.0, step)
+        replay.ReplayStats(T, seconds, replay_steps.norm(u) / n0 if n0 else 1.0, steps.name)
         for u, n0 in zip(cur, norm0)
     ]
     return infl, stats

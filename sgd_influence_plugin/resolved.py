@@ -171,7 +171,8 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
         )
     schedule = getattr(solver, "schedule", None)
     warnings += schedule_warnings(solver)
-    warnings += straight_through_warnings(model, settings.replay_step)
+    used = replay_steps.step_for(model, settings.replay_step)
+    warnings += straight_through_warnings(model, settings.replay_step, used)
     wd, bs = replay_epoch(settings, solver)
     return ResolvedSettings(
         lr=float(lr),
@@ -184,13 +185,14 @@ def resolve(model, settings: InfluenceSettings) -> ResolvedSettings:
         if schedule is None
         else {**schedule.to_dict(), "update_interval": solver.update_interval},
         warnings=warnings,
-        replay_step=replay_steps.step_for(model, settings.replay_step),
+        replay_step=used,
     )
 
 
-def straight_through_warnings(model, step: str) -> List[str]:
+def straight_through_warnings(model, step: str, used: str) -> List[str]:
     """What the user is told about the network's straight-through layers
-    (:data:`.replay_steps.STRAIGHT_THROUGH`) when the replay step ``step`` is asked: [] for none.
+    (:data:`.replay_steps.STRAIGHT_THROUGH`) when the replay step ``step`` is asked and
+    ``used`` runs (:func:`.replay_steps.step_for`): [] for none.
     """
     layers = replay_steps.straight_through_layers(model)
     if not layers:
@@ -201,7 +203,7 @@ def straight_through_warnings(model, step: str) -> List[str]:
         "the loss itself jumps where a binarization flips, which no gradient sees, so the "
         "scores are rough: measure them with sgd-influence check before removing rows"
     )
-    if step == "fd" and replay_steps.step_for(model, step) == "exact":
+    if step == "fd" and used == "exact":
         return [
             f"{net}: {shown} trains by a straight-through gradient, which the fd replay step "
             "does not see (it differences the step itself): the replay runs the exact step "
