@@ -69,7 +69,7 @@ class ModelInfo:
             label input of a classification loss (C from the scores' shape, e.g. logits
             (B, C); 2 for a binary loss such as Sigmoid + BinaryCrossEntropy); its labels must
             be whole numbers in 0..C-1. Regression losses add nothing here. A column of
-            ``one_hot`` joins it when the datasets are one-hot (``validation.settle_one_hot``).
+            ``one_hot`` joins it when the datasets are one-hot (``one_hot.settle_one_hot``).
         one_hot: dataset column -> C for a vector label ``(C,)`` that a loss compares with a
             Softmax over C classes (:func:`.losses.one_hot_targets`), when that is the
             network's one loss; whether it holds classes depends on the data.

@@ -13,7 +13,7 @@ target that comes from a dataset column:
   ``KLMultinomial(target, Softmax(z))`` or ``BinaryCrossEntropy(Softmax(z), target)``
   (:func:`one_hot_targets`). nnabla refuses such a vector for ``SoftmaxCrossEntropy`` and
   ``CategoricalCrossEntropy``. The model has C classes only when every row of the data is
-  exactly one-hot, which the datasets decide (``validation.settle_one_hot``).
+  exactly one-hot, which the datasets decide (``one_hot.settle_one_hot``).
 
 The target may be read through a Reshape (a per-sample CSV's (H, W) as (1, H, W)), and may be
 the network's own input (an autoencoder's ``x``). A categorical loss with more than one label
